@@ -1,0 +1,339 @@
+//! `shardgate-bench`: LLM-aware load generator, mock inference server and
+//! side-by-side comparisons for Shardgate.
+//!
+//! - `mock`: a deterministic mock OpenAI server (the upstream for gateway
+//!   tests and benchmarks), behaviour chosen by model name.
+//! - `run`: a closed-loop load generator with latency/TTFT percentiles.
+//! - `compare`: the same load against several targets, interleaved, with
+//!   CPU per request.
+//!
+//! What it must never do: share the gateway's HTTP code paths. It depends on
+//! `shardgate-proto` only for `mock` (the shared deterministic bodies) and
+//! parses HTTP itself on `httparse`, so a framing bug in the gateway cannot
+//! hide behind the same bug in the tool that measures it.
+
+mod args;
+mod compare;
+mod error;
+mod http;
+mod loadgen;
+mod machine;
+mod mock_server;
+mod shards;
+
+use clap::{Args, Parser, Subcommand};
+use error::BenchError;
+use shards::ShardPlan;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(name = "shardgate-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a mock OpenAI API (chat, completions, embeddings, models).
+    Mock(MockArgs),
+    /// Closed-loop load against one URL.
+    Run(RunArgs),
+    /// The same load against several targets, interleaved round-robin.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct MockArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Executor threads, all accepting on the same port (SO_REUSEPORT).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Pin shard i to the i-th allowed CPU.
+    #[arg(long)]
+    pin: bool,
+    /// Independent servers on consecutive ports (each its own ephemeral
+    /// port with port 0).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// Answer 401 unless `Authorization: Bearer KEY`.
+    #[arg(long, value_name = "KEY")]
+    require_key: Option<String>,
+    /// Completion length when the model name doesn't say (`mock-tokens-N`).
+    #[arg(long, default_value_t = 16)]
+    output_tokens: usize,
+    /// Time to first token when the model name doesn't say (`mock-ttft-Nms`).
+    #[arg(long, default_value = "0ms", value_parser = args::parse_duration)]
+    ttft: Duration,
+    /// Streaming tokens per second when the model name doesn't say; 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    tps: u32,
+}
+
+/// Load options shared by `run` and `compare`.
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Measured time per run.
+    #[arg(long, default_value = "10s", value_parser = args::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before it, per run.
+    #[arg(long, default_value = "2s", value_parser = args::parse_duration)]
+    warmup: Duration,
+    /// Load generator shards (default: every allowed CPU).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Pin shard i to the i-th allowed CPU.
+    #[arg(long)]
+    pin: bool,
+    /// Model named in the request body.
+    #[arg(long, default_value = "demo")]
+    model: String,
+    /// Ask for a stream (`stream: true`, `include_usage`).
+    #[arg(long)]
+    stream: bool,
+    #[arg(long, default_value_t = 16)]
+    max_tokens: u32,
+    /// Sent as `Authorization: Bearer KEY`.
+    #[arg(long, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Connect timeout and longest wait for any single read.
+    #[arg(long, default_value = "10s", value_parser = args::parse_duration)]
+    timeout: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    fn shard_plan(&self) -> ShardPlan {
+        ShardPlan {
+            count: self.shards.unwrap_or_else(ShardPlan::default_count).max(1),
+            pin: self.pin,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Target, e.g. http://127.0.0.1:8080/v1/chat/completions
+    #[arg(long, value_parser = args::parse_url)]
+    url: args::HttpUrl,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// NAME=URL[,pid=N][,model=M][,api-key=K]; the first is the baseline.
+    #[arg(long = "target", required = true, value_parser = args::parse_target)]
+    targets: Vec<args::TargetSpec>,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Concurrency levels, e.g. `1,64`.
+    #[arg(long, default_value = "64", value_delimiter = ',')]
+    connections: Vec<usize>,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardgate-bench: {e}");
+            match e {
+                BenchError::Usage(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), BenchError> {
+    match command {
+        Command::Mock(a) => mock_server::serve(mock_server::MockConfig {
+            listen: a.listen,
+            shards: ShardPlan {
+                count: a.shards.max(1),
+                pin: a.pin,
+            },
+            instances: a.instances.max(1),
+            require_key: a.require_key,
+            defaults: shardgate_proto::mock::Behaviour {
+                output_tokens: a.output_tokens,
+                ttft_ms: a.ttft.as_millis() as u64,
+                tokens_per_second: (a.tps > 0).then_some(a.tps),
+                fail_status: None,
+                cut_after: None,
+                hang: false,
+            },
+        }),
+        Command::Run(a) => {
+            if a.connections == 0 {
+                return Err(BenchError::Usage("--connections must be at least 1".into()));
+            }
+            let cfg = loadgen::LoadConfig {
+                url: a.url,
+                connections: a.connections,
+                duration: a.load.duration,
+                warmup: a.load.warmup,
+                shards: a.load.shard_plan(),
+                model: a.load.model.clone(),
+                stream: a.load.stream,
+                max_tokens: a.load.max_tokens,
+                api_key: a.load.api_key.clone(),
+                timeout: a.load.timeout,
+            };
+            let (report, _) = loadgen::run_load(&cfg, None)?;
+            if a.load.json {
+                println!("{}", to_json(&report)?);
+            } else {
+                loadgen::print_report(&report);
+            }
+            Ok(())
+        }
+        Command::Compare(a) => {
+            if a.connections.is_empty() || a.connections.contains(&0) {
+                return Err(BenchError::Usage("--connections must be at least 1".into()));
+            }
+            let cfg = compare::CompareConfig {
+                targets: a.targets,
+                rounds: a.rounds,
+                duration: a.load.duration,
+                warmup: a.load.warmup,
+                connections: a.connections,
+                shards: a.load.shard_plan(),
+                model: a.load.model.clone(),
+                stream: a.load.stream,
+                max_tokens: a.load.max_tokens,
+                api_key: a.load.api_key.clone(),
+                timeout: a.load.timeout,
+            };
+            let report = compare::run_compare(&cfg, |line| eprintln!("{line}"))?;
+            let json = to_json(&report)?;
+            if let Some(path) = &a.out {
+                std::fs::write(path, format!("{json}\n"))
+                    .map_err(|e| BenchError::io(format!("writing {}", path.display()), e))?;
+            }
+            if a.load.json {
+                println!("{json}");
+            } else {
+                print!("{}", compare::render_table(&report));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn to_json(v: &impl serde::Serialize) -> Result<String, BenchError> {
+    serde_json::to_string(v).map_err(|e| BenchError::Runtime(format!("json: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_mock() {
+        let cli = Cli::try_parse_from([
+            "shardgate-bench",
+            "mock",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--instances",
+            "3",
+            "--require-key",
+            "k",
+            "--output-tokens",
+            "4",
+            "--ttft",
+            "50ms",
+            "--tps",
+            "100",
+        ])
+        .unwrap();
+        let Command::Mock(m) = cli.command else {
+            panic!("not mock")
+        };
+        assert_eq!(m.shards, 2);
+        assert_eq!(m.instances, 3);
+        assert_eq!(m.require_key.as_deref(), Some("k"));
+        assert_eq!(m.ttft, Duration::from_millis(50));
+        assert_eq!(m.tps, 100);
+    }
+
+    #[test]
+    fn parses_run() {
+        let cli = Cli::try_parse_from([
+            "shardgate-bench",
+            "run",
+            "--url",
+            "http://127.0.0.1:9/v1/chat/completions",
+            "--connections",
+            "8",
+            "--duration",
+            "3s",
+            "--warmup",
+            "0",
+            "--stream",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.connections, 8);
+        assert_eq!(r.load.duration, Duration::from_secs(3));
+        assert_eq!(r.load.warmup, Duration::ZERO);
+        assert!(r.load.stream && r.load.json);
+        assert_eq!(r.load.model, "demo");
+        assert!(r.load.shard_plan().count >= 1);
+        assert!(Cli::try_parse_from(["shardgate-bench", "run", "--url", "https://x/"]).is_err());
+    }
+
+    #[test]
+    fn parses_compare() {
+        let cli = Cli::try_parse_from([
+            "shardgate-bench",
+            "compare",
+            "--target",
+            "direct=http://127.0.0.1:1/v1/chat/completions,model=mock-1",
+            "--target",
+            "gateway=http://127.0.0.1:2/v1/chat/completions,pid=42,model=demo",
+            "--connections",
+            "1,64",
+            "--rounds",
+            "2",
+        ])
+        .unwrap();
+        let Command::Compare(c) = cli.command else {
+            panic!("not compare")
+        };
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets[1].pid, Some(42));
+        assert_eq!(c.connections, vec![1, 64]);
+        assert_eq!(c.rounds, 2);
+        assert!(Cli::try_parse_from(["shardgate-bench", "compare"]).is_err());
+    }
+}

@@ -1,0 +1,59 @@
+//! Outbound HTTP/1.1 to providers: a per-shard keep-alive pool per provider,
+//! plain or TLS connections, request writing and response reading with a
+//! deadline on every wait.
+//!
+//! Invariants: a connection goes back to the pool only after its response
+//! was read to the end with keep-alive allowed; a pooled connection is probed
+//! before reuse and dropped if the peer closed it or sent anything unasked.
+
+mod pool;
+mod response;
+
+pub use pool::{Endpoint, Pool};
+pub use response::{read_response_head, BodyReader, BodyStep, ReadError, UpstreamHead};
+
+use crate::io::{MaybeTls, ReadBuf};
+use glommio::net::TcpStream;
+use std::io;
+use std::time::Instant;
+
+pub type UpstreamStream = MaybeTls<futures_rustls::client::TlsStream<TcpStream>>;
+
+pub struct UpstreamConn {
+    pub stream: UpstreamStream,
+    pub rbuf: ReadBuf,
+    /// Served a request before: a failure before any response byte may be the
+    /// keep-alive race, and the request may be sent again on a fresh one.
+    pub reused: bool,
+    idle_since: Instant,
+}
+
+impl UpstreamConn {
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match &self.stream {
+            MaybeTls::Plain(s) => s.as_raw_fd(),
+            MaybeTls::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+
+    /// True when the peer has neither closed the connection nor sent bytes
+    /// nobody asked for (either makes reuse unsafe).
+    fn looks_reusable(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: recv on a valid open fd into a 1-byte stack buffer; MSG_PEEK
+        // leaves any data in the socket, MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}

@@ -1,0 +1,126 @@
+use super::{UpstreamConn, UpstreamStream};
+use crate::config::{BaseUrl, UpstreamSettings};
+use crate::io::{with_timeout, MaybeTls, ReadBuf};
+use crate::runtime;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where a provider lives, with what its connections need.
+pub struct Endpoint {
+    pub base: BaseUrl,
+    /// Present for https upstreams.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `Host` header value, computed once.
+    pub authority: String,
+}
+
+/// A shard's idle upstream connections, one stack per provider (LIFO: the
+/// most recently used connection is the least likely to have been closed).
+/// Shard-local: no locks, no atomics.
+pub struct Pool {
+    idle: Vec<RefCell<Vec<UpstreamConn>>>,
+    dns: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    settings: UpstreamSettings,
+}
+
+impl Pool {
+    pub fn new(providers: usize, settings: UpstreamSettings) -> Self {
+        Self {
+            idle: (0..providers).map(|_| RefCell::new(Vec::new())).collect(),
+            dns: RefCell::new(HashMap::new()),
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// An idle connection that still looks healthy, or a new one.
+    pub async fn checkout(&self, provider: usize, ep: &Endpoint) -> io::Result<UpstreamConn> {
+        if let Some(conn) = self.take_idle(provider) {
+            return Ok(conn);
+        }
+        self.connect(ep).await
+    }
+
+    fn take_idle(&self, provider: usize) -> Option<UpstreamConn> {
+        let mut idle = self.idle.get(provider)?.borrow_mut();
+        while let Some(conn) = idle.pop() {
+            if conn.idle_since.elapsed() < self.settings.pool_idle_timeout && conn.looks_reusable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read to its end.
+    pub fn checkin(&self, provider: usize, mut conn: UpstreamConn) {
+        let Some(idle) = self.idle.get(provider) else {
+            return;
+        };
+        let mut idle = idle.borrow_mut();
+        if idle.len() >= self.settings.pool_max_idle_per_upstream {
+            return;
+        }
+        conn.reused = true;
+        conn.idle_since = Instant::now();
+        conn.rbuf.shrink_idle(8192);
+        idle.push(conn);
+    }
+
+    /// A fresh connection, never from the pool.
+    pub async fn connect(&self, ep: &Endpoint) -> io::Result<UpstreamConn> {
+        let addrs = self.resolve(&ep.base.host, ep.base.port).await?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for addr in addrs {
+            match runtime::connect(addr, self.settings.connect_timeout).await {
+                Ok(tcp) => {
+                    let stream: UpstreamStream = match &ep.tls {
+                        None => MaybeTls::Plain(tcp),
+                        Some(cfg) => {
+                            let tls = with_timeout(
+                                self.settings.connect_timeout,
+                                crate::tls::connect_tls(cfg, &ep.base.host, tcp),
+                            )
+                            .await?;
+                            MaybeTls::Tls(Box::new(tls))
+                        }
+                    };
+                    return Ok(UpstreamConn {
+                        stream,
+                        rbuf: ReadBuf::with_capacity(8192),
+                        reused: false,
+                        idle_since: Instant::now(),
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        let key = (host.to_owned(), port);
+        if let Some((addrs, at)) = self.dns.borrow().get(&key) {
+            if at.elapsed() < self.settings.dns_ttl {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = runtime::resolve(host.to_owned(), port).await?;
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} has no address"),
+            ));
+        }
+        self.dns
+            .borrow_mut()
+            .insert(key, (addrs.clone(), Instant::now()));
+        Ok(addrs)
+    }
+}

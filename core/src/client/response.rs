@@ -1,0 +1,263 @@
+use super::UpstreamConn;
+use crate::io::{with_timeout, Filled};
+use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
+use shardgate_proto::h1::{parse_response, HeadLimits, Method, ResponseFraming, ResponseHead};
+use std::io;
+use std::time::Duration;
+
+/// Why reading an upstream response failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("timed out")]
+    Timeout,
+    #[error("connection closed before the response ended")]
+    Eof { any_bytes: bool },
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("malformed response: {0}")]
+    Protocol(String),
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::TimedOut {
+            ReadError::Timeout
+        } else {
+            ReadError::Io(e)
+        }
+    }
+}
+
+/// The parts of an upstream response head the gateway uses. The head bytes
+/// are consumed from the connection buffer once this is built.
+#[derive(Debug)]
+pub struct UpstreamHead {
+    pub status: u16,
+    pub framing: ResponseFraming,
+    pub keep_alive: bool,
+    pub content_type: Option<Vec<u8>>,
+    pub retry_after: Option<Vec<u8>>,
+}
+
+impl UpstreamHead {
+    pub fn is_event_stream(&self) -> bool {
+        self.content_type
+            .as_deref()
+            .is_some_and(|ct| ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream"))
+    }
+}
+
+fn keep(head: &ResponseHead, buf: &[u8], name: &str) -> Option<Vec<u8>> {
+    head.header(buf, name).map(<[u8]>::to_vec)
+}
+
+/// Reads the response head (skipping 1xx interim responses) within `wait`.
+pub async fn read_response_head(
+    conn: &mut UpstreamConn,
+    wait: Duration,
+    method: Method,
+) -> Result<UpstreamHead, ReadError> {
+    let limits = HeadLimits::default();
+    let deadline = std::time::Instant::now() + wait;
+    let mut any_bytes = !conn.rbuf.is_empty();
+    loop {
+        if !conn.rbuf.is_empty() {
+            match parse_response(conn.rbuf.data(), &limits, method) {
+                Ok(Some(head)) => {
+                    let buf = conn.rbuf.data();
+                    let parsed = UpstreamHead {
+                        status: head.status,
+                        framing: head.framing,
+                        keep_alive: head.keep_alive,
+                        content_type: keep(&head, buf, "content-type"),
+                        retry_after: keep(&head, buf, "retry-after"),
+                    };
+                    conn.rbuf.consume(head.head_len);
+                    if head.is_informational() {
+                        continue;
+                    }
+                    return Ok(parsed);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Protocol(e.to_string())),
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::Timeout);
+        }
+        match with_timeout(
+            left,
+            conn.rbuf.fill(&mut conn.stream, 4096, limits.max_head_bytes),
+        )
+        .await?
+        {
+            Some(Filled::Bytes(_)) => any_bytes = true,
+            Some(Filled::Eof) => return Err(ReadError::Eof { any_bytes }),
+            None => return Err(ReadError::Protocol("response head too large".into())),
+        }
+    }
+}
+
+/// What one step of body reading produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyStep {
+    /// Some data was handed out; more may follow.
+    Data,
+    /// The body ended; the connection may be reused if the head allowed it.
+    End,
+}
+
+/// Reads a response body by its framing, handing out slices of the
+/// connection's buffer (no copy here).
+#[derive(Debug)]
+pub struct BodyReader {
+    framing: ResponseFraming,
+    remaining: u64,
+    chunked: Option<ChunkedDecoder>,
+    done: bool,
+}
+
+impl BodyReader {
+    pub fn new(framing: ResponseFraming) -> Self {
+        let (remaining, done) = match framing {
+            ResponseFraming::Length(n) => (n, n == 0),
+            ResponseFraming::Empty => (0, true),
+            _ => (0, false),
+        };
+        let chunked = matches!(framing, ResponseFraming::Chunked)
+            .then(|| ChunkedDecoder::new(ChunkedLimits::default()));
+        Self {
+            framing,
+            remaining,
+            chunked,
+            done,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Hands buffered body bytes to `on_data`; reads from the socket (within
+    /// `wait`) only when nothing is buffered. Returns `End` once the body is
+    /// complete.
+    pub async fn step(
+        &mut self,
+        conn: &mut UpstreamConn,
+        wait: Duration,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<BodyStep, ReadError> {
+        loop {
+            if self.done {
+                return Ok(BodyStep::End);
+            }
+            if self.drain_buffered(conn, on_data)? {
+                return Ok(if self.done { BodyStep::End } else { BodyStep::Data });
+            }
+            if self.done {
+                return Ok(BodyStep::End);
+            }
+            match with_timeout(wait, conn.rbuf.fill(&mut conn.stream, 16384, 1 << 20)).await? {
+                Some(Filled::Bytes(_)) => {}
+                Some(Filled::Eof) => {
+                    if matches!(self.framing, ResponseFraming::UntilClose) {
+                        self.done = true;
+                        return Ok(BodyStep::End);
+                    }
+                    return Err(ReadError::Eof { any_bytes: true });
+                }
+                None => return Err(ReadError::Protocol("chunk line too long".into())),
+            }
+        }
+    }
+
+    /// Returns whether any data was handed out.
+    fn drain_buffered(
+        &mut self,
+        conn: &mut UpstreamConn,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, ReadError> {
+        let mut gave = false;
+        match self.framing {
+            ResponseFraming::Length(_) => {
+                let n = (conn.rbuf.len() as u64).min(self.remaining) as usize;
+                if n > 0 {
+                    on_data(&conn.rbuf.data()[..n]);
+                    conn.rbuf.consume(n);
+                    self.remaining -= n as u64;
+                    gave = true;
+                }
+                self.done = self.remaining == 0;
+            }
+            ResponseFraming::UntilClose => {
+                let n = conn.rbuf.len();
+                if n > 0 {
+                    on_data(conn.rbuf.data());
+                    conn.rbuf.consume(n);
+                    gave = true;
+                }
+            }
+            ResponseFraming::Chunked => {
+                let Some(dec) = self.chunked.as_mut() else {
+                    return Ok(false);
+                };
+                loop {
+                    let d = dec
+                        .decode(conn.rbuf.data())
+                        .map_err(|e| ReadError::Protocol(e.to_string()))?;
+                    if !d.data.is_empty() {
+                        on_data(&conn.rbuf.data()[d.data.clone()]);
+                        gave = true;
+                    }
+                    conn.rbuf.consume(d.consumed);
+                    if dec.is_done() {
+                        self.done = true;
+                        break;
+                    }
+                    if d.consumed == 0 {
+                        break;
+                    }
+                }
+            }
+            ResponseFraming::Empty => self.done = true,
+        }
+        Ok(gave)
+    }
+
+    /// Reads the whole remaining body into a vector of at most `max` bytes.
+    pub async fn read_to_end(
+        &mut self,
+        conn: &mut UpstreamConn,
+        wait: Duration,
+        max: usize,
+    ) -> Result<Vec<u8>, ReadError> {
+        let mut body = Vec::new();
+        if let ResponseFraming::Length(n) = self.framing {
+            if n as usize > max {
+                return Err(ReadError::TooLarge(max));
+            }
+            body.reserve(n as usize);
+        }
+        let mut too_large = false;
+        loop {
+            let step = self
+                .step(conn, wait, &mut |d| {
+                    if body.len() + d.len() > max {
+                        too_large = true;
+                    } else {
+                        body.extend_from_slice(d);
+                    }
+                })
+                .await?;
+            if too_large {
+                return Err(ReadError::TooLarge(max));
+            }
+            if step == BodyStep::End {
+                return Ok(body);
+            }
+        }
+    }
+}

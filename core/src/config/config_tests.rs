@@ -1,0 +1,98 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, &no_env).map_err(|e| e.to_string())
+}
+
+const MIN: &str = "listen: 127.0.0.1:0\nmodels: { demo: { targets: [ { provider: local, model: m } ] } }\nproviders: { local: { kind: mock } }\n";
+
+#[test]
+fn default_config_is_valid() {
+    let c = Config::parse(DEFAULT_CONFIG, &no_env).unwrap();
+    assert!(c.models.contains_key("demo"));
+    assert!(c.shards >= 1);
+}
+
+#[test]
+fn minimal_config_and_defaults() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.limits.max_head_bytes, 32 * 1024);
+    assert_eq!(c.models["demo"].targets[0].model, "m");
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let e = parse(&format!("{MIN}limits: {{ max_body: 1KiB }}\n")).unwrap_err();
+    assert!(e.starts_with("limits: unknown field `max_body`"), "{e}");
+}
+
+#[test]
+fn bad_unit_is_named() {
+    let e = parse(&format!("{MIN}limits: {{ idle_timeout: 30 }}\n")).unwrap_err();
+    assert!(e.starts_with("limits.idle_timeout:"), "{e}");
+    let e = parse(&format!("{MIN}limits: {{ max_body_bytes: 3 parsecs }}\n")).unwrap_err();
+    assert!(e.starts_with("limits.max_body_bytes:"), "{e}");
+}
+
+#[test]
+fn missing_provider_is_named() {
+    let e = parse("listen: 127.0.0.1:0\nproviders: {}\nmodels: { a: { targets: [ { provider: nope, model: m } ] } }\n")
+        .unwrap_err();
+    assert_eq!(e, "models.a.targets[0].provider: no provider named `nope`");
+}
+
+#[test]
+fn missing_env_secret_is_named_without_value() {
+    let text = "listen: 127.0.0.1:0\nproviders: { o: { kind: openai, base_url: 'https://api.openai.com/v1', api_key: '${SG_TEST_UNSET}' } }\nmodels: { a: { targets: [ { provider: o, model: gpt-4o } ] } }\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(
+        e,
+        "providers.o.api_key: environment variable SG_TEST_UNSET is not set"
+    );
+    let env = |k: &str| (k == "SG_TEST_UNSET").then(|| "sk-live-secret".to_owned());
+    let c = Config::parse(text, &env).unwrap();
+    assert!(!format!("{c:?}").contains("sk-live-secret"));
+    let ProviderKind::OpenAi(p) = &c.providers[0].kind else {
+        panic!("kind")
+    };
+    assert_eq!(p.base.path, "/v1");
+    assert_eq!(p.base.port, 443);
+    assert!(p.base.tls);
+    assert_eq!(p.base.authority(), "api.openai.com");
+}
+
+#[test]
+fn base_url_checks() {
+    let t = |u: &str| {
+        parse(&format!(
+            "listen: 127.0.0.1:0\nproviders: {{ o: {{ kind: openai, base_url: '{u}' }} }}\nmodels: {{ a: {{ targets: [ {{ provider: o, model: m }} ] }} }}\n"
+        ))
+    };
+    assert!(t("ftp://x/v1").unwrap_err().contains("scheme `ftp`"));
+    assert!(t("http://u:p@x/v1").unwrap_err().contains("credentials"));
+    let c = t("http://127.0.0.1:9000/v1/").unwrap();
+    let ProviderKind::OpenAi(p) = &c.providers[0].kind else {
+        panic!("kind")
+    };
+    assert_eq!(p.base.path, "/v1");
+    assert_eq!(p.base.authority(), "127.0.0.1:9000");
+}
+
+#[test]
+fn shards_validation() {
+    assert!(parse(&format!("{MIN}shards: 0\n")).unwrap_err().starts_with("shards:"));
+    assert!(parse(&format!("{MIN}shards: many\n")).unwrap_err().starts_with("shards:"));
+    assert_eq!(parse(&format!("{MIN}shards: 3\n")).unwrap().shards, 3);
+    assert!(parse(&format!("{MIN}shards: auto\n")).unwrap().shards >= 1);
+}
+
+#[test]
+fn listener_required() {
+    let e = parse("providers: { local: { kind: mock } }\nmodels: { demo: { targets: [ { provider: local, model: m } ] } }\n").unwrap_err();
+    assert!(e.starts_with("listen:"), "{e}");
+}

@@ -1,0 +1,190 @@
+//! Gateway configuration: YAML, validated strictly at start. Every error names
+//! the field it is about (`providers.openai.base_url: ...`), unknown fields are
+//! refused, and secrets are resolved here once and never printed.
+//!
+//! Two layers: `raw` mirrors the file (what serde reads), `Config` is the
+//! validated form the gateway runs on, where references are already resolved
+//! (a model's target points at a provider by index, not by a name that might
+//! not exist).
+
+mod raw;
+mod secret;
+mod units;
+
+pub use secret::{Secret, SecretRef};
+pub use units::{parse_size, ByteSize, Dur};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The config used when none is given: a mock model so a newcomer can curl
+/// the gateway at once, with no API keys.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Field { path: String, message: String },
+}
+
+fn field(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub shards: usize,
+    pub limits: Limits,
+    pub upstream: UpstreamSettings,
+    pub providers: Vec<Provider>,
+    /// Gateway model aliases, sorted by name (for `/v1/models`).
+    pub models: BTreeMap<String, ModelRoute>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+    /// How often certificate files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// Limits on everything a client can make the gateway hold or wait for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_connections_per_shard: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    /// From the request sent to the upstream's response head.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two reads of a response body or stream.
+    pub read_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_upstream: usize,
+    pub max_response_bytes: usize,
+    pub max_event_bytes: usize,
+    pub dns_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    /// An OpenAI-dialect HTTP upstream (OpenAI itself, vLLM, ...).
+    OpenAi(HttpProvider),
+    /// Answers in-process with deterministic text.
+    Mock(MockProvider),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpProvider {
+    pub base: BaseUrl,
+    pub api_key: Option<Secret>,
+    /// Extra CA certificates trusted for this upstream (besides webpki roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BaseUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. `/v1`.
+    pub path: String,
+}
+
+impl BaseUrl {
+    /// The Host header value: the port is included only when not the default.
+    pub fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MockProvider {
+    pub output_tokens: usize,
+    pub ttft: Duration,
+    /// `None` streams as fast as possible.
+    pub tokens_per_second: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelRoute {
+    /// Tried in order: the next target is used when one fails before any byte
+    /// of its answer reached the client.
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub provider: usize,
+    pub model: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &|k| std::env::var(k).ok())
+    }
+
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { "config".to_owned() } else { path };
+            field(path, e.into_inner().to_string())
+        })?;
+        raw.validate(env)
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

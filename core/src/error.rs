@@ -1,0 +1,222 @@
+//! The one error type of the gateway's edge. Each variant knows which side
+//! failed, its HTTP status, whether another target may be tried, a
+//! low-cardinality label for metrics and logs, and how to render itself in
+//! the client's dialect. Errors are logged once, where they are rendered.
+
+use shardgate_proto::h1::H1Error;
+use shardgate_proto::openai::{error_body, FactsError};
+
+/// Who caused a failure: decides the status class and what is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadHead(H1Error),
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("Unknown request URL: {method} {path}. Please check the URL for typos.")]
+    UnknownRoute { method: String, path: String },
+    #[error("Method {method} is not allowed on {path}.")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error("Request body is larger than the limit of {limit} bytes.")]
+    BodyTooLarge { limit: usize },
+    #[error("The request was not received in time.")]
+    RequestTimeout,
+    #[error("The request body is malformed: {0}")]
+    BadBody(String),
+    #[error("The gateway is shutting down.")]
+    Draining,
+    #[error("Could not reach provider `{provider}`: {reason}")]
+    UpstreamConnect { provider: String, reason: String },
+    #[error("Provider `{provider}` did not answer in time.")]
+    UpstreamTimeout { provider: String },
+    #[error("Provider `{provider}` sent a malformed response: {reason}")]
+    UpstreamProtocol { provider: String, reason: String },
+    /// An error status from the upstream; its body is passed on when it is
+    /// already OpenAI-shaped JSON.
+    #[error("Provider `{provider}` answered with status {status}.")]
+    UpstreamStatus {
+        provider: String,
+        status: u16,
+        body: Vec<u8>,
+    },
+}
+
+impl GatewayError {
+    pub fn side(&self) -> Side {
+        use GatewayError::*;
+        match self {
+            BadHead(_) | BadRequest { .. } | UnknownRoute { .. } | MethodNotAllowed { .. }
+            | ModelNotFound(_) | BodyTooLarge { .. } | RequestTimeout | BadBody(_) => Side::Client,
+            Draining => Side::Gateway,
+            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. }
+            | UpstreamStatus { .. } => Side::Upstream,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        use GatewayError::*;
+        match self {
+            BadHead(e) => e.status(),
+            BadRequest { .. } | BadBody(_) => 400,
+            UnknownRoute { .. } | ModelNotFound(_) => 404,
+            MethodNotAllowed { .. } => 405,
+            RequestTimeout => 408,
+            BodyTooLarge { .. } => 413,
+            Draining => 503,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
+            UpstreamTimeout { .. } => 504,
+            UpstreamStatus { status, .. } => *status,
+        }
+    }
+
+    /// Whether the next target of a model may be tried after this error.
+    /// Only failures that happened before the client saw any byte qualify,
+    /// which the caller guarantees by asking only then.
+    pub fn retryable(&self) -> bool {
+        use GatewayError::*;
+        match self {
+            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => true,
+            UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// Low-cardinality label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            BadHead(_) => "bad_head",
+            BadRequest { .. } => "bad_request",
+            UnknownRoute { .. } => "unknown_route",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            ModelNotFound(_) => "model_not_found",
+            BodyTooLarge { .. } => "body_too_large",
+            RequestTimeout => "request_timeout",
+            BadBody(_) => "bad_body",
+            Draining => "draining",
+            UpstreamConnect { .. } => "upstream_connect",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            UpstreamProtocol { .. } => "upstream_protocol",
+            UpstreamStatus { .. } => "upstream_status",
+        }
+    }
+
+    fn openai_type(&self) -> &'static str {
+        match (self.side(), self.status()) {
+            (_, 404) => "invalid_request_error",
+            (Side::Client, _) => "invalid_request_error",
+            (_, 429) => "rate_limit_error",
+            (Side::Upstream, _) => "upstream_error",
+            (Side::Gateway, _) => "server_error",
+        }
+    }
+
+    fn openai_code(&self) -> Option<&'static str> {
+        use GatewayError::*;
+        match self {
+            ModelNotFound(_) => Some("model_not_found"),
+            UnknownRoute { .. } => Some("unknown_url"),
+            BodyTooLarge { .. } => Some("request_too_large"),
+            UpstreamTimeout { .. } => Some("upstream_timeout"),
+            UpstreamConnect { .. } => Some("upstream_unavailable"),
+            _ => None,
+        }
+    }
+
+    /// The body in OpenAI's error shape. An upstream's own OpenAI-shaped
+    /// error body is passed on as it came, so clients see the provider's
+    /// message; anything else is wrapped.
+    pub fn openai_body(&self) -> Vec<u8> {
+        if let GatewayError::UpstreamStatus { body, .. } = self {
+            if is_openai_error(body) {
+                return body.clone();
+            }
+        }
+        let param = match self {
+            GatewayError::BadRequest { param, .. } => *param,
+            GatewayError::ModelNotFound(_) => Some("model"),
+            _ => None,
+        };
+        error_body(&self.to_string(), self.openai_type(), param, self.openai_code())
+    }
+}
+
+impl From<H1Error> for GatewayError {
+    fn from(e: H1Error) -> Self {
+        GatewayError::BadHead(e)
+    }
+}
+
+impl From<FactsError> for GatewayError {
+    fn from(e: FactsError) -> Self {
+        let param = match &e {
+            FactsError::MissingModel => Some("model"),
+            FactsError::WrongType(f) => Some(*f),
+            _ => None,
+        };
+        let message = match &e {
+            FactsError::MissingModel => "you must provide a model parameter".to_owned(),
+            FactsError::InvalidJson(m) => format!(
+                "We could not parse the JSON body of your request. ({m})"
+            ),
+            FactsError::NotAnObject => "The request body must be a JSON object.".to_owned(),
+            FactsError::WrongType(f) => format!("Invalid type for '{f}'."),
+        };
+        GatewayError::BadRequest { message, param }
+    }
+}
+
+/// True when `body` is a JSON object with an `error` object: the shape
+/// OpenAI-compatible upstreams use, safe to forward as is.
+fn is_openai_error(body: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => v.get("error").is_some_and(|e| e.is_object()),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_openai_shape() {
+        let e = GatewayError::ModelNotFound("nope".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.openai_body()).unwrap();
+        assert_eq!(e.status(), 404);
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("`nope`"));
+    }
+
+    #[test]
+    fn upstream_error_body_passed_on_or_wrapped() {
+        let body = br#"{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"x"}}"#;
+        let e = GatewayError::UpstreamStatus {
+            provider: "p".into(),
+            status: 429,
+            body: body.to_vec(),
+        };
+        assert_eq!(e.openai_body(), body.to_vec());
+        assert!(e.retryable());
+        let e = GatewayError::UpstreamStatus {
+            provider: "p".into(),
+            status: 502,
+            body: b"<html>bad gateway</html>".to_vec(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&e.openai_body()).unwrap();
+        assert_eq!(v["error"]["type"], "upstream_error");
+    }
+}

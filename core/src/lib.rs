@@ -1,0 +1,20 @@
+//! The Shardgate gateway: everything that does IO. One glommio executor per
+//! core; each shard accepts on its own SO_REUSEPORT socket, keeps a
+//! connection for its whole life, and owns its upstream pools. Nothing on the
+//! request path is shared between shards.
+//!
+//! Where a request goes, by folder: `server/` reads it, `gateway/` decides
+//! and routes it, `client/` sends it upstream, `gateway/relay.rs` relays the
+//! answer. `serve.rs` starts and stops shards; `runtime.rs` is the only
+//! place that sets up glommio executors.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod io;
+pub mod runtime;
+pub mod serve;
+pub mod server;
+pub mod shard;
+pub mod tls;

@@ -1,0 +1,213 @@
+//! Starting and stopping the gateway: bind every listener once per shard,
+//! start the shards, then wait on the main thread for signals (shutdown) and
+//! certificate changes (reload), which reach shards as control messages.
+
+use crate::config::Config;
+use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
+use crate::shard::Shard;
+use crate::tls::{self, CertWatch, TlsError};
+use crossbeam::channel::RecvTimeoutError;
+use glommio::sync::Gate;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS for listener {addr}: {source}")]
+    Tls { addr: SocketAddr, source: TlsError },
+    #[error("TLS for provider {provider}: {source}")]
+    UpstreamTls { provider: String, source: TlsError },
+    #[error("cannot start shard {id}: {source}")]
+    Shard { id: usize, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+pub struct Options {
+    pub executor: ExecutorSettings,
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
+/// `on_listening` is told every bound address (port 0 resolved) once all
+/// sockets listen.
+pub fn run(config: Config, opts: Options, on_listening: impl FnOnce(&[SocketAddr])) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let shards = config.shards;
+
+    let mut tls_configs = Vec::new();
+    let mut watches = Vec::new();
+    for l in &config.listeners {
+        match &l.tls {
+            None => tls_configs.push(None),
+            Some(t) => {
+                let cfg = tls::server_config(t).map_err(|source| ServeError::Tls { addr: l.addr, source })?;
+                tls_configs.push(Some(cfg));
+                watches.push((tls_configs.len() - 1, t.clone(), CertWatch::new(t)));
+            }
+        }
+    }
+    let mut upstream_tls = Vec::new();
+    for p in &config.providers {
+        upstream_tls.push(match &p.kind {
+            crate::config::ProviderKind::OpenAi(h) if h.base.tls => Some(
+                tls::client_config(h.ca_file.as_deref())
+                    .map_err(|source| ServeError::UpstreamTls { provider: p.name.clone(), source })?,
+            ),
+            _ => None,
+        });
+    }
+
+    // sockets[listener][shard]
+    let mut sockets = Vec::new();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let socks = runtime::bind_listeners(l.addr, shards, 4096)
+            .map_err(|source| ServeError::Bind { addr: l.addr, source })?;
+        let addr = socks
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(l.addr);
+        bound.push(addr);
+        sockets.push(socks.into_iter());
+    }
+
+    let signals = signal_channel()?;
+    let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let mine: Vec<_> = sockets.iter_mut().filter_map(Iterator::next).collect();
+        let config = config.clone();
+        let tls_configs = tls_configs.clone();
+        let upstream_tls = upstream_tls.clone();
+        let handle = runtime::spawn_shard(id, opts.executor, move |control| async move {
+            let shard = Shard::new(id, config, tls_configs, &upstream_tls);
+            shard_main(shard, mine, control).await;
+        })
+        .map_err(|source| ServeError::Shard { id, source })?;
+        handles.push(handle);
+    }
+    on_listening(&bound);
+
+    let reload_every = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref().map(|t| t.reload_interval))
+        .min()
+        .unwrap_or(Duration::from_secs(3600));
+    loop {
+        match signals.recv_timeout(reload_every) {
+            Ok(sig) => {
+                log::info!("signal {sig}: draining (up to {:?})", config.limits.drain_timeout);
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => reload_certs(&mut watches, &handles),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for h in &handles {
+        let _ = h.control.send(Control::Shutdown);
+    }
+    // A second signal while draining stops at once.
+    let deadline = config.limits.drain_timeout + Duration::from_secs(1);
+    std::thread::spawn(move || {
+        if signals.recv_timeout(deadline).is_ok() {
+            log::warn!("second signal: exiting without waiting for the drain");
+        }
+        std::process::exit(0);
+    });
+    for h in handles {
+        if let Err(e) = h.join() {
+            log::error!("shard ended with an error: {e}");
+        }
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+fn reload_certs(watches: &mut [(usize, crate::config::ListenerTls, CertWatch)], handles: &[ShardHandle]) {
+    for (listener, tls_cfg, watch) in watches.iter_mut() {
+        if !watch.changed() {
+            continue;
+        }
+        match tls::server_config(tls_cfg) {
+            Ok(config) => {
+                log::info!("listener {listener}: TLS certificates reloaded");
+                for h in handles {
+                    let _ = h.control.send(Control::TlsReload {
+                        listener: *listener,
+                        config: config.clone(),
+                    });
+                }
+            }
+            Err(e) => log::error!("listener {listener}: TLS reload failed, keeping the old certificates: {e}"),
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, delivered on a channel by a watcher thread.
+fn signal_channel() -> Result<crossbeam::channel::Receiver<i32>, ServeError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServeError::Signals)?;
+    let (tx, rx) = crossbeam::channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(ServeError::Signals)?;
+    Ok(rx)
+}
+
+/// A shard's life: accept on its listeners, apply control messages, and on
+/// shutdown stop accepting and wait (up to the drain timeout) for its
+/// connections to finish.
+async fn shard_main(
+    shard: Rc<Shard>,
+    listeners: Vec<std::net::TcpListener>,
+    control: crossbeam::channel::Receiver<Control>,
+) {
+    let gate = Rc::new(Gate::new());
+    for (index, l) in listeners.into_iter().enumerate() {
+        let listener = runtime::adopt_listener(l);
+        glommio::spawn_local(crate::server::accept_loop(shard.clone(), index, listener, gate.clone())).detach();
+    }
+    loop {
+        match runtime::recv_control(&control).await {
+            Some(Control::TlsReload { listener, config }) => {
+                if let Some(slot) = shard.tls.get(listener) {
+                    *slot.borrow_mut() = Some(config);
+                }
+            }
+            Some(Control::Shutdown) | None => break,
+        }
+    }
+    shard.begin_shutdown();
+    let drained = futures_lite::future::or(
+        async {
+            let _ = gate.close().await;
+            true
+        },
+        async {
+            glommio::timer::sleep(shard.config.limits.drain_timeout).await;
+            false
+        },
+    )
+    .await;
+    if !drained {
+        log::warn!(
+            "shard {}: drain timeout with {} connections open; closing them",
+            shard.id,
+            shard.open_connections.get()
+        );
+    }
+}

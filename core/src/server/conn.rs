@@ -1,0 +1,121 @@
+//! One client connection, start to end: read a request (head, then body),
+//! hand it to the gateway, repeat while keep-alive holds. Requests are
+//! handled one at a time, so pipelined requests are answered in order.
+
+use super::request::{read_body, read_head, HeadRead, Request};
+use super::respond;
+use crate::error::GatewayError;
+use crate::io::{write_all_timeout, Filled, MaybeTls, ReadBuf};
+use crate::shard::Shard;
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+pub type ClientStream = MaybeTls<futures_rustls::server::TlsStream<TcpStream>>;
+
+/// Read buffer size a connection starts with and returns to when idle.
+pub const IDLE_BUFFER: usize = 4096;
+
+pub struct ClientConn {
+    pub stream: ClientStream,
+    pub rbuf: ReadBuf,
+    pub peer: SocketAddr,
+    write_timeout: Duration,
+    /// How many buffered bytes `closed` may accumulate from a client that
+    /// pipelines while its stream is being relayed.
+    max_pending: usize,
+}
+
+impl ClientConn {
+    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        write_all_timeout(&mut self.stream, bytes, self.write_timeout).await?;
+        if self.stream.is_tls() {
+            crate::io::with_timeout(self.write_timeout, self.stream.flush()).await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves when the client has gone (closed or broken its connection).
+    /// Bytes it sends meanwhile, such as a pipelined next request, are kept.
+    /// Used to cancel upstream work nobody will read.
+    pub async fn closed(&mut self) {
+        loop {
+            match self
+                .rbuf
+                .fill(&mut self.stream, 1024, self.max_pending)
+                .await
+            {
+                Ok(Some(Filled::Bytes(_))) => continue,
+                Ok(None) => return std::future::pending().await,
+                Ok(Some(Filled::Eof)) | Err(_) => return,
+            }
+        }
+    }
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
+    let limits = &shard.config.limits;
+    let mut conn = ClientConn {
+        stream,
+        rbuf: ReadBuf::with_capacity(IDLE_BUFFER),
+        peer,
+        write_timeout: limits.write_timeout,
+        max_pending: limits.max_head_bytes + limits.max_body_bytes,
+    };
+    loop {
+        let head = match read_head(&shard, &mut conn).await {
+            HeadRead::Head(h, b) => (h, b),
+            HeadRead::Closed => break,
+            HeadRead::Error(e) => {
+                log::debug!("shard {} {}: {}", shard.id, peer, e.label());
+                let _ = conn.write(&respond::error(&e, "", true)).await;
+                break;
+            }
+        };
+        let request_id = shard.request_id();
+        let req = match read_body(&shard, &mut conn, head).await {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("shard {} {}: {}", shard.id, peer, e.label());
+                let _ = conn.write(&respond::error(&e, &request_id, true)).await;
+                break;
+            }
+        };
+        let keep_alive = req.head.keep_alive;
+        let outcome = handle_boxed(&shard, &mut conn, req, &request_id).await;
+        if !keep_alive || !outcome.keep_alive || shard.draining() {
+            break;
+        }
+        conn.rbuf.shrink_idle(IDLE_BUFFER);
+    }
+    let _ = conn.stream.close().await;
+}
+
+/// The per-request future is boxed so an idle connection's task stays small:
+/// only the connection loop's state lives between requests.
+async fn handle_boxed(shard: &Rc<Shard>, conn: &mut ClientConn, req: Request, rid: &str) -> Outcome {
+    Box::pin(crate::gateway::handle(shard, conn, req, rid)).await
+}
+
+/// What the handler left the connection fit for.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub keep_alive: bool,
+}
+
+impl Outcome {
+    pub const KEEP: Outcome = Outcome { keep_alive: true };
+    pub const CLOSE: Outcome = Outcome { keep_alive: false };
+}
+
+/// Writes an error response, closing the connection when the error leaves the
+/// request stream in an unknown state.
+pub async fn send_error(conn: &mut ClientConn, err: &GatewayError, rid: &str, close: bool) -> Outcome {
+    if conn.write(&respond::error(err, rid, close)).await.is_err() || close {
+        return Outcome::CLOSE;
+    }
+    Outcome::KEEP
+}

@@ -1,0 +1,180 @@
+//! Reading one request off a connection: its head within the head timeout,
+//! then its body within the body timeout and the body size limit. Every wait
+//! has a deadline and every buffer a bound.
+
+use super::conn::ClientConn;
+use super::respond::CONTINUE_100;
+use crate::error::GatewayError;
+use crate::io::{with_timeout, Filled};
+use crate::shard::Shard;
+use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
+use shardgate_proto::h1::{parse_request, BodyFraming, HeadLimits, RequestHead};
+use std::io;
+use std::time::Instant;
+
+/// A request read in full. `head`'s spans index into `head_buf`.
+pub struct Request {
+    pub head: RequestHead,
+    pub head_buf: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn path(&self) -> &[u8] {
+        self.head.path(&self.head_buf)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.header(&self.head_buf, name)
+    }
+}
+
+pub enum HeadRead {
+    Head(RequestHead, Vec<u8>),
+    /// The client closed, went idle past the keep-alive timeout, or the shard
+    /// is draining: end the connection without a response.
+    Closed,
+    /// A response is owed (400, 408, 431...), then the connection closes.
+    Error(GatewayError),
+}
+
+pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
+    let l = &shard.config.limits;
+    let limits = HeadLimits {
+        max_head_bytes: l.max_head_bytes,
+        max_headers: l.max_headers,
+    };
+    if conn.rbuf.is_empty() {
+        if shard.draining() {
+            return HeadRead::Closed;
+        }
+        let first = futures_lite::future::or(
+            async {
+                Some(
+                    with_timeout(
+                        l.idle_timeout,
+                        conn.rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes),
+                    )
+                    .await,
+                )
+            },
+            async {
+                shard.wait_shutdown().await;
+                None
+            },
+        )
+        .await;
+        match first {
+            Some(Ok(Some(Filled::Bytes(_)))) => {}
+            _ => return HeadRead::Closed,
+        }
+    }
+    let deadline = Instant::now() + l.head_timeout;
+    loop {
+        match parse_request(conn.rbuf.data(), &limits) {
+            Ok(Some(head)) => {
+                let head_buf = conn.rbuf.data()[..head.head_len].to_vec();
+                conn.rbuf.consume(head.head_len);
+                return HeadRead::Head(head, head_buf);
+            }
+            Ok(None) => {}
+            Err(e) => return HeadRead::Error(e.into()),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return HeadRead::Error(GatewayError::RequestTimeout);
+        }
+        match with_timeout(left, conn.rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes)).await {
+            Ok(Some(Filled::Bytes(_))) => {}
+            Ok(None) => {
+                return HeadRead::Error(GatewayError::BadHead(
+                    shardgate_proto::h1::H1Error::HeadTooLarge,
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return HeadRead::Error(GatewayError::RequestTimeout)
+            }
+            Ok(Some(Filled::Eof)) | Err(_) => return HeadRead::Closed,
+        }
+    }
+}
+
+pub async fn read_body(
+    shard: &Shard,
+    conn: &mut ClientConn,
+    (head, head_buf): (RequestHead, Vec<u8>),
+) -> Result<Request, GatewayError> {
+    let l = &shard.config.limits;
+    let max = l.max_body_bytes;
+    let deadline = Instant::now() + l.body_timeout;
+    let wants_body = head.framing != BodyFraming::Empty;
+    if let BodyFraming::Length(n) = head.framing {
+        if n > max as u64 {
+            return Err(GatewayError::BodyTooLarge { limit: max });
+        }
+    }
+    if wants_body && head.expect_continue && conn.rbuf.is_empty() {
+        conn.write(CONTINUE_100)
+            .await
+            .map_err(|_| GatewayError::RequestTimeout)?;
+    }
+    let body = match head.framing {
+        BodyFraming::Empty => Vec::new(),
+        BodyFraming::Length(n) => {
+            let n = n as usize;
+            while conn.rbuf.len() < n {
+                let want = n - conn.rbuf.len();
+                fill_before(conn, deadline, want, n).await?;
+            }
+            let body = conn.rbuf.data()[..n].to_vec();
+            conn.rbuf.consume(n);
+            body
+        }
+        BodyFraming::Chunked => {
+            let mut dec = ChunkedDecoder::new(ChunkedLimits::default());
+            let mut body = Vec::new();
+            loop {
+                let d = dec
+                    .decode(conn.rbuf.data())
+                    .map_err(|e| GatewayError::BadBody(e.to_string()))?;
+                if body.len() + d.data.len() > max {
+                    return Err(GatewayError::BodyTooLarge { limit: max });
+                }
+                body.extend_from_slice(&conn.rbuf.data()[d.data.clone()]);
+                conn.rbuf.consume(d.consumed);
+                if dec.is_done() {
+                    break;
+                }
+                if d.consumed == 0 {
+                    fill_before(conn, deadline, 16384, 1 << 20).await?;
+                }
+            }
+            body
+        }
+    };
+    Ok(Request {
+        head,
+        head_buf,
+        body,
+    })
+}
+
+async fn fill_before(
+    conn: &mut ClientConn,
+    deadline: Instant,
+    want: usize,
+    max: usize,
+) -> Result<(), GatewayError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(GatewayError::RequestTimeout);
+    }
+    match with_timeout(left, conn.rbuf.fill(&mut conn.stream, want, max)).await {
+        Ok(Some(Filled::Bytes(_))) => Ok(()),
+        Ok(Some(Filled::Eof)) => Err(GatewayError::BadBody(
+            "the connection closed before the body ended".into(),
+        )),
+        Ok(None) => Err(GatewayError::BadBody("chunk line too long".into())),
+        Err(_) => Err(GatewayError::RequestTimeout),
+    }
+}

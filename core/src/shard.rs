@@ -1,0 +1,88 @@
+//! Everything one shard owns: its copy of the config, its upstream pools, its
+//! listeners' TLS configs and its shutdown signal. Nothing here is shared with
+//! another shard, so nothing here is locked.
+
+use crate::client::{Endpoint, Pool};
+use crate::config::{Config, ProviderKind};
+use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub struct Shard {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub pool: Pool,
+    /// One per provider; `None` for in-process providers.
+    pub endpoints: Vec<Option<Endpoint>>,
+    /// Current TLS config per listener (`None` for plain listeners); replaced
+    /// on certificate reload, read at each handshake.
+    pub tls: Vec<RefCell<Option<Arc<rustls::ServerConfig>>>>,
+    /// Pre-rendered `/v1/models` body.
+    pub models_body: Vec<u8>,
+    /// Closed at shutdown: every `wait_shutdown` returns at once after that.
+    shutdown: Semaphore,
+    draining: Cell<bool>,
+    /// Connections currently open on this shard.
+    pub open_connections: Cell<usize>,
+    next_request: Cell<u64>,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        config: Arc<Config>,
+        tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+        upstream_tls: &[Option<Arc<rustls::ClientConfig>>],
+    ) -> Rc<Self> {
+        let endpoints = config
+            .providers
+            .iter()
+            .zip(upstream_tls)
+            .map(|(p, tls)| match &p.kind {
+                ProviderKind::OpenAi(h) => Some(Endpoint {
+                    authority: h.base.authority(),
+                    base: h.base.clone(),
+                    tls: tls.clone(),
+                }),
+                ProviderKind::Mock(_) => None,
+            })
+            .collect();
+        let models_body = crate::gateway::models::render(&config);
+        Rc::new(Self {
+            id,
+            pool: Pool::new(config.providers.len(), config.upstream.clone()),
+            endpoints,
+            tls: tls.into_iter().map(RefCell::new).collect(),
+            models_body,
+            config,
+            shutdown: Semaphore::new(0),
+            draining: Cell::new(false),
+            open_connections: Cell::new(0),
+            next_request: Cell::new(0),
+        })
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.draining.set(true);
+        self.shutdown.close();
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn wait_shutdown(&self) {
+        // Acquiring from a semaphore with no permits waits until `close`,
+        // which fails every waiter at once: a broadcast without allocation.
+        let _ = self.shutdown.acquire(1).await;
+    }
+
+    /// A request id unique across shards: shard id and a local counter.
+    pub fn request_id(&self) -> String {
+        let n = self.next_request.get();
+        self.next_request.set(n + 1);
+        format!("sg-{}-{n}", self.id)
+    }
+}

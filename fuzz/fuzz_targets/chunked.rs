@@ -1,0 +1,10 @@
+//! Fuzz target: chunked decoding of arbitrary bytes, whole vs split at data[0] % len vs byte by byte.
+//! The checks live in `shardgate_proto::testing::fuzz` so that
+//! `proto/tests/fuzz_corpus.rs` replays the seed corpus on stable.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    shardgate_proto::testing::fuzz::chunked(data);
+});

@@ -1,0 +1,208 @@
+//! Request heads (RFC 9112 §3) and request body framing (RFC 9112 §6).
+//!
+//! Strict by design: the gateway sits in front of upstreams whose parsers we
+//! do not control, so every head that two parsers could read differently is
+//! refused here (bare LF, obs-fold, duplicate or malformed `Content-Length`,
+//! `Content-Length` with `Transfer-Encoding`, any coding but `chunked`).
+
+use super::{
+    find_header, from_httparse, list_items, parse_content_length, scan_head, span_of, trim_ows,
+    ConnectionTokens, H1Error, HeadLimits, Header, Scan, Span, STACK_HEADERS,
+};
+
+/// Request method. Methods are case-sensitive (RFC 9110 §9.1), so `get` is
+/// [`Method::Other`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Patch,
+    Other,
+}
+
+impl Method {
+    fn from_token(token: &str) -> Self {
+        match token {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            "PATCH" => Method::Patch,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// How the request body is delimited (RFC 9112 §6.3 items 4–6 and 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Neither `Content-Length` nor `Transfer-Encoding`: no body (§6.3 item 8).
+    Empty,
+    /// Exactly this many bytes follow the head.
+    Length(u64),
+    /// Chunked transfer coding follows (see [`crate::chunked`]).
+    Chunked,
+}
+
+/// A parsed request head. All spans point into the buffer given to
+/// [`parse_request`]; the body starts at `buf[head_len..]`.
+#[derive(Clone, Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub target: Span,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: Vec<Header>,
+    pub framing: BodyFraming,
+    /// Whether the connection may carry another request (RFC 9112 §9.3).
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1).
+    pub expect_continue: bool,
+    /// Bytes of the head including the blank line that ends it.
+    pub head_len: usize,
+}
+
+impl RequestHead {
+    /// The request-target exactly as sent (origin-form is `/path?query`).
+    pub fn target<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        self.target.of(buf)
+    }
+
+    /// The request-target without its `?query`.
+    pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        let target = self.target.of(buf);
+        match target.iter().position(|&b| b == b'?') {
+            Some(q) => &target[..q],
+            None => target,
+        }
+    }
+
+    /// Value of the first header named `name` (ASCII case-insensitive).
+    pub fn header<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        find_header(&self.headers, buf, name)
+    }
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// `Ok(None)` = need more bytes. Errors once the buffer holds
+/// `max_head_bytes` without a complete head. Only the first `max_head_bytes`
+/// are ever looked at, so a caller may pass its whole read buffer (head and
+/// any pipelined body bytes) every time.
+pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, H1Error> {
+    let window = buf.get(..limits.max_head_bytes).unwrap_or(buf);
+    let (head, complete) = match scan_head(window, true)? {
+        Scan::Complete(n) => (&window[..n], true),
+        Scan::Partial => (window, false),
+    };
+    let parsed = if limits.max_headers <= STACK_HEADERS {
+        let mut slots: [httparse::Header<'_>; STACK_HEADERS] =
+            [httparse::EMPTY_HEADER; STACK_HEADERS];
+        parse_with_slots(head, &mut slots[..limits.max_headers])?
+    } else {
+        let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        parse_with_slots(head, &mut slots)?
+    };
+    match parsed {
+        Some(head) => Ok(Some(head)),
+        // Our scan found the blank line but httparse wants more: never wait
+        // for bytes that cannot change the answer.
+        None if complete => Err(H1Error::Invalid("unterminated head")),
+        None if window.len() >= limits.max_head_bytes => Err(H1Error::HeadTooLarge),
+        None => Ok(None),
+    }
+}
+
+fn parse_with_slots<'b>(
+    head: &'b [u8],
+    slots: &mut [httparse::Header<'b>],
+) -> Result<Option<RequestHead>, H1Error> {
+    let mut req = httparse::Request::new(slots);
+    let head_len = match req.parse(head).map_err(from_httparse)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
+    else {
+        return Err(H1Error::Invalid("incomplete request line"));
+    };
+    if minor_version > 1 {
+        return Err(H1Error::UnsupportedVersion);
+    }
+
+    let mut headers = Vec::with_capacity(req.headers.len());
+    let mut content_length = None;
+    let mut transfer_encodings = 0usize;
+    let mut transfer_chunked = true;
+    let mut hosts = 0usize;
+    let mut connection = ConnectionTokens::default();
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = trim_ows(h.value);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // RFC 9112 §6.3 item 5 would allow identical repeats; refusing
+            // every repeat leaves no room for a parser that disagrees.
+            if content_length.is_some() {
+                return Err(H1Error::DuplicateContentLength);
+            }
+            content_length = Some(parse_content_length(value)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encodings += 1;
+            transfer_chunked &= value.eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection.add(value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue |= list_items(value).any(|e| e.eq_ignore_ascii_case(b"100-continue"));
+        }
+        headers.push(Header {
+            name: span_of(head, name)?,
+            value: span_of(head, value)?,
+        });
+    }
+
+    // RFC 9112 §6.3 item 3: a request with both is a smuggling attempt until
+    // proven otherwise; the server MAY reject it, and we always do.
+    let framing = match (content_length, transfer_encodings) {
+        (Some(_), 1..) => return Err(H1Error::ContentLengthWithTransferEncoding),
+        // RFC 9112 §6.1: TE in an HTTP/1.0 message means faulty framing.
+        (None, 1..) if minor_version == 0 => {
+            return Err(H1Error::Invalid("Transfer-Encoding in an HTTP/1.0 request"))
+        }
+        // RFC 9112 §6.3 item 4: chunked must be the final (here: only) coding;
+        // we decode no other coding, so anything else is 501 (§6.1).
+        (None, 1..) if transfer_encodings == 1 && transfer_chunked => BodyFraming::Chunked,
+        (None, 1..) => return Err(H1Error::UnsupportedTransferEncoding),
+        (Some(n), _) => BodyFraming::Length(n),
+        (None, _) => BodyFraming::Empty,
+    };
+    // RFC 9112 §3.2: exactly one Host in 1.1; more than one is 400 in any version.
+    match hosts {
+        0 if minor_version == 1 => return Err(H1Error::MissingHost),
+        0 | 1 => {}
+        _ => return Err(H1Error::DuplicateHost),
+    }
+
+    Ok(Some(RequestHead {
+        method: Method::from_token(method),
+        target: span_of(head, target.as_bytes())?,
+        minor_version,
+        headers,
+        framing,
+        keep_alive: connection.persistent(minor_version),
+        expect_continue: expect_continue && minor_version == 1,
+        head_len,
+    }))
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;

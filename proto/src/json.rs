@@ -1,0 +1,422 @@
+//! Byte-level JSON object patching: change a few top-level members of a
+//! request body without re-serialising it.
+//!
+//! Pass-through is the fast path of the gateway: when client and provider
+//! speak the same dialect, the body goes upstream as sent except for the
+//! members we must change (`model`, `stream_options`). Parsing into a tree and
+//! printing it again would cost time, reorder keys and change number
+//! spellings; instead [`top_level_members`] finds where each member sits and
+//! [`patch_object`] splices bytes.
+//!
+//! Invariants: the scan validates the JSON grammar (RFC 8259) except UTF-8,
+//! so the spans it returns are exact; nesting is bounded (128) so a hostile
+//! body cannot exhaust the stack. Keys are compared after unescaping, so
+//! `"mod\u0065l"` is patched like `"model"`: an upstream would read it as
+//! `model`, and a check it could slip past is worth nothing.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Deepest nesting accepted; the top-level object is depth 1.
+pub const MAX_DEPTH: usize = 128;
+
+/// A top-level member of a JSON object: key (the raw bytes between the
+/// quotes, still escaped) and value (raw bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub key: Range<usize>,
+    pub value: Range<usize>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum JsonError {
+    #[error("JSON body is not an object")]
+    NotAnObject,
+    #[error("malformed JSON: {0}")]
+    Malformed(&'static str),
+    #[error("JSON nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+}
+
+/// Structural scan only (strings with escapes, nesting up to 128 deep); used
+/// to patch a body without re-serializing it. Members come in body order;
+/// duplicate keys are all listed.
+pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
+    let mut s = Scanner { b: body, i: 0 };
+    s.ws();
+    if s.peek() != Some(b'{') {
+        return Err(JsonError::NotAnObject);
+    }
+    s.i += 1;
+    let mut members = Vec::new();
+    s.ws();
+    if s.peek() == Some(b'}') {
+        s.i += 1;
+    } else {
+        loop {
+            s.ws();
+            if s.peek() != Some(b'"') {
+                return Err(JsonError::Malformed("expected a member name"));
+            }
+            let key = s.string()?;
+            s.ws();
+            s.expect(b':', "expected ':'")?;
+            s.ws();
+            let start = s.i;
+            s.value(2)?;
+            members.push(Member {
+                key,
+                value: start..s.i,
+            });
+            s.ws();
+            match s.next() {
+                Some(b',') => continue,
+                Some(b'}') => break,
+                _ => return Err(JsonError::Malformed("expected ',' or '}'")),
+            }
+        }
+    }
+    s.ws();
+    if s.i != body.len() {
+        return Err(JsonError::Malformed("bytes after the object"));
+    }
+    Ok(members)
+}
+
+/// A change to one top-level member.
+pub enum Edit<'a> {
+    /// Replace the member's value (raw JSON, written as given), or append the
+    /// member when absent. Later duplicates of the key are removed so every
+    /// reader sees the new value.
+    Set { key: &'a str, value: &'a [u8] },
+    /// Remove every member with this key.
+    Remove { key: &'a str },
+}
+
+impl Edit<'_> {
+    fn key(&self) -> &str {
+        match self {
+            Edit::Set { key, .. } | Edit::Remove { key } => key,
+        }
+    }
+}
+
+/// New body = original bytes with Set members' values replaced (or the member
+/// appended before the closing brace when absent) and Removed members cut out
+/// (with their commas). Result stays valid JSON when `body` is, `members`
+/// came from [`top_level_members`] on it, and every Set value is valid JSON.
+///
+/// The first edit naming a key wins. If `members` do not fit `body` (not its
+/// scan), the body is returned unchanged rather than corrupted.
+pub fn patch_object(body: &[u8], members: &[Member], edits: &[Edit<'_>]) -> Vec<u8> {
+    let Some((open, close)) = braces(body, members) else {
+        return body.to_vec();
+    };
+    let extra: usize = edits
+        .iter()
+        .map(|e| match e {
+            Edit::Set { key, value } => key.len() + value.len() + 4,
+            Edit::Remove { .. } => 0,
+        })
+        .sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    out.extend_from_slice(&body[..=open]);
+    let mut applied = vec![false; edits.len()];
+    let mut wrote_any = false;
+    for m in members {
+        let key = decode_key(body, &m.key);
+        let edit = key
+            .as_deref()
+            .and_then(|k| edits.iter().position(|e| e.key() == k));
+        let value: &[u8] = match edit.map(|i| (i, &edits[i])) {
+            None => &body[m.value.clone()],
+            Some((_, Edit::Remove { .. })) => continue,
+            Some((i, Edit::Set { value, .. })) => {
+                if applied[i] {
+                    continue;
+                }
+                applied[i] = true;
+                value
+            }
+        };
+        let quote = m.key.start - 1;
+        if wrote_any {
+            out.push(b',');
+        }
+        out.extend_from_slice(&body[leading_ws(body, quote)..m.value.start]);
+        out.extend_from_slice(value);
+        wrote_any = true;
+    }
+    for (i, edit) in edits.iter().enumerate() {
+        if let Edit::Set { key, value } = edit {
+            let first_of_key = edits[..i].iter().all(|e| e.key() != *key);
+            if !applied[i] && first_of_key {
+                if wrote_any {
+                    out.push(b',');
+                }
+                write_json_string(&mut out, key);
+                out.push(b':');
+                out.extend_from_slice(value);
+                wrote_any = true;
+            }
+        }
+    }
+    let tail = members.last().map_or(open + 1, |m| m.value.end);
+    out.extend_from_slice(&body[tail.min(close)..]);
+    out
+}
+
+/// JSON-escape `s` into out including surrounding quotes (RFC 8259 §7).
+pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut run = 0;
+    let mut unicode = *b"\\u0000";
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                unicode[4] = HEX[(b >> 4) as usize];
+                unicode[5] = HEX[(b & 0xf) as usize];
+                &unicode
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[run..i]);
+        out.extend_from_slice(escape);
+        run = i + 1;
+    }
+    out.extend_from_slice(&bytes[run..]);
+    out.push(b'"');
+}
+
+/// Positions of the object's `{` and `}`, after checking that `members` lie
+/// between them in order, so that slicing below cannot go out of bounds.
+fn braces(body: &[u8], members: &[Member]) -> Option<(usize, usize)> {
+    let open = body.iter().position(|b| !is_ws(*b))?;
+    let close = body.iter().rposition(|b| !is_ws(*b))?;
+    if body[open] != b'{' || body[close] != b'}' || close <= open {
+        return None;
+    }
+    let mut pos = open + 1;
+    for m in members {
+        let ordered = pos < m.key.start
+            && m.key.start <= m.key.end
+            && m.key.end < m.value.start
+            && m.value.start < m.value.end
+            && m.value.end <= close;
+        if !ordered {
+            return None;
+        }
+        pos = m.value.end;
+    }
+    Some((open, close))
+}
+
+/// Start of the whitespace run that ends at `end`.
+fn leading_ws(body: &[u8], end: usize) -> usize {
+    body[..end]
+        .iter()
+        .rposition(|b| !is_ws(*b))
+        .map_or(0, |p| p + 1)
+}
+
+/// The key as a string, unescaped. Borrowed unless it contains escapes.
+fn decode_key<'a>(body: &'a [u8], key: &Range<usize>) -> Option<Cow<'a, str>> {
+    let raw = body.get(key.clone())?;
+    if !raw.contains(&b'\\') {
+        return std::str::from_utf8(raw).ok().map(Cow::Borrowed);
+    }
+    let quoted = body.get(key.start.checked_sub(1)?..key.end + 1)?;
+    serde_json::from_slice::<String>(quoted)
+        .ok()
+        .map(Cow::Owned)
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Recursive-descent validator over RFC 8259's grammar. Recursion depth is
+/// bounded by [`MAX_DEPTH`].
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.i += 1;
+        Some(b)
+    }
+
+    fn ws(&mut self) {
+        while self.peek().is_some_and(is_ws) {
+            self.i += 1;
+        }
+    }
+
+    fn expect(&mut self, byte: u8, what: &'static str) -> Result<(), JsonError> {
+        if self.next() == Some(byte) {
+            Ok(())
+        } else {
+            Err(JsonError::Malformed(what))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<(), JsonError> {
+        match self.peek() {
+            Some(b'{' | b'[') if depth > MAX_DEPTH => Err(JsonError::TooDeep),
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().map(drop),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(_) => Err(JsonError::Malformed("expected a value")),
+            None => Err(JsonError::Malformed("unexpected end")),
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<(), JsonError> {
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            if self.peek() != Some(b'"') {
+                return Err(JsonError::Malformed("expected a member name"));
+            }
+            self.string()?;
+            self.ws();
+            self.expect(b':', "expected ':'")?;
+            self.ws();
+            self.value(depth + 1)?;
+            self.ws();
+            match self.next() {
+                Some(b',') => continue,
+                Some(b'}') => return Ok(()),
+                _ => return Err(JsonError::Malformed("expected ',' or '}'")),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<(), JsonError> {
+        self.i += 1;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            self.value(depth + 1)?;
+            self.ws();
+            match self.next() {
+                Some(b',') => continue,
+                Some(b']') => return Ok(()),
+                _ => return Err(JsonError::Malformed("expected ',' or ']'")),
+            }
+        }
+    }
+
+    /// At `"`: skips the string and returns the range between its quotes.
+    fn string(&mut self) -> Result<Range<usize>, JsonError> {
+        self.i += 1;
+        let start = self.i;
+        loop {
+            let rest = self.b.get(self.i..).unwrap_or_default();
+            let Some(off) = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            else {
+                return Err(JsonError::Malformed("unterminated string"));
+            };
+            self.i += off;
+            match self.next() {
+                Some(b'"') => return Ok(start..self.i - 1),
+                Some(b'\\') => match self.next() {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
+                    Some(b'u') => {
+                        for _ in 0..4 {
+                            if !self.next().is_some_and(|b| b.is_ascii_hexdigit()) {
+                                return Err(JsonError::Malformed("bad \\u escape"));
+                            }
+                        }
+                    }
+                    _ => return Err(JsonError::Malformed("bad escape")),
+                },
+                _ => return Err(JsonError::Malformed("control character in string")),
+            }
+        }
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn number(&mut self) -> Result<(), JsonError> {
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.next() {
+            Some(b'0') => {}
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(JsonError::Malformed("bad number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.one_or_more_digits()?;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.i += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            self.one_or_more_digits()?;
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.i += 1;
+        }
+    }
+
+    fn one_or_more_digits(&mut self) -> Result<(), JsonError> {
+        let start = self.i;
+        self.digits();
+        if self.i == start {
+            return Err(JsonError::Malformed("bad number"));
+        }
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), JsonError> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(JsonError::Malformed("bad literal"))
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "json_tests.rs"]
+mod tests;

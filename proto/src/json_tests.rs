@@ -1,0 +1,488 @@
+use super::*;
+use serde_json::{json, Map, Value};
+
+fn members_of(body: &[u8]) -> Vec<(String, Value)> {
+    top_level_members(body)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let key = decode_key(body, &m.key).unwrap().into_owned();
+            let value = serde_json::from_slice(&body[m.value]).unwrap();
+            (key, value)
+        })
+        .collect()
+}
+
+fn patch(body: &[u8], edits: &[Edit<'_>]) -> Vec<u8> {
+    let members = top_level_members(body).unwrap();
+    patch_object(body, &members, edits)
+}
+
+fn parse(bytes: &[u8]) -> Value {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}: {}", String::from_utf8_lossy(bytes)),
+    }
+}
+
+#[test]
+fn finds_members() {
+    let body = br#" { "model" : "gpt-4o", "messages":[{"role":"user","content":"a \"model\": b"}],
+        "n":1.5e3, "x":{"model":"inner"}, "t":true,"f":false,"z":null } "#;
+    let got = members_of(body);
+    let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["model", "messages", "n", "x", "t", "f", "z"]);
+    assert_eq!(got[0].1, json!("gpt-4o"));
+    assert_eq!(got[3].1, json!({"model":"inner"}));
+    let members = top_level_members(body).unwrap();
+    assert_eq!(&body[members[0].key.clone()], b"model");
+    assert_eq!(&body[members[0].value.clone()], b"\"gpt-4o\"");
+}
+
+#[test]
+fn empty_object() {
+    assert_eq!(top_level_members(b"{}").unwrap(), []);
+    assert_eq!(top_level_members(b" \n{ \t}\r\n").unwrap(), []);
+}
+
+#[test]
+fn not_an_object() {
+    for body in [&b""[..], b"   ", b"[]", b"\"s\"", b"1", b"null", b"x"] {
+        assert_eq!(
+            top_level_members(body),
+            Err(JsonError::NotAnObject),
+            "{body:?}"
+        );
+    }
+}
+
+#[test]
+fn malformed() {
+    for body in [
+        &br#"{"a":1,}"#[..],
+        br#"{"a" 1}"#,
+        br#"{"a":}"#,
+        br#"{"a":1"#,
+        br#"{"a":1}x"#,
+        br#"{"a":1}{}"#,
+        br#"{a:1}"#,
+        br#"{"a":"unterminated}"#,
+        br#"{"a":"bad \x escape"}"#,
+        br#"{"a":"\u12"}"#,
+        b"{\"a\":\"raw\ncontrol\"}",
+        br#"{"a":01}"#,
+        br#"{"a":1.}"#,
+        br#"{"a":-}"#,
+        br#"{"a":1e}"#,
+        br#"{"a":+1}"#,
+        br#"{"a":tru}"#,
+        br#"{"a":nul}"#,
+        br#"{"a":[1,]}"#,
+        br#"{"a":[1 2]}"#,
+        br#"{"a":{"b"}}"#,
+        br#"{"a":{"b":1,}}"#,
+        br#"{"a":'s'}"#,
+    ] {
+        assert!(
+            matches!(top_level_members(body), Err(JsonError::Malformed(_))),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        assert!(serde_json::from_slice::<Value>(body).is_err());
+    }
+}
+
+#[test]
+fn nesting_limit_exactly_and_one_past() {
+    let nest = |depth: usize| {
+        // The top-level object is depth 1; each array adds one.
+        let inner = depth - 1;
+        format!("{{\"a\":{}1{}}}", "[".repeat(inner), "]".repeat(inner)).into_bytes()
+    };
+    assert_eq!(top_level_members(&nest(MAX_DEPTH)).unwrap().len(), 1);
+    assert_eq!(
+        top_level_members(&nest(MAX_DEPTH + 1)),
+        Err(JsonError::TooDeep)
+    );
+    // Far deeper input fails fast instead of recursing.
+    let deep = format!("{{\"a\":{}", "{\"a\":".repeat(100_000)).into_bytes();
+    assert_eq!(top_level_members(&deep), Err(JsonError::TooDeep));
+}
+
+#[test]
+fn set_replaces_and_appends() {
+    let body = br#"{"model":"alias","stream":true}"#;
+    let out = patch(
+        body,
+        &[
+            Edit::Set {
+                key: "model",
+                value: br#""gpt-4o-2024""#,
+            },
+            Edit::Set {
+                key: "stream_options",
+                value: br#"{"include_usage":true}"#,
+            },
+        ],
+    );
+    assert_eq!(
+        out,
+        br#"{"model":"gpt-4o-2024","stream":true,"stream_options":{"include_usage":true}}"#
+    );
+}
+
+#[test]
+fn remove_cuts_commas() {
+    let body = br#"{"a":1,"b":2,"c":3}"#;
+    assert_eq!(
+        patch(body, &[Edit::Remove { key: "a" }]),
+        br#"{"b":2,"c":3}"#
+    );
+    assert_eq!(
+        patch(body, &[Edit::Remove { key: "b" }]),
+        br#"{"a":1,"c":3}"#
+    );
+    assert_eq!(
+        patch(body, &[Edit::Remove { key: "c" }]),
+        br#"{"a":1,"b":2}"#
+    );
+    assert_eq!(
+        patch(
+            body,
+            &[
+                Edit::Remove { key: "a" },
+                Edit::Remove { key: "b" },
+                Edit::Remove { key: "c" }
+            ]
+        ),
+        b"{}"
+    );
+    assert_eq!(patch(body, &[Edit::Remove { key: "zz" }]), body);
+    assert_eq!(patch(b"{}", &[Edit::Remove { key: "a" }]), b"{}");
+}
+
+#[test]
+fn whitespace_is_kept() {
+    let body = b"{\n  \"model\": \"a\",\n  \"n\": 1\n}\n";
+    let out = patch(
+        body,
+        &[Edit::Set {
+            key: "model",
+            value: b"\"b\"",
+        }],
+    );
+    assert_eq!(out, b"{\n  \"model\": \"b\",\n  \"n\": 1\n}\n");
+    let out = patch(
+        body,
+        &[
+            Edit::Remove { key: "model" },
+            Edit::Set {
+                key: "x",
+                value: b"[]",
+            },
+        ],
+    );
+    assert_eq!(parse(&out), json!({"n": 1, "x": []}));
+    let out = patch(
+        b" { } ",
+        &[Edit::Set {
+            key: "k",
+            value: b"1",
+        }],
+    );
+    assert_eq!(out, b" {\"k\":1 } ");
+}
+
+#[test]
+fn nested_keys_of_the_same_name_are_untouched() {
+    let body = br#"{"x":{"model":"inner","stream":1},"model":"outer","arr":[{"model":2}]}"#;
+    let out = patch(
+        body,
+        &[
+            Edit::Set {
+                key: "model",
+                value: b"\"new\"",
+            },
+            Edit::Remove { key: "stream" },
+        ],
+    );
+    assert_eq!(
+        parse(&out),
+        json!({"x":{"model":"inner","stream":1},"model":"new","arr":[{"model":2}]})
+    );
+}
+
+#[test]
+fn escaped_keys_and_values() {
+    // "mod\u0065l" is "model" to every JSON reader.
+    let body = br#"{"mod\u0065l":"a","q\"k":"v\"al\\","model2":"x"}"#;
+    let out = patch(
+        body,
+        &[Edit::Set {
+            key: "model",
+            value: b"\"b\"",
+        }],
+    );
+    assert_eq!(
+        parse(&out),
+        json!({"model":"b","q\"k":"v\"al\\","model2":"x"})
+    );
+    let out = patch(body, &[Edit::Remove { key: "q\"k" }]);
+    assert_eq!(parse(&out), json!({"model":"a","model2":"x"}));
+    let out = patch(
+        body,
+        &[Edit::Set {
+            key: "new\"key\n",
+            value: b"1",
+        }],
+    );
+    assert_eq!(parse(&out)["new\"key\n"], json!(1));
+}
+
+#[test]
+fn duplicate_keys_collapse_to_the_set_value() {
+    let body = br#"{"model":"a","n":1,"model":"b"}"#;
+    let out = patch(
+        body,
+        &[Edit::Set {
+            key: "model",
+            value: b"\"c\"",
+        }],
+    );
+    assert_eq!(out, br#"{"model":"c","n":1}"#);
+    let out = patch(body, &[Edit::Remove { key: "model" }]);
+    assert_eq!(out, br#"{"n":1}"#);
+}
+
+#[test]
+fn first_edit_for_a_key_wins() {
+    let body = br#"{"a":1}"#;
+    let out = patch(
+        body,
+        &[
+            Edit::Remove { key: "a" },
+            Edit::Set {
+                key: "a",
+                value: b"2",
+            },
+        ],
+    );
+    assert_eq!(out, b"{}");
+    let out = patch(
+        body,
+        &[
+            Edit::Set {
+                key: "b",
+                value: b"2",
+            },
+            Edit::Set {
+                key: "b",
+                value: b"3",
+            },
+        ],
+    );
+    assert_eq!(out, br#"{"a":1,"b":2}"#);
+}
+
+#[test]
+fn mismatched_members_leave_the_body_alone() {
+    let body = br#"{"a":1}"#;
+    let wrong = [Member {
+        key: 2..3,
+        value: 5..99,
+    }];
+    assert_eq!(
+        patch_object(body, &wrong, &[Edit::Remove { key: "a" }]),
+        body
+    );
+    assert_eq!(
+        patch_object(b"[1]", &[], &[Edit::Remove { key: "a" }]),
+        b"[1]"
+    );
+}
+
+#[test]
+fn json_string_escaping() {
+    for s in [
+        "",
+        "plain",
+        "q\"uote",
+        "back\\slash",
+        "nl\ncr\rtab\t",
+        "\u{0}\u{1f}\u{8}\u{c}",
+        "ключ ✓ 🎉",
+        "/",
+    ] {
+        let mut out = Vec::new();
+        write_json_string(&mut out, s);
+        assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+        assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+    }
+}
+
+// --- property-style: random objects, random layouts, random edits ---
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const KEYS: &[&str] = &[
+    "model",
+    "stream",
+    "stream_options",
+    "messages",
+    "tools",
+    "a",
+    "",
+    "q\"k",
+    "back\\slash",
+    "ключ",
+    "nl\nkey",
+];
+
+fn random_value(rng: &mut Rng, depth: usize) -> Value {
+    let kind = if depth >= 3 {
+        rng.below(5)
+    } else {
+        rng.below(7)
+    };
+    match kind {
+        0 => Value::Null,
+        1 => Value::Bool(rng.below(2) == 1),
+        2 => json!(rng.next() as i64 / 1000),
+        3 => json!(-(rng.below(1000) as f64) * 0.25),
+        4 => Value::String(KEYS[rng.below(KEYS.len())].repeat(rng.below(3))),
+        5 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
+        _ => Value::Object(random_map(rng, depth + 1)),
+    }
+}
+
+fn random_map(rng: &mut Rng, depth: usize) -> Map<String, Value> {
+    (0..rng.below(6))
+        .map(|_| {
+            (
+                KEYS[rng.below(KEYS.len())].to_string(),
+                random_value(rng, depth),
+            )
+        })
+        .collect()
+}
+
+/// Serialises with random whitespace between tokens.
+fn write_spaced(rng: &mut Rng, v: &Value, out: &mut Vec<u8>) {
+    fn ws(rng: &mut Rng, out: &mut Vec<u8>) {
+        out.extend_from_slice([&b""[..], b"", b" ", b"\n  ", b"\t", b"\r\n"][rng.below(6)]);
+    }
+    match v {
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                ws(rng, out);
+                write_spaced(rng, item, out);
+                ws(rng, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            ws(rng, out);
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                    ws(rng, out);
+                }
+                write_json_string(out, k);
+                ws(rng, out);
+                out.push(b':');
+                ws(rng, out);
+                write_spaced(rng, item, out);
+                ws(rng, out);
+            }
+            out.push(b'}');
+        }
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+#[test]
+fn patch_then_parse_matches_the_model() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..2000 {
+        let map = random_map(&mut rng, 1);
+        let obj = Value::Object(map.clone());
+        let mut body = Vec::new();
+        match round % 3 {
+            0 => body = serde_json::to_vec(&obj).unwrap(),
+            1 => body = serde_json::to_vec_pretty(&obj).unwrap(),
+            _ => write_spaced(&mut rng, &obj, &mut body),
+        }
+
+        // The scan agrees with serde_json on every member.
+        let found = members_of(&body);
+        assert_eq!(found.len(), map.len());
+        for (k, v) in &found {
+            assert_eq!(map.get(k), Some(v));
+        }
+
+        // Random edits, applied to the model too (first edit per key wins).
+        let values: Vec<Vec<u8>> = (0..4)
+            .map(|_| serde_json::to_vec(&random_value(&mut rng, 1)).unwrap())
+            .collect();
+        let mut edits = Vec::new();
+        for i in 0..rng.below(5) {
+            let key = KEYS[rng.below(KEYS.len())];
+            edits.push(if rng.below(2) == 0 {
+                Edit::Remove { key }
+            } else {
+                Edit::Set {
+                    key,
+                    value: &values[i % values.len()],
+                }
+            });
+        }
+        let mut expected = map.clone();
+        let mut seen = Vec::new();
+        for e in &edits {
+            if seen.contains(&e.key()) {
+                continue;
+            }
+            seen.push(e.key());
+            match e {
+                Edit::Remove { key } => {
+                    expected.remove(*key);
+                }
+                Edit::Set { key, value } => {
+                    expected.insert(key.to_string(), serde_json::from_slice(value).unwrap());
+                }
+            }
+        }
+        let out = patch(&body, &edits);
+        assert_eq!(
+            parse(&out),
+            Value::Object(expected.clone()),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        // No duplicate keys were introduced and our own scan accepts the result.
+        assert_eq!(top_level_members(&out).unwrap().len(), expected.len());
+    }
+}

@@ -1,0 +1,208 @@
+use super::*;
+use serde_json::{json, Value as Json};
+
+fn facts(body: &str) -> Result<RequestFacts, FactsError> {
+    extract_facts(body.as_bytes(), &mut Vec::new())
+}
+
+#[test]
+fn full_request() {
+    let body = r#"{
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi \"there\""}],
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "max_tokens": 100,
+        "max_completion_tokens": 50,
+        "tools": [
+            {"type": "function", "function": {"name": "get_weather", "parameters": {}}},
+            {"type": "web_search"},
+            {"type": "function", "function": {"name": "lookup\u00e9"}}
+        ]
+    }"#;
+    assert_eq!(
+        facts(body).unwrap(),
+        RequestFacts {
+            model: "gpt-4o-mini".into(),
+            stream: true,
+            include_usage: true,
+            max_tokens: Some(50),
+            tool_names: vec!["get_weather".into(), "lookupé".into()],
+        }
+    );
+}
+
+#[test]
+fn defaults_and_nulls() {
+    assert_eq!(
+        facts(r#"{"model":"m"}"#).unwrap(),
+        RequestFacts {
+            model: "m".into(),
+            ..RequestFacts::default()
+        }
+    );
+    let f = facts(
+        r#"{"model":"m","stream":null,"stream_options":null,"max_tokens":null,"max_completion_tokens":null,"tools":null}"#,
+    )
+    .unwrap();
+    assert_eq!(f.max_tokens, None);
+    assert!(!f.stream && !f.include_usage && f.tool_names.is_empty());
+    let f =
+        facts(r#"{"model":"m","max_tokens":7,"max_completion_tokens":null,"stream_options":{}}"#)
+            .unwrap();
+    assert_eq!(f.max_tokens, Some(7));
+    let f = facts(r#"{"model":"m","max_tokens":18446744073709551615}"#).unwrap();
+    assert_eq!(f.max_tokens, Some(u64::MAX));
+}
+
+#[test]
+fn escaped_model_is_unescaped() {
+    assert_eq!(
+        facts(r#"{"model":"gpt\u002d4o","mod\u0065l2":1}"#)
+            .unwrap()
+            .model,
+        "gpt-4o"
+    );
+}
+
+#[test]
+fn errors() {
+    assert!(matches!(facts(""), Err(FactsError::InvalidJson(_))));
+    assert!(matches!(
+        facts("{\"model\":"),
+        Err(FactsError::InvalidJson(_))
+    ));
+    assert!(matches!(
+        facts("{\"model\":\"m\",}"),
+        Err(FactsError::InvalidJson(_))
+    ));
+    assert!(matches!(
+        facts("{\"model\":\"m\"} x"),
+        Err(FactsError::InvalidJson(_))
+    ));
+    assert_eq!(facts("[]"), Err(FactsError::NotAnObject));
+    assert_eq!(facts("\"model\""), Err(FactsError::NotAnObject));
+    assert_eq!(facts("{}"), Err(FactsError::MissingModel));
+    assert_eq!(facts(r#"{"model":null}"#), Err(FactsError::MissingModel));
+    for (body, field) in [
+        (r#"{"model":1}"#, "model"),
+        (r#"{"model":["m"]}"#, "model"),
+        (r#"{"model":"m","stream":"true"}"#, "stream"),
+        (r#"{"model":"m","stream":1}"#, "stream"),
+        (r#"{"model":"m","stream_options":true}"#, "stream_options"),
+        (
+            r#"{"model":"m","stream_options":{"include_usage":"yes"}}"#,
+            "stream_options.include_usage",
+        ),
+        (r#"{"model":"m","max_tokens":-1}"#, "max_tokens"),
+        (r#"{"model":"m","max_tokens":1.5}"#, "max_tokens"),
+        (r#"{"model":"m","max_tokens":"100"}"#, "max_tokens"),
+        (
+            r#"{"model":"m","max_completion_tokens":-5}"#,
+            "max_completion_tokens",
+        ),
+        (
+            r#"{"model":"m","max_completion_tokens":5,"max_tokens":"x"}"#,
+            "max_tokens",
+        ),
+        (r#"{"model":"m","tools":{}}"#, "tools"),
+        (r#"{"model":"m","tools":["f"]}"#, "tools[]"),
+        (
+            r#"{"model":"m","tools":[{"function":"f"}]}"#,
+            "tools[].function",
+        ),
+        (
+            r#"{"model":"m","tools":[{"function":{}}]}"#,
+            "tools[].function.name",
+        ),
+        (
+            r#"{"model":"m","tools":[{"function":{"name":3}}]}"#,
+            "tools[].function.name",
+        ),
+    ] {
+        assert_eq!(facts(body), Err(FactsError::WrongType(field)), "{body}");
+    }
+}
+
+#[test]
+fn body_is_untouched_and_scratch_is_reused() {
+    let body = br#"{"model":"a\nb","x":"\u0041"}"#.to_vec();
+    let copy = body.clone();
+    let mut scratch = Vec::with_capacity(4096);
+    let cap = scratch.capacity();
+    for _ in 0..3 {
+        assert_eq!(extract_facts(&body, &mut scratch).unwrap().model, "a\nb");
+    }
+    assert_eq!(body, copy);
+    assert_eq!(scratch.capacity(), cap);
+}
+
+#[test]
+fn error_body_shape() {
+    let body = error_body(
+        "bad \"model\"\n",
+        "invalid_request_error",
+        Some("model"),
+        None,
+    );
+    let v: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v,
+        json!({"error":{"message":"bad \"model\"\n","type":"invalid_request_error","param":"model","code":null}})
+    );
+    let body = error_body(
+        "slow down",
+        "rate_limit_error",
+        None,
+        Some("rate_limit_exceeded"),
+    );
+    let v: Json = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["param"], Json::Null);
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+}
+
+#[test]
+fn usage_from_a_response() {
+    let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30,
+        "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":8}}}"#;
+    assert_eq!(
+        extract_usage(body, &mut Vec::new()),
+        Some(Usage {
+            prompt_tokens: Some(10),
+            completion_tokens: Some(20),
+            total_tokens: Some(30),
+            cached_tokens: Some(4),
+            reasoning_tokens: Some(8),
+        })
+    );
+}
+
+#[test]
+fn usage_absent_is_none_not_zero() {
+    let mut scratch = Vec::new();
+    assert_eq!(
+        extract_usage(br#"{"choices":[{"delta":{}}]}"#, &mut scratch),
+        None
+    );
+    assert_eq!(extract_usage(br#"{"usage":null}"#, &mut scratch), None);
+    assert_eq!(extract_usage(br#"{"usage":5}"#, &mut scratch), None);
+    assert_eq!(extract_usage(br#"{"usage":"#, &mut scratch), None);
+    assert_eq!(extract_usage(br#"["usage"]"#, &mut scratch), None);
+    assert_eq!(extract_usage(b"[DONE]", &mut scratch), None);
+    let partial = extract_usage(
+        br#"{"usage":{"prompt_tokens":3,"completion_tokens":-1,"total_tokens":1.5,"prompt_tokens_details":null}}"#,
+        &mut scratch,
+    )
+    .unwrap();
+    assert_eq!(
+        partial,
+        Usage {
+            prompt_tokens: Some(3),
+            ..Usage::default()
+        }
+    );
+    assert_eq!(
+        extract_usage(br#"{"usage":{}}"#, &mut scratch),
+        Some(Usage::default())
+    );
+}
