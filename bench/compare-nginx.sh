@@ -68,13 +68,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits up to 15 s for "PREFIX ADDR" on a line of FILE; prints the port.
+# Waits up to 15 s for a "PREFIX HOST:PORT..." line in FILE; prints PORT.
 wait_port() {
   local file=$1 prefix=$2 pid=$3 i line
   for ((i = 0; i < 150; i++)); do
     line=$(grep -m1 "^$prefix " "$file" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      echo "${line##*:}"
+    if [[ $line =~ ^$prefix\ [^\ ]*:([0-9]+) ]]; then
+      echo "${BASH_REMATCH[1]}"
       return 0
     fi
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -162,7 +162,8 @@ providers:
 models:
   demo: { targets: [ { provider: up, model: mock-1 } ] }
 EOF
-  "${SERVER_PIN[@]}" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" \
+  # --no-pin: taskset places it, as it does the mock and nginx.
+  "${SERVER_PIN[@]}" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" --no-pin \
     >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
   GW_PID=$!
   PIDS+=("$GW_PID")

@@ -20,7 +20,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
 use std::rc::Rc;
@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 /// Highest latency the histograms track (longer values are clamped).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 const READ_BUF: usize = 64 << 10;
+/// A request still unanswered this long when the window closes is stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 /// One load run.
 #[derive(Debug, Clone)]
@@ -113,6 +115,9 @@ pub struct Stats {
     pub ok: u64,
     pub sse_events: u64,
     pub errors: ErrorCounts,
+    /// Requests unanswered when the window closed that had been waiting
+    /// for over [`STUCK_AFTER`] (a hung server shows here, not as errors).
+    pub stuck: u64,
 }
 
 impl Stats {
@@ -124,6 +129,7 @@ impl Stats {
             ok: 0,
             sse_events: 0,
             errors: ErrorCounts::default(),
+            stuck: 0,
         })
     }
 
@@ -133,6 +139,7 @@ impl Stats {
         self.ok += o.ok;
         self.sse_events += o.sse_events;
         self.errors.merge(&o.errors);
+        self.stuck += o.stuck;
         Ok(())
     }
 }
@@ -184,6 +191,8 @@ pub struct LoadReport {
     pub sse_events_per_request: Option<f64>,
     pub errors: ErrorCounts,
     pub errors_total: u64,
+    /// Requests unanswered for over a second when the window closed.
+    pub stuck_at_end: u64,
     /// CPU time the load generator itself used in the window, in cores.
     pub loadgen_cpu_cores: Option<f64>,
     /// CPU time of `watch_pid` in the window, when one was given.
@@ -254,6 +263,7 @@ pub fn run_load(
             .then(|| stats.sse_events as f64 / stats.ok as f64),
         errors_total: stats.errors.total(),
         errors: stats.errors.clone(),
+        stuck_at_end: stats.stuck,
         loadgen_cpu_cores: match (own0, own1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / secs),
             _ => None,
@@ -347,8 +357,12 @@ struct ConnCtx {
 async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
     let ctx = Rc::new(ctx);
     let stats = Rc::new(RefCell::new(Stats::new()?));
-    let tasks: Vec<_> = (0..conns)
-        .map(|_| glommio::spawn_local(connection_loop(ctx.clone(), stats.clone())))
+    // When each connection's current request was sent (None = idle).
+    let started: Vec<Rc<Cell<Option<Instant>>>> =
+        (0..conns).map(|_| Rc::new(Cell::new(None))).collect();
+    let tasks: Vec<_> = started
+        .iter()
+        .map(|st| glommio::spawn_local(connection_loop(ctx.clone(), stats.clone(), st.clone())))
         .collect();
     let all = async {
         for t in tasks {
@@ -365,7 +379,12 @@ async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
         }
     };
     futures_lite::future::or(all, deadline).await;
-    let stats = stats.borrow().clone();
+    let mut stats = stats.borrow().clone();
+    stats.stuck = started
+        .iter()
+        .filter_map(|st| st.get())
+        .filter(|&t0| ctx.window_end.saturating_duration_since(t0) >= STUCK_AFTER)
+        .count() as u64;
     Ok(stats)
 }
 
@@ -403,7 +422,11 @@ impl From<Malformed> for Failure {
     }
 }
 
-async fn connection_loop(ctx: Rc<ConnCtx>, stats: Rc<RefCell<Stats>>) {
+async fn connection_loop(
+    ctx: Rc<ConnCtx>,
+    stats: Rc<RefCell<Stats>>,
+    started: Rc<Cell<Option<Instant>>>,
+) {
     let mut buf = vec![0u8; READ_BUF];
     while Instant::now() < ctx.window_end {
         let stream = match TcpStream::connect_timeout(ctx.addr, ctx.timeout).await {
@@ -433,11 +456,13 @@ async fn connection_loop(ctx: Rc<ConnCtx>, stats: Rc<RefCell<Stats>>) {
             if t0 >= ctx.window_end {
                 return;
             }
+            started.set(Some(t0));
             let result = one_request(&mut conn, &ctx).await;
             let t1 = Instant::now();
             if t1 >= ctx.window_end {
                 return;
             }
+            started.set(None);
             let mut s = stats.borrow_mut();
             match result {
                 Ok(o) => {
@@ -636,6 +661,13 @@ pub fn print_report(r: &LoadReport) {
         println!("sse data events/request: {e:.1}");
     }
     println!("errors: {} ({})", r.errors_total, r.errors.describe());
+    if r.stuck_at_end > 0 {
+        println!(
+            "unanswered for over {}s at the end: {}",
+            STUCK_AFTER.as_secs(),
+            r.stuck_at_end
+        );
+    }
     if let Some(c) = r.loadgen_cpu_cores {
         println!("loadgen cpu: {c:.2} cores");
     }

@@ -57,10 +57,18 @@ impl GatewayError {
     pub fn side(&self) -> Side {
         use GatewayError::*;
         match self {
-            BadHead(_) | BadRequest { .. } | UnknownRoute { .. } | MethodNotAllowed { .. }
-            | ModelNotFound(_) | BodyTooLarge { .. } | RequestTimeout | BadBody(_) => Side::Client,
+            BadHead(_)
+            | BadRequest { .. }
+            | UnknownRoute { .. }
+            | MethodNotAllowed { .. }
+            | ModelNotFound(_)
+            | BodyTooLarge { .. }
+            | RequestTimeout
+            | BadBody(_) => Side::Client,
             Draining => Side::Gateway,
-            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. }
+            UpstreamConnect { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamProtocol { .. }
             | UpstreamStatus { .. } => Side::Upstream,
         }
     }
@@ -149,7 +157,12 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => Some("model"),
             _ => None,
         };
-        error_body(&self.to_string(), self.openai_type(), param, self.openai_code())
+        error_body(
+            &self.to_string(),
+            self.openai_type(),
+            param,
+            self.openai_code(),
+        )
     }
 }
 
@@ -168,9 +181,9 @@ impl From<FactsError> for GatewayError {
         };
         let message = match &e {
             FactsError::MissingModel => "you must provide a model parameter".to_owned(),
-            FactsError::InvalidJson(m) => format!(
-                "We could not parse the JSON body of your request. ({m})"
-            ),
+            FactsError::InvalidJson(m) => {
+                format!("We could not parse the JSON body of your request. ({m})")
+            }
             FactsError::NotAnObject => "The request body must be a JSON object.".to_owned(),
             FactsError::WrongType(f) => format!("Invalid type for '{f}'."),
         };
@@ -203,7 +216,8 @@ mod tests {
 
     #[test]
     fn upstream_error_body_passed_on_or_wrapped() {
-        let body = br#"{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"x"}}"#;
+        let body =
+            br#"{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"x"}}"#;
         let e = GatewayError::UpstreamStatus {
             provider: "p".into(),
             status: 429,

@@ -37,7 +37,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -140,7 +144,11 @@ impl ReadBuf {
         }
         let n = futures_lite::io::AsyncReadExt::read(stream, &mut self.buf[self.end..]).await?;
         self.end += n;
-        Ok(Some(if n == 0 { Filled::Eof } else { Filled::Bytes(n) }))
+        Ok(Some(if n == 0 {
+            Filled::Eof
+        } else {
+            Filled::Bytes(n)
+        }))
     }
 }
 

@@ -74,7 +74,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config, no_pin, spin } => {
+        Command::Serve {
+            config,
+            no_pin,
+            spin,
+        } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            raise_open_files_limit();
             let shards = cfg.shards;
             let opts = serve::Options {
                 executor: ExecutorSettings {
@@ -104,5 +109,30 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Every client and upstream connection is a file descriptor: raise the soft
+/// limit to the hard limit, as busy proxies do, and say so when it stays low.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    if lim.rlim_cur < 65536 {
+        log::warn!(
+            "open files limit is {}: at most about that many connections (raise `ulimit -n` / LimitNOFILE)",
+            lim.rlim_cur
+        );
     }
 }

@@ -28,12 +28,17 @@ pub enum Control {
 
 /// One listening socket per shard per listener, all bound to the same address
 /// with SO_REUSEPORT so the kernel spreads connections across shards.
-pub fn bind_listeners(addr: SocketAddr, shards: usize, backlog: i32) -> io::Result<Vec<StdListener>> {
+pub fn bind_listeners(
+    addr: SocketAddr,
+    shards: usize,
+    backlog: i32,
+) -> io::Result<Vec<StdListener>> {
     let mut out = Vec::with_capacity(shards);
     let mut bound = addr;
     for _ in 0..shards {
         let domain = socket2::Domain::for_address(bound);
-        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
         sock.set_reuse_address(true)?;
         sock.set_reuse_port(true)?;
         sock.set_nodelay(true)?;
@@ -81,7 +86,11 @@ pub struct ExecutorSettings {
 
 /// Spawns shard `id`, pinned to a core when possible, running `main` with the
 /// control receiver.
-pub fn spawn_shard<F, Fut>(id: usize, settings: ExecutorSettings, main: F) -> io::Result<ShardHandle>
+pub fn spawn_shard<F, Fut>(
+    id: usize,
+    settings: ExecutorSettings,
+    main: F,
+) -> io::Result<ShardHandle>
 where
     F: FnOnce(Receiver<Control>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,

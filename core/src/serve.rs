@@ -37,7 +37,11 @@ pub struct Options {
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
 /// `on_listening` is told every bound address (port 0 resolved) once all
 /// sockets listen.
-pub fn run(config: Config, opts: Options, on_listening: impl FnOnce(&[SocketAddr])) -> Result<(), ServeError> {
+pub fn run(
+    config: Config,
+    opts: Options,
+    on_listening: impl FnOnce(&[SocketAddr]),
+) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let shards = config.shards;
 
@@ -47,7 +51,10 @@ pub fn run(config: Config, opts: Options, on_listening: impl FnOnce(&[SocketAddr
         match &l.tls {
             None => tls_configs.push(None),
             Some(t) => {
-                let cfg = tls::server_config(t).map_err(|source| ServeError::Tls { addr: l.addr, source })?;
+                let cfg = tls::server_config(t).map_err(|source| ServeError::Tls {
+                    addr: l.addr,
+                    source,
+                })?;
                 tls_configs.push(Some(cfg));
                 watches.push((tls_configs.len() - 1, t.clone(), CertWatch::new(t)));
             }
@@ -56,10 +63,14 @@ pub fn run(config: Config, opts: Options, on_listening: impl FnOnce(&[SocketAddr
     let mut upstream_tls = Vec::new();
     for p in &config.providers {
         upstream_tls.push(match &p.kind {
-            crate::config::ProviderKind::OpenAi(h) if h.base.tls => Some(
-                tls::client_config(h.ca_file.as_deref())
-                    .map_err(|source| ServeError::UpstreamTls { provider: p.name.clone(), source })?,
-            ),
+            crate::config::ProviderKind::OpenAi(h) if h.base.tls => {
+                Some(tls::client_config(h.ca_file.as_deref()).map_err(|source| {
+                    ServeError::UpstreamTls {
+                        provider: p.name.clone(),
+                        source,
+                    }
+                })?)
+            }
             _ => None,
         });
     }
@@ -68,8 +79,11 @@ pub fn run(config: Config, opts: Options, on_listening: impl FnOnce(&[SocketAddr
     let mut sockets = Vec::new();
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let socks = runtime::bind_listeners(l.addr, shards, 4096)
-            .map_err(|source| ServeError::Bind { addr: l.addr, source })?;
+        let socks =
+            runtime::bind_listeners(l.addr, shards, 4096).map_err(|source| ServeError::Bind {
+                addr: l.addr,
+                source,
+            })?;
         let addr = socks
             .first()
             .and_then(|s| s.local_addr().ok())
@@ -103,7 +117,10 @@ pub fn run(config: Config, opts: Options, on_listening: impl FnOnce(&[SocketAddr
     loop {
         match signals.recv_timeout(reload_every) {
             Ok(sig) => {
-                log::info!("signal {sig}: draining (up to {:?})", config.limits.drain_timeout);
+                log::info!(
+                    "signal {sig}: draining (up to {:?})",
+                    config.limits.drain_timeout
+                );
                 break;
             }
             Err(RecvTimeoutError::Timeout) => reload_certs(&mut watches, &handles),
@@ -130,7 +147,10 @@ pub fn run(config: Config, opts: Options, on_listening: impl FnOnce(&[SocketAddr
     Ok(())
 }
 
-fn reload_certs(watches: &mut [(usize, crate::config::ListenerTls, CertWatch)], handles: &[ShardHandle]) {
+fn reload_certs(
+    watches: &mut [(usize, crate::config::ListenerTls, CertWatch)],
+    handles: &[ShardHandle],
+) {
     for (listener, tls_cfg, watch) in watches.iter_mut() {
         if !watch.changed() {
             continue;
@@ -145,7 +165,9 @@ fn reload_certs(watches: &mut [(usize, crate::config::ListenerTls, CertWatch)], 
                     });
                 }
             }
-            Err(e) => log::error!("listener {listener}: TLS reload failed, keeping the old certificates: {e}"),
+            Err(e) => log::error!(
+                "listener {listener}: TLS reload failed, keeping the old certificates: {e}"
+            ),
         }
     }
 }
@@ -153,7 +175,8 @@ fn reload_certs(watches: &mut [(usize, crate::config::ListenerTls, CertWatch)], 
 /// SIGTERM and SIGINT, delivered on a channel by a watcher thread.
 fn signal_channel() -> Result<crossbeam::channel::Receiver<i32>, ServeError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServeError::Signals)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServeError::Signals)?;
     let (tx, rx) = crossbeam::channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
@@ -179,16 +202,18 @@ async fn shard_main(
     let gate = Rc::new(Gate::new());
     for (index, l) in listeners.into_iter().enumerate() {
         let listener = runtime::adopt_listener(l);
-        glommio::spawn_local(crate::server::accept_loop(shard.clone(), index, listener, gate.clone())).detach();
+        glommio::spawn_local(crate::server::accept_loop(
+            shard.clone(),
+            index,
+            listener,
+            gate.clone(),
+        ))
+        .detach();
     }
-    loop {
-        match runtime::recv_control(&control).await {
-            Some(Control::TlsReload { listener, config }) => {
-                if let Some(slot) = shard.tls.get(listener) {
-                    *slot.borrow_mut() = Some(config);
-                }
-            }
-            Some(Control::Shutdown) | None => break,
+    while let Some(Control::TlsReload { listener, config }) = runtime::recv_control(&control).await
+    {
+        if let Some(slot) = shard.tls.get(listener) {
+            *slot.borrow_mut() = Some(config);
         }
     }
     shard.begin_shutdown();

@@ -16,7 +16,8 @@
 //! lies within the consumed prefix, and it consumes nothing once done (bytes
 //! after the final CRLF belong to the next message). A call with non-empty
 //! input consumes at least one byte unless the decoder is done or failed.
-//! Errors are sticky.
+//! Errors are sticky; an error found after data in the same call is
+//! reported by the next call, so the data is not lost.
 
 use std::ops::Range;
 
@@ -137,14 +138,17 @@ impl ChunkedDecoder {
                 _ => {
                     if let Err(e) = self.step(input[i]) {
                         self.state = State::Failed(e.clone());
-                        return Err(e);
+                        // Data already found stays valid; the error comes
+                        // with the next call, so how the input was split
+                        // never changes which body bytes are delivered.
+                        if data.is_empty() {
+                            return Err(e);
+                        }
+                        break;
                     }
                     i += 1;
                 }
             }
-        }
-        if let State::Failed(ref e) = self.state {
-            return Err(e.clone());
         }
         Ok(Decoded { consumed: i, data })
     }

@@ -250,3 +250,45 @@ fn chunk_header_is_lowercase_hex() {
         format!("abc\r\n1\r\n{:x}\r\n", usize::MAX).into_bytes()
     );
 }
+
+#[test]
+fn data_before_an_error_is_delivered_first() {
+    let input = b"3\r\nabcX";
+    let mut dec = ChunkedDecoder::new(ChunkedLimits::default());
+    let d = dec.decode(input).unwrap();
+    assert_eq!(&input[d.data.clone()], b"abc");
+    assert_eq!(d.consumed, 6);
+    assert_eq!(dec.decode(&input[6..]), Err(ChunkedError::MissingCrlf));
+    assert_every_split_fails_after(input, b"abc", ChunkedError::MissingCrlf);
+}
+
+fn assert_every_split_fails_after(input: &[u8], body: &[u8], expected: ChunkedError) {
+    for_each_split(input, |pieces| {
+        let mut dec = ChunkedDecoder::new(ChunkedLimits::default());
+        let mut got = Vec::new();
+        let mut err = None;
+        'outer: for piece in pieces {
+            let mut rest = *piece;
+            loop {
+                match dec.decode(rest) {
+                    Ok(d) => {
+                        got.extend_from_slice(&rest[d.data.clone()]);
+                        if d.consumed == 0 {
+                            break;
+                        }
+                        rest = &rest[d.consumed..];
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            (got, err),
+            (body.to_vec(), Some(expected.clone())),
+            "{pieces:?}"
+        );
+    });
+}

@@ -20,7 +20,11 @@ pub fn bin(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins`", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins`",
+        p.display()
+    );
     p
 }
 
@@ -77,7 +81,11 @@ pub fn spawn(mut cmd: Command, prefix: &'static str, count: usize, dir: tempfile
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.strip_prefix(prefix) {
-                let addr = rest.split_whitespace().next().unwrap_or("").parse::<SocketAddr>();
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .parse::<SocketAddr>();
                 if let Ok(a) = addr {
                     if tx.send(a).is_err() {
                         break;
@@ -92,7 +100,8 @@ pub fn spawn(mut cmd: Command, prefix: &'static str, count: usize, dir: tempfile
             Ok(a) => addrs.push(a),
             Err(_) => {
                 let _ = child.kill();
-                let err = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                let err =
+                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
                 panic!("process did not announce `{prefix}`; stderr:\n{err}");
             }
         }
@@ -112,7 +121,12 @@ pub fn start_mock(key: Option<&str>) -> Proc {
 
 /// The gateway with `config` (YAML); `listeners` is how many addresses it
 /// announces. Extra files for the config go in `proc.dir`.
-pub fn start_gateway_in(dir: tempfile::TempDir, config: &str, listeners: usize, env: &[(&str, &str)]) -> Proc {
+pub fn start_gateway_in(
+    dir: tempfile::TempDir,
+    config: &str,
+    listeners: usize,
+    env: &[(&str, &str)],
+) -> Proc {
     let path = dir.path().join("shardgate.yaml");
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(bin("shardgate"));
@@ -131,9 +145,13 @@ pub fn start_gateway(config: &str) -> Proc {
 /// A config with the built-in mock behind `local` and, when given, the mock
 /// upstream behind `up`. `extra` is appended (top-level keys).
 pub fn config(upstream: Option<SocketAddr>, extra: &str) -> String {
-    let mut c = String::from("listen: 127.0.0.1:0\nshards: 2\nproviders:\n  local: { kind: mock, output_tokens: 5 }\n");
+    let mut c = String::from(
+        "listen: 127.0.0.1:0\nshards: 2\nproviders:\n  local: { kind: mock, output_tokens: 5 }\n",
+    );
     if let Some(a) = upstream {
-        c.push_str(&format!("  up: {{ kind: openai, base_url: \"http://{a}/v1\", api_key: upstream-key }}\n"));
+        c.push_str(&format!(
+            "  up: {{ kind: openai, base_url: \"http://{a}/v1\", api_key: upstream-key }}\n"
+        ));
     }
     c.push_str("models:\n  local: { targets: [ { provider: local, model: mock-1 } ] }\n");
     if upstream.is_some() {
@@ -186,7 +204,10 @@ pub fn connect(addr: SocketAddr) -> Client<TcpStream> {
 
 impl<S: Read + Write> Client<S> {
     pub fn new(stream: S) -> Self {
-        Self { stream, buf: Vec::new() }
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -220,7 +241,11 @@ impl<S: Read + Write> Client<S> {
         loop {
             let parsed = parse_response(&self.buf, &HeadLimits::default(), Method::Post).unwrap();
             let Some(head) = parsed else {
-                assert!(self.fill() > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&self.buf));
+                assert!(
+                    self.fill() > 0,
+                    "connection closed before a response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
                 continue;
             };
             let headers = head
@@ -237,12 +262,20 @@ impl<S: Read + Write> Client<S> {
             self.buf.drain(..head.head_len);
             if head.is_informational() {
                 if keep_interim {
-                    return Response { status, headers, body: Vec::new() };
+                    return Response {
+                        status,
+                        headers,
+                        body: Vec::new(),
+                    };
                 }
                 continue;
             }
             let body = self.read_body(head.framing);
-            return Response { status, headers, body };
+            return Response {
+                status,
+                headers,
+                body,
+            };
         }
     }
 
@@ -270,7 +303,11 @@ impl<S: Read + Write> Client<S> {
                         return body;
                     }
                     if d.consumed == 0 {
-                        assert!(self.fill() > 0, "closed mid-chunked-body; body so far: {}", String::from_utf8_lossy(&body));
+                        assert!(
+                            self.fill() > 0,
+                            "closed mid-chunked-body; body so far: {}",
+                            String::from_utf8_lossy(&body)
+                        );
                     }
                 }
             }
@@ -298,7 +335,10 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
         .filter_map(|ev| {
             let data: Vec<&str> = ev
                 .lines()
-                .filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d)))
+                .filter_map(|l| {
+                    l.strip_prefix("data:")
+                        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                })
                 .collect();
             (!data.is_empty()).then(|| data.join("\n"))
         })

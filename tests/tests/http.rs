@@ -2,6 +2,8 @@
 //! pipelining, body framings, Expect: 100-continue, limits, and refusal of
 //! ambiguous framing (request smuggling).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use shardgate_tests::*;
 
 const CHAT: &str = r#"{"model":"local","messages":[{"role":"user","content":"hi"}]}"#;
@@ -76,10 +78,20 @@ fn assert_refused(gw: &Proc, raw: &[u8], status: u16) {
     let mut c = connect(gw.addr());
     c.send(raw);
     let r = c.read_response();
-    assert_eq!(r.status, status, "for {:?}: {}", String::from_utf8_lossy(raw), r.text());
+    assert_eq!(
+        r.status,
+        status,
+        "for {:?}: {}",
+        String::from_utf8_lossy(raw),
+        r.text()
+    );
     assert!(r.json()["error"]["message"].is_string());
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(c.is_closed(), "connection must close after {:?}", String::from_utf8_lossy(raw));
+    assert!(
+        c.is_closed(),
+        "connection must close after {:?}",
+        String::from_utf8_lossy(raw)
+    );
 }
 
 #[test]
@@ -107,7 +119,10 @@ fn ambiguous_framing_is_refused_and_closed() {
 fn limits_have_their_statuses() {
     let gw = gateway();
     // Header bytes over the limit: 431.
-    let big = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(3000));
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(3000)
+    );
     assert_refused(&gw, big.as_bytes(), 431);
     // Body over the limit: 413.
     let body = format!(r#"{{"model":"local","pad":"{}"}}"#, "b".repeat(5000));
@@ -123,7 +138,9 @@ fn limits_have_their_statuses() {
     assert!(c.is_closed());
     // A body that never finishes: 408.
     let mut c = connect(gw.addr());
-    c.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"model\"");
+    c.send(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"model\"",
+    );
     assert_eq!(c.read_response().status, 408);
 }
 
@@ -140,12 +157,18 @@ fn errors_are_openai_json() {
     c.send(&post("/v1/chat/completions", "{not json"));
     let r = c.read_response();
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("JSON"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("JSON"));
     c.send(&post("/v1/chat/completions", r#"{"messages":[]}"#));
     let r = c.read_response();
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["param"], "model");
-    c.send(&post("/v1/chat/completions", r#"{"model":"nope","messages":[]}"#));
+    c.send(&post(
+        "/v1/chat/completions",
+        r#"{"model":"nope","messages":[]}"#,
+    ));
     let r = c.read_response();
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "model_not_found");

@@ -2,6 +2,8 @@
 //! one, client-certificate verification (mTLS), certificate reload without a
 //! restart, and the gateway as a TLS client of a TLS upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
 };
@@ -82,7 +84,8 @@ fn client_config(ca_pem: &str, client: Option<(String, String)>) -> Arc<rustls::
 type TlsClient = Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
 
 fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsClient {
-    let conn = rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    let conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     Client::new(rustls::StreamOwned::new(conn, tcp))
@@ -91,7 +94,8 @@ fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsClient {
 /// Whether a TLS request for /healthz gets a 200 (false on any TLS failure).
 fn healthz_over_tls(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> bool {
     use std::io::{Read, Write};
-    let conn = rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    let conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut s = rustls::StreamOwned::new(conn, tcp);
@@ -141,13 +145,19 @@ fn tls_listener_beside_plain_with_mtls() {
     let mut c = tls_connect(tls, good);
     c.send(&get("/healthz"));
     assert_eq!(c.read_response().status, 200);
-    c.send(&post("/v1/chat/completions", r#"{"model":"local","messages":[]}"#));
+    c.send(&post(
+        "/v1/chat/completions",
+        r#"{"model":"local","messages":[]}"#,
+    ));
     let r = c.read_response();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["object"], "chat.completion");
 
     // No client certificate, or one from another CA: refused.
-    assert!(!healthz_over_tls(tls, client_config(&server_ca.cert.pem(), None)));
+    assert!(!healthz_over_tls(
+        tls,
+        client_config(&server_ca.cert.pem(), None)
+    ));
     assert!(!healthz_over_tls(
         tls,
         client_config(&server_ca.cert.pem(), Some(rogue_ca.leaf(true, "mallory")))
@@ -183,7 +193,11 @@ fn certificates_reload_without_restart() {
     write_leaf(&paths, new_ca.leaf(false, "gateway"), "server");
     let deadline = Instant::now() + Duration::from_secs(15);
     while !healthz_over_tls(tls, trusts_new.clone()) {
-        assert!(Instant::now() < deadline, "new certificate never served:\n{}", gw.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "new certificate never served:\n{}",
+            gw.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!healthz_over_tls(tls, trusts_old));
@@ -211,7 +225,10 @@ fn gateway_reaches_a_tls_upstream() {
     let b = start_gateway_in(dir_b, &yaml_b, 1, &[]);
     let mut c = connect(b.addr());
     for _ in 0..3 {
-        c.send(&post("/v1/chat/completions", r#"{"model":"via-a","messages":[]}"#));
+        c.send(&post(
+            "/v1/chat/completions",
+            r#"{"model":"via-a","messages":[]}"#,
+        ));
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.read_response()))
             .unwrap_or_else(|_| panic!("request failed.\nA:\n{}\nB:\n{}", a.stderr(), b.stderr()));
         assert_eq!(r.status, 200, "{}\n{}", r.text(), b.stderr());

@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Resolved addresses by (host, port), with when they were resolved.
+type DnsCache = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
+
 /// Where a provider lives, with what its connections need.
 pub struct Endpoint {
     pub base: BaseUrl,
@@ -23,7 +26,7 @@ pub struct Endpoint {
 /// Shard-local: no locks, no atomics.
 pub struct Pool {
     idle: Vec<RefCell<Vec<UpstreamConn>>>,
-    dns: RefCell<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    dns: RefCell<DnsCache>,
     settings: UpstreamSettings,
 }
 
@@ -51,7 +54,8 @@ impl Pool {
     fn take_idle(&self, provider: usize) -> Option<UpstreamConn> {
         let mut idle = self.idle.get(provider)?.borrow_mut();
         while let Some(conn) = idle.pop() {
-            if conn.idle_since.elapsed() < self.settings.pool_idle_timeout && conn.looks_reusable() {
+            if conn.idle_since.elapsed() < self.settings.pool_idle_timeout && conn.looks_reusable()
+            {
                 return Some(conn);
             }
         }

@@ -90,7 +90,8 @@ pub async fn read_response_head(
         }
         match with_timeout(
             left,
-            conn.rbuf.fill(&mut conn.stream, 4096, limits.max_head_bytes),
+            conn.rbuf
+                .fill(&mut conn.stream, 4096, limits.max_head_bytes),
         )
         .await?
         {
@@ -155,7 +156,11 @@ impl BodyReader {
                 return Ok(BodyStep::End);
             }
             if self.drain_buffered(conn, on_data)? {
-                return Ok(if self.done { BodyStep::End } else { BodyStep::Data });
+                return Ok(if self.done {
+                    BodyStep::End
+                } else {
+                    BodyStep::Data
+                });
             }
             if self.done {
                 return Ok(BodyStep::End);

@@ -28,7 +28,10 @@ fn minimal_config_and_defaults() {
 #[test]
 fn unknown_field_is_named() {
     let e = parse(&format!("{MIN}limits: {{ max_body: 1KiB }}\n")).unwrap_err();
-    assert!(e.starts_with("limits: unknown field `max_body`"), "{e}");
+    assert!(
+        e.starts_with("limits.max_body: unknown field `max_body`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -85,8 +88,12 @@ fn base_url_checks() {
 
 #[test]
 fn shards_validation() {
-    assert!(parse(&format!("{MIN}shards: 0\n")).unwrap_err().starts_with("shards:"));
-    assert!(parse(&format!("{MIN}shards: many\n")).unwrap_err().starts_with("shards:"));
+    assert!(parse(&format!("{MIN}shards: 0\n"))
+        .unwrap_err()
+        .starts_with("shards:"));
+    assert!(parse(&format!("{MIN}shards: many\n"))
+        .unwrap_err()
+        .starts_with("shards:"));
     assert_eq!(parse(&format!("{MIN}shards: 3\n")).unwrap().shards, 3);
     assert!(parse(&format!("{MIN}shards: auto\n")).unwrap().shards >= 1);
 }

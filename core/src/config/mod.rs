@@ -178,8 +178,19 @@ impl Config {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let path = if path == "." { "config".to_owned() } else { path };
-            field(path, e.into_inner().to_string())
+            let path = if path == "." {
+                "config".to_owned()
+            } else {
+                path
+            };
+            let mut message = e.into_inner().to_string();
+            // The YAML library prefixes its own (shorter) path; ours is enough.
+            if let Some((prefix, rest)) = message.split_once(": ") {
+                if !prefix.contains(' ') && path.starts_with(prefix) {
+                    message = rest.to_owned();
+                }
+            }
+            field(path, message)
         })?;
         raw.validate(env)
     }

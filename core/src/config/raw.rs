@@ -252,7 +252,10 @@ impl RawConfig {
         for (alias, m) in self.models {
             let path = format!("models.{alias}");
             if m.targets.is_empty() {
-                return Err(field(format!("{path}.targets"), "needs at least one target"));
+                return Err(field(
+                    format!("{path}.targets"),
+                    "needs at least one target",
+                ));
             }
             let mut targets = Vec::with_capacity(m.targets.len());
             for (i, t) in m.targets.into_iter().enumerate() {
@@ -309,7 +312,10 @@ fn parse_base_url(path: &str, s: &str) -> Result<BaseUrl, ConfigError> {
         }
     };
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(field(path, "credentials in the URL are not allowed; use api_key"));
+        return Err(field(
+            path,
+            "credentials in the URL are not allowed; use api_key",
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(field(path, "must not have a query or fragment"));
@@ -320,7 +326,9 @@ fn parse_base_url(path: &str, s: &str) -> Result<BaseUrl, ConfigError> {
         Some(url::Host::Ipv6(a)) => a.to_string(),
         None => return Err(field(path, "has no host")),
     };
-    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let path_prefix = url.path().trim_end_matches('/').to_owned();
     Ok(BaseUrl {
         tls,

@@ -53,9 +53,29 @@ pub async fn forward(
         return relay::upstream_error(shard, up, head, target.provider, &provider.name).await;
     }
     if facts.stream && head.is_event_stream() {
-        relay::stream(shard, conn, up, head, target.provider, &provider.name, &served_by, rid).await
+        relay::stream(
+            shard,
+            conn,
+            up,
+            head,
+            target.provider,
+            &provider.name,
+            &served_by,
+            rid,
+        )
+        .await
     } else {
-        relay::full(shard, conn, up, head, target.provider, &provider.name, &served_by, rid).await
+        relay::full(
+            shard,
+            conn,
+            up,
+            head,
+            target.provider,
+            &provider.name,
+            &served_by,
+            rid,
+        )
+        .await
     }
 }
 
@@ -68,8 +88,7 @@ fn upstream_request(
     http: &HttpProvider,
     rid: &str,
 ) -> Result<Vec<u8>, GatewayError> {
-    let members =
-        top_level_members(&req.body).map_err(|e| GatewayError::BadBody(e.to_string()))?;
+    let members = top_level_members(&req.body).map_err(|e| GatewayError::BadBody(e.to_string()))?;
     let mut model = Vec::with_capacity(target.model.len() + 2);
     write_json_string(&mut model, &target.model);
     let body = patch_object(
@@ -98,7 +117,11 @@ fn upstream_request(
         b"application/json"
     };
     write_header(&mut out, "accept", accept);
-    write_header(&mut out, "user-agent", concat!("shardgate/", env!("CARGO_PKG_VERSION")).as_bytes());
+    write_header(
+        &mut out,
+        "user-agent",
+        concat!("shardgate/", env!("CARGO_PKG_VERSION")).as_bytes(),
+    );
     write_header(&mut out, "x-request-id", rid.as_bytes());
     write_content_length(&mut out, body.len());
     out.extend_from_slice(b"\r\n");

@@ -38,7 +38,11 @@ pub async fn serve(
             status,
             body: error_body(
                 &format!("mock failure {status} for {}", target.model),
-                if status == 429 { "rate_limit_error" } else { "server_error" },
+                if status == 429 {
+                    "rate_limit_error"
+                } else {
+                    "server_error"
+                },
                 None,
                 None,
             ),
@@ -54,7 +58,11 @@ pub async fn serve(
     let prompt_tokens = mock::estimate_tokens(req.body.len());
     let limit = facts.max_tokens.map_or(usize::MAX, |m| m as usize);
     let n = b.output_tokens.min(limit);
-    let finish = if n < b.output_tokens { "length" } else { "stop" };
+    let finish = if n < b.output_tokens {
+        "length"
+    } else {
+        "stop"
+    };
     let served_by = format!("mock/{}", target.model);
     let extra: [(&str, &[u8]); 1] = [("x-shardgate-target", served_by.as_bytes())];
     let id = format!("chatcmpl-{rid}");
@@ -64,10 +72,22 @@ pub async fn serve(
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let mut body = Vec::new();
         mock::embeddings(&mut body, &facts.model, &refs, 16);
-        return done(conn.write(&respond::full(200, b"application/json", &extra, &body, rid, false)).await);
+        return done(
+            conn.write(&respond::full(
+                200,
+                b"application/json",
+                &extra,
+                &body,
+                rid,
+                false,
+            ))
+            .await,
+        );
     }
 
-    let pace = b.tokens_per_second.map(|t| Duration::from_secs_f64(1.0 / f64::from(t.max(1))));
+    let pace = b
+        .tokens_per_second
+        .map(|t| Duration::from_secs_f64(1.0 / f64::from(t.max(1))));
     if b.ttft_ms > 0 {
         sleep(Duration::from_millis(b.ttft_ms)).await;
     }
@@ -77,13 +97,43 @@ pub async fn serve(
         }
         let mut body = Vec::new();
         match api {
-            Api::Completions => mock::completion(&mut body, &id, &facts.model, created, prompt_tokens, n, finish),
-            _ => mock::chat_completion(&mut body, &id, &facts.model, created, prompt_tokens, n, finish),
+            Api::Completions => mock::completion(
+                &mut body,
+                &id,
+                &facts.model,
+                created,
+                prompt_tokens,
+                n,
+                finish,
+            ),
+            _ => mock::chat_completion(
+                &mut body,
+                &id,
+                &facts.model,
+                created,
+                prompt_tokens,
+                n,
+                finish,
+            ),
         }
-        return done(conn.write(&respond::full(200, b"application/json", &extra, &body, rid, false)).await);
+        return done(
+            conn.write(&respond::full(
+                200,
+                b"application/json",
+                &extra,
+                &body,
+                rid,
+                false,
+            ))
+            .await,
+        );
     }
 
-    if conn.write(&respond::stream_head(200, rid, &extra)).await.is_err() {
+    if conn
+        .write(&respond::stream_head(200, rid, &extra))
+        .await
+        .is_err()
+    {
         return Attempt::Done(Outcome::CLOSE);
     }
     let usage_null = facts.include_usage;
@@ -91,7 +141,14 @@ pub async fn serve(
     let mut out = Vec::with_capacity(1024);
     let chat = api == Api::ChatCompletions;
     if chat {
-        mock::chat_chunk_event(&mut event, &id, &facts.model, created, ChunkKind::Role, usage_null);
+        mock::chat_chunk_event(
+            &mut event,
+            &id,
+            &facts.model,
+            created,
+            ChunkKind::Role,
+            usage_null,
+        );
         push_chunk(&mut out, &mut event);
     }
     for i in 0..n {
@@ -109,14 +166,35 @@ pub async fn serve(
             sleep(p).await;
         }
         if chat {
-            mock::chat_chunk_event(&mut event, &id, &facts.model, created, ChunkKind::Content(mock::token(i)), usage_null);
+            mock::chat_chunk_event(
+                &mut event,
+                &id,
+                &facts.model,
+                created,
+                ChunkKind::Content(mock::token(i)),
+                usage_null,
+            );
         } else {
-            mock::completion_chunk_event(&mut event, &id, &facts.model, created, mock::token(i), None);
+            mock::completion_chunk_event(
+                &mut event,
+                &id,
+                &facts.model,
+                created,
+                mock::token(i),
+                None,
+            );
         }
         push_chunk(&mut out, &mut event);
     }
     if chat {
-        mock::chat_chunk_event(&mut event, &id, &facts.model, created, ChunkKind::Finish(finish), usage_null);
+        mock::chat_chunk_event(
+            &mut event,
+            &id,
+            &facts.model,
+            created,
+            ChunkKind::Finish(finish),
+            usage_null,
+        );
     } else {
         mock::completion_chunk_event(&mut event, &id, &facts.model, created, "", Some(finish));
     }

@@ -75,7 +75,12 @@ pub enum Attempt {
 }
 
 pub async fn handle(shard: &Rc<Shard>, conn: &mut ClientConn, req: Request, rid: &str) -> Outcome {
-    let method_name = || String::from_utf8_lossy(&req.head_buf[..req.head_buf.iter().position(|&b| b == b' ').unwrap_or(0)]).into_owned();
+    let method_name = || {
+        String::from_utf8_lossy(
+            &req.head_buf[..req.head_buf.iter().position(|&b| b == b' ').unwrap_or(0)],
+        )
+        .into_owned()
+    };
     match route(req.head.method, req.path()) {
         Route::Health => json_ok(conn, br#"{"status":"ok"}"#, rid).await,
         Route::Ready if shard.draining() => {
@@ -109,7 +114,13 @@ async fn json_ok(conn: &mut ClientConn, body: &[u8], rid: &str) -> Outcome {
     }
 }
 
-async fn handle_api(shard: &Rc<Shard>, conn: &mut ClientConn, req: &Request, api: Api, rid: &str) -> Outcome {
+async fn handle_api(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    req: &Request,
+    api: Api,
+    rid: &str,
+) -> Outcome {
     let mut scratch = Vec::new();
     let mut facts: RequestFacts = match extract_facts(&req.body, &mut scratch) {
         Ok(f) => f,
@@ -149,5 +160,11 @@ async fn handle_api(shard: &Rc<Shard>, conn: &mut ClientConn, req: &Request, api
             }
         }
     }
-    send_error(conn, &GatewayError::ModelNotFound(facts.model.clone()), rid, false).await
+    send_error(
+        conn,
+        &GatewayError::ModelNotFound(facts.model.clone()),
+        rid,
+        false,
+    )
+    .await
 }

@@ -94,10 +94,7 @@ pub async fn full(
     if head.keep_alive {
         shard.pool.checkin(provider, up);
     }
-    let content_type = head
-        .content_type
-        .as_deref()
-        .unwrap_or(b"application/json");
+    let content_type = head.content_type.as_deref().unwrap_or(b"application/json");
     let bytes = respond::full(
         head.status,
         content_type,
@@ -150,7 +147,11 @@ pub async fn stream(
                         framing_error = Some(e);
                     }
                 };
-                Some(reader.step(&mut up, settings.read_timeout, &mut on_data).await)
+                Some(
+                    reader
+                        .step(&mut up, settings.read_timeout, &mut on_data)
+                        .await,
+                )
             },
             async {
                 conn.closed().await;
@@ -163,9 +164,7 @@ pub async fn stream(
             None => return Attempt::Done(Outcome::CLOSE),
             Some(Ok(_)) if framing_error.is_some() => Some(GatewayError::UpstreamProtocol {
                 provider: name.to_owned(),
-                reason: framing_error
-                    .map(|e| e.to_string())
-                    .unwrap_or_default(),
+                reason: framing_error.map(|e| e.to_string()).unwrap_or_default(),
             }),
             Some(Ok(BodyStep::Data)) => None,
             Some(Ok(BodyStep::End)) => {

@@ -23,6 +23,9 @@ pub struct ClientConn {
     pub stream: ClientStream,
     pub rbuf: ReadBuf,
     pub peer: SocketAddr,
+    /// Subject of the client certificate verified at the TLS handshake
+    /// (listeners with `client_ca`), for identity.
+    pub client_subject: Option<String>,
     write_timeout: Duration,
     /// How many buffered bytes `closed` may accumulate from a client that
     /// pipelines while its stream is being relayed.
@@ -56,15 +59,29 @@ impl ClientConn {
     }
 }
 
+fn client_subject(stream: &ClientStream) -> Option<String> {
+    match stream {
+        MaybeTls::Tls(s) => {
+            let der = s.get_ref().1.peer_certificates()?.first()?;
+            crate::tls::client_subject(der)
+        }
+        MaybeTls::Plain(_) => None,
+    }
+}
+
 pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
     let limits = &shard.config.limits;
     let mut conn = ClientConn {
+        client_subject: client_subject(&stream),
         stream,
         rbuf: ReadBuf::with_capacity(IDLE_BUFFER),
         peer,
         write_timeout: limits.write_timeout,
         max_pending: limits.max_head_bytes + limits.max_body_bytes,
     };
+    if let Some(subject) = &conn.client_subject {
+        log::debug!("shard {} {peer}: client certificate {subject}", shard.id);
+    }
     loop {
         let head = match read_head(&shard, &mut conn).await {
             HeadRead::Head(h, b) => (h, b),
@@ -96,7 +113,12 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
 
 /// The per-request future is boxed so an idle connection's task stays small:
 /// only the connection loop's state lives between requests.
-async fn handle_boxed(shard: &Rc<Shard>, conn: &mut ClientConn, req: Request, rid: &str) -> Outcome {
+async fn handle_boxed(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    req: Request,
+    rid: &str,
+) -> Outcome {
     Box::pin(crate::gateway::handle(shard, conn, req, rid)).await
 }
 
@@ -113,7 +135,12 @@ impl Outcome {
 
 /// Writes an error response, closing the connection when the error leaves the
 /// request stream in an unknown state.
-pub async fn send_error(conn: &mut ClientConn, err: &GatewayError, rid: &str, close: bool) -> Outcome {
+pub async fn send_error(
+    conn: &mut ClientConn,
+    err: &GatewayError,
+    rid: &str,
+    close: bool,
+) -> Outcome {
     if conn.write(&respond::error(err, rid, close)).await.is_err() || close {
         return Outcome::CLOSE;
     }

@@ -53,7 +53,9 @@ pub async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, 
                 None => Some(MaybeTls::Plain(stream)),
                 Some(cfg) => {
                     let acceptor = futures_rustls::TlsAcceptor::from(cfg);
-                    match with_timeout(shard2.config.limits.head_timeout, acceptor.accept(stream)).await {
+                    match with_timeout(shard2.config.limits.head_timeout, acceptor.accept(stream))
+                        .await
+                    {
                         Ok(s) => Some(MaybeTls::Tls(Box::new(s))),
                         Err(e) => {
                             log::debug!("shard {} {peer}: TLS handshake failed: {e}", shard2.id);
@@ -85,5 +87,7 @@ fn connection_started(shard: &Shard) {
 }
 
 fn connection_ended(shard: &Shard) {
-    shard.open_connections.set(shard.open_connections.get().saturating_sub(1));
+    shard
+        .open_connections
+        .set(shard.open_connections.get().saturating_sub(1));
 }

@@ -84,7 +84,12 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
         if left.is_zero() {
             return HeadRead::Error(GatewayError::RequestTimeout);
         }
-        match with_timeout(left, conn.rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes)).await {
+        match with_timeout(
+            left,
+            conn.rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes),
+        )
+        .await
+        {
             Ok(Some(Filled::Bytes(_))) => {}
             Ok(None) => {
                 return HeadRead::Error(GatewayError::BadHead(

@@ -7,7 +7,7 @@ mod client;
 mod server;
 
 pub use client::{client_config, connect as connect_tls};
-pub use server::{server_config, CertWatch};
+pub use server::{client_subject, server_config, CertWatch};
 
 use std::path::PathBuf;
 

@@ -1,0 +1,175 @@
+//! Streams and failures through the gateway in front of the mock upstream
+//! over real TCP: event-by-event relay, an upstream dying mid-stream, a
+//! client leaving mid-request, and failover between a model's targets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use shardgate_tests::*;
+use std::time::{Duration, Instant};
+
+fn chat(model: &str, stream: bool) -> Vec<u8> {
+    post(
+        "/v1/chat/completions",
+        &format!(
+            r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        ),
+    )
+}
+
+#[test]
+fn stream_relayed_with_model_rewritten_and_key_injected() {
+    let mock = start_mock(Some("upstream-key"));
+    let gw = start_gateway(&config(Some(mock.addr()), ""));
+    let mut c = connect(gw.addr());
+    // The client's own key must not reach the upstream (which would refuse it).
+    let body =
+        r#"{"model":"demo","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-client\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.send(req.as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(r.header("x-shardgate-target"), Some("up/mock-1"));
+    let events = sse_data(&r.body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        chunks.iter().all(|c| c["model"] == "mock-1"),
+        "upstream saw the upstream model name"
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!text.is_empty());
+    assert!(
+        chunks.last().unwrap()["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    // Same connection, non-streaming.
+    c.send(&chat("demo", false));
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap(),
+        text
+    );
+}
+
+#[test]
+fn upstream_dying_mid_stream_ends_with_an_error_event() {
+    let mock = start_mock(Some("upstream-key"));
+    let gw = start_gateway(&config(Some(mock.addr()), ""));
+    let mut c = connect(gw.addr());
+    c.send(&chat("cut", true));
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    let events = sse_data(&r.body);
+    let last: serde_json::Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert!(
+        last["error"]["message"].as_str().unwrap().contains("up"),
+        "{last}"
+    );
+    let content = events
+        .iter()
+        .filter(|e| e.contains("\"content\":\" "))
+        .count();
+    assert_eq!(
+        content, 3,
+        "the three chunks sent before the cut were relayed"
+    );
+    // The client's response was terminated properly: the connection serves on.
+    c.send(&chat("local", false));
+    assert_eq!(c.read_response().status, 200);
+}
+
+/// Established TCP connections whose remote port is `port`, from
+/// /proc/net/tcp (IPv4, loopback tests only).
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && f[3] == "01"
+        })
+        .count()
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn client_leaving_cancels_the_upstream_request() {
+    let mock = start_mock(Some("upstream-key"));
+    let port = mock.addr().port();
+    let gw = start_gateway(&config(Some(mock.addr()), ""));
+    for stream in [false, true] {
+        let mut c = connect(gw.addr());
+        c.send(&chat("hang", stream));
+        wait_until("the gateway to call the upstream", || {
+            established_to(port) == 1
+        });
+        drop(c);
+        wait_until("the upstream connection to close", || {
+            established_to(port) == 0
+        });
+    }
+}
+
+#[test]
+fn failover_to_the_next_target_and_final_errors_passed_on() {
+    let mock = start_mock(Some("upstream-key"));
+    let extra = "  failover: { targets: [ { provider: up, model: mock-503 }, { provider: local, model: mock-1 } ] }\n\
+                 \x20 limited: { targets: [ { provider: up, model: mock-429 } ] }\n\
+                 \x20 dead: { targets: [ { provider: gone, model: m } ] }\n\
+                 \x20 dead-then-up: { targets: [ { provider: gone, model: m }, { provider: up, model: mock-1 } ] }\n";
+    let cfg = config(Some(mock.addr()), extra).replace(
+        "models:\n",
+        "  gone: { kind: openai, base_url: \"http://127.0.0.1:1/v1\" }\nmodels:\n",
+    );
+    let gw = start_gateway(&cfg);
+    let mut c = connect(gw.addr());
+    for stream in [false, true] {
+        c.send(&chat("failover", stream));
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-shardgate-target"), Some("mock/mock-1"));
+    }
+    // The last target's error reaches the client with the upstream's status
+    // and message.
+    c.send(&chat("limited", false));
+    let r = c.read_response();
+    assert_eq!(r.status, 429);
+    assert!(r.json()["error"]["message"].is_string());
+    // An unreachable provider is a 502 in OpenAI's shape, or skipped when
+    // another target follows.
+    c.send(&chat("dead", false));
+    let r = c.read_response();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
+    c.send(&chat("dead-then-up", true));
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-shardgate-target"), Some("up/mock-1"));
+}
