@@ -154,7 +154,7 @@ fn failover_to_the_next_target_and_final_errors_passed_on() {
         c.send(&chat("failover", stream));
         let r = c.read_response();
         assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.header("x-shardgate-target"), Some("mock/mock-1"));
+        assert_eq!(r.header("x-shardgate-target"), Some("local/mock-1"));
     }
     // The last target's error reaches the client with the upstream's status
     // and message.

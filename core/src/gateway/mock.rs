@@ -14,11 +14,13 @@ use shardgate_proto::mock::{self, Behaviour, ChunkKind};
 use shardgate_proto::openai::{error_body, RequestFacts};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     conn: &mut ClientConn,
     req: &Request,
     facts: &RequestFacts,
     api: Api,
+    provider: &str,
     cfg: &MockProvider,
     target: &Target,
     rid: &str,
@@ -34,7 +36,7 @@ pub async fn serve(
     let b = mock::behaviour(&target.model, defaults);
     if let Some(status) = b.fail_status {
         return Attempt::Failed(GatewayError::UpstreamStatus {
-            provider: "mock".into(),
+            provider: provider.to_owned(),
             status,
             body: error_body(
                 &format!("mock failure {status} for {}", target.model),
@@ -63,7 +65,7 @@ pub async fn serve(
     } else {
         "stop"
     };
-    let served_by = format!("mock/{}", target.model);
+    let served_by = format!("{provider}/{}", target.model);
     let extra: [(&str, &[u8]); 1] = [("x-shardgate-target", served_by.as_bytes())];
     let id = format!("chatcmpl-{rid}");
 

@@ -139,7 +139,9 @@ async fn handle_api(
             continue;
         };
         let attempt = match &provider.kind {
-            ProviderKind::Mock(m) => mock::serve(conn, req, &facts, api, m, target, rid).await,
+            ProviderKind::Mock(m) => {
+                mock::serve(conn, req, &facts, api, &provider.name, m, target, rid).await
+            }
             ProviderKind::OpenAi(h) => {
                 forward::forward(shard, conn, req, &facts, api, target, provider, h, rid).await
             }

@@ -1,0 +1,88 @@
+"""`shardgate check` and `shardgate serve` on good and bad config files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import UPSTREAM_KEY_ENV, Upstream, binary, gateway_config, write_config
+
+
+def run_shardgate(*args: str, env_extra: dict | None = None, drop_env: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in drop_env}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [str(binary("shardgate")), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+
+
+def test_check_accepts_the_test_config(tmp_path: Path, mock_upstream: Upstream):
+    cfg = write_config(tmp_path / "ok.yaml", gateway_config(mock_upstream))
+    r = run_shardgate("check", "--config", str(cfg), env_extra={UPSTREAM_KEY_ENV: "k"})
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+def _broken(cfg: dict, how: str) -> dict:
+    if how == "unknown provider":
+        cfg["models"]["ghost"] = {"targets": [{"provider": "nowhere", "model": "m"}]}
+    elif how == "zero shards":
+        cfg["shards"] = 0
+    elif how == "bad base_url":
+        cfg["providers"]["up"]["base_url"] = "ftp://127.0.0.1/v1"
+    elif how == "unknown field":
+        cfg["limits"]["max_bodyy_bytes"] = "1MiB"
+    elif how == "bad size":
+        cfg["limits"]["max_body_bytes"] = "lots"
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "how, field",
+    [
+        ("unknown provider", "models.ghost.targets[0].provider"),
+        ("zero shards", "shards"),
+        ("bad base_url", "providers.up.base_url"),
+        ("unknown field", "max_bodyy_bytes"),
+        ("bad size", "limits.max_body_bytes"),
+    ],
+)
+def test_check_rejects_bad_config_naming_the_field(tmp_path: Path, mock_upstream: Upstream, how: str, field: str):
+    cfg = write_config(tmp_path / "bad.yaml", _broken(gateway_config(mock_upstream), how))
+    r = run_shardgate("check", "--config", str(cfg), env_extra={UPSTREAM_KEY_ENV: "k"})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert field in r.stderr
+
+
+def test_missing_secret_env_var_is_a_config_error(tmp_path: Path, mock_upstream: Upstream):
+    cfg = write_config(tmp_path / "nokey.yaml", gateway_config(mock_upstream))
+    r = run_shardgate("check", "--config", str(cfg), drop_env=(UPSTREAM_KEY_ENV,))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "providers.up.api_key" in r.stderr
+    assert UPSTREAM_KEY_ENV in r.stderr
+
+
+def test_serve_refuses_bad_config(tmp_path: Path, mock_upstream: Upstream):
+    cfg = write_config(tmp_path / "bad.yaml", _broken(gateway_config(mock_upstream), "zero shards"))
+    r = run_shardgate("serve", "--config", str(cfg), "--no-pin", env_extra={UPSTREAM_KEY_ENV: "k"})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "shards" in r.stderr
+    assert "listening" not in r.stdout
+
+
+def test_secret_value_never_reaches_the_output(tmp_path: Path, mock_upstream: Upstream):
+    secret = "sk-super-secret-value-123"
+    cfg = _broken(gateway_config(mock_upstream), "unknown provider")
+    cfg["providers"]["up"]["api_key"] = secret  # a literal, in a config that fails
+    path = write_config(tmp_path / "lit.yaml", cfg)
+    r = run_shardgate("check", "--config", str(path))
+    assert r.returncode == 2
+    assert secret not in r.stdout + r.stderr

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Shardgate's test command (the one the README documents, and what CI runs):
+#   1. build every binary, 2. the Rust tests, 3. the Python end-to-end suite
+#   (the official SDKs against the freshly built gateway and mock upstream).
+# Exits non-zero on any failure.
+#
+# Environment:
+#   PYTHON             interpreter for the venv (default: python3)
+#   CARGO_TARGET_DIR   honoured; the e2e suite uses the binaries built here
+# Arguments go to pytest: bash tests/run.sh -k "stream and not cut" -x
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+step "cargo test --workspace"
+cargo test --workspace
+
+# ---- Python venv for the e2e suite ---------------------------------------
+PY=${PYTHON:-python3}
+VENV=.venv
+REQ=tests/python/requirements.txt
+STAMP=$VENV/.requirements.sha256
+
+if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  # Debian ships venv/ensurepip separately (python3-venv): install it only
+  # when it is missing.
+  step "installing python3-venv"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "python${ver}-venv" || $SUDO apt-get install -y -qq python3-venv
+fi
+
+pyver=$("$PY" -c 'import sys; print(sys.version)')
+want=$( { cat "$REQ"; echo "$pyver"; } | sha256sum | cut -d' ' -f1)
+# (Re)create the venv when it is missing, broken, or from another interpreter.
+if [ "$("$VENV/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null || true)" != "$pyver" ]; then
+  step "creating $VENV"
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
+  step "installing $REQ into $VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
+  echo "$want" > "$STAMP"
+fi
+
+# ---- e2e suite --------------------------------------------------------------
+export SHARDGATE_BIN_DIR=${SHARDGATE_BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/debug}
+step "pytest tests/python (binaries from $SHARDGATE_BIN_DIR)"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python "$@"
