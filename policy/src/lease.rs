@@ -1,0 +1,555 @@
+//! Cross-shard quota leases: the pure part.
+//!
+//! Every budget bucket has one owner shard, `owner_shard(scope_key,
+//! shards)`, which holds its authoritative [`Counters`] inside a
+//! [`LeaseManager`]. Requests on the owner are admitted against the
+//! counters directly. Another shard holds a [`LocalQuota`]: a slice of the
+//! current minute's requests and tokens leased from the owner, from which
+//! it admits requests with no message on the request path. When its lease
+//! runs low it emits a [`ToOwner::Want`]; the owner answers with a
+//! [`Lease`]; an expired lease's unused tokens go back in a
+//! [`ToOwner::Return`]. This module only produces and consumes those
+//! messages as values; core moves them over glommio's channels.
+//!
+//! # Overshoot bound
+//!
+//! **Requests and reserved tokens: zero over the limit, per window.** The
+//! owner never grants or admits more than the window has left
+//! (`granted + admitted_locally <= limit` at every instant of its ledger),
+//! a lease is valid only inside the minute window it was carved from
+//! (`expires_at` = that window's end, checked against the admitting shard's
+//! `now`), and a non-owner admits only from its lease. So the requests
+//! admitted with timestamps in one window never exceed the limit, whatever
+//! the message delays and interleavings; `lease_overshoot_is_zero` in the
+//! tests checks this with 2 shards × 64 clients against 100 rpm.
+//!
+//! The price of that bound is under-admission: quota leased to a shard that
+//! doesn't use it before the window ends is lost for that minute (at most
+//! `refill` per non-owner shard). Keep `refill` small relative to the limit
+//! (`LocalQuota::suggested_refill`: limit / (4 × shards)).
+//!
+//! What remains over the limit, and why:
+//! - **Tokens beyond the reservation.** A reservation holds the prompt
+//!   estimate plus max output tokens; settlement charges real usage. Output can't exceed
+//!   max tokens, so the only excess is the prompt estimate's error (zero for
+//!   OpenAI models counted with their own encoding, a few percent for other
+//!   providers' tokenizers approximated with cl100k). Non-owners report such
+//!   excess to the owner with [`ToOwner::Usage`].
+//! - **Monthly spend.** Spend is charged after the call and checked as
+//!   `used < limit` before it, against the owner's counters (a non-owner
+//!   sees a snapshot carried by each lease). The overshoot is at most the
+//!   cost of the requests in flight when the limit is crossed, plus those
+//!   admitted on non-owners before their snapshot refreshes (one lease round
+//!   trip).
+//!
+//! # Hierarchy
+//!
+//! [`QuotaSource`] is what a lease is carved from. A [`LeaseManager`] is one
+//! (it hands out what its counters have left) and takes another as its
+//! upstream: by default [`Unlimited`], later a node-level lease from Redis
+//! held in a [`LocalQuota`] (which also implements `QuotaSource`), so the
+//! owner can itself run on a lease from a higher level with the same code.
+
+use crate::counters::{Counters, LimitKind, Reservation};
+use crate::policy::Limits;
+use crate::window::{Period, Timestamp};
+
+/// The shard that owns a bucket's counters: FNV-1a (64-bit) of `id` modulo
+/// `shards`. Stable across processes and builds (unlike std's `Hasher`), so
+/// every shard computes the same owner. `shards == 0` gives 0.
+pub fn owner_shard(id: &str, shards: usize) -> usize {
+    if shards == 0 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
+/// An amount of requests and tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+impl Quota {
+    pub const ZERO: Quota = Quota {
+        requests: 0,
+        tokens: 0,
+    };
+
+    pub fn of(r: &Reservation) -> Self {
+        Quota {
+            requests: r.requests,
+            tokens: r.tokens(),
+        }
+    }
+
+    pub fn min(self, o: Quota) -> Quota {
+        Quota {
+            requests: self.requests.min(o.requests),
+            tokens: self.tokens.min(o.tokens),
+        }
+    }
+
+    pub fn covers(self, need: Quota) -> bool {
+        self.requests >= need.requests && self.tokens >= need.tokens
+    }
+
+    pub fn saturating_sub(self, o: Quota) -> Quota {
+        Quota {
+            requests: self.requests.saturating_sub(o.requests),
+            tokens: self.tokens.saturating_sub(o.tokens),
+        }
+    }
+
+    pub fn saturating_add(self, o: Quota) -> Quota {
+        Quota {
+            requests: self.requests.saturating_add(o.requests),
+            tokens: self.tokens.saturating_add(o.tokens),
+        }
+    }
+
+    pub fn is_zero(self) -> bool {
+        self == Quota::ZERO
+    }
+}
+
+/// A slice of one minute window's quota, valid until `expires_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub requests: u64,
+    pub tokens: u64,
+    /// Start of the minute window it was carved from.
+    pub window_start: Timestamp,
+    /// Start of the day window its tokens count against.
+    pub day_start: Timestamp,
+    /// End of that minute window.
+    pub expires_at: Timestamp,
+    /// The owner's monthly spend when granting, for non-owners' spend check.
+    pub spend_used_micros: u64,
+}
+
+impl Lease {
+    pub fn quota(&self) -> Quota {
+        Quota {
+            requests: self.requests,
+            tokens: self.tokens,
+        }
+    }
+}
+
+/// Messages a non-owner shard sends to a bucket's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToOwner {
+    /// Please lease me up to `want`.
+    Want { shard: usize, want: Quota },
+    /// Unused quota of a lease that ended or was replaced.
+    Return {
+        shard: usize,
+        unused: Quota,
+        window_start: Timestamp,
+        day_start: Timestamp,
+    },
+    /// Settled usage beyond what was leased (tokens) and spend.
+    Usage {
+        shard: usize,
+        extra_tokens: u64,
+        spend_micros: u64,
+    },
+}
+
+/// Where quota comes from.
+pub trait QuotaSource {
+    /// Takes up to `want` for the minute window containing `now`; never
+    /// more than the source has left. Partial grants are fine.
+    fn acquire(&mut self, want: Quota, now: Timestamp) -> Quota;
+    /// Gives back quota acquired in the minute window that started at
+    /// `window_start` (tokens also count against the day of `day_start`).
+    fn release(
+        &mut self,
+        unused: Quota,
+        window_start: Timestamp,
+        day_start: Timestamp,
+        now: Timestamp,
+    );
+}
+
+/// A source with no limit: the top of the hierarchy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unlimited;
+
+impl QuotaSource for Unlimited {
+    fn acquire(&mut self, want: Quota, _now: Timestamp) -> Quota {
+        want
+    }
+    fn release(&mut self, _: Quota, _: Timestamp, _: Timestamp, _: Timestamp) {}
+}
+
+/// The owner shard's ledger for one bucket.
+#[derive(Debug, Clone)]
+pub struct LeaseManager<U: QuotaSource = Unlimited> {
+    limits: Limits,
+    counters: Counters,
+    upstream: U,
+}
+
+impl LeaseManager<Unlimited> {
+    pub fn new(limits: Limits, now: Timestamp) -> Self {
+        LeaseManager::with_upstream(limits, now, Unlimited)
+    }
+}
+
+impl<U: QuotaSource> LeaseManager<U> {
+    pub fn with_upstream(limits: Limits, now: Timestamp, upstream: U) -> Self {
+        LeaseManager {
+            limits,
+            counters: Counters::new(now),
+            upstream,
+        }
+    }
+
+    /// Authoritative counters (leased quota counts as used); pass them to
+    /// `decide` on the owner.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// What the current windows have left.
+    pub fn available(&self, now: Timestamp) -> Quota {
+        let left = |limit: Option<u64>, kind| match limit {
+            Some(l) => l.saturating_sub(self.counters.used(kind, now)),
+            None => u64::MAX,
+        };
+        Quota {
+            requests: left(
+                self.limits.requests_per_minute,
+                LimitKind::RequestsPerMinute,
+            ),
+            tokens: left(self.limits.tokens_per_minute, LimitKind::TokensPerMinute)
+                .min(left(self.limits.tokens_per_day, LimitKind::TokensPerDay)),
+        }
+    }
+
+    fn record(&mut self, q: Quota, now: Timestamp) {
+        self.counters
+            .add(LimitKind::RequestsPerMinute, q.requests, now);
+        self.counters.add(LimitKind::TokensPerMinute, q.tokens, now);
+        self.counters.add(LimitKind::TokensPerDay, q.tokens, now);
+    }
+
+    /// Admits a request on the owner itself, all or nothing.
+    pub fn admit(&mut self, r: &Reservation, now: Timestamp) -> bool {
+        let need = Quota::of(r);
+        if !self.available(now).covers(need) {
+            return false;
+        }
+        let got = self.upstream.acquire(need, now);
+        if got != need {
+            let (m, d) = (Period::Minute.start(now), Period::Day.start(now));
+            self.upstream.release(got, m, d, now);
+            return false;
+        }
+        self.record(need, now);
+        true
+    }
+
+    /// Answers a [`ToOwner::Want`]: a lease of at most `want`, carved out of
+    /// what is left (possibly zero).
+    pub fn grant(&mut self, want: Quota, now: Timestamp) -> Lease {
+        let got = self.acquire(want, now);
+        let window_start = Period::Minute.start(now);
+        Lease {
+            requests: got.requests,
+            tokens: got.tokens,
+            window_start,
+            day_start: Period::Day.start(now),
+            expires_at: Period::Minute.end(window_start),
+            spend_used_micros: self.counters.used(LimitKind::MonthlySpend, now),
+        }
+    }
+
+    /// Handles a message; returns the lease to send back for a `Want`.
+    pub fn on_message(&mut self, msg: ToOwner, now: Timestamp) -> Option<(usize, Lease)> {
+        match msg {
+            ToOwner::Want { shard, want } => Some((shard, self.grant(want, now))),
+            ToOwner::Return {
+                unused,
+                window_start,
+                day_start,
+                ..
+            } => {
+                self.release(unused, window_start, day_start, now);
+                None
+            }
+            ToOwner::Usage {
+                extra_tokens,
+                spend_micros,
+                ..
+            } => {
+                self.counters
+                    .add(LimitKind::TokensPerMinute, extra_tokens, now);
+                self.counters
+                    .add(LimitKind::TokensPerDay, extra_tokens, now);
+                self.counters
+                    .add(LimitKind::MonthlySpend, spend_micros, now);
+                None
+            }
+        }
+    }
+}
+
+impl<U: QuotaSource> QuotaSource for LeaseManager<U> {
+    fn acquire(&mut self, want: Quota, now: Timestamp) -> Quota {
+        let local = want.min(self.available(now));
+        let got = self.upstream.acquire(local, now);
+        self.record(got, now);
+        got
+    }
+
+    fn release(
+        &mut self,
+        unused: Quota,
+        window_start: Timestamp,
+        day_start: Timestamp,
+        now: Timestamp,
+    ) {
+        let c = &mut self.counters;
+        c.release(
+            LimitKind::RequestsPerMinute,
+            unused.requests,
+            window_start,
+            now,
+        );
+        c.release(LimitKind::TokensPerMinute, unused.tokens, window_start, now);
+        c.release(LimitKind::TokensPerDay, unused.tokens, day_start, now);
+        self.upstream.release(unused, window_start, day_start, now);
+    }
+}
+
+/// Result of [`LocalQuota::try_take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Taken from the lease; go ahead.
+    Admitted,
+    /// Not enough lease, and a `Want` is on its way: core may wait for the
+    /// grant (bounded) and try once more, or answer 429.
+    WaitForGrant,
+    /// The owner had nothing left for this window: 429 until `until`.
+    Exhausted { until: Timestamp },
+}
+
+/// A non-owner shard's lease on one bucket.
+#[derive(Debug, Clone)]
+pub struct LocalQuota {
+    shard: usize,
+    refill: Quota,
+    low_water: Quota,
+    lease: Option<Lease>,
+    want_in_flight: bool,
+    exhausted_until: Option<Timestamp>,
+}
+
+impl LocalQuota {
+    /// `refill` is how much to ask for at a time; a new `Want` goes out
+    /// when the lease falls to `low_water` or below (or cannot cover a
+    /// request). At most one `Want` is in flight.
+    pub fn new(shard: usize, refill: Quota, low_water: Quota) -> Self {
+        LocalQuota {
+            shard,
+            refill,
+            low_water,
+            lease: None,
+            want_in_flight: false,
+            exhausted_until: None,
+        }
+    }
+
+    /// limit / (4 × shards), at least 1, per budget; low water a quarter of
+    /// that.
+    pub fn suggested_refill(limits: &Limits, shards: usize) -> (Quota, Quota) {
+        let div = 4 * shards.max(1) as u64;
+        let part = |l: Option<u64>| l.map_or(u64::MAX / 4, |l| (l / div).max(1));
+        let tokens = part(limits.tokens_per_minute).min(part(limits.tokens_per_day));
+        let refill = Quota {
+            requests: part(limits.requests_per_minute),
+            tokens,
+        };
+        let low = Quota {
+            requests: refill.requests / 4,
+            tokens: refill.tokens / 4,
+        };
+        (refill, low)
+    }
+
+    /// What is left of the current lease at `now`.
+    pub fn remaining(&self, now: Timestamp) -> Quota {
+        match &self.lease {
+            Some(l) if now < l.expires_at && now >= l.window_start => l.quota(),
+            _ => Quota::ZERO,
+        }
+    }
+
+    /// The owner's spend as of the last grant.
+    pub fn spend_snapshot(&self) -> Option<u64> {
+        self.lease.map(|l| l.spend_used_micros)
+    }
+
+    /// Drops an expired lease, returning its unused quota.
+    pub fn expire(&mut self, now: Timestamp, out: &mut Vec<ToOwner>) {
+        if let Some(l) = self.lease {
+            if now >= l.expires_at {
+                self.lease = None;
+                if !l.quota().is_zero() {
+                    out.push(ToOwner::Return {
+                        shard: self.shard,
+                        unused: l.quota(),
+                        window_start: l.window_start,
+                        day_start: l.day_start,
+                    });
+                }
+            }
+        }
+        if self.exhausted_until.is_some_and(|u| now >= u) {
+            self.exhausted_until = None;
+        }
+    }
+
+    /// Admits a request needing `need` from the lease if it can; asks the
+    /// owner for more (into `out`) when low or short.
+    pub fn try_take(&mut self, need: Quota, now: Timestamp, out: &mut Vec<ToOwner>) -> Take {
+        self.expire(now, out);
+        let admitted = match &mut self.lease {
+            Some(l) if now >= l.window_start && l.quota().covers(need) => {
+                l.requests -= need.requests;
+                l.tokens -= need.tokens;
+                true
+            }
+            _ => false,
+        };
+        if let Some(until) = self.exhausted_until {
+            return if admitted {
+                Take::Admitted
+            } else {
+                Take::Exhausted { until }
+            };
+        }
+        let left = self.remaining(now);
+        let low = !admitted
+            || left.requests <= self.low_water.requests
+            || left.tokens <= self.low_water.tokens;
+        if low && !self.want_in_flight {
+            self.want_in_flight = true;
+            out.push(ToOwner::Want {
+                shard: self.shard,
+                want: Quota {
+                    requests: self.refill.requests.max(need.requests),
+                    tokens: self.refill.tokens.max(need.tokens),
+                },
+            });
+        }
+        if admitted {
+            Take::Admitted
+        } else {
+            Take::WaitForGrant
+        }
+    }
+
+    /// Takes a grant from the owner. A grant for a window that has already
+    /// ended goes straight back; one for the current window is added to the
+    /// lease. A zero-request grant means the owner is out for this window:
+    /// no more `Want`s until it ends.
+    pub fn on_grant(&mut self, lease: Lease, now: Timestamp, out: &mut Vec<ToOwner>) {
+        self.want_in_flight = false;
+        self.expire(now, out);
+        if now >= lease.expires_at {
+            if !lease.quota().is_zero() {
+                out.push(ToOwner::Return {
+                    shard: self.shard,
+                    unused: lease.quota(),
+                    window_start: lease.window_start,
+                    day_start: lease.day_start,
+                });
+            }
+            return;
+        }
+        if lease.requests == 0 && self.refill.requests > 0 {
+            self.exhausted_until = Some(lease.expires_at);
+        }
+        self.lease = Some(match self.lease {
+            Some(cur) if cur.window_start == lease.window_start => Lease {
+                requests: cur.requests + lease.requests,
+                tokens: cur.tokens.saturating_add(lease.tokens),
+                ..lease
+            },
+            _ => lease,
+        });
+    }
+
+    /// After settlement on this shard: tokens reserved but not used go back
+    /// into the lease (if it is still the same window); usage beyond the
+    /// reservation and spend are reported to the owner.
+    pub fn settle(
+        &mut self,
+        r: &Reservation,
+        charged_tokens: u64,
+        spend_micros: u64,
+        now: Timestamp,
+        out: &mut Vec<ToOwner>,
+    ) {
+        let reserved = r.tokens();
+        if charged_tokens < reserved {
+            if let Some(l) = &mut self.lease {
+                if l.window_start == r.minute_start && now < l.expires_at {
+                    l.tokens = l.tokens.saturating_add(reserved - charged_tokens);
+                }
+            }
+        }
+        let extra = charged_tokens.saturating_sub(reserved);
+        if extra > 0 || spend_micros > 0 {
+            out.push(ToOwner::Usage {
+                shard: self.shard,
+                extra_tokens: extra,
+                spend_micros,
+            });
+        }
+    }
+}
+
+impl QuotaSource for LocalQuota {
+    /// Partial takes from the held lease; never asks for more by itself
+    /// (the holder refills it on its own schedule).
+    fn acquire(&mut self, want: Quota, now: Timestamp) -> Quota {
+        let got = want.min(self.remaining(now));
+        if let Some(l) = &mut self.lease {
+            l.requests -= got.requests;
+            l.tokens -= got.tokens;
+        }
+        got
+    }
+
+    fn release(&mut self, unused: Quota, window_start: Timestamp, _day: Timestamp, now: Timestamp) {
+        if let Some(l) = &mut self.lease {
+            if l.window_start == window_start && now < l.expires_at {
+                l.requests += unused.requests;
+                l.tokens = l.tokens.saturating_add(unused.tokens);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "lease_tests.rs"]
+mod tests;

@@ -1,0 +1,443 @@
+use std::collections::{BTreeMap, VecDeque};
+
+use super::*;
+use crate::counters::Settlement;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const T0: Timestamp = Timestamp(1_704_067_200_000); // 2024-01-01T00:00:00Z
+
+#[test]
+fn owner_shard_is_stable_and_spread() {
+    assert_eq!(owner_shard("sg-AAAAAAAA", 0), 0);
+    assert_eq!(owner_shard("sg-AAAAAAAA", 1), 0);
+    // FNV-1a of "a" is 0xaf63dc4c8601ec8c.
+    assert_eq!(
+        owner_shard("a", 1 << 20),
+        (0xaf63_dc4c_8601_ec8c_u64 % (1 << 20)) as usize
+    );
+    let mut hits = [0usize; 4];
+    for i in 0..4000 {
+        hits[owner_shard(&format!("key_id=sg-{i:08}"), 4)] += 1;
+    }
+    assert!(hits.iter().all(|&h| h > 800), "{hits:?}");
+}
+
+#[test]
+fn grants_never_exceed_what_is_left() {
+    let limits = Limits {
+        requests_per_minute: Some(10),
+        tokens_per_minute: Some(1000),
+        ..Limits::default()
+    };
+    let mut lm = LeaseManager::new(limits, T0);
+    let a = lm.grant(
+        Quota {
+            requests: 6,
+            tokens: 600,
+        },
+        T0,
+    );
+    assert_eq!((a.requests, a.tokens), (6, 600));
+    assert_eq!(a.expires_at, T0.plus_ms(60_000));
+    let b = lm.grant(
+        Quota {
+            requests: 6,
+            tokens: 600,
+        },
+        T0,
+    );
+    assert_eq!((b.requests, b.tokens), (4, 400));
+    let c = lm.grant(
+        Quota {
+            requests: 1,
+            tokens: 1,
+        },
+        T0,
+    );
+    assert_eq!((c.requests, c.tokens), (0, 0));
+    assert!(!lm.admit(&Reservation::new(1, 0, T0), T0));
+    // A return inside the window frees quota again.
+    lm.on_message(
+        ToOwner::Return {
+            shard: 1,
+            unused: Quota {
+                requests: 2,
+                tokens: 200,
+            },
+            window_start: a.window_start,
+            day_start: a.day_start,
+        },
+        T0,
+    );
+    assert_eq!(
+        lm.available(T0),
+        Quota {
+            requests: 2,
+            tokens: 200
+        }
+    );
+    // Next minute: full again.
+    assert_eq!(
+        lm.available(T0.plus_ms(60_000)),
+        Quota {
+            requests: 10,
+            tokens: 1000
+        }
+    );
+}
+
+#[test]
+fn local_quota_lifecycle() {
+    let mut lq = LocalQuota::new(
+        1,
+        Quota {
+            requests: 4,
+            tokens: 400,
+        },
+        Quota {
+            requests: 1,
+            tokens: 100,
+        },
+    );
+    let mut out = Vec::new();
+    let one = Quota {
+        requests: 1,
+        tokens: 100,
+    };
+    assert_eq!(lq.try_take(one, T0, &mut out), Take::WaitForGrant);
+    assert_eq!(
+        out,
+        vec![ToOwner::Want {
+            shard: 1,
+            want: Quota {
+                requests: 4,
+                tokens: 400
+            }
+        }]
+    );
+    out.clear();
+    // No duplicate Want while one is in flight.
+    assert_eq!(lq.try_take(one, T0, &mut out), Take::WaitForGrant);
+    assert!(out.is_empty());
+    let mut lm = LeaseManager::new(
+        Limits {
+            requests_per_minute: Some(5),
+            ..Limits::default()
+        },
+        T0,
+    );
+    let lease = lm.grant(
+        Quota {
+            requests: 4,
+            tokens: 400,
+        },
+        T0,
+    );
+    lq.on_grant(lease, T0, &mut out);
+    for _ in 0..3 {
+        assert_eq!(lq.try_take(one, T0, &mut out), Take::Admitted);
+    }
+    // Below low water: asks for more.
+    assert_eq!(out.len(), 1);
+    let more = lm.on_message(out.remove(0), T0).unwrap();
+    assert_eq!(more.1.requests, 1);
+    lq.on_grant(more.1, T0, &mut out);
+    assert_eq!(lq.remaining(T0).requests, 2);
+    // Expiry returns the unused part.
+    let later = T0.plus_ms(61_000);
+    lq.expire(later, &mut out);
+    assert_eq!(
+        out,
+        vec![ToOwner::Return {
+            shard: 1,
+            unused: Quota {
+                requests: 2,
+                tokens: 500
+            },
+            window_start: T0,
+            day_start: T0,
+        }]
+    );
+    out.clear();
+    // A zero grant marks the window exhausted: no Want storm.
+    let mut lm = LeaseManager::new(
+        Limits {
+            requests_per_minute: Some(0),
+            ..Limits::default()
+        },
+        later,
+    );
+    assert_eq!(lq.try_take(one, later, &mut out), Take::WaitForGrant);
+    let (_, zero) = lm.on_message(out.remove(0), later).unwrap();
+    lq.on_grant(zero, later, &mut out);
+    let until = Period::Minute.end(Period::Minute.start(later));
+    assert_eq!(lq.try_take(one, later, &mut out), Take::Exhausted { until });
+    assert!(out.is_empty());
+    // A grant arriving after its window ended goes straight back.
+    let stale = Lease {
+        requests: 3,
+        tokens: 0,
+        window_start: T0,
+        day_start: T0,
+        expires_at: T0.plus_ms(60_000),
+        spend_used_micros: 0,
+    };
+    lq.on_grant(stale, later, &mut out);
+    assert!(matches!(
+        out[0],
+        ToOwner::Return {
+            unused: Quota { requests: 3, .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn local_quota_settles_refunds_and_reports() {
+    let mut lq = LocalQuota::new(
+        1,
+        Quota {
+            requests: 4,
+            tokens: 1000,
+        },
+        Quota::ZERO,
+    );
+    let mut out = Vec::new();
+    let mut lm = LeaseManager::new(
+        Limits {
+            tokens_per_minute: Some(5000),
+            ..Limits::default()
+        },
+        T0,
+    );
+    lq.on_grant(
+        lm.grant(
+            Quota {
+                requests: 4,
+                tokens: 1000,
+            },
+            T0,
+        ),
+        T0,
+        &mut out,
+    );
+    let r = Reservation::new(300, 200, T0);
+    assert_eq!(lq.try_take(Quota::of(&r), T0, &mut out), Take::Admitted);
+    assert_eq!(lq.remaining(T0).tokens, 500);
+    lq.settle(&r, 100, 9, T0, &mut out);
+    assert_eq!(lq.remaining(T0).tokens, 900);
+    assert_eq!(
+        out,
+        vec![ToOwner::Usage {
+            shard: 1,
+            extra_tokens: 0,
+            spend_micros: 9
+        }]
+    );
+    out.clear();
+    lq.settle(&r, 800, 0, T0, &mut out);
+    assert_eq!(
+        out,
+        vec![ToOwner::Usage {
+            shard: 1,
+            extra_tokens: 300,
+            spend_micros: 0
+        }]
+    );
+    lm.on_message(out[0], T0);
+    assert_eq!(lm.counters().used(LimitKind::TokensPerMinute, T0), 1300);
+}
+
+#[test]
+fn owner_on_an_upstream_lease() {
+    // A node-level lease (say, from Redis) held in a LocalQuota caps the
+    // owner: 10 rpm locally, but only 4 granted from above.
+    let mut node = LocalQuota::new(0, Quota::ZERO, Quota::ZERO);
+    let mut out = Vec::new();
+    let mut cluster = LeaseManager::new(
+        Limits {
+            requests_per_minute: Some(4),
+            ..Limits::default()
+        },
+        T0,
+    );
+    node.on_grant(
+        cluster.grant(
+            Quota {
+                requests: 100,
+                tokens: 1 << 40,
+            },
+            T0,
+        ),
+        T0,
+        &mut out,
+    );
+    let mut lm = LeaseManager::with_upstream(
+        Limits {
+            requests_per_minute: Some(10),
+            ..Limits::default()
+        },
+        T0,
+        node,
+    );
+    let r = Reservation::new(0, 0, T0);
+    let admitted = (0..10).filter(|_| lm.admit(&r, T0)).count();
+    assert_eq!(admitted, 4);
+    assert_eq!(
+        lm.grant(
+            Quota {
+                requests: 5,
+                tokens: 0
+            },
+            T0
+        )
+        .requests,
+        0
+    );
+}
+
+/// Whose event is next in the simulation.
+#[derive(Debug, Clone, Copy)]
+struct Admitted {
+    window: Timestamp,
+    reserved: u64,
+    charged: Option<u64>,
+}
+
+/// The overshoot proof: 2 shards × 64 clients against 100 rpm (and 20k
+/// tpm), with randomly interleaved requests, settlements, message
+/// deliveries and clock steps, for several seeds. Every minute window must
+/// admit at most 100 requests and charge at most 20k tokens: the
+/// documented bound is zero over the limit.
+#[test]
+fn lease_overshoot_is_zero() {
+    const SHARDS: usize = 2;
+    const CLIENTS: u64 = 64;
+    const RPM: u64 = 100;
+    const TPM: u64 = 20_000;
+    let limits = Limits {
+        requests_per_minute: Some(RPM),
+        tokens_per_minute: Some(TPM),
+        ..Limits::default()
+    };
+    for seed in [1u64, 7, 42, 0x5eed, 0xdead_beef] {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut now = T0.plus_ms(rng.below(60_000));
+        let end = now.plus_ms(10 * 60_000);
+        let owner = 0usize;
+        let mut lm = LeaseManager::new(limits, now);
+        let (refill, low) = LocalQuota::suggested_refill(&limits, SHARDS);
+        let mut local = LocalQuota::new(1, refill, low);
+        let mut to_owner: VecDeque<ToOwner> = VecDeque::new();
+        let mut to_shard1: VecDeque<Lease> = VecDeque::new();
+        let mut admitted: Vec<Admitted> = Vec::new();
+        // In flight: (index into admitted, shard, reservation).
+        let mut in_flight: Vec<(usize, usize, Reservation)> = Vec::new();
+        let mut out = Vec::new();
+        let mut attempts = 0u64;
+        while now < end {
+            match rng.below(100) {
+                0..=54 => {
+                    // Client `c` on shard `s` sends a request.
+                    let s = rng.below(SHARDS as u64) as usize;
+                    let _client = rng.below(CLIENTS);
+                    attempts += 1;
+                    let r = Reservation::new(20 + rng.below(200), 10 + rng.below(100), now);
+                    let ok = if s == owner {
+                        lm.admit(&r, now)
+                    } else {
+                        let t = local.try_take(Quota::of(&r), now, &mut out);
+                        to_owner.extend(out.drain(..));
+                        t == Take::Admitted
+                    };
+                    if ok {
+                        admitted.push(Admitted {
+                            window: Period::Minute.start(now),
+                            reserved: r.tokens(),
+                            charged: None,
+                        });
+                        in_flight.push((admitted.len() - 1, s, r));
+                    }
+                }
+                55..=69 if !in_flight.is_empty() => {
+                    // A response completes with real usage <= reservation.
+                    let i = rng.below(in_flight.len() as u64) as usize;
+                    let (idx, s, r) = in_flight.swap_remove(i);
+                    let actual = rng.below(r.tokens() + 1);
+                    let charged = if s == owner {
+                        let st = Settlement {
+                            tokens: actual,
+                            spend_micros: 0,
+                            estimated: false,
+                        };
+                        lm.counters_mut().settle(&r, &st, now)
+                    } else {
+                        local.settle(&r, actual, 0, now, &mut out);
+                        to_owner.extend(out.drain(..));
+                        actual
+                    };
+                    admitted[idx].charged = Some(charged);
+                }
+                70..=79 => {
+                    if let Some(msg) = to_owner.pop_front() {
+                        if let Some((_, lease)) = lm.on_message(msg, now) {
+                            to_shard1.push_back(lease);
+                        }
+                    }
+                }
+                80..=89 => {
+                    if let Some(lease) = to_shard1.pop_front() {
+                        local.on_grant(lease, now, &mut out);
+                        to_owner.extend(out.drain(..));
+                    }
+                }
+                _ => now = now.plus_ms(rng.below(1500)),
+            }
+        }
+        let mut per_window: BTreeMap<Timestamp, (u64, u64)> = BTreeMap::new();
+        for a in &admitted {
+            let e = per_window.entry(a.window).or_default();
+            e.0 += 1;
+            e.1 += a.charged.unwrap_or(a.reserved);
+        }
+        assert!(per_window.len() >= 10, "seed {seed}: {per_window:?}");
+        for (w, (reqs, tokens)) in &per_window {
+            assert!(
+                *reqs <= RPM,
+                "seed {seed}: window {w:?} admitted {reqs} requests"
+            );
+            assert!(
+                *tokens <= TPM,
+                "seed {seed}: window {w:?} charged {tokens} tokens"
+            );
+        }
+        // Liveness: under steady overload most of each inner window's quota
+        // is used (the loss is bounded by one stranded lease per shard).
+        let inner: Vec<u64> = per_window
+            .values()
+            .skip(1)
+            .take(per_window.len() - 2)
+            .map(|v| v.0)
+            .collect();
+        let min = inner.iter().copied().min().unwrap_or(0);
+        assert!(min >= RPM - refill.requests - 20, "seed {seed}: {inner:?}");
+        assert!(
+            attempts > admitted.len() as u64,
+            "seed {seed}: not overloaded"
+        );
+    }
+}
