@@ -8,7 +8,10 @@
 //! bench tool and the fuzzers, and is tested over every split of its input.
 #![forbid(unsafe_code)]
 
+pub mod anthropic;
+pub mod bedrock;
 pub mod chunked;
+pub mod gemini;
 pub mod h1;
 pub mod json;
 pub mod mock;

@@ -1,0 +1,83 @@
+//! Times the stream translators: N Anthropic text-delta events -> OpenAI
+//! chunks, and N OpenAI chunks -> Anthropic events, fed in 4 KiB pieces.
+//! Prints events/s and ns/event; no pass/fail.
+//!
+//! `cargo run --release -p shardgate-providers --example stream_bench [N]`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Instant;
+
+use shardgate_providers::anthropic::{AnthropicToOpenAi, OpenAiToAnthropic};
+use shardgate_providers::{ReplyCtx, StreamTranslator};
+
+fn ctx() -> ReplyCtx {
+    ReplyCtx {
+        id: "chatcmpl-bench".into(),
+        model: "bench-model".into(),
+        created: 1_700_000_000,
+        include_usage: true,
+    }
+}
+
+fn anthropic_stream(n: usize) -> Vec<u8> {
+    let mut s = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"m\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+    for _ in 0..n {
+        s.push_str("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" token\"}}\n\n");
+    }
+    s.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":99}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    s.into_bytes()
+}
+
+fn openai_stream(n: usize) -> Vec<u8> {
+    let mut s = String::new();
+    for _ in 0..n {
+        s.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" token\"},\"finish_reason\":null}]}\n\n");
+    }
+    s.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    s.into_bytes()
+}
+
+fn time(name: &str, n: usize, input: &[u8], make: impl Fn() -> StreamTranslator) {
+    let rounds = 5;
+    let mut best = f64::MAX;
+    let mut out = Vec::with_capacity(input.len() * 2);
+    for _ in 0..rounds {
+        out.clear();
+        let start = Instant::now();
+        let mut t = make();
+        for piece in input.chunks(4096) {
+            t.on_bytes(piece, &mut out).unwrap();
+        }
+        let _ = t.finish(&mut out);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    println!(
+        "{name}: {n} events, best of {rounds}: {:.0} events/s, {:.0} ns/event ({} bytes out)",
+        n as f64 / best,
+        best * 1e9 / n as f64,
+        out.len()
+    );
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map_or(200_000, |a| a.parse().unwrap());
+    println!(
+        "profile: {}, machine: {} cores (std::thread::available_parallelism), unpinned",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        std::thread::available_parallelism().map_or(0, |c| c.get())
+    );
+    let a = anthropic_stream(n);
+    time("anthropic->openai", n, &a, || {
+        StreamTranslator::Anthropic(AnthropicToOpenAi::new(ctx()))
+    });
+    let o = openai_stream(n);
+    time("openai->anthropic", n, &o, || {
+        StreamTranslator::OpenAiToAnthropic(OpenAiToAnthropic::new(ctx()))
+    });
+}

@@ -1,0 +1,587 @@
+//! Amazon Bedrock Converse API: `POST /model/{modelId}/converse` and
+//! `/converse-stream` on `bedrock-runtime.{region}.amazonaws.com`, signed
+//! with SigV4 (service `bedrock`) or, given an API key, `Authorization:
+//! Bearer`. The stream body is an AWS event-stream ([`crate::eventstream`]).
+//!
+//! Mapping rules follow the Anthropic ones (Converse mirrors Messages):
+//! system messages become `system`, consecutive roles merge, tool results
+//! are `toolResult` blocks in a user turn. Images must be inline (data
+//! URLs); Converse takes no image URLs. `tool_choice: "none"` drops the
+//! tools unless the history uses them (Converse has no "none").
+
+use serde::Deserialize;
+use shardgate_proto::bedrock as b;
+
+use crate::anthropic::parse_arguments;
+use crate::chat::{
+    self, ChatRequest, ChatResponse, ChatUsage, ChunkWriter, ContentPart, Image, ReplyCtx, Role,
+    ToolMode,
+};
+use crate::eventstream::{Decoder, Message};
+use crate::sigv4::{self, Credentials};
+use crate::{
+    json_body, upstream_json, Dialect, PrepareCtx, Provider, StreamTranslator, Summary,
+    TranslateError, UpstreamRequest, Usage, MAX_EVENT_BYTES,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BedrockProvider {
+    pub region: String,
+    /// SigV4 credentials; without them `PrepareCtx::api_key` is sent as a
+    /// Bedrock API key (Bearer).
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+}
+
+impl BedrockProvider {
+    /// `bedrock-runtime.{region}.amazonaws.com`; the base URL is
+    /// `https://` + this.
+    pub fn host(&self) -> String {
+        format!("bedrock-runtime.{}.amazonaws.com", self.region)
+    }
+}
+
+impl Provider for BedrockProvider {
+    fn dialect(&self) -> Dialect {
+        Dialect::Bedrock
+    }
+
+    fn prepare(
+        &self,
+        req: &ChatRequest,
+        ctx: &PrepareCtx<'_>,
+    ) -> Result<UpstreamRequest, TranslateError> {
+        let body = json_body(&from_openai(req)?)?;
+        let op = if req.is_stream() {
+            "converse-stream"
+        } else {
+            "converse"
+        };
+        let path = format!("/model/{}/{op}", sigv4::uri_encode(ctx.model, false));
+        let accept = if req.is_stream() {
+            "application/vnd.amazon.eventstream"
+        } else {
+            "application/json"
+        };
+        let mut headers = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("accept".to_owned(), accept.to_owned()),
+        ];
+        match (&self.credentials, ctx.api_key) {
+            (Some(creds), _) => {
+                let signed = sigv4::sign(
+                    &sigv4::Request {
+                        method: "POST",
+                        host: &self.host(),
+                        path: &path,
+                        query: "",
+                        headers: &headers,
+                        payload_sha256: &sigv4::sha256_hex(&body),
+                    },
+                    &sigv4::Scope {
+                        region: &self.region,
+                        service: "bedrock",
+                        now_unix: ctx.now_unix,
+                    },
+                    creds,
+                );
+                headers.extend(signed);
+            }
+            (None, Some(key)) => {
+                headers.push(("authorization".to_owned(), format!("Bearer {key}")))
+            }
+            (None, None) => return Err(TranslateError::MissingCredentials("AWS credentials")),
+        }
+        Ok(UpstreamRequest {
+            path,
+            headers,
+            body,
+        })
+    }
+
+    fn response_to_openai(
+        &self,
+        body: &[u8],
+        ctx: &ReplyCtx,
+    ) -> Result<(Vec<u8>, Usage), TranslateError> {
+        let resp: b::ConverseResponse = upstream_json(body)?;
+        let (chat, usage) = ChatResponse::from_bedrock(&resp, ctx);
+        Ok((json_body(&chat)?, usage))
+    }
+
+    fn error_to_openai(&self, status: u16, body: &[u8]) -> Vec<u8> {
+        let message = serde_json::from_slice::<b::ErrorResponse>(body)
+            .map(|e| e.message)
+            .unwrap_or_default();
+        crate::errors::openai_error(status, &message, None)
+    }
+
+    fn stream_translator(&self, ctx: ReplyCtx) -> Option<StreamTranslator> {
+        Some(StreamTranslator::Bedrock(BedrockToOpenAi::new(ctx)))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// OpenAI request -> Converse request
+
+pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateError> {
+    if req.n.is_some_and(|n| n > 1) {
+        return Err(TranslateError::Unsupported("n > 1"));
+    }
+    let mut system = Vec::new();
+    let mut turns: Vec<(&'static str, Vec<b::ContentBlock>)> = Vec::new();
+    for m in &req.messages {
+        let (role, blocks) = match m.role {
+            Role::System | Role::Developer => {
+                if let Some(text) = m.text_content() {
+                    system.push(b::SystemBlock { text });
+                }
+                continue;
+            }
+            Role::User => {
+                let blocks = match &m.content {
+                    None => Vec::new(),
+                    Some(c) => c
+                        .parts()
+                        .into_iter()
+                        .map(user_block)
+                        .collect::<Result<_, _>>()?,
+                };
+                ("user", blocks)
+            }
+            Role::Assistant => {
+                let mut blocks = Vec::new();
+                if let Some(text) = m.text_content().filter(|t| !t.is_empty()) {
+                    blocks.push(text_block(text));
+                }
+                for call in m.tool_calls.iter().flatten() {
+                    blocks.push(b::ContentBlock {
+                        tool_use: Some(b::ToolUseBlock {
+                            tool_use_id: call.id.clone(),
+                            name: call.function.name.clone(),
+                            input: parse_arguments(&call.function.arguments)?,
+                        }),
+                        ..b::ContentBlock::default()
+                    });
+                }
+                ("assistant", blocks)
+            }
+            Role::Tool => {
+                let id = m.tool_call_id.clone().ok_or_else(|| {
+                    TranslateError::Invalid("tool message without tool_call_id".into())
+                })?;
+                let block = b::ContentBlock {
+                    tool_result: Some(b::ToolResultBlock {
+                        tool_use_id: id,
+                        content: vec![b::ToolResultContent {
+                            text: Some(m.text_content().unwrap_or_default()),
+                            json: None,
+                        }],
+                        status: None,
+                    }),
+                    ..b::ContentBlock::default()
+                };
+                ("user", vec![block])
+            }
+        };
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    let uses_tools = turns
+        .iter()
+        .flat_map(|(_, blocks)| blocks)
+        .any(|b| b.tool_use.is_some() || b.tool_result.is_some());
+    let messages = turns
+        .into_iter()
+        .filter(|(_, blocks)| !blocks.is_empty())
+        .map(|(role, content)| b::Message {
+            role: role.to_owned(),
+            content,
+        })
+        .collect();
+
+    let mode = req.tool_choice.as_ref().map(|c| c.mode()).transpose()?;
+    let tool_config = match &req.tools {
+        Some(tools) if !tools.is_empty() && (mode != Some(ToolMode::None) || uses_tools) => {
+            let tools = tools
+                .iter()
+                .map(|t| {
+                    let f = t
+                        .function
+                        .as_ref()
+                        .ok_or(TranslateError::Unsupported("non-function tools"))?;
+                    Ok(b::Tool {
+                        tool_spec: b::ToolSpec {
+                            name: f.name.clone(),
+                            description: f.description.clone(),
+                            input_schema: b::InputSchema {
+                                json: f.parameters.clone().unwrap_or_else(
+                                    || serde_json::json!({"type": "object", "properties": {}}),
+                                ),
+                            },
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, TranslateError>>()?;
+            let tool_choice = match mode {
+                None | Some(ToolMode::None) => None,
+                Some(ToolMode::Auto) => Some(b::ToolChoice::Auto {}),
+                Some(ToolMode::Required) => Some(b::ToolChoice::Any {}),
+                Some(ToolMode::Named(name)) => Some(b::ToolChoice::Tool {
+                    name: name.to_owned(),
+                }),
+            };
+            Some(b::ToolConfig { tools, tool_choice })
+        }
+        _ => None,
+    };
+    let config = b::InferenceConfig {
+        max_tokens: req.max_output_tokens(),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        stop_sequences: req.stop_sequences(),
+    };
+    Ok(b::ConverseRequest {
+        messages,
+        system,
+        inference_config: (config != b::InferenceConfig::default()).then_some(config),
+        tool_config,
+    })
+}
+
+fn text_block(text: String) -> b::ContentBlock {
+    b::ContentBlock {
+        text: Some(text),
+        ..b::ContentBlock::default()
+    }
+}
+
+fn user_block(part: ContentPart) -> Result<b::ContentBlock, TranslateError> {
+    match part {
+        ContentPart::Text { text } => Ok(text_block(text)),
+        ContentPart::ImageUrl { image_url } => match image_url.parse()? {
+            Image::Base64 { media_type, data } => {
+                let format = match media_type {
+                    "image/png" => "png",
+                    "image/jpeg" | "image/jpg" => "jpeg",
+                    "image/gif" => "gif",
+                    "image/webp" => "webp",
+                    _ => {
+                        return Err(TranslateError::Unsupported(
+                            "image type other than png, jpeg, gif, webp",
+                        ))
+                    }
+                };
+                Ok(b::ContentBlock {
+                    image: Some(b::ImageBlock {
+                        format: format.to_owned(),
+                        source: b::ImageSource {
+                            bytes: data.to_owned(),
+                        },
+                    }),
+                    ..b::ContentBlock::default()
+                })
+            }
+            Image::Url(_) => Err(TranslateError::Unsupported(
+                "image URLs (Converse takes inline images only)",
+            )),
+        },
+        ContentPart::Other => Err(TranslateError::Unsupported(
+            "content parts other than text and image_url",
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Converse response -> OpenAI response
+
+/// Converse `stopReason` as an OpenAI `finish_reason`.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Converse usage (whose `inputTokens` excludes cache reads and writes).
+pub fn usage(u: &b::TokenUsage) -> Usage {
+    let parts = [
+        u.input_tokens,
+        u.cache_read_input_tokens,
+        u.cache_write_input_tokens,
+    ];
+    Usage {
+        input_tokens: parts
+            .iter()
+            .any(Option::is_some)
+            .then(|| parts.iter().flatten().sum()),
+        output_tokens: u.output_tokens,
+        cached_input_tokens: u.cache_read_input_tokens,
+        cache_write_tokens: u.cache_write_input_tokens,
+        reasoning_tokens: None,
+        estimated: false,
+    }
+}
+
+impl ChatResponse {
+    pub fn from_bedrock(resp: &b::ConverseResponse, ctx: &ReplyCtx) -> (ChatResponse, Usage) {
+        let mut text = String::new();
+        let mut calls = Vec::new();
+        for block in resp.output.message.iter().flat_map(|m| &m.content) {
+            if let Some(t) = &block.text {
+                text.push_str(t);
+            }
+            if let Some(tool) = &block.tool_use {
+                calls.push(chat::ToolCall {
+                    id: tool.tool_use_id.clone(),
+                    kind: "function".to_owned(),
+                    function: chat::FunctionCall {
+                        name: tool.name.clone(),
+                        arguments: tool.input.to_string(),
+                    },
+                });
+            }
+        }
+        let usage = resp.usage.as_ref().map(usage).unwrap_or_default();
+        let chat = ChatResponse {
+            id: ctx.id.clone(),
+            object: "chat.completion".to_owned(),
+            created: ctx.created,
+            model: ctx.model.clone(),
+            choices: vec![chat::Choice {
+                index: 0,
+                message: chat::ResponseMessage {
+                    role: Role::Assistant,
+                    content: (!text.is_empty() || calls.is_empty()).then_some(text),
+                    tool_calls: (!calls.is_empty()).then_some(calls),
+                    refusal: None,
+                },
+                finish_reason: Some(
+                    finish_reason(resp.stop_reason.as_deref().unwrap_or("end_turn")).to_owned(),
+                ),
+                logprobs: None,
+            }],
+            usage: ChatUsage::from_usage(&usage),
+        };
+        (chat, usage)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ConverseStream -> OpenAI stream
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    Done,
+    Failed,
+}
+
+/// Bedrock event-stream in, OpenAI `chat.completion.chunk` SSE out.
+#[derive(Debug)]
+pub struct BedrockToOpenAi {
+    decoder: Decoder,
+    state: BedrockState,
+}
+
+#[derive(Debug)]
+struct BedrockState {
+    w: ChunkWriter,
+    include_usage: bool,
+    started: bool,
+    /// (content block index, OpenAI tool-call index).
+    tools: Vec<(u32, u32)>,
+    usage: Option<b::TokenUsage>,
+    finish_reason: Option<&'static str>,
+    phase: Phase,
+    unknown: u64,
+    sent_bytes: usize,
+}
+
+fn payload<'a, T: Deserialize<'a>>(m: &Message<'a>) -> Result<T, TranslateError> {
+    upstream_json(m.payload)
+}
+
+impl BedrockToOpenAi {
+    pub fn new(ctx: ReplyCtx) -> Self {
+        Self {
+            decoder: Decoder::new(MAX_EVENT_BYTES),
+            state: BedrockState {
+                w: ChunkWriter::new(&ctx),
+                include_usage: ctx.include_usage,
+                started: false,
+                tools: Vec::new(),
+                usage: None,
+                finish_reason: None,
+                phase: Phase::Open,
+                unknown: 0,
+                sent_bytes: 0,
+            },
+        }
+    }
+
+    pub fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        let state = &mut self.state;
+        let mut err = None;
+        self.decoder
+            .feed(input, |m| {
+                if err.is_none() {
+                    if let Err(e) = state.on_message(&m, out) {
+                        err = Some(e);
+                    }
+                }
+            })
+            .map_err(|e| TranslateError::Framing(e.to_string()))?;
+        err.map_or(Ok(()), Err)
+    }
+
+    pub fn unknown_events(&self) -> u64 {
+        self.state.unknown
+    }
+
+    pub fn finish(self, out: &mut Vec<u8>) -> Summary {
+        let mut s = self.state;
+        let stopped = s.phase == Phase::Open && s.finish_reason.is_some();
+        if stopped {
+            // messageStop came but no metadata: close the stream anyway.
+            s.end(out);
+        }
+        let cut = s.phase == Phase::Open;
+        let mut u = s.usage.as_ref().map(usage).unwrap_or_default();
+        if s.phase != Phase::Done || s.usage.is_none() {
+            u.estimated = true;
+            let estimate = chat::estimate_tokens(s.sent_bytes);
+            u.output_tokens = Some(u.output_tokens.unwrap_or(0).max(estimate));
+        }
+        if cut {
+            ChunkWriter::error(
+                out,
+                "upstream stream ended before completion",
+                "server_error",
+                Some("upstream_cut"),
+            );
+        }
+        Summary {
+            usage: u,
+            finish_reason: s.finish_reason.map(str::to_owned),
+            unknown_events: s.unknown,
+            cut,
+        }
+    }
+}
+
+impl BedrockState {
+    fn on_message(&mut self, m: &Message<'_>, out: &mut Vec<u8>) -> Result<(), TranslateError> {
+        if self.phase != Phase::Open {
+            return Ok(());
+        }
+        match m.header(":message-type") {
+            Some("event") => {}
+            Some("exception") | Some("error") => {
+                let kind = m
+                    .header(":exception-type")
+                    .or_else(|| m.header(":error-code"))
+                    .unwrap_or("internalServerException");
+                let message = serde_json::from_slice::<b::ErrorResponse>(m.payload)
+                    .map(|e| e.message)
+                    .ok()
+                    .or_else(|| m.header(":error-message").map(str::to_owned))
+                    .unwrap_or_default();
+                let status = match kind {
+                    "throttlingException" => 429,
+                    "validationException" => 400,
+                    "serviceUnavailableException" => 503,
+                    _ => 500,
+                };
+                ChunkWriter::error(
+                    out,
+                    &crate::redact_secrets(&message),
+                    crate::openai_error_type(status),
+                    Some(kind),
+                );
+                self.phase = Phase::Failed;
+                return Ok(());
+            }
+            _ => {
+                self.unknown += 1;
+                return Ok(());
+            }
+        }
+        match m.header(":event-type") {
+            Some("messageStart") => self.start(out),
+            Some("contentBlockStart") => {
+                let ev: b::ContentBlockStartEvent = payload(m)?;
+                self.start(out);
+                if let Some(tool) = ev.start.tool_use {
+                    let index = self.tools.len() as u32;
+                    self.tools.push((ev.content_block_index, index));
+                    self.sent_bytes += tool.name.len();
+                    self.w
+                        .tool_call_start(out, index, &tool.tool_use_id, &tool.name);
+                }
+            }
+            Some("contentBlockDelta") => {
+                let ev: b::ContentBlockDeltaEvent = payload(m)?;
+                self.start(out);
+                if let Some(text) = ev.delta.text.as_deref().filter(|t| !t.is_empty()) {
+                    self.sent_bytes += text.len();
+                    self.w.content(out, text);
+                } else if let Some(tool) = ev.delta.tool_use.filter(|t| !t.input.is_empty()) {
+                    let index = self
+                        .tools
+                        .iter()
+                        .find(|(block, _)| *block == ev.content_block_index)
+                        .map(|(_, i)| *i);
+                    if let Some(index) = index {
+                        self.sent_bytes += tool.input.len();
+                        self.w.tool_call_arguments(out, index, &tool.input);
+                    }
+                } else if ev.delta.text.is_none() {
+                    self.unknown += 1;
+                }
+            }
+            Some("contentBlockStop") => {}
+            Some("messageStop") => {
+                let ev: b::MessageStopEvent = payload(m)?;
+                self.start(out);
+                if self.finish_reason.is_none() {
+                    let reason = finish_reason(ev.stop_reason.as_deref().unwrap_or("end_turn"));
+                    self.finish_reason = Some(reason);
+                    self.w.finish(out, reason);
+                }
+            }
+            Some("metadata") => {
+                let ev: b::MetadataEvent = payload(m)?;
+                if ev.usage.is_some() {
+                    self.usage = ev.usage;
+                }
+                if self.finish_reason.is_some() {
+                    self.end(out);
+                }
+            }
+            _ => self.unknown += 1,
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            self.w.role(out);
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if self.include_usage {
+            if let Some(u) = &self.usage {
+                self.w.usage(out, &usage(u));
+            }
+        }
+        ChunkWriter::done(out);
+        self.phase = Phase::Done;
+    }
+}

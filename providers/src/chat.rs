@@ -1,0 +1,613 @@
+//! The typed OpenAI chat model used between dialects: the parsed
+//! `chat/completions` request, the non-streaming response, and a writer for
+//! streamed `chat.completion.chunk` events.
+//!
+//! Only translation across dialects goes through these types; OpenAI to
+//! OpenAI is byte pass-through in `core`. Unknown request members are
+//! dropped by design: they have no meaning to another dialect.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shardgate_proto::json::write_json_string;
+
+use crate::Usage;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Stop>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+}
+
+impl ChatRequest {
+    /// `max_completion_tokens`, or else the older `max_tokens`.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    pub fn is_stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// `stop` as a list (absent or empty is None).
+    pub fn stop_sequences(&self) -> Option<Vec<String>> {
+        match &self.stop {
+            None => None,
+            Some(Stop::One(s)) => Some(vec![s.clone()]),
+            Some(Stop::Many(v)) if v.is_empty() => None,
+            Some(Stop::Many(v)) => Some(v.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    pub fn text(role: Role, text: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: Some(Content::Text(text.into())),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+        }
+    }
+
+    /// The text of the content's text parts, concatenated (None if there
+    /// is no content).
+    pub fn text_content(&self) -> Option<String> {
+        match self.content.as_ref()? {
+            Content::Text(s) => Some(s.clone()),
+            Content::Parts(parts) => Some(
+                parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        ContentPart::Text { text } => Some(text.as_str()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+impl Content {
+    /// The content as a list of parts.
+    pub fn parts(&self) -> Vec<ContentPart> {
+        match self {
+            Content::Text(s) => vec![ContentPart::Text { text: s.clone() }],
+            Content::Parts(p) => p.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text {
+        text: String,
+    },
+    ImageUrl {
+        image_url: ImageUrl,
+    },
+    /// `input_audio`, `file`, `refusal` ...: not translatable.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// An image reference split into what the other dialects want.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Image<'a> {
+    /// `data:<media type>;base64,<data>`.
+    Base64 {
+        media_type: &'a str,
+        data: &'a str,
+    },
+    Url(&'a str),
+}
+
+impl ImageUrl {
+    /// Data URLs must be base64 (RFC 2397 allows percent-encoding, which no
+    /// provider takes).
+    pub fn parse(&self) -> Result<Image<'_>, crate::TranslateError> {
+        let Some(rest) = self.url.strip_prefix("data:") else {
+            return Ok(Image::Url(&self.url));
+        };
+        let (meta, data) = rest
+            .split_once(',')
+            .ok_or(crate::TranslateError::Unsupported("data URL without ','"))?;
+        let media_type = meta
+            .strip_suffix(";base64")
+            .ok_or(crate::TranslateError::Unsupported("data URL not base64"))?;
+        Ok(Image::Base64 { media_type, data })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_type() -> String {
+    "function".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text, as OpenAI sends it.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+impl Tool {
+    pub fn function(name: &str, description: Option<String>, parameters: Value) -> Self {
+        Tool {
+            kind: function_type(),
+            function: Some(FunctionDef {
+                name: name.to_owned(),
+                description,
+                parameters: Some(parameters),
+                strict: None,
+            }),
+        }
+    }
+}
+
+/// `"auto" | "none" | "required"` or `{"type":"function","function":{"name":..}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(String),
+    Named(NamedToolChoice),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: ToolName,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolName {
+    pub name: String,
+}
+
+/// What a tool choice asks of the model, dialect-neutral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolMode<'a> {
+    Auto,
+    None,
+    Required,
+    Named(&'a str),
+}
+
+impl ToolChoice {
+    pub fn mode(&self) -> Result<ToolMode<'_>, crate::TranslateError> {
+        match self {
+            ToolChoice::Mode(m) => match m.as_str() {
+                "auto" => Ok(ToolMode::Auto),
+                "none" => Ok(ToolMode::None),
+                "required" => Ok(ToolMode::Required),
+                _ => Err(crate::TranslateError::Invalid(format!(
+                    "unknown tool_choice {m:?}"
+                ))),
+            },
+            ToolChoice::Named(n) => Ok(ToolMode::Named(&n.function.name)),
+        }
+    }
+
+    pub fn from_mode(mode: ToolMode<'_>) -> Self {
+        match mode {
+            ToolMode::Auto => ToolChoice::Mode("auto".to_owned()),
+            ToolMode::None => ToolChoice::Mode("none".to_owned()),
+            ToolMode::Required => ToolChoice::Mode("required".to_owned()),
+            ToolMode::Named(name) => ToolChoice::Named(NamedToolChoice {
+                kind: function_type(),
+                function: ToolName {
+                    name: name.to_owned(),
+                },
+            }),
+        }
+    }
+}
+
+/// Non-streaming `chat.completion` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    pub id: String,
+    #[serde(default = "completion_object")]
+    pub object: String,
+    #[serde(default)]
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ChatUsage>,
+}
+
+fn completion_object() -> String {
+    "chat.completion".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: u32,
+    pub message: ResponseMessage,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseMessage {
+    pub role: Role,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+}
+
+/// OpenAI's usage object. `prompt_tokens` includes cached tokens;
+/// `completion_tokens` includes reasoning tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatUsage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl ChatUsage {
+    /// None when neither input nor output is known: an OpenAI usage object
+    /// with made-up zeros would read as exact.
+    pub fn from_usage(u: &Usage) -> Option<Self> {
+        if u.input_tokens.is_none() && u.output_tokens.is_none() {
+            return None;
+        }
+        let prompt = u.input_tokens.unwrap_or(0);
+        let completion = u.output_tokens.unwrap_or(0);
+        Some(ChatUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: u.cached_input_tokens.map(|c| PromptTokensDetails {
+                cached_tokens: Some(c),
+            }),
+            completion_tokens_details: u.reasoning_tokens.map(|r| CompletionTokensDetails {
+                reasoning_tokens: Some(r),
+            }),
+        })
+    }
+
+    pub fn to_usage(&self) -> Usage {
+        Usage {
+            input_tokens: Some(self.prompt_tokens),
+            output_tokens: Some(self.completion_tokens),
+            cached_input_tokens: self.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            cache_write_tokens: None,
+            reasoning_tokens: self
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens),
+            estimated: false,
+        }
+    }
+}
+
+/// A streamed `chat.completion.chunk`, as read by the OpenAI to Anthropic
+/// stream translator.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ChatChunk {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    pub usage: Option<ChatUsage>,
+    /// An in-stream error (`{"error":{...}}`).
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub delta: ChunkDelta,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ChunkDelta {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ToolCallDelta {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub function: Option<FunctionDelta>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct FunctionDelta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+}
+
+/// Identity of the response being produced: the gateway's id for it, the
+/// model name the client sees, and its creation time (unix seconds, from the
+/// caller's clock: this crate never reads one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyCtx {
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    /// The client asked `stream_options.include_usage`: end the stream with
+    /// a usage chunk.
+    pub include_usage: bool,
+}
+
+/// Writes `chat.completion.chunk` SSE events. The invariant part of every
+/// chunk (`id`, `object`, `created`, `model`) is rendered once.
+#[derive(Debug, Clone)]
+pub struct ChunkWriter {
+    /// `data: {"id":..,"object":"chat.completion.chunk","created":..,"model":..,`
+    head: Vec<u8>,
+}
+
+impl ChunkWriter {
+    pub fn new(ctx: &ReplyCtx) -> Self {
+        let mut head = Vec::with_capacity(96 + ctx.id.len() + ctx.model.len());
+        head.extend_from_slice(b"data: {\"id\":");
+        write_json_string(&mut head, &ctx.id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(ctx.created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        write_json_string(&mut head, &ctx.model);
+        head.push(b',');
+        Self { head }
+    }
+
+    fn open_choice(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":{");
+    }
+
+    fn close_choice(out: &mut Vec<u8>, finish_reason: Option<&str>) {
+        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+        match finish_reason {
+            Some(r) => write_json_string(out, r),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
+    }
+
+    /// The first chunk: `{"role":"assistant","content":""}`.
+    pub fn role(&self, out: &mut Vec<u8>) {
+        self.open_choice(out);
+        out.extend_from_slice(b"\"role\":\"assistant\",\"content\":\"\"");
+        Self::close_choice(out, None);
+    }
+
+    pub fn content(&self, out: &mut Vec<u8>, text: &str) {
+        self.open_choice(out);
+        out.extend_from_slice(b"\"content\":");
+        write_json_string(out, text);
+        Self::close_choice(out, None);
+    }
+
+    /// The first delta of a tool call: index, id, type, name, empty arguments.
+    pub fn tool_call_start(&self, out: &mut Vec<u8>, index: u32, id: &str, name: &str) {
+        self.tool_call(out, index, Some((id, name)), "");
+    }
+
+    /// A fragment of a tool call's arguments.
+    pub fn tool_call_arguments(&self, out: &mut Vec<u8>, index: u32, fragment: &str) {
+        self.tool_call(out, index, None, fragment);
+    }
+
+    /// A whole tool call in one delta (providers that send calls complete).
+    pub fn tool_call(
+        &self,
+        out: &mut Vec<u8>,
+        index: u32,
+        start: Option<(&str, &str)>,
+        arguments: &str,
+    ) {
+        self.open_choice(out);
+        out.extend_from_slice(b"\"tool_calls\":[{\"index\":");
+        out.extend_from_slice(index.to_string().as_bytes());
+        if let Some((id, name)) = start {
+            out.extend_from_slice(b",\"id\":");
+            write_json_string(out, id);
+            out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+            write_json_string(out, name);
+            out.extend_from_slice(b",\"arguments\":");
+        } else {
+            out.extend_from_slice(b",\"function\":{\"arguments\":");
+        }
+        write_json_string(out, arguments);
+        out.extend_from_slice(b"}}]");
+        Self::close_choice(out, None);
+    }
+
+    /// The chunk with an empty delta and the finish reason.
+    pub fn finish(&self, out: &mut Vec<u8>, finish_reason: &str) {
+        self.open_choice(out);
+        Self::close_choice(out, Some(finish_reason));
+    }
+
+    /// The `stream_options.include_usage` chunk: no choices, the usage.
+    /// Skipped when no usage is known.
+    pub fn usage(&self, out: &mut Vec<u8>, usage: &Usage) {
+        let Some(usage) = ChatUsage::from_usage(usage) else {
+            return;
+        };
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"\"choices\":[],\"usage\":");
+        // Serializing plain integers and options cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &usage);
+        out.extend_from_slice(b"}\n\n");
+    }
+
+    pub fn done(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+
+    /// An in-stream error event: `data: {"error":{...}}`.
+    pub fn error(out: &mut Vec<u8>, message: &str, kind: &str, code: Option<&str>) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&shardgate_proto::openai::error_body(
+            message, kind, None, code,
+        ));
+        out.extend_from_slice(b"\n\n");
+    }
+}
+
+/// Rough output-token estimate for a cut stream: about four bytes of text
+/// per token.
+pub(crate) fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
+}
