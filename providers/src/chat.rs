@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shardgate_proto::json::write_json_string;
 
-use crate::Usage;
+use crate::{TranslateError, Usage};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
@@ -610,4 +610,28 @@ impl ChunkWriter {
 /// per token.
 pub(crate) fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
+}
+
+/// Feeds raw SSE bytes through `framer` to a per-event handler, stopping at
+/// the handler's first error: the one loop every SSE stream translator needs.
+pub(crate) fn feed_sse(
+    framer: &mut shardgate_proto::sse::SseFramer,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    mut on_event: impl FnMut(
+        shardgate_proto::sse::SseEvent<'_>,
+        &mut Vec<u8>,
+    ) -> Result<(), TranslateError>,
+) -> Result<(), TranslateError> {
+    let mut err = None;
+    framer
+        .feed(input, |ev| {
+            if err.is_none() {
+                if let Err(e) = on_event(ev, out) {
+                    err = Some(e);
+                }
+            }
+        })
+        .map_err(|e| TranslateError::Framing(e.to_string()))?;
+    err.map_or(Ok(()), Err)
 }

@@ -454,17 +454,9 @@ impl GeminiToOpenAi {
 
     pub fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
         let state = &mut self.state;
-        let mut err = None;
-        self.framer
-            .feed(input, |ev| {
-                if err.is_none() {
-                    if let Err(e) = state.on_event(ev, out) {
-                        err = Some(e);
-                    }
-                }
-            })
-            .map_err(|e| TranslateError::Framing(e.to_string()))?;
-        err.map_or(Ok(()), Err)
+        crate::chat::feed_sse(&mut self.framer, input, out, |ev, out| {
+            state.on_event(ev, out)
+        })
     }
 
     pub fn unknown_events(&self) -> u64 {

@@ -48,34 +48,21 @@ pub async fn forward(
         Some(Err(e)) => return Attempt::Failed(e),
         Some(Ok(x)) => x,
     };
-    let served_by = format!("{}/{}", provider.name, target.model);
     if head.status >= 300 {
         return relay::upstream_error(shard, up, head, target.provider, &provider.name).await;
     }
-    if facts.stream && head.is_event_stream() {
-        relay::stream(
-            shard,
-            conn,
-            up,
-            head,
-            target.provider,
-            &provider.name,
-            &served_by,
-            rid,
-        )
-        .await
+    let streamed = facts.stream && head.is_event_stream();
+    let answer = relay::Answer {
+        up,
+        head,
+        provider: target.provider,
+        name: &provider.name,
+        served_by: format!("{}/{}", provider.name, target.model),
+    };
+    if streamed {
+        relay::stream(shard, conn, answer, rid).await
     } else {
-        relay::full(
-            shard,
-            conn,
-            up,
-            head,
-            target.provider,
-            &provider.name,
-            &served_by,
-            rid,
-        )
-        .await
+        relay::full(shard, conn, answer, rid).await
     }
 }
 

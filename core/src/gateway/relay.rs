@@ -16,6 +16,18 @@ use crate::shard::Shard;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::sse::SseFramer;
 
+/// An upstream's answer whose head has been read, with what relaying it
+/// needs to know about where it came from.
+pub struct Answer<'a> {
+    pub up: UpstreamConn,
+    pub head: UpstreamHead,
+    /// Index of the provider, for returning the connection to its pool.
+    pub provider: usize,
+    pub name: &'a str,
+    /// `provider/model`, sent as `x-shardgate-target`.
+    pub served_by: String,
+}
+
 /// Error bodies are small; a provider sending megabytes of error is cut.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -59,17 +71,14 @@ pub async fn upstream_error(
 
 /// A whole (non-streamed) response: read it to the end within the response
 /// size limit, then answer in one write.
-#[allow(clippy::too_many_arguments)]
-pub async fn full(
-    shard: &Shard,
-    conn: &mut ClientConn,
-    mut up: UpstreamConn,
-    head: UpstreamHead,
-    provider: usize,
-    name: &str,
-    served_by: &str,
-    rid: &str,
-) -> Attempt {
+pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid: &str) -> Attempt {
+    let Answer {
+        mut up,
+        head,
+        provider,
+        name,
+        served_by,
+    } = answer;
     let settings = shard.pool.settings();
     let mut reader = BodyReader::new(head.framing);
     let read = futures_lite::future::or(
@@ -110,17 +119,19 @@ pub async fn full(
 }
 
 /// An event stream, relayed as it arrives.
-#[allow(clippy::too_many_arguments)]
 pub async fn stream(
     shard: &Shard,
     conn: &mut ClientConn,
-    mut up: UpstreamConn,
-    head: UpstreamHead,
-    provider: usize,
-    name: &str,
-    served_by: &str,
+    answer: Answer<'_>,
     rid: &str,
 ) -> Attempt {
+    let Answer {
+        mut up,
+        head,
+        provider,
+        name,
+        served_by,
+    } = answer;
     let settings = shard.pool.settings();
     let client_head = respond::stream_head(
         head.status,
