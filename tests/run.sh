@@ -16,6 +16,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
+# The end-to-end tests (Rust and Python) start these binaries.
+export SHARDGATE_BIN_DIR=${SHARDGATE_BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/debug}
+
 step "cargo test --workspace"
 cargo test --workspace
 
@@ -52,6 +55,5 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
 fi
 
 # ---- e2e suite --------------------------------------------------------------
-export SHARDGATE_BIN_DIR=${SHARDGATE_BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/debug}
 step "pytest tests/python (binaries from $SHARDGATE_BIN_DIR)"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python "$@"

@@ -2,8 +2,8 @@
 //! `shardgate-bench mock` binaries on ephemeral ports, learn their ports from
 //! their first stdout line, and talk raw HTTP/1.1 to them.
 //!
-//! Binaries come from `SHARDGATE_BIN_DIR` (default `target/debug`); the test
-//! command builds them first.
+//! Binaries come from `SHARDGATE_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`,
+//! else `target/debug`; the test command builds them first.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
@@ -18,6 +18,7 @@ use std::time::Duration;
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("SHARDGATE_BIN_DIR")
         .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug")))
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
     let p = dir.join(name);
     assert!(
