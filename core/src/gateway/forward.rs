@@ -29,7 +29,13 @@ pub async fn forward(
     http: &HttpProvider,
     rid: &str,
 ) -> Attempt {
-    let bytes = match upstream_request(req, facts, api, target, http, rid) {
+    let Some(Some(ep)) = shard.endpoints.get(target.provider) else {
+        return Attempt::Failed(GatewayError::UpstreamConnect {
+            provider: provider.name.clone(),
+            reason: "no endpoint".into(),
+        });
+    };
+    let bytes = match upstream_request(req, facts, api, target, http, &ep.authority, rid) {
         Ok(b) => b,
         Err(e) => return Attempt::Failed(e),
     };
@@ -73,6 +79,7 @@ fn upstream_request(
     api: Api,
     target: &Target,
     http: &HttpProvider,
+    authority: &str,
     rid: &str,
 ) -> Result<Vec<u8>, GatewayError> {
     let members = top_level_members(&req.body).map_err(|e| GatewayError::BadBody(e.to_string()))?;
@@ -91,7 +98,7 @@ fn upstream_request(
     out.extend_from_slice(http.base.path.as_bytes());
     out.extend_from_slice(api.upstream_suffix().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_header(&mut out, "host", http.base.authority().as_bytes());
+    write_header(&mut out, "host", authority.as_bytes());
     if let Some(key) = &http.api_key {
         out.extend_from_slice(b"authorization: Bearer ");
         out.extend_from_slice(key.expose().as_bytes());
