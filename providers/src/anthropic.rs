@@ -430,28 +430,18 @@ impl AnthropicToOpenAi {
     pub fn finish(mut self, out: &mut Vec<u8>) -> Summary {
         let _ = self.framer.finish();
         let s = self.state;
-        let cut = s.phase == Phase::Open;
-        let mut usage = usage(&s.usage);
-        if s.phase != Phase::Done {
-            // Cut or failed: the last output count seen is a lower bound.
-            usage.estimated = true;
-            let estimate = chat::estimate_tokens(s.sent_bytes);
-            usage.output_tokens = Some(usage.output_tokens.unwrap_or(0).max(estimate));
-        }
-        if cut {
-            ChunkWriter::error(
-                out,
-                "upstream stream ended before completion",
-                "server_error",
-                Some("upstream_cut"),
-            );
-        }
-        Summary {
-            usage,
-            finish_reason: s.finish_reason.map(str::to_owned),
-            unknown_events: s.unknown,
-            cut,
-        }
+        chat::end_stream(
+            out,
+            chat::StreamEnd {
+                usage: usage(&s.usage),
+                // Cut or failed: the last output count seen is a lower bound.
+                estimated: s.phase != Phase::Done,
+                cut: s.phase == Phase::Open,
+                sent_bytes: s.sent_bytes,
+                finish_reason: s.finish_reason,
+                unknown_events: s.unknown,
+            },
+        )
     }
 }
 

@@ -450,27 +450,17 @@ impl BedrockToOpenAi {
             // messageStop came but no metadata: close the stream anyway.
             s.end(out);
         }
-        let cut = s.phase == Phase::Open;
-        let mut u = s.usage.as_ref().map(usage).unwrap_or_default();
-        if s.phase != Phase::Done || s.usage.is_none() {
-            u.estimated = true;
-            let estimate = chat::estimate_tokens(s.sent_bytes);
-            u.output_tokens = Some(u.output_tokens.unwrap_or(0).max(estimate));
-        }
-        if cut {
-            ChunkWriter::error(
-                out,
-                "upstream stream ended before completion",
-                "server_error",
-                Some("upstream_cut"),
-            );
-        }
-        Summary {
-            usage: u,
-            finish_reason: s.finish_reason.map(str::to_owned),
-            unknown_events: s.unknown,
-            cut,
-        }
+        chat::end_stream(
+            out,
+            chat::StreamEnd {
+                usage: s.usage.as_ref().map(usage).unwrap_or_default(),
+                estimated: s.phase != Phase::Done || s.usage.is_none(),
+                cut: s.phase == Phase::Open,
+                sent_bytes: s.sent_bytes,
+                finish_reason: s.finish_reason,
+                unknown_events: s.unknown,
+            },
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shardgate_proto::json::write_json_string;
 
-use crate::{TranslateError, Usage};
+use crate::{Summary, TranslateError, Usage};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
@@ -610,6 +610,44 @@ impl ChunkWriter {
 /// per token.
 pub(crate) fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
+}
+
+/// How a translated stream ended, for [`end_stream`].
+pub(crate) struct StreamEnd<'a> {
+    pub usage: Usage,
+    /// The upstream did not finish properly: its usage is only a lower bound.
+    pub estimated: bool,
+    /// The upstream stopped mid-answer: the client gets an error event.
+    pub cut: bool,
+    pub sent_bytes: usize,
+    pub finish_reason: Option<&'a str>,
+    pub unknown_events: u64,
+}
+
+/// The end every stream translator shares: an unfinished stream's output
+/// count is raised to what was relayed (about four bytes a token) and marked
+/// estimated, and a cut stream ends with an error event, never silently.
+pub(crate) fn end_stream(out: &mut Vec<u8>, end: StreamEnd<'_>) -> Summary {
+    let mut usage = end.usage;
+    if end.estimated {
+        usage.estimated = true;
+        let estimate = estimate_tokens(end.sent_bytes);
+        usage.output_tokens = Some(usage.output_tokens.unwrap_or(0).max(estimate));
+    }
+    if end.cut {
+        ChunkWriter::error(
+            out,
+            "upstream stream ended before completion",
+            "server_error",
+            Some("upstream_cut"),
+        );
+    }
+    Summary {
+        usage,
+        finish_reason: end.finish_reason.map(str::to_owned),
+        unknown_events: end.unknown_events,
+        cut: end.cut,
+    }
 }
 
 /// Feeds raw SSE bytes through `framer` to a per-event handler, stopping at

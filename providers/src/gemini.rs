@@ -466,33 +466,27 @@ impl GeminiToOpenAi {
     pub fn finish(mut self, out: &mut Vec<u8>) -> Summary {
         let _ = self.framer.finish();
         let s = self.state;
-        let mut usage = s.usage.as_ref().map(usage).unwrap_or_default();
+        let usage = s.usage.as_ref().map(usage).unwrap_or_default();
+        // Gemini has no end marker: a body that ends after a finish reason
+        // is complete, and gets its usage chunk and [DONE] here.
         let complete = s.phase == Phase::Open && s.finish_reason.is_some();
-        let cut = s.phase == Phase::Open && !complete;
         if complete {
             if s.include_usage {
                 s.w.usage(out, &usage);
             }
             ChunkWriter::done(out);
-        } else {
-            usage.estimated = true;
-            let estimate = chat::estimate_tokens(s.sent_bytes);
-            usage.output_tokens = Some(usage.output_tokens.unwrap_or(0).max(estimate));
         }
-        if cut {
-            ChunkWriter::error(
-                out,
-                "upstream stream ended before completion",
-                "server_error",
-                Some("upstream_cut"),
-            );
-        }
-        Summary {
-            usage,
-            finish_reason: s.finish_reason.map(str::to_owned),
-            unknown_events: s.unknown,
-            cut,
-        }
+        chat::end_stream(
+            out,
+            chat::StreamEnd {
+                usage,
+                estimated: !complete,
+                cut: s.phase == Phase::Open && !complete,
+                sent_bytes: s.sent_bytes,
+                finish_reason: s.finish_reason,
+                unknown_events: s.unknown,
+            },
+        )
     }
 }
 
