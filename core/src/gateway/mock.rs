@@ -74,17 +74,7 @@ pub async fn serve(
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let mut body = Vec::new();
         mock::embeddings(&mut body, &facts.model, &refs, 16);
-        return done(
-            conn.write(&respond::full(
-                200,
-                b"application/json",
-                &extra,
-                &body,
-                rid,
-                false,
-            ))
-            .await,
-        );
+        return send_json(conn, &extra, &body, rid).await;
     }
 
     let pace = b
@@ -118,17 +108,7 @@ pub async fn serve(
                 finish,
             ),
         }
-        return done(
-            conn.write(&respond::full(
-                200,
-                b"application/json",
-                &extra,
-                &body,
-                rid,
-                false,
-            ))
-            .await,
-        );
+        return send_json(conn, &extra, &body, rid).await;
     }
 
     if conn
@@ -213,6 +193,26 @@ pub async fn serve(
     push_chunk(&mut out, &mut event);
     out.extend_from_slice(LAST_CHUNK);
     done(conn.write(&out).await)
+}
+
+/// A complete 200 JSON answer.
+async fn send_json(
+    conn: &mut ClientConn,
+    extra: &[(&str, &[u8])],
+    body: &[u8],
+    rid: &str,
+) -> Attempt {
+    done(
+        conn.write(&respond::full(
+            200,
+            b"application/json",
+            extra,
+            body,
+            rid,
+            false,
+        ))
+        .await,
+    )
 }
 
 fn push_chunk(out: &mut Vec<u8>, event: &mut Vec<u8>) {
