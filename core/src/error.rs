@@ -37,6 +37,14 @@ pub enum GatewayError {
     BadBody(String),
     #[error("The gateway is shutting down.")]
     Draining,
+    /// The gateway's config cannot serve this request (a provider without
+    /// credentials). The message names no secret.
+    #[error("Gateway misconfiguration: {0}")]
+    Misconfigured(String),
+    /// An upstream answer that could not be translated to the client's
+    /// dialect.
+    #[error("Provider `{provider}` sent a response that could not be translated: {reason}")]
+    UpstreamTranslate { provider: String, reason: String },
     #[error("Could not reach provider `{provider}`: {reason}")]
     UpstreamConnect { provider: String, reason: String },
     #[error("Provider `{provider}` did not answer in time.")]
@@ -65,10 +73,11 @@ impl GatewayError {
             | BodyTooLarge { .. }
             | RequestTimeout
             | BadBody(_) => Side::Client,
-            Draining => Side::Gateway,
+            Draining | Misconfigured(_) => Side::Gateway,
             UpstreamConnect { .. }
             | UpstreamTimeout { .. }
             | UpstreamProtocol { .. }
+            | UpstreamTranslate { .. }
             | UpstreamStatus { .. } => Side::Upstream,
         }
     }
@@ -83,7 +92,8 @@ impl GatewayError {
             RequestTimeout => 408,
             BodyTooLarge { .. } => 413,
             Draining => 503,
-            UpstreamConnect { .. } | UpstreamProtocol { .. } => 502,
+            Misconfigured(_) => 500,
+            UpstreamConnect { .. } | UpstreamProtocol { .. } | UpstreamTranslate { .. } => 502,
             UpstreamTimeout { .. } => 504,
             UpstreamStatus { status, .. } => *status,
         }
@@ -95,7 +105,11 @@ impl GatewayError {
     pub fn retryable(&self) -> bool {
         use GatewayError::*;
         match self {
-            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => true,
+            UpstreamConnect { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamProtocol { .. }
+            | UpstreamTranslate { .. }
+            | Misconfigured(_) => true,
             UpstreamStatus { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
@@ -114,6 +128,8 @@ impl GatewayError {
             RequestTimeout => "request_timeout",
             BadBody(_) => "bad_body",
             Draining => "draining",
+            Misconfigured(_) => "misconfigured",
+            UpstreamTranslate { .. } => "upstream_translate",
             UpstreamConnect { .. } => "upstream_connect",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamProtocol { .. } => "upstream_protocol",

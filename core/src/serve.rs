@@ -63,7 +63,7 @@ pub fn run(
     let mut upstream_tls = Vec::new();
     for p in &config.providers {
         upstream_tls.push(match &p.kind {
-            crate::config::ProviderKind::OpenAi(h) if h.base.tls => {
+            crate::config::ProviderKind::Http(h) if h.base.tls => {
                 Some(tls::client_config(h.ca_file.as_deref()).map_err(|source| {
                     ServeError::UpstreamTls {
                         provider: p.name.clone(),

@@ -40,7 +40,7 @@ impl Shard {
             .iter()
             .zip(upstream_tls)
             .map(|(p, tls)| match &p.kind {
-                ProviderKind::OpenAi(h) => Some(Endpoint {
+                ProviderKind::Http(h) => Some(Endpoint {
                     authority: h.base.authority(),
                     base: h.base.clone(),
                     tls: tls.clone(),

@@ -31,13 +31,25 @@ pub struct BedrockProvider {
     /// Bedrock API key (Bearer).
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// The `Host` the request goes to when it is not the regional AWS
+    /// endpoint (a VPC endpoint, a proxy, a test server): SigV4 signs the
+    /// host, so it must be the one actually sent.
+    #[serde(default)]
+    pub endpoint_host: Option<String>,
 }
 
 impl BedrockProvider {
-    /// `bedrock-runtime.{region}.amazonaws.com`; the base URL is
+    /// `bedrock-runtime.{region}.amazonaws.com`; the default base URL is
     /// `https://` + this.
+    pub fn default_host(region: &str) -> String {
+        format!("bedrock-runtime.{region}.amazonaws.com")
+    }
+
+    /// The host that is signed and sent.
     pub fn host(&self) -> String {
-        format!("bedrock-runtime.{}.amazonaws.com", self.region)
+        self.endpoint_host
+            .clone()
+            .unwrap_or_else(|| Self::default_host(&self.region))
     }
 }
 

@@ -103,9 +103,38 @@ pub fn redact_secrets(message: &str) -> String {
     out
 }
 
+/// An OpenAI-shaped error body with [`redact_secrets`] applied to its
+/// `error.message`; returned unchanged (not re-serialized) when there is
+/// nothing to redact or it is not that shape.
+pub fn redact_json_secrets(body: &[u8]) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.to_vec();
+    };
+    let Some(serde_json::Value::String(m)) = v.pointer_mut("/error/message") else {
+        return body.to_vec();
+    };
+    let redacted = redact_secrets(m);
+    if redacted == *m {
+        return body.to_vec();
+    }
+    *m = redacted;
+    serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_error_message_redacted_only_when_needed() {
+        let clean = br#"{"error":{"message":"model not found","code":"x"}}"#;
+        assert_eq!(redact_json_secrets(clean), clean.to_vec());
+        let leaky = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abcdefghijklmnop1234","code":"invalid_api_key"}}"#;
+        let out = String::from_utf8(redact_json_secrets(leaky)).unwrap();
+        assert!(!out.contains("abcdefghijklmnop1234"), "{out}");
+        assert!(out.contains("[REDACTED]") && out.contains("invalid_api_key"));
+        assert_eq!(redact_json_secrets(b"<html>"), b"<html>".to_vec());
+    }
 
     #[test]
     fn keys_are_redacted() {

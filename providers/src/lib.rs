@@ -31,7 +31,7 @@ pub mod presets;
 pub mod sigv4;
 
 pub use chat::{ChatRequest, ChatResponse, ReplyCtx};
-pub use errors::{openai_error_type, redact_secrets};
+pub use errors::{openai_error_type, redact_json_secrets, redact_secrets};
 
 /// What a provider speaks on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

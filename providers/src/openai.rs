@@ -19,6 +19,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     ChatCompletions,
+    /// The legacy `/completions`.
+    Completions,
     Embeddings,
 }
 
@@ -26,6 +28,7 @@ impl Operation {
     pub fn path(self) -> &'static str {
         match self {
             Operation::ChatCompletions => "/chat/completions",
+            Operation::Completions => "/completions",
             Operation::Embeddings => "/embeddings",
         }
     }

@@ -50,8 +50,11 @@ LOCAL_TOKENS = 12
 GATEWAY_LINE = re.compile(r"shardgate listening on (\S+):(\d+) \((\d+) shards\)")
 MOCK_LINE = re.compile(r"mock listening on (\S+):(\d+)")
 
+# Aliases whose upstream speaks another dialect (translated by the gateway).
+DIALECT_ALIASES: tuple[str, ...] = ()
+
 # Model aliases served by the standard test config.
-ALIASES = ("broken", "cut", "demo", "failover", "limited", "local", "short")
+ALIASES = ("broken", "cut", "demo", "failover", "limited", "local", "short", *DIALECT_ALIASES)
 
 
 def binary(name: str) -> Path:

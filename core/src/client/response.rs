@@ -43,9 +43,18 @@ pub struct UpstreamHead {
 
 impl UpstreamHead {
     pub fn is_event_stream(&self) -> bool {
+        self.content_type_is(b"text/event-stream")
+    }
+
+    /// AWS event-stream (Bedrock's ConverseStream).
+    pub fn is_aws_event_stream(&self) -> bool {
+        self.content_type_is(b"application/vnd.amazon.eventstream")
+    }
+
+    fn content_type_is(&self, want: &[u8]) -> bool {
         self.content_type
             .as_deref()
-            .is_some_and(|ct| ct.len() >= 17 && ct[..17].eq_ignore_ascii_case(b"text/event-stream"))
+            .is_some_and(|ct| ct.len() >= want.len() && ct[..want.len()].eq_ignore_ascii_case(want))
     }
 }
 

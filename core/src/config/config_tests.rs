@@ -60,7 +60,7 @@ fn missing_env_secret_is_named_without_value() {
     let env = |k: &str| (k == "SG_TEST_UNSET").then(|| "sk-live-secret".to_owned());
     let c = Config::parse(text, &env).unwrap();
     assert!(!format!("{c:?}").contains("sk-live-secret"));
-    let ProviderKind::OpenAi(p) = &c.providers[0].kind else {
+    let ProviderKind::Http(p) = &c.providers[0].kind else {
         panic!("kind")
     };
     assert_eq!(p.base.path, "/v1");
@@ -79,7 +79,7 @@ fn base_url_checks() {
     assert!(t("ftp://x/v1").unwrap_err().contains("scheme `ftp`"));
     assert!(t("http://u:p@x/v1").unwrap_err().contains("credentials"));
     let c = t("http://127.0.0.1:9000/v1/").unwrap();
-    let ProviderKind::OpenAi(p) = &c.providers[0].kind else {
+    let ProviderKind::Http(p) = &c.providers[0].kind else {
         panic!("kind")
     };
     assert_eq!(p.base.path, "/v1");
@@ -102,4 +102,65 @@ fn shards_validation() {
 fn listener_required() {
     let e = parse("providers: { local: { kind: mock } }\nmodels: { demo: { targets: [ { provider: local, model: m } ] } }\n").unwrap_err();
     assert!(e.starts_with("listen:"), "{e}");
+}
+
+fn one_provider(p: &str) -> String {
+    format!("listen: 127.0.0.1:0\nproviders: {{ p: {p} }}\nmodels: {{ a: {{ targets: [ {{ provider: p, model: m }} ] }} }}\n")
+}
+
+#[test]
+fn provider_kinds_and_their_fields() {
+    let env = |k: &str| (k == "GROQ_API_KEY").then(|| "gsk-from-env".to_owned());
+    // A preset takes its default base URL and its conventional key variable.
+    let c = Config::parse(&one_provider("{ kind: groq }"), &env).unwrap();
+    let ProviderKind::Http(h) = &c.providers[0].kind else {
+        panic!("kind")
+    };
+    assert_eq!(h.base.authority(), "api.groq.com");
+    assert_eq!(h.base.path, "/openai/v1");
+    assert_eq!(h.api_key.as_ref().map(|k| k.expose()), Some("gsk-from-env"));
+    // Dialect providers get their documented base URLs.
+    let c = parse(&one_provider("{ kind: anthropic, api_key: k }")).unwrap();
+    let ProviderKind::Http(h) = &c.providers[0].kind else {
+        panic!("kind")
+    };
+    assert!(matches!(h.wire, Wire::Anthropic(_)));
+    assert_eq!(h.base.authority(), "api.anthropic.com");
+    // Bedrock: region required, credentials in pairs, host signed as sent.
+    assert_eq!(
+        parse(&one_provider("{ kind: bedrock, api_key: k }")).unwrap_err(),
+        "providers.p.region: is required for kind `bedrock`"
+    );
+    assert!(parse(&one_provider(
+        "{ kind: bedrock, region: us-east-1, aws_access_key_id: AKID }"
+    ))
+    .unwrap_err()
+    .starts_with("providers.p.aws_secret_access_key"));
+    let c = parse(&one_provider(
+        "{ kind: bedrock, region: eu-west-1, base_url: 'http://127.0.0.1:9000', aws_access_key_id: AKID, aws_secret_access_key: s3cr3t }",
+    ))
+    .unwrap();
+    let ProviderKind::Http(h) = &c.providers[0].kind else {
+        panic!("kind")
+    };
+    let Wire::Bedrock(b) = &h.wire else {
+        panic!("wire")
+    };
+    assert_eq!(b.host(), "127.0.0.1:9000");
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+    // Fields of another kind, and unknown kinds, are named.
+    assert_eq!(
+        parse(&one_provider("{ kind: gemini, api_key: k, region: x }")).unwrap_err(),
+        "providers.p.region: does not apply to providers of kind `gemini`"
+    );
+    let e = parse(&one_provider("{ kind: nope }")).unwrap_err();
+    assert!(
+        e.starts_with("providers.p.kind: unknown kind `nope`"),
+        "{e}"
+    );
+    assert!(e.contains("deepseek") && e.contains("bedrock"), "{e}");
+    assert_eq!(
+        parse(&one_provider("{ kind: openai_compatible }")).unwrap_err(),
+        "providers.p.base_url: is required for kind `openai_compatible`"
+    );
 }

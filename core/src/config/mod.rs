@@ -14,6 +14,7 @@ mod units;
 pub use secret::{Secret, SecretRef};
 pub use units::{parse_size, ByteSize, Dur};
 
+use shardgate_providers as providers;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,8 +105,8 @@ pub struct Provider {
 
 #[derive(Debug, Clone)]
 pub enum ProviderKind {
-    /// An OpenAI-dialect HTTP upstream (OpenAI itself, vLLM, ...).
-    OpenAi(HttpProvider),
+    /// An HTTP upstream speaking one of the dialects in [`Wire`].
+    Http(HttpProvider),
     /// Answers in-process with deterministic text.
     Mock(MockProvider),
 }
@@ -116,6 +117,37 @@ pub struct HttpProvider {
     pub api_key: Option<Secret>,
     /// Extra CA certificates trusted for this upstream (besides webpki roots).
     pub ca_file: Option<PathBuf>,
+    pub wire: Wire,
+}
+
+/// How a provider is spoken to. OpenAI and Azure share the client's dialect
+/// (bodies pass through with only `model` patched); the others are
+/// translated by `shardgate-providers`.
+#[derive(Debug, Clone)]
+pub enum Wire {
+    /// OpenAI or an OpenAI-compatible preset (`deepseek`, `vllm`, ...).
+    OpenAi(providers::openai::OpenAiCompatible),
+    Azure(providers::azure::AzureProvider),
+    Anthropic(providers::anthropic::AnthropicProvider),
+    Gemini(providers::gemini::GeminiProvider),
+    Bedrock(providers::bedrock::BedrockProvider),
+}
+
+impl Wire {
+    /// The translation layer for this wire.
+    pub fn provider(&self) -> &dyn providers::Provider {
+        match self {
+            Wire::OpenAi(p) => p,
+            Wire::Azure(p) => p,
+            Wire::Anthropic(p) => p,
+            Wire::Gemini(p) => p,
+            Wire::Bedrock(p) => p,
+        }
+    }
+
+    pub fn dialect(&self) -> providers::Dialect {
+        self.provider().dialect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

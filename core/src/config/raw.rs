@@ -3,9 +3,16 @@
 use super::{
     field, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider, Limits, Listener,
     ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, SecretRef, Target,
-    UpstreamSettings,
+    UpstreamSettings, Wire,
 };
 use serde::Deserialize;
+use shardgate_providers::anthropic::{self, AnthropicProvider};
+use shardgate_providers::azure::AzureProvider;
+use shardgate_providers::bedrock::BedrockProvider;
+use shardgate_providers::gemini::{self, GeminiProvider};
+use shardgate_providers::openai::OpenAiCompatible;
+use shardgate_providers::presets::{self, AuthStyle};
+use shardgate_providers::sigv4::Credentials;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,20 +89,29 @@ struct RawUpstream {
     dns_ttl: Option<Dur>,
 }
 
+/// One provider as written. Fields are flat so that every kind reads the
+/// same way; [`RawProvider::validate`] refuses a field its kind does not use.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum RawProvider {
-    #[serde(alias = "openai_compatible")]
-    Openai {
-        base_url: String,
-        api_key: Option<SecretRef>,
-        ca_file: Option<PathBuf>,
-    },
-    Mock {
-        output_tokens: Option<usize>,
-        ttft: Option<Dur>,
-        tokens_per_second: Option<u32>,
-    },
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: String,
+    base_url: Option<String>,
+    api_key: Option<SecretRef>,
+    ca_file: Option<PathBuf>,
+    // mock
+    output_tokens: Option<usize>,
+    ttft: Option<Dur>,
+    tokens_per_second: Option<u32>,
+    // azure
+    api_version: Option<String>,
+    // anthropic
+    anthropic_version: Option<String>,
+    default_max_tokens: Option<u64>,
+    // bedrock
+    region: Option<String>,
+    aws_access_key_id: Option<SecretRef>,
+    aws_secret_access_key: Option<SecretRef>,
+    aws_session_token: Option<SecretRef>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,33 +233,7 @@ impl RawConfig {
         let mut index = BTreeMap::new();
         for (name, p) in self.providers {
             let path = format!("providers.{name}");
-            let kind = match p {
-                RawProvider::Openai {
-                    base_url,
-                    api_key,
-                    ca_file,
-                } => {
-                    let base = parse_base_url(&format!("{path}.base_url"), &base_url)?;
-                    let api_key = api_key
-                        .map(|k| k.resolve(env))
-                        .transpose()
-                        .map_err(|m| field(format!("{path}.api_key"), m))?;
-                    ProviderKind::OpenAi(HttpProvider {
-                        base,
-                        api_key,
-                        ca_file,
-                    })
-                }
-                RawProvider::Mock {
-                    output_tokens,
-                    ttft,
-                    tokens_per_second,
-                } => ProviderKind::Mock(MockProvider {
-                    output_tokens: output_tokens.unwrap_or(16),
-                    ttft: dur(ttft, Duration::ZERO),
-                    tokens_per_second: tokens_per_second.filter(|&t| t > 0),
-                }),
-            };
+            let kind = p.validate(&path, env)?;
             index.insert(name.clone(), providers.len());
             providers.push(Provider { name, kind });
         }
@@ -287,6 +277,214 @@ impl RawConfig {
             providers,
             models,
         })
+    }
+}
+
+/// Kinds other than the OpenAI-compatible presets.
+const KINDS: &[&str] = &[
+    "mock",
+    "openai_compatible",
+    "azure",
+    "anthropic",
+    "gemini",
+    "bedrock",
+];
+
+impl RawProvider {
+    fn validate(
+        self,
+        path: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ProviderKind, ConfigError> {
+        let kind = self.kind.to_ascii_lowercase();
+        let set: [(&str, bool); 13] = [
+            ("base_url", self.base_url.is_some()),
+            ("api_key", self.api_key.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("output_tokens", self.output_tokens.is_some()),
+            ("ttft", self.ttft.is_some()),
+            ("tokens_per_second", self.tokens_per_second.is_some()),
+            ("api_version", self.api_version.is_some()),
+            ("anthropic_version", self.anthropic_version.is_some()),
+            ("default_max_tokens", self.default_max_tokens.is_some()),
+            ("region", self.region.is_some()),
+            ("aws_access_key_id", self.aws_access_key_id.is_some()),
+            (
+                "aws_secret_access_key",
+                self.aws_secret_access_key.is_some(),
+            ),
+            ("aws_session_token", self.aws_session_token.is_some()),
+        ];
+        let http = ["base_url", "api_key", "ca_file"];
+        let allowed: Vec<&str> = match kind.as_str() {
+            "mock" => vec!["output_tokens", "ttft", "tokens_per_second"],
+            "azure" => [&http[..], &["api_version"]].concat(),
+            "anthropic" => [&http[..], &["anthropic_version", "default_max_tokens"]].concat(),
+            "bedrock" => [
+                &http[..],
+                &[
+                    "region",
+                    "aws_access_key_id",
+                    "aws_secret_access_key",
+                    "aws_session_token",
+                ],
+            ]
+            .concat(),
+            _ => http.to_vec(),
+        };
+        if let Some((name, _)) = set.iter().find(|(n, s)| *s && !allowed.contains(n)) {
+            return Err(field(
+                format!("{path}.{name}"),
+                format!("does not apply to providers of kind `{kind}`"),
+            ));
+        }
+        if kind == "mock" {
+            return Ok(ProviderKind::Mock(MockProvider {
+                output_tokens: self.output_tokens.unwrap_or(16),
+                ttft: dur(self.ttft, Duration::ZERO),
+                tokens_per_second: self.tokens_per_second.filter(|&t| t > 0),
+            }));
+        }
+        let secret = |name: &str, v: Option<SecretRef>| {
+            v.map(|k| k.resolve(env))
+                .transpose()
+                .map_err(|m| field(format!("{path}.{name}"), m))
+        };
+        let mut api_key = secret("api_key", self.api_key)?;
+        let required = |name: &str, v: Option<String>| {
+            v.ok_or_else(|| {
+                field(
+                    format!("{path}.{name}"),
+                    format!("is required for kind `{kind}`"),
+                )
+            })
+        };
+        let (default_base, wire) = match kind.as_str() {
+            "openai_compatible" => (
+                None,
+                Wire::OpenAi(OpenAiCompatible {
+                    auth: AuthStyle::Bearer,
+                }),
+            ),
+            "azure" => {
+                let mut p = AzureProvider::default();
+                if let Some(v) = self.api_version {
+                    p.api_version = v;
+                }
+                (None, Wire::Azure(p))
+            }
+            "anthropic" => {
+                let mut p = AnthropicProvider::default();
+                if let Some(v) = self.anthropic_version {
+                    p.version = v;
+                }
+                if let Some(n) = self.default_max_tokens {
+                    p.default_max_tokens = n;
+                }
+                (
+                    Some(anthropic::DEFAULT_BASE_URL.to_owned()),
+                    Wire::Anthropic(p),
+                )
+            }
+            "gemini" => (
+                Some(gemini::DEFAULT_BASE_URL.to_owned()),
+                Wire::Gemini(GeminiProvider::default()),
+            ),
+            "bedrock" => {
+                let region = required("region", self.region)?;
+                let id = secret("aws_access_key_id", self.aws_access_key_id)?;
+                let key = secret("aws_secret_access_key", self.aws_secret_access_key)?;
+                let token = secret("aws_session_token", self.aws_session_token)?;
+                let credentials = match (id, key) {
+                    (Some(id), Some(key)) => Some(Credentials {
+                        access_key_id: id.expose().to_owned(),
+                        secret_access_key: key.expose().to_owned(),
+                        session_token: token.map(|t| t.expose().to_owned()),
+                    }),
+                    (None, None) if api_key.is_some() => None,
+                    (None, None) => return Err(field(
+                        path,
+                        "bedrock needs aws_access_key_id and aws_secret_access_key, or an api_key",
+                    )),
+                    (Some(_), None) => {
+                        return Err(field(
+                            format!("{path}.aws_secret_access_key"),
+                            "is required with aws_access_key_id",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(field(
+                            format!("{path}.aws_access_key_id"),
+                            "is required with aws_secret_access_key",
+                        ))
+                    }
+                };
+                let default = format!("https://{}", BedrockProvider::default_host(&region));
+                let p = BedrockProvider {
+                    region,
+                    credentials,
+                    endpoint_host: None,
+                };
+                (Some(default), Wire::Bedrock(p))
+            }
+            name => match presets::find(name) {
+                Some(preset) => {
+                    // A preset reads its conventional variable when no key is
+                    // written (`kind: groq` just works with GROQ_API_KEY set).
+                    if api_key.is_none() {
+                        if let Some(var) = preset.key_env {
+                            api_key = SecretRef::env(var).resolve(env).ok();
+                        }
+                    }
+                    (
+                        Some(preset.base_url.to_owned()),
+                        Wire::OpenAi(OpenAiCompatible { auth: preset.auth }),
+                    )
+                }
+                None => {
+                    let presets: Vec<&str> = presets::PRESETS.iter().map(|p| p.name).collect();
+                    return Err(field(
+                        format!("{path}.kind"),
+                        format!(
+                            "unknown kind `{}`: use one of {}, {}",
+                            self.kind,
+                            KINDS.join(", "),
+                            presets.join(", ")
+                        ),
+                    ));
+                }
+            },
+        };
+        let base_url = match (self.base_url, default_base) {
+            (Some(u), _) | (None, Some(u)) => u,
+            (None, None) => {
+                return Err(field(
+                    format!("{path}.base_url"),
+                    format!("is required for kind `{kind}`"),
+                ))
+            }
+        };
+        let base = parse_base_url(&format!("{path}.base_url"), &base_url)?;
+        let mut wire = wire;
+        if let Wire::OpenAi(p) = &mut wire {
+            if api_key.is_none() {
+                // Keyless OpenAI-compatible servers (vLLM, Ollama, test
+                // mocks): send no credentials; a server that wants one
+                // answers 401, which the client sees.
+                p.auth = AuthStyle::None;
+            }
+        }
+        if let Wire::Bedrock(p) = &mut wire {
+            if base.authority() != BedrockProvider::default_host(&p.region) {
+                p.endpoint_host = Some(base.authority());
+            }
+        }
+        Ok(ProviderKind::Http(HttpProvider {
+            base,
+            api_key,
+            ca_file: self.ca_file,
+            wire,
+        }))
     }
 }
 

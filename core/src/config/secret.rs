@@ -52,6 +52,11 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 impl SecretRef {
+    /// A reference to the environment variable `var`.
+    pub fn env(var: &str) -> Self {
+        SecretRef(format!("${{{var}}}"))
+    }
+
     pub fn source(&self) -> SecretSource<'_> {
         let s = self.0.trim();
         match s.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {

@@ -1,42 +1,35 @@
-//! Sending a request to an OpenAI-dialect upstream: the client's body passes
-//! through with only `model` rewritten to the upstream's name, the provider's
-//! key replaces anything the client sent, and a keep-alive race on a pooled
-//! connection is retried once on a fresh one.
+//! Sending a request to an HTTP upstream: [`plan`] builds the bytes (the
+//! provider's key replaces anything the client sent), a keep-alive race on a
+//! pooled connection is retried once on a fresh one, and [`relay`] brings
+//! the answer back.
 
-use super::relay;
-use super::{Api, Attempt};
+use super::{plan, relay};
+use super::{Attempt, Call};
 use crate::client::{read_response_head, UpstreamConn, UpstreamHead};
 use crate::config::{HttpProvider, Provider, Target};
 use crate::error::GatewayError;
 use crate::io::write_all_timeout;
-use crate::server::{ClientConn, Outcome, Request};
+use crate::server::{ClientConn, Outcome};
 use crate::shard::Shard;
 use futures_lite::io::AsyncWriteExt;
-use shardgate_proto::h1::{write_content_length, write_header, Method};
-use shardgate_proto::json::{patch_object, top_level_members, write_json_string, Edit};
-use shardgate_proto::openai::RequestFacts;
-use std::rc::Rc;
+use shardgate_proto::h1::Method;
 
-#[allow(clippy::too_many_arguments)]
 pub async fn forward(
-    shard: &Rc<Shard>,
+    call: &Call<'_>,
     conn: &mut ClientConn,
-    req: &Request,
-    facts: &RequestFacts,
-    api: Api,
     target: &Target,
     provider: &Provider,
     http: &HttpProvider,
-    rid: &str,
 ) -> Attempt {
+    let shard = call.shard;
     let Some(Some(ep)) = shard.endpoints.get(target.provider) else {
         return Attempt::Failed(GatewayError::UpstreamConnect {
             provider: provider.name.clone(),
             reason: "no endpoint".into(),
         });
     };
-    let bytes = match upstream_request(req, facts, api, target, http, &ep.authority, rid) {
-        Ok(b) => b,
+    let (bytes, reply) = match plan::build(call, target, http, &ep.authority) {
+        Ok(x) => x,
         Err(e) => return Attempt::Failed(e),
     };
     // The client may leave while the upstream thinks: racing the exchange with
@@ -55,72 +48,26 @@ pub async fn forward(
         Some(Ok(x)) => x,
     };
     if head.status >= 300 {
-        return relay::upstream_error(shard, up, head, target.provider, &provider.name).await;
+        return relay::upstream_error(shard, up, head, target.provider, &provider.name, &http.wire)
+            .await;
     }
-    let streamed = facts.stream && head.is_event_stream();
+    let streamed = call.facts.stream && (head.is_event_stream() || head.is_aws_event_stream());
     let answer = relay::Answer {
         up,
         head,
         provider: target.provider,
         name: &provider.name,
         served_by: format!("{}/{}", provider.name, target.model),
+        wire: &http.wire,
+        reply,
+        client: call.client,
+        ctx: call.reply_ctx(&target.model),
     };
     if streamed {
-        relay::stream(shard, conn, answer, rid).await
+        relay::stream(shard, conn, answer, call.rid).await
     } else {
-        relay::full(shard, conn, answer, rid).await
+        relay::full(shard, conn, answer, call.rid).await
     }
-}
-
-/// Request head and body for the upstream, built in one buffer.
-fn upstream_request(
-    req: &Request,
-    facts: &RequestFacts,
-    api: Api,
-    target: &Target,
-    http: &HttpProvider,
-    authority: &str,
-    rid: &str,
-) -> Result<Vec<u8>, GatewayError> {
-    let members = top_level_members(&req.body).map_err(|e| GatewayError::BadBody(e.to_string()))?;
-    let mut model = Vec::with_capacity(target.model.len() + 2);
-    write_json_string(&mut model, &target.model);
-    let body = patch_object(
-        &req.body,
-        &members,
-        &[Edit::Set {
-            key: "model",
-            value: &model,
-        }],
-    );
-    let mut out = Vec::with_capacity(384 + body.len());
-    out.extend_from_slice(b"POST ");
-    out.extend_from_slice(http.base.path.as_bytes());
-    out.extend_from_slice(api.upstream_suffix().as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_header(&mut out, "host", authority.as_bytes());
-    if let Some(key) = &http.api_key {
-        out.extend_from_slice(b"authorization: Bearer ");
-        out.extend_from_slice(key.expose().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    write_header(&mut out, "content-type", b"application/json");
-    let accept: &[u8] = if facts.stream {
-        b"text/event-stream"
-    } else {
-        b"application/json"
-    };
-    write_header(&mut out, "accept", accept);
-    write_header(
-        &mut out,
-        "user-agent",
-        concat!("shardgate/", env!("CARGO_PKG_VERSION")).as_bytes(),
-    );
-    write_header(&mut out, "x-request-id", rid.as_bytes());
-    write_content_length(&mut out, body.len());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    Ok(out)
 }
 
 /// Sends the request and reads the response head. A pooled connection that

@@ -4,27 +4,34 @@
 //! a behaviour (`mock-429`, `mock-tokens-50-ttft-200ms`, ...), which lets
 //! failover be exercised without an upstream.
 
-use super::{Api, Attempt};
+use super::egress::{ClientDialect, StreamEgress};
+use super::{Api, Attempt, Call};
 use crate::config::{MockProvider, Target};
 use crate::error::GatewayError;
-use crate::server::{respond, ClientConn, Outcome, Request};
+use crate::server::{respond, ClientConn, Outcome};
 use glommio::timer::sleep;
-use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
+use shardgate_proto::anthropic as a;
 use shardgate_proto::mock::{self, Behaviour, ChunkKind};
-use shardgate_proto::openai::{error_body, RequestFacts};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use shardgate_proto::openai::error_body;
+use std::time::Duration;
 
-#[allow(clippy::too_many_arguments)]
+/// Answers `call` as the mock model `target.model`, in the client's dialect
+/// (the mock renders OpenAI; the egress translates for Anthropic clients).
 pub async fn serve(
+    call: &Call<'_>,
     conn: &mut ClientConn,
-    req: &Request,
-    facts: &RequestFacts,
-    api: Api,
     provider: &str,
     cfg: &MockProvider,
     target: &Target,
-    rid: &str,
 ) -> Attempt {
+    let (req, facts, api, rid) = (call.req, call.facts, call.api, call.rid);
+    let client = call.client;
+    if client == ClientDialect::Anthropic {
+        // Held to the same shape an upstream would demand.
+        if let Err(e) = super::plan::client_json::<a::MessagesRequest>(&req.body) {
+            return Attempt::Failed(e);
+        }
+    }
     let defaults = Behaviour {
         output_tokens: cfg.output_tokens,
         ttft_ms: cfg.ttft.as_millis() as u64,
@@ -54,9 +61,8 @@ pub async fn serve(
         conn.closed().await;
         return Attempt::Done(Outcome::CLOSE);
     }
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = call.now_unix;
+    let ctx = call.reply_ctx(&target.model);
     let prompt_tokens = mock::estimate_tokens(req.body.len());
     let limit = facts.max_tokens.map_or(usize::MAX, |m| m as usize);
     let n = b.output_tokens.min(limit);
@@ -67,13 +73,13 @@ pub async fn serve(
     };
     let served_by = format!("{provider}/{}", target.model);
     let extra: [(&str, &[u8]); 1] = [("x-shardgate-target", served_by.as_bytes())];
-    let id = format!("chatcmpl-{rid}");
+    let id = ctx.id.clone();
 
     if api == Api::Embeddings {
         let inputs = embedding_inputs(&req.body);
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let mut body = Vec::new();
-        mock::embeddings(&mut body, &facts.model, &refs, 16);
+        mock::embeddings(&mut body, &ctx.model, &refs, 16);
         return send_json(conn, &extra, &body, rid).await;
     }
 
@@ -92,7 +98,7 @@ pub async fn serve(
             Api::Completions => mock::completion(
                 &mut body,
                 &id,
-                &facts.model,
+                &ctx.model,
                 created,
                 prompt_tokens,
                 n,
@@ -101,13 +107,22 @@ pub async fn serve(
             _ => mock::chat_completion(
                 &mut body,
                 &id,
-                &facts.model,
+                &ctx.model,
                 created,
                 prompt_tokens,
                 n,
                 finish,
             ),
         }
+        let body = match client.success_body(body) {
+            Ok(b) => b,
+            Err(e) => {
+                return Attempt::Failed(GatewayError::UpstreamTranslate {
+                    provider: provider.to_owned(),
+                    reason: e.to_string(),
+                })
+            }
+        };
         return send_json(conn, &extra, &body, rid).await;
     }
 
@@ -118,15 +133,22 @@ pub async fn serve(
     {
         return Attempt::Done(Outcome::CLOSE);
     }
-    let usage_null = facts.include_usage;
+    let include_usage = ctx.include_usage;
+    let usage_null = include_usage;
+    let mut egress = StreamEgress::from_openai(client, &ctx);
+    let mut push_chunk = |out: &mut Vec<u8>, event: &mut Vec<u8>| {
+        // The mock's own OpenAI events always translate.
+        let _ = egress.push(event, out);
+        event.clear();
+    };
     let mut event = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(1024);
-    let chat = api == Api::ChatCompletions;
+    let chat = api != Api::Completions;
     if chat {
         mock::chat_chunk_event(
             &mut event,
             &id,
-            &facts.model,
+            &ctx.model,
             created,
             ChunkKind::Role,
             usage_null,
@@ -151,7 +173,7 @@ pub async fn serve(
             mock::chat_chunk_event(
                 &mut event,
                 &id,
-                &facts.model,
+                &ctx.model,
                 created,
                 ChunkKind::Content(mock::token(i)),
                 usage_null,
@@ -160,7 +182,7 @@ pub async fn serve(
             mock::completion_chunk_event(
                 &mut event,
                 &id,
-                &facts.model,
+                &ctx.model,
                 created,
                 mock::token(i),
                 None,
@@ -172,26 +194,26 @@ pub async fn serve(
         mock::chat_chunk_event(
             &mut event,
             &id,
-            &facts.model,
+            &ctx.model,
             created,
             ChunkKind::Finish(finish),
             usage_null,
         );
     } else {
-        mock::completion_chunk_event(&mut event, &id, &facts.model, created, "", Some(finish));
+        mock::completion_chunk_event(&mut event, &id, &ctx.model, created, "", Some(finish));
     }
     push_chunk(&mut out, &mut event);
-    if facts.include_usage && chat {
+    if include_usage && chat {
         let usage = ChunkKind::Usage {
             prompt_tokens,
             completion_tokens: n as u64,
         };
-        mock::chat_chunk_event(&mut event, &id, &facts.model, created, usage, false);
+        mock::chat_chunk_event(&mut event, &id, &ctx.model, created, usage, false);
         push_chunk(&mut out, &mut event);
     }
     event.extend_from_slice(mock::DONE_EVENT);
     push_chunk(&mut out, &mut event);
-    out.extend_from_slice(LAST_CHUNK);
+    egress.finish(&mut out);
     done(conn.write(&out).await)
 }
 
@@ -213,13 +235,6 @@ async fn send_json(
         ))
         .await,
     )
-}
-
-fn push_chunk(out: &mut Vec<u8>, event: &mut Vec<u8>) {
-    encode_chunk_header(event.len(), out);
-    out.extend_from_slice(event);
-    out.extend_from_slice(CHUNK_END);
-    event.clear();
 }
 
 fn done(written: std::io::Result<()>) -> Attempt {

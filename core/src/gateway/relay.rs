@@ -1,20 +1,26 @@
 //! Relaying an upstream's answer to the client.
 //!
-//! Streams are relayed event by event as they arrive: the SSE framer finds
-//! event boundaries by scanning bytes and hands out borrowed slices, each
-//! event is forwarded as it was received (never re-serialized) inside one
-//! chunk of the client's chunked response. An upstream failure mid-stream
+//! Same-dialect streams are relayed event by event as they arrive: the SSE
+//! framer finds event boundaries by scanning bytes and hands out borrowed
+//! slices, each event is forwarded as it was received (never re-serialized)
+//! inside one chunk of the client's chunked response. Other streams go
+//! through the provider's translator (fed raw bytes however the network
+//! split them) and the client's egress; each read becomes one chunk. An upstream failure mid-stream
 //! ends the client's stream with an error event and a proper last chunk; a
 //! client that leaves mid-stream drops the upstream connection, cancelling
 //! the generation.
 
+use super::egress::{push_chunk, ClientDialect, StreamEgress};
+use super::plan::Reply;
 use super::Attempt;
 use crate::client::{BodyReader, BodyStep, ReadError, UpstreamConn, UpstreamHead};
+use crate::config::Wire;
 use crate::error::GatewayError;
 use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::sse::SseFramer;
+use shardgate_providers::{gemini, ReplyCtx, StreamTranslator};
 
 /// An upstream's answer whose head has been read, with what relaying it
 /// needs to know about where it came from.
@@ -26,6 +32,10 @@ pub struct Answer<'a> {
     pub name: &'a str,
     /// `provider/model`, sent as `x-shardgate-target`.
     pub served_by: String,
+    pub wire: &'a Wire,
+    pub reply: Reply,
+    pub client: ClientDialect,
+    pub ctx: ReplyCtx,
 }
 
 /// Error bodies are small; a provider sending megabytes of error is cut.
@@ -52,6 +62,7 @@ pub async fn upstream_error(
     head: UpstreamHead,
     provider: usize,
     name: &str,
+    wire: &Wire,
 ) -> Attempt {
     let mut reader = BodyReader::new(head.framing);
     let wait = shard.pool.settings().read_timeout;
@@ -62,6 +73,13 @@ pub async fn upstream_error(
     if reader.is_done() && head.keep_alive {
         shard.pool.checkin(provider, up);
     }
+    // Every upstream error leaves here OpenAI-shaped (or as the raw body of
+    // an OpenAI-dialect upstream, which the error type wraps when needed),
+    // with anything that looks like a credential redacted.
+    let body = match wire {
+        Wire::OpenAi(_) | Wire::Azure(_) => shardgate_providers::redact_json_secrets(&body),
+        other => other.provider().error_to_openai(head.status, &body),
+    };
     Attempt::Failed(GatewayError::UpstreamStatus {
         provider: name.to_owned(),
         status: head.status,
@@ -78,6 +96,10 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
         provider,
         name,
         served_by,
+        wire,
+        reply,
+        client,
+        ctx,
     } = answer;
     let settings = shard.pool.settings();
     let mut reader = BodyReader::new(head.framing);
@@ -103,7 +125,28 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     if head.keep_alive {
         shard.pool.checkin(provider, up);
     }
-    let content_type = head.content_type.as_deref().unwrap_or(b"application/json");
+    let translated = match reply {
+        Reply::Same => Ok(body),
+        Reply::FromOpenAi => client.success_body(body),
+        Reply::FromWire => wire
+            .provider()
+            .response_to_openai(&body, &ctx)
+            .and_then(|(b, _usage)| client.success_body(b)),
+        Reply::GeminiEmbeddings => gemini::embeddings_response(&body, &ctx.model),
+    };
+    let body = match translated {
+        Ok(b) => b,
+        Err(e) => {
+            return Attempt::Failed(GatewayError::UpstreamTranslate {
+                provider: name.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+    };
+    let content_type = match reply {
+        Reply::Same => head.content_type.as_deref().unwrap_or(b"application/json"),
+        _ => b"application/json",
+    };
     let bytes = respond::full(
         head.status,
         content_type,
@@ -118,6 +161,96 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     })
 }
 
+/// How stream bytes from the upstream become the client's.
+enum Pipe {
+    /// Same dialect: events relayed as they came, one chunk each.
+    Same(SseFramer),
+    /// The provider's translator (if its dialect is not OpenAI), then the
+    /// client's egress. Boxed: one allocation per translated stream.
+    Translate(Box<Translating>),
+}
+
+struct Translating {
+    wire: Option<StreamTranslator>,
+    egress: StreamEgress,
+    mid: Vec<u8>,
+}
+
+impl Pipe {
+    fn new(answer: &Answer<'_>, max_event_bytes: usize) -> Self {
+        match answer.reply {
+            Reply::Same | Reply::GeminiEmbeddings => Pipe::Same(SseFramer::new(max_event_bytes)),
+            Reply::FromOpenAi => Pipe::Translate(Box::new(Translating {
+                wire: None,
+                egress: StreamEgress::from_openai(answer.client, &answer.ctx),
+                mid: Vec::new(),
+            })),
+            Reply::FromWire => Pipe::Translate(Box::new(Translating {
+                wire: answer.wire.provider().stream_translator(answer.ctx.clone()),
+                egress: StreamEgress::from_openai(answer.client, &answer.ctx),
+                mid: Vec::new(),
+            })),
+        }
+    }
+
+    /// Appends what `data` makes for the client to `out`.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        match self {
+            Pipe::Same(framer) => framer
+                .feed(data, |event| {
+                    encode_chunk_header(event.raw.len(), out);
+                    out.extend_from_slice(event.raw);
+                    out.extend_from_slice(CHUNK_END);
+                })
+                .map_err(|e| e.to_string()),
+            Pipe::Translate(t) => match &mut t.wire {
+                Some(w) => {
+                    t.mid.clear();
+                    let r = w.on_bytes(data, &mut t.mid).map_err(|e| e.to_string());
+                    t.egress.push(&t.mid, out).map_err(|e| e.to_string())?;
+                    r
+                }
+                None => t.egress.push(data, out).map_err(|e| e.to_string()),
+            },
+        }
+    }
+
+    /// The upstream body ended: close the client's stream.
+    fn finish(self, out: &mut Vec<u8>) {
+        match self {
+            Pipe::Same(mut framer) => {
+                if let Some(rest) = framer.finish() {
+                    // An unterminated last event: pass it on, terminated.
+                    let mut tail = rest.to_vec();
+                    tail.extend_from_slice(b"\n\n");
+                    push_chunk(out, &tail);
+                }
+                out.extend_from_slice(LAST_CHUNK);
+            }
+            Pipe::Translate(t) => {
+                let Translating {
+                    wire,
+                    mut egress,
+                    mut mid,
+                } = *t;
+                if let Some(w) = wire {
+                    mid.clear();
+                    let _summary = w.finish(&mut mid);
+                    let _ = egress.push(&mid, out);
+                }
+                let _ = egress.finish(out);
+            }
+        }
+    }
+
+    fn fail(self, err: &GatewayError, out: &mut Vec<u8>, client: ClientDialect) {
+        match self {
+            Pipe::Same(_) => StreamEgress::identity(client).fail(err, out),
+            Pipe::Translate(t) => t.egress.fail(err, out),
+        }
+    }
+}
+
 /// An event stream, relayed as it arrives.
 pub async fn stream(
     shard: &Shard,
@@ -125,14 +258,17 @@ pub async fn stream(
     answer: Answer<'_>,
     rid: &str,
 ) -> Attempt {
+    let settings = shard.pool.settings();
+    let mut pipe = Pipe::new(&answer, settings.max_event_bytes);
     let Answer {
         mut up,
         head,
         provider,
         name,
         served_by,
+        client,
+        ..
     } = answer;
-    let settings = shard.pool.settings();
     let client_head = respond::stream_head(
         head.status,
         rid,
@@ -142,20 +278,16 @@ pub async fn stream(
         return Attempt::Done(Outcome::CLOSE);
     }
     let mut reader = BodyReader::new(head.framing);
-    let mut framer = SseFramer::new(settings.max_event_bytes);
     let mut out = Vec::with_capacity(4096);
     loop {
-        let mut framing_error = None;
+        let mut feed_error = None;
         let step = futures_lite::future::or(
             async {
                 let mut on_data = |data: &[u8]| {
-                    let res = framer.feed(data, |event| {
-                        encode_chunk_header(event.raw.len(), &mut out);
-                        out.extend_from_slice(event.raw);
-                        out.extend_from_slice(CHUNK_END);
-                    });
-                    if let Err(e) = res {
-                        framing_error = Some(e);
+                    if feed_error.is_none() {
+                        if let Err(e) = pipe.feed(data, &mut out) {
+                            feed_error = Some(e);
+                        }
                     }
                 };
                 Some(
@@ -173,21 +305,13 @@ pub async fn stream(
         let failure = match step {
             // The client left: dropping `up` closes the upstream connection.
             None => return Attempt::Done(Outcome::CLOSE),
-            Some(Ok(_)) if framing_error.is_some() => Some(GatewayError::UpstreamProtocol {
+            Some(Ok(_)) if feed_error.is_some() => Some(GatewayError::UpstreamProtocol {
                 provider: name.to_owned(),
-                reason: framing_error.map(|e| e.to_string()).unwrap_or_default(),
+                reason: feed_error.unwrap_or_default(),
             }),
             Some(Ok(BodyStep::Data)) => None,
             Some(Ok(BodyStep::End)) => {
-                if let Some(rest) = framer.finish() {
-                    // An unterminated last event: pass it on, terminated.
-                    let mut tail = rest.to_vec();
-                    tail.extend_from_slice(b"\n\n");
-                    encode_chunk_header(tail.len(), &mut out);
-                    out.extend_from_slice(&tail);
-                    out.extend_from_slice(CHUNK_END);
-                }
-                out.extend_from_slice(LAST_CHUNK);
+                pipe.finish(&mut out);
                 if head.keep_alive {
                     shard.pool.checkin(provider, up);
                 }
@@ -200,7 +324,7 @@ pub async fn stream(
         };
         if let Some(err) = failure {
             log::info!("{rid}: stream from {name} failed: {err}");
-            end_with_error(&mut out, &err);
+            pipe.fail(&err, &mut out, client);
             return Attempt::Done(match conn.write(&out).await {
                 Ok(()) => Outcome::KEEP,
                 Err(_) => Outcome::CLOSE,
@@ -213,17 +337,4 @@ pub async fn stream(
             out.clear();
         }
     }
-}
-
-/// Appends an OpenAI-style error event and the last chunk: the client's
-/// stream ends with a word about why, never a silent cut.
-pub fn end_with_error(out: &mut Vec<u8>, err: &GatewayError) {
-    let mut event = Vec::with_capacity(256);
-    event.extend_from_slice(b"data: ");
-    event.extend_from_slice(&err.openai_body());
-    event.extend_from_slice(b"\n\n");
-    encode_chunk_header(event.len(), out);
-    out.extend_from_slice(&event);
-    out.extend_from_slice(CHUNK_END);
-    out.extend_from_slice(LAST_CHUNK);
 }

@@ -1,0 +1,236 @@
+//! How one request goes to one target: which dialect translation applies,
+//! and the upstream request bytes (head and body in one buffer).
+//!
+//! The rule: when the upstream speaks the client's dialect the body passes
+//! through with only `model` rewritten, and the answer is relayed as it comes
+//! (zero-copy SSE). Otherwise the body is read into the typed OpenAI request,
+//! the provider prepares its own request from it, and the answer comes back
+//! through the provider's translator and then the client's [`egress`].
+//!
+//! [`egress`]: super::egress
+
+use super::egress::ClientDialect;
+use super::{Api, Call};
+use crate::config::{HttpProvider, Target, Wire};
+use crate::error::GatewayError;
+use shardgate_proto::anthropic as a;
+use shardgate_proto::h1::{write_content_length, write_header};
+use shardgate_proto::json::{patch_object, top_level_members, write_json_string, Edit};
+use shardgate_providers::openai::Operation;
+use shardgate_providers::{gemini, ChatRequest, Dialect, PrepareCtx, TranslateError};
+
+/// How the upstream's answer becomes the client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The upstream speaks the client's dialect: relay as is.
+    Same,
+    /// The upstream speaks OpenAI, the client Anthropic.
+    FromOpenAi,
+    /// The upstream speaks its own dialect: its provider translates to
+    /// OpenAI, then the client's egress.
+    FromWire,
+    /// Gemini `embedContent`/`batchEmbedContents` to OpenAI embeddings.
+    GeminiEmbeddings,
+}
+
+/// The upstream request for `call` to `target`, and how to read its answer.
+pub fn build(
+    call: &Call<'_>,
+    target: &Target,
+    http: &HttpProvider,
+    authority: &str,
+) -> Result<(Vec<u8>, Reply), GatewayError> {
+    let key = http.api_key.as_ref().map(|k| k.expose());
+    let wire = http.wire.dialect();
+    let unsupported = || {
+        GatewayError::BadRequest {
+        message: format!(
+            "{} is not available for model `{}`: its provider speaks the {wire:?} API, which has no equivalent.",
+            call.api.client_path(),
+            call.facts.model
+        ),
+        param: Some("model"),
+    }
+    };
+    let translate = |e: TranslateError| translate_error(e, &call.facts.model);
+    let (path, headers, body, reply): (String, Vec<(String, String)>, Vec<u8>, Reply) =
+        match (call.client, wire, call.api) {
+            (ClientDialect::OpenAi, Dialect::OpenAi, api) => {
+                let op = match api {
+                    Api::ChatCompletions => Operation::ChatCompletions,
+                    Api::Completions => Operation::Completions,
+                    Api::Embeddings => Operation::Embeddings,
+                    Api::Messages => return Err(unsupported()),
+                };
+                let (path, headers) = match &http.wire {
+                    Wire::Azure(p) => p.endpoint(op, &target.model, key),
+                    Wire::OpenAi(p) => p.endpoint(op, key),
+                    _ => return Err(unsupported()),
+                }
+                .map_err(translate)?;
+                (path, headers, patch_model(call, target)?, Reply::Same)
+            }
+            (ClientDialect::Anthropic, Dialect::Anthropic, Api::Messages) => {
+                let Wire::Anthropic(p) = &http.wire else {
+                    return Err(unsupported());
+                };
+                let key = key.ok_or_else(|| {
+                    translate(TranslateError::MissingCredentials("Anthropic API key"))
+                })?;
+                let headers = vec![
+                    ("x-api-key".to_owned(), key.to_owned()),
+                    ("anthropic-version".to_owned(), p.version.clone()),
+                    ("content-type".to_owned(), "application/json".to_owned()),
+                ];
+                let mut headers = headers;
+                if let Some(beta) = call.req.header("anthropic-beta") {
+                    headers.push((
+                        "anthropic-beta".to_owned(),
+                        String::from_utf8_lossy(beta).into_owned(),
+                    ));
+                }
+                (
+                    "/messages".to_owned(),
+                    headers,
+                    patch_model(call, target)?,
+                    Reply::Same,
+                )
+            }
+            (ClientDialect::OpenAi, Dialect::Gemini, Api::Embeddings) => {
+                let req: gemini::EmbeddingsRequest = client_json(&call.req.body)?;
+                let up = gemini::embeddings_request(&req, &prepare_ctx(target, key))
+                    .map_err(translate)?;
+                (up.path, up.headers, up.body, Reply::GeminiEmbeddings)
+            }
+            (ClientDialect::OpenAi, _, Api::ChatCompletions) => {
+                let chat: ChatRequest = client_json(&call.req.body)?;
+                let up = http
+                    .wire
+                    .provider()
+                    .prepare(&chat, &prepare_ctx(target, key))
+                    .map_err(translate)?;
+                (up.path, up.headers, up.body, Reply::FromWire)
+            }
+            (ClientDialect::Anthropic, _, Api::Messages) => {
+                let msg: a::MessagesRequest = client_json(&call.req.body)?;
+                let chat = ChatRequest::from_anthropic(&msg).map_err(translate)?;
+                let up = http
+                    .wire
+                    .provider()
+                    .prepare(&chat, &prepare_ctx(target, key))
+                    .map_err(translate)?;
+                let reply = if wire == Dialect::OpenAi {
+                    Reply::FromOpenAi
+                } else {
+                    Reply::FromWire
+                };
+                (up.path, up.headers, up.body, reply)
+            }
+            _ => return Err(unsupported()),
+        };
+    Ok((
+        head_and_body(call, http, authority, &path, &headers, &body),
+        reply,
+    ))
+}
+
+fn prepare_ctx<'a>(target: &'a Target, key: Option<&'a str>) -> PrepareCtx<'a> {
+    PrepareCtx {
+        model: &target.model,
+        api_key: key,
+        now_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
+}
+
+/// The client's body with `model` set to the upstream's name; nothing else
+/// is touched or re-serialized.
+fn patch_model(call: &Call<'_>, target: &Target) -> Result<Vec<u8>, GatewayError> {
+    let body = &call.req.body;
+    let members = top_level_members(body).map_err(|e| GatewayError::BadBody(e.to_string()))?;
+    let mut model = Vec::with_capacity(target.model.len() + 2);
+    write_json_string(&mut model, &target.model);
+    Ok(patch_object(
+        body,
+        &members,
+        &[Edit::Set {
+            key: "model",
+            value: &model,
+        }],
+    ))
+}
+
+pub(super) fn client_json<'a, T: serde::Deserialize<'a>>(
+    body: &'a [u8],
+) -> Result<T, GatewayError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        GatewayError::BadRequest {
+            message: format!("Invalid request body at `{path}`: {}", e.inner()),
+            param: None,
+        }
+    })
+}
+
+/// A translation failure before anything was sent: the client's request
+/// cannot be expressed for this provider (400) or the provider is
+/// misconfigured (500).
+pub fn translate_error(e: TranslateError, model: &str) -> GatewayError {
+    match e {
+        TranslateError::MissingCredentials(what) => GatewayError::Misconfigured(format!(
+            "the provider of model `{model}` has no {what} configured"
+        )),
+        TranslateError::Unsupported(what) => GatewayError::BadRequest {
+            message: format!("Not supported by the provider of model `{model}`: {what}."),
+            param: None,
+        },
+        other => GatewayError::BadRequest {
+            message: other.to_string(),
+            param: None,
+        },
+    }
+}
+
+/// `path` is relative to the provider's base URL; `headers` carry auth and
+/// content type (and, for Bedrock, the signature, which covers `host` and
+/// the path, so neither may change after this).
+fn head_and_body(
+    call: &Call<'_>,
+    http: &HttpProvider,
+    authority: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(384 + body.len());
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(http.base.path.as_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_header(&mut out, "host", authority.as_bytes());
+    let mut has_accept = false;
+    for (k, v) in headers {
+        has_accept |= k.eq_ignore_ascii_case("accept");
+        write_header(&mut out, k, v.as_bytes());
+    }
+    if !has_accept {
+        let accept: &[u8] = if call.facts.stream {
+            b"text/event-stream"
+        } else {
+            b"application/json"
+        };
+        write_header(&mut out, "accept", accept);
+    }
+    write_header(
+        &mut out,
+        "user-agent",
+        concat!("shardgate/", env!("CARGO_PKG_VERSION")).as_bytes(),
+    );
+    write_header(&mut out, "x-request-id", call.rid.as_bytes());
+    write_content_length(&mut out, body.len());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
