@@ -157,6 +157,7 @@ if ((GATEWAY)); then
   cat >"$WORK/shardgate.yaml" <<EOF
 listen: 127.0.0.1:0
 shards: $WORKERS
+auth: none
 providers:
   up: { kind: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: $KEY }
 models:

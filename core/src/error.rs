@@ -37,6 +37,13 @@ pub enum GatewayError {
     BadBody(String),
     #[error("The gateway is shutting down.")]
     Draining,
+    /// No valid gateway key. Deliberately one message for missing, unknown,
+    /// revoked and expired keys: nothing hints at which keys exist.
+    #[error("Incorrect or missing API key. Send a gateway key as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
+    Unauthorized,
+    /// Refused by policy: 403 for access rules, 429 for limits and budgets.
+    #[error("{0}")]
+    Policy(shardgate_policy::DenyReason),
     /// The gateway's config cannot serve this request (a provider without
     /// credentials). The message names no secret.
     #[error("Gateway misconfiguration: {0}")]
@@ -72,6 +79,8 @@ impl GatewayError {
             | ModelNotFound(_)
             | BodyTooLarge { .. }
             | RequestTimeout
+            | Unauthorized
+            | Policy(_)
             | BadBody(_) => Side::Client,
             Draining | Misconfigured(_) => Side::Gateway,
             UpstreamConnect { .. }
@@ -87,6 +96,8 @@ impl GatewayError {
         match self {
             BadHead(e) => e.status(),
             BadRequest { .. } | BadBody(_) => 400,
+            Unauthorized => 401,
+            Policy(reason) => reason.http_status(),
             UnknownRoute { .. } | ModelNotFound(_) => 404,
             MethodNotAllowed { .. } => 405,
             RequestTimeout => 408,
@@ -128,6 +139,8 @@ impl GatewayError {
             RequestTimeout => "request_timeout",
             BadBody(_) => "bad_body",
             Draining => "draining",
+            Unauthorized => "unauthorized",
+            Policy(reason) => reason.code(),
             Misconfigured(_) => "misconfigured",
             UpstreamTranslate { .. } => "upstream_translate",
             UpstreamConnect { .. } => "upstream_connect",
@@ -139,6 +152,16 @@ impl GatewayError {
 
     fn openai_type(&self) -> &'static str {
         match (self.side(), self.status()) {
+            (_, 401) => "invalid_request_error",
+            (_, 403) => "permission_error",
+            (_, 429)
+                if matches!(
+                    self,
+                    GatewayError::Policy(shardgate_policy::DenyReason::BudgetExhausted { .. })
+                ) =>
+            {
+                "insufficient_quota"
+            }
             (_, 404) => "invalid_request_error",
             (Side::Client, _) => "invalid_request_error",
             (_, 429) => "rate_limit_error",
@@ -155,6 +178,8 @@ impl GatewayError {
             BodyTooLarge { .. } => Some("request_too_large"),
             UpstreamTimeout { .. } => Some("upstream_timeout"),
             UpstreamConnect { .. } => Some("upstream_unavailable"),
+            Unauthorized => Some("invalid_api_key"),
+            Policy(reason) => Some(reason.code()),
             _ => None,
         }
     }

@@ -3,11 +3,12 @@
 //! connection for its whole life, and owns its upstream pools. Nothing on the
 //! request path is shared between shards.
 //!
-//! Where a request goes, by folder: `server/` reads it, `gateway/` decides
-//! and routes it, `client/` sends it upstream, `gateway/relay.rs` relays the
+//! Where a request goes, by folder: `server/` reads it, `admission/` decides
+//! whether it may go on (keys, policies, budgets), `gateway/` routes it, `client/` sends it upstream, `gateway/relay.rs` relays the
 //! answer. `serve.rs` starts and stops shards; `runtime.rs` is the only
 //! place that sets up glommio executors.
 
+pub mod admission;
 pub mod client;
 pub mod config;
 pub mod error;

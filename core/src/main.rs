@@ -93,6 +93,7 @@ fn main() -> ExitCode {
                     pin: !no_pin,
                     spin_before_park: spin,
                 },
+                keys: shardgate_policy::KeyStore::new(),
             };
             let result = serve::run(cfg, opts, |addrs| {
                 for a in addrs {

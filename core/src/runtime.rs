@@ -24,6 +24,9 @@ pub enum Control {
         listener: usize,
         config: Arc<rustls::ServerConfig>,
     },
+    /// The key table changed (a key created, revoked or expired elsewhere):
+    /// each shard gets its own copy.
+    Keys(Box<shardgate_policy::KeyStore>),
 }
 
 /// One listening socket per shard per listener, all bound to the same address

@@ -2,6 +2,7 @@
 //! start the shards, then wait on the main thread for signals (shutdown) and
 //! certificate changes (reload), which reach shards as control messages.
 
+use crate::admission::mesh;
 use crate::config::Config;
 use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
 use crate::shard::Shard;
@@ -32,6 +33,8 @@ pub enum ServeError {
 
 pub struct Options {
     pub executor: ExecutorSettings,
+    /// The key table at start.
+    pub keys: shardgate_policy::KeyStore,
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
@@ -92,6 +95,8 @@ pub fn run(
         sockets.push(socks.into_iter());
     }
 
+    let mesh = mesh::builder(shards);
+    let keys = opts.keys;
     let signals = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     for id in 0..shards {
@@ -99,9 +104,11 @@ pub fn run(
         let config = config.clone();
         let tls_configs = tls_configs.clone();
         let upstream_tls = upstream_tls.clone();
+        let mesh = mesh.clone();
+        let keys = keys.clone();
         let handle = runtime::spawn_shard(id, opts.executor, move |control| async move {
-            let shard = Shard::new(id, config, tls_configs, &upstream_tls);
-            shard_main(shard, mine, control).await;
+            let shard = Shard::new(id, config, tls_configs, &upstream_tls, keys);
+            shard_main(shard, mine, control, mesh).await;
         })
         .map_err(|source| ServeError::Shard { id, source })?;
         handles.push(handle);
@@ -198,7 +205,25 @@ async fn shard_main(
     shard: Rc<Shard>,
     listeners: Vec<std::net::TcpListener>,
     control: crossbeam::channel::Receiver<Control>,
+    mesh: mesh::Builder,
 ) {
+    // Every shard joins the quota mesh before serving, so no request can
+    // find a peer missing.
+    match mesh.join().await {
+        Ok((senders, mut receivers)) => {
+            shard.admission.set_mesh(mesh::Mesh::new(senders));
+            for (_, rx) in receivers.streams() {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    while let Some(msg) = rx.recv().await {
+                        shard.admission.on_message(msg);
+                    }
+                })
+                .detach();
+            }
+        }
+        Err(e) => log::error!("shard {}: cannot join the quota mesh: {e}", shard.id),
+    }
     let gate = Rc::new(Gate::new());
     for (index, l) in listeners.into_iter().enumerate() {
         let listener = runtime::adopt_listener(l);
@@ -210,10 +235,15 @@ async fn shard_main(
         ))
         .detach();
     }
-    while let Some(Control::TlsReload { listener, config }) = runtime::recv_control(&control).await
-    {
-        if let Some(slot) = shard.tls.get(listener) {
-            *slot.borrow_mut() = Some(config);
+    while let Some(msg) = runtime::recv_control(&control).await {
+        match msg {
+            Control::TlsReload { listener, config } => {
+                if let Some(slot) = shard.tls.get(listener) {
+                    *slot.borrow_mut() = Some(config);
+                }
+            }
+            Control::Keys(keys) => shard.admission.replace_keys(Rc::new(*keys)),
+            Control::Shutdown => break,
         }
     }
     shard.begin_shutdown();

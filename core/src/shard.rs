@@ -2,6 +2,7 @@
 //! listeners' TLS configs and its shutdown signal. Nothing here is shared with
 //! another shard, so nothing here is locked.
 
+use crate::admission::Admission;
 use crate::client::{Endpoint, Pool};
 use crate::config::{Config, ProviderKind};
 use glommio::sync::Semaphore;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 
 pub struct Shard {
     pub id: usize,
+    /// Keys, policies and this shard's budget ledgers.
+    pub admission: Admission,
     pub config: Arc<Config>,
     pub pool: Pool,
     /// One per provider; `None` for in-process providers.
@@ -34,6 +37,7 @@ impl Shard {
         config: Arc<Config>,
         tls: Vec<Option<Arc<rustls::ServerConfig>>>,
         upstream_tls: &[Option<Arc<rustls::ClientConfig>>],
+        keys: shardgate_policy::KeyStore,
     ) -> Rc<Self> {
         let endpoints = config
             .providers
@@ -51,6 +55,7 @@ impl Shard {
         let models_body = crate::gateway::models::render(&config);
         Rc::new(Self {
             id,
+            admission: Admission::new(&config, Rc::new(keys)),
             pool: Pool::new(config.providers.len(), config.upstream.clone()),
             endpoints,
             tls: tls.into_iter().map(RefCell::new).collect(),

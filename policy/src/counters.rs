@@ -87,6 +87,18 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::RequestsPerMinute,
+        LimitKind::TokensPerMinute,
+        LimitKind::TokensPerDay,
+        LimitKind::MonthlySpend,
+    ];
+
+    /// The inverse of [`LimitKind::as_str`].
+    pub fn parse(s: &str) -> Option<LimitKind> {
+        LimitKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             LimitKind::RequestsPerMinute => "requests_per_minute",
@@ -155,6 +167,23 @@ impl Counters {
         self.tokens_minute.rollover(now);
         self.tokens_day.rollover(now);
         self.spend_month.rollover(now);
+    }
+
+    /// Puts back a window saved before a restart: `used` counts only if the
+    /// window that started at `start` is still the current one at `now`
+    /// (a minute saved an hour ago is over; this month's spend is not).
+    pub fn restore(&mut self, kind: LimitKind, start: Timestamp, used: u64, now: Timestamp) {
+        let w = self.window_mut(kind);
+        if w.period().start(now) == start {
+            w.rollover(now);
+            let have = w.used_at(now);
+            w.add(used.saturating_sub(have), now);
+        }
+    }
+
+    /// Every window's start and used count at `now`, for saving.
+    pub fn snapshot(&self, now: Timestamp) -> [(LimitKind, Timestamp, u64); 4] {
+        LimitKind::ALL.map(|k| (k, self.window(k).start_at(now), self.used(k, now)))
     }
 
     /// Adds `n` to one window (used by lease grants and usage reports).

@@ -132,6 +132,10 @@ pub struct Lease {
     pub expires_at: Timestamp,
     /// The owner's monthly spend when granting, for non-owners' spend check.
     pub spend_used_micros: u64,
+    /// What the owner still had unleased right after this grant: with the
+    /// lease's own remainder, a non-owner's estimate of the window's
+    /// remaining quota (for `x-ratelimit-remaining-*`; never for admission).
+    pub owner_left: Quota,
 }
 
 impl Lease {
@@ -278,6 +282,7 @@ impl<U: QuotaSource> LeaseManager<U> {
             day_start: Period::Day.start(now),
             expires_at: Period::Minute.end(window_start),
             spend_used_micros: self.counters.used(LimitKind::MonthlySpend, now),
+            owner_left: self.available(now),
         }
     }
 
@@ -398,6 +403,15 @@ impl LocalQuota {
     pub fn remaining(&self, now: Timestamp) -> Quota {
         match &self.lease {
             Some(l) if now < l.expires_at && now >= l.window_start => l.quota(),
+            _ => Quota::ZERO,
+        }
+    }
+
+    /// What the owner had unleased at the last grant, while that grant's
+    /// window lasts (an estimate for headers, never for admission).
+    pub fn owner_left(&self, now: Timestamp) -> Quota {
+        match &self.lease {
+            Some(l) if now < l.expires_at && now >= l.window_start => l.owner_left,
             _ => Quota::ZERO,
         }
     }

@@ -195,6 +195,7 @@ fn local_quota_lifecycle() {
         day_start: T0,
         expires_at: T0.plus_ms(60_000),
         spend_used_micros: 0,
+        owner_left: Quota::ZERO,
     };
     lq.on_grant(stale, later, &mut out);
     assert!(matches!(

@@ -262,6 +262,7 @@ def gateway_config(upstream: Upstream, extra_models: dict | None = None, extra_l
     limits.update(extra_limits or {})
     return {
         "listen": "127.0.0.1:0",
+        "auth": "none",
         "shards": 2,
         "limits": limits,
         "providers": {

@@ -147,7 +147,7 @@ pub fn start_gateway(config: &str) -> Proc {
 /// upstream behind `up`. `extra` is appended (top-level keys).
 pub fn config(upstream: Option<SocketAddr>, extra: &str) -> String {
     let mut c = String::from(
-        "listen: 127.0.0.1:0\nshards: 2\nproviders:\n  local: { kind: mock, output_tokens: 5 }\n",
+        "listen: 127.0.0.1:0\nshards: 2\nauth: none\nproviders:\n  local: { kind: mock, output_tokens: 5 }\n",
     );
     if let Some(a) = upstream {
         c.push_str(&format!(

@@ -118,7 +118,7 @@ fn tls_config_yaml(dir: &Path, client_ca: bool) -> String {
     };
     format!(
         "listeners:\n  - {{ address: 127.0.0.1:0 }}\n  - {{ address: 127.0.0.1:0, tls: {{ cert: {d}/server.pem, key: {d}/server.key, reload_interval: 100ms{ca} }} }}\n\
-         shards: 2\nproviders:\n  local: {{ kind: mock, output_tokens: 3 }}\nmodels:\n  local: {{ targets: [ {{ provider: local, model: mock-1 }} ] }}\n"
+         shards: 2\nauth: none\nproviders:\n  local: {{ kind: mock, output_tokens: 3 }}\nmodels:\n  local: {{ targets: [ {{ provider: local, model: mock-1 }} ] }}\n"
     )
 }
 
@@ -217,7 +217,7 @@ fn gateway_reaches_a_tls_upstream() {
     let dir_b = tempfile::tempdir().unwrap();
     ca.write(dir_b.path(), "upstream-ca.pem");
     let yaml_b = format!(
-        "listen: 127.0.0.1:0\nshards: 1\nproviders:\n  a: {{ kind: openai, base_url: \"https://localhost:{}/v1\", api_key: k, ca_file: {}/upstream-ca.pem }}\n\
+        "listen: 127.0.0.1:0\nshards: 1\nauth: none\nproviders:\n  a: {{ kind: openai, base_url: \"https://localhost:{}/v1\", api_key: k, ca_file: {}/upstream-ca.pem }}\n\
          models:\n  via-a: {{ targets: [ {{ provider: a, model: local }} ] }}\n",
         a_tls.port(),
         dir_b.path().display()

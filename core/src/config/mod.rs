@@ -51,6 +51,24 @@ pub struct Config {
     pub providers: Vec<Provider>,
     /// Gateway model aliases, sorted by name (for `/v1/models`).
     pub models: BTreeMap<String, ModelRoute>,
+    pub auth: AuthMode,
+    /// `- ai_runtime_policy:` entries, already checked to compile.
+    pub policies: Vec<shardgate_policy::PolicyEntry>,
+    /// Price overrides on top of the built-in table.
+    pub pricing: Vec<shardgate_policy::PriceSpec>,
+}
+
+/// Who may call the model APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// A gateway virtual key (`shardgate keys create`) on every request:
+    /// the default.
+    Keys,
+    /// Anyone who can connect (local development, or a gateway behind
+    /// another authenticating proxy). Policies with an empty `actor_scope`
+    /// still apply to everyone.
+    None,
 }
 
 #[derive(Debug, Clone)]

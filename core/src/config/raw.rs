@@ -1,11 +1,12 @@
 //! The config file as written, and its validation into [`Config`].
 
 use super::{
-    field, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider, Limits, Listener,
+    field, AuthMode, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider, Limits, Listener,
     ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, SecretRef, Target,
     UpstreamSettings, Wire,
 };
 use serde::Deserialize;
+use shardgate_policy::{PolicyEntry, PolicySet, PriceSpec};
 use shardgate_providers::anthropic::{self, AnthropicProvider};
 use shardgate_providers::azure::AzureProvider;
 use shardgate_providers::bedrock::BedrockProvider;
@@ -34,6 +35,11 @@ pub(super) struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     models: BTreeMap<String, RawModel>,
+    auth: Option<AuthMode>,
+    #[serde(default)]
+    policies: Vec<PolicyEntry>,
+    #[serde(default)]
+    pricing: Vec<PriceSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +274,9 @@ impl RawConfig {
         if models.is_empty() {
             return Err(field("models", "no model configured"));
         }
+        if let Err(e) = PolicySet::compile(&self.policies) {
+            return Err(field("policies", e.to_string()));
+        }
 
         Ok(Config {
             listeners,
@@ -276,6 +285,9 @@ impl RawConfig {
             upstream,
             providers,
             models,
+            auth: self.auth.unwrap_or(AuthMode::Keys),
+            policies: self.policies,
+            pricing: self.pricing,
         })
     }
 }

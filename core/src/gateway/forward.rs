@@ -62,6 +62,7 @@ pub async fn forward(
         reply,
         client: call.client,
         ctx: call.reply_ctx(&target.model),
+        call,
     };
     if streamed {
         relay::stream(shard, conn, answer, call.rid).await

@@ -12,7 +12,7 @@ use crate::server::{respond, ClientConn, Outcome};
 use glommio::timer::sleep;
 use shardgate_proto::anthropic as a;
 use shardgate_proto::mock::{self, Behaviour, ChunkKind};
-use shardgate_proto::openai::error_body;
+use shardgate_proto::openai::{error_body, Usage};
 use std::time::Duration;
 
 /// Answers `call` as the mock model `target.model`, in the client's dialect
@@ -72,7 +72,13 @@ pub async fn serve(
         "stop"
     };
     let served_by = format!("{provider}/{}", target.model);
-    let extra: [(&str, &[u8]); 1] = [("x-shardgate-target", served_by.as_bytes())];
+    let extra = call.extra(&served_by);
+    let usage = |completion: u64| Usage {
+        prompt_tokens: Some(prompt_tokens),
+        completion_tokens: Some(completion),
+        total_tokens: Some(prompt_tokens + completion),
+        ..Usage::default()
+    };
     let id = ctx.id.clone();
 
     if api == Api::Embeddings {
@@ -80,6 +86,7 @@ pub async fn serve(
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let mut body = Vec::new();
         mock::embeddings(&mut body, &ctx.model, &refs, 16);
+        call.meter(&target.model, Some(usage(0)), false);
         return send_json(conn, &extra, &body, rid).await;
     }
 
@@ -123,6 +130,7 @@ pub async fn serve(
                 })
             }
         };
+        call.meter(&target.model, Some(usage(n as u64)), false);
         return send_json(conn, &extra, &body, rid).await;
     }
 
@@ -157,12 +165,14 @@ pub async fn serve(
     }
     for i in 0..n {
         if b.cut_after == Some(i) {
+            call.meter(&target.model, Some(usage(i as u64)), true);
             let _ = conn.write(&out).await;
             return Attempt::Done(Outcome::CLOSE);
         }
         if let Some(p) = pace {
             if !out.is_empty() {
                 if conn.write(&out).await.is_err() {
+                    call.meter(&target.model, Some(usage(i as u64)), true);
                     return Attempt::Done(Outcome::CLOSE);
                 }
                 out.clear();
@@ -214,6 +224,7 @@ pub async fn serve(
     event.extend_from_slice(mock::DONE_EVENT);
     push_chunk(&mut out, &mut event);
     egress.finish(&mut out);
+    call.meter(&target.model, Some(usage(n as u64)), false);
     done(conn.write(&out).await)
 }
 

@@ -10,14 +10,17 @@ pub mod models;
 mod plan;
 mod relay;
 
-use crate::config::ProviderKind;
+use crate::admission::Refusal;
+use crate::config::{ModelRoute, ProviderKind};
 use crate::error::GatewayError;
 use crate::server::{respond, send_error, ClientConn, Outcome, Request};
 use crate::shard::Shard;
 use egress::ClientDialect;
 use shardgate_proto::h1::Method;
+use shardgate_proto::openai::Usage;
 use shardgate_proto::openai::{extract_facts, RequestFacts};
 use shardgate_providers::ReplyCtx;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// The model API endpoints the gateway serves.
@@ -63,9 +66,41 @@ pub struct Call<'a> {
     pub rid: &'a str,
     /// Unix seconds at arrival (`created` of translated answers).
     pub now_unix: u64,
+    /// Headers every response to this call carries (rate limits, fallback).
+    pub headers: Vec<(&'static str, String)>,
+    /// Tokens reserved for the prompt, the estimate for a cut stream.
+    pub prompt_estimate: u64,
+    /// What the answer used, set by whoever produced it.
+    pub metered: RefCell<Option<Metered>>,
+}
+
+/// What one answered call consumed, for settlement and audit.
+#[derive(Debug, Clone)]
+pub struct Metered {
+    /// The upstream model that served it (what is priced).
+    pub model: String,
+    pub usage: Option<Usage>,
+    /// Not the provider's word (a cut stream, an answer without usage).
+    pub estimated: bool,
 }
 
 impl Call<'_> {
+    /// The headers of every response to this call, plus the served target.
+    pub fn extra<'b>(&'b self, served_by: &'b str) -> Vec<(&'b str, &'b [u8])> {
+        let mut v: Vec<(&str, &[u8])> = Vec::with_capacity(self.headers.len() + 1);
+        v.push(("x-shardgate-target", served_by.as_bytes()));
+        v.extend(self.headers.iter().map(|(k, val)| (*k, val.as_bytes())));
+        v
+    }
+
+    pub fn meter(&self, model: &str, usage: Option<Usage>, estimated: bool) {
+        *self.metered.borrow_mut() = Some(Metered {
+            model: model.to_owned(),
+            usage,
+            estimated,
+        });
+    }
+
     /// What translators need to render answers for this client. Answers
     /// name the model that served them (`target`), as pass-through answers
     /// do: the alias is what the client asked for, not what ran.
@@ -83,23 +118,23 @@ impl Call<'_> {
     }
 }
 
-/// An error response in the client's dialect.
+/// An error response in the client's dialect, with `headers`.
 pub async fn send_error_in(
     conn: &mut ClientConn,
     client: ClientDialect,
     err: &GatewayError,
     rid: &str,
+    headers: &[(&'static str, String)],
 ) -> Outcome {
-    match client {
-        ClientDialect::OpenAi => send_error(conn, err, rid, false).await,
-        ClientDialect::Anthropic => {
-            let body = client.error_body(err);
-            let bytes = respond::full(err.status(), b"application/json", &[], &body, rid, false);
-            match conn.write(&bytes).await {
-                Ok(()) => Outcome::KEEP,
-                Err(_) => Outcome::CLOSE,
-            }
-        }
+    if client == ClientDialect::OpenAi && headers.is_empty() {
+        return send_error(conn, err, rid, false).await;
+    }
+    let body = client.error_body(err);
+    let extra: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    let bytes = respond::full(err.status(), b"application/json", &extra, &body, rid, false);
+    match conn.write(&bytes).await {
+        Ok(()) => Outcome::KEEP,
+        Err(_) => Outcome::CLOSE,
     }
 }
 
@@ -190,14 +225,61 @@ async fn handle_api(
     let mut scratch = Vec::new();
     let mut facts: RequestFacts = match extract_facts(&req.body, &mut scratch) {
         Ok(f) => f,
-        Err(e) => return send_error_in(conn, client, &e.into(), rid).await,
+        Err(e) => return send_error_in(conn, client, &e.into(), rid, &[]).await,
     };
     if !api.can_stream() {
         facts.stream = false;
     }
-    let Some(model) = shard.config.models.get(&facts.model) else {
-        let e = GatewayError::ModelNotFound(facts.model.clone());
-        return send_error_in(conn, client, &e, rid).await;
+    let config = &shard.config;
+    let upstream_model = |alias: &str| {
+        config
+            .models
+            .get(alias)
+            .and_then(|m| m.targets.first())
+            .map_or_else(|| alias.to_owned(), |t| t.model.clone())
+    };
+    let ticket = match shard
+        .admission
+        .admit(
+            req,
+            &facts.model,
+            upstream_model,
+            facts.max_tokens,
+            &facts.tool_names,
+        )
+        .await
+    {
+        Ok(t) => t,
+        Err(Refusal::Unauthorized) => {
+            return send_error_in(conn, client, &GatewayError::Unauthorized, rid, &[]).await
+        }
+        Err(Refusal::Denied {
+            reason,
+            mut headers,
+        }) => {
+            if let Some(secs) = reason.retry_after_secs() {
+                headers.push(("retry-after", secs.to_string()));
+            }
+            let err = GatewayError::Policy(reason);
+            log::info!("{rid}: refused: {err}");
+            return send_error_in(conn, client, &err, rid, &headers).await;
+        }
+    };
+    let mut headers = ticket.headers.clone();
+    let alias = match &ticket.fallback {
+        Some(fallback) => {
+            headers.push(("x-shardgate-fallback-model", fallback.clone()));
+            headers.push(("x-shardgate-requested-model", facts.model.clone()));
+            fallback.clone()
+        }
+        None => facts.model.clone(),
+    };
+    let Some(model) = config.models.get(&alias) else {
+        let e = GatewayError::ModelNotFound(alias);
+        shard
+            .admission
+            .settle(&ticket, "", Some(&Usage::default()), false);
+        return send_error_in(conn, client, &e, rid, &headers).await;
     };
     let call = Call {
         shard,
@@ -209,15 +291,39 @@ async fn handle_api(
         now_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        headers,
+        prompt_estimate: ticket.prompt_estimate(),
+        metered: RefCell::new(None),
     };
+    let outcome = route_call(&call, conn, model).await;
+    match call.metered.borrow().as_ref() {
+        Some(m) => {
+            shard
+                .admission
+                .settle(&ticket, &m.model, m.usage.as_ref(), m.estimated);
+        }
+        // Nothing was answered: the reservation goes back, the request
+        // still counts.
+        None => {
+            shard
+                .admission
+                .settle(&ticket, "", Some(&Usage::default()), false);
+        }
+    }
+    outcome
+}
+
+/// Tries the alias's targets in order until one answers.
+async fn route_call(call: &Call<'_>, conn: &mut ClientConn, model: &ModelRoute) -> Outcome {
+    let (shard, rid, client) = (call.shard, call.rid, call.client);
     let targets = &model.targets;
     for (i, target) in targets.iter().enumerate() {
         let Some(provider) = shard.config.providers.get(target.provider) else {
             continue;
         };
         let attempt = match &provider.kind {
-            ProviderKind::Mock(m) => mock::serve(&call, conn, &provider.name, m, target).await,
-            ProviderKind::Http(h) => forward::forward(&call, conn, target, provider, h).await,
+            ProviderKind::Mock(m) => mock::serve(call, conn, &provider.name, m, target).await,
+            ProviderKind::Http(h) => forward::forward(call, conn, target, provider, h).await,
         };
         match attempt {
             Attempt::Done(outcome) => return outcome,
@@ -231,10 +337,10 @@ async fn handle_api(
             }
             Attempt::Failed(err) => {
                 log::info!("{rid}: {} {}: {}", provider.name, err.label(), err);
-                return send_error_in(conn, client, &err, rid).await;
+                return send_error_in(conn, client, &err, rid, &call.headers).await;
             }
         }
     }
-    let e = GatewayError::ModelNotFound(facts.model.clone());
-    send_error_in(conn, client, &e, rid).await
+    let e = GatewayError::ModelNotFound(call.facts.model.clone());
+    send_error_in(conn, client, &e, rid, &call.headers).await
 }

@@ -145,20 +145,29 @@ fn prepare_ctx<'a>(target: &'a Target, key: Option<&'a str>) -> PrepareCtx<'a> {
 }
 
 /// The client's body with `model` set to the upstream's name; nothing else
-/// is touched or re-serialized.
+/// is touched or re-serialized. An OpenAI stream is also asked for its usage
+/// chunk (`stream_options.include_usage`), which accounting needs; the relay
+/// withholds that chunk from a client that did not ask for it.
 fn patch_model(call: &Call<'_>, target: &Target) -> Result<Vec<u8>, GatewayError> {
     let body = &call.req.body;
     let members = top_level_members(body).map_err(|e| GatewayError::BadBody(e.to_string()))?;
     let mut model = Vec::with_capacity(target.model.len() + 2);
     write_json_string(&mut model, &target.model);
-    Ok(patch_object(
-        body,
-        &members,
-        &[Edit::Set {
-            key: "model",
-            value: &model,
-        }],
-    ))
+    let mut edits = vec![Edit::Set {
+        key: "model",
+        value: &model,
+    }];
+    let ask_usage = call.client == ClientDialect::OpenAi
+        && call.facts.stream
+        && !call.facts.include_usage
+        && matches!(call.api, Api::ChatCompletions | Api::Completions);
+    if ask_usage {
+        edits.push(Edit::Set {
+            key: "stream_options",
+            value: br#"{"include_usage":true}"#,
+        });
+    }
+    Ok(patch_object(body, &members, &edits))
 }
 
 pub(super) fn client_json<'a, T: serde::Deserialize<'a>>(

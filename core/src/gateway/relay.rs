@@ -12,13 +12,14 @@
 
 use super::egress::{push_chunk, ClientDialect, StreamEgress};
 use super::plan::Reply;
-use super::Attempt;
+use super::{Attempt, Call};
 use crate::client::{BodyReader, BodyStep, ReadError, UpstreamConn, UpstreamHead};
 use crate::config::Wire;
 use crate::error::GatewayError;
 use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
+use shardgate_proto::openai::Usage;
 use shardgate_proto::sse::SseFramer;
 use shardgate_providers::{gemini, ReplyCtx, StreamTranslator};
 
@@ -36,6 +37,7 @@ pub struct Answer<'a> {
     pub reply: Reply,
     pub client: ClientDialect,
     pub ctx: ReplyCtx,
+    pub call: &'a Call<'a>,
 }
 
 /// Error bodies are small; a provider sending megabytes of error is cut.
@@ -100,6 +102,7 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
         reply,
         client,
         ctx,
+        call,
     } = answer;
     let settings = shard.pool.settings();
     let mut reader = BodyReader::new(head.framing);
@@ -125,15 +128,26 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     if head.keep_alive {
         shard.pool.checkin(provider, up);
     }
+    let mut usage = None;
     let translated = match reply {
-        Reply::Same => Ok(body),
-        Reply::FromOpenAi => client.success_body(body),
+        Reply::Same => {
+            usage = usage_of_body(client, &body);
+            Ok(body)
+        }
+        Reply::FromOpenAi => {
+            usage = usage_of_body(ClientDialect::OpenAi, &body);
+            client.success_body(body)
+        }
         Reply::FromWire => wire
             .provider()
             .response_to_openai(&body, &ctx)
-            .and_then(|(b, _usage)| client.success_body(b)),
+            .and_then(|(b, u)| {
+                usage = Some(openai_usage(&u));
+                client.success_body(b)
+            }),
         Reply::GeminiEmbeddings => gemini::embeddings_response(&body, &ctx.model),
     };
+    call.meter(&ctx.model, usage, usage.is_none());
     let body = match translated {
         Ok(b) => b,
         Err(e) => {
@@ -150,7 +164,7 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     let bytes = respond::full(
         head.status,
         content_type,
-        &[("x-shardgate-target", served_by.as_bytes())],
+        &call.extra(&served_by),
         &body,
         rid,
         false,
@@ -163,8 +177,9 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
 
 /// How stream bytes from the upstream become the client's.
 enum Pipe {
-    /// Same dialect: events relayed as they came, one chunk each.
-    Same(SseFramer),
+    /// Same dialect: events relayed as they came, one chunk each, watched
+    /// for usage.
+    Same(SseFramer, Tap),
     /// The provider's translator (if its dialect is not OpenAI), then the
     /// client's egress. Boxed: one allocation per translated stream.
     Translate(Box<Translating>),
@@ -179,7 +194,10 @@ struct Translating {
 impl Pipe {
     fn new(answer: &Answer<'_>, max_event_bytes: usize) -> Self {
         match answer.reply {
-            Reply::Same | Reply::GeminiEmbeddings => Pipe::Same(SseFramer::new(max_event_bytes)),
+            Reply::Same | Reply::GeminiEmbeddings => Pipe::Same(
+                SseFramer::new(max_event_bytes),
+                Tap::new(answer.client, answer.call.facts.include_usage),
+            ),
             Reply::FromOpenAi => Pipe::Translate(Box::new(Translating {
                 wire: None,
                 egress: StreamEgress::from_openai(answer.client, &answer.ctx),
@@ -196,11 +214,13 @@ impl Pipe {
     /// Appends what `data` makes for the client to `out`.
     fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         match self {
-            Pipe::Same(framer) => framer
+            Pipe::Same(framer, tap) => framer
                 .feed(data, |event| {
-                    encode_chunk_header(event.raw.len(), out);
-                    out.extend_from_slice(event.raw);
-                    out.extend_from_slice(CHUNK_END);
+                    if tap.relay(event.raw) {
+                        encode_chunk_header(event.raw.len(), out);
+                        out.extend_from_slice(event.raw);
+                        out.extend_from_slice(CHUNK_END);
+                    }
                 })
                 .map_err(|e| e.to_string()),
             Pipe::Translate(t) => match &mut t.wire {
@@ -215,17 +235,37 @@ impl Pipe {
         }
     }
 
-    /// The upstream body ended: close the client's stream.
-    fn finish(self, out: &mut Vec<u8>) {
+    /// Usage seen so far (for a stream that ends early).
+    fn usage(&self) -> Option<Usage> {
         match self {
-            Pipe::Same(mut framer) => {
+            Pipe::Same(_, tap) => tap.usage,
+            Pipe::Translate(_) => None,
+        }
+    }
+
+    /// Content events relayed so far (same-dialect streams).
+    fn events(&self) -> u64 {
+        match self {
+            Pipe::Same(_, tap) => tap.events,
+            Pipe::Translate(_) => 0,
+        }
+    }
+
+    /// The upstream body ended: close the client's stream. Returns the
+    /// usage reported and whether the upstream ended before its end marker.
+    fn finish(self, out: &mut Vec<u8>) -> (Option<Usage>, bool) {
+        match self {
+            Pipe::Same(mut framer, mut tap) => {
                 if let Some(rest) = framer.finish() {
                     // An unterminated last event: pass it on, terminated.
                     let mut tail = rest.to_vec();
                     tail.extend_from_slice(b"\n\n");
-                    push_chunk(out, &tail);
+                    if tap.relay(&tail) {
+                        push_chunk(out, &tail);
+                    }
                 }
                 out.extend_from_slice(LAST_CHUNK);
+                (tap.usage, !tap.ended)
             }
             Pipe::Translate(t) => {
                 let Translating {
@@ -233,22 +273,172 @@ impl Pipe {
                     mut egress,
                     mut mid,
                 } = *t;
+                let mut summary = None;
                 if let Some(w) = wire {
                     mid.clear();
-                    let _summary = w.finish(&mut mid);
+                    summary = Some(w.finish(&mut mid));
                     let _ = egress.push(&mid, out);
                 }
-                let _ = egress.finish(out);
+                let egress_summary = egress.finish(out);
+                let s = summary.or(egress_summary).unwrap_or_default();
+                let usage = (s.usage.input_tokens.is_some() || s.usage.output_tokens.is_some())
+                    .then(|| openai_usage(&s.usage));
+                (usage, s.cut || s.usage.estimated)
             }
         }
     }
 
     fn fail(self, err: &GatewayError, out: &mut Vec<u8>, client: ClientDialect) {
         match self {
-            Pipe::Same(_) => StreamEgress::identity(client).fail(err, out),
+            Pipe::Same(..) => StreamEgress::identity(client).fail(err, out),
             Pipe::Translate(t) => t.egress.fail(err, out),
         }
     }
+}
+
+/// Watches a same-dialect stream for usage without re-serializing it: only
+/// events that mention `"usage"` are parsed. For OpenAI streams the gateway
+/// asked for the usage chunk itself when the client did not, and that chunk
+/// is withheld from such clients.
+struct Tap {
+    client: ClientDialect,
+    client_wants_usage: bool,
+    usage: Option<Usage>,
+    /// The stream's end marker was seen (`[DONE]`, `message_stop`).
+    ended: bool,
+    /// Content events relayed: the output estimate of a cut stream.
+    events: u64,
+    scratch: Vec<u8>,
+}
+
+impl Tap {
+    fn new(client: ClientDialect, client_wants_usage: bool) -> Self {
+        Tap {
+            client,
+            client_wants_usage,
+            usage: None,
+            ended: false,
+            events: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Looks at one event; false if the client must not see it.
+    fn relay(&mut self, raw: &[u8]) -> bool {
+        let json = json_of_event(raw);
+        match self.client {
+            ClientDialect::OpenAi => {
+                if json.is_empty() && contains(raw, b"[DONE]") {
+                    self.ended = true;
+                    return true;
+                }
+                if let Some(u) = shardgate_proto::openai::extract_usage(json, &mut self.scratch) {
+                    self.usage = Some(u);
+                    // The usage-only chunk OpenAI sends last has no choices.
+                    if !self.client_wants_usage && contains(json, b"\"choices\":[]") {
+                        return false;
+                    }
+                } else {
+                    self.events += 1;
+                }
+                true
+            }
+            ClientDialect::Anthropic => {
+                if contains(json, b"\"message_stop\"") {
+                    self.ended = true;
+                } else if contains(json, b"\"usage\"") {
+                    anthropic_stream_usage(json, &mut self.usage);
+                } else if contains(json, b"\"content_block_delta\"") {
+                    self.events += 1;
+                }
+                true
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The JSON of a one-line `data:` event (empty when there is none).
+fn json_of_event(raw: &[u8]) -> &[u8] {
+    match (
+        raw.iter().position(|&b| b == b'{'),
+        raw.iter().rposition(|&b| b == b'}'),
+    ) {
+        (Some(a), Some(b)) if a < b => &raw[a..=b],
+        _ => &[],
+    }
+}
+
+/// Usage from Anthropic's `message_start` (input) and `message_delta`
+/// (output, and input again in newer API versions).
+fn anthropic_stream_usage(json: &[u8], usage: &mut Option<Usage>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return;
+    };
+    let u = match v.get("type").and_then(|t| t.as_str()) {
+        Some("message_start") => v.pointer("/message/usage"),
+        Some("message_delta") => v.get("usage"),
+        _ => None,
+    };
+    let Some(u) =
+        u.and_then(|u| serde_json::from_value::<shardgate_proto::anthropic::Usage>(u.clone()).ok())
+    else {
+        return;
+    };
+    let new = openai_usage(&shardgate_providers::anthropic::usage(&u));
+    let cur = usage.get_or_insert_with(Usage::default);
+    cur.prompt_tokens = new.prompt_tokens.or(cur.prompt_tokens);
+    cur.cached_tokens = new.cached_tokens.or(cur.cached_tokens);
+    cur.completion_tokens = new.completion_tokens.or(cur.completion_tokens);
+    cur.total_tokens = match (cur.prompt_tokens, cur.completion_tokens) {
+        (None, None) => None,
+        (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
+    };
+}
+
+/// Usage of a whole body in `dialect`.
+fn usage_of_body(dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
+    match dialect {
+        ClientDialect::OpenAi => shardgate_proto::openai::extract_usage(body, &mut Vec::new()),
+        ClientDialect::Anthropic => {
+            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+            let u: shardgate_proto::anthropic::Usage =
+                serde_json::from_value(v.get("usage")?.clone()).ok()?;
+            Some(openai_usage(&shardgate_providers::anthropic::usage(&u)))
+        }
+    }
+}
+
+/// The providers' usage record in the OpenAI shape policy prices.
+pub fn openai_usage(u: &shardgate_providers::Usage) -> Usage {
+    Usage {
+        prompt_tokens: u.input_tokens,
+        completion_tokens: u.output_tokens,
+        total_tokens: match (u.input_tokens, u.output_tokens) {
+            (None, None) => None,
+            (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
+        },
+        cached_tokens: u.cached_input_tokens,
+        reasoning_tokens: u.reasoning_tokens,
+    }
+}
+
+/// Records a stream's usage. A stream that ended without the provider's
+/// figures is settled from what was relayed: the prompt estimate and one
+/// token per content event, marked estimated.
+fn meter_stream(call: &Call<'_>, model: &str, usage: Option<Usage>, cut: bool, events: u64) {
+    let usage = usage.or_else(|| {
+        (events > 0 || call.prompt_estimate > 0).then(|| Usage {
+            prompt_tokens: Some(call.prompt_estimate),
+            completion_tokens: Some(events),
+            total_tokens: Some(call.prompt_estimate + events),
+            ..Usage::default()
+        })
+    });
+    call.meter(model, usage, cut || usage.is_none());
 }
 
 /// An event stream, relayed as it arrives.
@@ -267,13 +457,11 @@ pub async fn stream(
         name,
         served_by,
         client,
+        call,
+        ctx,
         ..
     } = answer;
-    let client_head = respond::stream_head(
-        head.status,
-        rid,
-        &[("x-shardgate-target", served_by.as_bytes())],
-    );
+    let client_head = respond::stream_head(head.status, rid, &call.extra(&served_by));
     if conn.write(&client_head).await.is_err() {
         return Attempt::Done(Outcome::CLOSE);
     }
@@ -304,14 +492,19 @@ pub async fn stream(
         .await;
         let failure = match step {
             // The client left: dropping `up` closes the upstream connection.
-            None => return Attempt::Done(Outcome::CLOSE),
+            None => {
+                meter_stream(call, &ctx.model, pipe.usage(), true, pipe.events());
+                return Attempt::Done(Outcome::CLOSE);
+            }
             Some(Ok(_)) if feed_error.is_some() => Some(GatewayError::UpstreamProtocol {
                 provider: name.to_owned(),
                 reason: feed_error.unwrap_or_default(),
             }),
             Some(Ok(BodyStep::Data)) => None,
             Some(Ok(BodyStep::End)) => {
-                pipe.finish(&mut out);
+                let events = pipe.events();
+                let (usage, cut) = pipe.finish(&mut out);
+                meter_stream(call, &ctx.model, usage, cut, events);
                 if head.keep_alive {
                     shard.pool.checkin(provider, up);
                 }
@@ -324,6 +517,7 @@ pub async fn stream(
         };
         if let Some(err) = failure {
             log::info!("{rid}: stream from {name} failed: {err}");
+            meter_stream(call, &ctx.model, pipe.usage(), true, pipe.events());
             pipe.fail(&err, &mut out, client);
             return Attempt::Done(match conn.write(&out).await {
                 Ok(()) => Outcome::KEEP,
@@ -332,6 +526,7 @@ pub async fn stream(
         }
         if !out.is_empty() {
             if conn.write(&out).await.is_err() {
+                meter_stream(call, &ctx.model, pipe.usage(), true, pipe.events());
                 return Attempt::Done(Outcome::CLOSE);
             }
             out.clear();

@@ -1,0 +1,73 @@
+//! Quota messages between shards, over glommio's channel mesh: one
+//! lock-free single-producer ring per ordered pair of shards, each woken by
+//! an eventfd. Only lease traffic moves here (a `Want` when a shard's slice
+//! of a bucket runs low, the owner's `Grant`, returns and usage reports),
+//! never a request: the request path at most enqueues a message.
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use shardgate_policy::{Lease, Limits, ToOwner};
+use std::rc::Rc;
+
+/// What one shard tells another about a bucket (named by its scope key).
+#[derive(Debug, Clone)]
+pub enum ShardMsg {
+    /// To the bucket's owner. `limits` travel along so an owner that has not
+    /// seen the bucket yet can open its ledger.
+    ToOwner {
+        bucket: String,
+        limits: Limits,
+        msg: ToOwner,
+    },
+    /// From the owner, answering a `Want`.
+    Grant { bucket: String, lease: Lease },
+}
+
+/// Capacity of each shard-to-shard ring. Messages are per lease, not per
+/// request, so a full ring means a stalled peer; senders then wait on a task
+/// of their own rather than on the request path.
+pub const RING: usize = 1024;
+
+pub type Builder = MeshBuilder<ShardMsg, Full>;
+
+pub fn builder(shards: usize) -> Builder {
+    MeshBuilder::full(shards, RING)
+}
+
+/// This shard's senders. Peer ids are the mesh's (all shards agree on them),
+/// and they are what `owner_shard` indexes.
+pub struct Mesh {
+    senders: Senders<ShardMsg>,
+}
+
+impl Mesh {
+    pub fn new(senders: Senders<ShardMsg>) -> Rc<Self> {
+        Rc::new(Self { senders })
+    }
+
+    pub fn me(&self) -> usize {
+        self.senders.peer_id()
+    }
+
+    pub fn peers(&self) -> usize {
+        self.senders.nr_consumers()
+    }
+
+    /// Enqueues `msg` for shard `to` without waiting: when the ring is full
+    /// a detached task waits for room.
+    pub fn send(self: &Rc<Self>, to: usize, msg: ShardMsg) {
+        use glommio::{GlommioError, ResourceType};
+        match self.senders.try_send_to(to, msg) {
+            Ok(()) => {}
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                let mesh = self.clone();
+                glommio::spawn_local(async move {
+                    if mesh.senders.send_to(to, msg).await.is_err() {
+                        log::warn!("quota message to shard {to} lost: its ring is closed");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => log::warn!("quota message to shard {to} lost: {e}"),
+        }
+    }
+}

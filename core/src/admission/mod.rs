@@ -1,0 +1,483 @@
+//! Admission: who is calling, may they, and how much is left. Runs before a
+//! request is routed and again (settlement) after its answer.
+//!
+//! Per shard, nothing shared: a snapshot of the key table, the compiled
+//! policies, and one ledger slot per budget bucket. A bucket's counters live
+//! on its owner shard (`owner_shard(scope_key)`), which admits its own
+//! requests directly; other shards admit from a lease of the owner's quota
+//! and talk to it only over the [`mesh`] when the lease runs low. The
+//! overshoot bound that gives is documented (and tested) in
+//! `shardgate_policy::lease`: zero for requests and reserved tokens.
+
+pub mod mesh;
+mod prompt;
+
+use crate::config::{AuthMode, Config};
+use crate::server::Request;
+use mesh::{Mesh, ShardMsg};
+use shardgate_policy::{
+    decide, estimate_prompt_tokens, owner_shard, parse_credential, Actor, Counters, Decision,
+    DenyReason, KeyStore, LeaseManager, LimitKind, Limits, LocalQuota, PolicySet, PricingTable,
+    Quota, RateLimitHeaders, RequestFacts, Reservation, Resolved, Settlement, Take, Timestamp,
+    ToOwner,
+};
+use shardgate_proto::openai::Usage;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How long a request waits for a lease refill from the owner before it is
+/// refused. Refills are one message round trip between cores (microseconds)
+/// unless the owner is saturated.
+const GRANT_WAIT: Duration = Duration::from_millis(50);
+const GRANT_POLL: Duration = Duration::from_micros(250);
+
+/// A request that may go on: what settlement needs afterwards, and the
+/// headers every response to it carries.
+#[derive(Debug)]
+pub struct Ticket {
+    /// `None` when auth is off.
+    pub key_id: Option<String>,
+    /// The model alias to serve when the policy substituted its fallback.
+    pub fallback: Option<String>,
+    /// `x-ratelimit-*` headers as they stood after admission.
+    pub headers: Vec<(&'static str, String)>,
+    held: Option<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    reservation: Reservation,
+    /// Scope key and limits of each bucket the reservation was taken from.
+    buckets: Vec<(String, Limits)>,
+}
+
+impl Ticket {
+    fn open() -> Self {
+        Ticket {
+            key_id: None,
+            fallback: None,
+            headers: Vec::new(),
+            held: None,
+        }
+    }
+
+    /// Tokens reserved for the prompt (0 when no token limit applies).
+    pub fn prompt_estimate(&self) -> u64 {
+        self.held
+            .as_ref()
+            .map_or(0, |h| h.reservation.prompt_tokens)
+    }
+}
+
+/// Why a request may not go on.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Missing, unknown, revoked or expired key: all look the same.
+    Unauthorized,
+    Denied {
+        reason: DenyReason,
+        headers: Vec<(&'static str, String)>,
+    },
+}
+
+/// One bucket's ledger on this shard.
+enum Slot {
+    Owned(LeaseManager),
+    /// With the bucket's limits, which travel with messages to the owner.
+    Leased(LocalQuota, Limits),
+}
+
+pub struct Admission {
+    mode: AuthMode,
+    policies: PolicySet,
+    pricing: PricingTable,
+    keys: RefCell<Rc<KeyStore>>,
+    slots: RefCell<HashMap<String, Slot>>,
+    mesh: RefCell<Option<Rc<Mesh>>>,
+    /// Scratch for messages produced by the policy state machines.
+    outbox: RefCell<Vec<ToOwner>>,
+}
+
+pub fn now() -> Timestamp {
+    Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+impl Admission {
+    pub fn new(config: &Config, keys: Rc<KeyStore>) -> Self {
+        // Config validation compiled these already; an error here cannot
+        // happen, and would only mean no policies.
+        let policies = PolicySet::compile(&config.policies).unwrap_or_else(|e| {
+            log::error!("policies: {e}");
+            PolicySet::default()
+        });
+        Admission {
+            mode: config.auth,
+            policies,
+            pricing: PricingTable::new(&config.pricing),
+            keys: RefCell::new(keys),
+            slots: RefCell::new(HashMap::new()),
+            mesh: RefCell::new(None),
+            outbox: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// True when admission has nothing to do: no keys, no policies.
+    pub fn is_open(&self) -> bool {
+        self.mode == AuthMode::None && self.policies.policies().is_empty()
+    }
+
+    pub fn set_mesh(&self, mesh: Rc<Mesh>) {
+        *self.mesh.borrow_mut() = Some(mesh);
+    }
+
+    pub fn replace_keys(&self, keys: Rc<KeyStore>) {
+        *self.keys.borrow_mut() = keys;
+    }
+
+    pub fn pricing(&self) -> &PricingTable {
+        &self.pricing
+    }
+
+    fn me_and_peers(&self) -> (usize, usize) {
+        self.mesh
+            .borrow()
+            .as_ref()
+            .map_or((0, 1), |m| (m.me(), m.peers()))
+    }
+
+    fn actor(&self, req: &Request, now: Timestamp) -> Result<Actor, Refusal> {
+        match self.mode {
+            AuthMode::None => Ok(Actor {
+                key_id: "anonymous".to_owned(),
+                team: None,
+                tenant: None,
+                app: None,
+                environment: None,
+            }),
+            AuthMode::Keys => {
+                let presented =
+                    parse_credential(req.header("authorization"), req.header("x-api-key"))
+                        .map_err(|_| Refusal::Unauthorized)?;
+                self.keys
+                    .borrow()
+                    .authenticate(presented, now)
+                    .map_err(|_| Refusal::Unauthorized)
+            }
+        }
+    }
+
+    /// Decides a request for model alias `model`. `tokenizer_model` names
+    /// the upstream model whose tokenizer estimates the prompt.
+    pub async fn admit(
+        &self,
+        req: &Request,
+        model: &str,
+        tokenizer_model: impl Fn(&str) -> String,
+        max_output_tokens: Option<u64>,
+        tool_names: &[String],
+    ) -> Result<Ticket, Refusal> {
+        if self.is_open() {
+            return Ok(Ticket::open());
+        }
+        let now = now();
+        let actor = self.actor(req, now)?;
+        let key_id = (self.mode == AuthMode::Keys).then(|| actor.key_id.clone());
+        let resolved = self.policies.resolve(&actor);
+        let prompt_tokens = if resolved.needs_token_estimate() {
+            let texts = prompt::texts(&req.body);
+            let chosen = resolved
+                .choose_model(model)
+                .map_or(model.to_owned(), |(m, _)| m.to_owned());
+            estimate_prompt_tokens(&tokenizer_model(&chosen), texts.iter().map(String::as_str))
+        } else {
+            0
+        };
+        let tools: Vec<&str> = tool_names.iter().map(String::as_str).collect();
+        let facts = RequestFacts {
+            model,
+            estimated_prompt_tokens: prompt_tokens,
+            max_output_tokens,
+            tool_names: &tools,
+        };
+        let views = self.views(&resolved, now);
+        let (fallback, reservation) = match decide(&resolved, &facts, &views, now) {
+            Decision::Deny(reason) => {
+                let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
+                return Err(Refusal::Denied { reason, headers });
+            }
+            Decision::Allow {
+                model: chosen,
+                fell_back,
+                reservation,
+            } => (fell_back.then(|| chosen.to_owned()), reservation),
+        };
+        let buckets: Vec<(String, Limits)> = resolved
+            .buckets()
+            .iter()
+            .map(|b| (b.scope_key.to_owned(), b.limits))
+            .collect();
+        let mut taken: Vec<usize> = Vec::with_capacity(buckets.len());
+        for (i, (key, limits)) in buckets.iter().enumerate() {
+            if let Err(reason) = self.take(key, *limits, &reservation).await {
+                for &j in &taken {
+                    let (k, _) = &buckets[j];
+                    self.give_back(k, &reservation);
+                }
+                let views = self.views(&resolved, now);
+                let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
+                return Err(Refusal::Denied { reason, headers });
+            }
+            taken.push(i);
+        }
+        let views = self.views(&resolved, self::now());
+        let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
+        Ok(Ticket {
+            key_id,
+            fallback,
+            headers,
+            held: (!buckets.is_empty()).then_some(Held {
+                reservation,
+                buckets,
+            }),
+        })
+    }
+
+    /// Counters as this shard sees each bucket: the owner's own; elsewhere a
+    /// view built from the lease (what the owner had left when it granted,
+    /// plus what is left of the lease), with the owner's spend snapshot.
+    fn views(&self, resolved: &Resolved<'_>, now: Timestamp) -> Vec<Counters> {
+        let slots = self.slots.borrow();
+        resolved
+            .buckets()
+            .iter()
+            .map(|b| match slots.get(b.scope_key) {
+                Some(Slot::Owned(lm)) => *lm.counters(),
+                Some(Slot::Leased(lq, _)) => {
+                    let mut c = Counters::new(now);
+                    let left = lq.remaining(now).saturating_add(lq.owner_left(now));
+                    let used =
+                        |limit: Option<u64>, left: u64| limit.map_or(0, |l| l.saturating_sub(left));
+                    c.add(
+                        LimitKind::RequestsPerMinute,
+                        used(b.limits.requests_per_minute, left.requests),
+                        now,
+                    );
+                    c.add(
+                        LimitKind::TokensPerMinute,
+                        used(b.limits.tokens_per_minute, left.tokens),
+                        now,
+                    );
+                    if let Some(spend) = lq.spend_snapshot() {
+                        c.add(LimitKind::MonthlySpend, spend, now);
+                    }
+                    c
+                }
+                None => Counters::new(now),
+            })
+            .collect()
+    }
+
+    fn slot_for<'s>(
+        &self,
+        slots: &'s mut HashMap<String, Slot>,
+        key: &str,
+        limits: Limits,
+        now: Timestamp,
+    ) -> &'s mut Slot {
+        let (me, peers) = self.me_and_peers();
+        slots.entry(key.to_owned()).or_insert_with(|| {
+            if owner_shard(key, peers) == me {
+                Slot::Owned(LeaseManager::new(limits, now))
+            } else {
+                let (refill, low) = LocalQuota::suggested_refill(&limits, peers);
+                Slot::Leased(LocalQuota::new(me, refill, low), limits)
+            }
+        })
+    }
+
+    /// Takes `r` from one bucket, waiting (bounded) for a lease refill.
+    async fn take(&self, key: &str, limits: Limits, r: &Reservation) -> Result<(), DenyReason> {
+        let deadline = std::time::Instant::now() + GRANT_WAIT;
+        loop {
+            let now = now();
+            let step = {
+                let mut slots = self.slots.borrow_mut();
+                match self.slot_for(&mut slots, key, limits, now) {
+                    Slot::Owned(lm) => {
+                        if lm.admit(r, now) {
+                            Take::Admitted
+                        } else {
+                            Take::Exhausted {
+                                until: Timestamp(
+                                    now.0
+                                        + lm.counters()
+                                            .reset_in_ms(LimitKind::RequestsPerMinute, now),
+                                ),
+                            }
+                        }
+                    }
+                    Slot::Leased(lq, _) => {
+                        let mut out = self.outbox.borrow_mut();
+                        let t = lq.try_take(Quota::of(r), now, &mut out);
+                        drop(out);
+                        t
+                    }
+                }
+            };
+            self.flush(key, limits);
+            match step {
+                Take::Admitted => return Ok(()),
+                Take::WaitForGrant if std::time::Instant::now() < deadline => {
+                    glommio::timer::sleep(GRANT_POLL).await;
+                }
+                Take::WaitForGrant => return Err(limit_reason(&limits, r, now, now.0 + 1000)),
+                Take::Exhausted { until } => return Err(limit_reason(&limits, r, now, until.0)),
+            }
+        }
+    }
+
+    /// Releases a reservation taken from one bucket (another bucket refused).
+    fn give_back(&self, key: &str, r: &Reservation) {
+        let now = now();
+        let mut slots = self.slots.borrow_mut();
+        match slots.get_mut(key) {
+            Some(Slot::Owned(lm)) => {
+                use shardgate_policy::QuotaSource;
+                lm.release(Quota::of(r), r.minute_start, r.day_start, now);
+            }
+            Some(Slot::Leased(lq, _)) => {
+                use shardgate_policy::QuotaSource;
+                lq.release(Quota::of(r), r.minute_start, r.day_start, now);
+            }
+            None => {}
+        }
+    }
+
+    /// Settles a finished request: real usage replaces the reservation and
+    /// its cost is charged. `model` is the upstream model (what is priced).
+    /// Returns the cost in micro-dollars.
+    pub fn settle(
+        &self,
+        ticket: &Ticket,
+        model: &str,
+        usage: Option<&Usage>,
+        estimated: bool,
+    ) -> u64 {
+        let Some(held) = &ticket.held else {
+            return usage.map_or(0, |u| self.pricing.cost_micros(model, u));
+        };
+        let r = &held.reservation;
+        let cost = match usage {
+            Some(u) => self.pricing.cost_micros(model, u),
+            None => self
+                .pricing
+                .estimate_micros(model, r.prompt_tokens, r.output_tokens),
+        };
+        let s = Settlement::from_usage(r, usage, cost, estimated);
+        let now = now();
+        for (key, limits) in &held.buckets {
+            {
+                let mut slots = self.slots.borrow_mut();
+                match self.slot_for(&mut slots, key, *limits, now) {
+                    Slot::Owned(lm) => {
+                        lm.counters_mut().settle(r, &s, now);
+                    }
+                    Slot::Leased(lq, _) => {
+                        let mut out = self.outbox.borrow_mut();
+                        lq.settle(r, s.tokens, s.spend_micros, now, &mut out);
+                    }
+                }
+            }
+            self.flush(key, *limits);
+        }
+        cost
+    }
+
+    /// Sends what the state machines queued to the bucket's owner.
+    fn flush(&self, key: &str, limits: Limits) {
+        let msgs: Vec<ToOwner> = self.outbox.borrow_mut().drain(..).collect();
+        if msgs.is_empty() {
+            return;
+        }
+        let Some(mesh) = self.mesh.borrow().clone() else {
+            return;
+        };
+        let owner = owner_shard(key, mesh.peers());
+        for msg in msgs {
+            mesh.send(
+                owner,
+                ShardMsg::ToOwner {
+                    bucket: key.to_owned(),
+                    limits,
+                    msg,
+                },
+            );
+        }
+    }
+
+    /// A message from another shard.
+    pub fn on_message(&self, msg: ShardMsg) {
+        let now = now();
+        match msg {
+            ShardMsg::ToOwner {
+                bucket,
+                limits,
+                msg,
+            } => {
+                let reply = {
+                    let mut slots = self.slots.borrow_mut();
+                    match self.slot_for(&mut slots, &bucket, limits, now) {
+                        Slot::Owned(lm) => lm.on_message(msg, now),
+                        Slot::Leased(..) => {
+                            log::warn!("quota message for bucket {bucket} reached a non-owner");
+                            None
+                        }
+                    }
+                };
+                if let (Some((to, lease)), Some(mesh)) = (reply, self.mesh.borrow().clone()) {
+                    mesh.send(to, ShardMsg::Grant { bucket, lease });
+                }
+            }
+            ShardMsg::Grant { bucket, lease } => {
+                let limits = {
+                    let mut slots = self.slots.borrow_mut();
+                    match slots.get_mut(&bucket) {
+                        Some(Slot::Leased(lq, limits)) => {
+                            let mut out = self.outbox.borrow_mut();
+                            lq.on_grant(lease, now, &mut out);
+                            Some(*limits)
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(limits) = limits {
+                    self.flush(&bucket, limits);
+                }
+            }
+        }
+    }
+}
+
+/// The 429 reason for a bucket that could not cover `r` until `until_ms`.
+fn limit_reason(limits: &Limits, r: &Reservation, now: Timestamp, until_ms: u64) -> DenyReason {
+    let retry_after_ms = until_ms.saturating_sub(now.0).max(1);
+    let (kind, limit) = match (limits.requests_per_minute, limits.tokens_per_minute) {
+        (Some(l), _) if r.requests > 0 => (LimitKind::RequestsPerMinute, l),
+        (_, Some(l)) => (LimitKind::TokensPerMinute, l),
+        _ => (
+            LimitKind::TokensPerDay,
+            limits.tokens_per_day.unwrap_or_default(),
+        ),
+    };
+    DenyReason::RateLimited {
+        kind,
+        limit,
+        retry_after_ms,
+    }
+}

@@ -1,0 +1,88 @@
+//! The text of a request that counts as prompt, for token estimates. Only
+//! read when a token limit applies (see `Resolved::needs_token_estimate`):
+//! it parses the body once more, which the pass-through path otherwise
+//! never does.
+
+use serde_json::Value;
+
+/// Every prompt string of a chat (OpenAI or Anthropic), completion or
+/// embeddings body: message contents (strings and text parts), the system
+/// prompt, tool definitions (as their JSON), `prompt` and `input`.
+pub fn texts(body: &[u8]) -> Vec<String> {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(Value::Array(messages)) = obj.get("messages") {
+        for m in messages {
+            let mut text = String::new();
+            if let Some(c) = m.get("content") {
+                content_text(c, &mut text);
+            }
+            if let Some(calls) = m.get("tool_calls") {
+                text.push_str(&calls.to_string());
+            }
+            out.push(text);
+        }
+    }
+    for key in ["system", "prompt", "input"] {
+        if let Some(v) = obj.get(key) {
+            let mut text = String::new();
+            content_text(v, &mut text);
+            out.push(text);
+        }
+    }
+    if let Some(Value::Array(tools)) = obj.get("tools") {
+        for t in tools {
+            out.push(t.to_string());
+        }
+    }
+    out
+}
+
+fn content_text(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => out.push_str(s),
+        Value::Array(parts) => {
+            for p in parts {
+                match p {
+                    Value::String(s) => out.push_str(s),
+                    Value::Object(o) => {
+                        for key in ["text", "content", "input"] {
+                            if let Some(inner) = o.get(key) {
+                                content_text(inner, out);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Value::Object(o) => {
+            if let Some(inner) = o.get("text") {
+                content_text(inner, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_every_prompt_part() {
+        let body = br#"{"model":"m","system":[{"type":"text","text":"S"}],
+            "messages":[{"role":"user","content":"hello"},
+                        {"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}},{"type":"tool_result","content":"r"}]}],
+            "tools":[{"type":"function","function":{"name":"f"}}]}"#;
+        let t = texts(body);
+        assert_eq!(t[0], "hello");
+        assert_eq!(t[1], "ar");
+        assert_eq!(t[2], "S");
+        assert!(t[3].contains("\"name\":\"f\""));
+        assert_eq!(texts(br#"{"input":["x","y"]}"#), vec!["xy".to_owned()]);
+        assert!(texts(b"not json").is_empty());
+    }
+}
