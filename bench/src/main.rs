@@ -1,16 +1,19 @@
 //! `shardgate-bench`: LLM-aware load generator, mock inference server and
 //! side-by-side comparisons for Shardgate.
 //!
-//! - `mock`: a deterministic mock OpenAI server (the upstream for gateway
-//!   tests and benchmarks), behaviour chosen by model name.
+//! - `mock`: a deterministic mock provider server speaking the OpenAI,
+//!   Anthropic, Gemini and Bedrock dialects (the upstream for gateway tests
+//!   and benchmarks), behaviour chosen by model name.
 //! - `run`: a closed-loop load generator with latency/TTFT percentiles.
 //! - `compare`: the same load against several targets, interleaved, with
 //!   CPU per request.
 //!
 //! What it must never do: share the gateway's HTTP code paths. It depends on
-//! `shardgate-proto` only for `mock` (the shared deterministic bodies) and
-//! parses HTTP itself on `httparse`, so a framing bug in the gateway cannot
-//! hide behind the same bug in the tool that measures it.
+//! `shardgate-proto` only for `mock` (the shared deterministic bodies), on
+//! `shardgate-providers` only for the mock's Bedrock event-stream encoder
+//! (a pure function, checked against AWS's published frames), and parses
+//! HTTP itself on `httparse`, so a framing bug in the gateway cannot hide
+//! behind the same bug in the tool that measures it.
 
 mod args;
 mod compare;
@@ -18,7 +21,7 @@ mod error;
 mod http;
 mod loadgen;
 mod machine;
-mod mock_server;
+mod mock;
 mod shards;
 
 use clap::{Args, Parser, Subcommand};
@@ -40,13 +43,41 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve a mock OpenAI API (chat, completions, embeddings, models).
+    /// Serve a mock provider API: OpenAI, Anthropic, Gemini and Bedrock
+    /// dialects on one port, routed by path.
+    #[command(after_long_help = MOCK_HELP)]
     Mock(MockArgs),
     /// Closed-loop load against one URL.
     Run(RunArgs),
     /// The same load against several targets, interleaved round-robin.
     Compare(CompareArgs),
 }
+
+const MOCK_HELP: &str = "\
+Routes (one port):
+  OpenAI     POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models
+  Anthropic  POST /v1/messages                       (needs anthropic-version)
+  Gemini     POST /v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse,
+                  :embedContent, :batchEmbedContents
+  Bedrock    POST /model/{modelId}/converse, /model/{modelId}/converse-stream (event-stream)
+  GET /healthz
+
+With --require-key KEY: OpenAI wants `Authorization: Bearer KEY`, Anthropic `x-api-key: KEY`,
+Gemini `x-goog-api-key: KEY` (or ?key=KEY), Bedrock any `Authorization: AWS4-HMAC-SHA256 ...`
+(signature not checked) or `Bearer KEY`.
+
+Behaviour by model name (Gemini and Bedrock: the model in the path), in every dialect:
+  mock-tokens-N  mock-ttft-200ms  mock-tps-50  mock-429 / -500 / -503 (the dialect's error JSON)
+  mock-cut-after-N (stream: drop after N text/argument events; else close after the head)  mock-hang
+  combined: mock-tokens-20-ttft-50ms-tps-1000
+
+Tool calls: when the request offers tools (OpenAI/Anthropic `tools`, Gemini
+`tools[].functionDeclarations`, Bedrock `toolConfig.tools`), tool choice is not \"none\", and the
+last message is not a tool result, the answer is one call of the FIRST tool with arguments
+{\"query\":\" lorem ipsum dolor\"} (ids call_mock_0 / toolu_mock_0 / tooluse_mock_0; Gemini none),
+finish reason tool_calls / tool_use, streamed as the dialect's native tool-call deltas
+(5 argument fragments; Gemini one functionCall part); usage counts 5 output tokens.
+Otherwise the answer is text: the deterministic words \" lorem ipsum dolor sit ...\".";
 
 #[derive(Debug, Args)]
 struct MockArgs {
@@ -63,7 +94,7 @@ struct MockArgs {
     /// port with port 0).
     #[arg(long, default_value_t = 1)]
     instances: usize,
-    /// Answer 401 unless `Authorization: Bearer KEY`.
+    /// Require KEY in each dialect's auth header (see below); /healthz is open.
     #[arg(long, value_name = "KEY")]
     require_key: Option<String>,
     /// Completion length when the model name doesn't say (`mock-tokens-N`).
@@ -164,7 +195,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), BenchError> {
     match command {
-        Command::Mock(a) => mock_server::serve(mock_server::MockConfig {
+        Command::Mock(a) => mock::serve(mock::MockConfig {
             listen: a.listen,
             shards: ShardPlan {
                 count: a.shards.max(1),

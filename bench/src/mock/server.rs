@@ -1,0 +1,828 @@
+//! Listening, the per-connection HTTP/1.1 loop, request routing and the
+//! paced stream driver. Dialect specifics live in the sibling modules.
+
+use super::answer::{self, Dialect, ErrorCause, ErrorStyle, Generation};
+use super::gemini::Op;
+use super::wire::{self, frame_chunk, write_head, write_stream_head, LAST_CHUNK};
+use super::{anthropic, bedrock, gemini, openai};
+use crate::error::BenchError;
+use crate::shards::{spawn_shard, ShardPlan};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use shardgate_proto::mock::{self as m, Behaviour};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Largest request head plus body the mock accepts.
+const MAX_REQUEST: usize = 16 << 20;
+/// Initial per-connection read buffer.
+const READ_BUF: usize = 16 << 10;
+
+/// What `shardgate-bench mock` was asked to do.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    pub listen: SocketAddr,
+    pub shards: ShardPlan,
+    pub instances: usize,
+    pub require_key: Option<String>,
+    pub defaults: Behaviour,
+}
+
+/// Per-shard, read-only settings shared by its connections.
+struct Shared {
+    keys: Keys,
+    defaults: Behaviour,
+    shard: usize,
+    next_id: Cell<u64>,
+}
+
+/// The credentials each dialect must present, when a key is configured.
+#[derive(Debug, Clone, Default)]
+struct Keys {
+    /// The bare key (`x-api-key`, `x-goog-api-key`, `?key=`).
+    key: Option<Vec<u8>>,
+    /// `Bearer KEY` (OpenAI, Bedrock API keys).
+    bearer: Option<Vec<u8>>,
+}
+
+impl Keys {
+    fn new(key: Option<&str>) -> Keys {
+        Keys {
+            key: key.map(|k| k.as_bytes().to_vec()),
+            bearer: key.map(|k| format!("Bearer {k}").into_bytes()),
+        }
+    }
+}
+
+/// Binds every instance on every shard, prints one
+/// `mock listening on ADDR` line per instance, then serves forever.
+pub fn serve(cfg: MockConfig) -> Result<(), BenchError> {
+    let addrs = listen_addrs(cfg.listen, cfg.instances);
+    let mut handles = Vec::with_capacity(cfg.shards.count);
+    let mut bound: Option<Vec<SocketAddr>> = None;
+    for shard in 0..cfg.shards.count.max(1) {
+        // Shard 0 binds first (learning ephemeral ports); the others bind
+        // the same ports, SO_REUSEPORT spreading connections.
+        let want = bound.clone().unwrap_or_else(|| addrs.clone());
+        let (tx, rx) = mpsc::channel::<Result<Vec<SocketAddr>, String>>();
+        let shared = Shared {
+            keys: Keys::new(cfg.require_key.as_deref()),
+            defaults: cfg.defaults,
+            shard,
+            next_id: Cell::new(0),
+        };
+        let handle = spawn_shard("mock", cfg.shards, shard, move || {
+            run_shard(want, tx, shared)
+        })?;
+        let got = rx
+            .recv()
+            .map_err(|_| BenchError::Runtime(format!("mock shard {shard} died while binding")))?
+            .map_err(|e| {
+                BenchError::io(format!("bind (shard {shard})"), std::io::Error::other(e))
+            })?;
+        bound = Some(got);
+        handles.push(handle);
+    }
+    let mut stdout = std::io::stdout().lock();
+    for addr in bound.unwrap_or_default() {
+        writeln!(stdout, "mock listening on {addr}")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| BenchError::io("stdout", e))?;
+    }
+    drop(stdout);
+    for h in handles {
+        h.join().map_err(BenchError::runtime)?;
+    }
+    Ok(())
+}
+
+/// `--instances K`: consecutive ports from the listen port, or K ephemeral
+/// ports when the listen port is 0.
+fn listen_addrs(listen: SocketAddr, instances: usize) -> Vec<SocketAddr> {
+    (0..instances.max(1))
+        .map(|i| {
+            let mut a = listen;
+            if listen.port() != 0 {
+                a.set_port(listen.port().saturating_add(i as u16));
+            }
+            a
+        })
+        .collect()
+}
+
+async fn run_shard(
+    addrs: Vec<SocketAddr>,
+    ready: mpsc::Sender<Result<Vec<SocketAddr>, String>>,
+    shared: Shared,
+) {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    let mut bound = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        match TcpListener::bind(addr).and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((local, l)) => {
+                bound.push(local);
+                listeners.push(l);
+            }
+            Err(e) => {
+                let _ = ready.send(Err(format!("{addr}: {e}")));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(bound));
+    let shared = Rc::new(shared);
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| glommio::spawn_local(accept_loop(l, shared.clone())))
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Rc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve_connection(stream, shared.clone())).detach();
+            }
+            // Out of descriptors or similar: back off instead of spinning.
+            Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Chat,
+    Completions,
+    Embeddings,
+    Models,
+    Health,
+    Messages,
+    Gemini(Op),
+    Bedrock { stream: bool },
+    NotFound(ErrorStyle),
+}
+
+impl Route {
+    fn error_style(self) -> ErrorStyle {
+        match self {
+            Route::Messages => ErrorStyle::Anthropic,
+            Route::Gemini(_) => ErrorStyle::Gemini,
+            Route::Bedrock { .. } => ErrorStyle::Bedrock,
+            Route::NotFound(style) => style,
+            _ => ErrorStyle::OpenAi,
+        }
+    }
+}
+
+/// Routes a path (query removed). The model of Gemini and Bedrock paths is
+/// returned as a sub-slice of `path`.
+fn route<'a>(path: &'a str, query: &str) -> (Route, Option<&'a str>) {
+    let r = match path {
+        "/v1/chat/completions" | "/chat/completions" => Route::Chat,
+        "/v1/completions" | "/completions" => Route::Completions,
+        "/v1/embeddings" | "/embeddings" => Route::Embeddings,
+        "/v1/models" | "/models" => Route::Models,
+        "/healthz" | "/health" => Route::Health,
+        "/v1/messages" | "/messages" => Route::Messages,
+        _ => {
+            let gemini = path
+                .strip_prefix("/v1beta")
+                .or_else(|| path.strip_prefix("/v1"))
+                .unwrap_or(path)
+                .strip_prefix("/models/");
+            if let Some(rest) = gemini {
+                return match rest.rsplit_once(':') {
+                    Some((model, op)) if !model.is_empty() => match Op::parse(op, query) {
+                        Some(op) => (Route::Gemini(op), Some(model)),
+                        None => (Route::NotFound(ErrorStyle::Gemini), None),
+                    },
+                    _ => (Route::NotFound(ErrorStyle::Gemini), None),
+                };
+            }
+            if let Some(rest) = path.strip_prefix("/model/") {
+                return match rest.rsplit_once('/') {
+                    Some((model, "converse")) if !model.is_empty() => {
+                        (Route::Bedrock { stream: false }, Some(model))
+                    }
+                    Some((model, "converse-stream")) if !model.is_empty() => {
+                        (Route::Bedrock { stream: true }, Some(model))
+                    }
+                    _ => (Route::NotFound(ErrorStyle::Bedrock), None),
+                };
+            }
+            Route::NotFound(ErrorStyle::OpenAi)
+        }
+    };
+    (r, None)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RequestHead {
+    route: Route,
+    method_ok: bool,
+    head_len: usize,
+    content_length: usize,
+    chunked: bool,
+    close: bool,
+    authorized: bool,
+    /// Anthropic: the `anthropic-version` header is present.
+    anthropic_version: bool,
+    expect_continue: bool,
+    /// The raw (still percent-encoded) model in the path, as a range of the
+    /// request bytes.
+    path_model: Option<Range<usize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadError {
+    Malformed,
+    BadLength,
+}
+
+/// Where `part` (a sub-slice of `buf`) starts in `buf`.
+fn offset_in(buf: &[u8], part: &str) -> usize {
+    (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize)
+}
+
+/// Parses one request head at the start of `buf`; `Ok(None)` = need more.
+fn parse_request_head(buf: &[u8], keys: &Keys) -> Result<Option<RequestHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (route, model) = route(path, query);
+    let path_model = model.map(|m| {
+        let at = offset_in(buf, m);
+        at..at + m.len()
+    });
+    let post = method == "POST";
+    let method_ok = match route {
+        Route::Models | Route::Health => method == "GET" || method == "HEAD",
+        Route::NotFound(_) => true,
+        _ => post,
+    };
+    let http10 = req.version == Some(0);
+    let mut close = http10;
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut authorization: Option<&[u8]> = None;
+    let mut x_api_key: Option<&[u8]> = None;
+    let mut goog_key: Option<&[u8]> = None;
+    let mut anthropic_version = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or(HeadError::BadLength)?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(HeadError::BadLength);
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for t in h.value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(h.value);
+        } else if name.eq_ignore_ascii_case("x-api-key") {
+            x_api_key = Some(h.value);
+        } else if name.eq_ignore_ascii_case("x-goog-api-key") {
+            goog_key = Some(h.value);
+        } else if name.eq_ignore_ascii_case("anthropic-version") {
+            anthropic_version = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    let authorized = match (&keys.key, &keys.bearer) {
+        (Some(key), Some(bearer)) => match route {
+            Route::Health | Route::NotFound(_) => true,
+            Route::Messages => x_api_key == Some(key.as_slice()),
+            Route::Gemini(_) => {
+                let in_query = query
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("key="))
+                    .any(|k| k.as_bytes() == key.as_slice());
+                in_query || goog_key == Some(key.as_slice())
+            }
+            // SigV4 signatures are not verified: any signed request passes.
+            Route::Bedrock { .. } => authorization
+                .is_some_and(|a| a.starts_with(b"AWS4-HMAC-SHA256") || a == bearer.as_slice()),
+            _ => authorization == Some(bearer.as_slice()),
+        },
+        _ => true,
+    };
+    Ok(Some(RequestHead {
+        route,
+        method_ok,
+        head_len,
+        content_length: content_length.unwrap_or(0),
+        chunked,
+        close,
+        authorized,
+        anthropic_version,
+        expect_continue,
+        path_model,
+    }))
+}
+
+/// Per-connection buffers, reused for every request.
+struct Buffers {
+    /// Responses waiting to be written (pipelined answers are batched).
+    out: Vec<u8>,
+    /// One rendered JSON body or stream event before framing.
+    scratch: Vec<u8>,
+    id: String,
+}
+
+impl Buffers {
+    fn new() -> Buffers {
+        Buffers {
+            out: Vec::with_capacity(READ_BUF),
+            scratch: Vec::with_capacity(4096),
+            id: String::with_capacity(32),
+        }
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, shared: Rc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; READ_BUF];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut bufs = Buffers::new();
+    let mut continued = false;
+    loop {
+        // Answer every complete request already buffered before reading.
+        let head = match parse_request_head(&buf[start..end], &shared.keys) {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                if start == end {
+                    start = 0;
+                    end = 0;
+                }
+                if end - start >= MAX_REQUEST {
+                    let style = ErrorStyle::OpenAi;
+                    error_response(&mut bufs, style, 431, "request head too large", true);
+                    let _ = stream.write_all(&bufs.out).await;
+                    return;
+                }
+                if !flush(&mut stream, &mut bufs.out).await {
+                    return;
+                }
+                match read_more(&mut stream, &mut buf, &mut start, &mut end).await {
+                    Some(_) => continue,
+                    None => return,
+                }
+            }
+            Err(e) => {
+                let msg = match e {
+                    HeadError::Malformed => "malformed request head",
+                    HeadError::BadLength => "invalid content-length",
+                };
+                error_response(&mut bufs, ErrorStyle::OpenAi, 400, msg, true);
+                let _ = stream.write_all(&bufs.out).await;
+                return;
+            }
+        };
+        let style = head.route.error_style();
+        if head.chunked {
+            let msg = "chunked request bodies are not supported";
+            error_response(&mut bufs, style, 411, msg, true);
+            let _ = stream.write_all(&bufs.out).await;
+            return;
+        }
+        let total = head.head_len + head.content_length;
+        if total > MAX_REQUEST {
+            error_response(&mut bufs, style, 413, "request too large", true);
+            let _ = stream.write_all(&bufs.out).await;
+            return;
+        }
+        if end - start < total {
+            if head.expect_continue && !continued {
+                continued = true;
+                bufs.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            if !flush(&mut stream, &mut bufs.out).await {
+                return;
+            }
+            if read_more(&mut stream, &mut buf, &mut start, &mut end)
+                .await
+                .is_none()
+            {
+                return;
+            }
+            continue;
+        }
+        continued = false;
+        let request = &buf[start..start + total];
+        let mark = bufs.out.len();
+        let received = Instant::now();
+        let plan = respond(&head, request, &shared, &mut bufs);
+        let close = head.close;
+        match plan {
+            Plan::Ready => {}
+            Plan::Delayed(delay) => {
+                // Earlier pipelined answers go now; this one after the delay.
+                if stream.write_all(&bufs.out[..mark]).await.is_err() {
+                    return;
+                }
+                glommio::timer::sleep(delay).await;
+                bufs.out.drain(..mark);
+            }
+            Plan::Stream(g) => {
+                if !stream_response(&mut stream, &mut bufs, &g, close, received).await {
+                    return;
+                }
+            }
+            Plan::CloseAfterHead => {
+                let _ = stream.write_all(&bufs.out).await;
+                return;
+            }
+            Plan::Hang => {
+                let _ = flush(&mut stream, &mut bufs.out).await;
+                drain_until_eof(&mut stream, &mut buf).await;
+                return;
+            }
+        }
+        start += total;
+        if close {
+            let _ = flush(&mut stream, &mut bufs.out).await;
+            return;
+        }
+    }
+}
+
+/// Reads more bytes after `end`, compacting or growing the buffer as needed.
+/// `None` on EOF or error.
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+    end: &mut usize,
+) -> Option<usize> {
+    if *end == buf.len() {
+        if *start > 0 {
+            buf.copy_within(*start..*end, 0);
+            *end -= *start;
+            *start = 0;
+        } else {
+            let grown = (buf.len() * 2).min(MAX_REQUEST + READ_BUF);
+            buf.resize(grown, 0);
+        }
+    }
+    match stream.read(&mut buf[*end..]).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            *end += n;
+            Some(n)
+        }
+    }
+}
+
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = stream.write_all(out).await.is_ok();
+    out.clear();
+    ok
+}
+
+async fn drain_until_eof(stream: &mut TcpStream, buf: &mut [u8]) {
+    while let Ok(n) = stream.read(buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+enum Plan<'a> {
+    /// The whole answer is in `out`.
+    Ready,
+    /// The whole answer is in `out` after the earlier bytes, but may only be
+    /// sent after this delay.
+    Delayed(Duration),
+    Stream(Generation<'a>),
+    /// `out` holds a head promising a body that never comes: send and close.
+    CloseAfterHead,
+    /// Never answer.
+    Hang,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Appends head + `bufs.scratch` as a complete response to `bufs.out`.
+fn finish_response(bufs: &mut Buffers, status: u16, content_type: &str, close: bool) {
+    let len = bufs.scratch.len();
+    write_head(&mut bufs.out, status, content_type, len, close, &[]);
+    bufs.out.extend_from_slice(&bufs.scratch);
+}
+
+/// An error answer in `style`'s JSON, for a protocol-level cause.
+fn error_response(bufs: &mut Buffers, style: ErrorStyle, status: u16, msg: &str, close: bool) {
+    error_with_cause(bufs, style, status, msg, ErrorCause::Request, close);
+}
+
+fn error_with_cause(
+    bufs: &mut Buffers,
+    style: ErrorStyle,
+    status: u16,
+    message: &str,
+    cause: ErrorCause,
+    close: bool,
+) {
+    let extra = answer::error_body(style, &mut bufs.scratch, status, message, cause);
+    let len = bufs.scratch.len();
+    let extra: &[(&str, &str)] = match &extra {
+        Some(h) => std::slice::from_ref(h),
+        None => &[],
+    };
+    write_head(&mut bufs.out, status, "application/json", len, close, extra);
+    bufs.out.extend_from_slice(&bufs.scratch);
+}
+
+/// The auth failure each provider sends.
+fn auth_error(bufs: &mut Buffers, style: ErrorStyle, close: bool) {
+    let (status, message) = match style {
+        ErrorStyle::OpenAi => (401, "Incorrect API key provided"),
+        ErrorStyle::Anthropic => (401, "invalid x-api-key"),
+        ErrorStyle::Gemini => (400, "API key not valid. Please pass a valid API key."),
+        ErrorStyle::Bedrock => (
+            403,
+            "The security token included in the request is invalid.",
+        ),
+    };
+    error_with_cause(bufs, style, status, message, ErrorCause::Auth, close);
+}
+
+/// Decides the answer to one complete request (`request` = head + body)
+/// and renders what can be rendered now into `bufs.out`.
+fn respond<'a>(
+    head: &RequestHead,
+    request: &'a [u8],
+    shared: &Shared,
+    bufs: &mut Buffers,
+) -> Plan<'a> {
+    let close = head.close;
+    let style = head.route.error_style();
+    if let Route::NotFound(_) = head.route {
+        error_response(bufs, style, 404, "unknown path", close);
+        return Plan::Ready;
+    }
+    if !head.method_ok {
+        error_response(bufs, style, 405, "method not allowed", close);
+        return Plan::Ready;
+    }
+    if !head.authorized {
+        auth_error(bufs, style, close);
+        return Plan::Ready;
+    }
+    let body = &request[head.head_len.min(request.len())..];
+    let path_model = match &head.path_model {
+        Some(r) => {
+            let raw = request
+                .get(r.clone())
+                .and_then(|m| std::str::from_utf8(m).ok())
+                .and_then(wire::percent_decode);
+            match raw {
+                Some(m) => Some(m),
+                None => {
+                    error_response(bufs, style, 400, "invalid model in path", close);
+                    return Plan::Ready;
+                }
+            }
+        }
+        None => None,
+    };
+    let (dialect, facts) = match head.route {
+        Route::Health => {
+            bufs.scratch.clear();
+            bufs.scratch.extend_from_slice(b"ok\n");
+            finish_response(bufs, 200, "text/plain", close);
+            return Plan::Ready;
+        }
+        Route::Models => {
+            bufs.scratch.clear();
+            bufs.scratch.extend_from_slice(openai::MODELS);
+            finish_response(bufs, 200, "application/json", close);
+            return Plan::Ready;
+        }
+        Route::Embeddings => return openai_embeddings(body, shared, bufs, close),
+        Route::Gemini(op @ (Op::Embed | Op::BatchEmbed)) => {
+            let model = path_model.unwrap_or(Cow::Borrowed("mock-embed"));
+            let b = m::behaviour(&model, shared.defaults);
+            if let Some(plan) = failure_plan(&b, style, bufs, close) {
+                return plan;
+            }
+            bufs.scratch.clear();
+            if let Err(msg) = gemini::embed_body(body, op == Op::BatchEmbed, &mut bufs.scratch) {
+                error_response(bufs, style, 400, msg, close);
+                return Plan::Ready;
+            }
+            finish_response(bufs, 200, "application/json", close);
+            return delayed(b.ttft_ms);
+        }
+        Route::Gemini(Op::Stream { sse: false }) => {
+            let msg = "the mock streams only with alt=sse";
+            error_response(bufs, style, 400, msg, close);
+            return Plan::Ready;
+        }
+        Route::Messages if !head.anthropic_version => {
+            let msg = "anthropic-version: header is required";
+            error_response(bufs, style, 400, msg, close);
+            return Plan::Ready;
+        }
+        Route::Chat => (Dialect::Chat, openai::facts(body)),
+        Route::Completions => (Dialect::Legacy, openai::facts(body)),
+        Route::Messages => (Dialect::Anthropic, anthropic::facts(body)),
+        Route::Gemini(op) => (
+            Dialect::Gemini,
+            gemini::facts(body, matches!(op, Op::Stream { .. })),
+        ),
+        Route::Bedrock { stream } => (Dialect::Bedrock, bedrock::facts(body, stream)),
+        Route::NotFound(_) => return Plan::Ready,
+    };
+    let mut facts = match facts {
+        Ok(f) => f,
+        Err(msg) => {
+            error_response(bufs, style, 400, msg, close);
+            return Plan::Ready;
+        }
+    };
+    let model = path_model
+        .or_else(|| facts.model.take())
+        .unwrap_or(Cow::Borrowed("mock-1"));
+    let b = m::behaviour(&model, shared.defaults);
+    if let Some(plan) = failure_plan(&b, style, bufs, close) {
+        return plan;
+    }
+    let stream = facts.stream;
+    let prompt_tokens = m::estimate_tokens(body.len());
+    let g = Generation::new(dialect, facts, model, b, prompt_tokens, unix_now());
+    next_id(shared, dialect, &mut bufs.id);
+    if stream {
+        return Plan::Stream(g);
+    }
+    bufs.scratch.clear();
+    g.body(&bufs.id, &mut bufs.scratch);
+    if b.cut_after.is_some() {
+        // Promise the body, then close without it.
+        let len = bufs.scratch.len();
+        write_head(&mut bufs.out, 200, "application/json", len, close, &[]);
+        return Plan::CloseAfterHead;
+    }
+    finish_response(bufs, 200, "application/json", close);
+    delayed(g.latency_ms())
+}
+
+fn openai_embeddings(
+    body: &[u8],
+    shared: &Shared,
+    bufs: &mut Buffers,
+    close: bool,
+) -> Plan<'static> {
+    let style = ErrorStyle::OpenAi;
+    let req = match openai::embeddings_request(body) {
+        Ok(r) => r,
+        Err(msg) => {
+            error_response(bufs, style, 400, msg, close);
+            return Plan::Ready;
+        }
+    };
+    let b = m::behaviour(&req.model, shared.defaults);
+    if let Some(plan) = failure_plan(&b, style, bufs, close) {
+        return plan;
+    }
+    bufs.scratch.clear();
+    openai::embeddings_body(&req, &mut bufs.scratch);
+    finish_response(bufs, 200, "application/json", close);
+    delayed(b.ttft_ms)
+}
+
+fn delayed(ms: u64) -> Plan<'static> {
+    if ms == 0 {
+        Plan::Ready
+    } else {
+        Plan::Delayed(Duration::from_millis(ms))
+    }
+}
+
+/// Hang, or fail with the status the model name asks for, in `style`.
+fn failure_plan(
+    b: &Behaviour,
+    style: ErrorStyle,
+    bufs: &mut Buffers,
+    close: bool,
+) -> Option<Plan<'static>> {
+    if b.hang {
+        return Some(Plan::Hang);
+    }
+    let status = b.fail_status?;
+    let message = answer::injected_message(status);
+    error_with_cause(bufs, style, status, message, ErrorCause::Injected, close);
+    Some(Plan::Ready)
+}
+
+fn next_id(shared: &Shared, dialect: Dialect, id: &mut String) {
+    use std::fmt::Write as _;
+    let n = shared.next_id.get();
+    shared.next_id.set(n + 1);
+    id.clear();
+    let _ = write!(id, "{}{}x{n}", dialect.id_prefix(), shared.shard);
+}
+
+/// Streams one answer: waits ttft, then head + opening events, the pieces
+/// paced at tps, closing events. Returns `false` when the connection must
+/// close: write error, or a cut after `cut_after` pieces.
+async fn stream_response(
+    stream: &mut TcpStream,
+    bufs: &mut Buffers,
+    g: &Generation<'_>,
+    close: bool,
+    received: Instant,
+) -> bool {
+    let Buffers { out, scratch, id } = bufs;
+    let id = id.as_str();
+    let b = &g.behaviour;
+    if b.ttft_ms > 0 {
+        // Earlier pipelined answers go before the wait.
+        if !flush(stream, out).await {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(b.ttft_ms)).await;
+    }
+    write_stream_head(out, g.stream_content_type(), close);
+    scratch.clear();
+    g.stream_open(id, scratch);
+    frame_chunk(out, scratch);
+    let interval = b
+        .tokens_per_second
+        .map(|tps| Duration::from_secs_f64(1.0 / f64::from(tps.max(1))));
+    let started = Instant::now();
+    let pieces = g.pieces();
+    for i in 0..pieces {
+        if b.cut_after == Some(i) {
+            let _ = stream.write_all(out).await;
+            return false;
+        }
+        if let Some(interval) = interval {
+            // Piece i is due at started + i * interval; the first goes at once.
+            let due = started + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                if !flush(stream, out).await {
+                    return false;
+                }
+                glommio::timer::sleep(due - now).await;
+            }
+        }
+        scratch.clear();
+        g.stream_piece(id, i, scratch);
+        frame_chunk(out, scratch);
+        // One write per event, as a real provider produces them.
+        if !flush(stream, out).await {
+            return false;
+        }
+    }
+    if b.cut_after.is_some_and(|n| n >= pieces) {
+        let _ = stream.write_all(out).await;
+        return false;
+    }
+    scratch.clear();
+    g.stream_close(id, received.elapsed().as_millis() as u64, scratch);
+    frame_chunk(out, scratch);
+    out.extend_from_slice(LAST_CHUNK);
+    flush(stream, out).await
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
