@@ -25,8 +25,10 @@ pub struct RequestFacts {
     pub include_usage: bool,
     /// `max_completion_tokens`, or else the older `max_tokens`.
     pub max_tokens: Option<u64>,
-    /// `tools[].function.name`, in order.
+    /// `tools[].function.name` (or Anthropic's `tools[].name`), in order.
     pub tool_names: Vec<String>,
+    /// `encoding_format: "base64"` (embeddings).
+    pub base64_embeddings: bool,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -80,17 +82,23 @@ pub fn extract_facts(body: &[u8], scratch: &mut Vec<u8>) -> Result<RequestFacts,
         Some(_) => return Err(FactsError::WrongType("tools")),
     };
 
+    let base64_embeddings = matches!(
+        field(obj, "encoding_format"),
+        Some(Value::String(f)) if f == "base64"
+    );
+
     Ok(RequestFacts {
         model,
         stream,
         include_usage,
         max_tokens: max_completion_tokens.or(max_tokens),
         tool_names,
+        base64_embeddings,
     })
 }
 
-/// `tools[].function.name`. Tools without a `function` (built-in tools such
-/// as web search) carry no name and are skipped.
+/// `tools[].function.name` (OpenAI) or `tools[].name` (Anthropic). Tools
+/// with neither (built-in tools such as web search) are skipped.
 fn tool_names(tools: &[Value<'_>]) -> Result<Vec<String>, FactsError> {
     let mut names = Vec::with_capacity(tools.len());
     for tool in tools {
@@ -98,7 +106,12 @@ fn tool_names(tools: &[Value<'_>]) -> Result<Vec<String>, FactsError> {
             return Err(FactsError::WrongType("tools[]"));
         };
         match field(tool, "function") {
-            None => {}
+            // Anthropic's tools carry their name at the top level.
+            None => {
+                if let Some(Value::String(name)) = field(tool, "name") {
+                    names.push(name.to_string());
+                }
+            }
             Some(Value::Object(function)) => match field(function, "name") {
                 Some(Value::String(name)) => names.push(name.to_string()),
                 _ => return Err(FactsError::WrongType("tools[].function.name")),

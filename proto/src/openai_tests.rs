@@ -28,8 +28,13 @@ fn full_request() {
             include_usage: true,
             max_tokens: Some(50),
             tool_names: vec!["get_weather".into(), "lookupé".into()],
+            base64_embeddings: false,
         }
     );
+    // Anthropic tools name themselves; base64 embeddings are noticed.
+    let f = facts(r#"{"model":"m","tools":[{"name":"get_weather","input_schema":{}}],"encoding_format":"base64"}"#).unwrap();
+    assert_eq!(f.tool_names, vec!["get_weather".to_owned()]);
+    assert!(f.base64_embeddings);
 }
 
 #[test]

@@ -581,9 +581,13 @@ pub fn embeddings_request(
     req: &EmbeddingsRequest,
     ctx: &PrepareCtx<'_>,
 ) -> Result<UpstreamRequest, TranslateError> {
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
+    if req
+        .encoding_format
+        .as_deref()
+        .is_some_and(|f| f != "float" && f != "base64")
+    {
         return Err(TranslateError::Unsupported(
-            "encoding_format other than float",
+            "encoding_format other than float or base64",
         ));
     }
     let content = |text: &str| g::Content {
@@ -622,8 +626,13 @@ pub fn embeddings_request(
 
 /// An `embedContent` or `batchEmbedContents` response as an OpenAI
 /// embeddings list. Gemini reports no token counts, so `usage` is left out
-/// rather than made up.
-pub fn embeddings_response(body: &[u8], model: &str) -> Result<Vec<u8>, TranslateError> {
+/// rather than made up. With `base64` (what OpenAI SDKs ask for by default)
+/// each vector is its little-endian f32 bytes in base64, as OpenAI sends it.
+pub fn embeddings_response(
+    body: &[u8],
+    model: &str,
+    base64: bool,
+) -> Result<Vec<u8>, TranslateError> {
     let value: Value = upstream_json(body)?;
     let vectors: Vec<g::ContentEmbedding> = if value.get("embedding").is_some() {
         let one: g::EmbedContentResponse = serde_json::from_value(value)
@@ -637,7 +646,20 @@ pub fn embeddings_response(body: &[u8], model: &str) -> Result<Vec<u8>, Translat
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, e)| serde_json::json!({"object": "embedding", "index": i, "embedding": e.values}))
+        .map(|(i, e)| {
+            let embedding = if base64 {
+                use base64::Engine;
+                let bytes: Vec<u8> = e
+                    .values
+                    .iter()
+                    .flat_map(|v| (*v as f32).to_le_bytes())
+                    .collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                serde_json::json!(e.values)
+            };
+            serde_json::json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     json_body(&serde_json::json!({"object": "list", "data": data, "model": model}))
 }

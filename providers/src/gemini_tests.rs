@@ -58,6 +58,7 @@ fn embeddings_single_and_batch() {
     let out = embeddings_response(
         br#"{"embeddings":[{"values":[0.1,0.2]},{"values":[0.3]}]}"#,
         "e",
+        false,
     )
     .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -65,9 +66,13 @@ fn embeddings_single_and_batch() {
         v["data"][1],
         json!({"object": "embedding", "index": 1, "embedding": [0.3]})
     );
-    let out = embeddings_response(br#"{"embedding":{"values":[1.0]}}"#, "e").unwrap();
+    let out = embeddings_response(br#"{"embedding":{"values":[1.0]}}"#, "e", false).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["data"][0]["embedding"], json!([1.0]));
+    // base64: little-endian f32, as OpenAI sends it (1.0f32 = 00 00 80 3f).
+    let out = embeddings_response(br#"{"embedding":{"values":[1.0]}}"#, "e", true).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["data"][0]["embedding"], json!("AACAPw=="));
 }
 
 #[test]

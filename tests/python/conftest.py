@@ -51,10 +51,21 @@ GATEWAY_LINE = re.compile(r"shardgate listening on (\S+):(\d+) \((\d+) shards\)"
 MOCK_LINE = re.compile(r"mock listening on (\S+):(\d+)")
 
 # Aliases whose upstream speaks another dialect (translated by the gateway).
-DIALECT_ALIASES: tuple[str, ...] = ()
+DIALECT_ALIASES: tuple[str, ...] = ("bedrock", "claude", "gemini")
 
 # Model aliases served by the standard test config.
-ALIASES = ("broken", "cut", "demo", "failover", "limited", "local", "short", *DIALECT_ALIASES)
+ALIASES = (
+    "broken",
+    "cut",
+    "demo",
+    "failover",
+    "limited",
+    "local",
+    "short",
+    *DIALECT_ALIASES,
+    *(f"{d}-limited" for d in DIALECT_ALIASES),
+    "gemini-embed",
+)
 
 
 def binary(name: str) -> Path:
@@ -256,6 +267,14 @@ def gateway_config(upstream: Upstream, extra_models: dict | None = None, extra_l
         "broken": [("up", "mock-500")],
         "limited": [("up", "mock-429")],
         "cut": [("up", "mock-cut-after-3")],
+        # The same mock fleet speaking other dialects, translated by the gateway.
+        "claude": [("anthropic", "mock-1")],
+        "gemini": [("gemini", "mock-1")],
+        "bedrock": [("bedrock", "mock-1")],
+        "claude-limited": [("anthropic", "mock-429")],
+        "gemini-limited": [("gemini", "mock-429")],
+        "bedrock-limited": [("bedrock", "mock-429")],
+        "gemini-embed": [("gemini", "mock-embed")],
     }
     models.update(extra_models or {})
     limits = {"max_body_bytes": "1MiB"}
@@ -268,6 +287,23 @@ def gateway_config(upstream: Upstream, extra_models: dict | None = None, extra_l
         "providers": {
             "up": {"kind": "openai", "base_url": upstream.base_url, "api_key": "${" + UPSTREAM_KEY_ENV + "}"},
             "local": {"kind": "mock", "output_tokens": LOCAL_TOKENS},
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": upstream.base_url,
+                "api_key": "${" + UPSTREAM_KEY_ENV + "}",
+            },
+            "gemini": {
+                "kind": "gemini",
+                "base_url": f"http://{upstream.host}:{upstream.port}/v1beta",
+                "api_key": "${" + UPSTREAM_KEY_ENV + "}",
+            },
+            "bedrock": {
+                "kind": "bedrock",
+                "region": "us-east-1",
+                "base_url": f"http://{upstream.host}:{upstream.port}",
+                "aws_access_key_id": "AKIDSHARDGATETEST",
+                "aws_secret_access_key": "${" + UPSTREAM_KEY_ENV + "}",
+            },
         },
         "models": {
             alias: {"targets": [{"provider": p, "model": m} for p, m in targets]}

@@ -66,7 +66,8 @@ def test_missing_secret_env_var_is_a_config_error(tmp_path: Path, mock_upstream:
     cfg = write_config(tmp_path / "nokey.yaml", gateway_config(mock_upstream))
     r = run_shardgate("check", "--config", str(cfg), drop_env=(UPSTREAM_KEY_ENV,))
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "providers.up.api_key" in r.stderr
+    # Providers are checked in name order; the first using the variable is named.
+    assert "providers.anthropic.api_key: environment variable" in r.stderr
     assert UPSTREAM_KEY_ENV in r.stderr
 
 

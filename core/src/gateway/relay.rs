@@ -145,7 +145,9 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
                 usage = Some(openai_usage(&u));
                 client.success_body(b)
             }),
-        Reply::GeminiEmbeddings => gemini::embeddings_response(&body, &ctx.model),
+        Reply::GeminiEmbeddings => {
+            gemini::embeddings_response(&body, &ctx.model, call.facts.base64_embeddings)
+        }
     };
     call.meter(&ctx.model, usage, usage.is_none());
     let body = match translated {
