@@ -6,7 +6,8 @@
 //! Where a request goes, by folder: `server/` reads it, `gateway/` decides
 //! and routes it, `client/` sends it upstream, `gateway/relay.rs` relays the
 //! answer. `serve.rs` starts and stops shards; `runtime.rs` is the only
-//! place that sets up glommio executors.
+//! place that sets up glommio executors. `store/` is the embedded
+//! crash-safe store (keys, usage, spend).
 
 pub mod client;
 pub mod config;
@@ -17,4 +18,5 @@ pub mod runtime;
 pub mod serve;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod tls;
