@@ -7,8 +7,9 @@
 //! and routes it, `client/` sends it upstream, `gateway/relay.rs` relays the
 //! answer. `serve.rs` starts and stops shards; `runtime.rs` is the only
 //! place that sets up glommio executors. `store/` is the embedded
-//! crash-safe store (keys, usage, spend).
+//! crash-safe store (keys, usage, spend) and `cli/` the offline subcommands.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Bytes before each payload: length and CRC.
@@ -184,14 +185,29 @@ pub fn dropped_path(path: &Path, offset: u64) -> PathBuf {
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = File::create(path)?;
+    let mut f = create_private(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
 
-/// Opens a log for appending, creating it.
+/// Opens a log for appending, creating it readable by its owner only (it
+/// holds key hashes and spend).
 pub fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Creates (or empties) a file readable by its owner only.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Makes a rename or a file creation in `dir` durable.

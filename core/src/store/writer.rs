@@ -329,7 +329,7 @@ impl Writer {
             frame::encode(&r, &mut buf).map_err(std::io::Error::other)?;
         }
         let tmp = self.dir.usage_tmp();
-        let mut file = File::create(&tmp)?;
+        let mut file = frame::create_private(&tmp)?;
         file.write_all(&buf)?;
         file.sync_all()?;
         // Reopened for appending before the rename: the handle follows the
