@@ -144,10 +144,7 @@ impl Store {
     pub fn open_with(cfg: &StoreConfig, compact_at: u64) -> Result<Store, StoreError> {
         let dir = DataDir::new(&cfg.dir);
         dir.create()?;
-        let gate_path = dir.gateway_lock();
-        let gate = FileLock::try_exclusive(&gate_path)
-            .map_err(StoreError::io(&gate_path))?
-            .ok_or_else(|| StoreError::InUse(dir.root().to_owned()))?;
+        let gate = lock_gateway(&dir)?;
 
         let (keys, keys_dropped_bytes, watcher) = KeysWatcher::open(dir.clone())?;
 
@@ -187,6 +184,28 @@ impl Store {
         })
     }
 }
+
+/// Takes `gateway.lock`, waiting up to [`GATEWAY_LOCK_WAIT`]: a gateway
+/// that is restarting may still be exiting, and a lock can outlive its
+/// owner briefly in a child between `fork` and `exec`.
+#[allow(clippy::disallowed_methods)] // sleeps on the main thread at start, never on a shard
+fn lock_gateway(dir: &DataDir) -> Result<FileLock, StoreError> {
+    let path = dir.gateway_lock();
+    let deadline = std::time::Instant::now() + GATEWAY_LOCK_WAIT;
+    loop {
+        if let Some(l) = FileLock::try_exclusive(&path).map_err(StoreError::io(&path))? {
+            return Ok(l);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::InUse(dir.root().to_owned()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// How long [`Store::open`] waits for another process to let go of the
+/// data directory.
+pub const GATEWAY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 #[path = "store_tests.rs"]

@@ -15,9 +15,11 @@
 //! `usage.log` and fsyncs the directory; a crash at any point leaves either
 //! the old or the new log, each whole.
 //!
-//! A failed write cuts the file back to its last good length, so a partial
-//! batch never hides the records appended after it; the state in memory
-//! still has the lost records and the next compaction writes them.
+//! A failed write (disk full, say) cuts the file back to its last good
+//! length, so a partial batch never hides the records appended after it;
+//! the state in memory still has the lost records, and the writer retries
+//! a compaction (which writes them all) every [`RETRY_AFTER_ERROR`] until
+//! one succeeds.
 
 use super::frame;
 use super::lock::FileLock;
@@ -32,6 +34,10 @@ use std::time::Instant;
 
 /// `usage.log` size that triggers compaction.
 pub const COMPACT_AT: u64 = 8 << 20;
+
+/// How long after a failed write or compaction the writer tries again to
+/// persist its whole state by compaction.
+pub const RETRY_AFTER_ERROR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A batch's buffer is written once it passes this size, even if more
 /// records are queued, so one batch never holds unbounded memory.
@@ -119,6 +125,7 @@ impl UsageWriter {
             unsynced_since: None,
             stats: WriterStats::default(),
             errors_acked: 0,
+            retry_at: None,
             _gate: gate,
         };
         let thread = std::thread::Builder::new()
@@ -194,6 +201,8 @@ struct Writer {
     stats: WriterStats,
     /// `stats.errors` as last reported to a [`UsageWriter::sync`].
     errors_acked: u64,
+    /// Set when records are in memory but not in the log: compact then.
+    retry_at: Option<Instant>,
     _gate: FileLock,
 }
 
@@ -247,7 +256,9 @@ impl Writer {
                     let _ = ack.send(result.clone());
                 }
             }
-            if self.len > self.compact_at.max(self.snapshot_len.saturating_mul(2)) {
+            let too_big = self.len > self.compact_at.max(self.snapshot_len.saturating_mul(2));
+            let retry = self.retry_at.is_some_and(|at| at <= Instant::now());
+            if too_big || retry || (stop && self.retry_at.is_some()) {
                 self.compact();
             }
             if stop {
@@ -281,7 +292,7 @@ impl Writer {
             Err(e) => {
                 self.stats.errors += 1;
                 log::error!(
-                    "{}: write of {} bytes failed: {e} (kept in memory until the next compaction)",
+                    "{}: write of {} bytes failed: {e} (kept in memory; retrying by compaction)",
                     self.dir.usage_log().display(),
                     self.buf.len()
                 );
@@ -289,6 +300,8 @@ impl Writer {
                 if let Err(e) = self.file.set_len(self.len) {
                     log::error!("{}: cannot cut back: {e}", self.dir.usage_log().display());
                 }
+                self.retry_at
+                    .get_or_insert_with(|| Instant::now() + RETRY_AFTER_ERROR);
             }
         }
         self.buf.clear();
@@ -311,12 +324,14 @@ impl Writer {
                 self.len = len;
                 self.snapshot_len = len;
                 self.unsynced_since = None;
+                self.retry_at = None;
                 self.stats.compactions += 1;
             }
             Err(e) => {
                 self.stats.errors += 1;
                 log::error!("{}: compaction failed: {e}", tmp.display());
                 let _ = std::fs::remove_file(&tmp);
+                self.retry_at = Some(Instant::now() + RETRY_AFTER_ERROR);
             }
         }
     }

@@ -255,3 +255,92 @@ fn leftover_compaction_file_is_ignored() {
     assert_eq!(store.recovered.usage, fold(&all));
     assert!(!dir.path().join("usage.log.tmp").exists());
 }
+
+/// The child half of [`kill_9_loses_nothing_acknowledged`]: writes numbered
+/// records through a real writer until killed, printing `acked N` after
+/// each sync.
+#[test]
+#[ignore = "run as a child process by kill_9_loses_nothing_acknowledged"]
+fn kill_9_child() {
+    let Some(dir) = std::env::var_os("SG_KILL9_DIR") else {
+        return;
+    };
+    let store = Store::open(&cfg(Path::new(&dir), StoreFsync::Never)).unwrap();
+    let tx = store.usage.sender();
+    for i in 1u64.. {
+        tx.send(UsageRecord::Counter {
+            bucket: "b".into(),
+            kind: "tokens_per_day".into(),
+            window_start_ms: NOW,
+            used: i,
+        });
+        tx.send(UsageRecord::usage(
+            "sg-kill9kil",
+            shardgate_policy::Timestamp(NOW),
+            UsageTotals {
+                requests: 1,
+                ..UsageTotals::default()
+            },
+        ));
+        if i % 50 == 0 {
+            store.usage.sync().unwrap();
+            println!("acked {i}");
+        }
+    }
+}
+
+/// A real `kill -9` of a process writing through the writer: everything it
+/// acknowledged is recovered, and what is recovered is a whole prefix of
+/// what it sent (counter and usage agree).
+#[test]
+fn kill_9_loses_nothing_acknowledged() {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().unwrap();
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "store::writer::tests::kill_9_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SG_KILL9_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut acked = 0u64;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("acked ") {
+                acked = n.trim().parse().unwrap();
+                if acked >= 500 * (round + 1) {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(acked > 0, "the child never acknowledged");
+
+        let store = Store::open(&cfg(dir.path(), StoreFsync::Always)).unwrap();
+        let u = &store.recovered.usage;
+        let requests = u
+            .month_to_date("sg-kill9kil", shardgate_policy::Timestamp(NOW))
+            .requests;
+        let counter = u
+            .counter("b", shardgate_policy::LimitKind::TokensPerDay)
+            .unwrap()
+            .used;
+        assert!(requests >= acked, "{requests} < acked {acked}");
+        // Record pairs are written in order: the usage count is the
+        // counter's value, or one behind it if the kill fell between them.
+        assert!(
+            counter == requests || counter == requests + 1,
+            "counter {counter}, requests {requests}"
+        );
+    }
+}
