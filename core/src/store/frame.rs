@@ -37,11 +37,14 @@ pub const HEADER_LEN: usize = 8;
 /// Longest payload a frame may claim; anything longer is corruption.
 pub const MAX_PAYLOAD: u32 = 1 << 20;
 
-/// Appends one framed record to `out`.
+/// Appends one framed record to `out`; on error `out` is left as it was.
 pub fn encode<T: Serialize>(record: &T, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
-    serde_json::to_writer(&mut *out, record)?;
+    if let Err(e) = serde_json::to_writer(&mut *out, record) {
+        out.truncate(start);
+        return Err(e);
+    }
     let len = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
     if len > MAX_PAYLOAD {
         out.truncate(start);

@@ -147,3 +147,26 @@ fn replay_file_truncates_and_saves_the_dropped_tail() {
     assert_eq!(r.records, records);
     assert_eq!(r.dropped_bytes, 0);
 }
+
+#[test]
+fn failed_encode_leaves_the_buffer_as_it_was() {
+    struct Fails;
+    impl Serialize for Fails {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("a", &1)?;
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+    let mut out = Vec::new();
+    encode(&Rec::A { n: 1 }, &mut out).unwrap();
+    let before = out.clone();
+    assert!(encode(&Fails, &mut out).is_err());
+    assert_eq!(out, before);
+    let big = Rec::B {
+        s: "x".repeat(MAX_PAYLOAD as usize),
+    };
+    assert!(encode(&big, &mut out).is_err());
+    assert_eq!(out, before);
+}
