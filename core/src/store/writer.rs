@@ -39,8 +39,9 @@ pub const COMPACT_AT: u64 = 8 << 20;
 /// persist its whole state by compaction.
 pub const RETRY_AFTER_ERROR: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A batch's buffer is written once it passes this size, even if more
-/// records are queued, so one batch never holds unbounded memory.
+/// A batch ends once its buffer passes this size, even if more records are
+/// queued, so one batch never holds unbounded memory and fsyncs and
+/// compactions still happen under a flood.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 enum Msg {
@@ -209,36 +210,52 @@ struct Writer {
 impl Writer {
     fn run(&mut self, rx: &Receiver<Msg>) -> WriterStats {
         let mut acks = Vec::new();
+        // Set by Shutdown (or all senders gone): drain what is queued, then
+        // sync and return.
+        let mut stopping = false;
         loop {
-            let first = match (self.fsync, self.unsynced_since) {
-                (StoreFsync::Interval(every), Some(since)) => {
-                    match rx.recv_deadline(since + every) {
-                        Ok(m) => Some(m),
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.sync();
-                            continue;
+            let first = if stopping {
+                rx.try_recv().ok()
+            } else {
+                match (self.fsync, self.unsynced_since) {
+                    (StoreFsync::Interval(every), Some(since)) => {
+                        match rx.recv_deadline(since + every) {
+                            Ok(m) => Some(m),
+                            Err(RecvTimeoutError::Timeout) => {
+                                self.sync();
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => None,
                         }
-                        Err(RecvTimeoutError::Disconnected) => None,
                     }
+                    _ => rx.recv().ok(),
                 }
-                _ => rx.recv().ok(),
             };
-            // No message means every sender is gone: stop like Shutdown.
-            let mut stop = first.is_none();
+            stopping |= first.is_none();
             let mut next = first;
             while let Some(m) = next {
                 match m {
                     Msg::Record(r) => self.take(&r),
                     Msg::Sync(ack) => acks.push(ack),
-                    Msg::Shutdown => stop = true,
+                    Msg::Shutdown => stopping = true,
                 }
+                // End the batch at a bound: fsync and compaction run between
+                // batches, also when senders never let the queue run dry.
                 if self.buf.len() >= MAX_BATCH_BYTES {
-                    self.write_batch();
+                    break;
                 }
                 next = rx.try_recv().ok();
             }
             self.write_batch();
-            let must_sync = stop || !acks.is_empty() || self.fsync == StoreFsync::Always;
+            let done = stopping && rx.is_empty();
+            // Under steady load the deadline above may never time out: the
+            // interval is also checked after every batch.
+            let interval_due = match (self.fsync, self.unsynced_since) {
+                (StoreFsync::Interval(every), Some(since)) => since.elapsed() >= every,
+                _ => false,
+            };
+            let must_sync =
+                done || !acks.is_empty() || self.fsync == StoreFsync::Always || interval_due;
             if must_sync && self.unsynced_since.is_some() {
                 self.sync();
             }
@@ -258,10 +275,10 @@ impl Writer {
             }
             let too_big = self.len > self.compact_at.max(self.snapshot_len.saturating_mul(2));
             let retry = self.retry_at.is_some_and(|at| at <= Instant::now());
-            if too_big || retry || (stop && self.retry_at.is_some()) {
+            if too_big || retry || (done && self.retry_at.is_some()) {
                 self.compact();
             }
-            if stop {
+            if done {
                 return self.stats;
             }
         }

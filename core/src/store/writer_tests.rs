@@ -344,3 +344,32 @@ fn kill_9_loses_nothing_acknowledged() {
         );
     }
 }
+
+#[test]
+fn interval_fsync_happens_under_steady_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let every = Duration::from_millis(2);
+    let store = Store::open(&cfg(dir.path(), StoreFsync::Interval(every))).unwrap();
+    let tx = store.usage.sender();
+    let start = std::time::Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_millis(100) {
+        for r in records(20) {
+            tx.send(r);
+        }
+        sent += 20;
+    }
+    let stats = store.usage.shutdown().unwrap();
+    assert_eq!(stats.records, sent);
+    assert!(stats.fsyncs >= 5, "{stats:?}");
+    assert!(stats.compactions >= 1, "{stats:?}");
+    // Everything sent before shutdown is there, flood or not.
+    let store = Store::open(&cfg(dir.path(), StoreFsync::Never)).unwrap();
+    let mut expect = UsageState::default();
+    for _ in 0..sent / 20 {
+        for r in records(20) {
+            expect.apply(&r);
+        }
+    }
+    assert_eq!(store.recovered.usage, expect);
+}
