@@ -6,9 +6,11 @@
 //! Where a request goes, by folder: `server/` reads it, `admission/` decides
 //! whether it may go on (keys, policies, budgets), `gateway/` routes it, `client/` sends it upstream, `gateway/relay.rs` relays the
 //! answer. `serve.rs` starts and stops shards; `runtime.rs` is the only
-//! place that sets up glommio executors.
+//! place that sets up glommio executors. `store/` is the embedded
+//! crash-safe store (keys, usage, spend) and `cli/` the offline subcommands.
 
 pub mod admission;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -18,4 +20,5 @@ pub mod runtime;
 pub mod serve;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod tls;

@@ -1,8 +1,10 @@
 //! The `shardgate` binary: parse the command line, load and validate config,
 //! check the machine's limits, run. Startup errors map to exit codes:
-//! 2 for bad config, 1 for everything else.
+//! 2 for bad config or arguments, 1 for everything else (for `keys`: not
+//! found or IO).
 
 use clap::{Parser, Subcommand};
+use shardgate_core::cli::keys::KeysArgs;
 use shardgate_core::config::{Config, DEFAULT_CONFIG};
 use shardgate_core::runtime::ExecutorSettings;
 use shardgate_core::serve;
@@ -39,6 +41,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Create, revoke and list virtual API keys (works while the gateway runs).
+    Keys(KeysArgs),
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -58,6 +62,13 @@ fn main() -> ExitCode {
         spin: None,
     });
     match command {
+        Command::Keys(args) => match shardgate_core::cli::keys::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
         Command::Check { config } => match load(Some(&config)) {
             Ok(c) => {
                 println!(

@@ -164,3 +164,52 @@ fn provider_kinds_and_their_fields() {
         "providers.p.base_url: is required for kind `openai_compatible`"
     );
 }
+
+#[test]
+fn store_defaults() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.store, StoreConfig::default());
+    assert_eq!(c.store.dir, std::path::Path::new("shardgate-data"));
+    assert_eq!(
+        c.store.fsync,
+        StoreFsync::Interval(std::time::Duration::from_millis(100))
+    );
+}
+
+#[test]
+fn store_fsync_forms() {
+    let fsync = |v: &str| parse(&format!("{MIN}store: {{ dir: /var/lib/sg, fsync: {v} }}\n"));
+    assert_eq!(fsync("always").unwrap().store.fsync, StoreFsync::Always);
+    assert_eq!(fsync("never").unwrap().store.fsync, StoreFsync::Never);
+    assert_eq!(
+        fsync("250ms").unwrap().store.fsync,
+        StoreFsync::Interval(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(
+        fsync("always").unwrap().store.dir,
+        std::path::Path::new("/var/lib/sg")
+    );
+    for bad in ["sometimes", "0s", "5m"] {
+        let e = fsync(bad).unwrap_err();
+        assert!(e.starts_with("store.fsync: "), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn store_errors_are_named() {
+    let e = parse(&format!("{MIN}store: {{ path: x }}\n")).unwrap_err();
+    assert!(e.starts_with("store.path: unknown field `path`"), "{e}");
+    let e = parse(&format!("{MIN}store: {{ dir: '' }}\n")).unwrap_err();
+    assert_eq!(e, "store.dir: is empty");
+}
+
+#[test]
+fn store_section_alone_needs_no_secrets() {
+    let text = "listen: 127.0.0.1:0\nproviders: { o: { kind: openai, base_url: 'https://x/v1', api_key: '${SG_TEST_UNSET}' } }\nmodels: { a: { targets: [ { provider: o, model: m } ] } }\nstore: { dir: d, fsync: never }\n";
+    assert!(parse(text).is_err());
+    let s = Config::parse_store(text).unwrap();
+    assert_eq!(s.dir, std::path::Path::new("d"));
+    assert_eq!(s.fsync, StoreFsync::Never);
+    let e = Config::parse_store("store: { fsync: often }\n").unwrap_err();
+    assert!(e.to_string().starts_with("store.fsync: "), "{e}");
+}

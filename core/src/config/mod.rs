@@ -56,6 +56,7 @@ pub struct Config {
     pub policies: Vec<shardgate_policy::PolicyEntry>,
     /// Price overrides on top of the built-in table.
     pub pricing: Vec<shardgate_policy::PriceSpec>,
+    pub store: StoreConfig,
 }
 
 /// Who may call the model APIs.
@@ -70,6 +71,40 @@ pub enum AuthMode {
     /// still apply to everyone.
     None,
 }
+
+/// Where the embedded store keeps keys and usage (`store:` in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Holds `keys.log`, `usage.log` and their lock files. A relative path is
+    /// relative to the working directory, like every path in config.
+    pub dir: PathBuf,
+    pub fsync: StoreFsync,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dir: PathBuf::from(DEFAULT_STORE_DIR),
+            fsync: StoreFsync::Interval(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// When the usage writer calls fsync. Every record is written (reaches the
+/// page cache, so it survives `kill -9`) as soon as the writer sees it; this
+/// only decides how much a power loss or kernel crash can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFsync {
+    /// After every batch.
+    Always,
+    /// At most this long after a write (group commit). The default, 100ms.
+    Interval(Duration),
+    /// Leave it to the kernel.
+    Never,
+}
+
+/// Default `store.dir`.
+pub const DEFAULT_STORE_DIR: &str = "shardgate-data";
 
 #[derive(Debug, Clone)]
 pub struct Listener {
@@ -225,25 +260,44 @@ impl Config {
     }
 
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." {
-                "config".to_owned()
-            } else {
-                path
-            };
-            let mut message = e.into_inner().to_string();
-            // The YAML library prefixes its own (shorter) path; ours is enough.
-            if let Some((prefix, rest)) = message.split_once(": ") {
-                if !prefix.contains(' ') && path.starts_with(prefix) {
-                    message = rest.to_owned();
-                }
-            }
-            field(path, message)
-        })?;
-        raw.validate(env)
+        parse_raw(text)?.validate(env)
     }
+
+    /// Only the `store` section of a config file (the whole file is still
+    /// checked for shape and unknown fields), without resolving secrets: for
+    /// `shardgate keys`, which runs without the providers' API keys.
+    pub fn load_store(path: &Path) -> Result<StoreConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_store(&text)
+    }
+
+    pub fn parse_store(text: &str) -> Result<StoreConfig, ConfigError> {
+        parse_raw(text)?.store()
+    }
+}
+
+fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            "config".to_owned()
+        } else {
+            path
+        };
+        let mut message = e.into_inner().to_string();
+        // The YAML library prefixes its own (shorter) path; ours is enough.
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if !prefix.contains(' ') && path.starts_with(prefix) {
+                message = rest.to_owned();
+            }
+        }
+        field(path, message)
+    })?;
+    Ok(raw)
 }
 
 #[cfg(test)]

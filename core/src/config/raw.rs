@@ -2,8 +2,8 @@
 
 use super::{
     field, AuthMode, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider, Limits, Listener,
-    ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, SecretRef, Target,
-    UpstreamSettings, Wire,
+    ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, SecretRef, StoreConfig,
+    StoreFsync, Target, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
 };
 use serde::Deserialize;
 use shardgate_policy::{PolicyEntry, PolicySet, PriceSpec};
@@ -40,6 +40,16 @@ pub(super) struct RawConfig {
     policies: Vec<PolicyEntry>,
     #[serde(default)]
     pricing: Vec<PriceSpec>,
+    #[serde(default)]
+    store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    dir: Option<PathBuf>,
+    /// `always`, `never`, or a group-commit interval such as `100ms`.
+    fsync: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,10 +156,48 @@ fn available_cores() -> usize {
 }
 
 impl RawConfig {
+    /// The `store` section alone, validated (for `shardgate keys`, which must
+    /// not need the providers' secrets).
+    pub(super) fn store(&self) -> Result<StoreConfig, ConfigError> {
+        let dir = self
+            .store
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR));
+        if dir.as_os_str().is_empty() {
+            return Err(field("store.dir", "is empty"));
+        }
+        let fsync = match self.store.fsync.as_deref().map(str::trim) {
+            None => StoreFsync::Interval(Duration::from_millis(100)),
+            Some("always") => StoreFsync::Always,
+            Some("never") => StoreFsync::Never,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d.is_zero() => {
+                    return Err(field(
+                        "store.fsync",
+                        "interval must be more than 0 (or `always`)",
+                    ))
+                }
+                Ok(d) if d > Duration::from_secs(60) => {
+                    return Err(field("store.fsync", format!("`{s}` is more than 60s")))
+                }
+                Ok(d) => StoreFsync::Interval(d),
+                Err(_) => {
+                    return Err(field(
+                        "store.fsync",
+                        format!("`{s}`: use `always`, `never` or an interval like 100ms"),
+                    ))
+                }
+            },
+        };
+        Ok(StoreConfig { dir, fsync })
+    }
+
     pub(super) fn validate(
         self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        let store = self.store()?;
         let mut listeners = Vec::new();
         if let Some(addr) = &self.listen {
             listeners.push(Listener {
@@ -288,6 +336,7 @@ impl RawConfig {
             auth: self.auth.unwrap_or(AuthMode::Keys),
             policies: self.policies,
             pricing: self.pricing,
+            store,
         })
     }
 }

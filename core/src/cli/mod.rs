@@ -1,0 +1,5 @@
+//! Subcommands that work on the data directory without starting the
+//! gateway (`shardgate keys ...`). `main.rs` only parses and maps their
+//! errors to exit codes.
+
+pub mod keys;
