@@ -98,13 +98,20 @@ fn main() -> ExitCode {
                 }
             };
             raise_open_files_limit();
+            let store = match shardgate_core::store::Store::open(&cfg.store) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: store {}: {e}", cfg.store.dir.display());
+                    return ExitCode::from(1);
+                }
+            };
             let shards = cfg.shards;
             let opts = serve::Options {
                 executor: ExecutorSettings {
                     pin: !no_pin,
                     spin_before_park: spin,
                 },
-                keys: shardgate_policy::KeyStore::new(),
+                store,
             };
             let result = serve::run(cfg, opts, |addrs| {
                 for a in addrs {

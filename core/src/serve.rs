@@ -2,7 +2,9 @@
 //! start the shards, then wait on the main thread for signals (shutdown) and
 //! certificate changes (reload), which reach shards as control messages.
 
-use crate::admission::mesh;
+use crate::admission::{mesh, Persist};
+use crate::store::{Store, KEYS_POLL_INTERVAL};
+use shardgate_policy::KeyStore;
 use crate::config::Config;
 use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
 use crate::shard::Shard;
@@ -29,12 +31,15 @@ pub enum ServeError {
     Shard { id: usize, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("key store: {0}")]
+    Keys(#[from] shardgate_policy::KeyStoreError),
 }
 
 pub struct Options {
     pub executor: ExecutorSettings,
-    /// The key table at start.
-    pub keys: shardgate_policy::KeyStore,
+    /// The open store: keys and usage at start, the usage writer, the key
+    /// log watcher.
+    pub store: Store,
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains and returns.
@@ -96,7 +101,16 @@ pub fn run(
     }
 
     let mesh = mesh::builder(shards);
-    let keys = opts.keys;
+    let mut store = opts.store;
+    let keys = KeyStore::from_records(store.recovered.keys.iter().cloned())?;
+    if store.recovered.keys_dropped_bytes + store.recovered.usage_dropped_bytes > 0 {
+        log::warn!(
+            "store: cut {} damaged bytes from keys.log and {} from usage.log (saved beside them)",
+            store.recovered.keys_dropped_bytes,
+            store.recovered.usage_dropped_bytes
+        );
+    }
+    let restored = Arc::new(std::mem::take(&mut store.recovered.usage));
     let signals = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     for id in 0..shards {
@@ -106,8 +120,12 @@ pub fn run(
         let upstream_tls = upstream_tls.clone();
         let mesh = mesh.clone();
         let keys = keys.clone();
+        let persist = Persist {
+            tx: store.usage.sender(),
+            restored: restored.clone(),
+        };
         let handle = runtime::spawn_shard(id, opts.executor, move |control| async move {
-            let shard = Shard::new(id, config, tls_configs, &upstream_tls, keys);
+            let shard = Shard::new(id, config, tls_configs, &upstream_tls, keys, persist);
             shard_main(shard, mine, control, mesh).await;
         })
         .map_err(|source| ServeError::Shard { id, source })?;
@@ -121,8 +139,9 @@ pub fn run(
         .filter_map(|l| l.tls.as_ref().map(|t| t.reload_interval))
         .min()
         .unwrap_or(Duration::from_secs(3600));
+    let tick = reload_every.min(KEYS_POLL_INTERVAL);
     loop {
-        match signals.recv_timeout(reload_every) {
+        match signals.recv_timeout(tick) {
             Ok(sig) => {
                 log::info!(
                     "signal {sig}: draining (up to {:?})",
@@ -130,7 +149,10 @@ pub fn run(
                 );
                 break;
             }
-            Err(RecvTimeoutError::Timeout) => reload_certs(&mut watches, &handles),
+            Err(RecvTimeoutError::Timeout) => {
+                reload_certs(&mut watches, &handles);
+                reload_keys(&mut store, &handles);
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
@@ -150,8 +172,36 @@ pub fn run(
             log::error!("shard ended with an error: {e}");
         }
     }
+    // Shards flushed their counters while draining; now everything queued
+    // is written and synced.
+    match store.usage.shutdown() {
+        Ok(stats) => log::info!("store: closed ({stats:?})"),
+        Err(e) => log::error!("store: final flush failed: {e}"),
+    }
     log::info!("stopped");
     Ok(())
+}
+
+/// Keys created or revoked by `shardgate keys` while serving: every shard
+/// gets the new table within a poll interval.
+fn reload_keys(store: &mut Store, handles: &[ShardHandle]) {
+    let records = match store.keys.poll() {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            log::error!("keys.log: {e}; keeping the current keys");
+            return;
+        }
+    };
+    match KeyStore::from_records(records) {
+        Ok(keys) => {
+            log::info!("keys reloaded: {} keys", keys.len());
+            for h in handles {
+                let _ = h.control.send(Control::Keys(Box::new(keys.clone())));
+            }
+        }
+        Err(e) => log::error!("keys.log: {e}; keeping the current keys"),
+    }
 }
 
 fn reload_certs(
@@ -224,6 +274,7 @@ async fn shard_main(
         }
         Err(e) => log::error!("shard {}: cannot join the quota mesh: {e}", shard.id),
     }
+    glommio::spawn_local(persist_counters(shard.clone())).detach();
     let gate = Rc::new(Gate::new());
     for (index, l) in listeners.into_iter().enumerate() {
         let listener = runtime::adopt_listener(l);
@@ -264,5 +315,18 @@ async fn shard_main(
             shard.id,
             shard.open_connections.get()
         );
+    }
+    shard.admission.persist_counters();
+}
+
+/// Counters of the buckets this shard owns go to the store at most this
+/// often (and once more at shutdown). Spend is recorded per request; this
+/// bounds only how stale restored minute/day windows can be.
+const COUNTER_PERSIST_EVERY: Duration = Duration::from_millis(200);
+
+async fn persist_counters(shard: Rc<Shard>) {
+    while !shard.draining() {
+        glommio::timer::sleep(COUNTER_PERSIST_EVERY).await;
+        shard.admission.persist_counters();
     }
 }

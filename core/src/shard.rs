@@ -38,6 +38,7 @@ impl Shard {
         tls: Vec<Option<Arc<rustls::ServerConfig>>>,
         upstream_tls: &[Option<Arc<rustls::ClientConfig>>],
         keys: shardgate_policy::KeyStore,
+        persist: crate::admission::Persist,
     ) -> Rc<Self> {
         let endpoints = config
             .providers
@@ -55,7 +56,7 @@ impl Shard {
         let models_body = crate::gateway::models::render(&config);
         Rc::new(Self {
             id,
-            admission: Admission::new(&config, Rc::new(keys)),
+            admission: Admission::new(&config, Rc::new(keys), persist),
             pool: Pool::new(config.providers.len(), config.upstream.clone()),
             endpoints,
             tls: tls.into_iter().map(RefCell::new).collect(),

@@ -169,23 +169,6 @@ impl Counters {
         self.spend_month.rollover(now);
     }
 
-    /// Puts back a window saved before a restart: `used` counts only if the
-    /// window that started at `start` is still the current one at `now`
-    /// (a minute saved an hour ago is over; this month's spend is not).
-    pub fn restore(&mut self, kind: LimitKind, start: Timestamp, used: u64, now: Timestamp) {
-        let w = self.window_mut(kind);
-        if w.period().start(now) == start {
-            w.rollover(now);
-            let have = w.used_at(now);
-            w.add(used.saturating_sub(have), now);
-        }
-    }
-
-    /// Every window's start and used count at `now`, for saving.
-    pub fn snapshot(&self, now: Timestamp) -> [(LimitKind, Timestamp, u64); 4] {
-        LimitKind::ALL.map(|k| (k, self.window(k).start_at(now), self.used(k, now)))
-    }
-
     /// Adds `n` to one window (used by lease grants and usage reports).
     pub fn add(&mut self, kind: LimitKind, n: u64, now: Timestamp) {
         self.window_mut(kind).add(n, now);

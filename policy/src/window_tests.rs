@@ -125,32 +125,10 @@ fn reset_strings_like_openai() {
 }
 
 #[test]
-fn counters_restore_only_current_windows() {
-    use crate::counters::{Counters, LimitKind};
-    // 2026-03-15 12:34:06 UTC
-    let now = Timestamp(1_773_578_046_000);
-    let mut saved = Counters::new(now);
-    saved.add(LimitKind::RequestsPerMinute, 7, now);
-    saved.add(LimitKind::MonthlySpend, 1234, now);
-    let snap = saved.snapshot(now);
-    // Ten seconds later the same minute still counts; two minutes later the
-    // minute is over but the month's spend is not.
-    for (later, rpm) in [(now.plus_ms(10_000), 7), (now.plus_ms(120_000), 0)] {
-        let mut c = Counters::new(later);
-        for (kind, start, used) in snap {
-            c.restore(kind, start, used, later);
-        }
-        assert_eq!(c.used(LimitKind::RequestsPerMinute, later), rpm);
-        assert_eq!(c.used(LimitKind::MonthlySpend, later), 1234);
-        // Restoring twice does not double count.
-        for (kind, start, used) in snap {
-            c.restore(kind, start, used, later);
-        }
-        assert_eq!(c.used(LimitKind::MonthlySpend, later), 1234);
+fn limit_kind_names_round_trip() {
+    use crate::counters::LimitKind;
+    for k in LimitKind::ALL {
+        assert_eq!(LimitKind::parse(k.as_str()), Some(k));
     }
-    assert_eq!(
-        LimitKind::parse("tokens_per_day"),
-        Some(LimitKind::TokensPerDay)
-    );
     assert_eq!(LimitKind::parse("nope"), None);
 }

@@ -313,6 +313,10 @@ def gateway_config(upstream: Upstream, extra_models: dict | None = None, extra_l
 
 
 def write_config(path: Path, config: dict) -> Path:
+    """Writes `config` to `path`. A gateway config without a `store` gets a
+    data directory of its own beside the file, so gateways never share one."""
+    if "providers" in config and "store" not in config:
+        config = {**config, "store": {"dir": str(path.with_suffix("")) + "-data"}}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -26,7 +26,8 @@ pub fn bin(name: &str) -> PathBuf {
         "{} not built: run `cargo build --workspace --bins`",
         p.display()
     );
-    p
+    // Absolute, so children may run in another working directory.
+    std::fs::canonicalize(&p).unwrap_or(p)
 }
 
 /// A child process that announced its listening addresses.
@@ -132,6 +133,8 @@ pub fn start_gateway_in(
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(bin("shardgate"));
     cmd.arg("serve").arg("--config").arg(&path).arg("--no-pin");
+    // The store's default `shardgate-data` lands in this gateway's own dir.
+    cmd.current_dir(dir.path());
     cmd.env("RUST_LOG", "debug");
     for (k, v) in env {
         cmd.env(k, v);

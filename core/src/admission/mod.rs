@@ -22,9 +22,11 @@ use shardgate_policy::{
     ToOwner,
 };
 use shardgate_proto::openai::Usage;
+use crate::store::{UsageRecord, UsageSender, UsageState, UsageTotals};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a request waits for a lease refill from the owner before it is
@@ -32,6 +34,9 @@ use std::time::Duration;
 /// unless the owner is saturated.
 const GRANT_WAIT: Duration = Duration::from_millis(50);
 const GRANT_POLL: Duration = Duration::from_micros(250);
+
+/// The key id usage is recorded under when auth is off.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// A request that may go on: what settlement needs afterwards, and the
 /// headers every response to it carries.
@@ -89,7 +94,17 @@ enum Slot {
     Leased(LocalQuota, Limits),
 }
 
+/// Where admission persists what it counts: per-request usage to the store
+/// writer, and the windows recovered at start.
+pub struct Persist {
+    pub tx: UsageSender,
+    pub restored: Arc<UsageState>,
+}
+
 pub struct Admission {
+    persist: Persist,
+    /// Owned buckets whose counters changed since they were last persisted.
+    dirty: RefCell<HashSet<String>>,
     mode: AuthMode,
     policies: PolicySet,
     pricing: PricingTable,
@@ -109,7 +124,7 @@ pub fn now() -> Timestamp {
 }
 
 impl Admission {
-    pub fn new(config: &Config, keys: Rc<KeyStore>) -> Self {
+    pub fn new(config: &Config, keys: Rc<KeyStore>, persist: Persist) -> Self {
         // Config validation compiled these already; an error here cannot
         // happen, and would only mean no policies.
         let policies = PolicySet::compile(&config.policies).unwrap_or_else(|e| {
@@ -117,6 +132,8 @@ impl Admission {
             PolicySet::default()
         });
         Admission {
+            persist,
+            dirty: RefCell::new(HashSet::new()),
             mode: config.auth,
             policies,
             pricing: PricingTable::new(&config.pricing),
@@ -154,7 +171,7 @@ impl Admission {
     fn actor(&self, req: &Request, now: Timestamp) -> Result<Actor, Refusal> {
         match self.mode {
             AuthMode::None => Ok(Actor {
-                key_id: "anonymous".to_owned(),
+                key_id: ANONYMOUS.to_owned(),
                 team: None,
                 tenant: None,
                 app: None,
@@ -293,7 +310,11 @@ impl Admission {
         let (me, peers) = self.me_and_peers();
         slots.entry(key.to_owned()).or_insert_with(|| {
             if owner_shard(key, peers) == me {
-                Slot::Owned(LeaseManager::new(limits, now))
+                // The owner picks up where the last run left off: windows
+                // still current at `now` keep their counts.
+                let mut lm = LeaseManager::new(limits, now);
+                *lm.counters_mut() = self.persist.restored.restore_counters(key, now);
+                Slot::Owned(lm)
             } else {
                 let (refill, low) = LocalQuota::suggested_refill(&limits, peers);
                 Slot::Leased(LocalQuota::new(me, refill, low), limits)
@@ -310,6 +331,7 @@ impl Admission {
                 let mut slots = self.slots.borrow_mut();
                 match self.slot_for(&mut slots, key, limits, now) {
                     Slot::Owned(lm) => {
+                        self.dirty.borrow_mut().insert(key.to_owned());
                         if lm.admit(r, now) {
                             Take::Admitted
                         } else {
@@ -369,6 +391,46 @@ impl Admission {
         usage: Option<&Usage>,
         estimated: bool,
     ) -> u64 {
+        let cost = self.settle_buckets(ticket, model, usage, estimated);
+        let key_id = ticket.key_id.as_deref().unwrap_or(ANONYMOUS);
+        let totals = UsageTotals {
+            requests: 1,
+            input_tokens: usage.and_then(|u| u.prompt_tokens).unwrap_or(0),
+            output_tokens: usage.and_then(|u| u.completion_tokens).unwrap_or(0),
+            spend_micros: cost,
+        };
+        if !self.persist.tx.send(UsageRecord::usage(key_id, now(), totals)) {
+            log::error!("usage of {key_id} not recorded: the store writer has stopped");
+        }
+        cost
+    }
+
+    /// Writes the counters of owned buckets that changed since last time.
+    pub fn persist_counters(&self) {
+        let dirty: Vec<String> = self.dirty.borrow_mut().drain().collect();
+        if dirty.is_empty() {
+            return;
+        }
+        let now = now();
+        let slots = self.slots.borrow();
+        for key in dirty {
+            if let Some(Slot::Owned(lm)) = slots.get(&key) {
+                for kind in LimitKind::ALL {
+                    self.persist
+                        .tx
+                        .send(UsageRecord::counter(&key, kind, lm.counters(), now));
+                }
+            }
+        }
+    }
+
+    fn settle_buckets(
+        &self,
+        ticket: &Ticket,
+        model: &str,
+        usage: Option<&Usage>,
+        estimated: bool,
+    ) -> u64 {
         let Some(held) = &ticket.held else {
             return usage.map_or(0, |u| self.pricing.cost_micros(model, u));
         };
@@ -387,6 +449,7 @@ impl Admission {
                 match self.slot_for(&mut slots, key, *limits, now) {
                     Slot::Owned(lm) => {
                         lm.counters_mut().settle(r, &s, now);
+                        self.dirty.borrow_mut().insert(key.clone());
                     }
                     Slot::Leased(lq, _) => {
                         let mut out = self.outbox.borrow_mut();
@@ -433,7 +496,10 @@ impl Admission {
                 let reply = {
                     let mut slots = self.slots.borrow_mut();
                     match self.slot_for(&mut slots, &bucket, limits, now) {
-                        Slot::Owned(lm) => lm.on_message(msg, now),
+                        Slot::Owned(lm) => {
+                            self.dirty.borrow_mut().insert(bucket.clone());
+                            lm.on_message(msg, now)
+                        }
                         Slot::Leased(..) => {
                             log::warn!("quota message for bucket {bucket} reached a non-owner");
                             None

@@ -19,12 +19,7 @@ use serde::{Deserialize, Serialize};
 use shardgate_policy::{Counters, LimitKind, Period, Timestamp};
 use std::collections::BTreeMap;
 
-const KINDS: [LimitKind; 4] = [
-    LimitKind::RequestsPerMinute,
-    LimitKind::TokensPerMinute,
-    LimitKind::TokensPerDay,
-    LimitKind::MonthlySpend,
-];
+const KINDS: [LimitKind; 4] = LimitKind::ALL;
 
 /// One record of `usage.log`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
