@@ -3,14 +3,14 @@
 //! certificate changes (reload), which reach shards as control messages.
 
 use crate::admission::{mesh, Persist};
-use crate::store::{Store, KEYS_POLL_INTERVAL};
-use shardgate_policy::KeyStore;
 use crate::config::Config;
 use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
 use crate::shard::Shard;
+use crate::store::{Store, KEYS_POLL_INTERVAL};
 use crate::tls::{self, CertWatch, TlsError};
 use crossbeam::channel::RecvTimeoutError;
 use glommio::sync::Gate;
+use shardgate_policy::KeyStore;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;

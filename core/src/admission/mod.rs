@@ -14,6 +14,7 @@ mod prompt;
 
 use crate::config::{AuthMode, Config};
 use crate::server::Request;
+use crate::store::{UsageRecord, UsageSender, UsageState, UsageTotals};
 use mesh::{Mesh, ShardMsg};
 use shardgate_policy::{
     decide, estimate_prompt_tokens, owner_shard, parse_credential, Actor, Counters, Decision,
@@ -22,7 +23,6 @@ use shardgate_policy::{
     ToOwner,
 };
 use shardgate_proto::openai::Usage;
-use crate::store::{UsageRecord, UsageSender, UsageState, UsageTotals};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -399,7 +399,11 @@ impl Admission {
             output_tokens: usage.and_then(|u| u.completion_tokens).unwrap_or(0),
             spend_micros: cost,
         };
-        if !self.persist.tx.send(UsageRecord::usage(key_id, now(), totals)) {
+        if !self
+            .persist
+            .tx
+            .send(UsageRecord::usage(key_id, now(), totals))
+        {
             log::error!("usage of {key_id} not recorded: the store writer has stopped");
         }
         cost
