@@ -1,6 +1,8 @@
 //! Times the stream translators: N Anthropic text-delta events -> OpenAI
-//! chunks, and N OpenAI chunks -> Anthropic events, fed in 4 KiB pieces.
-//! Prints events/s and ns/event; no pass/fail.
+//! chunks, and N OpenAI chunks -> Anthropic events. Throughput: fed in
+//! 4 KiB pieces, events/s and ns/event. Added latency: fed one event at a
+//! time as a live stream arrives, the time each event spends in the
+//! translator (p50/p99/p99.9/max from hdrhistogram). No pass/fail.
 //!
 //! `cargo run --release -p shardgate-providers --example stream_bench [N]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -59,6 +61,39 @@ fn time(name: &str, n: usize, input: &[u8], make: impl Fn() -> StreamTranslator)
     );
 }
 
+/// The translator's time per event when events arrive one by one.
+fn latency(name: &str, input: &[u8], make: impl Fn() -> StreamTranslator) {
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
+    let mut out = Vec::with_capacity(4096);
+    // Warm-up pass, then the measured one.
+    for measured in [false, true] {
+        let mut t = make();
+        for event in input
+            .split_inclusive(|&b| b == b'\n')
+            .collect::<Vec<_>>()
+            .chunks(3)
+        {
+            let bytes: Vec<u8> = event.concat();
+            out.clear();
+            let start = Instant::now();
+            t.on_bytes(&bytes, &mut out).unwrap();
+            let ns = start.elapsed().as_nanos() as u64;
+            if measured {
+                hist.record(ns.max(1)).unwrap();
+            }
+        }
+        let _ = t.finish(&mut out);
+    }
+    println!(
+        "{name}: per event added latency p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} events)",
+        hist.value_at_quantile(0.50),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        hist.max(),
+        hist.len()
+    );
+}
+
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
@@ -78,6 +113,15 @@ fn main() {
     });
     let o = openai_stream(n);
     time("openai->anthropic", n, &o, || {
+        StreamTranslator::OpenAiToAnthropic(OpenAiToAnthropic::new(ctx()))
+    });
+    // Live-stream shape: one event per read. Anthropic events are three
+    // lines (event, data, blank); OpenAI's two, so read them in threes too
+    // (1.5 events per feed) to keep a partial event in the buffer sometimes.
+    latency("anthropic->openai", &a, || {
+        StreamTranslator::Anthropic(AnthropicToOpenAi::new(ctx()))
+    });
+    latency("openai->anthropic", &o, || {
         StreamTranslator::OpenAiToAnthropic(OpenAiToAnthropic::new(ctx()))
     });
 }
