@@ -308,7 +308,18 @@ impl Admission {
         now: Timestamp,
     ) -> &'s mut Slot {
         let (me, peers) = self.me_and_peers();
-        slots.entry(key.to_owned()).or_insert_with(|| {
+        if !slots.contains_key(key) {
+            // The key is allocated once per bucket, not per request.
+            slots.insert(key.to_owned(), self.open_slot(key, limits, now, me, peers));
+        }
+        match slots.get_mut(key) {
+            Some(slot) => slot,
+            None => unreachable!("inserted above"),
+        }
+    }
+
+    fn open_slot(&self, key: &str, limits: Limits, now: Timestamp, me: usize, peers: usize) -> Slot {
+        {
             if owner_shard(key, peers) == me {
                 // The owner picks up where the last run left off: windows
                 // still current at `now` keep their counts.
@@ -319,7 +330,16 @@ impl Admission {
                 let (refill, low) = LocalQuota::suggested_refill(&limits, peers);
                 Slot::Leased(LocalQuota::new(me, refill, low), limits)
             }
-        })
+        }
+    }
+
+    /// Marks an owned bucket's counters as changed (allocating only the
+    /// first time per persist period).
+    fn mark_dirty(&self, key: &str) {
+        let mut dirty = self.dirty.borrow_mut();
+        if !dirty.contains(key) {
+            dirty.insert(key.to_owned());
+        }
     }
 
     /// Takes `r` from one bucket, waiting (bounded) for a lease refill.
@@ -331,7 +351,7 @@ impl Admission {
                 let mut slots = self.slots.borrow_mut();
                 match self.slot_for(&mut slots, key, limits, now) {
                     Slot::Owned(lm) => {
-                        self.dirty.borrow_mut().insert(key.to_owned());
+                        self.mark_dirty(key);
                         if lm.admit(r, now) {
                             Take::Admitted
                         } else {
@@ -453,7 +473,7 @@ impl Admission {
                 match self.slot_for(&mut slots, key, *limits, now) {
                     Slot::Owned(lm) => {
                         lm.counters_mut().settle(r, &s, now);
-                        self.dirty.borrow_mut().insert(key.clone());
+                        self.mark_dirty(key);
                     }
                     Slot::Leased(lq, _) => {
                         let mut out = self.outbox.borrow_mut();
@@ -501,7 +521,7 @@ impl Admission {
                     let mut slots = self.slots.borrow_mut();
                     match self.slot_for(&mut slots, &bucket, limits, now) {
                         Slot::Owned(lm) => {
-                            self.dirty.borrow_mut().insert(bucket.clone());
+                            self.mark_dirty(&bucket);
                             lm.on_message(msg, now)
                         }
                         Slot::Leased(..) => {
