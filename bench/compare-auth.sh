@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# What admission costs: the same gateway config with auth off, with a key and
+# a policy with limits (requests per minute, monthly spend), and with a token
+# limit too (so every request is tokenized), interleaved rounds in one run.
+# Prints the table and writes JSON + text under bench/results/ (gitignored).
+#
+#   bench/compare-auth.sh [--rounds 5] [--duration 5s] [--warmup 1s]
+#       [--connections 64] [--no-build] [-- EXTRA COMPARE ARGS]
+#
+# The gateways (one shard each) and the mock share the first half of the
+# CPUs, the load generator gets the rest, as in compare-nginx.sh.
+set -euo pipefail
+
+ROUNDS=5
+DURATION=5s
+WARMUP=1s
+CONNECTIONS=64
+BUILD=1
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH=$TARGET_DIR/release/shardgate-bench
+GATEWAY_BIN=$TARGET_DIR/release/shardgate
+RESULTS=$ROOT/bench/results
+WORK=$(mktemp -d /tmp/shardgate-auth.XXXXXX)
+PIDS=()
+
+log() { echo "compare-auth: $*" >&2; }
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits up to 15 s for a "PREFIX HOST:PORT..." line in FILE; prints PORT.
+wait_port() {
+  local file=$1 prefix=$2 pid=$3 i line
+  for ((i = 0; i < 150; i++)); do
+    line=$(grep -m1 "^$prefix " "$file" 2>/dev/null || true)
+    if [[ $line =~ ^$prefix\ [^\ ]*:([0-9]+) ]]; then
+      echo "${BASH_REMATCH[1]}"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+NPROC=$(nproc)
+SERVER_PIN=() LOAD_PIN=() LOAD_SHARDS=1
+if ((NPROC >= 2)) && command -v taskset >/dev/null; then
+  SERVER_PIN=(taskset -c "0-$((NPROC / 2 - 1))")
+  LOAD_PIN=(taskset -c "$((NPROC / 2))-$((NPROC - 1))")
+  LOAD_SHARDS=$((NPROC - NPROC / 2))
+fi
+
+cd "$ROOT"
+if ((BUILD)); then
+  log "building release"
+  cargo build --release -p shardgate-bench -p shardgate-core
+fi
+
+"${SERVER_PIN[@]}" "$BENCH" mock --listen 127.0.0.1:0 >"$WORK/mock.out" 2>"$WORK/mock.err" &
+PIDS+=("$!")
+MOCK_PORT=$(wait_port "$WORK/mock.out" "mock listening on" "$!") || { log "mock did not start"; exit 1; }
+
+# name, extra top-level YAML; every variant shares providers and models.
+start_gateway() {
+  local name=$1 extra=$2
+  cat >"$WORK/$name.yaml" <<EOF
+listen: 127.0.0.1:0
+shards: 1
+store: { dir: $WORK/$name-data }
+providers:
+  up: { kind: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1" }
+models:
+  demo: { targets: [ { provider: up, model: mock-1 } ] }
+$extra
+EOF
+  "${SERVER_PIN[@]}" "$GATEWAY_BIN" serve --config "$WORK/$name.yaml" --no-pin \
+    >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  local port
+  port=$(wait_port "$WORK/$name.out" "shardgate listening on" "$pid") \
+    || { log "$name did not start"; cat "$WORK/$name.err" >&2; exit 1; }
+  echo "$port $pid"
+}
+
+key_for() {
+  "$GATEWAY_BIN" keys create --team bench --tenant bench --config "$WORK/$1.yaml" --json \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])'
+}
+
+POLICY='policies:
+  - ai_runtime_policy:
+      actor_scope: { team: bench }
+      model_access: { allowed_models: ["demo"] }
+      budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000'
+read -r OFF_PORT OFF_PID < <(start_gateway off "auth: none")
+read -r POL_PORT POL_PID < <(start_gateway policy "$POLICY }")
+read -r TOK_PORT TOK_PID < <(start_gateway tokens "$POLICY, tokens_per_minute: 1000000000000 }")
+KEY_POLICY=$(key_for policy)
+KEY_TOKENS=$(key_for tokens)
+
+PATH_=/v1/chat/completions
+TARGETS=(
+  --target "auth-off=http://127.0.0.1:$OFF_PORT$PATH_,pid=$OFF_PID"
+  --target "key+policy=http://127.0.0.1:$POL_PORT$PATH_,pid=$POL_PID,api-key=$KEY_POLICY"
+  --target "key+policy+tokens=http://127.0.0.1:$TOK_PORT$PATH_,pid=$TOK_PID,api-key=$KEY_TOKENS"
+)
+mkdir -p "$RESULTS"
+OUT=$RESULTS/compare-auth-$(date +%Y%m%d-%H%M%S)
+CMD=("${LOAD_PIN[@]}" "$BENCH" compare "${TARGETS[@]}" --rounds "$ROUNDS" --duration "$DURATION"
+  --warmup "$WARMUP" --connections "$CONNECTIONS" --shards "$LOAD_SHARDS" --out "$OUT.json" "${EXTRA[@]}")
+log "running: ${CMD[*]}"
+"${CMD[@]}" | tee "$OUT.txt"
+echo "command: ${CMD[*]}" >>"$OUT.txt"
+log "results: $OUT.txt $OUT.json"
