@@ -79,8 +79,9 @@ if ((BUILD)); then
 fi
 
 "${SERVER_PIN[@]}" "$BENCH" mock --listen 127.0.0.1:0 >"$WORK/mock.out" 2>"$WORK/mock.err" &
-PIDS+=("$!")
-MOCK_PORT=$(wait_port "$WORK/mock.out" "mock listening on" "$!") || { log "mock did not start"; exit 1; }
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+MOCK_PORT=$(wait_port "$WORK/mock.out" "mock listening on" "$MOCK_PID") || { log "mock did not start"; exit 1; }
 
 # name, extra top-level YAML; every variant shares providers and models.
 start_gateway() {
@@ -102,7 +103,7 @@ EOF
   local port
   port=$(wait_port "$WORK/$name.out" "shardgate listening on" "$pid") \
     || { log "$name did not start"; cat "$WORK/$name.err" >&2; exit 1; }
-  echo "$port $pid"
+  PORT=$port PID=$pid
 }
 
 key_for() {
@@ -115,9 +116,13 @@ POLICY='policies:
       actor_scope: { team: bench }
       model_access: { allowed_models: ["demo"] }
       budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000'
-read -r OFF_PORT OFF_PID < <(start_gateway off "auth: none")
-read -r POL_PORT POL_PID < <(start_gateway policy "$POLICY }")
-read -r TOK_PORT TOK_PID < <(start_gateway tokens "$POLICY, tokens_per_minute: 1000000000000 }")
+# Called in this shell (not in $(...)) so that cleanup knows every pid.
+start_gateway off "auth: none"
+OFF_PORT=$PORT OFF_PID=$PID
+start_gateway policy "$POLICY }"
+POL_PORT=$PORT POL_PID=$PID
+start_gateway tokens "$POLICY, tokens_per_minute: 1000000000000 }"
+TOK_PORT=$PORT TOK_PID=$PID
 KEY_POLICY=$(key_for policy)
 KEY_TOKENS=$(key_for tokens)
 
