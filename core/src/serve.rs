@@ -274,7 +274,7 @@ async fn shard_main(
         }
         Err(e) => log::error!("shard {}: cannot join the quota mesh: {e}", shard.id),
     }
-    glommio::spawn_local(persist_counters(shard.clone())).detach();
+    glommio::spawn_local(persist(shard.clone())).detach();
     let gate = Rc::new(Gate::new());
     for (index, l) in listeners.into_iter().enumerate() {
         let listener = runtime::adopt_listener(l);
@@ -316,17 +316,24 @@ async fn shard_main(
             shard.open_connections.get()
         );
     }
+    shard.admission.persist_usage();
     shard.admission.persist_counters();
 }
 
-/// Counters of the buckets this shard owns go to the store at most this
-/// often (and once more at shutdown). Spend is recorded per request; this
-/// bounds only how stale restored minute/day windows can be.
-const COUNTER_PERSIST_EVERY: Duration = Duration::from_millis(200);
+/// Settled usage goes to the store writer this often (so `kill -9` can lose
+/// at most this much of it), and owned buckets' changed windows every
+/// `COUNTER_EVERY` flushes; both once more at drain.
+const USAGE_PERSIST_EVERY: Duration = Duration::from_millis(10);
+const COUNTER_EVERY: u32 = 20;
 
-async fn persist_counters(shard: Rc<Shard>) {
+async fn persist(shard: Rc<Shard>) {
+    let mut n = 0u32;
     while !shard.draining() {
-        glommio::timer::sleep(COUNTER_PERSIST_EVERY).await;
-        shard.admission.persist_counters();
+        glommio::timer::sleep(USAGE_PERSIST_EVERY).await;
+        shard.admission.persist_usage();
+        n += 1;
+        if n % COUNTER_EVERY == 0 {
+            shard.admission.persist_counters();
+        }
     }
 }

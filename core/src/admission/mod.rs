@@ -105,6 +105,8 @@ pub struct Admission {
     persist: Persist,
     /// Owned buckets whose counters changed since they were last persisted.
     dirty: RefCell<HashSet<String>>,
+    /// Usage settled per key since the last [`Admission::persist_usage`].
+    pending: RefCell<HashMap<String, UsageTotals>>,
     mode: AuthMode,
     policies: PolicySet,
     pricing: PricingTable,
@@ -134,6 +136,7 @@ impl Admission {
         Admission {
             persist,
             dirty: RefCell::new(HashSet::new()),
+            pending: RefCell::new(HashMap::new()),
             mode: config.auth,
             policies,
             pricing: PricingTable::new(&config.pricing),
@@ -413,20 +416,32 @@ impl Admission {
     ) -> u64 {
         let cost = self.settle_buckets(ticket, model, usage, estimated);
         let key_id = ticket.key_id.as_deref().unwrap_or(ANONYMOUS);
-        let totals = UsageTotals {
+        let added = UsageTotals {
             requests: 1,
             input_tokens: usage.and_then(|u| u.prompt_tokens).unwrap_or(0),
             output_tokens: usage.and_then(|u| u.completion_tokens).unwrap_or(0),
             spend_micros: cost,
         };
-        if !self
-            .persist
-            .tx
-            .send(UsageRecord::usage(key_id, now(), totals))
-        {
-            log::error!("usage of {key_id} not recorded: the store writer has stopped");
+        let mut pending = self.pending.borrow_mut();
+        match pending.get_mut(key_id) {
+            Some(t) => t.add(&added),
+            None => {
+                pending.insert(key_id.to_owned(), added);
+            }
         }
         cost
+    }
+
+    /// Hands the usage settled since the last call to the store writer, one
+    /// record per key: the request path only adds to a local table, and
+    /// the writer thread is woken once per flush, not once per request.
+    pub fn persist_usage(&self) {
+        let now = now();
+        for (key_id, totals) in self.pending.borrow_mut().drain() {
+            if !self.persist.tx.send(UsageRecord::usage(&key_id, now, totals)) {
+                log::error!("usage of {key_id} not recorded: the store writer has stopped");
+            }
+        }
     }
 
     /// Writes the counters of owned buckets that changed since last time.
