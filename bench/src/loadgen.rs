@@ -1,10 +1,19 @@
-//! `shardgate-bench run`: a closed-loop HTTP/1.1 load generator.
+//! `shardgate-bench run`: an LLM-aware HTTP/1.1 load generator, closed loop
+//! by default, open loop at a target rate with `--rate`.
 //!
 //! One glommio shard per core; connections split across shards; each
-//! connection is a keep-alive loop sending the same prebuilt request bytes
-//! and reading the whole response (Content-Length, chunked or until close)
-//! with the tool's own parser (`crate::http`). Per-shard histograms, merged
-//! at the end. Steady state allocates nothing per request.
+//! connection is a keep-alive loop cycling through prebuilt request bytes
+//! (`crate::workload`) and reading the whole response (Content-Length,
+//! chunked or until close) with the tool's own parser (`crate::http`).
+//! Streams go through a [`StreamMeter`] for TTFT (first token event),
+//! inter-token latency, time per output token, output tokens per second and
+//! usage. Per-shard histograms, merged at the end. Steady state allocates
+//! nothing per request.
+//!
+//! Open loop (`crate::arrivals`): latency and TTFT are measured from each
+//! request's INTENDED send time, so a stall is charged to every request it
+//! delayed (no coordinated omission); `service` is measured from the actual
+//! send. Closed loop: both from the actual send.
 //!
 //! Timeline: `begin` (connections open, requests flow) → `begin + warmup`
 //! (measurement starts) → `+ duration` (measurement ends, shards stop).
@@ -12,10 +21,14 @@
 //! failures count whenever they happen before its end, warmup included.
 
 use crate::args::HttpUrl;
+use crate::arrivals::Schedule;
 use crate::error::BenchError;
-use crate::http::{parse_response_head, ChunkedDecoder, Framing, Malformed, SseCounter};
+use crate::http::{parse_response_head, ChunkedDecoder, Framing, Malformed};
 use crate::machine;
+use crate::progress::{self, Progress, ShardProgress};
 use crate::shards::{spawn_shard, ShardPlan};
+use crate::stream_meter::StreamMeter;
+use crate::workload::{self, Api, OpenLoop, Shape};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
@@ -24,6 +37,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Highest latency the histograms track (longer values are clamped).
@@ -46,6 +60,10 @@ pub struct LoadConfig {
     pub api_key: Option<String>,
     /// Connect timeout, and longest wait for any single read.
     pub timeout: Duration,
+    /// API shape, prompts, open loop.
+    pub shape: Shape,
+    /// Draw the live progress line (only if stderr is a terminal).
+    pub progress: bool,
 }
 
 /// Failures by kind.
@@ -57,8 +75,11 @@ pub struct ErrorCounts {
     pub malformed: u64,
     /// Connection reset or closed before the response was complete.
     pub io: u64,
-    /// A 200 event stream that ended without `data: [DONE]`.
+    /// A 200 event stream that ended without its end marker (`[DONE]`,
+    /// `message_stop`).
     pub incomplete_stream: u64,
+    /// An error event inside a 200 stream.
+    pub stream_error: u64,
     /// Non-2xx responses by status code.
     pub status: BTreeMap<u16, u64>,
 }
@@ -70,6 +91,7 @@ impl ErrorCounts {
             + self.malformed
             + self.io
             + self.incomplete_stream
+            + self.stream_error
             + self.status.values().sum::<u64>()
     }
 
@@ -79,6 +101,7 @@ impl ErrorCounts {
         self.malformed += o.malformed;
         self.io += o.io;
         self.incomplete_stream += o.incomplete_stream;
+        self.stream_error += o.stream_error;
         for (k, v) in &o.status {
             *self.status.entry(*k).or_default() += v;
         }
@@ -95,6 +118,7 @@ impl ErrorCounts {
             ("malformed", self.malformed),
             ("io", self.io),
             ("incomplete_stream", self.incomplete_stream),
+            ("stream_error", self.stream_error),
         ] {
             if n > 0 {
                 parts.push(format!("{name}={n}"));
@@ -107,13 +131,27 @@ impl ErrorCounts {
     }
 }
 
-/// What one shard measured.
+/// What one shard measured. Times in microseconds.
 #[derive(Debug, Clone)]
 pub struct Stats {
+    /// Open loop: from the intended send time; closed: from the send.
     pub latency: Histogram<u64>,
+    /// From the actual send (recorded in open loop only).
+    pub service: Histogram<u64>,
+    /// To the first token event (or first body byte without one).
     pub ttft: Histogram<u64>,
+    /// Gaps between consecutive token events.
+    pub itl: Histogram<u64>,
+    /// Per request: (last token - first token) / (token events - 1).
+    pub tpot: Histogram<u64>,
+    /// Per request: output tokens / latency, in tokens per second.
+    pub tokens_per_s: Histogram<u64>,
     pub ok: u64,
     pub sse_events: u64,
+    pub token_events: u64,
+    /// Usage's output tokens (token events where a stream gave no usage).
+    pub output_tokens: u64,
+    pub input_tokens: u64,
     pub errors: ErrorCounts,
     /// Requests unanswered when the window closed that had been waiting
     /// for over [`STUCK_AFTER`] (a hung server shows here, not as errors).
@@ -125,19 +163,37 @@ impl Stats {
         let h = || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(BenchError::runtime);
         Ok(Stats {
             latency: h()?,
+            service: h()?,
             ttft: h()?,
+            itl: h()?,
+            tpot: h()?,
+            tokens_per_s: h()?,
             ok: 0,
             sse_events: 0,
+            token_events: 0,
+            output_tokens: 0,
+            input_tokens: 0,
             errors: ErrorCounts::default(),
             stuck: 0,
         })
     }
 
     pub fn merge(&mut self, o: &Stats) -> Result<(), BenchError> {
-        self.latency.add(&o.latency).map_err(BenchError::runtime)?;
-        self.ttft.add(&o.ttft).map_err(BenchError::runtime)?;
+        for (a, b) in [
+            (&mut self.latency, &o.latency),
+            (&mut self.service, &o.service),
+            (&mut self.ttft, &o.ttft),
+            (&mut self.itl, &o.itl),
+            (&mut self.tpot, &o.tpot),
+            (&mut self.tokens_per_s, &o.tokens_per_s),
+        ] {
+            a.add(b).map_err(BenchError::runtime)?;
+        }
         self.ok += o.ok;
         self.sse_events += o.sse_events;
+        self.token_events += o.token_events;
+        self.output_tokens += o.output_tokens;
+        self.input_tokens += o.input_tokens;
         self.errors.merge(&o.errors);
         self.stuck += o.stuck;
         Ok(())
@@ -175,8 +231,16 @@ impl Percentiles {
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
     pub url: String,
+    pub api: Api,
     pub model: String,
     pub stream: bool,
+    /// `closed` or `open`.
+    pub mode: &'static str,
+    /// Open loop: the target rate and arrival process.
+    pub rate: Option<f64>,
+    pub arrivals: Option<crate::arrivals::Arrivals>,
+    /// What `latency_us` and `ttft_us` are measured from.
+    pub latency_from: &'static str,
     pub connections: usize,
     pub shards: usize,
     pub pinned: bool,
@@ -186,9 +250,24 @@ pub struct LoadReport {
     pub requests: u64,
     pub requests_per_second: f64,
     pub latency_us: Percentiles,
-    /// Time from sending the request to the first body byte; streams only.
+    /// Open loop: latency from the actual send (the server's share).
+    pub service_us: Option<Percentiles>,
+    /// To the first token event (first body byte if none); streams only.
     pub ttft_us: Option<Percentiles>,
+    /// Inter-token latency: gaps between token events; streams only.
+    pub itl_us: Option<Percentiles>,
+    /// Time per output token after the first, per request; streams only.
+    pub tpot_us: Option<Percentiles>,
+    /// Output tokens per second of each request (tokens / latency).
+    pub request_tokens_per_s: Option<Percentiles>,
     pub sse_events_per_request: Option<f64>,
+    pub token_events_total: u64,
+    pub output_tokens_total: u64,
+    pub input_tokens_total: u64,
+    /// All output tokens over the window.
+    pub output_tokens_per_second: f64,
+    /// Synthetic prompts: their cl100k_base token counts (min, mean, max).
+    pub prompt_tokens: Option<PromptTokens>,
     pub errors: ErrorCounts,
     pub errors_total: u64,
     /// Requests unanswered for over a second when the window closed.
@@ -201,39 +280,85 @@ pub struct LoadReport {
     pub machine: machine::MachineInfo,
 }
 
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PromptTokens {
+    pub min: usize,
+    pub mean: f64,
+    pub max: usize,
+}
+
 /// Runs one load and blocks until it is done. With `watch_pid`, also
 /// measures that process's CPU time over the measurement window.
 pub fn run_load(
     cfg: &LoadConfig,
     watch_pid: Option<u32>,
 ) -> Result<(LoadReport, Stats), BenchError> {
-    let request = build_request(cfg);
+    let work = workload::build(cfg)?;
+    let requests = Arc::new(work.requests);
     let shards = cfg.shards.count.clamp(1, cfg.connections.max(1));
     let begin = Instant::now();
     let window_start = begin + cfg.warmup;
     let window_end = window_start + cfg.duration;
     let mut handles = Vec::with_capacity(shards);
+    let mut progress = Vec::with_capacity(shards);
+    let mut first_conn = 0;
     for shard in 0..shards {
         // Spread connections evenly; the first shards take the remainder.
         let conns = cfg.connections / shards + usize::from(shard < cfg.connections % shards);
+        let shard_progress = Arc::new(ShardProgress::default());
+        progress.push(shard_progress.clone());
         let ctx = ConnCtx {
             addr: cfg.url.addr,
-            request: request.clone(),
+            requests: requests.clone(),
+            api: work.api,
             stream: cfg.stream,
             timeout: cfg.timeout,
             window_start,
             window_end,
+            open_loop: cfg.shape.open_loop,
+            arrivals: cfg.shape.open_loop.map(|o| {
+                let mut s = Schedule::new(o.rate, shards, shard, o.arrivals, cfg.shape.seed);
+                let first = begin + s.first(shard, shards);
+                RefCell::new((s, first))
+            }),
+            first_conn,
+            progress: shard_progress,
         };
+        first_conn += conns;
         let h = spawn_shard("load", cfg.shards, shard, move || run_shard(ctx, conns))?;
         handles.push(h);
     }
 
-    sleep_until(window_start);
-    let cpu0 = watch_pid.and_then(machine::process_cpu_time);
-    let own0 = machine::own_cpu_time();
-    sleep_until(window_end);
+    // The main thread samples CPU counters at the window's edges and
+    // redraws the progress line in between.
+    let total = cfg.warmup + cfg.duration;
+    let mut line = Progress::new(
+        progress,
+        begin,
+        cfg.warmup,
+        total,
+        cfg.progress && progress::stderr_is_tty(),
+    );
+    let mut cpu0 = None;
+    let mut own0 = None;
+    let mut sampled = false;
+    loop {
+        let now = Instant::now();
+        if !sampled && now >= window_start {
+            cpu0 = watch_pid.and_then(machine::process_cpu_time);
+            own0 = machine::own_cpu_time();
+            sampled = true;
+        }
+        if now >= window_end {
+            break;
+        }
+        let edge = if sampled { window_end } else { window_start };
+        sleep_until(edge.min(now + progress::PERIOD));
+        line.draw();
+    }
     let cpu1 = watch_pid.and_then(machine::process_cpu_time);
     let own1 = machine::own_cpu_time();
+    line.clear();
 
     let mut stats = Stats::new()?;
     for h in handles {
@@ -246,10 +371,22 @@ pub fn run_load(
         (Some(a), Some(b)) => Some(b.saturating_sub(a).as_micros() as u64),
         _ => None,
     };
+    let open = cfg.shape.open_loop;
+    let streams = cfg.stream;
+    let pt = &work.prompt_tokens;
     let report = LoadReport {
         url: cfg.url.to_string(),
+        api: work.api,
         model: cfg.model.clone(),
         stream: cfg.stream,
+        mode: if open.is_some() { "open" } else { "closed" },
+        rate: open.map(|o| o.rate),
+        arrivals: open.map(|o| o.arrivals),
+        latency_from: if open.is_some() {
+            "intended send time"
+        } else {
+            "send"
+        },
         connections: cfg.connections,
         shards,
         pinned: cfg.shards.pin,
@@ -258,9 +395,22 @@ pub fn run_load(
         requests: stats.ok,
         requests_per_second: stats.ok as f64 / secs,
         latency_us: Percentiles::of(&stats.latency),
-        ttft_us: cfg.stream.then(|| Percentiles::of(&stats.ttft)),
-        sse_events_per_request: (cfg.stream && stats.ok > 0)
+        service_us: open.map(|_| Percentiles::of(&stats.service)),
+        ttft_us: streams.then(|| Percentiles::of(&stats.ttft)),
+        itl_us: streams.then(|| Percentiles::of(&stats.itl)),
+        tpot_us: streams.then(|| Percentiles::of(&stats.tpot)),
+        request_tokens_per_s: streams.then(|| Percentiles::of(&stats.tokens_per_s)),
+        sse_events_per_request: (streams && stats.ok > 0)
             .then(|| stats.sse_events as f64 / stats.ok as f64),
+        token_events_total: stats.token_events,
+        output_tokens_total: stats.output_tokens,
+        input_tokens_total: stats.input_tokens,
+        output_tokens_per_second: stats.output_tokens as f64 / secs,
+        prompt_tokens: (!pt.is_empty()).then(|| PromptTokens {
+            min: pt.iter().copied().min().unwrap_or(0),
+            mean: pt.iter().sum::<usize>() as f64 / pt.len() as f64,
+            max: pt.iter().copied().max().unwrap_or(0),
+        }),
         errors_total: stats.errors.total(),
         errors: stats.errors.clone(),
         stuck_at_end: stats.stuck,
@@ -287,71 +437,22 @@ fn sleep_until(t: Instant) {
     }
 }
 
-/// The request every connection sends, built once. The body follows the
-/// URL's path: chat completions, legacy completions or embeddings; `GET`
-/// for `/models` and health paths.
-pub fn build_request(cfg: &LoadConfig) -> Vec<u8> {
-    let path = cfg.url.path.split('?').next().unwrap_or("");
-    let get = path.ends_with("/models") || path.ends_with("/healthz") || path == "/";
-    let body = if get {
-        None
-    } else if path.ends_with("/embeddings") {
-        Some(serde_json::json!({
-            "model": cfg.model,
-            "input": "The quick brown fox jumps over the lazy dog.",
-        }))
-    } else {
-        let mut body = if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
-            serde_json::json!({
-                "model": cfg.model,
-                "prompt": "Say hello in one short sentence.",
-                "max_tokens": cfg.max_tokens,
-            })
-        } else {
-            serde_json::json!({
-                "model": cfg.model,
-                "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
-                "max_tokens": cfg.max_tokens,
-            })
-        };
-        if cfg.stream {
-            body["stream"] = true.into();
-            body["stream_options"] = serde_json::json!({"include_usage": true});
-        }
-        Some(body)
-    };
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{} {} HTTP/1.1\r\nhost: {}\r\nuser-agent: shardgate-bench\r\n",
-        if get { "GET" } else { "POST" },
-        cfg.url.path,
-        cfg.url.host
-    );
-    if let Some(key) = &cfg.api_key {
-        req.push_str(&format!("authorization: Bearer {key}\r\n"));
-    }
-    if !get {
-        req.push_str(&format!(
-            "content-type: application/json\r\ncontent-length: {}\r\n",
-            body.len()
-        ));
-    }
-    if cfg.stream {
-        req.push_str("accept: text/event-stream\r\n");
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    req.into_bytes()
-}
-
 /// Read-only settings for every connection of a shard.
 struct ConnCtx {
     addr: std::net::SocketAddr,
-    request: Vec<u8>,
+    /// Cycled through, each connection from its own offset.
+    requests: Arc<Vec<Vec<u8>>>,
+    api: Api,
     stream: bool,
     timeout: Duration,
     window_start: Instant,
     window_end: Instant,
+    open_loop: Option<OpenLoop>,
+    /// Open loop: this shard's arrival sequence and its next arrival.
+    arrivals: Option<RefCell<(Schedule, Instant)>>,
+    /// Index of this shard's first connection over all shards.
+    first_conn: usize,
+    progress: Arc<ShardProgress>,
 }
 
 async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
@@ -362,7 +463,16 @@ async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
         (0..conns).map(|_| Rc::new(Cell::new(None))).collect();
     let tasks: Vec<_> = started
         .iter()
-        .map(|st| glommio::spawn_local(connection_loop(ctx.clone(), stats.clone(), st.clone())))
+        .enumerate()
+        .map(|(i, st)| {
+            let index = ctx.first_conn + i;
+            glommio::spawn_local(connection_loop(
+                ctx.clone(),
+                stats.clone(),
+                st.clone(),
+                index,
+            ))
+        })
         .collect();
     let all = async {
         for t in tasks {
@@ -388,13 +498,11 @@ async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
     Ok(stats)
 }
 
-/// A successfully read response.
+/// A successfully read response (stream facts are in the meter).
 struct Outcome {
     status: u16,
     /// When the first body byte arrived.
     first_byte: Option<Instant>,
-    sse_events: u64,
-    done: bool,
     event_stream: bool,
     close: bool,
 }
@@ -422,18 +530,40 @@ impl From<Malformed> for Failure {
     }
 }
 
+async fn sleep_until_async(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        glommio::timer::sleep(t - now).await;
+    }
+}
+
+/// Per-connection scratch kept across requests.
+struct Scratch {
+    meter: StreamMeter,
+    /// Inter-token gaps of the current request, in microseconds.
+    gaps: Vec<u64>,
+}
+
 async fn connection_loop(
     ctx: Rc<ConnCtx>,
     stats: Rc<RefCell<Stats>>,
     started: Rc<Cell<Option<Instant>>>,
+    index: usize,
 ) {
     let mut buf = vec![0u8; READ_BUF];
+    let mut scratch = Scratch {
+        meter: StreamMeter::new(ctx.api),
+        gaps: Vec::with_capacity(256),
+    };
+    let n_requests = ctx.requests.len().max(1);
+    let mut next_request = index % n_requests;
     while Instant::now() < ctx.window_end {
         let stream = match TcpStream::connect_timeout(ctx.addr, ctx.timeout).await {
             Ok(s) => s,
             Err(_) => {
                 if Instant::now() < ctx.window_end {
                     stats.borrow_mut().errors.connect += 1;
+                    ctx.progress.add(&ctx.progress.errors, 1);
                 }
                 // Don't spin on a refusing port.
                 glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -452,12 +582,31 @@ async fn connection_loop(
             end: 0,
         };
         loop {
+            // Open loop: a free connection takes the shard's next arrival.
+            let intended = ctx.arrivals.as_ref().map(|a| {
+                let (schedule, next) = &mut *a.borrow_mut();
+                let t = *next;
+                *next += schedule.gap();
+                t
+            });
+            if let Some(t) = intended {
+                if t >= ctx.window_end {
+                    return;
+                }
+                sleep_until_async(t).await;
+            }
             let t0 = Instant::now();
             if t0 >= ctx.window_end {
                 return;
             }
-            started.set(Some(t0));
-            let result = one_request(&mut conn, &ctx).await;
+            // Open loop: measured from when the request should have gone.
+            let from = intended.unwrap_or(t0);
+            started.set(Some(from));
+            scratch.meter.reset();
+            scratch.gaps.clear();
+            let request = ctx.requests.get(next_request).map_or(&[][..], |r| &r[..]);
+            next_request = (next_request + 1) % n_requests;
+            let result = one_request(&mut conn, &ctx, request, &mut scratch).await;
             let t1 = Instant::now();
             if t1 >= ctx.window_end {
                 return;
@@ -466,24 +615,9 @@ async fn connection_loop(
             let mut s = stats.borrow_mut();
             match result {
                 Ok(o) => {
-                    let success = (200..300).contains(&o.status);
-                    let complete = !(ctx.stream && success && o.event_stream && !o.done);
-                    if !success {
-                        *s.errors.status.entry(o.status).or_default() += 1;
-                    } else if !complete {
-                        s.errors.incomplete_stream += 1;
-                    } else if t1 >= ctx.window_start {
-                        s.ok += 1;
-                        s.latency.saturating_record(micros(t1 - t0));
-                        if ctx.stream {
-                            s.sse_events += o.sse_events;
-                            if let Some(fb) = o.first_byte {
-                                s.ttft
-                                    .saturating_record(micros(fb.saturating_duration_since(t0)));
-                            }
-                        }
-                    }
-                    if o.close {
+                    let close = o.close;
+                    record(&mut s, &ctx, &o, &scratch, from, t0, t1);
+                    if close {
                         break;
                     }
                 }
@@ -493,10 +627,79 @@ async fn connection_loop(
                         Failure::Malformed => s.errors.malformed += 1,
                         Failure::Io => s.errors.io += 1,
                     }
+                    ctx.progress.add(&ctx.progress.errors, 1);
                     break;
                 }
             }
         }
+    }
+}
+
+/// Counts one complete response: `from` is what latency is measured from
+/// (intended or actual send), `t0` the actual send, `t1` the end.
+fn record(
+    s: &mut Stats,
+    ctx: &ConnCtx,
+    o: &Outcome,
+    scratch: &Scratch,
+    from: Instant,
+    t0: Instant,
+    t1: Instant,
+) {
+    let m = &scratch.meter;
+    let success = (200..300).contains(&o.status);
+    let metered = ctx.stream && o.event_stream;
+    let p = &ctx.progress;
+    if !success {
+        *s.errors.status.entry(o.status).or_default() += 1;
+        p.add(&p.errors, 1);
+        return;
+    }
+    if metered && m.error {
+        s.errors.stream_error += 1;
+        p.add(&p.errors, 1);
+        return;
+    }
+    if metered && !m.done {
+        s.errors.incomplete_stream += 1;
+        p.add(&p.errors, 1);
+        return;
+    }
+    p.add(&p.completed, 1);
+    if t1 < ctx.window_start {
+        return;
+    }
+    s.ok += 1;
+    s.latency.saturating_record(micros(t1 - from));
+    if ctx.open_loop.is_some() {
+        s.service.saturating_record(micros(t1 - t0));
+    }
+    if !ctx.stream {
+        return;
+    }
+    s.sse_events += m.events;
+    s.token_events += m.token_events;
+    let output = m.output_tokens.unwrap_or(m.token_events);
+    s.output_tokens += output;
+    s.input_tokens += m.input_tokens.unwrap_or(0);
+    p.add(&p.tokens, output);
+    if let Some(first) = m.first_token.or(o.first_byte) {
+        s.ttft
+            .saturating_record(micros(first.saturating_duration_since(from)));
+    }
+    for &gap in &scratch.gaps {
+        s.itl.saturating_record(gap.max(1));
+    }
+    if let (Some(first), Some(last)) = (m.first_token, m.last_token) {
+        if m.token_events >= 2 {
+            let per = last.saturating_duration_since(first) / (m.token_events - 1) as u32;
+            s.tpot.saturating_record(micros(per));
+        }
+    }
+    let secs = (t1 - from).as_secs_f64();
+    if output > 0 && secs > 0.0 {
+        s.tokens_per_s
+            .saturating_record(((output as f64 / secs).round() as u64).max(1));
     }
 }
 
@@ -534,8 +737,13 @@ impl Conn<'_> {
 }
 
 /// Sends the request and reads one whole response.
-async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Failure> {
-    conn.stream.write_all(&ctx.request).await?;
+async fn one_request(
+    conn: &mut Conn<'_>,
+    ctx: &ConnCtx,
+    request: &[u8],
+    scratch: &mut Scratch,
+) -> Result<Outcome, Failure> {
+    conn.stream.write_all(request).await?;
     let head = loop {
         if let Some(head) = parse_response_head(&conn.buf[conn.start..conn.end])? {
             break head;
@@ -548,22 +756,22 @@ async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Fail
     let mut outcome = Outcome {
         status: head.status,
         first_byte: None,
-        sse_events: 0,
-        done: false,
         event_stream: head.event_stream,
         close: head.close,
     };
     let count_sse = ctx.stream && head.event_stream;
-    let mut sse = SseCounter::new();
+    let Scratch { meter, gaps } = scratch;
+    let mut on_gap = |d: Duration| gaps.push(micros(d));
+    let mut now = Instant::now();
     if conn.start < conn.end && head.framing != Framing::None {
-        outcome.first_byte = Some(Instant::now());
+        outcome.first_byte = Some(now);
     }
     match head.framing {
         Framing::None => {}
         Framing::Length(mut remaining) => loop {
             let take = ((conn.end - conn.start) as u64).min(remaining) as usize;
             if count_sse {
-                sse.feed(&conn.buf[conn.start..conn.start + take]);
+                meter.feed(&conn.buf[conn.start..conn.start + take], now, &mut on_gap);
             }
             conn.start += take;
             remaining -= take as u64;
@@ -573,7 +781,8 @@ async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Fail
             if !conn.fill().await? {
                 return Err(Failure::Io);
             }
-            outcome.first_byte.get_or_insert_with(Instant::now);
+            now = Instant::now();
+            outcome.first_byte.get_or_insert(now);
         },
         Framing::Chunked => {
             let mut decoder = ChunkedDecoder::new();
@@ -582,12 +791,12 @@ async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Fail
                 let used = decoder.feed(&conn.buf[conn.start..conn.end], |data| {
                     got_data = true;
                     if count_sse {
-                        sse.feed(data);
+                        meter.feed(data, now, &mut on_gap);
                     }
                 })?;
                 conn.start += used;
                 if got_data && outcome.first_byte.is_none() {
-                    outcome.first_byte = Some(Instant::now());
+                    outcome.first_byte = Some(now);
                 }
                 if decoder.is_done() {
                     break;
@@ -595,178 +804,156 @@ async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Fail
                 if !conn.fill().await? {
                     return Err(Failure::Io);
                 }
+                now = Instant::now();
             }
         }
         Framing::UntilClose => {
             loop {
                 if count_sse {
-                    sse.feed(&conn.buf[conn.start..conn.end]);
+                    meter.feed(&conn.buf[conn.start..conn.end], now, &mut on_gap);
                 }
                 conn.start = conn.end;
                 if !conn.fill().await? {
                     break;
                 }
-                outcome.first_byte.get_or_insert_with(Instant::now);
+                now = Instant::now();
+                outcome.first_byte.get_or_insert(now);
             }
             outcome.close = true;
         }
     }
-    outcome.sse_events = sse.data_events;
-    outcome.done = sse.done;
     Ok(outcome)
 }
 
-/// Human-readable report lines.
-pub fn print_report(r: &LoadReport) {
-    let ms = |us: u64| us as f64 / 1000.0;
-    println!(
-        "shardgate-bench run: {} model={} stream={}",
-        r.url, r.model, r.stream
-    );
-    println!("{}", r.machine.one_line());
-    println!(
-        "load: {} connections on {} shard{} ({}), warmup {:.1}s, duration {:.1}s",
-        r.connections,
+/// The percentile rows of a report: (label, values, unit divisor, unit).
+fn rows(r: &LoadReport) -> Vec<(&'static str, Percentiles, f64)> {
+    let mut rows = vec![("latency ms", r.latency_us, 1000.0)];
+    let opt = [
+        ("service ms", r.service_us, 1000.0),
+        ("ttft ms", r.ttft_us, 1000.0),
+        ("itl ms", r.itl_us, 1000.0),
+        ("tpot ms", r.tpot_us, 1000.0),
+        ("tok/s per request", r.request_tokens_per_s, 1.0),
+    ];
+    rows.extend(opt.into_iter().filter_map(|(l, p, d)| p.map(|p| (l, p, d))));
+    rows
+}
+
+/// The lines above the table: what ran, where, how much.
+fn summary_lines(r: &LoadReport) -> Vec<String> {
+    let mut lines = vec![
+        format!(
+            "shardgate-bench run: {} api={} model={} stream={}",
+            r.url,
+            match r.api {
+                Api::Openai => "openai",
+                Api::Anthropic => "anthropic",
+            },
+            r.model,
+            r.stream
+        ),
+        r.machine.one_line(),
+    ];
+    let mode = match (r.rate, r.arrivals) {
+        (Some(rate), Some(a)) => format!(
+            "open loop at {rate} req/s ({}), up to {} connections; latency from the intended send time",
+            match a {
+                crate::arrivals::Arrivals::Constant => "constant",
+                crate::arrivals::Arrivals::Poisson => "poisson",
+            },
+            r.connections
+        ),
+        _ => format!("closed loop, {} connections", r.connections),
+    };
+    lines.push(format!(
+        "load: {mode}; {} shard{} ({}), warmup {:.1}s, duration {:.1}s",
         r.shards,
         if r.shards == 1 { "" } else { "s" },
         if r.pinned { "pinned" } else { "unpinned" },
         r.warmup_s,
         r.duration_s
-    );
-    println!(
-        "requests: {} ok, {:.1} req/s",
-        r.requests, r.requests_per_second
-    );
-    let l = &r.latency_us;
-    println!(
-        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
-        ms(l.p50),
-        ms(l.p90),
-        ms(l.p99),
-        ms(l.p999),
-        ms(l.max),
-        l.mean / 1000.0
-    );
-    if let Some(t) = &r.ttft_us {
-        println!(
-            "ttft ms:    p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            ms(t.p50),
-            ms(t.p90),
-            ms(t.p99),
-            ms(t.p999),
-            ms(t.max)
-        );
+    ));
+    lines.push(format!(
+        "requests: {} ok, {:.1} req/s; errors: {} ({})",
+        r.requests,
+        r.requests_per_second,
+        r.errors_total,
+        r.errors.describe()
+    ));
+    if r.stream {
+        lines.push(format!(
+            "tokens: {} out ({:.1}/s), {} in; {:.1} SSE events/request",
+            r.output_tokens_total,
+            r.output_tokens_per_second,
+            r.input_tokens_total,
+            r.sse_events_per_request.unwrap_or(0.0)
+        ));
     }
-    if let Some(e) = r.sse_events_per_request {
-        println!("sse data events/request: {e:.1}");
+    if let Some(p) = r.prompt_tokens {
+        lines.push(format!(
+            "prompt tokens (cl100k_base): min {} mean {:.1} max {}",
+            p.min, p.mean, p.max
+        ));
     }
-    println!("errors: {} ({})", r.errors_total, r.errors.describe());
     if r.stuck_at_end > 0 {
-        println!(
+        lines.push(format!(
             "unanswered for over {}s at the end: {}",
             STUCK_AFTER.as_secs(),
             r.stuck_at_end
-        );
+        ));
     }
     if let Some(c) = r.loadgen_cpu_cores {
-        println!("loadgen cpu: {c:.2} cores");
+        lines.push(format!("loadgen cpu: {c:.2} cores"));
     }
+    lines
+}
+
+/// The human report: summary lines and a percentile table.
+pub fn render_text(r: &LoadReport) -> String {
+    let mut out = summary_lines(r).join("\n");
+    out.push_str(&format!(
+        "\n{:<18}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}\n",
+        "", "p50", "p90", "p99", "p99.9", "max", "mean"
+    ));
+    for (label, p, div) in rows(r) {
+        let f = |v: f64| format!("{:>10.3}", v / div);
+        out.push_str(&format!(
+            "{label:<18}{}{}{}{}{}{}\n",
+            f(p.p50 as f64),
+            f(p.p90 as f64),
+            f(p.p99 as f64),
+            f(p.p999 as f64),
+            f(p.max as f64),
+            f(p.mean)
+        ));
+    }
+    out
+}
+
+/// The report as Markdown: the summary as a list, the table as a table.
+pub fn render_markdown(r: &LoadReport) -> String {
+    let mut out = String::new();
+    for line in summary_lines(r) {
+        out.push_str(&format!("- {line}\n"));
+    }
+    out.push_str("\n| metric | p50 | p90 | p99 | p99.9 | max | mean |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for (label, p, div) in rows(r) {
+        out.push_str(&format!(
+            "| {label} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            p.p50 as f64 / div,
+            p.p90 as f64 / div,
+            p.p99 as f64 / div,
+            p.p999 as f64 / div,
+            p.max as f64 / div,
+            p.mean / div
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::parse_url;
-
-    fn cfg(url: &str, stream: bool, key: Option<&str>) -> LoadConfig {
-        LoadConfig {
-            url: parse_url(url).unwrap(),
-            connections: 4,
-            duration: Duration::from_secs(1),
-            warmup: Duration::ZERO,
-            shards: ShardPlan {
-                count: 1,
-                pin: false,
-            },
-            model: "demo".into(),
-            stream,
-            max_tokens: 16,
-            api_key: key.map(str::to_string),
-            timeout: Duration::from_secs(5),
-        }
-    }
-
-    fn split(req: &[u8]) -> (String, serde_json::Value) {
-        let text = std::str::from_utf8(req).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Request::new(&mut headers);
-        assert!(r.parse(req).unwrap().is_complete());
-        let cl = r
-            .headers
-            .iter()
-            .find(|h| h.name == "content-length")
-            .map(|h| {
-                std::str::from_utf8(h.value)
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap()
-            });
-        assert_eq!(cl.unwrap_or(0), body.len());
-        let v = if body.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(body).unwrap()
-        };
-        (head.to_string(), v)
-    }
-
-    #[test]
-    fn chat_request() {
-        let (head, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/v1/chat/completions",
-            false,
-            Some("k"),
-        )));
-        assert!(head.starts_with("POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:1\r\n"));
-        assert!(head.contains("authorization: Bearer k"));
-        assert_eq!(v["model"], "demo");
-        assert_eq!(v["max_tokens"], 16);
-        assert!(v["messages"].is_array());
-        assert!(v.get("stream").is_none());
-
-        let (head, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/v1/chat/completions",
-            true,
-            None,
-        )));
-        assert!(!head.contains("authorization"));
-        assert_eq!(v["stream"], true);
-        assert_eq!(v["stream_options"]["include_usage"], true);
-    }
-
-    #[test]
-    fn other_requests() {
-        let (_, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/v1/completions",
-            false,
-            None,
-        )));
-        assert!(v["prompt"].is_string());
-        let (_, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/v1/embeddings",
-            false,
-            None,
-        )));
-        assert!(v["input"].is_string());
-        let (head, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/healthz",
-            false,
-            None,
-        )));
-        assert!(head.starts_with("GET /healthz HTTP/1.1"));
-        assert!(v.is_null());
-    }
 
     #[test]
     fn error_counts() {
