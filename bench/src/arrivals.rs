@@ -3,12 +3,12 @@
 //! target rate with constant or Poisson (exponential) gaps.
 //!
 //! Open loop: every shard owns an equal share of the rate as one arrival
-//! sequence; a connection that is free takes the next arrival and sends at
-//! that INTENDED time (or at once if it is already past because every
-//! connection was busy). Latency is measured from the intended time, so a
-//! stalled server is charged for every request it delayed, not just the one
-//! it was serving (no coordinated omission); requests queue only when all
-//! connections are busy, as they would in front of a real client pool.
+//! sequence. Each arrival is released into the shard's queue when it is due
+//! and the oldest queued arrival goes out on the next free connection.
+//! Latency is measured from the arrival (intended) time, so a stalled
+//! server is charged for every request it delayed, not just the one it was
+//! serving (no coordinated omission); requests queue only when every
+//! connection is busy, as they would in front of a real client pool.
 //! Poisson sequences per shard add up to a Poisson process of the whole
 //! rate.
 //!

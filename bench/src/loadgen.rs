@@ -30,6 +30,7 @@ use crate::shards::{spawn_shard, ShardPlan};
 use crate::stream_meter::StreamMeter;
 use crate::workload::{self, Api, OpenLoop, Shape};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -43,6 +44,8 @@ use std::time::{Duration, Instant};
 /// Highest latency the histograms track (longer values are clamped).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 const READ_BUF: usize = 64 << 10;
+/// Open loop: arrivals due within this are released together.
+const ARRIVAL_SLACK: Duration = Duration::from_micros(50);
 /// A request still unanswered this long when the window closes is stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(1);
 
@@ -156,6 +159,9 @@ pub struct Stats {
     /// Requests unanswered when the window closed that had been waiting
     /// for over [`STUCK_AFTER`] (a hung server shows here, not as errors).
     pub stuck: u64,
+    /// Open loop: arrivals due but not yet sent when the window closed
+    /// (every connection was busy).
+    pub unsent: u64,
 }
 
 impl Stats {
@@ -175,6 +181,7 @@ impl Stats {
             input_tokens: 0,
             errors: ErrorCounts::default(),
             stuck: 0,
+            unsent: 0,
         })
     }
 
@@ -196,6 +203,7 @@ impl Stats {
         self.input_tokens += o.input_tokens;
         self.errors.merge(&o.errors);
         self.stuck += o.stuck;
+        self.unsent += o.unsent;
         Ok(())
     }
 }
@@ -272,6 +280,8 @@ pub struct LoadReport {
     pub errors_total: u64,
     /// Requests unanswered for over a second when the window closed.
     pub stuck_at_end: u64,
+    /// Open loop: requests due but never sent (all connections busy).
+    pub unsent_at_end: Option<u64>,
     /// CPU time the load generator itself used in the window, in cores.
     pub loadgen_cpu_cores: Option<f64>,
     /// CPU time of `watch_pid` in the window, when one was given.
@@ -319,7 +329,7 @@ pub fn run_load(
             arrivals: cfg.shape.open_loop.map(|o| {
                 let mut s = Schedule::new(o.rate, shards, shard, o.arrivals, cfg.shape.seed);
                 let first = begin + s.first(shard, shards);
-                RefCell::new((s, first))
+                (s, first)
             }),
             first_conn,
             progress: shard_progress,
@@ -414,6 +424,7 @@ pub fn run_load(
         errors_total: stats.errors.total(),
         errors: stats.errors.clone(),
         stuck_at_end: stats.stuck,
+        unsent_at_end: open.map(|_| stats.unsent),
         loadgen_cpu_cores: match (own0, own1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / secs),
             _ => None,
@@ -448,14 +459,66 @@ struct ConnCtx {
     window_start: Instant,
     window_end: Instant,
     open_loop: Option<OpenLoop>,
-    /// Open loop: this shard's arrival sequence and its next arrival.
-    arrivals: Option<RefCell<(Schedule, Instant)>>,
+    /// Open loop: this shard's arrival sequence and its first arrival.
+    arrivals: Option<(Schedule, Instant)>,
     /// Index of this shard's first connection over all shards.
     first_conn: usize,
     progress: Arc<ShardProgress>,
 }
 
-async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
+/// Open loop: releases each arrival into the shard's queue when it is due
+/// (all that are due at once if the timer fires late); a free connection
+/// takes the oldest. Stops at the window's end.
+async fn release_arrivals(
+    mut schedule: Schedule,
+    mut next: Instant,
+    end: Instant,
+    queue: LocalSender<Instant>,
+    released: Rc<Cell<u64>>,
+) {
+    loop {
+        // Arrivals due within the slack go now: tiny timers cost more than
+        // they are worth (and an early send is still measured from its
+        // intended time).
+        let now = Instant::now() + ARRIVAL_SLACK;
+        while next <= now {
+            if next >= end || queue.try_send(next).is_err() {
+                return;
+            }
+            released.set(released.get() + 1);
+            next += schedule.gap();
+        }
+        if next >= end {
+            return;
+        }
+        glommio::timer::sleep(next - now).await;
+    }
+}
+
+/// Where a connection's next request comes from in an open loop.
+struct Arrivals {
+    queue: LocalReceiver<Instant>,
+    /// Arrivals taken by connections (released - taken = not yet sent).
+    taken: Cell<u64>,
+}
+
+async fn run_shard(mut ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
+    let released = Rc::new(Cell::new(0u64));
+    let arrivals = ctx.arrivals.take().map(|(schedule, first)| {
+        let (tx, rx) = local_channel::new_unbounded();
+        glommio::spawn_local(release_arrivals(
+            schedule,
+            first,
+            ctx.window_end,
+            tx,
+            released.clone(),
+        ))
+        .detach();
+        Rc::new(Arrivals {
+            queue: rx,
+            taken: Cell::new(0),
+        })
+    });
     let ctx = Rc::new(ctx);
     let stats = Rc::new(RefCell::new(Stats::new()?));
     // When each connection's current request was sent (None = idle).
@@ -471,6 +534,7 @@ async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
                 stats.clone(),
                 st.clone(),
                 index,
+                arrivals.clone(),
             ))
         })
         .collect();
@@ -495,6 +559,9 @@ async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
         .filter_map(|st| st.get())
         .filter(|&t0| ctx.window_end.saturating_duration_since(t0) >= STUCK_AFTER)
         .count() as u64;
+    if let Some(a) = &arrivals {
+        stats.unsent = released.get().saturating_sub(a.taken.get());
+    }
     Ok(stats)
 }
 
@@ -530,13 +597,6 @@ impl From<Malformed> for Failure {
     }
 }
 
-async fn sleep_until_async(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        glommio::timer::sleep(t - now).await;
-    }
-}
-
 /// Per-connection scratch kept across requests.
 struct Scratch {
     meter: StreamMeter,
@@ -549,6 +609,7 @@ async fn connection_loop(
     stats: Rc<RefCell<Stats>>,
     started: Rc<Cell<Option<Instant>>>,
     index: usize,
+    arrivals: Option<Rc<Arrivals>>,
 ) {
     let mut buf = vec![0u8; READ_BUF];
     let mut scratch = Scratch {
@@ -582,26 +643,24 @@ async fn connection_loop(
             end: 0,
         };
         loop {
-            // Open loop: a free connection takes the shard's next arrival.
-            let intended = ctx.arrivals.as_ref().map(|a| {
-                let (schedule, next) = &mut *a.borrow_mut();
-                let t = *next;
-                *next += schedule.gap();
-                t
-            });
-            if let Some(t) = intended {
-                if t >= ctx.window_end {
-                    return;
-                }
-                sleep_until_async(t).await;
-            }
+            // Open loop: a free connection takes the oldest due arrival.
+            let intended = match &arrivals {
+                Some(a) => match a.queue.recv().await {
+                    Some(t) => {
+                        a.taken.set(a.taken.get() + 1);
+                        Some(t)
+                    }
+                    None => return,
+                },
+                None => None,
+            };
             let t0 = Instant::now();
             if t0 >= ctx.window_end {
                 return;
             }
             // Open loop: measured from when the request should have gone.
-            let from = intended.unwrap_or(t0);
-            started.set(Some(from));
+            let from = intended.unwrap_or(t0).min(t0);
+            started.set(Some(t0));
             scratch.meter.reset();
             scratch.gaps.clear();
             let request = ctx.requests.get(next_request).map_or(&[][..], |r| &r[..]);
@@ -893,6 +952,11 @@ fn summary_lines(r: &LoadReport) -> Vec<String> {
         lines.push(format!(
             "prompt tokens (cl100k_base): min {} mean {:.1} max {}",
             p.min, p.mean, p.max
+        ));
+    }
+    if let Some(n) = r.unsent_at_end.filter(|&n| n > 0) {
+        lines.push(format!(
+            "open loop fell behind: {n} requests due but unsent at the end (add --connections)"
         ));
     }
     if r.stuck_at_end > 0 {
