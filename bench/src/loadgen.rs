@@ -17,8 +17,9 @@
 //!
 //! Timeline: `begin` (connections open, requests flow) → `begin + warmup`
 //! (measurement starts) → `+ duration` (measurement ends, shards stop).
-//! A request counts when it completes inside the measurement window;
-//! failures count whenever they happen before its end, warmup included.
+//! A request counts when it completes inside the measurement window (open
+//! loop: and was due inside it); failures count whenever they happen before
+//! its end, warmup included.
 
 use crate::args::HttpUrl;
 use crate::arrivals::Schedule;
@@ -725,7 +726,10 @@ fn record(
         return;
     }
     p.add(&p.completed, 1);
-    if t1 < ctx.window_start {
+    // Closed loop: what completes in the window. Open loop: what was due
+    // in it, so a backlog left by the warmup is not counted as throughput.
+    let counted_at = if ctx.open_loop.is_some() { from } else { t1 };
+    if counted_at < ctx.window_start {
         return;
     }
     s.ok += 1;
