@@ -5,8 +5,9 @@
 
 use crate::args::TargetSpec;
 use crate::error::BenchError;
-use crate::loadgen::{run_load, ErrorCounts, LoadConfig, Percentiles, Stats};
+use crate::loadgen::{run_load, LoadConfig};
 use crate::machine::MachineInfo;
+use crate::report::{ErrorCounts, Percentiles, Stats};
 use crate::shards::ShardPlan;
 use serde::Serialize;
 use std::time::Duration;

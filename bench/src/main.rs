@@ -24,6 +24,7 @@ mod loadgen;
 mod machine;
 mod mock;
 mod progress;
+mod report;
 mod shards;
 mod stream_meter;
 mod workload;
@@ -289,9 +290,9 @@ fn run(command: Command) -> Result<(), BenchError> {
             if a.load.json {
                 println!("{}", to_json(&report)?);
             } else if a.load.markdown {
-                print!("{}", loadgen::render_markdown(&report));
+                print!("{}", report::render_markdown(&report));
             } else {
-                print!("{}", loadgen::render_text(&report));
+                print!("{}", report::render_text(&report));
             }
             Ok(())
         }
