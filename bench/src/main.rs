@@ -4,7 +4,9 @@
 //! - `mock`: a deterministic mock provider server speaking the OpenAI,
 //!   Anthropic, Gemini and Bedrock dialects (the upstream for gateway tests
 //!   and benchmarks), behaviour chosen by model name.
-//! - `run`: a closed-loop load generator with latency/TTFT percentiles.
+//! - `run`: a load generator, closed loop or open loop at a rate (latency
+//!   from the intended send time), OpenAI or Anthropic shape, with latency,
+//!   TTFT, inter-token latency and tokens/s percentiles.
 //! - `compare`: the same load against several targets, interleaved, with
 //!   CPU per request.
 //!
