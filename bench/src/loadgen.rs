@@ -492,6 +492,8 @@ fn record(
         return;
     }
     p.add(&p.completed, 1);
+    let output = m.output_tokens.unwrap_or(m.token_events);
+    p.add(&p.tokens, output);
     // Closed loop: what completes in the window. Open loop: what was due
     // in it, so a backlog left by the warmup is not counted as throughput.
     let counted_at = if ctx.open_loop.is_some() { from } else { t1 };
@@ -508,10 +510,8 @@ fn record(
     }
     s.sse_events += m.events;
     s.token_events += m.token_events;
-    let output = m.output_tokens.unwrap_or(m.token_events);
     s.output_tokens += output;
     s.input_tokens += m.input_tokens.unwrap_or(0);
-    p.add(&p.tokens, output);
     if let Some(first) = m.first_token.or(o.first_byte) {
         s.ttft
             .saturating_record(micros(first.saturating_duration_since(from)));
