@@ -5,8 +5,9 @@
 
 use crate::args::TargetSpec;
 use crate::error::BenchError;
-use crate::loadgen::{run_load, ErrorCounts, LoadConfig, Percentiles, Stats};
+use crate::loadgen::{run_load, LoadConfig};
 use crate::machine::MachineInfo;
+use crate::report::{ErrorCounts, Percentiles, Stats};
 use crate::shards::ShardPlan;
 use serde::Serialize;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub struct CompareConfig {
     pub max_tokens: u32,
     pub api_key: Option<String>,
     pub timeout: Duration,
+    pub shape: crate::workload::Shape,
 }
 
 /// One target at one concurrency level, over all rounds.
@@ -210,6 +212,8 @@ fn load_config(cfg: &CompareConfig, t: &TargetSpec, connections: usize) -> LoadC
         max_tokens: cfg.max_tokens,
         api_key: t.api_key.clone().or_else(|| cfg.api_key.clone()),
         timeout: cfg.timeout,
+        shape: cfg.shape.clone(),
+        progress: false,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The load generator's own HTTP/1.1 response reading: heads on `httparse`,
-//! a tiny chunked decoder and an SSE `data:` line counter.
+//! and a tiny chunked decoder (SSE is read by `crate::stream_meter`).
 //!
 //! Deliberately independent of `shardgate_proto::h1`/`chunked`/`sse`: the
 //! measuring tool must not share the gateway's code paths, or a framing bug
@@ -292,76 +292,6 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// Counts SSE `data:` lines (one per OpenAI event) and notices `data: [DONE]`
-/// across arbitrary splits, looking only at the first bytes of each line.
-#[derive(Debug, Clone, Default)]
-pub struct SseCounter {
-    /// The first bytes of the current line.
-    line: [u8; 16],
-    line_len: usize,
-    /// Bytes of the current line beyond `line` (only its length matters).
-    overflow: bool,
-    pub data_events: u64,
-    pub done: bool,
-}
-
-impl SseCounter {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn feed(&mut self, mut input: &[u8]) {
-        while !input.is_empty() {
-            match memchr_newline(input) {
-                Some(nl) => {
-                    self.push(&input[..nl]);
-                    self.end_line();
-                    input = &input[nl + 1..];
-                }
-                None => {
-                    self.push(input);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8]) {
-        let room = self.line.len() - self.line_len;
-        let take = room.min(bytes.len());
-        self.line[self.line_len..self.line_len + take].copy_from_slice(&bytes[..take]);
-        self.line_len += take;
-        if take < bytes.len() {
-            self.overflow = true;
-        }
-    }
-
-    fn end_line(&mut self) {
-        let mut line = &self.line[..self.line_len];
-        if let Some(stripped) = line.strip_suffix(b"\r") {
-            if !self.overflow {
-                line = stripped;
-            }
-        }
-        if line.starts_with(b"data:") {
-            self.data_events += 1;
-            if !self.overflow {
-                let value = &line[5..];
-                let value = value.strip_prefix(b" ").unwrap_or(value);
-                if value == b"[DONE]" {
-                    self.done = true;
-                }
-            }
-        }
-        self.line_len = 0;
-        self.overflow = false;
-    }
-}
-
-fn memchr_newline(input: &[u8]) -> Option<usize> {
-    input.iter().position(|&b| b == b'\n')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,28 +430,5 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(h.framing, Framing::Length(2));
-    }
-
-    #[test]
-    fn sse_counter_over_every_split() {
-        let stream = b"data: {\"a\":1}\n\ndata: {\"very long event that overflows the prefix\":2}\r\n\r\n: comment\n\nevent: x\ndata:{}\n\ndata: [DONE]\n\n";
-        for cut in 0..=stream.len() {
-            let mut c = SseCounter::new();
-            c.feed(&stream[..cut]);
-            c.feed(&stream[cut..]);
-            assert_eq!(c.data_events, 4, "cut {cut}");
-            assert!(c.done);
-        }
-        let mut c = SseCounter::new();
-        for b in stream.iter() {
-            c.feed(std::slice::from_ref(b));
-        }
-        assert_eq!(c.data_events, 4);
-        assert!(c.done);
-
-        let mut c = SseCounter::new();
-        c.feed(b"data: [DONE]x\n\ndata: [DONE");
-        assert!(!c.done);
-        assert_eq!(c.data_events, 1);
     }
 }

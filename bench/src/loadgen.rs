@@ -1,36 +1,48 @@
-//! `shardgate-bench run`: a closed-loop HTTP/1.1 load generator.
+//! `shardgate-bench run`: an LLM-aware HTTP/1.1 load generator, closed loop
+//! by default, open loop at a target rate with `--rate`.
 //!
 //! One glommio shard per core; connections split across shards; each
-//! connection is a keep-alive loop sending the same prebuilt request bytes
-//! and reading the whole response (Content-Length, chunked or until close)
-//! with the tool's own parser (`crate::http`). Per-shard histograms, merged
-//! at the end. Steady state allocates nothing per request.
+//! connection is a keep-alive loop cycling through prebuilt request bytes
+//! (`crate::workload`) and reading the whole response (Content-Length,
+//! chunked or until close) with the tool's own parser (`crate::http`).
+//! Streams go through a [`StreamMeter`] for TTFT (first token event),
+//! inter-token latency, time per output token, output tokens per second and
+//! usage. Per-shard histograms, merged at the end. Steady state allocates
+//! nothing per request.
+//!
+//! Open loop (`crate::arrivals`): latency and TTFT are measured from each
+//! request's INTENDED send time, so a stall is charged to every request it
+//! delayed (no coordinated omission); `service` is measured from the actual
+//! send. Closed loop: both from the actual send.
 //!
 //! Timeline: `begin` (connections open, requests flow) → `begin + warmup`
 //! (measurement starts) → `+ duration` (measurement ends, shards stop).
-//! A request counts when it completes inside the measurement window;
-//! failures count whenever they happen before its end, warmup included.
+//! A request counts when it completes inside the measurement window (open
+//! loop: and was due inside it); failures count whenever they happen before
+//! its end, warmup included.
 
 use crate::args::HttpUrl;
+use crate::arrivals::Schedule;
 use crate::error::BenchError;
-use crate::http::{parse_response_head, ChunkedDecoder, Framing, Malformed, SseCounter};
+use crate::http::{parse_response_head, ChunkedDecoder, Framing, Malformed};
 use crate::machine;
+use crate::progress::{self, Progress, ShardProgress};
+use crate::report::{LoadReport, Percentiles, PromptTokens, Stats, STUCK_AFTER};
 use crate::shards::{spawn_shard, ShardPlan};
+use crate::stream_meter::StreamMeter;
+use crate::workload::{self, Api, OpenLoop, Shape};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
-use hdrhistogram::Histogram;
-use serde::Serialize;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Highest latency the histograms track (longer values are clamped).
-const MAX_LATENCY_US: u64 = 3_600_000_000;
 const READ_BUF: usize = 64 << 10;
-/// A request still unanswered this long when the window closes is stuck.
-const STUCK_AFTER: Duration = Duration::from_secs(1);
+/// Open loop: arrivals due within this are released together.
+const ARRIVAL_SLACK: Duration = Duration::from_micros(50);
 
 /// One load run.
 #[derive(Debug, Clone)]
@@ -46,159 +58,10 @@ pub struct LoadConfig {
     pub api_key: Option<String>,
     /// Connect timeout, and longest wait for any single read.
     pub timeout: Duration,
-}
-
-/// Failures by kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ErrorCounts {
-    pub connect: u64,
-    pub timeout: u64,
-    /// Unparsable response head or framing.
-    pub malformed: u64,
-    /// Connection reset or closed before the response was complete.
-    pub io: u64,
-    /// A 200 event stream that ended without `data: [DONE]`.
-    pub incomplete_stream: u64,
-    /// Non-2xx responses by status code.
-    pub status: BTreeMap<u16, u64>,
-}
-
-impl ErrorCounts {
-    pub fn total(&self) -> u64 {
-        self.connect
-            + self.timeout
-            + self.malformed
-            + self.io
-            + self.incomplete_stream
-            + self.status.values().sum::<u64>()
-    }
-
-    fn merge(&mut self, o: &ErrorCounts) {
-        self.connect += o.connect;
-        self.timeout += o.timeout;
-        self.malformed += o.malformed;
-        self.io += o.io;
-        self.incomplete_stream += o.incomplete_stream;
-        for (k, v) in &o.status {
-            *self.status.entry(*k).or_default() += v;
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        if self.total() == 0 {
-            return "none".to_string();
-        }
-        let mut parts = Vec::new();
-        for (name, n) in [
-            ("connect", self.connect),
-            ("timeout", self.timeout),
-            ("malformed", self.malformed),
-            ("io", self.io),
-            ("incomplete_stream", self.incomplete_stream),
-        ] {
-            if n > 0 {
-                parts.push(format!("{name}={n}"));
-            }
-        }
-        for (code, n) in &self.status {
-            parts.push(format!("status_{code}={n}"));
-        }
-        parts.join(" ")
-    }
-}
-
-/// What one shard measured.
-#[derive(Debug, Clone)]
-pub struct Stats {
-    pub latency: Histogram<u64>,
-    pub ttft: Histogram<u64>,
-    pub ok: u64,
-    pub sse_events: u64,
-    pub errors: ErrorCounts,
-    /// Requests unanswered when the window closed that had been waiting
-    /// for over [`STUCK_AFTER`] (a hung server shows here, not as errors).
-    pub stuck: u64,
-}
-
-impl Stats {
-    pub fn new() -> Result<Self, BenchError> {
-        let h = || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(BenchError::runtime);
-        Ok(Stats {
-            latency: h()?,
-            ttft: h()?,
-            ok: 0,
-            sse_events: 0,
-            errors: ErrorCounts::default(),
-            stuck: 0,
-        })
-    }
-
-    pub fn merge(&mut self, o: &Stats) -> Result<(), BenchError> {
-        self.latency.add(&o.latency).map_err(BenchError::runtime)?;
-        self.ttft.add(&o.ttft).map_err(BenchError::runtime)?;
-        self.ok += o.ok;
-        self.sse_events += o.sse_events;
-        self.errors.merge(&o.errors);
-        self.stuck += o.stuck;
-        Ok(())
-    }
-}
-
-/// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Percentiles {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-    pub mean: f64,
-}
-
-impl Percentiles {
-    pub fn of(h: &Histogram<u64>) -> Self {
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        Percentiles {
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-            mean: h.mean(),
-        }
-    }
-}
-
-/// The result of one run, as printed by `run --json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct LoadReport {
-    pub url: String,
-    pub model: String,
-    pub stream: bool,
-    pub connections: usize,
-    pub shards: usize,
-    pub pinned: bool,
-    pub duration_s: f64,
-    pub warmup_s: f64,
-    /// Successful requests completed inside the measurement window.
-    pub requests: u64,
-    pub requests_per_second: f64,
-    pub latency_us: Percentiles,
-    /// Time from sending the request to the first body byte; streams only.
-    pub ttft_us: Option<Percentiles>,
-    pub sse_events_per_request: Option<f64>,
-    pub errors: ErrorCounts,
-    pub errors_total: u64,
-    /// Requests unanswered for over a second when the window closed.
-    pub stuck_at_end: u64,
-    /// CPU time the load generator itself used in the window, in cores.
-    pub loadgen_cpu_cores: Option<f64>,
-    /// CPU time of `watch_pid` in the window, when one was given.
-    pub watched_cpu_us: Option<u64>,
-    pub watched_cpu_us_per_request: Option<f64>,
-    pub machine: machine::MachineInfo,
+    /// API shape, prompts, open loop.
+    pub shape: Shape,
+    /// Draw the live progress line (only if stderr is a terminal).
+    pub progress: bool,
 }
 
 /// Runs one load and blocks until it is done. With `watch_pid`, also
@@ -207,33 +70,72 @@ pub fn run_load(
     cfg: &LoadConfig,
     watch_pid: Option<u32>,
 ) -> Result<(LoadReport, Stats), BenchError> {
-    let request = build_request(cfg);
+    let work = workload::build(cfg)?;
+    let requests = Arc::new(work.requests);
     let shards = cfg.shards.count.clamp(1, cfg.connections.max(1));
     let begin = Instant::now();
     let window_start = begin + cfg.warmup;
     let window_end = window_start + cfg.duration;
     let mut handles = Vec::with_capacity(shards);
+    let mut progress = Vec::with_capacity(shards);
+    let mut first_conn = 0;
     for shard in 0..shards {
         // Spread connections evenly; the first shards take the remainder.
         let conns = cfg.connections / shards + usize::from(shard < cfg.connections % shards);
+        let shard_progress = Arc::new(ShardProgress::default());
+        progress.push(shard_progress.clone());
         let ctx = ConnCtx {
             addr: cfg.url.addr,
-            request: request.clone(),
+            requests: requests.clone(),
+            api: work.api,
             stream: cfg.stream,
             timeout: cfg.timeout,
             window_start,
             window_end,
+            open_loop: cfg.shape.open_loop,
+            arrivals: cfg.shape.open_loop.map(|o| {
+                let mut s = Schedule::new(o.rate, shards, shard, o.arrivals, cfg.shape.seed);
+                let first = begin + s.first(shard, shards);
+                (s, first)
+            }),
+            first_conn,
+            progress: shard_progress,
         };
+        first_conn += conns;
         let h = spawn_shard("load", cfg.shards, shard, move || run_shard(ctx, conns))?;
         handles.push(h);
     }
 
-    sleep_until(window_start);
-    let cpu0 = watch_pid.and_then(machine::process_cpu_time);
-    let own0 = machine::own_cpu_time();
-    sleep_until(window_end);
+    // The main thread samples CPU counters at the window's edges and
+    // redraws the progress line in between.
+    let total = cfg.warmup + cfg.duration;
+    let mut line = Progress::new(
+        progress,
+        begin,
+        cfg.warmup,
+        total,
+        cfg.progress && progress::stderr_is_tty(),
+    );
+    let mut cpu0 = None;
+    let mut own0 = None;
+    let mut sampled = false;
+    loop {
+        let now = Instant::now();
+        if !sampled && now >= window_start {
+            cpu0 = watch_pid.and_then(machine::process_cpu_time);
+            own0 = machine::own_cpu_time();
+            sampled = true;
+        }
+        if now >= window_end {
+            break;
+        }
+        let edge = if sampled { window_end } else { window_start };
+        sleep_until(edge.min(now + progress::PERIOD));
+        line.draw();
+    }
     let cpu1 = watch_pid.and_then(machine::process_cpu_time);
     let own1 = machine::own_cpu_time();
+    line.clear();
 
     let mut stats = Stats::new()?;
     for h in handles {
@@ -246,10 +148,22 @@ pub fn run_load(
         (Some(a), Some(b)) => Some(b.saturating_sub(a).as_micros() as u64),
         _ => None,
     };
+    let open = cfg.shape.open_loop;
+    let streams = cfg.stream;
+    let pt = &work.prompt_tokens;
     let report = LoadReport {
         url: cfg.url.to_string(),
+        api: work.api,
         model: cfg.model.clone(),
         stream: cfg.stream,
+        mode: if open.is_some() { "open" } else { "closed" },
+        rate: open.map(|o| o.rate),
+        arrivals: open.map(|o| o.arrivals),
+        latency_from: if open.is_some() {
+            "intended send time"
+        } else {
+            "send"
+        },
         connections: cfg.connections,
         shards,
         pinned: cfg.shards.pin,
@@ -258,12 +172,26 @@ pub fn run_load(
         requests: stats.ok,
         requests_per_second: stats.ok as f64 / secs,
         latency_us: Percentiles::of(&stats.latency),
-        ttft_us: cfg.stream.then(|| Percentiles::of(&stats.ttft)),
-        sse_events_per_request: (cfg.stream && stats.ok > 0)
+        service_us: open.map(|_| Percentiles::of(&stats.service)),
+        ttft_us: streams.then(|| Percentiles::of(&stats.ttft)),
+        itl_us: streams.then(|| Percentiles::of(&stats.itl)),
+        tpot_us: streams.then(|| Percentiles::of(&stats.tpot)),
+        request_tokens_per_s: streams.then(|| Percentiles::of(&stats.tokens_per_s)),
+        sse_events_per_request: (streams && stats.ok > 0)
             .then(|| stats.sse_events as f64 / stats.ok as f64),
+        token_events_total: stats.token_events,
+        output_tokens_total: stats.output_tokens,
+        input_tokens_total: stats.input_tokens,
+        output_tokens_per_second: stats.output_tokens as f64 / secs,
+        prompt_tokens: (!pt.is_empty()).then(|| PromptTokens {
+            min: pt.iter().copied().min().unwrap_or(0),
+            mean: pt.iter().sum::<usize>() as f64 / pt.len() as f64,
+            max: pt.iter().copied().max().unwrap_or(0),
+        }),
         errors_total: stats.errors.total(),
         errors: stats.errors.clone(),
         stuck_at_end: stats.stuck,
+        unsent_at_end: open.map(|_| stats.unsent),
         loadgen_cpu_cores: match (own0, own1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / secs),
             _ => None,
@@ -287,74 +215,77 @@ fn sleep_until(t: Instant) {
     }
 }
 
-/// The request every connection sends, built once. The body follows the
-/// URL's path: chat completions, legacy completions or embeddings; `GET`
-/// for `/models` and health paths.
-pub fn build_request(cfg: &LoadConfig) -> Vec<u8> {
-    let path = cfg.url.path.split('?').next().unwrap_or("");
-    let get = path.ends_with("/models") || path.ends_with("/healthz") || path == "/";
-    let body = if get {
-        None
-    } else if path.ends_with("/embeddings") {
-        Some(serde_json::json!({
-            "model": cfg.model,
-            "input": "The quick brown fox jumps over the lazy dog.",
-        }))
-    } else {
-        let mut body = if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
-            serde_json::json!({
-                "model": cfg.model,
-                "prompt": "Say hello in one short sentence.",
-                "max_tokens": cfg.max_tokens,
-            })
-        } else {
-            serde_json::json!({
-                "model": cfg.model,
-                "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
-                "max_tokens": cfg.max_tokens,
-            })
-        };
-        if cfg.stream {
-            body["stream"] = true.into();
-            body["stream_options"] = serde_json::json!({"include_usage": true});
-        }
-        Some(body)
-    };
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{} {} HTTP/1.1\r\nhost: {}\r\nuser-agent: shardgate-bench\r\n",
-        if get { "GET" } else { "POST" },
-        cfg.url.path,
-        cfg.url.host
-    );
-    if let Some(key) = &cfg.api_key {
-        req.push_str(&format!("authorization: Bearer {key}\r\n"));
-    }
-    if !get {
-        req.push_str(&format!(
-            "content-type: application/json\r\ncontent-length: {}\r\n",
-            body.len()
-        ));
-    }
-    if cfg.stream {
-        req.push_str("accept: text/event-stream\r\n");
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    req.into_bytes()
-}
-
 /// Read-only settings for every connection of a shard.
 struct ConnCtx {
     addr: std::net::SocketAddr,
-    request: Vec<u8>,
+    /// Cycled through, each connection from its own offset.
+    requests: Arc<Vec<Vec<u8>>>,
+    api: Api,
     stream: bool,
     timeout: Duration,
     window_start: Instant,
     window_end: Instant,
+    open_loop: Option<OpenLoop>,
+    /// Open loop: this shard's arrival sequence and its first arrival.
+    arrivals: Option<(Schedule, Instant)>,
+    /// Index of this shard's first connection over all shards.
+    first_conn: usize,
+    progress: Arc<ShardProgress>,
 }
 
-async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
+/// Open loop: releases each arrival into the shard's queue when it is due
+/// (all that are due at once if the timer fires late); a free connection
+/// takes the oldest. Stops at the window's end.
+async fn release_arrivals(
+    mut schedule: Schedule,
+    mut next: Instant,
+    end: Instant,
+    queue: LocalSender<Instant>,
+    released: Rc<Cell<u64>>,
+) {
+    loop {
+        // Arrivals due within the slack go now: tiny timers cost more than
+        // they are worth (and an early send is still measured from its
+        // intended time).
+        let now = Instant::now() + ARRIVAL_SLACK;
+        while next <= now {
+            if next >= end || queue.try_send(next).is_err() {
+                return;
+            }
+            released.set(released.get() + 1);
+            next += schedule.gap();
+        }
+        if next >= end {
+            return;
+        }
+        glommio::timer::sleep(next - now).await;
+    }
+}
+
+/// Where a connection's next request comes from in an open loop.
+struct Arrivals {
+    queue: LocalReceiver<Instant>,
+    /// Arrivals taken by connections (released - taken = not yet sent).
+    taken: Cell<u64>,
+}
+
+async fn run_shard(mut ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
+    let released = Rc::new(Cell::new(0u64));
+    let arrivals = ctx.arrivals.take().map(|(schedule, first)| {
+        let (tx, rx) = local_channel::new_unbounded();
+        glommio::spawn_local(release_arrivals(
+            schedule,
+            first,
+            ctx.window_end,
+            tx,
+            released.clone(),
+        ))
+        .detach();
+        Rc::new(Arrivals {
+            queue: rx,
+            taken: Cell::new(0),
+        })
+    });
     let ctx = Rc::new(ctx);
     let stats = Rc::new(RefCell::new(Stats::new()?));
     // When each connection's current request was sent (None = idle).
@@ -362,7 +293,17 @@ async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
         (0..conns).map(|_| Rc::new(Cell::new(None))).collect();
     let tasks: Vec<_> = started
         .iter()
-        .map(|st| glommio::spawn_local(connection_loop(ctx.clone(), stats.clone(), st.clone())))
+        .enumerate()
+        .map(|(i, st)| {
+            let index = ctx.first_conn + i;
+            glommio::spawn_local(connection_loop(
+                ctx.clone(),
+                stats.clone(),
+                st.clone(),
+                index,
+                arrivals.clone(),
+            ))
+        })
         .collect();
     let all = async {
         for t in tasks {
@@ -385,16 +326,17 @@ async fn run_shard(ctx: ConnCtx, conns: usize) -> Result<Stats, BenchError> {
         .filter_map(|st| st.get())
         .filter(|&t0| ctx.window_end.saturating_duration_since(t0) >= STUCK_AFTER)
         .count() as u64;
+    if let Some(a) = &arrivals {
+        stats.unsent = released.get().saturating_sub(a.taken.get());
+    }
     Ok(stats)
 }
 
-/// A successfully read response.
+/// A successfully read response (stream facts are in the meter).
 struct Outcome {
     status: u16,
     /// When the first body byte arrived.
     first_byte: Option<Instant>,
-    sse_events: u64,
-    done: bool,
     event_stream: bool,
     close: bool,
 }
@@ -422,18 +364,34 @@ impl From<Malformed> for Failure {
     }
 }
 
+/// Per-connection scratch kept across requests.
+struct Scratch {
+    meter: StreamMeter,
+    /// Inter-token gaps of the current request, in microseconds.
+    gaps: Vec<u64>,
+}
+
 async fn connection_loop(
     ctx: Rc<ConnCtx>,
     stats: Rc<RefCell<Stats>>,
     started: Rc<Cell<Option<Instant>>>,
+    index: usize,
+    arrivals: Option<Rc<Arrivals>>,
 ) {
     let mut buf = vec![0u8; READ_BUF];
+    let mut scratch = Scratch {
+        meter: StreamMeter::new(ctx.api),
+        gaps: Vec::with_capacity(256),
+    };
+    let n_requests = ctx.requests.len().max(1);
+    let mut next_request = index % n_requests;
     while Instant::now() < ctx.window_end {
         let stream = match TcpStream::connect_timeout(ctx.addr, ctx.timeout).await {
             Ok(s) => s,
             Err(_) => {
                 if Instant::now() < ctx.window_end {
                     stats.borrow_mut().errors.connect += 1;
+                    ctx.progress.add(&ctx.progress.errors, 1);
                 }
                 // Don't spin on a refusing port.
                 glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -452,12 +410,29 @@ async fn connection_loop(
             end: 0,
         };
         loop {
+            // Open loop: a free connection takes the oldest due arrival.
+            let intended = match &arrivals {
+                Some(a) => match a.queue.recv().await {
+                    Some(t) => {
+                        a.taken.set(a.taken.get() + 1);
+                        Some(t)
+                    }
+                    None => return,
+                },
+                None => None,
+            };
             let t0 = Instant::now();
             if t0 >= ctx.window_end {
                 return;
             }
+            // Open loop: measured from when the request should have gone.
+            let from = intended.unwrap_or(t0).min(t0);
             started.set(Some(t0));
-            let result = one_request(&mut conn, &ctx).await;
+            scratch.meter.reset();
+            scratch.gaps.clear();
+            let request = ctx.requests.get(next_request).map_or(&[][..], |r| &r[..]);
+            next_request = (next_request + 1) % n_requests;
+            let result = one_request(&mut conn, &ctx, request, &mut scratch).await;
             let t1 = Instant::now();
             if t1 >= ctx.window_end {
                 return;
@@ -466,24 +441,9 @@ async fn connection_loop(
             let mut s = stats.borrow_mut();
             match result {
                 Ok(o) => {
-                    let success = (200..300).contains(&o.status);
-                    let complete = !(ctx.stream && success && o.event_stream && !o.done);
-                    if !success {
-                        *s.errors.status.entry(o.status).or_default() += 1;
-                    } else if !complete {
-                        s.errors.incomplete_stream += 1;
-                    } else if t1 >= ctx.window_start {
-                        s.ok += 1;
-                        s.latency.saturating_record(micros(t1 - t0));
-                        if ctx.stream {
-                            s.sse_events += o.sse_events;
-                            if let Some(fb) = o.first_byte {
-                                s.ttft
-                                    .saturating_record(micros(fb.saturating_duration_since(t0)));
-                            }
-                        }
-                    }
-                    if o.close {
+                    let close = o.close;
+                    record(&mut s, &ctx, &o, &scratch, from, t0, t1);
+                    if close {
                         break;
                     }
                 }
@@ -493,10 +453,82 @@ async fn connection_loop(
                         Failure::Malformed => s.errors.malformed += 1,
                         Failure::Io => s.errors.io += 1,
                     }
+                    ctx.progress.add(&ctx.progress.errors, 1);
                     break;
                 }
             }
         }
+    }
+}
+
+/// Counts one complete response: `from` is what latency is measured from
+/// (intended or actual send), `t0` the actual send, `t1` the end.
+fn record(
+    s: &mut Stats,
+    ctx: &ConnCtx,
+    o: &Outcome,
+    scratch: &Scratch,
+    from: Instant,
+    t0: Instant,
+    t1: Instant,
+) {
+    let m = &scratch.meter;
+    let success = (200..300).contains(&o.status);
+    let metered = ctx.stream && o.event_stream;
+    let p = &ctx.progress;
+    if !success {
+        *s.errors.status.entry(o.status).or_default() += 1;
+        p.add(&p.errors, 1);
+        return;
+    }
+    if metered && m.error {
+        s.errors.stream_error += 1;
+        p.add(&p.errors, 1);
+        return;
+    }
+    if metered && !m.done {
+        s.errors.incomplete_stream += 1;
+        p.add(&p.errors, 1);
+        return;
+    }
+    p.add(&p.completed, 1);
+    let output = m.output_tokens.unwrap_or(m.token_events);
+    p.add(&p.tokens, output);
+    // Closed loop: what completes in the window. Open loop: what was due
+    // in it, so a backlog left by the warmup is not counted as throughput.
+    let counted_at = if ctx.open_loop.is_some() { from } else { t1 };
+    if counted_at < ctx.window_start {
+        return;
+    }
+    s.ok += 1;
+    s.latency.saturating_record(micros(t1 - from));
+    if ctx.open_loop.is_some() {
+        s.service.saturating_record(micros(t1 - t0));
+    }
+    if !ctx.stream {
+        return;
+    }
+    s.sse_events += m.events;
+    s.token_events += m.token_events;
+    s.output_tokens += output;
+    s.input_tokens += m.input_tokens.unwrap_or(0);
+    if let Some(first) = m.first_token.or(o.first_byte) {
+        s.ttft
+            .saturating_record(micros(first.saturating_duration_since(from)));
+    }
+    for &gap in &scratch.gaps {
+        s.itl.saturating_record(gap.max(1));
+    }
+    if let (Some(first), Some(last)) = (m.first_token, m.last_token) {
+        if m.token_events >= 2 {
+            let per = last.saturating_duration_since(first) / (m.token_events - 1) as u32;
+            s.tpot.saturating_record(micros(per));
+        }
+    }
+    let secs = (t1 - from).as_secs_f64();
+    if output > 0 && secs > 0.0 {
+        s.tokens_per_s
+            .saturating_record(((output as f64 / secs).round() as u64).max(1));
     }
 }
 
@@ -534,8 +566,13 @@ impl Conn<'_> {
 }
 
 /// Sends the request and reads one whole response.
-async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Failure> {
-    conn.stream.write_all(&ctx.request).await?;
+async fn one_request(
+    conn: &mut Conn<'_>,
+    ctx: &ConnCtx,
+    request: &[u8],
+    scratch: &mut Scratch,
+) -> Result<Outcome, Failure> {
+    conn.stream.write_all(request).await?;
     let head = loop {
         if let Some(head) = parse_response_head(&conn.buf[conn.start..conn.end])? {
             break head;
@@ -548,22 +585,22 @@ async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Fail
     let mut outcome = Outcome {
         status: head.status,
         first_byte: None,
-        sse_events: 0,
-        done: false,
         event_stream: head.event_stream,
         close: head.close,
     };
     let count_sse = ctx.stream && head.event_stream;
-    let mut sse = SseCounter::new();
+    let Scratch { meter, gaps } = scratch;
+    let mut on_gap = |d: Duration| gaps.push(micros(d));
+    let mut now = Instant::now();
     if conn.start < conn.end && head.framing != Framing::None {
-        outcome.first_byte = Some(Instant::now());
+        outcome.first_byte = Some(now);
     }
     match head.framing {
         Framing::None => {}
         Framing::Length(mut remaining) => loop {
             let take = ((conn.end - conn.start) as u64).min(remaining) as usize;
             if count_sse {
-                sse.feed(&conn.buf[conn.start..conn.start + take]);
+                meter.feed(&conn.buf[conn.start..conn.start + take], now, &mut on_gap);
             }
             conn.start += take;
             remaining -= take as u64;
@@ -573,7 +610,8 @@ async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Fail
             if !conn.fill().await? {
                 return Err(Failure::Io);
             }
-            outcome.first_byte.get_or_insert_with(Instant::now);
+            now = Instant::now();
+            outcome.first_byte.get_or_insert(now);
         },
         Framing::Chunked => {
             let mut decoder = ChunkedDecoder::new();
@@ -582,12 +620,12 @@ async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Fail
                 let used = decoder.feed(&conn.buf[conn.start..conn.end], |data| {
                     got_data = true;
                     if count_sse {
-                        sse.feed(data);
+                        meter.feed(data, now, &mut on_gap);
                     }
                 })?;
                 conn.start += used;
                 if got_data && outcome.first_byte.is_none() {
-                    outcome.first_byte = Some(Instant::now());
+                    outcome.first_byte = Some(now);
                 }
                 if decoder.is_done() {
                     break;
@@ -595,208 +633,23 @@ async fn one_request(conn: &mut Conn<'_>, ctx: &ConnCtx) -> Result<Outcome, Fail
                 if !conn.fill().await? {
                     return Err(Failure::Io);
                 }
+                now = Instant::now();
             }
         }
         Framing::UntilClose => {
             loop {
                 if count_sse {
-                    sse.feed(&conn.buf[conn.start..conn.end]);
+                    meter.feed(&conn.buf[conn.start..conn.end], now, &mut on_gap);
                 }
                 conn.start = conn.end;
                 if !conn.fill().await? {
                     break;
                 }
-                outcome.first_byte.get_or_insert_with(Instant::now);
+                now = Instant::now();
+                outcome.first_byte.get_or_insert(now);
             }
             outcome.close = true;
         }
     }
-    outcome.sse_events = sse.data_events;
-    outcome.done = sse.done;
     Ok(outcome)
-}
-
-/// Human-readable report lines.
-pub fn print_report(r: &LoadReport) {
-    let ms = |us: u64| us as f64 / 1000.0;
-    println!(
-        "shardgate-bench run: {} model={} stream={}",
-        r.url, r.model, r.stream
-    );
-    println!("{}", r.machine.one_line());
-    println!(
-        "load: {} connections on {} shard{} ({}), warmup {:.1}s, duration {:.1}s",
-        r.connections,
-        r.shards,
-        if r.shards == 1 { "" } else { "s" },
-        if r.pinned { "pinned" } else { "unpinned" },
-        r.warmup_s,
-        r.duration_s
-    );
-    println!(
-        "requests: {} ok, {:.1} req/s",
-        r.requests, r.requests_per_second
-    );
-    let l = &r.latency_us;
-    println!(
-        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}",
-        ms(l.p50),
-        ms(l.p90),
-        ms(l.p99),
-        ms(l.p999),
-        ms(l.max),
-        l.mean / 1000.0
-    );
-    if let Some(t) = &r.ttft_us {
-        println!(
-            "ttft ms:    p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
-            ms(t.p50),
-            ms(t.p90),
-            ms(t.p99),
-            ms(t.p999),
-            ms(t.max)
-        );
-    }
-    if let Some(e) = r.sse_events_per_request {
-        println!("sse data events/request: {e:.1}");
-    }
-    println!("errors: {} ({})", r.errors_total, r.errors.describe());
-    if r.stuck_at_end > 0 {
-        println!(
-            "unanswered for over {}s at the end: {}",
-            STUCK_AFTER.as_secs(),
-            r.stuck_at_end
-        );
-    }
-    if let Some(c) = r.loadgen_cpu_cores {
-        println!("loadgen cpu: {c:.2} cores");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::args::parse_url;
-
-    fn cfg(url: &str, stream: bool, key: Option<&str>) -> LoadConfig {
-        LoadConfig {
-            url: parse_url(url).unwrap(),
-            connections: 4,
-            duration: Duration::from_secs(1),
-            warmup: Duration::ZERO,
-            shards: ShardPlan {
-                count: 1,
-                pin: false,
-            },
-            model: "demo".into(),
-            stream,
-            max_tokens: 16,
-            api_key: key.map(str::to_string),
-            timeout: Duration::from_secs(5),
-        }
-    }
-
-    fn split(req: &[u8]) -> (String, serde_json::Value) {
-        let text = std::str::from_utf8(req).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let mut headers = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Request::new(&mut headers);
-        assert!(r.parse(req).unwrap().is_complete());
-        let cl = r
-            .headers
-            .iter()
-            .find(|h| h.name == "content-length")
-            .map(|h| {
-                std::str::from_utf8(h.value)
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap()
-            });
-        assert_eq!(cl.unwrap_or(0), body.len());
-        let v = if body.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(body).unwrap()
-        };
-        (head.to_string(), v)
-    }
-
-    #[test]
-    fn chat_request() {
-        let (head, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/v1/chat/completions",
-            false,
-            Some("k"),
-        )));
-        assert!(head.starts_with("POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:1\r\n"));
-        assert!(head.contains("authorization: Bearer k"));
-        assert_eq!(v["model"], "demo");
-        assert_eq!(v["max_tokens"], 16);
-        assert!(v["messages"].is_array());
-        assert!(v.get("stream").is_none());
-
-        let (head, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/v1/chat/completions",
-            true,
-            None,
-        )));
-        assert!(!head.contains("authorization"));
-        assert_eq!(v["stream"], true);
-        assert_eq!(v["stream_options"]["include_usage"], true);
-    }
-
-    #[test]
-    fn other_requests() {
-        let (_, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/v1/completions",
-            false,
-            None,
-        )));
-        assert!(v["prompt"].is_string());
-        let (_, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/v1/embeddings",
-            false,
-            None,
-        )));
-        assert!(v["input"].is_string());
-        let (head, v) = split(&build_request(&cfg(
-            "http://127.0.0.1:1/healthz",
-            false,
-            None,
-        )));
-        assert!(head.starts_with("GET /healthz HTTP/1.1"));
-        assert!(v.is_null());
-    }
-
-    #[test]
-    fn error_counts() {
-        let mut a = ErrorCounts::default();
-        assert_eq!(a.describe(), "none");
-        a.timeout = 2;
-        a.status.insert(429, 3);
-        let mut b = ErrorCounts::default();
-        b.status.insert(429, 1);
-        b.io = 1;
-        a.merge(&b);
-        assert_eq!(a.total(), 7);
-        assert_eq!(a.describe(), "timeout=2 io=1 status_429=4");
-    }
-
-    #[test]
-    fn stats_merge_and_percentiles() {
-        let mut a = Stats::new().unwrap();
-        for v in 1..=100 {
-            a.latency.record(v).unwrap();
-        }
-        a.ok = 100;
-        let mut b = Stats::new().unwrap();
-        b.latency.record(1000).unwrap();
-        b.ok = 1;
-        a.merge(&b).unwrap();
-        let p = Percentiles::of(&a.latency);
-        assert_eq!(a.ok, 101);
-        assert_eq!(p.p50, 51);
-        assert_eq!(p.max, 1000);
-        assert_eq!(Percentiles::of(&Stats::new().unwrap().ttft).p99, 0);
-    }
 }

@@ -4,7 +4,9 @@
 //! - `mock`: a deterministic mock provider server speaking the OpenAI,
 //!   Anthropic, Gemini and Bedrock dialects (the upstream for gateway tests
 //!   and benchmarks), behaviour chosen by model name.
-//! - `run`: a closed-loop load generator with latency/TTFT percentiles.
+//! - `run`: a load generator, closed loop or open loop at a rate (latency
+//!   from the intended send time), OpenAI or Anthropic shape, with latency,
+//!   TTFT, inter-token latency and tokens/s percentiles.
 //! - `compare`: the same load against several targets, interleaved, with
 //!   CPU per request.
 //!
@@ -16,13 +18,18 @@
 //! behind the same bug in the tool that measures it.
 
 mod args;
+mod arrivals;
 mod compare;
 mod error;
 mod http;
 mod loadgen;
 mod machine;
 mod mock;
+mod progress;
+mod report;
 mod shards;
+mod stream_meter;
+mod workload;
 
 use clap::{Args, Parser, Subcommand};
 use error::BenchError;
@@ -47,7 +54,7 @@ enum Command {
     /// dialects on one port, routed by path.
     #[command(after_long_help = MOCK_HELP)]
     Mock(MockArgs),
-    /// Closed-loop load against one URL.
+    /// Load against one URL: closed loop (default) or open loop (`--rate`).
     Run(RunArgs),
     /// The same load against several targets, interleaved round-robin.
     Compare(CompareArgs),
@@ -131,18 +138,67 @@ struct LoadArgs {
     stream: bool,
     #[arg(long, default_value_t = 16)]
     max_tokens: u32,
-    /// Sent as `Authorization: Bearer KEY`.
+    /// Sent as `Authorization: Bearer KEY` (OpenAI) or `x-api-key` (Anthropic).
     #[arg(long, value_name = "KEY")]
     api_key: Option<String>,
+    /// Request shape; default: `anthropic` for `.../messages` URLs, else `openai`.
+    #[arg(long, value_enum)]
+    api: Option<workload::Api>,
+    /// Open loop: send this many requests per second in total, latency
+    /// measured from each request's intended send time. Without it: closed
+    /// loop.
+    #[arg(long, value_name = "REQ_PER_S")]
+    rate: Option<f64>,
+    /// Open-loop arrival process.
+    #[arg(long, value_enum, default_value = "poisson", requires = "rate")]
+    arrivals: arrivals::Arrivals,
+    /// Prompts from JSONL: `{"prompt": "..."}` or `{"messages": [...]}` per
+    /// line, optional `"max_tokens"`.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt_tokens")]
+    dataset: Option<std::path::PathBuf>,
+    /// Synthetic prompts of exactly this many cl100k_base tokens: `512`,
+    /// `normal:512,64` or `uniform:100,1000`.
+    #[arg(long, value_name = "DIST", value_parser = workload::parse_token_dist)]
+    prompt_tokens: Option<workload::TokenDist>,
+    /// Seed for arrivals and synthetic prompts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Connect timeout and longest wait for any single read.
     #[arg(long, default_value = "10s", value_parser = args::parse_duration)]
     timeout: Duration,
     /// Print one JSON object instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "markdown")]
     json: bool,
+    /// Print the report as Markdown.
+    #[arg(long)]
+    markdown: bool,
 }
 
 impl LoadArgs {
+    fn shape(&self) -> Result<workload::Shape, BenchError> {
+        let open_loop = match self.rate {
+            Some(rate) if !(rate > 0.0 && rate.is_finite()) => {
+                return Err(BenchError::Usage("--rate must be positive".into()))
+            }
+            Some(rate) => Some(workload::OpenLoop {
+                rate,
+                arrivals: self.arrivals,
+            }),
+            None => None,
+        };
+        let prompts = match (&self.dataset, self.prompt_tokens) {
+            (Some(path), _) => workload::PromptSource::Dataset(path.clone()),
+            (None, Some(dist)) => workload::PromptSource::Synthetic(dist),
+            (None, None) => workload::PromptSource::Default,
+        };
+        Ok(workload::Shape {
+            api: self.api,
+            prompts,
+            open_loop,
+            seed: self.seed,
+        })
+    }
+
     fn shard_plan(&self) -> ShardPlan {
         ShardPlan {
             count: self.shards.unwrap_or_else(ShardPlan::default_count).max(1),
@@ -156,7 +212,9 @@ struct RunArgs {
     /// Target, e.g. http://127.0.0.1:8080/v1/chat/completions
     #[arg(long, value_parser = args::parse_url)]
     url: args::HttpUrl,
-    #[arg(long, default_value_t = 64)]
+    /// Connections: the concurrency of a closed loop, the most requests in
+    /// flight in an open loop.
+    #[arg(long, visible_alias = "concurrency", default_value_t = 64)]
     connections: usize,
     #[command(flatten)]
     load: LoadArgs,
@@ -227,12 +285,16 @@ fn run(command: Command) -> Result<(), BenchError> {
                 max_tokens: a.load.max_tokens,
                 api_key: a.load.api_key.clone(),
                 timeout: a.load.timeout,
+                shape: a.load.shape()?,
+                progress: true,
             };
             let (report, _) = loadgen::run_load(&cfg, None)?;
             if a.load.json {
                 println!("{}", to_json(&report)?);
+            } else if a.load.markdown {
+                print!("{}", report::render_markdown(&report));
             } else {
-                loadgen::print_report(&report);
+                print!("{}", report::render_text(&report));
             }
             Ok(())
         }
@@ -252,6 +314,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 max_tokens: a.load.max_tokens,
                 api_key: a.load.api_key.clone(),
                 timeout: a.load.timeout,
+                shape: a.load.shape()?,
             };
             let report = compare::run_compare(&cfg, |line| eprintln!("{line}"))?;
             let json = to_json(&report)?;

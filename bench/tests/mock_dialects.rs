@@ -533,3 +533,94 @@ fn cut_after_in_other_dialects() {
     assert_eq!(content, text(2));
     assert!(summary.cut);
 }
+
+/// Provider, path, body template (`TOOLS` marks where tools go), headers.
+type Case<'a> = (
+    &'a dyn shardgate_providers::Provider,
+    String,
+    String,
+    &'a [(&'a str, &'a str)],
+);
+
+/// Non-streaming bodies and error bodies of every dialect through the
+/// gateway's own converters.
+#[test]
+fn non_stream_bodies_translate_with_the_gateway_providers() {
+    use shardgate_providers::anthropic::AnthropicProvider;
+    use shardgate_providers::bedrock::BedrockProvider;
+    use shardgate_providers::gemini::GeminiProvider;
+
+    let mock = Mock::start(&[]);
+    let anthropic = AnthropicProvider::default();
+    let gemini = GeminiProvider::default();
+    let bedrock = BedrockProvider {
+        region: "us-east-1".into(),
+        credentials: None,
+    };
+    let tools_a = r#""tools":[{"name":"f","input_schema":{}}],"#;
+    let tools_g = r#""tools":[{"functionDeclarations":[{"name":"f"}]}],"#;
+    let tools_b =
+        r#""toolConfig":{"tools":[{"toolSpec":{"name":"f","inputSchema":{"json":{}}}}]},"#;
+    let cases: [Case<'_>; 3] = [
+        (
+            &anthropic,
+            "/v1/messages".to_owned(),
+            r#"{"model":"mock-tokens-4","max_tokens":9,TOOLS"messages":[{"role":"user","content":"x"}]}"#.to_owned(),
+            &ANTHROPIC,
+        ),
+        (
+            &gemini,
+            "/v1beta/models/mock-tokens-4:generateContent".to_owned(),
+            r#"{TOOLS"contents":[{"role":"user","parts":[{"text":"x"}]}]}"#.to_owned(),
+            &[],
+        ),
+        (
+            &bedrock,
+            "/model/mock-tokens-4/converse".to_owned(),
+            r#"{TOOLS"messages":[{"role":"user","content":[{"text":"x"}]}]}"#.to_owned(),
+            &[],
+        ),
+    ];
+    for ((provider, path, template, headers), tools) in
+        cases.into_iter().zip([tools_a, tools_g, tools_b])
+    {
+        for with_tools in [false, true] {
+            let body = template.replace("TOOLS", if with_tools { tools } else { "" });
+            let r = request(&mock, &post_with(&path, &body, headers));
+            assert_eq!(r.status, 200, "{path}");
+            let (chat, usage) = provider.response_to_openai(&r.body, &ctx()).unwrap();
+            let v: Value = serde_json::from_slice(&chat).unwrap();
+            let choice = &v["choices"][0];
+            if with_tools {
+                assert_eq!(choice["finish_reason"], "tool_calls", "{path} {v}");
+                let call = &choice["message"]["tool_calls"][0]["function"];
+                assert_eq!(call["name"], "f");
+                let args: Value =
+                    serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+                assert_eq!(args, json!({"query":text(3)}));
+                assert_eq!(usage.output_tokens, Some(5));
+            } else {
+                assert_eq!(choice["finish_reason"], "stop", "{path} {v}");
+                assert_eq!(choice["message"]["content"], text(4).as_str());
+                assert_eq!(usage.output_tokens, Some(4));
+            }
+            assert_eq!(
+                usage.input_tokens,
+                Some((body.len() as u64).div_ceil(4)),
+                "{path}"
+            );
+        }
+        // An injected 429 keeps its message through the error converter.
+        let failing = path.replace("mock-tokens-4", "mock-429");
+        let body = template
+            .replace("TOOLS", "")
+            .replace("mock-tokens-4", "mock-429");
+        let r = request(&mock, &post_with(&failing, &body, headers));
+        assert_eq!(r.status, 429);
+        let e: Value = serde_json::from_slice(&provider.error_to_openai(429, &r.body)).unwrap();
+        assert_eq!(
+            e["error"]["message"], "Rate limit reached (mock)",
+            "{path} {e}"
+        );
+    }
+}

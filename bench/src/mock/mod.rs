@@ -40,6 +40,7 @@ mod answer;
 mod anthropic;
 mod bedrock;
 mod gemini;
+mod head;
 mod openai;
 mod server;
 pub mod tools;
