@@ -293,6 +293,11 @@ impl Admission {
                         used(b.limits.tokens_per_minute, left.tokens),
                         now,
                     );
+                    c.add(
+                        LimitKind::TokensPerDay,
+                        used(b.limits.tokens_per_day, left.tokens),
+                        now,
+                    );
                     if let Some(spend) = lq.spend_snapshot() {
                         c.add(LimitKind::MonthlySpend, spend, now);
                     }
