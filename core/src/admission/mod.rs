@@ -326,18 +326,23 @@ impl Admission {
         }
     }
 
-    fn open_slot(&self, key: &str, limits: Limits, now: Timestamp, me: usize, peers: usize) -> Slot {
-        {
-            if owner_shard(key, peers) == me {
-                // The owner picks up where the last run left off: windows
-                // still current at `now` keep their counts.
-                let mut lm = LeaseManager::new(limits, now);
-                *lm.counters_mut() = self.persist.restored.restore_counters(key, now);
-                Slot::Owned(lm)
-            } else {
-                let (refill, low) = LocalQuota::suggested_refill(&limits, peers);
-                Slot::Leased(LocalQuota::new(me, refill, low), limits)
-            }
+    fn open_slot(
+        &self,
+        key: &str,
+        limits: Limits,
+        now: Timestamp,
+        me: usize,
+        peers: usize,
+    ) -> Slot {
+        if owner_shard(key, peers) == me {
+            // The owner picks up where the last run left off: windows still
+            // current at `now` keep their counts.
+            let mut lm = LeaseManager::new(limits, now);
+            *lm.counters_mut() = self.persist.restored.restore_counters(key, now);
+            Slot::Owned(lm)
+        } else {
+            let (refill, low) = LocalQuota::suggested_refill(&limits, peers);
+            Slot::Leased(LocalQuota::new(me, refill, low), limits)
         }
     }
 
@@ -443,7 +448,11 @@ impl Admission {
     pub fn persist_usage(&self) {
         let now = now();
         for (key_id, totals) in self.pending.borrow_mut().drain() {
-            if !self.persist.tx.send(UsageRecord::usage(&key_id, now, totals)) {
+            if !self
+                .persist
+                .tx
+                .send(UsageRecord::usage(&key_id, now, totals))
+            {
                 log::error!("usage of {key_id} not recorded: the store writer has stopped");
             }
         }
