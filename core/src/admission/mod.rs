@@ -55,7 +55,7 @@ pub struct Ticket {
 struct Held {
     reservation: Reservation,
     /// Scope key and limits of each bucket the reservation was taken from.
-    buckets: Vec<(String, Limits)>,
+    buckets: Vec<(Rc<str>, Limits)>,
 }
 
 impl Ticket {
@@ -111,7 +111,9 @@ pub struct Admission {
     policies: PolicySet,
     pricing: PricingTable,
     keys: RefCell<Rc<KeyStore>>,
-    slots: RefCell<HashMap<String, Slot>>,
+    /// Keyed by scope key; the same `Rc` is held by tickets in flight, so
+    /// admitting a request allocates no key.
+    slots: RefCell<HashMap<Rc<str>, Slot>>,
     mesh: RefCell<Option<Rc<Mesh>>>,
     /// Scratch for messages produced by the policy state machines.
     outbox: RefCell<Vec<ToOwner>>,
@@ -237,10 +239,10 @@ impl Admission {
                 reservation,
             } => (fell_back.then(|| chosen.to_owned()), reservation),
         };
-        let buckets: Vec<(String, Limits)> = resolved
+        let buckets: Vec<(Rc<str>, Limits)> = resolved
             .buckets()
             .iter()
-            .map(|b| (b.scope_key.to_owned(), b.limits))
+            .map(|b| (self.bucket_key(b.scope_key, b.limits, now), b.limits))
             .collect();
         let mut taken: Vec<usize> = Vec::with_capacity(buckets.len());
         for (i, (key, limits)) in buckets.iter().enumerate() {
@@ -308,9 +310,21 @@ impl Admission {
             .collect()
     }
 
+    /// The shared key of a bucket's slot, opening the slot on first use.
+    fn bucket_key(&self, key: &str, limits: Limits, now: Timestamp) -> Rc<str> {
+        let mut slots = self.slots.borrow_mut();
+        if let Some((k, _)) = slots.get_key_value(key) {
+            return k.clone();
+        }
+        let (me, peers) = self.me_and_peers();
+        let k: Rc<str> = Rc::from(key);
+        slots.insert(k.clone(), self.open_slot(key, limits, now, me, peers));
+        k
+    }
+
     fn slot_for<'s>(
         &self,
-        slots: &'s mut HashMap<String, Slot>,
+        slots: &'s mut HashMap<Rc<str>, Slot>,
         key: &str,
         limits: Limits,
         now: Timestamp,
@@ -318,7 +332,7 @@ impl Admission {
         let (me, peers) = self.me_and_peers();
         if !slots.contains_key(key) {
             // The key is allocated once per bucket, not per request.
-            slots.insert(key.to_owned(), self.open_slot(key, limits, now, me, peers));
+            slots.insert(Rc::from(key), self.open_slot(key, limits, now, me, peers));
         }
         match slots.get_mut(key) {
             Some(slot) => slot,
@@ -467,7 +481,7 @@ impl Admission {
         let now = now();
         let slots = self.slots.borrow();
         for key in dirty {
-            if let Some(Slot::Owned(lm)) = slots.get(&key) {
+            if let Some(Slot::Owned(lm)) = slots.get(key.as_str()) {
                 for kind in LimitKind::ALL {
                     self.persist
                         .tx
@@ -566,7 +580,7 @@ impl Admission {
             ShardMsg::Grant { bucket, lease } => {
                 let limits = {
                     let mut slots = self.slots.borrow_mut();
-                    match slots.get_mut(&bucket) {
+                    match slots.get_mut(bucket.as_str()) {
                         Some(Slot::Leased(lq, limits)) => {
                             let mut out = self.outbox.borrow_mut();
                             lq.on_grant(lease, now, &mut out);

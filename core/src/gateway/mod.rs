@@ -238,7 +238,7 @@ async fn handle_api(
             .and_then(|m| m.targets.first())
             .map_or_else(|| alias.to_owned(), |t| t.model.clone())
     };
-    let ticket = match shard
+    let mut ticket = match shard
         .admission
         .admit(
             req,
@@ -265,7 +265,7 @@ async fn handle_api(
             return send_error_in(conn, client, &err, rid, &headers).await;
         }
     };
-    let mut headers = ticket.headers.clone();
+    let mut headers = std::mem::take(&mut ticket.headers);
     let alias = match &ticket.fallback {
         Some(fallback) => {
             headers.push(("x-shardgate-fallback-model", fallback.clone()));
