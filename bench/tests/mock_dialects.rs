@@ -556,6 +556,7 @@ fn non_stream_bodies_translate_with_the_gateway_providers() {
     let bedrock = BedrockProvider {
         region: "us-east-1".into(),
         credentials: None,
+        endpoint_host: None,
     };
     let tools_a = r#""tools":[{"name":"f","input_schema":{}}],"#;
     let tools_g = r#""tools":[{"functionDeclarations":[{"name":"f"}]}],"#;
