@@ -17,6 +17,8 @@
 //! HTTP itself on `httparse`, so a framing bug in the gateway cannot hide
 //! behind the same bug in the tool that measures it.
 
+#[cfg(test)]
+mod alloc_count;
 mod args;
 mod arrivals;
 mod compare;
@@ -39,8 +41,14 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[cfg(not(test))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Unit tests count allocations per thread (`alloc_count`).
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: alloc_count::Counting = alloc_count::Counting;
 
 #[derive(Debug, Parser)]
 #[command(name = "shardgate-bench", version, about)]

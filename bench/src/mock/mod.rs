@@ -48,4 +48,6 @@ mod server;
 pub mod tools;
 mod wire;
 
+#[cfg(test)]
+pub(crate) use server::spawn_for_tests;
 pub use server::{serve, MockConfig};

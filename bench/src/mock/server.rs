@@ -91,6 +91,39 @@ pub fn serve(cfg: MockConfig) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// Tests: one mock shard on its own executor thread, on an ephemeral port
+/// of 127.0.0.1, serving until the test process exits.
+#[cfg(test)]
+pub(crate) fn spawn_for_tests(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<SocketAddr, BenchError> {
+    let plan = ShardPlan {
+        count: 1,
+        pin: false,
+    };
+    let shared = Shared {
+        keys: Keys::new(None),
+        tls: tls.map(futures_rustls::TlsAcceptor::from),
+        defaults: Behaviour::default(),
+        shard: 0,
+        next_id: Cell::new(0),
+    };
+    let (tx, rx) = mpsc::channel();
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // The handle is dropped: the thread is detached and lives on.
+    spawn_shard("mock-test", plan, 0, move || {
+        run_shard(vec![listen], tx, shared)
+    })?;
+    let bound = rx
+        .recv()
+        .map_err(BenchError::runtime)?
+        .map_err(BenchError::Runtime)?;
+    bound
+        .first()
+        .copied()
+        .ok_or_else(|| BenchError::Runtime("no address".into()))
+}
+
 /// `--instances K`: consecutive ports from the listen port, or K ephemeral
 /// ports when the listen port is 0.
 fn listen_addrs(listen: SocketAddr, instances: usize) -> Vec<SocketAddr> {
