@@ -414,7 +414,10 @@ async fn connection_loop(
                     let mut s = stats.borrow_mut();
                     match kind {
                         OpenError::Connect => s.errors.connect += 1,
-                        OpenError::Handshake => s.errors.tls_handshake += 1,
+                        OpenError::Handshake(why) => {
+                            s.errors.tls_handshake += 1;
+                            s.errors.first_tls_error.get_or_insert(why);
+                        }
                         OpenError::Io => s.errors.io += 1,
                     }
                     ctx.progress.add(&ctx.progress.errors, 1);
@@ -490,11 +493,11 @@ async fn connection_loop(
 }
 
 /// Why a connection could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum OpenError {
     Connect,
-    /// The TLS handshake failed or timed out.
-    Handshake,
+    /// The TLS handshake failed or timed out, and why (rustls's words).
+    Handshake(String),
     Io,
 }
 
@@ -511,10 +514,17 @@ async fn open(ctx: &ConnCtx) -> Result<ClientStream, OpenError> {
         return Ok(Stream::Plain(tcp));
     };
     let timeout = ctx.timeout;
-    let handshake = async { tls.connect(tcp).await.map_err(|_| OpenError::Handshake) };
+    let handshake = async {
+        tls.connect(tcp)
+            .await
+            .map_err(|e| OpenError::Handshake(e.to_string()))
+    };
     let deadline = async {
         glommio::timer::sleep(timeout).await;
-        Err(OpenError::Handshake)
+        Err(OpenError::Handshake(format!(
+            "no handshake within {}",
+            humantime::format_duration(timeout)
+        )))
     };
     let tls_stream = futures_lite::future::or(handshake, deadline).await?;
     Ok(Stream::Tls(Box::new(tls_stream)))

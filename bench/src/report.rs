@@ -35,6 +35,10 @@ pub struct ErrorCounts {
     pub stream_error: u64,
     /// Non-2xx responses by status code.
     pub status: BTreeMap<u16, u64>,
+    /// Why the first failed TLS handshake failed (`invalid peer
+    /// certificate: UnknownIssuer`, a timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_tls_error: Option<String>,
 }
 
 impl ErrorCounts {
@@ -60,6 +64,9 @@ impl ErrorCounts {
         for (k, v) in &o.status {
             *self.status.entry(*k).or_default() += v;
         }
+        if self.first_tls_error.is_none() {
+            self.first_tls_error.clone_from(&o.first_tls_error);
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -82,6 +89,9 @@ impl ErrorCounts {
         }
         for (code, n) in &self.status {
             parts.push(format!("status_{code}={n}"));
+        }
+        if let Some(why) = &self.first_tls_error {
+            parts.push(format!("[first tls_handshake error: {why}]"));
         }
         parts.join(" ")
     }
@@ -419,9 +429,14 @@ mod tests {
         let mut b = ErrorCounts::default();
         b.status.insert(429, 1);
         b.io = 1;
+        b.first_tls_error = Some("invalid peer certificate: UnknownIssuer".into());
         a.merge(&b);
         assert_eq!(a.total(), 8);
-        assert_eq!(a.describe(), "tls_handshake=1 timeout=2 io=1 status_429=4");
+        assert_eq!(
+            a.describe(),
+            "tls_handshake=1 timeout=2 io=1 status_429=4 \
+             [first tls_handshake error: invalid peer certificate: UnknownIssuer]"
+        );
     }
 
     #[test]

@@ -257,6 +257,8 @@ fn untrusted_certificate_counts_handshake_errors_and_finishes() {
     assert_eq!(v["errors_total"].as_u64(), Some(handshakes), "{v}");
     assert_eq!(v["errors"]["connect"], 0, "{v}");
     assert_eq!(v["errors"]["io"], 0, "{v}");
+    let why = v["errors"]["first_tls_error"].as_str().unwrap();
+    assert!(why.contains("UnknownIssuer"), "{v}");
 
     // The text report names the kind.
     let out = bench(
@@ -279,6 +281,7 @@ fn untrusted_certificate_counts_handshake_errors_and_finishes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0 ok"), "{text}");
     assert!(text.contains("tls_handshake="), "{text}");
+    assert!(text.contains("[first tls_handshake error: "), "{text}");
 }
 
 #[test]
