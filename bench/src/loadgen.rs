@@ -63,7 +63,8 @@ pub struct LoadConfig {
     pub stream: bool,
     pub max_tokens: u32,
     pub api_key: Option<String>,
-    /// Connect timeout, and longest wait for any single read.
+    /// Connect timeout, TLS handshake timeout, and longest wait for any
+    /// single read.
     pub timeout: Duration,
     /// API shape, prompts, open loop.
     pub shape: Shape,

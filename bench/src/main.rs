@@ -178,7 +178,8 @@ struct LoadArgs {
     /// Seed for arrivals and synthetic prompts.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Connect timeout and longest wait for any single read.
+    /// Connect timeout, TLS handshake timeout, and longest wait for any
+    /// single read.
     #[arg(long, default_value = "10s", value_parser = args::parse_duration)]
     timeout: Duration,
     /// https: also trust the CAs in this PEM file (beside the webpki roots).
