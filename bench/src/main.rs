@@ -3,10 +3,12 @@
 //!
 //! - `mock`: a deterministic mock provider server speaking the OpenAI,
 //!   Anthropic, Gemini and Bedrock dialects (the upstream for gateway tests
-//!   and benchmarks), behaviour chosen by model name.
+//!   and benchmarks), behaviour chosen by model name; TLS with
+//!   `--tls-cert/--tls-key`.
 //! - `run`: a load generator, closed loop or open loop at a rate (latency
 //!   from the intended send time), OpenAI or Anthropic shape, with latency,
-//!   TTFT, inter-token latency and tokens/s percentiles.
+//!   TTFT, inter-token latency and tokens/s percentiles, over `http://` or
+//!   `https://` (`tls`: one handshake per keep-alive connection).
 //! - `compare`: the same load against several targets, interleaved, with
 //!   CPU per request.
 //!
