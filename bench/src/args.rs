@@ -1,32 +1,44 @@
-//! Command-line values that clap can't parse alone: `http://` URLs resolved
-//! to socket addresses, and `compare` target specs.
+//! Command-line values that clap can't parse alone: `http://` and
+//! `https://` URLs resolved to socket addresses, and `compare` target specs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-/// A plain-HTTP target, resolved once on the main thread before any shard
-/// starts (shards connect to the `SocketAddr`, never resolve).
+/// An HTTP/1.1 target, plain or over TLS, resolved once on the main thread
+/// before any shard starts (shards connect to the `SocketAddr`, never
+/// resolve).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     pub addr: SocketAddr,
+    /// `https://`: TLS to `addr`, with SNI and verification for `server_name`.
+    pub tls: bool,
     /// Value of the `Host` header: the authority as written.
     pub host: String,
+    /// The host alone (no port, no IPv6 brackets): the TLS server name.
+    pub server_name: String,
     /// Path and query, starting with `/`.
     pub path: String,
 }
 
 impl std::fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}{}", self.host, self.path)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.host, self.path)
     }
 }
 
-/// Parses `http://HOST[:PORT][/PATH]`. HOST is an IP literal (`[::1]` for
-/// IPv6), `localhost`, or a name resolved here (blocking, once, before any
-/// shard runs).
+/// Parses `http[s]://HOST[:PORT][/PATH]` (default port 80 or 443). HOST is
+/// an IP literal (`[::1]` for IPv6), `localhost`, or a name resolved here
+/// (blocking, once, before any shard runs).
 pub fn parse_url(s: &str) -> Result<HttpUrl, String> {
-    let rest = s
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{s:?}: only http:// URLs are supported"))?;
+    let (tls, rest) = if let Some(rest) = s.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = s.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        return Err(format!(
+            "{s:?}: only http:// and https:// URLs are supported"
+        ));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -34,28 +46,35 @@ pub fn parse_url(s: &str) -> Result<HttpUrl, String> {
     if authority.is_empty() {
         return Err(format!("{s:?}: missing host"));
     }
-    let (host, port) = split_host_port(authority).ok_or_else(|| format!("{s:?}: bad host:port"))?;
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) =
+        split_host_port(authority, default_port).ok_or_else(|| format!("{s:?}: bad host:port"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?}: missing host"));
+    }
     let addr = resolve(host, port).ok_or_else(|| format!("{s:?}: cannot resolve {host}"))?;
     Ok(HttpUrl {
         addr,
+        tls,
         host: authority.to_string(),
+        server_name: host.to_string(),
         path: path.to_string(),
     })
 }
 
-fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
     if let Some(v6) = authority.strip_prefix('[') {
         let (host, rest) = v6.split_once(']')?;
         let port = match rest.strip_prefix(':') {
             Some(p) => p.parse().ok()?,
-            None if rest.is_empty() => 80,
+            None if rest.is_empty() => default_port,
             None => return None,
         };
         return Some((host, port));
     }
     match authority.rsplit_once(':') {
         Some((host, port)) => Some((host, port.parse().ok()?)),
-        None => Some((authority, 80)),
+        None => Some((authority, default_port)),
     }
 }
 
@@ -155,8 +174,21 @@ mod tests {
         assert_eq!(u.addr, "[::1]:7".parse().unwrap());
         assert_eq!(u.path, "/x?y=1");
         assert_eq!(parse_url("http://127.0.0.1/").unwrap().addr.port(), 80);
+        assert!(!u.tls);
 
-        assert!(parse_url("https://127.0.0.1/").is_err());
+        let u = parse_url("https://localhost:8443/v1/messages").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.addr, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(u.host, "localhost:8443");
+        assert_eq!(u.server_name, "localhost");
+        assert_eq!(u.to_string(), "https://localhost:8443/v1/messages");
+        let u = parse_url("https://[::1]/").unwrap();
+        assert_eq!(u.addr, "[::1]:443".parse().unwrap());
+        assert_eq!(u.server_name, "::1");
+        assert_eq!(parse_url("https://127.0.0.1").unwrap().addr.port(), 443);
+
+        assert!(parse_url("ftp://127.0.0.1/").is_err());
+        assert!(parse_url("https://:443/").is_err());
         assert!(parse_url("http://").is_err());
         assert!(parse_url("http://127.0.0.1:x/").is_err());
         assert!(parse_url("http://[::1/").is_err());

@@ -26,6 +26,8 @@ pub struct CompareConfig {
     pub api_key: Option<String>,
     pub timeout: Duration,
     pub shape: crate::workload::Shape,
+    /// Trust settings for `https://` targets.
+    pub tls: crate::tls::TlsOptions,
 }
 
 /// One target at one concurrency level, over all rounds.
@@ -214,6 +216,7 @@ fn load_config(cfg: &CompareConfig, t: &TargetSpec, connections: usize) -> LoadC
         timeout: cfg.timeout,
         shape: cfg.shape.clone(),
         progress: false,
+        tls: cfg.tls.clone(),
     }
 }
 

@@ -11,6 +11,9 @@ pub enum BenchError {
         context: String,
         source: std::io::Error,
     },
+    /// A certificate, key or TLS configuration could not be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// Glommio could not start or run an executor.
     #[error("runtime: {0}")]
     Runtime(String),

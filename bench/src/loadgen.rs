@@ -5,10 +5,16 @@
 //! connection is a keep-alive loop cycling through prebuilt request bytes
 //! (`crate::workload`) and reading the whole response (Content-Length,
 //! chunked or until close) with the tool's own parser (`crate::http`).
+//! `https://` targets: each connection does its TLS handshake
+//! (`crate::tls`) right after the TCP connect, before its first request;
+//! connect time (TCP + TLS) is its own histogram, outside request latency,
+//! and a failed handshake is its own error kind.
 //! Streams go through a [`StreamMeter`] for TTFT (first token event),
 //! inter-token latency, time per output token, output tokens per second and
-//! usage. Per-shard histograms, merged at the end. Steady state allocates
-//! nothing per request.
+//! usage. Per-shard histograms, merged at the end. In steady state the
+//! tool's own code allocates nothing per request; glommio allocates about
+//! ten times for each read that has to wait, and over TLS rustls one buffer
+//! per record each way (`loadgen_tests.rs` counts them).
 //!
 //! Open loop (`crate::arrivals`): latency and TTFT are measured from each
 //! request's INTENDED send time, so a stall is charged to every request it
@@ -30,8 +36,9 @@ use crate::progress::{self, Progress, ShardProgress};
 use crate::report::{LoadReport, Percentiles, PromptTokens, Stats, STUCK_AFTER};
 use crate::shards::{spawn_shard, ShardPlan};
 use crate::stream_meter::StreamMeter;
+use crate::tls::{ClientStream, ClientTls, Stream, TlsOptions};
 use crate::workload::{self, Api, OpenLoop, Shape};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -56,12 +63,15 @@ pub struct LoadConfig {
     pub stream: bool,
     pub max_tokens: u32,
     pub api_key: Option<String>,
-    /// Connect timeout, and longest wait for any single read.
+    /// Connect timeout, TLS handshake timeout, and longest wait for any
+    /// single read.
     pub timeout: Duration,
     /// API shape, prompts, open loop.
     pub shape: Shape,
     /// Draw the live progress line (only if stderr is a terminal).
     pub progress: bool,
+    /// Trust settings for `https://` URLs.
+    pub tls: TlsOptions,
 }
 
 /// Runs one load and blocks until it is done. With `watch_pid`, also
@@ -71,6 +81,11 @@ pub fn run_load(
     watch_pid: Option<u32>,
 ) -> Result<(LoadReport, Stats), BenchError> {
     let work = workload::build(cfg)?;
+    let tls = if cfg.url.tls {
+        Some(ClientTls::new(&cfg.tls, &cfg.url.server_name)?)
+    } else {
+        None
+    };
     let requests = Arc::new(work.requests);
     let shards = cfg.shards.count.clamp(1, cfg.connections.max(1));
     let begin = Instant::now();
@@ -86,6 +101,7 @@ pub fn run_load(
         progress.push(shard_progress.clone());
         let ctx = ConnCtx {
             addr: cfg.url.addr,
+            tls: tls.clone(),
             requests: requests.clone(),
             api: work.api,
             stream: cfg.stream,
@@ -172,6 +188,9 @@ pub fn run_load(
         requests: stats.ok,
         requests_per_second: stats.ok as f64 / secs,
         latency_us: Percentiles::of(&stats.latency),
+        connect_us: Percentiles::of(&stats.connect),
+        connections_opened: stats.connect.len(),
+        tls: cfg.url.tls.then(|| cfg.tls.verification()),
         service_us: open.map(|_| Percentiles::of(&stats.service)),
         ttft_us: streams.then(|| Percentiles::of(&stats.ttft)),
         itl_us: streams.then(|| Percentiles::of(&stats.itl)),
@@ -218,6 +237,8 @@ fn sleep_until(t: Instant) {
 /// Read-only settings for every connection of a shard.
 struct ConnCtx {
     addr: std::net::SocketAddr,
+    /// `https://`: the handshake each connection does after connecting.
+    tls: Option<ClientTls>,
     /// Cycled through, each connection from its own offset.
     requests: Arc<Vec<Vec<u8>>>,
     api: Api,
@@ -386,22 +407,33 @@ async fn connection_loop(
     let n_requests = ctx.requests.len().max(1);
     let mut next_request = index % n_requests;
     while Instant::now() < ctx.window_end {
-        let stream = match TcpStream::connect_timeout(ctx.addr, ctx.timeout).await {
+        let connecting = Instant::now();
+        let stream = match open(&ctx).await {
             Ok(s) => s,
-            Err(_) => {
+            Err(kind) => {
                 if Instant::now() < ctx.window_end {
-                    stats.borrow_mut().errors.connect += 1;
+                    let mut s = stats.borrow_mut();
+                    match kind {
+                        OpenError::Connect => s.errors.connect += 1,
+                        OpenError::Handshake(why) => {
+                            s.errors.tls_handshake += 1;
+                            s.errors.first_tls_error.get_or_insert(why);
+                        }
+                        OpenError::Io => s.errors.io += 1,
+                    }
                     ctx.progress.add(&ctx.progress.errors, 1);
                 }
-                // Don't spin on a refusing port.
+                // Don't spin on a refusing port or a failing handshake.
                 glommio::timer::sleep(Duration::from_millis(20)).await;
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        if stream.set_read_timeout(Some(ctx.timeout)).is_err() {
-            stats.borrow_mut().errors.io += 1;
-            continue;
+        let opened = Instant::now();
+        if opened < ctx.window_end {
+            stats
+                .borrow_mut()
+                .connect
+                .saturating_record(micros(opened - connecting));
         }
         let mut conn = Conn {
             stream,
@@ -459,6 +491,44 @@ async fn connection_loop(
             }
         }
     }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OpenError {
+    Connect,
+    /// The TLS handshake failed or timed out, and why (rustls's words).
+    Handshake(String),
+    Io,
+}
+
+/// Connects (and with TLS, handshakes) within the timeout; the read
+/// timeout then bounds every read of the connection's requests.
+async fn open(ctx: &ConnCtx) -> Result<ClientStream, OpenError> {
+    let tcp = TcpStream::connect_timeout(ctx.addr, ctx.timeout)
+        .await
+        .map_err(|_| OpenError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(ctx.timeout))
+        .map_err(|_| OpenError::Io)?;
+    let Some(tls) = &ctx.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let timeout = ctx.timeout;
+    let handshake = async {
+        tls.connect(tcp)
+            .await
+            .map_err(|e| OpenError::Handshake(e.to_string()))
+    };
+    let deadline = async {
+        glommio::timer::sleep(timeout).await;
+        Err(OpenError::Handshake(format!(
+            "no handshake within {}",
+            humantime::format_duration(timeout)
+        )))
+    };
+    let tls_stream = futures_lite::future::or(handshake, deadline).await?;
+    Ok(Stream::Tls(Box::new(tls_stream)))
 }
 
 /// Counts one complete response: `from` is what latency is measured from
@@ -538,7 +608,7 @@ fn micros(d: Duration) -> u64 {
 
 /// A connection and its read buffer; `buf[start..end]` is unread.
 struct Conn<'a> {
-    stream: TcpStream,
+    stream: ClientStream,
     buf: &'a mut Vec<u8>,
     start: usize,
     end: usize,
@@ -572,7 +642,7 @@ async fn one_request(
     request: &[u8],
     scratch: &mut Scratch,
 ) -> Result<Outcome, Failure> {
-    conn.stream.write_all(request).await?;
+    conn.stream.send(request).await?;
     let head = loop {
         if let Some(head) = parse_response_head(&conn.buf[conn.start..conn.end])? {
             break head;
@@ -653,3 +723,7 @@ async fn one_request(
     }
     Ok(outcome)
 }
+
+#[cfg(test)]
+#[path = "loadgen_tests.rs"]
+mod tests;

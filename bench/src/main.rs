@@ -3,10 +3,12 @@
 //!
 //! - `mock`: a deterministic mock provider server speaking the OpenAI,
 //!   Anthropic, Gemini and Bedrock dialects (the upstream for gateway tests
-//!   and benchmarks), behaviour chosen by model name.
+//!   and benchmarks), behaviour chosen by model name; TLS with
+//!   `--tls-cert/--tls-key`.
 //! - `run`: a load generator, closed loop or open loop at a rate (latency
 //!   from the intended send time), OpenAI or Anthropic shape, with latency,
-//!   TTFT, inter-token latency and tokens/s percentiles.
+//!   TTFT, inter-token latency and tokens/s percentiles, over `http://` or
+//!   `https://` (`tls`: one handshake per keep-alive connection).
 //! - `compare`: the same load against several targets, interleaved, with
 //!   CPU per request.
 //!
@@ -17,6 +19,8 @@
 //! HTTP itself on `httparse`, so a framing bug in the gateway cannot hide
 //! behind the same bug in the tool that measures it.
 
+#[cfg(test)]
+mod alloc_count;
 mod args;
 mod arrivals;
 mod compare;
@@ -29,6 +33,7 @@ mod progress;
 mod report;
 mod shards;
 mod stream_meter;
+mod tls;
 mod workload;
 
 use clap::{Args, Parser, Subcommand};
@@ -38,8 +43,14 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[cfg(not(test))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Unit tests count allocations per thread (`alloc_count`).
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: alloc_count::Counting = alloc_count::Counting;
 
 #[derive(Debug, Parser)]
 #[command(name = "shardgate-bench", version, about)]
@@ -113,6 +124,12 @@ struct MockArgs {
     /// Streaming tokens per second when the model name doesn't say; 0 = unlimited.
     #[arg(long, default_value_t = 0)]
     tps: u32,
+    /// Serve TLS (ALPN http/1.1) with this certificate chain (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// Load options shared by `run` and `compare`.
@@ -163,9 +180,18 @@ struct LoadArgs {
     /// Seed for arrivals and synthetic prompts.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Connect timeout and longest wait for any single read.
+    /// Connect timeout, TLS handshake timeout, and longest wait for any
+    /// single read.
     #[arg(long, default_value = "10s", value_parser = args::parse_duration)]
     timeout: Duration,
+    /// https: also trust the CAs in this PEM file (beside the webpki roots).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
+    /// https: DO NOT VERIFY the server's certificate (any issuer, any name).
+    /// Only for benchmarking a self-signed test server you control; the
+    /// report says INSECURE.
+    #[arg(long, conflicts_with = "ca_file")]
+    insecure: bool,
     /// Print one JSON object instead of text.
     #[arg(long, conflicts_with = "markdown")]
     json: bool,
@@ -199,6 +225,13 @@ impl LoadArgs {
         })
     }
 
+    fn tls(&self) -> tls::TlsOptions {
+        tls::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+        }
+    }
+
     fn shard_plan(&self) -> ShardPlan {
         ShardPlan {
             count: self.shards.unwrap_or_else(ShardPlan::default_count).max(1),
@@ -209,7 +242,7 @@ impl LoadArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Target, e.g. http://127.0.0.1:8080/v1/chat/completions
+    /// Target, e.g. http://127.0.0.1:8080/v1/chat/completions (or https://).
     #[arg(long, value_parser = args::parse_url)]
     url: args::HttpUrl,
     /// Connections: the concurrency of a closed loop, the most requests in
@@ -255,6 +288,10 @@ fn run(command: Command) -> Result<(), BenchError> {
     match command {
         Command::Mock(a) => mock::serve(mock::MockConfig {
             listen: a.listen,
+            tls: match (&a.tls_cert, &a.tls_key) {
+                (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+                _ => None,
+            },
             shards: ShardPlan {
                 count: a.shards.max(1),
                 pin: a.pin,
@@ -287,6 +324,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 timeout: a.load.timeout,
                 shape: a.load.shape()?,
                 progress: true,
+                tls: a.load.tls(),
             };
             let (report, _) = loadgen::run_load(&cfg, None)?;
             if a.load.json {
@@ -315,6 +353,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 api_key: a.load.api_key.clone(),
                 timeout: a.load.timeout,
                 shape: a.load.shape()?,
+                tls: a.load.tls(),
             };
             let report = compare::run_compare(&cfg, |line| eprintln!("{line}"))?;
             let json = to_json(&report)?;
@@ -375,6 +414,9 @@ mod tests {
         assert_eq!(m.require_key.as_deref(), Some("k"));
         assert_eq!(m.ttft, Duration::from_millis(50));
         assert_eq!(m.tps, 100);
+        assert!(m.tls_cert.is_none());
+        let half = ["shardgate-bench", "mock", "--tls-cert", "c.pem"];
+        assert!(Cli::try_parse_from(half).is_err());
     }
 
     #[test]
@@ -403,7 +445,30 @@ mod tests {
         assert!(r.load.stream && r.load.json);
         assert_eq!(r.load.model, "demo");
         assert!(r.load.shard_plan().count >= 1);
-        assert!(Cli::try_parse_from(["shardgate-bench", "run", "--url", "https://x/"]).is_err());
+        assert!(r.load.tls().ca_file.is_none() && !r.load.insecure);
+        assert!(Cli::try_parse_from(["shardgate-bench", "run", "--url", "ftp://x/"]).is_err());
+        let cli = Cli::try_parse_from([
+            "shardgate-bench",
+            "run",
+            "--url",
+            "https://localhost:9/v1/messages",
+            "--ca-file",
+            "ca.pem",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert!(r.url.tls);
+        assert_eq!(r.load.tls().ca_file, Some("ca.pem".into()));
+        let both = [
+            "--url",
+            "https://localhost:9/",
+            "--ca-file",
+            "c",
+            "--insecure",
+        ];
+        assert!(Cli::try_parse_from(["shardgate-bench", "run"].iter().chain(&both)).is_err());
     }
 
     #[test]

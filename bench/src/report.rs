@@ -20,6 +20,9 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ErrorCounts {
     pub connect: u64,
+    /// The TLS handshake failed (untrusted certificate, wrong name, no
+    /// common protocol) or timed out.
+    pub tls_handshake: u64,
     pub timeout: u64,
     /// Unparsable response head or framing.
     pub malformed: u64,
@@ -32,11 +35,16 @@ pub struct ErrorCounts {
     pub stream_error: u64,
     /// Non-2xx responses by status code.
     pub status: BTreeMap<u16, u64>,
+    /// Why the first failed TLS handshake failed (`invalid peer
+    /// certificate: UnknownIssuer`, a timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_tls_error: Option<String>,
 }
 
 impl ErrorCounts {
     pub fn total(&self) -> u64 {
         self.connect
+            + self.tls_handshake
             + self.timeout
             + self.malformed
             + self.io
@@ -47,6 +55,7 @@ impl ErrorCounts {
 
     fn merge(&mut self, o: &ErrorCounts) {
         self.connect += o.connect;
+        self.tls_handshake += o.tls_handshake;
         self.timeout += o.timeout;
         self.malformed += o.malformed;
         self.io += o.io;
@@ -54,6 +63,9 @@ impl ErrorCounts {
         self.stream_error += o.stream_error;
         for (k, v) in &o.status {
             *self.status.entry(*k).or_default() += v;
+        }
+        if self.first_tls_error.is_none() {
+            self.first_tls_error.clone_from(&o.first_tls_error);
         }
     }
 
@@ -64,6 +76,7 @@ impl ErrorCounts {
         let mut parts = Vec::new();
         for (name, n) in [
             ("connect", self.connect),
+            ("tls_handshake", self.tls_handshake),
             ("timeout", self.timeout),
             ("malformed", self.malformed),
             ("io", self.io),
@@ -77,6 +90,9 @@ impl ErrorCounts {
         for (code, n) in &self.status {
             parts.push(format!("status_{code}={n}"));
         }
+        if let Some(why) = &self.first_tls_error {
+            parts.push(format!("[first tls_handshake error: {why}]"));
+        }
         parts.join(" ")
     }
 }
@@ -88,6 +104,10 @@ pub struct Stats {
     pub latency: Histogram<u64>,
     /// From the actual send (recorded in open loop only).
     pub service: Histogram<u64>,
+    /// Opening a connection: TCP connect plus, for https, the TLS
+    /// handshake. Every connection opened before the window's end (warmup
+    /// included); never part of request latency.
+    pub connect: Histogram<u64>,
     /// To the first token event (or first body byte without one).
     pub ttft: Histogram<u64>,
     /// Gaps between consecutive token events.
@@ -117,6 +137,7 @@ impl Stats {
         Ok(Stats {
             latency: h()?,
             service: h()?,
+            connect: h()?,
             ttft: h()?,
             itl: h()?,
             tpot: h()?,
@@ -136,6 +157,7 @@ impl Stats {
         for (a, b) in [
             (&mut self.latency, &o.latency),
             (&mut self.service, &o.service),
+            (&mut self.connect, &o.connect),
             (&mut self.ttft, &o.ttft),
             (&mut self.itl, &o.itl),
             (&mut self.tpot, &o.tpot),
@@ -205,6 +227,12 @@ pub struct LoadReport {
     pub requests: u64,
     pub requests_per_second: f64,
     pub latency_us: Percentiles,
+    /// Opening a connection (TCP connect + TLS handshake for https), over
+    /// every connection opened before the window's end, warmup included.
+    pub connect_us: Percentiles,
+    pub connections_opened: u64,
+    /// https: how the server's certificate was checked.
+    pub tls: Option<&'static str>,
     /// Open loop: latency from the actual send (the server's share).
     pub service_us: Option<Percentiles>,
     /// To the first token event (first body byte if none); streams only.
@@ -255,6 +283,12 @@ fn rows(r: &LoadReport) -> Vec<(&'static str, Percentiles, f64)> {
         ("tok/s per request", r.request_tokens_per_s, 1.0),
     ];
     rows.extend(opt.into_iter().filter_map(|(l, p, d)| p.map(|p| (l, p, d))));
+    let connect = if r.tls.is_some() {
+        "connect+tls ms"
+    } else {
+        "connect ms"
+    };
+    rows.push((connect, r.connect_us, 1000.0));
     rows
 }
 
@@ -292,6 +326,12 @@ fn summary_lines(r: &LoadReport) -> Vec<String> {
         r.warmup_s,
         r.duration_s
     ));
+    if let Some(tls) = r.tls {
+        lines.push(format!(
+            "tls: {tls}; {} connections opened, each handshake outside request latency",
+            r.connections_opened
+        ));
+    }
     lines.push(format!(
         "requests: {} ok, {:.1} req/s; errors: {} ({})",
         r.requests,
@@ -384,13 +424,19 @@ mod tests {
         let mut a = ErrorCounts::default();
         assert_eq!(a.describe(), "none");
         a.timeout = 2;
+        a.tls_handshake = 1;
         a.status.insert(429, 3);
         let mut b = ErrorCounts::default();
         b.status.insert(429, 1);
         b.io = 1;
+        b.first_tls_error = Some("invalid peer certificate: UnknownIssuer".into());
         a.merge(&b);
-        assert_eq!(a.total(), 7);
-        assert_eq!(a.describe(), "timeout=2 io=1 status_429=4");
+        assert_eq!(a.total(), 8);
+        assert_eq!(
+            a.describe(),
+            "tls_handshake=1 timeout=2 io=1 status_429=4 \
+             [first tls_handshake error: invalid peer certificate: UnknownIssuer]"
+        );
     }
 
     #[test]
@@ -437,6 +483,9 @@ mod tests {
             requests: 10,
             requests_per_second: 10.0,
             latency_us: p,
+            connect_us: p,
+            connections_opened: 8,
+            tls: open.then_some("verified (webpki roots)"),
             service_us: open.then_some(p),
             ttft_us: stream.then_some(p),
             itl_us: stream.then_some(p),
@@ -477,6 +526,7 @@ mod tests {
             "itl ms",
             "tpot ms",
             "tok/s per request",
+            "connect+tls ms",
         ] {
             assert!(text.contains(row), "{row}: {text}");
         }
@@ -489,6 +539,9 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("ttft"), "{md}");
+        assert!(md.contains("| connect ms |"), "{md}");
+        assert!(!md.contains("tls:"), "{md}");
+        assert!(text.contains("tls: verified (webpki roots); 8 connections opened"));
         assert!(md.contains("profile="), "{md}");
     }
 }

@@ -20,6 +20,7 @@ fn cfg(url: &str, stream: bool, key: Option<&str>) -> LoadConfig {
         timeout: Duration::from_secs(5),
         shape: Shape::default(),
         progress: false,
+        tls: Default::default(),
     }
 }
 

@@ -30,7 +30,9 @@
 //! pipelining answered in order, Content-Length request bodies (chunked
 //! request bodies get 411), non-streaming answers with Content-Length,
 //! streams chunked with one HTTP chunk per event (SSE, or AWS event-stream
-//! frames for Bedrock).
+//! frames for Bedrock). With `--tls-cert/--tls-key` every port speaks TLS
+//! (rustls, ALPN http/1.1; `crate::tls`), so TLS can be benchmarked with no
+//! gateway in between.
 //!
 //! What it must never do: share the gateway's HTTP code. It uses
 //! `shardgate_providers::eventstream::encode` only to build Bedrock frames,
@@ -46,4 +48,6 @@ mod server;
 pub mod tools;
 mod wire;
 
+#[cfg(test)]
+pub(crate) use server::spawn_for_tests;
 pub use server::{serve, MockConfig};

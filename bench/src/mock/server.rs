@@ -8,7 +8,8 @@ use super::wire::{self, frame_chunk, write_head, write_stream_head, LAST_CHUNK};
 use super::{anthropic, bedrock, gemini, openai};
 use crate::error::BenchError;
 use crate::shards::{spawn_shard, ShardPlan};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use crate::tls::{ServerStream, Stream};
+use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 use shardgate_proto::mock::{self as m, Behaviour};
 use std::borrow::Cow;
@@ -16,18 +17,22 @@ use std::cell::Cell;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest request head plus body the mock accepts.
 const MAX_REQUEST: usize = 16 << 20;
 /// Initial per-connection read buffer.
 const READ_BUF: usize = 16 << 10;
+/// Longest a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `shardgate-bench mock` was asked to do.
 #[derive(Debug, Clone)]
 pub struct MockConfig {
     pub listen: SocketAddr,
+    /// Serve TLS on every port with this config.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub shards: ShardPlan,
     pub instances: usize,
     pub require_key: Option<String>,
@@ -37,6 +42,7 @@ pub struct MockConfig {
 /// Per-shard, read-only settings shared by its connections.
 struct Shared {
     keys: Keys,
+    tls: Option<futures_rustls::TlsAcceptor>,
     defaults: Behaviour,
     shard: usize,
     next_id: Cell<u64>,
@@ -55,6 +61,7 @@ pub fn serve(cfg: MockConfig) -> Result<(), BenchError> {
         let (tx, rx) = mpsc::channel::<Result<Vec<SocketAddr>, String>>();
         let shared = Shared {
             keys: Keys::new(cfg.require_key.as_deref()),
+            tls: cfg.tls.clone().map(futures_rustls::TlsAcceptor::from),
             defaults: cfg.defaults,
             shard,
             next_id: Cell::new(0),
@@ -82,6 +89,39 @@ pub fn serve(cfg: MockConfig) -> Result<(), BenchError> {
         h.join().map_err(BenchError::runtime)?;
     }
     Ok(())
+}
+
+/// Tests: one mock shard on its own executor thread, on an ephemeral port
+/// of 127.0.0.1, serving until the test process exits.
+#[cfg(test)]
+pub(crate) fn spawn_for_tests(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<SocketAddr, BenchError> {
+    let plan = ShardPlan {
+        count: 1,
+        pin: false,
+    };
+    let shared = Shared {
+        keys: Keys::new(None),
+        tls: tls.map(futures_rustls::TlsAcceptor::from),
+        defaults: Behaviour::default(),
+        shard: 0,
+        next_id: Cell::new(0),
+    };
+    let (tx, rx) = mpsc::channel();
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // The handle is dropped: the thread is detached and lives on.
+    spawn_shard("mock-test", plan, 0, move || {
+        run_shard(vec![listen], tx, shared)
+    })?;
+    let bound = rx
+        .recv()
+        .map_err(BenchError::runtime)?
+        .map_err(BenchError::Runtime)?;
+    bound
+        .first()
+        .copied()
+        .ok_or_else(|| BenchError::Runtime("no address".into()))
 }
 
 /// `--instances K`: consecutive ports from the listen port, or K ephemeral
@@ -131,8 +171,8 @@ async fn run_shard(
 async fn accept_loop(listener: TcpListener, shared: Rc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                glommio::spawn_local(serve_connection(stream, shared.clone())).detach();
+            Ok(tcp) => {
+                glommio::spawn_local(accept_connection(tcp, shared.clone())).detach();
             }
             // Out of descriptors or similar: back off instead of spinning.
             Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
@@ -159,8 +199,28 @@ impl Buffers {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, shared: Rc<Shared>) {
-    let _ = stream.set_nodelay(true);
+/// With TLS, the handshake first (a client that fails or stalls it is
+/// dropped); then the HTTP/1.1 loop.
+async fn accept_connection(tcp: TcpStream, shared: Rc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let stream = match &shared.tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => {
+            let handshake = async { acceptor.accept(tcp).await.ok() };
+            let deadline = async {
+                glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+                None
+            };
+            match futures_lite::future::or(handshake, deadline).await {
+                Some(s) => Stream::Tls(Box::new(s)),
+                None => return,
+            }
+        }
+    };
+    serve_connection(stream, shared).await;
+}
+
+async fn serve_connection(mut stream: ServerStream, shared: Rc<Shared>) {
     let mut buf = vec![0u8; READ_BUF];
     let (mut start, mut end) = (0usize, 0usize);
     let mut bufs = Buffers::new();
@@ -177,7 +237,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Rc<Shared>) {
                 if end - start >= MAX_REQUEST {
                     let style = ErrorStyle::OpenAi;
                     error_response(&mut bufs, style, 431, "request head too large", true);
-                    let _ = stream.write_all(&bufs.out).await;
+                    let _ = stream.send(&bufs.out).await;
                     return;
                 }
                 if !flush(&mut stream, &mut bufs.out).await {
@@ -194,7 +254,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Rc<Shared>) {
                     HeadError::BadLength => "invalid content-length",
                 };
                 error_response(&mut bufs, ErrorStyle::OpenAi, 400, msg, true);
-                let _ = stream.write_all(&bufs.out).await;
+                let _ = stream.send(&bufs.out).await;
                 return;
             }
         };
@@ -202,13 +262,13 @@ async fn serve_connection(mut stream: TcpStream, shared: Rc<Shared>) {
         if head.chunked {
             let msg = "chunked request bodies are not supported";
             error_response(&mut bufs, style, 411, msg, true);
-            let _ = stream.write_all(&bufs.out).await;
+            let _ = stream.send(&bufs.out).await;
             return;
         }
         let total = head.head_len + head.content_length;
         if total > MAX_REQUEST {
             error_response(&mut bufs, style, 413, "request too large", true);
-            let _ = stream.write_all(&bufs.out).await;
+            let _ = stream.send(&bufs.out).await;
             return;
         }
         if end - start < total {
@@ -237,7 +297,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Rc<Shared>) {
             Plan::Ready => {}
             Plan::Delayed(delay) => {
                 // Earlier pipelined answers go now; this one after the delay.
-                if stream.write_all(&bufs.out[..mark]).await.is_err() {
+                if stream.send(&bufs.out[..mark]).await.is_err() {
                     return;
                 }
                 glommio::timer::sleep(delay).await;
@@ -249,7 +309,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Rc<Shared>) {
                 }
             }
             Plan::CloseAfterHead => {
-                let _ = stream.write_all(&bufs.out).await;
+                let _ = stream.send(&bufs.out).await;
                 return;
             }
             Plan::Hang => {
@@ -269,7 +329,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Rc<Shared>) {
 /// Reads more bytes after `end`, compacting or growing the buffer as needed.
 /// `None` on EOF or error.
 async fn read_more(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     buf: &mut Vec<u8>,
     start: &mut usize,
     end: &mut usize,
@@ -293,16 +353,16 @@ async fn read_more(
     }
 }
 
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+async fn flush(stream: &mut ServerStream, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }
-    let ok = stream.write_all(out).await.is_ok();
+    let ok = stream.send(out).await.is_ok();
     out.clear();
     ok
 }
 
-async fn drain_until_eof(stream: &mut TcpStream, buf: &mut [u8]) {
+async fn drain_until_eof(stream: &mut ServerStream, buf: &mut [u8]) {
     while let Ok(n) = stream.read(buf).await {
         if n == 0 {
             break;
@@ -553,7 +613,7 @@ fn next_id(shared: &Shared, dialect: Dialect, id: &mut String) {
 /// paced at tps, closing events. Returns `false` when the connection must
 /// close: write error, or a cut after `cut_after` pieces.
 async fn stream_response(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     bufs: &mut Buffers,
     g: &Generation<'_>,
     close: bool,
@@ -580,7 +640,7 @@ async fn stream_response(
     let pieces = g.pieces();
     for i in 0..pieces {
         if b.cut_after == Some(i) {
-            let _ = stream.write_all(out).await;
+            let _ = stream.send(out).await;
             return false;
         }
         if let Some(interval) = interval {
@@ -603,7 +663,7 @@ async fn stream_response(
         }
     }
     if b.cut_after.is_some_and(|n| n >= pieces) {
-        let _ = stream.write_all(out).await;
+        let _ = stream.send(out).await;
         return false;
     }
     scratch.clear();

@@ -3,6 +3,7 @@ use super::*;
 fn shared(key: Option<&str>) -> Shared {
     Shared {
         keys: Keys::new(key),
+        tls: None,
         defaults: Behaviour::default(),
         shard: 0,
         next_id: Cell::new(0),
