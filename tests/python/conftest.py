@@ -52,6 +52,8 @@ MOCK_LINE = re.compile(r"mock listening on (\S+):(\d+)")
 
 # Aliases whose upstream speaks another dialect (translated by the gateway).
 DIALECT_ALIASES: tuple[str, ...] = ("bedrock", "claude", "gemini")
+# Same dialect, another wire: Azure OpenAI deployments.
+AZURE_ALIASES: tuple[str, ...] = ("azure-chat", "azure-embed")
 
 # Model aliases served by the standard test config.
 ALIASES = (
@@ -65,6 +67,7 @@ ALIASES = (
     *DIALECT_ALIASES,
     *(f"{d}-limited" for d in DIALECT_ALIASES),
     "gemini-embed",
+    *AZURE_ALIASES,
 )
 
 
@@ -275,6 +278,8 @@ def gateway_config(upstream: Upstream, extra_models: dict | None = None, extra_l
         "gemini-limited": [("gemini", "mock-429")],
         "bedrock-limited": [("bedrock", "mock-429")],
         "gemini-embed": [("gemini", "mock-embed")],
+        "azure-chat": [("azure", "mock-1")],
+        "azure-embed": [("azure", "mock-embed")],
     }
     models.update(extra_models or {})
     limits = {"max_body_bytes": "1MiB"}
@@ -295,6 +300,11 @@ def gateway_config(upstream: Upstream, extra_models: dict | None = None, extra_l
             "gemini": {
                 "kind": "gemini",
                 "base_url": f"http://{upstream.host}:{upstream.port}/v1beta",
+                "api_key": "${" + UPSTREAM_KEY_ENV + "}",
+            },
+            "azure": {
+                "kind": "azure",
+                "base_url": f"http://{upstream.host}:{upstream.port}",
                 "api_key": "${" + UPSTREAM_KEY_ENV + "}",
             },
             "bedrock": {

@@ -158,3 +158,14 @@ def test_legacy_completions_to_a_chat_only_dialect_is_a_clear_400(client: openai
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="claude", prompt="hi")
     assert "/v1/completions" in str(e.value)
+
+
+def test_azure_deployment_chat_stream_and_embeddings(client: openai.OpenAI):
+    raw = client.chat.completions.with_raw_response.create(model="azure-chat", messages=MESSAGES)
+    assert raw.headers["x-shardgate-target"] == "azure/mock-1"
+    assert raw.parse().choices[0].message.content == mocktext.text(UPSTREAM_TOKENS)
+    chunks = list(client.chat.completions.create(model="azure-chat", messages=MESSAGES, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == mocktext.text(UPSTREAM_TOKENS)
+    emb = client.embeddings.create(model="azure-embed", input=["alpha", "beta"])
+    assert [d.index for d in emb.data] == [0, 1]
+    assert emb.data[0].embedding == pytest.approx(mocktext.embedding("alpha"), abs=1e-6)

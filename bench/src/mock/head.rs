@@ -73,6 +73,21 @@ fn route<'a>(path: &'a str, query: &str) -> (Route, Option<&'a str>) {
                     _ => (Route::NotFound(ErrorStyle::Gemini), None),
                 };
             }
+            // Azure OpenAI: the OpenAI dialect under a deployment, with an
+            // api-version (the deployment picks the model; the body's is the
+            // gateway's patch of it).
+            if let Some(rest) = path.strip_prefix("/openai/deployments/") {
+                let versioned = query.split('&').any(|kv| kv.starts_with("api-version="));
+                return match rest.split_once('/') {
+                    Some((d, op)) if !d.is_empty() && versioned => match op {
+                        "chat/completions" => (Route::Chat, None),
+                        "completions" => (Route::Completions, None),
+                        "embeddings" => (Route::Embeddings, None),
+                        _ => (Route::NotFound(ErrorStyle::OpenAi), None),
+                    },
+                    _ => (Route::NotFound(ErrorStyle::OpenAi), None),
+                };
+            }
             if let Some(rest) = path.strip_prefix("/model/") {
                 return match rest.rsplit_once('/') {
                     Some((model, "converse")) if !model.is_empty() => {
@@ -151,6 +166,8 @@ pub(super) fn parse_request_head(
     let mut authorization: Option<&[u8]> = None;
     let mut x_api_key: Option<&[u8]> = None;
     let mut goog_key: Option<&[u8]> = None;
+    let mut azure_key: Option<&[u8]> = None;
+    let azure = path.starts_with("/openai/deployments/");
     let mut anthropic_version = false;
     let mut expect_continue = false;
     for h in req.headers.iter() {
@@ -178,6 +195,8 @@ pub(super) fn parse_request_head(
             authorization = Some(h.value);
         } else if name.eq_ignore_ascii_case("x-api-key") {
             x_api_key = Some(h.value);
+        } else if name.eq_ignore_ascii_case("api-key") {
+            azure_key = Some(h.value);
         } else if name.eq_ignore_ascii_case("x-goog-api-key") {
             goog_key = Some(h.value);
         } else if name.eq_ignore_ascii_case("anthropic-version") {
@@ -189,6 +208,7 @@ pub(super) fn parse_request_head(
     let authorized = match (&keys.key, &keys.bearer) {
         (Some(key), Some(bearer)) => match route {
             Route::Health | Route::NotFound(_) => true,
+            _ if azure => azure_key == Some(key.as_slice()),
             Route::Messages => x_api_key == Some(key.as_slice()),
             Route::Gemini(_) => {
                 let in_query = query
@@ -238,6 +258,18 @@ mod tests {
         for cut in 0..raw.len() {
             assert_eq!(parse_request_head(&raw[..cut], &Keys::default()), Ok(None));
         }
+
+        // Azure: deployments with an api-version, keyed by `api-key`.
+        let azure = b"POST /openai/deployments/gpt/chat/completions?api-version=2024-10-21 HTTP/1.1\r\napi-key: k\r\n\r\n";
+        let h = head(azure, Some("k"));
+        assert_eq!(h.route, Route::Chat);
+        assert!(h.authorized);
+        assert!(!head(azure, Some("other")).authorized);
+        let unversioned = b"POST /openai/deployments/gpt/embeddings HTTP/1.1\r\napi-key: k\r\n\r\n";
+        assert_eq!(
+            head(unversioned, Some("k")).route,
+            Route::NotFound(ErrorStyle::OpenAi)
+        );
 
         let h = head(b"GET /healthz HTTP/1.0\r\n\r\n", Some("k"));
         assert_eq!(h.route, Route::Health);
