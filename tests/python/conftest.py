@@ -66,6 +66,7 @@ ALIASES = (
     "short",
     *DIALECT_ALIASES,
     *(f"{d}-limited" for d in DIALECT_ALIASES),
+    *(f"{d}-cut" for d in DIALECT_ALIASES),
     "gemini-embed",
     *AZURE_ALIASES,
 )
@@ -278,6 +279,9 @@ def gateway_config(upstream: Upstream, extra_models: dict | None = None, extra_l
         "gemini-limited": [("gemini", "mock-429")],
         "bedrock-limited": [("bedrock", "mock-429")],
         "gemini-embed": [("gemini", "mock-embed")],
+        "claude-cut": [("anthropic", "mock-cut-after-3")],
+        "gemini-cut": [("gemini", "mock-cut-after-3")],
+        "bedrock-cut": [("bedrock", "mock-cut-after-3")],
         "azure-chat": [("azure", "mock-1")],
         "azure-embed": [("azure", "mock-embed")],
     }

@@ -169,3 +169,37 @@ def test_azure_deployment_chat_stream_and_embeddings(client: openai.OpenAI):
     emb = client.embeddings.create(model="azure-embed", input=["alpha", "beta"])
     assert [d.index for d in emb.data] == [0, 1]
     assert emb.data[0].embedding == pytest.approx(mocktext.embedding("alpha"), abs=1e-6)
+
+
+@dialects
+def test_translated_stream_cut_by_the_upstream_ends_with_an_error(client: openai.OpenAI, alias: str):
+    stream = client.chat.completions.create(model=f"{alias}-cut", messages=MESSAGES, stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+    # An error event in the stream, not a dropped connection, after exactly
+    # what the upstream sent.
+    assert not isinstance(info.value, openai.APIConnectionError), repr(info.value)
+    assert "".join(received) == mocktext.text(3)
+
+
+@pytest.mark.parametrize("alias", DIALECT_ALIASES)
+def test_cut_stream_to_an_anthropic_client_ends_with_an_error_event(gateway, alias: str):
+    import anthropic
+    import httpx2
+
+    from conftest import CLIENT_KEY, REQUEST_TIMEOUT
+
+    with anthropic.Anthropic(
+        api_key=CLIENT_KEY, base_url=gateway.url, max_retries=0, timeout=REQUEST_TIMEOUT,
+        http_client=httpx2.Client(trust_env=False),
+    ) as c:
+        text = []
+        with pytest.raises(anthropic.APIError) as info:
+            with c.messages.stream(model=f"{alias}-cut", max_tokens=64, messages=MESSAGES) as s:
+                for t in s.text_stream:
+                    text.append(t)
+        assert not isinstance(info.value, anthropic.APIConnectionError), repr(info.value)
+        assert "".join(text) == mocktext.text(3)
