@@ -136,7 +136,9 @@ mkdir -p "$RESULTS"
 OUT=$RESULTS/compare-auth-$(date +%Y%m%d-%H%M%S)
 CMD=("${LOAD_PIN[@]}" "$BENCH" compare "${TARGETS[@]}" --rounds "$ROUNDS" --duration "$DURATION"
   --warmup "$WARMUP" --connections "$CONNECTIONS" --shards "$LOAD_SHARDS" --out "$OUT.json" "${EXTRA[@]}")
-log "running: ${CMD[*]}"
+# The command line carries gateway keys: shown and saved with them redacted.
+SHOWN=$(sed -E 's/api-key=[^ ,]+/api-key=[REDACTED]/g' <<<"${CMD[*]}")
+log "running: $SHOWN"
 "${CMD[@]}" | tee "$OUT.txt"
-echo "command: ${CMD[*]}" >>"$OUT.txt"
+echo "command: $SHOWN" >>"$OUT.txt"
 log "results: $OUT.txt $OUT.json"
