@@ -108,7 +108,7 @@ impl Call<'_> {
         ReplyCtx {
             id: match self.client {
                 ClientDialect::OpenAi => format!("chatcmpl-{}", self.rid),
-                ClientDialect::Anthropic => format!("msg_{}", self.rid.replace('-', "")),
+                ClientDialect::Anthropic => format!("msg_{}", self.rid.replace('-', "_")),
             },
             model: served_model.to_owned(),
             created: self.now_unix,
