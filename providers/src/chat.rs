@@ -662,14 +662,44 @@ pub(crate) fn feed_sse(
     ) -> Result<(), TranslateError>,
 ) -> Result<(), TranslateError> {
     let mut err = None;
-    framer
-        .feed(input, |ev| {
-            if err.is_none() {
-                if let Err(e) = on_event(ev, out) {
-                    err = Some(e);
-                }
+    let framed = framer.feed(input, |ev| {
+        if err.is_none() {
+            if let Err(e) = on_event(ev, out) {
+                err = Some(e);
             }
-        })
-        .map_err(|e| TranslateError::Framing(e.to_string()))?;
-    err.map_or(Ok(()), Err)
+        }
+    });
+    // The first error wins, whatever the split (see `BedrockToOpenAi`).
+    if let Some(e) = err {
+        return Err(e);
+    }
+    framed.map_err(|e| TranslateError::Framing(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardgate_proto::sse::SseFramer;
+    use shardgate_proto::testing::for_each_split;
+
+    /// An event the handler rejects, then one over the framer's limit: the
+    /// handler's error is reported however the input is split.
+    #[test]
+    fn feed_sse_reports_the_first_error() {
+        let input = b"data: bad\n\ndata: 0123456789012345678901234567890123456789\n\n";
+        for_each_split(input, |pieces| {
+            let mut framer = SseFramer::new(32);
+            let mut out = Vec::new();
+            let err = pieces
+                .iter()
+                .find_map(|p| {
+                    feed_sse(&mut framer, p, &mut out, |_, _| {
+                        Err(TranslateError::UpstreamJson("bad".into()))
+                    })
+                    .err()
+                })
+                .unwrap();
+            assert_eq!(err, TranslateError::UpstreamJson("bad".into()));
+        });
+    }
 }
