@@ -126,21 +126,23 @@ struct Fed {
     summary: Summary,
 }
 
-/// Checks the translator `make` builds over `stream`; the split point and
-/// the context's `include_usage` come from the fuzz input `data`.
+/// Checks the translator `make` builds over `stream`, the split point taken
+/// from the fuzz input `data`. The client asks for the usage chunk; without
+/// it (which only drops that chunk) the whole feeding is checked too.
 fn translator(
     data: &[u8],
     stream: &[u8],
     client: Client,
     make: impl Fn(ReplyCtx) -> StreamTranslator,
 ) {
-    let ctx = ReplyCtx {
+    let ctx = |include_usage| ReplyCtx {
         id: "chatcmpl-fuzz".to_owned(),
         model: "fuzz-model".to_owned(),
         created: 1_700_000_000,
-        include_usage: data.last().is_some_and(|b| b & 1 == 1),
+        include_usage,
     };
-    let run = |pieces: &[&[u8]]| feed(make(ctx.clone()), pieces);
+    check_output(&feed(make(ctx(false)), &[stream]), client);
+    let run = |pieces: &[&[u8]]| feed(make(ctx(true)), pieces);
     let whole = run(&[stream]);
     check_output(&whole, client);
     if let Some(&first) = data.first() {
