@@ -320,6 +320,7 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 }
 
 /// Converse usage (whose `inputTokens` excludes cache reads and writes).
+/// The sum saturates, as in [`crate::anthropic::usage`].
 pub fn usage(u: &b::TokenUsage) -> Usage {
     let parts = [
         u.input_tokens,
@@ -327,10 +328,12 @@ pub fn usage(u: &b::TokenUsage) -> Usage {
         u.cache_write_input_tokens,
     ];
     Usage {
-        input_tokens: parts
-            .iter()
-            .any(Option::is_some)
-            .then(|| parts.iter().flatten().sum()),
+        input_tokens: parts.iter().any(Option::is_some).then(|| {
+            parts
+                .iter()
+                .flatten()
+                .fold(0u64, |a, &b| a.saturating_add(b))
+        }),
         output_tokens: u.output_tokens,
         cached_input_tokens: u.cache_read_input_tokens,
         cache_write_tokens: u.cache_write_input_tokens,
@@ -596,6 +599,16 @@ mod tests {
     use super::*;
     use crate::eventstream::encode;
     use shardgate_proto::testing::for_each_split;
+
+    #[test]
+    fn usage_sums_saturate() {
+        let u = usage(&b::TokenUsage {
+            input_tokens: Some(u64::MAX),
+            cache_read_input_tokens: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(u.input_tokens, Some(u64::MAX));
+    }
 
     /// A message the translator rejects, then one with a broken CRC: the
     /// first error is reported however the body is split (the whole body

@@ -389,7 +389,7 @@ pub struct CompletionTokensDetails {
 
 impl ChatUsage {
     /// None when neither input nor output is known: an OpenAI usage object
-    /// with made-up zeros would read as exact.
+    /// with made-up zeros would read as exact. The total saturates.
     pub fn from_usage(u: &Usage) -> Option<Self> {
         if u.input_tokens.is_none() && u.output_tokens.is_none() {
             return None;
@@ -399,7 +399,7 @@ impl ChatUsage {
         Some(ChatUsage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: prompt + completion,
+            total_tokens: prompt.saturating_add(completion),
             prompt_tokens_details: u.cached_input_tokens.map(|c| PromptTokensDetails {
                 cached_tokens: Some(c),
             }),
@@ -681,6 +681,16 @@ mod tests {
     use super::*;
     use shardgate_proto::sse::SseFramer;
     use shardgate_proto::testing::for_each_split;
+
+    #[test]
+    fn total_tokens_saturate() {
+        let u = ChatUsage::from_usage(&Usage {
+            input_tokens: Some(u64::MAX),
+            output_tokens: Some(1),
+            ..Usage::default()
+        });
+        assert_eq!(u.map(|u| u.total_tokens), Some(u64::MAX));
+    }
 
     /// An event the handler rejects, then one over the framer's limit: the
     /// handler's error is reported however the input is split.
