@@ -18,10 +18,13 @@
 //!   error event; Anthropic: `message_stop` or `error`), and when every feed
 //!   succeeded `finish` has ended it; a cut stream ends with an error and
 //!   its usage is marked estimated;
+//! - OpenAI output: the first chunk carries the role, one chunk at most the
+//!   `finish_reason` (the summary's, and always before `[DONE]`), and tool
+//!   call fragments follow their call's start;
 //! - Anthropic output keeps the Messages event order: one `message_start`
 //!   first, content blocks started, delta'd and stopped one at a time with
 //!   indexes 0, 1, 2..., `message_delta` after the last block, then
-//!   `message_stop`.
+//!   `message_stop`; `message_delta` has the summary's stop reason.
 
 use serde_json::Value;
 use shardgate_proto::sse::SseFramer;
@@ -200,8 +203,8 @@ fn check_output(fed: &Fed, client: Client) {
     assert!(framed.is_ok(), "output framing: {framed:?}");
     assert!(framer.finish().is_none(), "output ends inside an event");
     let ended_with_error = match client {
-        Client::OpenAi => check_openai(&events, fed.error.is_none()),
-        Client::Anthropic => check_anthropic(&events, fed.error.is_none()),
+        Client::OpenAi => check_openai(&events, fed.error.is_none(), &fed.summary),
+        Client::Anthropic => check_anthropic(&events, fed.error.is_none(), &fed.summary),
     };
     if fed.summary.cut {
         assert!(ended_with_error, "a cut stream must end with an error");
@@ -220,8 +223,14 @@ fn json(data: &[u8]) -> Value {
 }
 
 /// OpenAI chunks: returns whether the stream ended with an error event.
-fn check_openai(events: &[OutEvent], must_end: bool) -> bool {
+/// Beyond the framing: the first chunk carries the role, at most one
+/// `finish_reason` (the summary's) and one before `[DONE]`, and tool-call
+/// fragments only for calls started (with an id) before.
+fn check_openai(events: &[OutEvent], must_end: bool, summary: &Summary) -> bool {
     let mut end = None;
+    let mut chunks = 0;
+    let mut finish: Option<String> = None;
+    let mut calls: Vec<u64> = Vec::new();
     for (kind, data) in events {
         assert!(end.is_none(), "event after the end of the stream");
         assert!(kind.is_none(), "OpenAI chunk with an event type {kind:?}");
@@ -235,16 +244,46 @@ fn check_openai(events: &[OutEvent], must_end: bool) -> bool {
             continue;
         }
         assert_eq!(chunk["object"], "chat.completion.chunk");
-        assert!(chunk["choices"].is_array(), "chunk without choices");
+        let choices = chunk["choices"].as_array();
+        assert!(choices.is_some(), "chunk without choices");
+        if chunks == 0 {
+            assert_eq!(chunk["choices"][0]["delta"]["role"], "assistant");
+        }
+        chunks += 1;
+        for choice in choices.into_iter().flatten() {
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                assert_eq!(finish, None, "a second finish_reason");
+                finish = Some(reason.to_owned());
+            }
+            let delta_calls = choice["delta"]["tool_calls"].as_array();
+            for call in delta_calls.into_iter().flatten() {
+                let index = call["index"].as_u64();
+                assert!(index.is_some(), "tool call without an index");
+                let index = index.unwrap_or_default();
+                if call.get("id").is_some() {
+                    assert!(!calls.contains(&index), "tool call {index} started twice");
+                    calls.push(index);
+                } else {
+                    assert!(calls.contains(&index), "fragment of unstarted call {index}");
+                }
+            }
+        }
     }
     if must_end {
         assert!(end.is_some(), "stream not ended by [DONE] or an error");
+    }
+    if end == Some(false) {
+        assert!(finish.is_some(), "[DONE] without a finish_reason");
+    }
+    if finish.is_some() {
+        assert_eq!(finish, summary.finish_reason, "finish_reason differs");
     }
     end == Some(true)
 }
 
 /// Anthropic events: returns whether the stream ended with an error event.
-fn check_anthropic(events: &[OutEvent], must_end: bool) -> bool {
+/// `message_delta` carries the summary's stop reason.
+fn check_anthropic(events: &[OutEvent], must_end: bool, summary: &Summary) -> bool {
     let mut end = None;
     let mut started = false;
     let mut open: Option<u64> = None;
@@ -284,6 +323,8 @@ fn check_anthropic(events: &[OutEvent], must_end: bool) -> bool {
                     }
                     "message_delta" => {
                         assert_eq!(open, None, "message_delta with a block open");
+                        let reason = event["delta"]["stop_reason"].as_str();
+                        assert_eq!(reason, summary.finish_reason.as_deref());
                         delta_sent = true;
                     }
                     "message_stop" => {
@@ -482,14 +523,16 @@ mod tests {
     #[test]
     #[should_panic(expected = "event after the end")]
     fn an_openai_chunk_after_done_is_caught() {
-        check_openai(&[(None, b"[DONE]".to_vec()), (None, b"{}".to_vec())], true);
+        let events = [(None, b"[DONE]".to_vec()), (None, b"{}".to_vec())];
+        check_openai(&events, true, &Summary::default());
     }
 
     #[test]
     #[should_panic(expected = "not ended")]
     fn an_unended_anthropic_stream_is_caught() {
         let start = br#"{"type":"message_start","message":{}}"#.to_vec();
-        check_anthropic(&[(Some("message_start".into()), start)], true);
+        let events = [(Some("message_start".into()), start)];
+        check_anthropic(&events, true, &Summary::default());
     }
 
     #[test]
@@ -507,6 +550,6 @@ mod tests {
                 (kind, e.as_bytes().to_vec())
             })
             .collect();
-        check_anthropic(&events, false);
+        check_anthropic(&events, false, &Summary::default());
     }
 }
