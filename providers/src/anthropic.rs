@@ -298,17 +298,20 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 }
 
 /// The common usage record for Anthropic usage numbers (whose
-/// `input_tokens` excludes cache reads and writes).
+/// `input_tokens` excludes cache reads and writes). The sum saturates: an
+/// absurd count must neither panic nor wrap to a small bill.
 pub fn usage(u: &a::Usage) -> Usage {
     let parts = [
         u.input_tokens,
         u.cache_read_input_tokens,
         u.cache_creation_input_tokens,
     ];
-    let input = parts
-        .iter()
-        .any(Option::is_some)
-        .then(|| parts.iter().flatten().sum());
+    let input = parts.iter().any(Option::is_some).then(|| {
+        parts
+            .iter()
+            .flatten()
+            .fold(0u64, |a, &b| a.saturating_add(b))
+    });
     Usage {
         input_tokens: input,
         output_tokens: u.output_tokens,

@@ -253,3 +253,13 @@ fn inbound_request_round_trips_through_openai_and_back() {
     assert_eq!(back.messages, anth.messages);
     assert_eq!(back.max_tokens, 100);
 }
+
+#[test]
+fn usage_sums_saturate() {
+    let u = usage(&a::Usage {
+        input_tokens: Some(u64::MAX),
+        cache_read_input_tokens: Some(1),
+        ..a::Usage::default()
+    });
+    assert_eq!(u.input_tokens, Some(u64::MAX));
+}

@@ -320,6 +320,7 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 }
 
 /// Converse usage (whose `inputTokens` excludes cache reads and writes).
+/// The sum saturates, as in [`crate::anthropic::usage`].
 pub fn usage(u: &b::TokenUsage) -> Usage {
     let parts = [
         u.input_tokens,
@@ -327,10 +328,12 @@ pub fn usage(u: &b::TokenUsage) -> Usage {
         u.cache_write_input_tokens,
     ];
     Usage {
-        input_tokens: parts
-            .iter()
-            .any(Option::is_some)
-            .then(|| parts.iter().flatten().sum()),
+        input_tokens: parts.iter().any(Option::is_some).then(|| {
+            parts
+                .iter()
+                .flatten()
+                .fold(0u64, |a, &b| a.saturating_add(b))
+        }),
         output_tokens: u.output_tokens,
         cached_input_tokens: u.cache_read_input_tokens,
         cache_write_tokens: u.cache_write_input_tokens,
@@ -439,16 +442,19 @@ impl BedrockToOpenAi {
     pub fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
         let state = &mut self.state;
         let mut err = None;
-        self.decoder
-            .feed(input, |m| {
-                if err.is_none() {
-                    if let Err(e) = state.on_message(&m, out) {
-                        err = Some(e);
-                    }
+        let framed = self.decoder.feed(input, |m| {
+            if err.is_none() {
+                if let Err(e) = state.on_message(&m, out) {
+                    err = Some(e);
                 }
-            })
-            .map_err(|e| TranslateError::Framing(e.to_string()))?;
-        err.map_or(Ok(()), Err)
+            }
+        });
+        // The first error wins: a broken message after it must not replace
+        // it, or the error would depend on where the network split the body.
+        if let Some(e) = err {
+            return Err(e);
+        }
+        framed.map_err(|e| TranslateError::Framing(e.to_string()))
     }
 
     pub fn unknown_events(&self) -> u64 {
@@ -585,5 +591,57 @@ impl BedrockState {
         }
         ChunkWriter::done(out);
         self.phase = Phase::Done;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventstream::encode;
+    use shardgate_proto::testing::for_each_split;
+
+    #[test]
+    fn usage_sums_saturate() {
+        let u = usage(&b::TokenUsage {
+            input_tokens: Some(u64::MAX),
+            cache_read_input_tokens: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(u.input_tokens, Some(u64::MAX));
+    }
+
+    /// A message the translator rejects, then one with a broken CRC: the
+    /// first error is reported however the body is split (the whole body
+    /// used to report the CRC error, a split between the two the JSON one).
+    #[test]
+    fn the_first_error_wins_over_a_later_broken_message() {
+        let event = |kind: &str, payload: &[u8]| {
+            encode(
+                &[(":message-type", "event"), (":event-type", kind)],
+                payload,
+            )
+        };
+        let mut body = event("messageStart", br#"{"role":"assistant"}"#);
+        body.extend_from_slice(&event("contentBlockDelta", b"not json"));
+        let mut broken = event("contentBlockStop", b"{}");
+        if let Some(last) = broken.last_mut() {
+            *last ^= 1;
+        }
+        body.extend_from_slice(&broken);
+        for_each_split(&body, |pieces| {
+            let ctx = ReplyCtx {
+                id: "c".into(),
+                model: "m".into(),
+                created: 1,
+                include_usage: false,
+            };
+            let mut t = BedrockToOpenAi::new(ctx);
+            let mut out = Vec::new();
+            let err = pieces
+                .iter()
+                .find_map(|p| t.on_bytes(p, &mut out).err())
+                .unwrap();
+            assert!(matches!(err, TranslateError::UpstreamJson(_)), "{err:?}");
+        });
     }
 }

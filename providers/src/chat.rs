@@ -389,7 +389,7 @@ pub struct CompletionTokensDetails {
 
 impl ChatUsage {
     /// None when neither input nor output is known: an OpenAI usage object
-    /// with made-up zeros would read as exact.
+    /// with made-up zeros would read as exact. The total saturates.
     pub fn from_usage(u: &Usage) -> Option<Self> {
         if u.input_tokens.is_none() && u.output_tokens.is_none() {
             return None;
@@ -399,7 +399,7 @@ impl ChatUsage {
         Some(ChatUsage {
             prompt_tokens: prompt,
             completion_tokens: completion,
-            total_tokens: prompt + completion,
+            total_tokens: prompt.saturating_add(completion),
             prompt_tokens_details: u.cached_input_tokens.map(|c| PromptTokensDetails {
                 cached_tokens: Some(c),
             }),
@@ -662,14 +662,54 @@ pub(crate) fn feed_sse(
     ) -> Result<(), TranslateError>,
 ) -> Result<(), TranslateError> {
     let mut err = None;
-    framer
-        .feed(input, |ev| {
-            if err.is_none() {
-                if let Err(e) = on_event(ev, out) {
-                    err = Some(e);
-                }
+    let framed = framer.feed(input, |ev| {
+        if err.is_none() {
+            if let Err(e) = on_event(ev, out) {
+                err = Some(e);
             }
-        })
-        .map_err(|e| TranslateError::Framing(e.to_string()))?;
-    err.map_or(Ok(()), Err)
+        }
+    });
+    // The first error wins, whatever the split (see `BedrockToOpenAi`).
+    if let Some(e) = err {
+        return Err(e);
+    }
+    framed.map_err(|e| TranslateError::Framing(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardgate_proto::sse::SseFramer;
+    use shardgate_proto::testing::for_each_split;
+
+    #[test]
+    fn total_tokens_saturate() {
+        let u = ChatUsage::from_usage(&Usage {
+            input_tokens: Some(u64::MAX),
+            output_tokens: Some(1),
+            ..Usage::default()
+        });
+        assert_eq!(u.map(|u| u.total_tokens), Some(u64::MAX));
+    }
+
+    /// An event the handler rejects, then one over the framer's limit: the
+    /// handler's error is reported however the input is split.
+    #[test]
+    fn feed_sse_reports_the_first_error() {
+        let input = b"data: bad\n\ndata: 0123456789012345678901234567890123456789\n\n";
+        for_each_split(input, |pieces| {
+            let mut framer = SseFramer::new(32);
+            let mut out = Vec::new();
+            let err = pieces
+                .iter()
+                .find_map(|p| {
+                    feed_sse(&mut framer, p, &mut out, |_, _| {
+                        Err(TranslateError::UpstreamJson("bad".into()))
+                    })
+                    .err()
+                })
+                .unwrap();
+            assert_eq!(err, TranslateError::UpstreamJson("bad".into()));
+        });
+    }
 }

@@ -332,11 +332,12 @@ pub fn finish_reason(reason: &str, has_calls: bool) -> &'static str {
 }
 
 /// The common usage record for `usageMetadata` (prompt count includes the
-/// cached part; candidates exclude thoughts).
+/// cached part; candidates exclude thoughts). The sum saturates, as in
+/// [`crate::anthropic::usage`].
 pub fn usage(u: &g::UsageMetadata) -> Usage {
     let output = match (u.candidates_token_count, u.thoughts_token_count) {
         (None, None) => None,
-        (c, t) => Some(c.unwrap_or(0) + t.unwrap_or(0)),
+        (c, t) => Some(c.unwrap_or(0).saturating_add(t.unwrap_or(0))),
     };
     Usage {
         input_tokens: u.prompt_token_count,

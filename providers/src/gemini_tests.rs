@@ -83,3 +83,13 @@ fn error_array_form_and_no_key_leak() {
     assert!(!out.contains("AIzaSyTEST0123456789"), "{out}");
     assert!(out.contains("INVALID_ARGUMENT"));
 }
+
+#[test]
+fn usage_sums_saturate() {
+    let u = usage(&g::UsageMetadata {
+        candidates_token_count: Some(u64::MAX),
+        thoughts_token_count: Some(1),
+        ..Default::default()
+    });
+    assert_eq!(u.output_tokens, Some(u64::MAX));
+}

@@ -29,6 +29,8 @@ pub mod gemini;
 pub mod openai;
 pub mod presets;
 pub mod sigv4;
+#[doc(hidden)]
+pub mod testing;
 
 pub use chat::{ChatRequest, ChatResponse, ReplyCtx};
 pub use errors::{openai_error_type, redact_json_secrets, redact_secrets};
