@@ -18,6 +18,30 @@ pub fn for_each_split(input: &[u8], mut f: impl FnMut(&[&[u8]])) {
     f(&bytes);
 }
 
+/// Replays every file of the fuzz corpus `<repo>/fuzz/corpus/<target>/`
+/// through `check` (the same check the cargo-fuzz target runs), so `cargo
+/// test` on stable covers the corpus and every crash input kept there stays
+/// a regression test. Fails the calling test on an unreadable or empty
+/// corpus, or on the first input whose check panics.
+#[allow(clippy::unwrap_used, clippy::panic)] // a test helper: failing loudly is the point
+pub fn replay_corpus(target: &str, check: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .collect();
+    entries.sort();
+    assert!(!entries.is_empty(), "empty corpus {}", dir.display());
+    for path in entries {
+        let data = std::fs::read(&path).unwrap();
+        let outcome = std::panic::catch_unwind(|| check(&data));
+        assert!(outcome.is_ok(), "{} fails its check", path.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

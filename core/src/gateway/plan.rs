@@ -77,12 +77,12 @@ pub fn build(
                 let key = key.ok_or_else(|| {
                     translate(TranslateError::MissingCredentials("Anthropic API key"))
                 })?;
-                let headers = vec![
+                let mut headers = vec![
                     ("x-api-key".to_owned(), key.to_owned()),
                     ("anthropic-version".to_owned(), p.version.clone()),
                     ("content-type".to_owned(), "application/json".to_owned()),
                 ];
-                let mut headers = headers;
+                // Beta features the client opted into travel with its body.
                 if let Some(beta) = call.req.header("anthropic-beta") {
                     headers.push((
                         "anthropic-beta".to_owned(),
