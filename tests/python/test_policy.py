@@ -152,6 +152,17 @@ def test_allowed_request_carries_rate_limit_headers(setup):
         assert int(h["x-ratelimit-remaining-tokens"]) < 2_000_000
 
 
+def test_models_list_needs_a_key_and_shows_what_it_may_use(setup):
+    gw, _, keys = setup
+    with sdk(gw, keys["support-platform"]["secret"]) as c:
+        assert sorted(m.id for m in c.models.list()) == ["demo", "short"]
+    with sdk(gw, keys["tiny"]["secret"]) as c:  # no model_access: every alias
+        assert "demo" in [m.id for m in c.models.list()] and len(c.models.list().data) > 2
+    with sdk(gw, "sg-" + "x" * 32) as c:
+        with pytest.raises(openai.AuthenticationError):
+            c.models.list()
+
+
 def test_anthropic_sdk_with_x_api_key(setup):
     gw, _, keys = setup
     with anthropic.Anthropic(

@@ -194,6 +194,21 @@ impl Admission {
         }
     }
 
+    /// The aliases (of `all`) the caller may use: every one when admission
+    /// is open, else those every applicable policy allows.
+    pub fn visible_models<'m>(
+        &self,
+        req: &Request,
+        all: impl Iterator<Item = &'m str>,
+    ) -> Result<Vec<&'m str>, Refusal> {
+        if self.is_open() {
+            return Ok(all.collect());
+        }
+        let actor = self.actor(req, now())?;
+        let resolved = self.policies.resolve(&actor);
+        Ok(all.filter(|m| resolved.model_allowed(m)).collect())
+    }
+
     /// Decides a request for model alias `model`. `tokenizer_model` names
     /// the upstream model whose tokenizer estimates the prompt.
     pub async fn admit(

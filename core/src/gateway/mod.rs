@@ -187,7 +187,14 @@ pub async fn handle(shard: &Rc<Shard>, conn: &mut ClientConn, req: Request, rid:
             send_error(conn, &GatewayError::Draining, rid, true).await
         }
         Route::Ready => json_ok(conn, br#"{"status":"ready"}"#, rid).await,
-        Route::Models => json_ok(conn, &shard.models_body, rid).await,
+        Route::Models if shard.admission.is_open() => json_ok(conn, &shard.models_body, rid).await,
+        Route::Models => {
+            let all = shard.config.models.keys().map(String::as_str);
+            match shard.admission.visible_models(&req, all) {
+                Ok(list) => json_ok(conn, &models::render_list(list.into_iter()), rid).await,
+                Err(_) => send_error(conn, &GatewayError::Unauthorized, rid, false).await,
+            }
+        }
         Route::Api(api) => handle_api(shard, conn, &req, api, rid).await,
         Route::WrongMethod => {
             let e = GatewayError::MethodNotAllowed {
