@@ -122,10 +122,14 @@ pub fn decide<'a>(
             .unwrap_or(DEFAULT_OUTPUT_RESERVATION),
         now,
     );
-    let fresh = Counters::new(now);
+    // Built only if some bucket has no counters yet: computing window starts
+    // (calendar month included) is not free on the hot path.
+    let fresh = std::cell::OnceCell::new();
     let mut worst: Option<DenyReason> = None;
     for (i, bucket) in resolved.buckets().iter().enumerate() {
-        let c = counters.get(i).unwrap_or(&fresh);
+        let c = counters
+            .get(i)
+            .unwrap_or_else(|| fresh.get_or_init(|| Counters::new(now)));
         if let Some(reason) = check_bucket(&bucket.limits, c, &reservation, now) {
             let later = match (&worst, &reason) {
                 (None, _) => true,
@@ -239,14 +243,16 @@ impl RateLimitHeaders {
     /// remaining is reported. Tokens report `tokens_per_minute`, or
     /// `tokens_per_day` if no bucket has a per-minute limit.
     pub fn compute(resolved: &Resolved<'_>, counters: &[Counters], now: Timestamp) -> Self {
-        let fresh = Counters::new(now);
+        let fresh = std::cell::OnceCell::new();
         let pick = |kind: LimitKind, limit_of: fn(&Limits) -> Option<u64>| {
             let mut best: Option<HeaderGroup> = None;
             for (i, b) in resolved.buckets().iter().enumerate() {
                 let Some(limit) = limit_of(&b.limits) else {
                     continue;
                 };
-                let c = counters.get(i).unwrap_or(&fresh);
+                let c = counters
+                    .get(i)
+                    .unwrap_or_else(|| fresh.get_or_init(|| Counters::new(now)));
                 let g = HeaderGroup {
                     limit,
                     remaining: limit.saturating_sub(c.used(kind, now)),

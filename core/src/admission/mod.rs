@@ -261,7 +261,7 @@ impl Admission {
             .collect();
         let mut taken: Vec<usize> = Vec::with_capacity(buckets.len());
         for (i, (key, limits)) in buckets.iter().enumerate() {
-            if let Err(reason) = self.take(key, *limits, &reservation).await {
+            if let Err(reason) = self.take(key, *limits, &reservation, now).await {
                 for &j in &taken {
                     let (k, _) = &buckets[j];
                     self.give_back(k, &reservation);
@@ -272,7 +272,7 @@ impl Admission {
             }
             taken.push(i);
         }
-        let views = self.views(&resolved, self::now());
+        let views = self.views(&resolved, now);
         let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
         Ok(Ticket {
             key_id,
@@ -385,10 +385,17 @@ impl Admission {
     }
 
     /// Takes `r` from one bucket, waiting (bounded) for a lease refill.
-    async fn take(&self, key: &str, limits: Limits, r: &Reservation) -> Result<(), DenyReason> {
-        let deadline = std::time::Instant::now() + GRANT_WAIT;
+    /// `now` is the admission's clock reading; the clock is read again only
+    /// while waiting for a grant.
+    async fn take(
+        &self,
+        key: &str,
+        limits: Limits,
+        r: &Reservation,
+        mut now: Timestamp,
+    ) -> Result<(), DenyReason> {
+        let mut deadline = None;
         loop {
-            let now = now();
             let step = {
                 let mut slots = self.slots.borrow_mut();
                 match self.slot_for(&mut slots, key, limits, now) {
@@ -417,10 +424,14 @@ impl Admission {
             self.flush(key, limits);
             match step {
                 Take::Admitted => return Ok(()),
-                Take::WaitForGrant if std::time::Instant::now() < deadline => {
+                Take::WaitForGrant => {
+                    let until = *deadline.get_or_insert(now.0 + GRANT_WAIT.as_millis() as u64);
+                    if now.0 >= until {
+                        return Err(limit_reason(&limits, r, now, now.0 + 1000));
+                    }
                     glommio::timer::sleep(GRANT_POLL).await;
+                    now = self::now();
                 }
-                Take::WaitForGrant => return Err(limit_reason(&limits, r, now, now.0 + 1000)),
                 Take::Exhausted { until } => return Err(limit_reason(&limits, r, now, until.0)),
             }
         }

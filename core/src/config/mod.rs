@@ -248,6 +248,8 @@ pub struct ModelRoute {
 pub struct Target {
     pub provider: usize,
     pub model: String,
+    /// `provider/model`, the `x-shardgate-target` value (rendered once).
+    pub served_by: String,
 }
 
 impl Config {

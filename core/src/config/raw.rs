@@ -314,6 +314,7 @@ impl RawConfig {
                 }
                 targets.push(Target {
                     provider,
+                    served_by: format!("{}/{}", t.provider, t.model),
                     model: t.model,
                 });
             }

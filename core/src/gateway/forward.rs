@@ -57,7 +57,7 @@ pub async fn forward(
         head,
         provider: target.provider,
         name: &provider.name,
-        served_by: format!("{}/{}", provider.name, target.model),
+        served_by: &target.served_by,
         wire: &http.wire,
         reply,
         client: call.client,

@@ -71,8 +71,7 @@ pub async fn serve(
     } else {
         "stop"
     };
-    let served_by = format!("{provider}/{}", target.model);
-    let extra = call.extra(&served_by);
+    let extra = call.extra(&target.served_by);
     let usage = |completion: u64| Usage {
         prompt_tokens: Some(prompt_tokens),
         completion_tokens: Some(completion),

@@ -32,7 +32,7 @@ pub struct Answer<'a> {
     pub provider: usize,
     pub name: &'a str,
     /// `provider/model`, sent as `x-shardgate-target`.
-    pub served_by: String,
+    pub served_by: &'a str,
     pub wire: &'a Wire,
     pub reply: Reply,
     pub client: ClientDialect,
@@ -166,7 +166,7 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     let bytes = respond::full(
         head.status,
         content_type,
-        &call.extra(&served_by),
+        &call.extra(served_by),
         &body,
         rid,
         false,
@@ -463,7 +463,7 @@ pub async fn stream(
         ctx,
         ..
     } = answer;
-    let client_head = respond::stream_head(head.status, rid, &call.extra(&served_by));
+    let client_head = respond::stream_head(head.status, rid, &call.extra(served_by));
     if conn.write(&client_head).await.is_err() {
         return Attempt::Done(Outcome::CLOSE);
     }
