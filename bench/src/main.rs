@@ -118,9 +118,24 @@ struct MockArgs {
     /// Completion length when the model name doesn't say (`mock-tokens-N`).
     #[arg(long, default_value_t = 16)]
     output_tokens: usize,
-    /// Time to first token when the model name doesn't say (`mock-ttft-Nms`).
-    #[arg(long, default_value = "0ms", value_parser = args::parse_duration)]
-    ttft: Duration,
+    /// Time to first token when the model name doesn't say (`mock-ttft-Nms`):
+    /// fixed (`200ms`) or drawn per request: `normal:200ms,50ms`,
+    /// `uniform:100ms,300ms`, `exp:200ms` (exponential, long tail).
+    #[arg(long, default_value = "0ms", value_parser = mock::inject::parse_ttft)]
+    ttft: mock::inject::TtftDist,
+    /// Share of requests (0..1) answered with `--error-status`, in the
+    /// dialect's own error JSON.
+    #[arg(long, default_value = "0", value_parser = mock::inject::parse_rate)]
+    error_rate: f64,
+    /// Status of the injected errors (429 rate limit, 500, 503 overloaded...).
+    #[arg(long, default_value_t = 503)]
+    error_status: u16,
+    /// Share of streamed answers (0..1) cut after a random number of tokens.
+    #[arg(long, default_value = "0", value_parser = mock::inject::parse_rate)]
+    cut_rate: f64,
+    /// Seed of the injected randomness (each shard adds its index).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Streaming tokens per second when the model name doesn't say; 0 = unlimited.
     #[arg(long, default_value_t = 0)]
     tps: u32,
@@ -298,9 +313,16 @@ fn run(command: Command) -> Result<(), BenchError> {
             },
             instances: a.instances.max(1),
             require_key: a.require_key,
+            injection: mock::inject::Injection {
+                ttft: a.ttft,
+                error_rate: a.error_rate,
+                error_status: a.error_status,
+                cut_rate: a.cut_rate,
+            },
+            seed: a.seed,
             defaults: shardgate_proto::mock::Behaviour {
                 output_tokens: a.output_tokens,
-                ttft_ms: a.ttft.as_millis() as u64,
+                ttft_ms: 0,
                 tokens_per_second: (a.tps > 0).then_some(a.tps),
                 fail_status: None,
                 cut_after: None,
@@ -412,7 +434,10 @@ mod tests {
         assert_eq!(m.shards, 2);
         assert_eq!(m.instances, 3);
         assert_eq!(m.require_key.as_deref(), Some("k"));
-        assert_eq!(m.ttft, Duration::from_millis(50));
+        assert_eq!(
+            m.ttft,
+            mock::inject::TtftDist::Fixed(Duration::from_millis(50))
+        );
         assert_eq!(m.tps, 100);
         assert!(m.tls_cert.is_none());
         let half = ["shardgate-bench", "mock", "--tls-cert", "c.pem"];

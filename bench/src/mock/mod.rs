@@ -44,6 +44,7 @@ mod anthropic;
 mod bedrock;
 mod gemini;
 mod head;
+pub mod inject;
 mod openai;
 mod server;
 pub mod tools;

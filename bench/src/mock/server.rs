@@ -4,8 +4,10 @@
 use super::answer::{self, Dialect, ErrorCause, ErrorStyle, Generation};
 use super::gemini::Op;
 use super::head::{parse_request_head, HeadError, Keys, RequestHead, Route};
+use super::inject::Injection;
 use super::wire::{self, frame_chunk, write_head, write_stream_head, LAST_CHUNK};
 use super::{anthropic, bedrock, gemini, openai};
+use crate::arrivals::Rng;
 use crate::error::BenchError;
 use crate::shards::{spawn_shard, ShardPlan};
 use crate::tls::{ServerStream, Stream};
@@ -13,7 +15,7 @@ use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 use shardgate_proto::mock::{self as m, Behaviour};
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -37,15 +39,31 @@ pub struct MockConfig {
     pub instances: usize,
     pub require_key: Option<String>,
     pub defaults: Behaviour,
+    pub injection: Injection,
+    /// Seeds each shard's random draws (shard i: `seed + i`).
+    pub seed: u64,
 }
 
-/// Per-shard, read-only settings shared by its connections.
+/// Per-shard settings shared by its connections.
 struct Shared {
     keys: Keys,
     tls: Option<futures_rustls::TlsAcceptor>,
     defaults: Behaviour,
+    injection: Injection,
+    rng: RefCell<Rng>,
     shard: usize,
     next_id: Cell<u64>,
+}
+
+impl Shared {
+    /// One request's behaviour: the defaults (with a drawn ttft), then the
+    /// model name's behaviours, then drawn failures the name didn't ask for.
+    fn behaviour(&self, model: &str, stream: bool) -> Behaviour {
+        let mut rng = self.rng.borrow_mut();
+        let defaults = self.injection.defaults(self.defaults, &mut rng);
+        let b = m::behaviour(model, defaults);
+        self.injection.failures(b, stream, &mut rng)
+    }
 }
 
 /// Binds every instance on every shard, prints one
@@ -63,6 +81,8 @@ pub fn serve(cfg: MockConfig) -> Result<(), BenchError> {
             keys: Keys::new(cfg.require_key.as_deref()),
             tls: cfg.tls.clone().map(futures_rustls::TlsAcceptor::from),
             defaults: cfg.defaults,
+            injection: cfg.injection,
+            rng: RefCell::new(Rng::new(cfg.seed.wrapping_add(shard as u64))),
             shard,
             next_id: Cell::new(0),
         };
@@ -105,6 +125,8 @@ pub(crate) fn spawn_for_tests(
         keys: Keys::new(None),
         tls: tls.map(futures_rustls::TlsAcceptor::from),
         defaults: Behaviour::default(),
+        injection: Injection::default(),
+        rng: RefCell::new(Rng::new(0)),
         shard: 0,
         next_id: Cell::new(0),
     };
@@ -488,7 +510,7 @@ fn respond<'a>(
         Route::Embeddings => return openai_embeddings(body, shared, bufs, close),
         Route::Gemini(op @ (Op::Embed | Op::BatchEmbed)) => {
             let model = path_model.unwrap_or(Cow::Borrowed("mock-embed"));
-            let b = m::behaviour(&model, shared.defaults);
+            let b = shared.behaviour(&model, false);
             if let Some(plan) = failure_plan(&b, style, bufs, close) {
                 return plan;
             }
@@ -530,7 +552,7 @@ fn respond<'a>(
     let model = path_model
         .or_else(|| facts.model.take())
         .unwrap_or(Cow::Borrowed("mock-1"));
-    let b = m::behaviour(&model, shared.defaults);
+    let b = shared.behaviour(&model, facts.stream);
     if let Some(plan) = failure_plan(&b, style, bufs, close) {
         return plan;
     }
@@ -567,7 +589,7 @@ fn openai_embeddings(
             return Plan::Ready;
         }
     };
-    let b = m::behaviour(&req.model, shared.defaults);
+    let b = shared.behaviour(&req.model, false);
     if let Some(plan) = failure_plan(&b, style, bufs, close) {
         return plan;
     }

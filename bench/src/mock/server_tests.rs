@@ -5,6 +5,8 @@ fn shared(key: Option<&str>) -> Shared {
         keys: Keys::new(key),
         tls: None,
         defaults: Behaviour::default(),
+        injection: Injection::default(),
+        rng: RefCell::new(Rng::new(0)),
         shard: 0,
         next_id: Cell::new(0),
     }
