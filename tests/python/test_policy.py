@@ -114,7 +114,9 @@ def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_ke
 def test_missing_unknown_and_malformed_keys_are_the_same_401(setup):
     gw, _, keys = setup
     messages = set()
-    for key in ("sk-not-a-gateway-key", "sg-" + "x" * 32, keys["tiny"]["secret"][:-1] + "Z"):
+    real = keys["tiny"]["secret"]
+    near_miss = real[:-1] + ("A" if real[-1] != "A" else "B")  # one character off, never equal
+    for key in ("sk-not-a-gateway-key", "sg-" + "x" * 32, near_miss):
         with sdk(gw, key) as c:
             with pytest.raises(openai.AuthenticationError) as e:
                 c.chat.completions.create(model="demo", messages=MESSAGES)
