@@ -31,6 +31,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH=$TARGET_DIR/release/shardgate-bench
 GATEWAY_BIN=$TARGET_DIR/release/shardgate
@@ -40,29 +42,8 @@ PIDS=()
 
 log() { echo "compare-auth: $*" >&2; }
 
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap stop_all EXIT
 trap 'exit 130' INT TERM
-
-# Waits up to 15 s for a "PREFIX HOST:PORT..." line in FILE; prints PORT.
-wait_port() {
-  local file=$1 prefix=$2 pid=$3 i line
-  for ((i = 0; i < 150; i++)); do
-    line=$(grep -m1 "^$prefix " "$file" 2>/dev/null || true)
-    if [[ $line =~ ^$prefix\ [^\ ]*:([0-9]+) ]]; then
-      echo "${BASH_REMATCH[1]}"
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 NPROC=$(nproc)
 SERVER_PIN=() LOAD_PIN=() LOAD_SHARDS=1
