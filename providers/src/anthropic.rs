@@ -333,38 +333,16 @@ impl ChatResponse {
                     has_text = true;
                     text.push_str(t);
                 }
-                a::ContentBlock::ToolUse { id, name, input } => calls.push(chat::ToolCall {
-                    id: id.clone(),
-                    kind: "function".to_owned(),
-                    function: chat::FunctionCall {
-                        name: name.clone(),
-                        arguments: input.to_string(),
-                    },
-                }),
+                a::ContentBlock::ToolUse { id, name, input } => {
+                    calls.push(chat::ToolCall::function(id.clone(), name.clone(), input))
+                }
                 _ => {}
             }
         }
         let usage = usage(&resp.usage);
-        let chat = ChatResponse {
-            id: ctx.id.clone(),
-            object: "chat.completion".to_owned(),
-            created: ctx.created,
-            model: ctx.model.clone(),
-            choices: vec![chat::Choice {
-                index: 0,
-                message: chat::ResponseMessage {
-                    role: Role::Assistant,
-                    content: (has_text || calls.is_empty()).then_some(text),
-                    tool_calls: (!calls.is_empty()).then_some(calls),
-                    refusal: None,
-                },
-                finish_reason: Some(
-                    finish_reason(resp.stop_reason.as_deref().unwrap_or("end_turn")).to_owned(),
-                ),
-                logprobs: None,
-            }],
-            usage: ChatUsage::from_usage(&usage),
-        };
+        let reason = finish_reason(resp.stop_reason.as_deref().unwrap_or("end_turn"));
+        let choice = chat::Choice::assistant(0, text, has_text, calls, reason);
+        let chat = ChatResponse::translated(ctx, vec![choice], &usage);
         (chat, usage)
     }
 }

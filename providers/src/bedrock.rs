@@ -14,8 +14,7 @@ use shardgate_proto::bedrock as b;
 
 use crate::anthropic::parse_arguments;
 use crate::chat::{
-    self, ChatRequest, ChatResponse, ChatUsage, ChunkWriter, ContentPart, Image, ReplyCtx, Role,
-    ToolMode,
+    self, ChatRequest, ChatResponse, ChunkWriter, ContentPart, Image, ReplyCtx, Role, ToolMode,
 };
 use crate::eventstream::{Decoder, Message};
 use crate::sigv4::{self, Credentials};
@@ -351,37 +350,18 @@ impl ChatResponse {
                 text.push_str(t);
             }
             if let Some(tool) = &block.tool_use {
-                calls.push(chat::ToolCall {
-                    id: tool.tool_use_id.clone(),
-                    kind: "function".to_owned(),
-                    function: chat::FunctionCall {
-                        name: tool.name.clone(),
-                        arguments: tool.input.to_string(),
-                    },
-                });
+                calls.push(chat::ToolCall::function(
+                    tool.tool_use_id.clone(),
+                    tool.name.clone(),
+                    &tool.input,
+                ));
             }
         }
         let usage = resp.usage.as_ref().map(usage).unwrap_or_default();
-        let chat = ChatResponse {
-            id: ctx.id.clone(),
-            object: "chat.completion".to_owned(),
-            created: ctx.created,
-            model: ctx.model.clone(),
-            choices: vec![chat::Choice {
-                index: 0,
-                message: chat::ResponseMessage {
-                    role: Role::Assistant,
-                    content: (!text.is_empty() || calls.is_empty()).then_some(text),
-                    tool_calls: (!calls.is_empty()).then_some(calls),
-                    refusal: None,
-                },
-                finish_reason: Some(
-                    finish_reason(resp.stop_reason.as_deref().unwrap_or("end_turn")).to_owned(),
-                ),
-                logprobs: None,
-            }],
-            usage: ChatUsage::from_usage(&usage),
-        };
+        let reason = finish_reason(resp.stop_reason.as_deref().unwrap_or("end_turn"));
+        let has_text = !text.is_empty();
+        let choice = chat::Choice::assistant(0, text, has_text, calls, reason);
+        let chat = ChatResponse::translated(ctx, vec![choice], &usage);
         (chat, usage)
     }
 }

@@ -217,6 +217,20 @@ pub struct ToolCall {
     pub function: FunctionCall,
 }
 
+impl ToolCall {
+    /// A function call with its arguments as JSON text.
+    pub(crate) fn function(id: String, name: String, arguments: &Value) -> Self {
+        ToolCall {
+            id,
+            kind: function_type(),
+            function: FunctionCall {
+                name,
+                arguments: arguments.to_string(),
+            },
+        }
+    }
+}
+
 fn function_type() -> String {
     "function".to_owned()
 }
@@ -336,6 +350,45 @@ pub struct ChatResponse {
 
 fn completion_object() -> String {
     "chat.completion".to_owned()
+}
+
+impl ChatResponse {
+    /// A translated answer: `choices` under the reply's id, model and time.
+    pub(crate) fn translated(ctx: &ReplyCtx, choices: Vec<Choice>, usage: &Usage) -> Self {
+        ChatResponse {
+            id: ctx.id.clone(),
+            object: completion_object(),
+            created: ctx.created,
+            model: ctx.model.clone(),
+            choices,
+            usage: ChatUsage::from_usage(usage),
+        }
+    }
+}
+
+impl Choice {
+    /// One assistant choice of a translated answer. `content` is null only
+    /// when the answer is tool calls and nothing else (`has_text` false), as
+    /// OpenAI sends it.
+    pub(crate) fn assistant(
+        index: u32,
+        text: String,
+        has_text: bool,
+        calls: Vec<ToolCall>,
+        finish_reason: &str,
+    ) -> Self {
+        Choice {
+            index,
+            message: ResponseMessage {
+                role: Role::Assistant,
+                content: (has_text || calls.is_empty()).then_some(text),
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                refusal: None,
+            },
+            finish_reason: Some(finish_reason.to_owned()),
+            logprobs: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,8 +19,7 @@ use shardgate_proto::sse::{SseEvent, SseFramer};
 
 use crate::anthropic::parse_arguments;
 use crate::chat::{
-    self, ChatRequest, ChatResponse, ChatUsage, ChunkWriter, ContentPart, Image, ReplyCtx, Role,
-    ToolMode,
+    self, ChatRequest, ChatResponse, ChunkWriter, ContentPart, Image, ReplyCtx, Role, ToolMode,
 };
 use crate::errors::openai_error;
 use crate::{
@@ -367,41 +366,22 @@ impl ChatResponse {
                     text.push_str(t);
                 }
                 if let Some(call) = &part.function_call {
-                    calls.push(chat::ToolCall {
-                        id: call_id(call, calls.len()),
-                        kind: "function".to_owned(),
-                        function: chat::FunctionCall {
-                            name: call.name.clone(),
-                            arguments: call.args.to_string(),
-                        },
-                    });
+                    let id = call_id(call, calls.len());
+                    calls.push(chat::ToolCall::function(id, call.name.clone(), &call.args));
                 }
             }
             let reason = finish_reason(
                 cand.finish_reason.as_deref().unwrap_or("STOP"),
                 !calls.is_empty(),
             );
-            choices.push(chat::Choice {
-                index: cand.index.unwrap_or(i as u32),
-                message: chat::ResponseMessage {
-                    role: Role::Assistant,
-                    content: (!text.is_empty() || calls.is_empty()).then_some(text),
-                    tool_calls: (!calls.is_empty()).then_some(calls),
-                    refusal: None,
-                },
-                finish_reason: Some(reason.to_owned()),
-                logprobs: None,
-            });
+            let index = cand.index.unwrap_or(i as u32);
+            let has_text = !text.is_empty();
+            choices.push(chat::Choice::assistant(
+                index, text, has_text, calls, reason,
+            ));
         }
         let usage = resp.usage_metadata.as_ref().map(usage).unwrap_or_default();
-        let chat = ChatResponse {
-            id: ctx.id.clone(),
-            object: "chat.completion".to_owned(),
-            created: ctx.created,
-            model: ctx.model.clone(),
-            choices,
-            usage: ChatUsage::from_usage(&usage),
-        };
+        let chat = ChatResponse::translated(ctx, choices, &usage);
         (chat, usage)
     }
 }
