@@ -217,7 +217,7 @@ impl From<FactsError> for GatewayError {
     fn from(e: FactsError) -> Self {
         let param = match &e {
             FactsError::MissingModel => Some("model"),
-            FactsError::WrongType(f) => Some(*f),
+            FactsError::WrongType(f) | FactsError::DuplicateKey(f) => Some(*f),
             _ => None,
         };
         let message = match &e {
@@ -227,6 +227,7 @@ impl From<FactsError> for GatewayError {
             }
             FactsError::NotAnObject => "The request body must be a JSON object.".to_owned(),
             FactsError::WrongType(f) => format!("Invalid type for '{f}'."),
+            FactsError::DuplicateKey(f) => format!("'{f}' appears more than once."),
         };
         GatewayError::BadRequest { message, param }
     }

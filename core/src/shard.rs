@@ -6,6 +6,7 @@ use crate::admission::Admission;
 use crate::client::{Endpoint, Pool};
 use crate::config::{Config, ProviderKind};
 use glommio::sync::Semaphore;
+use shardgate_proto::json::tape::JsonParser;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct Shard {
     /// Connections currently open on this shard.
     pub open_connections: Cell<usize>,
     next_request: Cell<u64>,
+    /// simd-json buffers for request facts and response usage, warm across
+    /// requests. Borrowed only between awaits.
+    pub json: RefCell<JsonParser>,
 }
 
 impl Shard {
@@ -66,6 +70,7 @@ impl Shard {
             draining: Cell::new(false),
             open_connections: Cell::new(0),
             next_request: Cell::new(0),
+            json: RefCell::new(JsonParser::default()),
         })
     }
 

@@ -18,6 +18,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 mod scan;
+pub mod tape;
 
 use scan::{is_ws, Scanner};
 

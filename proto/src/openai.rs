@@ -2,18 +2,19 @@
 //! facts that drive policy and routing, the usage numbers that settle a
 //! request, and the error body clients expect.
 //!
-//! Facts come from one simd-json pass over a scratch copy of the body:
-//! simd-json parses in place (it unescapes strings into its input), and the
-//! original bytes must stay intact for pass-through. The scratch buffer is
-//! the caller's, reused across requests, so the copy does not allocate once
-//! it has grown.
+//! Facts come from one simd-json pass (a tape, see [`crate::json::tape`])
+//! with buffers the caller keeps between requests.
 //!
 //! Invariants: types are checked, not coerced (`"stream": "true"` is an
 //! error, not `false`); JSON `null` is treated as absent for optional fields,
-//! as the OpenAI API does; usage that is absent is `None`, never zero.
+//! as the OpenAI API does; usage that is absent is `None`, never zero. A
+//! field the gateway decides on (model, tools, stream...) may appear only
+//! once: parsers disagree on which duplicate wins (most take the last), and
+//! the gateway must judge the request the upstream will read.
 
-use simd_json::{BorrowedValue as Value, StaticNode};
+use simd_json::prelude::*;
 
+use crate::json::tape::{Array, JsonParser, Object, Value};
 use crate::json::write_json_string;
 
 /// What the gateway needs to know about a chat/completions-style request.
@@ -42,50 +43,66 @@ pub enum FactsError {
     /// The field name, as the client wrote it (`tools[].function.name`).
     #[error("`{0}` has the wrong type")]
     WrongType(&'static str),
+    #[error("`{0}` appears more than once")]
+    DuplicateKey(&'static str),
 }
 
-type Object<'v> = simd_json::value::borrowed::Object<'v>;
+/// The top-level members facts are read from, each at most once.
+const DECIDING_KEYS: [&str; 7] = [
+    "model",
+    "stream",
+    "stream_options",
+    "max_completion_tokens",
+    "max_tokens",
+    "tools",
+    "encoding_format",
+];
 
-/// Reads the request facts in one simd-json pass over `scratch`, which is
-/// cleared and filled from `body` (reused across requests to avoid an
-/// allocation).
-pub fn extract_facts(body: &[u8], scratch: &mut Vec<u8>) -> Result<RequestFacts, FactsError> {
-    scratch.clear();
-    scratch.extend_from_slice(body);
-    let value = simd_json::to_borrowed_value(scratch)
-        .map_err(|e| FactsError::InvalidJson(e.to_string()))?;
-    let Value::Object(obj) = &value else {
-        return Err(FactsError::NotAnObject);
-    };
+/// Reads the request facts in one simd-json pass with `parser`'s buffers.
+pub fn extract_facts(body: &[u8], parser: &mut JsonParser) -> Result<RequestFacts, FactsError> {
+    parser
+        .parse(body, |root| {
+            let obj = root.as_object().ok_or(FactsError::NotAnObject)?;
+            let mut seen = [false; DECIDING_KEYS.len()];
+            for (key, _) in obj.iter() {
+                if let Some(i) = DECIDING_KEYS.iter().position(|k| *k == key) {
+                    if std::mem::replace(&mut seen[i], true) {
+                        return Err(FactsError::DuplicateKey(DECIDING_KEYS[i]));
+                    }
+                }
+            }
+            facts_of(&obj)
+        })
+        .map_err(|e| FactsError::InvalidJson(e.to_string()))?
+}
 
+fn facts_of(obj: &Object<'_, '_>) -> Result<RequestFacts, FactsError> {
     let model = match field(obj, "model") {
         None => return Err(FactsError::MissingModel),
-        Some(Value::String(s)) => s.to_string(),
-        Some(_) => return Err(FactsError::WrongType("model")),
+        Some(v) => string(v).ok_or(FactsError::WrongType("model"))?.to_owned(),
     };
     let stream = opt_bool(field(obj, "stream"), "stream")?.unwrap_or(false);
     let include_usage = match field(obj, "stream_options") {
         None => false,
-        Some(Value::Object(options)) => opt_bool(
-            field(options, "include_usage"),
-            "stream_options.include_usage",
-        )?
-        .unwrap_or(false),
-        Some(_) => return Err(FactsError::WrongType("stream_options")),
+        Some(options) => {
+            let options = options
+                .as_object()
+                .ok_or(FactsError::WrongType("stream_options"))?;
+            opt_bool(
+                field(&options, "include_usage"),
+                "stream_options.include_usage",
+            )?
+            .unwrap_or(false)
+        }
     };
     let max_completion_tokens =
         opt_count(field(obj, "max_completion_tokens"), "max_completion_tokens")?;
     let max_tokens = opt_count(field(obj, "max_tokens"), "max_tokens")?;
     let tool_names = match field(obj, "tools") {
         None => Vec::new(),
-        Some(Value::Array(tools)) => tool_names(tools)?,
-        Some(_) => return Err(FactsError::WrongType("tools")),
+        Some(tools) => tool_names(&tools.as_array().ok_or(FactsError::WrongType("tools"))?)?,
     };
-
-    let base64_embeddings = matches!(
-        field(obj, "encoding_format"),
-        Some(Value::String(f)) if f == "base64"
-    );
+    let base64_embeddings = field(obj, "encoding_format").and_then(string) == Some("base64");
 
     Ok(RequestFacts {
         model,
@@ -99,24 +116,27 @@ pub fn extract_facts(body: &[u8], scratch: &mut Vec<u8>) -> Result<RequestFacts,
 
 /// `tools[].function.name` (OpenAI) or `tools[].name` (Anthropic). Tools
 /// with neither (built-in tools such as web search) are skipped.
-fn tool_names(tools: &[Value<'_>]) -> Result<Vec<String>, FactsError> {
+fn tool_names(tools: &Array<'_, '_>) -> Result<Vec<String>, FactsError> {
     let mut names = Vec::with_capacity(tools.len());
-    for tool in tools {
-        let Value::Object(tool) = tool else {
-            return Err(FactsError::WrongType("tools[]"));
-        };
-        match field(tool, "function") {
+    for tool in tools.iter() {
+        let tool = tool.as_object().ok_or(FactsError::WrongType("tools[]"))?;
+        match field(&tool, "function") {
             // Anthropic's tools carry their name at the top level.
             None => {
-                if let Some(Value::String(name)) = field(tool, "name") {
-                    names.push(name.to_string());
+                if let Some(name) = field(&tool, "name").and_then(string) {
+                    names.push(name.to_owned());
                 }
             }
-            Some(Value::Object(function)) => match field(function, "name") {
-                Some(Value::String(name)) => names.push(name.to_string()),
-                _ => return Err(FactsError::WrongType("tools[].function.name")),
-            },
-            Some(_) => return Err(FactsError::WrongType("tools[].function")),
+            Some(function) => {
+                let function = function
+                    .as_object()
+                    .ok_or(FactsError::WrongType("tools[].function"))?;
+                let name = field(&function, "name").and_then(string);
+                names.push(
+                    name.ok_or(FactsError::WrongType("tools[].function.name"))?
+                        .to_owned(),
+                );
+            }
         }
     }
     Ok(names)
@@ -164,62 +184,49 @@ pub struct Usage {
 ///
 /// Stream chunks without usage are skipped before parsing (a byte search for
 /// `"usage"`), so calling this on every chunk is cheap.
-pub fn extract_usage(json: &[u8], scratch: &mut Vec<u8>) -> Option<Usage> {
+pub fn extract_usage(json: &[u8], parser: &mut JsonParser) -> Option<Usage> {
     if !json.windows(7).any(|w| w == b"\"usage\"") {
         return None;
     }
-    scratch.clear();
-    scratch.extend_from_slice(json);
-    let value = simd_json::to_borrowed_value(scratch).ok()?;
-    let Value::Object(obj) = &value else {
-        return None;
-    };
-    let Some(Value::Object(usage)) = field(obj, "usage") else {
-        return None;
-    };
-    let nested = |outer: &str, inner: &str| match field(usage, outer) {
-        Some(Value::Object(details)) => count(field(details, inner)),
-        _ => None,
-    };
-    Some(Usage {
-        prompt_tokens: count(field(usage, "prompt_tokens")),
-        completion_tokens: count(field(usage, "completion_tokens")),
-        total_tokens: count(field(usage, "total_tokens")),
-        cached_tokens: nested("prompt_tokens_details", "cached_tokens"),
-        reasoning_tokens: nested("completion_tokens_details", "reasoning_tokens"),
-    })
+    parser
+        .parse(json, |root| {
+            let usage = field(&root.as_object()?, "usage")?.as_object()?;
+            let nested = |outer: &str, inner: &str| {
+                count(field(&field(&usage, outer)?.as_object()?, inner)?)
+            };
+            Some(Usage {
+                prompt_tokens: field(&usage, "prompt_tokens").and_then(count),
+                completion_tokens: field(&usage, "completion_tokens").and_then(count),
+                total_tokens: field(&usage, "total_tokens").and_then(count),
+                cached_tokens: nested("prompt_tokens_details", "cached_tokens"),
+                reasoning_tokens: nested("completion_tokens_details", "reasoning_tokens"),
+            })
+        })
+        .ok()?
 }
 
 /// A member, with JSON null read as absent.
-fn field<'o, 'v>(obj: &'o Object<'v>, key: &str) -> Option<&'o Value<'v>> {
-    match obj.get(key) {
-        None | Some(Value::Static(StaticNode::Null)) => None,
-        some => some,
-    }
+fn field<'t, 'i>(obj: &Object<'t, 'i>, key: &str) -> Option<Value<'t, 'i>> {
+    obj.get(key).filter(|v| !v.is_null())
 }
 
-fn opt_bool(v: Option<&Value<'_>>, name: &'static str) -> Result<Option<bool>, FactsError> {
-    match v {
-        None => Ok(None),
-        Some(Value::Static(StaticNode::Bool(b))) => Ok(Some(*b)),
-        Some(_) => Err(FactsError::WrongType(name)),
-    }
+fn opt_bool(v: Option<Value<'_, '_>>, name: &'static str) -> Result<Option<bool>, FactsError> {
+    v.map(|v| v.as_bool().ok_or(FactsError::WrongType(name)))
+        .transpose()
 }
 
-fn opt_count(v: Option<&Value<'_>>, name: &'static str) -> Result<Option<u64>, FactsError> {
-    match v {
-        None => Ok(None),
-        Some(v) => count(Some(v)).map(Some).ok_or(FactsError::WrongType(name)),
-    }
+fn opt_count(v: Option<Value<'_, '_>>, name: &'static str) -> Result<Option<u64>, FactsError> {
+    v.map(|v| count(v).ok_or(FactsError::WrongType(name)))
+        .transpose()
+}
+
+fn string<'i>(v: Value<'_, 'i>) -> Option<&'i str> {
+    v.into_string()
 }
 
 /// A non-negative integer.
-fn count(v: Option<&Value<'_>>) -> Option<u64> {
-    match v? {
-        Value::Static(StaticNode::U64(n)) => Some(*n),
-        Value::Static(StaticNode::I64(n)) => u64::try_from(*n).ok(),
-        _ => None,
-    }
+fn count(v: Value<'_, '_>) -> Option<u64> {
+    v.as_u64()
 }
 
 #[cfg(test)]

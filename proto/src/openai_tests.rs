@@ -1,8 +1,9 @@
 use super::*;
+use crate::json::tape::JsonParser;
 use serde_json::{json, Value as Json};
 
 fn facts(body: &str) -> Result<RequestFacts, FactsError> {
-    extract_facts(body.as_bytes(), &mut Vec::new())
+    extract_facts(body.as_bytes(), &mut JsonParser::default())
 }
 
 #[test]
@@ -130,16 +131,45 @@ fn errors() {
 }
 
 #[test]
-fn body_is_untouched_and_scratch_is_reused() {
+fn body_is_untouched_and_parser_is_reused() {
     let body = br#"{"model":"a\nb","x":"\u0041"}"#.to_vec();
     let copy = body.clone();
-    let mut scratch = Vec::with_capacity(4096);
-    let cap = scratch.capacity();
+    let mut parser = JsonParser::default();
     for _ in 0..3 {
-        assert_eq!(extract_facts(&body, &mut scratch).unwrap().model, "a\nb");
+        assert_eq!(extract_facts(&body, &mut parser).unwrap().model, "a\nb");
+        assert_eq!(
+            extract_usage(br#"{"usage":{"total_tokens":3}}"#, &mut parser)
+                .unwrap()
+                .total_tokens,
+            Some(3)
+        );
     }
     assert_eq!(body, copy);
-    assert_eq!(scratch.capacity(), cap);
+}
+
+/// Upstreams mostly read the last duplicate, so a second `model` or `tools`
+/// could route or authorize one request and run another.
+#[test]
+fn deciding_keys_may_not_repeat() {
+    for body in [
+        r#"{"model":"a","model":"b"}"#,
+        r#"{"model":"a","tools":[],"tools":[{"type":"function","function":{"name":"rm"}}]}"#,
+        r#"{"model":"a","stream":false,"stream":true}"#,
+        r#"{"model":"a","mod\u0065l":"b"}"#,
+    ] {
+        assert!(
+            matches!(facts(body), Err(FactsError::DuplicateKey(_))),
+            "{body}: {:?}",
+            facts(body)
+        );
+    }
+    // Keys the gateway doesn't read may repeat: that's the upstream's call.
+    assert_eq!(
+        facts(r#"{"model":"a","user":"x","user":"y"}"#)
+            .unwrap()
+            .model,
+        "a"
+    );
 }
 
 #[test]
@@ -171,7 +201,7 @@ fn usage_from_a_response() {
     let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30,
         "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":8}}}"#;
     assert_eq!(
-        extract_usage(body, &mut Vec::new()),
+        extract_usage(body, &mut JsonParser::default()),
         Some(Usage {
             prompt_tokens: Some(10),
             completion_tokens: Some(20),
@@ -184,7 +214,7 @@ fn usage_from_a_response() {
 
 #[test]
 fn usage_absent_is_none_not_zero() {
-    let mut scratch = Vec::new();
+    let mut scratch = JsonParser::default();
     assert_eq!(
         extract_usage(br#"{"choices":[{"delta":{}}]}"#, &mut scratch),
         None

@@ -229,8 +229,8 @@ async fn handle_api(
     rid: &str,
 ) -> Outcome {
     let client = api.dialect();
-    let mut scratch = Vec::new();
-    let mut facts: RequestFacts = match extract_facts(&req.body, &mut scratch) {
+    let facts = extract_facts(&req.body, &mut shard.json.borrow_mut());
+    let mut facts: RequestFacts = match facts {
         Ok(f) => f,
         Err(e) => return send_error_in(conn, client, &e.into(), rid, &[]).await,
     };

@@ -19,7 +19,8 @@ use crate::error::GatewayError;
 use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
-use shardgate_proto::openai::Usage;
+use shardgate_proto::json::tape::JsonParser;
+use shardgate_proto::openai::{extract_usage, Usage};
 use shardgate_proto::sse::SseFramer;
 use shardgate_providers::{gemini, ReplyCtx, StreamTranslator};
 
@@ -131,11 +132,11 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     let mut usage = None;
     let translated = match reply {
         Reply::Same => {
-            usage = usage_of_body(client, &body);
+            usage = usage_of_body(shard, client, &body);
             Ok(body)
         }
         Reply::FromOpenAi => {
-            usage = usage_of_body(ClientDialect::OpenAi, &body);
+            usage = usage_of_body(shard, ClientDialect::OpenAi, &body);
             client.success_body(body)
         }
         Reply::FromWire => wire
@@ -310,7 +311,8 @@ struct Tap {
     ended: bool,
     /// Content events relayed: the output estimate of a cut stream.
     events: u64,
-    scratch: Vec<u8>,
+    /// Made at the first event that mentions usage.
+    json: Option<Box<JsonParser>>,
 }
 
 impl Tap {
@@ -321,7 +323,7 @@ impl Tap {
             usage: None,
             ended: false,
             events: 0,
-            scratch: Vec::new(),
+            json: None,
         }
     }
 
@@ -334,7 +336,11 @@ impl Tap {
                     self.ended = true;
                     return true;
                 }
-                if let Some(u) = shardgate_proto::openai::extract_usage(json, &mut self.scratch) {
+                let usage = match contains(json, b"\"usage\"") {
+                    true => extract_usage(json, self.json.get_or_insert_default()),
+                    false => None,
+                };
+                if let Some(u) = usage {
                     self.usage = Some(u);
                     // The usage-only chunk OpenAI sends last has no choices.
                     if !self.client_wants_usage && contains(json, b"\"choices\":[]") {
@@ -402,9 +408,9 @@ fn anthropic_stream_usage(json: &[u8], usage: &mut Option<Usage>) {
 }
 
 /// Usage of a whole body in `dialect`.
-fn usage_of_body(dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
+fn usage_of_body(shard: &Shard, dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
     match dialect {
-        ClientDialect::OpenAi => shardgate_proto::openai::extract_usage(body, &mut Vec::new()),
+        ClientDialect::OpenAi => extract_usage(body, &mut shard.json.borrow_mut()),
         ClientDialect::Anthropic => {
             let v: serde_json::Value = serde_json::from_slice(body).ok()?;
             let u: shardgate_proto::anthropic::Usage =
