@@ -185,9 +185,7 @@ pub struct Usage {
 /// Stream chunks without usage are skipped before parsing (a byte search for
 /// `"usage"`), so calling this on every chunk is cheap.
 pub fn extract_usage(json: &[u8], parser: &mut JsonParser) -> Option<Usage> {
-    if !json.windows(7).any(|w| w == b"\"usage\"") {
-        return None;
-    }
+    memchr::memmem::find(json, b"\"usage\"")?;
     parser
         .parse(json, |root| {
             let usage = field(&root.as_object()?, "usage")?.as_object()?;

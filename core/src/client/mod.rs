@@ -29,26 +29,40 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    fn raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
+    fn tcp(&self) -> &TcpStream {
         match &self.stream {
-            MaybeTls::Plain(s) => s.as_raw_fd(),
-            MaybeTls::Tls(s) => s.get_ref().0.as_raw_fd(),
+            MaybeTls::Plain(s) => s,
+            MaybeTls::Tls(s) => s.get_ref().0,
         }
     }
 
     /// True when the peer has neither closed the connection nor sent bytes
     /// nobody asked for (either makes reuse unsafe).
+    ///
+    /// glommio keeps a read-readiness poll armed on a socket after a partial
+    /// read, so an idle connection normally has one: while it has not fired,
+    /// the peer sent nothing and did not close as of the last reactor pass
+    /// (the window nginx's keep-alive close handler has too), and no syscall
+    /// is needed. A fired poll means bytes or a close: not reusable. Without
+    /// a poll, a `MSG_PEEK` probe asks the kernel.
     fn looks_reusable(&self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
         }
+        match self.tcp().read_poll_pending() {
+            Some(pending) => pending,
+            None => self.probe_idle(),
+        }
+    }
+
+    fn probe_idle(&self) -> bool {
+        use std::os::fd::AsRawFd;
         let mut byte = [0u8; 1];
         // SAFETY: recv on a valid open fd into a 1-byte stack buffer; MSG_PEEK
         // leaves any data in the socket, MSG_DONTWAIT never blocks.
         let n = unsafe {
             libc::recv(
-                self.raw_fd(),
+                self.tcp().as_raw_fd(),
                 byte.as_mut_ptr().cast(),
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,

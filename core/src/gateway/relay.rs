@@ -366,7 +366,7 @@ impl Tap {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// The JSON of a one-line `data:` event (empty when there is none).

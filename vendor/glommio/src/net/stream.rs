@@ -236,6 +236,12 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         super::yolo_peek(self.stream.as_raw_fd(), buf)
     }
 
+    /// Shardgate: the state of the read-readiness poll armed after the last
+    /// read: `Some(true)` still waiting, `Some(false)` fired, `None` none armed.
+    pub(crate) fn read_poll_pending(&self) -> Option<bool> {
+        self.source_rx.as_ref().map(|src| src.result().is_none())
+    }
+
     pub(crate) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         let source = self.reactor.upgrade().unwrap().recv(
             self.stream.as_raw_fd(),
@@ -495,6 +501,15 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
 
     pub(crate) fn stream(&self) -> &S {
         &self.stream.stream
+    }
+
+    /// Shardgate: see [`NonBufferedStream::read_poll_pending`]; `None` also
+    /// when bytes are buffered.
+    pub(crate) fn read_poll_pending(&self) -> Option<bool> {
+        if !self.rx_buf.is_empty() {
+            return None;
+        }
+        self.stream.read_poll_pending()
     }
 }
 

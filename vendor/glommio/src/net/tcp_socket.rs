@@ -559,6 +559,15 @@ impl<B: RxBuf> TcpStream<B> {
             .map_err(Into::into)
     }
 
+    /// Shardgate addition: whether the read-readiness poll glommio arms after
+    /// a partial read is still pending (`Some(true)`: as of the last reactor
+    /// pass the peer sent nothing and did not close), has fired
+    /// (`Some(false)`), or none is armed (`None`). Lets a connection pool
+    /// check an idle connection without a syscall.
+    pub fn read_poll_pending(&self) -> Option<bool> {
+        self.stream.read_poll_pending()
+    }
+
     /// Sets the value of the `TCP_NODELAY` option on this socket.
     ///
     /// If set, this option disables the Nagle algorithm. This means that
