@@ -235,7 +235,7 @@ fn leading_ws(body: &[u8], end: usize) -> usize {
 }
 
 /// The key as a string, unescaped. Borrowed unless it contains escapes.
-fn decode_key<'a>(body: &'a [u8], key: &Range<usize>) -> Option<Cow<'a, str>> {
+pub(crate) fn decode_key<'a>(body: &'a [u8], key: &Range<usize>) -> Option<Cow<'a, str>> {
     let raw = body.get(key.clone())?;
     if !raw.contains(&b'\\') {
         return std::str::from_utf8(raw).ok().map(Cow::Borrowed);

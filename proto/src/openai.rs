@@ -2,8 +2,11 @@
 //! facts that drive policy and routing, the usage numbers that settle a
 //! request, and the error body clients expect.
 //!
-//! Facts come from one simd-json pass (a tape, see [`crate::json::tape`])
-//! with buffers the caller keeps between requests.
+//! Facts come from one structural scan of the body
+//! ([`top_level_members`], which pass-through patching reuses) and reading
+//! just the members that matter; nested values (`tools`, `stream_options`,
+//! `usage`) are parsed alone with simd-json ([`crate::json::tape`]), never
+//! the whole body (`messages` is most of it).
 //!
 //! Invariants: types are checked, not coerced (`"stream": "true"` is an
 //! error, not `false`); JSON `null` is treated as absent for optional fields,
@@ -14,8 +17,10 @@
 
 use simd_json::prelude::*;
 
+use std::borrow::Cow;
+
 use crate::json::tape::{Array, JsonParser, Object, Value};
-use crate::json::write_json_string;
+use crate::json::{decode_key, top_level_members, write_json_string, JsonError, Member};
 
 /// What the gateway needs to know about a chat/completions-style request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -58,60 +63,120 @@ const DECIDING_KEYS: [&str; 7] = [
     "encoding_format",
 ];
 
-/// Reads the request facts in one simd-json pass with `parser`'s buffers.
-pub fn extract_facts(body: &[u8], parser: &mut JsonParser) -> Result<RequestFacts, FactsError> {
-    parser
-        .parse(body, |root| {
-            let obj = root.as_object().ok_or(FactsError::NotAnObject)?;
-            let mut seen = [false; DECIDING_KEYS.len()];
-            for (key, _) in obj.iter() {
-                if let Some(i) = DECIDING_KEYS.iter().position(|k| *k == key) {
-                    if std::mem::replace(&mut seen[i], true) {
-                        return Err(FactsError::DuplicateKey(DECIDING_KEYS[i]));
-                    }
-                }
+/// The request facts, and the body's top-level members (for patching).
+/// `parser` parses the nested members that need it.
+pub fn extract_facts(
+    body: &[u8],
+    parser: &mut JsonParser,
+) -> Result<(RequestFacts, Vec<Member>), FactsError> {
+    let members = top_level_members(body).map_err(|e| match e {
+        // Tell "not JSON" from "JSON, but not an object" (rare: parse it).
+        JsonError::NotAnObject => match parser.parse(body, |_| ()) {
+            Ok(()) => FactsError::NotAnObject,
+            Err(e) => FactsError::InvalidJson(e.to_string()),
+        },
+        e => FactsError::InvalidJson(e.to_string()),
+    })?;
+    // The scan checks the grammar, not the encoding.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(FactsError::InvalidJson(e.to_string()));
+    }
+    let mut values: [Option<&[u8]>; DECIDING_KEYS.len()] = [None; DECIDING_KEYS.len()];
+    for m in &members {
+        let Some(key) = decode_key(body, &m.key) else {
+            continue;
+        };
+        if let Some(i) = DECIDING_KEYS.iter().position(|k| *k == key) {
+            if values[i].replace(&body[m.value.clone()]).is_some() {
+                return Err(FactsError::DuplicateKey(DECIDING_KEYS[i]));
             }
-            facts_of(&obj)
-        })
-        .map_err(|e| FactsError::InvalidJson(e.to_string()))?
-}
-
-fn facts_of(obj: &Object<'_, '_>) -> Result<RequestFacts, FactsError> {
-    let model = match field(obj, "model") {
+        }
+    }
+    // Absent and JSON null read alike.
+    let [model, stream, stream_options, max_completion_tokens, max_tokens, tools, encoding_format] =
+        values.map(|v| v.filter(|v| *v != b"null"));
+    let model = match model {
         None => return Err(FactsError::MissingModel),
-        Some(v) => string(v).ok_or(FactsError::WrongType("model"))?.to_owned(),
+        Some(v) => raw_string(v)
+            .ok_or(FactsError::WrongType("model"))?
+            .into_owned(),
     };
-    let stream = opt_bool(field(obj, "stream"), "stream")?.unwrap_or(false);
-    let include_usage = match field(obj, "stream_options") {
+    let stream = stream
+        .map(|v| raw_bool(v).ok_or(FactsError::WrongType("stream")))
+        .transpose()?
+        .unwrap_or(false);
+    let include_usage = match stream_options {
         None => false,
-        Some(options) => {
+        Some(v) => parse_nested(parser, v, |options| {
             let options = options
                 .as_object()
                 .ok_or(FactsError::WrongType("stream_options"))?;
-            opt_bool(
+            Ok(opt_bool(
                 field(&options, "include_usage"),
                 "stream_options.include_usage",
             )?
-            .unwrap_or(false)
-        }
+            .unwrap_or(false))
+        })?,
     };
-    let max_completion_tokens =
-        opt_count(field(obj, "max_completion_tokens"), "max_completion_tokens")?;
-    let max_tokens = opt_count(field(obj, "max_tokens"), "max_tokens")?;
-    let tool_names = match field(obj, "tools") {
+    let count = |v: Option<&[u8]>, name| {
+        v.map(|v| raw_count(v).ok_or(FactsError::WrongType(name)))
+            .transpose()
+    };
+    let max_completion_tokens = count(max_completion_tokens, "max_completion_tokens")?;
+    let max_tokens = count(max_tokens, "max_tokens")?;
+    let tool_names = match tools {
         None => Vec::new(),
-        Some(tools) => tool_names(&tools.as_array().ok_or(FactsError::WrongType("tools"))?)?,
+        Some(v) => parse_nested(parser, v, |tools| {
+            tool_names(&tools.as_array().ok_or(FactsError::WrongType("tools"))?)
+        })?,
     };
-    let base64_embeddings = field(obj, "encoding_format").and_then(string) == Some("base64");
+    let base64_embeddings = encoding_format.and_then(raw_string).as_deref() == Some("base64");
 
-    Ok(RequestFacts {
+    let facts = RequestFacts {
         model,
         stream,
         include_usage,
         max_tokens: max_completion_tokens.or(max_tokens),
         tool_names,
         base64_embeddings,
-    })
+    };
+    Ok((facts, members))
+}
+
+/// Parses one member's value (already checked by the scan) on its own.
+fn parse_nested<R>(
+    parser: &mut JsonParser,
+    value: &[u8],
+    read: impl FnOnce(Value<'_, '_>) -> Result<R, FactsError>,
+) -> Result<R, FactsError> {
+    parser
+        .parse(value, read)
+        .map_err(|e| FactsError::InvalidJson(e.to_string()))?
+}
+
+/// A JSON string's value; borrowed unless it has escapes.
+fn raw_string(v: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = v.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(v).ok().map(Cow::Owned)
+}
+
+fn raw_bool(v: &[u8]) -> Option<bool> {
+    match v {
+        b"true" => Some(true),
+        b"false" => Some(false),
+        _ => None,
+    }
+}
+
+/// A non-negative integer literal (no sign, fraction or exponent).
+fn raw_count(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// `tools[].function.name` (OpenAI) or `tools[].name` (Anthropic). Tools
@@ -186,9 +251,16 @@ pub struct Usage {
 /// `"usage"`), so calling this on every chunk is cheap.
 pub fn extract_usage(json: &[u8], parser: &mut JsonParser) -> Option<Usage> {
     memchr::memmem::find(json, b"\"usage\"")?;
+    let members = top_level_members(json).ok()?;
+    // The last duplicate, as most JSON readers take it.
+    let usage = members
+        .as_slice()
+        .iter()
+        .rev()
+        .find(|m| decode_key(json, &m.key).as_deref() == Some("usage"))?;
     parser
-        .parse(json, |root| {
-            let usage = field(&root.as_object()?, "usage")?.as_object()?;
+        .parse(&json[usage.value.clone()], |usage| {
+            let usage = usage.as_object()?;
             let nested = |outer: &str, inner: &str| {
                 count(field(&field(&usage, outer)?.as_object()?, inner)?)
             };
@@ -210,11 +282,6 @@ fn field<'t, 'i>(obj: &Object<'t, 'i>, key: &str) -> Option<Value<'t, 'i>> {
 
 fn opt_bool(v: Option<Value<'_, '_>>, name: &'static str) -> Result<Option<bool>, FactsError> {
     v.map(|v| v.as_bool().ok_or(FactsError::WrongType(name)))
-        .transpose()
-}
-
-fn opt_count(v: Option<Value<'_, '_>>, name: &'static str) -> Result<Option<u64>, FactsError> {
-    v.map(|v| count(v).ok_or(FactsError::WrongType(name)))
         .transpose()
 }
 

@@ -3,7 +3,7 @@ use crate::json::tape::JsonParser;
 use serde_json::{json, Value as Json};
 
 fn facts(body: &str) -> Result<RequestFacts, FactsError> {
-    extract_facts(body.as_bytes(), &mut JsonParser::default())
+    extract_facts(body.as_bytes(), &mut JsonParser::default()).map(|(f, _)| f)
 }
 
 #[test]
@@ -86,6 +86,15 @@ fn errors() {
         facts("{\"model\":\"m\"} x"),
         Err(FactsError::InvalidJson(_))
     ));
+    // The structural scan leaves encoding to a separate check.
+    assert!(matches!(
+        extract_facts(
+            b"{\"model\":\"m\",\"x\":\"\xff\"}",
+            &mut JsonParser::default()
+        ),
+        Err(FactsError::InvalidJson(_))
+    ));
+    assert!(matches!(facts("[1,"), Err(FactsError::InvalidJson(_))));
     assert_eq!(facts("[]"), Err(FactsError::NotAnObject));
     assert_eq!(facts("\"model\""), Err(FactsError::NotAnObject));
     assert_eq!(facts("{}"), Err(FactsError::MissingModel));
@@ -102,6 +111,11 @@ fn errors() {
         ),
         (r#"{"model":"m","max_tokens":-1}"#, "max_tokens"),
         (r#"{"model":"m","max_tokens":1.5}"#, "max_tokens"),
+        (r#"{"model":"m","max_tokens":1e3}"#, "max_tokens"),
+        (
+            r#"{"model":"m","max_tokens":18446744073709551616}"#,
+            "max_tokens",
+        ),
         (r#"{"model":"m","max_tokens":"100"}"#, "max_tokens"),
         (
             r#"{"model":"m","max_completion_tokens":-5}"#,
@@ -136,7 +150,7 @@ fn body_is_untouched_and_parser_is_reused() {
     let copy = body.clone();
     let mut parser = JsonParser::default();
     for _ in 0..3 {
-        assert_eq!(extract_facts(&body, &mut parser).unwrap().model, "a\nb");
+        assert_eq!(extract_facts(&body, &mut parser).unwrap().0.model, "a\nb");
         assert_eq!(
             extract_usage(br#"{"usage":{"total_tokens":3}}"#, &mut parser)
                 .unwrap()

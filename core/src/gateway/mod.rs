@@ -17,6 +17,7 @@ use crate::server::{respond, send_error, ClientConn, Outcome, Request};
 use crate::shard::Shard;
 use egress::ClientDialect;
 use shardgate_proto::h1::Method;
+use shardgate_proto::json::Member;
 use shardgate_proto::openai::Usage;
 use shardgate_proto::openai::{extract_facts, RequestFacts};
 use shardgate_providers::ReplyCtx;
@@ -61,6 +62,8 @@ pub struct Call<'a> {
     pub shard: &'a Rc<Shard>,
     pub req: &'a Request,
     pub facts: &'a RequestFacts,
+    /// The body's top-level members, from the facts' scan.
+    pub members: &'a [Member],
     pub api: Api,
     pub client: ClientDialect,
     pub rid: &'a str,
@@ -230,7 +233,7 @@ async fn handle_api(
 ) -> Outcome {
     let client = api.dialect();
     let facts = extract_facts(&req.body, &mut shard.json.borrow_mut());
-    let mut facts: RequestFacts = match facts {
+    let (mut facts, members): (RequestFacts, _) = match facts {
         Ok(f) => f,
         Err(e) => return send_error_in(conn, client, &e.into(), rid, &[]).await,
     };
@@ -292,6 +295,7 @@ async fn handle_api(
         shard,
         req,
         facts: &facts,
+        members: &members,
         api,
         client,
         rid,

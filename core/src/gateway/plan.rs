@@ -15,7 +15,7 @@ use crate::config::{HttpProvider, Target, Wire};
 use crate::error::GatewayError;
 use shardgate_proto::anthropic as a;
 use shardgate_proto::h1::{write_content_length, write_header};
-use shardgate_proto::json::{patch_object, top_level_members, write_json_string, Edit};
+use shardgate_proto::json::{patch_object, write_json_string, Edit};
 use shardgate_providers::openai::Operation;
 use shardgate_providers::{gemini, ChatRequest, Dialect, PrepareCtx, TranslateError};
 
@@ -150,7 +150,6 @@ fn prepare_ctx<'a>(target: &'a Target, key: Option<&'a str>) -> PrepareCtx<'a> {
 /// withholds that chunk from a client that did not ask for it.
 fn patch_model(call: &Call<'_>, target: &Target) -> Result<Vec<u8>, GatewayError> {
     let body = &call.req.body;
-    let members = top_level_members(body).map_err(|e| GatewayError::BadBody(e.to_string()))?;
     let mut model = Vec::with_capacity(target.model.len() + 2);
     write_json_string(&mut model, &target.model);
     let mut edits = vec![Edit::Set {
@@ -167,7 +166,7 @@ fn patch_model(call: &Call<'_>, target: &Target) -> Result<Vec<u8>, GatewayError
             value: br#"{"include_usage":true}"#,
         });
     }
-    Ok(patch_object(body, &members, &edits))
+    Ok(patch_object(body, call.members, &edits))
 }
 
 pub(super) fn client_json<'a, T: serde::Deserialize<'a>>(

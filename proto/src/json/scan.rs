@@ -108,11 +108,18 @@ impl Scanner<'_> {
         let start = self.i;
         loop {
             let rest = self.b.get(self.i..).unwrap_or_default();
-            let Some(off) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
+            // memchr2 is vectorized; the control-character check over the
+            // run is a branch-free fold, so long strings scan at SIMD speed.
+            let Some(quote_or_escape) = memchr::memchr2(b'"', b'\\', rest) else {
                 return Err(JsonError::Malformed("unterminated string"));
+            };
+            let run = &rest[..quote_or_escape];
+            let off = if run.iter().fold(false, |any, &b| any | (b < 0x20)) {
+                run.iter()
+                    .position(|&b| b < 0x20)
+                    .unwrap_or(quote_or_escape)
+            } else {
+                quote_or_escape
             };
             self.i += off;
             match self.next() {
