@@ -114,8 +114,16 @@ impl Edit<'_> {
 /// The first edit naming a key wins. If `members` do not fit `body` (not its
 /// scan), the body is returned unchanged rather than corrupted.
 pub fn patch_object(body: &[u8], members: &[Member], edits: &[Edit<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    patch_object_into(&mut out, body, members, edits);
+    out
+}
+
+/// [`patch_object`], appending to `out` (after an HTTP head, say).
+pub fn patch_object_into(out: &mut Vec<u8>, body: &[u8], members: &[Member], edits: &[Edit<'_>]) {
     let Some((open, close)) = braces(body, members) else {
-        return body.to_vec();
+        out.extend_from_slice(body);
+        return;
     };
     let extra: usize = edits
         .iter()
@@ -124,7 +132,7 @@ pub fn patch_object(body: &[u8], members: &[Member], edits: &[Edit<'_>]) -> Vec<
             Edit::Remove { .. } => 0,
         })
         .sum();
-    let mut out = Vec::with_capacity(body.len() + extra);
+    out.reserve(body.len() + extra);
     out.extend_from_slice(&body[..=open]);
     let mut applied = vec![false; edits.len()];
     let mut wrote_any = false;
@@ -159,7 +167,7 @@ pub fn patch_object(body: &[u8], members: &[Member], edits: &[Edit<'_>]) -> Vec<
                 if wrote_any {
                     out.push(b',');
                 }
-                write_json_string(&mut out, key);
+                write_json_string(out, key);
                 out.push(b':');
                 out.extend_from_slice(value);
                 wrote_any = true;
@@ -168,7 +176,6 @@ pub fn patch_object(body: &[u8], members: &[Member], edits: &[Edit<'_>]) -> Vec<
     }
     let tail = members.last().map_or(open + 1, |m| m.value.end);
     out.extend_from_slice(&body[tail.min(close)..]);
-    out
 }
 
 /// JSON-escape `s` into out including surrounding quotes (RFC 8259 §7).

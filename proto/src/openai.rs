@@ -77,9 +77,13 @@ pub fn extract_facts(
         },
         e => FactsError::InvalidJson(e.to_string()),
     })?;
-    // The scan checks the grammar, not the encoding.
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(FactsError::InvalidJson(e.to_string()));
+    // The scan checks the grammar, not the encoding (std again only to say
+    // where it breaks).
+    if simdutf8::basic::from_utf8(body).is_err() {
+        let e = std::str::from_utf8(body).err();
+        return Err(FactsError::InvalidJson(
+            e.map_or_else(String::new, |e| e.to_string()),
+        ));
     }
     let mut values: [Option<&[u8]>; DECIDING_KEYS.len()] = [None; DECIDING_KEYS.len()];
     for m in &members {

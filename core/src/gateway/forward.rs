@@ -35,7 +35,7 @@ pub async fn forward(
     // The client may leave while the upstream thinks: racing the exchange with
     // the client's close drops the upstream connection, which cancels it.
     let exchange = futures_lite::future::or(
-        async { Some(exchange(shard, target.provider, &provider.name, &bytes).await) },
+        async { Some(exchange(shard, target.provider, &provider.name, bytes.bytes()).await) },
         async {
             conn.closed().await;
             None

@@ -15,7 +15,7 @@ use crate::config::{HttpProvider, Target, Wire};
 use crate::error::GatewayError;
 use shardgate_proto::anthropic as a;
 use shardgate_proto::h1::{write_content_length, write_header};
-use shardgate_proto::json::{patch_object, write_json_string, Edit};
+use shardgate_proto::json::{patch_object_into, write_json_string, Edit};
 use shardgate_providers::openai::Operation;
 use shardgate_providers::{gemini, ChatRequest, Dialect, PrepareCtx, TranslateError};
 
@@ -33,13 +33,35 @@ pub enum Reply {
     GeminiEmbeddings,
 }
 
+/// Request bytes for the upstream: `buf[start..]`. A patched pass-through
+/// body is written first, after room for the head, and the head then fills
+/// the room's end: the body is copied once, and the head still carries a
+/// plain `content-length`.
+pub struct UpstreamRequest {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl UpstreamRequest {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// What goes after the head.
+enum UpBody {
+    Bytes(Vec<u8>),
+    /// The client's body with these edits (see [`patch_model`]).
+    Patched(ModelPatch),
+}
+
 /// The upstream request for `call` to `target`, and how to read its answer.
 pub fn build(
     call: &Call<'_>,
     target: &Target,
     http: &HttpProvider,
     authority: &str,
-) -> Result<(Vec<u8>, Reply), GatewayError> {
+) -> Result<(UpstreamRequest, Reply), GatewayError> {
     let key = http.api_key.as_ref().map(|k| k.expose());
     let wire = http.wire.dialect();
     let unsupported = || {
@@ -53,7 +75,7 @@ pub fn build(
     }
     };
     let translate = |e: TranslateError| translate_error(e, &call.facts.model);
-    let (path, headers, body, reply): (String, Vec<(String, String)>, Vec<u8>, Reply) =
+    let (path, headers, body, reply): (String, Vec<(String, String)>, UpBody, Reply) =
         match (call.client, wire, call.api) {
             (ClientDialect::OpenAi, Dialect::OpenAi, api) => {
                 let op = match api {
@@ -68,7 +90,7 @@ pub fn build(
                     _ => return Err(unsupported()),
                 }
                 .map_err(translate)?;
-                (path, headers, patch_model(call, target)?, Reply::Same)
+                (path, headers, patch_model(call, target), Reply::Same)
             }
             (ClientDialect::Anthropic, Dialect::Anthropic, Api::Messages) => {
                 let Wire::Anthropic(p) = &http.wire else {
@@ -92,7 +114,7 @@ pub fn build(
                 (
                     "/messages".to_owned(),
                     headers,
-                    patch_model(call, target)?,
+                    patch_model(call, target),
                     Reply::Same,
                 )
             }
@@ -100,7 +122,12 @@ pub fn build(
                 let req: gemini::EmbeddingsRequest = client_json(&call.req.body)?;
                 let up = gemini::embeddings_request(&req, &prepare_ctx(target, key))
                     .map_err(translate)?;
-                (up.path, up.headers, up.body, Reply::GeminiEmbeddings)
+                (
+                    up.path,
+                    up.headers,
+                    UpBody::Bytes(up.body),
+                    Reply::GeminiEmbeddings,
+                )
             }
             (ClientDialect::OpenAi, _, Api::ChatCompletions) => {
                 let chat: ChatRequest = client_json(&call.req.body)?;
@@ -109,7 +136,7 @@ pub fn build(
                     .provider()
                     .prepare(&chat, &prepare_ctx(target, key))
                     .map_err(translate)?;
-                (up.path, up.headers, up.body, Reply::FromWire)
+                (up.path, up.headers, UpBody::Bytes(up.body), Reply::FromWire)
             }
             (ClientDialect::Anthropic, _, Api::Messages) => {
                 let msg: a::MessagesRequest = client_json(&call.req.body)?;
@@ -124,12 +151,12 @@ pub fn build(
                 } else {
                     Reply::FromWire
                 };
-                (up.path, up.headers, up.body, reply)
+                (up.path, up.headers, UpBody::Bytes(up.body), reply)
             }
             _ => return Err(unsupported()),
         };
     Ok((
-        head_and_body(call, http, authority, &path, &headers, &body),
+        head_and_body(call, http, authority, &path, &headers, body),
         reply,
     ))
 }
@@ -148,25 +175,40 @@ fn prepare_ctx<'a>(target: &'a Target, key: Option<&'a str>) -> PrepareCtx<'a> {
 /// is touched or re-serialized. An OpenAI stream is also asked for its usage
 /// chunk (`stream_options.include_usage`), which accounting needs; the relay
 /// withholds that chunk from a client that did not ask for it.
-fn patch_model(call: &Call<'_>, target: &Target) -> Result<Vec<u8>, GatewayError> {
-    let body = &call.req.body;
+fn patch_model(call: &Call<'_>, target: &Target) -> UpBody {
     let mut model = Vec::with_capacity(target.model.len() + 2);
     write_json_string(&mut model, &target.model);
-    let mut edits = vec![Edit::Set {
-        key: "model",
-        value: &model,
-    }];
     let ask_usage = call.client == ClientDialect::OpenAi
         && call.facts.stream
         && !call.facts.include_usage
         && matches!(call.api, Api::ChatCompletions | Api::Completions);
-    if ask_usage {
-        edits.push(Edit::Set {
+    UpBody::Patched(ModelPatch { model, ask_usage })
+}
+
+struct ModelPatch {
+    /// The upstream model name as a JSON string.
+    model: Vec<u8>,
+    ask_usage: bool,
+}
+
+impl ModelPatch {
+    fn write(&self, out: &mut Vec<u8>, call: &Call<'_>) {
+        let model = Edit::Set {
+            key: "model",
+            value: &self.model,
+        };
+        let usage = Edit::Set {
             key: "stream_options",
             value: br#"{"include_usage":true}"#,
-        });
+        };
+        let edits = [model, usage];
+        let edits = if self.ask_usage {
+            &edits[..]
+        } else {
+            &edits[..1]
+        };
+        patch_object_into(out, &call.req.body, call.members, edits);
     }
-    Ok(patch_object(body, call.members, &edits))
 }
 
 pub(super) fn client_json<'a, T: serde::Deserialize<'a>>(
@@ -210,18 +252,18 @@ fn head_and_body(
     authority: &str,
     path: &str,
     headers: &[(String, String)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(384 + body.len());
-    out.extend_from_slice(b"POST ");
-    out.extend_from_slice(http.base.path.as_bytes());
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_header(&mut out, "host", authority.as_bytes());
+    body: UpBody,
+) -> UpstreamRequest {
+    let mut head = Vec::with_capacity(384);
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(http.base.path.as_bytes());
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    write_header(&mut head, "host", authority.as_bytes());
     let mut has_accept = false;
     for (k, v) in headers {
         has_accept |= k.eq_ignore_ascii_case("accept");
-        write_header(&mut out, k, v.as_bytes());
+        write_header(&mut head, k, v.as_bytes());
     }
     if !has_accept {
         let accept: &[u8] = if call.facts.stream {
@@ -229,16 +271,26 @@ fn head_and_body(
         } else {
             b"application/json"
         };
-        write_header(&mut out, "accept", accept);
+        write_header(&mut head, "accept", accept);
     }
     write_header(
-        &mut out,
+        &mut head,
         "user-agent",
         concat!("shardgate/", env!("CARGO_PKG_VERSION")).as_bytes(),
     );
-    write_header(&mut out, "x-request-id", call.rid.as_bytes());
-    write_content_length(&mut out, body.len());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
+    write_header(&mut head, "x-request-id", call.rid.as_bytes());
+    // The head's size up to `content-length: N\r\n\r\n`, N at most 20 digits.
+    let room = head.len() + "content-length: \r\n\r\n".len() + 20;
+    let mut buf = Vec::with_capacity(room + call.req.body.len() + 64);
+    buf.resize(room, 0);
+    match &body {
+        UpBody::Bytes(b) => buf.extend_from_slice(b),
+        UpBody::Patched(p) => p.write(&mut buf, call),
+    }
+    let body_len = buf.len() - room;
+    write_content_length(&mut head, body_len);
+    head.extend_from_slice(b"\r\n");
+    let start = room - head.len();
+    buf[start..room].copy_from_slice(&head);
+    UpstreamRequest { buf, start }
 }

@@ -10,7 +10,7 @@ use crate::shard::Shard;
 use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
 use shardgate_proto::h1::{parse_request, BodyFraming, HeadLimits, RequestHead};
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A request read in full. `head`'s spans index into `head_buf`.
 pub struct Request {
@@ -69,7 +69,7 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
             _ => return HeadRead::Closed,
         }
     }
-    let deadline = Instant::now() + l.head_timeout;
+    let mut deadline = Deadline::after(l.head_timeout);
     loop {
         match parse_request(conn.rbuf.data(), &limits) {
             Ok(Some(head)) => {
@@ -80,7 +80,7 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
             Ok(None) => {}
             Err(e) => return HeadRead::Error(e.into()),
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.left();
         if left.is_zero() {
             return HeadRead::Error(GatewayError::RequestTimeout);
         }
@@ -111,7 +111,7 @@ pub async fn read_body(
 ) -> Result<Request, GatewayError> {
     let l = &shard.config.limits;
     let max = l.max_body_bytes;
-    let deadline = Instant::now() + l.body_timeout;
+    let mut deadline = Deadline::after(l.body_timeout);
     let wants_body = head.framing != BodyFraming::Empty;
     if let BodyFraming::Length(n) = head.framing {
         if n > max as u64 {
@@ -129,7 +129,7 @@ pub async fn read_body(
             let n = n as usize;
             while conn.rbuf.len() < n {
                 let want = n - conn.rbuf.len();
-                fill_before(conn, deadline, want, n).await?;
+                fill_before(conn, &mut deadline, want, n).await?;
             }
             let body = conn.rbuf.data()[..n].to_vec();
             conn.rbuf.consume(n);
@@ -151,7 +151,7 @@ pub async fn read_body(
                     break;
                 }
                 if d.consumed == 0 {
-                    fill_before(conn, deadline, 16384, 1 << 20).await?;
+                    fill_before(conn, &mut deadline, 16384, 1 << 20).await?;
                 }
             }
             body
@@ -166,11 +166,11 @@ pub async fn read_body(
 
 async fn fill_before(
     conn: &mut ClientConn,
-    deadline: Instant,
+    deadline: &mut Deadline,
     want: usize,
     max: usize,
 ) -> Result<(), GatewayError> {
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = deadline.left();
     if left.is_zero() {
         return Err(GatewayError::RequestTimeout);
     }
@@ -181,5 +181,26 @@ async fn fill_before(
         )),
         Ok(None) => Err(GatewayError::BadBody("chunk line too long".into())),
         Err(_) => Err(GatewayError::RequestTimeout),
+    }
+}
+
+/// A time limit that starts at its first use: most heads and bodies arrive
+/// whole with the first read and never need one, and a clock read per
+/// request is measurable. Starting late by the time one parse takes is
+/// immaterial next to the limit.
+struct Deadline {
+    limit: Duration,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    fn after(limit: Duration) -> Self {
+        Deadline { limit, at: None }
+    }
+
+    fn left(&mut self) -> Duration {
+        let now = Instant::now();
+        let at = *self.at.get_or_insert(now + self.limit);
+        at.saturating_duration_since(now)
     }
 }
