@@ -433,6 +433,19 @@ impl Reactor {
         source
     }
 
+    /// Shardgate: a read-readiness poll that stays armed (multishot) where
+    /// the kernel supports it; see `NonBufferedStream::poll_read`.
+    pub(crate) fn poll_read_ready_multi(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        // POLLRDHUP too: the stream needs to know when a peer's FIN arrived
+        // (see `NonBufferedStream::rx_closed`).
+        self.sys.poll_ready_multi(
+            &source,
+            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP as _),
+        );
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

@@ -220,16 +220,56 @@ pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
     stream: S,
     source_tx: Option<Source>,
+    /// Shardgate: the read-readiness poll, multishot where the kernel has
+    /// it: armed the first time a read finds the socket drained and kept,
+    /// so a request/response exchange costs no poll submission per message
+    /// (upstream glommio armed a one-shot poll after every partial read).
     source_rx: Option<Source>,
+    /// Shardgate: a read may find bytes (or EOF): true at first and after
+    /// every readiness event, false once a read found the socket drained.
+    rx_ready: bool,
+    /// Shardgate: a readiness event reported the peer's FIN, a hang-up or an
+    /// error. Sticky: reads return at once from then on (EOF or the error),
+    /// and the event that said so may have been the last one, so a short
+    /// read must not park the stream waiting for another (edge-triggered).
+    rx_closed: bool,
     write_timeout: Timeout,
     read_timeout: Timeout,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
-        let reactor = self.reactor.upgrade().unwrap();
-        let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.rx_ready = true;
+    }
+
+    /// Arms the read poll unless it is armed.
+    fn arm_rx(&mut self, reactor: &Reactor) {
+        if !self.source_rx.as_ref().is_some_and(Source::is_armed) {
+            self.source_rx = Some(reactor.poll_read_ready_multi(self.stream.as_raw_fd()));
+        }
+    }
+
+    /// Takes the readiness event the poll reported, if any. A poll that
+    /// ended (one-shot, cancelled, or a kernel without multishot polls) is
+    /// dropped, to be armed again when needed.
+    fn take_rx_event(&mut self) -> bool {
+        let Some(src) = &self.source_rx else {
+            return false;
+        };
+        let Some(result) = src.take_result() else {
+            return false;
+        };
+        const CLOSED: usize = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as usize;
+        if matches!(result, Ok(mask) if mask & CLOSED != 0) {
+            self.rx_closed = true;
+        }
+        if !src.is_armed() {
+            if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+                crate::sys::multishot_poll_unsupported();
+            }
+            self.source_rx = None;
+        }
+        true
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -239,7 +279,11 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     /// Shardgate: the state of the read-readiness poll armed after the last
     /// read: `Some(true)` still waiting, `Some(false)` fired, `None` none armed.
     pub(crate) fn read_poll_pending(&self) -> Option<bool> {
-        self.source_rx.as_ref().map(|src| src.result().is_none())
+        if self.rx_ready {
+            return None;
+        }
+        let src = self.source_rx.as_ref()?;
+        Some(src.is_armed() && src.no_result())
     }
 
     pub(crate) async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -267,37 +311,27 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
-        let no_pending_poll = self
-            .source_rx
-            .as_ref()
-            .map(|src| src.result().is_some())
-            .unwrap_or(true);
-
-        if no_pending_poll {
+        if self.take_rx_event() {
+            self.rx_ready = true;
+        }
+        if self.rx_ready {
             if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
-                self.source_rx.take();
                 self.read_timeout.cancel_timer(reactor);
                 let result = poll_err!(result);
-                // Start an early poll if the buffer is not fully filled. So when
-                // the next time `poll_read` is called, it will be known immediately
-                // whether the underlying stream is ready for reading.
-                if result > 0 && result < buf.len() {
-                    self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-                    // The `rush_dispatch`s here and after could be removed to
-                    // improve performance if #458 is handled appropriately.
-                    // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
+                // A short read drained the socket: the next bytes come with
+                // a readiness event (the poll is edge-triggered).
+                if result > 0 && result < buf.len() && !self.rx_closed {
+                    self.rx_ready = false;
+                    self.arm_rx(reactor);
                 }
                 return Poll::Ready(Ok(result));
             }
+            self.rx_ready = self.rx_closed;
         }
 
         poll_err!(self.read_timeout.check(reactor));
 
-        if no_pending_poll {
-            self.source_rx = Some(reactor.poll_read_ready(self.stream.as_raw_fd()));
-            // reactor.rush_dispatch(self.source_rx.as_ref().unwrap());
-        }
-
+        self.arm_rx(reactor);
         let source = self.source_rx.as_ref().unwrap();
         source.add_waiter_single(cx.waker());
         self.read_timeout.maybe_set_timer(reactor, cx.waker());
@@ -372,6 +406,8 @@ where
             stream: socket.into(),
             source_tx: None,
             source_rx: None,
+            rx_ready: true,
+            rx_closed: false,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
         };

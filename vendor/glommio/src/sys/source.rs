@@ -224,6 +224,27 @@ impl Source {
         })
     }
 
+    /// Shardgate: takes the result a completion left (for a multishot
+    /// request, the latest event), so the next one can be told apart.
+    pub(crate) fn take_result(&self) -> Option<io::Result<usize>> {
+        self.inner
+            .borrow_mut()
+            .wakers
+            .result
+            .take()
+    }
+
+    /// Shardgate: whether the result slot is empty.
+    pub(crate) fn no_result(&self) -> bool {
+        self.inner.borrow().wakers.result.is_none()
+    }
+
+    /// Shardgate: still queued for or inside the kernel (a multishot
+    /// request until its last completion).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

@@ -57,6 +57,8 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// Shardgate: multishot poll.
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -274,6 +276,9 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add_multi(op.fd, events);
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -537,12 +542,15 @@ fn extract_one_chain(
         .collect()
 }
 
+/// Shardgate: returns `(woke, last)`; `last` is false for a multishot
+/// completion that leaves its request armed (`IORING_CQE_F_MORE`): its source
+/// stays in the map and in the kernel, and only its result is updated.
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
     post_process: R,
     source_map: Rc<RefCell<SourceMap>>,
-) -> Option<bool>
+) -> Option<(bool, bool)>
 where
     F: FnOnce(Ref<'_, InnerSource>) -> Option<()>,
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
@@ -550,7 +558,14 @@ where
     if let Some(value) = cqe {
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
-            return Some(false);
+            return Some((false, true));
+        }
+
+        if value.flags().contains(iou::cqe::CompletionFlags::MORE) {
+            let src = source_map.borrow()[from_user_data(value.user_data())].clone();
+            let mut inner = src.borrow_mut();
+            inner.wakers.result = Some(transmute_error(value.result()));
+            return Some((inner.wakers.wake_waiters(), false));
         }
 
         let src = source_map
@@ -566,7 +581,7 @@ where
             inner_source.wakers.result = res;
             woke = inner_source.wakers.wake_waiters();
         }
-        return Some(woke);
+        return Some((woke, true));
     }
     None
 }
@@ -871,9 +886,11 @@ impl UringCommon for PollRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, last)| {
+            if last {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1202,9 +1219,11 @@ impl UringCommon for SleepableRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, last)| {
+            if last {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1458,6 +1477,21 @@ impl Reactor {
 
     pub(crate) fn read_buffered(&self, source: &Source, pos: u64, size: usize) {
         let op = UringOpDescriptor::Read(pos, size);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// Shardgate: a multishot poll where the kernel has it, else one-shot.
+    pub(crate) fn poll_ready_multi(&self, source: &Source, flags: PollFlags) {
+        let op = if multishot_poll_supported() {
+            UringOpDescriptor::PollAddMulti(flags)
+        } else {
+            UringOpDescriptor::PollAdd(flags)
+        };
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
@@ -2259,4 +2293,18 @@ mod tests {
         // If the link chain is longer than the io_uring submission queue, we panic
         ring.submit_one_event(&mut queue.submissions);
     }
+}
+
+// Shardgate: multishot polls need Linux 5.13; an older kernel answers the
+// first one with EINVAL, and from then on this thread arms one-shot polls.
+thread_local! {
+    static MULTISHOT_POLL: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+pub(crate) fn multishot_poll_supported() -> bool {
+    MULTISHOT_POLL.with(|m| m.get())
+}
+
+pub(crate) fn multishot_poll_unsupported() {
+    MULTISHOT_POLL.with(|m| m.set(false));
 }
