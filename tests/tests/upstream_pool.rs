@@ -136,3 +136,41 @@ fn connection_the_provider_closed_is_not_reused() {
     assert_eq!(ask(&gw), "conn 2 answer 1");
     assert_eq!(conns.load(Ordering::SeqCst), 2);
 }
+
+/// A provider whose answers end at its FIN (no length, `connection: close`):
+/// the last bytes and the FIN often arrive together, and the gateway must
+/// see the end of the body without waiting for anything more.
+#[test]
+fn body_ended_by_the_providers_close_is_seen_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut tmp) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                let body = r#"{"id":"x","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"closed"},"finish_reason":"stop"}]}"#;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{body}"
+                );
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let gw = gateway_for(addr);
+    let mut c = connect(gw.addr());
+    for _ in 0..50 {
+        c.send(&post("/v1/chat/completions", CHAT));
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["choices"][0]["message"]["content"], "closed");
+    }
+}
