@@ -97,6 +97,14 @@ pub fn write_content_length(out: &mut Vec<u8>, len: usize) {
 }
 
 fn write_sanitized(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Nearly always clean: one branch-free pass, then a plain copy.
+    if !bytes
+        .iter()
+        .fold(false, |bad, &b| bad | matches!(b, b'\r' | b'\n' | 0))
+    {
+        out.extend_from_slice(bytes);
+        return;
+    }
     out.extend(bytes.iter().map(|&b| {
         if matches!(b, b'\r' | b'\n' | 0) {
             b' '
