@@ -442,6 +442,16 @@ fn patch_then_parse_matches_the_model() {
         for (k, v) in &found {
             assert_eq!(map.get(k), Some(v));
         }
+        // So does the non-validating lookup, key by key.
+        for key in KEYS {
+            let value = find_top_level(&body, key).map(|r| parse(&body[r]));
+            assert_eq!(
+                value.as_ref(),
+                map.get(*key),
+                "{key} in {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
 
         // Random edits, applied to the model too (first edit per key wins).
         let values: Vec<Vec<u8>> = (0..4)
@@ -485,4 +495,18 @@ fn patch_then_parse_matches_the_model() {
         // No duplicate keys were introduced and our own scan accepts the result.
         assert_eq!(top_level_members(&out).unwrap().len(), expected.len());
     }
+}
+
+#[test]
+fn find_top_level_takes_the_last_top_level_member() {
+    let body = br#" { "usage" : 1 , "x": {"usage": 2, "s": "\"usage\": 3"}, "mod\u0065l":"m", "usage": {"a":[1,{"usage":4}]} } "#;
+    let r = find_top_level(body, "usage").unwrap();
+    assert_eq!(&body[r], br#"{"a":[1,{"usage":4}]}"#);
+    let r = find_top_level(body, "model").unwrap();
+    assert_eq!(&body[r], br#""m""#);
+    assert_eq!(find_top_level(body, "s"), None);
+    assert_eq!(find_top_level(br#"{"usage": 1"#, "usage"), None);
+    assert_eq!(find_top_level(br#"["usage", 1]"#, "usage"), None);
+    assert_eq!(find_top_level(br#"{"a":"\"#, "a"), None);
+    assert_eq!(find_top_level(b"", "a"), None);
 }

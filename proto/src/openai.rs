@@ -20,7 +20,9 @@ use simd_json::prelude::*;
 use std::borrow::Cow;
 
 use crate::json::tape::{Array, JsonParser, Object, Value};
-use crate::json::{decode_key, top_level_members, write_json_string, JsonError, Member};
+use crate::json::{
+    decode_key, find_top_level, top_level_members, write_json_string, JsonError, Member,
+};
 
 /// What the gateway needs to know about a chat/completions-style request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -255,15 +257,10 @@ pub struct Usage {
 /// `"usage"`), so calling this on every chunk is cheap.
 pub fn extract_usage(json: &[u8], parser: &mut JsonParser) -> Option<Usage> {
     memchr::memmem::find(json, b"\"usage\"")?;
-    let members = top_level_members(json).ok()?;
     // The last duplicate, as most JSON readers take it.
-    let usage = members
-        .as_slice()
-        .iter()
-        .rev()
-        .find(|m| decode_key(json, &m.key).as_deref() == Some("usage"))?;
+    let usage = find_top_level(json, "usage")?;
     parser
-        .parse(&json[usage.value.clone()], |usage| {
+        .parse(&json[usage], |usage| {
             let usage = usage.as_object()?;
             let nested = |outer: &str, inner: &str| {
                 count(field(&field(&usage, outer)?.as_object()?, inner)?)

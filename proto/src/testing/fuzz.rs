@@ -7,7 +7,7 @@
 
 use crate::chunked::{ChunkedDecoder, ChunkedError, ChunkedLimits};
 use crate::h1::{parse_request, parse_response, HeadLimits, Method, Span};
-use crate::json::{patch_object, top_level_members, Edit};
+use crate::json::{find_top_level, patch_object, top_level_members, Edit};
 use crate::sse::{SseError, SseFramer};
 
 /// `parse_request` never panics; a parsed head's spans lie within its
@@ -187,6 +187,25 @@ pub fn json(data: &[u8]) {
     if let Ok(members) = top_level_members(data) {
         for m in &members {
             assert!(m.key.end < m.value.start && m.value.end <= data.len());
+        }
+        // On a valid object the fast lookup finds what the scan found: the
+        // last member of each name.
+        for m in &members {
+            let Ok(key) = std::str::from_utf8(&data[m.key.clone()]) else {
+                continue;
+            };
+            if key.contains('\\') {
+                continue;
+            }
+            let last = members
+                .iter()
+                .rev()
+                .find(|n| crate::json::decode_key(data, &n.key).as_deref() == Some(key));
+            assert_eq!(
+                find_top_level(data, key),
+                last.map(|n| n.value.clone()),
+                "{key}"
+            );
         }
     }
 }
