@@ -4,11 +4,12 @@
 
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+pub use crate::deadline::with_timeout;
 
 /// A TCP stream, optionally wrapped in TLS. `T` is the rustls stream type of
 /// the side (server or client).
@@ -150,18 +151,6 @@ impl ReadBuf {
             Filled::Bytes(n)
         }))
     }
-}
-
-/// Runs `fut` until `dur` has passed; `Err(TimedOut)` after that.
-pub async fn with_timeout<T>(
-    dur: Duration,
-    fut: impl Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    futures_lite::future::or(fut, async {
-        glommio::timer::sleep(dur).await;
-        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-    })
-    .await
 }
 
 /// Writes all of `bytes` within `dur`.

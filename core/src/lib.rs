@@ -13,6 +13,7 @@ pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod gateway;
 pub mod io;
