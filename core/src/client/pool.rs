@@ -77,8 +77,15 @@ impl Pool {
         idle.push(conn);
     }
 
-    /// A fresh connection, never from the pool.
+    /// A fresh connection, never from the pool. Boxed: resolving,
+    /// connecting and a TLS handshake make a ~3 KiB future, which inline
+    /// would size every request's future (moved into its box per request)
+    /// for the rare request that opens a connection.
     pub async fn connect(&self, ep: &Endpoint) -> io::Result<UpstreamConn> {
+        Box::pin(self.open(ep)).await
+    }
+
+    async fn open(&self, ep: &Endpoint) -> io::Result<UpstreamConn> {
         let addrs = self.resolve(&ep.base.host, ep.base.port).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {

@@ -65,7 +65,9 @@ pub async fn forward(
         call,
     };
     if streamed {
-        relay::stream(shard, conn, answer, call.rid).await
+        // Boxed: a stream's relay state (framer, translators) would size
+        // every request's future, moved into its box per request, by ~2 KiB.
+        Box::pin(relay::stream(shard, conn, answer, call.rid)).await
     } else {
         relay::full(shard, conn, answer, call.rid).await
     }
