@@ -106,35 +106,40 @@ fn ask(gw: &Proc) -> String {
         .to_owned()
 }
 
-#[test]
-fn idle_connection_is_reused() {
-    let (up, conns) = provider(AfterAnswer::Wait);
+/// Two requests 300 ms apart to a provider that does `after` once it has
+/// answered: the second answer, and how many connections the provider saw.
+fn second_answer(after: AfterAnswer) -> (String, usize) {
+    let (up, conns) = provider(after);
     let gw = gateway_for(up);
     assert_eq!(ask(&gw), "conn 1 answer 1");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(ask(&gw), "conn 1 answer 2");
-    assert_eq!(conns.load(Ordering::SeqCst), 1);
+    let second = ask(&gw);
+    (second, conns.load(Ordering::SeqCst))
+}
+
+#[test]
+fn idle_connection_is_reused() {
+    assert_eq!(
+        second_answer(AfterAnswer::Wait),
+        ("conn 1 answer 2".into(), 1)
+    );
 }
 
 #[test]
 fn connection_that_sent_unasked_bytes_is_not_reused() {
-    let (up, conns) = provider(AfterAnswer::SendStale);
-    let gw = gateway_for(up);
-    assert_eq!(ask(&gw), "conn 1 answer 1");
-    std::thread::sleep(Duration::from_millis(300));
     // Reusing it would hand this client the stale 408.
-    assert_eq!(ask(&gw), "conn 2 answer 1");
-    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        second_answer(AfterAnswer::SendStale),
+        ("conn 2 answer 1".into(), 2)
+    );
 }
 
 #[test]
 fn connection_the_provider_closed_is_not_reused() {
-    let (up, conns) = provider(AfterAnswer::Close);
-    let gw = gateway_for(up);
-    assert_eq!(ask(&gw), "conn 1 answer 1");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(ask(&gw), "conn 2 answer 1");
-    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        second_answer(AfterAnswer::Close),
+        ("conn 2 answer 1".into(), 2)
+    );
 }
 
 /// A provider whose answers end at its FIN (no length, `connection: close`):
