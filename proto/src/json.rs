@@ -123,7 +123,7 @@ pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
                 depth -= 1;
                 if depth == 0 {
                     if let Some(start) = value_start {
-                        found = Some(start..trim_end(json, start, i));
+                        found = Some(start..leading_ws(json, i).max(start));
                     }
                     return found;
                 }
@@ -137,7 +137,7 @@ pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
             }
             b',' if depth == 1 => {
                 if let Some(start) = value_start.take() {
-                    found = Some(start..trim_end(json, start, i));
+                    found = Some(start..leading_ws(json, i).max(start));
                 }
                 last_key = None;
             }
@@ -164,14 +164,6 @@ fn skip_ws(json: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
-}
-
-/// `end` moved back over whitespace, not before `start`.
-fn trim_end(json: &[u8], start: usize, mut end: usize) -> usize {
-    while end > start && is_ws(json[end - 1]) {
-        end -= 1;
-    }
-    end
 }
 
 fn key_is(json: &[u8], raw: &Range<usize>, key: &str) -> bool {

@@ -69,7 +69,7 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
             _ => return HeadRead::Closed,
         }
     }
-    let mut deadline = Deadline::after(l.head_timeout);
+    let mut deadline = TimeLimit::after(l.head_timeout);
     loop {
         match parse_request(conn.rbuf.data(), &limits) {
             Ok(Some(head)) => {
@@ -111,7 +111,7 @@ pub async fn read_body(
 ) -> Result<Request, GatewayError> {
     let l = &shard.config.limits;
     let max = l.max_body_bytes;
-    let mut deadline = Deadline::after(l.body_timeout);
+    let mut deadline = TimeLimit::after(l.body_timeout);
     let wants_body = head.framing != BodyFraming::Empty;
     if let BodyFraming::Length(n) = head.framing {
         if n > max as u64 {
@@ -166,7 +166,7 @@ pub async fn read_body(
 
 async fn fill_before(
     conn: &mut ClientConn,
-    deadline: &mut Deadline,
+    deadline: &mut TimeLimit,
     want: usize,
     max: usize,
 ) -> Result<(), GatewayError> {
@@ -188,14 +188,14 @@ async fn fill_before(
 /// whole with the first read and never need one, and a clock read per
 /// request is measurable. Starting late by the time one parse takes is
 /// immaterial next to the limit.
-struct Deadline {
+struct TimeLimit {
     limit: Duration,
     at: Option<Instant>,
 }
 
-impl Deadline {
+impl TimeLimit {
     fn after(limit: Duration) -> Self {
-        Deadline { limit, at: None }
+        TimeLimit { limit, at: None }
     }
 
     fn left(&mut self) -> Duration {
