@@ -196,24 +196,10 @@ pub fn close(g: &Generation<'_>, out: &mut Vec<u8>) {
     });
 }
 
-/// Anthropic's error type for an HTTP status.
-pub fn error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
-}
-
 /// `{"type":"error","error":{"type":..,"message":..}}`.
 pub fn error_body(out: &mut Vec<u8>, status: u16, message: &str) {
     out.extend_from_slice(b"{\"type\":\"error\",\"error\":{\"type\":\"");
-    out.extend_from_slice(error_type(status).as_bytes());
+    out.extend_from_slice(shardgate_providers::anthropic::anthropic_error_type(status).as_bytes());
     out.extend_from_slice(b"\",\"message\":");
     json_str(out, message);
     out.extend_from_slice(b"}}");
