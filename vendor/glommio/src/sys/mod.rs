@@ -85,12 +85,20 @@ pub(crate) fn write_eventfd(eventfd: RawFd) {
     assert_eq!(ret, 8);
 }
 
+// Shardgate: `sendto`/`recvfrom` through `libc::syscall`, not glibc's
+// `send`/`recv`. Those are pthread cancellation points, which wrap every call
+// in two atomic updates of the thread's cancel state; nothing here uses
+// pthread cancellation.
 pub(crate) fn send_syscall(fd: RawFd, buf: *const u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(send(fd, buf as _, len, flags)).map(|x| x as usize)
+    let (fd, len, flags) = (fd as libc::c_long, len as libc::c_long, flags as libc::c_long);
+    syscall!(syscall(libc::SYS_sendto, fd, buf, len, flags, 0 as libc::c_long, 0 as libc::c_long))
+        .map(|x| x as usize)
 }
 
 pub(crate) fn recv_syscall(fd: RawFd, buf: *mut u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(recv(fd, buf as _, len, flags)).map(|x| x as usize)
+    let (fd, len, flags) = (fd as libc::c_long, len as libc::c_long, flags as libc::c_long);
+    syscall!(syscall(libc::SYS_recvfrom, fd, buf, len, flags, 0 as libc::c_long, 0 as libc::c_long))
+        .map(|x| x as usize)
 }
 
 pub(crate) fn accept_syscall(fd: RawFd) -> io::Result<RawFd> {
