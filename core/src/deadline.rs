@@ -58,6 +58,22 @@ pub async fn with_timeout<T>(
     .await
 }
 
+/// The wheel's clock: the time of its last tick while deadlines are live
+/// (then between zero and two [`RESOLUTION`]s behind the real clock),
+/// otherwise a fresh clock read. For ages checked against limits of seconds
+/// (how long a pooled connection has been idle), where a clock read per
+/// request is measurable and ticks of slack are not.
+pub fn coarse_now() -> Instant {
+    WHEEL.with(|w| {
+        let mut w = w.borrow_mut();
+        if !w.ticker_running {
+            w.advance_to_now();
+        }
+        let epoch = w.epoch.unwrap_or_else(Instant::now);
+        epoch + Duration::from_nanos(w.tick.saturating_mul(RESOLUTION.as_nanos() as u64))
+    })
+}
+
 struct Entry {
     /// The tick at or after which it expires.
     due: u64,

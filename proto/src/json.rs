@@ -17,8 +17,11 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+mod backward;
 mod scan;
 pub mod tape;
+
+pub use backward::{members_rev, MembersRev};
 
 use scan::{is_ws, Scanner};
 
@@ -88,82 +91,16 @@ pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
     Ok(members)
 }
 
-/// The value of the last top-level member named `key`, found without
-/// validating the rest: strings are skipped with memchr, everything else
-/// only tracked for depth. For reading one field (usage) out of an
+/// The value of the last top-level member named `key` (the one most JSON
+/// readers take), found by walking back from the closing brace without
+/// validating ([`members_rev`]). For reading one field (usage) out of an
 /// upstream's answer, which is relayed as it came and validated by the
 /// client: the value found still has to be parsed, and on a malformed body
 /// the worst outcome is that nothing (or nothing parsable) is found.
-///
-/// Several times faster than [`top_level_members`] on small, structure-heavy
-/// bodies such as chat completions.
 pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
-    let mut i = json.iter().position(|b| !is_ws(*b))?;
-    if json[i] != b'{' {
-        return None;
-    }
-    i += 1;
-    let mut depth = 1usize;
-    // At depth 1: the string just read is a key (when followed by ':').
-    let mut last_key: Option<Range<usize>> = None;
-    let mut value_start: Option<usize> = None;
-    let mut found = None;
-    while i < json.len() {
-        match json[i] {
-            b'"' => {
-                let end = string_end(json, i + 1)?;
-                if depth == 1 && value_start.is_none() {
-                    last_key = Some(i + 1..end);
-                }
-                i = end + 1;
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    if let Some(start) = value_start {
-                        found = Some(start..leading_ws(json, i).max(start));
-                    }
-                    return found;
-                }
-            }
-            b':' if depth == 1 => {
-                if let Some(k) = last_key.take() {
-                    if key_is(json, &k, key) {
-                        value_start = Some(skip_ws(json, i + 1));
-                    }
-                }
-            }
-            b',' if depth == 1 => {
-                if let Some(start) = value_start.take() {
-                    found = Some(start..leading_ws(json, i).max(start));
-                }
-                last_key = None;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-/// Index of the closing quote of the string whose content starts at `from`.
-fn string_end(json: &[u8], mut from: usize) -> Option<usize> {
-    loop {
-        let at = from + memchr::memchr2(b'"', b'\\', json.get(from..)?)?;
-        if json[at] == b'"' {
-            return Some(at);
-        }
-        from = at + 2;
-    }
-}
-
-fn skip_ws(json: &[u8], mut i: usize) -> usize {
-    while json.get(i).is_some_and(|b| is_ws(*b)) {
-        i += 1;
-    }
-    i
+    members_rev(json)
+        .find(|m| key_is(json, &m.key, key))
+        .map(|m| m.value)
 }
 
 fn key_is(json: &[u8], raw: &Range<usize>, key: &str) -> bool {
@@ -220,21 +157,23 @@ pub fn patch_object_into(out: &mut Vec<u8>, body: &[u8], members: &[Member], edi
         .sum();
     out.reserve(body.len() + extra);
     out.extend_from_slice(&body[..=open]);
-    let mut applied = vec![false; edits.len()];
+    // Bit i: edit i was applied.
+    assert!(edits.len() <= 64, "at most 64 edits per patch");
+    let mut applied = 0u64;
     let mut wrote_any = false;
     for m in members {
-        let key = decode_key(body, &m.key);
+        let key = key_bytes(body, &m.key);
         let edit = key
             .as_deref()
-            .and_then(|k| edits.iter().position(|e| e.key() == k));
+            .and_then(|k| edits.iter().position(|e| e.key().as_bytes() == k));
         let value: &[u8] = match edit.map(|i| (i, &edits[i])) {
             None => &body[m.value.clone()],
             Some((_, Edit::Remove { .. })) => continue,
             Some((i, Edit::Set { value, .. })) => {
-                if applied[i] {
+                if applied & (1 << i) != 0 {
                     continue;
                 }
-                applied[i] = true;
+                applied |= 1 << i;
                 value
             }
         };
@@ -249,7 +188,7 @@ pub fn patch_object_into(out: &mut Vec<u8>, body: &[u8], members: &[Member], edi
     for (i, edit) in edits.iter().enumerate() {
         if let Edit::Set { key, value } = edit {
             let first_of_key = edits[..i].iter().all(|e| e.key() != *key);
-            if !applied[i] && first_of_key {
+            if applied & (1 << i) == 0 && first_of_key {
                 if wrote_any {
                     out.push(b',');
                 }
@@ -325,6 +264,17 @@ fn leading_ws(body: &[u8], end: usize) -> usize {
         .iter()
         .rposition(|b| !is_ws(*b))
         .map_or(0, |p| p + 1)
+}
+
+/// The key's bytes, unescaped, for comparing with names: borrowed (and not
+/// UTF-8 checked: raw bytes equal a name exactly when the decoded key does)
+/// unless it contains escapes.
+pub(crate) fn key_bytes<'a>(body: &'a [u8], key: &Range<usize>) -> Option<Cow<'a, [u8]>> {
+    let raw = body.get(key.clone())?;
+    if !raw.contains(&b'\\') {
+        return Some(Cow::Borrowed(raw));
+    }
+    decode_key(body, key).map(|k| Cow::Owned(k.into_owned().into_bytes()))
 }
 
 /// The key as a string, unescaped. Borrowed unless it contains escapes.

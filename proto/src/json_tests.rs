@@ -442,6 +442,10 @@ fn patch_then_parse_matches_the_model() {
         for (k, v) in &found {
             assert_eq!(map.get(k), Some(v));
         }
+        // Walking back from the end finds the same members, in reverse.
+        let mut back: Vec<Member> = members_rev(&body).collect();
+        back.reverse();
+        assert_eq!(back, top_level_members(&body).unwrap());
         // So does the non-validating lookup, key by key.
         for key in KEYS {
             let value = find_top_level(&body, key).map(|r| parse(&body[r]));

@@ -21,8 +21,10 @@ use std::borrow::Cow;
 
 use crate::json::tape::{Array, JsonParser, Object, Value};
 use crate::json::{
-    decode_key, find_top_level, top_level_members, write_json_string, JsonError, Member,
+    find_top_level, key_bytes, members_rev, top_level_members, write_json_string, JsonError, Member,
 };
+use memchr::memmem;
+use std::sync::LazyLock;
 
 /// What the gateway needs to know about a chat/completions-style request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -89,10 +91,10 @@ pub fn extract_facts(
     }
     let mut values: [Option<&[u8]>; DECIDING_KEYS.len()] = [None; DECIDING_KEYS.len()];
     for m in &members {
-        let Some(key) = decode_key(body, &m.key) else {
+        let Some(key) = key_bytes(body, &m.key) else {
             continue;
         };
-        if let Some(i) = DECIDING_KEYS.iter().position(|k| *k == key) {
+        if let Some(i) = DECIDING_KEYS.iter().position(|k| k.as_bytes() == &*key) {
             if values[i].replace(&body[m.value.clone()]).is_some() {
                 return Err(FactsError::DuplicateKey(DECIDING_KEYS[i]));
             }
@@ -251,29 +253,60 @@ pub struct Usage {
 
 /// None if there's no usage object (or usage is null), or `json` is not a
 /// JSON object. A number of the wrong type reads as absent: usage is
-/// accounting, and one odd field must not lose the others.
+/// accounting, and one odd field must not lose the others. Of duplicate
+/// keys the last counts, as most JSON readers take it.
 ///
-/// Stream chunks without usage are skipped before parsing (a byte search for
-/// `"usage"`), so calling this on every chunk is cheap.
-pub fn extract_usage(json: &[u8], parser: &mut JsonParser) -> Option<Usage> {
-    memchr::memmem::find(json, b"\"usage\"")?;
-    // The last duplicate, as most JSON readers take it.
-    let usage = find_top_level(json, "usage")?;
-    parser
-        .parse(&json[usage], |usage| {
-            let usage = usage.as_object()?;
-            let nested = |outer: &str, inner: &str| {
-                count(field(&field(&usage, outer)?.as_object()?, inner)?)
-            };
-            Some(Usage {
-                prompt_tokens: field(&usage, "prompt_tokens").and_then(count),
-                completion_tokens: field(&usage, "completion_tokens").and_then(count),
-                total_tokens: field(&usage, "total_tokens").and_then(count),
-                cached_tokens: nested("prompt_tokens_details", "cached_tokens"),
-                reasoning_tokens: nested("completion_tokens_details", "reasoning_tokens"),
-            })
-        })
-        .ok()?
+/// Read from the end of the answer ([`members_rev`]), where usage sits, and
+/// without validating: the answer is relayed as it came, and the client
+/// validates it. Stream chunks without usage are skipped by a byte search for
+/// `"usage"` first, so calling this on every chunk is cheap.
+pub fn extract_usage(json: &[u8]) -> Option<Usage> {
+    static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+    USAGE_KEY.find(json)?;
+    let usage = &json[find_top_level(json, "usage")?];
+    if usage.first() != Some(&b'{') {
+        return None;
+    }
+    let mut u = Usage::default();
+    let mut seen = [false; 5];
+    let mut set = |slot: usize, field: &mut Option<u64>, n: Option<u64>| {
+        if !std::mem::replace(&mut seen[slot], true) {
+            *field = n;
+        }
+    };
+    for m in members_rev(usage) {
+        let value = &usage[m.value.clone()];
+        match &*key_bytes(usage, &m.key).unwrap_or_default() {
+            b"prompt_tokens" => set(0, &mut u.prompt_tokens, token_count(value)),
+            b"completion_tokens" => set(1, &mut u.completion_tokens, token_count(value)),
+            b"total_tokens" => set(2, &mut u.total_tokens, token_count(value)),
+            b"prompt_tokens_details" => {
+                set(3, &mut u.cached_tokens, nested(value, "cached_tokens"))
+            }
+            b"completion_tokens_details" => set(
+                4,
+                &mut u.reasoning_tokens,
+                nested(value, "reasoning_tokens"),
+            ),
+            _ => {}
+        }
+    }
+    Some(u)
+}
+
+/// `inner` of the object `outer` (null or another type reads as absent).
+fn nested(outer: &[u8], inner: &str) -> Option<u64> {
+    find_top_level(outer, inner).and_then(|r| token_count(&outer[r]))
+}
+
+/// A non-negative integer that fits u64: plain digits, as every provider
+/// writes token counts. Anything else (null, a fraction, a string) is absent.
+fn token_count(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// A member, with JSON null read as absent.
@@ -288,11 +321,6 @@ fn opt_bool(v: Option<Value<'_, '_>>, name: &'static str) -> Result<Option<bool>
 
 fn string<'i>(v: Value<'_, 'i>) -> Option<&'i str> {
     v.into_string()
-}
-
-/// A non-negative integer.
-fn count(v: Value<'_, '_>) -> Option<u64> {
-    v.as_u64()
 }
 
 #[cfg(test)]

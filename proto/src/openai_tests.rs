@@ -152,7 +152,7 @@ fn body_is_untouched_and_parser_is_reused() {
     for _ in 0..3 {
         assert_eq!(extract_facts(&body, &mut parser).unwrap().0.model, "a\nb");
         assert_eq!(
-            extract_usage(br#"{"usage":{"total_tokens":3}}"#, &mut parser)
+            extract_usage(br#"{"usage":{"total_tokens":3}}"#)
                 .unwrap()
                 .total_tokens,
             Some(3)
@@ -215,7 +215,7 @@ fn usage_from_a_response() {
     let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30,
         "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":8}}}"#;
     assert_eq!(
-        extract_usage(body, &mut JsonParser::default()),
+        extract_usage(body),
         Some(Usage {
             prompt_tokens: Some(10),
             completion_tokens: Some(20),
@@ -228,19 +228,14 @@ fn usage_from_a_response() {
 
 #[test]
 fn usage_absent_is_none_not_zero() {
-    let mut scratch = JsonParser::default();
-    assert_eq!(
-        extract_usage(br#"{"choices":[{"delta":{}}]}"#, &mut scratch),
-        None
-    );
-    assert_eq!(extract_usage(br#"{"usage":null}"#, &mut scratch), None);
-    assert_eq!(extract_usage(br#"{"usage":5}"#, &mut scratch), None);
-    assert_eq!(extract_usage(br#"{"usage":"#, &mut scratch), None);
-    assert_eq!(extract_usage(br#"["usage"]"#, &mut scratch), None);
-    assert_eq!(extract_usage(b"[DONE]", &mut scratch), None);
+    assert_eq!(extract_usage(br#"{"choices":[{"delta":{}}]}"#), None);
+    assert_eq!(extract_usage(br#"{"usage":null}"#), None);
+    assert_eq!(extract_usage(br#"{"usage":5}"#), None);
+    assert_eq!(extract_usage(br#"{"usage":"#), None);
+    assert_eq!(extract_usage(br#"["usage"]"#), None);
+    assert_eq!(extract_usage(b"[DONE]"), None);
     let partial = extract_usage(
         br#"{"usage":{"prompt_tokens":3,"completion_tokens":-1,"total_tokens":1.5,"prompt_tokens_details":null}}"#,
-        &mut scratch,
     )
     .unwrap();
     assert_eq!(
@@ -250,8 +245,28 @@ fn usage_absent_is_none_not_zero() {
             ..Usage::default()
         }
     );
-    assert_eq!(
-        extract_usage(br#"{"usage":{}}"#, &mut scratch),
-        Some(Usage::default())
-    );
+    assert_eq!(extract_usage(br#"{"usage":{}}"#), Some(Usage::default()));
+}
+
+/// Usage is read from the end of the answer: what comes after it, strings
+/// that quote it, nested objects that carry their own `usage` and repeated
+/// keys must not fool the walk.
+#[test]
+fn usage_is_found_wherever_it_sits() {
+    let full = Usage {
+        prompt_tokens: Some(1),
+        completion_tokens: Some(2),
+        total_tokens: Some(3),
+        ..Usage::default()
+    };
+    for body in [
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"choices":[{"message":{"content":"\"usage\": {\"total_tokens\":9}}"}}]}"#,
+        r#"{"choices":[{"usage":{"total_tokens":9}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"system_fingerprint":"fp_\\"}"#,
+        r#"{"usage":{"total_tokens":9},"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        "{ \"usage\" :\n {\"prompt_tokens\" : 1 ,\"completion_tokens\":2,\"total_tokens\":9,\"total_tokens\":3 }\n }\n",
+        r#"{"x":"a\\","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"extra":{"total_tokens":9}},"y":"\\\"}"}"#,
+        r#"{"usage":{"prompt_tokens":1,"completion_t\u006fkens":2,"total_tokens":3}}"#,
+    ] {
+        assert_eq!(extract_usage(body.as_bytes()), Some(full), "{body}");
+    }
 }

@@ -25,6 +25,7 @@ pub struct UpstreamConn {
     /// Served a request before: a failure before any response byte may be the
     /// keep-alive race, and the request may be sent again on a fresh one.
     pub reused: bool,
+    /// On the shard's coarse clock ([`crate::deadline::coarse_now`]).
     idle_since: Instant,
 }
 

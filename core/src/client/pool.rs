@@ -1,5 +1,6 @@
 use super::{UpstreamConn, UpstreamStream};
 use crate::config::{BaseUrl, UpstreamSettings};
+use crate::deadline::coarse_now;
 use crate::io::{with_timeout, MaybeTls, ReadBuf};
 use crate::runtime;
 use std::cell::RefCell;
@@ -54,8 +55,8 @@ impl Pool {
     fn take_idle(&self, provider: usize) -> Option<UpstreamConn> {
         let mut idle = self.idle.get(provider)?.borrow_mut();
         while let Some(conn) = idle.pop() {
-            if conn.idle_since.elapsed() < self.settings.pool_idle_timeout && conn.looks_reusable()
-            {
+            let idle_for = coarse_now().saturating_duration_since(conn.idle_since);
+            if idle_for < self.settings.pool_idle_timeout && conn.looks_reusable() {
                 return Some(conn);
             }
         }
@@ -72,7 +73,7 @@ impl Pool {
             return;
         }
         conn.reused = true;
-        conn.idle_since = Instant::now();
+        conn.idle_since = coarse_now();
         conn.rbuf.shrink_idle(8192);
         idle.push(conn);
     }
@@ -106,7 +107,7 @@ impl Pool {
                         stream,
                         rbuf: ReadBuf::with_capacity(8192),
                         reused: false,
-                        idle_since: Instant::now(),
+                        idle_since: coarse_now(),
                     });
                 }
                 Err(e) => last = e,

@@ -62,53 +62,51 @@ fn keep(head: &ResponseHead, buf: &[u8], name: &str) -> Option<Vec<u8>> {
     head.header(buf, name).map(<[u8]>::to_vec)
 }
 
-/// Reads the response head (skipping 1xx interim responses) within `wait`.
+/// Reads the response head (skipping 1xx interim responses) within `wait`:
+/// one deadline for the whole head, registered only if a read has to wait.
 pub async fn read_response_head(
     conn: &mut UpstreamConn,
     wait: Duration,
     method: Method,
 ) -> Result<UpstreamHead, ReadError> {
     let limits = HeadLimits::default();
-    let deadline = std::time::Instant::now() + wait;
     let mut any_bytes = !conn.rbuf.is_empty();
-    loop {
-        if !conn.rbuf.is_empty() {
-            match parse_response(conn.rbuf.data(), &limits, method) {
-                Ok(Some(head)) => {
-                    let buf = conn.rbuf.data();
-                    let parsed = UpstreamHead {
-                        status: head.status,
-                        framing: head.framing,
-                        keep_alive: head.keep_alive,
-                        content_type: keep(&head, buf, "content-type"),
-                        retry_after: keep(&head, buf, "retry-after"),
-                    };
-                    conn.rbuf.consume(head.head_len);
-                    if head.is_informational() {
-                        continue;
+    let read = with_timeout(wait, async {
+        loop {
+            if !conn.rbuf.is_empty() {
+                match parse_response(conn.rbuf.data(), &limits, method) {
+                    Ok(Some(head)) => {
+                        let buf = conn.rbuf.data();
+                        let parsed = UpstreamHead {
+                            status: head.status,
+                            framing: head.framing,
+                            keep_alive: head.keep_alive,
+                            content_type: keep(&head, buf, "content-type"),
+                            retry_after: keep(&head, buf, "retry-after"),
+                        };
+                        conn.rbuf.consume(head.head_len);
+                        if head.is_informational() {
+                            continue;
+                        }
+                        return Ok(Ok(parsed));
                     }
-                    return Ok(parsed);
+                    Ok(None) => {}
+                    Err(e) => return Ok(Err(ReadError::Protocol(e.to_string()))),
                 }
-                Ok(None) => {}
-                Err(e) => return Err(ReadError::Protocol(e.to_string())),
+            }
+            match conn
+                .rbuf
+                .fill(&mut conn.stream, 4096, limits.max_head_bytes)
+                .await?
+            {
+                Some(Filled::Bytes(_)) => any_bytes = true,
+                Some(Filled::Eof) => return Ok(Err(ReadError::Eof { any_bytes })),
+                None => return Ok(Err(ReadError::Protocol("response head too large".into()))),
             }
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(ReadError::Timeout);
-        }
-        match with_timeout(
-            left,
-            conn.rbuf
-                .fill(&mut conn.stream, 4096, limits.max_head_bytes),
-        )
-        .await?
-        {
-            Some(Filled::Bytes(_)) => any_bytes = true,
-            Some(Filled::Eof) => return Err(ReadError::Eof { any_bytes }),
-            None => return Err(ReadError::Protocol("response head too large".into())),
-        }
-    }
+    })
+    .await;
+    read.unwrap_or_else(|e| Err(e.into()))
 }
 
 /// What one step of body reading produced.

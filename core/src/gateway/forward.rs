@@ -61,7 +61,7 @@ pub async fn forward(
         wire: &http.wire,
         reply,
         client: call.client,
-        ctx: call.reply_ctx(&target.model),
+        model: &target.model,
         call,
     };
     if streamed {

@@ -61,8 +61,8 @@ pub async fn serve(
         conn.closed().await;
         return Attempt::Done(Outcome::CLOSE);
     }
-    let created = call.now_unix;
     let ctx = call.reply_ctx(&target.model);
+    let created = ctx.created;
     let prompt_tokens = mock::estimate_tokens(req.body.len());
     let limit = facts.max_tokens.map_or(usize::MAX, |m| m as usize);
     let n = b.output_tokens.min(limit);

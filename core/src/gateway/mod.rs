@@ -67,8 +67,6 @@ pub struct Call<'a> {
     pub api: Api,
     pub client: ClientDialect,
     pub rid: &'a str,
-    /// Unix seconds at arrival (`created` of translated answers).
-    pub now_unix: u64,
     /// Headers every response to this call carries (rate limits, fallback).
     pub headers: Vec<(&'static str, String)>,
     /// Tokens reserved for the prompt, the estimate for a cut stream.
@@ -106,7 +104,8 @@ impl Call<'_> {
 
     /// What translators need to render answers for this client. Answers
     /// name the model that served them (`target`), as pass-through answers
-    /// do: the alias is what the client asked for, not what ran.
+    /// do: the alias is what the client asked for, not what ran. Built only
+    /// for answers that are rendered, not for those relayed as they came.
     pub fn reply_ctx(&self, served_model: &str) -> ReplyCtx {
         ReplyCtx {
             id: match self.client {
@@ -114,11 +113,18 @@ impl Call<'_> {
                 ClientDialect::Anthropic => format!("msg_{}", self.rid.replace('-', "_")),
             },
             model: served_model.to_owned(),
-            created: self.now_unix,
+            created: unix_now(),
             // An Anthropic stream ends with its usage, so always ask for it.
             include_usage: self.facts.include_usage || self.client == ClientDialect::Anthropic,
         }
     }
+}
+
+/// Unix seconds now (`created` of rendered answers).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// An error response in the client's dialect, with `headers`.
@@ -299,9 +305,6 @@ async fn handle_api(
         api,
         client,
         rid,
-        now_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
         headers,
         prompt_estimate: ticket.prompt_estimate(),
         metered: RefCell::new(None),

@@ -165,9 +165,7 @@ fn prepare_ctx<'a>(target: &'a Target, key: Option<&'a str>) -> PrepareCtx<'a> {
     PrepareCtx {
         model: &target.model,
         api_key: key,
-        now_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        now_unix: super::unix_now(),
     }
 }
 

@@ -19,10 +19,10 @@ use crate::error::GatewayError;
 use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
-use shardgate_proto::json::tape::JsonParser;
+use shardgate_proto::json::find_top_level;
 use shardgate_proto::openai::{extract_usage, Usage};
 use shardgate_proto::sse::SseFramer;
-use shardgate_providers::{gemini, ReplyCtx, StreamTranslator};
+use shardgate_providers::{gemini, StreamTranslator};
 
 /// An upstream's answer whose head has been read, with what relaying it
 /// needs to know about where it came from.
@@ -37,7 +37,8 @@ pub struct Answer<'a> {
     pub wire: &'a Wire,
     pub reply: Reply,
     pub client: ClientDialect,
-    pub ctx: ReplyCtx,
+    /// The upstream model (what is metered and priced).
+    pub model: &'a str,
     pub call: &'a Call<'a>,
 }
 
@@ -102,7 +103,7 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
         wire,
         reply,
         client,
-        ctx,
+        model,
         call,
     } = answer;
     let settings = shard.pool.settings();
@@ -132,25 +133,25 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     let mut usage = None;
     let translated = match reply {
         Reply::Same => {
-            usage = usage_of_body(shard, client, &body);
+            usage = usage_of_body(client, &body);
             Ok(body)
         }
         Reply::FromOpenAi => {
-            usage = usage_of_body(shard, ClientDialect::OpenAi, &body);
+            usage = usage_of_body(ClientDialect::OpenAi, &body);
             client.success_body(body)
         }
         Reply::FromWire => wire
             .provider()
-            .response_to_openai(&body, &ctx)
+            .response_to_openai(&body, &call.reply_ctx(model))
             .and_then(|(b, u)| {
                 usage = Some(openai_usage(&u));
                 client.success_body(b)
             }),
         Reply::GeminiEmbeddings => {
-            gemini::embeddings_response(&body, &ctx.model, call.facts.base64_embeddings)
+            gemini::embeddings_response(&body, model, call.facts.base64_embeddings)
         }
     };
-    call.meter(&ctx.model, usage, usage.is_none());
+    call.meter(model, usage, usage.is_none());
     let body = match translated {
         Ok(b) => b,
         Err(e) => {
@@ -203,13 +204,19 @@ impl Pipe {
             ),
             Reply::FromOpenAi => Pipe::Translate(Box::new(Translating {
                 wire: None,
-                egress: StreamEgress::from_openai(answer.client, &answer.ctx),
+                egress: StreamEgress::from_openai(
+                    answer.client,
+                    &answer.call.reply_ctx(answer.model),
+                ),
                 mid: Vec::new(),
             })),
-            Reply::FromWire => Pipe::Translate(Box::new(Translating {
-                wire: answer.wire.provider().stream_translator(answer.ctx.clone()),
-                egress: StreamEgress::from_openai(answer.client, &answer.ctx),
-                mid: Vec::new(),
+            Reply::FromWire => Pipe::Translate(Box::new({
+                let ctx = answer.call.reply_ctx(answer.model);
+                Translating {
+                    egress: StreamEgress::from_openai(answer.client, &ctx),
+                    wire: answer.wire.provider().stream_translator(ctx),
+                    mid: Vec::new(),
+                }
             })),
         }
     }
@@ -311,8 +318,6 @@ struct Tap {
     ended: bool,
     /// Content events relayed: the output estimate of a cut stream.
     events: u64,
-    /// Made at the first event that mentions usage.
-    json: Option<Box<JsonParser>>,
 }
 
 impl Tap {
@@ -323,7 +328,6 @@ impl Tap {
             usage: None,
             ended: false,
             events: 0,
-            json: None,
         }
     }
 
@@ -332,18 +336,14 @@ impl Tap {
         let json = json_of_event(raw);
         match self.client {
             ClientDialect::OpenAi => {
-                if json.is_empty() && contains(raw, b"[DONE]") {
+                if json.is_empty() && needle::DONE.find(raw).is_some() {
                     self.ended = true;
                     return true;
                 }
-                let usage = match contains(json, b"\"usage\"") {
-                    true => extract_usage(json, self.json.get_or_insert_default()),
-                    false => None,
-                };
-                if let Some(u) = usage {
+                if let Some(u) = extract_usage(json) {
                     self.usage = Some(u);
                     // The usage-only chunk OpenAI sends last has no choices.
-                    if !self.client_wants_usage && contains(json, b"\"choices\":[]") {
+                    if !self.client_wants_usage && needle::NO_CHOICES.find(json).is_some() {
                         return false;
                     }
                 } else {
@@ -352,11 +352,11 @@ impl Tap {
                 true
             }
             ClientDialect::Anthropic => {
-                if contains(json, b"\"message_stop\"") {
+                if needle::MESSAGE_STOP.find(json).is_some() {
                     self.ended = true;
-                } else if contains(json, b"\"usage\"") {
+                } else if needle::USAGE.find(json).is_some() {
                     anthropic_stream_usage(json, &mut self.usage);
-                } else if contains(json, b"\"content_block_delta\"") {
+                } else if needle::CONTENT_DELTA.find(json).is_some() {
                     self.events += 1;
                 }
                 true
@@ -365,8 +365,18 @@ impl Tap {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
+/// What [`Tap`] looks for in every event; each searcher is built once,
+/// not per event.
+mod needle {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+
+    type Needle = LazyLock<Finder<'static>>;
+    pub static DONE: Needle = LazyLock::new(|| Finder::new(b"[DONE]"));
+    pub static NO_CHOICES: Needle = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
+    pub static MESSAGE_STOP: Needle = LazyLock::new(|| Finder::new(b"\"message_stop\""));
+    pub static USAGE: Needle = LazyLock::new(|| Finder::new(b"\"usage\""));
+    pub static CONTENT_DELTA: Needle = LazyLock::new(|| Finder::new(b"\"content_block_delta\""));
 }
 
 /// The JSON of a one-line `data:` event (empty when there is none).
@@ -408,13 +418,12 @@ fn anthropic_stream_usage(json: &[u8], usage: &mut Option<Usage>) {
 }
 
 /// Usage of a whole body in `dialect`.
-fn usage_of_body(shard: &Shard, dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
+fn usage_of_body(dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
     match dialect {
-        ClientDialect::OpenAi => extract_usage(body, &mut shard.json.borrow_mut()),
+        ClientDialect::OpenAi => extract_usage(body),
         ClientDialect::Anthropic => {
-            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-            let u: shardgate_proto::anthropic::Usage =
-                serde_json::from_value(v.get("usage")?.clone()).ok()?;
+            let usage = &body[find_top_level(body, "usage")?];
+            let u: shardgate_proto::anthropic::Usage = serde_json::from_slice(usage).ok()?;
             Some(openai_usage(&shardgate_providers::anthropic::usage(&u)))
         }
     }
@@ -466,7 +475,7 @@ pub async fn stream(
         served_by,
         client,
         call,
-        ctx,
+        model,
         ..
     } = answer;
     let client_head = respond::stream_head(head.status, rid, &call.extra(served_by));
@@ -501,7 +510,7 @@ pub async fn stream(
         let failure = match step {
             // The client left: dropping `up` closes the upstream connection.
             None => {
-                meter_stream(call, &ctx.model, pipe.usage(), true, pipe.events());
+                meter_stream(call, model, pipe.usage(), true, pipe.events());
                 return Attempt::Done(Outcome::CLOSE);
             }
             Some(Ok(_)) if feed_error.is_some() => Some(GatewayError::UpstreamProtocol {
@@ -512,7 +521,7 @@ pub async fn stream(
             Some(Ok(BodyStep::End)) => {
                 let events = pipe.events();
                 let (usage, cut) = pipe.finish(&mut out);
-                meter_stream(call, &ctx.model, usage, cut, events);
+                meter_stream(call, model, usage, cut, events);
                 if head.keep_alive {
                     shard.pool.checkin(provider, up);
                 }
@@ -525,7 +534,7 @@ pub async fn stream(
         };
         if let Some(err) = failure {
             log::info!("{rid}: stream from {name} failed: {err}");
-            meter_stream(call, &ctx.model, pipe.usage(), true, pipe.events());
+            meter_stream(call, model, pipe.usage(), true, pipe.events());
             pipe.fail(&err, &mut out, client);
             return Attempt::Done(match conn.write(&out).await {
                 Ok(()) => Outcome::KEEP,
@@ -534,7 +543,7 @@ pub async fn stream(
         }
         if !out.is_empty() {
             if conn.write(&out).await.is_err() {
-                meter_stream(call, &ctx.model, pipe.usage(), true, pipe.events());
+                meter_stream(call, model, pipe.usage(), true, pipe.events());
                 return Attempt::Done(Outcome::CLOSE);
             }
             out.clear();

@@ -7,7 +7,7 @@
 
 use crate::chunked::{ChunkedDecoder, ChunkedError, ChunkedLimits};
 use crate::h1::{parse_request, parse_response, HeadLimits, Method, Span};
-use crate::json::{find_top_level, patch_object, top_level_members, Edit};
+use crate::json::{find_top_level, members_rev, patch_object, top_level_members, Edit};
 use crate::sse::{SseError, SseFramer};
 
 /// `parse_request` never panics; a parsed head's spans lie within its
@@ -184,10 +184,19 @@ pub fn json(data: &[u8]) {
         );
         assert_eq!(patched, serde_json::Value::Object(expected));
     }
+    // Walking back never panics and stays in bounds, whatever the input...
+    let mut back: Vec<_> = members_rev(data).collect();
+    for m in &back {
+        assert!(m.key.end < m.value.start && m.value.end <= data.len());
+    }
+    let _ = crate::openai::extract_usage(data);
     if let Ok(members) = top_level_members(data) {
         for m in &members {
             assert!(m.key.end < m.value.start && m.value.end <= data.len());
         }
+        // ... and on a valid object finds exactly what the scan found.
+        back.reverse();
+        assert_eq!(back, members);
         // On a valid object the fast lookup finds what the scan found: the
         // last member of each name.
         for m in &members {
