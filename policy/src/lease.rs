@@ -399,26 +399,66 @@ impl LocalQuota {
         (refill, low)
     }
 
+    /// The lease, if it is one of the minute window current at `now`.
+    fn current(&self, now: Timestamp) -> Option<&Lease> {
+        self.lease
+            .as_ref()
+            .filter(|l| now >= l.window_start && now < l.expires_at)
+    }
+
     /// What is left of the current lease at `now`.
     pub fn remaining(&self, now: Timestamp) -> Quota {
-        match &self.lease {
-            Some(l) if now < l.expires_at && now >= l.window_start => l.quota(),
-            _ => Quota::ZERO,
-        }
+        self.current(now).map_or(Quota::ZERO, Lease::quota)
     }
 
     /// What the owner had unleased at the last grant, while that grant's
     /// window lasts (an estimate for headers, never for admission).
     pub fn owner_left(&self, now: Timestamp) -> Quota {
-        match &self.lease {
-            Some(l) if now < l.expires_at && now >= l.window_start => l.owner_left,
-            _ => Quota::ZERO,
-        }
+        self.current(now).map_or(Quota::ZERO, |l| l.owner_left)
     }
 
     /// The owner's spend as of the last grant.
     pub fn spend_snapshot(&self) -> Option<u64> {
         self.lease.map(|l| l.spend_used_micros)
+    }
+
+    /// The bucket's counters as this shard can tell them, for `decide` and
+    /// the rate-limit headers (admission itself only takes from the lease).
+    ///
+    /// While a lease of the current window is held: each limit minus what
+    /// the lease and the owner (at the grant) had left. Without one (none
+    /// granted yet, or its window has ended) this shard knows nothing of the
+    /// current window, so nothing counts as used and `try_take` asks the
+    /// owner. Counting the unknown as all used would make `decide` refuse
+    /// before `try_take` could ask, and so refuse the bucket for good. The
+    /// spend snapshot holds for the month of its grant.
+    pub fn view(&self, limits: &Limits, now: Timestamp) -> Counters {
+        let mut c = Counters::new(now);
+        if let Some(l) = self.current(now) {
+            let left = l.quota().saturating_add(l.owner_left);
+            let used = |limit: Option<u64>, left: u64| limit.map_or(0, |l| l.saturating_sub(left));
+            c.add(
+                LimitKind::RequestsPerMinute,
+                used(limits.requests_per_minute, left.requests),
+                now,
+            );
+            c.add(
+                LimitKind::TokensPerMinute,
+                used(limits.tokens_per_minute, left.tokens),
+                now,
+            );
+            c.add(
+                LimitKind::TokensPerDay,
+                used(limits.tokens_per_day, left.tokens),
+                now,
+            );
+        }
+        if let Some(l) = &self.lease {
+            if Period::Month.start(l.day_start) == Period::Month.start(now) {
+                c.add(LimitKind::MonthlySpend, l.spend_used_micros, now);
+            }
+        }
+        c
     }
 
     /// Drops an expired lease, returning its unused quota.

@@ -442,3 +442,100 @@ fn lease_overshoot_is_zero() {
         );
     }
 }
+
+/// The e2e policy of tests/python/test_policy.py, run on 2 shards: a
+/// non-owner shard is served from a lease, its lease's window ends, and the
+/// next request to that shard must still be decided on its merits. The view
+/// `decide` gets from a lease of an ended window used to count the whole
+/// limit as used ("budget exhausted: tokens_per_day (limit 2000000, used
+/// 2000000)"), and since `decide` refused before `try_take` could ask the
+/// owner for a new lease, the shard refused the bucket for good.
+#[test]
+fn a_non_owner_whose_lease_ended_asks_again_instead_of_refusing() {
+    use crate::config::PolicyEntry;
+    use crate::decide::{decide, Decision, DenyReason, RequestFacts};
+    use crate::policy::PolicySet;
+
+    let yaml = "
+- ai_runtime_policy:
+    actor_scope: {team: support-platform, environment: production}
+    budgets: {requests_per_minute: 1000, tokens_per_day: 2000000, monthly_spend_usd: 5000}
+";
+    let entries: Vec<PolicyEntry> = serde_yaml_ng::from_str(yaml).unwrap();
+    let set = PolicySet::compile(&entries).unwrap();
+    let actor = crate::policy::tests::actor("support-platform", "production");
+    let resolved = set.resolve(&actor);
+    let [bucket] = resolved.buckets() else {
+        panic!("one bucket")
+    };
+    let limits = bucket.limits;
+    let facts = RequestFacts {
+        model: "demo",
+        estimated_prompt_tokens: 12,
+        max_output_tokens: None,
+        tool_names: &[],
+    };
+    let t = T0.plus_ms(11 * 3_600_000 + 50_000); // 11:00:50Z
+    let mut owner = LeaseManager::new(limits, t);
+    let (refill, low) = LocalQuota::suggested_refill(&limits, 2);
+    let mut lq = LocalQuota::new(1, refill, low);
+    let mut out = Vec::new();
+
+    // One request on shard 1, as core runs it: decide on the view (fresh
+    // counters while the slot is not open yet), take from the lease (first
+    // asking the owner), settle small real usage.
+    let mut serve = |lq: &mut LocalQuota, owner: &mut LeaseManager, now: Timestamp, open: bool| {
+        let views = [if open {
+            lq.view(&limits, now)
+        } else {
+            Counters::new(now)
+        }];
+        let r = match decide(&resolved, &facts, &views, now) {
+            Decision::Allow { reservation, .. } => reservation,
+            Decision::Deny(reason) => return Err(reason),
+        };
+        let mut take = lq.try_take(Quota::of(&r), now, &mut out);
+        while let Some(msg) = out.pop() {
+            if let Some((_, lease)) = owner.on_message(msg, now) {
+                lq.on_grant(lease, now, &mut out);
+            }
+            if take == Take::WaitForGrant {
+                take = lq.try_take(Quota::of(&r), now, &mut out);
+            }
+        }
+        assert_eq!(take, Take::Admitted);
+        lq.settle(&r, 17, 30, now, &mut out);
+        while let Some(msg) = out.pop() {
+            owner.on_message(msg, now);
+        }
+        Ok(())
+    };
+
+    for i in 0..5 {
+        serve(&mut lq, &mut owner, t.plus_ms(i * 1000), i > 0).unwrap();
+    }
+    // The next minute (and any time after it): the lease of 11:00 has ended.
+    for later in [t.plus_ms(15_000), t.plus_ms(3_600_000)] {
+        let views = [lq.view(&limits, later)];
+        assert_eq!(views[0].used(LimitKind::TokensPerDay, later), 0);
+        match decide(&resolved, &facts, &views, later) {
+            Decision::Allow { .. } => {}
+            Decision::Deny(DenyReason::BudgetExhausted { kind, used, .. }) => {
+                panic!("{kind} refused as used {used} after 5 small requests")
+            }
+            Decision::Deny(reason) => panic!("{reason}"),
+        }
+        serve(&mut lq, &mut owner, later, true).unwrap();
+    }
+    // The ended leases went back: the owner counts only real usage for the
+    // day, and what the current lease holds.
+    let day = owner
+        .counters()
+        .used(LimitKind::TokensPerDay, t.plus_ms(3_600_000));
+    assert_eq!(day, 7 * 17 + lq.remaining(t.plus_ms(3_600_000)).tokens);
+
+    // A spend snapshot from last month says nothing about this one.
+    let next_month = Period::Month.end(Period::Month.start(t));
+    let views = [lq.view(&limits, next_month)];
+    assert_eq!(views[0].used(LimitKind::MonthlySpend, next_month), 0);
+}

@@ -285,9 +285,9 @@ impl Admission {
         })
     }
 
-    /// Counters as this shard sees each bucket: the owner's own; elsewhere a
-    /// view built from the lease (what the owner had left when it granted,
-    /// plus what is left of the lease), with the owner's spend snapshot.
+    /// Counters as this shard sees each bucket: the owner's own; elsewhere
+    /// the lease's view ([`LocalQuota::view`]: unknown, so unused, while no
+    /// lease of the current window is held).
     fn views(&self, resolved: &Resolved<'_>, now: Timestamp) -> Vec<Counters> {
         let slots = self.slots.borrow();
         resolved
@@ -295,31 +295,7 @@ impl Admission {
             .iter()
             .map(|b| match slots.get(b.scope_key) {
                 Some(Slot::Owned(lm)) => *lm.counters(),
-                Some(Slot::Leased(lq, _)) => {
-                    let mut c = Counters::new(now);
-                    let left = lq.remaining(now).saturating_add(lq.owner_left(now));
-                    let used =
-                        |limit: Option<u64>, left: u64| limit.map_or(0, |l| l.saturating_sub(left));
-                    c.add(
-                        LimitKind::RequestsPerMinute,
-                        used(b.limits.requests_per_minute, left.requests),
-                        now,
-                    );
-                    c.add(
-                        LimitKind::TokensPerMinute,
-                        used(b.limits.tokens_per_minute, left.tokens),
-                        now,
-                    );
-                    c.add(
-                        LimitKind::TokensPerDay,
-                        used(b.limits.tokens_per_day, left.tokens),
-                        now,
-                    );
-                    if let Some(spend) = lq.spend_snapshot() {
-                        c.add(LimitKind::MonthlySpend, spend, now);
-                    }
-                    c
-                }
+                Some(Slot::Leased(lq, _)) => lq.view(&b.limits, now),
                 None => Counters::new(now),
             })
             .collect()
