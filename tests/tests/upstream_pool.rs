@@ -171,11 +171,19 @@ fn body_ended_by_the_providers_close_is_seen_at_once() {
         }
     });
     let gw = gateway_for(addr);
-    let mut c = connect(gw.addr());
-    for _ in 0..50 {
-        c.send(&post("/v1/chat/completions", CHAT));
-        let r = c.read_response();
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json()["choices"][0]["message"]["content"], "closed");
-    }
+    // Several clients at once: the FIN's readiness event then often lands
+    // among others (a lost POLLRDHUP hung one request in a few runs).
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut c = connect(gw.addr());
+                for _ in 0..50 {
+                    c.send(&post("/v1/chat/completions", CHAT));
+                    let r = c.read_response();
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    assert_eq!(r.json()["choices"][0]["message"]["content"], "closed");
+                }
+            });
+        }
+    });
 }

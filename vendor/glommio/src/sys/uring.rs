@@ -562,9 +562,18 @@ where
         }
 
         if value.flags().contains(iou::cqe::CompletionFlags::MORE) {
+            // Shardgate: only multishot polls complete with MORE, and their
+            // results are readiness masks. Events not yet taken accumulate:
+            // overwriting would lose a POLLRDHUP reported before a later
+            // plain POLLIN, and with it the peer's FIN (the stream would
+            // wait for an event that already came).
             let src = source_map.borrow()[from_user_data(value.user_data())].clone();
             let mut inner = src.borrow_mut();
-            inner.wakers.result = Some(transmute_error(value.result()));
+            let new = transmute_error(value.result());
+            inner.wakers.result = Some(match (inner.wakers.result.take(), new) {
+                (Some(Ok(seen)), Ok(mask)) => Ok(seen | mask),
+                (_, new) => new,
+            });
             return Some((inner.wakers.wake_waiters(), false));
         }
 
