@@ -5,6 +5,7 @@
 use crate::admission::Admission;
 use crate::client::{Endpoint, Pool};
 use crate::config::{Config, ProviderKind};
+use crate::gateway::PassHeads;
 use glommio::sync::Semaphore;
 use shardgate_proto::json::tape::JsonParser;
 use std::cell::{Cell, RefCell};
@@ -19,6 +20,8 @@ pub struct Shard {
     pub pool: Pool,
     /// One per provider; `None` for in-process providers.
     pub endpoints: Vec<Option<Endpoint>>,
+    /// One per provider: pass-through head prefixes, where they are fixed.
+    pub pass_heads: Vec<Option<PassHeads>>,
     /// Current TLS config per listener (`None` for plain listeners); replaced
     /// on certificate reload, read at each handshake.
     pub tls: Vec<RefCell<Option<Arc<rustls::ServerConfig>>>>,
@@ -57,12 +60,21 @@ impl Shard {
                 ProviderKind::Mock(_) => None,
             })
             .collect();
+        let pass_heads = config
+            .providers
+            .iter()
+            .map(|p| match &p.kind {
+                ProviderKind::Http(h) => PassHeads::new(h, &h.base.authority()),
+                ProviderKind::Mock(_) => None,
+            })
+            .collect();
         let models_body = crate::gateway::models::render(&config);
         Rc::new(Self {
             id,
             admission: Admission::new(&config, Rc::new(keys), persist),
             pool: Pool::new(config.providers.len(), config.upstream.clone()),
             endpoints,
+            pass_heads,
             tls: tls.into_iter().map(RefCell::new).collect(),
             models_body,
             config,

@@ -250,6 +250,8 @@ pub struct Target {
     pub model: String,
     /// `provider/model`, the `x-shardgate-target` value (rendered once).
     pub served_by: String,
+    /// `model` as a JSON string, what pass-through bodies get (rendered once).
+    pub model_json: Vec<u8>,
 }
 
 impl Config {

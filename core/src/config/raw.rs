@@ -312,9 +312,12 @@ impl RawConfig {
                 if t.model.is_empty() {
                     return Err(field(format!("{path}.targets[{i}].model"), "is empty"));
                 }
+                let mut model_json = Vec::new();
+                shardgate_proto::json::write_json_string(&mut model_json, &t.model);
                 targets.push(Target {
                     provider,
                     served_by: format!("{}/{}", t.provider, t.model),
+                    model_json,
                     model: t.model,
                 });
             }

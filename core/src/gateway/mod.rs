@@ -9,6 +9,7 @@ mod mock;
 pub mod models;
 mod plan;
 mod relay;
+pub use plan::PassHeads;
 
 use crate::admission::Refusal;
 use crate::config::{ModelRoute, ProviderKind};

@@ -15,7 +15,7 @@ use crate::config::{HttpProvider, Target, Wire};
 use crate::error::GatewayError;
 use shardgate_proto::anthropic as a;
 use shardgate_proto::h1::{write_content_length, write_header};
-use shardgate_proto::json::{patch_object_into, write_json_string, Edit};
+use shardgate_proto::json::{patch_object_into, Edit};
 use shardgate_providers::openai::Operation;
 use shardgate_providers::{gemini, ChatRequest, Dialect, PrepareCtx, TranslateError};
 
@@ -49,10 +49,10 @@ impl UpstreamRequest {
 }
 
 /// What goes after the head.
-enum UpBody {
+enum UpBody<'t> {
     Bytes(Vec<u8>),
     /// The client's body with these edits (see [`patch_model`]).
-    Patched(ModelPatch),
+    Patched(ModelPatch<'t>),
 }
 
 /// The upstream request for `call` to `target`, and how to read its answer.
@@ -84,6 +84,12 @@ pub fn build(
                     Api::Embeddings => Operation::Embeddings,
                     Api::Messages => return Err(unsupported()),
                 };
+                let cached = call.shard.pass_heads.get(target.provider);
+                if let Some(Some(heads)) = cached {
+                    let prefix = heads.get(op, call.facts.stream);
+                    let body = patch_model(call, target);
+                    return Ok((assemble(call, prefix, body), Reply::Same));
+                }
                 let (path, headers) = match &http.wire {
                     Wire::Azure(p) => p.endpoint(op, &target.model, key),
                     Wire::OpenAi(p) => p.endpoint(op, key),
@@ -173,9 +179,8 @@ fn prepare_ctx<'a>(target: &'a Target, key: Option<&'a str>) -> PrepareCtx<'a> {
 /// is touched or re-serialized. An OpenAI stream is also asked for its usage
 /// chunk (`stream_options.include_usage`), which accounting needs; the relay
 /// withholds that chunk from a client that did not ask for it.
-fn patch_model(call: &Call<'_>, target: &Target) -> UpBody {
-    let mut model = Vec::with_capacity(target.model.len() + 2);
-    write_json_string(&mut model, &target.model);
+fn patch_model<'t>(call: &Call<'_>, target: &'t Target) -> UpBody<'t> {
+    let model = &target.model_json;
     let ask_usage = call.client == ClientDialect::OpenAi
         && call.facts.stream
         && !call.facts.include_usage
@@ -183,17 +188,17 @@ fn patch_model(call: &Call<'_>, target: &Target) -> UpBody {
     UpBody::Patched(ModelPatch { model, ask_usage })
 }
 
-struct ModelPatch {
+struct ModelPatch<'t> {
     /// The upstream model name as a JSON string.
-    model: Vec<u8>,
+    model: &'t [u8],
     ask_usage: bool,
 }
 
-impl ModelPatch {
+impl ModelPatch<'_> {
     fn write(&self, out: &mut Vec<u8>, call: &Call<'_>) {
         let model = Edit::Set {
             key: "model",
-            value: &self.model,
+            value: self.model,
         };
         let usage = Edit::Set {
             key: "stream_options",
@@ -252,6 +257,19 @@ fn head_and_body(
     headers: &[(String, String)],
     body: UpBody,
 ) -> UpstreamRequest {
+    let prefix = head_prefix(http, authority, path, headers, call.facts.stream);
+    assemble(call, &prefix, body)
+}
+
+/// The request line and the headers that do not change between requests to
+/// one endpoint (everything but the request id and the length).
+fn head_prefix(
+    http: &HttpProvider,
+    authority: &str,
+    path: &str,
+    headers: &[(String, String)],
+    stream: bool,
+) -> Vec<u8> {
     let mut head = Vec::with_capacity(384);
     head.extend_from_slice(b"POST ");
     head.extend_from_slice(http.base.path.as_bytes());
@@ -264,7 +282,7 @@ fn head_and_body(
         write_header(&mut head, k, v.as_bytes());
     }
     if !has_accept {
-        let accept: &[u8] = if call.facts.stream {
+        let accept: &[u8] = if stream {
             b"text/event-stream"
         } else {
             b"application/json"
@@ -276,9 +294,17 @@ fn head_and_body(
         "user-agent",
         concat!("shardgate/", env!("CARGO_PKG_VERSION")).as_bytes(),
     );
-    write_header(&mut head, "x-request-id", call.rid.as_bytes());
-    // The head's size up to `content-length: N\r\n\r\n`, N at most 20 digits.
-    let room = head.len() + "content-length: \r\n\r\n".len() + 20;
+    head
+}
+
+/// `prefix`, the request id and length, and the body, in one buffer with the
+/// body copied once: it is written first, after room for the head, and the
+/// head then fills the room's end.
+fn assemble(call: &Call<'_>, prefix: &[u8], body: UpBody) -> UpstreamRequest {
+    const ID: &[u8] = b"x-request-id: ";
+    const LENGTH: &[u8] = b"content-length: ";
+    // At most 20 digits of length, and the id's line.
+    let room = prefix.len() + ID.len() + call.rid.len() + 2 + LENGTH.len() + 20 + 4;
     let mut buf = Vec::with_capacity(room + call.req.body.len() + 64);
     buf.resize(room, 0);
     match &body {
@@ -286,9 +312,49 @@ fn head_and_body(
         UpBody::Patched(p) => p.write(&mut buf, call),
     }
     let body_len = buf.len() - room;
-    write_content_length(&mut head, body_len);
-    head.extend_from_slice(b"\r\n");
-    let start = room - head.len();
-    buf[start..room].copy_from_slice(&head);
+    let mut tail = Vec::with_capacity(ID.len() + call.rid.len() + LENGTH.len() + 26);
+    write_header(&mut tail, "x-request-id", call.rid.as_bytes());
+    write_content_length(&mut tail, body_len);
+    tail.extend_from_slice(b"\r\n");
+    let start = room - prefix.len() - tail.len();
+    buf[start..start + prefix.len()].copy_from_slice(prefix);
+    buf[start + prefix.len()..room].copy_from_slice(&tail);
     UpstreamRequest { buf, start }
+}
+
+/// Head prefixes of pass-through requests to one OpenAI-wire provider, by
+/// operation and by whether the answer streams: rendered once per shard
+/// (the config does not change under a running shard), where each request
+/// used to render the path, auth and accept headers again.
+pub struct PassHeads([[Vec<u8>; 2]; 3]);
+
+impl PassHeads {
+    /// None for providers whose heads vary per request (Azure puts the
+    /// model in the path) or cannot be made (a missing key: the request path
+    /// reports that).
+    pub fn new(http: &HttpProvider, authority: &str) -> Option<PassHeads> {
+        let Wire::OpenAi(p) = &http.wire else {
+            return None;
+        };
+        let key = http.api_key.as_ref().map(|k| k.expose());
+        let render = |op: Operation, stream: bool| {
+            let (path, headers) = p.endpoint(op, key).ok()?;
+            Some(head_prefix(http, authority, &path, &headers, stream))
+        };
+        let pair = |op| Some([render(op, false)?, render(op, true)?]);
+        Some(PassHeads([
+            pair(Operation::ChatCompletions)?,
+            pair(Operation::Completions)?,
+            pair(Operation::Embeddings)?,
+        ]))
+    }
+
+    fn get(&self, op: Operation, stream: bool) -> &[u8] {
+        let i = match op {
+            Operation::ChatCompletions => 0,
+            Operation::Completions => 1,
+            Operation::Embeddings => 2,
+        };
+        &self.0[i][usize::from(stream)]
+    }
 }
