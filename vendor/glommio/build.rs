@@ -25,6 +25,11 @@ fn main() {
     let configured_include = configure(&liburing);
 
     let src = liburing.join("src");
+    // Shardgate: the C sources are patched too (see vendor/README.md);
+    // rebuild them when they change, not only when build.rs does.
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=rusturing.c");
+    println!("cargo:rerun-if-changed={}", src.display());
 
     // liburing
     Build::new()

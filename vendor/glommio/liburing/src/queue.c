@@ -37,7 +37,10 @@ static inline bool sq_ring_needs_enter(struct io_uring *ring, unsigned *flags)
 
 static inline bool cq_ring_needs_flush(struct io_uring *ring)
 {
-	return IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_CQ_OVERFLOW;
+	/* Shardgate: also deferred task work (IORING_SETUP_DEFER_TASKRUN), which
+	 * only an io_uring_enter with GETEVENTS turns into completions. */
+	return IO_URING_READ_ONCE(*ring->sq.kflags) &
+	       (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN);
 }
 
 static int __io_uring_peek_cqe(struct io_uring *ring,

@@ -98,6 +98,11 @@ bitflags::bitflags! {
         /// With COOP_TASKRUN: the kernel flags pending task work in the SQ
         /// ring so user space can tell it should enter.
         const TASKRUN_FLAG = 1 << 9;
+        /// Only the creating thread submits (required by DEFER_TASKRUN).
+        const SINGLE_ISSUER = 1 << 12;
+        /// Completions are made only when the owning thread enters the
+        /// kernel to get events, never at an unrelated syscall's exit.
+        const DEFER_TASKRUN = 1 << 13;
     }
 }
 

@@ -822,16 +822,31 @@ impl PollRing {
 /// next kernel entry instead, which a network shard makes constantly, and
 /// always before it sleeps (io_uring_enter with GETEVENTS runs pending task
 /// work first). Older kernels refuse the flag: fall back to the default.
-/// (Shardgate patch; see vendor/README.md.)
-fn new_sleepable_ring(entries: u32) -> io::Result<iou::IoUring> {
-    match iou::IoUring::new_with_flags(
-        entries,
-        iou::SetupFlags::COOP_TASKRUN,
-        iou::SetupFeatures::empty(),
-    ) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => iou::IoUring::new(entries),
-        other => other,
+///
+/// `defer` (the main ring, where sockets wait) goes further with
+/// IORING_SETUP_DEFER_TASKRUN (Linux 6.1+): completions are made only when
+/// this thread asks for events, in a batch, never inside an unrelated
+/// send/recv's return path (which took the signal path and its lock per
+/// batch). The kernel raises IORING_SQ_TASKRUN while work is pending, and
+/// the vendored liburing's peek enters the kernel when it sees the flag on
+/// an empty CQ, so every place that consumes completions still sees them.
+/// The latency ring keeps plain COOP_TASKRUN: `need_preempt` reads its CQ
+/// without entering the kernel. (Shardgate patch; see vendor/README.md.)
+fn new_sleepable_ring(entries: u32, defer: bool) -> io::Result<iou::IoUring> {
+    use iou::SetupFlags as F;
+    let deferred = F::COOP_TASKRUN | F::TASKRUN_FLAG | F::SINGLE_ISSUER | F::DEFER_TASKRUN;
+    let attempts: &[F] = if defer {
+        &[deferred, F::COOP_TASKRUN]
+    } else {
+        &[F::COOP_TASKRUN]
+    };
+    for flags in attempts {
+        match iou::IoUring::new_with_flags(entries, F::from_bits_truncate(flags.bits()), iou::SetupFeatures::empty()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+            other => return other,
+        }
     }
+    iou::IoUring::new(entries)
 }
 
 impl UringCommon for PollRing {
@@ -953,7 +968,7 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: new_sleepable_ring(size as _)?,
+            ring: new_sleepable_ring(size as _, name == "main")?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
