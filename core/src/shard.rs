@@ -33,8 +33,8 @@ pub struct Shard {
     /// Connections currently open on this shard.
     pub open_connections: Cell<usize>,
     next_request: Cell<u64>,
-    /// simd-json buffers for request facts and response usage, warm across
-    /// requests. Borrowed only between awaits.
+    /// simd-json buffers for request facts, warm across requests. Borrowed
+    /// only between awaits.
     pub json: RefCell<JsonParser>,
 }
 

@@ -4,9 +4,10 @@
 //!
 //! Facts come from one structural scan of the body
 //! ([`top_level_members`], which pass-through patching reuses) and reading
-//! just the members that matter; nested values (`tools`, `stream_options`,
-//! `usage`) are parsed alone with simd-json ([`crate::json::tape`]), never
-//! the whole body (`messages` is most of it).
+//! just the members that matter; nested values (`tools`, `stream_options`)
+//! are parsed alone with simd-json ([`crate::json::tape`]), never the whole
+//! body (`messages` is most of it). Usage is read walking back from the
+//! answer's end ([`crate::json::members_rev`]), where providers put it.
 //!
 //! Invariants: types are checked, not coerced (`"stream": "true"` is an
 //! error, not `false`); JSON `null` is treated as absent for optional fields,
