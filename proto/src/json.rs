@@ -104,11 +104,7 @@ pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
 }
 
 fn key_is(json: &[u8], raw: &Range<usize>, key: &str) -> bool {
-    match json.get(raw.clone()) {
-        Some(k) if k == key.as_bytes() => true,
-        Some(k) if k.contains(&b'\\') => decode_key(json, raw).as_deref() == Some(key),
-        _ => false,
-    }
+    key_bytes(json, raw).is_some_and(|k| *k == *key.as_bytes())
 }
 
 /// A change to one top-level member.

@@ -72,6 +72,19 @@ ALIASES = (
 )
 
 
+def stream_text_until_error(stream) -> tuple[str, openai.APIError]:
+    """Content of a chat stream the gateway ends with an error event; fails
+    the test if it ended cleanly or by a dropped connection."""
+    received = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content or "")
+    # An error event in the stream, not a dropped connection.
+    assert not isinstance(info.value, openai.APIConnectionError), repr(info.value)
+    return "".join(received), info.value
+
+
 def binary(name: str) -> Path:
     path = BIN_DIR / name
     if not path.is_file():
