@@ -6,6 +6,7 @@ use crate::admission::Admission;
 use crate::client::{Endpoint, Pool};
 use crate::config::{Config, ProviderKind};
 use crate::gateway::PassHeads;
+use crate::server::{RequestId, RequestIds};
 use glommio::sync::Semaphore;
 use shardgate_proto::json::tape::JsonParser;
 use std::cell::{Cell, RefCell};
@@ -32,7 +33,7 @@ pub struct Shard {
     draining: Cell<bool>,
     /// Connections currently open on this shard.
     pub open_connections: Cell<usize>,
-    next_request: Cell<u64>,
+    request_ids: RequestIds,
     /// simd-json buffers for request facts, warm across requests. Borrowed
     /// only between awaits.
     pub json: RefCell<JsonParser>,
@@ -81,7 +82,7 @@ impl Shard {
             shutdown: Semaphore::new(0),
             draining: Cell::new(false),
             open_connections: Cell::new(0),
-            next_request: Cell::new(0),
+            request_ids: RequestIds::new(id),
             json: RefCell::new(JsonParser::default()),
         })
     }
@@ -102,10 +103,7 @@ impl Shard {
         let _ = self.shutdown.acquire(1).await;
     }
 
-    /// A request id unique across shards: shard id and a local counter.
-    pub fn request_id(&self) -> String {
-        let n = self.next_request.get();
-        self.next_request.set(n + 1);
-        format!("sg-{}-{n}", self.id)
+    pub fn request_id(&self) -> RequestId {
+        self.request_ids.next()
     }
 }

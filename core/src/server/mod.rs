@@ -3,10 +3,12 @@
 
 mod conn;
 mod request;
+mod request_id;
 pub mod respond;
 
 pub use conn::{send_error, ClientConn, Outcome};
 pub use request::Request;
+pub use request_id::{RequestId, RequestIds};
 
 use crate::io::{with_timeout, MaybeTls};
 use crate::shard::Shard;
