@@ -127,7 +127,9 @@ fn from_httparse(e: httparse::Error) -> H1Error {
     }
 }
 
-/// Header slots kept on the stack; larger `max_headers` fall back to a `Vec`.
+/// Header slots kept on the stack, uninitialised (httparse fills them; 128
+/// initialised slots were 4 KiB of stores per head); larger `max_headers`
+/// fall back to a `Vec`.
 const STACK_HEADERS: usize = 128;
 
 /// Outcome of [`scan_head`].
@@ -156,7 +158,7 @@ fn scan_head(buf: &[u8], strict_crlf: bool) -> Result<Scan, H1Error> {
         if seen_start_line && matches!(rest.first(), Some(b' ' | b'\t')) {
             return Err(H1Error::ObsFold);
         }
-        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+        let Some(nl) = memchr::memchr(b'\n', rest) else {
             return Ok(Scan::Partial);
         };
         let line = &rest[..nl];

@@ -9,6 +9,7 @@ use super::{
     find_header, from_httparse, list_items, parse_content_length, scan_head, span_of, trim_ows,
     ConnectionTokens, H1Error, HeadLimits, Header, Scan, Span, STACK_HEADERS,
 };
+use std::mem::MaybeUninit;
 
 /// Request method. Methods are case-sensitive (RFC 9110 §9.1), so `get` is
 /// [`Method::Other`].
@@ -102,12 +103,11 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
         Scan::Partial => (window, false),
     };
     let parsed = if limits.max_headers <= STACK_HEADERS {
-        let mut slots: [httparse::Header<'_>; STACK_HEADERS] =
-            [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut slots = [const { MaybeUninit::uninit() }; STACK_HEADERS];
         parse_with_slots(head, &mut slots[..limits.max_headers])?
     } else {
-        let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        parse_with_slots(head, &mut slots)?
+        let mut slots = Vec::with_capacity(limits.max_headers);
+        parse_with_slots(head, slots.spare_capacity_mut())?
     };
     match parsed {
         Some(head) => Ok(Some(head)),
@@ -121,10 +121,11 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
 
 fn parse_with_slots<'b>(
     head: &'b [u8],
-    slots: &mut [httparse::Header<'b>],
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Result<Option<RequestHead>, H1Error> {
-    let mut req = httparse::Request::new(slots);
-    let head_len = match req.parse(head).map_err(from_httparse)? {
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = req.parse_with_uninit_headers(head, slots);
+    let head_len = match parsed.map_err(from_httparse)? {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(None),
     };

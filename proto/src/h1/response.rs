@@ -10,6 +10,7 @@ use super::{
     find_header, from_httparse, list_items, parse_content_length, scan_head, span_of, trim_ows,
     ConnectionTokens, H1Error, HeadLimits, Header, Method, Scan, Span, STACK_HEADERS,
 };
+use std::mem::MaybeUninit;
 
 /// How the response body is delimited (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,12 +65,11 @@ pub fn parse_response(
         Scan::Partial => (window, false),
     };
     let parsed = if limits.max_headers <= STACK_HEADERS {
-        let mut slots: [httparse::Header<'_>; STACK_HEADERS] =
-            [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut slots = [const { MaybeUninit::uninit() }; STACK_HEADERS];
         parse_with_slots(head, &mut slots[..limits.max_headers], request_method)?
     } else {
-        let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        parse_with_slots(head, &mut slots, request_method)?
+        let mut slots = Vec::with_capacity(limits.max_headers);
+        parse_with_slots(head, slots.spare_capacity_mut(), request_method)?
     };
     match parsed {
         Some(head) => Ok(Some(head)),
@@ -81,11 +81,13 @@ pub fn parse_response(
 
 fn parse_with_slots<'b>(
     head: &'b [u8],
-    slots: &mut [httparse::Header<'b>],
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
     request_method: Method,
 ) -> Result<Option<ResponseHead>, H1Error> {
-    let mut res = httparse::Response::new(slots);
-    let head_len = match res.parse(head).map_err(from_httparse)? {
+    let mut res = httparse::Response::new(&mut []);
+    let parsed =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, head, slots);
+    let head_len = match parsed.map_err(from_httparse)? {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return Ok(None),
     };
