@@ -10,6 +10,7 @@
 //! crash-safe store (keys, usage, spend) and `cli/` the offline subcommands.
 
 pub mod admission;
+pub mod allocator;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: shardgate_core::allocator::Mimalloc = shardgate_core::allocator::Mimalloc;
 
 #[derive(Parser)]
 #[command(name = "shardgate", version, about = "A thread-per-core AI gateway")]
