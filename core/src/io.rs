@@ -111,6 +111,20 @@ impl ReadBuf {
         }
     }
 
+    /// Appends bytes read elsewhere.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        if self.buf.len() - self.end < bytes.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() - self.end < bytes.len() {
+                self.buf.resize(self.end + bytes.len(), 0);
+            }
+        }
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
     /// Drops capacity beyond `keep` while empty, so an idle connection that
     /// once carried a large request goes back to costing little.
     pub fn shrink_idle(&mut self, keep: usize) {
@@ -160,4 +174,26 @@ pub async fn write_all_timeout<S: AsyncWrite + Unpin>(
     dur: Duration,
 ) -> io::Result<()> {
     with_timeout(dur, stream.write_all(bytes)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadBuf;
+
+    #[test]
+    fn extend_keeps_unconsumed_bytes_in_order_and_grows_when_needed() {
+        let mut b = ReadBuf::with_capacity(8);
+        b.extend(b"abcdef");
+        b.consume(4);
+        // Room only after moving "ef" to the front.
+        b.extend(b"ghijkl");
+        assert_eq!(b.data(), b"efghijkl");
+        // No room at all: grows.
+        b.extend(b"mnop");
+        assert_eq!(b.data(), b"efghijklmnop");
+        b.consume(12);
+        assert!(b.is_empty());
+        b.extend(b"q");
+        assert_eq!(b.data(), b"q");
+    }
 }

@@ -37,6 +37,33 @@ fn keep_alive_and_pipelined_requests_answered_in_order() {
 }
 
 #[test]
+fn a_request_sent_while_the_previous_one_is_in_flight_is_answered_next() {
+    let mock = start_mock(Some("upstream-key"));
+    let gw = start_gateway(&config(
+        Some(mock.addr()),
+        "  slow: { targets: [ { provider: up, model: mock-ttft-300ms } ] }\n",
+    ));
+    let mut c = connect(gw.addr());
+    c.send(&post(
+        "/v1/chat/completions",
+        &CHAT.replace(r#""local""#, r#""slow""#),
+    ));
+    // The first request now waits on its upstream; the gateway reads what
+    // the client sends meanwhile and must keep it for later.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut second = post("/v1/chat/completions", CHAT);
+    second.extend(get("/healthz"));
+    c.send(&second);
+    let a = c.read_response();
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-shardgate-target"), Some("up/mock-ttft-300ms"));
+    let b = c.read_response();
+    assert_eq!(b.status, 200, "{}", b.text());
+    assert_eq!(b.header("x-shardgate-target"), Some("local/mock-1"));
+    assert_eq!(c.read_response().json()["status"], "ok");
+}
+
+#[test]
 fn chunked_request_body() {
     let gw = gateway();
     let mut c = connect(gw.addr());

@@ -198,7 +198,7 @@ impl Admission {
     /// is open, else those every applicable policy allows.
     pub fn visible_models<'m>(
         &self,
-        req: &Request,
+        req: &Request<'_>,
         all: impl Iterator<Item = &'m str>,
     ) -> Result<Vec<&'m str>, Refusal> {
         if self.is_open() {
@@ -213,7 +213,7 @@ impl Admission {
     /// the upstream model whose tokenizer estimates the prompt.
     pub async fn admit(
         &self,
-        req: &Request,
+        req: &Request<'_>,
         model: &str,
         tokenizer_model: impl Fn(&str) -> String,
         max_output_tokens: Option<u64>,

@@ -61,7 +61,7 @@ impl Api {
 /// to know about it.
 pub struct Call<'a> {
     pub shard: &'a Rc<Shard>,
-    pub req: &'a Request,
+    pub req: &'a Request<'a>,
     pub facts: &'a RequestFacts,
     /// The body's top-level members, from the facts' scan.
     pub members: &'a [Member],
@@ -184,7 +184,12 @@ pub enum Attempt {
     Failed(GatewayError),
 }
 
-pub async fn handle(shard: &Rc<Shard>, conn: &mut ClientConn, req: Request, rid: &str) -> Outcome {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    req: Request<'_>,
+    rid: &str,
+) -> Outcome {
     let method_name = || {
         String::from_utf8_lossy(
             &req.head_buf[..req.head_buf.iter().position(|&b| b == b' ').unwrap_or(0)],
@@ -234,7 +239,7 @@ async fn json_ok(conn: &mut ClientConn, body: &[u8], rid: &str) -> Outcome {
 async fn handle_api(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
-    req: &Request,
+    req: &Request<'_>,
     api: Api,
     rid: &str,
 ) -> Outcome {

@@ -5,7 +5,7 @@
 use super::request::{read_body, read_head, HeadRead, Request};
 use super::respond;
 use crate::error::GatewayError;
-use crate::io::{write_all_timeout, Filled, MaybeTls, ReadBuf};
+use crate::io::{write_all_timeout, MaybeTls, ReadBuf};
 use crate::shard::Shard;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -21,14 +21,16 @@ pub const IDLE_BUFFER: usize = 4096;
 
 pub struct ClientConn {
     pub stream: ClientStream,
-    pub rbuf: ReadBuf,
     pub peer: SocketAddr,
     /// Subject of the client certificate verified at the TLS handshake
     /// (listeners with `client_ca`), for identity.
     pub client_subject: Option<String>,
     write_timeout: Duration,
-    /// How many buffered bytes `closed` may accumulate from a client that
-    /// pipelines while its stream is being relayed.
+    /// Bytes the client sent while its request was being answered (a
+    /// pipelined next request), read by `closed`; they join the read buffer
+    /// once the request that borrows it is done.
+    pending: Vec<u8>,
+    /// How many bytes `pending` may hold.
     max_pending: usize,
 }
 
@@ -45,15 +47,17 @@ impl ClientConn {
     /// Bytes it sends meanwhile, such as a pipelined next request, are kept.
     /// Used to cancel upstream work nobody will read.
     pub async fn closed(&mut self) {
+        // Small reads into the future itself: most requests end without the
+        // client sending a byte, and then nothing is allocated.
+        let mut chunk = [0u8; 512];
         loop {
-            match self
-                .rbuf
-                .fill(&mut self.stream, 1024, self.max_pending)
-                .await
-            {
-                Ok(Some(Filled::Bytes(_))) => continue,
-                Ok(None) => return std::future::pending().await,
-                Ok(Some(Filled::Eof)) | Err(_) => return,
+            if self.pending.len() >= self.max_pending {
+                return std::future::pending().await;
+            }
+            let room = chunk.len().min(self.max_pending - self.pending.len());
+            match futures_lite::io::AsyncReadExt::read(&mut self.stream, &mut chunk[..room]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
             }
         }
     }
@@ -74,17 +78,20 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
     let mut conn = ClientConn {
         client_subject: client_subject(&stream),
         stream,
-        rbuf: ReadBuf::with_capacity(IDLE_BUFFER),
         peer,
         write_timeout: limits.write_timeout,
+        pending: Vec::new(),
         max_pending: limits.max_head_bytes + limits.max_body_bytes,
     };
     if let Some(subject) = &conn.client_subject {
         log::debug!("shard {} {peer}: client certificate {subject}", shard.id);
     }
+    // Requests are read here and borrowed by the handler from here: no copy
+    // of a head or body is made to answer them.
+    let mut rbuf = ReadBuf::with_capacity(IDLE_BUFFER);
     loop {
-        let head = match read_head(&shard, &mut conn).await {
-            HeadRead::Head(h, b) => (h, b),
+        let head = match read_head(&shard, &mut conn, &mut rbuf).await {
+            HeadRead::Head(h) => h,
             HeadRead::Closed => break,
             HeadRead::Error(e) => {
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
@@ -93,7 +100,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
             }
         };
         let request_id = shard.request_id();
-        let req = match read_body(&shard, &mut conn, head).await {
+        let req = match read_body(&shard, &mut conn, &mut rbuf, head).await {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
@@ -101,12 +108,17 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
                 break;
             }
         };
-        let keep_alive = req.head.keep_alive;
+        let (keep_alive, consumed) = (req.head.keep_alive, req.consumed);
         let outcome = handle_boxed(&shard, &mut conn, req, &request_id).await;
         if !keep_alive || !outcome.keep_alive || shard.draining() {
             break;
         }
-        conn.rbuf.shrink_idle(IDLE_BUFFER);
+        rbuf.consume(consumed);
+        if !conn.pending.is_empty() {
+            rbuf.extend(&conn.pending);
+            conn.pending = Vec::new();
+        }
+        rbuf.shrink_idle(IDLE_BUFFER);
     }
     let _ = conn.stream.close().await;
 }
@@ -116,7 +128,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
 async fn handle_boxed(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
-    req: Request,
+    req: Request<'_>,
     rid: &str,
 ) -> Outcome {
     Box::pin(crate::gateway::handle(shard, conn, req, rid)).await

@@ -2,24 +2,31 @@
 //! then its body within the body timeout and the body size limit. Every wait
 //! has a deadline and every buffer a bound.
 
-use super::conn::ClientConn;
+use super::conn::{ClientConn, ClientStream};
 use super::respond::CONTINUE_100;
 use crate::error::GatewayError;
-use crate::io::{with_timeout, Filled};
+use crate::io::{with_timeout, Filled, ReadBuf};
 use crate::shard::Shard;
 use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
 use shardgate_proto::h1::{parse_request, BodyFraming, HeadLimits, RequestHead};
+use std::borrow::Cow;
 use std::io;
 use std::time::{Duration, Instant};
 
-/// A request read in full. `head`'s spans index into `head_buf`.
-pub struct Request {
+/// A request read in full, borrowed from the connection's read buffer where
+/// it arrived: the head at `buf[..head_len]`, a `Content-Length` body right
+/// after it. Only a chunked body, decoded, is a copy (and its head with it).
+/// `head`'s spans index into `head_buf`.
+pub struct Request<'a> {
     pub head: RequestHead,
-    pub head_buf: Vec<u8>,
-    pub body: Vec<u8>,
+    pub head_buf: Cow<'a, [u8]>,
+    pub body: Cow<'a, [u8]>,
+    /// Bytes of the read buffer this request occupies, consumed once it has
+    /// been answered.
+    pub(super) consumed: usize,
 }
 
-impl Request {
+impl Request<'_> {
     pub fn path(&self) -> &[u8] {
         self.head.path(&self.head_buf)
     }
@@ -30,7 +37,8 @@ impl Request {
 }
 
 pub enum HeadRead {
-    Head(RequestHead, Vec<u8>),
+    /// A head, left at the front of the read buffer.
+    Head(RequestHead),
     /// The client closed, went idle past the keep-alive timeout, or the shard
     /// is draining: end the connection without a response.
     Closed,
@@ -38,13 +46,13 @@ pub enum HeadRead {
     Error(GatewayError),
 }
 
-pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
+pub async fn read_head(shard: &Shard, conn: &mut ClientConn, rbuf: &mut ReadBuf) -> HeadRead {
     let l = &shard.config.limits;
     let limits = HeadLimits {
         max_head_bytes: l.max_head_bytes,
         max_headers: l.max_headers,
     };
-    if conn.rbuf.is_empty() {
+    if rbuf.is_empty() {
         if shard.draining() {
             return HeadRead::Closed;
         }
@@ -53,7 +61,7 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
                 Some(
                     with_timeout(
                         l.idle_timeout,
-                        conn.rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes),
+                        rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes),
                     )
                     .await,
                 )
@@ -71,12 +79,8 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
     }
     let mut deadline = TimeLimit::after(l.head_timeout);
     loop {
-        match parse_request(conn.rbuf.data(), &limits) {
-            Ok(Some(head)) => {
-                let head_buf = conn.rbuf.data()[..head.head_len].to_vec();
-                conn.rbuf.consume(head.head_len);
-                return HeadRead::Head(head, head_buf);
-            }
+        match parse_request(rbuf.data(), &limits) {
+            Ok(Some(head)) => return HeadRead::Head(head),
             Ok(None) => {}
             Err(e) => return HeadRead::Error(e.into()),
         }
@@ -84,12 +88,7 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
         if left.is_zero() {
             return HeadRead::Error(GatewayError::RequestTimeout);
         }
-        match with_timeout(
-            left,
-            conn.rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes),
-        )
-        .await
-        {
+        match with_timeout(left, rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes)).await {
             Ok(Some(Filled::Bytes(_))) => {}
             Ok(None) => {
                 return HeadRead::Error(GatewayError::BadHead(
@@ -104,68 +103,84 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn) -> HeadRead {
     }
 }
 
-pub async fn read_body(
+pub async fn read_body<'b>(
     shard: &Shard,
     conn: &mut ClientConn,
-    (head, head_buf): (RequestHead, Vec<u8>),
-) -> Result<Request, GatewayError> {
+    rbuf: &'b mut ReadBuf,
+    head: RequestHead,
+) -> Result<Request<'b>, GatewayError> {
     let l = &shard.config.limits;
     let max = l.max_body_bytes;
     let mut deadline = TimeLimit::after(l.body_timeout);
+    let head_len = head.head_len;
     let wants_body = head.framing != BodyFraming::Empty;
     if let BodyFraming::Length(n) = head.framing {
         if n > max as u64 {
             return Err(GatewayError::BodyTooLarge { limit: max });
         }
     }
-    if wants_body && head.expect_continue && conn.rbuf.is_empty() {
+    if wants_body && head.expect_continue && rbuf.len() == head_len {
         conn.write(CONTINUE_100)
             .await
             .map_err(|_| GatewayError::RequestTimeout)?;
     }
-    let body = match head.framing {
-        BodyFraming::Empty => Vec::new(),
+    match head.framing {
+        BodyFraming::Empty => Ok(Request {
+            head,
+            head_buf: Cow::Borrowed(&rbuf.data()[..head_len]),
+            body: Cow::Borrowed(&[]),
+            consumed: head_len,
+        }),
         BodyFraming::Length(n) => {
-            let n = n as usize;
-            while conn.rbuf.len() < n {
-                let want = n - conn.rbuf.len();
-                fill_before(conn, &mut deadline, want, n).await?;
+            let end = head_len + n as usize;
+            while rbuf.len() < end {
+                let want = end - rbuf.len();
+                fill_before(&mut conn.stream, rbuf, &mut deadline, want, end).await?;
             }
-            let body = conn.rbuf.data()[..n].to_vec();
-            conn.rbuf.consume(n);
-            body
+            let (head_buf, body) = rbuf.data()[..end].split_at(head_len);
+            Ok(Request {
+                head,
+                head_buf: Cow::Borrowed(head_buf),
+                body: Cow::Borrowed(body),
+                consumed: end,
+            })
         }
+        // Rare, and decoded into a copy: the head is copied with it so the
+        // raw chunks can leave the buffer as they are decoded.
         BodyFraming::Chunked => {
+            let head_buf = rbuf.data()[..head_len].to_vec();
+            rbuf.consume(head_len);
             let mut dec = ChunkedDecoder::new(ChunkedLimits::default());
             let mut body = Vec::new();
             loop {
                 let d = dec
-                    .decode(conn.rbuf.data())
+                    .decode(rbuf.data())
                     .map_err(|e| GatewayError::BadBody(e.to_string()))?;
                 if body.len() + d.data.len() > max {
                     return Err(GatewayError::BodyTooLarge { limit: max });
                 }
-                body.extend_from_slice(&conn.rbuf.data()[d.data.clone()]);
-                conn.rbuf.consume(d.consumed);
+                body.extend_from_slice(&rbuf.data()[d.data.clone()]);
+                rbuf.consume(d.consumed);
                 if dec.is_done() {
                     break;
                 }
                 if d.consumed == 0 {
-                    fill_before(conn, &mut deadline, 16384, 1 << 20).await?;
+                    fill_before(&mut conn.stream, rbuf, &mut deadline, 16384, 1 << 20).await?;
                 }
             }
-            body
+            Ok(Request {
+                head,
+                head_buf: Cow::Owned(head_buf),
+                body: Cow::Owned(body),
+                consumed: 0,
+            })
         }
-    };
-    Ok(Request {
-        head,
-        head_buf,
-        body,
-    })
+    }
 }
 
 async fn fill_before(
-    conn: &mut ClientConn,
+    stream: &mut ClientStream,
+    rbuf: &mut ReadBuf,
     deadline: &mut TimeLimit,
     want: usize,
     max: usize,
@@ -174,7 +189,7 @@ async fn fill_before(
     if left.is_zero() {
         return Err(GatewayError::RequestTimeout);
     }
-    match with_timeout(left, conn.rbuf.fill(&mut conn.stream, want, max)).await {
+    match with_timeout(left, rbuf.fill(stream, want, max)).await {
         Ok(Some(Filled::Bytes(_))) => Ok(()),
         Ok(Some(Filled::Eof)) => Err(GatewayError::BadBody(
             "the connection closed before the body ended".into(),
