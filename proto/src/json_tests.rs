@@ -514,3 +514,26 @@ fn find_top_level_takes_the_last_top_level_member() {
     assert_eq!(find_top_level(br#"{"a":"\"#, "a"), None);
     assert_eq!(find_top_level(b"", "a"), None);
 }
+
+#[test]
+fn a_strings_plain_run_ends_at_the_first_quote_backslash_or_control_byte() {
+    let naive = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+    for len in 0..80 {
+        for fill in [b'a', b' ', b'!', b'#', b']', 0x7f, 0x80, 0xff] {
+            let plain = vec![fill; len];
+            assert_eq!(scan::plain_run(&plain), None, "{plain:?}");
+            for at in 0..len {
+                for stop in [b'"', b'\\', 0x00, 0x0a, 0x1f] {
+                    let mut b = plain.clone();
+                    b[at] = stop;
+                    assert_eq!(scan::plain_run(&b), naive(&b), "{b:?}");
+                    // A later stop never hides an earlier one.
+                    if at + 3 < len {
+                        b[at + 3] = b'"';
+                        assert_eq!(scan::plain_run(&b), Some(at), "{b:?}");
+                    }
+                }
+            }
+        }
+    }
+}

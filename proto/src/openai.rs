@@ -180,12 +180,19 @@ fn raw_bool(v: &[u8]) -> Option<bool> {
     }
 }
 
-/// A non-negative integer literal (no sign, fraction or exponent).
+/// A non-negative integer literal (no sign, fraction or exponent) that
+/// fits u64: plain digits, as every client and provider writes counts.
+/// Anything else (null, a fraction, a string, an overflow) is `None`.
 fn raw_count(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    v.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// `tools[].function.name` (OpenAI) or `tools[].name` (Anthropic). Tools
@@ -279,9 +286,9 @@ pub fn extract_usage(json: &[u8]) -> Option<Usage> {
     for m in members_rev(usage) {
         let value = &usage[m.value.clone()];
         match &*key_bytes(usage, &m.key).unwrap_or_default() {
-            b"prompt_tokens" => set(0, &mut u.prompt_tokens, token_count(value)),
-            b"completion_tokens" => set(1, &mut u.completion_tokens, token_count(value)),
-            b"total_tokens" => set(2, &mut u.total_tokens, token_count(value)),
+            b"prompt_tokens" => set(0, &mut u.prompt_tokens, raw_count(value)),
+            b"completion_tokens" => set(1, &mut u.completion_tokens, raw_count(value)),
+            b"total_tokens" => set(2, &mut u.total_tokens, raw_count(value)),
             b"prompt_tokens_details" => {
                 set(3, &mut u.cached_tokens, nested(value, "cached_tokens"))
             }
@@ -298,16 +305,7 @@ pub fn extract_usage(json: &[u8]) -> Option<Usage> {
 
 /// `inner` of the object `outer` (null or another type reads as absent).
 fn nested(outer: &[u8], inner: &str) -> Option<u64> {
-    find_top_level(outer, inner).and_then(|r| token_count(&outer[r]))
-}
-
-/// A non-negative integer that fits u64: plain digits, as every provider
-/// writes token counts. Anything else (null, a fraction, a string) is absent.
-fn token_count(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    find_top_level(outer, inner).and_then(|r| raw_count(&outer[r]))
 }
 
 /// A member, with JSON null read as absent.

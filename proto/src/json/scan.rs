@@ -10,6 +10,51 @@ pub(super) fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// Where a string's plain run ends: the first `"`, `\\` or control
+/// character in `rest`, or `None` when there is none (the string does not
+/// end).
+///
+/// Most strings in a request body are a few bytes (keys, roles, model
+/// names), so the first 32 bytes are searched eight at a time with word
+/// arithmetic, which needs no call or setup; longer strings (message
+/// content) go on with SIMD memchr2 and a vectorised control check.
+pub(super) fn plain_run(rest: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let short = rest.len().min(32) & !7;
+    let mut i = 0;
+    while i < short {
+        let w = u64::from_le_bytes(rest[i..i + 8].try_into().unwrap_or_default());
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // Per test, a byte's high bit is set where the byte matches; bytes
+        // above a match may be set spuriously (a borrow), never below, so
+        // the lowest set bit is always a true match.
+        let hits = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w);
+        let hits = hits & HIGH;
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let tail = &rest[i..];
+    if tail.len() < 8 {
+        return tail
+            .iter()
+            .position(|&b| matches!(b, b'"' | b'\\') || b < 0x20)
+            .map(|p| i + p);
+    }
+    let stop = memchr::memchr2(b'"', b'\\', tail);
+    let run = &tail[..stop.unwrap_or(tail.len())];
+    // A branch-free fold, so long runs are checked at SIMD speed.
+    if run.iter().fold(false, |any, &b| any | (b < 0x20)) {
+        return run.iter().position(|&b| b < 0x20).map(|p| i + p);
+    }
+    stop.map(|p| i + p)
+}
+
 /// Recursive-descent validator over RFC 8259's grammar. Recursion depth is
 /// bounded by [`MAX_DEPTH`].
 pub(super) struct Scanner<'a> {
@@ -108,18 +153,8 @@ impl Scanner<'_> {
         let start = self.i;
         loop {
             let rest = self.b.get(self.i..).unwrap_or_default();
-            // memchr2 is vectorized; the control-character check over the
-            // run is a branch-free fold, so long strings scan at SIMD speed.
-            let Some(quote_or_escape) = memchr::memchr2(b'"', b'\\', rest) else {
+            let Some(off) = plain_run(rest) else {
                 return Err(JsonError::Malformed("unterminated string"));
-            };
-            let run = &rest[..quote_or_escape];
-            let off = if run.iter().fold(false, |any, &b| any | (b < 0x20)) {
-                run.iter()
-                    .position(|&b| b < 0x20)
-                    .unwrap_or(quote_or_escape)
-            } else {
-                quote_or_escape
             };
             self.i += off;
             match self.next() {
