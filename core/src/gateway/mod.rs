@@ -22,6 +22,7 @@ use shardgate_proto::json::Member;
 use shardgate_proto::openai::Usage;
 use shardgate_proto::openai::{extract_facts, RequestFacts};
 use shardgate_providers::ReplyCtx;
+use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -88,8 +89,9 @@ pub struct Metered {
 
 impl Call<'_> {
     /// The headers of every response to this call, plus the served target.
-    pub fn extra<'b>(&'b self, served_by: &'b str) -> Vec<(&'b str, &'b [u8])> {
-        let mut v: Vec<(&str, &[u8])> = Vec::with_capacity(self.headers.len() + 1);
+    /// Inline: a call rarely carries more than a few.
+    pub fn extra<'b>(&'b self, served_by: &'b str) -> SmallVec<[(&'b str, &'b [u8]); 6]> {
+        let mut v = SmallVec::with_capacity(self.headers.len() + 1);
         v.push(("x-shardgate-target", served_by.as_bytes()));
         v.extend(self.headers.iter().map(|(k, val)| (*k, val.as_bytes())));
         v
@@ -288,16 +290,16 @@ async fn handle_api(
         }
     };
     let mut headers = std::mem::take(&mut ticket.headers);
-    let alias = match &ticket.fallback {
+    let alias: &str = match &ticket.fallback {
         Some(fallback) => {
             headers.push(("x-shardgate-fallback-model", fallback.clone()));
             headers.push(("x-shardgate-requested-model", facts.model.clone()));
-            fallback.clone()
+            fallback
         }
-        None => facts.model.clone(),
+        None => &facts.model,
     };
-    let Some(model) = config.models.get(&alias) else {
-        let e = GatewayError::ModelNotFound(alias);
+    let Some(model) = config.models.get(alias) else {
+        let e = GatewayError::ModelNotFound(alias.to_owned());
         shard
             .admission
             .settle(&ticket, "", Some(&Usage::default()), false);
