@@ -322,18 +322,23 @@ async fn shard_main(
 
 /// Settled usage goes to the store writer this often (so `kill -9` can lose
 /// at most this much of it), and owned buckets' changed windows every
-/// `COUNTER_EVERY` flushes; both once more at drain.
+/// `COUNTER_EVERY` flushes; both once more at drain. Ended leases go back to
+/// their owners every `LEASE_SWEEP_EVERY` flushes.
 const USAGE_PERSIST_EVERY: Duration = Duration::from_millis(10);
 const COUNTER_EVERY: u32 = 20;
+const LEASE_SWEEP_EVERY: u32 = 100;
 
 async fn persist(shard: Rc<Shard>) {
     let mut n = 0u32;
     while !shard.draining() {
         glommio::timer::sleep(USAGE_PERSIST_EVERY).await;
         shard.admission.persist_usage();
-        n += 1;
+        n = n.wrapping_add(1);
         if n % COUNTER_EVERY == 0 {
             shard.admission.persist_counters();
+        }
+        if n % LEASE_SWEEP_EVERY == 0 {
+            shard.admission.return_ended_leases();
         }
     }
 }

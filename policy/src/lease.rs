@@ -506,11 +506,22 @@ impl LocalQuota {
             || left.tokens <= self.low_water.tokens;
         if low && !self.want_in_flight {
             self.want_in_flight = true;
+            // A top-up to `refill`, not a whole `refill` more: asking for
+            // tokens because requests ran low would strand tokens in this
+            // lease that the owner's day counts as used.
             out.push(ToOwner::Want {
                 shard: self.shard,
                 want: Quota {
-                    requests: self.refill.requests.max(need.requests),
-                    tokens: self.refill.tokens.max(need.tokens),
+                    requests: self
+                        .refill
+                        .requests
+                        .saturating_sub(left.requests)
+                        .max(need.requests),
+                    tokens: self
+                        .refill
+                        .tokens
+                        .saturating_sub(left.tokens)
+                        .max(need.tokens),
                 },
             });
         }
@@ -553,8 +564,9 @@ impl LocalQuota {
     }
 
     /// After settlement on this shard: tokens reserved but not used go back
-    /// into the lease (if it is still the same window); usage beyond the
-    /// reservation and spend are reported to the owner.
+    /// into the lease while its window lasts, and to the owner otherwise
+    /// (the minute is over, but the owner's day still counts them); usage
+    /// beyond the reservation and spend are reported to the owner.
     pub fn settle(
         &mut self,
         r: &Reservation,
@@ -565,10 +577,20 @@ impl LocalQuota {
     ) {
         let reserved = r.tokens();
         if charged_tokens < reserved {
-            if let Some(l) = &mut self.lease {
-                if l.window_start == r.minute_start && now < l.expires_at {
-                    l.tokens = l.tokens.saturating_add(reserved - charged_tokens);
+            let unused = reserved - charged_tokens;
+            match &mut self.lease {
+                Some(l) if l.window_start == r.minute_start && now < l.expires_at => {
+                    l.tokens = l.tokens.saturating_add(unused);
                 }
+                _ => out.push(ToOwner::Return {
+                    shard: self.shard,
+                    unused: Quota {
+                        requests: 0,
+                        tokens: unused,
+                    },
+                    window_start: r.minute_start,
+                    day_start: r.day_start,
+                }),
             }
         }
         let extra = charged_tokens.saturating_sub(reserved);

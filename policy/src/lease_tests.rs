@@ -151,8 +151,18 @@ fn local_quota_lifecycle() {
     for _ in 0..3 {
         assert_eq!(lq.try_take(one, T0, &mut out), Take::Admitted);
     }
-    // Below low water: asks for more.
-    assert_eq!(out.len(), 1);
+    // Below low water: asks to top the lease up to the refill (1 request
+    // and 100 tokens are left), not for a whole refill more.
+    assert_eq!(
+        out,
+        vec![ToOwner::Want {
+            shard: 1,
+            want: Quota {
+                requests: 3,
+                tokens: 300
+            }
+        }]
+    );
     let more = lm.on_message(out.remove(0), T0).unwrap();
     assert_eq!(more.1.requests, 1);
     lq.on_grant(more.1, T0, &mut out);
@@ -166,7 +176,7 @@ fn local_quota_lifecycle() {
             shard: 1,
             unused: Quota {
                 requests: 2,
-                tokens: 500
+                tokens: 400
             },
             window_start: T0,
             day_start: T0,
@@ -261,6 +271,47 @@ fn local_quota_settles_refunds_and_reports() {
     );
     lm.on_message(out[0], T0);
     assert_eq!(lm.counters().used(LimitKind::TokensPerMinute, T0), 1300);
+}
+
+#[test]
+fn a_reservation_settled_after_its_minute_gives_its_unused_tokens_back_to_the_day() {
+    let limits = Limits {
+        tokens_per_day: Some(10_000),
+        ..Limits::default()
+    };
+    let mut lm = LeaseManager::new(limits, T0);
+    let mut lq = LocalQuota::new(
+        1,
+        Quota {
+            requests: 4,
+            tokens: 1000,
+        },
+        Quota::ZERO,
+    );
+    let mut out = Vec::new();
+    lq.on_grant(
+        lm.grant(
+            Quota {
+                requests: 4,
+                tokens: 1000,
+            },
+            T0,
+        ),
+        T0,
+        &mut out,
+    );
+    let r = Reservation::new(100, 500, T0);
+    assert_eq!(lq.try_take(Quota::of(&r), T0, &mut out), Take::Admitted);
+    // The answer comes after the minute: its lease has ended.
+    let later = T0.plus_ms(70_000);
+    lq.expire(later, &mut out);
+    lq.settle(&r, 150, 0, later, &mut out);
+    for msg in out.drain(..) {
+        lm.on_message(msg, later);
+    }
+    // The day counts what was used (150), not the reservation (600) or the
+    // lease (1000).
+    assert_eq!(lm.counters().used(LimitKind::TokensPerDay, later), 150);
 }
 
 #[test]

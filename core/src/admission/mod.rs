@@ -531,6 +531,28 @@ impl Admission {
         cost
     }
 
+    /// Returns ended leases' unused quota to the buckets' owners. A lease
+    /// also ends lazily at the shard's next request for its bucket, but a
+    /// shard that stops seeing a bucket would hold the quota, which the
+    /// owner's day counts as used, until then.
+    pub fn return_ended_leases(&self) {
+        let now = now();
+        let mut returns = Vec::new();
+        for (key, slot) in self.slots.borrow_mut().iter_mut() {
+            if let Slot::Leased(lq, limits) = slot {
+                let mut out = Vec::new();
+                lq.expire(now, &mut out);
+                if !out.is_empty() {
+                    returns.push((Rc::clone(key), *limits, out));
+                }
+            }
+        }
+        for (key, limits, out) in returns {
+            self.outbox.borrow_mut().extend(out);
+            self.flush(&key, limits);
+        }
+    }
+
     /// Sends what the state machines queued to the bucket's owner.
     fn flush(&self, key: &str, limits: Limits) {
         let msgs: Vec<ToOwner> = self.outbox.borrow_mut().drain(..).collect();
