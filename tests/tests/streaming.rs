@@ -173,3 +173,40 @@ fn failover_to_the_next_target_and_final_errors_passed_on() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-shardgate-target"), Some("up/mock-1"));
 }
+
+/// Sixty-four connections streaming answer after answer at once, straight to
+/// the mock upstream and through the gateway: every stream completes. A shard
+/// whose ring loop kept entering the kernel while it flagged pending task
+/// work (IORING_SQ_TASKRUN) stopped running its tasks under this load.
+#[test]
+fn sixty_four_connections_streaming_at_once_all_finish() {
+    let mock = start_mock(Some("upstream-key"));
+    let gw = start_gateway(&config(Some(mock.addr()), ""));
+    for (addr, model) in [(mock.addr(), "mock-1"), (gw.addr(), "demo")] {
+        let body = format!(
+            r#"{{"model":"{model}","stream":true,"max_tokens":32,"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer upstream-key\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let clients: Vec<_> = (0..64)
+            .map(|_| {
+                let req = req.clone();
+                std::thread::spawn(move || {
+                    let mut c = connect(addr);
+                    for _ in 0..100 {
+                        c.send(req.as_bytes());
+                        let r = c.read_response();
+                        assert_eq!(r.status, 200, "{}", r.text());
+                        let events = sse_data(&r.body);
+                        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("every stream finishes");
+        }
+    }
+}

@@ -92,6 +92,7 @@ static int _io_uring_get_cqe(struct io_uring *ring, struct io_uring_cqe **cqe_pt
 			     struct get_data *data)
 {
 	struct io_uring_cqe *cqe = NULL;
+	bool looped = false;
 	int err;
 
 	do {
@@ -105,7 +106,12 @@ static int _io_uring_get_cqe(struct io_uring *ring, struct io_uring_cqe **cqe_pt
 		if (err)
 			break;
 		if (!cqe && !data->wait_nr && !data->submit) {
-			if (!cq_ring_needs_flush(ring)) {
+			/* Shardgate (as upstream liburing): enter the kernel to
+			 * flush at most once. The kernel may keep IORING_SQ_TASKRUN
+			 * raised (task work it holds back for a later run), and
+			 * looping on the flag spun a shard at 100% CPU without ever
+			 * returning to its tasks. */
+			if (looped || !cq_ring_needs_flush(ring)) {
 				err = -EAGAIN;
 				break;
 			}
@@ -133,6 +139,7 @@ static int _io_uring_get_cqe(struct io_uring *ring, struct io_uring_cqe **cqe_pt
 		data->submit -= ret;
 		if (cqe)
 			break;
+		looped = true;
 	} while (1);
 
 	*cqe_ptr = cqe;
