@@ -34,6 +34,10 @@ pub const MAX_DEPTH: usize = 128;
 pub struct Member {
     pub key: Range<usize>,
     pub value: Range<usize>,
+    /// The key holds a backslash escape: its raw bytes are not its name.
+    /// Known from the scan, so comparing a plain key (nearly all) with a
+    /// name needs no search of its bytes.
+    pub key_escaped: bool,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -66,7 +70,7 @@ pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
             if s.peek() != Some(b'"') {
                 return Err(JsonError::Malformed("expected a member name"));
             }
-            let key = s.string()?;
+            let (key, key_escaped) = s.string_escaped()?;
             s.ws();
             s.expect(b':', "expected ':'")?;
             s.ws();
@@ -75,6 +79,7 @@ pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
             members.push(Member {
                 key,
                 value: start..s.i,
+                key_escaped,
             });
             s.ws();
             match s.next() {
@@ -99,12 +104,12 @@ pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
 /// the worst outcome is that nothing (or nothing parsable) is found.
 pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
     members_rev(json)
-        .find(|m| key_is(json, &m.key, key))
+        .find(|m| key_is(json, m, key))
         .map(|m| m.value)
 }
 
-fn key_is(json: &[u8], raw: &Range<usize>, key: &str) -> bool {
-    key_bytes(json, raw).is_some_and(|k| *k == *key.as_bytes())
+fn key_is(json: &[u8], m: &Member, key: &str) -> bool {
+    key_bytes(json, m).is_some_and(|k| *k == *key.as_bytes())
 }
 
 /// A change to one top-level member.
@@ -158,7 +163,7 @@ pub fn patch_object_into(out: &mut Vec<u8>, body: &[u8], members: &[Member], edi
     let mut applied = 0u64;
     let mut wrote_any = false;
     for m in members {
-        let key = key_bytes(body, &m.key);
+        let key = key_bytes(body, m);
         let edit = key
             .as_deref()
             .and_then(|k| edits.iter().position(|e| e.key().as_bytes() == k));
@@ -262,15 +267,14 @@ fn leading_ws(body: &[u8], end: usize) -> usize {
         .map_or(0, |p| p + 1)
 }
 
-/// The key's bytes, unescaped, for comparing with names: borrowed (and not
+/// The member's key, unescaped, for comparing with names: borrowed (and not
 /// UTF-8 checked: raw bytes equal a name exactly when the decoded key does)
-/// unless it contains escapes.
-pub(crate) fn key_bytes<'a>(body: &'a [u8], key: &Range<usize>) -> Option<Cow<'a, [u8]>> {
-    let raw = body.get(key.clone())?;
-    if !raw.contains(&b'\\') {
-        return Some(Cow::Borrowed(raw));
+/// unless it has escapes.
+pub(crate) fn key_bytes<'a>(body: &'a [u8], m: &Member) -> Option<Cow<'a, [u8]>> {
+    if !m.key_escaped {
+        return body.get(m.key.clone()).map(Cow::Borrowed);
     }
-    decode_key(body, key).map(|k| Cow::Owned(k.into_owned().into_bytes()))
+    decode_key(body, &m.key).map(|k| Cow::Owned(k.into_owned().into_bytes()))
 }
 
 /// The key as a string, unescaped. Borrowed unless it contains escapes.

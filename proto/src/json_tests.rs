@@ -290,6 +290,7 @@ fn mismatched_members_leave_the_body_alone() {
     let wrong = [Member {
         key: 2..3,
         value: 5..99,
+        key_escaped: false,
     }];
     assert_eq!(
         patch_object(body, &wrong, &[Edit::Remove { key: "a" }]),

@@ -92,7 +92,7 @@ pub fn extract_facts(
     }
     let mut values: [Option<&[u8]>; DECIDING_KEYS.len()] = [None; DECIDING_KEYS.len()];
     for m in &members {
-        let Some(key) = key_bytes(body, &m.key) else {
+        let Some(key) = key_bytes(body, m) else {
             continue;
         };
         if let Some(i) = DECIDING_KEYS.iter().position(|k| k.as_bytes() == &*key) {
@@ -285,7 +285,7 @@ pub fn extract_usage(json: &[u8]) -> Option<Usage> {
     };
     for m in members_rev(usage) {
         let value = &usage[m.value.clone()];
-        match &*key_bytes(usage, &m.key).unwrap_or_default() {
+        match &*key_bytes(usage, &m).unwrap_or_default() {
             b"prompt_tokens" => set(0, &mut u.prompt_tokens, raw_count(value)),
             b"completion_tokens" => set(1, &mut u.completion_tokens, raw_count(value)),
             b"total_tokens" => set(2, &mut u.total_tokens, raw_count(value)),

@@ -81,6 +81,7 @@ impl Iterator for MembersRev<'_> {
         Some(Member {
             key: key_open + 1..quote,
             value,
+            key_escaped: json[key_open + 1..quote].contains(&b'\\'),
         })
     }
 }

@@ -149,8 +149,14 @@ impl Scanner<'_> {
 
     /// At `"`: skips the string and returns the range between its quotes.
     pub(super) fn string(&mut self) -> Result<Range<usize>, JsonError> {
+        self.string_escaped().map(|(range, _)| range)
+    }
+
+    /// [`Self::string`], and whether the string holds an escape.
+    pub(super) fn string_escaped(&mut self) -> Result<(Range<usize>, bool), JsonError> {
         self.i += 1;
         let start = self.i;
+        let mut escaped = false;
         loop {
             let rest = self.b.get(self.i..).unwrap_or_default();
             let Some(off) = plain_run(rest) else {
@@ -158,10 +164,11 @@ impl Scanner<'_> {
             };
             self.i += off;
             match self.next() {
-                Some(b'"') => return Ok(start..self.i - 1),
+                Some(b'"') => return Ok((start..self.i - 1, escaped)),
                 Some(b'\\') => match self.next() {
-                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {}
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => escaped = true,
                     Some(b'u') => {
+                        escaped = true;
                         for _ in 0..4 {
                             if !self.next().is_some_and(|b| b.is_ascii_hexdigit()) {
                                 return Err(JsonError::Malformed("bad \\u escape"));
