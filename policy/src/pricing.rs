@@ -139,7 +139,19 @@ impl PricingTable {
     /// module docs). Missing numbers are derived from `total_tokens` where
     /// possible, else taken as 0.
     pub fn cost_micros(&self, model: &str, usage: &Usage) -> u64 {
-        let price = self.price(model);
+        self.price(model).cost_micros(usage)
+    }
+
+    /// Cost of a reservation-sized call (`prompt` and `output` tokens, none
+    /// cached), e.g. to settle a request whose usage never arrived.
+    pub fn estimate_micros(&self, model: &str, prompt: u64, output: u64) -> u64 {
+        self.price(model).estimate_micros(prompt, output)
+    }
+}
+
+impl Price {
+    /// [`PricingTable::cost_micros`] at this price.
+    pub fn cost_micros(&self, usage: &Usage) -> u64 {
         let prompt = usage.prompt_tokens.or_else(|| {
             usage
                 .total_tokens
@@ -151,13 +163,12 @@ impl PricingTable {
             .or_else(|| usage.total_tokens.map(|t| t.saturating_sub(prompt)))
             .unwrap_or(0);
         let cached = usage.cached_tokens.unwrap_or(0).min(prompt);
-        cost_of(&price, prompt - cached, cached, completion)
+        cost_of(self, prompt - cached, cached, completion)
     }
 
-    /// Cost of a reservation-sized call (`prompt` and `output` tokens, none
-    /// cached), e.g. to settle a request whose usage never arrived.
-    pub fn estimate_micros(&self, model: &str, prompt: u64, output: u64) -> u64 {
-        cost_of(&self.price(model), prompt, 0, output)
+    /// [`PricingTable::estimate_micros`] at this price.
+    pub fn estimate_micros(&self, prompt: u64, output: u64) -> u64 {
+        cost_of(self, prompt, 0, output)
     }
 }
 

@@ -18,9 +18,9 @@ use crate::store::{UsageRecord, UsageSender, UsageState, UsageTotals};
 use mesh::{Mesh, ShardMsg};
 use shardgate_policy::{
     decide, estimate_prompt_tokens, owner_shard, parse_credential, Actor, Counters, Decision,
-    DenyReason, KeyStore, LeaseManager, LimitKind, Limits, LocalQuota, PolicySet, PricingTable,
-    Quota, RateLimitHeaders, RequestFacts, Reservation, Resolved, Settlement, Take, Timestamp,
-    ToOwner,
+    DenyReason, KeyStore, LeaseManager, LimitKind, Limits, LocalQuota, PolicySet, Price,
+    PricingTable, Quota, RateLimitHeaders, RequestFacts, Reservation, Resolved, Settlement, Take,
+    Timestamp, ToOwner,
 };
 use shardgate_proto::openai::Usage;
 use std::cell::RefCell;
@@ -110,6 +110,10 @@ pub struct Admission {
     mode: AuthMode,
     policies: PolicySet,
     pricing: PricingTable,
+    /// The last model priced and its price: a shard serves the same few
+    /// models over and over, and a table lookup compares names against
+    /// every listed model.
+    last_price: RefCell<Option<(String, Price)>>,
     keys: RefCell<Rc<KeyStore>>,
     /// Keyed by scope key; the same `Rc` is held by tickets in flight, so
     /// admitting a request allocates no key.
@@ -142,6 +146,7 @@ impl Admission {
             mode: config.auth,
             policies,
             pricing: PricingTable::new(&config.pricing),
+            last_price: RefCell::new(None),
             keys: RefCell::new(keys),
             slots: RefCell::new(HashMap::new()),
             mesh: RefCell::new(None),
@@ -164,6 +169,25 @@ impl Admission {
 
     pub fn pricing(&self) -> &PricingTable {
         &self.pricing
+    }
+
+    /// `model`'s price, through the one-entry memo.
+    fn price(&self, model: &str) -> Price {
+        let mut last = self.last_price.borrow_mut();
+        match &mut *last {
+            Some((m, p)) if m == model => *p,
+            Some((m, p)) => {
+                m.clear();
+                m.push_str(model);
+                *p = self.pricing.price(model);
+                *p
+            }
+            None => {
+                let p = self.pricing.price(model);
+                *last = Some((model.to_owned(), p));
+                p
+            }
+        }
     }
 
     fn me_and_peers(&self) -> (usize, usize) {
@@ -501,14 +525,14 @@ impl Admission {
         estimated: bool,
     ) -> u64 {
         let Some(held) = &ticket.held else {
-            return usage.map_or(0, |u| self.pricing.cost_micros(model, u));
+            return usage.map_or(0, |u| self.price(model).cost_micros(u));
         };
         let r = &held.reservation;
         let cost = match usage {
-            Some(u) => self.pricing.cost_micros(model, u),
+            Some(u) => self.price(model).cost_micros(u),
             None => self
-                .pricing
-                .estimate_micros(model, r.prompt_tokens, r.output_tokens),
+                .price(model)
+                .estimate_micros(r.prompt_tokens, r.output_tokens),
         };
         let s = Settlement::from_usage(r, usage, cost, estimated);
         let now = now();
