@@ -217,35 +217,26 @@ fn local_quota_lifecycle() {
     ));
 }
 
+/// Shard 1 holding a lease of 4 requests and 1000 tokens, granted at `T0`
+/// by an owner with `limits`.
+fn leased_at_t0(limits: Limits) -> (LocalQuota, LeaseManager, Vec<ToOwner>) {
+    let lease = Quota {
+        requests: 4,
+        tokens: 1000,
+    };
+    let mut lq = LocalQuota::new(1, lease, Quota::ZERO);
+    let mut lm = LeaseManager::new(limits, T0);
+    let mut out = Vec::new();
+    lq.on_grant(lm.grant(lease, T0), T0, &mut out);
+    (lq, lm, out)
+}
+
 #[test]
 fn local_quota_settles_refunds_and_reports() {
-    let mut lq = LocalQuota::new(
-        1,
-        Quota {
-            requests: 4,
-            tokens: 1000,
-        },
-        Quota::ZERO,
-    );
-    let mut out = Vec::new();
-    let mut lm = LeaseManager::new(
-        Limits {
-            tokens_per_minute: Some(5000),
-            ..Limits::default()
-        },
-        T0,
-    );
-    lq.on_grant(
-        lm.grant(
-            Quota {
-                requests: 4,
-                tokens: 1000,
-            },
-            T0,
-        ),
-        T0,
-        &mut out,
-    );
+    let (mut lq, mut lm, mut out) = leased_at_t0(Limits {
+        tokens_per_minute: Some(5000),
+        ..Limits::default()
+    });
     let r = Reservation::new(300, 200, T0);
     assert_eq!(lq.try_take(Quota::of(&r), T0, &mut out), Take::Admitted);
     assert_eq!(lq.remaining(T0).tokens, 500);
@@ -275,31 +266,10 @@ fn local_quota_settles_refunds_and_reports() {
 
 #[test]
 fn a_reservation_settled_after_its_minute_gives_its_unused_tokens_back_to_the_day() {
-    let limits = Limits {
+    let (mut lq, mut lm, mut out) = leased_at_t0(Limits {
         tokens_per_day: Some(10_000),
         ..Limits::default()
-    };
-    let mut lm = LeaseManager::new(limits, T0);
-    let mut lq = LocalQuota::new(
-        1,
-        Quota {
-            requests: 4,
-            tokens: 1000,
-        },
-        Quota::ZERO,
-    );
-    let mut out = Vec::new();
-    lq.on_grant(
-        lm.grant(
-            Quota {
-                requests: 4,
-                tokens: 1000,
-            },
-            T0,
-        ),
-        T0,
-        &mut out,
-    );
+    });
     let r = Reservation::new(100, 500, T0);
     assert_eq!(lq.try_take(Quota::of(&r), T0, &mut out), Take::Admitted);
     // The answer comes after the minute: its lease has ended.
