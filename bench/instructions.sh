@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Instructions the gateway executes in user space per proxied request, counted
+# by valgrind's callgrind under steady load (64 connections, non-streaming
+# chat completions through the mock upstream). Unlike CPU time, the count does
+# not drift with a shared machine's noise, so two builds compare to a fraction
+# of a percent: run it on each (--gateway BIN) and compare the figures.
+# Kernel time (most of a proxied request's CPU) is not counted.
+#
+#   bench/instructions.sh [--gateway target/release/shardgate] [--seconds 10]
+#
+# Needs valgrind (Debian: apt-get install valgrind). The gateway runs ~50x
+# slower under callgrind; the figure is per request, so that does not matter.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source bench/lib.sh
+
+GATEWAY_BIN=target/release/shardgate
+BENCH=target/release/shardgate-bench
+SECONDS_=10
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --gateway) GATEWAY_BIN=$2; shift 2 ;;
+    --seconds) SECONDS_=$2; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
+[[ -x $BENCH ]] || cargo build --release -p shardgate-bench
+[[ -x $GATEWAY_BIN ]] || cargo build --release -p shardgate-core
+
+WORK=$(mktemp -d)
+PIDS=()
+trap stop_all EXIT
+
+"$BENCH" mock --listen 127.0.0.1:0 --shards 1 --require-key k >"$WORK/mock.out" 2>&1 &
+PIDS+=($!)
+MOCK_PORT=$(wait_port "$WORK/mock.out" "mock listening on" "${PIDS[0]}")
+cat >"$WORK/gw.yaml" <<EOF
+listen: 127.0.0.1:0
+shards: 1
+auth: none
+store: { dir: $WORK/data }
+providers:
+  up: { kind: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: k }
+models:
+  demo: { targets: [ { provider: up, model: mock-1 } ] }
+EOF
+valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+  "$GATEWAY_BIN" serve --config "$WORK/gw.yaml" --no-pin >"$WORK/gw.out" 2>"$WORK/gw.err" &
+GW_PID=$!
+PIDS+=("$GW_PID")
+GW_PORT=$(wait_port "$WORK/gw.out" "shardgate listening on" "$GW_PID")
+
+# Warm up (pools, buffers, lazily built tables), then count one load run.
+"$BENCH" run --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --model demo \
+  --connections 64 --duration 3s --warmup 0s --shards 1 --max-tokens 16 >/dev/null
+callgrind_control -z "$GW_PID" >/dev/null
+"$BENCH" run --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --model demo \
+  --connections 64 --duration "${SECONDS_}s" --warmup 0s --shards 1 --max-tokens 16 \
+  >"$WORK/load.txt"
+callgrind_control -d "$GW_PID" >/dev/null
+sleep 1
+
+requests=$(grep -oE '^requests: [0-9]+' "$WORK/load.txt" | grep -oE '[0-9]+$')
+instructions=$(grep -h '^summary:' "$WORK"/cg.out.* | grep -oE '[0-9]+$')
+echo "gateway: $GATEWAY_BIN"
+echo "requests: $requests, user-space instructions: $instructions"
+awk -v i="$instructions" -v r="$requests" 'BEGIN { printf "instructions per request: %.0f\n", i / r }'
