@@ -223,12 +223,9 @@ impl Wheel {
                     keep.push((index, generation));
                 }
             }
-            let dst = &mut self.slots[(t % SLOTS as u64) as usize];
-            if dst.is_empty() {
-                *dst = keep;
-            } else {
-                dst.extend(keep);
-            }
+            // Each tick of the span has its own slot: nothing else was
+            // put in this one meanwhile.
+            self.slots[(t % SLOTS as u64) as usize] = keep;
         }
     }
 }

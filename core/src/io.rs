@@ -113,16 +113,25 @@ impl ReadBuf {
 
     /// Appends bytes read elsewhere.
     pub fn extend(&mut self, bytes: &[u8]) {
-        if self.buf.len() - self.end < bytes.len() {
+        self.make_room(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// At least `n` bytes free after the data: the data moves to the front
+    /// first, and the buffer grows only if that is not enough.
+    fn make_room(&mut self, n: usize) {
+        if self.buf.len() - self.end >= n {
+            return;
+        }
+        if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if self.buf.len() - self.end < bytes.len() {
-                self.buf.resize(self.end + bytes.len(), 0);
-            }
         }
-        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
-        self.end += bytes.len();
+        if self.buf.len() - self.end < n {
+            self.buf.resize(self.end + n, 0);
+        }
     }
 
     /// Drops capacity beyond `keep` while empty, so an idle connection that
@@ -146,17 +155,7 @@ impl ReadBuf {
         if len >= max {
             return Ok(None);
         }
-        let want = want.max(4096).min(max - len);
-        if self.buf.len() - self.end < want {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end = len;
-                self.start = 0;
-            }
-            if self.buf.len() - self.end < want {
-                self.buf.resize(self.end + want, 0);
-            }
-        }
+        self.make_room(want.max(4096).min(max - len));
         let n = futures_lite::io::AsyncReadExt::read(stream, &mut self.buf[self.end..]).await?;
         self.end += n;
         Ok(Some(if n == 0 {

@@ -17,4 +17,5 @@ pub mod json;
 pub mod mock;
 pub mod openai;
 pub mod sse;
+mod swar;
 pub mod testing;

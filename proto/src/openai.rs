@@ -269,9 +269,9 @@ pub struct Usage {
 /// validates it. Stream chunks without usage are skipped by a byte search for
 /// `"usage"` first, so calling this on every chunk is cheap.
 pub fn extract_usage(json: &[u8]) -> Option<Usage> {
-    static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
-    USAGE_KEY.find(json)?;
+    if !mentions_usage(json) {
+        return None;
+    }
     let usage = &json[find_top_level(json, "usage")?];
     if usage.first() != Some(&b'{') {
         return None;
@@ -301,6 +301,15 @@ pub fn extract_usage(json: &[u8]) -> Option<Usage> {
         }
     }
     Some(u)
+}
+
+/// Whether `json` holds the string `"usage"` anywhere: the cheap test that
+/// lets stream events without usage (nearly all, in every dialect) skip
+/// looking for it. The searcher is built once.
+pub fn mentions_usage(json: &[u8]) -> bool {
+    static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+    USAGE_KEY.find(json).is_some()
 }
 
 /// `inner` of the object `outer` (null or another type reads as absent).

@@ -110,10 +110,10 @@ pub struct Admission {
     mode: AuthMode,
     policies: PolicySet,
     pricing: PricingTable,
-    /// The last model priced and its price: a shard serves the same few
-    /// models over and over, and a table lookup compares names against
-    /// every listed model.
-    last_price: RefCell<Option<(String, Price)>>,
+    /// The last model priced and its price (at first `""`, as settling an
+    /// unanswered call names): a shard serves the same few models over and
+    /// over, and a table lookup compares names against every listed model.
+    last_price: RefCell<(String, Price)>,
     keys: RefCell<Rc<KeyStore>>,
     /// Keyed by scope key; the same `Rc` is held by tickets in flight, so
     /// admitting a request allocates no key.
@@ -139,14 +139,15 @@ impl Admission {
             log::error!("policies: {e}");
             PolicySet::default()
         });
+        let pricing = PricingTable::new(&config.pricing);
         Admission {
             persist,
             dirty: RefCell::new(HashSet::new()),
             pending: RefCell::new(HashMap::new()),
             mode: config.auth,
             policies,
-            pricing: PricingTable::new(&config.pricing),
-            last_price: RefCell::new(None),
+            last_price: RefCell::new((String::new(), pricing.price(""))),
+            pricing,
             keys: RefCell::new(keys),
             slots: RefCell::new(HashMap::new()),
             mesh: RefCell::new(None),
@@ -174,20 +175,12 @@ impl Admission {
     /// `model`'s price, through the one-entry memo.
     fn price(&self, model: &str) -> Price {
         let mut last = self.last_price.borrow_mut();
-        match &mut *last {
-            Some((m, p)) if m == model => *p,
-            Some((m, p)) => {
-                m.clear();
-                m.push_str(model);
-                *p = self.pricing.price(model);
-                *p
-            }
-            None => {
-                let p = self.pricing.price(model);
-                *last = Some((model.to_owned(), p));
-                p
-            }
+        if last.0 != model {
+            last.0.clear();
+            last.0.push_str(model);
+            last.1 = self.pricing.price(model);
         }
+        last.1
     }
 
     fn me_and_peers(&self) -> (usize, usize) {

@@ -20,7 +20,7 @@ use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::json::find_top_level;
-use shardgate_proto::openai::{extract_usage, Usage};
+use shardgate_proto::openai::{extract_usage, mentions_usage, Usage};
 use shardgate_proto::sse::SseFramer;
 use shardgate_providers::{gemini, StreamTranslator};
 
@@ -354,7 +354,7 @@ impl Tap {
             ClientDialect::Anthropic => {
                 if needle::MESSAGE_STOP.find(json).is_some() {
                     self.ended = true;
-                } else if needle::USAGE.find(json).is_some() {
+                } else if mentions_usage(json) {
                     anthropic_stream_usage(json, &mut self.usage);
                 } else if needle::CONTENT_DELTA.find(json).is_some() {
                     self.events += 1;
@@ -375,7 +375,6 @@ mod needle {
     pub static DONE: Needle = LazyLock::new(|| Finder::new(b"[DONE]"));
     pub static NO_CHOICES: Needle = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
     pub static MESSAGE_STOP: Needle = LazyLock::new(|| Finder::new(b"\"message_stop\""));
-    pub static USAGE: Needle = LazyLock::new(|| Finder::new(b"\"usage\""));
     pub static CONTENT_DELTA: Needle = LazyLock::new(|| Finder::new(b"\"content_block_delta\""));
 }
 

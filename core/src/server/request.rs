@@ -10,12 +10,12 @@ use crate::shard::Shard;
 use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
 use shardgate_proto::h1::{parse_request, BodyFraming, HeadLimits, RequestHead};
 use std::borrow::Cow;
-use std::io;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 
 /// A request read in full, borrowed from the connection's read buffer where
-/// it arrived: the head at `buf[..head_len]`, a `Content-Length` body right
-/// after it. Only a chunked body, decoded, is a copy (and its head with it).
+/// it arrived: the head at its front, a `Content-Length` body right after
+/// it. Only a chunked body, decoded, is a copy (and its head with it).
 /// `head`'s spans index into `head_buf`.
 pub struct Request<'a> {
     pub head: RequestHead,
@@ -77,30 +77,27 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn, rbuf: &mut ReadBuf)
             _ => return HeadRead::Closed,
         }
     }
-    let mut deadline = TimeLimit::after(l.head_timeout);
-    loop {
-        match parse_request(rbuf.data(), &limits) {
-            Ok(Some(head)) => return HeadRead::Head(head),
-            Ok(None) => {}
-            Err(e) => return HeadRead::Error(e.into()),
-        }
-        let left = deadline.left();
-        if left.is_zero() {
-            return HeadRead::Error(GatewayError::RequestTimeout);
-        }
-        match with_timeout(left, rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes)).await {
-            Ok(Some(Filled::Bytes(_))) => {}
-            Ok(None) => {
-                return HeadRead::Error(GatewayError::BadHead(
-                    shardgate_proto::h1::H1Error::HeadTooLarge,
-                ))
+    // One deadline for the whole head, registered only if a read waits.
+    let read = with_timeout(l.head_timeout, async {
+        loop {
+            match parse_request(rbuf.data(), &limits) {
+                Ok(Some(head)) => return Ok(HeadRead::Head(head)),
+                Ok(None) => {}
+                Err(e) => return Ok(HeadRead::Error(e.into())),
             }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return HeadRead::Error(GatewayError::RequestTimeout)
+            match rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes).await {
+                Ok(Some(Filled::Bytes(_))) => {}
+                Ok(None) => {
+                    return Ok(HeadRead::Error(GatewayError::BadHead(
+                        shardgate_proto::h1::H1Error::HeadTooLarge,
+                    )))
+                }
+                Ok(Some(Filled::Eof)) | Err(_) => return Ok(HeadRead::Closed),
             }
-            Ok(Some(Filled::Eof)) | Err(_) => return HeadRead::Closed,
         }
-    }
+    })
+    .await;
+    read.unwrap_or(HeadRead::Error(GatewayError::RequestTimeout))
 }
 
 pub async fn read_body<'b>(
@@ -111,7 +108,6 @@ pub async fn read_body<'b>(
 ) -> Result<Request<'b>, GatewayError> {
     let l = &shard.config.limits;
     let max = l.max_body_bytes;
-    let mut deadline = TimeLimit::after(l.body_timeout);
     let head_len = head.head_len;
     let wants_body = head.framing != BodyFraming::Empty;
     if let BodyFraming::Length(n) = head.framing {
@@ -133,10 +129,14 @@ pub async fn read_body<'b>(
         }),
         BodyFraming::Length(n) => {
             let end = head_len + n as usize;
-            while rbuf.len() < end {
-                let want = end - rbuf.len();
-                fill_before(&mut conn.stream, rbuf, &mut deadline, want, end).await?;
-            }
+            within(l.body_timeout, async {
+                while rbuf.len() < end {
+                    let want = end - rbuf.len();
+                    fill_body(&mut conn.stream, rbuf, want, end).await?;
+                }
+                Ok(())
+            })
+            .await?;
             let (head_buf, body) = rbuf.data()[..end].split_at(head_len);
             Ok(Request {
                 head,
@@ -152,22 +152,25 @@ pub async fn read_body<'b>(
             rbuf.consume(head_len);
             let mut dec = ChunkedDecoder::new(ChunkedLimits::default());
             let mut body = Vec::new();
-            loop {
-                let d = dec
-                    .decode(rbuf.data())
-                    .map_err(|e| GatewayError::BadBody(e.to_string()))?;
-                if body.len() + d.data.len() > max {
-                    return Err(GatewayError::BodyTooLarge { limit: max });
+            within(l.body_timeout, async {
+                loop {
+                    let d = dec
+                        .decode(rbuf.data())
+                        .map_err(|e| GatewayError::BadBody(e.to_string()))?;
+                    if body.len() + d.data.len() > max {
+                        return Err(GatewayError::BodyTooLarge { limit: max });
+                    }
+                    body.extend_from_slice(&rbuf.data()[d.data.clone()]);
+                    rbuf.consume(d.consumed);
+                    if dec.is_done() {
+                        return Ok(());
+                    }
+                    if d.consumed == 0 {
+                        fill_body(&mut conn.stream, rbuf, 16384, 1 << 20).await?;
+                    }
                 }
-                body.extend_from_slice(&rbuf.data()[d.data.clone()]);
-                rbuf.consume(d.consumed);
-                if dec.is_done() {
-                    break;
-                }
-                if d.consumed == 0 {
-                    fill_before(&mut conn.stream, rbuf, &mut deadline, 16384, 1 << 20).await?;
-                }
-            }
+            })
+            .await?;
             Ok(Request {
                 head,
                 head_buf: Cow::Owned(head_buf),
@@ -178,44 +181,28 @@ pub async fn read_body<'b>(
     }
 }
 
-async fn fill_before(
+/// `fut` within `limit` (one deadline for the whole body, registered only
+/// if a read waits); a late body is a 408.
+async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    let out = with_timeout(limit, async { Ok(fut.await) }).await;
+    out.unwrap_or(Err(GatewayError::RequestTimeout))
+}
+
+async fn fill_body(
     stream: &mut ClientStream,
     rbuf: &mut ReadBuf,
-    deadline: &mut TimeLimit,
     want: usize,
     max: usize,
 ) -> Result<(), GatewayError> {
-    let left = deadline.left();
-    if left.is_zero() {
-        return Err(GatewayError::RequestTimeout);
-    }
-    match with_timeout(left, rbuf.fill(stream, want, max)).await {
+    match rbuf.fill(stream, want, max).await {
         Ok(Some(Filled::Bytes(_))) => Ok(()),
         Ok(Some(Filled::Eof)) => Err(GatewayError::BadBody(
             "the connection closed before the body ended".into(),
         )),
         Ok(None) => Err(GatewayError::BadBody("chunk line too long".into())),
         Err(_) => Err(GatewayError::RequestTimeout),
-    }
-}
-
-/// A time limit that starts at its first use: most heads and bodies arrive
-/// whole with the first read and never need one, and a clock read per
-/// request is measurable. Starting late by the time one parse takes is
-/// immaterial next to the limit.
-struct TimeLimit {
-    limit: Duration,
-    at: Option<Instant>,
-}
-
-impl TimeLimit {
-    fn after(limit: Duration) -> Self {
-        TimeLimit { limit, at: None }
-    }
-
-    fn left(&mut self) -> Duration {
-        let now = Instant::now();
-        let at = *self.at.get_or_insert(now + self.limit);
-        at.saturating_duration_since(now)
     }
 }

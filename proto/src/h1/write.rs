@@ -6,6 +6,8 @@
 //! names and values (which would allow response splitting, RFC 9110 §5.5)
 //! are replaced by SP.
 
+use crate::swar;
+
 /// The canonical reason phrase (RFC 9110 §15), or `""` for unknown codes; the
 /// phrase is informational only (RFC 9112 §4), so an empty one is valid.
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -109,18 +111,14 @@ fn is_break(b: u8) -> bool {
 }
 
 /// Whether `bytes` hold a CR, LF or NUL, eight bytes at a time: all three
-/// are below 0x0e, and a word with no byte below 0x0e (the classic
-/// "has less than" bit trick, exact for bounds up to 128) is clean, so only
-/// a word that might hold one (a tab does too) is looked at byte by byte.
+/// are below 0x0e, and a word with no byte below 0x0e is clean, so only a
+/// word that might hold one (a tab does too) is looked at byte by byte.
 /// Headers are written for every response: a byte loop was a tenth of the
 /// gateway's own time per request.
 fn has_line_break(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let mut words = bytes.chunks_exact(8);
     for word in &mut words {
-        let w = u64::from_ne_bytes(word.try_into().unwrap_or_default());
-        if w.wrapping_sub(ONES * 0x0e) & !w & HIGH != 0 && word.iter().any(|&b| is_break(b)) {
+        if swar::below(swar::word(word), 0x0e) != 0 && word.iter().any(|&b| is_break(b)) {
             return true;
         }
     }

@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::{JsonError, MAX_DEPTH};
+use crate::swar;
 
 /// JSON whitespace (RFC 8259 §2).
 pub(super) fn is_ws(b: u8) -> bool {
@@ -16,26 +17,16 @@ pub(super) fn is_ws(b: u8) -> bool {
 ///
 /// Most strings in a request body are a few bytes (keys, roles, model
 /// names), so the first 32 bytes are searched eight at a time with word
-/// arithmetic, which needs no call or setup; longer strings (message
-/// content) go on with SIMD memchr2 and a vectorised control check.
+/// arithmetic ([`swar`]), which needs no call or setup; longer strings
+/// (message content) go on with SIMD memchr2 and a vectorised control check.
 pub(super) fn plain_run(rest: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
     let short = rest.len().min(32) & !7;
     let mut i = 0;
     while i < short {
-        let w = u64::from_le_bytes(rest[i..i + 8].try_into().unwrap_or_default());
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let backslash = w ^ (ONES * u64::from(b'\\'));
-        // Per test, a byte's high bit is set where the byte matches; bytes
-        // above a match may be set spuriously (a borrow), never below, so
-        // the lowest set bit is always a true match.
-        let hits = (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (w.wrapping_sub(ONES * 0x20) & !w);
-        let hits = hits & HIGH;
+        let w = swar::word(&rest[i..i + 8]);
+        let hits = swar::equal(w, b'"') | swar::equal(w, b'\\') | swar::below(w, 0x20);
         if hits != 0 {
-            return Some(i + (hits.trailing_zeros() / 8) as usize);
+            return Some(i + swar::first(hits));
         }
         i += 8;
     }
