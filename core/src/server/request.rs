@@ -77,14 +77,15 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn, rbuf: &mut ReadBuf)
             _ => return HeadRead::Closed,
         }
     }
-    // One deadline for the whole head, registered only if a read waits.
+    // Nearly always the head arrived whole with the first read: no deadline.
+    match parse_request(rbuf.data(), &limits) {
+        Ok(Some(head)) => return HeadRead::Head(head),
+        Ok(None) => {}
+        Err(e) => return HeadRead::Error(e.into()),
+    }
+    // One deadline for the rest of the head.
     let read = with_timeout(l.head_timeout, async {
         loop {
-            match parse_request(rbuf.data(), &limits) {
-                Ok(Some(head)) => return Ok(HeadRead::Head(head)),
-                Ok(None) => {}
-                Err(e) => return Ok(HeadRead::Error(e.into())),
-            }
             match rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes).await {
                 Ok(Some(Filled::Bytes(_))) => {}
                 Ok(None) => {
@@ -93,6 +94,11 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn, rbuf: &mut ReadBuf)
                     )))
                 }
                 Ok(Some(Filled::Eof)) | Err(_) => return Ok(HeadRead::Closed),
+            }
+            match parse_request(rbuf.data(), &limits) {
+                Ok(Some(head)) => return Ok(HeadRead::Head(head)),
+                Ok(None) => {}
+                Err(e) => return Ok(HeadRead::Error(e.into())),
             }
         }
     })
@@ -129,14 +135,17 @@ pub async fn read_body<'b>(
         }),
         BodyFraming::Length(n) => {
             let end = head_len + n as usize;
-            within(l.body_timeout, async {
-                while rbuf.len() < end {
-                    let want = end - rbuf.len();
-                    fill_body(&mut conn.stream, rbuf, want, end).await?;
-                }
-                Ok(())
-            })
-            .await?;
+            // Nearly always the body came with the head: no deadline.
+            if rbuf.len() < end {
+                within(l.body_timeout, async {
+                    while rbuf.len() < end {
+                        let want = end - rbuf.len();
+                        fill_body(&mut conn.stream, rbuf, want, end).await?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
             let (head_buf, body) = rbuf.data()[..end].split_at(head_len);
             Ok(Request {
                 head,
