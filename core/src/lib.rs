@@ -18,6 +18,7 @@ pub mod deadline;
 pub mod error;
 pub mod gateway;
 pub mod io;
+pub mod placement;
 pub mod runtime;
 pub mod serve;
 pub mod server;

@@ -6,12 +6,14 @@
 //! `spawn_blocking`); cross-shard and main-to-shard communication is by
 //! message passing over crossbeam channels, never by shared locks.
 
+use atomic_waker::AtomicWaker;
 use crossbeam::channel::{Receiver, Sender};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// Messages from the main thread to every shard.
@@ -69,8 +71,76 @@ pub fn adopt_listener(l: StdListener) -> glommio::net::TcpListener {
     unsafe { glommio::net::TcpListener::from_raw_fd(fd) }
 }
 
+/// The main thread's end of one shard's control channel. Each send wakes
+/// the shard through glommio's cross-thread waker path (an eventfd write
+/// only when the shard sleeps), so an idle shard sleeps until a message
+/// comes instead of polling for one.
+pub struct ControlSender {
+    /// `None` once dropped, so the wake in `drop` comes after the
+    /// disconnect it announces.
+    tx: Option<Sender<Control>>,
+    wake: Arc<AtomicWaker>,
+}
+
+impl ControlSender {
+    pub fn send(&self, msg: Control) -> Result<(), crossbeam::channel::SendError<Control>> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(msg),
+            None => Err(crossbeam::channel::SendError(msg)),
+        };
+        self.wake.wake();
+        sent
+    }
+}
+
+impl Drop for ControlSender {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.wake.wake();
+    }
+}
+
+/// A shard's end of its control channel.
+pub struct ControlReceiver {
+    rx: Receiver<Control>,
+    wake: Arc<AtomicWaker>,
+}
+
+impl ControlReceiver {
+    /// The next control message; `None` when the main thread is gone.
+    pub async fn recv(&self) -> Option<Control> {
+        use crossbeam::channel::TryRecvError;
+        std::future::poll_fn(|cx| {
+            for attempt in 0..2 {
+                match self.rx.try_recv() {
+                    Ok(msg) => return Poll::Ready(Some(msg)),
+                    Err(TryRecvError::Disconnected) => return Poll::Ready(None),
+                    // Registered before the second look, so a message sent
+                    // in between still wakes this task.
+                    Err(TryRecvError::Empty) if attempt == 0 => self.wake.register(cx.waker()),
+                    Err(TryRecvError::Empty) => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+fn control_channel() -> (ControlSender, ControlReceiver) {
+    let (tx, rx) = crossbeam::channel::unbounded();
+    let wake = Arc::new(AtomicWaker::new());
+    (
+        ControlSender {
+            tx: Some(tx),
+            wake: wake.clone(),
+        },
+        ControlReceiver { rx, wake },
+    )
+}
+
 pub struct ShardHandle {
-    pub control: Sender<Control>,
+    pub control: ControlSender,
     join: glommio::ExecutorJoinHandle<()>,
 }
 
@@ -83,27 +153,28 @@ impl ShardHandle {
 /// Settings for the executors, from config.
 #[derive(Debug, Clone, Copy)]
 pub struct ExecutorSettings {
+    /// Pin each shard to its CPU from [`crate::config::Config::placement`].
     pub pin: bool,
     pub spin_before_park: Option<Duration>,
 }
 
-/// Spawns shard `id`, pinned to a core when possible, running `main` with the
-/// control receiver.
+/// Spawns shard `id`, pinned to `cpu` (from [`crate::placement`], inside the
+/// process's allowed set) or, with `None`, left to the scheduler within
+/// that set (`--no-pin`). Runs `main` with the control receiver.
 pub fn spawn_shard<F, Fut>(
     id: usize,
+    cpu: Option<usize>,
     settings: ExecutorSettings,
     main: F,
 ) -> io::Result<ShardHandle>
 where
-    F: FnOnce(Receiver<Control>) -> Fut + Send + 'static,
+    F: FnOnce(ControlReceiver) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let (tx, rx) = crossbeam::channel::unbounded();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let placement = if settings.pin {
-        Placement::Fixed(id % cores)
-    } else {
-        Placement::Unbound
+    let (tx, rx) = control_channel();
+    let placement = match cpu {
+        Some(cpu) => Placement::Fixed(cpu),
+        None => Placement::Unbound,
     };
     let mut builder = LocalExecutorBuilder::new(placement)
         .name(&format!("shard-{id}"))
@@ -119,26 +190,6 @@ where
         .map_err(|e| io::Error::other(e.to_string()))?;
     Ok(ShardHandle { control: tx, join })
 }
-
-/// Waits for the next control message without blocking the shard. The
-/// channel is polled on a timer rather than waited on from glommio's blocking
-/// pool: a receive parked there forever would hold the pool's thread that
-/// name resolution needs. `None` when the main thread is gone.
-pub async fn recv_control(rx: &Receiver<Control>) -> Option<Control> {
-    loop {
-        match rx.try_recv() {
-            Ok(msg) => return Some(msg),
-            Err(crossbeam::channel::TryRecvError::Disconnected) => return None,
-            Err(crossbeam::channel::TryRecvError::Empty) => {
-                glommio::timer::sleep(CONTROL_POLL).await;
-            }
-        }
-    }
-}
-
-/// How often shards look for control messages: bounds how late a shutdown or
-/// certificate reload is noticed.
-const CONTROL_POLL: Duration = Duration::from_millis(25);
 
 /// Resolves `host:port` on a helper thread, so a slow DNS server never stalls
 /// a shard.

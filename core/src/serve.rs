@@ -113,6 +113,7 @@ pub fn run(
     let restored = Arc::new(std::mem::take(&mut store.recovered.usage));
     let signals = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
+    log_placement(&config.placement, opts.executor.pin);
     for id in 0..shards {
         let mine: Vec<_> = sockets.iter_mut().filter_map(Iterator::next).collect();
         let config = config.clone();
@@ -124,10 +125,16 @@ pub fn run(
             tx: store.usage.sender(),
             restored: restored.clone(),
         };
-        let handle = runtime::spawn_shard(id, opts.executor, move |control| async move {
-            let shard = Shard::new(id, config, tls_configs, &upstream_tls, keys, persist);
-            shard_main(shard, mine, control, mesh).await;
-        })
+        let cpu = config.placement.cpu_of(id);
+        let handle = runtime::spawn_shard(
+            id,
+            opts.executor.pin.then_some(cpu),
+            opts.executor,
+            move |control| async move {
+                let shard = Shard::new(id, config, tls_configs, &upstream_tls, keys, persist);
+                shard_main(shard, mine, control, mesh).await;
+            },
+        )
         .map_err(|source| ServeError::Shard { id, source })?;
         handles.push(handle);
     }
@@ -180,6 +187,34 @@ pub fn run(
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// One start line says where every shard runs, so an operator can check it
+/// against the CPU set they gave the process.
+fn log_placement(placement: &crate::placement::Placement, pin: bool) {
+    use crate::placement::CpuList;
+    use std::fmt::Write;
+    if !pin {
+        log::info!(
+            "{} shards, not pinned (--no-pin), on CPUs {}",
+            placement.shards,
+            CpuList(placement.cpus.clone())
+        );
+        return;
+    }
+    let mut line = String::new();
+    for id in 0..placement.shards {
+        let sep = if id == 0 { "" } else { ", " };
+        let _ = write!(line, "{sep}shard {id} on CPU {}", placement.cpu_of(id));
+    }
+    log::info!("placement: {line}");
+    if placement.shards > placement.cpus.len() {
+        log::warn!(
+            "{} shards on {} CPUs: some shards share a CPU",
+            placement.shards,
+            placement.cpus.len()
+        );
+    }
 }
 
 /// Keys created or revoked by `shardgate keys` while serving: every shard
@@ -254,7 +289,7 @@ fn signal_channel() -> Result<crossbeam::channel::Receiver<i32>, ServeError> {
 async fn shard_main(
     shard: Rc<Shard>,
     listeners: Vec<std::net::TcpListener>,
-    control: crossbeam::channel::Receiver<Control>,
+    control: runtime::ControlReceiver,
     mesh: mesh::Builder,
 ) {
     // Every shard joins the quota mesh before serving, so no request can
@@ -286,7 +321,7 @@ async fn shard_main(
         ))
         .detach();
     }
-    while let Some(msg) = runtime::recv_control(&control).await {
+    while let Some(msg) = control.recv().await {
         match msg {
             Control::TlsReload { listener, config } => {
                 if let Some(slot) = shard.tls.get(listener) {
@@ -323,7 +358,9 @@ async fn shard_main(
 /// Settled usage goes to the store writer this often (so `kill -9` can lose
 /// at most this much of it), and owned buckets' changed windows every
 /// `COUNTER_EVERY` flushes; both once more at drain. Ended leases go back to
-/// their owners every `LEASE_SWEEP_EVERY` flushes.
+/// their owners every `LEASE_SWEEP_EVERY` flushes. The task ticks only
+/// while there is something to do (`has_background_work`), so an idle
+/// shard does not wake.
 const USAGE_PERSIST_EVERY: Duration = Duration::from_millis(10);
 const COUNTER_EVERY: u32 = 20;
 const LEASE_SWEEP_EVERY: u32 = 100;
@@ -331,6 +368,11 @@ const LEASE_SWEEP_EVERY: u32 = 100;
 async fn persist(shard: Rc<Shard>) {
     let mut n = 0u32;
     while !shard.draining() {
+        if !shard.admission.has_background_work() {
+            // An idle shard sleeps here: nothing to write, nothing to return.
+            futures_lite::future::or(shard.admission.activity(), shard.wait_shutdown()).await;
+            continue;
+        }
         glommio::timer::sleep(USAGE_PERSIST_EVERY).await;
         shard.admission.persist_usage();
         n = n.wrapping_add(1);

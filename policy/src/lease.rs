@@ -406,6 +406,12 @@ impl LocalQuota {
             .filter(|l| now >= l.window_start && now < l.expires_at)
     }
 
+    /// Whether a lease is held (current or ended but not yet returned by
+    /// [`LocalQuota::expire`]).
+    pub fn holds_lease(&self) -> bool {
+        self.lease.is_some()
+    }
+
     /// What is left of the current lease at `now`.
     pub fn remaining(&self, now: Timestamp) -> Quota {
         self.current(now).map_or(Quota::ZERO, Lease::quota)

@@ -23,10 +23,11 @@ use shardgate_policy::{
     Timestamp, ToOwner,
 };
 use shardgate_proto::openai::Usage;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 /// How long a request waits for a lease refill from the owner before it is
@@ -103,6 +104,9 @@ pub struct Persist {
 
 pub struct Admission {
     persist: Persist,
+    /// Rung when there is something to persist or return, so the shard's
+    /// persist task sleeps while the shard is idle.
+    activity: Activity,
     /// Owned buckets whose counters changed since they were last persisted.
     dirty: RefCell<HashSet<String>>,
     /// Usage settled per key since the last [`Admission::persist_usage`].
@@ -142,6 +146,7 @@ impl Admission {
         let pricing = PricingTable::new(&config.pricing);
         Admission {
             persist,
+            activity: Activity::default(),
             dirty: RefCell::new(HashSet::new()),
             pending: RefCell::new(HashMap::new()),
             mode: config.auth,
@@ -371,6 +376,7 @@ impl Admission {
     /// Marks an owned bucket's counters as changed (allocating only the
     /// first time per persist period).
     fn mark_dirty(&self, key: &str) {
+        self.activity.notify();
         let mut dirty = self.dirty.borrow_mut();
         if !dirty.contains(key) {
             dirty.insert(key.to_owned());
@@ -465,6 +471,7 @@ impl Admission {
             output_tokens: usage.and_then(|u| u.completion_tokens).unwrap_or(0),
             spend_micros: cost,
         };
+        self.activity.notify();
         let mut pending = self.pending.borrow_mut();
         match pending.get_mut(key_id) {
             Some(t) => t.add(&added),
@@ -548,6 +555,24 @@ impl Admission {
         cost
     }
 
+    /// True while something waits to be persisted or returned: settled
+    /// usage, changed counters, or a lease that will end and must go back.
+    pub fn has_background_work(&self) -> bool {
+        !self.pending.borrow().is_empty()
+            || !self.dirty.borrow().is_empty()
+            || self
+                .slots
+                .borrow()
+                .values()
+                .any(|s| matches!(s, Slot::Leased(lq, _) if lq.holds_lease()))
+    }
+
+    /// Resolves once [`Admission::has_background_work`] may have become
+    /// true since the last call.
+    pub async fn activity(&self) {
+        self.activity.wait().await
+    }
+
     /// Returns ended leases' unused quota to the buckets' owners. A lease
     /// also ends lazily at the shard's next request for its bucket, but a
     /// shard that stops seeing a bucket would hold the quota, which the
@@ -623,6 +648,7 @@ impl Admission {
                     let mut slots = self.slots.borrow_mut();
                     match slots.get_mut(bucket.as_str()) {
                         Some(Slot::Leased(lq, limits)) => {
+                            self.activity.notify();
                             let mut out = self.outbox.borrow_mut();
                             lq.on_grant(lease, now, &mut out);
                             Some(*limits)
@@ -635,6 +661,35 @@ impl Admission {
                 }
             }
         }
+    }
+}
+
+/// A one-task doorbell: `notify` (on the request path: a flag and, only
+/// while the task sleeps, a wake) and `wait`.
+#[derive(Default)]
+struct Activity {
+    rung: Cell<bool>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl Activity {
+    fn notify(&self) {
+        self.rung.set(true);
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.rung.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 

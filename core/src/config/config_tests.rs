@@ -213,3 +213,24 @@ fn store_section_alone_needs_no_secrets() {
     let e = Config::parse_store("store: { fsync: often }\n").unwrap_err();
     assert!(e.to_string().starts_with("store.fsync: "), "{e}");
 }
+
+#[test]
+fn shards_and_cpus_follow_the_allowed_set() {
+    use crate::placement::Machine;
+    let two_of_eight = Machine {
+        allowed: vec![4, 5],
+        quota_cpus: None,
+    };
+    let on = |text: &str| {
+        Config::parse_on(&format!("{MIN}{text}"), &no_env, &two_of_eight).map_err(|e| e.to_string())
+    };
+    let c = on("").unwrap();
+    assert_eq!((c.shards, c.placement.cpus.clone()), (2, vec![4, 5]));
+    let c = on("cpus: 5\n").unwrap();
+    assert_eq!((c.shards, c.placement.cpu_of(0)), (1, 5));
+    assert_eq!(
+        on("cpus: 3-5\n").unwrap_err(),
+        "cpus: CPU 3 is not in this process's allowed set (4-5)"
+    );
+    assert!(on("cpus: five\n").unwrap_err().starts_with("cpus: `five`"));
+}

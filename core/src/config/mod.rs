@@ -46,6 +46,8 @@ fn field(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub listeners: Vec<Listener>,
     pub shards: usize,
+    /// The CPUs shards are pinned to (unless `--no-pin`).
+    pub placement: crate::placement::Placement,
     pub limits: Limits,
     pub upstream: UpstreamSettings,
     pub providers: Vec<Provider>,
@@ -264,7 +266,16 @@ impl Config {
     }
 
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        parse_raw(text)?.validate(env)
+        Self::parse_on(text, env, &crate::placement::Machine::current())
+    }
+
+    /// [`Config::parse`] on the given machine's CPUs (for tests).
+    pub fn parse_on(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        machine: &crate::placement::Machine,
+    ) -> Result<Config, ConfigError> {
+        parse_raw(text)?.validate(env, machine)
     }
 
     /// Only the `store` section of a config file (the whole file is still

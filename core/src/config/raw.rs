@@ -5,6 +5,7 @@ use super::{
     ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, SecretRef, StoreConfig,
     StoreFsync, Target, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
 };
+use crate::placement::{self, parse_cpu_list, Machine, ShardCount};
 use serde::Deserialize;
 use shardgate_policy::{PolicyEntry, PolicySet, PriceSpec};
 use shardgate_providers::anthropic::{self, AnthropicProvider};
@@ -27,6 +28,9 @@ pub(super) struct RawConfig {
     listeners: Vec<RawListener>,
     #[serde(default)]
     shards: RawShards,
+    /// The CPUs shards are pinned to, like `2-5,8`: each must be in the
+    /// process's allowed set.
+    cpus: Option<RawCpus>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -60,6 +64,14 @@ enum RawShards {
     Unset,
     Count(usize),
     Word(String),
+}
+
+/// `cpus: 3` is read by YAML as a number, `cpus: 2-5,8` as a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCpus {
+    One(usize),
+    List(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,10 +163,6 @@ fn size(v: Option<ByteSize>, default: ByteSize) -> usize {
     v.unwrap_or(default).as_usize()
 }
 
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 impl RawConfig {
     /// The `store` section alone, validated (for `shardgate keys`, which must
     /// not need the providers' secrets).
@@ -196,6 +204,7 @@ impl RawConfig {
     pub(super) fn validate(
         self,
         env: &dyn Fn(&str) -> Option<String>,
+        machine: &Machine,
     ) -> Result<Config, ConfigError> {
         let store = self.store()?;
         let mut listeners = Vec::new();
@@ -220,9 +229,9 @@ impl RawConfig {
             return Err(field("listen", "no listener: set `listen` or `listeners`"));
         }
 
-        let shards = match self.shards {
-            RawShards::Unset => available_cores(),
-            RawShards::Word(w) if w == "auto" => available_cores(),
+        let count = match self.shards {
+            RawShards::Unset => ShardCount::Auto,
+            RawShards::Word(w) if w == "auto" => ShardCount::Auto,
             RawShards::Word(w) => {
                 return Err(field("shards", format!("`{w}`: use `auto` or a number")))
             }
@@ -230,8 +239,17 @@ impl RawConfig {
             RawShards::Count(n) if n > 1024 => {
                 return Err(field("shards", format!("{n} is more than 1024")))
             }
-            RawShards::Count(n) => n,
+            RawShards::Count(n) => ShardCount::Fixed(n),
         };
+        let cpus = match &self.cpus {
+            None => None,
+            Some(RawCpus::One(cpu)) => Some(vec![*cpu]),
+            Some(RawCpus::List(list)) => {
+                Some(parse_cpu_list(list).map_err(|e| field("cpus", e.to_string()))?)
+            }
+        };
+        let placement = placement::resolve(count, cpus.as_deref(), machine)
+            .map_err(|e| field("cpus", e.to_string()))?;
 
         let l = self.limits;
         let limits = Limits {
@@ -332,7 +350,8 @@ impl RawConfig {
 
         Ok(Config {
             listeners,
-            shards,
+            shards: placement.shards,
+            placement,
             limits,
             upstream,
             providers,

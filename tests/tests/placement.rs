@@ -1,0 +1,118 @@
+//! Placement as an operator confines the gateway: under `taskset -c N` the
+//! shards (and every other thread) stay on CPU N, `shards: auto` counts the
+//! allowed set rather than the machine, and a `cpus:` list outside the set
+//! is refused at start with the CPU named.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use shardgate_tests::{bin, connect, get, spawn};
+use std::process::Command;
+
+/// The CPUs this test process may run on (`Cpus_allowed_list`).
+fn allowed_cpus(pid: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut out = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => out.push(part.parse().unwrap()),
+        }
+    }
+    out
+}
+
+/// Per thread of `pid`: its name, the CPUs it may run on, and the CPU it
+/// last ran on (field 39 of `/proc/PID/task/TID/stat`).
+fn threads(pid: u32) -> Vec<(String, Vec<usize>, usize)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = entry.unwrap().file_name().into_string().unwrap();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue; // a thread that just ended
+        };
+        let open = stat.find('(').unwrap();
+        let close = stat.rfind(')').unwrap();
+        let name = stat[open + 1..close].to_owned();
+        // Fields after the name start at field 3; `processor` is field 39.
+        let cpu: usize = stat[close + 2..]
+            .split_whitespace()
+            .nth(39 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((name, allowed_cpus(&format!("{pid}/task/{tid}")), cpu));
+    }
+    out
+}
+
+fn taskset_gateway(cpu: usize, config: &str) -> (Command, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shardgate.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c")
+        .arg(cpu.to_string())
+        .arg(bin("shardgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path());
+    (cmd, dir)
+}
+
+const CONFIG: &str = "listen: 127.0.0.1:0\nauth: none\nproviders:\n  local: { kind: mock, output_tokens: 5 }\nmodels:\n  local: { targets: [ { provider: local, model: mock-1 } ] }\n";
+
+#[test]
+fn under_taskset_every_thread_stays_on_the_cpu_it_was_given() {
+    let mine = allowed_cpus("self");
+    let Some(&cpu) = mine.last() else { return };
+    if mine.len() < 2 {
+        // With one CPU there is nowhere to escape to: nothing to tell apart.
+        eprintln!("skipped: needs two CPUs, this test may use {mine:?}");
+        return;
+    }
+    let (mut cmd, dir) = taskset_gateway(cpu, CONFIG);
+    cmd.env("RUST_LOG", "info");
+    let gw = spawn(cmd, "shardgate listening on ", 1, dir);
+    let mut c = connect(gw.addr());
+    for _ in 0..20 {
+        c.send(&get("/healthz"));
+        assert_eq!(c.read_response().status, 200);
+    }
+    let pid = gw.child.id();
+    let threads = threads(pid);
+    for (name, allowed, last) in &threads {
+        assert_eq!(allowed, &[cpu], "thread {name} may leave CPU {cpu}");
+        assert_eq!(*last, cpu, "thread {name} ran on CPU {last}, not {cpu}");
+    }
+    // `shards: auto` is one shard: the allowed set, not the machine.
+    let stderr = gw.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.ends_with(&format!("placement: shard 0 on CPU {cpu}"))),
+        "the start line names one shard and its CPU: {stderr}"
+    );
+}
+
+#[test]
+fn a_cpu_outside_the_allowed_set_is_refused_by_name() {
+    let mine = allowed_cpus("self");
+    let Some(&cpu) = mine.last() else { return };
+    let outside = mine.iter().copied().find(|&c| c != cpu).unwrap_or(cpu + 1);
+    let (mut cmd, _dir) = taskset_gateway(cpu, &format!("{CONFIG}cpus: {outside}\n"));
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cpus: CPU {outside} is not in this process's allowed set ({cpu})"
+        )),
+        "{err}"
+    );
+}
