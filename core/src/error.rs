@@ -37,6 +37,10 @@ pub enum GatewayError {
     BadBody(String),
     #[error("The gateway is shutting down.")]
     Draining,
+    /// A connection the gateway could not take: its per-shard connection
+    /// limit, or the process out of file descriptors.
+    #[error("The gateway is at its connection limit ({0}); retry shortly.")]
+    Overloaded(&'static str),
     /// No valid gateway key. Deliberately one message for missing, unknown,
     /// revoked and expired keys: nothing hints at which keys exist.
     #[error("Incorrect or missing API key. Send a gateway key as `Authorization: Bearer <key>` or `x-api-key: <key>`.")]
@@ -82,7 +86,7 @@ impl GatewayError {
             | Unauthorized
             | Policy(_)
             | BadBody(_) => Side::Client,
-            Draining | Misconfigured(_) => Side::Gateway,
+            Draining | Overloaded(_) | Misconfigured(_) => Side::Gateway,
             UpstreamConnect { .. }
             | UpstreamTimeout { .. }
             | UpstreamProtocol { .. }
@@ -102,7 +106,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => 405,
             RequestTimeout => 408,
             BodyTooLarge { .. } => 413,
-            Draining => 503,
+            Draining | Overloaded(_) => 503,
             Misconfigured(_) => 500,
             UpstreamConnect { .. } | UpstreamProtocol { .. } | UpstreamTranslate { .. } => 502,
             UpstreamTimeout { .. } => 504,
@@ -139,6 +143,7 @@ impl GatewayError {
             RequestTimeout => "request_timeout",
             BadBody(_) => "bad_body",
             Draining => "draining",
+            Overloaded(_) => "overloaded",
             Unauthorized => "unauthorized",
             Policy(reason) => reason.code(),
             Misconfigured(_) => "misconfigured",

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            raise_open_files_limit();
+            raise_open_files_limit(&cfg);
             let store = match shardgate_core::store::Store::open(&cfg.store) {
                 Ok(s) => s,
                 Err(e) => {
@@ -132,26 +132,50 @@ fn main() -> ExitCode {
 }
 
 /// Every client and upstream connection is a file descriptor: raise the soft
-/// limit to the hard limit, as busy proxies do, and say so when it stays low.
-fn raise_open_files_limit() {
+/// limit to the hard limit, as Go's runtime and nginx's
+/// `worker_rlimit_nofile` do, and say so when it fails or stays below what
+/// the configured connection limits allow (past it, clients get a 503 until
+/// descriptors free up).
+fn raise_open_files_limit(cfg: &Config) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    // SAFETY: getrlimit with a valid pointer to a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        log::warn!(
+            "cannot read the open files limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit with a valid pointer to a local struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        } else {
+            log::warn!(
+                "cannot raise the open files limit from {} to {}: {}",
+                lim.rlim_cur,
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            );
         }
     }
-    if lim.rlim_cur < 65536 {
+    // A client connection and the upstream connection it may hold.
+    let wanted = (cfg.shards as u64)
+        .saturating_mul(cfg.limits.max_connections_per_shard as u64)
+        .saturating_mul(2);
+    if wanted > lim.rlim_cur as u64 {
         log::warn!(
-            "open files limit is {}: at most about that many connections (raise `ulimit -n` / LimitNOFILE)",
-            lim.rlim_cur
+            "open files limit is {}, below the {wanted} descriptors that {} shards x limits.max_connections_per_shard {} (client and upstream) may use: past it clients get a 503; raise `ulimit -n` / LimitNOFILE or lower the limit",
+            lim.rlim_cur,
+            cfg.shards,
+            cfg.limits.max_connections_per_shard
         );
     }
 }

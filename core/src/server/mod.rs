@@ -15,11 +15,21 @@ use crate::shard::Shard;
 use glommio::net::TcpListener;
 use glommio::sync::Gate;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Accepts on `listener` until shutdown begins; each connection runs as a
 /// task inside `gate`, so shutdown can wait for them to finish.
+///
+/// A connection the shard cannot take is answered, not dropped: over the
+/// per-shard limit, or with the process out of descriptors, the client
+/// reads a 503 at once instead of hanging in the backlog. For the latter a
+/// reserve descriptor is released to accept it, and taken back once that
+/// connection is closed, so the shard keeps answering and serves again as
+/// soon as descriptors free up.
 pub async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, gate: Rc<Gate>) {
     let max_conns = shard.config.limits.max_connections_per_shard;
+    let mut reserve = Reserve::open();
+    let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.wait_shutdown().await;
@@ -30,16 +40,26 @@ pub async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, 
             None => return,
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                log::warn!("shard {}: accept failed: {e}", shard.id);
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                let e = std::io::Error::from(e);
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_warning = Some(Instant::now());
+                    log::warn!("shard {}: accept failed: {e}", shard.id);
+                }
+                if out_of_fds && reserve.release() {
+                    if let Ok(stream) = listener.accept().await {
+                        shed(stream, "out of file descriptors").await;
+                    }
+                    reserve = Reserve::open();
+                } else {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    reserve.reopen();
+                }
                 continue;
             }
         };
         if gate_count(&shard) >= max_conns {
-            // Over the per-shard connection limit: close at once; the kernel's
-            // backlog and other shards absorb the rest.
-            drop(stream);
+            glommio::spawn_local(shed(stream, "connections per shard")).detach();
             continue;
         }
         let peer = match stream.peer_addr() {
@@ -77,6 +97,50 @@ pub async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, 
             }
             Err(_) => return,
         }
+    }
+}
+/// Answers a connection the shard will not serve with a 503 and closes it.
+/// What the client sent is read (briefly, bounded) before the close, so the
+/// close is a FIN and not a reset that could discard the answer unread.
+async fn shed(stream: glommio::net::TcpStream, why: &'static str) {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = stream;
+    let body = respond::error(&crate::error::GatewayError::Overloaded(why), "", true);
+    let budget = Duration::from_secs(1);
+    if with_timeout(budget, stream.write_all(&body)).await.is_ok() {
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        let mut sink = [0u8; 1024];
+        let _ = with_timeout(budget, async {
+            for _ in 0..64 {
+                if stream.read(&mut sink).await? == 0 {
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    }
+    let _ = stream.close().await;
+}
+
+/// One descriptor held back for answering while the process is out of
+/// them.
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn open() -> Reserve {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    fn reopen(&mut self) {
+        if self.0.is_none() {
+            *self = Reserve::open();
+        }
+    }
+
+    /// Frees the descriptor; false when there was none to free.
+    fn release(&mut self) -> bool {
+        self.0.take().is_some()
     }
 }
 
