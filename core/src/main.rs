@@ -170,7 +170,7 @@ fn raise_open_files_limit(cfg: &Config) {
     let wanted = (cfg.shards as u64)
         .saturating_mul(cfg.limits.max_connections_per_shard as u64)
         .saturating_mul(2);
-    if wanted > lim.rlim_cur as u64 {
+    if wanted > lim.rlim_cur {
         log::warn!(
             "open files limit is {}, below the {wanted} descriptors that {} shards x limits.max_connections_per_shard {} (client and upstream) may use: past it clients get a 503; raise `ulimit -n` / LimitNOFILE or lower the limit",
             lim.rlim_cur,

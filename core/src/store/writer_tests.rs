@@ -362,6 +362,7 @@ fn interval_fsync_happens_under_steady_load() {
             }
             sent += 20;
         }
+        #[allow(clippy::disallowed_methods)] // a plain test thread, not a shard
         std::thread::sleep(every + Duration::from_millis(1));
     }
     let stats = store.usage.shutdown().unwrap();
