@@ -218,3 +218,25 @@ fn check_command_names_the_bad_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits.idle_timeout"), "{err}");
 }
+
+/// RFC 9112 §3.2: a missing (HTTP/1.1), repeated or invalid Host is a 400,
+/// and the connection closes.
+#[test]
+fn invalid_host_is_refused_and_closed() {
+    let gw = gateway();
+    for raw in [
+        &b"GET /healthz HTTP/1.1\r\nhost: user@evil.example/x\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nhost: user@evil.example\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: evil.example/x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: evil example\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nhost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.0\r\nhost: user@x\r\n\r\n",
+    ] {
+        assert_refused(&gw, raw, 400);
+    }
+    // HTTP/1.0 needs no Host.
+    let mut c = connect(gw.addr());
+    c.send(b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read_response().json()["status"], "ok");
+}

@@ -99,6 +99,8 @@ pub enum H1Error {
     MissingHost,
     #[error("more than one Host")]
     DuplicateHost,
+    #[error("invalid Host (RFC 9110 §7.2: host and optional port only)")]
+    InvalidHost,
 }
 
 impl H1Error {

@@ -158,6 +158,9 @@ fn parse_with_slots<'b>(
             transfer_encodings += 1;
             transfer_chunked &= value.eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"host") {
+            if !valid_host(value) {
+                return Err(H1Error::InvalidHost);
+            }
             hosts += 1;
         } else if name.eq_ignore_ascii_case(b"connection") {
             connection.add(value);
@@ -202,6 +205,62 @@ fn parse_with_slots<'b>(
         expect_continue: expect_continue && minor_version == 1,
         head_len,
     }))
+}
+
+/// What a byte may be outside the brackets of an IP-literal (`reg-name`
+/// and IPv4address, RFC 3986 §3.2.2): unreserved or sub-delims. Percent
+/// encoding is refused though the grammar has it: no DNS name needs it, and
+/// a host that decodes to `/` or `@` would read differently elsewhere.
+const REG_NAME: [bool; 256] = byte_class(b"-._~!$&'()*+,;=");
+
+/// What a byte may be inside `[...]`: IPv6address and IPvFuture (RFC 3986
+/// §3.2.2), i.e. unreserved, sub-delims and `:`.
+const IP_LITERAL: [bool; 256] = byte_class(b"-._~!$&'()*+,;=:");
+
+/// ASCII letters and digits plus `extra`.
+const fn byte_class(extra: &[u8]) -> [bool; 256] {
+    let mut class = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        class[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        class[extra[i] as usize] = true;
+        i += 1;
+    }
+    class
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2), in one pass over the
+/// value. Anything else, userinfo (`@`), a path (`/`), whitespace, control
+/// or non-ASCII bytes, is invalid and a 400 (RFC 9112 §3.2): a front end
+/// and the gateway must never disagree on which host a request named. An
+/// empty value is valid (§3.2: the target carries no authority); an empty
+/// host before a port is not (RFC 9110 §4.2.1).
+fn valid_host(value: &[u8]) -> bool {
+    enum At {
+        Start,
+        Name,
+        Open,
+        Literal,
+        LiteralEnd,
+        Port,
+    }
+    let mut at = At::Start;
+    for &b in value {
+        at = match (at, b) {
+            (At::Start, b'[') => At::Open,
+            (At::Start | At::Name, _) if REG_NAME[usize::from(b)] => At::Name,
+            (At::Name | At::LiteralEnd, b':') => At::Port,
+            (At::Literal, b']') => At::LiteralEnd,
+            (At::Open | At::Literal, _) if IP_LITERAL[usize::from(b)] => At::Literal,
+            (At::Port, b'0'..=b'9') => At::Port,
+            _ => return false,
+        };
+    }
+    !matches!(at, At::Open | At::Literal)
 }
 
 #[cfg(test)]

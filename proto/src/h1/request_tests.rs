@@ -284,6 +284,64 @@ fn host_rules() {
     complete(b"GET / HTTP/1.1\r\nHost:\r\n\r\n");
 }
 
+/// RFC 9112 §3.2: a Host that is not `uri-host [ ":" port ]` (RFC 9110
+/// §7.2) is a 400, whatever else the head says.
+#[test]
+fn invalid_host_values_are_refused() {
+    for host in [
+        "user@evil.example",
+        "evil.example/x",
+        "user@evil.example/x",
+        "a b",
+        "a\tb",
+        "a?b",
+        "a#b",
+        "a\\b",
+        "%61.example",
+        "\u{e9}.example",
+        ":80",
+        "a:8o",
+        "a:80:90",
+        "[::1",
+        "[::1]x",
+        "[::1]:8o",
+        "[]",
+        "a]",
+        "a[",
+    ] {
+        let buf = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(err(buf.as_bytes()), H1Error::InvalidHost, "{host:?}");
+        // HTTP/1.0 may leave Host out, but not send a bad one.
+        let buf = format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n");
+        assert_eq!(err(buf.as_bytes()), H1Error::InvalidHost, "{host:?}");
+    }
+}
+
+#[test]
+fn valid_host_values() {
+    for host in [
+        "a",
+        "api.example.com",
+        "API.Example.COM",
+        "api.example.com:8080",
+        "a:",
+        "127.0.0.1:80",
+        "[::1]",
+        "[::1]:8080",
+        "[fe80::1:2.3.4.5]",
+        "[v1.fe]",
+        "xn--bcher-kva.example",
+        "a_b-c.d~e",
+        "a!$&'()*+,;=b",
+    ] {
+        let buf = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let head = complete(buf.as_bytes());
+        assert_eq!(head.header(buf.as_bytes(), "host"), Some(host.as_bytes()));
+    }
+    // Surrounding whitespace is OWS, not part of the value.
+    complete(b"GET / HTTP/1.1\r\nHost: \t a:1 \r\n\r\n");
+}
+
 #[test]
 fn versions() {
     assert_eq!(
@@ -442,6 +500,7 @@ fn error_statuses() {
         H1Error::ContentLengthWithTransferEncoding,
         H1Error::MissingHost,
         H1Error::DuplicateHost,
+        H1Error::InvalidHost,
     ] {
         assert_eq!(e.status(), 400, "{e}");
     }
