@@ -240,3 +240,36 @@ fn invalid_host_is_refused_and_closed() {
     c.send(b"GET /healthz HTTP/1.0\r\n\r\n");
     assert_eq!(c.read_response().json()["status"], "ok");
 }
+
+/// RFC 9112 §3.2.2: the absolute-form is served by the URI's path and
+/// query; its authority must be the Host's.
+#[test]
+fn absolute_form_target_is_served_by_its_path() {
+    let gw = gateway();
+    let mut c = connect(gw.addr());
+    let authority = gw.addr().to_string();
+    c.send(
+        format!("GET http://{authority}/healthz HTTP/1.1\r\nhost: {authority}\r\n\r\n").as_bytes(),
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ok");
+    c.send(
+        format!(
+            "POST http://{authority}/v1/chat/completions?x=1 HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {}\r\n\r\n{CHAT}",
+            CHAT.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "chat.completion");
+    let mut c = connect(gw.addr());
+    c.send(b"GET http://x/v1/models HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read_response().json()["data"][0]["id"], "local");
+    assert_refused(
+        &gw,
+        b"GET http://elsewhere.example/healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+        400,
+    );
+}

@@ -101,6 +101,8 @@ pub enum H1Error {
     DuplicateHost,
     #[error("invalid Host (RFC 9110 §7.2: host and optional port only)")]
     InvalidHost,
+    #[error("Host differs from the authority of the absolute-form request-target")]
+    HostMismatch,
 }
 
 impl H1Error {

@@ -56,7 +56,12 @@ pub enum BodyFraming {
 #[derive(Clone, Debug)]
 pub struct RequestHead {
     pub method: Method,
+    /// The request-target as sent.
     pub target: Span,
+    /// The target's path and query, the tail of `target`: all of it in
+    /// origin-form, what follows the authority in absolute-form (RFC 9112
+    /// §3.2.2; may be empty there, meaning `/`).
+    pub origin: Span,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     pub headers: Vec<Header>,
@@ -75,12 +80,16 @@ impl RequestHead {
         self.target.of(buf)
     }
 
-    /// The request-target without its `?query`.
+    /// The path of the request-target, without its `?query` and, in
+    /// absolute-form, without scheme and authority (`/` when the URI has no
+    /// path, RFC 9112 §3.3).
     pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        let target = self.target.of(buf);
-        match target.iter().position(|&b| b == b'?') {
-            Some(q) => &target[..q],
-            None => target,
+        let origin = self.origin.of(buf);
+        match origin.iter().position(|&b| b == b'?') {
+            Some(0) => b"/",
+            Some(q) => &origin[..q],
+            None if origin.is_empty() => b"/",
+            None => origin,
         }
     }
 
@@ -142,6 +151,7 @@ fn parse_with_slots<'b>(
     let mut transfer_encodings = 0usize;
     let mut transfer_chunked = true;
     let mut hosts = 0usize;
+    let mut host: &[u8] = &[];
     let mut connection = ConnectionTokens::default();
     let mut expect_continue = false;
     for h in req.headers.iter() {
@@ -162,6 +172,7 @@ fn parse_with_slots<'b>(
                 return Err(H1Error::InvalidHost);
             }
             hosts += 1;
+            host = value;
         } else if name.eq_ignore_ascii_case(b"connection") {
             connection.add(value);
         } else if name.eq_ignore_ascii_case(b"expect") {
@@ -194,10 +205,22 @@ fn parse_with_slots<'b>(
         0 | 1 => {}
         _ => return Err(H1Error::DuplicateHost),
     }
+    let target = target.as_bytes();
+    let origin = match absolute_form(target) {
+        None => target,
+        Some((authority, _)) if authority.is_empty() || !valid_host(authority) => {
+            return Err(H1Error::InvalidHost)
+        }
+        Some((authority, _)) if hosts == 1 && !authority.eq_ignore_ascii_case(host) => {
+            return Err(H1Error::HostMismatch)
+        }
+        Some((_, origin)) => origin,
+    };
 
     Ok(Some(RequestHead {
         method: Method::from_token(method),
-        target: span_of(head, target.as_bytes())?,
+        target: span_of(head, target)?,
+        origin: span_of(head, origin)?,
         minor_version,
         headers,
         framing,
@@ -205,6 +228,38 @@ fn parse_with_slots<'b>(
         expect_continue: expect_continue && minor_version == 1,
         head_len,
     }))
+}
+
+/// An absolute-form target (`http://` or `https://`, RFC 9112 §3.2.2) as
+/// its authority and the path and query after it; `None` for every other
+/// form, which is then routed as it came (origin-form is the only one
+/// served; asterisk- and authority-form find no route).
+///
+/// The gateway has no virtual hosts: it serves whatever `Host` a request
+/// names, so it serves an absolute-form target whatever its authority too,
+/// and never forwards to that authority (it is no forward proxy). What it
+/// refuses is a request naming two hosts: RFC 9112 §3.2.2 has a server
+/// ignore `Host` in favour of the URI, while a front end that routes or
+/// caches by `Host` would not, so an authority that differs from `Host`
+/// (ASCII case aside; `a` and `a:80` differ) is a 400 rather than a guess.
+/// A 421 would invite a retry on another connection that cannot succeed.
+fn absolute_form(target: &[u8]) -> Option<(&[u8], &[u8])> {
+    if target.first() == Some(&b'/') {
+        return None;
+    }
+    let rest = [&b"http://"[..], b"https://"]
+        .into_iter()
+        .find_map(|scheme| {
+            let prefix = target.get(..scheme.len())?;
+            prefix
+                .eq_ignore_ascii_case(scheme)
+                .then(|| &target[scheme.len()..])
+        })?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    Some(rest.split_at(end))
 }
 
 /// What a byte may be outside the brackets of an IP-literal (`reg-name`

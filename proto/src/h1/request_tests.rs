@@ -342,6 +342,78 @@ fn valid_host_values() {
     complete(b"GET / HTTP/1.1\r\nHost: \t a:1 \r\n\r\n");
 }
 
+/// RFC 9112 §3.2.2: a server MUST accept the absolute-form; the path and
+/// query come from the URI.
+#[test]
+fn absolute_form_targets() {
+    for (target, host, path) in [
+        ("http://a/healthz", "a", "/healthz"),
+        ("http://a:8080/v1/models?x=1", "a:8080", "/v1/models"),
+        ("HTTP://A:8080/v1/models", "a:8080", "/v1/models"),
+        ("https://a/x/y?q=/z", "a", "/x/y"),
+        ("http://[::1]:80/x", "[::1]:80", "/x"),
+        ("http://a", "a", "/"),
+        ("http://a?q=1", "a", "/"),
+    ] {
+        let buf = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let head = complete(buf.as_bytes());
+        assert_eq!(head.target(buf.as_bytes()), target.as_bytes());
+        assert_eq!(head.path(buf.as_bytes()), path.as_bytes(), "{target}");
+    }
+    // HTTP/1.0 may leave Host out: the URI names the host.
+    let buf = b"GET http://a/healthz HTTP/1.0\r\n\r\n";
+    assert_eq!(complete(buf).path(buf), b"/healthz");
+}
+
+#[test]
+fn absolute_form_authority_must_be_a_valid_host_equal_to_host() {
+    use H1Error::{HostMismatch, InvalidHost, MissingHost};
+    for (buf, want) in [
+        // Two different hosts in one request: refused, not guessed between.
+        (
+            &b"GET http://b/healthz HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            HostMismatch,
+        ),
+        (
+            b"GET http://a:81/healthz HTTP/1.1\r\nHost: a:80\r\n\r\n",
+            HostMismatch,
+        ),
+        (
+            b"GET http://a:80/healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+            HostMismatch,
+        ),
+        (
+            b"GET http://a/healthz HTTP/1.1\r\nHost:\r\n\r\n",
+            HostMismatch,
+        ),
+        // Still one Host line in HTTP/1.1.
+        (b"GET http://a/healthz HTTP/1.1\r\n\r\n", MissingHost),
+        // Userinfo or no host at all in the URI.
+        (
+            b"GET http://u@a/healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+            InvalidHost,
+        ),
+        (b"GET http://u@a/healthz HTTP/1.0\r\n\r\n", InvalidHost),
+        (
+            b"GET http:///healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+            InvalidHost,
+        ),
+        (b"GET https://?x HTTP/1.0\r\n\r\n", InvalidHost),
+    ] {
+        assert_eq!(err(buf), want, "{:?}", String::from_utf8_lossy(buf));
+        assert_eq!(want.status(), 400);
+    }
+}
+
+#[test]
+fn other_target_forms_are_left_as_sent() {
+    for target in ["*", "a:443", "ftp://a/x", "http:/a/x", "httpx://a/x"] {
+        let buf = format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let head = complete(buf.as_bytes());
+        assert_eq!(head.path(buf.as_bytes()), target.as_bytes());
+    }
+}
+
 #[test]
 fn versions() {
     assert_eq!(
@@ -501,6 +573,7 @@ fn error_statuses() {
         H1Error::MissingHost,
         H1Error::DuplicateHost,
         H1Error::InvalidHost,
+        H1Error::HostMismatch,
     ] {
         assert_eq!(e.status(), 400, "{e}");
     }
