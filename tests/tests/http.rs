@@ -273,3 +273,52 @@ fn absolute_form_target_is_served_by_its_path() {
         400,
     );
 }
+
+/// RFC 9110 §9.3.2: a HEAD response is the GET's head (its
+/// `content-length` included) and no body. A body would be read as the
+/// next response by a keep-alive client, so each HEAD is followed by a GET
+/// on the same connection.
+#[test]
+fn head_responses_carry_no_body_and_keep_the_connection() {
+    let gw = gateway();
+    let mut c = connect(gw.addr());
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/v1/models", 200),
+        ("/v2/nothing", 404),
+        ("/v1/chat/completions", 405),
+    ] {
+        c.send(format!("HEAD {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes());
+        let head = c.read_head_response();
+        assert_eq!(head.status, status, "HEAD {path}");
+        let length: usize = head.header("content-length").unwrap().parse().unwrap();
+        assert!(length > 0, "HEAD {path}");
+        c.send(&get(path));
+        let r = c.read_response();
+        assert_eq!(r.status, status, "GET {path} after HEAD: {}", r.text());
+        assert!(r.json().is_object(), "GET {path} after HEAD");
+        if status == 200 {
+            assert_eq!(r.body.len(), length, "HEAD {path} has the GET's length");
+        }
+        assert!(
+            c.unread().is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(c.unread())
+        );
+    }
+    // Pipelined: the GET right behind the HEAD is answered as itself.
+    let mut burst = b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n".to_vec();
+    burst.extend(get("/readyz"));
+    c.send(&burst);
+    assert_eq!(c.read_head_response().status, 200);
+    assert_eq!(c.read_response().json()["status"], "ready");
+    // An interim response is not the HEAD's head: the final one still comes.
+    c.send(
+        b"HEAD /healthz HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
+    );
+    assert_eq!(c.read_response_inner(true).status, 100);
+    c.send(b"{}");
+    assert_eq!(c.read_head_response().status, 200);
+    c.send(&get("/healthz"));
+    assert_eq!(c.read_response().json()["status"], "ok");
+}

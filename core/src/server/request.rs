@@ -122,7 +122,7 @@ pub async fn read_body<'b>(
         }
     }
     if wants_body && head.expect_continue && rbuf.len() == head_len {
-        conn.write(CONTINUE_100)
+        conn.write_interim(CONTINUE_100)
             .await
             .map_err(|_| GatewayError::RequestTimeout)?;
     }
