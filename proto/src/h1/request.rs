@@ -6,8 +6,8 @@
 //! `Content-Length` with `Transfer-Encoding`, any coding but `chunked`).
 
 use super::{
-    find_header, from_httparse, list_items, parse_content_length, scan_head, span_of, trim_ows,
-    ConnectionTokens, H1Error, HeadLimits, Header, Scan, Span, STACK_HEADERS,
+    find_end_to_end, find_header, from_httparse, list_items, parse_content_length, scan_head,
+    span_of, trim_ows, ConnectionTokens, H1Error, HeadLimits, Header, Scan, Span, STACK_HEADERS,
 };
 use std::mem::MaybeUninit;
 
@@ -68,6 +68,8 @@ pub struct RequestHead {
     pub framing: BodyFraming,
     /// Whether the connection may carry another request (RFC 9112 §9.3).
     pub keep_alive: bool,
+    /// `Connection` names some field (see [`RequestHead::end_to_end_header`]).
+    pub connection_names_fields: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request (RFC 9110 §10.1.1).
     pub expect_continue: bool,
     /// Bytes of the head including the blank line that ends it.
@@ -96,6 +98,12 @@ impl RequestHead {
     /// Value of the first header named `name` (ASCII case-insensitive).
     pub fn header<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
         find_header(&self.headers, buf, name)
+    }
+
+    /// Value of the first header named `name`, unless `Connection` names it
+    /// (hop-by-hop, RFC 9110 §7.6.1): what may be forwarded.
+    pub fn end_to_end_header<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        find_end_to_end(&self.headers, buf, name, self.connection_names_fields)
     }
 }
 
@@ -225,6 +233,7 @@ fn parse_with_slots<'b>(
         headers,
         framing,
         keep_alive: connection.persistent(minor_version),
+        connection_names_fields: connection.names_fields,
         expect_continue: expect_continue && minor_version == 1,
         head_len,
     }))

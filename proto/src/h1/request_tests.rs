@@ -485,6 +485,45 @@ fn keep_alive_matrix() {
     assert!(!complete(buf).keep_alive);
 }
 
+/// RFC 9110 §7.6.1: a field named in `Connection` is hop-by-hop.
+#[test]
+fn fields_named_in_connection_are_not_end_to_end() {
+    for (fields, end_to_end) in [
+        ("anthropic-beta: b\r\n", true),
+        (
+            "connection: keep-alive, close\r\nanthropic-beta: b\r\n",
+            true,
+        ),
+        ("connection: anthropic-betas\r\nanthropic-beta: b\r\n", true),
+        ("connection: anthropic-beta\r\nanthropic-beta: b\r\n", false),
+        (
+            "anthropic-beta: b\r\nConnection: x, Anthropic-Beta \r\n",
+            false,
+        ),
+        (
+            "connection: x\r\nconnection: ,anthropic-beta\r\nanthropic-beta: b\r\n",
+            false,
+        ),
+    ] {
+        let buf = format!("POST / HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
+        let head = complete(buf.as_bytes());
+        let want = end_to_end.then_some(&b"b"[..]);
+        assert_eq!(
+            head.end_to_end_header(buf.as_bytes(), "anthropic-beta"),
+            want,
+            "{fields:?}"
+        );
+        assert_eq!(
+            head.header(buf.as_bytes(), "anthropic-beta"),
+            Some(&b"b"[..])
+        );
+    }
+    let buf = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n";
+    assert!(!complete(buf).connection_names_fields);
+    let buf = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n";
+    assert!(complete(buf).connection_names_fields);
+}
+
 #[test]
 fn expect_continue() {
     let buf = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n";
