@@ -242,8 +242,29 @@ impl<S: Read + Write> Client<S> {
     }
 
     pub fn read_response_inner(&mut self, keep_interim: bool) -> Response {
+        self.read_response_to(Method::Post, keep_interim)
+    }
+
+    /// Reads the response to a HEAD request: its head, and no body whatever
+    /// its `content-length` says (RFC 9110 §9.3.2).
+    pub fn read_head_response(&mut self) -> Response {
+        self.read_response_to(Method::Head, false)
+    }
+
+    /// Bytes received and not yet read as part of a response.
+    pub fn unread(&self) -> &[u8] {
+        &self.buf
+    }
+
+    fn read_response_to(&mut self, method: Method, keep_interim: bool) -> Response {
         loop {
-            let parsed = parse_response(&self.buf, &HeadLimits::default(), Method::Post).unwrap();
+            let parsed =
+                parse_response(&self.buf, &HeadLimits::default(), method).unwrap_or_else(|e| {
+                    panic!(
+                        "not a response head ({e}): {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    )
+                });
             let Some(head) = parsed else {
                 assert!(
                     self.fill() > 0,

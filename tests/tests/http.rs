@@ -218,3 +218,107 @@ fn check_command_names_the_bad_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits.idle_timeout"), "{err}");
 }
+
+/// RFC 9112 §3.2: a missing (HTTP/1.1), repeated or invalid Host is a 400,
+/// and the connection closes.
+#[test]
+fn invalid_host_is_refused_and_closed() {
+    let gw = gateway();
+    for raw in [
+        &b"GET /healthz HTTP/1.1\r\nhost: user@evil.example/x\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nhost: user@evil.example\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: evil.example/x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: evil example\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nhost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.0\r\nhost: user@x\r\n\r\n",
+    ] {
+        assert_refused(&gw, raw, 400);
+    }
+    // HTTP/1.0 needs no Host.
+    let mut c = connect(gw.addr());
+    c.send(b"GET /healthz HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read_response().json()["status"], "ok");
+}
+
+/// RFC 9112 §3.2.2: the absolute-form is served by the URI's path and
+/// query; its authority must be the Host's.
+#[test]
+fn absolute_form_target_is_served_by_its_path() {
+    let gw = gateway();
+    let mut c = connect(gw.addr());
+    let authority = gw.addr().to_string();
+    c.send(
+        format!("GET http://{authority}/healthz HTTP/1.1\r\nhost: {authority}\r\n\r\n").as_bytes(),
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ok");
+    c.send(
+        format!(
+            "POST http://{authority}/v1/chat/completions?x=1 HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {}\r\n\r\n{CHAT}",
+            CHAT.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "chat.completion");
+    let mut c = connect(gw.addr());
+    c.send(b"GET http://x/v1/models HTTP/1.0\r\n\r\n");
+    assert_eq!(c.read_response().json()["data"][0]["id"], "local");
+    assert_refused(
+        &gw,
+        b"GET http://elsewhere.example/healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+        400,
+    );
+}
+
+/// RFC 9110 §9.3.2: a HEAD response is the GET's head (its
+/// `content-length` included) and no body. A body would be read as the
+/// next response by a keep-alive client, so each HEAD is followed by a GET
+/// on the same connection.
+#[test]
+fn head_responses_carry_no_body_and_keep_the_connection() {
+    let gw = gateway();
+    let mut c = connect(gw.addr());
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/v1/models", 200),
+        ("/v2/nothing", 404),
+        ("/v1/chat/completions", 405),
+    ] {
+        c.send(format!("HEAD {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes());
+        let head = c.read_head_response();
+        assert_eq!(head.status, status, "HEAD {path}");
+        let length: usize = head.header("content-length").unwrap().parse().unwrap();
+        assert!(length > 0, "HEAD {path}");
+        c.send(&get(path));
+        let r = c.read_response();
+        assert_eq!(r.status, status, "GET {path} after HEAD: {}", r.text());
+        assert!(r.json().is_object(), "GET {path} after HEAD");
+        if status == 200 {
+            assert_eq!(r.body.len(), length, "HEAD {path} has the GET's length");
+        }
+        assert!(
+            c.unread().is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(c.unread())
+        );
+    }
+    // Pipelined: the GET right behind the HEAD is answered as itself.
+    let mut burst = b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n".to_vec();
+    burst.extend(get("/readyz"));
+    c.send(&burst);
+    assert_eq!(c.read_head_response().status, 200);
+    assert_eq!(c.read_response().json()["status"], "ready");
+    // An interim response is not the HEAD's head: the final one still comes.
+    c.send(
+        b"HEAD /healthz HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
+    );
+    assert_eq!(c.read_response_inner(true).status, 100);
+    c.send(b"{}");
+    assert_eq!(c.read_head_response().status, 200);
+    c.send(&get("/healthz"));
+    assert_eq!(c.read_response().json()["status"], "ok");
+}

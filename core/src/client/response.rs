@@ -37,7 +37,12 @@ pub struct UpstreamHead {
     pub status: u16,
     pub framing: ResponseFraming,
     pub keep_alive: bool,
+    /// For the gateway to read (is the answer a stream?); relayed only when
+    /// `content_type_end_to_end`.
     pub content_type: Option<Vec<u8>>,
+    /// The upstream's `Connection` does not name `content-type` (RFC 9110
+    /// §7.6.1: a field it names is for the gateway alone).
+    pub content_type_end_to_end: bool,
     pub retry_after: Option<Vec<u8>>,
 }
 
@@ -82,6 +87,8 @@ pub async fn read_response_head(
                             framing: head.framing,
                             keep_alive: head.keep_alive,
                             content_type: keep(&head, buf, "content-type"),
+                            content_type_end_to_end: !head.connection_names_fields
+                                || head.end_to_end_header(buf, "content-type").is_some(),
                             retry_after: keep(&head, buf, "retry-after"),
                         };
                         conn.rbuf.consume(head.head_len);

@@ -111,7 +111,7 @@ pub fn build(
                     ("content-type".to_owned(), "application/json".to_owned()),
                 ];
                 // Beta features the client opted into travel with its body.
-                if let Some(beta) = call.req.header("anthropic-beta") {
+                if let Some(beta) = call.req.end_to_end_header("anthropic-beta") {
                     headers.push((
                         "anthropic-beta".to_owned(),
                         String::from_utf8_lossy(beta).into_owned(),

@@ -161,9 +161,9 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
             })
         }
     };
-    let content_type = match reply {
-        Reply::Same => head.content_type.as_deref().unwrap_or(b"application/json"),
-        _ => b"application/json",
+    let content_type = match (reply, &head.content_type) {
+        (Reply::Same, Some(ct)) if head.content_type_end_to_end => ct,
+        _ => &b"application/json"[..],
     };
     let bytes = respond::full(
         head.status,

@@ -3,7 +3,7 @@
 //! handled one at a time, so pipelined requests are answered in order.
 
 use super::request::{read_body, read_head, HeadRead, Request};
-use super::respond;
+use super::respond::{self, HeadOnly};
 use crate::error::GatewayError;
 use crate::io::{write_all_timeout, MaybeTls, ReadBuf};
 use crate::shard::Shard;
@@ -32,10 +32,25 @@ pub struct ClientConn {
     pending: Vec<u8>,
     /// How many bytes `pending` may hold.
     max_pending: usize,
+    /// What of the current response may go out (all of it, or its head
+    /// alone for a HEAD request); set once a request's head is read.
+    head_only: HeadOnly,
 }
 
 impl ClientConn {
+    /// Writes (part of) the response to the current request: every final
+    /// response goes through here, so a HEAD request gets its head alone.
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let bytes = self.head_only.filter(bytes);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.write_interim(bytes).await
+    }
+
+    /// Writes bytes as they are: interim (1xx) responses, which a HEAD
+    /// request gets like any other before its final response.
+    pub async fn write_interim(&mut self, bytes: &[u8]) -> io::Result<()> {
         write_all_timeout(&mut self.stream, bytes, self.write_timeout).await?;
         if self.stream.is_tls() {
             crate::io::with_timeout(self.write_timeout, self.stream.flush()).await?;
@@ -82,6 +97,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
         write_timeout: limits.write_timeout,
         pending: Vec::new(),
         max_pending: limits.max_head_bytes + limits.max_body_bytes,
+        head_only: HeadOnly::Off,
     };
     if let Some(subject) = &conn.client_subject {
         log::debug!("shard {} {peer}: client certificate {subject}", shard.id);
@@ -91,9 +107,13 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
     let mut rbuf = ReadBuf::with_capacity(IDLE_BUFFER);
     loop {
         let head = match read_head(&shard, &mut conn, &mut rbuf).await {
-            HeadRead::Head(h) => h,
+            HeadRead::Head(h) => {
+                conn.head_only = HeadOnly::for_method(h.method);
+                h
+            }
             HeadRead::Closed => break,
             HeadRead::Error(e) => {
+                conn.head_only = HeadOnly::Off;
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
                 let _ = conn.write(&respond::error(&e, "", true)).await;
                 break;

@@ -34,6 +34,13 @@ impl Request<'_> {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.head.header(&self.head_buf, name)
     }
+
+    /// A header the client meant for the upstream: absent when its
+    /// `Connection` names it (hop-by-hop, RFC 9110 §7.6.1). Every header
+    /// forwarded from a client is read through this.
+    pub fn end_to_end_header(&self, name: &str) -> Option<&[u8]> {
+        self.head.end_to_end_header(&self.head_buf, name)
+    }
 }
 
 pub enum HeadRead {
@@ -122,7 +129,7 @@ pub async fn read_body<'b>(
         }
     }
     if wants_body && head.expect_continue && rbuf.len() == head_len {
-        conn.write(CONTINUE_100)
+        conn.write_interim(CONTINUE_100)
             .await
             .map_err(|_| GatewayError::RequestTimeout)?;
     }

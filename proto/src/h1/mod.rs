@@ -99,6 +99,10 @@ pub enum H1Error {
     MissingHost,
     #[error("more than one Host")]
     DuplicateHost,
+    #[error("invalid Host (RFC 9110 §7.2: host and optional port only)")]
+    InvalidHost,
+    #[error("Host differs from the authority of the absolute-form request-target")]
+    HostMismatch,
 }
 
 impl H1Error {
@@ -221,11 +225,36 @@ fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// First header named `name` unless a `Connection` field names it too:
+/// such a field is hop-by-hop, meant for this recipient alone, and a proxy
+/// must not forward it (RFC 9110 §7.6.1). `names_fields` is the head's
+/// [`ConnectionTokens::names_fields`]; without it (nearly always) this is
+/// [`find_header`] and nothing more. Not for the fields that are
+/// hop-by-hop by definition (`Connection`, `Keep-Alive`, `TE`,
+/// `Transfer-Encoding`, `Upgrade`), which are never forwarded at all.
+fn find_end_to_end<'a>(
+    headers: &[Header],
+    buf: &'a [u8],
+    name: &str,
+    names_fields: bool,
+) -> Option<&'a [u8]> {
+    let value = find_header(headers, buf, name)?;
+    let named = names_fields
+        && headers.iter().any(|h| {
+            h.name.of(buf).eq_ignore_ascii_case(b"connection")
+                && list_items(h.value.of(buf)).any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+        });
+    (!named).then_some(value)
+}
+
 /// `Connection` options that decide persistence (RFC 9112 §9.3).
 #[derive(Default)]
 struct ConnectionTokens {
     close: bool,
     keep_alive: bool,
+    /// Some option other than `close` and `keep-alive`: the name of a field
+    /// to drop when forwarding (see [`find_end_to_end`]).
+    names_fields: bool,
 }
 
 impl ConnectionTokens {
@@ -235,6 +264,8 @@ impl ConnectionTokens {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else {
+                self.names_fields = true;
             }
         }
     }

@@ -284,6 +284,136 @@ fn host_rules() {
     complete(b"GET / HTTP/1.1\r\nHost:\r\n\r\n");
 }
 
+/// RFC 9112 §3.2: a Host that is not `uri-host [ ":" port ]` (RFC 9110
+/// §7.2) is a 400, whatever else the head says.
+#[test]
+fn invalid_host_values_are_refused() {
+    for host in [
+        "user@evil.example",
+        "evil.example/x",
+        "user@evil.example/x",
+        "a b",
+        "a\tb",
+        "a?b",
+        "a#b",
+        "a\\b",
+        "%61.example",
+        "\u{e9}.example",
+        ":80",
+        "a:8o",
+        "a:80:90",
+        "[::1",
+        "[::1]x",
+        "[::1]:8o",
+        "[]",
+        "a]",
+        "a[",
+    ] {
+        let buf = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(err(buf.as_bytes()), H1Error::InvalidHost, "{host:?}");
+        // HTTP/1.0 may leave Host out, but not send a bad one.
+        let buf = format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n");
+        assert_eq!(err(buf.as_bytes()), H1Error::InvalidHost, "{host:?}");
+    }
+}
+
+#[test]
+fn valid_host_values() {
+    for host in [
+        "a",
+        "api.example.com",
+        "API.Example.COM",
+        "api.example.com:8080",
+        "a:",
+        "127.0.0.1:80",
+        "[::1]",
+        "[::1]:8080",
+        "[fe80::1:2.3.4.5]",
+        "[v1.fe]",
+        "xn--bcher-kva.example",
+        "a_b-c.d~e",
+        "a!$&'()*+,;=b",
+    ] {
+        let buf = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let head = complete(buf.as_bytes());
+        assert_eq!(head.header(buf.as_bytes(), "host"), Some(host.as_bytes()));
+    }
+    // Surrounding whitespace is OWS, not part of the value.
+    complete(b"GET / HTTP/1.1\r\nHost: \t a:1 \r\n\r\n");
+}
+
+/// RFC 9112 §3.2.2: a server MUST accept the absolute-form; the path and
+/// query come from the URI.
+#[test]
+fn absolute_form_targets() {
+    for (target, host, path) in [
+        ("http://a/healthz", "a", "/healthz"),
+        ("http://a:8080/v1/models?x=1", "a:8080", "/v1/models"),
+        ("HTTP://A:8080/v1/models", "a:8080", "/v1/models"),
+        ("https://a/x/y?q=/z", "a", "/x/y"),
+        ("http://[::1]:80/x", "[::1]:80", "/x"),
+        ("http://a", "a", "/"),
+        ("http://a?q=1", "a", "/"),
+    ] {
+        let buf = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let head = complete(buf.as_bytes());
+        assert_eq!(head.target(buf.as_bytes()), target.as_bytes());
+        assert_eq!(head.path(buf.as_bytes()), path.as_bytes(), "{target}");
+    }
+    // HTTP/1.0 may leave Host out: the URI names the host.
+    let buf = b"GET http://a/healthz HTTP/1.0\r\n\r\n";
+    assert_eq!(complete(buf).path(buf), b"/healthz");
+}
+
+#[test]
+fn absolute_form_authority_must_be_a_valid_host_equal_to_host() {
+    use H1Error::{HostMismatch, InvalidHost, MissingHost};
+    for (buf, want) in [
+        // Two different hosts in one request: refused, not guessed between.
+        (
+            &b"GET http://b/healthz HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            HostMismatch,
+        ),
+        (
+            b"GET http://a:81/healthz HTTP/1.1\r\nHost: a:80\r\n\r\n",
+            HostMismatch,
+        ),
+        (
+            b"GET http://a:80/healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+            HostMismatch,
+        ),
+        (
+            b"GET http://a/healthz HTTP/1.1\r\nHost:\r\n\r\n",
+            HostMismatch,
+        ),
+        // Still one Host line in HTTP/1.1.
+        (b"GET http://a/healthz HTTP/1.1\r\n\r\n", MissingHost),
+        // Userinfo or no host at all in the URI.
+        (
+            b"GET http://u@a/healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+            InvalidHost,
+        ),
+        (b"GET http://u@a/healthz HTTP/1.0\r\n\r\n", InvalidHost),
+        (
+            b"GET http:///healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+            InvalidHost,
+        ),
+        (b"GET https://?x HTTP/1.0\r\n\r\n", InvalidHost),
+    ] {
+        assert_eq!(err(buf), want, "{:?}", String::from_utf8_lossy(buf));
+        assert_eq!(want.status(), 400);
+    }
+}
+
+#[test]
+fn other_target_forms_are_left_as_sent() {
+    for target in ["*", "a:443", "ftp://a/x", "http:/a/x", "httpx://a/x"] {
+        let buf = format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let head = complete(buf.as_bytes());
+        assert_eq!(head.path(buf.as_bytes()), target.as_bytes());
+    }
+}
+
 #[test]
 fn versions() {
     assert_eq!(
@@ -353,6 +483,45 @@ fn keep_alive_matrix() {
     // Connection fields combine across lines.
     let buf = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nConnection: close\r\n\r\n";
     assert!(!complete(buf).keep_alive);
+}
+
+/// RFC 9110 §7.6.1: a field named in `Connection` is hop-by-hop.
+#[test]
+fn fields_named_in_connection_are_not_end_to_end() {
+    for (fields, end_to_end) in [
+        ("anthropic-beta: b\r\n", true),
+        (
+            "connection: keep-alive, close\r\nanthropic-beta: b\r\n",
+            true,
+        ),
+        ("connection: anthropic-betas\r\nanthropic-beta: b\r\n", true),
+        ("connection: anthropic-beta\r\nanthropic-beta: b\r\n", false),
+        (
+            "anthropic-beta: b\r\nConnection: x, Anthropic-Beta \r\n",
+            false,
+        ),
+        (
+            "connection: x\r\nconnection: ,anthropic-beta\r\nanthropic-beta: b\r\n",
+            false,
+        ),
+    ] {
+        let buf = format!("POST / HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
+        let head = complete(buf.as_bytes());
+        let want = end_to_end.then_some(&b"b"[..]);
+        assert_eq!(
+            head.end_to_end_header(buf.as_bytes(), "anthropic-beta"),
+            want,
+            "{fields:?}"
+        );
+        assert_eq!(
+            head.header(buf.as_bytes(), "anthropic-beta"),
+            Some(&b"b"[..])
+        );
+    }
+    let buf = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n";
+    assert!(!complete(buf).connection_names_fields);
+    let buf = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n";
+    assert!(complete(buf).connection_names_fields);
 }
 
 #[test]
@@ -442,6 +611,8 @@ fn error_statuses() {
         H1Error::ContentLengthWithTransferEncoding,
         H1Error::MissingHost,
         H1Error::DuplicateHost,
+        H1Error::InvalidHost,
+        H1Error::HostMismatch,
     ] {
         assert_eq!(e.status(), 400, "{e}");
     }

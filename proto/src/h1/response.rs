@@ -7,8 +7,9 @@
 //! doubt the connection is not reused (`keep_alive = false`).
 
 use super::{
-    find_header, from_httparse, list_items, parse_content_length, scan_head, span_of, trim_ows,
-    ConnectionTokens, H1Error, HeadLimits, Header, Method, Scan, Span, STACK_HEADERS,
+    find_end_to_end, find_header, from_httparse, list_items, parse_content_length, scan_head,
+    span_of, trim_ows, ConnectionTokens, H1Error, HeadLimits, Header, Method, Scan, Span,
+    STACK_HEADERS,
 };
 use std::mem::MaybeUninit;
 
@@ -34,6 +35,8 @@ pub struct ResponseHead {
     pub framing: ResponseFraming,
     /// Whether the upstream connection may be reused after this body.
     pub keep_alive: bool,
+    /// `Connection` names some field (see [`ResponseHead::end_to_end_header`]).
+    pub connection_names_fields: bool,
     pub head_len: usize,
 }
 
@@ -41,6 +44,12 @@ impl ResponseHead {
     /// Value of the first header named `name` (ASCII case-insensitive).
     pub fn header<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
         find_header(&self.headers, buf, name)
+    }
+
+    /// Value of the first header named `name`, unless `Connection` names it
+    /// (hop-by-hop, RFC 9110 §7.6.1): what may be forwarded.
+    pub fn end_to_end_header<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        find_end_to_end(&self.headers, buf, name, self.connection_names_fields)
     }
 
     /// 1xx: an interim response; the final one follows on the same connection.
@@ -162,6 +171,7 @@ fn parse_with_slots<'b>(
         headers,
         framing,
         keep_alive,
+        connection_names_fields: connection.names_fields,
         head_len,
     }))
 }

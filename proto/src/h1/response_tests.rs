@@ -191,3 +191,20 @@ fn limits() {
         H1Error::HeadTooLarge
     );
 }
+
+/// RFC 9110 §7.6.1: what the upstream names in `Connection` is not relayed.
+#[test]
+fn fields_named_in_connection_are_not_end_to_end() {
+    let buf = b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+    let head = complete(buf, Method::Post);
+    assert!(!head.connection_names_fields);
+    assert_eq!(
+        head.end_to_end_header(buf, "content-type"),
+        Some(&b"a/b"[..])
+    );
+    let buf = b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nConnection: keep-alive, content-type\r\nContent-Length: 0\r\n\r\n";
+    let head = complete(buf, Method::Post);
+    assert!(head.connection_names_fields && head.keep_alive);
+    assert_eq!(head.end_to_end_header(buf, "content-type"), None);
+    assert_eq!(head.header(buf, "content-type"), Some(&b"a/b"[..]));
+}

@@ -30,6 +30,10 @@ pub fn h1_request(data: &[u8]) {
         let within = |s: Span| s.start <= s.end && s.end as usize <= head.head_len;
         assert!(within(head.target));
         assert!(!head.target.is_empty());
+        assert!(head.target.start <= head.origin.start && head.origin.end == head.target.end);
+        assert!(head.path(data).first() == Some(&b'/') || head.origin == head.target);
+        let beta = head.end_to_end_header(data, "anthropic-beta");
+        assert!(beta.is_none() || beta == head.header(data, "anthropic-beta"));
         for h in &head.headers {
             assert!(within(h.name) && within(h.value));
             assert!(!h.name.is_empty());
