@@ -180,7 +180,6 @@ pub(crate) fn sendmsg_syscall(
 }
 
 mod dma_buffer;
-mod membarrier;
 pub(crate) mod source;
 pub(crate) mod sysfs;
 mod uring;
@@ -314,6 +313,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // Shardgate: pairs with the fence in `Reactor::wait` after
+        // `prepare_to_sleep` (Dekker): what the caller queued before this is
+        // seen by a sleeper that then finds no `should_notify`, or this
+        // sees its `should_notify` and writes the eventfd.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
