@@ -1904,12 +1904,24 @@ impl Reactor {
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
+        //
+        // Shardgate: only when the last one has fired. It is a count of
+        // completions (a timeout op that never expires by time), so one still
+        // armed goes on counting; upstream cancelled and re-armed it on every
+        // loop turn, three submissions and a kernel entry per turn, and at
+        // partial load a shard turns once or twice per request.
+        let armed = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|src| src.is_armed());
+        let timer = match armed {
+            Some(src) => src,
+            None => main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
             ),
-        ));
+        };
+        self.throughput_preemption_timeout_src.set(Some(timer));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
