@@ -30,6 +30,7 @@ from conftest import (
     binary,
     gateway_config,
     start_gateway,
+    stream_text_until_error,
     write_config,
 )
 
@@ -292,6 +293,23 @@ def test_spend_equals_the_pricing_table_to_the_micro_dollar(setup):
         added_in = m["input_tokens"] - before["input_tokens"]
         assert added_in > 0
         assert m["spend_micros"] - before["spend_micros"] == added_in * 1 + 5 * 2
+
+
+@pytest.mark.parametrize("alias", ["claude-cut", "bedrock-cut"])
+def test_a_translated_stream_cut_by_the_upstream_is_billed_what_was_relayed(setup, alias: str):
+    gw, cfg, keys = setup
+    key = keys["meter"]
+    before = month_to_date(cfg, key["key_id"])
+    with sdk(gw, key["secret"]) as c:
+        stream = c.chat.completions.create(model=alias, messages=MESSAGES, stream=True)
+        text, _ = stream_text_until_error(stream)
+    assert text == mocktext.text(3)
+    m = wait_requests(cfg, key["key_id"], before["requests"] + 1)
+    out = m["output_tokens"] - before["output_tokens"]
+    added_in = m["input_tokens"] - before["input_tokens"]
+    # Estimated from the text relayed (no usage came): not zero.
+    assert out > 0
+    assert m["spend_micros"] - before["spend_micros"] == added_in * 1 + out * 2
 
 
 def test_key_created_and_revoked_while_serving(setup):

@@ -19,6 +19,11 @@ use std::time::Instant;
 
 pub type UpstreamStream = MaybeTls<futures_rustls::client::TlsStream<TcpStream>>;
 
+/// Read buffer size an upstream connection starts with and returns to when
+/// pooled. A response head and most answers fit; a paced stream's events
+/// are a few hundred bytes each, and thousands of streams each hold one.
+pub const UPSTREAM_BUFFER: usize = 4096;
+
 pub struct UpstreamConn {
     pub stream: UpstreamStream,
     pub rbuf: ReadBuf,

@@ -74,7 +74,7 @@ impl Pool {
         }
         conn.reused = true;
         conn.idle_since = coarse_now();
-        conn.rbuf.shrink_idle(8192);
+        conn.rbuf.shrink_idle(super::UPSTREAM_BUFFER);
         idle.push(conn);
     }
 
@@ -105,7 +105,7 @@ impl Pool {
                     };
                     return Ok(UpstreamConn {
                         stream,
-                        rbuf: ReadBuf::with_capacity(8192),
+                        rbuf: ReadBuf::with_capacity(super::UPSTREAM_BUFFER),
                         reused: false,
                         idle_since: coarse_now(),
                     });

@@ -179,7 +179,9 @@ impl BodyReader {
             if self.done {
                 return Ok(BodyStep::End);
             }
-            match with_timeout(wait, conn.rbuf.fill(&mut conn.stream, 16384, 1 << 20)).await? {
+            // 4 KiB of room, not more: a paced stream's reads are small, and a
+            // buffer grown for bulk reads would be held by every open stream.
+            match with_timeout(wait, conn.rbuf.fill(&mut conn.stream, 4096, 1 << 20)).await? {
                 Some(Filled::Bytes(_)) => {}
                 Some(Filled::Eof) => {
                     if matches!(self.framing, ResponseFraming::UntilClose) {

@@ -113,6 +113,12 @@ impl StreamEgress {
         }
     }
 
+    /// The client-side translator's summary of a stream that ends early,
+    /// its closing events dropped (an error event follows instead).
+    pub fn abandon(&mut self) -> Option<Summary> {
+        self.to_client.take().map(|t| t.finish(&mut Vec::new()))
+    }
+
     /// Ends the client's stream (the translator's closing events, then the
     /// last chunk). `summary` is the upstream side's, when there was a
     /// translator there; this side's is used otherwise.

@@ -245,19 +245,24 @@ impl Pipe {
         }
     }
 
-    /// Usage seen so far (for a stream that ends early).
-    fn usage(&self) -> Option<Usage> {
+    /// A stream that ends early (the client left, the upstream failed):
+    /// the usage reported so far, else the translators' estimate from what
+    /// was relayed (their closing events are dropped; `fail` may still
+    /// follow), and the content events relayed by a same-dialect pipe.
+    fn abandon(&mut self) -> (Option<Usage>, u64) {
         match self {
-            Pipe::Same(_, tap) => tap.usage,
-            Pipe::Translate(_) => None,
-        }
-    }
-
-    /// Content events relayed so far (same-dialect streams).
-    fn events(&self) -> u64 {
-        match self {
-            Pipe::Same(_, tap) => tap.events,
-            Pipe::Translate(_) => 0,
+            Pipe::Same(_, tap) => (tap.usage, tap.events),
+            Pipe::Translate(t) => {
+                let mut discard = Vec::new();
+                let summary = match t.wire.take() {
+                    Some(w) => Some(w.finish(&mut discard)),
+                    None => t.egress.abandon(),
+                };
+                let usage = summary
+                    .filter(|s| s.usage.input_tokens.is_some() || s.usage.output_tokens.is_some())
+                    .map(|s| openai_usage(&s.usage));
+                (usage, 0)
+            }
         }
     }
 
@@ -287,7 +292,11 @@ impl Pipe {
                 if let Some(w) = wire {
                     mid.clear();
                     summary = Some(w.finish(&mut mid));
-                    let _ = egress.push(&mid, out);
+                    if let Err(e) = egress.push(&mid, out) {
+                        // The closing events still reach the client; only
+                        // their translation into its dialect fell short.
+                        log::warn!("stream end could not be translated for the client: {e}");
+                    }
                 }
                 let egress_summary = egress.finish(out);
                 let s = summary.or(egress_summary).unwrap_or_default();
@@ -343,7 +352,7 @@ impl Tap {
                 if let Some(u) = extract_usage(json) {
                     self.usage = Some(u);
                     // The usage-only chunk OpenAI sends last has no choices.
-                    if !self.client_wants_usage && needle::NO_CHOICES.find(json).is_some() {
+                    if !self.client_wants_usage && has_no_choices(json) {
                         return false;
                     }
                 } else {
@@ -373,9 +382,22 @@ mod needle {
 
     type Needle = LazyLock<Finder<'static>>;
     pub static DONE: Needle = LazyLock::new(|| Finder::new(b"[DONE]"));
-    pub static NO_CHOICES: Needle = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
     pub static MESSAGE_STOP: Needle = LazyLock::new(|| Finder::new(b"\"message_stop\""));
     pub static CONTENT_DELTA: Needle = LazyLock::new(|| Finder::new(b"\"content_block_delta\""));
+}
+
+/// Whether a chunk's `choices` is absent or an empty array, however the
+/// upstream spaced it (`"choices": [ ]` from Python servers): a usage-only
+/// chunk, which clients that index `choices[0]` must not see unasked.
+fn has_no_choices(json: &[u8]) -> bool {
+    let Some(range) = find_top_level(json, "choices") else {
+        return true;
+    };
+    let mut inner = json[range].iter().filter(|b| !b.is_ascii_whitespace());
+    matches!(
+        (inner.next(), inner.next(), inner.next()),
+        (Some(b'['), Some(b']'), None)
+    )
 }
 
 /// The JSON of a one-line `data:` event (empty when there is none).
@@ -482,7 +504,7 @@ pub async fn stream(
         return Attempt::Done(Outcome::CLOSE);
     }
     let mut reader = BodyReader::new(head.framing);
-    let mut out = Vec::with_capacity(4096);
+    let mut out = Vec::with_capacity(512);
     loop {
         let mut feed_error = None;
         let step = futures_lite::future::or(
@@ -509,7 +531,8 @@ pub async fn stream(
         let failure = match step {
             // The client left: dropping `up` closes the upstream connection.
             None => {
-                meter_stream(call, model, pipe.usage(), true, pipe.events());
+                let (usage, events) = pipe.abandon();
+                meter_stream(call, model, usage, true, events);
                 return Attempt::Done(Outcome::CLOSE);
             }
             Some(Ok(_)) if feed_error.is_some() => Some(GatewayError::UpstreamProtocol {
@@ -518,7 +541,10 @@ pub async fn stream(
             }),
             Some(Ok(BodyStep::Data)) => None,
             Some(Ok(BodyStep::End)) => {
-                let events = pipe.events();
+                let events = match &pipe {
+                    Pipe::Same(_, tap) => tap.events,
+                    Pipe::Translate(_) => 0,
+                };
                 let (usage, cut) = pipe.finish(&mut out);
                 meter_stream(call, model, usage, cut, events);
                 if head.keep_alive {
@@ -533,7 +559,8 @@ pub async fn stream(
         };
         if let Some(err) = failure {
             log::info!("{rid}: stream from {name} failed: {err}");
-            meter_stream(call, model, pipe.usage(), true, pipe.events());
+            let (usage, events) = pipe.abandon();
+            meter_stream(call, model, usage, true, events);
             pipe.fail(&err, &mut out, client);
             return Attempt::Done(match conn.write(&out).await {
                 Ok(()) => Outcome::KEEP,
@@ -542,10 +569,47 @@ pub async fn stream(
         }
         if !out.is_empty() {
             if conn.write(&out).await.is_err() {
-                meter_stream(call, model, pipe.usage(), true, pipe.events());
+                let (usage, events) = pipe.abandon();
+                meter_stream(call, model, usage, true, events);
                 return Attempt::Done(Outcome::CLOSE);
             }
             out.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream as a Python server writes it: `json.dumps` spacing.
+    const PRETTY_USAGE: &[u8] = b"data: {\"id\": \"c1\", \"choices\": [ ], \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 5, \"total_tokens\": 8}}";
+
+    #[test]
+    fn a_spaced_usage_only_chunk_is_withheld_from_clients_that_did_not_ask() {
+        let mut tap = Tap::new(ClientDialect::OpenAi, false);
+        let content = b"data: {\"id\": \"c1\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"Hi\"}}]}";
+        assert!(tap.relay(content));
+        assert!(!tap.relay(PRETTY_USAGE));
+        assert_eq!(tap.usage.and_then(|u| u.completion_tokens), Some(5));
+        assert_eq!(tap.events, 1);
+    }
+
+    #[test]
+    fn usage_alongside_choices_is_relayed_and_asked_usage_always_is() {
+        let mut tap = Tap::new(ClientDialect::OpenAi, false);
+        let both = b"data: {\"choices\": [{\"delta\": {}}], \"usage\": {\"prompt_tokens\": 3}}";
+        assert!(tap.relay(both));
+        let mut asked = Tap::new(ClientDialect::OpenAi, true);
+        assert!(asked.relay(PRETTY_USAGE));
+    }
+
+    #[test]
+    fn no_choices_is_structural() {
+        assert!(has_no_choices(br#"{"choices":[],"usage":{}}"#));
+        assert!(has_no_choices(b"{\"choices\" :\n [\n ] , \"usage\": {}}"));
+        assert!(has_no_choices(br#"{"usage":{}}"#));
+        assert!(!has_no_choices(br#"{"choices":[{}],"usage":{}}"#));
+        assert!(!has_no_choices(br#"{"x":{"choices":[]},"choices":[1]}"#));
     }
 }
