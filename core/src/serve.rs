@@ -8,7 +8,6 @@ use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
 use crate::shard::Shard;
 use crate::store::{Store, KEYS_POLL_INTERVAL};
 use crate::tls::{self, CertWatch, TlsError};
-use crossbeam::channel::RecvTimeoutError;
 use glommio::sync::Gate;
 use shardgate_policy::KeyStore;
 use std::net::SocketAddr;
@@ -33,6 +32,10 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("key store: {0}")]
     Keys(#[from] shardgate_policy::KeyStoreError),
+    #[error("shard {id} stopped: {reason}")]
+    ShardFailed { id: usize, reason: String },
+    #[error("policies: {0}")]
+    Policies(#[from] shardgate_policy::PolicyError),
 }
 
 pub struct Options {
@@ -103,6 +106,7 @@ pub fn run(
     let mesh = mesh::builder(shards);
     let mut store = opts.store;
     let keys = KeyStore::from_records(store.recovered.keys.iter().cloned())?;
+    let policies = shardgate_policy::PolicySet::compile(&config.policies)?;
     if store.recovered.keys_dropped_bytes + store.recovered.usage_dropped_bytes > 0 {
         log::warn!(
             "store: cut {} damaged bytes from keys.log and {} from usage.log (saved beside them)",
@@ -113,6 +117,7 @@ pub fn run(
     let restored = Arc::new(std::mem::take(&mut store.recovered.usage));
     let signals = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
+    let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
     log_placement(&config.placement, opts.executor.pin);
     for id in 0..shards {
         let mine: Vec<_> = sockets.iter_mut().filter_map(Iterator::next).collect();
@@ -121,9 +126,14 @@ pub fn run(
         let upstream_tls = upstream_tls.clone();
         let mesh = mesh.clone();
         let keys = keys.clone();
+        let policies = policies.clone();
         let persist = Persist {
             tx: store.usage.sender(),
             restored: restored.clone(),
+        };
+        let exit = ExitNotice {
+            id,
+            tx: exits_tx.clone(),
         };
         let cpu = config.placement.cpu_of(id);
         let handle = runtime::spawn_shard(
@@ -131,13 +141,23 @@ pub fn run(
             opts.executor.pin.then_some(cpu),
             opts.executor,
             move |control| async move {
-                let shard = Shard::new(id, config, tls_configs, &upstream_tls, keys, persist);
-                shard_main(shard, mine, control, mesh).await;
+                let shard = Shard::new(
+                    id,
+                    config,
+                    tls_configs,
+                    &upstream_tls,
+                    policies,
+                    keys,
+                    persist,
+                );
+                shard_main(shard, mine, control, mesh, &exit).await;
+                drop(exit);
             },
         )
         .map_err(|source| ServeError::Shard { id, source })?;
         handles.push(handle);
     }
+    drop(exits_tx);
     on_listening(&bound);
 
     let reload_every = config
@@ -147,38 +167,58 @@ pub fn run(
         .min()
         .unwrap_or(Duration::from_secs(3600));
     let tick = reload_every.min(KEYS_POLL_INTERVAL);
+    // Fail fast: a shard that stops on its own (a failed start, a panic)
+    // stops the process, rather than leaving its share of connections and
+    // buckets unserved.
+    let mut failure = None;
     loop {
-        match signals.recv_timeout(tick) {
-            Ok(sig) => {
-                log::info!(
-                    "signal {sig}: draining (up to {:?})",
-                    config.limits.drain_timeout
-                );
+        crossbeam::channel::select! {
+            recv(signals) -> sig => {
+                if let Ok(sig) = sig {
+                    log::info!(
+                        "signal {sig}: draining (up to {:?})",
+                        config.limits.drain_timeout
+                    );
+                }
                 break;
             }
-            Err(RecvTimeoutError::Timeout) => {
+            recv(exits) -> exit => {
+                let (id, reason) = match exit {
+                    Ok(ShardExit { id, reason }) => (id, reason),
+                    Err(_) => (usize::MAX, "every shard is gone".to_owned()),
+                };
+                log::error!("shard {id} stopped: {reason}; stopping the gateway");
+                failure = Some(ServeError::ShardFailed { id, reason });
+                break;
+            }
+            default(tick) => {
                 reload_certs(&mut watches, &handles);
                 reload_keys(&mut store, &handles);
             }
-            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     for h in &handles {
         let _ = h.control.send(Control::Shutdown);
     }
-    // A second signal while draining stops at once.
-    let deadline = config.limits.drain_timeout + Duration::from_secs(1);
+    // Shards stop waiting for their connections after the drain timeout.
+    // Past that and a margin, or at a second signal, the stop is forced:
+    // exit at once, and not with success.
+    let (drained_tx, drained) = crossbeam::channel::bounded::<()>(1);
+    let deadline = config.limits.drain_timeout + DRAIN_MARGIN;
     std::thread::spawn(move || {
-        if signals.recv_timeout(deadline).is_ok() {
-            log::warn!("second signal: exiting without waiting for the drain");
+        crossbeam::channel::select! {
+            recv(signals) -> _ => log::warn!("second signal: exiting without waiting for the drain"),
+            recv(drained) -> _ => return,
+            default(deadline) => log::error!("shards did not stop within the drain timeout: exiting"),
         }
-        std::process::exit(0);
+        std::process::exit(FORCED_EXIT);
     });
     for h in handles {
         if let Err(e) = h.join() {
             log::error!("shard ended with an error: {e}");
         }
     }
+    let _ = drained_tx.send(());
     // Shards flushed their counters while draining; now everything queued
     // is written and synced.
     match store.usage.shutdown() {
@@ -186,7 +226,44 @@ pub fn run(
         Err(e) => log::error!("store: final flush failed: {e}"),
     }
     log::info!("stopped");
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// How long past the drain timeout shards may take to hand over their last
+/// counters before the stop is forced.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// The exit status of a forced stop (a second signal, or shards that did
+/// not stop): not success, since in-flight work and the last usage may be
+/// lost.
+const FORCED_EXIT: i32 = 130;
+
+/// A shard stopped while the gateway was serving.
+struct ShardExit {
+    id: usize,
+    reason: String,
+}
+
+/// Held by a shard for its whole life: dropping it (a return, or a panic
+/// unwinding) tells the main thread the shard has stopped.
+struct ExitNotice {
+    id: usize,
+    tx: crossbeam::channel::Sender<ShardExit>,
+}
+
+impl ExitNotice {
+    fn fail(&self, reason: String) {
+        let _ = self.tx.send(ShardExit {
+            id: self.id,
+            reason,
+        });
+    }
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        self.fail("it exited".to_owned());
+    }
 }
 
 /// One start line says where every shard runs, so an operator can check it
@@ -291,6 +368,7 @@ async fn shard_main(
     listeners: Vec<std::net::TcpListener>,
     control: runtime::ControlReceiver,
     mesh: mesh::Builder,
+    exit: &ExitNotice,
 ) {
     // Every shard joins the quota mesh before serving, so no request can
     // find a peer missing.
@@ -307,7 +385,12 @@ async fn shard_main(
                 .detach();
             }
         }
-        Err(e) => log::error!("shard {}: cannot join the quota mesh: {e}", shard.id),
+        Err(e) => {
+            // Without the mesh every shard would own every bucket, each
+            // limit multiplied by the shard count: refuse to serve.
+            exit.fail(format!("cannot join the quota mesh: {e}"));
+            return;
+        }
     }
     glommio::spawn_local(persist(shard.clone())).detach();
     let gate = Rc::new(Gate::new());

@@ -45,6 +45,7 @@ impl Shard {
         config: Arc<Config>,
         tls: Vec<Option<Arc<rustls::ServerConfig>>>,
         upstream_tls: &[Option<Arc<rustls::ClientConfig>>],
+        policies: shardgate_policy::PolicySet,
         keys: shardgate_policy::KeyStore,
         persist: crate::admission::Persist,
     ) -> Rc<Self> {
@@ -72,7 +73,7 @@ impl Shard {
         let models_body = crate::gateway::models::render(&config);
         Rc::new(Self {
             id,
-            admission: Admission::new(&config, Rc::new(keys), persist),
+            admission: Admission::new(&config, policies, Rc::new(keys), persist),
             pool: Pool::new(config.providers.len(), config.upstream.clone()),
             endpoints,
             pass_heads,

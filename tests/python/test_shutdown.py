@@ -81,3 +81,19 @@ def test_sigterm_on_idle_gateway_exits_cleanly(private_gateway):
     with pytest.raises(openai.APIConnectionError):
         client.models.list()
     client.close()
+
+
+def test_a_second_signal_during_the_drain_is_a_forced_stop_and_not_a_success(private_gateway):
+    gw = private_gateway(extra_models=SLOW, extra_limits={"drain_timeout": f"{DRAIN_TIMEOUT_S}s"})
+    payload = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx2.Client(base_url=gw.url, timeout=REQUEST_TIMEOUT, trust_env=False) as http:
+        with http.stream(
+            "POST", "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {CLIENT_KEY}"}
+        ) as r:
+            assert r.status_code == 200
+            # The stream is in flight: the first signal drains, the second forces.
+            next(r.iter_lines())
+            gw.proc.signal(signal.SIGTERM)
+            gw.proc.signal(signal.SIGTERM)
+            rc = gw.proc.wait(timeout=DRAIN_TIMEOUT_S)
+    assert rc not in (0, None), f"exit status {rc}\n{gw.proc.log_tail()}"

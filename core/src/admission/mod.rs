@@ -136,13 +136,10 @@ pub fn now() -> Timestamp {
 }
 
 impl Admission {
-    pub fn new(config: &Config, keys: Rc<KeyStore>, persist: Persist) -> Self {
-        // Config validation compiled these already; an error here cannot
-        // happen, and would only mean no policies.
-        let policies = PolicySet::compile(&config.policies).unwrap_or_else(|e| {
-            log::error!("policies: {e}");
-            PolicySet::default()
-        });
+    /// `policies` are compiled once for all shards before they start, so a
+    /// policy that does not compile stops the start instead of leaving a
+    /// shard without policies (open to everyone).
+    pub fn new(config: &Config, policies: PolicySet, keys: Rc<KeyStore>, persist: Persist) -> Self {
         let pricing = PricingTable::new(&config.pricing);
         Admission {
             persist,
@@ -509,9 +506,16 @@ impl Admission {
         for key in dirty {
             if let Some(Slot::Owned(lm)) = slots.get(key.as_str()) {
                 for kind in LimitKind::ALL {
-                    self.persist
+                    if !self
+                        .persist
                         .tx
-                        .send(UsageRecord::counter(&key, kind, lm.counters(), now));
+                        .send(UsageRecord::counter(&key, kind, lm.counters(), now))
+                    {
+                        log::error!(
+                            "window counters of {key} not recorded: the store writer has stopped"
+                        );
+                        break;
+                    }
                 }
             }
         }
