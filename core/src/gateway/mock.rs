@@ -13,6 +13,7 @@ use glommio::timer::sleep;
 use shardgate_proto::anthropic as a;
 use shardgate_proto::mock::{self, Behaviour, ChunkKind};
 use shardgate_proto::openai::{error_body, Usage};
+use shardgate_providers::KnownSecrets;
 use std::time::Duration;
 
 /// Answers `call` as the mock model `target.model`, in the client's dialect
@@ -142,7 +143,7 @@ pub async fn serve(
     }
     let include_usage = ctx.include_usage;
     let usage_null = include_usage;
-    let mut egress = StreamEgress::from_openai(client, &ctx);
+    let mut egress = StreamEgress::from_openai(client, &ctx, &KnownSecrets::default());
     let mut push_chunk = |out: &mut Vec<u8>, event: &mut Vec<u8>| {
         // The mock's own OpenAI events always translate.
         let _ = egress.push(event, out);
