@@ -618,7 +618,9 @@ fn non_stream_bodies_translate_with_the_gateway_providers() {
             .replace("mock-tokens-4", "mock-429");
         let r = request(&mock, &post_with(&failing, &body, headers));
         assert_eq!(r.status, 429);
-        let e: Value = serde_json::from_slice(&provider.error_to_openai(429, &r.body)).unwrap();
+        let e: Value =
+            serde_json::from_slice(&provider.error_to_openai(429, &r.body, &Default::default()))
+                .unwrap();
         assert_eq!(
             e["error"]["message"], "Rate limit reached (mock)",
             "{path} {e}"

@@ -101,6 +101,14 @@ pub fn text(n: usize, out: &mut String) {
     }
 }
 
+/// Bytes of [`text`] for `n` tokens, without building it (to bound an
+/// answer before producing it).
+pub fn text_len(n: usize) -> usize {
+    let whole: usize = WORDS.iter().map(|w| w.len()).sum();
+    let rest: usize = WORDS[..n % WORDS.len()].iter().map(|w| w.len()).sum();
+    (n / WORDS.len()).saturating_mul(whole).saturating_add(rest)
+}
+
 /// Rough prompt-token estimate for the mock: `ceil(bytes / 4)`.
 pub fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
@@ -534,6 +542,16 @@ mod tests {
         text(100, &mut s);
         let expected: String = (0..100).map(token).collect();
         assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn text_len_is_the_texts_length() {
+        for n in [0, 1, 63, 64, 65, 1000] {
+            let mut s = String::new();
+            text(n, &mut s);
+            assert_eq!(text_len(n), s.len(), "{n}");
+        }
+        assert_eq!(text_len(usize::MAX), usize::MAX);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::chat::{
     self, ChatChunk, ChatRequest, ChatResponse, ChatUsage, ChunkWriter, Content, ContentPart,
     Image, ReplyCtx, Role, ToolChoice, ToolMode,
 };
-use crate::errors::openai_error;
+use crate::errors::{openai_error, KnownSecrets};
 use crate::{
     json_body, upstream_json, Dialect, PrepareCtx, Provider, StreamTranslator, Summary,
     TranslateError, UpstreamRequest, Usage, MAX_EVENT_BYTES,
@@ -87,15 +87,17 @@ impl Provider for AnthropicProvider {
         Ok((json_body(&chat)?, usage))
     }
 
-    fn error_to_openai(&self, status: u16, body: &[u8]) -> Vec<u8> {
+    fn error_to_openai(&self, status: u16, body: &[u8], known: &KnownSecrets) -> Vec<u8> {
         match serde_json::from_slice::<a::ErrorResponse>(body) {
-            Ok(e) => openai_error(status, &e.error.message, Some(&e.error.kind)),
-            Err(_) => openai_error(status, "", None),
+            Ok(e) => openai_error(status, &e.error.message, Some(&e.error.kind), known),
+            Err(_) => openai_error(status, "", None, known),
         }
     }
 
-    fn stream_translator(&self, ctx: ReplyCtx) -> Option<StreamTranslator> {
-        Some(StreamTranslator::Anthropic(AnthropicToOpenAi::new(ctx)))
+    fn stream_translator(&self, ctx: ReplyCtx, known: &KnownSecrets) -> Option<StreamTranslator> {
+        Some(StreamTranslator::Anthropic(
+            AnthropicToOpenAi::new(ctx).redacting(known.clone()),
+        ))
     }
 }
 
@@ -377,6 +379,7 @@ struct AnthropicState {
     unknown: u64,
     /// Text and argument bytes sent, for the estimate of a cut stream.
     sent_bytes: usize,
+    known: KnownSecrets,
 }
 
 impl AnthropicToOpenAi {
@@ -393,8 +396,16 @@ impl AnthropicToOpenAi {
                 phase: Phase::Open,
                 unknown: 0,
                 sent_bytes: 0,
+                known: KnownSecrets::default(),
             },
         }
+    }
+
+    /// Removes `known` (the upstream's credentials) from the messages of
+    /// error events, besides anything shaped like a credential.
+    pub fn redacting(mut self, known: KnownSecrets) -> Self {
+        self.state.known = known;
+        self
     }
 
     pub fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
@@ -502,7 +513,7 @@ impl AnthropicState {
                 self.phase = Phase::Done;
             }
             a::StreamEvent::Error { error } => {
-                let message = crate::redact_secrets(&error.message);
+                let message = crate::redact_secrets(&error.message, &self.known);
                 let kind = match error.kind.as_str() {
                     "rate_limit_error" => "rate_limit_error",
                     "invalid_request_error" => "invalid_request_error",
@@ -797,7 +808,7 @@ pub fn error_body(status: u16, message: &str) -> Vec<u8> {
         kind: "error".to_owned(),
         error: a::ErrorBody {
             kind: anthropic_error_type(status).to_owned(),
-            message: crate::redact_secrets(message),
+            message: crate::redact_secrets(message, &KnownSecrets::default()),
         },
     };
     serde_json::to_vec(&body).unwrap_or_default()
@@ -844,6 +855,7 @@ struct ToAnthropicState {
     phase: Phase,
     unknown: u64,
     sent_bytes: usize,
+    known: KnownSecrets,
 }
 
 impl OpenAiToAnthropic {
@@ -861,8 +873,16 @@ impl OpenAiToAnthropic {
                 phase: Phase::Open,
                 unknown: 0,
                 sent_bytes: 0,
+                known: KnownSecrets::default(),
             },
         }
+    }
+
+    /// Removes `known` (the upstream's credentials) from the messages of
+    /// error events, besides anything shaped like a credential.
+    pub fn redacting(mut self, known: KnownSecrets) -> Self {
+        self.state.known = known;
+        self
     }
 
     pub fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
@@ -942,7 +962,7 @@ impl ToAnthropicState {
                 &a::StreamEvent::Error {
                     error: a::ErrorBody {
                         kind: "api_error".to_owned(),
-                        message: crate::redact_secrets(message),
+                        message: crate::redact_secrets(message, &self.known),
                     },
                 },
             );

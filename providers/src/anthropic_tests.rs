@@ -201,7 +201,7 @@ fn errors_never_leak_keys() {
         format!("<html>x-api-key: {key}</html>"),
     ];
     for body in bodies {
-        let out = p.error_to_openai(401, body.as_bytes());
+        let out = p.error_to_openai(401, body.as_bytes(), &Default::default());
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains(key), "{text}");
         let v: Value = serde_json::from_str(&text).unwrap();

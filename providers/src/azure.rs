@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatRequest, ReplyCtx};
+use crate::errors::KnownSecrets;
 use crate::openai::{body_for, openai_error_passthrough, passthrough_response, Operation};
 use crate::{
     Dialect, PrepareCtx, Provider, StreamTranslator, TranslateError, UpstreamRequest, Usage,
@@ -95,11 +96,11 @@ impl Provider for AzureProvider {
         passthrough_response(body)
     }
 
-    fn error_to_openai(&self, status: u16, body: &[u8]) -> Vec<u8> {
-        openai_error_passthrough(status, body)
+    fn error_to_openai(&self, status: u16, body: &[u8], known: &KnownSecrets) -> Vec<u8> {
+        openai_error_passthrough(status, body, known)
     }
 
-    fn stream_translator(&self, _ctx: ReplyCtx) -> Option<StreamTranslator> {
+    fn stream_translator(&self, _ctx: ReplyCtx, _known: &KnownSecrets) -> Option<StreamTranslator> {
         None
     }
 }

@@ -16,6 +16,7 @@ use crate::anthropic::parse_arguments;
 use crate::chat::{
     self, ChatRequest, ChatResponse, ChunkWriter, ContentPart, Image, ReplyCtx, Role, ToolMode,
 };
+use crate::errors::KnownSecrets;
 use crate::eventstream::{Decoder, Message};
 use crate::sigv4::{self, Credentials};
 use crate::{
@@ -120,15 +121,17 @@ impl Provider for BedrockProvider {
         Ok((json_body(&chat)?, usage))
     }
 
-    fn error_to_openai(&self, status: u16, body: &[u8]) -> Vec<u8> {
+    fn error_to_openai(&self, status: u16, body: &[u8], known: &KnownSecrets) -> Vec<u8> {
         let message = serde_json::from_slice::<b::ErrorResponse>(body)
             .map(|e| e.message)
             .unwrap_or_default();
-        crate::errors::openai_error(status, &message, None)
+        crate::errors::openai_error(status, &message, None, known)
     }
 
-    fn stream_translator(&self, ctx: ReplyCtx) -> Option<StreamTranslator> {
-        Some(StreamTranslator::Bedrock(BedrockToOpenAi::new(ctx)))
+    fn stream_translator(&self, ctx: ReplyCtx, known: &KnownSecrets) -> Option<StreamTranslator> {
+        Some(StreamTranslator::Bedrock(
+            BedrockToOpenAi::new(ctx).redacting(known.clone()),
+        ))
     }
 }
 
@@ -395,6 +398,7 @@ struct BedrockState {
     phase: Phase,
     unknown: u64,
     sent_bytes: usize,
+    known: KnownSecrets,
 }
 
 fn payload<'a, T: Deserialize<'a>>(m: &Message<'a>) -> Result<T, TranslateError> {
@@ -415,8 +419,16 @@ impl BedrockToOpenAi {
                 phase: Phase::Open,
                 unknown: 0,
                 sent_bytes: 0,
+                known: KnownSecrets::default(),
             },
         }
+    }
+
+    /// Removes `known` (the upstream's credentials) from the messages of
+    /// error events, besides anything shaped like a credential.
+    pub fn redacting(mut self, known: KnownSecrets) -> Self {
+        self.state.known = known;
+        self
     }
 
     pub fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
@@ -487,7 +499,7 @@ impl BedrockState {
                 };
                 ChunkWriter::error(
                     out,
-                    &crate::redact_secrets(&message),
+                    &crate::redact_secrets(&message, &self.known),
                     crate::openai_error_type(status),
                     Some(kind),
                 );

@@ -21,7 +21,7 @@ use crate::anthropic::parse_arguments;
 use crate::chat::{
     self, ChatRequest, ChatResponse, ChunkWriter, ContentPart, Image, ReplyCtx, Role, ToolMode,
 };
-use crate::errors::openai_error;
+use crate::errors::{openai_error, KnownSecrets};
 use crate::{
     json_body, upstream_json, Dialect, PrepareCtx, Provider, StreamTranslator, Summary,
     TranslateError, UpstreamRequest, Usage, MAX_EVENT_BYTES,
@@ -75,7 +75,7 @@ impl Provider for GeminiProvider {
         Ok((json_body(&chat)?, usage))
     }
 
-    fn error_to_openai(&self, status: u16, body: &[u8]) -> Vec<u8> {
+    fn error_to_openai(&self, status: u16, body: &[u8], known: &KnownSecrets) -> Vec<u8> {
         // Streaming endpoints may wrap the error in a one-element array.
         // (Checked first: serde would also read a struct from an array.)
         let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
@@ -87,13 +87,15 @@ impl Provider for GeminiProvider {
             serde_json::from_slice::<g::ErrorResponse>(body).map_err(|_| ())
         };
         match parsed {
-            Ok(e) => openai_error(status, &e.error.message, e.error.status.as_deref()),
-            Err(_) => openai_error(status, "", None),
+            Ok(e) => openai_error(status, &e.error.message, e.error.status.as_deref(), known),
+            Err(_) => openai_error(status, "", None, known),
         }
     }
 
-    fn stream_translator(&self, ctx: ReplyCtx) -> Option<StreamTranslator> {
-        Some(StreamTranslator::Gemini(GeminiToOpenAi::new(ctx)))
+    fn stream_translator(&self, ctx: ReplyCtx, known: &KnownSecrets) -> Option<StreamTranslator> {
+        Some(StreamTranslator::Gemini(
+            GeminiToOpenAi::new(ctx).redacting(known.clone()),
+        ))
     }
 }
 
@@ -413,6 +415,7 @@ struct GeminiState {
     phase: Phase,
     unknown: u64,
     sent_bytes: usize,
+    known: KnownSecrets,
 }
 
 impl GeminiToOpenAi {
@@ -429,8 +432,16 @@ impl GeminiToOpenAi {
                 phase: Phase::Open,
                 unknown: 0,
                 sent_bytes: 0,
+                known: KnownSecrets::default(),
             },
         }
+    }
+
+    /// Removes `known` (the upstream's credentials) from the messages of
+    /// error events, besides anything shaped like a credential.
+    pub fn redacting(mut self, known: KnownSecrets) -> Self {
+        self.state.known = known;
+        self
     }
 
     pub fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TranslateError> {
@@ -489,7 +500,12 @@ impl GeminiState {
             let status = error.get("status").and_then(Value::as_str);
             let code = error.get("code").and_then(Value::as_u64).unwrap_or(500);
             let kind = crate::openai_error_type(u16::try_from(code).unwrap_or(500));
-            ChunkWriter::error(out, &crate::redact_secrets(message), kind, status);
+            ChunkWriter::error(
+                out,
+                &crate::redact_secrets(message, &self.known),
+                kind,
+                status,
+            );
             self.phase = Phase::Failed;
             return Ok(());
         }

@@ -79,7 +79,7 @@ fn embeddings_single_and_batch() {
 fn error_array_form_and_no_key_leak() {
     let p = GeminiProvider::default();
     let body = br#"[{"error":{"code":400,"message":"API key not valid. key=AIzaSyTEST0123456789","status":"INVALID_ARGUMENT"}}]"#;
-    let out = String::from_utf8(p.error_to_openai(400, body)).unwrap();
+    let out = String::from_utf8(p.error_to_openai(400, body, &Default::default())).unwrap();
     assert!(!out.contains("AIzaSyTEST0123456789"), "{out}");
     assert!(out.contains("INVALID_ARGUMENT"));
 }

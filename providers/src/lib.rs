@@ -33,7 +33,7 @@ pub mod sigv4;
 pub mod testing;
 
 pub use chat::{ChatRequest, ChatResponse, ReplyCtx};
-pub use errors::{openai_error_type, redact_json_secrets, redact_secrets};
+pub use errors::{openai_error_type, redact_json_secrets, redact_secrets, KnownSecrets};
 
 /// What a provider speaks on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,13 +139,14 @@ pub trait Provider {
     ) -> Result<(Vec<u8>, Usage), TranslateError>;
 
     /// An upstream error (status and body) as an OpenAI error body keeping
-    /// the provider's message, with anything that looks like a credential
-    /// redacted.
-    fn error_to_openai(&self, status: u16, body: &[u8]) -> Vec<u8>;
+    /// the provider's message, with `known` (the credentials sent to this
+    /// upstream) and anything that looks like a credential redacted.
+    fn error_to_openai(&self, status: u16, body: &[u8], known: &KnownSecrets) -> Vec<u8>;
 
     /// The stream translator for this provider's streaming responses; None
-    /// for OpenAI-dialect providers (pass-through).
-    fn stream_translator(&self, ctx: ReplyCtx) -> Option<StreamTranslator>;
+    /// for OpenAI-dialect providers (pass-through). Error events it writes
+    /// are redacted of `known` like [`Provider::error_to_openai`]'s.
+    fn stream_translator(&self, ctx: ReplyCtx, known: &KnownSecrets) -> Option<StreamTranslator>;
 }
 
 /// A per-stream translator, static dispatch over the dialect pairs.

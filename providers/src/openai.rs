@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chat::{ChatRequest, ChatResponse, ReplyCtx};
-use crate::errors::openai_error;
+use crate::errors::{openai_error, KnownSecrets};
 use crate::presets::{self, AuthStyle};
 use crate::{
     json_body, upstream_json, Dialect, PrepareCtx, Provider, StreamTranslator, TranslateError,
@@ -84,15 +84,17 @@ pub(crate) fn passthrough_response(body: &[u8]) -> Result<(Vec<u8>, Usage), Tran
     Ok((body.to_vec(), usage))
 }
 
-/// OpenAI error bodies keep their message (redacted) and code.
-pub(crate) fn openai_error_passthrough(status: u16, body: &[u8]) -> Vec<u8> {
+/// OpenAI error bodies keep their message and code (redacted); the gateway
+/// relays OpenAI-dialect errors through [`crate::redact_json_secrets`]
+/// instead, this is the trait's answer for other callers.
+pub(crate) fn openai_error_passthrough(status: u16, body: &[u8], known: &KnownSecrets) -> Vec<u8> {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let message = v
         .pointer("/error/message")
         .and_then(|m| m.as_str())
         .unwrap_or("");
     let code = v.pointer("/error/code").and_then(|m| m.as_str());
-    openai_error(status, message, code)
+    openai_error(status, message, code, known)
 }
 
 impl Provider for OpenAiCompatible {
@@ -121,11 +123,11 @@ impl Provider for OpenAiCompatible {
         passthrough_response(body)
     }
 
-    fn error_to_openai(&self, status: u16, body: &[u8]) -> Vec<u8> {
-        openai_error_passthrough(status, body)
+    fn error_to_openai(&self, status: u16, body: &[u8], known: &KnownSecrets) -> Vec<u8> {
+        openai_error_passthrough(status, body, known)
     }
 
-    fn stream_translator(&self, _ctx: ReplyCtx) -> Option<StreamTranslator> {
+    fn stream_translator(&self, _ctx: ReplyCtx, _known: &KnownSecrets) -> Option<StreamTranslator> {
         None
     }
 }

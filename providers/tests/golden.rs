@@ -220,7 +220,11 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
             Kind::Upstream(make) => {
                 let provider = make(&case);
                 let ctx = reply_ctx(&case);
-                Box::new(move || provider.stream_translator(ctx.clone()).unwrap())
+                Box::new(move || {
+                    provider
+                        .stream_translator(ctx.clone(), &Default::default())
+                        .unwrap()
+                })
             }
             Kind::AnthropicInbound => {
                 let ctx = reply_ctx(&case);
@@ -244,7 +248,7 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
     if let Some(body) = read(dir, "upstream_error.json") {
         let status = case.status.expect("error cases need a status");
         let out = match &kind {
-            Kind::Upstream(make) => make(&case).error_to_openai(status, &body),
+            Kind::Upstream(make) => make(&case).error_to_openai(status, &body, &Default::default()),
             Kind::AnthropicInbound => anthropic::error_from_openai(status, &body),
         };
         if let Some(key) = &case.api_key {

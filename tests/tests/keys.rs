@@ -65,7 +65,9 @@ fn create_list_revoke() {
     let out = keys(&dir, &["create", "--team", "ml", "--tenant", "beta"]);
     assert!(out.status.success());
     assert!(stdout(&out).contains("secret:  sg-"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("shown once"));
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(warning.contains("shown once"));
+    assert!(warning.ends_with('\n'), "stderr ends its line: {warning:?}");
 
     // The secret is stored nowhere.
     for f in std::fs::read_dir(&dir).unwrap() {

@@ -234,3 +234,26 @@ fn shards_and_cpus_follow_the_allowed_set() {
     );
     assert!(on("cpus: five\n").unwrap_err().starts_with("cpus: `five`"));
 }
+
+/// Every credential a provider sends is one its errors are scrubbed of,
+/// including a preset's key read from its conventional variable.
+#[test]
+fn provider_secrets_are_known_for_redaction() {
+    let c = parse(&one_provider(
+        "{ kind: bedrock, region: us-east-1, aws_access_key_id: AKIDEXAMPLE0, aws_secret_access_key: s3cr3tAccessKey, aws_session_token: SessionToken123 }",
+    ))
+    .unwrap();
+    let ProviderKind::Http(h) = &c.providers[0].kind else {
+        panic!("http provider")
+    };
+    let scrubbed = h
+        .secrets
+        .scrub("id AKIDEXAMPLE0 key s3cr3tAccessKey token SessionToken123");
+    assert_eq!(scrubbed, "id [REDACTED] key [REDACTED] token [REDACTED]");
+    let env = |k: &str| (k == "GROQ_API_KEY").then(|| "0123456789abcdef".to_owned());
+    let c = Config::parse(&one_provider("{ kind: groq }"), &env).unwrap();
+    let ProviderKind::Http(h) = &c.providers[0].kind else {
+        panic!("http provider")
+    };
+    assert_eq!(h.secrets.scrub("key 0123456789abcdef"), "key [REDACTED]");
+}

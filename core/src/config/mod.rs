@@ -170,6 +170,10 @@ pub enum ProviderKind {
 pub struct HttpProvider {
     pub base: BaseUrl,
     pub api_key: Option<Secret>,
+    /// Every credential sent to this upstream (`api_key`, the AWS key id,
+    /// secret key and session token): what its error answers are scrubbed
+    /// of before anything of them reaches a client or a log.
+    pub secrets: providers::KnownSecrets,
     /// Extra CA certificates trusted for this upstream (besides webpki roots).
     pub ca_file: Option<PathBuf>,
     pub wire: Wire,

@@ -2,7 +2,7 @@
 
 use super::{
     field, AuthMode, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider, Limits, Listener,
-    ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, SecretRef, StoreConfig,
+    ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, Secret, SecretRef, StoreConfig,
     StoreFsync, Target, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
 };
 use crate::placement::{self, parse_cpu_list, Machine, ShardCount};
@@ -15,6 +15,7 @@ use shardgate_providers::gemini::{self, GeminiProvider};
 use shardgate_providers::openai::OpenAiCompatible;
 use shardgate_providers::presets::{self, AuthStyle};
 use shardgate_providers::sigv4::Credentials;
+use shardgate_providers::KnownSecrets;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -435,6 +436,7 @@ impl RawProvider {
                 .map_err(|m| field(format!("{path}.{name}"), m))
         };
         let mut api_key = secret("api_key", self.api_key)?;
+        let mut aws_secrets: Vec<Secret> = Vec::new();
         let required = |name: &str, v: Option<String>| {
             v.ok_or_else(|| {
                 field(
@@ -479,6 +481,7 @@ impl RawProvider {
                 let id = secret("aws_access_key_id", self.aws_access_key_id)?;
                 let key = secret("aws_secret_access_key", self.aws_secret_access_key)?;
                 let token = secret("aws_session_token", self.aws_session_token)?;
+                aws_secrets.extend(id.iter().chain(&key).chain(&token).cloned());
                 let credentials = match (id, key) {
                     (Some(id), Some(key)) => Some(Credentials {
                         access_key_id: id.expose().to_owned(),
@@ -563,9 +566,16 @@ impl RawProvider {
                 p.endpoint_host = Some(base.authority());
             }
         }
+        let secrets = KnownSecrets::new(
+            api_key
+                .iter()
+                .chain(&aws_secrets)
+                .map(|s| s.expose().to_owned()),
+        );
         Ok(ProviderKind::Http(HttpProvider {
             base,
             api_key,
+            secrets,
             ca_file: self.ca_file,
             wire,
         }))

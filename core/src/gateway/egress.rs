@@ -7,7 +7,9 @@
 use crate::error::GatewayError;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_providers::anthropic::{self, OpenAiToAnthropic};
-use shardgate_providers::{ChatResponse, ReplyCtx, StreamTranslator, Summary, TranslateError};
+use shardgate_providers::{
+    ChatResponse, KnownSecrets, ReplyCtx, StreamTranslator, Summary, TranslateError,
+};
 
 /// The dialect of the API the client called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +63,14 @@ impl StreamEgress {
         }
     }
 
-    /// OpenAI events in, events of `dialect` out.
-    pub fn from_openai(dialect: ClientDialect, ctx: &ReplyCtx) -> Self {
+    /// OpenAI events in, events of `dialect` out; error events translated
+    /// on the way are redacted of `known`, the credentials of the upstream
+    /// the events come from.
+    pub fn from_openai(dialect: ClientDialect, ctx: &ReplyCtx, known: &KnownSecrets) -> Self {
         let to_client = match dialect {
             ClientDialect::OpenAi => None,
             ClientDialect::Anthropic => Some(StreamTranslator::OpenAiToAnthropic(
-                OpenAiToAnthropic::new(ctx.clone()),
+                OpenAiToAnthropic::new(ctx.clone()).redacting(known.clone()),
             )),
         };
         Self {

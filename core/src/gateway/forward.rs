@@ -48,8 +48,7 @@ pub async fn forward(
         Some(Ok(x)) => x,
     };
     if head.status >= 300 {
-        return relay::upstream_error(shard, up, head, target.provider, &provider.name, &http.wire)
-            .await;
+        return relay::upstream_error(shard, up, head, target.provider, &provider.name, http).await;
     }
     let streamed = call.facts.stream && (head.is_event_stream() || head.is_aws_event_stream());
     let answer = relay::Answer {
@@ -59,6 +58,7 @@ pub async fn forward(
         name: &provider.name,
         served_by: &target.served_by,
         wire: &http.wire,
+        secrets: &http.secrets,
         reply,
         client: call.client,
         model: &target.model,

@@ -3,9 +3,17 @@
 //! default config works with no keys and no network. The model name can pick
 //! a behaviour (`mock-429`, `mock-tokens-50-ttft-200ms`, ...), which lets
 //! failover be exercised without an upstream.
+//!
+//! Memory per answer is bounded like a relayed one's, whatever
+//! `output_tokens` says: a stream is generated as it is written, at most
+//! [`WRITE_BATCH`] bytes at a time, each write under the client write
+//! timeout (a client that does not read holds one batch, not the answer);
+//! a whole answer larger than `upstream.max_response_bytes` is refused as a
+//! real upstream's would be.
 
 use super::egress::{ClientDialect, StreamEgress};
 use super::{Api, Attempt, Call};
+use crate::client::ReadError;
 use crate::config::{MockProvider, Target};
 use crate::error::GatewayError;
 use crate::server::{respond, ClientConn, Outcome};
@@ -13,7 +21,13 @@ use glommio::timer::sleep;
 use shardgate_proto::anthropic as a;
 use shardgate_proto::mock::{self, Behaviour, ChunkKind};
 use shardgate_proto::openai::{error_body, Usage};
+use shardgate_providers::KnownSecrets;
 use std::time::Duration;
+
+/// Stream bytes generated before they are written: large enough that a
+/// fast stream costs few writes, small enough that a client that does not
+/// read pins little memory.
+pub const WRITE_BATCH: usize = 16 * 1024;
 
 /// Answers `call` as the mock model `target.model`, in the client's dialect
 /// (the mock renders OpenAI; the egress translates for Anthropic clients).
@@ -96,6 +110,13 @@ pub async fn serve(
         sleep(Duration::from_millis(b.ttft_ms)).await;
     }
     if !facts.stream {
+        let max = call.shard.pool.settings().max_response_bytes;
+        if mock::text_len(n) > max {
+            return Attempt::Failed(GatewayError::UpstreamProtocol {
+                provider: provider.to_owned(),
+                reason: ReadError::TooLarge(max).to_string(),
+            });
+        }
         if let Some(p) = pace {
             sleep(p * n as u32).await;
         }
@@ -142,14 +163,14 @@ pub async fn serve(
     }
     let include_usage = ctx.include_usage;
     let usage_null = include_usage;
-    let mut egress = StreamEgress::from_openai(client, &ctx);
+    let mut egress = StreamEgress::from_openai(client, &ctx, &KnownSecrets::default());
     let mut push_chunk = |out: &mut Vec<u8>, event: &mut Vec<u8>| {
         // The mock's own OpenAI events always translate.
         let _ = egress.push(event, out);
         event.clear();
     };
     let mut event = Vec::with_capacity(512);
-    let mut out = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(WRITE_BATCH + 1024);
     let chat = api != Api::Completions;
     if chat {
         mock::chat_chunk_event(
@@ -198,6 +219,13 @@ pub async fn serve(
             );
         }
         push_chunk(&mut out, &mut event);
+        if out.len() >= WRITE_BATCH {
+            if conn.write(&out).await.is_err() {
+                call.meter(&target.model, Some(usage(i as u64 + 1)), true);
+                return Attempt::Done(Outcome::CLOSE);
+            }
+            out.clear();
+        }
     }
     if chat {
         mock::chat_chunk_event(

@@ -14,7 +14,7 @@ use super::egress::{push_chunk, ClientDialect, StreamEgress};
 use super::plan::Reply;
 use super::{Attempt, Call};
 use crate::client::{BodyReader, BodyStep, ReadError, UpstreamConn, UpstreamHead};
-use crate::config::Wire;
+use crate::config::{HttpProvider, Wire};
 use crate::error::GatewayError;
 use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
@@ -22,7 +22,7 @@ use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::json::find_top_level;
 use shardgate_proto::openai::{extract_usage, mentions_usage, Usage};
 use shardgate_proto::sse::SseFramer;
-use shardgate_providers::{gemini, StreamTranslator};
+use shardgate_providers::{gemini, KnownSecrets, StreamTranslator};
 
 /// An upstream's answer whose head has been read, with what relaying it
 /// needs to know about where it came from.
@@ -35,6 +35,9 @@ pub struct Answer<'a> {
     /// `provider/model`, sent as `x-shardgate-target`.
     pub served_by: &'a str,
     pub wire: &'a Wire,
+    /// The credentials sent to this upstream, for scrubbing what it says
+    /// on error paths (never read on success paths).
+    pub secrets: &'a KnownSecrets,
     pub reply: Reply,
     pub client: ClientDialect,
     /// The upstream model (what is metered and priced).
@@ -57,6 +60,14 @@ fn read_failed(provider: &str, e: ReadError) -> GatewayError {
     }
 }
 
+/// A reason built from what the upstream sent (a JSON error quotes the
+/// offending value, a translator's error its input): it becomes both the
+/// client's message and a log line, so the upstream's credentials and
+/// anything shaped like one are removed first.
+fn upstream_reason(reason: &str, secrets: &KnownSecrets) -> String {
+    shardgate_providers::redact_secrets(reason, secrets)
+}
+
 /// An error status from the upstream: read its (bounded) body so the
 /// connection can be reused and the message passed on, and let the caller
 /// decide between failover and answering.
@@ -66,7 +77,7 @@ pub async fn upstream_error(
     head: UpstreamHead,
     provider: usize,
     name: &str,
-    wire: &Wire,
+    http: &HttpProvider,
 ) -> Attempt {
     let mut reader = BodyReader::new(head.framing);
     let wait = shard.pool.settings().read_timeout;
@@ -77,12 +88,18 @@ pub async fn upstream_error(
     if reader.is_done() && head.keep_alive {
         shard.pool.checkin(provider, up);
     }
-    // Every upstream error leaves here OpenAI-shaped (or as the raw body of
-    // an OpenAI-dialect upstream, which the error type wraps when needed),
-    // with anything that looks like a credential redacted.
-    let body = match wire {
-        Wire::OpenAi(_) | Wire::Azure(_) => shardgate_providers::redact_json_secrets(&body),
-        other => other.provider().error_to_openai(head.status, &body),
+    // Every upstream error leaves here OpenAI-shaped (or as the body of an
+    // OpenAI-dialect upstream, which the error type wraps when it is not an
+    // OpenAI error object), with the credentials sent to this upstream and
+    // anything that looks like a credential redacted from every string.
+    let secrets = &http.secrets;
+    let body = match &http.wire {
+        Wire::OpenAi(_) | Wire::Azure(_) => {
+            shardgate_providers::redact_json_secrets(&body, secrets)
+        }
+        other => other
+            .provider()
+            .error_to_openai(head.status, &body, secrets),
     };
     Attempt::Failed(GatewayError::UpstreamStatus {
         provider: name.to_owned(),
@@ -101,6 +118,7 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
         name,
         served_by,
         wire,
+        secrets,
         reply,
         client,
         model,
@@ -157,7 +175,7 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
         Err(e) => {
             return Attempt::Failed(GatewayError::UpstreamTranslate {
                 provider: name.to_owned(),
-                reason: e.to_string(),
+                reason: upstream_reason(&e.to_string(), secrets),
             })
         }
     };
@@ -207,14 +225,18 @@ impl Pipe {
                 egress: StreamEgress::from_openai(
                     answer.client,
                     &answer.call.reply_ctx(answer.model),
+                    answer.secrets,
                 ),
                 mid: Vec::new(),
             })),
             Reply::FromWire => Pipe::Translate(Box::new({
                 let ctx = answer.call.reply_ctx(answer.model);
                 Translating {
-                    egress: StreamEgress::from_openai(answer.client, &ctx),
-                    wire: answer.wire.provider().stream_translator(ctx),
+                    egress: StreamEgress::from_openai(answer.client, &ctx, answer.secrets),
+                    wire: answer
+                        .wire
+                        .provider()
+                        .stream_translator(ctx, answer.secrets),
                     mid: Vec::new(),
                 }
             })),
@@ -497,6 +519,7 @@ pub async fn stream(
         client,
         call,
         model,
+        secrets,
         ..
     } = answer;
     let client_head = respond::stream_head(head.status, rid, &call.extra(served_by));
@@ -537,7 +560,7 @@ pub async fn stream(
             }
             Some(Ok(_)) if feed_error.is_some() => Some(GatewayError::UpstreamProtocol {
                 provider: name.to_owned(),
-                reason: feed_error.unwrap_or_default(),
+                reason: upstream_reason(&feed_error.unwrap_or_default(), secrets),
             }),
             Some(Ok(BodyStep::Data)) => None,
             Some(Ok(BodyStep::End)) => {
