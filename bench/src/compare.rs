@@ -113,7 +113,7 @@ pub fn run_compare(
         for round in 0..cfg.rounds.max(1) {
             for (t, acc) in cfg.targets.iter().zip(accs.iter_mut()) {
                 let load = load_config(cfg, t, connections);
-                let (report, stats) = run_load(&load, t.pid)?;
+                let (report, stats) = run_load(&load, t.pid.as_slice())?;
                 progress(&format!(
                     "round {}/{} c={} {:<10} {:>10.1} req/s  p50 {:.3}ms  p99 {:.3}ms  errors {}{}",
                     round + 1,

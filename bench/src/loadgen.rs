@@ -74,12 +74,10 @@ pub struct LoadConfig {
     pub tls: TlsOptions,
 }
 
-/// Runs one load and blocks until it is done. With `watch_pid`, also
-/// measures that process's CPU time over the measurement window.
-pub fn run_load(
-    cfg: &LoadConfig,
-    watch_pid: Option<u32>,
-) -> Result<(LoadReport, Stats), BenchError> {
+/// Runs one load and blocks until it is done. With `watch` pids, also
+/// measures their CPU time together over the measurement window (a
+/// gateway is one process; nginx is one per worker).
+pub fn run_load(cfg: &LoadConfig, watch: &[u32]) -> Result<(LoadReport, Stats), BenchError> {
     let work = workload::build(cfg)?;
     let tls = if cfg.url.tls {
         Some(ClientTls::new(&cfg.tls, &cfg.url.server_name)?)
@@ -138,7 +136,7 @@ pub fn run_load(
     loop {
         let now = Instant::now();
         if !sampled && now >= window_start {
-            cpu0 = watch_pid.and_then(machine::process_cpu_time);
+            cpu0 = cpu_of(watch);
             own0 = machine::own_cpu_time();
             sampled = true;
         }
@@ -149,7 +147,7 @@ pub fn run_load(
         sleep_until(edge.min(now + progress::PERIOD));
         line.draw();
     }
-    let cpu1 = watch_pid.and_then(machine::process_cpu_time);
+    let cpu1 = cpu_of(watch);
     let own1 = machine::own_cpu_time();
     line.clear();
 
@@ -222,6 +220,17 @@ pub fn run_load(
         machine: machine::MachineInfo::collect(),
     };
     Ok((report, stats))
+}
+
+/// The CPU time of every process in `pids` together; none if `pids` is
+/// empty or one of them can't be read (it exited).
+fn cpu_of(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|&pid| machine::process_cpu_time(pid))
+        .sum::<Option<Duration>>()
 }
 
 /// The main thread waits for the window edges to sample CPU counters; it

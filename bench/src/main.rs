@@ -264,6 +264,11 @@ struct RunArgs {
     /// flight in an open loop.
     #[arg(long, visible_alias = "concurrency", default_value_t = 64)]
     connections: usize,
+    /// Measure the CPU time of these processes together over the
+    /// measurement window (`watched_cpu_us`, per request), e.g. the
+    /// gateway, or every nginx worker: `--watch-pid 101,102`.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    watch_pid: Vec<u32>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -348,7 +353,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 progress: true,
                 tls: a.load.tls(),
             };
-            let (report, _) = loadgen::run_load(&cfg, None)?;
+            let (report, _) = loadgen::run_load(&cfg, &a.watch_pid)?;
             if a.load.json {
                 println!("{}", to_json(&report)?);
             } else if a.load.markdown {

@@ -202,3 +202,43 @@ fn open_loop_shows_a_stall_that_closed_loop_hides() {
     // The server's own service time still shows only the one slow answer.
     assert!(ms(&open["service_us"]["p90"]) < 100.0, "{open}");
 }
+
+/// `--watch-pid` charges the watched processes' CPU to the requests: the
+/// mock that serves them has some; two pids are summed, and one that has
+/// exited gives no figure rather than a wrong one.
+#[test]
+fn watch_pid_measures_the_server_cpu() {
+    let mock = Mock::start(&[]);
+    let idle = Mock::start(&[]);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", mock.port);
+    let load = |pids: &str| {
+        run(&[
+            "--url",
+            &url,
+            "--model",
+            "mock-tokens-64",
+            "--connections",
+            "4",
+            "--shards",
+            "1",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0.2s",
+            "--watch-pid",
+            pids,
+        ])
+    };
+    let both = format!("{},{}", mock.child.id(), idle.child.id());
+    let v = load(&both);
+    let n = v["requests"].as_u64().unwrap();
+    let cpu = v["watched_cpu_us"].as_u64().unwrap();
+    assert!(n > 0 && cpu > 0, "{v}");
+    let per = v["watched_cpu_us_per_request"].as_f64().unwrap();
+    assert!((per * n as f64 - cpu as f64).abs() < 1.0, "{v}");
+
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let v = load(&format!("{},{}", mock.child.id(), gone.id()));
+    assert!(v["watched_cpu_us"].is_null(), "{v}");
+}
