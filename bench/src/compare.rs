@@ -26,6 +26,7 @@ pub struct CompareConfig {
     pub api_key: Option<String>,
     pub timeout: Duration,
     pub shape: crate::workload::Shape,
+    pub ramp_up: Duration,
     /// Trust settings for `https://` targets.
     pub tls: crate::tls::TlsOptions,
 }
@@ -215,6 +216,7 @@ fn load_config(cfg: &CompareConfig, t: &TargetSpec, connections: usize) -> LoadC
         api_key: t.api_key.clone().or_else(|| cfg.api_key.clone()),
         timeout: cfg.timeout,
         shape: cfg.shape.clone(),
+        ramp_up: cfg.ramp_up,
         progress: false,
         tls: cfg.tls.clone(),
     }

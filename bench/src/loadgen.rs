@@ -68,6 +68,12 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// API shape, prompts, open loop.
     pub shape: Shape,
+    /// Connections open one after another, evenly over this time, rather
+    /// than all at once: closed-loop streams of equal length started
+    /// together stay in step (every connection's tokens and completions in
+    /// the same instant), which turns a steady load into bursts and makes
+    /// a window's completions a multiple of the connection count.
+    pub ramp_up: Duration,
     /// Draw the live progress line (only if stderr is a terminal).
     pub progress: bool,
     /// Trust settings for `https://` URLs.
@@ -113,6 +119,10 @@ pub fn run_load(cfg: &LoadConfig, watch: &[u32]) -> Result<(LoadReport, Stats), 
                 (s, first)
             }),
             first_conn,
+            ramp: (!cfg.ramp_up.is_zero()).then(|| {
+                let step = cfg.ramp_up / u32::try_from(cfg.connections.max(1)).unwrap_or(u32::MAX);
+                (begin, step)
+            }),
             progress: shard_progress,
         };
         first_conn += conns;
@@ -260,6 +270,8 @@ struct ConnCtx {
     arrivals: Option<(Schedule, Instant)>,
     /// Index of this shard's first connection over all shards.
     first_conn: usize,
+    /// Connection `i` (over all shards) opens at `begin + i * step`.
+    ramp: Option<(Instant, Duration)>,
     progress: Arc<ShardProgress>,
 }
 
@@ -415,6 +427,14 @@ async fn connection_loop(
     };
     let n_requests = ctx.requests.len().max(1);
     let mut next_request = index % n_requests;
+    if let Some((begin, step)) = ctx.ramp {
+        let at = begin + step * u32::try_from(index).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        if at > now {
+            glommio::timer::sleep((at - now).min(ctx.window_end.saturating_duration_since(now)))
+                .await;
+        }
+    }
     while Instant::now() < ctx.window_end {
         let connecting = Instant::now();
         let stream = match open(&ctx).await {

@@ -156,6 +156,11 @@ struct LoadArgs {
     /// Unmeasured time before it, per run.
     #[arg(long, default_value = "2s", value_parser = args::parse_duration)]
     warmup: Duration,
+    /// Open the connections evenly over this time (from the start of the
+    /// warmup) instead of all at once, so that equal-length streams don't
+    /// run in step; keep it inside the warmup.
+    #[arg(long, default_value = "0s", value_parser = args::parse_duration)]
+    ramp_up: Duration,
     /// Load generator shards (default: every allowed CPU).
     #[arg(long)]
     shards: Option<usize>,
@@ -350,6 +355,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 api_key: a.load.api_key.clone(),
                 timeout: a.load.timeout,
                 shape: a.load.shape()?,
+                ramp_up: a.load.ramp_up,
                 progress: true,
                 tls: a.load.tls(),
             };
@@ -380,6 +386,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 api_key: a.load.api_key.clone(),
                 timeout: a.load.timeout,
                 shape: a.load.shape()?,
+                ramp_up: a.load.ramp_up,
                 tls: a.load.tls(),
             };
             let report = compare::run_compare(&cfg, |line| eprintln!("{line}"))?;

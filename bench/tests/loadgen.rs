@@ -242,3 +242,33 @@ fn watch_pid_measures_the_server_cpu() {
     let v = load(&format!("{},{}", mock.child.id(), gone.id()));
     assert!(v["watched_cpu_us"].is_null(), "{v}");
 }
+
+/// `--ramp-up` opens connection i of N at i/N of it: with 8 connections
+/// over 2s and a 1s window from the start, only the first 4 open.
+#[test]
+fn ramp_up_spreads_connection_starts() {
+    let mock = Mock::start(&[]);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", mock.port);
+    let load = |ramp: &str| {
+        run(&[
+            "--url",
+            &url,
+            "--model",
+            "mock-tokens-1",
+            "--connections",
+            "8",
+            "--shards",
+            "1",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0",
+            "--ramp-up",
+            ramp,
+        ])
+    };
+    let v = load("2s");
+    assert_eq!(v["connections_opened"].as_u64(), Some(4), "{v}");
+    let v = load("0s");
+    assert_eq!(v["connections_opened"].as_u64(), Some(8), "{v}");
+}
