@@ -23,3 +23,195 @@ stop_all() {
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
+
+# --- Pinned side-by-side runs (compare-rate.sh, compare-streams.sh,
+# compare-scaling.sh). They expect ROOT, WORK, BENCH, GATEWAY_BIN, PIDS and
+# a log() function.
+
+# The CPUs this shell may run on, in order (not necessarily 0..nproc-1).
+allowed_cpus() {
+  python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))'
+}
+
+# cpu_layout N: the proxy under test (N shards or workers) gets the 2nd to
+# (N+1)th allowed CPUs, as an operator would pin it; the first allowed CPU
+# and any beyond the proxy's go to the mock (the first half, at least one)
+# and the load generator (the rest), each on its own CPUs when there are
+# two or more. Sets PROXY_CPUS MOCK_CPUS LOAD_CPUS (taskset lists) and
+# MOCK_SHARDS LOAD_SHARDS. Fails when the host has fewer than N+1 CPUs.
+cpu_layout() {
+  local n=$1 cpus rest m
+  read -r -a cpus <<<"$(allowed_cpus)"
+  ((${#cpus[@]} >= n + 1)) || return 1
+  PROXY_CPUS=$(IFS=,; echo "${cpus[*]:1:n}")
+  rest=("${cpus[0]}" "${cpus[@]:n+1}")
+  if ((${#rest[@]} == 1)); then
+    MOCK_CPUS=${rest[0]} LOAD_CPUS=${rest[0]} MOCK_SHARDS=1 LOAD_SHARDS=1
+  else
+    m=$((${#rest[@]} / 2))
+    MOCK_CPUS=$(IFS=,; echo "${rest[*]:0:m}")
+    LOAD_CPUS=$(IFS=,; echo "${rest[*]:m}")
+    MOCK_SHARDS=$m LOAD_SHARDS=$((${#rest[@]} - m))
+  fi
+}
+
+# Fails with a clear message unless taskset and nginx (unless SKIP_NGINX=1)
+# are installed.
+require_tools() {
+  if ! command -v taskset >/dev/null; then
+    log "taskset not found (package util-linux): these runs pin every process"
+    return 1
+  fi
+  if [[ ${SKIP_NGINX:-0} != 1 ]] && ! command -v nginx >/dev/null; then
+    log "nginx not found: install it (Debian/Ubuntu: apt-get install -y nginx-light," \
+      "or nginx) or pass --skip-nginx to measure the gateway alone"
+    return 1
+  fi
+}
+
+# Raises the open-file limit for thousands of connections (each proxied
+# stream holds two sockets in the proxy, one in the mock, one in the load
+# generator); children inherit it.
+raise_nofile() {
+  local want=$1
+  ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  if (($(ulimit -n) < want)); then
+    log "open-file limit is $(ulimit -n) (< $want): runs with many connections may fail"
+  fi
+}
+
+# start_mock CPUS SHARDS [MOCK ARGS...]: sets MOCK_PID MOCK_PORT.
+start_mock() {
+  local cpus=$1 shards=$2
+  shift 2
+  taskset -c "$cpus" "$BENCH" mock --listen 127.0.0.1:0 --shards "$shards" --require-key "$KEY" \
+    "$@" >"$WORK/mock.out" 2>"$WORK/mock.err" &
+  MOCK_PID=$!
+  PIDS+=("$MOCK_PID")
+  MOCK_PORT=$(wait_port "$WORK/mock.out" "mock listening on" "$MOCK_PID") \
+    || { log "mock did not start"; cat "$WORK/mock.err" >&2; return 1; }
+  log "mock on 127.0.0.1:$MOCK_PORT (pid $MOCK_PID, cpus $cpus, $shards shard(s))"
+}
+
+# start_gateway CPUS SHARDS POOL: the gateway in front of the mock, `taskset`
+# placing it (--no-pin), keeping up to POOL idle upstream connections per
+# shard. Sets GW_PID GW_PORT.
+start_gateway() {
+  local cpus=$1 shards=$2 pool=$3
+  cat >"$WORK/shardgate.yaml" <<YAML
+listen: 127.0.0.1:0
+shards: $shards
+auth: none
+store: { dir: "$WORK/shardgate-data" }
+upstream: { pool_max_idle_per_upstream: $pool }
+providers:
+  up: { kind: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: $KEY }
+models:
+  demo: { targets: [ { provider: up, model: mock-1 } ] }
+YAML
+  taskset -c "$cpus" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" --no-pin \
+    >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  GW_PORT=$(wait_port "$WORK/gateway.out" "shardgate listening on" "$GW_PID") \
+    || { log "gateway did not start"; tail -n 20 "$WORK/gateway.err" >&2; return 1; }
+  log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID, cpus $cpus, $shards shard(s))"
+}
+
+# start_nginx CPUS WORKERS CONNECTIONS KEEPALIVE: nginx with the gateway's
+# job (keep-alive upstream, the key injected, no buffering so streams flow
+# event by event), one listening socket per worker (reuseport, as the
+# gateway's SO_REUSEPORT), keep-alive never cut by a request count. Sets
+# NGINX_PID NGINX_PORT NGINX_WORKERS (comma-separated worker pids).
+start_nginx() {
+  local cpus=$1 workers=$2 conns=$3 keepalive=$4 port user_line="" i n
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$WORK/nginx"
+  if [[ $(id -u) -eq 0 ]]; then user_line="user root;"; fi
+  cat >"$WORK/nginx/nginx.conf" <<CONF
+$user_line
+worker_processes $workers;
+worker_rlimit_nofile $((conns * 2 + 1024));
+daemon off;
+master_process on;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections $((conns * 2 + 512)); }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx/client_body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream mock {
+    server 127.0.0.1:$MOCK_PORT;
+    keepalive $keepalive;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$port reuseport;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer $KEY";
+      proxy_buffering off;
+    }
+  }
+}
+CONF
+  taskset -c "$cpus" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
+    >"$WORK/nginx.out" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  NGINX_PORT=$port NGINX_WORKERS=""
+  for ((i = 0; i < 100; i++)); do
+    n=$(pgrep -c -P "$NGINX_PID" || true)
+    if ((n >= workers)); then
+      NGINX_WORKERS=$(pgrep -P "$NGINX_PID" | paste -sd, -)
+      break
+    fi
+    kill -0 "$NGINX_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ -z $NGINX_WORKERS ]]; then
+    log "nginx did not start"
+    cat "$WORK/nginx.out" "$WORK/nginx/error.log" >&2 2>/dev/null || true
+    return 1
+  fi
+  log "nginx on 127.0.0.1:$port (master $NGINX_PID, workers $NGINX_WORKERS, cpus $cpus)"
+}
+
+# Stops what start_* started and forgets it.
+stop_servers() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# rss_kib PID[,PID...]: their resident memory together (VmRSS, KiB).
+rss_kib() {
+  local pid total=0 kib
+  for pid in ${1//,/ }; do
+    kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    total=$((total + ${kib:-0}))
+  done
+  echo "$total"
+}
+
+# peak_rss PIDS FILE: samples rss_kib every 100 ms until killed, keeping the
+# highest in FILE. Run it in the background.
+peak_rss() {
+  local pids=$1 file=$2 peak=0 now
+  while true; do
+    now=$(rss_kib "$pids")
+    if ((now > peak)); then
+      peak=$now
+      echo "$peak" >"$file"
+    fi
+    sleep 0.1
+  done
+}

@@ -26,6 +26,7 @@ pub struct CompareConfig {
     pub api_key: Option<String>,
     pub timeout: Duration,
     pub shape: crate::workload::Shape,
+    pub ramp_up: Duration,
     /// Trust settings for `https://` targets.
     pub tls: crate::tls::TlsOptions,
 }
@@ -113,7 +114,7 @@ pub fn run_compare(
         for round in 0..cfg.rounds.max(1) {
             for (t, acc) in cfg.targets.iter().zip(accs.iter_mut()) {
                 let load = load_config(cfg, t, connections);
-                let (report, stats) = run_load(&load, t.pid)?;
+                let (report, stats) = run_load(&load, t.pid.as_slice())?;
                 progress(&format!(
                     "round {}/{} c={} {:<10} {:>10.1} req/s  p50 {:.3}ms  p99 {:.3}ms  errors {}{}",
                     round + 1,
@@ -215,6 +216,7 @@ fn load_config(cfg: &CompareConfig, t: &TargetSpec, connections: usize) -> LoadC
         api_key: t.api_key.clone().or_else(|| cfg.api_key.clone()),
         timeout: cfg.timeout,
         shape: cfg.shape.clone(),
+        ramp_up: cfg.ramp_up,
         progress: false,
         tls: cfg.tls.clone(),
     }

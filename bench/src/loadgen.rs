@@ -68,18 +68,22 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// API shape, prompts, open loop.
     pub shape: Shape,
+    /// Connections open one after another, evenly over this time, rather
+    /// than all at once: closed-loop streams of equal length started
+    /// together stay in step (every connection's tokens and completions in
+    /// the same instant), which turns a steady load into bursts and makes
+    /// a window's completions a multiple of the connection count.
+    pub ramp_up: Duration,
     /// Draw the live progress line (only if stderr is a terminal).
     pub progress: bool,
     /// Trust settings for `https://` URLs.
     pub tls: TlsOptions,
 }
 
-/// Runs one load and blocks until it is done. With `watch_pid`, also
-/// measures that process's CPU time over the measurement window.
-pub fn run_load(
-    cfg: &LoadConfig,
-    watch_pid: Option<u32>,
-) -> Result<(LoadReport, Stats), BenchError> {
+/// Runs one load and blocks until it is done. With `watch` pids, also
+/// measures their CPU time together over the measurement window (a
+/// gateway is one process; nginx is one per worker).
+pub fn run_load(cfg: &LoadConfig, watch: &[u32]) -> Result<(LoadReport, Stats), BenchError> {
     let work = workload::build(cfg)?;
     let tls = if cfg.url.tls {
         Some(ClientTls::new(&cfg.tls, &cfg.url.server_name)?)
@@ -115,6 +119,10 @@ pub fn run_load(
                 (s, first)
             }),
             first_conn,
+            ramp: (!cfg.ramp_up.is_zero()).then(|| {
+                let step = cfg.ramp_up / u32::try_from(cfg.connections.max(1)).unwrap_or(u32::MAX);
+                (begin, step)
+            }),
             progress: shard_progress,
         };
         first_conn += conns;
@@ -138,7 +146,7 @@ pub fn run_load(
     loop {
         let now = Instant::now();
         if !sampled && now >= window_start {
-            cpu0 = watch_pid.and_then(machine::process_cpu_time);
+            cpu0 = cpu_of(watch);
             own0 = machine::own_cpu_time();
             sampled = true;
         }
@@ -149,7 +157,7 @@ pub fn run_load(
         sleep_until(edge.min(now + progress::PERIOD));
         line.draw();
     }
-    let cpu1 = watch_pid.and_then(machine::process_cpu_time);
+    let cpu1 = cpu_of(watch);
     let own1 = machine::own_cpu_time();
     line.clear();
 
@@ -224,6 +232,17 @@ pub fn run_load(
     Ok((report, stats))
 }
 
+/// The CPU time of every process in `pids` together; none if `pids` is
+/// empty or one of them can't be read (it exited).
+fn cpu_of(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|&pid| machine::process_cpu_time(pid))
+        .sum::<Option<Duration>>()
+}
+
 /// The main thread waits for the window edges to sample CPU counters; it
 /// is not a shard, so blocking it is fine.
 #[allow(clippy::disallowed_methods)]
@@ -251,6 +270,8 @@ struct ConnCtx {
     arrivals: Option<(Schedule, Instant)>,
     /// Index of this shard's first connection over all shards.
     first_conn: usize,
+    /// Connection `i` (over all shards) opens at `begin + i * step`.
+    ramp: Option<(Instant, Duration)>,
     progress: Arc<ShardProgress>,
 }
 
@@ -406,6 +427,14 @@ async fn connection_loop(
     };
     let n_requests = ctx.requests.len().max(1);
     let mut next_request = index % n_requests;
+    if let Some((begin, step)) = ctx.ramp {
+        let at = begin + step * u32::try_from(index).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        if at > now {
+            glommio::timer::sleep((at - now).min(ctx.window_end.saturating_duration_since(now)))
+                .await;
+        }
+    }
     while Instant::now() < ctx.window_end {
         let connecting = Instant::now();
         let stream = match open(&ctx).await {

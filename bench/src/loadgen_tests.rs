@@ -40,6 +40,7 @@ fn ctx(url: &str, stream: bool, model: &str) -> ConnCtx {
         api_key: None,
         timeout: Duration::from_secs(10),
         shape: Shape::default(),
+        ramp_up: Duration::ZERO,
         progress: false,
         tls: TlsOptions {
             ca_file: None,
@@ -62,6 +63,7 @@ fn ctx(url: &str, stream: bool, model: &str) -> ConnCtx {
         open_loop: None,
         arrivals: None,
         first_conn: 0,
+        ramp: None,
         progress: Arc::new(ShardProgress::default()),
     }
 }

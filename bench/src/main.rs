@@ -156,6 +156,11 @@ struct LoadArgs {
     /// Unmeasured time before it, per run.
     #[arg(long, default_value = "2s", value_parser = args::parse_duration)]
     warmup: Duration,
+    /// Open the connections evenly over this time (from the start of the
+    /// warmup) instead of all at once, so that equal-length streams don't
+    /// run in step; keep it inside the warmup.
+    #[arg(long, default_value = "0s", value_parser = args::parse_duration)]
+    ramp_up: Duration,
     /// Load generator shards (default: every allowed CPU).
     #[arg(long)]
     shards: Option<usize>,
@@ -264,6 +269,11 @@ struct RunArgs {
     /// flight in an open loop.
     #[arg(long, visible_alias = "concurrency", default_value_t = 64)]
     connections: usize,
+    /// Measure the CPU time of these processes together over the
+    /// measurement window (`watched_cpu_us`, per request), e.g. the
+    /// gateway, or every nginx worker: `--watch-pid 101,102`.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    watch_pid: Vec<u32>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -345,10 +355,11 @@ fn run(command: Command) -> Result<(), BenchError> {
                 api_key: a.load.api_key.clone(),
                 timeout: a.load.timeout,
                 shape: a.load.shape()?,
+                ramp_up: a.load.ramp_up,
                 progress: true,
                 tls: a.load.tls(),
             };
-            let (report, _) = loadgen::run_load(&cfg, None)?;
+            let (report, _) = loadgen::run_load(&cfg, &a.watch_pid)?;
             if a.load.json {
                 println!("{}", to_json(&report)?);
             } else if a.load.markdown {
@@ -375,6 +386,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 api_key: a.load.api_key.clone(),
                 timeout: a.load.timeout,
                 shape: a.load.shape()?,
+                ramp_up: a.load.ramp_up,
                 tls: a.load.tls(),
             };
             let report = compare::run_compare(&cfg, |line| eprintln!("{line}"))?;

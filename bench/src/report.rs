@@ -259,7 +259,8 @@ pub struct LoadReport {
     pub unsent_at_end: Option<u64>,
     /// CPU time the load generator itself used in the window, in cores.
     pub loadgen_cpu_cores: Option<f64>,
-    /// CPU time of `watch_pid` in the window, when one was given.
+    /// CPU time (utime + stime from /proc/PID/stat) of the watched
+    /// processes together in the window, when some were given.
     pub watched_cpu_us: Option<u64>,
     pub watched_cpu_us_per_request: Option<f64>,
     pub machine: machine::MachineInfo,
@@ -368,6 +369,14 @@ fn summary_lines(r: &LoadReport) -> Vec<String> {
     }
     if let Some(c) = r.loadgen_cpu_cores {
         lines.push(format!("loadgen cpu: {c:.2} cores"));
+    }
+    if let Some(us) = r.watched_cpu_us {
+        lines.push(format!(
+            "watched cpu: {:.2} cores, {} us/request",
+            us as f64 / 1e6 / r.duration_s.max(1e-9),
+            r.watched_cpu_us_per_request
+                .map_or_else(|| "-".to_string(), |c| format!("{c:.1}"))
+        ));
     }
     lines
 }

@@ -4,18 +4,33 @@
 //! following token event (TTFT, inter-token latency), and picks up the
 //! usage numbers and the end marker.
 //!
-//! OpenAI: `data: [DONE]` ends the stream; a chunk with a non-empty
-//! `"content"`, `"text"` or `"arguments"` string is a token event; the
-//! usage chunk gives prompt/completion tokens. Anthropic: `content_block_delta`
-//! is a token event, `message_start` carries input tokens, `message_delta`
-//! output tokens, `message_stop` ends it, `error` is a failure.
+//! Each event's data is parsed as JSON (serde_json into the few fields
+//! that matter), so any valid JSON reads the same: spaces and newlines
+//! between tokens, any key order, escaped strings, pretty-printed events
+//! over several `data:` lines, LF, CRLF or CR line ends. A token event is
+//! one whose delta carries a non-empty string (its JSON text is not `""`:
+//! `"\""` and `"\u0041"` are tokens).
 //!
-//! Sans-IO and allocation-free in steady state: one meter per connection,
-//! `reset` between requests, buffers reused. Only usage events are parsed
-//! as JSON (once or twice per request).
+//! OpenAI: `data: [DONE]` ends the stream; a chunk with a non-empty
+//! `choices[].delta.content` (or `reasoning_content`, `reasoning`,
+//! `refusal`, `tool_calls[].function.arguments`) or `choices[].text`
+//! (legacy completions) is a token event; a top-level `usage` object gives
+//! prompt/completion tokens wherever it sits among the keys; a top-level
+//! `error` is a failure. Anthropic: a `content_block_delta` whose delta has
+//! a non-empty `text`, `partial_json` or `thinking` is a token event,
+//! `message_start.message.usage` carries input tokens, `message_delta.usage`
+//! output tokens, `message_stop` ends it, `error` is a failure. The
+//! event's kind is its JSON `type`, else its SSE `event:` name.
+//!
+//! Sans-IO: one meter per connection, `reset` between requests, buffers
+//! reused. Parsing borrows from the event's bytes and keeps no strings, so
+//! it allocates nothing, except serde_json's scratch buffer for an event
+//! whose token string holds an escape.
 
 use crate::workload::Api;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -23,6 +38,8 @@ pub struct StreamMeter {
     api: Api,
     /// A line split across reads.
     line: Vec<u8>,
+    /// The last line ended with `\r`: a `\n` that comes next ends nothing.
+    after_cr: bool,
     /// The current event's `event:` name and `data:` lines.
     event: Vec<u8>,
     data: Vec<u8>,
@@ -44,6 +61,7 @@ impl StreamMeter {
         StreamMeter {
             api,
             line: Vec::with_capacity(256),
+            after_cr: false,
             event: Vec::with_capacity(32),
             data: Vec::with_capacity(512),
             has_data: false,
@@ -61,6 +79,7 @@ impl StreamMeter {
     /// Ready for the next response, keeping the buffers.
     pub fn reset(&mut self) {
         self.line.clear();
+        self.after_cr = false;
         self.event.clear();
         self.data.clear();
         self.has_data = false;
@@ -77,43 +96,67 @@ impl StreamMeter {
     /// Feeds body bytes that arrived at `now`; `on_gap` gets the time since
     /// the previous token event for every token event after the first.
     pub fn feed(&mut self, mut input: &[u8], now: Instant, on_gap: &mut impl FnMut(Duration)) {
+        if self.after_cr && !input.is_empty() {
+            self.after_cr = false;
+            if input[0] == b'\n' {
+                input = &input[1..];
+            }
+        }
         while !input.is_empty() {
-            match input.iter().position(|&b| b == b'\n') {
-                Some(nl) => {
-                    if self.line.is_empty() {
-                        self.on_line(&input[..nl], now, on_gap);
-                    } else {
-                        let mut line = std::mem::take(&mut self.line);
-                        line.extend_from_slice(&input[..nl]);
-                        self.on_line(&line, now, on_gap);
-                        line.clear();
-                        self.line = line;
-                    }
-                    input = &input[nl + 1..];
-                }
-                None => {
-                    self.line.extend_from_slice(input);
-                    return;
+            let Some(end) = input.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.line.extend_from_slice(input);
+                return;
+            };
+            if self.line.is_empty() {
+                self.on_line(&input[..end], now, on_gap);
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&input[..end]);
+                self.on_line(&line, now, on_gap);
+                line.clear();
+                self.line = line;
+            }
+            let mut next = end + 1;
+            if input[end] == b'\r' {
+                match input.get(next) {
+                    Some(b'\n') => next += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
                 }
             }
+            input = &input[next..];
         }
     }
 
+    /// One line of the event stream (WHATWG HTML, "Interpreting an event
+    /// stream"): a blank line dispatches, `:` starts a comment, and a field
+    /// without a colon has an empty value.
     fn on_line(&mut self, line: &[u8], now: Instant, on_gap: &mut impl FnMut(Duration)) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             self.dispatch(now, on_gap);
-        } else if let Some(v) = line.strip_prefix(b"data:") {
-            if self.has_data {
-                self.data.push(b'\n');
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(0) => return,
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
             }
-            self.data
-                .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
-            self.has_data = true;
-        } else if let Some(v) = line.strip_prefix(b"event:") {
-            self.event.clear();
-            self.event
-                .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+            }
+            b"event" => {
+                self.event.clear();
+                self.event.extend_from_slice(value);
+            }
+            _ => {}
         }
     }
 
@@ -139,98 +182,65 @@ impl StreamMeter {
     }
 
     fn openai_event(&mut self) -> bool {
-        let d = &self.data[..];
-        if d == b"[DONE]" {
+        if self.data.trim_ascii() == b"[DONE]" {
             self.done = true;
             return false;
         }
-        if d.starts_with(b"{\"error\"") {
-            self.error = true;
+        let Ok(e) = serde_json::from_slice::<OpenAiEvent>(&self.data) else {
             return false;
+        };
+        if e.error.is_some() {
+            self.error = true;
         }
-        if find(d, b"\"usage\":{").is_some() {
-            if let Ok(u) = serde_json::from_slice::<OpenAiUsageChunk>(d) {
-                if let Some(u) = u.usage {
-                    self.input_tokens = u.prompt_tokens.or(self.input_tokens);
-                    self.output_tokens = u.completion_tokens.or(self.output_tokens);
-                }
-            }
+        if let Some(u) = e.usage {
+            self.input_tokens = u.prompt_tokens.or(self.input_tokens);
+            self.output_tokens = u.completion_tokens.or(self.output_tokens);
         }
-        [&b"\"content\":\""[..], b"\"text\":\"", b"\"arguments\":\""]
-            .iter()
-            .any(|key| nonempty_string_after(d, key))
+        e.choices.0
     }
 
     fn anthropic_event(&mut self) -> bool {
-        match &self.event[..] {
-            b"content_block_delta" => true,
-            b"message_start" => {
-                if let Ok(s) = serde_json::from_slice::<AnthropicStart>(&self.data) {
-                    self.input_tokens = s.message.usage.input_tokens;
-                    self.output_tokens = s.message.usage.output_tokens;
+        let by_name = Kind::of(&self.event);
+        let Ok(e) = serde_json::from_slice::<AnthropicEvent>(&self.data) else {
+            match by_name {
+                Kind::MessageStop => self.done = true,
+                Kind::Error => self.error = true,
+                _ => {}
+            }
+            return false;
+        };
+        match e.kind.unwrap_or(by_name) {
+            Kind::ContentBlockDelta => return e.delta.is_some_and(|d| d.0),
+            Kind::MessageStart => {
+                if let Some(u) = e.message.and_then(|m| m.usage) {
+                    self.input_tokens = u.input_tokens.or(self.input_tokens);
+                    self.output_tokens = u.output_tokens.or(self.output_tokens);
                 }
-                false
             }
-            b"message_delta" => {
-                if let Ok(u) = serde_json::from_slice::<AnthropicDelta>(&self.data) {
-                    if let Some(n) = u.usage.output_tokens {
-                        self.output_tokens = Some(n);
-                    }
+            Kind::MessageDelta => {
+                if let Some(u) = e.usage {
+                    self.input_tokens = u.input_tokens.or(self.input_tokens);
+                    self.output_tokens = u.output_tokens.or(self.output_tokens);
                 }
-                false
             }
-            b"message_stop" => {
-                self.done = true;
-                false
-            }
-            b"error" => {
-                self.error = true;
-                false
-            }
-            _ => false,
+            Kind::MessageStop => self.done = true,
+            Kind::Error => self.error = true,
+            Kind::Other => {}
         }
+        false
     }
 }
 
-/// `key` occurs in `d` followed by a string that isn't empty.
-fn nonempty_string_after(d: &[u8], key: &[u8]) -> bool {
-    let mut from = 0;
-    while let Some(i) = find(&d[from..], key) {
-        let after = from + i + key.len();
-        if d.get(after).is_some_and(|&b| b != b'"') {
-            return true;
-        }
-        from = after;
-    }
-    false
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    let first = needle[0];
-    let last_start = hay.len() - needle.len();
-    let mut i = 0;
-    while i <= last_start {
-        match hay[i..=last_start].iter().position(|&b| b == first) {
-            Some(p) => {
-                i += p;
-                if &hay[i..i + needle.len()] == needle {
-                    return Some(i);
-                }
-                i += 1;
-            }
-            None => return None,
-        }
-    }
-    None
-}
-
+/// An OpenAI data event: a chat or completions chunk, the usage chunk, or
+/// an error. Unknown keys are skipped without being kept.
 #[derive(Deserialize)]
-struct OpenAiUsageChunk {
+struct OpenAiEvent {
+    #[serde(default)]
+    choices: AnyChoiceToken,
     #[serde(default)]
     usage: Option<OpenAiUsage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -241,18 +251,112 @@ struct OpenAiUsage {
     completion_tokens: Option<u64>,
 }
 
+/// Some choice of `choices` carries a token (walked without collecting).
+#[derive(Default)]
+struct AnyChoiceToken(bool);
+
+impl<'de> Deserialize<'de> for AnyChoiceToken {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AnyOf::<OpenAiChoice>::default())
+            .map(AnyChoiceToken)
+    }
+}
+
 #[derive(Deserialize)]
-struct AnthropicStart {
-    message: AnthropicMessage,
+struct OpenAiChoice {
+    #[serde(default)]
+    delta: Option<OpenAiDelta>,
+    /// Legacy completions.
+    #[serde(default)]
+    text: NonEmpty,
+}
+
+impl HasToken for OpenAiChoice {
+    fn has_token(&self) -> bool {
+        self.text.0 || self.delta.as_ref().is_some_and(OpenAiDelta::has_token)
+    }
+}
+
+#[derive(Deserialize)]
+struct OpenAiDelta {
+    #[serde(default)]
+    content: NonEmpty,
+    /// Reasoning text as DeepSeek, vLLM and others stream it.
+    #[serde(default)]
+    reasoning_content: NonEmpty,
+    #[serde(default)]
+    reasoning: NonEmpty,
+    #[serde(default)]
+    refusal: NonEmpty,
+    #[serde(default)]
+    tool_calls: AnyToolArguments,
+    /// The pre-tools function call.
+    #[serde(default)]
+    function_call: Option<OpenAiFunction>,
+}
+
+impl OpenAiDelta {
+    fn has_token(&self) -> bool {
+        self.content.0
+            || self.reasoning_content.0
+            || self.reasoning.0
+            || self.refusal.0
+            || self.tool_calls.0
+            || self.function_call.as_ref().is_some_and(|f| f.arguments.0)
+    }
+}
+
+#[derive(Default)]
+struct AnyToolArguments(bool);
+
+impl<'de> Deserialize<'de> for AnyToolArguments {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AnyOf::<OpenAiToolCall>::default())
+            .map(AnyToolArguments)
+    }
+}
+
+#[derive(Deserialize)]
+struct OpenAiToolCall {
+    #[serde(default)]
+    function: Option<OpenAiFunction>,
+}
+
+impl HasToken for OpenAiToolCall {
+    fn has_token(&self) -> bool {
+        self.function.as_ref().is_some_and(|f| f.arguments.0)
+    }
+}
+
+#[derive(Deserialize)]
+struct OpenAiFunction {
+    #[serde(default)]
+    arguments: NonEmpty,
+}
+
+/// An Anthropic data event; which fields matter depends on its kind.
+#[derive(Deserialize)]
+struct AnthropicEvent {
+    #[serde(default, rename = "type")]
+    kind: Option<Kind>,
+    /// `message_start`.
+    #[serde(default)]
+    message: Option<AnthropicMessage>,
+    /// `message_delta`.
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+    /// `content_block_delta`: whether it carries a token.
+    #[serde(default)]
+    delta: Option<AnthropicDelta>,
 }
 
 #[derive(Deserialize)]
 struct AnthropicMessage {
     #[serde(default)]
-    usage: AnthropicUsage,
+    usage: Option<AnthropicUsage>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct AnthropicUsage {
     #[serde(default)]
     input_tokens: Option<u64>,
@@ -260,97 +364,162 @@ struct AnthropicUsage {
     output_tokens: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct AnthropicDelta {
-    #[serde(default)]
-    usage: AnthropicUsage,
+/// `text_delta`, `input_json_delta` and `thinking_delta` carry tokens;
+/// `signature_delta` and a `message_delta`'s delta don't.
+struct AnthropicDelta(bool);
+
+impl<'de> Deserialize<'de> for AnthropicDelta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(default)]
+            text: NonEmpty,
+            #[serde(default)]
+            partial_json: NonEmpty,
+            #[serde(default)]
+            thinking: NonEmpty,
+        }
+        let f = Option::<Fields>::deserialize(d)?;
+        Ok(AnthropicDelta(f.is_some_and(|f| {
+            f.text.0 || f.partial_json.0 || f.thinking.0
+        })))
+    }
+}
+
+/// The Anthropic event kinds the meter acts on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    MessageStart,
+    MessageDelta,
+    ContentBlockDelta,
+    MessageStop,
+    Error,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        match name {
+            b"message_start" => Kind::MessageStart,
+            b"message_delta" => Kind::MessageDelta,
+            b"content_block_delta" => Kind::ContentBlockDelta,
+            b"message_stop" => Kind::MessageStop,
+            b"error" => Kind::Error,
+            _ => Kind::Other,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Kind;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event type")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Kind, E> {
+                Ok(Kind::of(v.as_bytes()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A string that is not empty; any other value (null, a number, an array
+/// of content parts) is skipped and counts as no token.
+#[derive(Default)]
+struct NonEmpty(bool);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NonEmpty;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(!v.is_empty()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<NonEmpty, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(NonEmpty(false))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<NonEmpty, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(NonEmpty(false))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+trait HasToken {
+    fn has_token(&self) -> bool;
+}
+
+/// Visits an array of `T` and says whether any element has a token,
+/// without collecting them; `null` or any other value is no token.
+struct AnyOf<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for AnyOf<T> {
+    fn default() -> Self {
+        AnyOf(std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: Deserialize<'de> + HasToken> Visitor<'de> for AnyOf<T> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<bool, A::Error> {
+        let mut any = false;
+        while let Some(t) = s.next_element::<T>()? {
+            any |= t.has_token();
+        }
+        Ok(any)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<bool, A::Error> {
+        while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const OPENAI: &str = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n\
-data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" a\"}}],\"usage\":null}\n\n\
-data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{}\"}}]}}],\"usage\":null}\n\n\
-data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n\
-data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n\
-data: [DONE]\n\n";
-
-    const ANTHROPIC: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n\
-event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
-event: ping\ndata: {\"type\":\"ping\"}\n\n\
-event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" a\"}}\n\n\
-event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" b\"}}\n\n\
-event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" c\"}}\n\n\
-event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
-event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n\
-event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-
-    /// Every two-way split, and byte by byte, give the same result.
-    fn over_splits(api: Api, input: &str, check: impl Fn(&StreamMeter, u64)) {
-        let input = input.as_bytes();
-        let now = Instant::now();
-        let mut m = StreamMeter::new(api);
-        for cut in 0..=input.len() {
-            m.reset();
-            let mut gaps = 0;
-            m.feed(&input[..cut], now, &mut |_| gaps += 1);
-            m.feed(&input[cut..], now, &mut |_| gaps += 1);
-            check(&m, gaps);
-        }
-        m.reset();
-        let mut gaps = 0;
-        for b in input {
-            m.feed(std::slice::from_ref(b), now, &mut |_| gaps += 1);
-        }
-        check(&m, gaps);
-    }
-
-    #[test]
-    fn openai_stream() {
-        over_splits(Api::Openai, OPENAI, |m, gaps| {
-            assert_eq!(m.events, 6);
-            assert_eq!(m.token_events, 2);
-            assert_eq!(gaps, 1);
-            assert!(m.done && !m.error);
-            assert_eq!((m.input_tokens, m.output_tokens), (Some(7), Some(2)));
-        });
-    }
-
-    #[test]
-    fn anthropic_stream() {
-        over_splits(Api::Anthropic, ANTHROPIC, |m, gaps| {
-            assert_eq!(m.events, 9);
-            assert_eq!(m.token_events, 3);
-            assert_eq!(gaps, 2);
-            assert!(m.done && !m.error);
-            assert_eq!((m.input_tokens, m.output_tokens), (Some(9), Some(3)));
-        });
-        let mut m = StreamMeter::new(Api::Anthropic);
-        m.feed(
-            b"event: error\r\ndata: {\"type\":\"error\"}\r\n\r\n",
-            Instant::now(),
-            &mut |_| {},
-        );
-        assert!(m.error && !m.done);
-    }
-
-    #[test]
-    fn substrings() {
-        assert_eq!(find(b"abcabd", b"abd"), Some(3));
-        assert_eq!(find(b"ab", b"abc"), None);
-        assert!(nonempty_string_after(
-            br#"{"content":"","text":"x"}"#,
-            b"\"text\":\""
-        ));
-        assert!(!nonempty_string_after(
-            br#"{"content":""}"#,
-            b"\"content\":\""
-        ));
-        assert!(nonempty_string_after(
-            br#"{"content":"","content":"y"}"#,
-            b"\"content\":\""
-        ));
-    }
-}
+#[path = "stream_meter_tests.rs"]
+mod tests;

@@ -19,6 +19,7 @@ fn cfg(url: &str, stream: bool, key: Option<&str>) -> LoadConfig {
         api_key: key.map(str::to_string),
         timeout: Duration::from_secs(5),
         shape: Shape::default(),
+        ramp_up: Duration::ZERO,
         progress: false,
         tls: Default::default(),
     }

@@ -202,3 +202,73 @@ fn open_loop_shows_a_stall_that_closed_loop_hides() {
     // The server's own service time still shows only the one slow answer.
     assert!(ms(&open["service_us"]["p90"]) < 100.0, "{open}");
 }
+
+/// `--watch-pid` charges the watched processes' CPU to the requests: the
+/// mock that serves them has some; two pids are summed, and one that has
+/// exited gives no figure rather than a wrong one.
+#[test]
+fn watch_pid_measures_the_server_cpu() {
+    let mock = Mock::start(&[]);
+    let idle = Mock::start(&[]);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", mock.port);
+    let load = |pids: &str| {
+        run(&[
+            "--url",
+            &url,
+            "--model",
+            "mock-tokens-64",
+            "--connections",
+            "4",
+            "--shards",
+            "1",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0.2s",
+            "--watch-pid",
+            pids,
+        ])
+    };
+    let both = format!("{},{}", mock.child.id(), idle.child.id());
+    let v = load(&both);
+    let n = v["requests"].as_u64().unwrap();
+    let cpu = v["watched_cpu_us"].as_u64().unwrap();
+    assert!(n > 0 && cpu > 0, "{v}");
+    let per = v["watched_cpu_us_per_request"].as_f64().unwrap();
+    assert!((per * n as f64 - cpu as f64).abs() < 1.0, "{v}");
+
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let v = load(&format!("{},{}", mock.child.id(), gone.id()));
+    assert!(v["watched_cpu_us"].is_null(), "{v}");
+}
+
+/// `--ramp-up` opens connection i of N at i/N of it: with 8 connections
+/// over 2s and a 1s window from the start, only the first 4 open.
+#[test]
+fn ramp_up_spreads_connection_starts() {
+    let mock = Mock::start(&[]);
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", mock.port);
+    let load = |ramp: &str| {
+        run(&[
+            "--url",
+            &url,
+            "--model",
+            "mock-tokens-1",
+            "--connections",
+            "8",
+            "--shards",
+            "1",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0",
+            "--ramp-up",
+            ramp,
+        ])
+    };
+    let v = load("2s");
+    assert_eq!(v["connections_opened"].as_u64(), Some(4), "{v}");
+    let v = load("0s");
+    assert_eq!(v["connections_opened"].as_u64(), Some(8), "{v}");
+}
