@@ -42,6 +42,9 @@ pub async fn forward(
         },
     )
     .await;
+    // The request is not sent again past its head: a long stream must not
+    // hold a copy of its prompt for its whole life.
+    drop(bytes);
     let (up, head) = match exchange {
         None => return Attempt::Done(Outcome::CLOSE),
         Some(Err(e)) => return Attempt::Failed(e),
