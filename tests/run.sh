@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shardgate's test command (the one the README documents, and what CI runs):
-#   1. build every binary, 2. the Rust tests, 3. the Python end-to-end suite
+#   0. formatting and lints (clippy, warnings denied), 1. build every
+#   binary, 2. the Rust tests, 3. the Python end-to-end suite
 #   (the official SDKs against the freshly built gateway and mock upstream).
 # Exits non-zero on any failure.
 #
@@ -12,6 +13,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo build --workspace --bins"
 cargo build --workspace --bins

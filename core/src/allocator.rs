@@ -25,6 +25,10 @@ fn plain(align: usize, size: usize) -> bool {
     align <= PLAIN_ALIGN && align <= size
 }
 
+// SAFETY: every layout either takes mimalloc's plain entry points, whose
+// blocks are aligned to 16 bytes for sizes of at least 16 (`plain` admits
+// only those), or goes to `MiMalloc`, which honours any alignment; frees go
+// to `mi_free`, which takes blocks from either path.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {

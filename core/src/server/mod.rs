@@ -42,8 +42,11 @@ pub async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, 
             Some(Err(e)) => {
                 let e = std::io::Error::from(e);
                 let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    last_warning = Some(Instant::now());
+                if last_warning.is_none_or(|t| {
+                    crate::deadline::coarse_now().saturating_duration_since(t)
+                        >= Duration::from_secs(1)
+                }) {
+                    last_warning = Some(crate::deadline::coarse_now());
                     log::warn!("shard {}: accept failed: {e}", shard.id);
                 }
                 if out_of_fds && reserve.release() {
