@@ -18,7 +18,7 @@
 #   --percents LIST       offered rates, in % of the lower saturation
 #
 # Pinning, as an operator would: the proxy under test on CPUs 1..N (taskset;
-# the gateway with --no-pin), the mock and the load generator on CPU 0 and
+# the gateway pinning its shards inside it), the mock and the load generator on CPU 0 and
 # any CPUs beyond the proxy's (each on its own when there are two or more).
 # On a 2-CPU host: proxy on CPU 1, load generator and mock on CPU 0, so a
 # saturation figure may be the load generator's or the mock's limit: the

@@ -16,7 +16,7 @@
 #   --per-shard N    closed-loop connections per shard (N x count in all)
 #
 # Pinning, per count N: the proxy under test on CPUs 1..N (taskset; the
-# gateway with --no-pin), the mock and the load generator on CPU 0 and the
+# gateway pinning its shards inside it), the mock and the load generator on CPU 0 and the
 # CPUs beyond N, each on its own when there are two or more; the mock and
 # both proxies restart for each count. On a host with few spare CPUs the
 # load generator and the mock, not the proxy, may set the ceiling: the

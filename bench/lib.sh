@@ -93,9 +93,9 @@ start_mock() {
   log "mock on 127.0.0.1:$MOCK_PORT (pid $MOCK_PID, cpus $cpus, $shards shard(s))"
 }
 
-# start_gateway CPUS SHARDS POOL: the gateway in front of the mock, `taskset`
-# placing it (--no-pin), keeping up to POOL idle upstream connections per
-# shard. Sets GW_PID GW_PORT.
+# start_gateway CPUS SHARDS POOL: the gateway in front of the mock, confined
+# by `taskset` and pinning its shards inside that set (its default), keeping
+# up to POOL idle upstream connections per shard. Sets GW_PID GW_PORT.
 start_gateway() {
   local cpus=$1 shards=$2 pool=$3
   cat >"$WORK/shardgate.yaml" <<YAML
@@ -109,7 +109,7 @@ providers:
 models:
   demo: { targets: [ { provider: up, model: mock-1 } ] }
 YAML
-  taskset -c "$cpus" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" --no-pin \
+  taskset -c "$cpus" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" \
     >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
   GW_PID=$!
   PIDS+=("$GW_PID")

@@ -1311,6 +1311,30 @@ impl LocalExecutor {
         self.queues.borrow().preempt_timer_duration
     }
 
+    /// Shardgate: the time-based preemption timer, only when there is
+    /// something to be fair to: more than one task queue ready to run, or
+    /// one that asked for latency. A lone queue of short tasks (a proxy's)
+    /// runs until it drains and then polls for IO, as an epoll loop does;
+    /// arming (and, next turn or before sleeping, cancelling) the timer cost
+    /// two kernel entries on the latency ring per loop turn, which at
+    /// partial load is per request.
+    /// `Duration::MAX` means "do not sleep, and arm no timer"
+    /// (`Reactor::wait` in `sys/uring.rs`); `None` would let the poll sleep
+    /// with tasks ready.
+    fn contended_preempt_timer(&self) -> Duration {
+        let queues = self.queues.borrow();
+        let contended = queues.active_executors.len() > 1
+            || queues
+                .active_executors
+                .iter()
+                .any(|tq| matches!(tq.borrow().io_requirements.latency_req, Latency::Matters(_)));
+        if contended {
+            queues.preempt_timer_duration
+        } else {
+            Duration::MAX
+        }
+    }
+
     fn spin_before_park(&self) -> Option<Duration> {
         self.queues.borrow().spin_before_park
     }
@@ -1476,7 +1500,7 @@ impl LocalExecutor {
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
                 this.parker
-                    .poll_io(|| Some(this.preempt_timer_duration()))
+                    .poll_io(|| Some(this.contended_preempt_timer()))
                     .expect("Failed to poll io! This is actually pretty bad!");
 
                 // run user code

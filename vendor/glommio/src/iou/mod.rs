@@ -260,6 +260,27 @@ impl IoUring {
         CQEsBlocking::new(NonNull::from(&mut self.ring), count)
     }
 
+    /// Shardgate: waits until a [`CQE`] is ready or `timeout` has passed,
+    /// consuming nothing and submitting nothing. The timeout travels with the
+    /// wait (`IORING_ENTER_EXT_ARG`); call only when the ring has
+    /// `IORING_FEAT_EXT_ARG` (see [`IoUring::has_ext_arg`]), as without it
+    /// liburing would queue a timeout SQE of its own. Timing out is `Ok`.
+    pub fn wait_for_cqe_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        let ts = uring_sys::__kernel_timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        match self.inner_wait_for_cqes(1, &ts) {
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Shardgate: whether the kernel takes a wait's timeout with the wait.
+    pub fn has_ext_arg(&self) -> bool {
+        self.ring.features & uring_sys::IORING_FEAT_EXT_ARG != 0
+    }
+
     /// Wait until `count` [`CQE`]s are ready, without submitting any events.
     pub fn wait_for_cqes(&mut self, count: u32) -> io::Result<()> {
         self.inner_wait_for_cqes(count as _, ptr::null())

@@ -1108,6 +1108,65 @@ impl SleepableRing {
         }
     }
 
+    /// Shardgate: [`SleepableRing::sleep`] with the link poll submitted only
+    /// when `link` is given (one still armed from an earlier sleep is kept),
+    /// and the wait bounded by `timeout` in the kernel (`IORING_ENTER_EXT_ARG`;
+    /// only when [`iou::IoUring::has_ext_arg`]) instead of by a timer op in the
+    /// latency ring, which had to be armed before and cancelled after every
+    /// sleep.
+    fn sleep_linked(&mut self, link: Option<&Source>, timeout: Option<Duration>) -> io::Result<usize> {
+        if let Some(link) = link {
+            let linked = if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
+                let op = UringDescriptor {
+                    fd: link.raw(),
+                    flags: SubmissionFlags::empty(),
+                    user_data: to_user_data(
+                        self.source_map
+                            .borrow_mut()
+                            .add_source(link, self.submission_queue.clone()),
+                    ),
+                    args: UringOpDescriptor::PollAdd(common_flags() | read_flags()),
+                };
+                fill_sqe(
+                    &mut sqe,
+                    &op,
+                    DmaBuffer::new,
+                    &mut self.source_map.borrow_mut(),
+                );
+                Some(unsafe { sqe.raw_mut() as *mut _ })
+            } else {
+                None
+            };
+            let Some(sqe_ptr) = linked else {
+                // Out of `SQE`s: submit what we have instead of sleeping.
+                return self.submit_sqes();
+            };
+            if self
+                .submit_sqes()
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok)?
+                != 1
+            {
+                // Not linked: sleeping could outlast a latency event.
+                unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+        }
+        match timeout {
+            Some(t) => self.ring.wait_for_cqe_timeout(t),
+            None => self.ring.cq().wait(1),
+        }
+        .map(|_| 1)
+        .or_else(Reactor::busy_ok)
+        .or_else(Reactor::again_ok)
+        .or_else(Reactor::intr_ok)
+    }
+
+    fn has_ext_arg(&self) -> bool {
+        self.ring.has_ext_arg()
+    }
+
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
@@ -1287,6 +1346,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// Shardgate: the main ring's poll on the latency ring, kept armed
+    /// across sleeps until it fires.
+    link_rings_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1418,6 +1480,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            link_rings_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1805,6 +1868,33 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
+    /// Shardgate: sleeps on the main ring until an event or `timeout` (the
+    /// next user timer), re-arming the link to the latency ring only when
+    /// the last one fired.
+    fn link_rings_and_sleep_for(
+        &self,
+        ring: &mut SleepableRing,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let armed = self.link_rings_src.take().filter(|src| src.is_armed());
+        let fresh = armed.is_none();
+        let link = armed.unwrap_or_else(|| {
+            Source::new(
+                IoRequirements::default(),
+                self.link_fd,
+                SourceType::LinkRings,
+                None,
+                None,
+            )
+        });
+        let slept = ring
+            .sleep_linked(fresh.then_some(&link), timeout)
+            .or_else(Self::busy_ok)
+            .map(|_| {});
+        self.link_rings_src.set(Some(link));
+        slept
+    }
+
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
         let link_rings = Source::new(
             IoRequirements::default(),
@@ -1940,9 +2030,12 @@ impl Reactor {
             && lat_ring.can_sleep();
 
         if should_sleep {
+            // Shardgate: where the kernel takes a wait's timeout along, the
+            // next user timer bounds the wait itself.
+            let timed_wait = main_ring.has_ext_arg();
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
+            if let Some(dur) = user_timer.filter(|_| !timed_wait) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                 assert!(flush_rings!(lat_ring)? > 0);
@@ -1961,8 +2054,12 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
-                        .expect("some error");
+                    if timed_wait {
+                        self.link_rings_and_sleep_for(&mut main_ring, user_timer)
+                    } else {
+                        self.link_rings_and_sleep(&mut main_ring)
+                    }
+                    .expect("some error");
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
@@ -1973,7 +2070,9 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
+        // Shardgate: `Duration::MAX` is "stay awake, but no timer" (see
+        // `LocalExecutor::contended_preempt_timer`).
+        if let Some(preempt) = preempt_timer().filter(|d| *d != Duration::MAX) {
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
             flush_rings!(lat_ring, main_ring)?;

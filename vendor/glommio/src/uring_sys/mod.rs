@@ -98,6 +98,8 @@ pub const IORING_FEAT_RW_CUR_POS: libc::__u32 = 1 << 3;
 pub const IORING_FEAT_CUR_PERSONALITY: libc::__u32 = 1 << 4;
 pub const IORING_FEAT_FAST_POLL: libc::__u32 = 1 << 5;
 pub const IORING_FEAT_POLL_32BITS: libc::__u32 = 1 << 6;
+/// Shardgate: waits take their timeout along (`IORING_ENTER_EXT_ARG`, Linux 5.11).
+pub const IORING_FEAT_EXT_ARG: libc::__u32 = 1 << 8;
 
 // io_uring_register opcodes and arguments
 pub const IORING_REGISTER_BUFFERS: libc::c_uint = 0;
