@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 
 import httpx2
 import openai
@@ -94,6 +95,12 @@ def test_a_second_signal_during_the_drain_is_a_forced_stop_and_not_a_success(pri
             # The stream is in flight: the first signal drains, the second forces.
             next(r.iter_lines())
             gw.proc.signal(signal.SIGTERM)
+            # Two signals sent at once are one pending signal: wait until the
+            # first one started the drain.
+            deadline = time.monotonic() + REQUEST_TIMEOUT
+            while "draining" not in gw.proc.log_tail():
+                assert time.monotonic() < deadline, gw.proc.log_tail()
+                time.sleep(0.02)
             gw.proc.signal(signal.SIGTERM)
             rc = gw.proc.wait(timeout=DRAIN_TIMEOUT_S)
     assert rc not in (0, None), f"exit status {rc}\n{gw.proc.log_tail()}"

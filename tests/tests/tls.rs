@@ -185,9 +185,21 @@ fn certificates_reload_without_restart() {
     assert!(healthz_over_tls(tls, trusts_old.clone()));
     assert!(!healthz_over_tls(tls, trusts_new.clone()));
 
-    // A broken key file is refused and the old certificate stays in use.
+    // A broken key file is refused and the old certificate stays in use:
+    // wait until the reload was tried and refused, then look.
     std::fs::write(paths.join("server.key"), "not a key").unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !gw
+        .stderr()
+        .contains("TLS reload failed, keeping the old certificates")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the broken key was never tried:\n{}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(healthz_over_tls(tls, trusts_old.clone()));
 
     write_leaf(&paths, new_ca.leaf(false, "gateway"), "server");
