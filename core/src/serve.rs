@@ -6,7 +6,7 @@ use crate::admission::{mesh, Persist};
 use crate::config::Config;
 use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
 use crate::shard::Shard;
-use crate::store::{Store, KEYS_POLL_INTERVAL};
+use crate::store::{Store, KEYS_FALLBACK_POLL, KEYS_POLL_INTERVAL};
 use crate::tls::{self, CertWatch, TlsError};
 use glommio::sync::Gate;
 use shardgate_policy::KeyStore;
@@ -166,7 +166,16 @@ pub fn run(
         .filter_map(|l| l.tls.as_ref().map(|t| t.reload_interval))
         .min()
         .unwrap_or(Duration::from_secs(3600));
-    let tick = reload_every.min(KEYS_POLL_INTERVAL);
+    let (key_changes, keys_poll) = match store.keys.changes() {
+        Ok(rx) => (rx, KEYS_FALLBACK_POLL),
+        Err(e) => {
+            log::warn!(
+                "keys.log: no change notices ({e}); looking for changes every {KEYS_POLL_INTERVAL:?}"
+            );
+            (crossbeam::channel::never(), KEYS_POLL_INTERVAL)
+        }
+    };
+    let tick = reload_every.min(keys_poll);
     // Fail fast: a shard that stops on its own (a failed start, a panic)
     // stops the process, rather than leaving its share of connections and
     // buckets unserved.
@@ -191,6 +200,7 @@ pub fn run(
                 failure = Some(ServeError::ShardFailed { id, reason });
                 break;
             }
+            recv(key_changes) -> _ => reload_keys(&mut store, &handles),
             default(tick) => {
                 reload_certs(&mut watches, &handles);
                 reload_keys(&mut store, &handles);

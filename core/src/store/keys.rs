@@ -21,6 +21,10 @@ use std::time::Duration;
 /// or revoked while it runs takes effect within about this long.
 pub const KEYS_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often `keys.log` is looked at when change notices do arrive: only a
+/// safety net.
+pub const KEYS_FALLBACK_POLL: Duration = Duration::from_secs(5);
+
 /// One record of `keys.log`. Keys and usage have separate record types (and
 /// files) so the usage channel can't carry a key change, and the other way
 /// round.
@@ -167,8 +171,9 @@ fn stamp(path: &std::path::Path) -> io::Result<Option<Stamp>> {
 
 /// Tails `keys.log` for the gateway. Not for shards: [`KeysWatcher::poll`]
 /// reads a file and may wait on `keys.lock` for the few milliseconds a CLI
-/// append takes; call it from the main thread every
-/// [`KEYS_POLL_INTERVAL`].
+/// append takes; call it from the main thread on each of
+/// [`KeysWatcher::changes`]' notices, and every [`KEYS_POLL_INTERVAL`] as a
+/// fallback (filesystems without inotify events, such as network ones).
 #[derive(Debug)]
 pub struct KeysWatcher {
     dir: DataDir,
@@ -192,6 +197,45 @@ impl KeysWatcher {
             replayed.dropped_bytes,
             KeysWatcher { dir, seen },
         ))
+    }
+
+    /// A message each time `keys.log` may have changed (a `shardgate keys`
+    /// append closed it, or it was replaced), from a thread blocked on
+    /// inotify: a key created or revoked reaches the shards within
+    /// milliseconds, and nothing polls while nothing changes. Spurious
+    /// messages are harmless ([`KeysWatcher::poll`] compares stamps).
+    pub fn changes(&self) -> io::Result<crossbeam::channel::Receiver<()>> {
+        use inotify::{Inotify, WatchMask};
+        let mut inotify = Inotify::init()?;
+        inotify.watches().add(
+            &self.dir.root,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::CREATE,
+        )?;
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        std::thread::Builder::new()
+            .name("sg-keys-watch".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(events) = inotify.read_events_blocking(&mut buf) else {
+                        return;
+                    };
+                    let ours = events.into_iter().any(|e| {
+                        e.name
+                            .is_some_and(|n| n == std::ffi::OsStr::new(super::KEYS_LOG))
+                    });
+                    // Full means a notice is already waiting: one is enough.
+                    if ours
+                        && matches!(
+                            tx.try_send(()),
+                            Err(crossbeam::channel::TrySendError::Disconnected(()))
+                        )
+                    {
+                        return;
+                    }
+                }
+            })?;
+        Ok(rx)
     }
 
     /// The whole new key table if `keys.log` changed since the last call

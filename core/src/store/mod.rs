@@ -42,7 +42,10 @@ pub mod lock;
 pub mod usage;
 pub mod writer;
 
-pub use keys::{read_keys, KeyLogRecord, KeyTable, KeysEditor, KeysWatcher, KEYS_POLL_INTERVAL};
+pub use keys::{
+    read_keys, KeyLogRecord, KeyTable, KeysEditor, KeysWatcher, KEYS_FALLBACK_POLL,
+    KEYS_POLL_INTERVAL,
+};
 pub use usage::{read_usage, CounterState, UsageRecord, UsageState, UsageTotals};
 pub use writer::{UsageSender, UsageWriter, WriterStats, COMPACT_AT};
 
@@ -72,6 +75,9 @@ impl StoreError {
     }
 }
 
+/// The key log's file name in the data directory.
+const KEYS_LOG: &str = "keys.log";
+
 /// The file names inside a data directory, in one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDir {
@@ -86,7 +92,7 @@ impl DataDir {
         &self.root
     }
     pub fn keys_log(&self) -> PathBuf {
-        self.root.join("keys.log")
+        self.root.join(KEYS_LOG)
     }
     pub fn keys_lock(&self) -> PathBuf {
         self.root.join("keys.lock")
