@@ -107,6 +107,13 @@ pub fn run(
     let mut store = opts.store;
     let keys = KeyStore::from_records(store.recovered.keys.iter().cloned())?;
     let policies = shardgate_policy::PolicySet::compile(&config.policies)?;
+    if policies.policies().iter().any(|p| p.limits.limits_tokens()) {
+        // The tokenizers' tables take tens of milliseconds to build (more in
+        // a debug build). Built by a shard's first token-limited request,
+        // they stall that shard, and a bucket owner stalled past a lease
+        // request's wait answers 429 within the limit.
+        shardgate_policy::warm_up();
+    }
     if store.recovered.keys_dropped_bytes + store.recovered.usage_dropped_bytes > 0 {
         log::warn!(
             "store: cut {} damaged bytes from keys.log and {} from usage.log (saved beside them)",

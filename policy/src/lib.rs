@@ -63,5 +63,5 @@ pub use lease::{
 pub use money::{MoneyError, Usd};
 pub use policy::{Bucket, EffectiveAudit, Limits, Policy, PolicyError, PolicySet, Resolved};
 pub use pricing::{Price, PricingTable, DEFAULT_PRICES};
-pub use tokens::{estimate_prompt_tokens, tokenizer_for_model, Encoding, Tokenizer};
+pub use tokens::{estimate_prompt_tokens, tokenizer_for_model, warm_up, Encoding, Tokenizer};
 pub use window::{format_reset, Period, Timestamp, Window};
