@@ -85,7 +85,7 @@ Gemini `x-goog-api-key: KEY` (or ?key=KEY), Bedrock any `Authorization: AWS4-HMA
 (signature not checked) or `Bearer KEY`.
 
 Behaviour by model name (Gemini and Bedrock: the model in the path), in every dialect:
-  mock-tokens-N  mock-ttft-200ms  mock-tps-50  mock-429 / -500 / -503 (the dialect's error JSON)
+  mock-tokens-N  mock-ttft-200ms  mock-tps-50  mock-429 / -500 / -503 (the dialect's error JSON; 429 and 503 with retry-after: 1)
   mock-cut-after-N (stream: drop after N text/argument events; else close after the head)  mock-hang
   combined: mock-tokens-20-ttft-50ms-tps-1000
 

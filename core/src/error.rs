@@ -69,7 +69,42 @@ pub enum GatewayError {
         provider: String,
         status: u16,
         body: Vec<u8>,
+        /// The upstream's `Retry-After`, passed on when this error is the
+        /// client's answer (SDKs wait that long before retrying).
+        retry_after: Option<RetryAfter>,
     },
+}
+
+/// A `Retry-After` value as RFC 9110 §10.2.3 allows it: delta-seconds or an
+/// HTTP-date. Anything else from an upstream is dropped, never relayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryAfter(String);
+
+impl RetryAfter {
+    pub fn parse(value: &[u8]) -> Option<RetryAfter> {
+        let v = std::str::from_utf8(value).ok()?.trim();
+        let seconds = !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit());
+        // IMF-fixdate, e.g. `Wed, 21 Oct 2015 07:28:00 GMT`.
+        let date = v.len() == 29
+            && v.ends_with(" GMT")
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b" ,:".contains(&b));
+        (seconds || date).then(|| RetryAfter(v.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl GatewayError {
+    /// The `Retry-After` the client should see with this error, if any.
+    pub fn retry_after(&self) -> Option<&RetryAfter> {
+        match self {
+            GatewayError::UpstreamStatus { retry_after, .. } => retry_after.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl GatewayError {
@@ -269,6 +304,7 @@ mod tests {
             provider: "p".into(),
             status: 429,
             body: body.to_vec(),
+            retry_after: None,
         };
         assert_eq!(e.openai_body(), body.to_vec());
         assert!(e.retryable());
@@ -276,8 +312,22 @@ mod tests {
             provider: "p".into(),
             status: 502,
             body: b"<html>bad gateway</html>".to_vec(),
+            retry_after: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&e.openai_body()).unwrap();
         assert_eq!(v["error"]["type"], "upstream_error");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_nothing_else() {
+        let ok = |v: &str| RetryAfter::parse(v.as_bytes()).map(|r| r.as_str().to_owned());
+        assert_eq!(ok(" 7 "), Some("7".into()));
+        assert_eq!(
+            ok("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some("Wed, 21 Oct 2015 07:28:00 GMT".into())
+        );
+        for bad in ["", "-1", "1.5", "7\r\nx-evil: 1", "soon", "12345678901"] {
+            assert_eq!(ok(bad), None, "{bad:?}");
+        }
     }
 }

@@ -95,6 +95,7 @@ def test_upstream_rate_limit_is_anthropics_rate_limit_error(claude: anthropic.An
         claude.messages.create(model="limited", max_tokens=16, messages=MESSAGES)
     assert e.value.status_code == 429
     assert e.value.body["error"]["type"] == "rate_limit_error"
+    assert e.value.response.headers["retry-after"] == "1"
 
 
 def test_malformed_body_is_anthropic_shaped_400(gateway: Gateway):

@@ -182,6 +182,8 @@ def test_upstream_429_is_passed_on(client: openai.OpenAI):
     assert err.status_code == 429
     assert err.body["message"] == "Rate limit reached (mock)"
     assert err.code == "rate_limit_exceeded"
+    # The provider's Retry-After reaches the client, whose SDK waits that long.
+    assert err.response.headers["retry-after"] == "1"
 
 
 def test_upstream_error_when_streaming_is_raised_before_any_chunk(client: openai.OpenAI):

@@ -145,6 +145,8 @@ def test_provider_rate_limit_is_the_sdks_rate_limit_error(client: openai.OpenAI,
     message = str(e.value)
     assert "mock" in message.lower(), message  # the provider's own message is kept
     assert "sk-upstream" not in message
+    # Each provider's Retry-After reaches the client.
+    assert e.value.response.headers["retry-after"] == "1"
 
 
 def test_gemini_embeddings(client: openai.OpenAI):

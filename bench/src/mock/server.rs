@@ -431,15 +431,25 @@ fn error_with_cause(
     cause: ErrorCause,
     close: bool,
 ) {
-    let extra = answer::error_body(style, &mut bufs.scratch, status, message, cause);
+    let dialect_header = answer::error_body(style, &mut bufs.scratch, status, message, cause);
     let len = bufs.scratch.len();
-    let extra: &[(&str, &str)] = match &extra {
-        Some(h) => std::slice::from_ref(h),
-        None => &[],
-    };
-    write_head(&mut bufs.out, status, "application/json", len, close, extra);
+    // An injected overload says when to come back, as providers do.
+    let retry_after = (cause == ErrorCause::Injected && matches!(status, 429 | 503))
+        .then_some(("retry-after", INJECTED_RETRY_AFTER));
+    let extra: Vec<(&str, &str)> = dialect_header.into_iter().chain(retry_after).collect();
+    write_head(
+        &mut bufs.out,
+        status,
+        "application/json",
+        len,
+        close,
+        &extra,
+    );
     bufs.out.extend_from_slice(&bufs.scratch);
 }
+
+/// `Retry-After` (seconds) of an injected 429 or 503.
+pub const INJECTED_RETRY_AFTER: &str = "1";
 
 /// The auth failure each provider sends.
 fn auth_error(bufs: &mut Buffers, style: ErrorStyle, close: bool) {

@@ -69,6 +69,10 @@ pub async fn serve(
                 None,
                 None,
             ),
+            // As the bench mock and real providers do on overload.
+            retry_after: matches!(status, 429 | 503)
+                .then(|| crate::error::RetryAfter::parse(b"1"))
+                .flatten(),
         });
     }
     if b.hang {

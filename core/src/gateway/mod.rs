@@ -359,7 +359,12 @@ async fn route_call(call: &Call<'_>, conn: &mut ClientConn, model: &ModelRoute) 
             }
             Attempt::Failed(err) => {
                 log::info!("{rid}: {} {}: {}", provider.name, err.label(), err);
-                return send_error_in(conn, client, &err, rid, &call.headers).await;
+                let Some(retry_after) = err.retry_after() else {
+                    return send_error_in(conn, client, &err, rid, &call.headers).await;
+                };
+                let mut headers = call.headers.clone();
+                headers.push(("retry-after", retry_after.as_str().to_owned()));
+                return send_error_in(conn, client, &err, rid, &headers).await;
             }
         }
     }

@@ -105,6 +105,10 @@ pub async fn upstream_error(
         provider: name.to_owned(),
         status: head.status,
         body,
+        retry_after: head
+            .retry_after
+            .as_deref()
+            .and_then(crate::error::RetryAfter::parse),
     })
 }
 
