@@ -85,15 +85,24 @@ def test_sigterm_on_idle_gateway_exits_cleanly(private_gateway):
 
 
 def test_a_second_signal_during_the_drain_is_a_forced_stop_and_not_a_success(private_gateway):
-    gw = private_gateway(extra_models=SLOW, extra_limits={"drain_timeout": f"{DRAIN_TIMEOUT_S}s"})
-    payload = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    # A stream far longer than the test: only a forced stop ends it early.
+    long = {"long": [("up", "mock-tokens-400-tps-20")]}
+    gw = private_gateway(extra_models=long, extra_limits={"drain_timeout": f"{DRAIN_TIMEOUT_S}s"})
+    payload = {"model": "long", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    data: list[str] = []
     with httpx2.Client(base_url=gw.url, timeout=REQUEST_TIMEOUT, trust_env=False) as http:
         with http.stream(
             "POST", "/v1/chat/completions", json=payload, headers={"authorization": f"Bearer {CLIENT_KEY}"}
         ) as r:
             assert r.status_code == 200
-            # The stream is in flight: the first signal drains, the second forces.
-            next(r.iter_lines())
+            # Kept referenced: a generator left by `break` and collected
+            # would close the response, and so end the stream.
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith("data:"):
+                    data.append(line[len("data:"):].strip())
+                if content_chunks(data) >= 2:
+                    break
             gw.proc.signal(signal.SIGTERM)
             # Two signals sent at once are one pending signal: wait until the
             # first one started the drain.
@@ -103,4 +112,5 @@ def test_a_second_signal_during_the_drain_is_a_forced_stop_and_not_a_success(pri
                 time.sleep(0.02)
             gw.proc.signal(signal.SIGTERM)
             rc = gw.proc.wait(timeout=DRAIN_TIMEOUT_S)
-    assert rc not in (0, None), f"exit status {rc}\n{gw.proc.log_tail()}"
+    assert rc == 130, f"exit status {rc}\n{gw.proc.log_tail()}"
+    assert "second signal" in gw.proc.log_tail()
