@@ -369,3 +369,47 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
         })
         .collect()
 }
+
+/// One request as a fake upstream in a test reads it.
+pub struct UpstreamRequest {
+    /// The head as sent, without its blank line.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl UpstreamRequest {
+    /// A header's value (name matched without case), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads the next request (head and `content-length` body) from `s`; bytes
+/// past it stay in `buf` for the next call. `None` once the peer closed.
+pub fn read_upstream_request(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<UpstreamRequest> {
+    loop {
+        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..h]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim().eq_ignore_ascii_case("content-length").then_some(v)
+                })
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= h + 4 + len {
+                let body = buf[h + 4..h + 4 + len].to_vec();
+                buf.drain(..h + 4 + len);
+                return Some(UpstreamRequest { head, body });
+            }
+        }
+        let mut tmp = [0u8; 4096];
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use shardgate_tests::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 
@@ -28,27 +28,9 @@ fn recording_provider() -> (SocketAddr, mpsc::Receiver<String>) {
 
 fn serve(mut s: TcpStream, heads: mpsc::Sender<String>) {
     let mut buf = Vec::new();
-    loop {
-        let (head, body_end) = loop {
-            if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if buf.len() >= h + 4 + len {
-                    break (head, h + 4 + len);
-                }
-            }
-            let mut tmp = [0u8; 4096];
-            match s.read(&mut tmp) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        };
-        let body = String::from_utf8_lossy(&buf[head.len() + 4..body_end]).into_owned();
-        buf.drain(..body_end);
-        let _ = heads.send(head);
+    while let Some(req) = read_upstream_request(&mut s, &mut buf) {
+        let body = String::from_utf8_lossy(&req.body).into_owned();
+        let _ = heads.send(req.head.to_ascii_lowercase());
         let nominates = body.contains(r#""model":"claude-nominates""#);
         let answer = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}"#;
         let connection = if nominates {

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use shardgate_tests::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 const OPENAI_KEY: &str = "5f0c2a9be13d47a8b6c0de21f9a3b774";
@@ -32,35 +32,11 @@ fn echoing_provider() -> SocketAddr {
 }
 
 fn answer(mut s: TcpStream) {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break h;
-        }
-        let mut tmp = [0u8; 4096];
-        match s.read(&mut tmp) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
+    let Some(req) = read_upstream_request(&mut s, &mut Vec::new()) else {
+        return;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    };
-    let len: usize = header("content-length").map_or(0, |v| v.parse().unwrap());
-    while buf.len() < head_end + 4 + len {
-        let mut tmp = [0u8; 4096];
-        match s.read(&mut tmp) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    }
+    let path = req.head.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let header = |name: &str| req.header(name).map(str::to_owned);
     let auth = header("authorization").unwrap_or_default();
     let key = ["api-key", "x-api-key", "x-goog-api-key"]
         .iter()

@@ -40,26 +40,7 @@ fn provider(after: AfterAnswer) -> (SocketAddr, Arc<AtomicUsize>) {
 fn serve(mut s: TcpStream, conn: usize, after: AfterAnswer) {
     let mut buf = Vec::new();
     let mut answered = 0;
-    loop {
-        // One request: head, then a content-length body.
-        let body_end = loop {
-            if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if buf.len() >= h + 4 + len {
-                    break h + 4 + len;
-                }
-            }
-            let mut tmp = [0u8; 4096];
-            match s.read(&mut tmp) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        };
-        buf.drain(..body_end);
+    while read_upstream_request(&mut s, &mut buf).is_some() {
         answered += 1;
         let body = format!(
             r#"{{"id":"c{conn}-{answered}","object":"chat.completion","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"conn {conn} answer {answered}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}}}"#
