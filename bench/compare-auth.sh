@@ -33,17 +33,7 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BENCH=$TARGET_DIR/release/shardgate-bench
-GATEWAY_BIN=$TARGET_DIR/release/shardgate
-RESULTS=$ROOT/bench/results
-WORK=$(mktemp -d /tmp/shardgate-auth.XXXXXX)
-PIDS=()
-
-log() { echo "compare-auth: $*" >&2; }
-
-trap stop_all EXIT
-trap 'exit 130' INT TERM
+bench_init compare-auth
 
 NPROC=$(nproc)
 SERVER_PIN=() LOAD_PIN=() LOAD_SHARDS=1

@@ -47,18 +47,8 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BENCH=$TARGET_DIR/release/shardgate-bench
-GATEWAY_BIN=$TARGET_DIR/release/shardgate
-RESULTS=$ROOT/bench/results
+bench_init compare-nginx
 KEY=bench-key
-WORK=$(mktemp -d /tmp/shardgate-compare.XXXXXX)
-PIDS=()
-
-log() { echo "compare-nginx: $*" >&2; }
-
-trap stop_all EXIT
-trap 'exit 130' INT TERM
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

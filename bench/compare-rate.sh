@@ -63,18 +63,8 @@ done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BENCH=$TARGET_DIR/release/shardgate-bench
-GATEWAY_BIN=$TARGET_DIR/release/shardgate
-RESULTS=$ROOT/bench/results
+bench_init compare-rate
 KEY=bench-key
-WORK=$(mktemp -d /tmp/shardgate-rate.XXXXXX)
-PIDS=()
-
-log() { echo "compare-rate: $*" >&2; }
-
-trap stop_all EXIT
-trap 'exit 130' INT TERM
 
 require_tools || exit 1
 cpu_layout "$WORKERS" || {
@@ -84,13 +74,7 @@ cpu_layout "$WORKERS" || {
 raise_nofile $((4 * OPEN_CONNECTIONS + 4096))
 
 cd "$ROOT"
-if ((BUILD)); then
-  log "building release"
-  cargo build --release -p shardgate-bench -p shardgate-core
-fi
-for bin in "$BENCH" "$GATEWAY_BIN"; do
-  [[ -x $bin ]] || { log "missing $bin (build without --no-build)"; exit 1; }
-done
+build_release
 
 start_mock "$MOCK_CPUS" "$MOCK_SHARDS"
 start_gateway "$PROXY_CPUS" "$WORKERS" 1024

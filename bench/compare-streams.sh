@@ -67,18 +67,8 @@ WARMUP=${WARMUP:-$(python3 -c "print($RAMP + 3)")}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BENCH=$TARGET_DIR/release/shardgate-bench
-GATEWAY_BIN=$TARGET_DIR/release/shardgate
-RESULTS=$ROOT/bench/results
+bench_init compare-streams
 KEY=bench-key
-WORK=$(mktemp -d /tmp/shardgate-streams.XXXXXX)
-PIDS=()
-
-log() { echo "compare-streams: $*" >&2; }
-
-trap stop_all EXIT
-trap 'exit 130' INT TERM
 
 require_tools || exit 1
 cpu_layout "$WORKERS" || {
@@ -88,13 +78,7 @@ cpu_layout "$WORKERS" || {
 raise_nofile $((4 * STREAMS + 4096))
 
 cd "$ROOT"
-if ((BUILD)); then
-  log "building release"
-  cargo build --release -p shardgate-bench -p shardgate-core
-fi
-for bin in "$BENCH" "$GATEWAY_BIN"; do
-  [[ -x $bin ]] || { log "missing $bin (build without --no-build)"; exit 1; }
-done
+build_release
 
 start_mock "$MOCK_CPUS" "$MOCK_SHARDS" --tps "$TPS" --output-tokens "$OUTPUT_TOKENS"
 # Pools as large as the streams, so a finished stream's upstream

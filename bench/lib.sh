@@ -215,3 +215,34 @@ peak_rss() {
     sleep 0.1
   done
 }
+
+# bench_init NAME: what every compare script sets up once it has sourced this
+# file and set ROOT: the paths of the release binaries and of the results,
+# a work directory that the EXIT trap removes (with every process in PIDS
+# stopped), and `log` lines prefixed with NAME.
+bench_init() {
+  BENCH_NAME=$1
+  TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+  BENCH=$TARGET_DIR/release/shardgate-bench
+  GATEWAY_BIN=$TARGET_DIR/release/shardgate
+  RESULTS=$ROOT/bench/results
+  WORK=$(mktemp -d "/tmp/shardgate-$1.XXXXXX")
+  PIDS=()
+  trap stop_all EXIT
+  trap 'exit 130' INT TERM
+}
+
+log() { echo "${BENCH_NAME:-bench}: $*" >&2; }
+
+# build_release: builds the gateway and the load generator in release mode
+# unless BUILD=0 (--no-build), then checks that both are there.
+build_release() {
+  if ((BUILD)); then
+    log "building release"
+    cargo build --release -p shardgate-bench -p shardgate-core
+  fi
+  local bin
+  for bin in "$BENCH" "$GATEWAY_BIN"; do
+    [[ -x $bin ]] || { log "missing $bin (build without --no-build)"; exit 1; }
+  done
+}
