@@ -99,6 +99,15 @@ fn expect_100_continue() {
     let r = c.read_response();
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"]["code"], "request_too_large");
+
+    // The same on Anthropic's endpoint reads as Anthropic's error.
+    let mut c = connect(gw.addr());
+    c.send(b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 999999\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 413);
+    let err = r.json();
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["error"]["type"], "request_too_large", "{err}");
 }
 
 fn assert_refused(gw: &Proc, raw: &[u8], status: u16) {

@@ -150,6 +150,36 @@ pub async fn send_error_in(
     }
 }
 
+/// The dialect of errors about a request to `path` that is refused before
+/// it is routed (a body too large, late or malformed): an Anthropic SDK
+/// calling `/v1/messages` reads Anthropic's error shape.
+pub fn dialect_of_path(path: &[u8]) -> ClientDialect {
+    match route(Method::Post, path) {
+        Route::Api(api) => api.dialect(),
+        _ => ClientDialect::OpenAi,
+    }
+}
+
+/// A whole error response in `dialect`'s shape.
+pub fn error_response(
+    dialect: ClientDialect,
+    err: &GatewayError,
+    rid: &str,
+    close: bool,
+) -> Vec<u8> {
+    match dialect {
+        ClientDialect::OpenAi => respond::error(err, rid, close),
+        ClientDialect::Anthropic => respond::full(
+            err.status(),
+            b"application/json",
+            &[],
+            &dialect.error_body(err),
+            rid,
+            close,
+        ),
+    }
+}
+
 enum Route {
     Health,
     Ready,

@@ -120,11 +120,13 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
             }
         };
         let request_id = shard.request_id();
+        let dialect = crate::gateway::dialect_of_path(head.path(rbuf.data()));
         let req = match read_body(&shard, &mut conn, &mut rbuf, head).await {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
-                let _ = conn.write(&respond::error(&e, &request_id, true)).await;
+                let response = crate::gateway::error_response(dialect, &e, &request_id, true);
+                let _ = conn.write(&response).await;
                 break;
             }
         };
