@@ -138,13 +138,12 @@ pub async fn send_error_in(
     rid: &str,
     headers: &[(&'static str, String)],
 ) -> Outcome {
-    if client == ClientDialect::OpenAi && headers.is_empty() {
-        return send_error(conn, err, rid, false).await;
-    }
-    let body = client.error_body(err);
-    let extra: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
-    let bytes = respond::full(err.status(), b"application/json", &extra, &body, rid, false);
-    match conn.write(&bytes).await {
+    let extra: SmallVec<[(&str, &[u8]); 4]> =
+        headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    match conn
+        .write(&error_response(client, err, rid, &extra, false))
+        .await
+    {
         Ok(()) => Outcome::KEEP,
         Err(_) => Outcome::CLOSE,
     }
@@ -160,24 +159,20 @@ pub fn dialect_of_path(path: &[u8]) -> ClientDialect {
     }
 }
 
-/// A whole error response in `dialect`'s shape.
+/// A whole error response in `dialect`'s shape, with `extra` headers: the
+/// one place an error becomes response bytes once its dialect is known.
 pub fn error_response(
     dialect: ClientDialect,
     err: &GatewayError,
     rid: &str,
+    extra: &[(&str, &[u8])],
     close: bool,
 ) -> Vec<u8> {
-    match dialect {
-        ClientDialect::OpenAi => respond::error(err, rid, close),
-        ClientDialect::Anthropic => respond::full(
-            err.status(),
-            b"application/json",
-            &[],
-            &dialect.error_body(err),
-            rid,
-            close,
-        ),
+    if dialect == ClientDialect::OpenAi && extra.is_empty() {
+        return respond::error(err, rid, close);
     }
+    let body = dialect.error_body(err);
+    respond::full(err.status(), b"application/json", extra, &body, rid, close)
 }
 
 enum Route {

@@ -125,7 +125,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
-                let response = crate::gateway::error_response(dialect, &e, &request_id, true);
+                let response = crate::gateway::error_response(dialect, &e, &request_id, &[], true);
                 let _ = conn.write(&response).await;
                 break;
             }
