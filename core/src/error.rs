@@ -95,6 +95,11 @@ impl RetryAfter {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The delay in seconds, when it was given as one (not an HTTP-date).
+    pub fn seconds(&self) -> Option<u64> {
+        self.0.parse().ok()
+    }
 }
 
 impl GatewayError {

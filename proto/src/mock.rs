@@ -247,6 +247,23 @@ pub fn completion_chunk_event(
     out.extend_from_slice(b"}]}\n\n");
 }
 
+/// Appends the usage-only last event of a legacy completion stream (what
+/// `stream_options.include_usage` asks for): `choices` empty, `usage` set.
+pub fn completion_usage_event(
+    out: &mut Vec<u8>,
+    id: &str,
+    model: &str,
+    created: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) {
+    out.extend_from_slice(b"data: ");
+    header(out, id, "text_completion", created, model);
+    out.extend_from_slice(b",\"choices\":[],");
+    push_usage(out, prompt_tokens, completion_tokens);
+    out.extend_from_slice(b"}\n\n");
+}
+
 /// Renders a `/v1/embeddings` body: one embedding per input, `dims`
 /// deterministic floats derived from a hash of the input's bytes, normalized
 /// to unit length.

@@ -259,6 +259,24 @@ pub struct Usage {
     pub reasoning_tokens: Option<u64>,
 }
 
+impl Usage {
+    /// Adds `other`'s figures (a second attempt's usage): a figure absent
+    /// from both stays absent.
+    pub fn add(&mut self, other: &Usage) {
+        fn sum(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+            }
+        }
+        self.prompt_tokens = sum(self.prompt_tokens, other.prompt_tokens);
+        self.completion_tokens = sum(self.completion_tokens, other.completion_tokens);
+        self.total_tokens = sum(self.total_tokens, other.total_tokens);
+        self.cached_tokens = sum(self.cached_tokens, other.cached_tokens);
+        self.reasoning_tokens = sum(self.reasoning_tokens, other.reasoning_tokens);
+    }
+}
+
 /// None if there's no usage object (or usage is null), or `json` is not a
 /// JSON object. A number of the wrong type reads as absent: usage is
 /// accounting, and one odd field must not lose the others. Of duplicate

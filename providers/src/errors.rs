@@ -44,6 +44,11 @@ impl std::fmt::Debug for KnownSecrets {
 }
 
 impl KnownSecrets {
+    /// No secrets: for answers made in-process (the mock provider).
+    pub const fn none() -> Self {
+        KnownSecrets(None)
+    }
+
     /// The non-empty values of `secrets`.
     pub fn new<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Self {
         let values: Vec<Box<str>> = secrets

@@ -451,16 +451,38 @@ impl Admission {
     }
 
     /// Settles a finished request: real usage replaces the reservation and
-    /// its cost is charged. `model` is the upstream model (what is priced).
-    /// Returns the cost in micro-dollars.
-    pub fn settle(
+    /// its cost is charged. Each of `attempts` is one upstream attempt that
+    /// reported (or was estimated to have used) something: the upstream
+    /// model (what is priced), its usage (None: unknown, estimated from the
+    /// reservation) and whether it is an estimate. All of them are charged,
+    /// each at its own model's price; with none, the reservation goes back
+    /// and the request still counts. Returns the cost in micro-dollars.
+    pub fn settle_all<'m>(
         &self,
         ticket: &Ticket,
-        model: &str,
-        usage: Option<&Usage>,
-        estimated: bool,
+        attempts: impl IntoIterator<Item = (&'m str, Option<&'m Usage>, bool)>,
     ) -> u64 {
-        let cost = self.settle_buckets(ticket, model, usage, estimated);
+        let reservation = ticket.held.as_ref().map(|h| &h.reservation);
+        let mut total: Option<Usage> = None;
+        let (mut cost, mut estimated, mut any) = (0u64, false, false);
+        for (model, usage, est) in attempts {
+            any = true;
+            let price = self.price(model);
+            cost = cost.saturating_add(match (usage, reservation) {
+                (Some(u), _) => price.cost_micros(u),
+                (None, Some(r)) => price.estimate_micros(r.prompt_tokens, r.output_tokens),
+                (None, None) => 0,
+            });
+            estimated |= est || usage.is_none();
+            if let Some(u) = usage {
+                total.get_or_insert_with(Usage::default).add(u);
+            }
+        }
+        if !any {
+            total = Some(Usage::default());
+        }
+        let usage = total.as_ref();
+        self.settle_buckets(ticket, usage, cost, estimated);
         let key_id = ticket.key_id.as_deref().unwrap_or(ANONYMOUS);
         let added = UsageTotals {
             requests: 1,
@@ -521,23 +543,11 @@ impl Admission {
         }
     }
 
-    fn settle_buckets(
-        &self,
-        ticket: &Ticket,
-        model: &str,
-        usage: Option<&Usage>,
-        estimated: bool,
-    ) -> u64 {
+    fn settle_buckets(&self, ticket: &Ticket, usage: Option<&Usage>, cost: u64, estimated: bool) {
         let Some(held) = &ticket.held else {
-            return usage.map_or(0, |u| self.price(model).cost_micros(u));
+            return;
         };
         let r = &held.reservation;
-        let cost = match usage {
-            Some(u) => self.price(model).cost_micros(u),
-            None => self
-                .price(model)
-                .estimate_micros(r.prompt_tokens, r.output_tokens),
-        };
         let s = Settlement::from_usage(r, usage, cost, estimated);
         let now = now();
         for (key, limits) in &held.buckets {
@@ -556,7 +566,6 @@ impl Admission {
             }
             self.flush(key, *limits);
         }
-        cost
     }
 
     /// True while something waits to be persisted or returned: settled

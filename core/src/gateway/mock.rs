@@ -1,50 +1,57 @@
-//! The built-in `mock` provider: answers in-process with deterministic text,
-//! paced by its configured time to first token and token rate, so the
-//! default config works with no keys and no network. The model name can pick
-//! a behaviour (`mock-429`, `mock-tokens-50-ttft-200ms`, ...), which lets
-//! failover be exercised without an upstream.
+//! The built-in `mock` provider: an upstream that lives in the process.
+//! It answers with deterministic OpenAI-shaped text, paced by its configured
+//! time to first token and token rate, so the default config works with no
+//! keys and no network. The model name can pick a behaviour (`mock-429`,
+//! `mock-tokens-50-ttft-200ms`, `mock-cut-after-3`, ...), which lets failover
+//! be exercised without an upstream.
+//!
+//! It is an [`Answer`] like any upstream's: a head, then a body source the
+//! relay reads, frames, taps for usage and translates into the client's
+//! dialect exactly as it does an HTTP upstream's. So whatever the request
+//! path does to answers (routing, metering, guardrails, caching) applies to
+//! the mock without a second implementation.
 //!
 //! Memory per answer is bounded like a relayed one's, whatever
-//! `output_tokens` says: a stream is generated as it is written, at most
-//! [`WRITE_BATCH`] bytes at a time, each write under the client write
-//! timeout (a client that does not read holds one batch, not the answer);
-//! a whole answer larger than `upstream.max_response_bytes` is refused as a
-//! real upstream's would be.
+//! `output_tokens` says: a stream is generated as it is read, at most
+//! [`WRITE_BATCH`] bytes at a time; a whole answer larger than
+//! `upstream.max_response_bytes` is refused as a real upstream's would be.
 
-use super::egress::{ClientDialect, StreamEgress};
-use super::{Api, Attempt, Call};
-use crate::client::ReadError;
+use super::egress::ClientDialect;
+use super::plan::Reply;
+use super::relay::{Answer, Source};
+use super::{Api, Call};
+use crate::client::{BodyStep, ReadError, UpstreamHead};
 use crate::config::{MockProvider, Target};
 use crate::error::GatewayError;
-use crate::server::{respond, ClientConn, Outcome};
 use glommio::timer::sleep;
 use shardgate_proto::anthropic as a;
+use shardgate_proto::h1::ResponseFraming;
 use shardgate_proto::mock::{self, Behaviour, ChunkKind};
-use shardgate_proto::openai::{error_body, Usage};
+use shardgate_proto::openai::error_body;
 use shardgate_providers::KnownSecrets;
 use std::time::Duration;
 
-/// Stream bytes generated before they are written: large enough that a
-/// fast stream costs few writes, small enough that a client that does not
-/// read pins little memory.
+/// Stream bytes generated per read: large enough that a fast stream costs
+/// few writes, small enough that a client that does not read pins little
+/// memory.
 pub const WRITE_BATCH: usize = 16 * 1024;
 
-/// Answers `call` as the mock model `target.model`, in the client's dialect
-/// (the mock renders OpenAI; the egress translates for Anthropic clients).
-pub async fn serve(
-    call: &Call<'_>,
-    conn: &mut ClientConn,
-    provider: &str,
+/// Nothing to scrub from what the mock says.
+static NO_SECRETS: KnownSecrets = KnownSecrets::none();
+
+/// Starts the mock's answer to `call` as the model `target.model`: waits its
+/// time to first token, then hands back the head (or the failure the model
+/// name asked for).
+pub async fn start<'a>(
+    call: &'a Call<'a>,
+    provider: &'a str,
     cfg: &MockProvider,
-    target: &Target,
-) -> Attempt {
-    let (req, facts, api, rid) = (call.req, call.facts, call.api, call.rid);
-    let client = call.client;
-    if client == ClientDialect::Anthropic {
+    target: &'a Target,
+) -> Result<Answer<'a>, GatewayError> {
+    let (req, facts) = (call.req, call.facts);
+    if call.client == ClientDialect::Anthropic {
         // Held to the same shape an upstream would demand.
-        if let Err(e) = super::plan::client_json::<a::MessagesRequest>(&req.body) {
-            return Attempt::Failed(e);
-        }
+        super::plan::client_json::<a::MessagesRequest>(&req.body)?;
     }
     let defaults = Behaviour {
         output_tokens: cfg.output_tokens,
@@ -56,7 +63,7 @@ pub async fn serve(
     };
     let b = mock::behaviour(&target.model, defaults);
     if let Some(status) = b.fail_status {
-        return Attempt::Failed(GatewayError::UpstreamStatus {
+        return Err(GatewayError::UpstreamStatus {
             provider: provider.to_owned(),
             status,
             body: error_body(
@@ -76,214 +83,234 @@ pub async fn serve(
         });
     }
     if b.hang {
-        conn.closed().await;
-        return Attempt::Done(Outcome::CLOSE);
+        // No head ever comes: the upstream's first-byte deadline applies.
+        sleep(call.shard.pool.settings().first_byte_timeout).await;
+        return Err(GatewayError::UpstreamTimeout {
+            provider: provider.to_owned(),
+        });
     }
-    let ctx = call.reply_ctx(&target.model);
-    let created = ctx.created;
-    let prompt_tokens = mock::estimate_tokens(req.body.len());
-    let limit = facts.max_tokens.map_or(usize::MAX, |m| m as usize);
-    let n = b.output_tokens.min(limit);
-    let finish = if n < b.output_tokens {
-        "length"
-    } else {
-        "stop"
-    };
-    let extra = call.extra(&target.served_by);
-    let usage = |completion: u64| Usage {
-        prompt_tokens: Some(prompt_tokens),
-        completion_tokens: Some(completion),
-        total_tokens: Some(prompt_tokens + completion),
-        ..Usage::default()
-    };
-    let id = ctx.id.clone();
-
-    if api == Api::Embeddings {
-        let inputs = embedding_inputs(&req.body);
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let mut body = Vec::new();
-        mock::embeddings(&mut body, &ctx.model, &refs, 16);
-        call.meter(&target.model, Some(usage(0)), false);
-        return send_json(conn, &extra, &body, rid).await;
-    }
-
-    let pace = b
-        .tokens_per_second
-        .map(|t| Duration::from_secs_f64(1.0 / f64::from(t.max(1))));
     if b.ttft_ms > 0 {
         sleep(Duration::from_millis(b.ttft_ms)).await;
     }
-    if !facts.stream {
-        let max = call.shard.pool.settings().max_response_bytes;
-        if mock::text_len(n) > max {
-            return Attempt::Failed(GatewayError::UpstreamProtocol {
-                provider: provider.to_owned(),
-                reason: ReadError::TooLarge(max).to_string(),
-            });
-        }
-        if let Some(p) = pace {
-            sleep(p * n as u32).await;
-        }
-        let mut body = Vec::new();
-        match api {
-            Api::Completions => mock::completion(
-                &mut body,
-                &id,
-                &ctx.model,
-                created,
-                prompt_tokens,
-                n,
-                finish,
-            ),
-            _ => mock::chat_completion(
-                &mut body,
-                &id,
-                &ctx.model,
-                created,
-                prompt_tokens,
-                n,
-                finish,
-            ),
-        }
-        let body = match client.success_body(body) {
-            Ok(b) => b,
-            Err(e) => {
-                return Attempt::Failed(GatewayError::UpstreamTranslate {
-                    provider: provider.to_owned(),
-                    reason: e.to_string(),
-                })
-            }
-        };
-        call.meter(&target.model, Some(usage(n as u64)), false);
-        return send_json(conn, &extra, &body, rid).await;
-    }
-
-    if conn
-        .write(&respond::stream_head(200, rid, &extra))
-        .await
-        .is_err()
-    {
-        return Attempt::Done(Outcome::CLOSE);
-    }
-    let include_usage = ctx.include_usage;
-    let usage_null = include_usage;
-    let mut egress = StreamEgress::from_openai(client, &ctx, &KnownSecrets::default());
-    let mut push_chunk = |out: &mut Vec<u8>, event: &mut Vec<u8>| {
-        // The mock's own OpenAI events always translate.
-        let _ = egress.push(event, out);
-        event.clear();
-    };
-    let mut event = Vec::with_capacity(512);
-    let mut out = Vec::with_capacity(WRITE_BATCH + 1024);
-    let chat = api != Api::Completions;
-    if chat {
-        mock::chat_chunk_event(
-            &mut event,
-            &id,
-            &ctx.model,
-            created,
-            ChunkKind::Role,
-            usage_null,
-        );
-        push_chunk(&mut out, &mut event);
-    }
-    for i in 0..n {
-        if b.cut_after == Some(i) {
-            call.meter(&target.model, Some(usage(i as u64)), true);
-            let _ = conn.write(&out).await;
-            return Attempt::Done(Outcome::CLOSE);
-        }
-        if let Some(p) = pace {
-            if !out.is_empty() {
-                if conn.write(&out).await.is_err() {
-                    call.meter(&target.model, Some(usage(i as u64)), true);
-                    return Attempt::Done(Outcome::CLOSE);
-                }
-                out.clear();
-            }
-            sleep(p).await;
-        }
-        if chat {
-            mock::chat_chunk_event(
-                &mut event,
-                &id,
-                &ctx.model,
-                created,
-                ChunkKind::Content(mock::token(i)),
-                usage_null,
-            );
+    let ctx = call.reply_ctx(&target.model);
+    let n = b
+        .output_tokens
+        .min(facts.max_tokens.map_or(usize::MAX, |m| m as usize));
+    let body = MockBody {
+        kind: match call.api {
+            Api::Embeddings => Kind::Embeddings,
+            Api::Completions => Kind::Completion,
+            Api::ChatCompletions | Api::Messages => Kind::Chat,
+        },
+        finish: if n < b.output_tokens {
+            "length"
         } else {
-            mock::completion_chunk_event(
-                &mut event,
-                &id,
-                &ctx.model,
-                created,
-                mock::token(i),
-                None,
-            );
-        }
-        push_chunk(&mut out, &mut event);
-        if out.len() >= WRITE_BATCH {
-            if conn.write(&out).await.is_err() {
-                call.meter(&target.model, Some(usage(i as u64 + 1)), true);
-                return Attempt::Done(Outcome::CLOSE);
-            }
-            out.clear();
-        }
-    }
-    if chat {
-        mock::chat_chunk_event(
-            &mut event,
-            &id,
-            &ctx.model,
-            created,
-            ChunkKind::Finish(finish),
-            usage_null,
-        );
+            "stop"
+        },
+        prompt_tokens: mock::estimate_tokens(req.body.len()),
+        usage_null: ctx.include_usage,
+        id: ctx.id,
+        model: ctx.model,
+        created: ctx.created,
+        n,
+        pace: b
+            .tokens_per_second
+            .map(|t| Duration::from_secs_f64(1.0 / f64::from(t.max(1)))),
+        cut_after: b.cut_after,
+        stage: Stage::Start,
+        buf: Vec::new(),
+        request: if call.api == Api::Embeddings {
+            req.body.to_vec()
+        } else {
+            Vec::new()
+        },
+    };
+    let streamed = facts.stream && body.kind != Kind::Embeddings;
+    let content_type: &[u8] = if streamed {
+        b"text/event-stream"
     } else {
-        mock::completion_chunk_event(&mut event, &id, &ctx.model, created, "", Some(finish));
-    }
-    push_chunk(&mut out, &mut event);
-    if include_usage && chat {
-        let usage = ChunkKind::Usage {
-            prompt_tokens,
-            completion_tokens: n as u64,
-        };
-        mock::chat_chunk_event(&mut event, &id, &ctx.model, created, usage, false);
-        push_chunk(&mut out, &mut event);
-    }
-    event.extend_from_slice(mock::DONE_EVENT);
-    push_chunk(&mut out, &mut event);
-    egress.finish(&mut out);
-    call.meter(&target.model, Some(usage(n as u64)), false);
-    done(conn.write(&out).await)
-}
-
-/// A complete 200 JSON answer.
-async fn send_json(
-    conn: &mut ClientConn,
-    extra: &[(&str, &[u8])],
-    body: &[u8],
-    rid: &str,
-) -> Attempt {
-    done(
-        conn.write(&respond::full(
-            200,
-            b"application/json",
-            extra,
-            body,
-            rid,
-            false,
-        ))
-        .await,
-    )
-}
-
-fn done(written: std::io::Result<()>) -> Attempt {
-    Attempt::Done(match written {
-        Ok(()) => Outcome::KEEP,
-        Err(_) => Outcome::CLOSE,
+        b"application/json"
+    };
+    Ok(Answer {
+        source: Source::Mock(body),
+        head: UpstreamHead {
+            status: 200,
+            framing: ResponseFraming::UntilClose,
+            keep_alive: false,
+            content_type: Some(content_type.to_vec()),
+            content_type_end_to_end: true,
+            retry_after: None,
+        },
+        name: provider,
+        served_by: &target.served_by,
+        wire: None,
+        secrets: &NO_SECRETS,
+        reply: match call.client {
+            ClientDialect::OpenAi => Reply::Same,
+            ClientDialect::Anthropic => Reply::FromOpenAi,
+        },
+        client: call.client,
+        model: &target.model,
+        call,
     })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+    Embeddings,
+}
+
+/// How far a stream has been generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Start,
+    /// The next token to generate.
+    Token(usize),
+    Done,
+}
+
+/// The mock's answer body, generated as it is read. Streams always end with
+/// the usage chunk, as an upstream asked for it does: the relay withholds
+/// it from clients that did not ask, and meters from it.
+pub struct MockBody {
+    kind: Kind,
+    id: String,
+    model: String,
+    created: u64,
+    prompt_tokens: u64,
+    /// Tokens to generate.
+    n: usize,
+    finish: &'static str,
+    /// Chunks carry `"usage":null` (the client asked for usage).
+    usage_null: bool,
+    /// Between tokens, when paced.
+    pace: Option<Duration>,
+    /// The stream breaks before this token.
+    cut_after: Option<usize>,
+    stage: Stage,
+    buf: Vec<u8>,
+    /// An embeddings request's body (its inputs are embedded).
+    request: Vec<u8>,
+}
+
+impl MockBody {
+    /// The next stretch of a stream: one token when paced, else up to
+    /// [`WRITE_BATCH`] bytes; `End` with the last of it.
+    pub async fn step(&mut self, on_data: &mut dyn FnMut(&[u8])) -> Result<BodyStep, ReadError> {
+        self.buf.clear();
+        loop {
+            match self.stage {
+                Stage::Start => {
+                    if self.kind == Kind::Chat {
+                        self.chunk(ChunkKind::Role);
+                    }
+                    self.stage = Stage::Token(0);
+                }
+                Stage::Token(i) if i == self.n => {
+                    self.finish_stream();
+                    self.stage = Stage::Done;
+                    on_data(&self.buf);
+                    return Ok(BodyStep::End);
+                }
+                Stage::Token(i) => {
+                    if self.cut_after == Some(i) {
+                        if self.buf.is_empty() {
+                            return Err(ReadError::Eof { any_bytes: true });
+                        }
+                        break;
+                    }
+                    if let Some(p) = self.pace {
+                        if !self.buf.is_empty() {
+                            break;
+                        }
+                        sleep(p).await;
+                    }
+                    match self.kind {
+                        Kind::Chat => self.chunk(ChunkKind::Content(mock::token(i))),
+                        _ => self.completion_chunk(mock::token(i), None),
+                    }
+                    self.stage = Stage::Token(i + 1);
+                    if self.buf.len() >= WRITE_BATCH {
+                        break;
+                    }
+                }
+                Stage::Done => return Ok(BodyStep::End),
+            }
+        }
+        on_data(&self.buf);
+        Ok(BodyStep::Data)
+    }
+
+    /// The whole answer, after the time its tokens take.
+    pub async fn read_to_end(&mut self, max: usize) -> Result<Vec<u8>, ReadError> {
+        let mut body = Vec::new();
+        if self.kind == Kind::Embeddings {
+            let inputs = embedding_inputs(&self.request);
+            let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            mock::embeddings(&mut body, &self.model, &refs, 16);
+            return Ok(body);
+        }
+        if mock::text_len(self.n) > max {
+            return Err(ReadError::TooLarge(max));
+        }
+        if let Some(p) = self.pace {
+            sleep(p * self.n as u32).await;
+        }
+        let render = match self.kind {
+            Kind::Completion => mock::completion,
+            _ => mock::chat_completion,
+        };
+        render(
+            &mut body,
+            &self.id,
+            &self.model,
+            self.created,
+            self.prompt_tokens,
+            self.n,
+            self.finish,
+        );
+        Ok(body)
+    }
+
+    fn chunk(&mut self, kind: ChunkKind<'_>) {
+        let (id, model) = (&self.id, &self.model);
+        let usage_null = self.usage_null && !matches!(kind, ChunkKind::Usage { .. });
+        mock::chat_chunk_event(&mut self.buf, id, model, self.created, kind, usage_null);
+    }
+
+    fn completion_chunk(&mut self, text: &str, finish: Option<&str>) {
+        let (id, model) = (&self.id, &self.model);
+        mock::completion_chunk_event(&mut self.buf, id, model, self.created, text, finish);
+    }
+
+    /// The finish chunk, the usage chunk and `[DONE]`.
+    fn finish_stream(&mut self) {
+        let (prompt_tokens, completion_tokens) = (self.prompt_tokens, self.n as u64);
+        match self.kind {
+            Kind::Chat => {
+                self.chunk(ChunkKind::Finish(self.finish));
+                self.chunk(ChunkKind::Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                });
+            }
+            _ => {
+                self.completion_chunk("", Some(self.finish));
+                let (id, model) = (&self.id, &self.model);
+                mock::completion_usage_event(
+                    &mut self.buf,
+                    id,
+                    model,
+                    self.created,
+                    prompt_tokens,
+                    completion_tokens,
+                );
+            }
+        }
+        self.buf.extend_from_slice(mock::DONE_EVENT);
+    }
 }
 
 /// The `input` of an embeddings request as strings (token arrays count as
@@ -297,5 +324,94 @@ fn embedding_inputs(body: &[u8]) -> Vec<String> {
             .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
             .collect(),
         _ => vec![String::new()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(kind: Kind, n: usize, pace: Option<Duration>, cut_after: Option<usize>) -> MockBody {
+        MockBody {
+            kind,
+            id: "chatcmpl-1".into(),
+            model: "mock-1".into(),
+            created: 1,
+            prompt_tokens: 4,
+            n,
+            finish: "stop",
+            usage_null: false,
+            pace,
+            cut_after,
+            stage: Stage::Start,
+            buf: Vec::new(),
+            request: Vec::new(),
+        }
+    }
+
+    /// Every step's bytes, and how the body ended.
+    fn drain(mut b: MockBody) -> (Vec<Vec<u8>>, Result<(), ReadError>) {
+        glommio::LocalExecutor::default().run(async move {
+            let mut steps = Vec::new();
+            loop {
+                let mut got = Vec::new();
+                match b.step(&mut |d| got.extend_from_slice(d)).await {
+                    Ok(BodyStep::Data) => steps.push(got),
+                    Ok(BodyStep::End) => {
+                        steps.push(got);
+                        return (steps, Ok(()));
+                    }
+                    Err(e) => return (steps, Err(e)),
+                }
+            }
+        })
+    }
+
+    fn events(steps: &[Vec<u8>]) -> Vec<String> {
+        let all: Vec<u8> = steps.concat();
+        String::from_utf8(all)
+            .unwrap_or_default()
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_ends_with_its_usage_chunk_then_done() {
+        let (steps, end) = drain(body(Kind::Chat, 3, None, None));
+        assert!(end.is_ok());
+        let ev = events(&steps);
+        // Role, three tokens, finish, usage, [DONE].
+        assert_eq!(ev.len(), 7, "{ev:?}");
+        assert!(ev[5].contains(r#""choices":[]"#) && ev[5].contains(r#""completion_tokens":3"#));
+        assert_eq!(ev[6], "data: [DONE]");
+        // Unpaced, it all fits one batch.
+        assert_eq!(steps.len(), 1);
+    }
+
+    #[test]
+    fn a_paced_stream_hands_out_a_token_at_a_time() {
+        let (steps, _) = drain(body(Kind::Chat, 3, Some(Duration::from_millis(1)), None));
+        // Role, then each token (the last with the stream's end).
+        assert_eq!(steps.len(), 4);
+    }
+
+    #[test]
+    fn a_cut_stream_breaks_after_its_tokens_as_a_dropped_upstream_would() {
+        let (steps, end) = drain(body(Kind::Chat, 10, None, Some(3)));
+        assert!(matches!(end, Err(ReadError::Eof { any_bytes: true })));
+        let ev = events(&steps);
+        assert_eq!(ev.len(), 4, "role and three tokens: {ev:?}");
+    }
+
+    #[test]
+    fn a_long_stream_comes_in_bounded_batches() {
+        let (steps, end) = drain(body(Kind::Completion, 20_000, None, None));
+        assert!(end.is_ok());
+        assert!(steps.len() > 1);
+        assert!(steps.iter().all(|s| s.len() < WRITE_BATCH + 1024));
+        let ev = events(&steps);
+        assert!(ev[ev.len() - 2].contains(r#""completion_tokens":20000"#));
     }
 }

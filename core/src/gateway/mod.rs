@@ -1,18 +1,20 @@
-//! The request pipeline, top to bottom: route → extract facts → pick the
-//! model's targets → for each target, send (or answer in-process for the mock)
-//! → relay → on a retryable failure before any byte reached the client, try
-//! the next target.
+//! The request pipeline, top to bottom: route → extract facts → admit →
+//! [`route`] picks the model's targets → for each, an [`attempt`] runs to
+//! the answer's head (an upstream's, or the in-process mock's) → [`relay`]
+//! writes it to the client → on a failure before any byte reached the
+//! client, the route may try the next target.
 
+mod attempt;
 pub mod egress;
-mod forward;
 mod mock;
 pub mod models;
 mod plan;
 mod relay;
+mod route;
 pub use plan::PassHeads;
 
 use crate::admission::Refusal;
-use crate::config::{ModelRoute, ProviderKind};
+use crate::config::Target;
 use crate::error::GatewayError;
 use crate::server::{respond, send_error, ClientConn, Outcome, Request};
 use crate::shard::Shard;
@@ -25,6 +27,7 @@ use shardgate_providers::ReplyCtx;
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// The model API endpoints the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +76,34 @@ pub struct Call<'a> {
     pub headers: Vec<(&'static str, String)>,
     /// Tokens reserved for the prompt, the estimate for a cut stream.
     pub prompt_estimate: u64,
-    /// What the answer used, set by whoever produced it.
-    pub metered: RefCell<Option<Metered>>,
+    /// What the current attempt's answer used, set by whoever read it.
+    metered: RefCell<Option<Metered>>,
+}
+
+/// A call's attempts, in order: most calls make one.
+pub type Attempts<'a> = SmallVec<[AttemptRecord<'a>; 2]>;
+
+/// One attempt at one target, as the route saw it end. Every attempt's
+/// usage is settled, not only the last one's: an upstream that answered
+/// (and billed) before its answer proved unusable is still paid for.
+#[derive(Debug)]
+pub struct AttemptRecord<'a> {
+    pub target: &'a Target,
+    pub outcome: AttemptOutcome,
+    /// From the attempt's start to its answer's head.
+    pub head_after: Option<Duration>,
+    pub elapsed: Duration,
+    pub metered: Option<Metered>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Its answer went to the client (whole, or a stream however it ended).
+    Answered,
+    /// It failed before any byte reached the client (the error's label).
+    Failed(&'static str),
+    /// The client left before the answer's head.
+    ClientLeft,
 }
 
 /// What one answered call consumed, for settlement and audit.
@@ -88,6 +117,11 @@ pub struct Metered {
 }
 
 impl Call<'_> {
+    /// Ends the current attempt: what it used moves into its record.
+    fn take_metered(&self) -> Option<Metered> {
+        self.metered.borrow_mut().take()
+    }
+
     /// The headers of every response to this call, plus the served target.
     /// Inline: a call rarely carries more than a few.
     pub fn extra<'b>(&'b self, served_by: &'b str) -> SmallVec<[(&'b str, &'b [u8]); 6]> {
@@ -200,15 +234,6 @@ fn route(method: Method, path: &[u8]) -> Route {
     } else {
         Route::WrongMethod
     }
-}
-
-/// What one target's attempt came to.
-pub enum Attempt {
-    /// A response (success or a final error) was written to the client.
-    Done(Outcome),
-    /// Nothing was written to the client; the caller decides whether to try
-    /// the next target or answer with this error.
-    Failed(GatewayError),
 }
 
 pub async fn handle(
@@ -325,9 +350,7 @@ async fn handle_api(
     };
     let Some(model) = config.models.get(alias) else {
         let e = GatewayError::ModelNotFound(alias.to_owned());
-        shard
-            .admission
-            .settle(&ticket, "", Some(&Usage::default()), false);
+        shard.admission.settle_all(&ticket, []);
         return send_error_in(conn, client, &e, rid, &headers).await;
     };
     let call = Call {
@@ -342,57 +365,14 @@ async fn handle_api(
         prompt_estimate: ticket.prompt_estimate(),
         metered: RefCell::new(None),
     };
-    let outcome = route_call(&call, conn, model).await;
-    match call.metered.borrow().as_ref() {
-        Some(m) => {
-            shard
-                .admission
-                .settle(&ticket, &m.model, m.usage.as_ref(), m.estimated);
-        }
-        // Nothing was answered: the reservation goes back, the request
-        // still counts.
-        None => {
-            shard
-                .admission
-                .settle(&ticket, "", Some(&Usage::default()), false);
-        }
-    }
+    let mut attempts = Attempts::new();
+    let outcome = route::serve(&call, conn, model, &mut attempts).await;
+    // Every attempt that reported usage is settled; with none, the
+    // reservation goes back and the request still counts.
+    let metered = attempts.iter().filter_map(|a| a.metered.as_ref());
+    shard.admission.settle_all(
+        &ticket,
+        metered.map(|m| (m.model.as_str(), m.usage.as_ref(), m.estimated)),
+    );
     outcome
-}
-
-/// Tries the alias's targets in order until one answers.
-async fn route_call(call: &Call<'_>, conn: &mut ClientConn, model: &ModelRoute) -> Outcome {
-    let (shard, rid, client) = (call.shard, call.rid, call.client);
-    let targets = &model.targets;
-    for (i, target) in targets.iter().enumerate() {
-        let Some(provider) = shard.config.providers.get(target.provider) else {
-            continue;
-        };
-        let attempt = match &provider.kind {
-            ProviderKind::Mock(m) => mock::serve(call, conn, &provider.name, m, target).await,
-            ProviderKind::Http(h) => forward::forward(call, conn, target, provider, h).await,
-        };
-        match attempt {
-            Attempt::Done(outcome) => return outcome,
-            Attempt::Failed(err) if err.retryable() && i + 1 < targets.len() => {
-                log::info!(
-                    "{rid}: target {}/{} failed ({}), trying the next",
-                    provider.name,
-                    target.model,
-                    err.label()
-                );
-            }
-            Attempt::Failed(err) => {
-                log::info!("{rid}: {} {}: {}", provider.name, err.label(), err);
-                let Some(retry_after) = err.retry_after() else {
-                    return send_error_in(conn, client, &err, rid, &call.headers).await;
-                };
-                let mut headers = call.headers.clone();
-                headers.push(("retry-after", retry_after.as_str().to_owned()));
-                return send_error_in(conn, client, &err, rid, &headers).await;
-            }
-        }
-    }
-    let e = GatewayError::ModelNotFound(call.facts.model.clone());
-    send_error_in(conn, client, &e, rid, &call.headers).await
 }

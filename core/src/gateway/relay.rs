@@ -11,10 +11,12 @@
 //! the generation.
 
 use super::egress::{push_chunk, ClientDialect, StreamEgress};
+use super::mock::MockBody;
 use super::plan::Reply;
-use super::{Attempt, Call};
+use super::route::Failure;
+use super::Call;
 use crate::client::{BodyReader, BodyStep, ReadError, UpstreamConn, UpstreamHead};
-use crate::config::{HttpProvider, Wire};
+use crate::config::Wire;
 use crate::error::GatewayError;
 use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
@@ -22,19 +24,21 @@ use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::json::find_top_level;
 use shardgate_proto::openai::{extract_usage, mentions_usage, Usage};
 use shardgate_proto::sse::SseFramer;
-use shardgate_providers::{gemini, KnownSecrets, StreamTranslator};
+use shardgate_providers::{gemini, KnownSecrets, StreamTranslator, TranslateError};
+use std::time::Duration;
 
-/// An upstream's answer whose head has been read, with what relaying it
-/// needs to know about where it came from.
+/// An answer whose head has been read, with what relaying it needs to
+/// know about where it came from.
 pub struct Answer<'a> {
-    pub up: UpstreamConn,
+    pub source: Source,
     pub head: UpstreamHead,
-    /// Index of the provider, for returning the connection to its pool.
-    pub provider: usize,
+    /// The provider's name.
     pub name: &'a str,
     /// `provider/model`, sent as `x-shardgate-target`.
     pub served_by: &'a str,
-    pub wire: &'a Wire,
+    /// The upstream's wire, for [`Reply::FromWire`] answers (None for the
+    /// mock, which speaks OpenAI).
+    pub wire: Option<&'a Wire>,
     /// The credentials sent to this upstream, for scrubbing what it says
     /// on error paths (never read on success paths).
     pub secrets: &'a KnownSecrets,
@@ -45,8 +49,79 @@ pub struct Answer<'a> {
     pub call: &'a Call<'a>,
 }
 
-/// Error bodies are small; a provider sending megabytes of error is cut.
-const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Where an answer's body comes from.
+pub enum Source {
+    /// An upstream connection, read by the head's framing; back to the
+    /// provider's pool once read to the end with keep-alive allowed.
+    Http {
+        up: UpstreamConn,
+        reader: BodyReader,
+        keep_alive: bool,
+        /// Index of the provider, for the pool.
+        provider: usize,
+    },
+    /// The built-in mock, generated as it is read.
+    Mock(MockBody),
+}
+
+impl Source {
+    pub fn http(up: UpstreamConn, head: &UpstreamHead, provider: usize) -> Self {
+        Source::Http {
+            up,
+            reader: BodyReader::new(head.framing),
+            keep_alive: head.keep_alive,
+            provider,
+        }
+    }
+
+    /// Hands the next body bytes to `on_data` (waiting at most `wait` for
+    /// an upstream's); `End` once the body is complete.
+    async fn step(
+        &mut self,
+        wait: Duration,
+        on_data: &mut dyn FnMut(&[u8]),
+    ) -> Result<BodyStep, ReadError> {
+        match self {
+            Source::Http { up, reader, .. } => reader.step(up, wait, on_data).await,
+            Source::Mock(m) => m.step(on_data).await,
+        }
+    }
+
+    /// The whole remaining body, at most `max` bytes.
+    async fn read_to_end(&mut self, wait: Duration, max: usize) -> Result<Vec<u8>, ReadError> {
+        match self {
+            Source::Http { up, reader, .. } => reader.read_to_end(up, wait, max).await,
+            Source::Mock(m) => m.read_to_end(max).await,
+        }
+    }
+
+    /// The body was read to its end: an upstream connection may serve again.
+    fn finished(self, shard: &Shard) {
+        if let Source::Http {
+            up,
+            keep_alive: true,
+            provider,
+            ..
+        } = self
+        {
+            shard.pool.checkin(provider, up);
+        }
+    }
+}
+
+/// Writes `answer` to the client, whole or as a stream. A failure before
+/// any byte was written comes back to the route, which may try elsewhere.
+pub async fn deliver(conn: &mut ClientConn, answer: Answer<'_>) -> Result<Outcome, Failure> {
+    let streamed = answer.call.facts.stream
+        && (answer.head.is_event_stream() || answer.head.is_aws_event_stream());
+    if streamed {
+        // Boxed: a stream's relay state (framer, translators) would size
+        // every request's future, moved into its box per request, by ~2 KiB.
+        Ok(Box::pin(stream(conn, answer)).await)
+    } else {
+        full(conn, answer).await.map_err(Failure::classify)
+    }
+}
 
 fn read_failed(provider: &str, e: ReadError) -> GatewayError {
     match e {
@@ -68,57 +143,12 @@ fn upstream_reason(reason: &str, secrets: &KnownSecrets) -> String {
     shardgate_providers::redact_secrets(reason, secrets)
 }
 
-/// An error status from the upstream: read its (bounded) body so the
-/// connection can be reused and the message passed on, and let the caller
-/// decide between failover and answering.
-pub async fn upstream_error(
-    shard: &Shard,
-    mut up: UpstreamConn,
-    head: UpstreamHead,
-    provider: usize,
-    name: &str,
-    http: &HttpProvider,
-) -> Attempt {
-    let mut reader = BodyReader::new(head.framing);
-    let wait = shard.pool.settings().read_timeout;
-    let body = reader
-        .read_to_end(&mut up, wait, MAX_ERROR_BODY)
-        .await
-        .unwrap_or_default();
-    if reader.is_done() && head.keep_alive {
-        shard.pool.checkin(provider, up);
-    }
-    // Every upstream error leaves here OpenAI-shaped (or as the body of an
-    // OpenAI-dialect upstream, which the error type wraps when it is not an
-    // OpenAI error object), with the credentials sent to this upstream and
-    // anything that looks like a credential redacted from every string.
-    let secrets = &http.secrets;
-    let body = match &http.wire {
-        Wire::OpenAi(_) | Wire::Azure(_) => {
-            shardgate_providers::redact_json_secrets(&body, secrets)
-        }
-        other => other
-            .provider()
-            .error_to_openai(head.status, &body, secrets),
-    };
-    Attempt::Failed(GatewayError::UpstreamStatus {
-        provider: name.to_owned(),
-        status: head.status,
-        body,
-        retry_after: head
-            .retry_after
-            .as_deref()
-            .and_then(crate::error::RetryAfter::parse),
-    })
-}
-
 /// A whole (non-streamed) response: read it to the end within the response
 /// size limit, then answer in one write.
-pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid: &str) -> Attempt {
+async fn full(conn: &mut ClientConn, answer: Answer<'_>) -> Result<Outcome, GatewayError> {
     let Answer {
-        mut up,
+        mut source,
         head,
-        provider,
         name,
         served_by,
         wire,
@@ -128,13 +158,13 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
         model,
         call,
     } = answer;
+    let (shard, rid) = (call.shard, call.rid);
     let settings = shard.pool.settings();
-    let mut reader = BodyReader::new(head.framing);
     let read = futures_lite::future::or(
         async {
             Some(
-                reader
-                    .read_to_end(&mut up, settings.read_timeout, settings.max_response_bytes)
+                source
+                    .read_to_end(settings.read_timeout, settings.max_response_bytes)
                     .await,
             )
         },
@@ -145,13 +175,11 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     )
     .await;
     let body = match read {
-        None => return Attempt::Done(Outcome::CLOSE),
-        Some(Err(e)) => return Attempt::Failed(read_failed(name, e)),
+        None => return Ok(Outcome::CLOSE),
+        Some(Err(e)) => return Err(read_failed(name, e)),
         Some(Ok(b)) => b,
     };
-    if head.keep_alive {
-        shard.pool.checkin(provider, up);
-    }
+    source.finished(shard);
     let mut usage = None;
     let translated = match reply {
         Reply::Same => {
@@ -162,13 +190,16 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
             usage = usage_of_body(ClientDialect::OpenAi, &body);
             client.success_body(body)
         }
-        Reply::FromWire => wire
-            .provider()
-            .response_to_openai(&body, &call.reply_ctx(model))
-            .and_then(|(b, u)| {
-                usage = Some(openai_usage(&u));
-                client.success_body(b)
-            }),
+        Reply::FromWire => match wire {
+            Some(wire) => wire
+                .provider()
+                .response_to_openai(&body, &call.reply_ctx(model))
+                .and_then(|(b, u)| {
+                    usage = Some(openai_usage(&u));
+                    client.success_body(b)
+                }),
+            None => Err(TranslateError::Invalid("no wire to translate from".into())),
+        },
         Reply::GeminiEmbeddings => {
             gemini::embeddings_response(&body, model, call.facts.base64_embeddings)
         }
@@ -177,7 +208,7 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
     let body = match translated {
         Ok(b) => b,
         Err(e) => {
-            return Attempt::Failed(GatewayError::UpstreamTranslate {
+            return Err(GatewayError::UpstreamTranslate {
                 provider: name.to_owned(),
                 reason: upstream_reason(&e.to_string(), secrets),
             })
@@ -195,7 +226,7 @@ pub async fn full(shard: &Shard, conn: &mut ClientConn, answer: Answer<'_>, rid:
         rid,
         false,
     );
-    Attempt::Done(match conn.write(&bytes).await {
+    Ok(match conn.write(&bytes).await {
         Ok(()) => Outcome::KEEP,
         Err(_) => Outcome::CLOSE,
     })
@@ -239,8 +270,7 @@ impl Pipe {
                     egress: StreamEgress::from_openai(answer.client, &ctx, answer.secrets),
                     wire: answer
                         .wire
-                        .provider()
-                        .stream_translator(ctx, answer.secrets),
+                        .and_then(|w| w.provider().stream_translator(ctx, answer.secrets)),
                     mid: Vec::new(),
                 }
             })),
@@ -506,18 +536,13 @@ fn meter_stream(call: &Call<'_>, model: &str, usage: Option<Usage>, cut: bool, e
 }
 
 /// An event stream, relayed as it arrives.
-pub async fn stream(
-    shard: &Shard,
-    conn: &mut ClientConn,
-    answer: Answer<'_>,
-    rid: &str,
-) -> Attempt {
+async fn stream(conn: &mut ClientConn, answer: Answer<'_>) -> Outcome {
+    let (shard, rid) = (answer.call.shard, answer.call.rid);
     let settings = shard.pool.settings();
     let mut pipe = Pipe::new(&answer, settings.max_event_bytes);
     let Answer {
-        mut up,
+        mut source,
         head,
-        provider,
         name,
         served_by,
         client,
@@ -528,9 +553,8 @@ pub async fn stream(
     } = answer;
     let client_head = respond::stream_head(head.status, rid, &call.extra(served_by));
     if conn.write(&client_head).await.is_err() {
-        return Attempt::Done(Outcome::CLOSE);
+        return Outcome::CLOSE;
     }
-    let mut reader = BodyReader::new(head.framing);
     let mut out = Vec::with_capacity(512);
     loop {
         let mut feed_error = None;
@@ -543,11 +567,7 @@ pub async fn stream(
                         }
                     }
                 };
-                Some(
-                    reader
-                        .step(&mut up, settings.read_timeout, &mut on_data)
-                        .await,
-                )
+                Some(source.step(settings.read_timeout, &mut on_data).await)
             },
             async {
                 conn.closed().await;
@@ -560,7 +580,7 @@ pub async fn stream(
             None => {
                 let (usage, events) = pipe.abandon();
                 meter_stream(call, model, usage, true, events);
-                return Attempt::Done(Outcome::CLOSE);
+                return Outcome::CLOSE;
             }
             Some(Ok(_)) if feed_error.is_some() => Some(GatewayError::UpstreamProtocol {
                 provider: name.to_owned(),
@@ -574,13 +594,11 @@ pub async fn stream(
                 };
                 let (usage, cut) = pipe.finish(&mut out);
                 meter_stream(call, model, usage, cut, events);
-                if head.keep_alive {
-                    shard.pool.checkin(provider, up);
-                }
-                return Attempt::Done(match conn.write(&out).await {
+                source.finished(shard);
+                return match conn.write(&out).await {
                     Ok(()) => Outcome::KEEP,
                     Err(_) => Outcome::CLOSE,
-                });
+                };
             }
             Some(Err(e)) => Some(read_failed(name, e)),
         };
@@ -589,16 +607,16 @@ pub async fn stream(
             let (usage, events) = pipe.abandon();
             meter_stream(call, model, usage, true, events);
             pipe.fail(&err, &mut out, client);
-            return Attempt::Done(match conn.write(&out).await {
+            return match conn.write(&out).await {
                 Ok(()) => Outcome::KEEP,
                 Err(_) => Outcome::CLOSE,
-            });
+            };
         }
         if !out.is_empty() {
             if conn.write(&out).await.is_err() {
                 let (usage, events) = pipe.abandon();
                 meter_stream(call, model, usage, true, events);
-                return Attempt::Done(Outcome::CLOSE);
+                return Outcome::CLOSE;
             }
             out.clear();
         }

@@ -1,0 +1,189 @@
+//! One attempt at one target, up to the answer's head: [`plan`] builds the
+//! bytes (the provider's key replaces anything the client sent), a
+//! keep-alive race on a pooled connection is retried once on a fresh one,
+//! and an error status is read to its end and classified. The built-in mock
+//! answers here too, in-process, with a head and a body source like any
+//! upstream's.
+//!
+//! Nothing here sees the client connection: what to do with a failure
+//! (another target, the same one later, or an answer) is the route's call,
+//! and writing the answer is the relay's. Two attempts can therefore race,
+//! and a retry is decided before a byte reaches the client.
+
+use super::relay::{Answer, Source};
+use super::route::Failure;
+use super::{mock, plan, Call};
+use crate::client::{read_response_head, BodyReader, ReadError, UpstreamConn, UpstreamHead};
+use crate::config::{HttpProvider, Provider, ProviderKind, Target, Wire};
+use crate::error::GatewayError;
+use crate::io::write_all_timeout;
+use crate::shard::Shard;
+use futures_lite::io::AsyncWriteExt;
+use shardgate_proto::h1::Method;
+
+/// Error bodies are small; a provider sending megabytes of error is cut.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Sends `call` to `target` and waits for the head of a successful answer.
+/// A failure carries how the route may go on from it.
+pub async fn send_until_head<'a>(
+    call: &'a Call<'a>,
+    target: &'a Target,
+    provider: &'a Provider,
+) -> Result<Answer<'a>, Failure> {
+    match &provider.kind {
+        ProviderKind::Mock(m) => mock::start(call, &provider.name, m, target)
+            .await
+            .map_err(Failure::classify),
+        ProviderKind::Http(h) => http(call, target, provider, h)
+            .await
+            .map_err(Failure::classify),
+    }
+}
+
+async fn http<'a>(
+    call: &'a Call<'a>,
+    target: &'a Target,
+    provider: &'a Provider,
+    http: &'a HttpProvider,
+) -> Result<Answer<'a>, GatewayError> {
+    let shard = call.shard;
+    let Some(Some(ep)) = shard.endpoints.get(target.provider) else {
+        return Err(GatewayError::UpstreamConnect {
+            provider: provider.name.clone(),
+            reason: "no endpoint".into(),
+        });
+    };
+    let (bytes, reply) = plan::build(call, target, http, &ep.authority)?;
+    let exchanged = exchange(shard, target.provider, &provider.name, bytes.bytes()).await;
+    // The request is not sent again past its head: a long stream must not
+    // hold a copy of its prompt for its whole life.
+    drop(bytes);
+    let (up, head) = exchanged?;
+    if head.status >= 300 {
+        return Err(upstream_error(shard, up, head, target.provider, &provider.name, http).await);
+    }
+    Ok(Answer {
+        source: Source::http(up, &head, target.provider),
+        head,
+        name: &provider.name,
+        served_by: &target.served_by,
+        wire: Some(&http.wire),
+        secrets: &http.secrets,
+        reply,
+        client: call.client,
+        model: &target.model,
+        call,
+    })
+}
+
+/// Sends the request and reads the response head. A pooled connection that
+/// fails before any response byte (the peer closed it while idle) is replaced
+/// by a fresh one, once.
+async fn exchange(
+    shard: &Shard,
+    provider: usize,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(UpstreamConn, UpstreamHead), GatewayError> {
+    let Some(Some(ep)) = shard.endpoints.get(provider) else {
+        return Err(GatewayError::UpstreamConnect {
+            provider: name.to_owned(),
+            reason: "no endpoint".into(),
+        });
+    };
+    let settings = shard.pool.settings();
+    let mut fresh = false;
+    loop {
+        let mut up = if fresh {
+            shard.pool.connect(ep).await
+        } else {
+            shard.pool.checkout(provider, ep).await
+        }
+        .map_err(|e| GatewayError::UpstreamConnect {
+            provider: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let sent = async {
+            write_all_timeout(&mut up.stream, bytes, settings.read_timeout).await?;
+            up.stream.flush().await
+        }
+        .await;
+        let result = match sent {
+            Ok(()) => read_response_head(&mut up, settings.first_byte_timeout, Method::Post)
+                .await
+                .map_err(Some),
+            Err(_) => Err(None),
+        };
+        match result {
+            Ok(head) => return Ok((up, head)),
+            Err(e) => {
+                let before_any_byte = match &e {
+                    None => true,
+                    Some(ReadError::Eof { any_bytes }) => !any_bytes,
+                    Some(_) => false,
+                };
+                if up.reused && before_any_byte && !fresh {
+                    fresh = true;
+                    continue;
+                }
+                return Err(match e {
+                    Some(ReadError::Timeout) => GatewayError::UpstreamTimeout {
+                        provider: name.to_owned(),
+                    },
+                    Some(other) => GatewayError::UpstreamProtocol {
+                        provider: name.to_owned(),
+                        reason: other.to_string(),
+                    },
+                    None => GatewayError::UpstreamConnect {
+                        provider: name.to_owned(),
+                        reason: "the connection broke while sending the request".into(),
+                    },
+                });
+            }
+        }
+    }
+}
+
+/// An error status from the upstream: its (bounded) body is read so the
+/// connection can be reused and the message passed on.
+async fn upstream_error(
+    shard: &Shard,
+    mut up: UpstreamConn,
+    head: UpstreamHead,
+    provider: usize,
+    name: &str,
+    http: &HttpProvider,
+) -> GatewayError {
+    let mut reader = BodyReader::new(head.framing);
+    let wait = shard.pool.settings().read_timeout;
+    let body = reader
+        .read_to_end(&mut up, wait, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    if reader.is_done() && head.keep_alive {
+        shard.pool.checkin(provider, up);
+    }
+    // Every upstream error leaves here OpenAI-shaped (or as the body of an
+    // OpenAI-dialect upstream, which the error type wraps when it is not an
+    // OpenAI error object), with the credentials sent to this upstream and
+    // anything that looks like a credential redacted from every string.
+    let secrets = &http.secrets;
+    let body = match &http.wire {
+        Wire::OpenAi(_) | Wire::Azure(_) => {
+            shardgate_providers::redact_json_secrets(&body, secrets)
+        }
+        other => other
+            .provider()
+            .error_to_openai(head.status, &body, secrets),
+    };
+    GatewayError::UpstreamStatus {
+        provider: name.to_owned(),
+        status: head.status,
+        body,
+        retry_after: head
+            .retry_after
+            .as_deref()
+            .and_then(crate::error::RetryAfter::parse),
+    }
+}

@@ -1,0 +1,218 @@
+//! Which target serves a call, and what happens when one fails.
+//!
+//! An alias's targets are tried in order (the `priority` strategy). Each
+//! attempt runs to its answer's head apart from the client
+//! ([`attempt::send_until_head`]); only an attempt that has a head is relayed,
+//! and a relay that fails before any byte reached the client hands its
+//! failure back here too. A failure's [`Retry`] class says whether the next
+//! target may serve. Every attempt is recorded on the call, with the usage
+//! it reported, so that all of them are settled and audited.
+
+use super::{attempt, relay, send_error_in, AttemptOutcome, AttemptRecord, Attempts, Call};
+use crate::config::ModelRoute;
+use crate::error::GatewayError;
+use crate::server::{ClientConn, Outcome};
+use std::time::{Duration, Instant};
+
+/// An attempt that produced no answer for the client, and how the route
+/// may go on from it.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: GatewayError,
+    pub retry: Retry,
+}
+
+/// What a failure allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The client gets this error: trying elsewhere would not change it
+    /// (the request itself was refused).
+    Final,
+    /// Another target may serve. `breaker`: the failure says the target is
+    /// unhealthy (it could not be reached, broke the protocol, or failed
+    /// with a 5xx), not that this one request was unwelcome.
+    NextTarget { breaker: bool },
+    /// The target asked to be tried again after `after` (`Retry-After` on
+    /// a 429 or 503); another target may serve meanwhile.
+    SameTargetAfter { after: Duration, breaker: bool },
+}
+
+impl Failure {
+    pub fn classify(error: GatewayError) -> Self {
+        use GatewayError::*;
+        let retry = match &error {
+            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => {
+                Retry::NextTarget { breaker: true }
+            }
+            // The upstream answered; the gateway could not use the answer
+            // or has no way to reach it: another target may do better.
+            UpstreamTranslate { .. } | Misconfigured(_) => Retry::NextTarget { breaker: false },
+            UpstreamStatus {
+                status,
+                retry_after,
+                ..
+            } if *status == 429 || *status >= 500 => {
+                let breaker = *status >= 500;
+                match retry_after.as_ref().and_then(|r| r.seconds()) {
+                    Some(secs) if matches!(status, 429 | 503) => Retry::SameTargetAfter {
+                        after: Duration::from_secs(secs),
+                        breaker,
+                    },
+                    _ => Retry::NextTarget { breaker },
+                }
+            }
+            _ => Retry::Final,
+        };
+        Failure { error, retry }
+    }
+
+    /// Whether another target may serve the call after this.
+    pub fn moves_on(&self) -> bool {
+        self.retry != Retry::Final
+    }
+}
+
+/// Serves `call` from `model`'s targets, in order, until one answers.
+/// Each attempt is added to `attempts` as it ends.
+pub async fn serve<'a>(
+    call: &Call<'_>,
+    conn: &mut ClientConn,
+    model: &'a ModelRoute,
+    attempts: &mut Attempts<'a>,
+) -> Outcome {
+    let (shard, rid, client) = (call.shard, call.rid, call.client);
+    let targets = &model.targets;
+    for (i, target) in targets.iter().enumerate() {
+        let Some(provider) = shard.config.providers.get(target.provider) else {
+            continue;
+        };
+        let started = Instant::now();
+        // The client may leave while the upstream thinks: racing the attempt
+        // with the client's close drops the upstream connection, which
+        // cancels it.
+        let head = futures_lite::future::or(
+            async { Some(attempt::send_until_head(call, target, provider).await) },
+            async {
+                conn.closed().await;
+                None
+            },
+        )
+        .await;
+        let mut head_after = None;
+        let failure = match head {
+            None => {
+                attempts.push(AttemptRecord {
+                    target,
+                    outcome: AttemptOutcome::ClientLeft,
+                    head_after,
+                    elapsed: started.elapsed(),
+                    metered: call.take_metered(),
+                });
+                return Outcome::CLOSE;
+            }
+            Some(Ok(answer)) => {
+                head_after = Some(started.elapsed());
+                match relay::deliver(conn, answer).await {
+                    Ok(outcome) => {
+                        attempts.push(AttemptRecord {
+                            target,
+                            outcome: AttemptOutcome::Answered,
+                            head_after,
+                            elapsed: started.elapsed(),
+                            metered: call.take_metered(),
+                        });
+                        return outcome;
+                    }
+                    Err(failure) => failure,
+                }
+            }
+            Some(Err(failure)) => failure,
+        };
+        attempts.push(AttemptRecord {
+            target,
+            outcome: AttemptOutcome::Failed(failure.error.label()),
+            head_after,
+            elapsed: started.elapsed(),
+            metered: call.take_metered(),
+        });
+        if failure.moves_on() && i + 1 < targets.len() {
+            log::info!(
+                "{rid}: target {}/{} failed ({}), trying the next",
+                provider.name,
+                target.model,
+                failure.error.label()
+            );
+            continue;
+        }
+        let err = failure.error;
+        log::info!("{rid}: {} {}: {}", provider.name, err.label(), err);
+        let Some(retry_after) = err.retry_after() else {
+            return send_error_in(conn, client, &err, rid, &call.headers).await;
+        };
+        let mut headers = call.headers.clone();
+        headers.push(("retry-after", retry_after.as_str().to_owned()));
+        return send_error_in(conn, client, &err, rid, &headers).await;
+    }
+    let e = GatewayError::ModelNotFound(call.facts.model.clone());
+    send_error_in(conn, client, &e, rid, &call.headers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RetryAfter;
+
+    fn status(status: u16, retry_after: Option<&str>) -> GatewayError {
+        GatewayError::UpstreamStatus {
+            provider: "p".into(),
+            status,
+            body: Vec::new(),
+            retry_after: retry_after.and_then(|v| RetryAfter::parse(v.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn failures_are_classed_by_what_they_say_about_the_target() {
+        let class = |e| Failure::classify(e).retry;
+        assert_eq!(
+            class(GatewayError::UpstreamTimeout {
+                provider: "p".into()
+            }),
+            Retry::NextTarget { breaker: true }
+        );
+        assert_eq!(
+            class(status(500, None)),
+            Retry::NextTarget { breaker: true }
+        );
+        assert_eq!(
+            class(status(429, None)),
+            Retry::NextTarget { breaker: false }
+        );
+        assert_eq!(
+            class(status(429, Some("2"))),
+            Retry::SameTargetAfter {
+                after: Duration::from_secs(2),
+                breaker: false
+            }
+        );
+        assert_eq!(
+            class(status(503, Some("1"))),
+            Retry::SameTargetAfter {
+                after: Duration::from_secs(1),
+                breaker: true
+            }
+        );
+        // Only delta-seconds become a delay.
+        assert_eq!(
+            class(status(429, Some("Wed, 21 Oct 2015 07:28:00 GMT"))),
+            Retry::NextTarget { breaker: false }
+        );
+        for refused in [
+            status(400, None),
+            status(404, None),
+            GatewayError::Unauthorized,
+        ] {
+            assert!(!Failure::classify(refused).moves_on());
+        }
+    }
+}
