@@ -834,6 +834,9 @@ impl PollRing {
 /// without entering the kernel. (Shardgate patch; see vendor/README.md.)
 fn new_sleepable_ring(entries: u32, defer: bool) -> io::Result<iou::IoUring> {
     use iou::SetupFlags as F;
+    if fallback_rings() {
+        return iou::IoUring::new(entries);
+    }
     let deferred = F::COOP_TASKRUN | F::TASKRUN_FLAG | F::SINGLE_ISSUER | F::DEFER_TASKRUN;
     let attempts: &[F] = if defer {
         &[deferred, F::COOP_TASKRUN]
@@ -1164,7 +1167,7 @@ impl SleepableRing {
     }
 
     fn has_ext_arg(&self) -> bool {
-        self.ring.has_ext_arg()
+        !fallback_rings() && self.ring.has_ext_arg()
     }
 
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
@@ -2295,6 +2298,47 @@ mod tests {
         assert!((300..350).contains(&elapsed_ms));
     }
 
+    /// Shardgate: the rings and read polls are what `SHARDGATE_GLOMMIO_FALLBACK`
+    /// asks for (CI runs this with the switch on and off).
+    #[test]
+    fn fallback_switch() {
+        use iou::SetupFlags as F;
+        use std::{io::Write, os::unix::io::AsRawFd};
+        let fallback = std::env::var_os("SHARDGATE_GLOMMIO_FALLBACK").is_some_and(|v| v == "1");
+        let deferred =
+            (F::COOP_TASKRUN | F::TASKRUN_FLAG | F::SINGLE_ISSUER | F::DEFER_TASKRUN).bits();
+        // A kernel that takes DEFER_TASKRUN (6.1) also has multishot polls
+        // (5.13) and EXT_ARG waits (5.11).
+        let new_kernel = iou::IoUring::new_with_flags(
+            4,
+            F::from_bits_truncate(deferred),
+            iou::SetupFeatures::empty(),
+        )
+        .is_ok();
+        crate::LocalExecutor::default().run(async move {
+            let reactor = crate::executor().reactor();
+            assert_eq!(fallback_rings(), fallback);
+            let main = reactor.sys.main_ring.borrow().ring.raw().flags;
+            let latency = reactor.sys.latency_ring.borrow().ring.raw().flags;
+            let ext_arg = reactor.sys.main_ring.borrow().has_ext_arg();
+            if fallback {
+                assert_eq!((main, latency, ext_arg), (0, 0, false));
+            } else if new_kernel {
+                assert_eq!(main & deferred, deferred);
+                assert_eq!(latency & deferred, F::COOP_TASKRUN.bits());
+                assert!(ext_arg);
+            }
+            if fallback || new_kernel {
+                // A read poll that fired stays armed only if it is multishot.
+                let (rx, mut tx) = std::os::unix::net::UnixStream::pair().unwrap();
+                let src = reactor.poll_read_ready_multi(rx.as_raw_fd());
+                tx.write_all(b"x").unwrap();
+                src.collect_rw().await.unwrap();
+                assert_eq!(src.is_armed(), !fallback);
+            }
+        });
+    }
+
     #[test]
     fn allocator() {
         let l = Layout::from_size_align(10 << 20, 4 << 10).unwrap();
@@ -2439,9 +2483,29 @@ thread_local! {
 }
 
 pub(crate) fn multishot_poll_supported() -> bool {
-    MULTISHOT_POLL.with(|m| m.get())
+    !fallback_rings() && MULTISHOT_POLL.with(|m| m.get())
 }
 
 pub(crate) fn multishot_poll_unsupported() {
     MULTISHOT_POLL.with(|m| m.set(false));
+}
+
+/// Shardgate: `SHARDGATE_GLOMMIO_FALLBACK=1` gives this process the rings an
+/// older kernel gets, to test those paths on a new one: created without
+/// COOP_TASKRUN or DEFER_TASKRUN (and SINGLE_ISSUER, TASKRUN_FLAG), read
+/// polls one-shot (never multishot), and sleeps bounded by a timer op in the
+/// latency ring instead of an `IORING_ENTER_EXT_ARG` wait. Read once, when
+/// the first ring is created.
+pub(crate) fn fallback_rings() -> bool {
+    static FALLBACK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FALLBACK.get_or_init(|| {
+        let on = std::env::var_os("SHARDGATE_GLOMMIO_FALLBACK").is_some_and(|v| v == "1");
+        if on {
+            warn!(
+                "SHARDGATE_GLOMMIO_FALLBACK=1: io_uring rings without COOP_TASKRUN or \
+                 DEFER_TASKRUN, one-shot read polls, no EXT_ARG waits"
+            );
+        }
+        on
+    })
 }
