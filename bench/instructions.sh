@@ -60,6 +60,9 @@ callgrind_control -z "$GW_PID" >/dev/null
   >"$WORK/load.txt"
 callgrind_control -d "$GW_PID" >/dev/null
 sleep 1
+# The count is dumped; a gateway under valgrind may not see SIGTERM (valgrind
+# delivers signals to threads that wait for them only at its own pace).
+kill -9 "$GW_PID" 2>/dev/null || true
 
 requests=$(grep -oE '^requests: [0-9]+' "$WORK/load.txt" | grep -oE '[0-9]+$')
 instructions=$(grep -h '^summary:' "$WORK"/cg.out.* | grep -oE '[0-9]+$')

@@ -85,13 +85,19 @@ mod tests {
                 // SAFETY: non-zero sizes; each block is freed with its layout.
                 unsafe {
                     let p = a.alloc(layout);
-                    assert!(!p.is_null() && p as usize % align == 0, "{size} {align}");
+                    assert!(
+                        !p.is_null() && (p as usize).is_multiple_of(align),
+                        "{size} {align}"
+                    );
                     p.write_bytes(0xab, size);
                     let z = a.alloc_zeroed(layout);
-                    assert!(z as usize % align == 0);
+                    assert!((z as usize).is_multiple_of(align));
                     assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0));
                     let grown = a.realloc(p, layout, size * 3);
-                    assert!(grown as usize % align == 0, "realloc {size} {align}");
+                    assert!(
+                        (grown as usize).is_multiple_of(align),
+                        "realloc {size} {align}"
+                    );
                     assert!(std::slice::from_raw_parts(grown, size)
                         .iter()
                         .all(|&b| b == 0xab));

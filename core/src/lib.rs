@@ -19,6 +19,7 @@ pub mod error;
 pub mod gateway;
 pub mod io;
 pub mod placement;
+pub mod record;
 pub mod runtime;
 pub mod serve;
 pub mod server;

@@ -476,10 +476,10 @@ async fn persist(shard: Rc<Shard>) {
         glommio::timer::sleep(USAGE_PERSIST_EVERY).await;
         shard.admission.persist_usage();
         n = n.wrapping_add(1);
-        if n % COUNTER_EVERY == 0 {
+        if n.is_multiple_of(COUNTER_EVERY) {
             shard.admission.persist_counters();
         }
-        if n % LEASE_SWEEP_EVERY == 0 {
+        if n.is_multiple_of(LEASE_SWEEP_EVERY) {
             shard.admission.return_ended_leases();
         }
     }

@@ -86,7 +86,7 @@ fn prompt_text(bytes: usize) -> String {
     while s.len() < bytes {
         i = i.wrapping_mul(2_654_435_761).wrapping_add(12_345) % 1_000_003;
         s.push_str(WORDS[i % WORDS.len()]);
-        s.push(if i % 11 == 0 { '\n' } else { ' ' });
+        s.push(if i.is_multiple_of(11) { '\n' } else { ' ' });
     }
     s.truncate(bytes);
     s

@@ -262,6 +262,14 @@ pub struct Usage {
 impl Usage {
     /// Adds `other`'s figures (a second attempt's usage): a figure absent
     /// from both stays absent.
+    ///
+    /// ```
+    /// use shardgate_proto::openai::Usage;
+    /// let mut a = Usage { prompt_tokens: Some(3), completion_tokens: Some(4), total_tokens: Some(7), ..Usage::default() };
+    /// a.add(&Usage { prompt_tokens: Some(10), completion_tokens: Some(5), ..Usage::default() });
+    /// assert_eq!((a.prompt_tokens, a.completion_tokens, a.total_tokens), (Some(13), Some(9), Some(22)));
+    /// assert_eq!(a.cached_tokens, None);
+    /// ```
     pub fn add(&mut self, other: &Usage) {
         fn sum(a: Option<u64>, b: Option<u64>) -> Option<u64> {
             match (a, b) {
@@ -269,9 +277,15 @@ impl Usage {
                 (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
             }
         }
+        // A total left out by one side is its prompt plus completion, not
+        // nothing: settlement prefers the total when there is one.
+        let total = |u: &Usage| {
+            u.total_tokens
+                .or_else(|| sum(u.prompt_tokens, u.completion_tokens))
+        };
+        self.total_tokens = sum(total(self), total(other));
         self.prompt_tokens = sum(self.prompt_tokens, other.prompt_tokens);
         self.completion_tokens = sum(self.completion_tokens, other.completion_tokens);
-        self.total_tokens = sum(self.total_tokens, other.total_tokens);
         self.cached_tokens = sum(self.cached_tokens, other.cached_tokens);
         self.reasoning_tokens = sum(self.reasoning_tokens, other.reasoning_tokens);
     }

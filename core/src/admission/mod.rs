@@ -43,8 +43,9 @@ pub const ANONYMOUS: &str = "anonymous";
 /// headers every response to it carries.
 #[derive(Debug)]
 pub struct Ticket {
-    /// `None` when auth is off.
-    pub key_id: Option<String>,
+    /// Who is calling; `None` when admission is open (no keys, no
+    /// policies). With `auth: none` and policies, the anonymous actor.
+    pub actor: Option<Actor>,
     /// The model alias to serve when the policy substituted its fallback.
     pub fallback: Option<String>,
     /// `x-ratelimit-*` headers as they stood after admission.
@@ -62,7 +63,7 @@ struct Held {
 impl Ticket {
     fn open() -> Self {
         Ticket {
-            key_id: None,
+            actor: None,
             fallback: None,
             headers: Vec::new(),
             held: None,
@@ -85,6 +86,8 @@ pub enum Refusal {
     Denied {
         reason: DenyReason,
         headers: Vec<(&'static str, String)>,
+        /// Who was refused, for the request's record.
+        actor: Box<Actor>,
     },
 }
 
@@ -243,7 +246,6 @@ impl Admission {
         }
         let now = now();
         let actor = self.actor(req, now)?;
-        let key_id = (self.mode == AuthMode::Keys).then(|| actor.key_id.clone());
         let resolved = self.policies.resolve(&actor);
         let prompt_tokens = if resolved.needs_token_estimate() {
             let texts = prompt::texts(&req.body);
@@ -265,7 +267,11 @@ impl Admission {
         let (fallback, reservation) = match decide(&resolved, &facts, &views, now) {
             Decision::Deny(reason) => {
                 let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
-                return Err(Refusal::Denied { reason, headers });
+                return Err(Refusal::Denied {
+                    reason,
+                    headers,
+                    actor: Box::new(actor),
+                });
             }
             Decision::Allow {
                 model: chosen,
@@ -287,14 +293,18 @@ impl Admission {
                 }
                 let views = self.views(&resolved, now);
                 let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
-                return Err(Refusal::Denied { reason, headers });
+                return Err(Refusal::Denied {
+                    reason,
+                    headers,
+                    actor: Box::new(actor),
+                });
             }
             taken.push(i);
         }
         let views = self.views(&resolved, now);
         let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
         Ok(Ticket {
-            key_id,
+            actor: Some(actor),
             fallback,
             headers,
             held: (!buckets.is_empty()).then_some(Held {
@@ -483,7 +493,7 @@ impl Admission {
         }
         let usage = total.as_ref();
         self.settle_buckets(ticket, usage, cost, estimated);
-        let key_id = ticket.key_id.as_deref().unwrap_or(ANONYMOUS);
+        let key_id = ticket.actor.as_ref().map_or(ANONYMOUS, |a| &a.key_id);
         let added = UsageTotals {
             requests: 1,
             input_tokens: usage.and_then(|u| u.prompt_tokens).unwrap_or(0),

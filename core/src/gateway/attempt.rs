@@ -32,12 +32,12 @@ pub async fn send_until_head<'a>(
     provider: &'a Provider,
 ) -> Result<Answer<'a>, Failure> {
     match &provider.kind {
-        ProviderKind::Mock(m) => mock::start(call, &provider.name, m, target)
+        // Boxed: the mock's state would otherwise size every request's
+        // future, HTTP ones included.
+        ProviderKind::Mock(m) => Box::pin(mock::start(call, &provider.name, m, target))
             .await
             .map_err(Failure::classify),
-        ProviderKind::Http(h) => http(call, target, provider, h)
-            .await
-            .map_err(Failure::classify),
+        ProviderKind::Http(h) => http(call, target, provider, h).await,
     }
 }
 
@@ -46,13 +46,13 @@ async fn http<'a>(
     target: &'a Target,
     provider: &'a Provider,
     http: &'a HttpProvider,
-) -> Result<Answer<'a>, GatewayError> {
+) -> Result<Answer<'a>, Failure> {
     let shard = call.shard;
     let Some(Some(ep)) = shard.endpoints.get(target.provider) else {
-        return Err(GatewayError::UpstreamConnect {
+        return Err(Failure::classify(GatewayError::UpstreamConnect {
             provider: provider.name.clone(),
             reason: "no endpoint".into(),
-        });
+        }));
     };
     let (bytes, reply) = plan::build(call, target, http, &ep.authority)?;
     let exchanged = exchange(shard, target.provider, &provider.name, bytes.bytes()).await;
@@ -61,7 +61,8 @@ async fn http<'a>(
     drop(bytes);
     let (up, head) = exchanged?;
     if head.status >= 300 {
-        return Err(upstream_error(shard, up, head, target.provider, &provider.name, http).await);
+        let error = upstream_error(shard, up, head, target.provider, &provider.name, http).await;
+        return Err(Failure::classify(error));
     }
     Ok(Answer {
         source: Source::http(up, &head, target.provider),

@@ -6,6 +6,7 @@
 
 mod attempt;
 pub mod egress;
+pub use egress::ClientDialect;
 mod mock;
 pub mod models;
 mod plan;
@@ -13,12 +14,12 @@ mod relay;
 mod route;
 pub use plan::PassHeads;
 
-use crate::admission::Refusal;
+use crate::admission::{Refusal, Ticket};
 use crate::config::Target;
 use crate::error::GatewayError;
-use crate::server::{respond, send_error, ClientConn, Outcome, Request};
+use crate::record::Trail;
+use crate::server::{respond, ClientConn, Outcome, Request};
 use crate::shard::Shard;
-use egress::ClientDialect;
 use shardgate_proto::h1::Method;
 use shardgate_proto::json::Member;
 use shardgate_proto::openai::Usage;
@@ -81,7 +82,7 @@ pub struct Call<'a> {
 }
 
 /// A call's attempts, in order: most calls make one.
-pub type Attempts<'a> = SmallVec<[AttemptRecord<'a>; 2]>;
+pub type Attempts<'a> = SmallVec<[AttemptRecord<'a>; 1]>;
 
 /// One attempt at one target, as the route saw it end. Every attempt's
 /// usage is settled, not only the last one's: an upstream that answered
@@ -109,8 +110,6 @@ pub enum AttemptOutcome {
 /// What one answered call consumed, for settlement and audit.
 #[derive(Debug, Clone)]
 pub struct Metered {
-    /// The upstream model that served it (what is priced).
-    pub model: String,
     pub usage: Option<Usage>,
     /// Not the provider's word (a cut stream, an answer without usage).
     pub estimated: bool,
@@ -131,12 +130,10 @@ impl Call<'_> {
         v
     }
 
-    pub fn meter(&self, model: &str, usage: Option<Usage>, estimated: bool) {
-        *self.metered.borrow_mut() = Some(Metered {
-            model: model.to_owned(),
-            usage,
-            estimated,
-        });
+    /// Records what the current attempt's answer used (its target's
+    /// model is what is priced).
+    pub fn meter(&self, usage: Option<Usage>, estimated: bool) {
+        *self.metered.borrow_mut() = Some(Metered { usage, estimated });
     }
 
     /// What translators need to render answers for this client. Answers
@@ -164,38 +161,51 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// An error response in the client's dialect, with `headers`.
-pub async fn send_error_in(
+/// Answers with `err` in `dialect`'s shape, with `headers`: every error
+/// response to a request is written here, and noted for its record.
+/// `close` ends the connection after it (the request stream is in an
+/// unknown state).
+pub async fn send_error(
     conn: &mut ClientConn,
-    client: ClientDialect,
+    dialect: ClientDialect,
     err: &GatewayError,
     rid: &str,
     headers: &[(&'static str, String)],
+    close: bool,
 ) -> Outcome {
+    conn.note_error(err.label());
     let extra: SmallVec<[(&str, &[u8]); 4]> =
         headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
     match conn
-        .write(&error_response(client, err, rid, &extra, false))
+        .write(&error_response(dialect, err, rid, &extra, close))
         .await
     {
-        Ok(()) => Outcome::KEEP,
-        Err(_) => Outcome::CLOSE,
+        Ok(()) if !close => Outcome::KEEP,
+        _ => Outcome::CLOSE,
     }
 }
 
-/// The dialect of errors about a request to `path` that is refused before
-/// it is routed (a body too large, late or malformed): an Anthropic SDK
-/// calling `/v1/messages` reads Anthropic's error shape.
-pub fn dialect_of_path(path: &[u8]) -> ClientDialect {
+/// The endpoint label of `path` for records and metrics (one of a fixed
+/// set, never the client's text), and the dialect of errors about a request
+/// to it that is refused before it is routed (a body too large, late or
+/// malformed): an Anthropic SDK calling `/v1/messages` reads Anthropic's
+/// error shape.
+pub fn endpoint_of_path(path: &[u8]) -> (&'static str, ClientDialect) {
     match route(Method::Post, path) {
-        Route::Api(api) => api.dialect(),
-        _ => ClientDialect::OpenAi,
+        Route::Api(api) => (api.client_path(), api.dialect()),
+        Route::WrongMethod => match route(Method::Get, path) {
+            Route::Health => ("/healthz", ClientDialect::OpenAi),
+            Route::Ready => ("/readyz", ClientDialect::OpenAi),
+            Route::Models => ("/v1/models", ClientDialect::OpenAi),
+            _ => ("other", ClientDialect::OpenAi),
+        },
+        _ => ("other", ClientDialect::OpenAi),
     }
 }
 
 /// A whole error response in `dialect`'s shape, with `extra` headers: the
-/// one place an error becomes response bytes once its dialect is known.
-pub fn error_response(
+/// one place an error becomes response bytes.
+fn error_response(
     dialect: ClientDialect,
     err: &GatewayError,
     rid: &str,
@@ -236,12 +246,15 @@ fn route(method: Method, path: &[u8]) -> Route {
     }
 }
 
-pub async fn handle(
-    shard: &Rc<Shard>,
+/// Answers one request; what it learns on the way goes into `trail`.
+pub async fn handle<'s>(
+    shard: &'s Rc<Shard>,
     conn: &mut ClientConn,
     req: Request<'_>,
     rid: &str,
+    trail: &mut Trail<'s>,
 ) -> Outcome {
+    let openai = ClientDialect::OpenAi;
     let method_name = || {
         String::from_utf8_lossy(
             &req.head_buf[..req.head_buf.iter().position(|&b| b == b' ').unwrap_or(0)],
@@ -251,7 +264,7 @@ pub async fn handle(
     match route(req.head.method, req.path()) {
         Route::Health => json_ok(conn, br#"{"status":"ok"}"#, rid).await,
         Route::Ready if shard.draining() => {
-            send_error(conn, &GatewayError::Draining, rid, true).await
+            send_error(conn, openai, &GatewayError::Draining, rid, &[], true).await
         }
         Route::Ready => json_ok(conn, br#"{"status":"ready"}"#, rid).await,
         Route::Models if shard.admission.is_open() => json_ok(conn, &shard.models_body, rid).await,
@@ -259,23 +272,26 @@ pub async fn handle(
             let all = shard.config.models.keys().map(String::as_str);
             match shard.admission.visible_models(&req, all) {
                 Ok(list) => json_ok(conn, &models::render_list(list.into_iter()), rid).await,
-                Err(_) => send_error(conn, &GatewayError::Unauthorized, rid, false).await,
+                Err(_) => {
+                    let e = GatewayError::Unauthorized;
+                    send_error(conn, openai, &e, rid, &[], false).await
+                }
             }
         }
-        Route::Api(api) => handle_api(shard, conn, &req, api, rid).await,
+        Route::Api(api) => handle_api(shard, conn, &req, api, rid, trail).await,
         Route::WrongMethod => {
             let e = GatewayError::MethodNotAllowed {
                 method: method_name(),
                 path: String::from_utf8_lossy(req.path()).into_owned(),
             };
-            send_error(conn, &e, rid, false).await
+            send_error(conn, openai, &e, rid, &[], false).await
         }
         Route::Unknown => {
             let e = GatewayError::UnknownRoute {
                 method: method_name(),
                 path: String::from_utf8_lossy(req.path()).into_owned(),
             };
-            send_error(conn, &e, rid, false).await
+            send_error(conn, openai, &e, rid, &[], false).await
         }
     }
 }
@@ -288,18 +304,19 @@ async fn json_ok(conn: &mut ClientConn, body: &[u8], rid: &str) -> Outcome {
     }
 }
 
-async fn handle_api(
-    shard: &Rc<Shard>,
+async fn handle_api<'s>(
+    shard: &'s Rc<Shard>,
     conn: &mut ClientConn,
     req: &Request<'_>,
     api: Api,
     rid: &str,
+    trail: &mut Trail<'s>,
 ) -> Outcome {
     let client = api.dialect();
     let facts = extract_facts(&req.body, &mut shard.json.borrow_mut());
     let (mut facts, members): (RequestFacts, _) = match facts {
         Ok(f) => f,
-        Err(e) => return send_error_in(conn, client, &e.into(), rid, &[]).await,
+        Err(e) => return send_error(conn, client, &e.into(), rid, &[], false).await,
     };
     if !api.can_stream() {
         facts.stream = false;
@@ -325,20 +342,25 @@ async fn handle_api(
     {
         Ok(t) => t,
         Err(Refusal::Unauthorized) => {
-            return send_error_in(conn, client, &GatewayError::Unauthorized, rid, &[]).await
+            let e = GatewayError::Unauthorized;
+            return send_error(conn, client, &e, rid, &[], false).await;
         }
         Err(Refusal::Denied {
             reason,
             mut headers,
+            actor,
         }) => {
+            trail.actor = Some(*actor);
+            trail.alias = Some(facts.model);
             if let Some(secs) = reason.retry_after_secs() {
                 headers.push(("retry-after", secs.to_string()));
             }
             let err = GatewayError::Policy(reason);
             log::info!("{rid}: refused: {err}");
-            return send_error_in(conn, client, &err, rid, &headers).await;
+            return send_error(conn, client, &err, rid, &headers, false).await;
         }
     };
+    trail.actor = ticket.actor.take();
     let mut headers = std::mem::take(&mut ticket.headers);
     let alias: &str = match &ticket.fallback {
         Some(fallback) => {
@@ -350,8 +372,9 @@ async fn handle_api(
     };
     let Some(model) = config.models.get(alias) else {
         let e = GatewayError::ModelNotFound(alias.to_owned());
-        shard.admission.settle_all(&ticket, []);
-        return send_error_in(conn, client, &e, rid, &headers).await;
+        trail.alias = Some(alias.to_owned());
+        settle(shard, &ticket, trail);
+        return send_error(conn, client, &e, rid, &headers, false).await;
     };
     let call = Call {
         shard,
@@ -365,14 +388,25 @@ async fn handle_api(
         prompt_estimate: ticket.prompt_estimate(),
         metered: RefCell::new(None),
     };
-    let mut attempts = Attempts::new();
-    let outcome = route::serve(&call, conn, model, &mut attempts).await;
-    // Every attempt that reported usage is settled; with none, the
-    // reservation goes back and the request still counts.
-    let metered = attempts.iter().filter_map(|a| a.metered.as_ref());
-    shard.admission.settle_all(
-        &ticket,
-        metered.map(|m| (m.model.as_str(), m.usage.as_ref(), m.estimated)),
-    );
+    let outcome = route::serve(&call, conn, model, &mut trail.attempts).await;
+    drop(call);
+    trail.alias = Some(match ticket.fallback.take() {
+        Some(fallback) => fallback,
+        None => facts.model,
+    });
+    settle(shard, &ticket, trail);
     outcome
+}
+
+/// Every attempt that reported usage is charged; with none, the
+/// reservation goes back and the request still counts.
+fn settle(shard: &Shard, ticket: &Ticket, trail: &mut Trail<'_>) {
+    let metered = trail
+        .attempts
+        .iter()
+        .filter_map(|a| Some((a.target.model.as_str(), a.metered.as_ref()?)));
+    trail.cost_micros = shard.admission.settle_all(
+        ticket,
+        metered.map(|(model, m)| (model, m.usage.as_ref(), m.estimated)),
+    );
 }

@@ -62,6 +62,8 @@ pub enum Source {
     },
     /// The built-in mock, generated as it is read.
     Mock(MockBody),
+    /// Read to its end and let go (an upstream connection back to its pool).
+    Released,
 }
 
 impl Source {
@@ -84,6 +86,7 @@ impl Source {
         match self {
             Source::Http { up, reader, .. } => reader.step(up, wait, on_data).await,
             Source::Mock(m) => m.step(on_data).await,
+            Source::Released => Ok(BodyStep::End),
         }
     }
 
@@ -92,17 +95,18 @@ impl Source {
         match self {
             Source::Http { up, reader, .. } => reader.read_to_end(up, wait, max).await,
             Source::Mock(m) => m.read_to_end(max).await,
+            Source::Released => Ok(Vec::new()),
         }
     }
 
     /// The body was read to its end: an upstream connection may serve again.
-    fn finished(self, shard: &Shard) {
+    fn finished(&mut self, shard: &Shard) {
         if let Source::Http {
             up,
             keep_alive: true,
             provider,
             ..
-        } = self
+        } = std::mem::replace(self, Source::Released)
         {
             shard.pool.checkin(provider, up);
         }
@@ -111,7 +115,7 @@ impl Source {
 
 /// Writes `answer` to the client, whole or as a stream. A failure before
 /// any byte was written comes back to the route, which may try elsewhere.
-pub async fn deliver(conn: &mut ClientConn, answer: Answer<'_>) -> Result<Outcome, Failure> {
+pub async fn deliver(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome, Failure> {
     let streamed = answer.call.facts.stream
         && (answer.head.is_event_stream() || answer.head.is_aws_event_stream());
     if streamed {
@@ -122,6 +126,9 @@ pub async fn deliver(conn: &mut ClientConn, answer: Answer<'_>) -> Result<Outcom
         full(conn, answer).await.map_err(Failure::classify)
     }
 }
+
+/// The error label of a request whose client left before its answer ended.
+pub const CLIENT_LEFT: &str = "client_left";
 
 fn read_failed(provider: &str, e: ReadError) -> GatewayError {
     match e {
@@ -145,9 +152,9 @@ fn upstream_reason(reason: &str, secrets: &KnownSecrets) -> String {
 
 /// A whole (non-streamed) response: read it to the end within the response
 /// size limit, then answer in one write.
-async fn full(conn: &mut ClientConn, answer: Answer<'_>) -> Result<Outcome, GatewayError> {
+async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome, GatewayError> {
     let Answer {
-        mut source,
+        source,
         head,
         name,
         served_by,
@@ -158,6 +165,7 @@ async fn full(conn: &mut ClientConn, answer: Answer<'_>) -> Result<Outcome, Gate
         model,
         call,
     } = answer;
+    let client = *client;
     let (shard, rid) = (call.shard, call.rid);
     let settings = shard.pool.settings();
     let read = futures_lite::future::or(
@@ -175,7 +183,10 @@ async fn full(conn: &mut ClientConn, answer: Answer<'_>) -> Result<Outcome, Gate
     )
     .await;
     let body = match read {
-        None => return Ok(Outcome::CLOSE),
+        None => {
+            conn.note_error(CLIENT_LEFT);
+            return Ok(Outcome::CLOSE);
+        }
         Some(Err(e)) => return Err(read_failed(name, e)),
         Some(Ok(b)) => b,
     };
@@ -204,7 +215,7 @@ async fn full(conn: &mut ClientConn, answer: Answer<'_>) -> Result<Outcome, Gate
             gemini::embeddings_response(&body, model, call.facts.base64_embeddings)
         }
     };
-    call.meter(model, usage, usage.is_none());
+    call.meter(usage, usage.is_none());
     let body = match translated {
         Ok(b) => b,
         Err(e) => {
@@ -523,7 +534,7 @@ pub fn openai_usage(u: &shardgate_providers::Usage) -> Usage {
 /// Records a stream's usage. A stream that ended without the provider's
 /// figures is settled from what was relayed: the prompt estimate and one
 /// token per content event, marked estimated.
-fn meter_stream(call: &Call<'_>, model: &str, usage: Option<Usage>, cut: bool, events: u64) {
+fn meter_stream(call: &Call<'_>, usage: Option<Usage>, cut: bool, events: u64) {
     let usage = usage.or_else(|| {
         (events > 0 || call.prompt_estimate > 0).then(|| Usage {
             prompt_tokens: Some(call.prompt_estimate),
@@ -532,25 +543,25 @@ fn meter_stream(call: &Call<'_>, model: &str, usage: Option<Usage>, cut: bool, e
             ..Usage::default()
         })
     });
-    call.meter(model, usage, cut || usage.is_none());
+    call.meter(usage, cut || usage.is_none());
 }
 
 /// An event stream, relayed as it arrives.
-async fn stream(conn: &mut ClientConn, answer: Answer<'_>) -> Outcome {
+async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     let (shard, rid) = (answer.call.shard, answer.call.rid);
     let settings = shard.pool.settings();
-    let mut pipe = Pipe::new(&answer, settings.max_event_bytes);
+    let mut pipe = Pipe::new(answer, settings.max_event_bytes);
     let Answer {
-        mut source,
+        source,
         head,
         name,
         served_by,
         client,
         call,
-        model,
         secrets,
         ..
     } = answer;
+    let client = *client;
     let client_head = respond::stream_head(head.status, rid, &call.extra(served_by));
     if conn.write(&client_head).await.is_err() {
         return Outcome::CLOSE;
@@ -578,8 +589,9 @@ async fn stream(conn: &mut ClientConn, answer: Answer<'_>) -> Outcome {
         let failure = match step {
             // The client left: dropping `up` closes the upstream connection.
             None => {
+                conn.note_error(CLIENT_LEFT);
                 let (usage, events) = pipe.abandon();
-                meter_stream(call, model, usage, true, events);
+                meter_stream(call, usage, true, events);
                 return Outcome::CLOSE;
             }
             Some(Ok(_)) if feed_error.is_some() => Some(GatewayError::UpstreamProtocol {
@@ -593,7 +605,7 @@ async fn stream(conn: &mut ClientConn, answer: Answer<'_>) -> Outcome {
                     Pipe::Translate(_) => 0,
                 };
                 let (usage, cut) = pipe.finish(&mut out);
-                meter_stream(call, model, usage, cut, events);
+                meter_stream(call, usage, cut, events);
                 source.finished(shard);
                 return match conn.write(&out).await {
                     Ok(()) => Outcome::KEEP,
@@ -604,8 +616,9 @@ async fn stream(conn: &mut ClientConn, answer: Answer<'_>) -> Outcome {
         };
         if let Some(err) = failure {
             log::info!("{rid}: stream from {name} failed: {err}");
+            conn.note_error(err.label());
             let (usage, events) = pipe.abandon();
-            meter_stream(call, model, usage, true, events);
+            meter_stream(call, usage, true, events);
             pipe.fail(&err, &mut out, client);
             return match conn.write(&out).await {
                 Ok(()) => Outcome::KEEP,
@@ -615,7 +628,7 @@ async fn stream(conn: &mut ClientConn, answer: Answer<'_>) -> Outcome {
         if !out.is_empty() {
             if conn.write(&out).await.is_err() {
                 let (usage, events) = pipe.abandon();
-                meter_stream(call, model, usage, true, events);
+                meter_stream(call, usage, true, events);
                 return Outcome::CLOSE;
             }
             out.clear();

@@ -8,7 +8,7 @@
 //! target may serve. Every attempt is recorded on the call, with the usage
 //! it reported, so that all of them are settled and audited.
 
-use super::{attempt, relay, send_error_in, AttemptOutcome, AttemptRecord, Attempts, Call};
+use super::{attempt, relay, send_error, AttemptOutcome, AttemptRecord, Attempts, Call};
 use crate::config::ModelRoute;
 use crate::error::GatewayError;
 use crate::server::{ClientConn, Outcome};
@@ -35,6 +35,14 @@ pub enum Retry {
     /// The target asked to be tried again after `after` (`Retry-After` on
     /// a 429 or 503); another target may serve meanwhile.
     SameTargetAfter { after: Duration, breaker: bool },
+}
+
+/// Classifies, so `?` works in an attempt: its error converts where it
+/// arises, and a successful answer is never converted on the way out.
+impl From<GatewayError> for Failure {
+    fn from(error: GatewayError) -> Self {
+        Failure::classify(error)
+    }
 }
 
 impl Failure {
@@ -90,7 +98,7 @@ pub async fn serve<'a>(
         // The client may leave while the upstream thinks: racing the attempt
         // with the client's close drops the upstream connection, which
         // cancels it.
-        let head = futures_lite::future::or(
+        let mut head = futures_lite::future::or(
             async { Some(attempt::send_until_head(call, target, provider).await) },
             async {
                 conn.closed().await;
@@ -101,6 +109,7 @@ pub async fn serve<'a>(
         let mut head_after = None;
         let failure = match head {
             None => {
+                conn.note_error(relay::CLIENT_LEFT);
                 attempts.push(AttemptRecord {
                     target,
                     outcome: AttemptOutcome::ClientLeft,
@@ -110,7 +119,9 @@ pub async fn serve<'a>(
                 });
                 return Outcome::CLOSE;
             }
-            Some(Ok(answer)) => {
+            // Borrowed, not moved: an answer is a few hundred bytes, and
+            // each move into a future is a copy.
+            Some(Ok(ref mut answer)) => {
                 head_after = Some(started.elapsed());
                 match relay::deliver(conn, answer).await {
                     Ok(outcome) => {
@@ -147,14 +158,14 @@ pub async fn serve<'a>(
         let err = failure.error;
         log::info!("{rid}: {} {}: {}", provider.name, err.label(), err);
         let Some(retry_after) = err.retry_after() else {
-            return send_error_in(conn, client, &err, rid, &call.headers).await;
+            return send_error(conn, client, &err, rid, &call.headers, false).await;
         };
         let mut headers = call.headers.clone();
         headers.push(("retry-after", retry_after.as_str().to_owned()));
-        return send_error_in(conn, client, &err, rid, &headers).await;
+        return send_error(conn, client, &err, rid, &headers, false).await;
     }
     let e = GatewayError::ModelNotFound(call.facts.model.clone());
-    send_error_in(conn, client, &e, rid, &call.headers).await
+    send_error(conn, client, &e, rid, &call.headers, false).await
 }
 
 #[cfg(test)]

@@ -3,16 +3,17 @@
 //! handled one at a time, so pipelined requests are answered in order.
 
 use super::request::{read_body, read_head, HeadRead, Request};
-use super::respond::{self, HeadOnly};
-use crate::error::GatewayError;
+use super::respond::HeadOnly;
+use crate::gateway::{send_error, ClientDialect};
 use crate::io::{write_all_timeout, MaybeTls, ReadBuf};
+use crate::record::{RequestEnd, Trail};
 use crate::shard::Shard;
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub type ClientStream = MaybeTls<futures_rustls::server::TlsStream<TcpStream>>;
 
@@ -35,12 +36,27 @@ pub struct ClientConn {
     /// What of the current response may go out (all of it, or its head
     /// alone for a HEAD request); set once a request's head is read.
     head_only: HeadOnly,
+    /// The current response as written so far, for the request's record.
+    answered: Answered,
+}
+
+/// What the client has been sent for the current request: read off the
+/// bytes themselves, so every path that answers is recorded.
+#[derive(Debug, Default, Clone, Copy)]
+struct Answered {
+    status: Option<u16>,
+    first_byte: Option<Instant>,
+    error: Option<&'static str>,
 }
 
 impl ClientConn {
     /// Writes (part of) the response to the current request: every final
     /// response goes through here, so a HEAD request gets its head alone.
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.answered.status.is_none() {
+            self.answered.status = status_of(bytes);
+            self.answered.first_byte = Some(Instant::now());
+        }
         let bytes = self.head_only.filter(bytes);
         if bytes.is_empty() {
             return Ok(());
@@ -56,6 +72,12 @@ impl ClientConn {
             crate::io::with_timeout(self.write_timeout, self.stream.flush()).await?;
         }
         Ok(())
+    }
+
+    /// Records why the current request failed: the error answered, or one
+    /// that cut a stream under way (the last one noted counts).
+    pub fn note_error(&mut self, label: &'static str) {
+        self.answered.error = Some(label);
     }
 
     /// Resolves when the client has gone (closed or broken its connection).
@@ -75,6 +97,16 @@ impl ClientConn {
                 Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+}
+
+/// The status code of a response's first bytes (`HTTP/1.1 200 ...`).
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    match bytes.get(9..12)? {
+        &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_digit) => {
+            Some(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
+        }
+        _ => None,
     }
 }
 
@@ -98,6 +130,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
         pending: Vec::new(),
         max_pending: limits.max_head_bytes + limits.max_body_bytes,
         head_only: HeadOnly::Off,
+        answered: Answered::default(),
     };
     if let Some(subject) = &conn.client_subject {
         log::debug!("shard {} {peer}: client certificate {subject}", shard.id);
@@ -113,25 +146,34 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
             }
             HeadRead::Closed => break,
             HeadRead::Error(e) => {
+                let started = Instant::now();
+                conn.answered = Answered::default();
                 conn.head_only = HeadOnly::Off;
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
-                let _ = conn.write(&respond::error(&e, "", true)).await;
+                send_error(&mut conn, ClientDialect::OpenAi, &e, "", &[], true).await;
+                record(&conn, "", &Trail::default(), started);
                 break;
             }
         };
+        let started = Instant::now();
+        conn.answered = Answered::default();
         let request_id = shard.request_id();
-        let dialect = crate::gateway::dialect_of_path(head.path(rbuf.data()));
+        let (endpoint, dialect) = crate::gateway::endpoint_of_path(head.path(rbuf.data()));
         let req = match read_body(&shard, &mut conn, &mut rbuf, head).await {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
-                let response = crate::gateway::error_response(dialect, &e, &request_id, &[], true);
-                let _ = conn.write(&response).await;
+                send_error(&mut conn, dialect, &e, &request_id, &[], true).await;
+                let trail = Trail {
+                    endpoint,
+                    ..Trail::default()
+                };
+                record(&conn, &request_id, &trail, started);
                 break;
             }
         };
         let (keep_alive, consumed) = (req.head.keep_alive, req.consumed);
-        let outcome = handle_boxed(&shard, &mut conn, req, &request_id).await;
+        let outcome = handle_boxed(&shard, &mut conn, req, &request_id, endpoint, started).await;
         if !keep_alive || !outcome.keep_alive || shard.draining() {
             break;
         }
@@ -147,13 +189,59 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
 
 /// The per-request future is boxed so an idle connection's task stays small:
 /// only the connection loop's state lives between requests.
+///
+/// It is written straight into its box: `Box::pin(future)` builds the
+/// future on the stack and copies all of it (over 10 KiB: the largest state
+/// any request can reach) into the box, per request, where writing the
+/// freshly made future into uninitialised box memory writes only its
+/// captured arguments.
 async fn handle_boxed(
     shard: &Rc<Shard>,
     conn: &mut ClientConn,
     req: Request<'_>,
     rid: &str,
+    endpoint: &'static str,
+    started: Instant,
 ) -> Outcome {
-    Box::pin(crate::gateway::handle(shard, conn, req, rid)).await
+    let boxed = Box::write(
+        Box::new_uninit(),
+        handle_recorded(shard, conn, req, rid, endpoint, started),
+    );
+    Box::into_pin(boxed).await
+}
+
+/// Handles a request; its trail lives in the request's future, and its
+/// record is made at its end.
+async fn handle_recorded(
+    shard: &Rc<Shard>,
+    conn: &mut ClientConn,
+    req: Request<'_>,
+    rid: &str,
+    endpoint: &'static str,
+    started: Instant,
+) -> Outcome {
+    let mut trail = Trail {
+        endpoint,
+        ..Trail::default()
+    };
+    let outcome = crate::gateway::handle(shard, conn, req, rid, &mut trail).await;
+    record(conn, rid, &trail, started);
+    outcome
+}
+
+/// The request's one record, built from what the client was sent and
+/// what the handler learned.
+fn record(conn: &ClientConn, rid: &str, trail: &Trail<'_>, started: Instant) {
+    let a = conn.answered;
+    RequestEnd {
+        rid,
+        status: a.status,
+        error: a.error,
+        trail,
+        first_byte: a.first_byte.map(|t| t.duration_since(started)),
+        duration: started.elapsed(),
+    }
+    .log();
 }
 
 /// What the handler left the connection fit for.
@@ -165,18 +253,4 @@ pub struct Outcome {
 impl Outcome {
     pub const KEEP: Outcome = Outcome { keep_alive: true };
     pub const CLOSE: Outcome = Outcome { keep_alive: false };
-}
-
-/// Writes an error response, closing the connection when the error leaves the
-/// request stream in an unknown state.
-pub async fn send_error(
-    conn: &mut ClientConn,
-    err: &GatewayError,
-    rid: &str,
-    close: bool,
-) -> Outcome {
-    if conn.write(&respond::error(err, rid, close)).await.is_err() || close {
-        return Outcome::CLOSE;
-    }
-    Outcome::KEEP
 }

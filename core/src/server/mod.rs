@@ -6,7 +6,7 @@ mod request;
 mod request_id;
 pub mod respond;
 
-pub use conn::{send_error, ClientConn, Outcome};
+pub use conn::{ClientConn, Outcome};
 pub use request::Request;
 pub use request_id::{RequestId, RequestIds};
 

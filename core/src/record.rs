@@ -1,0 +1,119 @@
+//! What one request came to, built in one place when it ends.
+//!
+//! The connection loop (`server/conn.rs`) wraps every request, including
+//! those refused at admission and those whose head or body could not be
+//! read, and builds one [`RequestEnd`] for each: the status and error the
+//! client got (taken from the bytes written to it, so no path can answer
+//! without being recorded), who called, which alias, every upstream attempt
+//! with its usage, the cost, time to first byte and duration. The access
+//! log reads only this record; so do the audit and metrics that build on
+//! it.
+
+use crate::gateway::{AttemptOutcome, Attempts};
+use shardgate_policy::Actor;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// What the request handler learned, filled as it goes.
+#[derive(Default)]
+pub struct Trail<'a> {
+    /// The endpoint, from a fixed set (bounded cardinality).
+    pub endpoint: &'static str,
+    /// Who called, once known (admitted or refused by policy).
+    pub actor: Option<Actor>,
+    /// The model alias served (the policy's fallback when it substituted).
+    pub alias: Option<String>,
+    pub attempts: Attempts<'a>,
+    /// What the caller was charged, in micro-dollars.
+    pub cost_micros: u64,
+}
+
+/// One request, as it ended. `'r` is the request's, `'s` the shard's
+/// (config) lifetime.
+pub struct RequestEnd<'r, 's> {
+    pub rid: &'r str,
+    /// The status the client got; None when it got nothing (it left, or its
+    /// connection broke before an answer).
+    pub status: Option<u16>,
+    /// Why it failed, as a low-cardinality label: the error answered, or
+    /// the one that cut a stream already under way.
+    pub error: Option<&'static str>,
+    pub trail: &'r Trail<'s>,
+    /// From the request's head read to the first byte written back.
+    pub first_byte: Option<Duration>,
+    pub duration: Duration,
+}
+
+impl RequestEnd<'_, '_> {
+    /// The access log line (`RUST_LOG=access=debug`), `key=value` pairs.
+    /// Names and labels come from config and fixed sets; nothing a client
+    /// sent is written but the alias it asked for, quoted.
+    pub fn log(&self) {
+        // The global level first: a plain load, where asking the logger
+        // matches the target against its filters.
+        if log::max_level() < log::Level::Debug
+            || !log::log_enabled!(target: "access", log::Level::Debug)
+        {
+            return;
+        }
+        let mut line = String::with_capacity(256);
+        let t = self.trail;
+        let _ = write!(line, "rid={} endpoint={}", self.rid, t.endpoint);
+        match self.status {
+            Some(s) => {
+                let _ = write!(line, " status={s}");
+            }
+            None => line.push_str(" status=-"),
+        }
+        if let Some(e) = self.error {
+            let _ = write!(line, " error={e}");
+        }
+        if let Some(a) = &t.actor {
+            let _ = write!(line, " key={}", a.key_id);
+            for (name, v) in [
+                ("team", &a.team),
+                ("tenant", &a.tenant),
+                ("app", &a.app),
+                ("env", &a.environment),
+            ] {
+                if let Some(v) = v {
+                    let _ = write!(line, " {name}={v:?}");
+                }
+            }
+        }
+        if let Some(alias) = &t.alias {
+            let _ = write!(line, " alias={alias:?}");
+        }
+        for (i, a) in t.attempts.iter().enumerate() {
+            let outcome = match a.outcome {
+                AttemptOutcome::Answered => "answered",
+                AttemptOutcome::Failed(label) => label,
+                AttemptOutcome::ClientLeft => "client_left",
+            };
+            let _ = write!(
+                line,
+                " attempt{i}={}:{outcome}:{}ms",
+                a.target.served_by,
+                a.elapsed.as_millis()
+            );
+            if let Some(m) = &a.metered {
+                let u = m.usage.unwrap_or_default();
+                let _ = write!(
+                    line,
+                    ":in={},out={}{}",
+                    u.prompt_tokens.unwrap_or(0),
+                    u.completion_tokens.unwrap_or(0),
+                    if m.estimated { ",estimated" } else { "" }
+                );
+            }
+        }
+        if t.cost_micros > 0 {
+            let _ = write!(line, " cost_micros={}", t.cost_micros);
+        }
+        if let Some(f) = self.first_byte {
+            let _ = write!(line, " ttfb_us={}", f.as_micros());
+        }
+        let _ = write!(line, " duration_us={}", self.duration.as_micros());
+        log::debug!(target: "access", "{line}");
+    }
+}
