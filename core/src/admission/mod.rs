@@ -723,3 +723,7 @@ fn limit_reason(limits: &Limits, r: &Reservation, now: Timestamp, until_ms: u64)
         retry_after_ms,
     }
 }
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod tests;
