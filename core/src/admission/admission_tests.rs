@@ -303,6 +303,27 @@ fn an_attempt_without_usage_is_charged_its_reservation() {
 }
 
 #[test]
+fn a_request_no_attempt_answered_gives_its_reservation_back_and_still_counts() {
+    let (prompt, cost, remaining, totals) = within_one_minute(|| {
+        let g = gate(&budget("{ tokens_per_minute: 100000 }"), vec![]);
+        let t = admit(&g, Some(1000)).unwrap();
+        let cost = g.adm.settle_all(&t, []);
+        let next = admit(&g, Some(1000)).unwrap();
+        let totals = recorded(&g, ANONYMOUS);
+        (t.prompt_estimate(), cost, remaining_tokens(&next), totals)
+    });
+    assert_eq!(cost, 0);
+    assert_eq!(remaining, 100_000 - (prompt + 1000), "only the next one's");
+    assert_eq!(
+        totals,
+        Some(UsageTotals {
+            requests: 1,
+            ..UsageTotals::default()
+        })
+    );
+}
+
+#[test]
 fn a_refused_take_names_the_requests_limit_else_the_minutes_tokens_else_the_days() {
     let now = Timestamp(1_795_500_000_000);
     let r = Reservation::new(10, 100, now);

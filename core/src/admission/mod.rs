@@ -479,7 +479,15 @@ impl Admission {
             }
         }
         if !any {
-            total = Some(Usage::default());
+            // Nothing was used: zero tokens, reported, so the reservation
+            // goes back (a usage without figures would be settled as
+            // unknown, keeping the whole reservation charged).
+            total = Some(Usage {
+                prompt_tokens: Some(0),
+                completion_tokens: Some(0),
+                total_tokens: Some(0),
+                ..Usage::default()
+            });
         }
         let usage = total.as_ref();
         self.settle_buckets(ticket, usage, cost, estimated);
