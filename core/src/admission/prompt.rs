@@ -6,8 +6,9 @@
 use serde_json::Value;
 
 /// Every prompt string of a chat (OpenAI or Anthropic), completion or
-/// embeddings body: message contents (strings and text parts), the system
-/// prompt, tool definitions (as their JSON), `prompt` and `input`.
+/// embeddings body: message contents (strings and text parts), an
+/// assistant's tool calls and tool_use inputs and tool definitions (as
+/// their JSON), the system prompt, `prompt` and `input`.
 pub fn texts(body: &[u8]) -> Vec<String> {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
@@ -48,10 +49,17 @@ fn content_text(v: &Value, out: &mut String) {
                 match p {
                     Value::String(s) => out.push_str(s),
                     Value::Object(o) => {
-                        for key in ["text", "content", "input"] {
+                        for key in ["text", "content"] {
                             if let Some(inner) = o.get(key) {
                                 content_text(inner, out);
                             }
+                        }
+                        match o.get("input") {
+                            // A tool_use block's arguments: counted as their
+                            // JSON, as an OpenAI turn's tool_calls are.
+                            Some(args @ Value::Object(_)) => out.push_str(&args.to_string()),
+                            Some(inner) => content_text(inner, out),
+                            None => {}
                         }
                     }
                     _ => {}
@@ -132,5 +140,15 @@ mod tests {
         assert_eq!(texts(br#"{"input":[[1,2,3]]}"#), vec![String::new()]);
         assert!(texts(br#"["messages"]"#).is_empty());
         assert!(texts(b"").is_empty());
+    }
+
+    #[test]
+    fn an_anthropic_tool_use_counts_its_input() {
+        let body = br#"{"messages":[{"role":"assistant","content":[
+            {"type":"text","text":"Let me look."},
+            {"type":"tool_use","id":"t1","name":"lookup","input":{"city":"Oslo"}}]}]}"#;
+        let t = texts(body);
+        assert!(t[0].starts_with("Let me look."), "{t:?}");
+        assert!(t[0].contains(r#""city":"Oslo""#), "{t:?}");
     }
 }
