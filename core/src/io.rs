@@ -177,7 +177,40 @@ pub async fn write_all_timeout<S: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::ReadBuf;
+    use super::{Filled, ReadBuf};
+    use futures_lite::future::block_on;
+    use futures_lite::io::AsyncRead;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A peer that always has more to send: each read fills the whole room
+    /// offered with a running byte count, so a test can see both how much
+    /// room `fill` offered and that bytes keep their order.
+    #[derive(Default)]
+    struct Flood {
+        sent: usize,
+        reads: usize,
+    }
+
+    impl AsyncRead for Flood {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            for b in buf.iter_mut() {
+                *b = self.sent as u8;
+                self.sent += 1;
+            }
+            self.reads += 1;
+            Poll::Ready(Ok(buf.len()))
+        }
+    }
+
+    fn counting(from: usize, n: usize) -> Vec<u8> {
+        (from..from + n).map(|i| i as u8).collect()
+    }
 
     #[test]
     fn extend_keeps_unconsumed_bytes_in_order_and_grows_when_needed() {
@@ -194,5 +227,98 @@ mod tests {
         assert!(b.is_empty());
         b.extend(b"q");
         assert_eq!(b.data(), b"q");
+    }
+
+    #[test]
+    fn consuming_more_than_is_buffered_empties_it_and_rewinds_to_the_front() {
+        let mut b = ReadBuf::with_capacity(8);
+        b.extend(b"abc");
+        b.consume(99);
+        assert!(b.is_empty());
+        assert_eq!(b.len(), 0);
+        // The next bytes land at the front: no room is lost to the old data.
+        b.extend(b"12345678");
+        assert_eq!(b.data(), b"12345678");
+        assert_eq!(b.buf.len(), 8);
+    }
+
+    #[test]
+    fn shrink_idle_frees_a_grown_buffer_only_once_it_is_empty() {
+        let mut b = ReadBuf::with_capacity(4);
+        b.extend(&[7; 64]);
+        b.consume(60);
+        b.shrink_idle(4);
+        assert_eq!(b.data(), &[7; 4], "unread bytes survive");
+        assert_eq!(b.buf.len(), 64);
+        b.consume(4);
+        b.shrink_idle(4);
+        assert_eq!(b.buf.len(), 4);
+        // Already small: a larger `keep` does not grow it.
+        b.shrink_idle(16);
+        assert_eq!(b.buf.len(), 4);
+    }
+
+    #[test]
+    fn fill_stops_at_max_and_never_grows_the_buffer_past_it() {
+        let mut b = ReadBuf::default();
+        let mut peer = Flood::default();
+        let max = 10_000;
+        while let Some(filled) = block_on(b.fill(&mut peer, 4096, max)).unwrap() {
+            assert!(matches!(filled, Filled::Bytes(n) if n > 0));
+        }
+        assert_eq!(b.len(), max);
+        assert_eq!(b.buf.len(), max);
+        assert_eq!(b.data(), counting(0, max));
+        // Full: refused without reading.
+        let reads = peer.reads;
+        assert_eq!(block_on(b.fill(&mut peer, 1, max)).unwrap(), None);
+        assert_eq!(peer.reads, reads);
+    }
+
+    #[test]
+    fn fill_offers_at_least_4_kib_however_little_is_wanted() {
+        let mut b = ReadBuf::default();
+        let mut peer = Flood::default();
+        assert_eq!(
+            block_on(b.fill(&mut peer, 1, 1 << 20)).unwrap(),
+            Some(Filled::Bytes(4096))
+        );
+        // But never more than `max` leaves room for.
+        let mut b = ReadBuf::default();
+        b.extend(b"ab");
+        assert_eq!(
+            block_on(b.fill(&mut peer, 4096, 10)).unwrap(),
+            Some(Filled::Bytes(8))
+        );
+        assert_eq!(b.len(), 10);
+    }
+
+    #[test]
+    fn fill_reuses_the_room_of_consumed_bytes_before_growing() {
+        let mut b = ReadBuf::with_capacity(8192);
+        b.extend(&counting(0, 8000));
+        b.consume(7990);
+        let mut peer = Flood {
+            sent: 8000,
+            reads: 0,
+        };
+        block_on(b.fill(&mut peer, 4096, 1 << 20)).unwrap();
+        assert_eq!(b.buf.len(), 8192, "moved to the front, not grown");
+        assert_eq!(b.data(), counting(7990, 8192));
+    }
+
+    #[test]
+    fn fill_reports_the_peer_closing_and_keeps_what_was_buffered() {
+        let mut b = ReadBuf::with_capacity(16);
+        let mut peer = futures_lite::io::Cursor::new(b"last words".to_vec());
+        assert_eq!(
+            block_on(b.fill(&mut peer, 16, 1024)).unwrap(),
+            Some(Filled::Bytes(10))
+        );
+        assert_eq!(
+            block_on(b.fill(&mut peer, 16, 1024)).unwrap(),
+            Some(Filled::Eof)
+        );
+        assert_eq!(b.data(), b"last words");
     }
 }

@@ -489,7 +489,15 @@ impl Admission {
             }
         }
         if !any {
-            total = Some(Usage::default());
+            // Nothing was used: zero tokens, reported, so the reservation
+            // goes back (a usage without figures would be settled as
+            // unknown, keeping the whole reservation charged).
+            total = Some(Usage {
+                prompt_tokens: Some(0),
+                completion_tokens: Some(0),
+                total_tokens: Some(0),
+                ..Usage::default()
+            });
         }
         let usage = total.as_ref();
         self.settle_buckets(ticket, usage, cost, estimated);
@@ -733,3 +741,7 @@ fn limit_reason(limits: &Limits, r: &Reservation, now: Timestamp, until_ms: u64)
         retry_after_ms,
     }
 }
+
+#[cfg(test)]
+#[path = "admission_tests.rs"]
+mod tests;

@@ -136,3 +136,119 @@ impl Pool {
         Ok(addrs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use glommio::net::{TcpListener, TcpStream};
+    use std::net::{Ipv4Addr, Shutdown};
+    use std::time::Duration;
+
+    /// The pool settings of a minimal config, with `max_idle` and
+    /// `idle_timeout` set: the limits these tests are about.
+    fn settings(max_idle: usize, idle_timeout: Duration) -> UpstreamSettings {
+        let text = "listen: 127.0.0.1:0\nmodels: { demo: { targets: [ { provider: local, model: m } ] } }\nproviders: { local: { kind: mock } }\n";
+        let mut s = Config::parse(text, &|_| None).unwrap().upstream;
+        s.pool_max_idle_per_upstream = max_idle;
+        s.pool_idle_timeout = idle_timeout;
+        s
+    }
+
+    /// A fresh connection over loopback and its peer (kept open while the
+    /// test holds it), as `Pool::open` would build one.
+    async fn connected(listener: &TcpListener) -> (UpstreamConn, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let tcp = runtime::connect(addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let peer = listener.accept().await.unwrap();
+        let conn = UpstreamConn {
+            stream: MaybeTls::Plain(tcp),
+            rbuf: ReadBuf::with_capacity(super::super::UPSTREAM_BUFFER),
+            reused: false,
+            idle_since: coarse_now(),
+        };
+        (conn, peer)
+    }
+
+    fn local_port(conn: &UpstreamConn) -> u16 {
+        conn.tcp().local_addr().unwrap().port()
+    }
+
+    fn listener() -> TcpListener {
+        TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap()
+    }
+
+    #[test]
+    fn the_most_recently_returned_connection_serves_next_marked_reused() {
+        glommio::LocalExecutor::default().run(async {
+            let l = listener();
+            let pool = Pool::new(1, settings(8, Duration::from_secs(60)));
+            let (a, _pa) = connected(&l).await;
+            let (b, _pb) = connected(&l).await;
+            let (port_a, port_b) = (local_port(&a), local_port(&b));
+            pool.checkin(0, a);
+            pool.checkin(0, b);
+            let first = pool.take_idle(0).unwrap();
+            assert_eq!(local_port(&first), port_b);
+            assert!(first.reused);
+            assert_eq!(local_port(&pool.take_idle(0).unwrap()), port_a);
+            assert!(pool.take_idle(0).is_none());
+            // An unknown provider index has no pool, and no panic.
+            assert!(pool.take_idle(3).is_none());
+        });
+    }
+
+    #[test]
+    fn connections_beyond_the_idle_limit_are_closed_not_kept() {
+        glommio::LocalExecutor::default().run(async {
+            let l = listener();
+            let pool = Pool::new(1, settings(1, Duration::from_secs(60)));
+            let (a, _pa) = connected(&l).await;
+            let (b, _pb) = connected(&l).await;
+            let port_a = local_port(&a);
+            pool.checkin(0, a);
+            pool.checkin(0, b);
+            assert_eq!(local_port(&pool.take_idle(0).unwrap()), port_a);
+            assert!(pool.take_idle(0).is_none());
+        });
+    }
+
+    #[test]
+    fn a_connection_idle_past_the_timeout_is_not_handed_out() {
+        glommio::LocalExecutor::default().run(async {
+            let l = listener();
+            let pool = Pool::new(1, settings(8, Duration::from_millis(50)));
+            let (a, _pa) = connected(&l).await;
+            pool.checkin(0, a);
+            glommio::timer::sleep(Duration::from_millis(120)).await;
+            assert!(pool.take_idle(0).is_none());
+            let (b, _pb) = connected(&l).await;
+            pool.checkin(0, b);
+            assert!(pool.take_idle(0).is_some(), "a fresh one still is");
+        });
+    }
+
+    #[test]
+    fn a_connection_whose_peer_closed_or_spoke_unasked_is_skipped_for_a_live_one() {
+        glommio::LocalExecutor::default().run(async {
+            let l = listener();
+            let pool = Pool::new(1, settings(8, Duration::from_secs(60)));
+            let (live, _p_live) = connected(&l).await;
+            let (closed, p_closed) = connected(&l).await;
+            let (chatty, mut p_chatty) = connected(&l).await;
+            let port_live = local_port(&live);
+            pool.checkin(0, live);
+            pool.checkin(0, closed);
+            pool.checkin(0, chatty);
+            p_closed.shutdown(Shutdown::Write).await.unwrap();
+            futures_lite::io::AsyncWriteExt::write_all(&mut p_chatty, b"HTTP/1.1 200 OK\r\n")
+                .await
+                .unwrap();
+            // Let the bytes and the FIN reach the client sockets.
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            assert_eq!(local_port(&pool.take_idle(0).unwrap()), port_live);
+        });
+    }
+}

@@ -1,5 +1,5 @@
 use super::UpstreamConn;
-use crate::io::{with_timeout, Filled};
+use crate::io::{with_timeout, Filled, ReadBuf};
 use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
 use shardgate_proto::h1::{parse_response, HeadLimits, Method, ResponseFraming, ResponseHead};
 use std::io;
@@ -169,7 +169,7 @@ impl BodyReader {
             if self.done {
                 return Ok(BodyStep::End);
             }
-            if self.drain_buffered(conn, on_data)? {
+            if self.drain_buffered(&mut conn.rbuf, on_data)? {
                 return Ok(if self.done {
                     BodyStep::End
                 } else {
@@ -195,29 +195,30 @@ impl BodyReader {
         }
     }
 
-    /// Returns whether any data was handed out.
+    /// Hands out what `rbuf` holds of the body, consuming it (and nothing
+    /// past the body's end). Returns whether any data was handed out.
     fn drain_buffered(
         &mut self,
-        conn: &mut UpstreamConn,
+        rbuf: &mut ReadBuf,
         on_data: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, ReadError> {
         let mut gave = false;
         match self.framing {
             ResponseFraming::Length(_) => {
-                let n = (conn.rbuf.len() as u64).min(self.remaining) as usize;
+                let n = (rbuf.len() as u64).min(self.remaining) as usize;
                 if n > 0 {
-                    on_data(&conn.rbuf.data()[..n]);
-                    conn.rbuf.consume(n);
+                    on_data(&rbuf.data()[..n]);
+                    rbuf.consume(n);
                     self.remaining -= n as u64;
                     gave = true;
                 }
                 self.done = self.remaining == 0;
             }
             ResponseFraming::UntilClose => {
-                let n = conn.rbuf.len();
+                let n = rbuf.len();
                 if n > 0 {
-                    on_data(conn.rbuf.data());
-                    conn.rbuf.consume(n);
+                    on_data(rbuf.data());
+                    rbuf.consume(n);
                     gave = true;
                 }
             }
@@ -227,13 +228,13 @@ impl BodyReader {
                 };
                 loop {
                     let d = dec
-                        .decode(conn.rbuf.data())
+                        .decode(rbuf.data())
                         .map_err(|e| ReadError::Protocol(e.to_string()))?;
                     if !d.data.is_empty() {
-                        on_data(&conn.rbuf.data()[d.data.clone()]);
+                        on_data(&rbuf.data()[d.data.clone()]);
                         gave = true;
                     }
-                    conn.rbuf.consume(d.consumed);
+                    rbuf.consume(d.consumed);
                     if dec.is_done() {
                         self.done = true;
                         break;
@@ -282,3 +283,7 @@ impl BodyReader {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "response_tests.rs"]
+mod tests;

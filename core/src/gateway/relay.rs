@@ -670,4 +670,156 @@ mod tests {
         assert!(!has_no_choices(br#"{"choices":[{}],"usage":{}}"#));
         assert!(!has_no_choices(br#"{"x":{"choices":[]},"choices":[1]}"#));
     }
+
+    /// An Anthropic stream's usage-bearing events, as the API sends them:
+    /// input (with cache reads and writes) at the start, output at the end.
+    const MESSAGE_START: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4\",\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":10,\"output_tokens\":1}}}";
+    const MESSAGE_DELTA: &[u8] = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}";
+
+    fn anthropic_delta(text: &str) -> Vec<u8> {
+        format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}",
+            serde_json::Value::from(text)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn an_anthropic_stream_merges_input_from_its_start_and_output_from_its_end() {
+        let mut usage = None;
+        anthropic_stream_usage(json_of_event(MESSAGE_START), &mut usage);
+        let started = usage.unwrap();
+        // Cache reads and writes are input too.
+        assert_eq!(started.prompt_tokens, Some(135));
+        assert_eq!(started.cached_tokens, Some(100));
+        assert_eq!(started.completion_tokens, Some(1));
+        anthropic_stream_usage(json_of_event(MESSAGE_DELTA), &mut usage);
+        let u = usage.unwrap();
+        assert_eq!(u.prompt_tokens, Some(135), "kept from message_start");
+        assert_eq!(u.cached_tokens, Some(100));
+        assert_eq!(
+            u.completion_tokens,
+            Some(15),
+            "the delta's count is the total"
+        );
+        assert_eq!(u.total_tokens, Some(150));
+        // Newer API versions repeat the input in message_delta: it wins.
+        let delta = br#"{"type":"message_delta","delta":{},"usage":{"input_tokens":30,"output_tokens":16}}"#;
+        anthropic_stream_usage(delta, &mut usage);
+        let u = usage.unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(30), Some(16)));
+        assert_eq!(u.total_tokens, Some(46));
+    }
+
+    #[test]
+    fn anthropic_events_other_than_start_and_delta_leave_usage_alone() {
+        let mut usage = None;
+        for json in [
+            &br#"{"type":"content_block_delta","usage":{"output_tokens":99}}"#[..],
+            br#"{"type":"message_delta","usage":"not an object"}"#,
+            br#"{"type":"message_start"}"#,
+            b"{not json",
+        ] {
+            anthropic_stream_usage(json, &mut usage);
+            assert_eq!(usage, None, "{}", String::from_utf8_lossy(json));
+        }
+    }
+
+    #[test]
+    fn the_anthropic_tap_counts_content_events_and_sees_the_end() {
+        let mut tap = Tap::new(ClientDialect::Anthropic, false);
+        assert!(tap.relay(MESSAGE_START));
+        for text in ["Hel", "lo", "say \"message_stop\" and \"usage\""] {
+            assert!(tap.relay(&anthropic_delta(text)), "relayed to the client");
+        }
+        assert!(!tap.ended, "quoted text is not the end marker");
+        assert!(tap.relay(MESSAGE_DELTA));
+        assert!(!tap.ended);
+        assert!(tap.relay(b"event: message_stop\ndata: {\"type\":\"message_stop\"}"));
+        assert!(tap.ended);
+        assert_eq!(tap.events, 3);
+        let u = tap.usage.unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens),
+            (Some(135), Some(15))
+        );
+    }
+
+    #[test]
+    fn the_openai_tap_sees_done_and_counts_only_content_chunks() {
+        let mut tap = Tap::new(ClientDialect::OpenAi, true);
+        let content = b"data: {\"choices\":[{\"delta\":{\"content\":\"[DONE] is just text\"}}]}";
+        assert!(tap.relay(content));
+        assert!(!tap.ended, "[DONE] inside an event's JSON is content");
+        assert!(tap.relay(PRETTY_USAGE));
+        assert!(tap.relay(b"data: [DONE]"));
+        assert!(tap.ended);
+        assert_eq!(tap.events, 1);
+        assert_eq!(tap.usage.and_then(|u| u.total_tokens), Some(8));
+    }
+
+    #[test]
+    fn an_events_json_is_what_lies_between_its_outer_braces() {
+        let v: serde_json::Value = serde_json::from_slice(json_of_event(MESSAGE_DELTA)).unwrap();
+        assert_eq!(
+            v["usage"]["output_tokens"], 15,
+            "the event: line is not part of it"
+        );
+        assert_eq!(
+            json_of_event(b"data: {\"a\":{\"b\":1}}\n\n"),
+            br#"{"a":{"b":1}}"#
+        );
+        assert!(json_of_event(b"data: [DONE]").is_empty());
+        assert!(json_of_event(b": keep-alive").is_empty());
+        assert!(json_of_event(b"data: }{").is_empty());
+    }
+
+    #[test]
+    fn a_whole_openai_body_reports_its_top_level_usage_only() {
+        let body = br#"{"id":"c","choices":[{"message":{"content":"{\"usage\":{\"prompt_tokens\":999}}"}}],
+            "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4}}}"#;
+        let u = usage_of_body(ClientDialect::OpenAi, body).unwrap();
+        assert_eq!(u.prompt_tokens, Some(12));
+        assert_eq!(u.completion_tokens, Some(3));
+        assert_eq!(u.total_tokens, Some(15));
+        assert_eq!(u.cached_tokens, Some(4));
+        let quoted_only =
+            br#"{"choices":[{"message":{"content":"{\"usage\":{\"prompt_tokens\":999}}"}}]}"#;
+        assert_eq!(usage_of_body(ClientDialect::OpenAi, quoted_only), None);
+    }
+
+    #[test]
+    fn a_whole_anthropic_body_counts_cache_reads_and_writes_as_input() {
+        let body = br#"{"id":"msg_1","type":"message","content":[{"type":"tool_use","id":"t","name":"f","input":{"usage":{"input_tokens":999}}}],
+            "usage":{"input_tokens":20,"cache_read_input_tokens":300,"cache_creation_input_tokens":5,"output_tokens":7}}"#;
+        let u = usage_of_body(ClientDialect::Anthropic, body).unwrap();
+        assert_eq!(u.prompt_tokens, Some(325));
+        assert_eq!(u.cached_tokens, Some(300));
+        assert_eq!(u.completion_tokens, Some(7));
+        assert_eq!(u.total_tokens, Some(332));
+        assert_eq!(
+            usage_of_body(ClientDialect::Anthropic, br#"{"type":"message"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn openai_usage_totals_whatever_figures_there_are() {
+        let u = |input, output| shardgate_providers::Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_input_tokens: Some(2),
+            reasoning_tokens: Some(1),
+            ..shardgate_providers::Usage::default()
+        };
+        let both = openai_usage(&u(Some(10), Some(5)));
+        assert_eq!(both.total_tokens, Some(15));
+        assert_eq!(
+            (both.cached_tokens, both.reasoning_tokens),
+            (Some(2), Some(1))
+        );
+        assert_eq!(openai_usage(&u(None, Some(5))).total_tokens, Some(5));
+        assert_eq!(openai_usage(&u(Some(10), None)).total_tokens, Some(10));
+        assert_eq!(openai_usage(&u(None, None)).total_tokens, None);
+    }
 }

@@ -222,3 +222,22 @@ async fn fill_body(
         Err(_) => Err(GatewayError::RequestTimeout),
     }
 }
+
+#[cfg(test)]
+impl<'a> Request<'a> {
+    /// A request as [`read_body`] hands one out, from a whole head and its
+    /// body: for tests of what reads requests (admission) without a
+    /// connection to read them from.
+    pub(crate) fn parsed(head: &'a [u8], body: &'a [u8]) -> Self {
+        let parsed = parse_request(head, &HeadLimits::default());
+        let Ok(Some(parsed)) = parsed else {
+            panic!("not a whole request head: {parsed:?}");
+        };
+        Request {
+            head: parsed,
+            head_buf: Cow::Borrowed(head),
+            body: Cow::Borrowed(body),
+            consumed: 0,
+        }
+    }
+}
