@@ -181,6 +181,19 @@ fn a_refusal_is_recorded_with_who_was_refused() {
     );
     assert!(!line.contains(secret), "{line}");
 
+    // Admitted: the record names the caller, and its usage is the key's.
+    let mut c = connect(gw.addr());
+    let mut req = chat("local");
+    req.splice(at..at, auth.bytes());
+    c.send(&req);
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let line = access_line(&gw, r.header("x-request-id").unwrap());
+    assert!(
+        line.contains(&format!("status=200 key={key_id} team=\"ml\"")),
+        "{line}"
+    );
+
     let mut c = connect(gw.addr());
     c.send(&chat("local"));
     let r = c.read_response();

@@ -360,7 +360,6 @@ async fn handle_api<'s>(
             return send_error(conn, client, &err, rid, &headers, false).await;
         }
     };
-    trail.actor = ticket.actor.take();
     let mut headers = std::mem::take(&mut ticket.headers);
     let alias: &str = match &ticket.fallback {
         Some(fallback) => {
@@ -373,7 +372,7 @@ async fn handle_api<'s>(
     let Some(model) = config.models.get(alias) else {
         let e = GatewayError::ModelNotFound(alias.to_owned());
         trail.alias = Some(alias.to_owned());
-        settle(shard, &ticket, trail);
+        settle(shard, ticket, trail);
         return send_error(conn, client, &e, rid, &headers, false).await;
     };
     let call = Call {
@@ -394,19 +393,21 @@ async fn handle_api<'s>(
         Some(fallback) => fallback,
         None => facts.model,
     });
-    settle(shard, &ticket, trail);
+    settle(shard, ticket, trail);
     outcome
 }
 
 /// Every attempt that reported usage is charged; with none, the
 /// reservation goes back and the request still counts.
-fn settle(shard: &Shard, ticket: &Ticket, trail: &mut Trail<'_>) {
+/// The ticket's actor then moves to the request's record.
+fn settle(shard: &Shard, mut ticket: Ticket, trail: &mut Trail<'_>) {
     let metered = trail
         .attempts
         .iter()
         .filter_map(|a| Some((a.target.model.as_str(), a.metered.as_ref()?)));
     trail.cost_micros = shard.admission.settle_all(
-        ticket,
+        &ticket,
         metered.map(|(model, m)| (model, m.usage.as_ref(), m.estimated)),
     );
+    trail.actor = ticket.actor.take();
 }
