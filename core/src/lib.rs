@@ -17,6 +17,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod gateway;
+pub mod generation;
 pub mod io;
 pub mod placement;
 pub mod record;

@@ -111,6 +111,7 @@ fn main() -> ExitCode {
                     pin: !no_pin,
                     spin_before_park: spin,
                 },
+                config_path: config.clone(),
                 store,
             };
             let result = serve::run(cfg, opts, |addrs| {

@@ -29,6 +29,21 @@ pub enum Control {
     /// The key table changed (a key created, revoked or expired elsewhere):
     /// each shard gets its own copy.
     Keys(Box<shardgate_policy::KeyStore>),
+    /// A reloaded config, already checked and compiled.
+    Reload(Box<Reload>),
+}
+
+/// A new config generation for every shard: the next requests use it,
+/// those under way finish on theirs.
+#[derive(Clone)]
+pub struct Reload {
+    pub number: u64,
+    pub config: Arc<crate::config::Config>,
+    pub policies: shardgate_policy::PolicySet,
+    /// One per provider of `config`.
+    pub upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
+    /// Each shard sends its id once the generation is its current one.
+    pub applied: crossbeam::channel::Sender<usize>,
 }
 
 /// One listening socket per shard per listener, all bound to the same address

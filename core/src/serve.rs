@@ -40,6 +40,9 @@ pub enum ServeError {
 
 pub struct Options {
     pub executor: ExecutorSettings,
+    /// The file the config came from, read again on SIGHUP (None: the
+    /// bundled default, which does not change).
+    pub config_path: Option<std::path::PathBuf>,
     /// The open store: keys and usage at start, the usage writer, the key
     /// log watcher.
     pub store: Store,
@@ -71,20 +74,7 @@ pub fn run(
             }
         }
     }
-    let mut upstream_tls = Vec::new();
-    for p in &config.providers {
-        upstream_tls.push(match &p.kind {
-            crate::config::ProviderKind::Http(h) if h.base.tls => {
-                Some(tls::client_config(h.ca_file.as_deref()).map_err(|source| {
-                    ServeError::UpstreamTls {
-                        provider: p.name.clone(),
-                        source,
-                    }
-                })?)
-            }
-            _ => None,
-        });
-    }
+    let upstream_tls = upstream_tls(&config)?;
 
     // sockets[listener][shard]
     let mut sockets = Vec::new();
@@ -122,7 +112,7 @@ pub fn run(
         );
     }
     let restored = Arc::new(std::mem::take(&mut store.recovered.usage));
-    let signals = signal_channel()?;
+    let (signals, hangups) = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
     log_placement(&config.placement, opts.executor.pin);
@@ -187,6 +177,7 @@ pub fn run(
     // stops the process, rather than leaving its share of connections and
     // buckets unserved.
     let mut failure = None;
+    let mut generation = 1;
     loop {
         crossbeam::channel::select! {
             recv(signals) -> sig => {
@@ -208,6 +199,13 @@ pub fn run(
                 break;
             }
             recv(key_changes) -> _ => reload_keys(&mut store, &handles),
+            recv(hangups) -> _ => {
+                if let Some(path) = &opts.config_path {
+                    generation = reload_config(&config, path, generation, &handles);
+                } else {
+                    log::warn!("SIGHUP: no config file to reload (started with the bundled config)");
+                }
+            }
             default(tick) => {
                 reload_certs(&mut watches, &handles);
                 reload_keys(&mut store, &handles);
@@ -358,23 +356,135 @@ fn reload_certs(
     }
 }
 
-/// SIGTERM and SIGINT, delivered on a channel by a watcher thread.
-fn signal_channel() -> Result<crossbeam::channel::Receiver<i32>, ServeError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(ServeError::Signals)?;
+/// SIGTERM and SIGINT (stop), and SIGHUP (reload the config), delivered
+/// on two channels by a watcher thread.
+fn signal_channel() -> Result<
+    (
+        crossbeam::channel::Receiver<i32>,
+        crossbeam::channel::Receiver<()>,
+    ),
+    ServeError,
+> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(ServeError::Signals)?;
     let (tx, rx) = crossbeam::channel::unbounded();
+    let (hup_tx, hup_rx) = crossbeam::channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                if tx.send(sig).is_err() {
+                let sent = if sig == SIGHUP {
+                    hup_tx.send(()).is_ok()
+                } else {
+                    tx.send(sig).is_ok()
+                };
+                if !sent {
                     break;
                 }
             }
         })
         .map_err(ServeError::Signals)?;
-    Ok(rx)
+    Ok((rx, hup_rx))
+}
+
+/// A client TLS config per provider of `config` (None for plain-HTTP and
+/// in-process ones).
+fn upstream_tls(config: &Config) -> Result<Vec<Option<Arc<rustls::ClientConfig>>>, ServeError> {
+    let mut out = Vec::with_capacity(config.providers.len());
+    for p in &config.providers {
+        out.push(match &p.kind {
+            crate::config::ProviderKind::Http(h) if h.base.tls => {
+                Some(tls::client_config(h.ca_file.as_deref()).map_err(|source| {
+                    ServeError::UpstreamTls {
+                        provider: p.name.clone(),
+                        source,
+                    }
+                })?)
+            }
+            _ => None,
+        });
+    }
+    Ok(out)
+}
+
+/// How long the main thread waits for every shard to take a new generation
+/// before it reports the reload as partly applied.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// Reads the config file again and, when it is valid and changes nothing
+/// that needs a restart, makes it every shard's current generation.
+/// Returns the generation now current. A refused reload changes nothing
+/// and says why.
+fn reload_config(
+    running: &Config,
+    path: &std::path::Path,
+    current: u64,
+    handles: &[ShardHandle],
+) -> u64 {
+    let refuse = |why: String| {
+        log::error!(
+            "config reload from {} refused, generation {current} stays: {why}",
+            path.display()
+        );
+        current
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let changed = running.restart_only_changes(&config);
+    if !changed.is_empty() {
+        return refuse(format!(
+            "{} can only change with a restart",
+            changed.join(", ")
+        ));
+    }
+    let policies = match shardgate_policy::PolicySet::compile(&config.policies) {
+        Ok(p) => p,
+        Err(e) => return refuse(format!("policies: {e}")),
+    };
+    if policies.policies().iter().any(|p| p.limits.limits_tokens()) {
+        shardgate_policy::warm_up();
+    }
+    let upstream_tls = match upstream_tls(&config) {
+        Ok(t) => t,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let number = current + 1;
+    let (applied, acks) = crossbeam::channel::unbounded();
+    let reload = crate::runtime::Reload {
+        number,
+        config: Arc::new(config),
+        policies,
+        upstream_tls,
+        applied,
+    };
+    for h in handles {
+        let _ = h.control.send(Control::Reload(Box::new(reload.clone())));
+    }
+    drop(reload);
+    let deadline = std::time::Instant::now() + RELOAD_WAIT;
+    let mut done = 0;
+    while done < handles.len() {
+        match acks.recv_deadline(deadline) {
+            Ok(_) => done += 1,
+            Err(_) => break,
+        }
+    }
+    if done == handles.len() {
+        log::info!(
+            "config reloaded from {}: generation {number} on all {done} shards",
+            path.display()
+        );
+    } else {
+        log::error!(
+            "config reload from {}: generation {number} on {done} of {} shards after {RELOAD_WAIT:?}",
+            path.display(),
+            handles.len()
+        );
+    }
+    number
 }
 
 /// A shard's life: accept on its listeners, apply control messages, and on
@@ -429,6 +539,7 @@ async fn shard_main(
                 }
             }
             Control::Keys(keys) => shard.admission.replace_keys(Rc::new(*keys)),
+            Control::Reload(reload) => shard.reload(*reload),
             Control::Shutdown => break,
         }
     }

@@ -1,11 +1,11 @@
-//! Everything one shard owns: its copy of the config, its upstream pools, its
+//! Everything one shard owns: its config generation, its upstream pools, its
 //! listeners' TLS configs and its shutdown signal. Nothing here is shared with
 //! another shard, so nothing here is locked.
 
 use crate::admission::Admission;
-use crate::client::{Endpoint, Pool};
-use crate::config::{Config, ProviderKind};
-use crate::gateway::PassHeads;
+use crate::client::Pool;
+use crate::config::Config;
+use crate::generation::Generation;
 use crate::server::{RequestId, RequestIds};
 use glommio::sync::Semaphore;
 use shardgate_proto::json::tape::JsonParser;
@@ -17,17 +17,15 @@ pub struct Shard {
     pub id: usize,
     /// Keys, policies and this shard's budget ledgers.
     pub admission: Admission,
+    /// The config the shard started with, for what only a restart changes:
+    /// listeners, limits, upstream settings, the store. Everything else is
+    /// read from the current [`Generation`].
     pub config: Arc<Config>,
+    generation: RefCell<Rc<Generation>>,
     pub pool: Pool,
-    /// One per provider; `None` for in-process providers.
-    pub endpoints: Vec<Option<Endpoint>>,
-    /// One per provider: pass-through head prefixes, where they are fixed.
-    pub pass_heads: Vec<Option<PassHeads>>,
     /// Current TLS config per listener (`None` for plain listeners); replaced
     /// on certificate reload, read at each handshake.
     pub tls: Vec<RefCell<Option<Arc<rustls::ServerConfig>>>>,
-    /// Pre-rendered `/v1/models` body.
-    pub models_body: Vec<u8>,
     /// Closed at shutdown: every `wait_shutdown` returns at once after that.
     shutdown: Semaphore,
     draining: Cell<bool>,
@@ -49,36 +47,14 @@ impl Shard {
         keys: shardgate_policy::KeyStore,
         persist: crate::admission::Persist,
     ) -> Rc<Self> {
-        let endpoints = config
-            .providers
-            .iter()
-            .zip(upstream_tls)
-            .map(|(p, tls)| match &p.kind {
-                ProviderKind::Http(h) => Some(Endpoint {
-                    authority: h.base.authority(),
-                    base: h.base.clone(),
-                    tls: tls.clone(),
-                }),
-                ProviderKind::Mock(_) => None,
-            })
-            .collect();
-        let pass_heads = config
-            .providers
-            .iter()
-            .map(|p| match &p.kind {
-                ProviderKind::Http(h) => PassHeads::new(h, &h.base.authority()),
-                ProviderKind::Mock(_) => None,
-            })
-            .collect();
-        let models_body = crate::gateway::models::render(&config);
+        let pool = Pool::new(config.upstream.clone());
+        let generation = Generation::new(1, config.clone(), upstream_tls, &pool);
         Rc::new(Self {
             id,
             admission: Admission::new(&config, policies, Rc::new(keys), persist),
-            pool: Pool::new(config.providers.len(), config.upstream.clone()),
-            endpoints,
-            pass_heads,
+            pool,
+            generation: RefCell::new(Rc::new(generation)),
             tls: tls.into_iter().map(RefCell::new).collect(),
-            models_body,
             config,
             shutdown: Semaphore::new(0),
             draining: Cell::new(false),
@@ -86,6 +62,28 @@ impl Shard {
             request_ids: RequestIds::new(id),
             json: RefCell::new(JsonParser::default()),
         })
+    }
+
+    /// The current config generation: a request holds the one it started
+    /// on to its end.
+    pub fn generation(&self) -> Rc<Generation> {
+        self.generation.borrow().clone()
+    }
+
+    /// Makes `config` the current generation (requests under way keep
+    /// theirs): its policies and pricing apply to the next admission.
+    pub fn reload(&self, reload: crate::runtime::Reload) {
+        let crate::runtime::Reload {
+            number,
+            config,
+            policies,
+            upstream_tls,
+            applied,
+        } = reload;
+        self.admission.reload(&config, policies);
+        let next = Generation::new(number, config, &upstream_tls, &self.pool);
+        *self.generation.borrow_mut() = Rc::new(next);
+        let _ = applied.send(self.id);
     }
 
     pub fn draining(&self) -> bool {

@@ -114,9 +114,11 @@ pub struct Admission {
     dirty: RefCell<HashSet<String>>,
     /// Usage settled per key since the last [`Admission::persist_usage`].
     pending: RefCell<HashMap<String, UsageTotals>>,
-    mode: AuthMode,
-    policies: PolicySet,
-    pricing: PricingTable,
+    /// These three change with a config reload (the next request uses
+    /// them); ledgers, keys and pending usage carry over.
+    mode: Cell<AuthMode>,
+    policies: RefCell<Rc<PolicySet>>,
+    pricing: RefCell<PricingTable>,
     /// The last model priced and its price (at first `""`, as settling an
     /// unanswered call names): a shard serves the same few models over and
     /// over, and a table lookup compares names against every listed model.
@@ -149,10 +151,10 @@ impl Admission {
             activity: Activity::default(),
             dirty: RefCell::new(HashSet::new()),
             pending: RefCell::new(HashMap::new()),
-            mode: config.auth,
-            policies,
+            mode: Cell::new(config.auth),
+            policies: RefCell::new(Rc::new(policies)),
             last_price: RefCell::new((String::new(), pricing.price(""))),
-            pricing,
+            pricing: RefCell::new(pricing),
             keys: RefCell::new(keys),
             slots: RefCell::new(HashMap::new()),
             mesh: RefCell::new(None),
@@ -162,7 +164,7 @@ impl Admission {
 
     /// True when admission has nothing to do: no keys, no policies.
     pub fn is_open(&self) -> bool {
-        self.mode == AuthMode::None && self.policies.policies().is_empty()
+        self.mode.get() == AuthMode::None && self.policies.borrow().policies().is_empty()
     }
 
     pub fn set_mesh(&self, mesh: Rc<Mesh>) {
@@ -173,8 +175,14 @@ impl Admission {
         *self.keys.borrow_mut() = keys;
     }
 
-    pub fn pricing(&self) -> &PricingTable {
-        &self.pricing
+    /// A reloaded config's auth mode, policies and pricing. Buckets keep
+    /// their counters: a scope still limited counts on from where it was.
+    pub fn reload(&self, config: &Config, policies: PolicySet) {
+        self.mode.set(config.auth);
+        *self.policies.borrow_mut() = Rc::new(policies);
+        let pricing = PricingTable::new(&config.pricing);
+        *self.last_price.borrow_mut() = (String::new(), pricing.price(""));
+        *self.pricing.borrow_mut() = pricing;
     }
 
     /// `model`'s price, through the one-entry memo.
@@ -183,7 +191,7 @@ impl Admission {
         if last.0 != model {
             last.0.clear();
             last.0.push_str(model);
-            last.1 = self.pricing.price(model);
+            last.1 = self.pricing.borrow().price(model);
         }
         last.1
     }
@@ -196,7 +204,7 @@ impl Admission {
     }
 
     fn actor(&self, req: &Request, now: Timestamp) -> Result<Actor, Refusal> {
-        match self.mode {
+        match self.mode.get() {
             AuthMode::None => Ok(Actor {
                 key_id: ANONYMOUS.to_owned(),
                 team: None,
@@ -227,7 +235,8 @@ impl Admission {
             return Ok(all.collect());
         }
         let actor = self.actor(req, now())?;
-        let resolved = self.policies.resolve(&actor);
+        let policies = self.policies.borrow().clone();
+        let resolved = policies.resolve(&actor);
         Ok(all.filter(|m| resolved.model_allowed(m)).collect())
     }
 
@@ -246,7 +255,8 @@ impl Admission {
         }
         let now = now();
         let actor = self.actor(req, now)?;
-        let resolved = self.policies.resolve(&actor);
+        let policies = self.policies.borrow().clone();
+        let resolved = policies.resolve(&actor);
         let prompt_tokens = if resolved.needs_token_estimate() {
             let texts = prompt::texts(&req.body);
             let chosen = resolved

@@ -1,5 +1,5 @@
 use super::{UpstreamConn, UpstreamStream};
-use crate::config::{BaseUrl, UpstreamSettings};
+use crate::config::{BaseUrl, HttpProvider, UpstreamSettings};
 use crate::deadline::coarse_now;
 use crate::io::{with_timeout, MaybeTls, ReadBuf};
 use crate::runtime;
@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,23 +21,67 @@ pub struct Endpoint {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// `Host` header value, computed once.
     pub authority: String,
+    /// Its idle connections' stack in the shard's pool.
+    pub slot: usize,
 }
 
-/// A shard's idle upstream connections, one stack per provider (LIFO: the
+/// What makes two providers' connections interchangeable: the same scheme,
+/// host and port, and the same trust for TLS. Not the path, not the key
+/// (sent per request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EndpointKey {
+    tls: bool,
+    host: String,
+    port: u16,
+    ca_file: Option<PathBuf>,
+}
+
+/// A shard's idle upstream connections, one stack per endpoint (LIFO: the
 /// most recently used connection is the least likely to have been closed).
+/// Stacks are found by endpoint, not by provider index, so connections
+/// outlive config reloads that add, remove or reorder providers.
 /// Shard-local: no locks, no atomics.
 pub struct Pool {
-    idle: Vec<RefCell<Vec<UpstreamConn>>>,
+    idle: RefCell<Vec<Vec<UpstreamConn>>>,
+    slots: RefCell<HashMap<EndpointKey, usize>>,
     dns: RefCell<DnsCache>,
     settings: UpstreamSettings,
 }
 
 impl Pool {
-    pub fn new(providers: usize, settings: UpstreamSettings) -> Self {
+    pub fn new(settings: UpstreamSettings) -> Self {
         Self {
-            idle: (0..providers).map(|_| RefCell::new(Vec::new())).collect(),
+            idle: RefCell::new(Vec::new()),
+            slots: RefCell::new(HashMap::new()),
             dns: RefCell::new(HashMap::new()),
             settings,
+        }
+    }
+
+    /// The endpoint of `http`, with its stack of idle connections (made
+    /// when no provider of an earlier generation had the same endpoint).
+    pub fn endpoint(
+        &self,
+        http: &HttpProvider,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Endpoint {
+        let key = EndpointKey {
+            tls: http.base.tls,
+            host: http.base.host.clone(),
+            port: http.base.port,
+            ca_file: http.ca_file.clone(),
+        };
+        let mut slots = self.slots.borrow_mut();
+        let next = slots.len();
+        let slot = *slots.entry(key).or_insert(next);
+        if slot == next {
+            self.idle.borrow_mut().push(Vec::new());
+        }
+        Endpoint {
+            base: http.base.clone(),
+            tls,
+            authority: http.base.authority(),
+            slot,
         }
     }
 
@@ -45,15 +90,16 @@ impl Pool {
     }
 
     /// An idle connection that still looks healthy, or a new one.
-    pub async fn checkout(&self, provider: usize, ep: &Endpoint) -> io::Result<UpstreamConn> {
-        if let Some(conn) = self.take_idle(provider) {
+    pub async fn checkout(&self, ep: &Endpoint) -> io::Result<UpstreamConn> {
+        if let Some(conn) = self.take_idle(ep.slot) {
             return Ok(conn);
         }
         self.connect(ep).await
     }
 
-    fn take_idle(&self, provider: usize) -> Option<UpstreamConn> {
-        let mut idle = self.idle.get(provider)?.borrow_mut();
+    fn take_idle(&self, slot: usize) -> Option<UpstreamConn> {
+        let mut stacks = self.idle.borrow_mut();
+        let idle = stacks.get_mut(slot)?;
         while let Some(conn) = idle.pop() {
             let idle_for = coarse_now().saturating_duration_since(conn.idle_since);
             if idle_for < self.settings.pool_idle_timeout && conn.looks_reusable() {
@@ -64,11 +110,11 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read to its end.
-    pub fn checkin(&self, provider: usize, mut conn: UpstreamConn) {
-        let Some(idle) = self.idle.get(provider) else {
+    pub fn checkin(&self, slot: usize, mut conn: UpstreamConn) {
+        let mut stacks = self.idle.borrow_mut();
+        let Some(idle) = stacks.get_mut(slot) else {
             return;
         };
-        let mut idle = idle.borrow_mut();
         if idle.len() >= self.settings.pool_max_idle_per_upstream {
             return;
         }
@@ -138,6 +184,16 @@ impl Pool {
 }
 
 #[cfg(test)]
+impl Pool {
+    /// A pool with one empty stack, slot 0, for connections made by hand.
+    fn with_slot(settings: UpstreamSettings) -> Self {
+        let pool = Pool::new(settings);
+        pool.idle.borrow_mut().push(Vec::new());
+        pool
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
@@ -184,7 +240,7 @@ mod tests {
     fn the_most_recently_returned_connection_serves_next_marked_reused() {
         glommio::LocalExecutor::default().run(async {
             let l = listener();
-            let pool = Pool::new(1, settings(8, Duration::from_secs(60)));
+            let pool = Pool::with_slot(settings(8, Duration::from_secs(60)));
             let (a, _pa) = connected(&l).await;
             let (b, _pb) = connected(&l).await;
             let (port_a, port_b) = (local_port(&a), local_port(&b));
@@ -204,7 +260,7 @@ mod tests {
     fn connections_beyond_the_idle_limit_are_closed_not_kept() {
         glommio::LocalExecutor::default().run(async {
             let l = listener();
-            let pool = Pool::new(1, settings(1, Duration::from_secs(60)));
+            let pool = Pool::with_slot(settings(1, Duration::from_secs(60)));
             let (a, _pa) = connected(&l).await;
             let (b, _pb) = connected(&l).await;
             let port_a = local_port(&a);
@@ -219,7 +275,7 @@ mod tests {
     fn a_connection_idle_past_the_timeout_is_not_handed_out() {
         glommio::LocalExecutor::default().run(async {
             let l = listener();
-            let pool = Pool::new(1, settings(8, Duration::from_millis(50)));
+            let pool = Pool::with_slot(settings(8, Duration::from_millis(50)));
             let (a, _pa) = connected(&l).await;
             pool.checkin(0, a);
             glommio::timer::sleep(Duration::from_millis(120)).await;
@@ -234,7 +290,7 @@ mod tests {
     fn a_connection_whose_peer_closed_or_spoke_unasked_is_skipped_for_a_live_one() {
         glommio::LocalExecutor::default().run(async {
             let l = listener();
-            let pool = Pool::new(1, settings(8, Duration::from_secs(60)));
+            let pool = Pool::with_slot(settings(8, Duration::from_secs(60)));
             let (live, _p_live) = connected(&l).await;
             let (closed, p_closed) = connected(&l).await;
             let (chatty, mut p_chatty) = connected(&l).await;

@@ -108,13 +108,13 @@ pub enum StoreFsync {
 /// Default `store.dir`.
 pub const DEFAULT_STORE_DIR: &str = "shardgate-data";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub addr: SocketAddr,
     pub tls: Option<ListenerTls>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -125,7 +125,7 @@ pub struct ListenerTls {
 }
 
 /// Limits on everything a client can make the gateway hold or wait for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_head_bytes: usize,
     pub max_headers: usize,
@@ -138,7 +138,7 @@ pub struct Limits {
     pub max_connections_per_shard: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// From the request sent to the upstream's response head.
@@ -322,3 +322,29 @@ fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigError> {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+impl Config {
+    /// The settings a running gateway cannot take from a reload, where
+    /// `new` differs from `self`: sockets are bound, shards pinned and the
+    /// store locked at start, and each connection keeps the limits it
+    /// started with.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listeners != new.listeners {
+            changed.push("listen / listeners");
+        }
+        if self.placement != new.placement {
+            changed.push("shards / cpus");
+        }
+        if self.limits != new.limits {
+            changed.push("limits");
+        }
+        if self.upstream != new.upstream {
+            changed.push("upstream");
+        }
+        if self.store != new.store {
+            changed.push("store");
+        }
+        changed
+    }
+}

@@ -13,7 +13,9 @@
 use super::relay::{Answer, Source};
 use super::route::Failure;
 use super::{mock, plan, Call};
-use crate::client::{read_response_head, BodyReader, ReadError, UpstreamConn, UpstreamHead};
+use crate::client::{
+    read_response_head, BodyReader, Endpoint, ReadError, UpstreamConn, UpstreamHead,
+};
 use crate::config::{HttpProvider, Provider, ProviderKind, Target, Wire};
 use crate::error::GatewayError;
 use crate::io::write_all_timeout;
@@ -48,24 +50,24 @@ async fn http<'a>(
     http: &'a HttpProvider,
 ) -> Result<Answer<'a>, Failure> {
     let shard = call.shard;
-    let Some(Some(ep)) = shard.endpoints.get(target.provider) else {
+    let Some(Some(ep)) = call.generation.endpoints.get(target.provider) else {
         return Err(Failure::classify(GatewayError::UpstreamConnect {
             provider: provider.name.clone(),
             reason: "no endpoint".into(),
         }));
     };
     let (bytes, reply) = plan::build(call, target, http, &ep.authority)?;
-    let exchanged = exchange(shard, target.provider, &provider.name, bytes.bytes()).await;
+    let exchanged = exchange(shard, ep, &provider.name, bytes.bytes()).await;
     // The request is not sent again past its head: a long stream must not
     // hold a copy of its prompt for its whole life.
     drop(bytes);
     let (up, head) = exchanged?;
     if head.status >= 300 {
-        let error = upstream_error(shard, up, head, target.provider, &provider.name, http).await;
+        let error = upstream_error(shard, up, head, ep.slot, &provider.name, http).await;
         return Err(Failure::classify(error));
     }
     Ok(Answer {
-        source: Source::http(up, &head, target.provider),
+        source: Source::http(up, &head, ep.slot),
         head,
         name: &provider.name,
         served_by: &target.served_by,
@@ -83,23 +85,17 @@ async fn http<'a>(
 /// by a fresh one, once.
 async fn exchange(
     shard: &Shard,
-    provider: usize,
+    ep: &Endpoint,
     name: &str,
     bytes: &[u8],
 ) -> Result<(UpstreamConn, UpstreamHead), GatewayError> {
-    let Some(Some(ep)) = shard.endpoints.get(provider) else {
-        return Err(GatewayError::UpstreamConnect {
-            provider: name.to_owned(),
-            reason: "no endpoint".into(),
-        });
-    };
     let settings = shard.pool.settings();
     let mut fresh = false;
     loop {
         let mut up = if fresh {
             shard.pool.connect(ep).await
         } else {
-            shard.pool.checkout(provider, ep).await
+            shard.pool.checkout(ep).await
         }
         .map_err(|e| GatewayError::UpstreamConnect {
             provider: name.to_owned(),
@@ -152,7 +148,7 @@ async fn upstream_error(
     shard: &Shard,
     mut up: UpstreamConn,
     head: UpstreamHead,
-    provider: usize,
+    slot: usize,
     name: &str,
     http: &HttpProvider,
 ) -> GatewayError {
@@ -163,7 +159,7 @@ async fn upstream_error(
         .await
         .unwrap_or_default();
     if reader.is_done() && head.keep_alive {
-        shard.pool.checkin(provider, up);
+        shard.pool.checkin(slot, up);
     }
     // Every upstream error leaves here OpenAI-shaped (or as the body of an
     // OpenAI-dialect upstream, which the error type wraps when it is not an

@@ -17,6 +17,7 @@ pub use plan::PassHeads;
 use crate::admission::{Refusal, Ticket};
 use crate::config::Target;
 use crate::error::GatewayError;
+use crate::generation::Generation;
 use crate::record::Trail;
 use crate::server::{respond, ClientConn, Outcome, Request};
 use crate::shard::Shard;
@@ -66,6 +67,8 @@ impl Api {
 /// to know about it.
 pub struct Call<'a> {
     pub shard: &'a Rc<Shard>,
+    /// The config generation the request started on.
+    pub generation: &'a Generation,
     pub req: &'a Request<'a>,
     pub facts: &'a RequestFacts,
     /// The body's top-level members, from the facts' scan.
@@ -246,13 +249,15 @@ fn route(method: Method, path: &[u8]) -> Route {
     }
 }
 
-/// Answers one request; what it learns on the way goes into `trail`.
-pub async fn handle<'s>(
-    shard: &'s Rc<Shard>,
+/// Answers one request on `generation` (the config current when it
+/// started); what it learns on the way goes into `trail`.
+pub async fn handle<'g>(
+    shard: &Rc<Shard>,
+    generation: &'g Generation,
     conn: &mut ClientConn,
     req: Request<'_>,
     rid: &str,
-    trail: &mut Trail<'s>,
+    trail: &mut Trail<'g>,
 ) -> Outcome {
     let openai = ClientDialect::OpenAi;
     let method_name = || {
@@ -267,9 +272,11 @@ pub async fn handle<'s>(
             send_error(conn, openai, &GatewayError::Draining, rid, &[], true).await
         }
         Route::Ready => json_ok(conn, br#"{"status":"ready"}"#, rid).await,
-        Route::Models if shard.admission.is_open() => json_ok(conn, &shard.models_body, rid).await,
+        Route::Models if shard.admission.is_open() => {
+            json_ok(conn, &generation.models_body, rid).await
+        }
         Route::Models => {
-            let all = shard.config.models.keys().map(String::as_str);
+            let all = generation.config.models.keys().map(String::as_str);
             match shard.admission.visible_models(&req, all) {
                 Ok(list) => json_ok(conn, &models::render_list(list.into_iter()), rid).await,
                 Err(_) => {
@@ -278,7 +285,7 @@ pub async fn handle<'s>(
                 }
             }
         }
-        Route::Api(api) => handle_api(shard, conn, &req, api, rid, trail).await,
+        Route::Api(api) => handle_api(shard, generation, conn, &req, api, rid, trail).await,
         Route::WrongMethod => {
             let e = GatewayError::MethodNotAllowed {
                 method: method_name(),
@@ -304,13 +311,14 @@ async fn json_ok(conn: &mut ClientConn, body: &[u8], rid: &str) -> Outcome {
     }
 }
 
-async fn handle_api<'s>(
-    shard: &'s Rc<Shard>,
+async fn handle_api<'g>(
+    shard: &Rc<Shard>,
+    generation: &'g Generation,
     conn: &mut ClientConn,
     req: &Request<'_>,
     api: Api,
     rid: &str,
-    trail: &mut Trail<'s>,
+    trail: &mut Trail<'g>,
 ) -> Outcome {
     let client = api.dialect();
     let facts = extract_facts(&req.body, &mut shard.json.borrow_mut());
@@ -321,7 +329,7 @@ async fn handle_api<'s>(
     if !api.can_stream() {
         facts.stream = false;
     }
-    let config = &shard.config;
+    let config = &generation.config;
     let upstream_model = |alias: &str| {
         config
             .models
@@ -377,6 +385,7 @@ async fn handle_api<'s>(
     };
     let call = Call {
         shard,
+        generation,
         req,
         facts: &facts,
         members: &members,

@@ -84,7 +84,7 @@ pub fn build(
                     Api::Embeddings => Operation::Embeddings,
                     Api::Messages => return Err(unsupported()),
                 };
-                let cached = call.shard.pass_heads.get(target.provider);
+                let cached = call.generation.pass_heads.get(target.provider);
                 if let Some(Some(heads)) = cached {
                     let prefix = heads.get(op, call.facts.stream);
                     let body = patch_model(call, target);
@@ -323,9 +323,9 @@ fn assemble(call: &Call<'_>, prefix: &[u8], body: UpBody) -> UpstreamRequest {
 }
 
 /// Head prefixes of pass-through requests to one OpenAI-wire provider, by
-/// operation and by whether the answer streams: rendered once per shard
-/// (the config does not change under a running shard), where each request
-/// used to render the path, auth and accept headers again.
+/// operation and by whether the answer streams: rendered once per config
+/// generation, where each request used to render the path, auth and
+/// accept headers again.
 pub struct PassHeads([[Vec<u8>; 2]; 3]);
 
 impl PassHeads {

@@ -57,8 +57,8 @@ pub enum Source {
         up: UpstreamConn,
         reader: BodyReader,
         keep_alive: bool,
-        /// Index of the provider, for the pool.
-        provider: usize,
+        /// The endpoint's stack in the pool.
+        slot: usize,
     },
     /// The built-in mock, generated as it is read.
     Mock(MockBody),
@@ -67,12 +67,12 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn http(up: UpstreamConn, head: &UpstreamHead, provider: usize) -> Self {
+    pub fn http(up: UpstreamConn, head: &UpstreamHead, slot: usize) -> Self {
         Source::Http {
             up,
             reader: BodyReader::new(head.framing),
             keep_alive: head.keep_alive,
-            provider,
+            slot,
         }
     }
 
@@ -104,11 +104,11 @@ impl Source {
         if let Source::Http {
             up,
             keep_alive: true,
-            provider,
+            slot,
             ..
         } = std::mem::replace(self, Source::Released)
         {
-            shard.pool.checkin(provider, up);
+            shard.pool.checkin(slot, up);
         }
     }
 }

@@ -88,10 +88,10 @@ pub async fn serve<'a>(
     model: &'a ModelRoute,
     attempts: &mut Attempts<'a>,
 ) -> Outcome {
-    let (shard, rid, client) = (call.shard, call.rid, call.client);
+    let (rid, client) = (call.rid, call.client);
     let targets = &model.targets;
     for (i, target) in targets.iter().enumerate() {
-        let Some(provider) = shard.config.providers.get(target.provider) else {
+        let Some(provider) = call.generation.config.providers.get(target.provider) else {
             continue;
         };
         let started = Instant::now();

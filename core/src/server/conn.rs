@@ -220,11 +220,12 @@ async fn handle_recorded(
     endpoint: &'static str,
     started: Instant,
 ) -> Outcome {
+    let generation = shard.generation();
     let mut trail = Trail {
         endpoint,
         ..Trail::default()
     };
-    let outcome = crate::gateway::handle(shard, conn, req, rid, &mut trail).await;
+    let outcome = crate::gateway::handle(shard, &generation, conn, req, rid, &mut trail).await;
     record(conn, rid, &trail, started);
     outcome
 }
