@@ -12,7 +12,7 @@
 use crate::gateway::{AttemptOutcome, Attempts};
 use shardgate_policy::Actor;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::Instant;
 
 /// What the request handler learned, filled as it goes.
 #[derive(Default)]
@@ -39,9 +39,11 @@ pub struct RequestEnd<'r, 's> {
     /// the one that cut a stream already under way.
     pub error: Option<&'static str>,
     pub trail: &'r Trail<'s>,
-    /// From the request's head read to the first byte written back.
-    pub first_byte: Option<Duration>,
-    pub duration: Duration,
+    /// When its head was read, its first byte written back, and it ended
+    /// (durations are worked out when reported).
+    pub started: Instant,
+    pub first_byte: Option<Instant>,
+    pub ended: Instant,
 }
 
 impl RequestEnd<'_, '_> {
@@ -94,7 +96,7 @@ impl RequestEnd<'_, '_> {
                 line,
                 " attempt{i}={}:{outcome}:{}ms",
                 a.target.served_by,
-                a.elapsed.as_millis()
+                a.ended.duration_since(a.started).as_millis()
             );
             if let Some(m) = &a.metered {
                 let u = m.usage.unwrap_or_default();
@@ -111,9 +113,14 @@ impl RequestEnd<'_, '_> {
             let _ = write!(line, " cost_micros={}", t.cost_micros);
         }
         if let Some(f) = self.first_byte {
-            let _ = write!(line, " ttfb_us={}", f.as_micros());
+            let _ = write!(
+                line,
+                " ttfb_us={}",
+                f.duration_since(self.started).as_micros()
+            );
         }
-        let _ = write!(line, " duration_us={}", self.duration.as_micros());
+        let duration = self.ended.duration_since(self.started);
+        let _ = write!(line, " duration_us={}", duration.as_micros());
         log::debug!(target: "access", "{line}");
     }
 }

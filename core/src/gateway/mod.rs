@@ -29,7 +29,7 @@ use shardgate_providers::ReplyCtx;
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::Instant;
 
 /// The model API endpoints the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,9 +94,12 @@ pub type Attempts<'a> = SmallVec<[AttemptRecord<'a>; 1]>;
 pub struct AttemptRecord<'a> {
     pub target: &'a Target,
     pub outcome: AttemptOutcome,
-    /// From the attempt's start to its answer's head.
-    pub head_after: Option<Duration>,
-    pub elapsed: Duration,
+    /// Instants, not durations: a duration is worked out only by whoever
+    /// reports it (a subtraction per figure, per request, otherwise).
+    pub started: Instant,
+    /// When its answer's head came.
+    pub head_at: Option<Instant>,
+    pub ended: Instant,
     pub metered: Option<Metered>,
 }
 

@@ -106,15 +106,16 @@ pub async fn serve<'a>(
             },
         )
         .await;
-        let mut head_after = None;
+        let mut head_at = None;
         let failure = match head {
             None => {
                 conn.note_error(relay::CLIENT_LEFT);
                 attempts.push(AttemptRecord {
                     target,
                     outcome: AttemptOutcome::ClientLeft,
-                    head_after,
-                    elapsed: started.elapsed(),
+                    started,
+                    head_at,
+                    ended: Instant::now(),
                     metered: call.take_metered(),
                 });
                 return Outcome::CLOSE;
@@ -122,14 +123,15 @@ pub async fn serve<'a>(
             // Borrowed, not moved: an answer is a few hundred bytes, and
             // each move into a future is a copy.
             Some(Ok(ref mut answer)) => {
-                head_after = Some(started.elapsed());
+                head_at = Some(Instant::now());
                 match relay::deliver(conn, answer).await {
                     Ok(outcome) => {
                         attempts.push(AttemptRecord {
                             target,
                             outcome: AttemptOutcome::Answered,
-                            head_after,
-                            elapsed: started.elapsed(),
+                            started,
+                            head_at,
+                            ended: Instant::now(),
                             metered: call.take_metered(),
                         });
                         return outcome;
@@ -142,8 +144,9 @@ pub async fn serve<'a>(
         attempts.push(AttemptRecord {
             target,
             outcome: AttemptOutcome::Failed(failure.error.label()),
-            head_after,
-            elapsed: started.elapsed(),
+            started,
+            head_at,
+            ended: Instant::now(),
             metered: call.take_metered(),
         });
         if failure.moves_on() && i + 1 < targets.len() {

@@ -239,8 +239,9 @@ fn record(conn: &ClientConn, rid: &str, trail: &Trail<'_>, started: Instant) {
         status: a.status,
         error: a.error,
         trail,
-        first_byte: a.first_byte.map(|t| t.duration_since(started)),
-        duration: started.elapsed(),
+        started,
+        first_byte: a.first_byte,
+        ended: Instant::now(),
     }
     .log();
 }
