@@ -9,6 +9,7 @@
 //! place that sets up glommio executors. `store/` is the embedded
 //! crash-safe store (keys, usage, spend) and `cli/` the offline subcommands.
 
+pub mod admin;
 pub mod admission;
 pub mod allocator;
 pub mod cli;

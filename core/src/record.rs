@@ -9,10 +9,49 @@
 //! log reads only this record; so do the audit and metrics that build on
 //! it.
 
-use crate::gateway::{AttemptOutcome, Attempts};
+use crate::config::Target;
 use shardgate_policy::Actor;
+use shardgate_proto::openai::Usage;
+use smallvec::SmallVec;
 use std::fmt::Write as _;
 use std::time::Instant;
+
+/// A call's attempts, in order: most calls make one.
+pub type Attempts<'a> = SmallVec<[AttemptRecord<'a>; 1]>;
+
+/// One attempt at one target, as the route saw it end. Every attempt's
+/// usage is settled, not only the last one's: an upstream that answered
+/// (and billed) before its answer proved unusable is still paid for.
+#[derive(Debug)]
+pub struct AttemptRecord<'a> {
+    pub target: &'a Target,
+    pub outcome: AttemptOutcome,
+    /// Instants, not durations: a duration is worked out only by whoever
+    /// reports it (a subtraction per figure, per request, otherwise).
+    pub started: Instant,
+    /// When its answer's head came.
+    pub head_at: Option<Instant>,
+    pub ended: Instant,
+    pub metered: Option<Metered>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Its answer went to the client (whole, or a stream however it ended).
+    Answered,
+    /// It failed before any byte reached the client (the error's label).
+    Failed(&'static str),
+    /// The client left before the answer's head.
+    ClientLeft,
+}
+
+/// What one answered call consumed, for settlement and audit.
+#[derive(Debug, Clone)]
+pub struct Metered {
+    pub usage: Option<Usage>,
+    /// Not the provider's word (a cut stream, an answer without usage).
+    pub estimated: bool,
+}
 
 /// What the request handler learned, filled as it goes.
 #[derive(Default)]

@@ -3,8 +3,9 @@
 //! certificate changes (reload), which reach shards as control messages.
 
 use crate::admission::{mesh, Persist};
-use crate::config::Config;
+use crate::config::{Config, ListenerRole};
 use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
+use crate::server::accept_loop;
 use crate::shard::Shard;
 use crate::store::{Store, KEYS_FALLBACK_POLL, KEYS_POLL_INTERVAL};
 use crate::tls::{self, CertWatch, TlsError};
@@ -523,12 +524,24 @@ async fn shard_main(
     let gate = Rc::new(Gate::new());
     for (index, l) in listeners.into_iter().enumerate() {
         let listener = runtime::adopt_listener(l);
-        glommio::spawn_local(crate::server::accept_loop(
-            shard.clone(),
-            index,
-            listener,
-            gate.clone(),
-        ))
+        let (shard, gate) = (shard.clone(), gate.clone());
+        let role = shard.config.listeners.get(index).map(|l| l.role);
+        match role.unwrap_or_default() {
+            ListenerRole::Api => glommio::spawn_local(accept_loop(
+                shard,
+                index,
+                listener,
+                gate,
+                Rc::new(crate::gateway::ApiRouter),
+            )),
+            ListenerRole::Admin => glommio::spawn_local(accept_loop(
+                shard,
+                index,
+                listener,
+                gate,
+                Rc::new(crate::admin::AdminRouter),
+            )),
+        }
         .detach();
     }
     while let Some(msg) = control.recv().await {

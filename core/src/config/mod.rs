@@ -112,6 +112,20 @@ pub const DEFAULT_STORE_DIR: &str = "shardgate-data";
 pub struct Listener {
     pub addr: SocketAddr,
     pub tls: Option<ListenerTls>,
+    pub role: ListenerRole,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerRole {
+    /// The model APIs (OpenAI and Anthropic), with health and readiness.
+    #[default]
+    Api,
+    /// Operators' endpoints only (health and readiness today): probes and
+    /// operators on their own port, usually loopback, apart from client
+    /// traffic.
+    Admin,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 
 use super::{
     field, AuthMode, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider, Limits, Listener,
-    ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, Secret, SecretRef, StoreConfig,
-    StoreFsync, Target, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
+    ListenerRole, ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, Secret, SecretRef,
+    StoreConfig, StoreFsync, Target, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
 };
 use crate::placement::{self, parse_cpu_list, Machine, ShardCount};
 use serde::Deserialize;
@@ -80,6 +80,8 @@ enum RawCpus {
 struct RawListener {
     address: String,
     tls: Option<RawTls>,
+    #[serde(default)]
+    role: ListenerRole,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +215,7 @@ impl RawConfig {
             listeners.push(Listener {
                 addr: parse_addr("listen", addr)?,
                 tls: None,
+                role: ListenerRole::Api,
             });
         }
         for (i, l) in self.listeners.into_iter().enumerate() {
@@ -224,7 +227,11 @@ impl RawConfig {
                 client_ca: t.client_ca,
                 reload_interval: dur(t.reload_interval, Duration::from_secs(10)),
             });
-            listeners.push(Listener { addr, tls });
+            listeners.push(Listener {
+                addr,
+                tls,
+                role: l.role,
+            });
         }
         if listeners.is_empty() {
             return Err(field("listen", "no listener: set `listen` or `listeners`"));

@@ -11,9 +11,11 @@ use shardgate_providers::{
     ChatResponse, KnownSecrets, ReplyCtx, StreamTranslator, Summary, TranslateError,
 };
 
-/// The dialect of the API the client called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The dialect of the API the client called. OpenAI's is the default: a
+/// request whose head could not be read is answered in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ClientDialect {
+    #[default]
     OpenAi,
     Anthropic,
 }

@@ -15,10 +15,10 @@ mod route;
 pub use plan::PassHeads;
 
 use crate::admission::{Refusal, Ticket};
-use crate::config::Target;
 use crate::error::GatewayError;
 use crate::generation::Generation;
-use crate::record::Trail;
+use crate::record::{AttemptOutcome, AttemptRecord, Attempts, Metered, Trail};
+
 use crate::server::{respond, ClientConn, Outcome, Request};
 use crate::shard::Shard;
 use shardgate_proto::h1::Method;
@@ -29,7 +29,6 @@ use shardgate_providers::ReplyCtx;
 use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Instant;
 
 /// The model API endpoints the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,43 +81,6 @@ pub struct Call<'a> {
     pub prompt_estimate: u64,
     /// What the current attempt's answer used, set by whoever read it.
     metered: RefCell<Option<Metered>>,
-}
-
-/// A call's attempts, in order: most calls make one.
-pub type Attempts<'a> = SmallVec<[AttemptRecord<'a>; 1]>;
-
-/// One attempt at one target, as the route saw it end. Every attempt's
-/// usage is settled, not only the last one's: an upstream that answered
-/// (and billed) before its answer proved unusable is still paid for.
-#[derive(Debug)]
-pub struct AttemptRecord<'a> {
-    pub target: &'a Target,
-    pub outcome: AttemptOutcome,
-    /// Instants, not durations: a duration is worked out only by whoever
-    /// reports it (a subtraction per figure, per request, otherwise).
-    pub started: Instant,
-    /// When its answer's head came.
-    pub head_at: Option<Instant>,
-    pub ended: Instant,
-    pub metered: Option<Metered>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// Its answer went to the client (whole, or a stream however it ended).
-    Answered,
-    /// It failed before any byte reached the client (the error's label).
-    Failed(&'static str),
-    /// The client left before the answer's head.
-    ClientLeft,
-}
-
-/// What one answered call consumed, for settlement and audit.
-#[derive(Debug, Clone)]
-pub struct Metered {
-    pub usage: Option<Usage>,
-    /// Not the provider's word (a cut stream, an answer without usage).
-    pub estimated: bool,
 }
 
 impl Call<'_> {
@@ -252,9 +214,42 @@ fn route(method: Method, path: &[u8]) -> Route {
     }
 }
 
+/// The router of `api` listeners: the model APIs, health and readiness.
+pub struct ApiRouter;
+
+impl crate::server::Router for ApiRouter {
+    type Dialect = ClientDialect;
+
+    fn classify(&self, path: &[u8]) -> (&'static str, ClientDialect) {
+        endpoint_of_path(path)
+    }
+
+    async fn refuse(
+        &self,
+        conn: &mut ClientConn,
+        dialect: ClientDialect,
+        err: &GatewayError,
+        rid: &str,
+    ) {
+        send_error(conn, dialect, err, rid, &[], true).await;
+    }
+
+    async fn handle<'g>(
+        &self,
+        shard: &Rc<Shard>,
+        generation: &'g Generation,
+        conn: &mut ClientConn,
+        req: Request<'_>,
+        rid: &str,
+        trail: &mut Trail<'g>,
+    ) -> Outcome {
+        handle(shard, generation, conn, req, rid, trail).await
+    }
+}
+
 /// Answers one request on `generation` (the config current when it
 /// started); what it learns on the way goes into `trail`.
-pub async fn handle<'g>(
+async fn handle<'g>(
     shard: &Rc<Shard>,
     generation: &'g Generation,
     conn: &mut ClientConn,

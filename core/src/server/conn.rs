@@ -4,7 +4,7 @@
 
 use super::request::{read_body, read_head, HeadRead, Request};
 use super::respond::HeadOnly;
-use crate::gateway::{send_error, ClientDialect};
+use super::Router;
 use crate::io::{write_all_timeout, MaybeTls, ReadBuf};
 use crate::record::{RequestEnd, Trail};
 use crate::shard::Shard;
@@ -120,7 +120,12 @@ fn client_subject(stream: &ClientStream) -> Option<String> {
     }
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
+pub async fn serve<R: Router>(
+    shard: Rc<Shard>,
+    router: &R,
+    stream: ClientStream,
+    peer: SocketAddr,
+) {
     let limits = &shard.config.limits;
     let mut conn = ClientConn {
         client_subject: client_subject(&stream),
@@ -150,7 +155,9 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
                 conn.answered = Answered::default();
                 conn.head_only = HeadOnly::Off;
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
-                send_error(&mut conn, ClientDialect::OpenAi, &e, "", &[], true).await;
+                router
+                    .refuse(&mut conn, R::Dialect::default(), &e, "")
+                    .await;
                 record(&conn, "", &Trail::default(), started);
                 break;
             }
@@ -158,12 +165,12 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
         let started = Instant::now();
         conn.answered = Answered::default();
         let request_id = shard.request_id();
-        let (endpoint, dialect) = crate::gateway::endpoint_of_path(head.path(rbuf.data()));
+        let (endpoint, dialect) = router.classify(head.path(rbuf.data()));
         let req = match read_body(&shard, &mut conn, &mut rbuf, head).await {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("shard {} {}: {}", shard.id, peer, e.label());
-                send_error(&mut conn, dialect, &e, &request_id, &[], true).await;
+                router.refuse(&mut conn, dialect, &e, &request_id).await;
                 let trail = Trail {
                     endpoint,
                     ..Trail::default()
@@ -173,7 +180,16 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
             }
         };
         let (keep_alive, consumed) = (req.head.keep_alive, req.consumed);
-        let outcome = handle_boxed(&shard, &mut conn, req, &request_id, endpoint, started).await;
+        let outcome = handle_boxed(
+            &shard,
+            router,
+            &mut conn,
+            req,
+            &request_id,
+            endpoint,
+            started,
+        )
+        .await;
         if !keep_alive || !outcome.keep_alive || shard.draining() {
             break;
         }
@@ -195,8 +211,9 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr) {
 /// any request can reach) into the box, per request, where writing the
 /// freshly made future into uninitialised box memory writes only its
 /// captured arguments.
-async fn handle_boxed(
+async fn handle_boxed<R: Router>(
     shard: &Rc<Shard>,
+    router: &R,
     conn: &mut ClientConn,
     req: Request<'_>,
     rid: &str,
@@ -205,15 +222,16 @@ async fn handle_boxed(
 ) -> Outcome {
     let boxed = Box::write(
         Box::new_uninit(),
-        handle_recorded(shard, conn, req, rid, endpoint, started),
+        handle_recorded(shard, router, conn, req, rid, endpoint, started),
     );
     Box::into_pin(boxed).await
 }
 
 /// Handles a request; its trail lives in the request's future, and its
 /// record is made at its end.
-async fn handle_recorded(
+async fn handle_recorded<R: Router>(
     shard: &Rc<Shard>,
+    router: &R,
     conn: &mut ClientConn,
     req: Request<'_>,
     rid: &str,
@@ -225,7 +243,9 @@ async fn handle_recorded(
         endpoint,
         ..Trail::default()
     };
-    let outcome = crate::gateway::handle(shard, &generation, conn, req, rid, &mut trail).await;
+    let outcome = router
+        .handle(shard, &generation, conn, req, rid, &mut trail)
+        .await;
     record(conn, rid, &trail, started);
     outcome
 }

@@ -10,6 +10,52 @@ pub use conn::{ClientConn, Outcome};
 pub use request::Request;
 pub use request_id::{RequestId, RequestIds};
 
+use crate::error::GatewayError;
+use crate::generation::Generation;
+use crate::record::Trail;
+
+/// What a listener serves. The server reads requests (heads, bodies, their
+/// limits and deadlines, keep-alive) and makes each one's record; the
+/// listener's router answers them. Each listener role has its own (the
+/// model API, admin), so the server knows no route and no error shape.
+///
+/// `async fn` here is deliberate: every future runs on the shard that made
+/// it (thread per core), so none needs to be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait Router: 'static {
+    /// The shape errors are written in (the client's dialect); the default
+    /// is for a request whose head could not even be read.
+    type Dialect: Copy + Default;
+
+    /// The endpoint label of a request to `path`, for its record (one of a
+    /// fixed set, never the client's text), and the dialect of errors about
+    /// it written before it is routed.
+    fn classify(&self, path: &[u8]) -> (&'static str, Self::Dialect);
+
+    /// Answers a request refused before it was routed (its head or body
+    /// could not be read) with `err`, and closes the connection: the
+    /// request stream is in an unknown state.
+    async fn refuse(
+        &self,
+        conn: &mut ClientConn,
+        dialect: Self::Dialect,
+        err: &GatewayError,
+        rid: &str,
+    );
+
+    /// Answers one request on `generation` (the config current when it
+    /// started); what it learns on the way goes into `trail`.
+    async fn handle<'g>(
+        &self,
+        shard: &Rc<Shard>,
+        generation: &'g Generation,
+        conn: &mut ClientConn,
+        req: Request<'_>,
+        rid: &str,
+        trail: &mut Trail<'g>,
+    ) -> Outcome;
+}
+
 use crate::io::{with_timeout, MaybeTls};
 use crate::shard::Shard;
 use glommio::net::TcpListener;
@@ -26,7 +72,13 @@ use std::time::{Duration, Instant};
 /// reserve descriptor is released to accept it, and taken back once that
 /// connection is closed, so the shard keeps answering and serves again as
 /// soon as descriptors free up.
-pub async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, gate: Rc<Gate>) {
+pub async fn accept_loop<R: Router>(
+    shard: Rc<Shard>,
+    index: usize,
+    listener: TcpListener,
+    gate: Rc<Gate>,
+    router: Rc<R>,
+) {
     let max_conns = shard.config.limits.max_connections_per_shard;
     let mut reserve = Reserve::open();
     let mut last_warning: Option<Instant> = None;
@@ -71,6 +123,7 @@ pub async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, 
         };
         let _ = stream.set_nodelay(true);
         let shard2 = shard.clone();
+        let router = router.clone();
         let spawned = gate.spawn(async move {
             connection_started(&shard2);
             let tls = shard2.tls.get(index).and_then(|t| t.borrow().clone());
@@ -90,7 +143,7 @@ pub async fn accept_loop(shard: Rc<Shard>, index: usize, listener: TcpListener, 
                 }
             };
             if let Some(stream) = stream {
-                conn::serve(shard2.clone(), stream, peer).await;
+                conn::serve(shard2.clone(), &*router, stream, peer).await;
             }
             connection_ended(&shard2);
         });

@@ -1,0 +1,59 @@
+//! Each listener has a role and serves only its role's routes: an `admin`
+//! listener answers probes and operators, never model calls; `api`
+//! listeners (the default) serve the model APIs. A role the gateway does
+//! not know is a config error that names it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use shardgate_tests::*;
+
+const CONFIG: &str = "shards: 2\nauth: none\n\
+    listeners:\n  - { address: 127.0.0.1:0 }\n  - { address: 127.0.0.1:0, role: admin }\n\
+    providers:\n  local: { kind: mock, output_tokens: 3 }\n\
+    models:\n  local: { targets: [ { provider: local, model: mock-1 } ] }\n";
+
+const CHAT: &str = r#"{"model":"local","messages":[{"role":"user","content":"hi"}]}"#;
+
+#[test]
+fn an_admin_listener_serves_probes_and_no_model_calls() {
+    let gw = start_gateway_in(tempfile::tempdir().unwrap(), CONFIG, 2, &[]);
+    let (api, admin) = (gw.addrs[0], gw.addrs[1]);
+
+    let mut c = connect(admin);
+    c.send(&get("/healthz"));
+    let r = c.read_response();
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
+    c.send(&get("/readyz"));
+    assert_eq!(c.read_response().status, 200);
+    c.send(&post("/v1/chat/completions", CHAT));
+    let r = c.read_response();
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "unknown_url");
+    c.send(&get("/v1/models"));
+    assert_eq!(c.read_response().status, 404);
+    c.send(&post("/healthz", "{}"));
+    assert_eq!(c.read_response().status, 405);
+
+    let mut c = connect(api);
+    c.send(&post("/v1/chat/completions", CHAT));
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 3);
+    c.send(&get("/healthz"));
+    assert_eq!(c.read_response().status, 200);
+}
+
+#[test]
+fn an_unknown_role_is_a_config_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shardgate.yaml");
+    std::fs::write(&path, CONFIG.replace("role: admin", "role: metrics")).unwrap();
+    let out = std::process::Command::new(bin("shardgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("metrics") && err.contains("admin"), "{err}");
+}
