@@ -1,8 +1,8 @@
 //! The router of `admin` listeners: operators' endpoints on a port of their
 //! own (usually loopback), apart from client traffic, so that probes and
 //! operators never queue behind model calls and client ports expose
-//! nothing operational. Health and readiness today; the metrics, key and
-//! config endpoints of the observability issue plug in here.
+//! nothing operational: health, readiness and `/metrics` (every shard's
+//! counts, merged at the scrape).
 
 use crate::error::GatewayError;
 use crate::gateway::{send_error, ClientDialect};
@@ -12,6 +12,11 @@ use crate::server::{respond, ClientConn, Outcome, Request, Router};
 use crate::shard::Shard;
 use shardgate_proto::h1::Method;
 use std::rc::Rc;
+use std::time::Duration;
+
+fn json(body: &[u8], rid: &str) -> Vec<u8> {
+    respond::full(200, b"application/json", &[], body, rid, false)
+}
 
 pub struct AdminRouter;
 
@@ -19,15 +24,20 @@ pub struct AdminRouter;
 enum Endpoint {
     Health,
     Ready,
+    Metrics,
 }
 
 fn endpoint(path: &[u8]) -> Option<(Endpoint, &'static str)> {
     match path {
         b"/healthz" => Some((Endpoint::Health, "/healthz")),
         b"/readyz" => Some((Endpoint::Ready, "/readyz")),
+        b"/metrics" => Some((Endpoint::Metrics, "/metrics")),
         _ => None,
     }
 }
+
+/// How long a scrape waits for the other shards' counts.
+const SCRAPE_WAIT: Duration = Duration::from_secs(1);
 
 impl Router for AdminRouter {
     type Dialect = ClientDialect;
@@ -77,14 +87,24 @@ impl Router for AdminRouter {
             let e = GatewayError::MethodNotAllowed { method, path };
             return send_error(conn, openai, &e, rid, &[], false).await;
         }
-        let body: &[u8] = match which {
-            Endpoint::Health => br#"{"status":"ok"}"#,
+        let bytes = match which {
+            Endpoint::Health => json(br#"{"status":"ok"}"#, rid),
             Endpoint::Ready if shard.draining() => {
                 return send_error(conn, openai, &GatewayError::Draining, rid, &[], true).await;
             }
-            Endpoint::Ready => br#"{"status":"ready"}"#,
+            Endpoint::Ready => json(br#"{"status":"ready"}"#, rid),
+            Endpoint::Metrics => {
+                let text = shard.scrape(SCRAPE_WAIT).await;
+                respond::full(
+                    200,
+                    b"text/plain; version=0.0.4; charset=utf-8",
+                    &[],
+                    text.as_bytes(),
+                    rid,
+                    false,
+                )
+            }
         };
-        let bytes = respond::full(200, b"application/json", &[], body, rid, false);
         match conn.write(&bytes).await {
             Ok(()) => Outcome::KEEP,
             Err(_) => Outcome::CLOSE,

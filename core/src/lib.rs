@@ -20,6 +20,8 @@ pub mod error;
 pub mod gateway;
 pub mod generation;
 pub mod io;
+pub mod mesh;
+pub mod metrics;
 pub mod placement;
 pub mod record;
 pub mod runtime;

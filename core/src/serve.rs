@@ -2,8 +2,9 @@
 //! start the shards, then wait on the main thread for signals (shutdown) and
 //! certificate changes (reload), which reach shards as control messages.
 
-use crate::admission::{mesh, Persist};
+use crate::admission::Persist;
 use crate::config::{Config, ListenerRole};
+use crate::mesh;
 use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
 use crate::server::accept_loop;
 use crate::shard::Shard;
@@ -502,12 +503,14 @@ async fn shard_main(
     // find a peer missing.
     match mesh.join().await {
         Ok((senders, mut receivers)) => {
-            shard.admission.set_mesh(mesh::Mesh::new(senders));
+            let mesh = mesh::Mesh::new(senders);
+            shard.admission.set_mesh(mesh.clone());
+            *shard.mesh.borrow_mut() = Some(mesh);
             for (_, rx) in receivers.streams() {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
                     while let Some(msg) = rx.recv().await {
-                        shard.admission.on_message(msg);
+                        shard.on_message(msg);
                     }
                 })
                 .detach();

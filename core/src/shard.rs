@@ -6,10 +6,14 @@ use crate::admission::Admission;
 use crate::client::Pool;
 use crate::config::Config;
 use crate::generation::Generation;
+use crate::mesh::{Mesh, ShardMsg};
+use crate::metrics::ShardStats;
 use crate::server::{RequestId, RequestIds};
+use glommio::channels::local_channel::LocalSender;
 use glommio::sync::Semaphore;
 use shardgate_proto::json::tape::JsonParser;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -35,6 +39,13 @@ pub struct Shard {
     /// simd-json buffers for request facts, warm across requests. Borrowed
     /// only between awaits.
     pub json: RefCell<JsonParser>,
+    /// Senders to every shard (set once the mesh is joined).
+    pub mesh: RefCell<Option<Rc<Mesh>>>,
+    /// What this shard's requests came to.
+    pub stats: RefCell<ShardStats>,
+    /// Scrapes under way on this shard, waiting for other shards' stats.
+    scrapes: RefCell<HashMap<u64, LocalSender<Box<ShardStats>>>>,
+    next_scrape: Cell<u64>,
 }
 
 impl Shard {
@@ -61,6 +72,10 @@ impl Shard {
             open_connections: Cell::new(0),
             request_ids: RequestIds::new(id),
             json: RefCell::new(JsonParser::default()),
+            mesh: RefCell::new(None),
+            stats: RefCell::new(ShardStats::default()),
+            scrapes: RefCell::new(HashMap::new()),
+            next_scrape: Cell::new(0),
         })
     }
 
@@ -100,6 +115,79 @@ impl Shard {
         // Acquiring from a semaphore with no permits waits until `close`,
         // which fails every waiter at once: a broadcast without allocation.
         let _ = self.shutdown.acquire(1).await;
+    }
+
+    /// Every shard's metrics merged, rendered for Prometheus. Other shards
+    /// answer over the mesh; one that does not within `wait` is counted
+    /// as missing, not waited for.
+    pub async fn scrape(&self, wait: std::time::Duration) -> String {
+        let mut merged = self
+            .stats
+            .borrow()
+            .snapshot(self.id, self.open_connections.get());
+        let Some(mesh) = self.mesh.borrow().clone() else {
+            return merged.render(0);
+        };
+        let seq = self.next_scrape.get();
+        self.next_scrape.set(seq + 1);
+        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
+        self.scrapes.borrow_mut().insert(seq, tx);
+        let me = mesh.me();
+        let peers = mesh.peers();
+        for to in (0..peers).filter(|&p| p != me) {
+            mesh.send(to, ShardMsg::MetricsAsk { from: me, seq });
+        }
+        let mut missing = peers - 1;
+        let deadline = glommio::timer::sleep(wait);
+        futures_lite::pin!(deadline);
+        while missing > 0 {
+            let next = futures_lite::future::or(async { rx.recv().await }, async {
+                (&mut deadline).await;
+                None
+            })
+            .await;
+            match next {
+                Some(stats) => {
+                    merged.merge(&stats);
+                    missing -= 1;
+                }
+                None => break,
+            }
+        }
+        self.scrapes.borrow_mut().remove(&seq);
+        if missing > 0 {
+            log::warn!("metrics scrape: {missing} shards did not answer within {wait:?}");
+        }
+        merged.render(missing)
+    }
+
+    /// A message from another shard: the one dispatcher, which hands each
+    /// kind to the part of the shard it is for.
+    pub fn on_message(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Quota(q) => self.admission.on_message(q),
+            ShardMsg::MetricsAsk { from, seq } => {
+                let stats = self
+                    .stats
+                    .borrow()
+                    .snapshot(self.id, self.open_connections.get());
+                if let Some(mesh) = self.mesh.borrow().clone() {
+                    mesh.send(
+                        from,
+                        ShardMsg::MetricsReply {
+                            seq,
+                            stats: Box::new(stats),
+                        },
+                    );
+                }
+            }
+            ShardMsg::MetricsReply { seq, stats } => {
+                // A reply after its scrape gave up finds no one: dropped.
+                if let Some(tx) = self.scrapes.borrow().get(&seq) {
+                    let _ = tx.try_send(stats);
+                }
+            }
+        }
     }
 
     pub fn request_id(&self) -> RequestId {

@@ -9,13 +9,12 @@
 //! overshoot bound that gives is documented (and tested) in
 //! `shardgate_policy::lease`: zero for requests and reserved tokens.
 
-pub mod mesh;
 mod prompt;
 
 use crate::config::{AuthMode, Config};
+use crate::mesh::{Mesh, QuotaMsg, ShardMsg};
 use crate::server::Request;
 use crate::store::{UsageRecord, UsageSender, UsageState, UsageTotals};
-use mesh::{Mesh, ShardMsg};
 use shardgate_policy::{
     decide, estimate_prompt_tokens, owner_shard, parse_credential, Actor, Counters, Decision,
     DenyReason, KeyStore, LeaseManager, LimitKind, Limits, LocalQuota, PolicySet, Price,
@@ -649,20 +648,20 @@ impl Admission {
         for msg in msgs {
             mesh.send(
                 owner,
-                ShardMsg::ToOwner {
+                ShardMsg::Quota(QuotaMsg::ToOwner {
                     bucket: key.to_owned(),
                     limits,
                     msg,
-                },
+                }),
             );
         }
     }
 
-    /// A message from another shard.
-    pub fn on_message(&self, msg: ShardMsg) {
+    /// A quota message from another shard.
+    pub fn on_message(&self, msg: QuotaMsg) {
         let now = now();
         match msg {
-            ShardMsg::ToOwner {
+            QuotaMsg::ToOwner {
                 bucket,
                 limits,
                 msg,
@@ -681,10 +680,10 @@ impl Admission {
                     }
                 };
                 if let (Some((to, lease)), Some(mesh)) = (reply, self.mesh.borrow().clone()) {
-                    mesh.send(to, ShardMsg::Grant { bucket, lease });
+                    mesh.send(to, ShardMsg::Quota(QuotaMsg::Grant { bucket, lease }));
                 }
             }
-            ShardMsg::Grant { bucket, lease } => {
+            QuotaMsg::Grant { bucket, lease } => {
                 let limits = {
                     let mut slots = self.slots.borrow_mut();
                     match slots.get_mut(bucket.as_str()) {

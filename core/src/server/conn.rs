@@ -158,7 +158,7 @@ pub async fn serve<R: Router>(
                 router
                     .refuse(&mut conn, R::Dialect::default(), &e, "")
                     .await;
-                record(&conn, "", &Trail::default(), started);
+                record(&shard, &conn, "", &Trail::default(), started);
                 break;
             }
         };
@@ -175,7 +175,7 @@ pub async fn serve<R: Router>(
                     endpoint,
                     ..Trail::default()
                 };
-                record(&conn, &request_id, &trail, started);
+                record(&shard, &conn, &request_id, &trail, started);
                 break;
             }
         };
@@ -246,15 +246,15 @@ async fn handle_recorded<R: Router>(
     let outcome = router
         .handle(shard, &generation, conn, req, rid, &mut trail)
         .await;
-    record(conn, rid, &trail, started);
+    record(shard, conn, rid, &trail, started);
     outcome
 }
 
 /// The request's one record, built from what the client was sent and
 /// what the handler learned.
-fn record(conn: &ClientConn, rid: &str, trail: &Trail<'_>, started: Instant) {
+fn record(shard: &Shard, conn: &ClientConn, rid: &str, trail: &Trail<'_>, started: Instant) {
     let a = conn.answered;
-    RequestEnd {
+    let end = RequestEnd {
         rid,
         status: a.status,
         error: a.error,
@@ -262,8 +262,10 @@ fn record(conn: &ClientConn, rid: &str, trail: &Trail<'_>, started: Instant) {
         started,
         first_byte: a.first_byte,
         ended: Instant::now(),
-    }
-    .log();
+    };
+    let team = trail.actor.as_ref().and_then(|a| a.team.as_deref());
+    shard.stats.borrow_mut().observe(&end, team);
+    end.log();
 }
 
 /// What the handler left the connection fit for.

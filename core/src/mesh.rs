@@ -1,16 +1,33 @@
-//! Quota messages between shards, over glommio's channel mesh: one
-//! lock-free single-producer ring per ordered pair of shards, each woken by
-//! an eventfd. Only lease traffic moves here (a `Want` when a shard's slice
-//! of a bucket runs low, the owner's `Grant`, returns and usage reports),
-//! never a request: the request path at most enqueues a message.
+//! Messages between shards, over glommio's channel mesh: one lock-free
+//! single-producer ring per ordered pair of shards, each woken by an
+//! eventfd. Cross-shard state moves only here, never through a lock:
+//! quota leases (a `Want` when a shard's slice of a bucket runs low, the
+//! owner's `Grant`, returns and usage reports) and metrics snapshots for a
+//! scrape. Never a request: the request path at most enqueues a message.
+//! Each shard runs one dispatcher (`serve.rs`) that hands every message
+//! to the part of the shard it is for.
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use shardgate_policy::{Lease, Limits, ToOwner};
 use std::rc::Rc;
 
+/// Everything one shard tells another.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Budget leases (`admission`).
+    Quota(QuotaMsg),
+    /// A scrape on shard `from` wants this shard's metrics, as `seq`.
+    MetricsAsk { from: usize, seq: u64 },
+    /// This shard's metrics, answering `MetricsAsk` `seq`.
+    MetricsReply {
+        seq: u64,
+        stats: Box<crate::metrics::ShardStats>,
+    },
+}
+
 /// What one shard tells another about a bucket (named by its scope key).
 #[derive(Debug, Clone)]
-pub enum ShardMsg {
+pub enum QuotaMsg {
     /// To the bucket's owner. `limits` travel along so an owner that has not
     /// seen the bucket yet can open its ledger.
     ToOwner {
@@ -62,12 +79,12 @@ impl Mesh {
                 let mesh = self.clone();
                 glommio::spawn_local(async move {
                     if mesh.senders.send_to(to, msg).await.is_err() {
-                        log::warn!("quota message to shard {to} lost: its ring is closed");
+                        log::warn!("message to shard {to} lost: its ring is closed");
                     }
                 })
                 .detach();
             }
-            Err(e) => log::warn!("quota message to shard {to} lost: {e}"),
+            Err(e) => log::warn!("message to shard {to} lost: {e}"),
         }
     }
 }

@@ -1,0 +1,339 @@
+//! Metrics. Each shard counts what its requests' records say
+//! ([`ShardStats::observe`], fed only by [`RequestEnd`]), with no lock and
+//! nothing shared. A scrape asks every other shard for a snapshot over the
+//! shard mesh and merges them (`admin.rs`), then renders Prometheus text.
+//!
+//! Labels have bounded cardinality: endpoints and error labels come from
+//! fixed sets, provider and model names from config, teams from the key
+//! table. Nothing a client writes becomes a label.
+
+use crate::record::{AttemptOutcome, RequestEnd};
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// Request durations are kept in microseconds, up to an hour, to two
+/// significant figures.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+/// `le` bounds of the request duration histograms, in seconds.
+const DURATION_BOUNDS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// `le` bounds of the token histograms (OpenTelemetry's advice for
+/// `gen_ai.client.token.usage`).
+const TOKEN_BOUNDS: [u64; 14] = [
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+];
+
+/// One shard's counts since it started.
+#[derive(Clone, Default)]
+pub struct ShardStats {
+    /// Requests by endpoint and status (0: nothing was answered).
+    requests: Vec<(&'static str, u16, u64)>,
+    /// Requests that failed, by error label.
+    errors: Vec<(&'static str, u64)>,
+    /// Request duration by endpoint.
+    durations: Vec<(&'static str, Duration)>,
+    /// By `provider/model`.
+    targets: HashMap<String, TargetStats>,
+    /// Charged, by team (`""`: no team).
+    spend_micros: HashMap<String, u64>,
+    /// Open client connections, per shard id (one entry in a shard's own
+    /// snapshot; merged snapshots keep each shard's).
+    open_connections: Vec<(usize, usize)>,
+}
+
+#[derive(Clone)]
+struct Duration {
+    micros: Histogram<u64>,
+    sum_micros: u64,
+}
+
+#[derive(Clone, Default)]
+struct TargetStats {
+    provider: String,
+    model: String,
+    answered: u64,
+    failed: u64,
+    input_tokens: Buckets,
+    output_tokens: Buckets,
+}
+
+/// A fixed-bucket histogram (counts per [`TOKEN_BOUNDS`] bucket, and one
+/// past the last).
+#[derive(Clone, Default)]
+struct Buckets {
+    counts: [u64; TOKEN_BOUNDS.len() + 1],
+    sum: u64,
+}
+
+impl Buckets {
+    fn record(&mut self, v: u64) {
+        let i = TOKEN_BOUNDS.partition_point(|&b| b < v);
+        self.counts[i] += 1;
+        self.sum = self.sum.saturating_add(v);
+    }
+
+    fn merge(&mut self, other: &Buckets) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        self.sum = self.sum.saturating_add(other.sum);
+    }
+}
+
+impl std::fmt::Debug for ShardStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: u64 = self.requests.iter().map(|r| r.2).sum();
+        write!(f, "ShardStats({total} requests)")
+    }
+}
+
+impl ShardStats {
+    /// Counts one request from its record.
+    pub fn observe(&mut self, end: &RequestEnd<'_, '_>, team: Option<&str>) {
+        let t = end.trail;
+        let status = end.status.unwrap_or(0);
+        match self
+            .requests
+            .iter_mut()
+            .find(|r| std::ptr::eq(r.0, t.endpoint) && r.1 == status)
+        {
+            Some(r) => r.2 += 1,
+            None => self.requests.push((t.endpoint, status, 1)),
+        }
+        if let Some(label) = end.error {
+            match self.errors.iter_mut().find(|e| e.0 == label) {
+                Some(e) => e.1 += 1,
+                None => self.errors.push((label, 1)),
+            }
+        }
+        let micros = end.ended.duration_since(end.started).as_micros() as u64;
+        let durations = match self
+            .durations
+            .iter()
+            .position(|d| std::ptr::eq(d.0, t.endpoint))
+        {
+            Some(i) => &mut self.durations[i].1,
+            None => {
+                let Ok(micros) = Histogram::new_with_bounds(1, MAX_MICROS, 2) else {
+                    return;
+                };
+                self.durations.push((
+                    t.endpoint,
+                    Duration {
+                        micros,
+                        sum_micros: 0,
+                    },
+                ));
+                let last = self.durations.len() - 1;
+                &mut self.durations[last].1
+            }
+        };
+        durations
+            .micros
+            .saturating_record(micros.clamp(1, MAX_MICROS));
+        durations.sum_micros = durations.sum_micros.saturating_add(micros);
+        for a in &t.attempts {
+            let target = &a.target.served_by;
+            let stats = match self.targets.get_mut(target.as_str()) {
+                Some(s) => s,
+                None => self.targets.entry(target.clone()).or_insert_with(|| {
+                    let (provider, model) = target.split_once('/').unwrap_or(("", target));
+                    TargetStats {
+                        provider: escape(provider),
+                        model: escape(model),
+                        ..TargetStats::default()
+                    }
+                }),
+            };
+            match a.outcome {
+                AttemptOutcome::Answered => stats.answered += 1,
+                AttemptOutcome::Failed(_) | AttemptOutcome::ClientLeft => stats.failed += 1,
+            }
+            if let Some(u) = a.metered.as_ref().and_then(|m| m.usage) {
+                if let Some(n) = u.prompt_tokens {
+                    stats.input_tokens.record(n);
+                }
+                if let Some(n) = u.completion_tokens {
+                    stats.output_tokens.record(n);
+                }
+            }
+        }
+        if t.cost_micros > 0 {
+            let team = team.unwrap_or("");
+            match self.spend_micros.get_mut(team) {
+                Some(s) => *s += t.cost_micros,
+                None => {
+                    self.spend_micros.insert(team.to_owned(), t.cost_micros);
+                }
+            }
+        }
+    }
+
+    /// This shard's counts, with its open connections, to send to a scrape.
+    pub fn snapshot(&self, shard: usize, open_connections: usize) -> ShardStats {
+        let mut s = self.clone();
+        s.open_connections = vec![(shard, open_connections)];
+        s
+    }
+
+    /// Adds another shard's snapshot.
+    pub fn merge(&mut self, other: &ShardStats) {
+        for &(endpoint, status, n) in &other.requests {
+            match self
+                .requests
+                .iter_mut()
+                .find(|r| r.0 == endpoint && r.1 == status)
+            {
+                Some(r) => r.2 += n,
+                None => self.requests.push((endpoint, status, n)),
+            }
+        }
+        for &(label, n) in &other.errors {
+            match self.errors.iter_mut().find(|e| e.0 == label) {
+                Some(e) => e.1 += n,
+                None => self.errors.push((label, n)),
+            }
+        }
+        for (endpoint, d) in &other.durations {
+            match self.durations.iter_mut().find(|x| x.0 == *endpoint) {
+                Some((_, mine)) => {
+                    let _ = mine.micros.add(&d.micros);
+                    mine.sum_micros = mine.sum_micros.saturating_add(d.sum_micros);
+                }
+                None => self.durations.push((endpoint, d.clone())),
+            }
+        }
+        for (name, t) in &other.targets {
+            let mine = self
+                .targets
+                .entry(name.clone())
+                .or_insert_with(|| TargetStats {
+                    provider: t.provider.clone(),
+                    model: t.model.clone(),
+                    ..TargetStats::default()
+                });
+            mine.answered += t.answered;
+            mine.failed += t.failed;
+            mine.input_tokens.merge(&t.input_tokens);
+            mine.output_tokens.merge(&t.output_tokens);
+        }
+        for (team, n) in &other.spend_micros {
+            *self.spend_micros.entry(team.clone()).or_default() += n;
+        }
+        self.open_connections
+            .extend_from_slice(&other.open_connections);
+    }
+
+    /// Prometheus text exposition (version 0.0.4). `missing`: shards that
+    /// did not answer the scrape in time (their counts are absent).
+    pub fn render(&self, missing: usize) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut requests = self.requests.clone();
+        requests.sort();
+        out.push_str("# HELP shardgate_requests_total Requests by endpoint and status (0: no answer was sent).\n# TYPE shardgate_requests_total counter\n");
+        for (endpoint, code, n) in &requests {
+            let _ = writeln!(
+                out,
+                "shardgate_requests_total{{endpoint=\"{endpoint}\",code=\"{code}\"}} {n}"
+            );
+        }
+        let mut errors = self.errors.clone();
+        errors.sort();
+        out.push_str("# HELP shardgate_request_errors_total Requests that failed, by reason (refusals, upstream failures, streams cut).\n# TYPE shardgate_request_errors_total counter\n");
+        for (label, n) in &errors {
+            let _ = writeln!(
+                out,
+                "shardgate_request_errors_total{{reason=\"{label}\"}} {n}"
+            );
+        }
+        let mut durations: Vec<_> = self.durations.iter().collect();
+        durations.sort_by_key(|d| d.0);
+        out.push_str("# HELP shardgate_request_duration_seconds Time from a request's head to its end, by endpoint.\n# TYPE shardgate_request_duration_seconds histogram\n");
+        for (endpoint, d) in durations {
+            for le in DURATION_BOUNDS {
+                let n = d.micros.count_between(0, (le * 1e6) as u64);
+                let _ = writeln!(
+                    out,
+                    "shardgate_request_duration_seconds_bucket{{endpoint=\"{endpoint}\",le=\"{le}\"}} {n}"
+                );
+            }
+            let total = d.micros.len();
+            let _ = writeln!(
+                out,
+                "shardgate_request_duration_seconds_bucket{{endpoint=\"{endpoint}\",le=\"+Inf\"}} {total}\n\
+                 shardgate_request_duration_seconds_sum{{endpoint=\"{endpoint}\"}} {}\n\
+                 shardgate_request_duration_seconds_count{{endpoint=\"{endpoint}\"}} {total}",
+                d.sum_micros as f64 / 1e6
+            );
+        }
+        let mut targets: Vec<_> = self.targets.values().collect();
+        targets.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+        out.push_str("# HELP shardgate_upstream_attempts_total Upstream attempts by target and outcome.\n# TYPE shardgate_upstream_attempts_total counter\n");
+        for t in &targets {
+            for (outcome, n) in [("answered", t.answered), ("failed", t.failed)] {
+                let _ = writeln!(
+                    out,
+                    "shardgate_upstream_attempts_total{{provider=\"{}\",model=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    t.provider, t.model
+                );
+            }
+        }
+        out.push_str("# HELP gen_ai_client_token_usage Tokens per upstream attempt (OpenTelemetry GenAI).\n# TYPE gen_ai_client_token_usage histogram\n");
+        for t in &targets {
+            for (kind, b) in [("input", &t.input_tokens), ("output", &t.output_tokens)] {
+                let labels = format!(
+                    "gen_ai_provider_name=\"{}\",gen_ai_response_model=\"{}\",gen_ai_token_type=\"{kind}\"",
+                    t.provider, t.model
+                );
+                let mut cumulative = 0;
+                for (le, n) in TOKEN_BOUNDS.iter().zip(b.counts) {
+                    cumulative += n;
+                    let _ = writeln!(
+                        out,
+                        "gen_ai_client_token_usage_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                    );
+                }
+                let count: u64 = b.counts.iter().sum();
+                let _ = writeln!(
+                    out,
+                    "gen_ai_client_token_usage_bucket{{{labels},le=\"+Inf\"}} {count}\n\
+                     gen_ai_client_token_usage_sum{{{labels}}} {}\n\
+                     gen_ai_client_token_usage_count{{{labels}}} {count}",
+                    b.sum
+                );
+            }
+        }
+        let mut spend: Vec<_> = self.spend_micros.iter().collect();
+        spend.sort();
+        out.push_str("# HELP shardgate_spend_micros_total Spend charged, in micro-dollars, by team.\n# TYPE shardgate_spend_micros_total counter\n");
+        for (team, n) in spend {
+            let _ = writeln!(
+                out,
+                "shardgate_spend_micros_total{{team=\"{}\"}} {n}",
+                escape(team)
+            );
+        }
+        let mut open = self.open_connections.clone();
+        open.sort();
+        out.push_str("# HELP shardgate_open_connections Client connections open, by shard.\n# TYPE shardgate_open_connections gauge\n");
+        for (shard, n) in open {
+            let _ = writeln!(out, "shardgate_open_connections{{shard=\"{shard}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shardgate_metrics_shards_missing Shards that did not answer this scrape in time.\n# TYPE shardgate_metrics_shards_missing gauge\nshardgate_metrics_shards_missing {missing}"
+        );
+        out
+    }
+}
+
+/// A label value as the text format needs it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
