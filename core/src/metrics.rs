@@ -9,7 +9,7 @@
 
 use crate::record::{AttemptOutcome, RequestEnd};
 use hdrhistogram::Histogram;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt::Write as _;
 
 /// Request durations are kept in microseconds, up to an hour, to two
@@ -37,9 +37,11 @@ pub struct ShardStats {
     /// Request duration by endpoint.
     durations: Vec<(&'static str, Duration)>,
     /// By `provider/model`.
-    targets: HashMap<String, TargetStats>,
+    /// Fx, not SipHash: keys come from config, not from clients, and this
+    /// is looked up once per attempt.
+    targets: FxHashMap<String, TargetStats>,
     /// Charged, by team (`""`: no team).
-    spend_micros: HashMap<String, u64>,
+    spend_micros: FxHashMap<String, u64>,
     /// Open client connections, per shard id (one entry in a shard's own
     /// snapshot; merged snapshots keep each shard's).
     open_connections: Vec<(usize, usize)>,
