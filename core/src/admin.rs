@@ -14,6 +14,21 @@ use shardgate_proto::h1::Method;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// `Authorization: Bearer <admin.token>`, compared in constant time.
+fn authorized(req: &Request<'_>, generation: &Generation) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(admin) = &generation.config.admin else {
+        return false;
+    };
+    let Some(presented) = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    presented.ct_eq(admin.token.expose().as_bytes()).into()
+}
+
 fn json(body: &[u8], rid: &str) -> Vec<u8> {
     respond::full(200, b"application/json", &[], body, rid, false)
 }
@@ -62,7 +77,7 @@ impl Router for AdminRouter {
     async fn handle<'g>(
         &self,
         shard: &Rc<Shard>,
-        _generation: &'g Generation,
+        generation: &'g Generation,
         conn: &mut ClientConn,
         req: Request<'_>,
         rid: &str,
@@ -82,6 +97,12 @@ impl Router for AdminRouter {
             let e = GatewayError::UnknownRoute { method, path };
             return send_error(conn, openai, &e, rid, &[], false).await;
         };
+        // Probes come from orchestrators that send no credentials; the
+        // rest is for operators and needs the admin token.
+        if !matches!(which, Endpoint::Health | Endpoint::Ready) && !authorized(&req, generation) {
+            let e = GatewayError::Unauthorized;
+            return send_error(conn, openai, &e, rid, &[], false).await;
+        }
         if !matches!(method, Method::Get | Method::Head) {
             let (method, path) = describe();
             let e = GatewayError::MethodNotAllowed { method, path };

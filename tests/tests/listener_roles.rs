@@ -1,13 +1,15 @@
 //! Each listener has a role and serves only its role's routes: an `admin`
 //! listener answers probes and operators, never model calls; `api`
 //! listeners (the default) serve the model APIs. A role the gateway does
-//! not know is a config error that names it.
+//! not know is a config error that names it. Admin endpoints other than the
+//! probes need the admin token, and an admin listener without one is a
+//! config error.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use shardgate_tests::*;
 
-const CONFIG: &str = "shards: 2\nauth: none\n\
+const CONFIG: &str = "shards: 2\nauth: none\nadmin: { token: s3cret-admin-token-0123 }\n\
     listeners:\n  - { address: 127.0.0.1:0 }\n  - { address: 127.0.0.1:0, role: admin }\n\
     providers:\n  local: { kind: mock, output_tokens: 3 }\n\
     models:\n  local: { targets: [ { provider: local, model: mock-1 } ] }\n";
@@ -41,6 +43,42 @@ fn an_admin_listener_serves_probes_and_no_model_calls() {
     assert_eq!(r.json()["usage"]["completion_tokens"], 3);
     c.send(&get("/healthz"));
     assert_eq!(c.read_response().status, 200);
+}
+
+#[test]
+fn admin_endpoints_but_the_probes_need_the_admin_token() {
+    let gw = start_gateway_in(tempfile::tempdir().unwrap(), CONFIG, 2, &[]);
+    let mut c = connect(gw.addrs[1]);
+    for auth in ["", "authorization: Bearer wrong-token-0000000000\r\n"] {
+        c.send(format!("GET /metrics HTTP/1.1\r\nhost: x\r\n{auth}\r\n").as_bytes());
+        let r = c.read_response();
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
+        assert!(!r.text().contains("s3cret"));
+    }
+    c.send(b"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret-admin-token-0123\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+}
+
+#[test]
+fn an_admin_listener_without_a_token_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shardgate.yaml");
+    std::fs::write(
+        &path,
+        CONFIG.replace("admin: { token: s3cret-admin-token-0123 }\n", ""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("shardgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listeners[1].role") && err.contains("admin.token"),
+        "{err}"
+    );
 }
 
 #[test]

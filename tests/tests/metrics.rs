@@ -9,7 +9,7 @@
 
 use shardgate_tests::*;
 
-const CONFIG: &str = "shards: 2\nauth: none\n\
+const CONFIG: &str = "shards: 2\nauth: none\nadmin: { token: s3cret-admin-token-0123 }\n\
     listeners:\n  - { address: 127.0.0.1:0 }\n  - { address: 127.0.0.1:0, role: admin }\n\
     providers:\n  local: { kind: mock, output_tokens: 3 }\n\
     models:\n  local: { targets: [ { provider: local, model: mock-1 } ] }\n  \
@@ -50,7 +50,7 @@ fn a_scrape_merges_every_shard_and_matches_what_clients_saw() {
     assert_eq!(c.read_response().status, 404);
 
     let mut c = connect(admin);
-    c.send(&get("/metrics"));
+    c.send(b"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret-admin-token-0123\r\n\r\n");
     let r = c.read_response();
     assert_eq!(r.status, 200);
     assert!(r

@@ -45,6 +45,8 @@ fn field(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listeners: Vec<Listener>,
+    /// Required when a listener has the admin role.
+    pub admin: Option<AdminConfig>,
     pub shards: usize,
     /// The CPUs shards are pinned to (unless `--no-pin`).
     pub placement: crate::placement::Placement,
@@ -113,6 +115,13 @@ pub struct Listener {
     pub addr: SocketAddr,
     pub tls: Option<ListenerTls>,
     pub role: ListenerRole,
+}
+
+/// The admin listeners' settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `Authorization: Bearer` for every admin endpoint but the probes.
+    pub token: Secret,
 }
 
 /// What a listener serves.

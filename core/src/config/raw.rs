@@ -1,9 +1,9 @@
 //! The config file as written, and its validation into [`Config`].
 
 use super::{
-    field, AuthMode, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider, Limits, Listener,
-    ListenerRole, ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind, Secret, SecretRef,
-    StoreConfig, StoreFsync, Target, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
+    field, AdminConfig, AuthMode, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider,
+    Limits, Listener, ListenerRole, ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind,
+    Secret, SecretRef, StoreConfig, StoreFsync, Target, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
 };
 use crate::placement::{self, parse_cpu_list, Machine, ShardCount};
 use serde::Deserialize;
@@ -47,6 +47,14 @@ pub(super) struct RawConfig {
     pricing: Vec<PriceSpec>,
     #[serde(default)]
     store: RawStore,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// The bearer token admin endpoints require (a secret reference).
+    token: SecretRef,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,8 +363,30 @@ impl RawConfig {
         if let Err(e) = PolicySet::compile(&self.policies) {
             return Err(field("policies", e.to_string()));
         }
+        let admin = match self.admin {
+            Some(a) => {
+                let token = a.token.resolve(env).map_err(|m| field("admin.token", m))?;
+                if token.expose().len() < 16 {
+                    return Err(field(
+                        "admin.token",
+                        "is shorter than 16 characters: use a random secret",
+                    ));
+                }
+                Some(AdminConfig { token })
+            }
+            None => None,
+        };
+        if admin.is_none() {
+            if let Some(i) = listeners.iter().position(|l| l.role == ListenerRole::Admin) {
+                return Err(field(
+                    format!("listeners[{i}].role"),
+                    "an admin listener needs `admin.token` (its endpoints other than /healthz and /readyz require it)",
+                ));
+            }
+        }
 
         Ok(Config {
+            admin,
             listeners,
             shards: placement.shards,
             placement,
