@@ -5,10 +5,10 @@
 //! counts, merged at the scrape).
 
 use crate::error::GatewayError;
-use crate::gateway::{send_error, ClientDialect};
+use crate::gateway::{probe, route_error, send_error, send_ok, ClientDialect, Probe};
 use crate::generation::Generation;
 use crate::record::Trail;
-use crate::server::{respond, ClientConn, Outcome, Request, Router};
+use crate::server::{ClientConn, Outcome, Request, Router};
 use crate::shard::Shard;
 use shardgate_proto::h1::Method;
 use std::rc::Rc;
@@ -27,10 +27,6 @@ fn authorized(req: &Request<'_>, generation: &Generation) -> bool {
         return false;
     };
     presented.ct_eq(admin.token.expose().as_bytes()).into()
-}
-
-fn json(body: &[u8], rid: &str) -> Vec<u8> {
-    respond::full(200, b"application/json", &[], body, rid, false)
 }
 
 pub struct AdminRouter;
@@ -84,17 +80,8 @@ impl Router for AdminRouter {
         _trail: &mut Trail<'g>,
     ) -> Outcome {
         let openai = ClientDialect::OpenAi;
-        let method = req.head.method;
-        let describe = || {
-            let line = &req.head_buf[..req.head_buf.iter().position(|&b| b == b' ').unwrap_or(0)];
-            (
-                String::from_utf8_lossy(line).into_owned(),
-                String::from_utf8_lossy(req.path()).into_owned(),
-            )
-        };
         let Some((which, _)) = endpoint(req.path()) else {
-            let (method, path) = describe();
-            let e = GatewayError::UnknownRoute { method, path };
+            let e = route_error(&req, false);
             return send_error(conn, openai, &e, rid, &[], false).await;
         };
         // Probes come from orchestrators that send no credentials; the
@@ -103,32 +90,18 @@ impl Router for AdminRouter {
             let e = GatewayError::Unauthorized;
             return send_error(conn, openai, &e, rid, &[], false).await;
         }
-        if !matches!(method, Method::Get | Method::Head) {
-            let (method, path) = describe();
-            let e = GatewayError::MethodNotAllowed { method, path };
+        if !matches!(req.head.method, Method::Get | Method::Head) {
+            let e = route_error(&req, true);
             return send_error(conn, openai, &e, rid, &[], false).await;
         }
-        let bytes = match which {
-            Endpoint::Health => json(br#"{"status":"ok"}"#, rid),
-            Endpoint::Ready if shard.draining() => {
-                return send_error(conn, openai, &GatewayError::Draining, rid, &[], true).await;
-            }
-            Endpoint::Ready => json(br#"{"status":"ready"}"#, rid),
+        match which {
+            Endpoint::Health => probe(conn, shard, Probe::Health, rid).await,
+            Endpoint::Ready => probe(conn, shard, Probe::Ready, rid).await,
             Endpoint::Metrics => {
                 let text = shard.scrape(SCRAPE_WAIT).await;
-                respond::full(
-                    200,
-                    b"text/plain; version=0.0.4; charset=utf-8",
-                    &[],
-                    text.as_bytes(),
-                    rid,
-                    false,
-                )
+                let content_type = b"text/plain; version=0.0.4; charset=utf-8";
+                send_ok(conn, content_type, text.as_bytes(), rid).await
             }
-        };
-        match conn.write(&bytes).await {
-            Ok(()) => Outcome::KEEP,
-            Err(_) => Outcome::CLOSE,
         }
     }
 }

@@ -31,7 +31,7 @@ const TOKEN_BOUNDS: [u64; 14] = [
 #[derive(Clone, Default)]
 pub struct ShardStats {
     /// Requests by endpoint and status (0: nothing was answered).
-    requests: Vec<(&'static str, u16, u64)>,
+    requests: Vec<((&'static str, u16), u64)>,
     /// Requests that failed, by error label.
     errors: Vec<(&'static str, u64)>,
     /// Request duration by endpoint.
@@ -88,7 +88,7 @@ impl Buckets {
 
 impl std::fmt::Debug for ShardStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let total: u64 = self.requests.iter().map(|r| r.2).sum();
+        let total: u64 = self.requests.iter().map(|r| r.1).sum();
         write!(f, "ShardStats({total} requests)")
     }
 }
@@ -97,43 +97,26 @@ impl ShardStats {
     /// Counts one request from its record.
     pub fn observe(&mut self, end: &RequestEnd<'_, '_>, team: Option<&str>) {
         let t = end.trail;
-        let status = end.status.unwrap_or(0);
-        match self
-            .requests
-            .iter_mut()
-            .find(|r| std::ptr::eq(r.0, t.endpoint) && r.1 == status)
-        {
-            Some(r) => r.2 += 1,
-            None => self.requests.push((t.endpoint, status, 1)),
-        }
+        bump(&mut self.requests, (t.endpoint, end.status.unwrap_or(0)), 1);
         if let Some(label) = end.error {
-            match self.errors.iter_mut().find(|e| e.0 == label) {
-                Some(e) => e.1 += 1,
-                None => self.errors.push((label, 1)),
-            }
+            bump(&mut self.errors, label, 1);
         }
         let micros = end.ended.duration_since(end.started).as_micros() as u64;
-        let durations = match self
-            .durations
-            .iter()
-            .position(|d| std::ptr::eq(d.0, t.endpoint))
-        {
-            Some(i) => &mut self.durations[i].1,
+        let i = match self.durations.iter().position(|d| d.0 == t.endpoint) {
+            Some(i) => i,
             None => {
                 let Ok(micros) = Histogram::new_with_bounds(1, MAX_MICROS, 2) else {
                     return;
                 };
-                self.durations.push((
-                    t.endpoint,
-                    Duration {
-                        micros,
-                        sum_micros: 0,
-                    },
-                ));
-                let last = self.durations.len() - 1;
-                &mut self.durations[last].1
+                let fresh = Duration {
+                    micros,
+                    sum_micros: 0,
+                };
+                self.durations.push((t.endpoint, fresh));
+                self.durations.len() - 1
             }
         };
+        let durations = &mut self.durations[i].1;
         durations
             .micros
             .saturating_record(micros.clamp(1, MAX_MICROS));
@@ -184,21 +167,11 @@ impl ShardStats {
 
     /// Adds another shard's snapshot.
     pub fn merge(&mut self, other: &ShardStats) {
-        for &(endpoint, status, n) in &other.requests {
-            match self
-                .requests
-                .iter_mut()
-                .find(|r| r.0 == endpoint && r.1 == status)
-            {
-                Some(r) => r.2 += n,
-                None => self.requests.push((endpoint, status, n)),
-            }
+        for &(key, n) in &other.requests {
+            bump(&mut self.requests, key, n);
         }
         for &(label, n) in &other.errors {
-            match self.errors.iter_mut().find(|e| e.0 == label) {
-                Some(e) => e.1 += n,
-                None => self.errors.push((label, n)),
-            }
+            bump(&mut self.errors, label, n);
         }
         for (endpoint, d) in &other.durations {
             match self.durations.iter_mut().find(|x| x.0 == *endpoint) {
@@ -237,7 +210,7 @@ impl ShardStats {
         let mut requests = self.requests.clone();
         requests.sort();
         out.push_str("# HELP shardgate_requests_total Requests by endpoint and status (0: no answer was sent).\n# TYPE shardgate_requests_total counter\n");
-        for (endpoint, code, n) in &requests {
+        for ((endpoint, code), n) in &requests {
             let _ = writeln!(
                 out,
                 "shardgate_requests_total{{endpoint=\"{endpoint}\",code=\"{code}\"}} {n}"
@@ -330,6 +303,14 @@ impl ShardStats {
             "# HELP shardgate_metrics_shards_missing Shards that did not answer this scrape in time.\n# TYPE shardgate_metrics_shards_missing gauge\nshardgate_metrics_shards_missing {missing}"
         );
         out
+    }
+}
+
+/// Adds `n` to `key`'s count: a few keys each, so a scan beats a hash.
+fn bump<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K, n: u64) {
+    match counts.iter_mut().find(|c| c.0 == key) {
+        Some(c) => c.1 += n,
+        None => counts.push((key, n)),
     }
 }
 

@@ -121,10 +121,7 @@ impl Shard {
     /// answer over the mesh; one that does not within `wait` is counted
     /// as missing, not waited for.
     pub async fn scrape(&self, wait: std::time::Duration) -> String {
-        let mut merged = self
-            .stats
-            .borrow()
-            .snapshot(self.id, self.open_connections.get());
+        let mut merged = self.stats_snapshot();
         let Some(mesh) = self.mesh.borrow().clone() else {
             return merged.render(0);
         };
@@ -161,16 +158,18 @@ impl Shard {
         merged.render(missing)
     }
 
+    fn stats_snapshot(&self) -> ShardStats {
+        let open = self.open_connections.get();
+        self.stats.borrow().snapshot(self.id, open)
+    }
+
     /// A message from another shard: the one dispatcher, which hands each
     /// kind to the part of the shard it is for.
     pub fn on_message(&self, msg: ShardMsg) {
         match msg {
             ShardMsg::Quota(q) => self.admission.on_message(q),
             ShardMsg::MetricsAsk { from, seq } => {
-                let stats = self
-                    .stats
-                    .borrow()
-                    .snapshot(self.id, self.open_connections.get());
+                let stats = self.stats_snapshot();
                 if let Some(mesh) = self.mesh.borrow().clone() {
                     mesh.send(
                         from,

@@ -353,6 +353,47 @@ pub fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").into_bytes()
 }
 
+/// `req` with `lines` (each `name: value\r\n`) added after its request line.
+pub fn with_header(mut req: Vec<u8>, lines: &str) -> Vec<u8> {
+    let at = req
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(0, |p| p + 2);
+    req.splice(at..at, lines.bytes());
+    req
+}
+
+/// `shardgate keys ARGS --data-dir DATA`, which must succeed, as JSON
+/// (pass `--json`).
+pub fn keys_json(data: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin("shardgate"))
+        .arg("keys")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `shardgate check --config PATH`: its exit code and stderr.
+pub fn check_config(path: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(bin("shardgate"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The `data:` payloads of an SSE body, in order.
 pub fn sse_data(body: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(body)

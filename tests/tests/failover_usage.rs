@@ -8,8 +8,6 @@
 use shardgate_tests::*;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// What the broken provider says it used.
@@ -47,28 +45,12 @@ fn billing_but_broken_provider() -> SocketAddr {
     addr
 }
 
-fn keys_cli(data: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(bin("shardgate"))
-        .arg("keys")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn a_failover_after_a_billed_but_unusable_answer_charges_both_attempts() {
     let broken = billing_but_broken_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let created = keys_cli(
+    let created = keys_json(
         &data,
         &["create", "--team", "t", "--tenant", "acme", "--json"],
     );
@@ -86,11 +68,8 @@ fn a_failover_after_a_billed_but_unusable_answer_charges_both_attempts() {
     let body =
         r#"{"model":"claude","max_tokens":64,"messages":[{"role":"user","content":"hello"}]}"#;
     let mut c = connect(gw.addr());
-    let mut req = post("/v1/messages", body);
     let auth = format!("x-api-key: {secret}\r\nanthropic-version: 2023-06-01\r\n");
-    let at = req.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
-    req.splice(at..at, auth.bytes());
-    c.send(&req);
+    c.send(&with_header(post("/v1/messages", body), &auth));
     let r = c.read_response();
     assert_eq!(r.status, 200, "{}", r.text());
     let answer = r.json();
@@ -103,7 +82,7 @@ fn a_failover_after_a_billed_but_unusable_answer_charges_both_attempts() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let mtd = loop {
-        let list = keys_cli(&data, &["list", "--json"]);
+        let list = keys_json(&data, &["list", "--json"]);
         let row = list
             .as_array()
             .unwrap()

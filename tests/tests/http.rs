@@ -218,13 +218,8 @@ fn check_command_names_the_bad_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, config(None, "limits: { idle_timeout: forever }\n")).unwrap();
-    let out = std::process::Command::new(bin("shardgate"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_config(&path);
+    assert_eq!(code, Some(2));
     assert!(err.contains("limits.idle_timeout"), "{err}");
 }
 

@@ -68,13 +68,8 @@ fn an_admin_listener_without_a_token_is_a_config_error() {
         CONFIG.replace("admin: { token: s3cret-admin-token-0123 }\n", ""),
     )
     .unwrap();
-    let out = std::process::Command::new(bin("shardgate"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_config(&path);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("listeners[1].role") && err.contains("admin.token"),
         "{err}"
@@ -86,12 +81,7 @@ fn an_unknown_role_is_a_config_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shardgate.yaml");
     std::fs::write(&path, CONFIG.replace("role: admin", "role: metrics")).unwrap();
-    let out = std::process::Command::new(bin("shardgate"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_config(&path);
+    assert_eq!(code, Some(2));
     assert!(err.contains("metrics") && err.contains("admin"), "{err}");
 }

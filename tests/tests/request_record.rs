@@ -10,25 +10,12 @@ use std::time::{Duration, Instant};
 
 /// The access line of request `rid`, once it is written.
 fn access_line(gw: &Proc, rid: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = gw.stderr();
-        if let Some(line) = log
-            .lines()
-            .find(|l| l.contains(" access]") && l.contains(&format!("rid={rid} ")))
-        {
-            return line.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access line for {rid}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    access_line_with(gw, &format!("rid={rid} "))
 }
 
-/// The access line of a request whose id the client never saw (its head
-/// could not be read): the one with `status`.
+/// The first access line containing `needle`, once it is written (by
+/// status for a request whose id the client never saw: its head could not
+/// be read).
 fn access_line_with(gw: &Proc, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -133,26 +120,10 @@ fn every_request_ends_in_one_record() {
 fn a_refusal_is_recorded_with_who_was_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let out = std::process::Command::new(bin("shardgate"))
-        .args([
-            "keys",
-            "create",
-            "--team",
-            "ml",
-            "--tenant",
-            "acme",
-            "--json",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let created = keys_json(
+        &data,
+        &["create", "--team", "ml", "--tenant", "acme", "--json"],
     );
-    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let secret = created["secret"].as_str().unwrap();
     let key_id = created["key_id"].as_str().unwrap();
     let config = format!(
@@ -165,11 +136,8 @@ fn a_refusal_is_recorded_with_who_was_refused() {
     );
     let gw = start_gateway_in(tmp, &config, 1, &[]);
     let mut c = connect(gw.addr());
-    let mut req = chat("other");
     let auth = format!("authorization: Bearer {secret}\r\n");
-    let at = req.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
-    req.splice(at..at, auth.bytes());
-    c.send(&req);
+    c.send(&with_header(chat("other"), &auth));
     let r = c.read_response();
     assert_eq!(r.status, 403, "{}", r.text());
     let line = access_line(&gw, r.header("x-request-id").unwrap());
@@ -183,9 +151,7 @@ fn a_refusal_is_recorded_with_who_was_refused() {
 
     // Admitted: the record names the caller, and its usage is the key's.
     let mut c = connect(gw.addr());
-    let mut req = chat("local");
-    req.splice(at..at, auth.bytes());
-    c.send(&req);
+    c.send(&with_header(chat("local"), &auth));
     let r = c.read_response();
     assert_eq!(r.status, 200, "{}", r.text());
     let line = access_line(&gw, r.header("x-request-id").unwrap());

@@ -258,18 +258,9 @@ async fn handle<'g>(
     trail: &mut Trail<'g>,
 ) -> Outcome {
     let openai = ClientDialect::OpenAi;
-    let method_name = || {
-        String::from_utf8_lossy(
-            &req.head_buf[..req.head_buf.iter().position(|&b| b == b' ').unwrap_or(0)],
-        )
-        .into_owned()
-    };
     match route(req.head.method, req.path()) {
-        Route::Health => json_ok(conn, br#"{"status":"ok"}"#, rid).await,
-        Route::Ready if shard.draining() => {
-            send_error(conn, openai, &GatewayError::Draining, rid, &[], true).await
-        }
-        Route::Ready => json_ok(conn, br#"{"status":"ready"}"#, rid).await,
+        Route::Health => probe(conn, shard, Probe::Health, rid).await,
+        Route::Ready => probe(conn, shard, Probe::Ready, rid).await,
         Route::Models if shard.admission.is_open() => {
             json_ok(conn, &generation.models_body, rid).await
         }
@@ -285,24 +276,61 @@ async fn handle<'g>(
         }
         Route::Api(api) => handle_api(shard, generation, conn, &req, api, rid, trail).await,
         Route::WrongMethod => {
-            let e = GatewayError::MethodNotAllowed {
-                method: method_name(),
-                path: String::from_utf8_lossy(req.path()).into_owned(),
-            };
+            let e = route_error(&req, true);
             send_error(conn, openai, &e, rid, &[], false).await
         }
         Route::Unknown => {
-            let e = GatewayError::UnknownRoute {
-                method: method_name(),
-                path: String::from_utf8_lossy(req.path()).into_owned(),
-            };
+            let e = route_error(&req, false);
             send_error(conn, openai, &e, rid, &[], false).await
         }
     }
 }
 
+/// The error for a request to a path that is not served (or not with its
+/// method), quoting both.
+pub fn route_error(req: &Request<'_>, wrong_method: bool) -> GatewayError {
+    let head = &req.head_buf;
+    let method = &head[..head.iter().position(|&b| b == b' ').unwrap_or(0)];
+    let method = String::from_utf8_lossy(method).into_owned();
+    let path = String::from_utf8_lossy(req.path()).into_owned();
+    if wrong_method {
+        GatewayError::MethodNotAllowed { method, path }
+    } else {
+        GatewayError::UnknownRoute { method, path }
+    }
+}
+
+/// The probes every listener role answers.
+pub enum Probe {
+    /// The process serves.
+    Health,
+    /// It takes new work: 503 once draining.
+    Ready,
+}
+
+pub async fn probe(conn: &mut ClientConn, shard: &Shard, which: Probe, rid: &str) -> Outcome {
+    match which {
+        Probe::Health => json_ok(conn, br#"{"status":"ok"}"#, rid).await,
+        Probe::Ready if shard.draining() => {
+            let e = GatewayError::Draining;
+            send_error(conn, ClientDialect::OpenAi, &e, rid, &[], true).await
+        }
+        Probe::Ready => json_ok(conn, br#"{"status":"ready"}"#, rid).await,
+    }
+}
+
 async fn json_ok(conn: &mut ClientConn, body: &[u8], rid: &str) -> Outcome {
-    let bytes = respond::full(200, b"application/json", &[], body, rid, false);
+    send_ok(conn, b"application/json", body, rid).await
+}
+
+/// A whole 200 answer.
+pub async fn send_ok(
+    conn: &mut ClientConn,
+    content_type: &[u8],
+    body: &[u8],
+    rid: &str,
+) -> Outcome {
+    let bytes = respond::full(200, content_type, &[], body, rid, false);
     match conn.write(&bytes).await {
         Ok(()) => Outcome::KEEP,
         Err(_) => Outcome::CLOSE,

@@ -107,17 +107,18 @@ pub async fn serve<'a>(
         )
         .await;
         let mut head_at = None;
+        let end = |outcome, head_at| AttemptRecord {
+            target,
+            outcome,
+            started,
+            head_at,
+            ended: Instant::now(),
+            metered: call.take_metered(),
+        };
         let failure = match head {
             None => {
                 conn.note_error(relay::CLIENT_LEFT);
-                attempts.push(AttemptRecord {
-                    target,
-                    outcome: AttemptOutcome::ClientLeft,
-                    started,
-                    head_at,
-                    ended: Instant::now(),
-                    metered: call.take_metered(),
-                });
+                attempts.push(end(AttemptOutcome::ClientLeft, head_at));
                 return Outcome::CLOSE;
             }
             // Borrowed, not moved: an answer is a few hundred bytes, and
@@ -126,14 +127,7 @@ pub async fn serve<'a>(
                 head_at = Some(Instant::now());
                 match relay::deliver(conn, answer).await {
                     Ok(outcome) => {
-                        attempts.push(AttemptRecord {
-                            target,
-                            outcome: AttemptOutcome::Answered,
-                            started,
-                            head_at,
-                            ended: Instant::now(),
-                            metered: call.take_metered(),
-                        });
+                        attempts.push(end(AttemptOutcome::Answered, head_at));
                         return outcome;
                     }
                     Err(failure) => failure,
@@ -141,14 +135,7 @@ pub async fn serve<'a>(
             }
             Some(Err(failure)) => failure,
         };
-        attempts.push(AttemptRecord {
-            target,
-            outcome: AttemptOutcome::Failed(failure.error.label()),
-            started,
-            head_at,
-            ended: Instant::now(),
-            metered: call.take_metered(),
-        });
+        attempts.push(end(AttemptOutcome::Failed(failure.error.label()), head_at));
         if failure.moves_on() && i + 1 < targets.len() {
             log::info!(
                 "{rid}: target {}/{} failed ({}), trying the next",

@@ -180,7 +180,12 @@ pub async fn serve<R: Router>(
             }
         };
         let (keep_alive, consumed) = (req.head.keep_alive, req.consumed);
-        let outcome = handle_boxed(
+        // Written straight into its box: `Box::pin(future)` builds the
+        // future on the stack and copies all of it (over 10 KiB: the
+        // largest state any request can reach) into the box, per request;
+        // writing the new future into uninitialised box memory writes only
+        // its captured arguments.
+        let handling = handle_recorded(
             &shard,
             router,
             &mut conn,
@@ -188,8 +193,8 @@ pub async fn serve<R: Router>(
             &request_id,
             endpoint,
             started,
-        )
-        .await;
+        );
+        let outcome = Box::into_pin(Box::write(Box::new_uninit(), handling)).await;
         if !keep_alive || !outcome.keep_alive || shard.draining() {
             break;
         }
@@ -203,32 +208,10 @@ pub async fn serve<R: Router>(
     let _ = conn.stream.close().await;
 }
 
-/// The per-request future is boxed so an idle connection's task stays small:
-/// only the connection loop's state lives between requests.
-///
-/// It is written straight into its box: `Box::pin(future)` builds the
-/// future on the stack and copies all of it (over 10 KiB: the largest state
-/// any request can reach) into the box, per request, where writing the
-/// freshly made future into uninitialised box memory writes only its
-/// captured arguments.
-async fn handle_boxed<R: Router>(
-    shard: &Rc<Shard>,
-    router: &R,
-    conn: &mut ClientConn,
-    req: Request<'_>,
-    rid: &str,
-    endpoint: &'static str,
-    started: Instant,
-) -> Outcome {
-    let boxed = Box::write(
-        Box::new_uninit(),
-        handle_recorded(shard, router, conn, req, rid, endpoint, started),
-    );
-    Box::into_pin(boxed).await
-}
-
 /// Handles a request; its trail lives in the request's future, and its
-/// record is made at its end.
+/// record is made at its end. The connection loop boxes this future, so an
+/// idle connection's task stays small: only the loop's state lives between
+/// requests.
 async fn handle_recorded<R: Router>(
     shard: &Rc<Shard>,
     router: &R,
