@@ -20,6 +20,7 @@ pub mod error;
 pub mod gateway;
 pub mod generation;
 pub mod io;
+pub mod mcp;
 pub mod mesh;
 pub mod metrics;
 pub mod placement;

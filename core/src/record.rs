@@ -163,3 +163,181 @@ impl RequestEnd<'_, '_> {
         log::debug!(target: "access", "{line}");
     }
 }
+
+/// Where a tool call was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolCallSource {
+    /// Through the gateway's `/mcp` endpoint, in that protocol era.
+    Mcp(shardgate_proto::mcp::Era),
+    /// In a model's answer.
+    ModelAnswer,
+}
+
+/// What became of a tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolDecision {
+    Allowed,
+    /// Refused by the caller's policy: the policy and rule.
+    Refused {
+        policy: String,
+        rule: String,
+    },
+    /// Removed from a model's answer (`on_denied_tool_call: strip`).
+    Stripped {
+        policy: String,
+        rule: String,
+    },
+    /// Refused for the caller's budget (429).
+    RateLimited,
+}
+
+/// The arguments, as the caller's audit setting lets them be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolArguments {
+    None,
+    /// SHA-256 of their JSON text, hex.
+    Digest(String),
+    /// Their JSON with anything that looks like a credential redacted.
+    Full(String),
+}
+
+/// One tool call: the record every tool call produces, through MCP or in
+/// a model's answer, for the audit log (which consumes it through
+/// [`ToolCallRecord::emit`]; until it lands, the `tool_call` log target at
+/// info level).
+#[derive(Debug, Clone)]
+pub struct ToolCallRecord<'a> {
+    pub rid: &'a str,
+    pub actor: Option<&'a Actor>,
+    pub source: ToolCallSource,
+    /// The server, for MCP calls.
+    pub server: Option<&'a str>,
+    /// The name the caller used, and the server's own.
+    pub exposed: &'a str,
+    pub original: &'a str,
+    pub scope: Option<shardgate_policy::ToolScope>,
+    pub decision: ToolDecision,
+    /// From the call to its answer (MCP calls that went upstream).
+    pub latency: Option<std::time::Duration>,
+    /// The result's `isError`, or true for a JSON-RPC error.
+    pub is_error: Option<bool>,
+    pub arguments: ToolArguments,
+}
+
+impl ToolCallRecord<'_> {
+    /// One JSON object: the audit line's fields.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let (decision, policy, rule) = match &self.decision {
+            ToolDecision::Allowed => ("allowed", None, None),
+            ToolDecision::Refused { policy, rule } => ("refused", Some(policy), Some(rule)),
+            ToolDecision::Stripped { policy, rule } => ("stripped", Some(policy), Some(rule)),
+            ToolDecision::RateLimited => ("rate_limited", None, None),
+        };
+        let (source, era) = match self.source {
+            ToolCallSource::Mcp(e) => ("mcp", Some(e.label())),
+            ToolCallSource::ModelAnswer => ("model_answer", None),
+        };
+        let actor = self.actor.map(|a| {
+            json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant,
+                   "app": a.app, "environment": a.environment})
+        });
+        let arguments = match &self.arguments {
+            ToolArguments::None => serde_json::Value::Null,
+            ToolArguments::Digest(d) => json!({ "sha256": d }),
+            ToolArguments::Full(t) => json!({ "json": t }),
+        };
+        json!({
+            "request_id": self.rid,
+            "actor": actor,
+            "source": source,
+            "era": era,
+            "server": self.server,
+            "tool": self.exposed,
+            "original_name": self.original,
+            "scope": self.scope.map(shardgate_policy::ToolScope::as_str),
+            "decision": decision,
+            "policy": policy,
+            "rule": rule,
+            "latency_ms": self.latency.map(|d| d.as_secs_f64() * 1000.0),
+            "is_error": self.is_error,
+            "arguments": arguments,
+        })
+    }
+
+    /// Hands the record on: the `tool_call` log target, at info level.
+    pub fn emit(&self) {
+        log::info!(target: "tool_call", "{}", self.to_json());
+    }
+}
+
+impl ToolArguments {
+    /// `args` as `setting` allows: nothing, a digest, or the whole with
+    /// credential-like values redacted.
+    pub fn keep(
+        args: Option<&serde_json::Value>,
+        setting: shardgate_policy::PromptLogging,
+    ) -> Self {
+        use shardgate_policy::PromptLogging;
+        let Some(args) = args else {
+            return ToolArguments::None;
+        };
+        match setting {
+            PromptLogging::None => ToolArguments::None,
+            PromptLogging::MetadataOnly => {
+                let text = serde_json::to_vec(args).unwrap_or_default();
+                let digest = ring::digest::digest(&ring::digest::SHA256, &text);
+                let mut hex = String::with_capacity(64);
+                for b in digest.as_ref() {
+                    let _ = write!(hex, "{b:02x}");
+                }
+                ToolArguments::Digest(hex)
+            }
+            PromptLogging::Full => {
+                let mut v = args.clone();
+                redact_credentials(&mut v);
+                ToolArguments::Full(v.to_string())
+            }
+        }
+    }
+}
+
+/// Replaces values under credential-like keys, and strings shaped like
+/// provider keys, with `[redacted]`.
+fn redact_credentials(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    const KEYS: &[&str] = &[
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "authorization",
+        "access_key",
+        "private_key",
+        "credential",
+    ];
+    match v {
+        Value::Object(m) => {
+            for (k, val) in m.iter_mut() {
+                let lower = k.to_ascii_lowercase();
+                if KEYS.iter().any(|s| lower.contains(s)) {
+                    *val = Value::from("[redacted]");
+                } else {
+                    redact_credentials(val);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact_credentials),
+        Value::String(s) => {
+            let looks_like_key = ["sk-", "sk_live_", "AKIA", "ghp_", "xoxb-", "sg-"]
+                .iter()
+                .any(|p| s.starts_with(p) && s.len() >= 20 && !s.contains(' '));
+            if looks_like_key {
+                *s = "[redacted]".to_owned();
+            }
+        }
+        _ => {}
+    }
+}

@@ -86,19 +86,20 @@ pub fn adopt_listener(l: StdListener) -> glommio::net::TcpListener {
     unsafe { glommio::net::TcpListener::from_raw_fd(fd) }
 }
 
-/// The main thread's end of one shard's control channel. Each send wakes
-/// the shard through glommio's cross-thread waker path (an eventfd write
-/// only when the shard sleeps), so an idle shard sleeps until a message
-/// comes instead of polling for one.
-pub struct ControlSender {
+/// The sending end of a channel into a shard from another thread (the
+/// main thread's control messages, a stdio MCP server's replies). Each
+/// send wakes the receiving task through glommio's cross-thread waker path
+/// (an eventfd write only when the shard sleeps), so an idle shard sleeps
+/// until a message comes instead of polling for one.
+pub struct WakingSender<T> {
     /// `None` once dropped, so the wake in `drop` comes after the
     /// disconnect it announces.
-    tx: Option<Sender<Control>>,
+    tx: Option<Sender<T>>,
     wake: Arc<AtomicWaker>,
 }
 
-impl ControlSender {
-    pub fn send(&self, msg: Control) -> Result<(), crossbeam::channel::SendError<Control>> {
+impl<T> WakingSender<T> {
+    pub fn send(&self, msg: T) -> Result<(), crossbeam::channel::SendError<T>> {
         let sent = match &self.tx {
             Some(tx) => tx.send(msg),
             None => Err(crossbeam::channel::SendError(msg)),
@@ -108,22 +109,22 @@ impl ControlSender {
     }
 }
 
-impl Drop for ControlSender {
+impl<T> Drop for WakingSender<T> {
     fn drop(&mut self) {
         drop(self.tx.take());
         self.wake.wake();
     }
 }
 
-/// A shard's end of its control channel.
-pub struct ControlReceiver {
-    rx: Receiver<Control>,
+/// The shard's end: one task awaits it at a time.
+pub struct WakingReceiver<T> {
+    rx: Receiver<T>,
     wake: Arc<AtomicWaker>,
 }
 
-impl ControlReceiver {
-    /// The next control message; `None` when the main thread is gone.
-    pub async fn recv(&self) -> Option<Control> {
+impl<T> WakingReceiver<T> {
+    /// The next message; `None` when every sender is gone.
+    pub async fn recv(&self) -> Option<T> {
         use crossbeam::channel::TryRecvError;
         std::future::poll_fn(|cx| {
             for attempt in 0..2 {
@@ -142,16 +143,26 @@ impl ControlReceiver {
     }
 }
 
-fn control_channel() -> (ControlSender, ControlReceiver) {
+/// A channel from any thread into a shard's task (one sender).
+pub fn waking_channel<T>() -> (WakingSender<T>, WakingReceiver<T>) {
     let (tx, rx) = crossbeam::channel::unbounded();
     let wake = Arc::new(AtomicWaker::new());
     (
-        ControlSender {
+        WakingSender {
             tx: Some(tx),
             wake: wake.clone(),
         },
-        ControlReceiver { rx, wake },
+        WakingReceiver { rx, wake },
     )
+}
+
+/// The main thread's end of one shard's control channel.
+pub type ControlSender = WakingSender<Control>;
+/// A shard's end of its control channel.
+pub type ControlReceiver = WakingReceiver<Control>;
+
+fn control_channel() -> (ControlSender, ControlReceiver) {
+    waking_channel()
 }
 
 pub struct ShardHandle {

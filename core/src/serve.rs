@@ -38,6 +38,8 @@ pub enum ServeError {
     ShardFailed { id: usize, reason: String },
     #[error("policies: {0}")]
     Policies(#[from] shardgate_policy::PolicyError),
+    #[error("{0}")]
+    Mcp(#[from] crate::mcp::HubError),
 }
 
 pub struct Options {
@@ -114,6 +116,7 @@ pub fn run(
         );
     }
     let restored = Arc::new(std::mem::take(&mut store.recovered.usage));
+    let (mcp_hub, mcp_threads) = crate::mcp::Hub::start(&config)?;
     let (signals, hangups) = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
@@ -126,6 +129,7 @@ pub fn run(
         let mesh = mesh.clone();
         let keys = keys.clone();
         let policies = policies.clone();
+        let mcp_hub = mcp_hub.clone();
         let persist = Persist {
             tx: store.usage.sender(),
             restored: restored.clone(),
@@ -148,6 +152,7 @@ pub fn run(
                     policies,
                     keys,
                     persist,
+                    mcp_hub,
                 );
                 shard_main(shard, mine, control, mesh, &exit).await;
                 drop(exit);
@@ -236,6 +241,13 @@ pub fn run(
         }
     }
     let _ = drained_tx.send(());
+    // Shards are done with them: stdio MCP servers stop in order (stdin
+    // closed, SIGTERM, SIGKILL), so none outlives the gateway.
+    mcp_hub.stop();
+    drop(mcp_hub);
+    for t in mcp_threads {
+        let _ = t.join();
+    }
     // Shards flushed their counters while draining; now everything queued
     // is written and synced.
     match store.usage.shutdown() {

@@ -41,6 +41,8 @@ pub struct Shard {
     pub json: RefCell<JsonParser>,
     /// Senders to every shard (set once the mesh is joined).
     pub mesh: RefCell<Option<Rc<Mesh>>>,
+    /// The MCP servers behind `/mcp`, as this shard knows them.
+    pub mcp: crate::mcp::McpShard,
     /// What this shard's requests came to.
     pub stats: RefCell<ShardStats>,
     /// Scrapes under way on this shard, waiting for other shards' stats.
@@ -49,6 +51,7 @@ pub struct Shard {
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         config: Arc<Config>,
@@ -57,10 +60,13 @@ impl Shard {
         policies: shardgate_policy::PolicySet,
         keys: shardgate_policy::KeyStore,
         persist: crate::admission::Persist,
+        mcp: Arc<crate::mcp::Hub>,
     ) -> Rc<Self> {
         let pool = Pool::new(config.upstream.clone());
         let generation = Generation::new(1, config.clone(), upstream_tls, &pool);
+        let mcp = crate::mcp::McpShard::new(mcp, &config, &pool, id);
         Rc::new(Self {
+            mcp,
             id,
             admission: Admission::new(&config, policies, Rc::new(keys), persist),
             pool,

@@ -120,6 +120,43 @@ pub struct ToolRules {
     /// Globs. A tool matching one is denied, whatever `allowed` says.
     #[serde(default)]
     pub denied: Vec<String>,
+    /// Non-empty: a tool must have one of these scopes (`[read]`: may read
+    /// data but not modify it). A tool of unknown scope counts as `write`.
+    #[serde(default)]
+    pub scopes: Vec<ToolScope>,
+    /// What happens to a denied tool call in a model's answer.
+    #[serde(default)]
+    pub on_denied_tool_call: Option<OnDeniedToolCall>,
+}
+
+/// What a tool may do, from the gateway's config or (untrusted) the
+/// server's annotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolScope {
+    Read,
+    Write,
+}
+
+impl ToolScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolScope::Read => "read",
+            ToolScope::Write => "write",
+        }
+    }
+}
+
+/// What the gateway does with a tool call a model returned that the
+/// caller's policy denies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeniedToolCall {
+    /// The answer becomes an error (403, or an error event in a stream).
+    #[default]
+    Refuse,
+    /// The call is removed from the answer.
+    Strip,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,11 +41,12 @@ pub mod money;
 pub mod policy;
 pub mod pricing;
 pub mod tokens;
+pub mod tools;
 pub mod window;
 
 pub use config::{
-    ActorScope, AuditSpec, Budgets, ModelAccess, PolicyEntry, PolicySpec, PriceSpec, PromptLogging,
-    ToolRules,
+    ActorScope, AuditSpec, Budgets, ModelAccess, OnDeniedToolCall, PolicyEntry, PolicySpec,
+    PriceSpec, PromptLogging, ToolRules, ToolScope,
 };
 pub use counters::{Counters, LimitKind, Reservation, Settlement};
 pub use decide::{
@@ -64,4 +65,5 @@ pub use money::{MoneyError, Usd};
 pub use policy::{Bucket, EffectiveAudit, Limits, Policy, PolicyError, PolicySet, Resolved};
 pub use pricing::{Price, PricingTable, DEFAULT_PRICES};
 pub use tokens::{estimate_prompt_tokens, tokenizer_for_model, warm_up, Encoding, Tokenizer};
+pub use tools::{ToolRule, ToolVerdict};
 pub use window::{format_reset, Period, Timestamp, Window};

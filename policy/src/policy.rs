@@ -35,9 +35,12 @@
 //! ranks, the scope naming more fields is more specific, and then the
 //! policy listed first in the config wins.
 
-use crate::config::{ActorScope, AuditSpec, PolicyEntry, PromptLogging};
+use crate::config::{
+    ActorScope, AuditSpec, OnDeniedToolCall, PolicyEntry, PromptLogging, ToolScope,
+};
 use crate::glob::Patterns;
 use crate::identity::Actor;
+use crate::tools::ToolVerdict;
 
 /// Budget limits of one bucket. `None` is unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,6 +127,9 @@ pub struct Policy {
     pub limits: Limits,
     pub tools_allowed: Patterns,
     pub tools_denied: Patterns,
+    /// Empty: any scope.
+    pub tool_scopes: Vec<ToolScope>,
+    pub on_denied_tool_call: Option<OnDeniedToolCall>,
     pub audit: AuditSpec,
 }
 
@@ -237,6 +243,8 @@ impl PolicySet {
                 },
                 tools_allowed: Patterns::new(&tools.allowed),
                 tools_denied: Patterns::new(&tools.denied),
+                tool_scopes: tools.scopes,
+                on_denied_tool_call: tools.on_denied_tool_call,
                 audit: spec.audit.unwrap_or_default(),
                 name,
             });
@@ -369,6 +377,23 @@ impl<'a> Resolved<'a> {
             !p.tools_denied.matches(tool)
                 && (p.tools_allowed.is_empty() || p.tools_allowed.matches(tool))
         })
+    }
+
+    /// The verdict on calling `tool` (an exposed name), of scope `scope`
+    /// (`None`: unknown, which counts as `write`), naming the policy and
+    /// rule that refused it. Deny wins; then every allow list and scope
+    /// list must accept it.
+    pub fn decide_tool(&self, tool: &str, scope: Option<ToolScope>) -> ToolVerdict<'a> {
+        crate::tools::decide(&self.applicable, tool, scope)
+    }
+
+    /// What to do with a denied tool call in a model's answer: the most
+    /// specific policy that says wins; `refuse` by default.
+    pub fn on_denied_tool_call(&self) -> OnDeniedToolCall {
+        self.applicable
+            .iter()
+            .find_map(|p| p.on_denied_tool_call)
+            .unwrap_or_default()
     }
 }
 

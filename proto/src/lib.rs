@@ -14,6 +14,7 @@ pub mod chunked;
 pub mod gemini;
 pub mod h1;
 pub mod json;
+pub mod mcp;
 pub mod mock;
 pub mod openai;
 pub mod sse;

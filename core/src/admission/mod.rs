@@ -288,6 +288,19 @@ impl Admission {
                 reservation,
             } => (fell_back.then(|| chosen.to_owned()), reservation),
         };
+        self.hold(&resolved, reservation, actor, fallback, now)
+            .await
+    }
+
+    /// Takes `reservation` from every bucket of `resolved` (all or none).
+    async fn hold(
+        &self,
+        resolved: &Resolved<'_>,
+        reservation: Reservation,
+        actor: Actor,
+        fallback: Option<String>,
+        now: Timestamp,
+    ) -> Result<Ticket, Refusal> {
         let buckets: Vec<(Rc<str>, Limits)> = resolved
             .buckets()
             .iter()
@@ -300,8 +313,8 @@ impl Admission {
                     let (k, _) = &buckets[j];
                     self.give_back(k, &reservation);
                 }
-                let views = self.views(&resolved, now);
-                let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
+                let views = self.views(resolved, now);
+                let headers = RateLimitHeaders::compute(resolved, &views, now).pairs();
                 return Err(Refusal::Denied {
                     reason,
                     headers,
@@ -310,8 +323,8 @@ impl Admission {
             }
             taken.push(i);
         }
-        let views = self.views(&resolved, now);
-        let headers = RateLimitHeaders::compute(&resolved, &views, now).pairs();
+        let views = self.views(resolved, now);
+        let headers = RateLimitHeaders::compute(resolved, &views, now).pairs();
         Ok(Ticket {
             actor: Some(actor),
             fallback,
@@ -321,6 +334,41 @@ impl Admission {
                 buckets,
             }),
         })
+    }
+
+    /// Who is calling, for requests that are not model calls; `None` when
+    /// admission is open (no keys and no policies).
+    pub fn identify(&self, req: &Request<'_>) -> Result<Option<Actor>, Refusal> {
+        if self.is_open() {
+            return Ok(None);
+        }
+        self.actor(req, now()).map(Some)
+    }
+
+    /// The policies current on this shard.
+    pub fn policy_set(&self) -> Rc<PolicySet> {
+        self.policies.borrow().clone()
+    }
+
+    /// Admits one tool call by `actor`: a request from every bucket of its
+    /// policies (tool calls count against `requests_per_minute`; they use
+    /// no tokens). Settle it with [`Admission::settle_all`] and no
+    /// attempts.
+    pub async fn admit_tool_call(&self, actor: Option<&Actor>) -> Result<Ticket, Refusal> {
+        let Some(actor) = actor else {
+            return Ok(Ticket::open());
+        };
+        let now = now();
+        let policies = self.policies.borrow().clone();
+        let resolved = policies.resolve(actor);
+        self.hold(
+            &resolved,
+            Reservation::new(0, 0, now),
+            actor.clone(),
+            None,
+            now,
+        )
+        .await
     }
 
     /// Counters as this shard sees each bucket: the owner's own; elsewhere

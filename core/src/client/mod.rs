@@ -10,7 +10,9 @@ mod pool;
 mod response;
 
 pub use pool::{Endpoint, Pool};
-pub use response::{read_response_head, BodyReader, BodyStep, ReadError, UpstreamHead};
+pub use response::{
+    read_response_head, read_response_head_with, BodyReader, BodyStep, ReadError, UpstreamHead,
+};
 
 use crate::io::{MaybeTls, ReadBuf};
 use glommio::net::TcpStream;

@@ -65,11 +65,22 @@ impl Pool {
         http: &HttpProvider,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Endpoint {
+        self.endpoint_at(&http.base, http.ca_file.as_ref(), tls)
+    }
+
+    /// The endpoint at `base`, trusting `ca_file` besides the system's
+    /// roots for TLS.
+    pub fn endpoint_at(
+        &self,
+        base: &BaseUrl,
+        ca_file: Option<&PathBuf>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Endpoint {
         let key = EndpointKey {
-            tls: http.base.tls,
-            host: http.base.host.clone(),
-            port: http.base.port,
-            ca_file: http.ca_file.clone(),
+            tls: base.tls,
+            host: base.host.clone(),
+            port: base.port,
+            ca_file: ca_file.cloned(),
         };
         let mut slots = self.slots.borrow_mut();
         let next = slots.len();
@@ -78,9 +89,9 @@ impl Pool {
             self.idle.borrow_mut().push(Vec::new());
         }
         Endpoint {
-            base: http.base.clone(),
+            base: base.clone(),
             tls,
-            authority: http.base.authority(),
+            authority: base.authority(),
             slot,
         }
     }

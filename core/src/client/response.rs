@@ -74,6 +74,18 @@ pub async fn read_response_head(
     wait: Duration,
     method: Method,
 ) -> Result<UpstreamHead, ReadError> {
+    read_response_head_with(conn, wait, method, &mut |_, _| {}).await
+}
+
+/// [`read_response_head`], handing the final head to `also` before its
+/// bytes are consumed: for callers that read headers the model path does
+/// not (MCP's `Mcp-Session-Id`).
+pub async fn read_response_head_with(
+    conn: &mut UpstreamConn,
+    wait: Duration,
+    method: Method,
+    also: &mut dyn FnMut(&ResponseHead, &[u8]),
+) -> Result<UpstreamHead, ReadError> {
     let limits = HeadLimits::default();
     let mut any_bytes = !conn.rbuf.is_empty();
     let read = with_timeout(wait, async {
@@ -91,10 +103,12 @@ pub async fn read_response_head(
                                 || head.end_to_end_header(buf, "content-type").is_some(),
                             retry_after: keep(&head, buf, "retry-after"),
                         };
-                        conn.rbuf.consume(head.head_len);
                         if head.is_informational() {
+                            conn.rbuf.consume(head.head_len);
                             continue;
                         }
+                        also(&head, buf);
+                        conn.rbuf.consume(head.head_len);
                         return Ok(Ok(parsed));
                     }
                     Ok(None) => {}

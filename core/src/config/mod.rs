@@ -7,10 +7,12 @@
 //! (a model's target points at a provider by index, not by a name that might
 //! not exist).
 
+pub mod mcp;
 mod raw;
 mod secret;
 mod units;
 
+pub use mcp::{McpConfig, McpServer, McpTransport};
 pub use secret::{Secret, SecretRef};
 pub use units::{parse_size, ByteSize, Dur};
 
@@ -61,6 +63,8 @@ pub struct Config {
     /// Price overrides on top of the built-in table.
     pub pricing: Vec<shardgate_policy::PriceSpec>,
     pub store: StoreConfig,
+    /// The MCP servers behind `/mcp`.
+    pub mcp: McpConfig,
 }
 
 /// Who may call the model APIs.
@@ -367,6 +371,11 @@ impl Config {
         }
         if self.store != new.store {
             changed.push("store");
+        }
+        // stdio servers are the process's children, and the session key
+        // seals sessions that clients hold: both live as long as the process.
+        if self.mcp != new.mcp {
+            changed.push("mcp / mcp_servers");
         }
         changed
     }

@@ -48,6 +48,9 @@ pub(super) struct RawConfig {
     #[serde(default)]
     store: RawStore,
     admin: Option<RawAdmin>,
+    mcp: Option<super::mcp::RawMcp>,
+    #[serde(default)]
+    mcp_servers: BTreeMap<String, super::mcp::RawMcpServer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,7 +388,10 @@ impl RawConfig {
             }
         }
 
+        let mcp = super::mcp::validate(self.mcp, self.mcp_servers, env)?;
+
         Ok(Config {
+            mcp,
             admin,
             listeners,
             shards: placement.shards,
@@ -628,7 +634,7 @@ fn parse_addr(path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn parse_base_url(path: &str, s: &str) -> Result<BaseUrl, ConfigError> {
+pub(crate) fn parse_base_url(path: &str, s: &str) -> Result<BaseUrl, ConfigError> {
     let url = url::Url::parse(s).map_err(|e| field(path, format!("`{s}`: {e}")))?;
     let tls = match url.scheme() {
         "https" => true,

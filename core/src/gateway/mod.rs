@@ -161,6 +161,7 @@ pub async fn send_error(
 pub fn endpoint_of_path(path: &[u8]) -> (&'static str, ClientDialect) {
     match route(Method::Post, path) {
         Route::Api(api) => (api.client_path(), api.dialect()),
+        Route::Mcp => ("/mcp", ClientDialect::OpenAi),
         Route::WrongMethod => match route(Method::Get, path) {
             Route::Health => ("/healthz", ClientDialect::OpenAi),
             Route::Ready => ("/readyz", ClientDialect::OpenAi),
@@ -192,6 +193,8 @@ enum Route {
     Ready,
     Models,
     Api(Api),
+    /// The MCP endpoint, every method (it answers those it does not serve).
+    Mcp,
     WrongMethod,
     Unknown,
 }
@@ -205,6 +208,7 @@ fn route(method: Method, path: &[u8]) -> Route {
         b"/v1/completions" => (Method::Post, Route::Api(Api::Completions)),
         b"/v1/embeddings" => (Method::Post, Route::Api(Api::Embeddings)),
         b"/v1/messages" => (Method::Post, Route::Api(Api::Messages)),
+        b"/mcp" => return Route::Mcp,
         _ => return Route::Unknown,
     };
     if method == want || (want == Method::Get && method == Method::Head) {
@@ -275,6 +279,7 @@ async fn handle<'g>(
             }
         }
         Route::Api(api) => handle_api(shard, generation, conn, &req, api, rid, trail).await,
+        Route::Mcp => crate::mcp::endpoint::handle(shard, generation, conn, req, rid, trail).await,
         Route::WrongMethod => {
             let e = route_error(&req, true);
             send_error(conn, openai, &e, rid, &[], false).await

@@ -1,0 +1,784 @@
+//! `/mcp`: Streamable HTTP in both protocol eras, decided per request.
+//!
+//! - `POST` carries one JSON-RPC message. A request with `_meta` (or the
+//!   modern `MCP-Protocol-Version`) is 2026-07-28 and must repeat itself
+//!   in `Mcp-Method` / `Mcp-Name`; otherwise it is handshake-era, and
+//!   everything but `initialize` names its session in `Mcp-Session-Id`.
+//! - `DELETE` ends a legacy session (and its upstream sessions).
+//! - `GET` (the legacy server-to-client stream) is 405: the gateway sends
+//!   no server-initiated messages, and advertises no capability that would.
+//!
+//! The caller is known by the same virtual keys as model traffic. Replies
+//! are JSON, or an event stream when the client accepts one and the
+//! upstream streams (progress arrives as it happens). Closing the response
+//! cancels the call upstream.
+
+use super::aggregate::{self, codes};
+use super::session::{Session, SessionError};
+use super::upstream::{Exchange, Outgoing, Via};
+use super::McpShard;
+use crate::admission::Refusal;
+use crate::config::McpConfig;
+use crate::generation::Generation;
+use crate::record::{ToolArguments, ToolCallRecord, ToolCallSource, ToolDecision, Trail};
+use crate::server::{respond, ClientConn, Outcome, Request};
+use crate::shard::Shard;
+use serde_json::{json, Value};
+use shardgate_policy::{Actor, PolicySet, PromptLogging, Resolved, ToolScope};
+use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
+use shardgate_proto::h1::Method;
+use shardgate_proto::mcp::{self as wire, code, Era, Inbound, Posted, RpcError};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How long the gateway waits on an upstream session's `initialize` or
+/// `DELETE`.
+const SESSION_WAIT: Duration = Duration::from_secs(10);
+
+/// Answers one request to `/mcp`.
+pub async fn handle<'g>(
+    shard: &Rc<Shard>,
+    generation: &'g Generation,
+    conn: &mut ClientConn,
+    req: Request<'_>,
+    rid: &str,
+    trail: &mut Trail<'g>,
+) -> Outcome {
+    let cfg = &generation.config.mcp;
+    let actor = match shard.admission.identify(&req) {
+        Ok(a) => a,
+        Err(Refusal::Unauthorized | Refusal::Denied { .. }) => {
+            let e = RpcError::new(
+                code::INVALID_REQUEST,
+                "missing or unknown API key: send Authorization: Bearer <key> or x-api-key",
+            );
+            return reply(
+                conn,
+                401,
+                &wire::error_response(&Value::Null, &e),
+                None,
+                rid,
+            )
+            .await;
+        }
+    };
+    trail.actor = actor.clone();
+    let cx = Cx {
+        shard,
+        mcp: &shard.mcp,
+        cfg,
+        req: &req,
+        rid,
+        key_id: actor
+            .as_ref()
+            .map_or(crate::admission::ANONYMOUS, |a| a.key_id.as_str()),
+        actor: actor.as_ref(),
+        policies: shard.admission.policy_set(),
+    };
+    match req.head.method {
+        Method::Post => post(&cx, conn).await,
+        Method::Delete => delete(&cx, conn).await,
+        _ => {
+            let e = RpcError::new(
+                code::INVALID_REQUEST,
+                "the gateway offers no server-to-client stream: use POST (and DELETE to end a session)",
+            );
+            let body =
+                serde_json::to_vec(&wire::error_response(&Value::Null, &e)).unwrap_or_default();
+            let bytes = respond::full(
+                405,
+                b"application/json",
+                &[("allow", b"POST, DELETE")],
+                &body,
+                rid,
+                false,
+            );
+            write(conn, &bytes).await
+        }
+    }
+}
+
+/// What every step of one request needs.
+struct Cx<'a> {
+    shard: &'a Rc<Shard>,
+    mcp: &'a McpShard,
+    cfg: &'a McpConfig,
+    req: &'a Request<'a>,
+    rid: &'a str,
+    key_id: &'a str,
+    actor: Option<&'a Actor>,
+    policies: Rc<PolicySet>,
+}
+
+impl Cx<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.req
+            .header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
+    }
+
+    fn accepts_events(&self) -> bool {
+        self.header("accept")
+            .is_some_and(|a| a.contains("text/event-stream") || a.contains("*/*"))
+    }
+
+    fn now_secs() -> u64 {
+        crate::gateway::unix_now()
+    }
+
+    /// The legacy session this request names.
+    fn session(&self) -> Result<(String, Session), (u16, RpcError)> {
+        let Some(id) = self.header("mcp-session-id") else {
+            return Err((
+                400,
+                RpcError::new(
+                    code::INVALID_REQUEST,
+                    "Mcp-Session-Id is missing: send initialize first",
+                ),
+            ));
+        };
+        match self.mcp.hub.key.open(id, self.key_id, Self::now_secs()) {
+            Ok(s) => Ok((id.to_owned(), s)),
+            Err(SessionError::Expired) => Err((
+                404,
+                RpcError::new(code::INVALID_REQUEST, "session expired: initialize again"),
+            )),
+            Err(SessionError::Unknown) => Err((
+                404,
+                RpcError::new(code::INVALID_REQUEST, "session not found"),
+            )),
+        }
+    }
+}
+
+async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
+    let rid = cx.rid;
+    let json_body = cx
+        .header("content-type")
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"));
+    if !json_body {
+        let e = RpcError::new(
+            code::INVALID_REQUEST,
+            "Content-Type must be application/json",
+        );
+        return reply(
+            conn,
+            415,
+            &wire::error_response(&Value::Null, &e),
+            None,
+            rid,
+        )
+        .await;
+    }
+    let accept = cx.header("accept").unwrap_or("*/*");
+    if !(accept.contains("application/json")
+        || accept.contains("text/event-stream")
+        || accept.contains("*/*"))
+    {
+        let e = RpcError::new(
+            code::INVALID_REQUEST,
+            "Accept must allow application/json or text/event-stream",
+        );
+        return reply(
+            conn,
+            406,
+            &wire::error_response(&Value::Null, &e),
+            None,
+            rid,
+        )
+        .await;
+    }
+    let msg = match wire::parse_posted(&cx.req.body) {
+        Ok(Posted::Message(m)) => m,
+        Ok(Posted::Response) => return accepted(conn, rid).await,
+        Err((id, e)) => return reply_error(conn, &id, &e, None, rid).await,
+    };
+    let era = wire::era_of(&msg, cx.header("mcp-protocol-version"));
+    let id = msg.id.clone().unwrap_or(Value::Null);
+    let session = match era {
+        Era::Modern => {
+            if let Err(e) = wire::check_modern(
+                &msg,
+                cx.header("mcp-protocol-version"),
+                cx.header("mcp-method"),
+                cx.header("mcp-name"),
+            ) {
+                return reply_error(conn, &id, &e, None, rid).await;
+            }
+            None
+        }
+        Era::Handshake if msg.method == "initialize" => None,
+        Era::Handshake => match cx.session() {
+            Ok(s) => Some(s),
+            Err((status, e)) => {
+                return reply(conn, status, &wire::error_response(&id, &e), None, rid).await
+            }
+        },
+    };
+    let session_header = session.as_ref().map(|(h, _)| h.as_str());
+    let Some(req_id) = msg.id.clone() else {
+        return notification(cx, conn, &msg, session.as_ref().map(|(_, s)| s)).await;
+    };
+    let via_session = session.as_ref().map(|(_, s)| s);
+    let resolved = cx.actor.map(|a| cx.policies.resolve(a));
+    match msg.method.as_str() {
+        "initialize" if era == Era::Handshake => initialize(cx, conn, &msg, &req_id).await,
+        "server/discover" => {
+            let result = aggregate::discover();
+            reply(
+                conn,
+                200,
+                &wire::response(&req_id, result),
+                session_header,
+                rid,
+            )
+            .await
+        }
+        "ping" | "logging/setLevel" => {
+            let mut result = json!({});
+            wire::fit_result(&mut result, era, false);
+            reply(
+                conn,
+                200,
+                &wire::response(&req_id, result),
+                session_header,
+                rid,
+            )
+            .await
+        }
+        m if aggregate::list_fields(m).is_some() => {
+            let via_of = |server: &str| -> Via<'_> {
+                match via_session {
+                    Some(s) => Via::Client(s.up.iter().find(|u| u.server == server)),
+                    None => Via::Shared,
+                }
+            };
+            let listed =
+                aggregate::list(cx.mcp, cx.shard, cx.cfg, m, resolved.as_ref(), &via_of, era).await;
+            if listed.hidden > 0 || !listed.failed.is_empty() {
+                log::info!(
+                    "{rid}: mcp {m} for key {}: {} hidden by policy{}",
+                    cx.key_id,
+                    listed.hidden,
+                    if listed.failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; servers not answering: {}", listed.failed.join(", "))
+                    }
+                );
+            }
+            reply(
+                conn,
+                200,
+                &wire::response(&req_id, listed.result),
+                session_header,
+                rid,
+            )
+            .await
+        }
+        "tools/call" | "prompts/get" | "resources/read" => {
+            call(
+                cx,
+                conn,
+                msg,
+                era,
+                via_session,
+                session_header,
+                resolved.as_ref(),
+            )
+            .await
+        }
+        other => {
+            let e = RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!("method `{other}` is not supported"),
+            );
+            reply_error(conn, &req_id, &e, session_header, rid).await
+        }
+    }
+}
+
+/// A handshake-era `initialize`: a session with every handshake-era HTTP
+/// server, sealed into the ID the client keeps.
+async fn initialize(cx: &Cx<'_>, conn: &mut ClientConn, msg: &Inbound, id: &Value) -> Outcome {
+    let asked = msg.params.get("protocolVersion").and_then(Value::as_str);
+    let version = wire::negotiate(asked);
+    let opens = cx
+        .cfg
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(idx, s)| {
+            cx.mcp
+                .open_session(cx.shard, idx, s, s.timeout.min(SESSION_WAIT))
+        })
+        .collect();
+    let opened = super::join_all(opens).await;
+    let mut up = Vec::new();
+    for o in opened {
+        match o {
+            Ok(Some(u)) => up.push(u),
+            Ok(None) => {}
+            Err(e) => log::warn!("{}: mcp initialize: {}", cx.rid, e.message),
+        }
+    }
+    let session = Session {
+        exp: Cx::now_secs() + cx.cfg.session_ttl.as_secs(),
+        key: cx.key_id.to_owned(),
+        pv: version.to_owned(),
+        up,
+    };
+    let sealed = cx.mcp.hub.key.seal(&session);
+    let result = aggregate::initialize(version);
+    reply(
+        conn,
+        200,
+        &wire::response(id, result),
+        Some(&sealed),
+        cx.rid,
+    )
+    .await
+}
+
+/// A notification: acknowledged with 202. A legacy client's cancellation
+/// goes on to every server of its session.
+async fn notification(
+    cx: &Cx<'_>,
+    conn: &mut ClientConn,
+    msg: &Inbound,
+    session: Option<&Session>,
+) -> Outcome {
+    if msg.method == "notifications/cancelled" {
+        if let (Some(s), Some(request_id)) = (session, msg.params.get("requestId")) {
+            let cancels = cx
+                .cfg
+                .servers
+                .iter()
+                .enumerate()
+                .filter_map(|(idx, server)| {
+                    let u = s.up.iter().find(|u| u.server == server.name)?;
+                    Some(cx.mcp.cancel(
+                        cx.shard,
+                        idx,
+                        server,
+                        request_id,
+                        Via::Client(Some(u)),
+                        SESSION_WAIT,
+                    ))
+                })
+                .collect();
+            super::join_all(cancels).await;
+        }
+    }
+    accepted(conn, cx.rid).await
+}
+
+/// `DELETE`: ends the session and its upstream sessions.
+async fn delete(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
+    let (_, session) = match cx.session() {
+        Ok(s) => s,
+        Err((status, e)) => {
+            return reply(
+                conn,
+                status,
+                &wire::error_response(&Value::Null, &e),
+                None,
+                cx.rid,
+            )
+            .await
+        }
+    };
+    let closes = cx
+        .cfg
+        .servers
+        .iter()
+        .enumerate()
+        .filter_map(|(idx, server)| {
+            let u = session.up.iter().find(|u| u.server == server.name)?;
+            Some(cx.mcp.close_session(cx.shard, idx, server, u, SESSION_WAIT))
+        })
+        .collect();
+    super::join_all(closes).await;
+    write(
+        conn,
+        &respond::full(200, b"application/json", &[], b"", cx.rid, false),
+    )
+    .await
+}
+
+/// `tools/call`, `prompts/get`, `resources/read`: policy, budget, then the
+/// server, its answer relayed.
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    cx: &Cx<'_>,
+    conn: &mut ClientConn,
+    mut msg: Inbound,
+    era: Era,
+    session: Option<&Session>,
+    session_header: Option<&str>,
+    resolved: Option<&Resolved<'_>>,
+) -> Outcome {
+    let rid = cx.rid;
+    let id = msg.id.clone().unwrap_or(Value::Null);
+    let Some(exposed) = msg.target_name().map(str::to_owned) else {
+        let field = wire::name_param(&msg.method).unwrap_or("name");
+        let e = RpcError::new(code::INVALID_PARAMS, format!("params.{field} is missing"));
+        return reply_error(conn, &id, &e, session_header, rid).await;
+    };
+    let (idx, server, own) = match aggregate::route(cx.cfg, &exposed) {
+        Ok(r) => r,
+        Err(e) => return reply_error(conn, &id, &e, session_header, rid).await,
+    };
+    let is_tool = msg.method == "tools/call";
+    let via = match session {
+        Some(s) => Via::Client(s.up.iter().find(|u| u.server == server.name)),
+        None => Via::Shared,
+    };
+    let scope = if is_tool {
+        let mut annotated = None;
+        if aggregate::needs_scopes(resolved)
+            && server.tools.get(own).is_none_or(|o| o.scope.is_none())
+        {
+            let scopes = cx
+                .mcp
+                .annotated_scopes(cx.shard, idx, server, via, server.timeout.min(SESSION_WAIT))
+                .await;
+            annotated = scopes.get(own).copied().flatten();
+        }
+        aggregate::scope_of(server, own, annotated)
+    } else {
+        Some(ToolScope::Read)
+    };
+    let logging = resolved.map_or(PromptLogging::MetadataOnly, |r| r.audit().log_prompts);
+    let args = msg.params.get("arguments").cloned();
+    let record = |decision: ToolDecision, latency: Option<Duration>, is_error: Option<bool>| {
+        if !is_tool {
+            return;
+        }
+        ToolCallRecord {
+            rid,
+            actor: cx.actor,
+            source: ToolCallSource::Mcp(era),
+            server: Some(&server.name),
+            exposed: &exposed,
+            original: own,
+            scope,
+            decision,
+            latency,
+            is_error,
+            arguments: ToolArguments::keep(args.as_ref(), logging),
+        }
+        .emit();
+    };
+    if let Some(r) = resolved {
+        let verdict = r.decide_tool(&exposed, scope);
+        if let shardgate_policy::ToolVerdict::Refused { policy, rule } = &verdict {
+            let what = match msg.method.as_str() {
+                "tools/call" => "tool",
+                "prompts/get" => "prompt",
+                _ => "resource",
+            };
+            record(
+                ToolDecision::Refused {
+                    policy: (*policy).to_owned(),
+                    rule: aggregate::rule_text(rule),
+                },
+                None,
+                Some(true),
+            );
+            log::info!(
+                "{rid}: mcp {} `{exposed}` refused for key {}: {verdict}",
+                msg.method,
+                cx.key_id
+            );
+            let e = aggregate::refused(what, &exposed, &verdict);
+            return reply_error(conn, &id, &e, session_header, rid).await;
+        }
+    }
+    let ticket = match cx.shard.admission.admit_tool_call(cx.actor).await {
+        Ok(t) => t,
+        Err(Refusal::Denied { reason, .. }) => {
+            record(ToolDecision::RateLimited, None, Some(true));
+            let e = RpcError::new(codes::RATE_LIMITED, reason.to_string());
+            let body = serde_json::to_vec(&wire::error_response(&id, &e)).unwrap_or_default();
+            let retry = reason.retry_after_secs().unwrap_or(1).to_string();
+            let mut extra: Vec<(&str, &[u8])> = vec![("retry-after", retry.as_bytes())];
+            if let Some(s) = session_header {
+                extra.push(("mcp-session-id", s.as_bytes()));
+            }
+            return write(
+                conn,
+                &respond::full(429, b"application/json", &extra, &body, rid, false),
+            )
+            .await;
+        }
+        Err(Refusal::Unauthorized) => {
+            let e = RpcError::new(code::INVALID_REQUEST, "missing or unknown API key");
+            return reply(conn, 401, &wire::error_response(&id, &e), None, rid).await;
+        }
+    };
+    // The server's own name goes upstream, in the body and in `Mcp-Name`.
+    if let Some(key) = wire::name_param(&msg.method) {
+        msg.params.insert(key.into(), own.into());
+    }
+    let timeout = server.timeout_of(own);
+    let started = Instant::now();
+    let out = Outgoing {
+        method: &msg.method,
+        params: std::mem::take(&mut msg.params),
+        name: Some(own),
+        client_id: Some(id.clone()),
+    };
+    let sent = cx.mcp.send(cx.shard, idx, server, out, via, timeout).await;
+    let outcome = match sent {
+        Err(e) => {
+            record(ToolDecision::Allowed, Some(started.elapsed()), Some(true));
+            reply_error(conn, &id, &e, session_header, rid).await
+        }
+        Ok(ex) => {
+            let relayed = relay(
+                cx,
+                conn,
+                ex,
+                &id,
+                era,
+                session_header,
+                &server.name,
+                idx,
+                via,
+                started + timeout,
+            )
+            .await;
+            record(
+                ToolDecision::Allowed,
+                Some(started.elapsed()),
+                relayed.is_error,
+            );
+            relayed.outcome
+        }
+    };
+    cx.shard.admission.settle_all(&ticket, std::iter::empty());
+    outcome
+}
+
+struct Relayed {
+    outcome: Outcome,
+    is_error: Option<bool>,
+}
+
+/// What one wait on the exchange brought.
+enum Step {
+    Message(Result<Option<Value>, RpcError>),
+    ClientLeft,
+}
+
+/// Relays an exchange's messages to the client: as events when it
+/// streams and the client takes events, else its response alone. The
+/// client leaving, or the deadline passing, cancels it upstream.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    cx: &Cx<'_>,
+    conn: &mut ClientConn,
+    mut ex: Exchange,
+    id: &Value,
+    era: Era,
+    session_header: Option<&str>,
+    server: &str,
+    idx: usize,
+    via: Via<'_>,
+    deadline: Instant,
+) -> Relayed {
+    let rid = cx.rid;
+    let stream = ex.is_stream() && cx.accepts_events();
+    let mut head_sent = false;
+    let mut is_error = None;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let step = futures_lite::future::or(
+            async { Step::Message(ex.next(cx.shard, server, wait).await) },
+            async {
+                conn.closed().await;
+                Step::ClientLeft
+            },
+        )
+        .await;
+        let msg = match step {
+            Step::ClientLeft => {
+                cancel_upstream(cx, &ex, idx, via).await;
+                return Relayed {
+                    outcome: Outcome::CLOSE,
+                    is_error: None,
+                };
+            }
+            Step::Message(Ok(Some(m))) => m,
+            Step::Message(Ok(None)) => break,
+            Step::Message(Err(e)) => {
+                if e.code == code::REQUEST_TIMEOUT {
+                    cancel_upstream(cx, &ex, idx, via).await;
+                }
+                let body = wire::error_response(id, &e);
+                is_error = Some(true);
+                if head_sent {
+                    let o = send_event(conn, &body).await;
+                    return Relayed {
+                        outcome: finish_stream(conn, o).await,
+                        is_error,
+                    };
+                }
+                return Relayed {
+                    outcome: reply(conn, e.http_status(), &body, session_header, rid).await,
+                    is_error,
+                };
+            }
+        };
+        let is_response = msg.get("method").is_none();
+        let mut msg = msg;
+        if is_response {
+            if let Some(r) = msg.get_mut("result") {
+                wire::fit_result(r, era, false);
+                is_error = Some(r.get("isError").and_then(Value::as_bool).unwrap_or(false));
+            } else {
+                is_error = Some(true);
+            }
+        }
+        if stream {
+            if !head_sent {
+                let mut extra: Vec<(&str, &[u8])> = Vec::new();
+                if let Some(s) = session_header {
+                    extra.push(("mcp-session-id", s.as_bytes()));
+                }
+                if write(conn, &respond::stream_head(200, rid, &extra))
+                    .await
+                    .keep_alive
+                {
+                    head_sent = true;
+                } else {
+                    return Relayed {
+                        outcome: Outcome::CLOSE,
+                        is_error,
+                    };
+                }
+            }
+            let o = send_event(conn, &msg).await;
+            if !o.keep_alive {
+                cancel_upstream(cx, &ex, idx, via).await;
+                return Relayed {
+                    outcome: o,
+                    is_error,
+                };
+            }
+            if is_response {
+                return Relayed {
+                    outcome: finish_stream(conn, o).await,
+                    is_error,
+                };
+            }
+        } else if is_response {
+            return Relayed {
+                outcome: reply(conn, 200, &msg, session_header, rid).await,
+                is_error,
+            };
+        }
+    }
+    let e = RpcError::new(
+        code::INTERNAL_ERROR,
+        format!("mcp server `{server}` ended without a response"),
+    );
+    let body = wire::error_response(id, &e);
+    let outcome = if head_sent {
+        let o = send_event(conn, &body).await;
+        finish_stream(conn, o).await
+    } else {
+        reply(conn, 200, &body, session_header, rid).await
+    };
+    Relayed {
+        outcome,
+        is_error: Some(true),
+    }
+}
+
+async fn cancel_upstream(cx: &Cx<'_>, ex: &Exchange, idx: usize, via: Via<'_>) {
+    if let Some(up_id) = ex.upstream_id() {
+        let server = &cx.cfg.servers[idx];
+        cx.mcp
+            .cancel(cx.shard, idx, server, up_id, via, SESSION_WAIT)
+            .await;
+    }
+}
+
+/// One message as one event, in one chunk.
+async fn send_event(conn: &mut ClientConn, msg: &Value) -> Outcome {
+    let data = serde_json::to_vec(msg).unwrap_or_default();
+    let mut event = Vec::with_capacity(data.len() + 32);
+    event.extend_from_slice(b"event: message\ndata: ");
+    event.extend_from_slice(&data);
+    event.extend_from_slice(b"\n\n");
+    let mut out = Vec::with_capacity(event.len() + 16);
+    encode_chunk_header(event.len(), &mut out);
+    out.extend_from_slice(&event);
+    out.extend_from_slice(CHUNK_END);
+    write(conn, &out).await
+}
+
+async fn finish_stream(conn: &mut ClientConn, o: Outcome) -> Outcome {
+    if !o.keep_alive {
+        return o;
+    }
+    write(conn, LAST_CHUNK).await
+}
+
+async fn accepted(conn: &mut ClientConn, rid: &str) -> Outcome {
+    write(
+        conn,
+        &respond::full(202, b"application/json", &[], b"", rid, false),
+    )
+    .await
+}
+
+async fn reply_error(
+    conn: &mut ClientConn,
+    id: &Value,
+    e: &RpcError,
+    session: Option<&str>,
+    rid: &str,
+) -> Outcome {
+    reply(
+        conn,
+        e.http_status(),
+        &wire::error_response(id, e),
+        session,
+        rid,
+    )
+    .await
+}
+
+/// A whole JSON answer.
+async fn reply(
+    conn: &mut ClientConn,
+    status: u16,
+    body: &Value,
+    session: Option<&str>,
+    rid: &str,
+) -> Outcome {
+    if status >= 400 {
+        conn.note_error("mcp_error");
+    }
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let extra: &[(&str, &[u8])] = match session {
+        Some(s) => &[("mcp-session-id", s.as_bytes())],
+        None => &[],
+    };
+    write(
+        conn,
+        &respond::full(status, b"application/json", extra, &bytes, rid, false),
+    )
+    .await
+}
+
+async fn write(conn: &mut ClientConn, bytes: &[u8]) -> Outcome {
+    match conn.write(bytes).await {
+        Ok(()) => Outcome::KEEP,
+        Err(_) => Outcome::CLOSE,
+    }
+}

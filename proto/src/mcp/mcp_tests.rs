@@ -1,0 +1,130 @@
+use super::*;
+use serde_json::json;
+
+fn msg(v: Value) -> Inbound {
+    match parse_posted(v.to_string().as_bytes()) {
+        Ok(Posted::Message(m)) => m,
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+#[test]
+fn parses_requests_notifications_and_responses() {
+    let m = msg(json!({"jsonrpc":"2.0","id":7,"method":"tools/list"}));
+    assert_eq!(m.id, Some(json!(7)));
+    assert!(m.params.is_empty());
+    let n = msg(json!({"jsonrpc":"2.0","method":"notifications/initialized"}));
+    assert_eq!(n.id, None);
+    let r = parse_posted(br#"{"jsonrpc":"2.0","id":"s1","result":{}}"#);
+    assert_eq!(r, Ok(Posted::Response));
+}
+
+#[test]
+fn refuses_bad_envelopes_with_their_codes() {
+    let code_of = |b: &[u8]| parse_posted(b).err().map(|(_, e)| e.code);
+    assert_eq!(code_of(b"{nope"), Some(code::PARSE_ERROR));
+    assert_eq!(code_of(b"[]"), Some(code::INVALID_REQUEST));
+    assert_eq!(
+        code_of(br#"{"id":1,"method":"x"}"#),
+        Some(code::INVALID_REQUEST)
+    );
+    assert_eq!(
+        code_of(br#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#),
+        Some(code::INVALID_REQUEST)
+    );
+    assert_eq!(
+        code_of(br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#),
+        Some(code::INVALID_REQUEST)
+    );
+    let (id, _) = parse_posted(br#"{"jsonrpc":"2.0","id":"a","method":3}"#).unwrap_err();
+    assert_eq!(id, json!("a"));
+}
+
+fn modern(method: &str, params: Value) -> Inbound {
+    let mut p = params;
+    p["_meta"] = json!({ META_VERSION: MODERN_VERSION });
+    msg(json!({"jsonrpc":"2.0","id":1,"method":method,"params":p}))
+}
+
+#[test]
+fn decides_the_era() {
+    let m = modern("tools/list", json!({}));
+    assert_eq!(era_of(&m, None), Era::Modern);
+    let legacy = msg(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}));
+    assert_eq!(era_of(&legacy, Some("2025-11-25")), Era::Handshake);
+    assert_eq!(era_of(&legacy, Some(MODERN_VERSION)), Era::Modern);
+}
+
+#[test]
+fn modern_headers_must_repeat_the_body() {
+    let m = modern("tools/call", json!({"name":"a.echo"}));
+    let v = Some(MODERN_VERSION);
+    assert_eq!(
+        check_modern(&m, v, Some("tools/call"), Some("a.echo")),
+        Ok(())
+    );
+    let code = |r: Result<(), RpcError>| r.err().map(|e| e.code);
+    assert_eq!(
+        code(check_modern(&m, v, Some("tools/list"), Some("a.echo"))),
+        Some(code::HEADER_MISMATCH)
+    );
+    assert_eq!(
+        code(check_modern(&m, v, Some("tools/call"), Some("a.other"))),
+        Some(code::HEADER_MISMATCH)
+    );
+    assert_eq!(
+        code(check_modern(&m, v, Some("tools/call"), None)),
+        Some(code::HEADER_MISMATCH)
+    );
+    assert_eq!(
+        code(check_modern(
+            &m,
+            Some("2025-11-25"),
+            Some("tools/call"),
+            Some("a.echo")
+        )),
+        Some(code::HEADER_MISMATCH)
+    );
+    let mut old = m.clone();
+    old.params["_meta"] = json!({ META_VERSION: "2030-01-01" });
+    let e = check_modern(&old, None, Some("tools/call"), Some("a.echo")).unwrap_err();
+    assert_eq!(e.code, code::UNSUPPORTED_PROTOCOL_VERSION);
+    assert_eq!(e.http_status(), 400);
+    let supported = &e.data.unwrap()["supported"];
+    assert!(supported
+        .as_array()
+        .unwrap()
+        .contains(&json!(MODERN_VERSION)));
+}
+
+#[test]
+fn negotiates_handshake_versions() {
+    assert_eq!(negotiate(Some("2025-06-18")), "2025-06-18");
+    assert_eq!(negotiate(Some("2024-01-01")), "2025-11-25");
+    assert_eq!(negotiate(None), "2025-11-25");
+}
+
+#[test]
+fn exposed_names_split_at_the_first_separator() {
+    assert_eq!(expose("billing", "read.status"), "billing.read.status");
+    assert_eq!(
+        split_exposed("billing.read.status"),
+        Some(("billing", "read.status"))
+    );
+    assert_eq!(
+        split_exposed("files.resource://a.txt"),
+        Some(("files", "resource://a.txt"))
+    );
+    assert_eq!(split_exposed("nodot"), None);
+    assert_eq!(split_exposed(".x"), None);
+}
+
+#[test]
+fn fits_results_to_the_era() {
+    let mut r = json!({"tools": []});
+    fit_result(&mut r, Era::Modern, true);
+    assert_eq!(r["resultType"], "complete");
+    assert_eq!(r["cacheScope"], "private");
+    fit_result(&mut r, Era::Handshake, true);
+    assert_eq!(r, json!({"tools": []}));
+}
