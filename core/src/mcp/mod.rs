@@ -63,6 +63,9 @@ impl Hub {
     ) -> Result<(Arc<Hub>, Vec<std::thread::JoinHandle<()>>), HubError> {
         let key = match &config.mcp.session_key {
             Some(s) => SessionKey::from_secret(s.expose()),
+            // Nothing behind `/mcp`: its sessions need not outlive the
+            // process, and the store gets no key file nobody uses.
+            None if config.mcp.servers.is_empty() => SessionKey::ephemeral(),
             None => {
                 SessionKey::load_or_create(&config.store.dir).map_err(|source| HubError::Key {
                     dir: config.store.dir.clone(),

@@ -60,9 +60,21 @@ impl std::fmt::Debug for SessionKey {
 impl SessionKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
         // A 32-byte key is always valid for ChaCha20-Poly1305.
-        let key =
-            UnboundKey::new(&CHACHA20_POLY1305, bytes).unwrap_or_else(|_| unreachable_key());
+        let key = UnboundKey::new(&CHACHA20_POLY1305, bytes).unwrap_or_else(|_| unreachable_key());
         SessionKey(LessSafeKey::new(key))
+    }
+
+    /// A key for this process alone.
+    pub fn ephemeral() -> Self {
+        let mut bytes = [0u8; 32];
+        if getrandom::getrandom(&mut bytes).is_err() {
+            // No OS randomness at all: a key derived from the time and pid
+            // is still unguessable enough for sessions that live only as
+            // long as the process, over servers there are none of.
+            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+            return Self::from_secret(&seed);
+        }
+        Self::from_bytes(&bytes)
     }
 
     /// The key derived from a configured secret (SHA-256 of its text).
