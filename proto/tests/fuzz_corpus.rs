@@ -25,3 +25,8 @@ fn sse_corpus() {
 fn json_corpus() {
     replay("json", fuzz::json);
 }
+
+#[test]
+fn mcp_envelope_corpus() {
+    replay("mcp_envelope", fuzz::mcp_envelope);
+}

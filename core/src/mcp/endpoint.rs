@@ -529,6 +529,7 @@ async fn call(
         params: std::mem::take(&mut msg.params),
         name: Some(own),
         client_id: Some(id.clone()),
+        param_headers: param_headers(cx.req),
     };
     let sent = cx.mcp.send(cx.shard, idx, server, out, via, timeout).await;
     let outcome = match sent {
@@ -781,4 +782,27 @@ async fn write(conn: &mut ClientConn, bytes: &[u8]) -> Outcome {
         Ok(()) => Outcome::KEEP,
         Err(_) => Outcome::CLOSE,
     }
+}
+
+/// The client's `Mcp-Param-*` headers: names checked to be tokens, values
+/// free of line breaks (the parser guarantees both; checked again since
+/// they are written into another request).
+fn param_headers(req: &Request<'_>) -> Vec<(String, Vec<u8>)> {
+    const PREFIX: &[u8] = b"mcp-param-";
+    let buf = &req.head_buf;
+    req.head
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let name = h.name.of(buf);
+            let value = h.value.of(buf);
+            let ok = name.len() > PREFIX.len()
+                && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+                && name
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+                && !value.iter().any(|b| *b == b'\r' || *b == b'\n');
+            ok.then(|| (String::from_utf8_lossy(name).into_owned(), value.to_vec()))
+        })
+        .collect()
 }

@@ -46,6 +46,8 @@ pub struct Post<'a> {
     pub name: Option<&'a str>,
     pub version: Option<&'a str>,
     pub session: Option<&'a str>,
+    /// `Mcp-Param-*` headers, for modern servers.
+    pub param_headers: &'a [(String, Vec<u8>)],
 }
 
 /// What came back.
@@ -283,11 +285,14 @@ fn request_bytes(ep: &Endpoint, server: &McpHttp, post: &Post<'_>) -> Vec<u8> {
     };
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_header(&mut out, "host", ep.authority.as_bytes());
+    // With its port even when it is the scheme's default: SDK servers on
+    // loopback accept `127.0.0.1:<port>` and refuse a bare host (421).
+    let host = host_with_port(ep);
+    write_header(&mut out, "host", host.as_bytes());
     let scheme = if ep.base.tls { "https://" } else { "http://" };
-    let mut origin = String::with_capacity(scheme.len() + ep.authority.len());
+    let mut origin = String::with_capacity(scheme.len() + host.len());
     origin.push_str(scheme);
-    origin.push_str(&ep.authority);
+    origin.push_str(&host);
     write_header(&mut out, "origin", origin.as_bytes());
     write_header(&mut out, "content-type", b"application/json");
     write_header(&mut out, "accept", b"application/json, text/event-stream");
@@ -307,7 +312,11 @@ fn request_bytes(ep: &Endpoint, server: &McpHttp, post: &Post<'_>) -> Vec<u8> {
         if v == shardgate_proto::mcp::MODERN_VERSION {
             write_header(&mut out, "mcp-method", post.method.as_bytes());
             if let Some(n) = post.name {
+                let n = shardgate_proto::mcp::encode_header_value(n);
                 write_header(&mut out, "mcp-name", n.as_bytes());
+            }
+            for (k, v) in post.param_headers {
+                write_header(&mut out, k, v);
             }
         }
     }
@@ -336,7 +345,7 @@ pub async fn delete(
     };
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_header(&mut out, "host", ep.authority.as_bytes());
+    write_header(&mut out, "host", host_with_port(ep).as_bytes());
     if let Some(t) = &server.bearer_token {
         let mut v = b"Bearer ".to_vec();
         v.extend_from_slice(t.expose().as_bytes());
@@ -362,4 +371,12 @@ pub async fn delete(
     let mut reader = BodyReader::new(head.framing);
     let _ = reader.read_to_end(&mut up, wait, 64 * 1024).await;
     Ok(())
+}
+
+fn host_with_port(ep: &Endpoint) -> String {
+    if ep.base.host.contains(':') {
+        format!("[{}]:{}", ep.base.host, ep.base.port)
+    } else {
+        format!("{}:{}", ep.base.host, ep.base.port)
+    }
 }

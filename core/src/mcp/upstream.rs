@@ -67,6 +67,9 @@ pub struct Outgoing<'a> {
     pub name: Option<&'a str>,
     /// `None` for a notification.
     pub client_id: Option<Value>,
+    /// The client's `Mcp-Param-*` headers (a tool's `x-mcp-header`
+    /// arguments), passed on to a modern server, which checks them.
+    pub param_headers: Vec<(String, Vec<u8>)>,
 }
 
 /// The answer to one request, message by message: notifications about it,
@@ -316,6 +319,7 @@ impl McpShard {
                 name: out.name,
                 version: Some(&version),
                 session: session.as_deref(),
+                param_headers: &out.param_headers,
             };
             match http::post(shard, ep, h, &post, wait).await {
                 Ok(Answer::Accepted) => return Ok(Exchange::Ready(None)),
@@ -571,6 +575,7 @@ impl McpShard {
             name: None,
             version,
             session,
+            param_headers: &[],
         };
         match http::post(shard, ep, h, &post, wait).await? {
             Answer::Accepted => Ok((Value::Null, None)),
@@ -638,6 +643,7 @@ impl McpShard {
                 params,
                 name: None,
                 client_id: Some(Value::from(format!("sg-list-{}", self.unique()))),
+                param_headers: Vec::new(),
             };
             let mut ex = self.send(shard, idx, cfg, out, via, wait).await?;
             let mut answer = None;

@@ -128,3 +128,20 @@ fn fits_results_to_the_era() {
     fit_result(&mut r, Era::Handshake, true);
     assert_eq!(r, json!({"tools": []}));
 }
+
+#[test]
+fn header_values_round_trip_through_the_base64_sentinel() {
+    assert_eq!(encode_header_value("billing.echo"), "billing.echo");
+    let odd = "résumé tool";
+    let enc = encode_header_value(odd);
+    assert!(enc.starts_with("=?base64?"));
+    assert_eq!(decode_header_value(&enc).as_deref(), Some(odd));
+    assert_eq!(decode_header_value(" edge").as_deref(), Some(" edge"));
+    assert_eq!(encode_header_value(" edge"), "=?base64?IGVkZ2U=?=");
+    assert_eq!(decode_header_value("=?base64?!!?="), None);
+    let m = modern("tools/call", json!({"name": odd}));
+    assert_eq!(
+        check_modern(&m, Some(MODERN_VERSION), Some("tools/call"), Some(&enc)),
+        Ok(())
+    );
+}

@@ -11,7 +11,7 @@
 //!   server answers `server/discover`.
 
 mod names;
-pub use names::{expose, split_exposed};
+pub use names::{decode_header_value, encode_header_value, expose, split_exposed};
 
 use serde_json::{Map, Value};
 
@@ -265,9 +265,10 @@ pub fn check_modern(
         Some(_) => {}
     }
     if let Some(body_name) = msg.target_name() {
-        match name_header {
+        match name_header.map(decode_header_value) {
             None => return Err(mismatch("the Mcp-Name header is missing".into())),
-            Some(n) if n != body_name => {
+            Some(None) => return Err(mismatch("the Mcp-Name header is malformed".into())),
+            Some(Some(n)) if n != body_name => {
                 return Err(mismatch(format!(
                     "Mcp-Name `{n}` does not match the body's `{body_name}`"
                 )))

@@ -222,3 +222,42 @@ pub fn json(data: &[u8]) {
         }
     }
 }
+
+/// The MCP envelope and its header checks: never a panic, and what is
+/// accepted is consistent. The input's first line is the headers
+/// (`version|method|name`, empty for absent), the rest the body.
+pub fn mcp_envelope(data: &[u8]) {
+    use crate::mcp::{check_modern, era_of, parse_posted, Era, Posted};
+    let (line, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&b""[..], data),
+    };
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split('|').map(|s| (!s.is_empty()).then_some(s));
+    let (version, method, name) = (
+        parts.next().flatten(),
+        parts.next().flatten(),
+        parts.next().flatten(),
+    );
+    match parse_posted(body) {
+        Ok(Posted::Message(m)) => {
+            let era = era_of(&m, version);
+            if m.meta_version().is_some() {
+                assert_eq!(era, Era::Modern);
+            }
+            if check_modern(&m, version, method, name).is_ok() {
+                // Accepted: the headers repeat the body exactly.
+                assert_eq!(method, Some(m.method.as_str()));
+                if let Some(n) = m.target_name() {
+                    assert_eq!(name, Some(n));
+                }
+                assert_eq!(m.meta_version(), Some(crate::mcp::MODERN_VERSION));
+            }
+        }
+        Ok(Posted::Response) => {}
+        Err((id, e)) => {
+            assert!(id.is_null() || id.is_string() || id.is_number());
+            assert!(e.http_status() == 400, "envelope errors are 400s: {e}");
+        }
+    }
+}
