@@ -337,6 +337,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 fail_status: None,
                 cut_after: None,
                 hang: false,
+                call_tool_at: None,
             },
         }),
         Command::Run(a) => {

@@ -387,6 +387,20 @@ impl<'a> Resolved<'a> {
         crate::tools::decide(&self.applicable, tool, scope)
     }
 
+    /// The verdict on a tool by name alone (allow and deny lists): for the
+    /// tools a model calls, which are the client's own functions and have
+    /// no scope the gateway could know.
+    pub fn decide_tool_name(&self, tool: &str) -> ToolVerdict<'a> {
+        crate::tools::decide_with(&self.applicable, tool, None)
+    }
+
+    /// Whether any applicable policy restricts tools at all.
+    pub fn has_tool_rules(&self) -> bool {
+        self.applicable.iter().any(|p| {
+            !p.tools_allowed.is_empty() || !p.tools_denied.is_empty() || !p.tool_scopes.is_empty()
+        })
+    }
+
     /// What to do with a denied tool call in a model's answer: the most
     /// specific policy that says wins; `refuse` by default.
     pub fn on_denied_tool_call(&self) -> OnDeniedToolCall {

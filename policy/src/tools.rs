@@ -18,6 +18,17 @@ pub enum ToolRule<'a> {
     Scope(Option<ToolScope>),
 }
 
+impl ToolRule<'_> {
+    /// The rule as the config spells it (`tools.denied: billing.*`).
+    pub fn describe(&self) -> String {
+        match self {
+            ToolRule::Denied(p) => format!("tools.denied: {p}"),
+            ToolRule::NotAllowed => "tools.allowed".to_owned(),
+            ToolRule::Scope(_) => "tools.scopes".to_owned(),
+        }
+    }
+}
+
 /// The decision on one tool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolVerdict<'a> {
@@ -59,6 +70,16 @@ pub(crate) fn decide<'a>(
     tool: &str,
     scope: Option<ToolScope>,
 ) -> ToolVerdict<'a> {
+    decide_with(applicable, tool, Some(scope))
+}
+
+/// `scope: None` skips the scope rules (for tools whose scope the gateway
+/// cannot know: the client's own functions a model calls).
+pub(crate) fn decide_with<'a>(
+    applicable: &[&'a Policy],
+    tool: &str,
+    scope: Option<Option<ToolScope>>,
+) -> ToolVerdict<'a> {
     for p in applicable {
         if let Some(g) = p.tools_denied.iter().find(|g| g.matches(tool)) {
             return ToolVerdict::Refused {
@@ -74,11 +95,13 @@ pub(crate) fn decide<'a>(
                 rule: ToolRule::NotAllowed,
             };
         }
-        if !p.tool_scopes.is_empty() && !scope.is_some_and(|s| p.tool_scopes.contains(&s)) {
-            return ToolVerdict::Refused {
-                policy: &p.name,
-                rule: ToolRule::Scope(scope),
-            };
+        if let Some(scope) = scope {
+            if !p.tool_scopes.is_empty() && !scope.is_some_and(|s| p.tool_scopes.contains(&s)) {
+                return ToolVerdict::Refused {
+                    policy: &p.name,
+                    rule: ToolRule::Scope(scope),
+                };
+            }
         }
     }
     ToolVerdict::Allowed

@@ -123,6 +123,10 @@ pub enum ChunkKind<'a> {
     Content(&'a str),
     /// Last choice chunk: `delta {}` and the finish reason.
     Finish(&'a str),
+    /// A tool call starts: its id and name, arguments to follow.
+    ToolStart(&'a str),
+    /// The tool call's arguments (JSON text).
+    ToolArgs(&'a str),
     /// The usage chunk sent after the finish chunk when the client asked for
     /// `stream_options.include_usage`: `choices: []` and the usage object.
     Usage {
@@ -151,6 +155,38 @@ pub fn chat_completion(
     out.extend_from_slice(b"\"},\"logprobs\":null,\"finish_reason\":");
     push_str(out, finish_reason);
     out.extend_from_slice(b"}],");
+    push_usage(out, prompt_tokens, completion_tokens as u64);
+    out.push(b'}');
+}
+
+/// The arguments the mock passes to the tool it calls.
+pub const TOOL_ARGUMENTS: &str = "{\"query\":\"mock\"}";
+
+/// A non-streaming `chat.completion` whose message has text
+/// (`text(completion_tokens)`) and then calls `tool` with
+/// [`TOOL_ARGUMENTS`]; it finishes with `tool_calls`.
+pub fn chat_completion_calling(
+    out: &mut Vec<u8>,
+    id: &str,
+    model: &str,
+    created: u64,
+    prompt_tokens: u64,
+    completion_tokens: usize,
+    tool: &str,
+) {
+    out.reserve(300 + id.len() + model.len() + tool.len() + completion_tokens * 8);
+    header(out, id, "chat.completion", created, model);
+    out.extend_from_slice(
+        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"",
+    );
+    push_text(out, completion_tokens);
+    out.extend_from_slice(
+        b"\",\"tool_calls\":[{\"id\":\"call_mock_0\",\"type\":\"function\",\"function\":{\"name\":",
+    );
+    push_str(out, tool);
+    out.extend_from_slice(b",\"arguments\":");
+    push_str(out, TOOL_ARGUMENTS);
+    out.extend_from_slice(b"}}]},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}],");
     push_usage(out, prompt_tokens, completion_tokens as u64);
     out.push(b'}');
 }
@@ -186,6 +222,20 @@ pub fn chat_chunk_event(
                     out.extend_from_slice(b"{\"content\":");
                     push_str(out, content);
                     out.push(b'}');
+                }
+                ChunkKind::ToolStart(name) => {
+                    out.extend_from_slice(
+                        b"{\"tool_calls\":[{\"index\":0,\"id\":\"call_mock_0\",\"type\":\"function\",\"function\":{\"name\":",
+                    );
+                    push_str(out, name);
+                    out.extend_from_slice(b",\"arguments\":\"\"}}]}");
+                }
+                ChunkKind::ToolArgs(args) => {
+                    out.extend_from_slice(
+                        b"{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":",
+                    );
+                    push_str(out, args);
+                    out.extend_from_slice(b"}}]}");
                 }
                 ChunkKind::Finish(_) | ChunkKind::Usage { .. } => out.extend_from_slice(b"{}"),
             }
@@ -308,6 +358,10 @@ pub struct Behaviour {
     pub cut_after: Option<usize>,
     /// Never answer.
     pub hang: bool,
+    /// Chat: after its text, the answer calls a tool named by the rest of
+    /// the model name from this byte on (`mock-call-get_weather`), and
+    /// finishes with `tool_calls`.
+    pub call_tool_at: Option<usize>,
 }
 
 impl Default for Behaviour {
@@ -319,6 +373,7 @@ impl Default for Behaviour {
             fail_status: None,
             cut_after: None,
             hang: false,
+            call_tool_at: None,
         }
     }
 }
@@ -366,6 +421,14 @@ pub fn behaviour(model: &str, defaults: Behaviour) -> Behaviour {
                 }
             }
             "hang" => b.hang = true,
+            "call" => {
+                // The rest of the name, dashes and all, is the tool's.
+                let at = part.as_ptr() as usize - model.as_ptr() as usize + "call-".len();
+                if at < model.len() {
+                    b.call_tool_at = Some(at);
+                }
+                break;
+            }
             _ => {
                 if part.len() == 3 {
                     if let Ok(status) = part.parse::<u16>() {
@@ -874,6 +937,7 @@ mod tests {
             fail_status: None,
             cut_after: None,
             hang: false,
+            call_tool_at: None,
         };
         assert_eq!(behaviour("mock-1", d), d);
         assert_eq!(behaviour("mock-tps-0", d).tokens_per_second, None);
@@ -892,5 +956,43 @@ mod tests {
         assert_eq!(behaviour("mock-600", d), d);
         assert_eq!(behaviour("mock-ttft-99999999999999999999s", d), d);
         assert!(behaviour("--hang--", d).hang);
+    }
+
+    #[test]
+    fn a_call_part_names_the_tool_with_the_rest_of_the_name() {
+        let d = Behaviour::default();
+        let name = "mock-tokens-3-call-delete-all_records";
+        let b = behaviour(name, d);
+        assert_eq!(b.output_tokens, 3);
+        assert_eq!(
+            b.call_tool_at.map(|at| &name[at..]),
+            Some("delete-all_records")
+        );
+        assert_eq!(behaviour("mock-call", d).call_tool_at, None);
+        let mut out = Vec::new();
+        chat_completion_calling(&mut out, "c1", "m", 1, 2, 3, "t.x");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+            "t.x"
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let mut ev = Vec::new();
+        chat_chunk_event(&mut ev, "c1", "m", 1, ChunkKind::ToolStart("t.x"), false);
+        chat_chunk_event(
+            &mut ev,
+            "c1",
+            "m",
+            1,
+            ChunkKind::ToolArgs(TOOL_ARGUMENTS),
+            false,
+        );
+        for line in ev
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"data: "))
+        {
+            let v: serde_json::Value = serde_json::from_slice(&line[6..]).unwrap();
+            assert!(v["choices"][0]["delta"]["tool_calls"][0]["index"] == 0);
+        }
     }
 }

@@ -49,6 +49,9 @@ pub struct Ticket {
     pub fallback: Option<String>,
     /// `x-ratelimit-*` headers as they stood after admission.
     pub headers: Vec<(&'static str, String)>,
+    /// Some policy of the caller's restricts tools: the answer's tool
+    /// calls are checked.
+    pub tool_rules: bool,
     held: Option<Held>,
 }
 
@@ -65,6 +68,7 @@ impl Ticket {
             actor: None,
             fallback: None,
             headers: Vec::new(),
+            tool_rules: false,
             held: None,
         }
     }
@@ -326,6 +330,7 @@ impl Admission {
         let views = self.views(resolved, now);
         let headers = RateLimitHeaders::compute(resolved, &views, now).pairs();
         Ok(Ticket {
+            tool_rules: resolved.has_tool_rules(),
             actor: Some(actor),
             fallback,
             headers,

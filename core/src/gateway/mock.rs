@@ -60,6 +60,7 @@ pub async fn start<'a>(
         fail_status: None,
         cut_after: None,
         hang: false,
+        call_tool_at: None,
     };
     let b = mock::behaviour(&target.model, defaults);
     if let Some(status) = b.fail_status {
@@ -96,7 +97,17 @@ pub async fn start<'a>(
     let n = b
         .output_tokens
         .min(facts.max_tokens.map_or(usize::MAX, |m| m as usize));
+    let kind = match call.api {
+        Api::Embeddings => Kind::Embeddings,
+        Api::Completions => Kind::Completion,
+        Api::ChatCompletions | Api::Messages => Kind::Chat,
+    };
+    let tool = b
+        .call_tool_at
+        .filter(|_| kind == Kind::Chat)
+        .map(|at| target.model[at..].to_owned());
     let body = MockBody {
+        tool,
         kind: match call.api {
             Api::Embeddings => Kind::Embeddings,
             Api::Completions => Kind::Completion,
@@ -104,6 +115,8 @@ pub async fn start<'a>(
         },
         finish: if n < b.output_tokens {
             "length"
+        } else if b.call_tool_at.is_some() && kind == Kind::Chat {
+            "tool_calls"
         } else {
             "stop"
         },
@@ -193,6 +206,8 @@ pub struct MockBody {
     buf: Vec<u8>,
     /// An embeddings request's body (its inputs are embedded).
     request: Vec<u8>,
+    /// Chat: the tool the answer calls after its text.
+    tool: Option<String>,
 }
 
 impl MockBody {
@@ -258,6 +273,18 @@ impl MockBody {
         if let Some(p) = self.pace {
             sleep(p * self.n as u32).await;
         }
+        if let Some(tool) = &self.tool {
+            mock::chat_completion_calling(
+                &mut body,
+                &self.id,
+                &self.model,
+                self.created,
+                self.prompt_tokens,
+                self.n,
+                tool,
+            );
+            return Ok(body);
+        }
         let render = match self.kind {
             Kind::Completion => mock::completion,
             _ => mock::chat_completion,
@@ -290,6 +317,12 @@ impl MockBody {
         let (prompt_tokens, completion_tokens) = (self.prompt_tokens, self.n as u64);
         match self.kind {
             Kind::Chat => {
+                if let Some(tool) = self.tool.take() {
+                    // The name first, its arguments in a chunk of their
+                    // own, as models stream them.
+                    self.chunk(ChunkKind::ToolStart(&tool));
+                    self.chunk(ChunkKind::ToolArgs(mock::TOOL_ARGUMENTS));
+                }
                 self.chunk(ChunkKind::Finish(self.finish));
                 self.chunk(ChunkKind::Usage {
                     prompt_tokens,
@@ -346,6 +379,7 @@ mod tests {
             stage: Stage::Start,
             buf: Vec::new(),
             request: Vec::new(),
+            tool: None,
         }
     }
 

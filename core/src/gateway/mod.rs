@@ -12,6 +12,7 @@ pub mod models;
 mod plan;
 mod relay;
 mod route;
+mod tool_guard;
 pub use plan::PassHeads;
 
 use crate::admission::{Refusal, Ticket};
@@ -81,6 +82,9 @@ pub struct Call<'a> {
     pub prompt_estimate: u64,
     /// What the current attempt's answer used, set by whoever read it.
     metered: RefCell<Option<Metered>>,
+    /// Checks tool calls in the answer, for callers whose policy
+    /// restricts tools.
+    guard: Option<RefCell<tool_guard::ToolGuard>>,
 }
 
 impl Call<'_> {
@@ -426,6 +430,12 @@ async fn handle_api<'g>(
         headers,
         prompt_estimate: ticket.prompt_estimate(),
         metered: RefCell::new(None),
+        guard: ticket
+            .actor
+            .as_ref()
+            .filter(|_| ticket.tool_rules)
+            .and_then(|a| tool_guard::ToolGuard::new(shard.admission.policy_set(), a, client, rid))
+            .map(RefCell::new),
     };
     let outcome = route::serve(&call, conn, model, &mut trail.attempts).await;
     drop(call);

@@ -216,7 +216,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         }
     };
     call.meter(usage, usage.is_none());
-    let body = match translated {
+    let mut body = match translated {
         Ok(b) => b,
         Err(e) => {
             return Err(GatewayError::UpstreamTranslate {
@@ -225,6 +225,11 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
             })
         }
     };
+    if let Some(guard) = &call.guard {
+        if let Some(stripped) = guard.borrow_mut().check_body(&body)? {
+            body = stripped;
+        }
+    }
     let content_type = match (reply, &head.content_type) {
         (Reply::Same, Some(ct)) if head.content_type_end_to_end => ct,
         _ => &b"application/json"[..],
@@ -606,6 +611,12 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 };
                 let (usage, cut) = pipe.finish(&mut out);
                 meter_stream(call, usage, cut, events);
+                if let Some(guard) = &call.guard {
+                    if let Err(err) = guard.borrow_mut().filter_stream(&mut out, 0) {
+                        conn.note_error(err.label());
+                        StreamEgress::identity(client).fail(&err, &mut out);
+                    }
+                }
                 source.finished(shard);
                 return match conn.write(&out).await {
                     Ok(()) => Outcome::KEEP,
@@ -614,6 +625,27 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             }
             Some(Err(e)) => Some(read_failed(name, e)),
         };
+        let failure = match (failure, &call.guard) {
+            (None, Some(guard)) => guard
+                .borrow_mut()
+                .filter_stream(&mut out, 0)
+                .err()
+                .inspect(|e| {
+                    // The answer is refused, not failed: what the upstream
+                    // used so far is still charged.
+                    let (usage, events) = pipe.abandon();
+                    meter_stream(call, usage, true, events);
+                    StreamEgress::identity(client).fail(e, &mut out);
+                }),
+            (f, _) => f,
+        };
+        if let Some(GatewayError::Policy(_)) = &failure {
+            conn.note_error("tool_denied");
+            return match conn.write(&out).await {
+                Ok(()) => Outcome::KEEP,
+                Err(_) => Outcome::CLOSE,
+            };
+        }
         if let Some(err) = failure {
             log::info!("{rid}: stream from {name} failed: {err}");
             conn.note_error(err.label());

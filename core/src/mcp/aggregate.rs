@@ -200,19 +200,9 @@ pub fn route<'c>(
 /// The error for a call the policy refused, naming the rule.
 pub fn refused(what: &str, exposed: &str, verdict: &ToolVerdict<'_>) -> RpcError {
     let (policy, rule) = match verdict {
-        ToolVerdict::Refused { policy, rule } => (*policy, rule_text(rule)),
+        ToolVerdict::Refused { policy, rule } => (*policy, rule.describe()),
         ToolVerdict::Allowed => ("", String::new()),
     };
     RpcError::new(codes::FORBIDDEN, format!("{what} `{exposed}` is {verdict}"))
         .with_data(json!({"policy": policy, "rule": rule}))
-}
-
-/// The rule, as the config spells it.
-pub fn rule_text(rule: &shardgate_policy::ToolRule<'_>) -> String {
-    use shardgate_policy::ToolRule;
-    match rule {
-        ToolRule::Denied(p) => format!("tools.denied: {p}"),
-        ToolRule::NotAllowed => "tools.allowed".to_owned(),
-        ToolRule::Scope(_) => "tools.scopes".to_owned(),
-    }
 }

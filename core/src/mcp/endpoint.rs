@@ -482,7 +482,7 @@ async fn call(
             record(
                 ToolDecision::Refused {
                     policy: (*policy).to_owned(),
-                    rule: aggregate::rule_text(rule),
+                    rule: rule.describe(),
                 },
                 None,
                 Some(true),
