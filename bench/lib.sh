@@ -95,7 +95,8 @@ start_mock() {
 
 # start_gateway CPUS SHARDS POOL: the gateway in front of the mock, confined
 # by `taskset` and pinning its shards inside that set (its default), keeping
-# up to POOL idle upstream connections per shard. Sets GW_PID GW_PORT.
+# up to POOL idle upstream connections per shard; GW_EXTRA_YAML, when set,
+# is appended to its config. Sets GW_PID GW_PORT.
 start_gateway() {
   local cpus=$1 shards=$2 pool=$3
   cat >"$WORK/shardgate.yaml" <<YAML
@@ -108,6 +109,7 @@ providers:
   up: { kind: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: $KEY }
 models:
   demo: { targets: [ { provider: up, model: mock-1 } ] }
+${GW_EXTRA_YAML:-}
 YAML
   taskset -c "$cpus" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" \
     >"$WORK/gateway.out" 2>"$WORK/gateway.err" &

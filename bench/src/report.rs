@@ -302,6 +302,7 @@ fn summary_lines(r: &LoadReport) -> Vec<String> {
             match r.api {
                 Api::Openai => "openai",
                 Api::Anthropic => "anthropic",
+                Api::Mcp => "mcp",
             },
             r.model,
             r.stream

@@ -164,7 +164,8 @@ impl StreamMeter {
         if self.has_data {
             self.events += 1;
             let token = match self.api {
-                Api::Openai => self.openai_event(),
+                // MCP events are progress and the response: each counts.
+                Api::Openai | Api::Mcp => self.openai_event(),
                 Api::Anthropic => self.anthropic_event(),
             };
             if token {

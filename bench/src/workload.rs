@@ -15,6 +15,8 @@ use std::path::PathBuf;
 const SYNTHETIC_POOL: usize = 128;
 const DEFAULT_PROMPT: &str = "Say hello in one short sentence.";
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// The MCP revision `--api mcp` speaks.
+pub const MCP_VERSION: &str = "2026-07-28";
 
 /// The request shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -26,13 +28,22 @@ pub enum Api {
     /// Anthropic Messages (`POST /v1/messages`); `x-api-key`,
     /// `anthropic-version`.
     Anthropic,
+    /// MCP `tools/call` of the tool named by `--model` (`echo` at the
+    /// mock, `mock.echo` through a gateway that names its server `mock`)
+    /// with the prompt as its `text`, in the 2026-07-28 era (`_meta`,
+    /// `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`); `Authorization:
+    /// Bearer`.
+    Mcp,
 }
 
 impl Api {
     /// `/v1/messages` paths are Anthropic, everything else OpenAI.
     pub fn infer(path: &str) -> Api {
-        if path.split('?').next().unwrap_or("").ends_with("/messages") {
+        let path = path.split('?').next().unwrap_or("");
+        if path.ends_with("/messages") {
             Api::Anthropic
+        } else if path.ends_with("/mcp") {
+            Api::Mcp
         } else {
             Api::Openai
         }
@@ -246,6 +257,22 @@ fn render(cfg: &LoadConfig, api: Api, p: &Prompt) -> Vec<u8> {
     let path = cfg.url.path.split('?').next().unwrap_or("");
     let max_tokens = p.max_tokens.unwrap_or(u64::from(cfg.max_tokens));
     let (get, body) = match api {
+        Api::Mcp => {
+            let text = p.messages.last().and_then(|m| m["content"].as_str());
+            (
+                false,
+                Some(json!({
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": {
+                        "name": cfg.model,
+                        "arguments": {"text": text.unwrap_or(DEFAULT_PROMPT)},
+                        "_meta": {"io.modelcontextprotocol/protocolVersion": MCP_VERSION},
+                    },
+                })),
+            )
+        }
         Api::Anthropic => {
             let mut system = Vec::new();
             let mut messages = Vec::new();
@@ -309,12 +336,18 @@ fn render(cfg: &LoadConfig, api: Api, p: &Prompt) -> Vec<u8> {
     );
     if let Some(key) = &cfg.api_key {
         match api {
-            Api::Openai => req.push_str(&format!("authorization: Bearer {key}\r\n")),
+            Api::Openai | Api::Mcp => req.push_str(&format!("authorization: Bearer {key}\r\n")),
             Api::Anthropic => req.push_str(&format!("x-api-key: {key}\r\n")),
         }
     }
     if api == Api::Anthropic {
         req.push_str(&format!("anthropic-version: {ANTHROPIC_VERSION}\r\n"));
+    }
+    if api == Api::Mcp {
+        req.push_str(&format!(
+            "accept: application/json, text/event-stream\r\nmcp-protocol-version: {MCP_VERSION}\r\nmcp-method: tools/call\r\nmcp-name: {}\r\n",
+            cfg.model
+        ));
     }
     if !get {
         req.push_str(&format!(

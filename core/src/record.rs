@@ -221,7 +221,10 @@ pub struct ToolCallRecord<'a> {
     pub latency: Option<std::time::Duration>,
     /// The result's `isError`, or true for a JSON-RPC error.
     pub is_error: Option<bool>,
-    pub arguments: ToolArguments,
+    /// The call's arguments, kept as `log_prompts` says (worked out only
+    /// when the record is written).
+    pub arguments: Option<&'a serde_json::Value>,
+    pub log_prompts: shardgate_policy::PromptLogging,
 }
 
 impl ToolCallRecord<'_> {
@@ -242,7 +245,7 @@ impl ToolCallRecord<'_> {
             json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant,
                    "app": a.app, "environment": a.environment})
         });
-        let arguments = match &self.arguments {
+        let arguments = match &ToolArguments::keep(self.arguments, self.log_prompts) {
             ToolArguments::None => serde_json::Value::Null,
             ToolArguments::Digest(d) => json!({ "sha256": d }),
             ToolArguments::Full(t) => json!({ "json": t }),
@@ -265,9 +268,20 @@ impl ToolCallRecord<'_> {
         })
     }
 
-    /// Hands the record on: the `tool_call` log target, at info level.
-    pub fn emit(&self) {
-        log::info!(target: "tool_call", "{}", self.to_json());
+    /// Hands the record on: the `tool_call` log target, at info level
+    /// when the caller's audit settings ask for it (`log_tool_calls`, or
+    /// `log_policy_decisions` for a refusal), else at debug (on with
+    /// `RUST_LOG=tool_call=debug`). Nothing is built when neither is on.
+    pub fn emit(&self, audit: shardgate_policy::EffectiveAudit) {
+        let refusal = !matches!(self.decision, ToolDecision::Allowed);
+        let level = if audit.log_tool_calls || (refusal && audit.log_policy_decisions) {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        if log::log_enabled!(target: "tool_call", level) {
+            log::log!(target: "tool_call", level, "{}", self.to_json());
+        }
     }
 }
 

@@ -38,7 +38,7 @@ POLICIES = [
             "name": "support",
             "actor_scope": {"team": "support"},
             "tools": {"allowed": ["billing.*", "tickets.*", "files.*", "ghost.*"], "denied": ["billing.update_*"]},
-            "audit": {"log_prompts": "metadata_only"},
+            "audit": {"log_prompts": "metadata_only", "log_tool_calls": True},
         }
     },
     {"ai_runtime_policy": {"name": "readers", "actor_scope": {"team": "readers"}, "tools": {"scopes": ["read"]}}},

@@ -27,12 +27,20 @@ MODELS = {
     "call-bad": [("local", "mock-tokens-3-call-delete_account")],
 }
 POLICIES = [
-    {"ai_runtime_policy": {"name": "careful", "actor_scope": {"team": "refusers"}, "tools": {"denied": ["delete_*"]}}},
+    {
+        "ai_runtime_policy": {
+            "name": "careful",
+            "actor_scope": {"team": "refusers"},
+            "tools": {"denied": ["delete_*"]},
+            "audit": {"log_tool_calls": True},
+        }
+    },
     {
         "ai_runtime_policy": {
             "name": "tidy",
             "actor_scope": {"team": "strippers"},
             "tools": {"denied": ["delete_*"], "on_denied_tool_call": "strip"},
+            "audit": {"log_policy_decisions": True},
         }
     },
 ]

@@ -32,7 +32,11 @@ pub(super) enum Route {
     Health,
     Messages,
     Gemini(Op),
-    Bedrock { stream: bool },
+    Bedrock {
+        stream: bool,
+    },
+    /// MCP over Streamable HTTP (both eras; see `mcp.rs`).
+    Mcp,
     NotFound(ErrorStyle),
 }
 
@@ -58,6 +62,7 @@ fn route<'a>(path: &'a str, query: &str) -> (Route, Option<&'a str>) {
         "/v1/models" | "/models" => Route::Models,
         "/healthz" | "/health" => Route::Health,
         "/v1/messages" | "/messages" => Route::Messages,
+        "/mcp" => Route::Mcp,
         _ => {
             let gemini = path
                 .strip_prefix("/v1beta")

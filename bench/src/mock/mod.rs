@@ -9,6 +9,8 @@
 //! | Gemini | `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`, `:embedContent`, `:batchEmbedContents` | `x-goog-api-key: KEY` (or `?key=KEY`) |
 //! | Bedrock | `POST /model/{modelId}/converse`, `/converse-stream` | any `Authorization: AWS4-HMAC-SHA256 ...` (not verified) or `Bearer KEY` |
 //!
+//! | MCP | `POST /mcp`: both protocol eras, `tools/list` and an `echo` `tools/call` | `Authorization: Bearer KEY` |
+//!
 //! `GET /healthz` never needs a key. The `/v1`/`/v1beta` prefixes are
 //! optional (`/chat/completions`, `/messages`, `/models/{m}:generateContent`).
 //!
@@ -45,6 +47,7 @@ mod bedrock;
 mod gemini;
 mod head;
 pub mod inject;
+mod mcp;
 mod openai;
 mod server;
 pub mod tools;

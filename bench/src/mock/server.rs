@@ -6,7 +6,7 @@ use super::gemini::Op;
 use super::head::{parse_request_head, HeadError, Keys, RequestHead, Route};
 use super::inject::Injection;
 use super::wire::{self, frame_chunk, write_head, write_stream_head, LAST_CHUNK};
-use super::{anthropic, bedrock, gemini, openai};
+use super::{anthropic, bedrock, gemini, mcp, openai};
 use crate::arrivals::Rng;
 use crate::error::BenchError;
 use crate::shards::{spawn_shard, ShardPlan};
@@ -518,6 +518,18 @@ fn respond<'a>(
             return Plan::Ready;
         }
         Route::Embeddings => return openai_embeddings(body, shared, bufs, close),
+        Route::Mcp => {
+            bufs.scratch.clear();
+            let (status, session) = mcp::answer(body, &mut bufs.scratch);
+            let len = bufs.scratch.len();
+            let extra: &[(&str, &str)] = match session {
+                Some(s) => &[("mcp-session-id", s)],
+                None => &[],
+            };
+            write_head(&mut bufs.out, status, "application/json", len, close, extra);
+            bufs.out.extend_from_slice(&bufs.scratch);
+            return Plan::Ready;
+        }
         Route::Gemini(op @ (Op::Embed | Op::BatchEmbed)) => {
             let model = path_model.unwrap_or(Cow::Borrowed("mock-embed"));
             let b = shared.behaviour(&model, false);

@@ -626,17 +626,19 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             Some(Err(e)) => Some(read_failed(name, e)),
         };
         let failure = match (failure, &call.guard) {
-            (None, Some(guard)) => guard
-                .borrow_mut()
-                .filter_stream(&mut out, 0)
-                .err()
-                .inspect(|e| {
-                    // The answer is refused, not failed: what the upstream
-                    // used so far is still charged.
-                    let (usage, events) = pipe.abandon();
-                    meter_stream(call, usage, true, events);
-                    StreamEgress::identity(client).fail(e, &mut out);
-                }),
+            (None, Some(guard)) => {
+                guard
+                    .borrow_mut()
+                    .filter_stream(&mut out, 0)
+                    .err()
+                    .inspect(|e| {
+                        // The answer is refused, not failed: what the upstream
+                        // used so far is still charged.
+                        let (usage, events) = pipe.abandon();
+                        meter_stream(call, usage, true, events);
+                        StreamEgress::identity(client).fail(e, &mut out);
+                    })
+            }
             (f, _) => f,
         };
         if let Some(GatewayError::Policy(_)) = &failure {

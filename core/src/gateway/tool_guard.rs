@@ -13,7 +13,7 @@
 
 use super::egress::ClientDialect;
 use crate::error::GatewayError;
-use crate::record::{ToolArguments, ToolCallRecord, ToolCallSource, ToolDecision};
+use crate::record::{ToolCallRecord, ToolCallSource, ToolDecision};
 use serde_json::{json, Map, Value};
 use shardgate_policy::{
     Actor, DenyReason, OnDeniedToolCall, PolicySet, PromptLogging, ToolVerdict,
@@ -31,6 +31,7 @@ pub struct ToolGuard {
     mode: OnDeniedToolCall,
     client: ClientDialect,
     logging: PromptLogging,
+    audit: shardgate_policy::EffectiveAudit,
     rid: String,
     /// Stream state: each call (OpenAI: tool call index; Anthropic:
     /// content block index) seen, and whether it was stripped.
@@ -54,7 +55,8 @@ impl ToolGuard {
             return None;
         }
         let mode = resolved.on_denied_tool_call();
-        let logging = resolved.audit().log_prompts;
+        let audit = resolved.audit();
+        let logging = audit.log_prompts;
         drop(resolved);
         Some(ToolGuard {
             policies,
@@ -62,6 +64,7 @@ impl ToolGuard {
             mode,
             client,
             logging,
+            audit,
             rid: rid.to_owned(),
             seen: Vec::new(),
             stripped: Vec::new(),
@@ -100,9 +103,10 @@ impl ToolGuard {
             decision: decision.clone(),
             latency: None,
             is_error: None,
-            arguments: ToolArguments::keep(args, self.logging),
+            arguments: args,
+            log_prompts: self.logging,
         }
-        .emit();
+        .emit(self.audit);
         match decision {
             ToolDecision::Allowed => Ok(true),
             ToolDecision::Stripped { .. } => {

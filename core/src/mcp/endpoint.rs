@@ -20,7 +20,7 @@ use super::McpShard;
 use crate::admission::Refusal;
 use crate::config::McpConfig;
 use crate::generation::Generation;
-use crate::record::{ToolArguments, ToolCallRecord, ToolCallSource, ToolDecision, Trail};
+use crate::record::{ToolCallRecord, ToolCallSource, ToolDecision, Trail};
 use crate::server::{respond, ClientConn, Outcome, Request};
 use crate::shard::Shard;
 use serde_json::{json, Value};
@@ -450,6 +450,7 @@ async fn call(
     } else {
         Some(ToolScope::Read)
     };
+    let audit = resolved.map(Resolved::audit).unwrap_or_default();
     let logging = resolved.map_or(PromptLogging::MetadataOnly, |r| r.audit().log_prompts);
     let args = msg.params.get("arguments").cloned();
     let record = |decision: ToolDecision, latency: Option<Duration>, is_error: Option<bool>| {
@@ -467,9 +468,10 @@ async fn call(
             decision,
             latency,
             is_error,
-            arguments: ToolArguments::keep(args.as_ref(), logging),
+            arguments: args.as_ref(),
+            log_prompts: logging,
         }
-        .emit();
+        .emit(audit);
     };
     if let Some(r) = resolved {
         let verdict = r.decide_tool(&exposed, scope);
@@ -592,6 +594,53 @@ async fn relay(
 ) -> Relayed {
     let rid = cx.rid;
     let stream = ex.is_stream() && cx.accepts_events();
+    if !stream {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let step = futures_lite::future::or(
+            async { Some(ex.verbatim(cx.shard, server, era, wait).await) },
+            async {
+                conn.closed().await;
+                None
+            },
+        )
+        .await;
+        match step {
+            None => {
+                cancel_upstream(cx, &ex, idx, via).await;
+                return Relayed {
+                    outcome: Outcome::CLOSE,
+                    is_error: None,
+                };
+            }
+            Some(Ok(Some(body))) => {
+                let is_error = memchr::memmem::find(&body, b"\"isError\":true").is_some()
+                    || memchr::memmem::find(&body, b"\"error\":{\"code\"").is_some();
+                let extra: &[(&str, &[u8])] = match session_header {
+                    Some(s) => &[("mcp-session-id", s.as_bytes())],
+                    None => &[],
+                };
+                let bytes = respond::full(200, b"application/json", extra, &body, rid, false);
+                return Relayed {
+                    outcome: write(conn, &bytes).await,
+                    is_error: Some(is_error),
+                };
+            }
+            Some(Ok(None)) => {}
+            Some(Err(e)) => {
+                return Relayed {
+                    outcome: reply(
+                        conn,
+                        e.http_status(),
+                        &wire::error_response(id, &e),
+                        session_header,
+                        rid,
+                    )
+                    .await,
+                    is_error: Some(true),
+                };
+            }
+        }
+    }
     let mut head_sent = false;
     let mut is_error = None;
     loop {

@@ -258,6 +258,35 @@ impl Messages {
         }
     }
 
+    /// A 200 JSON answer's body as it came, unread as JSON; `None` when
+    /// the answer is not one (read it with [`Messages::next`]).
+    pub async fn raw_json(
+        &mut self,
+        shard: &Shard,
+        wait: Duration,
+    ) -> Result<Option<Vec<u8>>, HttpError> {
+        if self.status != 200 || !self.queue.is_empty() {
+            return Ok(None);
+        }
+        let Body::Json { conn, reader } = &mut self.body else {
+            return Ok(None);
+        };
+        let Some(c) = conn.as_mut() else {
+            return Ok(None);
+        };
+        let body = reader
+            .read_to_end(c, wait, MAX_MESSAGE)
+            .await
+            .map_err(read_error)?;
+        if let Some(c) = conn.take() {
+            if self.keep_alive {
+                shard.pool.checkin(self.slot, c);
+            }
+        }
+        self.body = Body::Done;
+        Ok(Some(body))
+    }
+
     /// Whether the answer is an event stream (it may carry notifications
     /// before its response).
     pub fn is_stream(&self) -> bool {

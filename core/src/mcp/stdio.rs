@@ -576,7 +576,10 @@ impl FloorBoundary for str {
 
 /// Who the gateway says it is to upstream servers.
 pub fn gateway_info() -> Value {
-    json!({"name": "shardgate", "version": env!("CARGO_PKG_VERSION")})
+    static INFO: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+        || json!({"name": "shardgate", "version": env!("CARGO_PKG_VERSION")}),
+    );
+    INFO.clone()
 }
 
 /// Gives `params` the modern envelope: the gateway's version, identity and

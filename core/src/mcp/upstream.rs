@@ -80,6 +80,8 @@ pub enum Exchange {
         /// The id the server knows the request by.
         upstream_id: Value,
         client_id: Value,
+        /// The server speaks 2026-07-28.
+        modern: bool,
         done: bool,
     },
     Stdio {
@@ -127,6 +129,7 @@ impl Exchange {
                 upstream_id,
                 client_id,
                 done,
+                ..
             } => loop {
                 if *done {
                     return Ok(None);
@@ -185,6 +188,43 @@ impl Exchange {
                 }
             }
         }
+    }
+
+    /// The response as the server sent it, when it can go to a client of
+    /// `era` unchanged: one JSON answer, the request's own id, the same
+    /// protocol era. Same format, no re-serializing.
+    pub async fn verbatim(
+        &mut self,
+        shard: &Shard,
+        server: &str,
+        era: wire::Era,
+        wait: Duration,
+    ) -> Result<Option<Vec<u8>>, RpcError> {
+        let Exchange::Http {
+            messages,
+            upstream_id,
+            client_id,
+            modern,
+            done,
+        } = self
+        else {
+            return Ok(None);
+        };
+        if *done
+            || upstream_id != client_id
+            || *modern != (era == wire::Era::Modern)
+            || messages.is_stream()
+        {
+            return Ok(None);
+        }
+        let raw = messages
+            .raw_json(shard, wait)
+            .await
+            .map_err(|e| http_failed(server, &e))?;
+        if raw.is_some() {
+            *done = true;
+        }
+        Ok(raw)
     }
 
     /// Whether more than one message may come (an event stream).
@@ -269,69 +309,79 @@ impl McpShard {
         via: Via<'_>,
         wait: Duration,
     ) -> Result<Exchange, RpcError> {
+        let (Some(Some(ep)), McpTransport::Http(h)) = (self.endpoints.get(idx), &cfg.transport)
+        else {
+            return Err(failed(&cfg.name, "not an HTTP server"));
+        };
         let era = self.era(shard, idx, cfg, wait).await?;
-        let mut retried = false;
-        loop {
-            let (session, version, renumber): (Option<Rc<str>>, Rc<str>, bool) = match (&era, via) {
-                (UpEra::Modern, _) => (None, wire::MODERN_VERSION.into(), false),
-                (UpEra::Handshake(_), Via::Client(Some(s))) => {
-                    (s.id.as_deref().map(Rc::from), s.pv.as_str().into(), false)
-                }
-                (UpEra::Handshake(v), _) => (
-                    self.shared_session(shard, idx, cfg, wait).await?,
-                    v.clone(),
-                    true,
-                ),
-            };
-            let mut params = out.params.clone();
-            let mut pv = Value::Object(std::mem::take(&mut params));
-            if era == UpEra::Modern {
-                set_modern_meta(&mut pv);
-            } else if let Some(m) = pv.get_mut("_meta").and_then(Value::as_object_mut) {
+        let client_session = match via {
+            Via::Client(s) => s,
+            Via::Shared => None,
+        };
+        // The shard's own session is shared by many clients: their ids are
+        // renumbered so they never meet in it.
+        let renumber = matches!(era, UpEra::Handshake(_)) && client_session.is_none();
+        let Outgoing {
+            method,
+            params,
+            name,
+            client_id,
+            param_headers,
+        } = out;
+        let mut params = Value::Object(params);
+        if era == UpEra::Modern {
+            set_modern_meta(&mut params);
+        } else if let Some(p) = params.as_object_mut() {
+            if let Some(m) = p.get_mut("_meta").and_then(Value::as_object_mut) {
                 strip_modern_meta(m);
                 if m.is_empty() {
-                    pv.as_object_mut().map(|p| p.remove("_meta"));
+                    p.remove("_meta");
                 }
             }
-            let upstream_id = match &out.client_id {
-                Some(id) if renumber => Some(Value::from(format!("sg-{}", self.unique()))),
-                other => other.clone(),
-            };
-            let mut msg = Map::new();
-            msg.insert("jsonrpc".into(), "2.0".into());
-            if let Some(id) = &upstream_id {
-                msg.insert("id".into(), id.clone());
-            }
-            msg.insert("method".into(), out.method.into());
-            if !pv.as_object().is_some_and(Map::is_empty) {
-                msg.insert("params".into(), pv);
-            }
-            let body = serde_json::to_vec(&msg).unwrap_or_default();
-            let Some(Some(ep)) = self.endpoints.get(idx) else {
-                return Err(failed(&cfg.name, "no endpoint"));
-            };
-            let McpTransport::Http(h) = &cfg.transport else {
-                return Err(failed(&cfg.name, "not an HTTP server"));
+        }
+        let upstream_id = match &client_id {
+            Some(_) if renumber => Some(Value::from(format!("sg-{}", self.unique()))),
+            other => other.clone(),
+        };
+        let mut msg = Map::new();
+        msg.insert("jsonrpc".into(), "2.0".into());
+        if let Some(id) = &upstream_id {
+            msg.insert("id".into(), id.clone());
+        }
+        msg.insert("method".into(), method.into());
+        if !params.as_object().is_some_and(Map::is_empty) {
+            msg.insert("params".into(), params);
+        }
+        let body = serde_json::to_vec(&msg).unwrap_or_default();
+        drop(msg);
+        let mut retried = false;
+        loop {
+            let (session, version): (Option<Rc<str>>, &str) = match (&era, client_session) {
+                (UpEra::Modern, _) => (None, wire::MODERN_VERSION),
+                (UpEra::Handshake(_), Some(s)) => (s.id.as_deref().map(Rc::from), &s.pv),
+                (UpEra::Handshake(v), None) => {
+                    (self.shared_session(shard, idx, cfg, wait).await?, v)
+                }
             };
             let post = Post {
                 body: &body,
-                method: out.method,
-                name: out.name,
-                version: Some(&version),
+                method,
+                name,
+                version: Some(version),
                 session: session.as_deref(),
-                param_headers: &out.param_headers,
+                param_headers: &param_headers,
             };
             match http::post(shard, ep, h, &post, wait).await {
                 Ok(Answer::Accepted) => return Ok(Exchange::Ready(None)),
                 Ok(Answer::Messages(messages)) => {
-                    let (Some(upstream_id), Some(client_id)) = (upstream_id, out.client_id.clone())
-                    else {
+                    let (Some(upstream_id), Some(client_id)) = (upstream_id, client_id) else {
                         return Ok(Exchange::Ready(None));
                     };
                     return Ok(Exchange::Http {
                         messages,
                         upstream_id,
                         client_id,
+                        modern: era == UpEra::Modern,
                         done: false,
                     });
                 }
