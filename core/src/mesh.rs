@@ -23,6 +23,9 @@ pub enum ShardMsg {
         seq: u64,
         stats: Box<crate::metrics::ShardStats>,
     },
+    /// A legacy MCP client cancelled its request `id` in the session
+    /// `session` (a hash of its ID): the shard relaying that call stops it.
+    McpCancel { session: u64, id: String },
 }
 
 /// What one shard tells another about a bucket (named by its scope key).

@@ -186,6 +186,7 @@ impl Shard {
                     );
                 }
             }
+            ShardMsg::McpCancel { session, id } => self.mcp.cancel_local(session, &id),
             ShardMsg::MetricsReply { seq, stats } => {
                 // A reply after its scrape gave up finds no one: dropped.
                 if let Some(tx) = self.scrapes.borrow().get(&seq) {

@@ -120,6 +120,25 @@ fn main() {
 
     // decide() alone, with a resolved policy set cached per key.
     let resolved = set.resolve(&actor);
+
+    // The tool rules on one name (an MCP call, or a tool a model called).
+    let names = [
+        "billing.read_renewal_status",
+        "ticket.create_case",
+        "billing.update_payment_method",
+        "files.delete_all",
+    ];
+    let n = 2_000_000usize;
+    let mut allowed = 0usize;
+    let t = Instant::now();
+    for i in 0..n {
+        let v = black_box(&resolved).decide_tool(black_box(names[i % 4]), None);
+        allowed += usize::from(v.is_allowed());
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    println!(
+        "decide_tool (allow and deny globs of 2 policies): {ns:.0} ns per name ({allowed} allowed)"
+    );
     let counters: Vec<Counters> = resolved
         .buckets()
         .iter()

@@ -165,35 +165,6 @@ mod tests {
         assert!(v.to_string().contains("everyone"));
     }
 
-    /// What one decision costs (a figure for the issue's speed target,
-    /// not a pass/fail test): `cargo test --release -p shardgate-policy
-    /// tool_decision_cost -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn tool_decision_cost() {
-        let s = set(r#"
-- ai_runtime_policy:
-    name: team
-    actor_scope: { team: support }
-    tools: { allowed: ["billing.*", "tickets.*", "files.*"], denied: ["billing.update_*", "*.delete_*"] }
-- ai_runtime_policy:
-    name: everyone
-    actor_scope: {}
-    tools: { denied: ["admin.*"], scopes: [read, write] }
-"#);
-        let a = actor();
-        let r = s.resolve(&a);
-        let names = ["billing.read_renewal_status", "tickets.create_case", "billing.update_card", "files.delete_all"];
-        let n = 1_000_000;
-        let start = std::time::Instant::now();
-        let mut allowed = 0;
-        for i in 0..n {
-            allowed += usize::from(std::hint::black_box(&r).decide_tool(names[i % 4], Some(ToolScope::Read)).is_allowed());
-        }
-        let per = start.elapsed().as_nanos() as f64 / n as f64;
-        println!("decide_tool: {per:.1} ns per decision ({allowed} allowed)");
-    }
-
     #[test]
     fn scopes_refuse_write_and_unknown() {
         let s = set(r#"

@@ -3,6 +3,8 @@
 
     mcp_server.py NAME --port N [--json] [--stateless]   Streamable HTTP
     mcp_server.py NAME --stdio                            stdio
+    mcp_server.py NAME --port N --legacy-only             refuses 2026-07-28
+                                                          (a handshake-era server)
 
 Tools: `echo` (read-only), `slow` (reports progress), `sleepy` (records
 its start and its cancellation in $MCP_TEST_EVENTS), `update_record`
@@ -87,12 +89,37 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--stateless", action="store_true")
     p.add_argument("--stdio", action="store_true")
+    p.add_argument("--legacy-only", action="store_true")
     a = p.parse_args()
     mcp = build(a.name)
     if a.stdio:
         mcp.run()
         sys.exit(0)
+    if a.legacy_only:
+        import uvicorn
+
+        app = mcp.streamable_http_app(json_response=a.json, stateless_http=a.stateless)
+        uvicorn.run(handshake_only(app), host="127.0.0.1", port=a.port, log_level="warning")
+        sys.exit(0)
     mcp.run("streamable-http", host="127.0.0.1", port=a.port, json_response=a.json, stateless_http=a.stateless)
+
+
+def handshake_only(app):
+    """Answers 2026-07-28 requests as a server of the handshake era does
+    (400, no session): clients and gateways then fall back to initialize."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"mcp-protocol-version") == b"2026-07-28":
+                body = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Bad Request: Missing session ID"}}'
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ POLICIES = [
         "ai_runtime_policy": {
             "name": "support",
             "actor_scope": {"team": "support"},
-            "tools": {"allowed": ["billing.*", "tickets.*", "files.*", "ghost.*"], "denied": ["billing.update_*"]},
+            "tools": {"allowed": ["billing.*", "tickets.*", "files.*", "legacy.*", "ghost.*"], "denied": ["billing.update_*"]},
             "audit": {"log_prompts": "metadata_only", "log_tool_calls": True},
         }
     },
@@ -101,12 +101,14 @@ def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_ke
     events = tmp / "events.log"
     billing, billing_port = start_http_server("billing", logs_dir, events)
     tickets, tickets_port = start_http_server("tickets", logs_dir, events, "--json", "--stateless")
+    legacy, legacy_port = start_http_server("legacy", logs_dir, events, "--legacy-only")
     cfg = gateway_config(mock_upstream)
     del cfg["auth"]  # keys required
     cfg["policies"] = POLICIES
     cfg["mcp_servers"] = {
         "billing": {"url": f"http://127.0.0.1:{billing_port}/mcp", "timeout": "20s"},
         "tickets": {"url": f"http://127.0.0.1:{tickets_port}/mcp"},
+        "legacy": {"url": f"http://127.0.0.1:{legacy_port}/mcp"},
         "files": {"command": sys.executable, "args": [str(SERVER), "files", "--stdio"], "env": {"MCP_TEST_EVENTS": str(events)}},
         "ghost": {"url": f"http://127.0.0.1:{free_port()}/mcp", "timeout": "2s"},
     }
@@ -117,7 +119,7 @@ def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_ke
         yield Setup(gw, path, events, keys)
     finally:
         rc = gw.stop()
-        for p in (billing, tickets):
+        for p in (billing, tickets, legacy):
             p.terminate()
             p.wait(10)
         assert rc == 0, gw.proc.log_tail()
@@ -143,7 +145,7 @@ def test_lists_merge_every_live_server_under_prefixed_names(setup, mode):
         return tools, prompts, resources
 
     tools, prompts, resources = run(with_client, setup.url, setup.keys["support"], mode, body)
-    for server in ("billing", "tickets", "files"):
+    for server in ("billing", "tickets", "files", "legacy"):
         assert {f"{server}.echo", f"{server}.slow", f"{server}.whoami"} <= tools
         assert f"{server}.greet" in prompts
         assert f"{server}.resource://hello" in resources
@@ -157,7 +159,7 @@ def test_lists_merge_every_live_server_under_prefixed_names(setup, mode):
 def test_calls_reach_each_server_in_its_transport(setup, mode):
     async def body(c):
         out = {}
-        for server in ("billing", "tickets", "files"):
+        for server in ("billing", "tickets", "files", "legacy"):
             r = await c.call_tool(f"{server}.echo", {"text": f"hi {server}"})
             assert not r.is_error
             out[server] = r.content[0].text
@@ -166,7 +168,7 @@ def test_calls_reach_each_server_in_its_transport(setup, mode):
         return out, g.messages[0].content.text, rr.contents[0].text
 
     out, greeting, hello = run(with_client, setup.url, setup.keys["support"], mode, body)
-    assert out == {s: f"hi {s}" for s in ("billing", "tickets", "files")}
+    assert out == {s: f"hi {s}" for s in ("billing", "tickets", "files", "legacy")}
     assert greeting == "Hello, Ann!"
     assert hello == "hello from files"
 
@@ -298,7 +300,7 @@ def test_a_forged_or_foreign_session_is_404(setup):
 def test_progress_is_relayed_as_it_happens(setup, mode):
     async def body(c):
         seen = {}
-        for server in ("billing", "files"):
+        for server in ("billing", "files", "legacy"):
             got = []
 
             async def progress(p, total, message):
@@ -324,9 +326,14 @@ def wait_for(pred, timeout: float = 15.0) -> bool:
     return pred()
 
 
-@pytest.mark.parametrize("server", ["billing", "files"])
-def test_cancellation_reaches_the_server(setup, server):
-    tag = f"cancel-{server}-{time.monotonic_ns()}"
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("server", ["billing", "files", "legacy"])
+def test_cancellation_reaches_the_server(setup, server, mode):
+    """2026-07-28 clients cancel by closing the request's stream, legacy
+    ones by `notifications/cancelled` (which may reach another shard than
+    the call's); either way the server's handler is cancelled, whatever its
+    transport and era."""
+    tag = f"cancel-{server}-{mode}-{time.monotonic_ns()}"
 
     async def body(c):
         with anyio.move_on_after(30):
@@ -340,7 +347,7 @@ def test_cancellation_reaches_the_server(setup, server):
                 assert started, "the call never reached the server"
                 tg.cancel_scope.cancel()
 
-    run(with_client, setup.url, setup.keys["support"], "auto", body)
+    run(with_client, setup.url, setup.keys["support"], mode, body)
     assert wait_for(lambda: f"cancelled {tag}" in setup.events_text()), setup.events_text()
 
 

@@ -218,7 +218,7 @@ async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
     };
     let session_header = session.as_ref().map(|(h, _)| h.as_str());
     let Some(req_id) = msg.id.clone() else {
-        return notification(cx, conn, &msg, session.as_ref().map(|(_, s)| s)).await;
+        return notification(cx, conn, &msg, session_header).await;
     };
     let via_session = session.as_ref().map(|(_, s)| s);
     let resolved = cx.actor.map(|a| cx.policies.resolve(a));
@@ -278,16 +278,19 @@ async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
             .await
         }
         "tools/call" | "prompts/get" | "resources/read" => {
-            call(
-                cx,
-                conn,
+            // A legacy client cancels by notification, which may arrive on
+            // another shard: the call is findable by its session and id.
+            let inflight = session_header.map(|s| cx.mcp.register(super::session_hash(s), &req_id));
+            let cancel = inflight.as_ref().map(|i| &*i.cancel);
+            let call = Call {
                 msg,
                 era,
-                via_session,
+                session: via_session,
                 session_header,
-                resolved.as_ref(),
-            )
-            .await
+                resolved: resolved.as_ref(),
+                cancel,
+            };
+            call.serve(cx, conn).await
         }
         other => {
             let e = RpcError::new(
@@ -342,33 +345,31 @@ async fn initialize(cx: &Cx<'_>, conn: &mut ClientConn, msg: &Inbound, id: &Valu
 }
 
 /// A notification: acknowledged with 202. A legacy client's cancellation
-/// goes on to every server of its session.
+/// reaches its call on whichever shard relays it (the mesh carries it to
+/// every shard), which stops it upstream.
 async fn notification(
     cx: &Cx<'_>,
     conn: &mut ClientConn,
     msg: &Inbound,
-    session: Option<&Session>,
+    session: Option<&str>,
 ) -> Outcome {
     if msg.method == "notifications/cancelled" {
         if let (Some(s), Some(request_id)) = (session, msg.params.get("requestId")) {
-            let cancels = cx
-                .cfg
-                .servers
-                .iter()
-                .enumerate()
-                .filter_map(|(idx, server)| {
-                    let u = s.up.iter().find(|u| u.server == server.name)?;
-                    Some(cx.mcp.cancel(
-                        cx.shard,
-                        idx,
-                        server,
-                        request_id,
-                        Via::Client(Some(u)),
-                        SESSION_WAIT,
-                    ))
-                })
-                .collect();
-            super::join_all(cancels).await;
+            let hash = super::session_hash(s);
+            let id = request_id.to_string();
+            cx.mcp.cancel_local(hash, &id);
+            if let Some(mesh) = cx.shard.mesh.borrow().clone() {
+                let me = mesh.me();
+                for to in (0..mesh.peers()).filter(|&p| p != me) {
+                    mesh.send(
+                        to,
+                        crate::mesh::ShardMsg::McpCancel {
+                            session: hash,
+                            id: id.clone(),
+                        },
+                    );
+                }
+            }
         }
     }
     accepted(conn, cx.rid).await
@@ -407,8 +408,44 @@ async fn delete(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
     .await
 }
 
-/// `tools/call`, `prompts/get`, `resources/read`: policy, budget, then the
-/// server, its answer relayed.
+/// A `tools/call`, `prompts/get` or `resources/read`, and what it is
+/// served under.
+struct Call<'a, 'r> {
+    msg: Inbound,
+    era: Era,
+    /// The legacy session it came in.
+    session: Option<&'a Session>,
+    session_header: Option<&'a str>,
+    resolved: Option<&'a Resolved<'r>>,
+    /// Fired by the client's `notifications/cancelled` (legacy sessions).
+    cancel: Option<&'a super::Cancel>,
+}
+
+impl Call<'_, '_> {
+    /// Policy, budget, then the server, its answer relayed.
+    async fn serve(self, cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
+        let Call {
+            msg,
+            era,
+            session,
+            session_header,
+            resolved,
+            cancel,
+        } = self;
+        call(
+            cx,
+            conn,
+            msg,
+            era,
+            session,
+            session_header,
+            resolved,
+            cancel,
+        )
+        .await
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn call(
     cx: &Cx<'_>,
@@ -418,6 +455,7 @@ async fn call(
     session: Option<&Session>,
     session_header: Option<&str>,
     resolved: Option<&Resolved<'_>>,
+    cancel: Option<&super::Cancel>,
 ) -> Outcome {
     let rid = cx.rid;
     let id = msg.id.clone().unwrap_or(Value::Null);
@@ -551,6 +589,7 @@ async fn call(
                 idx,
                 via,
                 started + timeout,
+                cancel,
             )
             .await;
             record(
@@ -574,6 +613,51 @@ struct Relayed {
 enum Step {
     Message(Result<Option<Value>, RpcError>),
     ClientLeft,
+    /// The client cancelled it (a legacy `notifications/cancelled`).
+    Cancelled,
+}
+
+/// What a server answers a request it cancelled with (the SDK's
+/// `REQUEST_CANCELLED`).
+const REQUEST_CANCELLED: i64 = -32800;
+
+/// Ends a cancelled call's answer with `-32800`, as an event when the
+/// client takes events (as the SDK's servers answer it: a client that has
+/// moved on drops an event quietly).
+async fn answer_cancelled(
+    cx: &Cx<'_>,
+    conn: &mut ClientConn,
+    id: &Value,
+    session_header: Option<&str>,
+    head_sent: bool,
+) -> Outcome {
+    let e = RpcError::new(REQUEST_CANCELLED, "request cancelled");
+    let body = wire::error_response(id, &e);
+    if !head_sent && !cx.accepts_events() {
+        return reply(conn, 200, &body, session_header, cx.rid).await;
+    }
+    if !head_sent {
+        let mut extra: Vec<(&str, &[u8])> = Vec::new();
+        if let Some(s) = session_header {
+            extra.push(("mcp-session-id", s.as_bytes()));
+        }
+        if !write(conn, &respond::stream_head(200, cx.rid, &extra))
+            .await
+            .keep_alive
+        {
+            return Outcome::CLOSE;
+        }
+    }
+    let o = send_event(conn, &body).await;
+    finish_stream(conn, o).await
+}
+
+/// Resolves when `cancel` fires; never without one.
+async fn cancelled(cancel: Option<&super::Cancel>) {
+    match cancel {
+        Some(c) => c.fired().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Relays an exchange's messages to the client: as events when it
@@ -591,20 +675,32 @@ async fn relay(
     idx: usize,
     via: Via<'_>,
     deadline: Instant,
+    cancel: Option<&super::Cancel>,
 ) -> Relayed {
     let rid = cx.rid;
     let stream = ex.is_stream() && cx.accepts_events();
     if !stream {
         let wait = deadline.saturating_duration_since(Instant::now());
         let step = futures_lite::future::or(
-            async { Some(ex.verbatim(cx.shard, server, era, wait).await) },
+            async { Some(Ok(ex.verbatim(cx.shard, server, era, wait).await)) },
             async {
                 conn.closed().await;
                 None
             },
-        )
+        );
+        let step = futures_lite::future::or(step, async {
+            cancelled(cancel).await;
+            Some(Err(()))
+        })
         .await;
         match step {
+            Some(Err(())) => {
+                cancel_upstream(cx, &ex, idx, via).await;
+                return Relayed {
+                    outcome: answer_cancelled(cx, conn, id, session_header, false).await,
+                    is_error: Some(true),
+                };
+            }
             None => {
                 cancel_upstream(cx, &ex, idx, via).await;
                 return Relayed {
@@ -612,7 +708,7 @@ async fn relay(
                     is_error: None,
                 };
             }
-            Some(Ok(Some(body))) => {
+            Some(Ok(Ok(Some(body)))) => {
                 let is_error = memchr::memmem::find(&body, b"\"isError\":true").is_some()
                     || memchr::memmem::find(&body, b"\"error\":{\"code\"").is_some();
                 let extra: &[(&str, &[u8])] = match session_header {
@@ -625,8 +721,8 @@ async fn relay(
                     is_error: Some(is_error),
                 };
             }
-            Some(Ok(None)) => {}
-            Some(Err(e)) => {
+            Some(Ok(Ok(None))) => {}
+            Some(Ok(Err(e))) => {
                 return Relayed {
                     outcome: reply(
                         conn,
@@ -651,9 +747,20 @@ async fn relay(
                 conn.closed().await;
                 Step::ClientLeft
             },
-        )
+        );
+        let step = futures_lite::future::or(step, async {
+            cancelled(cancel).await;
+            Step::Cancelled
+        })
         .await;
         let msg = match step {
+            Step::Cancelled => {
+                cancel_upstream(cx, &ex, idx, via).await;
+                return Relayed {
+                    outcome: answer_cancelled(cx, conn, id, session_header, head_sent).await,
+                    is_error: Some(true),
+                };
+            }
             Step::ClientLeft => {
                 cancel_upstream(cx, &ex, idx, via).await;
                 return Relayed {

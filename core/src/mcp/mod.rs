@@ -24,6 +24,8 @@ use crate::client::{Endpoint, Pool};
 use crate::config::{Config, McpTransport};
 use session::SessionKey;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// What every shard shares: made on the main thread before shards start.
@@ -128,6 +130,60 @@ pub struct McpShard {
     known: RefCell<Vec<upstream::Known>>,
     /// Numbers this shard's upstream request ids and stdio tickets.
     next: Cell<u64>,
+    /// Legacy clients' calls this shard relays, by session (hashed) and
+    /// request id: a `notifications/cancelled` arriving on any shard
+    /// reaches the call through the mesh.
+    inflight: RefCell<HashMap<(u64, String), Rc<Cancel>>>,
+}
+
+/// Stops one call when fired (its relay waits on it).
+#[derive(Default)]
+pub struct Cancel {
+    fired: Cell<bool>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Cancel {
+    fn fire(&self) {
+        self.fired.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once fired.
+    pub async fn fired(&self) {
+        std::future::poll_fn(|cx| {
+            if self.fired.get() {
+                std::task::Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// A registered in-flight call; unregistered when dropped.
+pub struct Inflight<'a> {
+    shard: &'a McpShard,
+    key: (u64, String),
+    pub cancel: Rc<Cancel>,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.shard.inflight.borrow_mut().remove(&self.key);
+    }
+}
+
+/// The key a legacy session's calls are known by across shards.
+pub fn session_hash(session_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    session_id.hash(&mut h);
+    h.finish()
 }
 
 impl McpShard {
@@ -157,6 +213,34 @@ impl McpShard {
             shard_id,
             endpoints,
             next: Cell::new(1),
+            inflight: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a legacy client's call so that its cancellation finds it.
+    pub fn register(&self, session: u64, id: &serde_json::Value) -> Inflight<'_> {
+        let key = (session, id.to_string());
+        let cancel = Rc::new(Cancel::default());
+        self.inflight
+            .borrow_mut()
+            .insert(key.clone(), cancel.clone());
+        Inflight {
+            shard: self,
+            key,
+            cancel,
+        }
+    }
+
+    /// Cancels the call of this shard's that is `session`'s request `id`
+    /// (JSON text), if there is one.
+    pub fn cancel_local(&self, session: u64, id: &str) {
+        let found = self
+            .inflight
+            .borrow()
+            .get(&(session, id.to_owned()))
+            .cloned();
+        if let Some(c) = found {
+            c.fire();
         }
     }
 
