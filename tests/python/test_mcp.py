@@ -420,3 +420,10 @@ def test_every_tool_call_is_recorded(setup):
         if r["arguments"] is not None:
             assert set(r["arguments"]) == {"sha256"}
     assert not any("sk-" in line for line in log.splitlines() if "tool_call] " in line)
+
+
+def test_a_body_over_the_limit_is_a_json_rpc_error(setup):
+    big = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "billing.echo", "arguments": {"text": "x" * (2 << 20)}}}
+    r = httpx2.post(setup.url, json=big, headers={"authorization": f"Bearer {setup.keys['support']}", "accept": "application/json"}, timeout=REQUEST_TIMEOUT)
+    assert r.status_code == 413
+    assert r.json()["jsonrpc"] == "2.0" and r.json()["error"]["code"] == -32600

@@ -225,21 +225,42 @@ fn route(method: Method, path: &[u8]) -> Route {
 /// The router of `api` listeners: the model APIs, health and readiness.
 pub struct ApiRouter;
 
-impl crate::server::Router for ApiRouter {
-    type Dialect = ClientDialect;
+/// The shape of errors about a request to an `api` listener: a model
+/// API's dialect, or JSON-RPC for `/mcp`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ApiDialect {
+    #[default]
+    OpenAi,
+    Anthropic,
+    Mcp,
+}
 
-    fn classify(&self, path: &[u8]) -> (&'static str, ClientDialect) {
-        endpoint_of_path(path)
+impl crate::server::Router for ApiRouter {
+    type Dialect = ApiDialect;
+
+    fn classify(&self, path: &[u8]) -> (&'static str, ApiDialect) {
+        if path == b"/mcp" {
+            return ("/mcp", ApiDialect::Mcp);
+        }
+        match endpoint_of_path(path) {
+            (label, ClientDialect::Anthropic) => (label, ApiDialect::Anthropic),
+            (label, ClientDialect::OpenAi) => (label, ApiDialect::OpenAi),
+        }
     }
 
     async fn refuse(
         &self,
         conn: &mut ClientConn,
-        dialect: ClientDialect,
+        dialect: ApiDialect,
         err: &GatewayError,
         rid: &str,
     ) {
-        send_error(conn, dialect, err, rid, &[], true).await;
+        let model = match dialect {
+            ApiDialect::OpenAi => ClientDialect::OpenAi,
+            ApiDialect::Anthropic => ClientDialect::Anthropic,
+            ApiDialect::Mcp => return crate::mcp::endpoint::refuse(conn, err, rid).await,
+        };
+        send_error(conn, model, err, rid, &[], true).await;
     }
 
     async fn handle<'g>(

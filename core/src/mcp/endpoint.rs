@@ -962,3 +962,19 @@ fn param_headers(req: &Request<'_>) -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+/// A request to `/mcp` refused before it was read whole (its head or body
+/// too large, late or malformed): a JSON-RPC error with the HTTP status,
+/// and the connection closed (its stream is in an unknown state).
+pub async fn refuse(conn: &mut ClientConn, err: &crate::error::GatewayError, rid: &str) {
+    conn.note_error(err.label());
+    let code = if err.status() == 400 {
+        code::PARSE_ERROR
+    } else {
+        code::INVALID_REQUEST
+    };
+    let e = RpcError::new(code, err.to_string());
+    let body = serde_json::to_vec(&wire::error_response(&Value::Null, &e)).unwrap_or_default();
+    let bytes = respond::full(err.status(), b"application/json", &[], &body, rid, true);
+    let _ = conn.write(&bytes).await;
+}
