@@ -556,6 +556,13 @@ async fn shard_main(
                 gate,
                 Rc::new(crate::admin::AdminRouter),
             )),
+            ListenerRole::Mcp => glommio::spawn_local(accept_loop(
+                shard,
+                index,
+                listener,
+                gate,
+                Rc::new(crate::mcp::endpoint::McpRouter),
+            )),
         }
         .detach();
     }

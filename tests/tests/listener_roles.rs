@@ -85,3 +85,40 @@ fn an_unknown_role_is_a_config_error_that_names_it() {
     assert_eq!(code, Some(2));
     assert!(err.contains("metrics") && err.contains("admin"), "{err}");
 }
+
+#[test]
+fn an_mcp_listener_serves_mcp_and_probes_only() {
+    let config = CONFIG.replace("role: admin }", "role: mcp }");
+    let gw = start_gateway_in(tempfile::tempdir().unwrap(), &config, 2, &[]);
+    let (api, mcp) = (gw.addrs[0], gw.addrs[1]);
+    let discover = r#"{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+    let modern = |body: &str| {
+        with_header(
+            post("/mcp", body),
+            "mcp-protocol-version: 2026-07-28\r\nmcp-method: server/discover\r\n",
+        )
+    };
+
+    let mut c = connect(mcp);
+    c.send(&modern(discover));
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["result"]["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&"2026-07-28".into()));
+    c.send(&get("/healthz"));
+    assert_eq!(c.read_response().status, 200);
+    // No model calls here, answered in JSON-RPC's shape.
+    c.send(&post("/v1/chat/completions", CHAT));
+    let r = c.read_response();
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["jsonrpc"], "2.0");
+
+    // The api listener serves both.
+    let mut c = connect(api);
+    c.send(&post("/v1/chat/completions", CHAT));
+    assert_eq!(c.read_response().status, 200);
+    c.send(&modern(discover));
+    assert_eq!(c.read_response().status, 200);
+}

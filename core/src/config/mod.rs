@@ -139,6 +139,9 @@ pub enum ListenerRole {
     /// operators on their own port, usually loopback, apart from client
     /// traffic.
     Admin,
+    /// The MCP endpoint (`/mcp`) alone, with health and readiness: agents'
+    /// tool traffic on a port of its own.
+    Mcp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

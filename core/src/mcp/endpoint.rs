@@ -978,3 +978,62 @@ pub async fn refuse(conn: &mut ClientConn, err: &crate::error::GatewayError, rid
     let bytes = respond::full(err.status(), b"application/json", &[], &body, rid, true);
     let _ = conn.write(&bytes).await;
 }
+
+/// The router of `mcp` listeners: `/mcp`, health and readiness, nothing
+/// else (the model APIs stay on `api` listeners).
+pub struct McpRouter;
+
+impl crate::server::Router for McpRouter {
+    type Dialect = crate::gateway::ApiDialect;
+
+    fn classify(&self, path: &[u8]) -> (&'static str, Self::Dialect) {
+        use crate::gateway::ApiDialect;
+        match path {
+            b"/healthz" => ("/healthz", ApiDialect::OpenAi),
+            b"/readyz" => ("/readyz", ApiDialect::OpenAi),
+            b"/mcp" => ("/mcp", ApiDialect::Mcp),
+            _ => ("other", ApiDialect::Mcp),
+        }
+    }
+
+    async fn refuse(
+        &self,
+        conn: &mut ClientConn,
+        _dialect: Self::Dialect,
+        err: &crate::error::GatewayError,
+        rid: &str,
+    ) {
+        refuse(conn, err, rid).await;
+    }
+
+    async fn handle<'g>(
+        &self,
+        shard: &Rc<Shard>,
+        generation: &'g Generation,
+        conn: &mut ClientConn,
+        req: Request<'_>,
+        rid: &str,
+        trail: &mut Trail<'g>,
+    ) -> Outcome {
+        use crate::gateway::{probe, Probe};
+        let get = matches!(req.head.method, Method::Get | Method::Head);
+        match req.path() {
+            b"/mcp" => handle(shard, generation, conn, req, rid, trail).await,
+            b"/healthz" if get => probe(conn, shard, Probe::Health, rid).await,
+            b"/readyz" if get => probe(conn, shard, Probe::Ready, rid).await,
+            _ => {
+                let e = RpcError::new(
+                    code::INVALID_REQUEST,
+                    "this listener serves MCP at /mcp (and /healthz, /readyz)",
+                );
+                let body =
+                    serde_json::to_vec(&wire::error_response(&Value::Null, &e)).unwrap_or_default();
+                write(
+                    conn,
+                    &respond::full(404, b"application/json", &[], &body, rid, false),
+                )
+                .await
+            }
+        }
+    }
+}
