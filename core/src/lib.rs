@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod admission;
 pub mod allocator;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;

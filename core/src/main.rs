@@ -43,6 +43,8 @@ enum Command {
     },
     /// Create, revoke and list virtual API keys (works while the gateway runs).
     Keys(KeysArgs),
+    /// Verify, tail and query the audit log (works while the gateway runs).
+    Audit(shardgate_core::cli::audit::AuditArgs),
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -63,6 +65,13 @@ fn main() -> ExitCode {
     });
     match command {
         Command::Keys(args) => match shardgate_core::cli::keys::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Audit(args) => match shardgate_core::cli::audit::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

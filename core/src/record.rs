@@ -65,6 +65,30 @@ pub struct Trail<'a> {
     pub attempts: Attempts<'a>,
     /// What the caller was charged, in micro-dollars.
     pub cost_micros: u64,
+    /// The W3C trace id of the caller's `traceparent` (read when audited).
+    pub trace_id: Option<String>,
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
+/// when it is one (lowercase hex, not all zeros).
+pub fn trace_id(traceparent: Option<&[u8]>) -> Option<String> {
+    let v = traceparent?;
+    let parts: Vec<&[u8]> = v.trim_ascii().split(|&b| b == b'-').collect();
+    let [version, trace, parent, flags] = parts.as_slice() else {
+        return None;
+    };
+    let hex = |p: &[u8], n: usize| {
+        p.len() == n
+            && p.iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let ok = hex(version, 2)
+        && *version != b"ff"
+        && hex(trace, 32)
+        && trace.iter().any(|&b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2);
+    ok.then(|| String::from_utf8_lossy(trace).into_owned())
 }
 
 /// One request, as it ended. `'r` is the request's, `'s` the shard's
@@ -272,7 +296,14 @@ impl ToolCallRecord<'_> {
     /// when the caller's audit settings ask for it (`log_tool_calls`, or
     /// `log_policy_decisions` for a refusal), else at debug (on with
     /// `RUST_LOG=tool_call=debug`). Nothing is built when neither is on.
-    pub fn emit(&self, audit: shardgate_policy::EffectiveAudit) {
+    pub fn emit(
+        &self,
+        audit: shardgate_policy::EffectiveAudit,
+        sink: Option<&crate::audit::ShardAudit>,
+    ) {
+        if let Some(sink) = sink {
+            sink.tool_call(self);
+        }
         let refusal = !matches!(self.decision, ToolDecision::Allowed);
         let level = if audit.log_tool_calls || (refusal && audit.log_policy_decisions) {
             log::Level::Info

@@ -40,6 +40,8 @@ pub enum ServeError {
     Policies(#[from] shardgate_policy::PolicyError),
     #[error("{0}")]
     Mcp(#[from] crate::mcp::HubError),
+    #[error("{0}")]
+    Audit(#[from] crate::audit::writer::AuditError),
 }
 
 pub struct Options {
@@ -100,6 +102,7 @@ pub fn run(
     let mesh = mesh::builder(shards);
     let mut store = opts.store;
     let keys = KeyStore::from_records(store.recovered.keys.iter().cloned())?;
+    let mut known_keys = known_keys(store.recovered.keys.iter());
     let policies = shardgate_policy::PolicySet::compile(&config.policies)?;
     if policies.policies().iter().any(|p| p.limits.limits_tokens()) {
         // The tokenizers' tables take tens of milliseconds to build (more in
@@ -117,6 +120,10 @@ pub fn run(
     }
     let restored = Arc::new(std::mem::take(&mut store.recovered.usage));
     let (mcp_hub, mcp_threads) = crate::mcp::Hub::start(&config)?;
+    let auditor = match &config.audit {
+        Some(a) => Some(crate::audit::writer::AuditWriter::start(a)?),
+        None => None,
+    };
     let (signals, hangups) = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
@@ -130,6 +137,10 @@ pub fn run(
         let keys = keys.clone();
         let policies = policies.clone();
         let mcp_hub = mcp_hub.clone();
+        let audit = auditor
+            .as_ref()
+            .zip(config.audit.as_ref())
+            .map(|(w, a)| crate::audit::ShardAudit::new(w.sender(), a.on_backpressure));
         let persist = Persist {
             tx: store.usage.sender(),
             restored: restored.clone(),
@@ -153,6 +164,7 @@ pub fn run(
                     keys,
                     persist,
                     mcp_hub,
+                    audit,
                 );
                 shard_main(shard, mine, control, mesh, &exit).await;
                 drop(exit);
@@ -205,17 +217,26 @@ pub fn run(
                 failure = Some(ServeError::ShardFailed { id, reason });
                 break;
             }
-            recv(key_changes) -> _ => reload_keys(&mut store, &handles),
+            recv(key_changes) -> _ => reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref()),
             recv(hangups) -> _ => {
                 if let Some(path) = &opts.config_path {
+                    let before = generation;
                     generation = reload_config(&config, path, generation, &handles);
+                    if let Some(a) = &auditor {
+                        let detail = serde_json::json!({
+                            "path": path.display().to_string(),
+                            "generation": generation,
+                            "applied": generation != before,
+                        });
+                        a.send_line(crate::audit::admin_event("config_reload", "SIGHUP", detail));
+                    }
                 } else {
                     log::warn!("SIGHUP: no config file to reload (started with the bundled config)");
                 }
             }
             default(tick) => {
                 reload_certs(&mut watches, &handles);
-                reload_keys(&mut store, &handles);
+                reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref());
             }
         }
     }
@@ -247,6 +268,10 @@ pub fn run(
     drop(mcp_hub);
     for t in mcp_threads {
         let _ = t.join();
+    }
+    // Shards handed over their last events while draining.
+    if let Some(a) = auditor {
+        a.shutdown();
     }
     // Shards flushed their counters while draining; now everything queued
     // is written and synced.
@@ -325,7 +350,20 @@ fn log_placement(placement: &crate::placement::Placement, pin: bool) {
 
 /// Keys created or revoked by `shardgate keys` while serving: every shard
 /// gets the new table within a poll interval.
-fn reload_keys(store: &mut Store, handles: &[ShardHandle]) {
+/// Key ids known to the running gateway, and whether each is revoked: what
+/// a change of `keys.log` created or revoked, for the audit log.
+type KnownKeys = std::collections::HashMap<String, bool>;
+
+fn known_keys<'a>(records: impl Iterator<Item = &'a shardgate_policy::KeyRecord>) -> KnownKeys {
+    records.map(|r| (r.key_id.clone(), r.revoked)).collect()
+}
+
+fn reload_keys(
+    store: &mut Store,
+    handles: &[ShardHandle],
+    known: &mut KnownKeys,
+    auditor: Option<&crate::audit::writer::AuditWriter>,
+) {
     let records = match store.keys.poll() {
         Ok(Some(r)) => r,
         Ok(None) => return,
@@ -334,6 +372,24 @@ fn reload_keys(store: &mut Store, handles: &[ShardHandle]) {
             return;
         }
     };
+    let now = known_keys(records.iter());
+    if let Some(a) = auditor {
+        let created: Vec<&String> = now.keys().filter(|k| !known.contains_key(*k)).collect();
+        let revoked: Vec<&String> = now
+            .iter()
+            .filter(|(k, r)| **r && known.get(*k).is_some_and(|was| !was))
+            .map(|(k, _)| k)
+            .collect();
+        if !created.is_empty() || !revoked.is_empty() {
+            let detail = serde_json::json!({"created": created, "revoked": revoked});
+            a.send_line(crate::audit::admin_event(
+                "keys_changed",
+                "shardgate keys (keys.log)",
+                detail,
+            ));
+        }
+    }
+    *known = now;
     match KeyStore::from_records(records) {
         Ok(keys) => {
             log::info!("keys reloaded: {} keys", keys.len());
@@ -536,6 +592,10 @@ async fn shard_main(
         }
     }
     glommio::spawn_local(persist(shard.clone())).detach();
+    if let Some(audit) = shard.audit.clone() {
+        let s = shard.clone();
+        glommio::spawn_local(async move { audit.run(&s).await }).detach();
+    }
     let gate = Rc::new(Gate::new());
     for (index, l) in listeners.into_iter().enumerate() {
         let listener = runtime::adopt_listener(l);
@@ -599,6 +659,17 @@ async fn shard_main(
     }
     shard.admission.persist_usage();
     shard.admission.persist_counters();
+    if let Some(audit) = &shard.audit {
+        // The events of requests that finished while draining.
+        audit.flush();
+        for _ in 0..100 {
+            if !audit.refusing() {
+                break;
+            }
+            glommio::timer::sleep(crate::audit::SHARD_FLUSH).await;
+            audit.flush();
+        }
+    }
 }
 
 /// Settled usage goes to the store writer this often (so `kill -9` can lose

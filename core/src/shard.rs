@@ -43,6 +43,8 @@ pub struct Shard {
     pub mesh: RefCell<Option<Rc<Mesh>>>,
     /// The MCP servers behind `/mcp`, as this shard knows them.
     pub mcp: crate::mcp::McpShard,
+    /// This shard's end of the audit log, when there is one.
+    pub audit: Option<Rc<crate::audit::ShardAudit>>,
     /// What this shard's requests came to.
     pub stats: RefCell<ShardStats>,
     /// Scrapes under way on this shard, waiting for other shards' stats.
@@ -61,11 +63,13 @@ impl Shard {
         keys: shardgate_policy::KeyStore,
         persist: crate::admission::Persist,
         mcp: Arc<crate::mcp::Hub>,
+        audit: Option<crate::audit::ShardAudit>,
     ) -> Rc<Self> {
         let pool = Pool::new(config.upstream.clone());
         let generation = Generation::new(1, config.clone(), upstream_tls, &pool);
         let mcp = crate::mcp::McpShard::new(mcp, &config, &pool, id);
         Rc::new(Self {
+            audit: audit.map(Rc::new),
             mcp,
             id,
             admission: Admission::new(&config, policies, Rc::new(keys), persist),

@@ -2,4 +2,5 @@
 //! gateway (`shardgate keys ...`). `main.rs` only parses and maps their
 //! errors to exit codes.
 
+pub mod audit;
 pub mod keys;

@@ -7,6 +7,7 @@
 //! (a model's target points at a provider by index, not by a name that might
 //! not exist).
 
+pub mod audit;
 pub mod mcp;
 mod raw;
 mod secret;
@@ -65,6 +66,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The MCP servers behind `/mcp`.
     pub mcp: McpConfig,
+    /// The audit log, when configured.
+    pub audit: Option<audit::AuditConfig>,
 }
 
 /// Who may call the model APIs.
@@ -326,6 +329,16 @@ impl Config {
     pub fn parse_store(text: &str) -> Result<StoreConfig, ConfigError> {
         parse_raw(text)?.store()
     }
+
+    /// The `audit:` section alone (for `shardgate audit`, which needs no
+    /// provider secret).
+    pub fn load_audit(path: &Path) -> Result<Option<audit::AuditConfig>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse_raw(&text)?.audit(&|k| std::env::var(k).ok())
+    }
 }
 
 fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigError> {
@@ -379,6 +392,10 @@ impl Config {
         // seals sessions that clients hold: both live as long as the process.
         if self.mcp != new.mcp {
             changed.push("mcp / mcp_servers");
+        }
+        // The writer thread and its open file are the process's.
+        if self.audit != new.audit {
+            changed.push("audit");
         }
         changed
     }

@@ -49,6 +49,7 @@ pub(super) struct RawConfig {
     store: RawStore,
     admin: Option<RawAdmin>,
     mcp: Option<super::mcp::RawMcp>,
+    audit: Option<super::audit::RawAudit>,
     #[serde(default)]
     mcp_servers: BTreeMap<String, super::mcp::RawMcpServer>,
 }
@@ -189,30 +190,16 @@ impl RawConfig {
         if dir.as_os_str().is_empty() {
             return Err(field("store.dir", "is empty"));
         }
-        let fsync = match self.store.fsync.as_deref().map(str::trim) {
-            None => StoreFsync::Interval(Duration::from_millis(100)),
-            Some("always") => StoreFsync::Always,
-            Some("never") => StoreFsync::Never,
-            Some(s) => match humantime::parse_duration(s) {
-                Ok(d) if d.is_zero() => {
-                    return Err(field(
-                        "store.fsync",
-                        "interval must be more than 0 (or `always`)",
-                    ))
-                }
-                Ok(d) if d > Duration::from_secs(60) => {
-                    return Err(field("store.fsync", format!("`{s}` is more than 60s")))
-                }
-                Ok(d) => StoreFsync::Interval(d),
-                Err(_) => {
-                    return Err(field(
-                        "store.fsync",
-                        format!("`{s}`: use `always`, `never` or an interval like 100ms"),
-                    ))
-                }
-            },
-        };
+        let fsync = parse_fsync("store.fsync", self.store.fsync.as_deref())?;
         Ok(StoreConfig { dir, fsync })
+    }
+
+    pub(super) fn audit(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<super::audit::AuditConfig>, ConfigError> {
+        let store = self.store()?;
+        super::audit::validate(self.audit, &store.dir, env)
     }
 
     pub(super) fn validate(
@@ -389,8 +376,10 @@ impl RawConfig {
         }
 
         let mcp = super::mcp::validate(self.mcp, self.mcp_servers, env)?;
+        let audit = super::audit::validate(self.audit, &store.dir, env)?;
 
         Ok(Config {
+            audit,
             mcp,
             admin,
             listeners,
@@ -670,5 +659,29 @@ pub(crate) fn parse_base_url(path: &str, s: &str) -> Result<BaseUrl, ConfigError
         host,
         port,
         path: path_prefix,
+    })
+}
+
+/// `always`, `never`, or a group-commit interval (100ms when unset).
+pub(crate) fn parse_fsync(path: &str, v: Option<&str>) -> Result<StoreFsync, ConfigError> {
+    Ok(match v.map(str::trim) {
+        None => StoreFsync::Interval(Duration::from_millis(100)),
+        Some("always") => StoreFsync::Always,
+        Some("never") => StoreFsync::Never,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                return Err(field(path, "interval must be more than 0 (or `always`)"))
+            }
+            Ok(d) if d > Duration::from_secs(60) => {
+                return Err(field(path, format!("`{s}` is more than 60s")))
+            }
+            Ok(d) => StoreFsync::Interval(d),
+            Err(_) => {
+                return Err(field(
+                    path,
+                    format!("`{s}`: use `always`, `never` or an interval like 100ms"),
+                ))
+            }
+        },
     })
 }

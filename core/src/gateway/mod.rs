@@ -287,7 +287,15 @@ async fn handle<'g>(
     trail: &mut Trail<'g>,
 ) -> Outcome {
     let openai = ClientDialect::OpenAi;
-    match route(req.head.method, req.path()) {
+    let route = route(req.head.method, req.path());
+    if matches!(route, Route::Api(_) | Route::Mcp)
+        && shard.audit.as_ref().is_some_and(|a| a.refusing())
+    {
+        // `audit.on_backpressure: block`: no request the log cannot record.
+        let e = GatewayError::Overloaded("the audit log is behind");
+        return send_error(conn, openai, &e, rid, &[], false).await;
+    }
+    match route {
         Route::Health => probe(conn, shard, Probe::Health, rid).await,
         Route::Ready => probe(conn, shard, Probe::Ready, rid).await,
         Route::Models if shard.admission.is_open() => {
@@ -455,7 +463,10 @@ async fn handle_api<'g>(
             .actor
             .as_ref()
             .filter(|_| ticket.tool_rules)
-            .and_then(|a| tool_guard::ToolGuard::new(shard.admission.policy_set(), a, client, rid))
+            .and_then(|a| {
+                let sink = shard.audit.clone();
+                tool_guard::ToolGuard::new(shard.admission.policy_set(), a, client, rid, sink)
+            })
             .map(RefCell::new),
     };
     let outcome = route::serve(&call, conn, model, &mut trail.attempts).await;

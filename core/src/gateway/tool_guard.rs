@@ -32,6 +32,8 @@ pub struct ToolGuard {
     client: ClientDialect,
     logging: PromptLogging,
     audit: shardgate_policy::EffectiveAudit,
+    /// The shard's audit log, when there is one.
+    sink: Option<Rc<crate::audit::ShardAudit>>,
     rid: String,
     /// Stream state: each call (OpenAI: tool call index; Anthropic:
     /// content block index) seen, and whether it was stripped.
@@ -49,6 +51,7 @@ impl ToolGuard {
         actor: &Actor,
         client: ClientDialect,
         rid: &str,
+        sink: Option<Rc<crate::audit::ShardAudit>>,
     ) -> Option<Self> {
         let resolved = policies.resolve(actor);
         if !resolved.has_tool_rules() {
@@ -65,6 +68,7 @@ impl ToolGuard {
             client,
             logging,
             audit,
+            sink,
             rid: rid.to_owned(),
             seen: Vec::new(),
             stripped: Vec::new(),
@@ -106,7 +110,7 @@ impl ToolGuard {
             arguments: args,
             log_prompts: self.logging,
         }
-        .emit(self.audit);
+        .emit(self.audit, self.sink.as_deref());
         match decision {
             ToolDecision::Allowed => Ok(true),
             ToolDecision::Stripped { .. } => {
@@ -538,7 +542,7 @@ mod tests {
             app: None,
             environment: None,
         };
-        ToolGuard::new(set, &actor, client, "r1").unwrap()
+        ToolGuard::new(set, &actor, client, "r1", None).unwrap()
     }
 
     fn chunked(events: &[&str]) -> Vec<u8> {

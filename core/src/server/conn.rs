@@ -226,6 +226,9 @@ async fn handle_recorded<R: Router>(
         endpoint,
         ..Trail::default()
     };
+    if shard.audit.is_some() {
+        trail.trace_id = crate::record::trace_id(req.header("traceparent"));
+    }
     let outcome = router
         .handle(shard, &generation, conn, req, rid, &mut trail)
         .await;
@@ -249,6 +252,9 @@ fn record(shard: &Shard, conn: &ClientConn, rid: &str, trail: &Trail<'_>, starte
     let team = trail.actor.as_ref().and_then(|a| a.team.as_deref());
     shard.stats.borrow_mut().observe(&end, team);
     end.log();
+    if let Some(audit) = &shard.audit {
+        audit.request(&end, trail.trace_id.as_deref());
+    }
 }
 
 /// What the handler left the connection fit for.

@@ -1,0 +1,271 @@
+//! The audit log: one JSON line per event (schema version `v`), sealed in
+//! an HMAC chain ([`chain`]), written off the request path by one thread
+//! ([`writer`]).
+//!
+//! Events: every request (`request`: who, which model and provider, every
+//! attempt, status and the decision that made it, tokens, cost,
+//! latencies), every tool call (`tool_call`, the MCP issue's records),
+//! and admin changes (`admin`: config reloads, key changes). Credentials
+//! never enter an event: actors are key ids, and arguments follow the
+//! caller's `log_prompts` (see [`crate::record::ToolArguments`]).
+//!
+//! A shard appends its events to a buffer of its own and hands the buffer
+//! to the writer at most [`SHARD_FLUSH`] after its first event: so
+//! `kill -9` loses at most that much, plus what the writer holds before
+//! its next `write()` (it writes as soon as it receives). A full queue
+//! means the writer (the disk) is behind: `on_backpressure: drop` drops
+//! the batch, counts it and logs; `block` keeps it and refuses new
+//! requests with 503 until the queue has room again.
+
+pub mod chain;
+pub mod writer;
+
+use crate::config::audit::Backpressure;
+use crate::record::{AttemptOutcome, RequestEnd, ToolCallRecord};
+use crossbeam::channel::{Sender, TrySendError};
+use serde_json::{json, Value};
+use std::cell::{Cell, RefCell};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+use writer::{Msg, SCHEMA};
+
+/// How long a shard holds its events before handing them to the writer:
+/// the most `kill -9` can lose (with what the writer had not yet written).
+pub const SHARD_FLUSH: Duration = Duration::from_millis(10);
+/// A shard's buffer is handed over early past this size.
+const FLUSH_AT: usize = 256 << 10;
+
+/// A shard's end of the audit log. Shard-local: no locks.
+pub struct ShardAudit {
+    tx: Sender<Msg>,
+    on_backpressure: Backpressure,
+    buf: RefCell<Vec<u8>>,
+    /// A batch kept for the writer (`block`), sent before anything newer.
+    held: RefCell<Option<Vec<u8>>>,
+    rung: Cell<bool>,
+    waiter: Cell<Option<Waker>>,
+    /// Batches dropped (`drop`), and their events.
+    pub dropped_events: Cell<u64>,
+    last_complaint: Cell<Option<Instant>>,
+}
+
+impl ShardAudit {
+    pub fn new(tx: Sender<Msg>, on_backpressure: Backpressure) -> Self {
+        ShardAudit {
+            tx,
+            on_backpressure,
+            buf: RefCell::new(Vec::new()),
+            held: RefCell::new(None),
+            rung: Cell::new(false),
+            waiter: Cell::new(None),
+            dropped_events: Cell::new(0),
+            last_complaint: Cell::new(None),
+        }
+    }
+
+    /// True while the writer is behind and `on_backpressure: block`: new
+    /// requests are refused.
+    pub fn refusing(&self) -> bool {
+        self.held.borrow().is_some()
+    }
+
+    fn push(&self, event: &Value) {
+        let mut buf = self.buf.borrow_mut();
+        let was_empty = buf.is_empty();
+        if serde_json::to_writer(&mut *buf, event).is_ok() {
+            buf.push(b'\n');
+        }
+        let full = buf.len() >= FLUSH_AT;
+        drop(buf);
+        if full {
+            self.flush();
+        } else if was_empty {
+            self.rung.set(true);
+            if let Some(w) = self.waiter.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Hands what is buffered to the writer.
+    pub fn flush(&self) {
+        if let Some(held) = self.held.borrow_mut().take() {
+            if let Err(e) = self.tx.try_send(Msg::Batch(held)) {
+                *self.held.borrow_mut() = Some(match e {
+                    TrySendError::Full(Msg::Batch(b))
+                    | TrySendError::Disconnected(Msg::Batch(b)) => b,
+                    _ => Vec::new(),
+                });
+                return;
+            }
+        }
+        let batch = std::mem::take(&mut *self.buf.borrow_mut());
+        if batch.is_empty() {
+            return;
+        }
+        match self.tx.try_send(Msg::Batch(batch)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Msg::Batch(b)) | TrySendError::Disconnected(Msg::Batch(b))) => {
+                match self.on_backpressure {
+                    Backpressure::Block => *self.held.borrow_mut() = Some(b),
+                    Backpressure::Drop => {
+                        let n = b.iter().filter(|&&c| c == b'\n').count() as u64;
+                        self.dropped_events.set(self.dropped_events.get() + n);
+                        self.complain(n);
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn complain(&self, n: u64) {
+        let now = crate::deadline::coarse_now();
+        if self
+            .last_complaint
+            .get()
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_complaint.set(Some(now));
+            log::error!(
+                "audit: the writer is behind (disk full or slow?): dropped {n} events ({} so far on this shard)",
+                self.dropped_events.get()
+            );
+        }
+    }
+
+    /// The shard's flush task: sleeps while there is nothing to write.
+    pub async fn run(&self, shard: &crate::shard::Shard) {
+        while !shard.draining() {
+            if self.buf.borrow().is_empty() && !self.refusing() {
+                let rung = std::future::poll_fn(|cx| {
+                    if self.rung.replace(false) {
+                        Poll::Ready(())
+                    } else {
+                        self.waiter.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    }
+                });
+                futures_lite::future::or(rung, shard.wait_shutdown()).await;
+                continue;
+            }
+            glommio::timer::sleep(SHARD_FLUSH).await;
+            self.flush();
+        }
+        self.flush();
+        // Draining: a held batch waits for room, briefly.
+        for _ in 0..100 {
+            if !self.refusing() {
+                break;
+            }
+            glommio::timer::sleep(SHARD_FLUSH).await;
+            self.flush();
+        }
+    }
+
+    /// The request's summary event.
+    pub fn request(&self, end: &RequestEnd<'_, '_>, trace_id: Option<&str>) {
+        let t = end.trail;
+        let mut input = 0u64;
+        let mut output = 0u64;
+        let mut cached = 0u64;
+        let mut upstream = Duration::ZERO;
+        let attempts: Vec<Value> = t
+            .attempts
+            .iter()
+            .map(|a| {
+                let took = a.ended.saturating_duration_since(a.started);
+                upstream += took;
+                let u = a.metered.as_ref().and_then(|m| m.usage).unwrap_or_default();
+                input += u.prompt_tokens.unwrap_or(0);
+                output += u.completion_tokens.unwrap_or(0);
+                cached += u.cached_tokens.unwrap_or(0);
+                json!({
+                    "target": a.target.served_by,
+                    "outcome": match a.outcome {
+                        AttemptOutcome::Answered => "answered",
+                        AttemptOutcome::Failed(label) => label,
+                        AttemptOutcome::ClientLeft => "client_left",
+                    },
+                    "ms": ms(took),
+                    "first_byte_ms": a.head_at.map(|h| ms(h.saturating_duration_since(a.started))),
+                    "input_tokens": u.prompt_tokens,
+                    "output_tokens": u.completion_tokens,
+                    "cached_tokens": u.cached_tokens,
+                    "estimated": a.metered.as_ref().map(|m| m.estimated),
+                })
+            })
+            .collect();
+        let served = t.attempts.last().map(|a| a.target.served_by.as_str());
+        let (provider, upstream_model) = served
+            .and_then(|s| s.split_once('/'))
+            .map_or((None, None), |(p, m)| (Some(p), Some(m)));
+        let total = end.ended.saturating_duration_since(end.started);
+        // The policy's word on it, from the error the client got (labels
+        // from a fixed set).
+        let decision = match (end.status, end.error) {
+            (Some(401), _) | (_, Some("unauthorized")) => "deny_auth",
+            (_, Some("model_not_allowed" | "tool_not_allowed" | "tool_denied")) => "deny_policy",
+            (_, Some("rate_limit_exceeded" | "insufficient_quota")) => "deny_budget",
+            _ => "allow",
+        };
+        self.push(&json!({
+            "v": SCHEMA,
+            "time": writer::now_rfc3339(),
+            "kind": "request",
+            "request_id": end.rid,
+            "trace_id": trace_id,
+            "endpoint": t.endpoint,
+            "actor": t.actor.as_ref().map(actor),
+            "model": t.alias,
+            "provider": provider,
+            "upstream_model": upstream_model,
+            "status": end.status,
+            "error": end.error,
+            "decision": decision,
+            "attempts": attempts,
+            "tokens": {"input": input, "output": output, "cached": cached},
+            "cost_micros": t.cost_micros,
+            "latency_ms": {
+                "total": ms(total),
+                "first_byte": end.first_byte.map(|f| ms(f.saturating_duration_since(end.started))),
+                "upstream": ms(upstream),
+                "overhead": ms(total.saturating_sub(upstream)),
+            },
+        }));
+    }
+
+    /// A tool call's record.
+    pub fn tool_call(&self, rec: &ToolCallRecord<'_>) {
+        let mut v = rec.to_json();
+        if let Some(m) = v.as_object_mut() {
+            m.insert("v".into(), SCHEMA.into());
+            m.insert("time".into(), writer::now_rfc3339().into());
+            m.insert("kind".into(), "tool_call".into());
+        }
+        self.push(&v);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn actor(a: &shardgate_policy::Actor) -> Value {
+    json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant, "app": a.app, "environment": a.environment})
+}
+
+/// An admin change, for the writer directly (from the main thread).
+pub fn admin_event(action: &str, by: &str, detail: Value) -> Vec<u8> {
+    let v = json!({
+        "v": SCHEMA,
+        "time": writer::now_rfc3339(),
+        "kind": "admin",
+        "action": action,
+        "by": by,
+        "detail": detail,
+    });
+    let mut line = serde_json::to_vec(&v).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
