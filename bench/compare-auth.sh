@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# What admission costs: the same gateway config with auth off, with a key and
-# a policy with limits (requests per minute, monthly spend), and with a token
-# limit too (so every request is tokenized), interleaved rounds in one run.
+# What admission and the audit log cost: the same gateway config with auth
+# off, with a key and a policy with limits (requests per minute, monthly
+# spend), with a token limit too (so every request is tokenized), and with
+# the key and policy plus the audit log (every request a sealed line, the
+# policy's log_prompts at metadata_only), interleaved rounds in one run.
 # Prints the table and writes JSON + text under bench/results/ (gitignored).
 #
 #   bench/compare-auth.sh [--rounds 5] [--duration 5s] [--warmup 1s]
@@ -94,14 +96,20 @@ start_gateway policy "$POLICY }"
 POL_PORT=$PORT POL_PID=$PID
 start_gateway tokens "$POLICY, tokens_per_minute: 1000000000000 }"
 TOK_PORT=$PORT TOK_PID=$PID
+start_gateway audit "$POLICY }
+      audit: { log_prompts: metadata_only }
+audit: { fsync: 100ms }"
+AUD_PORT=$PORT AUD_PID=$PID
 KEY_POLICY=$(key_for policy)
 KEY_TOKENS=$(key_for tokens)
+KEY_AUDIT=$(key_for audit)
 
 PATH_=/v1/chat/completions
 TARGETS=(
   --target "auth-off=http://127.0.0.1:$OFF_PORT$PATH_,pid=$OFF_PID"
   --target "key+policy=http://127.0.0.1:$POL_PORT$PATH_,pid=$POL_PID,api-key=$KEY_POLICY"
   --target "key+policy+tokens=http://127.0.0.1:$TOK_PORT$PATH_,pid=$TOK_PID,api-key=$KEY_TOKENS"
+  --target "key+policy+audit=http://127.0.0.1:$AUD_PORT$PATH_,pid=$AUD_PID,api-key=$KEY_AUDIT"
 )
 mkdir -p "$RESULTS"
 OUT=$RESULTS/compare-auth-$(date +%Y%m%d-%H%M%S)

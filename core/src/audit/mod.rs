@@ -21,7 +21,7 @@ pub mod chain;
 pub mod writer;
 
 use crate::config::audit::Backpressure;
-use crate::record::{AttemptOutcome, RequestEnd, ToolCallRecord};
+use crate::record::{RequestEnd, ToolCallRecord};
 use crossbeam::channel::{Sender, TrySendError};
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -70,21 +70,7 @@ impl ShardAudit {
     }
 
     fn push(&self, event: &Value) {
-        let mut buf = self.buf.borrow_mut();
-        let was_empty = buf.is_empty();
-        if serde_json::to_writer(&mut *buf, event).is_ok() {
-            buf.push(b'\n');
-        }
-        let full = buf.len() >= FLUSH_AT;
-        drop(buf);
-        if full {
-            self.flush();
-        } else if was_empty {
-            self.rung.set(true);
-            if let Some(w) = self.waiter.take() {
-                w.wake();
-            }
-        }
+        self.push_serialize(event);
     }
 
     /// Hands what is buffered to the writer.
@@ -163,39 +149,19 @@ impl ShardAudit {
         }
     }
 
-    /// The request's summary event.
+    /// The request's summary event, serialized straight from borrowed
+    /// fields (no JSON tree is built: this runs once per request).
     pub fn request(&self, end: &RequestEnd<'_, '_>, trace_id: Option<&str>) {
         let t = end.trail;
-        let mut input = 0u64;
-        let mut output = 0u64;
-        let mut cached = 0u64;
+        let (mut input, mut output, mut cached) = (0u64, 0u64, 0u64);
         let mut upstream = Duration::ZERO;
-        let attempts: Vec<Value> = t
-            .attempts
-            .iter()
-            .map(|a| {
-                let took = a.ended.saturating_duration_since(a.started);
-                upstream += took;
-                let u = a.metered.as_ref().and_then(|m| m.usage).unwrap_or_default();
-                input += u.prompt_tokens.unwrap_or(0);
-                output += u.completion_tokens.unwrap_or(0);
-                cached += u.cached_tokens.unwrap_or(0);
-                json!({
-                    "target": a.target.served_by,
-                    "outcome": match a.outcome {
-                        AttemptOutcome::Answered => "answered",
-                        AttemptOutcome::Failed(label) => label,
-                        AttemptOutcome::ClientLeft => "client_left",
-                    },
-                    "ms": ms(took),
-                    "first_byte_ms": a.head_at.map(|h| ms(h.saturating_duration_since(a.started))),
-                    "input_tokens": u.prompt_tokens,
-                    "output_tokens": u.completion_tokens,
-                    "cached_tokens": u.cached_tokens,
-                    "estimated": a.metered.as_ref().map(|m| m.estimated),
-                })
-            })
-            .collect();
+        for a in &t.attempts {
+            upstream += a.ended.saturating_duration_since(a.started);
+            let u = a.metered.as_ref().and_then(|m| m.usage).unwrap_or_default();
+            input += u.prompt_tokens.unwrap_or(0);
+            output += u.completion_tokens.unwrap_or(0);
+            cached += u.cached_tokens.unwrap_or(0);
+        }
         let served = t.attempts.last().map(|a| a.target.served_by.as_str());
         let (provider, upstream_model) = served
             .and_then(|s| s.split_once('/'))
@@ -209,30 +175,58 @@ impl ShardAudit {
             (_, Some("rate_limit_exceeded" | "insufficient_quota")) => "deny_budget",
             _ => "allow",
         };
-        self.push(&json!({
-            "v": SCHEMA,
-            "time": writer::now_rfc3339(),
-            "kind": "request",
-            "request_id": end.rid,
-            "trace_id": trace_id,
-            "endpoint": t.endpoint,
-            "actor": t.actor.as_ref().map(actor),
-            "model": t.alias,
-            "provider": provider,
-            "upstream_model": upstream_model,
-            "status": end.status,
-            "error": end.error,
-            "decision": decision,
-            "attempts": attempts,
-            "tokens": {"input": input, "output": output, "cached": cached},
-            "cost_micros": t.cost_micros,
-            "latency_ms": {
-                "total": ms(total),
-                "first_byte": end.first_byte.map(|f| ms(f.saturating_duration_since(end.started))),
-                "upstream": ms(upstream),
-                "overhead": ms(total.saturating_sub(upstream)),
+        let event = events::Request {
+            v: SCHEMA,
+            time: events::Now,
+            kind: "request",
+            request_id: end.rid,
+            trace_id,
+            endpoint: t.endpoint,
+            actor: t.actor.as_ref().map(events::Actor),
+            model: t.alias.as_deref(),
+            provider,
+            upstream_model,
+            status: end.status,
+            error: end.error,
+            decision,
+            attempts: events::Attempts(&t.attempts),
+            tokens: events::Tokens {
+                input,
+                output,
+                cached,
             },
-        }));
+            cost_micros: t.cost_micros,
+            latency_ms: events::Latency {
+                total: ms(total),
+                first_byte: end
+                    .first_byte
+                    .map(|f| ms(f.saturating_duration_since(end.started))),
+                upstream: ms(upstream),
+                overhead: ms(total.saturating_sub(upstream)),
+            },
+        };
+        self.push_serialize(&event);
+    }
+
+    fn push_serialize<T: serde::Serialize>(&self, event: &T) {
+        let mut buf = self.buf.borrow_mut();
+        let was_empty = buf.is_empty();
+        let start = buf.len();
+        if serde_json::to_writer(&mut *buf, event).is_ok() {
+            buf.push(b'\n');
+        } else {
+            buf.truncate(start);
+        }
+        let full = buf.len() >= FLUSH_AT;
+        drop(buf);
+        if full {
+            self.flush();
+        } else if was_empty {
+            self.rung.set(true);
+            if let Some(w) = self.waiter.take() {
+                w.wake();
+            }
+        }
     }
 
     /// A tool call's record.
@@ -251,10 +245,6 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn actor(a: &shardgate_policy::Actor) -> Value {
-    json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant, "app": a.app, "environment": a.environment})
-}
-
 /// An admin change, for the writer directly (from the main thread).
 pub fn admin_event(action: &str, by: &str, detail: Value) -> Vec<u8> {
     let v = json!({
@@ -268,4 +258,122 @@ pub fn admin_event(action: &str, by: &str, detail: Value) -> Vec<u8> {
     let mut line = serde_json::to_vec(&v).unwrap_or_default();
     line.push(b'\n');
     line
+}
+
+/// The request event's shape, borrowed from the request's record.
+mod events {
+    use crate::record::{AttemptOutcome, Attempts as AttemptList};
+    use serde::ser::{SerializeSeq, Serializer};
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    pub struct Request<'a, 's> {
+        pub v: u32,
+        pub time: Now,
+        pub kind: &'static str,
+        pub request_id: &'a str,
+        pub trace_id: Option<&'a str>,
+        pub endpoint: &'static str,
+        pub actor: Option<Actor<'a>>,
+        pub model: Option<&'a str>,
+        pub provider: Option<&'a str>,
+        pub upstream_model: Option<&'a str>,
+        pub status: Option<u16>,
+        pub error: Option<&'static str>,
+        pub decision: &'static str,
+        pub attempts: Attempts<'a, 's>,
+        pub tokens: Tokens,
+        pub cost_micros: u64,
+        pub latency_ms: Latency,
+    }
+
+    /// The wall-clock time when serialized, RFC 3339 in milliseconds,
+    /// written without an intermediate string.
+    pub struct Now;
+
+    impl Serialize for Now {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(&humantime::format_rfc3339_millis(
+                std::time::SystemTime::now(),
+            ))
+        }
+    }
+
+    pub struct Actor<'a>(pub &'a shardgate_policy::Actor);
+
+    impl Serialize for Actor<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            #[derive(Serialize)]
+            struct A<'a> {
+                key_id: &'a str,
+                team: Option<&'a str>,
+                tenant: Option<&'a str>,
+                app: Option<&'a str>,
+                environment: Option<&'a str>,
+            }
+            let a = self.0;
+            A {
+                key_id: &a.key_id,
+                team: a.team.as_deref(),
+                tenant: a.tenant.as_deref(),
+                app: a.app.as_deref(),
+                environment: a.environment.as_deref(),
+            }
+            .serialize(s)
+        }
+    }
+
+    pub struct Attempts<'r, 'a>(pub &'r AttemptList<'a>);
+
+    impl Serialize for Attempts<'_, '_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            #[derive(Serialize)]
+            struct One<'a> {
+                target: &'a str,
+                outcome: &'static str,
+                ms: f64,
+                first_byte_ms: Option<f64>,
+                input_tokens: Option<u64>,
+                output_tokens: Option<u64>,
+                cached_tokens: Option<u64>,
+                estimated: Option<bool>,
+            }
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for a in self.0.iter() {
+                let u = a.metered.as_ref().and_then(|m| m.usage).unwrap_or_default();
+                seq.serialize_element(&One {
+                    target: &a.target.served_by,
+                    outcome: match a.outcome {
+                        AttemptOutcome::Answered => "answered",
+                        AttemptOutcome::Failed(label) => label,
+                        AttemptOutcome::ClientLeft => "client_left",
+                    },
+                    ms: super::ms(a.ended.saturating_duration_since(a.started)),
+                    first_byte_ms: a
+                        .head_at
+                        .map(|h| super::ms(h.saturating_duration_since(a.started))),
+                    input_tokens: u.prompt_tokens,
+                    output_tokens: u.completion_tokens,
+                    cached_tokens: u.cached_tokens,
+                    estimated: a.metered.as_ref().map(|m| m.estimated),
+                })?;
+            }
+            seq.end()
+        }
+    }
+
+    #[derive(Serialize)]
+    pub struct Tokens {
+        pub input: u64,
+        pub output: u64,
+        pub cached: u64,
+    }
+
+    #[derive(Serialize)]
+    pub struct Latency {
+        pub total: f64,
+        pub first_byte: Option<f64>,
+        pub upstream: f64,
+        pub overhead: f64,
+    }
 }
