@@ -45,6 +45,14 @@ pub struct ShardStats {
     /// Open client connections, per shard id (one entry in a shard's own
     /// snapshot; merged snapshots keep each shard's).
     open_connections: Vec<(usize, usize)>,
+    /// Tool calls by server (from config; `-` for calls in model answers),
+    /// where they were seen, and the decision.
+    tool_calls: Vec<((String, &'static str, &'static str), u64)>,
+    /// Audit events dropped because the writer was behind.
+    audit_dropped: u64,
+    /// The audit writer's totals (events, bytes, errors), when there is one
+    /// (process-wide: taken once, from the scraping shard).
+    audit_writer: Option<(u64, u64, u64)>,
 }
 
 #[derive(Clone)]
@@ -165,6 +173,26 @@ impl ShardStats {
         s
     }
 
+    /// One tool call: `server` from config (`-` for a model answer's).
+    pub fn tool_call(&mut self, server: &str, source: &'static str, decision: &'static str) {
+        match self
+            .tool_calls
+            .iter_mut()
+            .find(|((s, so, d), _)| s == server && *so == source && *d == decision)
+        {
+            Some((_, n)) => *n += 1,
+            None => self
+                .tool_calls
+                .push(((server.to_owned(), source, decision), 1)),
+        }
+    }
+
+    /// The audit log's counts, set on a snapshot.
+    pub fn set_audit(&mut self, dropped: u64, writer: Option<(u64, u64, u64)>) {
+        self.audit_dropped = dropped;
+        self.audit_writer = writer;
+    }
+
     /// Adds another shard's snapshot.
     pub fn merge(&mut self, other: &ShardStats) {
         for &(key, n) in &other.requests {
@@ -201,6 +229,16 @@ impl ShardStats {
         }
         self.open_connections
             .extend_from_slice(&other.open_connections);
+        for (key, n) in &other.tool_calls {
+            match self.tool_calls.iter_mut().find(|(k, _)| k == key) {
+                Some((_, mine)) => *mine += n,
+                None => self.tool_calls.push((key.clone(), *n)),
+            }
+        }
+        self.audit_dropped += other.audit_dropped;
+        if self.audit_writer.is_none() {
+            self.audit_writer = other.audit_writer;
+        }
     }
 
     /// Prometheus text exposition (version 0.0.4). `missing`: shards that
@@ -297,6 +335,26 @@ impl ShardStats {
         out.push_str("# HELP shardgate_open_connections Client connections open, by shard.\n# TYPE shardgate_open_connections gauge\n");
         for (shard, n) in open {
             let _ = writeln!(out, "shardgate_open_connections{{shard=\"{shard}\"}} {n}");
+        }
+        let mut tools = self.tool_calls.clone();
+        tools.sort();
+        out.push_str("# HELP shardgate_tool_calls_total Tool calls by server (`-`: in a model's answer), where they were seen and the decision.\n# TYPE shardgate_tool_calls_total counter\n");
+        for ((server, source, decision), n) in tools {
+            let _ = writeln!(
+                out,
+                "shardgate_tool_calls_total{{server=\"{}\",source=\"{source}\",decision=\"{decision}\"}} {n}",
+                escape(&server)
+            );
+        }
+        if let Some((events, bytes, errors)) = self.audit_writer {
+            let _ = writeln!(
+                out,
+                "# HELP shardgate_audit_events_total Audit events written.\n# TYPE shardgate_audit_events_total counter\nshardgate_audit_events_total {events}\n\
+                 # HELP shardgate_audit_bytes_total Audit bytes written.\n# TYPE shardgate_audit_bytes_total counter\nshardgate_audit_bytes_total {bytes}\n\
+                 # HELP shardgate_audit_write_errors_total Failed audit writes, fsyncs and rotations.\n# TYPE shardgate_audit_write_errors_total counter\nshardgate_audit_write_errors_total {errors}\n\
+                 # HELP shardgate_audit_dropped_events_total Audit events dropped while the writer was behind.\n# TYPE shardgate_audit_dropped_events_total counter\nshardgate_audit_dropped_events_total {}",
+                self.audit_dropped
+            );
         }
         let _ = writeln!(
             out,

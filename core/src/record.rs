@@ -252,6 +252,21 @@ pub struct ToolCallRecord<'a> {
 }
 
 impl ToolCallRecord<'_> {
+    /// The metric labels: where it was seen, and the decision.
+    fn labels(&self) -> (&'static str, &'static str) {
+        let source = match self.source {
+            ToolCallSource::Mcp(_) => "mcp",
+            ToolCallSource::ModelAnswer => "model_answer",
+        };
+        let decision = match self.decision {
+            ToolDecision::Allowed => "allowed",
+            ToolDecision::Refused { .. } => "refused",
+            ToolDecision::Stripped { .. } => "stripped",
+            ToolDecision::RateLimited => "rate_limited",
+        };
+        (source, decision)
+    }
+
     /// One JSON object: the audit line's fields.
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::json;
@@ -296,14 +311,15 @@ impl ToolCallRecord<'_> {
     /// when the caller's audit settings ask for it (`log_tool_calls`, or
     /// `log_policy_decisions` for a refusal), else at debug (on with
     /// `RUST_LOG=tool_call=debug`). Nothing is built when neither is on.
-    pub fn emit(
-        &self,
-        audit: shardgate_policy::EffectiveAudit,
-        sink: Option<&crate::audit::ShardAudit>,
-    ) {
-        if let Some(sink) = sink {
+    pub fn emit(&self, audit: shardgate_policy::EffectiveAudit, shard: &crate::shard::Shard) {
+        if let Some(sink) = &shard.audit {
             sink.tool_call(self);
         }
+        let (source, decision) = self.labels();
+        shard
+            .stats
+            .borrow_mut()
+            .tool_call(self.server.unwrap_or("-"), source, decision);
         let refusal = !matches!(self.decision, ToolDecision::Allowed);
         let level = if audit.log_tool_calls || (refusal && audit.log_policy_decisions) {
             log::Level::Info

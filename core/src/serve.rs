@@ -137,10 +137,9 @@ pub fn run(
         let keys = keys.clone();
         let policies = policies.clone();
         let mcp_hub = mcp_hub.clone();
-        let audit = auditor
-            .as_ref()
-            .zip(config.audit.as_ref())
-            .map(|(w, a)| crate::audit::ShardAudit::new(w.sender(), a.on_backpressure));
+        let audit = auditor.as_ref().zip(config.audit.as_ref()).map(|(w, a)| {
+            crate::audit::ShardAudit::new(w.sender(), w.stats.clone(), a.on_backpressure)
+        });
         let persist = Persist {
             tx: store.usage.sender(),
             restored: restored.clone(),

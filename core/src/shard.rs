@@ -170,7 +170,11 @@ impl Shard {
 
     fn stats_snapshot(&self) -> ShardStats {
         let open = self.open_connections.get();
-        self.stats.borrow().snapshot(self.id, open)
+        let mut s = self.stats.borrow().snapshot(self.id, open);
+        if let Some(a) = &self.audit {
+            s.set_audit(a.dropped_events.get(), Some(a.writer_totals()));
+        }
+        s
     }
 
     /// A message from another shard: the one dispatcher, which hands each

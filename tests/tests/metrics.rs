@@ -124,3 +124,42 @@ fn a_scrape_merges_every_shard_and_matches_what_clients_saw() {
         0.0
     );
 }
+
+#[test]
+fn tool_calls_and_the_audit_writer_are_counted() {
+    let config = CONFIG.replace(
+        "auth: none\n",
+        "auth: none\naudit: { fsync: always }\n\
+         policies:\n  - ai_runtime_policy: { name: p, actor_scope: {}, tools: { denied: ['delete_*'] } }\n",
+    ) + "  bad: { targets: [ { provider: local, model: mock-call-delete_all } ] }\n  \
+           good: { targets: [ { provider: local, model: mock-call-search } ] }\n";
+    let gw = start_gateway_in(tempfile::tempdir().unwrap(), &config, 2, &[]);
+    let (api, admin) = (gw.addrs[0], gw.addrs[1]);
+    let mut c = connect(api);
+    c.send(&chat("bad"));
+    assert_eq!(c.read_response().status, 403);
+    for _ in 0..2 {
+        c.send(&chat("good"));
+        assert_eq!(c.read_response().status, 200);
+    }
+    // The shards hand their audit events over within 10 ms.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut c = connect(admin);
+    c.send(b"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret-admin-token-0123\r\n\r\n");
+    let text = c.read_response().text();
+    let calls = |decision: &str| {
+        sample(
+            &text,
+            &format!("shardgate_tool_calls_total{{server=\"-\",source=\"model_answer\",decision=\"{decision}\"}}"),
+        )
+    };
+    assert_eq!(calls("refused"), Some(1.0), "{text}");
+    assert_eq!(calls("allowed"), Some(2.0), "{text}");
+    // Three requests and three tool calls, and each file's start line.
+    let events = sample(&text, "shardgate_audit_events_total").unwrap();
+    assert!(events >= 6.0, "{text}");
+    assert_eq!(
+        sample(&text, "shardgate_audit_dropped_events_total"),
+        Some(0.0)
+    );
+}

@@ -38,6 +38,7 @@ const FLUSH_AT: usize = 256 << 10;
 /// A shard's end of the audit log. Shard-local: no locks.
 pub struct ShardAudit {
     tx: Sender<Msg>,
+    writer: std::sync::Arc<writer::WriterStats>,
     on_backpressure: Backpressure,
     buf: RefCell<Vec<u8>>,
     /// A batch kept for the writer (`block`), sent before anything newer.
@@ -50,9 +51,14 @@ pub struct ShardAudit {
 }
 
 impl ShardAudit {
-    pub fn new(tx: Sender<Msg>, on_backpressure: Backpressure) -> Self {
+    pub fn new(
+        tx: Sender<Msg>,
+        writer: std::sync::Arc<writer::WriterStats>,
+        on_backpressure: Backpressure,
+    ) -> Self {
         ShardAudit {
             tx,
+            writer,
             on_backpressure,
             buf: RefCell::new(Vec::new()),
             held: RefCell::new(None),
@@ -61,6 +67,17 @@ impl ShardAudit {
             dropped_events: Cell::new(0),
             last_complaint: Cell::new(None),
         }
+    }
+
+    /// The writer's events, bytes and errors so far (for a scrape).
+    pub fn writer_totals(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let w = &self.writer;
+        (
+            w.events.load(Relaxed),
+            w.bytes.load(Relaxed),
+            w.errors.load(Relaxed),
+        )
     }
 
     /// True while the writer is behind and `on_backpressure: block`: new

@@ -464,8 +464,8 @@ async fn handle_api<'g>(
             .as_ref()
             .filter(|_| ticket.tool_rules)
             .and_then(|a| {
-                let sink = shard.audit.clone();
-                tool_guard::ToolGuard::new(shard.admission.policy_set(), a, client, rid, sink)
+                let policies = shard.admission.policy_set();
+                tool_guard::ToolGuard::new(policies, a, client, rid, Some(shard.clone()))
             })
             .map(RefCell::new),
     };

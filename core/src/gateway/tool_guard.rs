@@ -32,8 +32,8 @@ pub struct ToolGuard {
     client: ClientDialect,
     logging: PromptLogging,
     audit: shardgate_policy::EffectiveAudit,
-    /// The shard's audit log, when there is one.
-    sink: Option<Rc<crate::audit::ShardAudit>>,
+    /// Where its records go (the audit log, metrics); `None` in tests.
+    shard: Option<Rc<crate::shard::Shard>>,
     rid: String,
     /// Stream state: each call (OpenAI: tool call index; Anthropic:
     /// content block index) seen, and whether it was stripped.
@@ -51,7 +51,7 @@ impl ToolGuard {
         actor: &Actor,
         client: ClientDialect,
         rid: &str,
-        sink: Option<Rc<crate::audit::ShardAudit>>,
+        shard: Option<Rc<crate::shard::Shard>>,
     ) -> Option<Self> {
         let resolved = policies.resolve(actor);
         if !resolved.has_tool_rules() {
@@ -68,7 +68,7 @@ impl ToolGuard {
             client,
             logging,
             audit,
-            sink,
+            shard,
             rid: rid.to_owned(),
             seen: Vec::new(),
             stripped: Vec::new(),
@@ -96,7 +96,7 @@ impl ToolGuard {
                 }
             }
         };
-        ToolCallRecord {
+        let record = ToolCallRecord {
             rid: &self.rid,
             actor: Some(&self.actor),
             source: ToolCallSource::ModelAnswer,
@@ -109,8 +109,10 @@ impl ToolGuard {
             is_error: None,
             arguments: args,
             log_prompts: self.logging,
+        };
+        if let Some(shard) = &self.shard {
+            record.emit(self.audit, shard);
         }
-        .emit(self.audit, self.sink.as_deref());
         match decision {
             ToolDecision::Allowed => Ok(true),
             ToolDecision::Stripped { .. } => {

@@ -509,7 +509,7 @@ async fn call(
             arguments: args.as_ref(),
             log_prompts: logging,
         }
-        .emit(audit, cx.shard.audit.as_deref());
+        .emit(audit, cx.shard);
     };
     if let Some(r) = resolved {
         let verdict = r.decide_tool(&exposed, scope);
