@@ -132,3 +132,31 @@ fn fields_named_in_the_providers_connection_are_not_relayed() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.json()["type"], "message");
 }
+
+/// W3C trace context reaches the provider as the client sent it; a
+/// malformed `traceparent` (and then its `tracestate`) does not.
+#[test]
+fn trace_context_is_propagated_upstream() {
+    let (up, heads) = recording_provider();
+    let gw = gateway_for(up);
+    let mut c = connect(gw.addr());
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    c.send(&messages(
+        "sonnet",
+        &format!("traceparent: {tp}\r\ntracestate: vendor=abc\r\n"),
+    ));
+    assert_eq!(c.read_response().status, 200);
+    let head = heads.recv().unwrap();
+    assert!(head.contains(&format!("traceparent: {tp}\r\n")), "{head}");
+    assert!(head.contains("tracestate: vendor=abc\r\n"), "{head}");
+    c.send(&messages(
+        "sonnet",
+        "traceparent: 00-zz-nope-01\r\ntracestate: vendor=abc\r\n",
+    ));
+    assert_eq!(c.read_response().status, 200);
+    let head = heads.recv().unwrap();
+    assert!(
+        !head.contains("traceparent") && !head.contains("tracestate"),
+        "{head}"
+    );
+}

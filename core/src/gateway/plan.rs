@@ -303,8 +303,19 @@ fn head_prefix(
 fn assemble(call: &Call<'_>, prefix: &[u8], body: UpBody) -> UpstreamRequest {
     const ID: &[u8] = b"x-request-id: ";
     const LENGTH: &[u8] = b"content-length: ";
+    // W3C trace context travels on: a valid `traceparent` (and its
+    // `tracestate`, bounded) as the client sent them.
+    let traceparent = call
+        .req
+        .end_to_end_header("traceparent")
+        .filter(|v| crate::record::trace_id(Some(v)).is_some());
+    let tracestate = traceparent
+        .and_then(|_| call.req.end_to_end_header("tracestate"))
+        .filter(|v| v.len() <= 512);
+    let trace_len =
+        traceparent.map_or(0, |v| v.len() + 15) + tracestate.map_or(0, |v| v.len() + 14);
     // At most 20 digits of length, and the id's line.
-    let room = prefix.len() + ID.len() + call.rid.len() + 2 + LENGTH.len() + 20 + 4;
+    let room = prefix.len() + ID.len() + call.rid.len() + 2 + LENGTH.len() + 20 + 4 + trace_len;
     let mut buf = Vec::with_capacity(room + call.req.body.len() + 64);
     buf.resize(room, 0);
     match &body {
@@ -312,8 +323,14 @@ fn assemble(call: &Call<'_>, prefix: &[u8], body: UpBody) -> UpstreamRequest {
         UpBody::Patched(p) => p.write(&mut buf, call),
     }
     let body_len = buf.len() - room;
-    let mut tail = Vec::with_capacity(ID.len() + call.rid.len() + LENGTH.len() + 26);
+    let mut tail = Vec::with_capacity(ID.len() + call.rid.len() + LENGTH.len() + 26 + trace_len);
     write_header(&mut tail, "x-request-id", call.rid.as_bytes());
+    if let Some(v) = traceparent {
+        write_header(&mut tail, "traceparent", v);
+    }
+    if let Some(v) = tracestate {
+        write_header(&mut tail, "tracestate", v);
+    }
     write_content_length(&mut tail, body_len);
     tail.extend_from_slice(b"\r\n");
     let start = room - prefix.len() - tail.len();
