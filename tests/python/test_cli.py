@@ -87,3 +87,17 @@ def test_secret_value_never_reaches_the_output(tmp_path: Path, mock_upstream: Up
     r = run_shardgate("check", "--config", str(path))
     assert r.returncode == 2
     assert secret not in r.stdout + r.stderr
+
+
+def test_a_key_needs_no_team_or_tenant(tmp_path: Path):
+    """A gateway for one team should not make its operator invent one."""
+    import json
+
+    r = run_shardgate("keys", "create", "--json", "--data-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    assert made["secret"].startswith("sg-") and made["team"] is None and made["tenant"] is None
+    r = run_shardgate("keys", "list", "--data-dir", str(tmp_path))
+    assert r.returncode == 0 and made["key_id"] in r.stdout
+    r = run_shardgate("keys", "create", "--team", "", "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and "--team" in r.stderr

@@ -35,10 +35,11 @@ pub struct KeysArgs {
 pub enum KeysCommand {
     /// Issue a key; its secret is printed once and not stored.
     Create {
+        /// Optional: a gateway for one team need not name one.
         #[arg(long)]
-        team: String,
+        team: Option<String>,
         #[arg(long)]
-        tenant: String,
+        tenant: Option<String>,
         #[arg(long)]
         app: Option<String>,
         #[arg(long = "env")]
@@ -98,8 +99,8 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
             expires,
         } => {
             let owner = KeyOwner {
-                team: Some(non_empty("--team", team)?),
-                tenant: Some(non_empty("--tenant", tenant)?),
+                team: team.map(|t| non_empty("--team", t)).transpose()?,
+                tenant: tenant.map(|t| non_empty("--tenant", t)).transpose()?,
                 app: app.map(|a| non_empty("--app", a)).transpose()?,
                 environment: environment.map(|e| non_empty("--env", e)).transpose()?,
             };
