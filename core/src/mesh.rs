@@ -26,6 +26,15 @@ pub enum ShardMsg {
     /// A legacy MCP client cancelled its request `id` in the session
     /// `session` (a hash of its ID): the shard relaying that call stops it.
     McpCancel { session: u64, id: String },
+    /// Keys the admin API changed: make them current, then say so to
+    /// `from` as `seq`.
+    Keys {
+        keys: Box<shardgate_policy::KeyStore>,
+        from: usize,
+        seq: u64,
+    },
+    /// This shard has the keys of `Keys` `seq`.
+    KeysApplied { seq: u64 },
 }
 
 /// What one shard tells another about a bucket (named by its scope key).

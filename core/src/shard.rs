@@ -49,6 +49,8 @@ pub struct Shard {
     pub stats: RefCell<ShardStats>,
     /// Scrapes under way on this shard, waiting for other shards' stats.
     scrapes: RefCell<HashMap<u64, LocalSender<Box<ShardStats>>>>,
+    /// Key changes under way on this shard, waiting for the others' acks.
+    key_acks: RefCell<HashMap<u64, LocalSender<()>>>,
     next_scrape: Cell<u64>,
 }
 
@@ -85,6 +87,7 @@ impl Shard {
             mesh: RefCell::new(None),
             stats: RefCell::new(ShardStats::default()),
             scrapes: RefCell::new(HashMap::new()),
+            key_acks: RefCell::new(HashMap::new()),
             next_scrape: Cell::new(0),
         })
     }
@@ -125,6 +128,55 @@ impl Shard {
         // Acquiring from a semaphore with no permits waits until `close`,
         // which fails every waiter at once: a broadcast without allocation.
         let _ = self.shutdown.acquire(1).await;
+    }
+
+    /// Makes `keys` current on this shard and every other, and waits (at
+    /// most `wait`) for each to say so: a key the admin API creates works
+    /// on the very next request, whichever shard it lands on. Returns the
+    /// shards that did not confirm in time.
+    pub async fn spread_keys(
+        &self,
+        keys: shardgate_policy::KeyStore,
+        wait: std::time::Duration,
+    ) -> usize {
+        let Some(mesh) = self.mesh.borrow().clone() else {
+            self.admission.replace_keys(Rc::new(keys));
+            return 0;
+        };
+        let seq = self.next_scrape.get();
+        self.next_scrape.set(seq + 1);
+        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
+        self.key_acks.borrow_mut().insert(seq, tx);
+        let me = mesh.me();
+        let peers = mesh.peers();
+        for to in (0..peers).filter(|&p| p != me) {
+            let keys = Box::new(keys.clone());
+            mesh.send(
+                to,
+                ShardMsg::Keys {
+                    keys,
+                    from: me,
+                    seq,
+                },
+            );
+        }
+        self.admission.replace_keys(Rc::new(keys));
+        let mut missing = peers - 1;
+        let deadline = glommio::timer::sleep(wait);
+        futures_lite::pin!(deadline);
+        while missing > 0 {
+            let next = futures_lite::future::or(async { rx.recv().await }, async {
+                (&mut deadline).await;
+                None
+            })
+            .await;
+            match next {
+                Some(()) => missing -= 1,
+                None => break,
+            }
+        }
+        self.key_acks.borrow_mut().remove(&seq);
+        missing
     }
 
     /// Every shard's metrics merged, rendered for Prometheus. Other shards
@@ -195,6 +247,17 @@ impl Shard {
                 }
             }
             ShardMsg::McpCancel { session, id } => self.mcp.cancel_local(session, &id),
+            ShardMsg::Keys { keys, from, seq } => {
+                self.admission.replace_keys(Rc::new(*keys));
+                if let Some(mesh) = self.mesh.borrow().clone() {
+                    mesh.send(from, ShardMsg::KeysApplied { seq });
+                }
+            }
+            ShardMsg::KeysApplied { seq } => {
+                if let Some(tx) = self.key_acks.borrow().get(&seq) {
+                    let _ = tx.try_send(());
+                }
+            }
             ShardMsg::MetricsReply { seq, stats } => {
                 // A reply after its scrape gave up finds no one: dropped.
                 if let Some(tx) = self.scrapes.borrow().get(&seq) {

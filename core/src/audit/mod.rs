@@ -246,6 +246,18 @@ impl ShardAudit {
         }
     }
 
+    /// An admin change made through this shard (the admin API).
+    pub fn admin(&self, action: &str, by: &str, detail: Value) {
+        self.push(&json!({
+            "v": SCHEMA,
+            "time": writer::now_rfc3339(),
+            "kind": "admin",
+            "action": action,
+            "by": by,
+            "detail": detail,
+        }));
+    }
+
     /// A tool call's record.
     pub fn tool_call(&self, rec: &ToolCallRecord<'_>) {
         let mut v = rec.to_json();

@@ -11,7 +11,7 @@
 
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::store::{read_keys, read_usage, DataDir, KeyLogRecord, KeysEditor, StoreError};
-use shardgate_policy::{issue_key, KeyOwner, KeyRecord, Timestamp, Usd};
+use shardgate_policy::{issue_key, IssuedKey, KeyOwner, KeyRecord, Timestamp, Usd};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -112,7 +112,7 @@ pub fn run(args: KeysArgs) -> Result<(), CliError> {
     }
 }
 
-fn now() -> Timestamp {
+pub fn now() -> Timestamp {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -155,18 +155,19 @@ pub fn parse_expires(s: &str, now: Timestamp) -> Result<Timestamp, CliError> {
     Ok(at)
 }
 
-fn rfc3339(ms: u64) -> String {
+pub fn rfc3339(ms: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn create(
+/// Issues a key into `keys.log` (under its lock): the key, and every key
+/// the log now holds. The CLI and the admin API both issue keys here.
+pub fn issue(
     dir: &DataDir,
     owner: KeyOwner,
     now: Timestamp,
     expires: Option<Timestamp>,
-    json: bool,
-) -> Result<(), CliError> {
+) -> Result<(IssuedKey, Vec<KeyRecord>), CliError> {
     let mut editor = KeysEditor::open(dir.clone())?;
     let mut issued = None;
     // A clash of 8-character key ids is rare (62^8); draw again if it happens.
@@ -185,6 +186,41 @@ fn create(
     editor.append(&KeyLogRecord::KeyPut {
         key: issued.record.clone(),
     })?;
+    Ok((issued, editor.table().records()))
+}
+
+/// Revokes `key_id` in `keys.log`: whether it already was, and every key
+/// the log now holds.
+pub fn revoke_key(
+    dir: &DataDir,
+    key_id: &str,
+    now: Timestamp,
+) -> Result<(bool, Vec<KeyRecord>), CliError> {
+    if !dir.keys_log().exists() {
+        return Err(CliError::NotFound(format!("no key `{key_id}`")));
+    }
+    let mut editor = KeysEditor::open(dir.clone())?;
+    let already = match editor.table().get(key_id) {
+        None => return Err(CliError::NotFound(format!("no key `{key_id}`"))),
+        Some(k) => k.revoked,
+    };
+    if !already {
+        editor.append(&KeyLogRecord::KeyRevoked {
+            key_id: key_id.to_owned(),
+            at_ms: now.as_unix_ms(),
+        })?;
+    }
+    Ok((already, editor.table().records()))
+}
+
+fn create(
+    dir: &DataDir,
+    owner: KeyOwner,
+    now: Timestamp,
+    expires: Option<Timestamp>,
+    json: bool,
+) -> Result<(), CliError> {
+    let (issued, _) = issue(dir, owner, now, expires)?;
     let r = &issued.record;
     const WARNING: &str = "This secret is shown once and is not stored; keep it now.";
     if json {
@@ -220,20 +256,7 @@ fn create(
 }
 
 fn revoke(dir: &DataDir, key_id: &str, now: Timestamp, json: bool) -> Result<(), CliError> {
-    if !dir.keys_log().exists() {
-        return Err(CliError::NotFound(format!("no key `{key_id}`")));
-    }
-    let mut editor = KeysEditor::open(dir.clone())?;
-    let already = match editor.table().get(key_id) {
-        None => return Err(CliError::NotFound(format!("no key `{key_id}`"))),
-        Some(k) => k.revoked,
-    };
-    if !already {
-        editor.append(&KeyLogRecord::KeyRevoked {
-            key_id: key_id.to_owned(),
-            at_ms: now.as_unix_ms(),
-        })?;
-    }
+    let (already, _) = revoke_key(dir, key_id, now)?;
     if json {
         let v = serde_json::json!({"key_id": key_id, "revoked": true, "already_revoked": already});
         println!("{v}");
@@ -245,7 +268,7 @@ fn revoke(dir: &DataDir, key_id: &str, now: Timestamp, json: bool) -> Result<(),
     Ok(())
 }
 
-fn status(k: &KeyRecord, now: Timestamp) -> &'static str {
+pub fn status(k: &KeyRecord, now: Timestamp) -> &'static str {
     if k.revoked {
         "revoked"
     } else if k.is_live(now) {
