@@ -17,6 +17,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+/// How often a shard may re-read the key log for an unknown key (so keys
+/// sprayed by a client cost bounded IO).
+pub const KEY_REREAD_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub struct Shard {
     pub id: usize,
     /// Keys, policies and this shard's budget ledgers.
@@ -49,6 +53,8 @@ pub struct Shard {
     pub stats: RefCell<ShardStats>,
     /// Scrapes under way on this shard, waiting for other shards' stats.
     scrapes: RefCell<HashMap<u64, LocalSender<Box<ShardStats>>>>,
+    /// When this shard last re-read the key log itself (rate limit).
+    last_key_read: Cell<Option<std::time::Instant>>,
     /// Key changes under way on this shard, waiting for the others' acks.
     key_acks: RefCell<HashMap<u64, LocalSender<()>>>,
     next_scrape: Cell<u64>,
@@ -88,6 +94,7 @@ impl Shard {
             stats: RefCell::new(ShardStats::default()),
             scrapes: RefCell::new(HashMap::new()),
             key_acks: RefCell::new(HashMap::new()),
+            last_key_read: Cell::new(None),
             next_scrape: Cell::new(0),
         })
     }
@@ -128,6 +135,41 @@ impl Shard {
         // Acquiring from a semaphore with no permits waits until `close`,
         // which fails every waiter at once: a broadcast without allocation.
         let _ = self.shutdown.acquire(1).await;
+    }
+
+    /// A request presented a key this shard does not know: re-read the key
+    /// log now (on the blocking pool; at most once per
+    /// [`KEY_REREAD_EVERY`]) rather than refuse a key made a moment ago
+    /// that the watcher has not delivered yet. True when the keys were
+    /// re-read.
+    pub async fn reread_keys(&self) -> bool {
+        let now = crate::deadline::coarse_now();
+        if self
+            .last_key_read
+            .get()
+            .is_some_and(|t| now.saturating_duration_since(t) < KEY_REREAD_EVERY)
+        {
+            return false;
+        }
+        self.last_key_read.set(Some(now));
+        let dir = crate::store::DataDir::new(self.config.store.dir.clone());
+        let read = glommio::executor()
+            .spawn_blocking(move || crate::store::read_keys(&dir))
+            .await;
+        match read.map(|t| shardgate_policy::KeyStore::from_records(t.records())) {
+            Ok(Ok(keys)) => {
+                self.admission.replace_keys(Rc::new(keys));
+                true
+            }
+            Ok(Err(e)) => {
+                log::warn!("shard {}: keys.log: {e}", self.id);
+                false
+            }
+            Err(e) => {
+                log::warn!("shard {}: keys.log: {e}", self.id);
+                false
+            }
+        }
     }
 
     /// Makes `keys` current on this shard and every other, and waits (at

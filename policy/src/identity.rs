@@ -349,6 +349,11 @@ impl KeyStore {
         self.lookup(&presented[..KEY_ID_LEN], &hash, now)
     }
 
+    /// Whether a key with this id is known (live or not).
+    pub fn contains(&self, key_id: &str) -> bool {
+        self.by_id.contains_key(key_id)
+    }
+
     /// The actor for a key id and a presented key's hash. The hash is
     /// compared in constant time; an unknown id still costs one compare.
     pub fn lookup(&self, key_id: &str, hash: &KeyHash, now: Timestamp) -> Result<Actor, AuthError> {

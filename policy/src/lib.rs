@@ -55,8 +55,8 @@ pub use decide::{
 };
 pub use glob::{Glob, Patterns};
 pub use identity::{
-    issue_key, parse_credential, Actor, AuthError, IssuedKey, KeyHash, KeyOwner, KeyRecord,
-    KeyStore, KeyStoreError,
+    is_well_formed, issue_key, parse_credential, Actor, AuthError, IssuedKey, KeyHash, KeyOwner,
+    KeyRecord, KeyStore, KeyStoreError, KEY_ID_LEN,
 };
 pub use lease::{
     owner_shard, Lease, LeaseManager, LocalQuota, Quota, QuotaSource, Take, ToOwner, Unlimited,

@@ -87,3 +87,23 @@ def test_an_issued_key_works_at_once_everywhere_and_a_revoked_one_stops(setup):
         time.sleep(0.05)
     assert ("key_created", made["key_id"]) in by_api and ("key_revoked", made["key_id"]) in by_api
     assert made["secret"] not in text
+
+
+def test_a_key_made_with_the_cli_works_on_the_very_next_request(setup):
+    """No waiting for the key log's watcher: a shard that meets a
+    well-formed key it does not know re-reads the log before refusing."""
+    import subprocess
+
+    from conftest import binary
+
+    gw, _, path = setup
+    for _ in range(3):
+        r = subprocess.run(
+            [str(binary("shardgate")), "keys", "create", "--json", "--config", str(path)],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert r.returncode == 0, r.stderr
+        secret = json.loads(r.stdout)["secret"]
+        assert chat(gw, secret) == 200
+    # A made-up key of the right shape is still a 401.
+    assert chat(gw, "sg-ZZZZZZZZ" + "a" * 32) == 401

@@ -341,6 +341,22 @@ impl Admission {
         })
     }
 
+    /// Whether the request presents a well-formed key this shard does not
+    /// know: one made a moment ago, which the keys watcher has not
+    /// delivered yet (worth a re-read of the key log before a 401).
+    pub fn presents_unknown_key(&self, req: &Request<'_>) -> bool {
+        if self.mode.get() != AuthMode::Keys {
+            return false;
+        }
+        match parse_credential(req.header("authorization"), req.header("x-api-key")) {
+            Ok(k) if shardgate_policy::is_well_formed(k) => !self
+                .keys
+                .borrow()
+                .contains(&k[..shardgate_policy::KEY_ID_LEN]),
+            _ => false,
+        }
+    }
+
     /// Who is calling, for requests that are not model calls; `None` when
     /// admission is open (no keys and no policies).
     pub fn identify(&self, req: &Request<'_>) -> Result<Option<Actor>, Refusal> {

@@ -401,17 +401,33 @@ async fn handle_api<'g>(
             .and_then(|m| m.targets.first())
             .map_or_else(|| alias.to_owned(), |t| t.model.clone())
     };
-    let mut ticket = match shard
+    let mut admitted = shard
         .admission
         .admit(
             req,
             &facts.model,
-            upstream_model,
+            &upstream_model,
             facts.max_tokens,
             &facts.tool_names,
         )
-        .await
+        .await;
+    if matches!(admitted, Err(Refusal::Unauthorized))
+        && shard.admission.presents_unknown_key(req)
+        && shard.reread_keys().await
     {
+        // A key made a moment ago: admitted now that this shard knows it.
+        admitted = shard
+            .admission
+            .admit(
+                req,
+                &facts.model,
+                &upstream_model,
+                facts.max_tokens,
+                &facts.tool_names,
+            )
+            .await;
+    }
+    let mut ticket = match admitted {
         Ok(t) => t,
         Err(Refusal::Unauthorized) => {
             let e = GatewayError::Unauthorized;

@@ -45,7 +45,14 @@ pub async fn handle<'g>(
     trail: &mut Trail<'g>,
 ) -> Outcome {
     let cfg = &generation.config.mcp;
-    let actor = match shard.admission.identify(&req) {
+    let mut identified = shard.admission.identify(&req);
+    if identified.is_err()
+        && shard.admission.presents_unknown_key(&req)
+        && shard.reread_keys().await
+    {
+        identified = shard.admission.identify(&req);
+    }
+    let actor = match identified {
         Ok(a) => a,
         Err(Refusal::Unauthorized | Refusal::Denied { .. }) => {
             let e = RpcError::new(
