@@ -148,8 +148,12 @@ fn exit_codes() {
         ];
         assert_eq!(keys(&dir, &args).status.code(), Some(2), "{expires}");
     }
+    // No team is fine (a gateway for one team need not name it); an empty
+    // one is not.
     assert_eq!(
-        keys(&dir, &["create", "--tenant", "b"]).status.code(),
+        keys(&dir, &["create", "--team", "", "--tenant", "b"])
+            .status
+            .code(),
         Some(2)
     );
     assert_eq!(keys(&dir, &["frobnicate"]).status.code(), Some(2));
