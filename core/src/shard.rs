@@ -45,6 +45,9 @@ pub struct Shard {
     pub json: RefCell<JsonParser>,
     /// Senders to every shard (set once the mesh is joined).
     pub mesh: RefCell<Option<Rc<Mesh>>>,
+    /// What this shard has seen of each target (in flight, latency), for
+    /// routes that balance.
+    pub balancer: crate::gateway::balance::Balancer,
     /// The MCP servers behind `/mcp`, as this shard knows them.
     pub mcp: crate::mcp::McpShard,
     /// This shard's end of the audit log, when there is one.
@@ -76,7 +79,10 @@ impl Shard {
         let pool = Pool::new(config.upstream.clone());
         let generation = Generation::new(1, config.clone(), upstream_tls, &pool);
         let mcp = crate::mcp::McpShard::new(mcp, &config, &pool, id);
+        let mut seed = [0u8; 8];
+        let _ = getrandom::getrandom(&mut seed);
         Rc::new(Self {
+            balancer: crate::gateway::balance::Balancer::new(u64::from_le_bytes(seed) ^ id as u64),
             audit: audit.map(Rc::new),
             mcp,
             id,

@@ -189,6 +189,12 @@ impl Admission {
     }
 
     /// `model`'s price, through the one-entry memo.
+    /// A request's expected cost at `model`, micro-dollars (for the
+    /// `cheapest` routing strategy).
+    pub fn estimate_micros(&self, model: &str, prompt: u64, output: u64) -> u64 {
+        self.price(model).estimate_micros(prompt, output)
+    }
+
     fn price(&self, model: &str) -> Price {
         let mut last = self.last_price.borrow_mut();
         if last.0 != model {

@@ -278,9 +278,32 @@ pub struct MockProvider {
 
 #[derive(Debug, Clone)]
 pub struct ModelRoute {
-    /// Tried in order: the next target is used when one fails before any byte
-    /// of its answer reached the client.
+    /// The strategy picks the first target; the others follow in config
+    /// order when one fails before any byte of its answer reached the
+    /// client.
     pub targets: Vec<Target>,
+    pub strategy: Strategy,
+    /// Other aliases tried, in order, when every target failed (each with
+    /// its own strategy; checked free of cycles at load).
+    pub fallback: Vec<String>,
+}
+
+/// How a route picks the target that is tried first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The first target, in config order.
+    #[default]
+    Priority,
+    /// At random, by `weight`.
+    Weighted,
+    /// The better of two picked at random, by requests in flight.
+    LeastInflight,
+    /// The better of two picked at random, by a latency score (an EWMA of
+    /// time to the answer's head, scaled by requests in flight).
+    LowestLatency,
+    /// The one whose price for the request's expected tokens is lowest.
+    Cheapest,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +314,8 @@ pub struct Target {
     pub served_by: String,
     /// `model` as a JSON string, what pass-through bodies get (rendered once).
     pub model_json: Vec<u8>,
+    /// Its share under `weighted` (default 1).
+    pub weight: u32,
 }
 
 impl Config {

@@ -161,6 +161,10 @@ struct RawProvider {
 #[serde(deny_unknown_fields)]
 struct RawModel {
     targets: Vec<RawTarget>,
+    #[serde(default)]
+    strategy: super::Strategy,
+    #[serde(default)]
+    fallback: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +172,7 @@ struct RawModel {
 struct RawTarget {
     provider: String,
     model: String,
+    weight: Option<u32>,
 }
 
 fn dur(v: Option<Dur>, default: Duration) -> Duration {
@@ -343,13 +348,28 @@ impl RawConfig {
                     served_by: format!("{}/{}", t.provider, t.model),
                     model_json,
                     model: t.model,
+                    weight: t.weight.unwrap_or(1),
                 });
             }
-            models.insert(alias, ModelRoute { targets });
+            if m.strategy == super::Strategy::Weighted && targets.iter().all(|t| t.weight == 0) {
+                return Err(field(
+                    format!("{path}.targets"),
+                    "every weight is 0: a weighted route needs one above 0",
+                ));
+            }
+            models.insert(
+                alias,
+                ModelRoute {
+                    targets,
+                    strategy: m.strategy,
+                    fallback: m.fallback,
+                },
+            );
         }
         if models.is_empty() {
             return Err(field("models", "no model configured"));
         }
+        check_fallbacks(&models)?;
         if let Err(e) = PolicySet::compile(&self.policies) {
             return Err(field("policies", e.to_string()));
         }
@@ -684,4 +704,39 @@ pub(crate) fn parse_fsync(path: &str, v: Option<&str>) -> Result<StoreFsync, Con
             }
         },
     })
+}
+
+/// Every `fallback` names a route, and following them never comes back to
+/// where it started.
+fn check_fallbacks(models: &BTreeMap<String, super::ModelRoute>) -> Result<(), ConfigError> {
+    for (alias, route) in models {
+        for (i, f) in route.fallback.iter().enumerate() {
+            if !models.contains_key(f) {
+                return Err(field(
+                    format!("models.{alias}.fallback[{i}]"),
+                    format!("no model named `{f}`"),
+                ));
+            }
+        }
+        // Depth-first from `alias`: a path back to it is a cycle.
+        let mut stack: Vec<(&str, Vec<&str>)> = vec![(alias.as_str(), vec![alias.as_str()])];
+        while let Some((at, path)) = stack.pop() {
+            for next in models.get(at).map_or(&[][..], |r| &r.fallback[..]) {
+                if next == alias {
+                    let mut cycle = path.clone();
+                    cycle.push(next);
+                    return Err(field(
+                        format!("models.{alias}.fallback"),
+                        format!("a cycle: {}", cycle.join(" -> ")),
+                    ));
+                }
+                if !path.contains(&next.as_str()) {
+                    let mut p = path.clone();
+                    p.push(next);
+                    stack.push((next, p));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -71,6 +71,7 @@ async fn http<'a>(
         head,
         name: &provider.name,
         served_by: &target.served_by,
+        alias: "",
         wire: Some(&http.wire),
         secrets: &http.secrets,
         reply,

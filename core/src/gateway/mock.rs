@@ -156,6 +156,7 @@ pub async fn start<'a>(
         },
         name: provider,
         served_by: &target.served_by,
+        alias: "",
         wire: None,
         secrets: &NO_SECRETS,
         reply: match call.client {

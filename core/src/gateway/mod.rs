@@ -5,6 +5,7 @@
 //! client, the route may try the next target.
 
 mod attempt;
+pub mod balance;
 pub mod egress;
 pub use egress::ClientDialect;
 mod mock;
@@ -85,6 +86,9 @@ pub struct Call<'a> {
     /// Checks tool calls in the answer, for callers whose policy
     /// restricts tools.
     guard: Option<RefCell<tool_guard::ToolGuard>>,
+    /// The current attempt's number (from 1): the answer's
+    /// `x-shardgate-attempts`.
+    attempt: std::cell::Cell<usize>,
 }
 
 impl Call<'_> {
@@ -95,9 +99,24 @@ impl Call<'_> {
 
     /// The headers of every response to this call, plus the served target.
     /// Inline: a call rarely carries more than a few.
-    pub fn extra<'b>(&'b self, served_by: &'b str) -> SmallVec<[(&'b str, &'b [u8]); 6]> {
-        let mut v = SmallVec::with_capacity(self.headers.len() + 1);
+    pub fn extra<'b>(
+        &'b self,
+        alias: &'b str,
+        served_by: &'b str,
+    ) -> SmallVec<[(&'b str, &'b [u8]); 6]> {
+        const NUMBERS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+        let mut v = SmallVec::with_capacity(self.headers.len() + 5);
+        let n = self.attempt.get();
+        // `provider/model`: provider names cannot contain a `/`.
+        let (provider, upstream) = served_by.split_once('/').unwrap_or((served_by, ""));
         v.push(("x-shardgate-target", served_by.as_bytes()));
+        v.push(("x-shardgate-model", alias.as_bytes()));
+        v.push(("x-shardgate-provider", provider.as_bytes()));
+        v.push(("x-shardgate-upstream-model", upstream.as_bytes()));
+        v.push((
+            "x-shardgate-attempts",
+            NUMBERS.get(n).unwrap_or(&"10+").as_bytes(),
+        ));
         v.extend(self.headers.iter().map(|(k, val)| (*k, val.as_bytes())));
         v
     }
@@ -457,7 +476,7 @@ async fn handle_api<'g>(
         }
         None => &facts.model,
     };
-    let Some(model) = config.models.get(alias) else {
+    let Some((alias, model)) = config.models.get_key_value(alias) else {
         let e = GatewayError::ModelNotFound(alias.to_owned());
         trail.alias = Some(alias.to_owned());
         settle(shard, ticket, trail);
@@ -484,8 +503,17 @@ async fn handle_api<'g>(
                 tool_guard::ToolGuard::new(policies, a, client, rid, Some(shard.clone()))
             })
             .map(RefCell::new),
+        attempt: std::cell::Cell::new(0),
     };
-    let outcome = route::serve(&call, conn, model, &mut trail.attempts).await;
+    let outcome = route::serve(
+        &call,
+        conn,
+        alias,
+        model,
+        &config.models,
+        &mut trail.attempts,
+    )
+    .await;
     drop(call);
     trail.alias = Some(match ticket.fallback.take() {
         Some(fallback) => fallback,

@@ -36,6 +36,9 @@ pub struct Answer<'a> {
     pub name: &'a str,
     /// `provider/model`, sent as `x-shardgate-target`.
     pub served_by: &'a str,
+    /// The route (alias) it was served on (`x-shardgate-model`); set by
+    /// the route.
+    pub alias: &'a str,
     /// The upstream's wire, for [`Reply::FromWire`] answers (None for the
     /// mock, which speaks OpenAI).
     pub wire: Option<&'a Wire>,
@@ -158,6 +161,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         head,
         name,
         served_by,
+        alias,
         wire,
         secrets,
         reply,
@@ -237,7 +241,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
     let bytes = respond::full(
         head.status,
         content_type,
-        &call.extra(served_by),
+        &call.extra(alias, served_by),
         &body,
         rid,
         false,
@@ -561,13 +565,14 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         head,
         name,
         served_by,
+        alias,
         client,
         call,
         secrets,
         ..
     } = answer;
     let client = *client;
-    let client_head = respond::stream_head(head.status, rid, &call.extra(served_by));
+    let client_head = respond::stream_head(head.status, rid, &call.extra(alias, served_by));
     if conn.write(&client_head).await.is_err() {
         return Outcome::CLOSE;
     }

@@ -9,9 +9,11 @@
 //! it reported, so that all of them are settled and audited.
 
 use super::{attempt, relay, send_error, AttemptOutcome, AttemptRecord, Attempts, Call};
-use crate::config::ModelRoute;
+use crate::config::{ModelRoute, Strategy, Target};
 use crate::error::GatewayError;
 use crate::server::{ClientConn, Outcome};
+use smallvec::SmallVec;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// An attempt that produced no answer for the client, and how the route
@@ -80,20 +82,31 @@ impl Failure {
     }
 }
 
-/// Serves `call` from `model`'s targets, in order, until one answers.
-/// Each attempt is added to `attempts` as it ends.
+/// Fallback routes followed at most, past the first.
+const MAX_FALLBACK_ROUTES: usize = 4;
+
+/// Serves `call` on route `alias`: its targets in its strategy's order,
+/// then its fallback routes' (each in its own strategy's order), until one
+/// answers. Each attempt is added to `attempts` as it ends.
 pub async fn serve<'a>(
     call: &Call<'_>,
     conn: &mut ClientConn,
+    alias: &'a str,
     model: &'a ModelRoute,
+    models: &'a BTreeMap<String, ModelRoute>,
     attempts: &mut Attempts<'a>,
 ) -> Outcome {
     let (rid, client) = (call.rid, call.client);
-    let targets = &model.targets;
-    for (i, target) in targets.iter().enumerate() {
+    let plan = plan(call, alias, model, models);
+    let balancer = &call.shard.balancer;
+    for (n, &(route_alias, balanced, target)) in plan.iter().enumerate() {
         let Some(provider) = call.generation.config.providers.get(target.provider) else {
             continue;
         };
+        call.attempt.set(n + 1);
+        if balanced {
+            balancer.started(target);
+        }
         let started = Instant::now();
         // The client may leave while the upstream thinks: racing the attempt
         // with the client's close drops the upstream connection, which
@@ -107,13 +120,21 @@ pub async fn serve<'a>(
         )
         .await;
         let mut head_at = None;
-        let end = |outcome, head_at| AttemptRecord {
-            target,
-            outcome,
-            started,
-            head_at,
-            ended: Instant::now(),
-            metered: call.take_metered(),
+        let end = |outcome, head_at: Option<Instant>| {
+            if balanced {
+                balancer.ended(
+                    target,
+                    head_at.map(|h| h.saturating_duration_since(started)),
+                );
+            }
+            AttemptRecord {
+                target,
+                outcome,
+                started,
+                head_at,
+                ended: Instant::now(),
+                metered: call.take_metered(),
+            }
         };
         let failure = match head {
             None => {
@@ -125,6 +146,7 @@ pub async fn serve<'a>(
             // each move into a future is a copy.
             Some(Ok(ref mut answer)) => {
                 head_at = Some(Instant::now());
+                answer.alias = route_alias;
                 match relay::deliver(conn, answer).await {
                     Ok(outcome) => {
                         attempts.push(end(AttemptOutcome::Answered, head_at));
@@ -136,7 +158,7 @@ pub async fn serve<'a>(
             Some(Err(failure)) => failure,
         };
         attempts.push(end(AttemptOutcome::Failed(failure.error.label()), head_at));
-        if failure.moves_on() && i + 1 < targets.len() {
+        if failure.moves_on() && n + 1 < plan.len() {
             log::info!(
                 "{rid}: target {}/{} failed ({}), trying the next",
                 provider.name,
@@ -156,6 +178,61 @@ pub async fn serve<'a>(
     }
     let e = GatewayError::ModelNotFound(call.facts.model.clone());
     send_error(conn, client, &e, rid, &call.headers, false).await
+}
+
+/// Every target to try, in order, with its route's alias and whether that
+/// route balances (so the balancer tracks it): the route's own targets in
+/// its strategy's order, then each fallback route's, breadth first, each
+/// route once.
+fn plan<'a>(
+    call: &Call<'_>,
+    alias: &'a str,
+    model: &'a ModelRoute,
+    models: &'a BTreeMap<String, ModelRoute>,
+) -> SmallVec<[(&'a str, bool, &'a Target); 4]> {
+    let shard = call.shard;
+    let output = call
+        .facts
+        .max_tokens
+        .unwrap_or(shardgate_policy::DEFAULT_OUTPUT_RESERVATION);
+    let price = |t: &Target| {
+        shard
+            .admission
+            .estimate_micros(&t.model, call.prompt_estimate, output)
+    };
+    let mut plan = SmallVec::new();
+    let mut add = |alias: &'a str, route: &'a ModelRoute| {
+        let balanced = route.strategy != Strategy::Priority;
+        if balanced {
+            for i in shard.balancer.order(route, price) {
+                plan.push((alias, true, &route.targets[i]));
+            }
+        } else {
+            plan.extend(route.targets.iter().map(|t| (alias, false, t)));
+        }
+    };
+    add(alias, model);
+    if model.fallback.is_empty() {
+        return plan;
+    }
+    let mut seen: SmallVec<[&str; 4]> = SmallVec::new();
+    seen.push(alias);
+    let mut queue: SmallVec<[&'a str; 4]> = model.fallback.iter().map(String::as_str).collect();
+    let mut followed = 0;
+    while !queue.is_empty() && followed < MAX_FALLBACK_ROUTES {
+        let next = queue.remove(0);
+        if seen.contains(&next) {
+            continue;
+        }
+        seen.push(next);
+        let Some((k, route)) = models.get_key_value(next) else {
+            continue;
+        };
+        followed += 1;
+        add(k, route);
+        queue.extend(route.fallback.iter().map(String::as_str));
+    }
+    plan
 }
 
 #[cfg(test)]
