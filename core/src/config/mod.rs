@@ -286,6 +286,8 @@ pub struct ModelRoute {
     /// Other aliases tried, in order, when every target failed (each with
     /// its own strategy; checked free of cycles at load).
     pub fallback: Vec<String>,
+    /// `x-shardgate-model: <alias>\r\n`, rendered once.
+    pub alias_line: Vec<u8>,
 }
 
 /// How a route picks the target that is tried first.
@@ -316,6 +318,9 @@ pub struct Target {
     pub model_json: Vec<u8>,
     /// Its share under `weighted` (default 1).
     pub weight: u32,
+    /// The response headers naming it (`x-shardgate-target`, `-provider`,
+    /// `-upstream-model`), rendered once: every answer carries them.
+    pub head_lines: Vec<u8>,
 }
 
 impl Config {

@@ -343,12 +343,22 @@ impl RawConfig {
                 }
                 let mut model_json = Vec::new();
                 shardgate_proto::json::write_json_string(&mut model_json, &t.model);
+                let mut head_lines = Vec::new();
+                let served_by = format!("{}/{}", t.provider, t.model);
+                for (name, value) in [
+                    ("x-shardgate-target", served_by.as_str()),
+                    ("x-shardgate-provider", t.provider.as_str()),
+                    ("x-shardgate-upstream-model", t.model.as_str()),
+                ] {
+                    shardgate_proto::h1::write_header(&mut head_lines, name, value.as_bytes());
+                }
                 targets.push(Target {
                     provider,
-                    served_by: format!("{}/{}", t.provider, t.model),
+                    served_by,
                     model_json,
                     model: t.model,
                     weight: t.weight.unwrap_or(1),
+                    head_lines,
                 });
             }
             if m.strategy == super::Strategy::Weighted && targets.iter().all(|t| t.weight == 0) {
@@ -357,12 +367,19 @@ impl RawConfig {
                     "every weight is 0: a weighted route needs one above 0",
                 ));
             }
+            let mut alias_line = Vec::new();
+            shardgate_proto::h1::write_header(
+                &mut alias_line,
+                "x-shardgate-model",
+                alias.as_bytes(),
+            );
             models.insert(
                 alias,
                 ModelRoute {
                     targets,
                     strategy: m.strategy,
                     fallback: m.fallback,
+                    alias_line,
                 },
             );
         }

@@ -155,8 +155,8 @@ pub async fn start<'a>(
             retry_after: None,
         },
         name: provider,
-        served_by: &target.served_by,
-        alias: "",
+        alias_line: b"",
+        target_lines: &target.head_lines,
         wire: None,
         secrets: &NO_SECRETS,
         reply: match call.client {

@@ -99,26 +99,32 @@ impl Call<'_> {
 
     /// The headers of every response to this call, plus the served target.
     /// Inline: a call rarely carries more than a few.
-    pub fn extra<'b>(
-        &'b self,
-        alias: &'b str,
-        served_by: &'b str,
-    ) -> SmallVec<[(&'b str, &'b [u8]); 6]> {
-        const NUMBERS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-        let mut v = SmallVec::with_capacity(self.headers.len() + 5);
-        let n = self.attempt.get();
-        // `provider/model`: provider names cannot contain a `/`.
-        let (provider, upstream) = served_by.split_once('/').unwrap_or((served_by, ""));
-        v.push(("x-shardgate-target", served_by.as_bytes()));
-        v.push(("x-shardgate-model", alias.as_bytes()));
-        v.push(("x-shardgate-provider", provider.as_bytes()));
-        v.push(("x-shardgate-upstream-model", upstream.as_bytes()));
-        v.push((
-            "x-shardgate-attempts",
-            NUMBERS.get(n).unwrap_or(&"10+").as_bytes(),
-        ));
-        v.extend(self.headers.iter().map(|(k, val)| (*k, val.as_bytes())));
-        v
+    pub fn extra(&self) -> SmallVec<[(&str, &[u8]); 6]> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_bytes()))
+            .collect()
+    }
+
+    /// The pre-rendered lines naming what serves this answer: its route,
+    /// its target, and the attempt's number.
+    pub fn lines<'b>(&self, alias_line: &'b [u8], target_lines: &'b [u8]) -> [&'b [u8]; 3] {
+        const ATTEMPTS: [&[u8]; 9] = [
+            b"x-shardgate-attempts: 0\r\n",
+            b"x-shardgate-attempts: 1\r\n",
+            b"x-shardgate-attempts: 2\r\n",
+            b"x-shardgate-attempts: 3\r\n",
+            b"x-shardgate-attempts: 4\r\n",
+            b"x-shardgate-attempts: 5\r\n",
+            b"x-shardgate-attempts: 6\r\n",
+            b"x-shardgate-attempts: 7\r\n",
+            b"x-shardgate-attempts: 8\r\n",
+        ];
+        let n = ATTEMPTS
+            .get(self.attempt.get())
+            .copied()
+            .unwrap_or(b"x-shardgate-attempts: 9+\r\n");
+        [alias_line, target_lines, n]
     }
 
     /// Records what the current attempt's answer used (its target's

@@ -34,11 +34,10 @@ pub struct Answer<'a> {
     pub head: UpstreamHead,
     /// The provider's name.
     pub name: &'a str,
-    /// `provider/model`, sent as `x-shardgate-target`.
-    pub served_by: &'a str,
-    /// The route (alias) it was served on (`x-shardgate-model`); set by
-    /// the route.
-    pub alias: &'a str,
+    /// `x-shardgate-model: <route>` (set by the route), and the lines
+    /// naming the target: the answer's head carries both.
+    pub alias_line: &'a [u8],
+    pub target_lines: &'a [u8],
     /// The upstream's wire, for [`Reply::FromWire`] answers (None for the
     /// mock, which speaks OpenAI).
     pub wire: Option<&'a Wire>,
@@ -160,8 +159,8 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         source,
         head,
         name,
-        served_by,
-        alias,
+        alias_line,
+        target_lines,
         wire,
         secrets,
         reply,
@@ -238,10 +237,11 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         (Reply::Same, Some(ct)) if head.content_type_end_to_end => ct,
         _ => &b"application/json"[..],
     };
-    let bytes = respond::full(
+    let bytes = respond::full_with(
         head.status,
         content_type,
-        &call.extra(alias, served_by),
+        &call.lines(alias_line, target_lines),
+        &call.extra(),
         &body,
         rid,
         false,
@@ -564,15 +564,20 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         source,
         head,
         name,
-        served_by,
-        alias,
+        alias_line,
+        target_lines,
         client,
         call,
         secrets,
         ..
     } = answer;
     let client = *client;
-    let client_head = respond::stream_head(head.status, rid, &call.extra(alias, served_by));
+    let client_head = respond::stream_head_with(
+        head.status,
+        rid,
+        &call.lines(alias_line, target_lines),
+        &call.extra(),
+    );
     if conn.write(&client_head).await.is_err() {
         return Outcome::CLOSE;
     }

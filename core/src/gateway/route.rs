@@ -99,7 +99,7 @@ pub async fn serve<'a>(
     let (rid, client) = (call.rid, call.client);
     let plan = plan(call, alias, model, models);
     let balancer = &call.shard.balancer;
-    for (n, &(route_alias, balanced, target)) in plan.iter().enumerate() {
+    for (n, &(route_line, balanced, target)) in plan.iter().enumerate() {
         let Some(provider) = call.generation.config.providers.get(target.provider) else {
             continue;
         };
@@ -146,7 +146,7 @@ pub async fn serve<'a>(
             // each move into a future is a copy.
             Some(Ok(ref mut answer)) => {
                 head_at = Some(Instant::now());
-                answer.alias = route_alias;
+                answer.alias_line = route_line;
                 match relay::deliver(conn, answer).await {
                     Ok(outcome) => {
                         attempts.push(end(AttemptOutcome::Answered, head_at));
@@ -189,7 +189,7 @@ fn plan<'a>(
     alias: &'a str,
     model: &'a ModelRoute,
     models: &'a BTreeMap<String, ModelRoute>,
-) -> SmallVec<[(&'a str, bool, &'a Target); 4]> {
+) -> SmallVec<[(&'a [u8], bool, &'a Target); 4]> {
     let shard = call.shard;
     let output = call
         .facts
@@ -201,17 +201,18 @@ fn plan<'a>(
             .estimate_micros(&t.model, call.prompt_estimate, output)
     };
     let mut plan = SmallVec::new();
-    let mut add = |alias: &'a str, route: &'a ModelRoute| {
+    let mut add = |route: &'a ModelRoute| {
+        let line = route.alias_line.as_slice();
         let balanced = route.strategy != Strategy::Priority;
         if balanced {
             for i in shard.balancer.order(route, price) {
-                plan.push((alias, true, &route.targets[i]));
+                plan.push((line, true, &route.targets[i]));
             }
         } else {
-            plan.extend(route.targets.iter().map(|t| (alias, false, t)));
+            plan.extend(route.targets.iter().map(|t| (line, false, t)));
         }
     };
-    add(alias, model);
+    add(model);
     if model.fallback.is_empty() {
         return plan;
     }
@@ -225,11 +226,11 @@ fn plan<'a>(
             continue;
         }
         seen.push(next);
-        let Some((k, route)) = models.get_key_value(next) else {
+        let Some(route) = models.get(next) else {
             continue;
         };
         followed += 1;
-        add(k, route);
+        add(route);
         queue.extend(route.fallback.iter().map(String::as_str));
     }
     plan

@@ -34,10 +34,27 @@ pub fn full(
     request_id: &str,
     close: bool,
 ) -> Vec<u8> {
+    full_with(status, content_type, &[], extra, body, request_id, close)
+}
+
+/// [`full`] with `lines`: header lines rendered once from config
+/// (`name: value\r\n` each, already sanitized), copied as they are.
+pub fn full_with(
+    status: u16,
+    content_type: &[u8],
+    lines: &[&[u8]],
+    extra: &[(&str, &[u8])],
+    body: &[u8],
+    request_id: &str,
+    close: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(192 + body.len());
     start(&mut out, status);
     common_headers(&mut out, request_id, close);
     write_header(&mut out, "content-type", content_type);
+    for l in lines {
+        out.extend_from_slice(l);
+    }
     for (k, v) in extra {
         write_header(&mut out, k, v);
     }
@@ -49,12 +66,25 @@ pub fn full(
 
 /// The head of a chunked event stream.
 pub fn stream_head(status: u16, request_id: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
+    stream_head_with(status, request_id, &[], extra)
+}
+
+/// [`stream_head`] with pre-rendered header `lines` (see [`full_with`]).
+pub fn stream_head_with(
+    status: u16,
+    request_id: &str,
+    lines: &[&[u8]],
+    extra: &[(&str, &[u8])],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     start(&mut out, status);
     common_headers(&mut out, request_id, false);
     write_header(&mut out, "content-type", b"text/event-stream");
     write_header(&mut out, "cache-control", b"no-cache");
     write_header(&mut out, "x-accel-buffering", b"no");
+    for l in lines {
+        out.extend_from_slice(l);
+    }
     for (k, v) in extra {
         write_header(&mut out, k, v);
     }
