@@ -74,7 +74,7 @@ pub async fn read_response_head(
     wait: Duration,
     method: Method,
 ) -> Result<UpstreamHead, ReadError> {
-    read_response_head_with(conn, wait, method, &mut |_, _| {}).await
+    read_response_head_with(conn, wait, method, |_, _| {}).await
 }
 
 /// [`read_response_head`], handing the final head to `also` before its
@@ -84,7 +84,7 @@ pub async fn read_response_head_with(
     conn: &mut UpstreamConn,
     wait: Duration,
     method: Method,
-    also: &mut dyn FnMut(&ResponseHead, &[u8]),
+    mut also: impl FnMut(&ResponseHead, &[u8]),
 ) -> Result<UpstreamHead, ReadError> {
     let limits = HeadLimits::default();
     let mut any_bytes = !conn.rbuf.is_empty();

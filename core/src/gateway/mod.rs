@@ -436,21 +436,13 @@ async fn handle_api<'g>(
             &facts.tool_names,
         )
         .await;
-    if matches!(admitted, Err(Refusal::Unauthorized))
-        && shard.admission.presents_unknown_key(req)
-        && shard.reread_keys().await
-    {
-        // A key made a moment ago: admitted now that this shard knows it.
-        admitted = shard
-            .admission
-            .admit(
-                req,
-                &facts.model,
-                &upstream_model,
-                facts.max_tokens,
-                &facts.tool_names,
-            )
-            .await;
+    if matches!(admitted, Err(Refusal::Unauthorized)) && shard.admission.presents_unknown_key(req) {
+        // Boxed: a second admission inline would size every request's
+        // future for a path a few requests take.
+        let again = Box::pin(admit_after_reread(shard, req, &facts, &upstream_model)).await;
+        if let Some(a) = again {
+            admitted = a;
+        }
     }
     let mut ticket = match admitted {
         Ok(t) => t,
@@ -527,6 +519,31 @@ async fn handle_api<'g>(
     });
     settle(shard, ticket, trail);
     outcome
+}
+
+/// A key made a moment ago: admitted once this shard has re-read the key
+/// log (`None` when it did not re-read it).
+async fn admit_after_reread(
+    shard: &Rc<Shard>,
+    req: &Request<'_>,
+    facts: &RequestFacts,
+    upstream_model: &impl Fn(&str) -> String,
+) -> Option<Result<Ticket, Refusal>> {
+    if !shard.reread_keys().await {
+        return None;
+    }
+    Some(
+        shard
+            .admission
+            .admit(
+                req,
+                &facts.model,
+                upstream_model,
+                facts.max_tokens,
+                &facts.tool_names,
+            )
+            .await,
+    )
 }
 
 /// Every attempt that reported usage is charged; with none, the

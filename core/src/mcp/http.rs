@@ -108,7 +108,7 @@ pub async fn post(
         .await;
         let mut session = None;
         let head = match sent {
-            Ok(()) => read_response_head_with(&mut up, wait, Method::Post, &mut |h, buf| {
+            Ok(()) => read_response_head_with(&mut up, wait, Method::Post, |h, buf| {
                 session = h
                     .header(buf, "mcp-session-id")
                     .map(|v| String::from_utf8_lossy(v).into_owned());
