@@ -23,8 +23,17 @@ fn main() {
         .collect();
     let b = Balancer::new(42);
     for t in &targets {
-        b.started(t);
-        b.ended(t, Some(Duration::from_millis(50)));
+        let now = Instant::now();
+        b.started(t, now);
+        let ok = shardgate_core::gateway::balance::Health::Answered;
+        b.ended(
+            t,
+            Some(Duration::from_millis(50)),
+            ok,
+            now,
+            5,
+            Duration::from_secs(30),
+        );
     }
     for strategy in [
         Strategy::Priority,

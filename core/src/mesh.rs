@@ -35,6 +35,11 @@ pub enum ShardMsg {
     },
     /// This shard has the keys of `Keys` `seq`.
     KeysApplied { seq: u64 },
+    /// A target's circuit opened on another shard: avoid it until then.
+    CircuitOpen {
+        target: String,
+        until: std::time::Instant,
+    },
 }
 
 /// What one shard tells another about a bucket (named by its scope key).

@@ -53,6 +53,9 @@ pub struct ShardStats {
     /// The audit writer's totals (events, bytes, errors), when there is one
     /// (process-wide: taken once, from the scraping shard).
     audit_writer: Option<(u64, u64, u64)>,
+    /// Targets whose circuit is not closed, and its state (every shard
+    /// hears of an opened circuit: the scraping shard's view).
+    circuits: Option<Vec<(String, &'static str)>>,
 }
 
 #[derive(Clone)]
@@ -187,6 +190,12 @@ impl ShardStats {
         }
     }
 
+    /// The circuits that are not closed, set on the scraping shard's
+    /// snapshot.
+    pub fn set_circuits(&mut self, circuits: Vec<(String, &'static str)>) {
+        self.circuits = Some(circuits);
+    }
+
     /// The audit log's counts, set on a snapshot.
     pub fn set_audit(&mut self, dropped: u64, writer: Option<(u64, u64, u64)>) {
         self.audit_dropped = dropped;
@@ -236,6 +245,9 @@ impl ShardStats {
             }
         }
         self.audit_dropped += other.audit_dropped;
+        if self.circuits.is_none() {
+            self.circuits.clone_from(&other.circuits);
+        }
         if self.audit_writer.is_none() {
             self.audit_writer = other.audit_writer;
         }
@@ -344,6 +356,17 @@ impl ShardStats {
                 out,
                 "shardgate_tool_calls_total{{server=\"{}\",source=\"{source}\",decision=\"{decision}\"}} {n}",
                 escape(&server)
+            );
+        }
+        out.push_str("# HELP shardgate_circuit_open Targets whose circuit breaker is open (1) or half-open (0.5); closed ones are not listed.\n# TYPE shardgate_circuit_open gauge\n");
+        let mut circuits = self.circuits.clone().unwrap_or_default();
+        circuits.sort();
+        for (target, state) in circuits {
+            let v = if state == "open" { "1" } else { "0.5" };
+            let _ = writeln!(
+                out,
+                "shardgate_circuit_open{{target=\"{}\",state=\"{state}\"}} {v}",
+                escape(&target)
             );
         }
         if let Some((events, bytes, errors)) = self.audit_writer {

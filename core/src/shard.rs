@@ -178,6 +178,22 @@ impl Shard {
         }
     }
 
+    /// This shard opened `target`'s circuit: every other shard hears of it.
+    pub fn circuit_opened(&self, target: &str, until: std::time::Instant) {
+        if let Some(mesh) = self.mesh.borrow().clone() {
+            let me = mesh.me();
+            for to in (0..mesh.peers()).filter(|&p| p != me) {
+                mesh.send(
+                    to,
+                    ShardMsg::CircuitOpen {
+                        target: target.to_owned(),
+                        until,
+                    },
+                );
+            }
+        }
+    }
+
     /// Makes `keys` current on this shard and every other, and waits (at
     /// most `wait`) for each to say so: a key the admin API creates works
     /// on the very next request, whichever shard it lands on. Returns the
@@ -274,6 +290,7 @@ impl Shard {
         if let Some(a) = &self.audit {
             s.set_audit(a.dropped_events.get(), Some(a.writer_totals()));
         }
+        s.set_circuits(self.balancer.circuits(std::time::Instant::now()));
         s
     }
 
@@ -300,6 +317,9 @@ impl Shard {
                 if let Some(mesh) = self.mesh.borrow().clone() {
                     mesh.send(from, ShardMsg::KeysApplied { seq });
                 }
+            }
+            ShardMsg::CircuitOpen { target, until } => {
+                self.balancer.open_from_peer(&target, until);
             }
             ShardMsg::KeysApplied { seq } => {
                 if let Some(tx) = self.key_acks.borrow().get(&seq) {

@@ -119,3 +119,29 @@ def test_bad_routes_are_refused_naming_the_field(tmp_path: Path, mock_upstream: 
     assert field in r.stderr, r.stderr
     if "cycle" in field or field == "models.":
         assert "cycle" in r.stderr
+
+
+def test_an_open_circuit_is_avoided_on_every_shard(tmp_path: Path, mock_upstream: Upstream, upstream_key: str, logs_dir: Path):
+    """A target failing with 5xx trips its breaker on one shard; from then
+    on every shard serves the route from its healthy target at the first
+    attempt."""
+    cfg = gateway_config(mock_upstream)
+    cfg["upstream"] = {"breaker_failures": 2, "breaker_open_for": "60s"}
+    cfg["models"]["flaky"] = {"targets": [{"provider": "up", "model": "mock-500"}, {"provider": "local", "model": "mock-1"}]}
+    path = write_config(tmp_path / "gateway.yaml", cfg)
+    g = start_gateway("gateway-breaker", path, logs_dir / "gateway-breaker.log", upstream_key)
+    try:
+        def attempts() -> str:
+            with httpx2.Client(trust_env=False) as c:  # a fresh connection: any shard
+                r = c.post(f"{g.base_url}/chat/completions", json={"model": "flaky", "messages": MESSAGES},
+                           headers={"connection": "close"}, timeout=REQUEST_TIMEOUT)
+            assert r.status_code == 200 and r.headers["x-shardgate-provider"] == "local"
+            return r.headers["x-shardgate-attempts"]
+
+        seen = [attempts() for _ in range(20)]
+        first_direct = seen.index("1")  # tripped on some shard by now
+        assert first_direct >= 2, seen
+        # Every request from here, on any shard, skips the open target.
+        assert [attempts() for _ in range(16)] == ["1"] * 16
+    finally:
+        assert g.stop() == 0

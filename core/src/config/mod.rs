@@ -183,6 +183,12 @@ pub struct UpstreamSettings {
     pub max_response_bytes: usize,
     pub max_event_bytes: usize,
     pub dns_ttl: Duration,
+    /// A target's circuit opens after this many failures in a row that
+    /// say it is unhealthy (connect errors, timeouts, 5xx)...
+    pub breaker_failures: u32,
+    /// ...for this long, or as long as its `Retry-After` said; then one
+    /// request probes it (half-open).
+    pub breaker_open_for: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -130,6 +130,8 @@ struct RawUpstream {
     max_response_bytes: Option<ByteSize>,
     max_event_bytes: Option<ByteSize>,
     dns_ttl: Option<Dur>,
+    breaker_failures: Option<u32>,
+    breaker_open_for: Option<Dur>,
 }
 
 /// One provider as written. Fields are flat so that every kind reads the
@@ -301,7 +303,12 @@ impl RawConfig {
             max_response_bytes: size(u.max_response_bytes, ByteSize::mib(64)),
             max_event_bytes: size(u.max_event_bytes, ByteSize::mib(4)),
             dns_ttl: dur(u.dns_ttl, Duration::from_secs(30)),
+            breaker_failures: u.breaker_failures.unwrap_or(5),
+            breaker_open_for: dur(u.breaker_open_for, Duration::from_secs(30)),
         };
+        if upstream.breaker_failures == 0 {
+            return Err(field("upstream.breaker_failures", "must be at least 1"));
+        }
         for (name, d) in [
             ("connect_timeout", upstream.connect_timeout),
             ("first_byte_timeout", upstream.first_byte_timeout),

@@ -8,6 +8,7 @@
 //! target may serve. Every attempt is recorded on the call, with the usage
 //! it reported, so that all of them are settled and audited.
 
+use super::balance::Health;
 use super::{attempt, relay, send_error, AttemptOutcome, AttemptRecord, Attempts, Call};
 use crate::config::{ModelRoute, Strategy, Target};
 use crate::error::GatewayError;
@@ -99,15 +100,13 @@ pub async fn serve<'a>(
     let (rid, client) = (call.rid, call.client);
     let plan = plan(call, alias, model, models);
     let balancer = &call.shard.balancer;
-    for (n, &(route_line, balanced, target)) in plan.iter().enumerate() {
+    for (n, &(route_line, target)) in plan.iter().enumerate() {
         let Some(provider) = call.generation.config.providers.get(target.provider) else {
             continue;
         };
         call.attempt.set(n + 1);
-        if balanced {
-            balancer.started(target);
-        }
         let started = Instant::now();
+        balancer.started(target, started);
         // The client may leave while the upstream thinks: racing the attempt
         // with the client's close drops the upstream connection, which
         // cancels it.
@@ -120,12 +119,18 @@ pub async fn serve<'a>(
         )
         .await;
         let mut head_at = None;
-        let end = |outcome, head_at: Option<Instant>| {
-            if balanced {
-                balancer.ended(
-                    target,
-                    head_at.map(|h| h.saturating_duration_since(started)),
-                );
+        let end = |outcome, head_at: Option<Instant>, health| {
+            let settings = call.shard.pool.settings();
+            let opened = balancer.ended(
+                target,
+                head_at.map(|h| h.saturating_duration_since(started)),
+                health,
+                Instant::now(),
+                settings.breaker_failures,
+                settings.breaker_open_for,
+            );
+            if let Some(until) = opened {
+                call.shard.circuit_opened(&target.served_by, until);
             }
             AttemptRecord {
                 target,
@@ -139,7 +144,7 @@ pub async fn serve<'a>(
         let failure = match head {
             None => {
                 conn.note_error(relay::CLIENT_LEFT);
-                attempts.push(end(AttemptOutcome::ClientLeft, head_at));
+                attempts.push(end(AttemptOutcome::ClientLeft, head_at, Health::Neutral));
                 return Outcome::CLOSE;
             }
             // Borrowed, not moved: an answer is a few hundred bytes, and
@@ -149,7 +154,7 @@ pub async fn serve<'a>(
                 answer.alias_line = route_line;
                 match relay::deliver(conn, answer).await {
                     Ok(outcome) => {
-                        attempts.push(end(AttemptOutcome::Answered, head_at));
+                        attempts.push(end(AttemptOutcome::Answered, head_at, Health::Answered));
                         return outcome;
                     }
                     Err(failure) => failure,
@@ -157,7 +162,24 @@ pub async fn serve<'a>(
             }
             Some(Err(failure)) => failure,
         };
-        attempts.push(end(AttemptOutcome::Failed(failure.error.label()), head_at));
+        let health = match failure.retry {
+            Retry::NextTarget { breaker: true } => Health::Unhealthy { open_for: None },
+            Retry::SameTargetAfter {
+                after,
+                breaker: true,
+            } => Health::Unhealthy {
+                open_for: Some(after),
+            },
+            // The answer's head came: the target is up, whatever became
+            // of the answer.
+            _ if head_at.is_some() => Health::Answered,
+            _ => Health::Neutral,
+        };
+        attempts.push(end(
+            AttemptOutcome::Failed(failure.error.label()),
+            head_at,
+            health,
+        ));
         if failure.moves_on() && n + 1 < plan.len() {
             log::info!(
                 "{rid}: target {}/{} failed ({}), trying the next",
@@ -189,7 +211,7 @@ fn plan<'a>(
     alias: &'a str,
     model: &'a ModelRoute,
     models: &'a BTreeMap<String, ModelRoute>,
-) -> SmallVec<[(&'a [u8], bool, &'a Target); 4]> {
+) -> SmallVec<[(&'a [u8], &'a Target); 4]> {
     let shard = call.shard;
     let output = call
         .facts
@@ -203,18 +225,17 @@ fn plan<'a>(
     let mut plan = SmallVec::new();
     let mut add = |route: &'a ModelRoute| {
         let line = route.alias_line.as_slice();
-        let balanced = route.strategy != Strategy::Priority;
-        if balanced {
-            for i in shard.balancer.order(route, price) {
-                plan.push((line, true, &route.targets[i]));
-            }
+        if route.strategy == Strategy::Priority {
+            plan.extend(route.targets.iter().map(|t| (line, t)));
         } else {
-            plan.extend(route.targets.iter().map(|t| (line, false, t)));
+            for i in shard.balancer.order(route, price) {
+                plan.push((line, &route.targets[i]));
+            }
         }
     };
     add(model);
     if model.fallback.is_empty() {
-        return plan;
+        return healthy_first(shard, plan);
     }
     let mut seen: SmallVec<[&str; 4]> = SmallVec::new();
     seen.push(alias);
@@ -233,7 +254,24 @@ fn plan<'a>(
         add(route);
         queue.extend(route.fallback.iter().map(String::as_str));
     }
-    plan
+    healthy_first(shard, plan)
+}
+
+/// Targets whose circuit is open (or half-open with its probe out) go
+/// last: tried only once nothing healthy is left.
+fn healthy_first<'a>(
+    shard: &crate::shard::Shard,
+    plan: SmallVec<[(&'a [u8], &'a Target); 4]>,
+) -> SmallVec<[(&'a [u8], &'a Target); 4]> {
+    let b = &shard.balancer;
+    if !b.any_not_closed() {
+        return plan;
+    }
+    let now = Instant::now();
+    let (mut ok, avoided): (SmallVec<[_; 4]>, SmallVec<[_; 4]>) =
+        plan.into_iter().partition(|(_, t)| !b.avoided(t, now));
+    ok.extend(avoided);
+    ok
 }
 
 #[cfg(test)]
