@@ -121,11 +121,12 @@ pub async fn serve<'a>(
         let mut head_at = None;
         let end = |outcome, head_at: Option<Instant>, health| {
             let settings = call.shard.pool.settings();
+            let ended = Instant::now();
             let opened = balancer.ended(
                 target,
                 head_at.map(|h| h.saturating_duration_since(started)),
                 health,
-                Instant::now(),
+                ended,
                 settings.breaker_failures,
                 settings.breaker_open_for,
             );
@@ -137,7 +138,7 @@ pub async fn serve<'a>(
                 outcome,
                 started,
                 head_at,
-                ended: Instant::now(),
+                ended,
                 metered: call.take_metered(),
             }
         };
