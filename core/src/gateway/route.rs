@@ -100,13 +100,18 @@ pub async fn serve<'a>(
     let (rid, client) = (call.rid, call.client);
     let plan = plan(call, alias, model, models);
     let balancer = &call.shard.balancer;
+    // A breaker, like a strategy, only matters where there is another
+    // target to go to: a lone target's calls are not tracked.
+    let tracked = plan.len() > 1 || model.strategy != Strategy::Priority;
     for (n, &(route_line, target)) in plan.iter().enumerate() {
         let Some(provider) = call.generation.config.providers.get(target.provider) else {
             continue;
         };
         call.attempt.set(n + 1);
         let started = Instant::now();
-        balancer.started(target, started);
+        if tracked {
+            balancer.started(target, started);
+        }
         // The client may leave while the upstream thinks: racing the attempt
         // with the client's close drops the upstream connection, which
         // cancels it.
@@ -120,18 +125,20 @@ pub async fn serve<'a>(
         .await;
         let mut head_at = None;
         let end = |outcome, head_at: Option<Instant>, health| {
-            let settings = call.shard.pool.settings();
             let ended = Instant::now();
-            let opened = balancer.ended(
-                target,
-                head_at.map(|h| h.saturating_duration_since(started)),
-                health,
-                ended,
-                settings.breaker_failures,
-                settings.breaker_open_for,
-            );
-            if let Some(until) = opened {
-                call.shard.circuit_opened(&target.served_by, until);
+            if tracked {
+                let settings = call.shard.pool.settings();
+                let opened = balancer.ended(
+                    target,
+                    head_at.map(|h| h.saturating_duration_since(started)),
+                    health,
+                    ended,
+                    settings.breaker_failures,
+                    settings.breaker_open_for,
+                );
+                if let Some(until) = opened {
+                    call.shard.circuit_opened(&target.served_by, until);
+                }
             }
             AttemptRecord {
                 target,
