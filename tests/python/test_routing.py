@@ -79,8 +79,9 @@ def test_lowest_latency_moves_traffic_to_the_faster_target(gw):
     for _ in range(60):
         r = c.chat.completions.with_raw_response.create(model="fast", messages=MESSAGES)
         fast += r.headers["x-shardgate-upstream-model"] == "mock-1"
-    # Power of two choices with replacement: about 3 in 4 once both are known.
-    assert fast >= 36, fast
+    # Power of two choices with replacement: about 3 in 4 once both are
+    # known (45 of 60 expected; 30 is over 4 standard deviations below).
+    assert fast >= 30, fast
 
 
 def test_cheapest_picks_the_lower_price(gw):
