@@ -348,11 +348,10 @@ impl ToolArguments {
             PromptLogging::MetadataOnly => {
                 let text = serde_json::to_vec(args).unwrap_or_default();
                 let digest = ring::digest::digest(&ring::digest::SHA256, &text);
-                let mut hex = String::with_capacity(64);
-                for b in digest.as_ref() {
-                    let _ = write!(hex, "{b:02x}");
-                }
-                ToolArguments::Digest(hex)
+                let mut bytes = [0u8; 32];
+                bytes.copy_from_slice(digest.as_ref());
+                let hex = crate::audit::chain::hex(&bytes);
+                ToolArguments::Digest(String::from_utf8_lossy(&hex).into_owned())
             }
             PromptLogging::Full => {
                 let mut v = args.clone();

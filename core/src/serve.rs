@@ -660,14 +660,7 @@ async fn shard_main(
     shard.admission.persist_counters();
     if let Some(audit) = &shard.audit {
         // The events of requests that finished while draining.
-        audit.flush();
-        for _ in 0..100 {
-            if !audit.refusing() {
-                break;
-            }
-            glommio::timer::sleep(crate::audit::SHARD_FLUSH).await;
-            audit.flush();
-        }
+        audit.drain().await;
     }
 }
 

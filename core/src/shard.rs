@@ -225,20 +225,7 @@ impl Shard {
             );
         }
         self.admission.replace_keys(Rc::new(keys));
-        let mut missing = peers - 1;
-        let deadline = glommio::timer::sleep(wait);
-        futures_lite::pin!(deadline);
-        while missing > 0 {
-            let next = futures_lite::future::or(async { rx.recv().await }, async {
-                (&mut deadline).await;
-                None
-            })
-            .await;
-            match next {
-                Some(()) => missing -= 1,
-                None => break,
-            }
-        }
+        let missing = gather(&rx, peers - 1, wait, |()| {}).await;
         self.key_acks.borrow_mut().remove(&seq);
         missing
     }
@@ -260,23 +247,7 @@ impl Shard {
         for to in (0..peers).filter(|&p| p != me) {
             mesh.send(to, ShardMsg::MetricsAsk { from: me, seq });
         }
-        let mut missing = peers - 1;
-        let deadline = glommio::timer::sleep(wait);
-        futures_lite::pin!(deadline);
-        while missing > 0 {
-            let next = futures_lite::future::or(async { rx.recv().await }, async {
-                (&mut deadline).await;
-                None
-            })
-            .await;
-            match next {
-                Some(stats) => {
-                    merged.merge(&stats);
-                    missing -= 1;
-                }
-                None => break,
-            }
-        }
+        let missing = gather(&rx, peers - 1, wait, |stats| merged.merge(&stats)).await;
         self.scrapes.borrow_mut().remove(&seq);
         if missing > 0 {
             log::warn!("metrics scrape: {missing} shards did not answer within {wait:?}");
@@ -338,4 +309,33 @@ impl Shard {
     pub fn request_id(&self) -> RequestId {
         self.request_ids.next()
     }
+}
+
+/// Takes up to `expected` replies from `rx` within `wait`, handing each to
+/// `on_reply`; returns how many did not come (a shard that does not answer
+/// in time is counted, not waited for).
+async fn gather<T>(
+    rx: &glommio::channels::local_channel::LocalReceiver<T>,
+    expected: usize,
+    wait: std::time::Duration,
+    mut on_reply: impl FnMut(T),
+) -> usize {
+    let mut missing = expected;
+    let deadline = glommio::timer::sleep(wait);
+    futures_lite::pin!(deadline);
+    while missing > 0 {
+        let next = futures_lite::future::or(async { rx.recv().await }, async {
+            (&mut deadline).await;
+            None
+        })
+        .await;
+        match next {
+            Some(reply) => {
+                on_reply(reply);
+                missing -= 1;
+            }
+            None => break,
+        }
+    }
+    missing
 }

@@ -449,3 +449,16 @@ def private_gateway(tmp_path: Path, mock_upstream: Upstream, upstream_key: str) 
     for gw in started:
         if gw.proc.alive():
             gw.stop()
+
+
+def create_key(config: Path, team: str, env: str | None = None) -> dict:
+    """`shardgate keys create --json` for `team` of tenant `acme`, as an
+    operator would: its record, with the secret."""
+    import json
+
+    args = [str(binary("shardgate")), "keys", "create", "--team", team, "--tenant", "acme", "--json", "--config", str(config)]
+    if env:
+        args += ["--env", env]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)

@@ -15,7 +15,7 @@ import httpx2
 import openai
 import pytest
 
-from conftest import REQUEST_TIMEOUT, Upstream, binary, gateway_config, start_gateway, write_config
+from conftest import REQUEST_TIMEOUT, Upstream, binary, create_key, gateway_config, start_gateway, write_config
 
 POLICIES = [
     {
@@ -28,17 +28,6 @@ POLICIES = [
         }
     },
 ]
-
-
-def create_key(config: Path, team: str) -> dict:
-    r = subprocess.run(
-        [str(binary("shardgate")), "keys", "create", "--team", team, "--tenant", "acme", "--json", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def audit_cli(config: Path, *args: str) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from conftest import REQUEST_TIMEOUT, Upstream, binary, gateway_config, start_gateway, write_config
+from conftest import REQUEST_TIMEOUT, Upstream, create_key, gateway_config, start_gateway, write_config
 
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "mcp_server.py"
@@ -72,17 +72,6 @@ def start_http_server(name: str, logs: Path, events: Path, *flags: str) -> tuple
             time.sleep(0.1)
 
 
-def keys_create(config: Path, team: str) -> str:
-    r = subprocess.run(
-        [str(binary("shardgate")), "keys", "create", "--team", team, "--tenant", "acme", "--json", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["secret"]
-
-
 class Setup:
     def __init__(self, gw, cfg: Path, events: Path, keys: dict[str, str]):
         self.gw, self.cfg, self.events, self.keys = gw, cfg, events, keys
@@ -113,7 +102,7 @@ def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_ke
         "ghost": {"url": f"http://127.0.0.1:{free_port()}/mcp", "timeout": "2s"},
     }
     path = write_config(tmp / "gateway.yaml", cfg)
-    keys = {team: keys_create(path, team) for team in ("support", "readers", "no-tools", "tiny")}
+    keys = {team: create_key(path, team)["secret"] for team in ("support", "readers", "no-tools", "tiny")}
     gw = start_gateway("gateway-mcp", path, logs_dir / "gateway-mcp.log", upstream_key)
     try:
         yield Setup(gw, path, events, keys)

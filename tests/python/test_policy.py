@@ -22,6 +22,7 @@ import openai
 import pytest
 
 import mocktext
+from conftest import create_key as conftest_create_key
 from conftest import (
     REQUEST_TIMEOUT,
     UPSTREAM_TOKENS,
@@ -72,9 +73,7 @@ def keys_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def create_key(config: Path, team: str, env: str = "production") -> dict:
-    r = keys_cli(config, "create", "--team", team, "--tenant", "acme", "--env", env, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return conftest_create_key(config, team, env)
 
 
 def month_to_date(config: Path, key_id: str) -> dict:

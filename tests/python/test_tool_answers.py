@@ -12,7 +12,6 @@ and a note.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import anthropic
@@ -20,7 +19,7 @@ import httpx2
 import openai
 import pytest
 
-from conftest import REQUEST_TIMEOUT, Upstream, binary, gateway_config, start_gateway, write_config
+from conftest import REQUEST_TIMEOUT, Upstream, create_key, gateway_config, start_gateway, write_config
 
 MODELS = {
     "call-ok": [("local", "mock-tokens-3-call-search_docs")],
@@ -47,24 +46,13 @@ POLICIES = [
 MESSAGES = [{"role": "user", "content": "Do the thing."}]
 
 
-def create_key(config: Path, team: str) -> str:
-    r = subprocess.run(
-        [str(binary("shardgate")), "keys", "create", "--team", team, "--tenant", "acme", "--json", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["secret"]
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_key: str):
     cfg = gateway_config(mock_upstream, extra_models=MODELS)
     del cfg["auth"]
     cfg["policies"] = POLICIES
     path = write_config(tmp_path_factory.mktemp("tool-answers") / "gateway.yaml", cfg)
-    keys = {t: create_key(path, t) for t in ("refusers", "strippers")}
+    keys = {t: create_key(path, t)["secret"] for t in ("refusers", "strippers")}
     gw = start_gateway("gateway-tool-answers", path, logs_dir / "gateway-tool-answers.log", upstream_key)
     yield gw, keys
     assert gw.stop() == 0

@@ -155,8 +155,13 @@ impl ShardAudit {
             glommio::timer::sleep(SHARD_FLUSH).await;
             self.flush();
         }
+        self.drain().await;
+    }
+
+    /// Hands over everything buffered; a batch held for a full queue waits
+    /// for room, briefly (draining: the writer stops after the shards).
+    pub async fn drain(&self) {
         self.flush();
-        // Draining: a held batch waits for room, briefly.
         for _ in 0..100 {
             if !self.refusing() {
                 break;
@@ -248,14 +253,7 @@ impl ShardAudit {
 
     /// An admin change made through this shard (the admin API).
     pub fn admin(&self, action: &str, by: &str, detail: Value) {
-        self.push(&json!({
-            "v": SCHEMA,
-            "time": writer::now_rfc3339(),
-            "kind": "admin",
-            "action": action,
-            "by": by,
-            "detail": detail,
-        }));
+        self.push(&admin_json(action, by, detail));
     }
 
     /// A tool call's record.
@@ -276,17 +274,20 @@ fn ms(d: Duration) -> f64 {
 
 /// An admin change, for the writer directly (from the main thread).
 pub fn admin_event(action: &str, by: &str, detail: Value) -> Vec<u8> {
-    let v = json!({
+    let mut line = serde_json::to_vec(&admin_json(action, by, detail)).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+fn admin_json(action: &str, by: &str, detail: Value) -> Value {
+    json!({
         "v": SCHEMA,
         "time": writer::now_rfc3339(),
         "kind": "admin",
         "action": action,
         "by": by,
         "detail": detail,
-    });
-    let mut line = serde_json::to_vec(&v).unwrap_or_default();
-    line.push(b'\n');
-    line
+    })
 }
 
 /// The request event's shape, borrowed from the request's record.

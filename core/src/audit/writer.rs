@@ -76,7 +76,9 @@ impl AuditWriter {
         std::fs::create_dir_all(&cfg.dir).map_err(io)?;
         let key = match &cfg.key {
             Some(k) => k.expose().as_bytes().to_vec(),
-            None => load_or_create_key(&cfg.dir).map_err(io)?,
+            None => crate::store::key_file::load_or_create(&cfg.dir.join(KEY_FILE))
+                .map_err(io)?
+                .to_vec(),
         };
         let file = Log::open(cfg, &key).map_err(io)?;
         let (tx, rx) = channel::bounded(cfg.queue);
@@ -111,31 +113,6 @@ impl AuditWriter {
         if let Some(j) = self.join.take() {
             let _ = j.join();
         }
-    }
-}
-
-fn load_or_create_key(dir: &Path) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(KEY_FILE);
-    match std::fs::read(&path) {
-        Ok(k) if k.len() >= 32 => Ok(k),
-        Ok(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is shorter than 32 bytes", path.display()),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            getrandom::getrandom(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)?;
-            f.write_all(&key)?;
-            f.sync_all()?;
-            Ok(key.to_vec())
-        }
-        Err(e) => Err(e),
     }
 }
 

@@ -35,10 +35,6 @@ fn capabilities() -> Value {
     })
 }
 
-fn server_info() -> Value {
-    json!({"name": "shardgate", "version": env!("CARGO_PKG_VERSION")})
-}
-
 /// `server/discover`'s result.
 pub fn discover() -> Value {
     let mut versions: Vec<Value> = wire::HANDSHAKE_VERSIONS
@@ -53,7 +49,7 @@ pub fn discover() -> Value {
         "cacheScope": "private",
         "ttlMs": 0,
         "resultType": "complete",
-        "_meta": { wire::META_SERVER_INFO: server_info() },
+        "_meta": { wire::META_SERVER_INFO: super::stdio::gateway_info() },
     })
 }
 
@@ -62,7 +58,7 @@ pub fn initialize(version: &str) -> Value {
     json!({
         "protocolVersion": version,
         "capabilities": capabilities(),
-        "serverInfo": server_info(),
+        "serverInfo": super::stdio::gateway_info(),
     })
 }
 

@@ -59,14 +59,7 @@ pub async fn handle<'g>(
                 code::INVALID_REQUEST,
                 "missing or unknown API key: send Authorization: Bearer <key> or x-api-key",
             );
-            return reply(
-                conn,
-                401,
-                &wire::error_response(&Value::Null, &e),
-                None,
-                rid,
-            )
-            .await;
+            return reply_error_with(conn, 401, &Value::Null, &e, None, rid).await;
         }
     };
     trail.actor = actor.clone();
@@ -169,14 +162,7 @@ async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
             code::INVALID_REQUEST,
             "Content-Type must be application/json",
         );
-        return reply(
-            conn,
-            415,
-            &wire::error_response(&Value::Null, &e),
-            None,
-            rid,
-        )
-        .await;
+        return reply_error_with(conn, 415, &Value::Null, &e, None, rid).await;
     }
     let accept = cx.header("accept").unwrap_or("*/*");
     if !(accept.contains("application/json")
@@ -187,14 +173,7 @@ async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
             code::INVALID_REQUEST,
             "Accept must allow application/json or text/event-stream",
         );
-        return reply(
-            conn,
-            406,
-            &wire::error_response(&Value::Null, &e),
-            None,
-            rid,
-        )
-        .await;
+        return reply_error_with(conn, 406, &Value::Null, &e, None, rid).await;
     }
     let msg = match wire::parse_posted(&cx.req.body) {
         Ok(Posted::Message(m)) => m,
@@ -218,9 +197,7 @@ async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
         Era::Handshake if msg.method == "initialize" => None,
         Era::Handshake => match cx.session() {
             Ok(s) => Some(s),
-            Err((status, e)) => {
-                return reply(conn, status, &wire::error_response(&id, &e), None, rid).await
-            }
+            Err((status, e)) => return reply_error_with(conn, status, &id, &e, None, rid).await,
         },
     };
     let session_header = session.as_ref().map(|(h, _)| h.as_str());
@@ -387,14 +364,7 @@ async fn delete(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
     let (_, session) = match cx.session() {
         Ok(s) => s,
         Err((status, e)) => {
-            return reply(
-                conn,
-                status,
-                &wire::error_response(&Value::Null, &e),
-                None,
-                cx.rid,
-            )
-            .await
+            return reply_error_with(conn, status, &Value::Null, &e, None, cx.rid).await
         }
     };
     let closes = cx
@@ -562,7 +532,7 @@ async fn call(
         }
         Err(Refusal::Unauthorized) => {
             let e = RpcError::new(code::INVALID_REQUEST, "missing or unknown API key");
-            return reply(conn, 401, &wire::error_response(&id, &e), None, rid).await;
+            return reply_error_with(conn, 401, &id, &e, None, rid).await;
         }
     };
     // The server's own name goes upstream, in the body and in `Mcp-Name`.
@@ -731,14 +701,7 @@ async fn relay(
             Some(Ok(Ok(None))) => {}
             Some(Ok(Err(e))) => {
                 return Relayed {
-                    outcome: reply(
-                        conn,
-                        e.http_status(),
-                        &wire::error_response(id, &e),
-                        session_header,
-                        rid,
-                    )
-                    .await,
+                    outcome: reply_error(conn, id, &e, session_header, rid).await,
                     is_error: Some(true),
                 };
             }
@@ -907,14 +870,20 @@ async fn reply_error(
     session: Option<&str>,
     rid: &str,
 ) -> Outcome {
-    reply(
-        conn,
-        e.http_status(),
-        &wire::error_response(id, e),
-        session,
-        rid,
-    )
-    .await
+    reply_error_with(conn, e.http_status(), id, e, session, rid).await
+}
+
+/// A JSON-RPC error with an HTTP status of the endpoint's choosing (401,
+/// 404 for sessions, 406, 415).
+async fn reply_error_with(
+    conn: &mut ClientConn,
+    status: u16,
+    id: &Value,
+    e: &RpcError,
+    session: Option<&str>,
+    rid: &str,
+) -> Outcome {
+    reply(conn, status, &wire::error_response(id, e), session, rid).await
 }
 
 /// A whole JSON answer.

@@ -88,38 +88,7 @@ impl SessionKey {
     /// The key kept in `dir`, made (from the OS's random source, written
     /// owner-only, synced) the first time.
     pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = dir.join(KEY_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{} is not a 32-byte key", path.display()),
-                    )
-                })?;
-                Ok(Self::from_bytes(&bytes))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)?;
-                let mut bytes = [0u8; 32];
-                getrandom::getrandom(&mut bytes)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                Ok(Self::from_bytes(&bytes))
-            }
-            Err(e) => Err(e),
-        }
+        crate::store::key_file::load_or_create(&dir.join(KEY_FILE)).map(|k| Self::from_bytes(&k))
     }
 
     /// The ID for `session`: printable ASCII (base64url), as the spec asks.

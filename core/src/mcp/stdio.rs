@@ -574,7 +574,8 @@ impl FloorBoundary for str {
     }
 }
 
-/// Who the gateway says it is to upstream servers.
+/// Who the gateway says it is: to upstream servers, and to its own
+/// clients (`serverInfo`).
 pub fn gateway_info() -> Value {
     static INFO: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
         || json!({"name": "shardgate", "version": env!("CARGO_PKG_VERSION")}),

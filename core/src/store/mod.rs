@@ -37,6 +37,7 @@
 //! or truncate a log it does not own (readers use [`frame::Repair::ReadOnly`]).
 
 pub mod frame;
+pub mod key_file;
 pub mod keys;
 pub mod lock;
 pub mod usage;
