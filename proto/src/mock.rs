@@ -146,17 +146,15 @@ pub fn chat_completion(
     completion_tokens: usize,
     finish_reason: &str,
 ) {
-    out.reserve(200 + id.len() + model.len() + completion_tokens * 8);
-    header(out, id, "chat.completion", created, model);
-    out.extend_from_slice(
-        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"",
+    let ids = (id, model, created);
+    chat_body(
+        out,
+        ids,
+        prompt_tokens,
+        completion_tokens,
+        None,
+        finish_reason,
     );
-    push_text(out, completion_tokens);
-    out.extend_from_slice(b"\"},\"logprobs\":null,\"finish_reason\":");
-    push_str(out, finish_reason);
-    out.extend_from_slice(b"}],");
-    push_usage(out, prompt_tokens, completion_tokens as u64);
-    out.push(b'}');
 }
 
 /// The arguments the mock passes to the tool it calls.
@@ -174,19 +172,46 @@ pub fn chat_completion_calling(
     completion_tokens: usize,
     tool: &str,
 ) {
-    out.reserve(300 + id.len() + model.len() + tool.len() + completion_tokens * 8);
+    let ids = (id, model, created);
+    chat_body(
+        out,
+        ids,
+        prompt_tokens,
+        completion_tokens,
+        Some(tool),
+        "tool_calls",
+    );
+}
+
+/// A `chat.completion` body: text, then a call of `tool` when there is one.
+fn chat_body(
+    out: &mut Vec<u8>,
+    (id, model, created): (&str, &str, u64),
+    prompt_tokens: u64,
+    completion_tokens: usize,
+    tool: Option<&str>,
+    finish_reason: &str,
+) {
+    let tool_len = tool.map_or(0, |t| 100 + t.len());
+    out.reserve(200 + id.len() + model.len() + tool_len + completion_tokens * 8);
     header(out, id, "chat.completion", created, model);
     out.extend_from_slice(
         b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"",
     );
     push_text(out, completion_tokens);
-    out.extend_from_slice(
-        b"\",\"tool_calls\":[{\"id\":\"call_mock_0\",\"type\":\"function\",\"function\":{\"name\":",
-    );
-    push_str(out, tool);
-    out.extend_from_slice(b",\"arguments\":");
-    push_str(out, TOOL_ARGUMENTS);
-    out.extend_from_slice(b"}}]},\"logprobs\":null,\"finish_reason\":\"tool_calls\"}],");
+    out.push(b'"');
+    if let Some(tool) = tool {
+        out.extend_from_slice(
+            b",\"tool_calls\":[{\"id\":\"call_mock_0\",\"type\":\"function\",\"function\":{\"name\":",
+        );
+        push_str(out, tool);
+        out.extend_from_slice(b",\"arguments\":");
+        push_str(out, TOOL_ARGUMENTS);
+        out.extend_from_slice(b"}}]");
+    }
+    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":");
+    push_str(out, finish_reason);
+    out.extend_from_slice(b"}],");
     push_usage(out, prompt_tokens, completion_tokens as u64);
     out.push(b'}');
 }
