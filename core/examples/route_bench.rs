@@ -5,6 +5,7 @@
 
 // A benchmark measures time; the request path reads the coarse clock.
 #![allow(clippy::disallowed_methods)]
+use shardgate_core::config::route::{RetryPolicy, RouteTimeouts};
 use shardgate_core::config::{ModelRoute, Strategy, Target};
 use shardgate_core::gateway::balance::Balancer;
 use std::hint::black_box;
@@ -18,6 +19,7 @@ fn main() {
             served_by: format!("p{i}/model-{i}"),
             model_json: Vec::new(),
             weight: i as u32 + 1,
+            context_window: None,
             head_lines: Vec::new(),
         })
         .collect();
@@ -47,6 +49,14 @@ fn main() {
             strategy,
             fallback: Vec::new(),
             alias_line: Vec::new(),
+            retry: RetryPolicy::default(),
+            timeouts: RouteTimeouts {
+                connect: Duration::from_secs(5),
+                first_token: Duration::from_secs(60),
+                idle: Duration::from_secs(60),
+                total: None,
+            },
+            hedge: None,
         };
         let n = 1_000_000u32;
         let t = Instant::now();

@@ -257,3 +257,80 @@ fn provider_secrets_are_known_for_redaction() {
     };
     assert_eq!(h.secrets.scrub("key 0123456789abcdef"), "key [REDACTED]");
 }
+
+fn two_targets(extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nproviders: {{ p: {{ kind: mock }} }}\nmodels:\n  r:\n    targets: [ {{ provider: p, model: a, context_window: 8000 }}, {{ provider: p, model: b }} ]\n{extra}"
+    )
+}
+
+#[test]
+fn route_retry_timeouts_and_hedge_defaults_and_values() {
+    let c = parse(&two_targets("")).unwrap();
+    let r = &c.models["r"];
+    assert_eq!(r.retry, route::RetryPolicy::default());
+    assert_eq!(r.timeouts, route::RouteTimeouts::from_upstream(&c.upstream));
+    assert_eq!(r.hedge, None);
+    assert_eq!(r.targets[0].context_window, Some(8000));
+    let c = parse(&two_targets(
+        "    retry: { attempts: 4, backoff: 20ms, max_backoff: 1s, on: [connect, '429'] }\n    timeouts: { first_token: 2s, total: 10s }\n    hedge: { after: p95, initial: 300ms }\n",
+    ))
+    .unwrap();
+    let r = &c.models["r"];
+    assert_eq!(r.retry.attempts, Some(4));
+    assert_eq!(r.retry.backoff, Duration::from_millis(20));
+    assert!(r.retry.on.connect && r.retry.on.rate_limited && !r.retry.on.server_error);
+    assert_eq!(r.timeouts.first_token, Duration::from_secs(2));
+    assert_eq!(r.timeouts.total, Some(Duration::from_secs(10)));
+    assert_eq!(r.timeouts.idle, c.upstream.read_timeout);
+    assert_eq!(
+        r.hedge,
+        Some(route::Hedge {
+            after: route::HedgeAfter::P95 {
+                initial: Duration::from_millis(300)
+            },
+            with_tools: false
+        })
+    );
+}
+
+#[test]
+fn bad_route_settings_are_named() {
+    let one = "listen: 127.0.0.1:0\nproviders: { p: { kind: mock } }\nmodels: { r: { targets: [ { provider: p, model: a } ], hedge: { after: 200ms } } }\n";
+    let e = parse(one).unwrap_err();
+    assert!(
+        e.starts_with("models.r.hedge: needs a route with two targets"),
+        "{e}"
+    );
+    for (extra, starts) in [
+        (
+            "    retry: { attempts: 0 }\n",
+            "models.r.retry.attempts: must be from 1 to 10",
+        ),
+        ("    retry: { attempts: 11 }\n", "models.r.retry.attempts:"),
+        (
+            "    retry: { backoff: 2s, max_backoff: 1s }\n",
+            "models.r.retry.max_backoff: is less",
+        ),
+        ("    retry: { on: [teapot] }\n", "models.r.retry.on"),
+        (
+            "    timeouts: { total: 0s }\n",
+            "models.r.timeouts.total: must be more than 0",
+        ),
+        (
+            "    hedge: { after: soon }\n",
+            "models.r.hedge.after: `soon`",
+        ),
+        ("    hedge: { after: 0ms }\n", "models.r.hedge.after:"),
+        (
+            "    hedge: { after: 1s, initial: 1s }\n",
+            "models.r.hedge.initial:",
+        ),
+        ("    strategy: fastest\n", "models.r.strategy"),
+    ] {
+        let e = parse(&two_targets(extra)).unwrap_err();
+        assert!(e.starts_with(starts), "{extra}: {e}");
+    }
+    let e = parse(&two_targets("").replace("8000", "0")).unwrap_err();
+    assert_eq!(e, "models.r.targets[0].context_window: must be more than 0");
+}

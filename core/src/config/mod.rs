@@ -10,10 +10,12 @@
 pub mod audit;
 pub mod mcp;
 mod raw;
+pub mod route;
 mod secret;
 mod units;
 
 pub use mcp::{McpConfig, McpServer, McpTransport};
+pub use route::{ModelRoute, Strategy, Target};
 pub use secret::{Secret, SecretRef};
 pub use units::{parse_size, ByteSize, Dur};
 
@@ -280,53 +282,6 @@ pub struct MockProvider {
     pub ttft: Duration,
     /// `None` streams as fast as possible.
     pub tokens_per_second: Option<u32>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ModelRoute {
-    /// The strategy picks the first target; the others follow in config
-    /// order when one fails before any byte of its answer reached the
-    /// client.
-    pub targets: Vec<Target>,
-    pub strategy: Strategy,
-    /// Other aliases tried, in order, when every target failed (each with
-    /// its own strategy; checked free of cycles at load).
-    pub fallback: Vec<String>,
-    /// `x-shardgate-model: <alias>\r\n`, rendered once.
-    pub alias_line: Vec<u8>,
-}
-
-/// How a route picks the target that is tried first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// The first target, in config order.
-    #[default]
-    Priority,
-    /// At random, by `weight`.
-    Weighted,
-    /// The better of two picked at random, by requests in flight.
-    LeastInflight,
-    /// The better of two picked at random, by a latency score (an EWMA of
-    /// time to the answer's head, scaled by requests in flight).
-    LowestLatency,
-    /// The one whose price for the request's expected tokens is lowest.
-    Cheapest,
-}
-
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub provider: usize,
-    pub model: String,
-    /// `provider/model`, the `x-shardgate-target` value (rendered once).
-    pub served_by: String,
-    /// `model` as a JSON string, what pass-through bodies get (rendered once).
-    pub model_json: Vec<u8>,
-    /// Its share under `weighted` (default 1).
-    pub weight: u32,
-    /// The response headers naming it (`x-shardgate-target`, `-provider`,
-    /// `-upstream-model`), rendered once: every answer carries them.
-    pub head_lines: Vec<u8>,
 }
 
 impl Config {

@@ -2,8 +2,8 @@
 
 use super::{
     field, AdminConfig, AuthMode, BaseUrl, ByteSize, Config, ConfigError, Dur, HttpProvider,
-    Limits, Listener, ListenerRole, ListenerTls, MockProvider, ModelRoute, Provider, ProviderKind,
-    Secret, SecretRef, StoreConfig, StoreFsync, Target, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
+    Limits, Listener, ListenerRole, ListenerTls, MockProvider, Provider, ProviderKind, Secret,
+    SecretRef, StoreConfig, StoreFsync, UpstreamSettings, Wire, DEFAULT_STORE_DIR,
 };
 use crate::placement::{self, parse_cpu_list, Machine, ShardCount};
 use serde::Deserialize;
@@ -39,7 +39,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
-    models: BTreeMap<String, RawModel>,
+    models: BTreeMap<String, super::route::RawModel>,
     auth: Option<AuthMode>,
     #[serde(default)]
     policies: Vec<PolicyEntry>,
@@ -157,24 +157,6 @@ struct RawProvider {
     aws_access_key_id: Option<SecretRef>,
     aws_secret_access_key: Option<SecretRef>,
     aws_session_token: Option<SecretRef>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    targets: Vec<RawTarget>,
-    #[serde(default)]
-    strategy: super::Strategy,
-    #[serde(default)]
-    fallback: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    provider: String,
-    model: String,
-    weight: Option<u32>,
 }
 
 fn dur(v: Option<Dur>, default: Duration) -> Duration {
@@ -328,72 +310,7 @@ impl RawConfig {
             providers.push(Provider { name, kind });
         }
 
-        let mut models = BTreeMap::new();
-        for (alias, m) in self.models {
-            let path = format!("models.{alias}");
-            if m.targets.is_empty() {
-                return Err(field(
-                    format!("{path}.targets"),
-                    "needs at least one target",
-                ));
-            }
-            let mut targets = Vec::with_capacity(m.targets.len());
-            for (i, t) in m.targets.into_iter().enumerate() {
-                let Some(&provider) = index.get(&t.provider) else {
-                    return Err(field(
-                        format!("{path}.targets[{i}].provider"),
-                        format!("no provider named `{}`", t.provider),
-                    ));
-                };
-                if t.model.is_empty() {
-                    return Err(field(format!("{path}.targets[{i}].model"), "is empty"));
-                }
-                let mut model_json = Vec::new();
-                shardgate_proto::json::write_json_string(&mut model_json, &t.model);
-                let mut head_lines = Vec::new();
-                let served_by = format!("{}/{}", t.provider, t.model);
-                for (name, value) in [
-                    ("x-shardgate-target", served_by.as_str()),
-                    ("x-shardgate-provider", t.provider.as_str()),
-                    ("x-shardgate-upstream-model", t.model.as_str()),
-                ] {
-                    shardgate_proto::h1::write_header(&mut head_lines, name, value.as_bytes());
-                }
-                targets.push(Target {
-                    provider,
-                    served_by,
-                    model_json,
-                    model: t.model,
-                    weight: t.weight.unwrap_or(1),
-                    head_lines,
-                });
-            }
-            if m.strategy == super::Strategy::Weighted && targets.iter().all(|t| t.weight == 0) {
-                return Err(field(
-                    format!("{path}.targets"),
-                    "every weight is 0: a weighted route needs one above 0",
-                ));
-            }
-            let mut alias_line = Vec::new();
-            shardgate_proto::h1::write_header(
-                &mut alias_line,
-                "x-shardgate-model",
-                alias.as_bytes(),
-            );
-            models.insert(
-                alias,
-                ModelRoute {
-                    targets,
-                    strategy: m.strategy,
-                    fallback: m.fallback,
-                    alias_line,
-                },
-            );
-        }
-        if models.is_empty() {
-            return Err(field("models", "no model configured"));
-        }
-        check_fallbacks(&models)?;
+        let models = super::route::build(self.models, &index, &upstream)?;
         if let Err(e) = PolicySet::compile(&self.policies) {
             return Err(field("policies", e.to_string()));
         }
@@ -728,39 +645,4 @@ pub(crate) fn parse_fsync(path: &str, v: Option<&str>) -> Result<StoreFsync, Con
             }
         },
     })
-}
-
-/// Every `fallback` names a route, and following them never comes back to
-/// where it started.
-fn check_fallbacks(models: &BTreeMap<String, super::ModelRoute>) -> Result<(), ConfigError> {
-    for (alias, route) in models {
-        for (i, f) in route.fallback.iter().enumerate() {
-            if !models.contains_key(f) {
-                return Err(field(
-                    format!("models.{alias}.fallback[{i}]"),
-                    format!("no model named `{f}`"),
-                ));
-            }
-        }
-        // Depth-first from `alias`: a path back to it is a cycle.
-        let mut stack: Vec<(&str, Vec<&str>)> = vec![(alias.as_str(), vec![alias.as_str()])];
-        while let Some((at, path)) = stack.pop() {
-            for next in models.get(at).map_or(&[][..], |r| &r.fallback[..]) {
-                if next == alias {
-                    let mut cycle = path.clone();
-                    cycle.push(next);
-                    return Err(field(
-                        format!("models.{alias}.fallback"),
-                        format!("a cycle: {}", cycle.join(" -> ")),
-                    ));
-                }
-                if !path.contains(&next.as_str()) {
-                    let mut p = path.clone();
-                    p.push(next);
-                    stack.push((next, p));
-                }
-            }
-        }
-    }
-    Ok(())
 }

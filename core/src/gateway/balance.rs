@@ -375,6 +375,7 @@ mod tests {
             served_by: format!("p/{name}"),
             model_json: Vec::new(),
             weight: 1,
+            context_window: None,
             head_lines: Vec::new(),
         }
     }
