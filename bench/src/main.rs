@@ -334,10 +334,7 @@ fn run(command: Command) -> Result<(), BenchError> {
                 output_tokens: a.output_tokens,
                 ttft_ms: 0,
                 tokens_per_second: (a.tps > 0).then_some(a.tps),
-                fail_status: None,
-                cut_after: None,
-                hang: false,
-                call_tool_at: None,
+                ..shardgate_proto::mock::Behaviour::default()
             },
         }),
         Command::Run(a) => {

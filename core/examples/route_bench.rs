@@ -6,7 +6,7 @@
 // A benchmark measures time; the request path reads the coarse clock.
 #![allow(clippy::disallowed_methods)]
 use shardgate_core::config::route::{RetryPolicy, RouteTimeouts};
-use shardgate_core::config::{ModelRoute, Strategy, Target};
+use shardgate_core::config::{BreakerSettings, ModelRoute, Strategy, Target};
 use shardgate_core::gateway::balance::Balancer;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -33,8 +33,13 @@ fn main() {
             Some(Duration::from_millis(50)),
             ok,
             now,
-            5,
-            Duration::from_secs(30),
+            &BreakerSettings {
+                failures: 5,
+                error_percent: None,
+                window: Duration::from_secs(10),
+                min_calls: 20,
+                open_for: Duration::from_secs(30),
+            },
         );
     }
     for strategy in [

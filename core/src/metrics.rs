@@ -148,6 +148,8 @@ impl ShardStats {
             match a.outcome {
                 AttemptOutcome::Answered => stats.answered += 1,
                 AttemptOutcome::Failed(_) | AttemptOutcome::ClientLeft => stats.failed += 1,
+                // A hedge's loser did not fail: another answer came first.
+                AttemptOutcome::Cancelled => {}
             }
             if let Some(u) = a.metered.as_ref().and_then(|m| m.usage) {
                 if let Some(n) = u.prompt_tokens {

@@ -43,6 +43,20 @@ pub enum AttemptOutcome {
     Failed(&'static str),
     /// The client left before the answer's head.
     ClientLeft,
+    /// A hedge: the other attempt's answer started first, and this one was
+    /// cancelled (its upstream connection closed).
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptOutcome::Answered => "answered",
+            AttemptOutcome::Failed(label) => label,
+            AttemptOutcome::ClientLeft => "client_left",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// What one answered call consumed, for settlement and audit.
@@ -150,11 +164,7 @@ impl RequestEnd<'_, '_> {
             let _ = write!(line, " alias={alias:?}");
         }
         for (i, a) in t.attempts.iter().enumerate() {
-            let outcome = match a.outcome {
-                AttemptOutcome::Answered => "answered",
-                AttemptOutcome::Failed(label) => label,
-                AttemptOutcome::ClientLeft => "client_left",
-            };
+            let outcome = a.outcome.label();
             let _ = write!(
                 line,
                 " attempt{i}={}:{outcome}:{}ms",

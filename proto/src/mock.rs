@@ -109,6 +109,12 @@ pub fn text_len(n: usize) -> usize {
     (n / WORDS.len()).saturating_mul(whole).saturating_add(rest)
 }
 
+/// The OpenAI-worded refusal of a prompt over a `limit`-token context
+/// window (`mock-ctx-N`).
+pub fn context_length_message(limit: u64) -> String {
+    format!("This model's maximum context length is {limit} tokens. Please reduce the length of the messages.")
+}
+
 /// Rough prompt-token estimate for the mock: `ceil(bytes / 4)`.
 pub fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
@@ -383,6 +389,15 @@ pub struct Behaviour {
     pub cut_after: Option<usize>,
     /// Never answer.
     pub hang: bool,
+    /// Refuse, with the dialect's context-length error, a prompt of more
+    /// than this many tokens ([`estimate_tokens`] of the body).
+    pub context_limit: Option<u64>,
+    /// `fail_status` applies to the first this-many requests for the model
+    /// name only (per mock shard); later ones are answered.
+    pub fail_first: Option<u32>,
+    /// A 429/503 says to wait this long, in the dialect's own rate-limit
+    /// headers (else `Retry-After: 1`).
+    pub wait_ms: Option<u64>,
     /// Chat: after its text, the answer calls a tool named by the rest of
     /// the model name from this byte on (`mock-call-get_weather`), and
     /// finishes with `tool_calls`.
@@ -399,15 +414,22 @@ impl Default for Behaviour {
             cut_after: None,
             hang: false,
             call_tool_at: None,
+            context_limit: None,
+            fail_first: None,
+            wait_ms: None,
         }
     }
 }
 
 /// Reads the behaviour out of a model name such as `mock-tokens-7`,
 /// `mock-ttft-200ms`, `mock-tps-50`, `mock-429`, `mock-cut-after-3`,
-/// `mock-hang`, or combinations like `mock-tokens-20-ttft-50ms-tps-1000`.
+/// `mock-hang`, `mock-ctx-100` (a context window of 100 tokens),
+/// `mock-503-first-2-<tag>` (the first two requests fail),
+/// `mock-429-wait-300ms`, or combinations like
+/// `mock-tokens-20-ttft-50ms-tps-1000`.
 ///
-/// The name is split on `-`; a key (`tokens`, `ttft`, `tps`, `cut-after`)
+/// The name is split on `-`; a key (`tokens`, `ttft`, `tps`, `cut-after`,
+/// `ctx`, `first`, `wait`)
 /// takes the next part as its value, a bare number from 400 to 599 is a
 /// failure status, `hang` hangs. Unknown parts (and keys whose value does not
 /// parse) are ignored; whatever the name doesn't set comes from `defaults`.
@@ -446,6 +468,24 @@ pub fn behaviour(model: &str, defaults: Behaviour) -> Behaviour {
                 }
             }
             "hang" => b.hang = true,
+            "ctx" => {
+                if let Some(n) = parts.peek().and_then(|v| v.parse::<u64>().ok()) {
+                    b.context_limit = Some(n);
+                    parts.next();
+                }
+            }
+            "first" => {
+                if let Some(n) = parts.peek().and_then(|v| v.parse::<u32>().ok()) {
+                    b.fail_first = Some(n);
+                    parts.next();
+                }
+            }
+            "wait" => {
+                if let Some(ms) = parts.peek().and_then(|v| parse_millis(v)) {
+                    b.wait_ms = Some(ms);
+                    parts.next();
+                }
+            }
             "call" => {
                 // The rest of the name, dashes and all, is the tool's.
                 let at = part.as_ptr() as usize - model.as_ptr() as usize + "call-".len();
@@ -932,6 +972,10 @@ mod tests {
             );
         }
         assert_eq!(behaviour("mock-cut-after-3", d).cut_after, Some(3));
+        assert_eq!(behaviour("mock-ctx-100", d).context_limit, Some(100));
+        let b = behaviour("mock-503-first-2-t9", d);
+        assert_eq!((b.fail_status, b.fail_first), (Some(503), Some(2)));
+        assert_eq!(behaviour("mock-429-wait-300ms", d).wait_ms, Some(300));
         assert!(behaviour("mock-hang", d).hang);
         assert_eq!(
             behaviour("mock-tokens-20-ttft-50ms-tps-1000", d),
@@ -961,8 +1005,7 @@ mod tests {
             tokens_per_second: Some(5),
             fail_status: None,
             cut_after: None,
-            hang: false,
-            call_tool_at: None,
+            ..Behaviour::default()
         };
         assert_eq!(behaviour("mock-1", d), d);
         assert_eq!(behaviour("mock-tps-0", d).tokens_per_second, None);

@@ -502,3 +502,48 @@ mod tests {
         assert_eq!(openai_error_type(529), "server_error");
     }
 }
+
+/// Whether an upstream's refusal says the prompt does not fit the model's
+/// context window, in any provider's words (the body as the upstream sent
+/// it, or as rendered OpenAI-shaped): such a request can only succeed on a
+/// model with a larger window.
+pub fn is_context_length_error(status: u16, body: &[u8]) -> bool {
+    /// Lowercase; each is what one provider (or server) says.
+    const PHRASES: [&[u8]; 6] = [
+        b"context_length_exceeded",              // OpenAI, Azure (code)
+        b"maximum context length",               // OpenAI, vLLM, TGI
+        b"prompt is too long",                   // Anthropic
+        b"exceeds the maximum number of tokens", // Gemini
+        b"input is too long",                    // Bedrock
+        b"too many input tokens",                // Bedrock
+    ];
+    if !matches!(status, 400 | 413 | 422) {
+        return false;
+    }
+    let lower = body.to_ascii_lowercase();
+    PHRASES
+        .iter()
+        .any(|p| lower.windows(p.len()).any(|w| w == *p))
+}
+
+#[cfg(test)]
+mod context_length_tests {
+    use super::is_context_length_error;
+
+    #[test]
+    fn each_providers_words() {
+        for body in [
+            r#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#,
+            r#"{"error":{"code":400,"message":"The input token count (1500000) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#,
+            r#"{"message":"Input is too long for requested model."}"#,
+        ] {
+            assert!(is_context_length_error(400, body.as_bytes()), "{body}");
+        }
+        let other =
+            r#"{"error":{"message":"max_tokens must be positive","type":"invalid_request_error"}}"#;
+        assert!(!is_context_length_error(400, other.as_bytes()));
+        let wrong_status = r#"{"error":{"code":"context_length_exceeded"}}"#;
+        assert!(!is_context_length_error(500, wrong_status.as_bytes()));
+    }
+}

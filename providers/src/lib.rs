@@ -33,7 +33,9 @@ pub mod sigv4;
 pub mod testing;
 
 pub use chat::{ChatRequest, ChatResponse, ReplyCtx};
-pub use errors::{openai_error_type, redact_json_secrets, redact_secrets, KnownSecrets};
+pub use errors::{
+    is_context_length_error, openai_error_type, redact_json_secrets, redact_secrets, KnownSecrets,
+};
 
 /// What a provider speaks on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,10 @@ field."""
 from __future__ import annotations
 
 import collections
+import socket
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import httpx2
@@ -107,8 +110,12 @@ def test_a_fallback_route_serves_when_every_target_fails(gw):
         (lambda m: [t.update(weight=0) for t in m["weighted"]["targets"]], "models.weighted.targets"),
         (lambda m: m["backup"].update(fallback=["primary"]), "models."),
         (lambda m: m["primary"].update(fallback=["nowhere"]), "models.primary.fallback[0]"),
+        (lambda m: m["backup"].update(hedge={"after": "200ms"}), "models.backup.hedge"),
+        (lambda m: m["weighted"].update(retry={"attempts": 0}), "models.weighted.retry.attempts"),
+        (lambda m: m["weighted"].update(timeouts={"first_token": "soon"}), "models.weighted.timeouts.first_token"),
     ],
-    ids=["unknown-strategy", "zero-weights", "fallback-cycle", "unknown-fallback"],
+    ids=["unknown-strategy", "zero-weights", "fallback-cycle", "unknown-fallback", "hedge-one-target",
+         "zero-attempts", "bad-timeout"],
 )
 def test_bad_routes_are_refused_naming_the_field(tmp_path: Path, mock_upstream: Upstream, change, field):
     cfg = routes_config(mock_upstream)
@@ -146,3 +153,252 @@ def test_an_open_circuit_is_avoided_on_every_shard(tmp_path: Path, mock_upstream
         assert [attempts() for _ in range(16)] == ["1"] * 16
     finally:
         assert g.stop() == 0
+
+
+# ------------------------------------------------------- when things fail
+
+
+def free_port() -> int:
+    """A port nothing listens on: connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tag() -> str:
+    """A unique model-name tag: `-first-N` counts per name on the mock."""
+    return uuid.uuid4().hex[:10]
+
+
+def resilience_config(upstream: Upstream) -> dict:
+    cfg = gateway_config(upstream)
+    cfg["providers"]["dead"] = {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "k"}
+    m = cfg["models"]
+    m["refused"] = {"targets": [{"provider": "dead", "model": "mock-1"}, {"provider": "local", "model": "mock-1"}]}
+    m["slow-first"] = {
+        "targets": [{"provider": "up", "model": "mock-ttft-5s"}, {"provider": "local", "model": "mock-1"}],
+        "timeouts": {"first_token": "300ms"},
+    }
+    m["deadline"] = {
+        "targets": [{"provider": "up", "model": "mock-hang"}, {"provider": "up", "model": "mock-hang"}],
+        "timeouts": {"total": "600ms"},
+    }
+    m["context"] = {
+        "targets": [
+            {"provider": "up", "model": "mock-ctx-50", "context_window": 50},
+            {"provider": "up", "model": "mock-ctx-40", "context_window": 40},
+            {"provider": "local", "model": "mock-1", "context_window": 100000},
+        ],
+    }
+    m["context-nowhere"] = {
+        "targets": [
+            {"provider": "up", "model": "mock-ctx-50", "context_window": 50},
+            {"provider": "local", "model": "mock-1"},
+        ],
+    }
+    m["cut-first"] = {"targets": [{"provider": "up", "model": "mock-tokens-10-cut-after-3"}, {"provider": "local", "model": "mock-1"}]}
+    m["only-connect"] = {
+        "targets": [{"provider": "up", "model": "mock-500"}, {"provider": "local", "model": "mock-1"}],
+        "retry": {"on": ["connect"]},
+    }
+    m["hedged"] = {
+        "targets": [{"provider": "up", "model": "mock-ttft-3s"}, {"provider": "local", "model": "mock-1"}],
+        "hedge": {"after": "150ms"},
+    }
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def rgw(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_key: str):
+    cfg = resilience_config(mock_upstream)
+    path = write_config(tmp_path_factory.mktemp("resilience") / "gateway.yaml", cfg)
+    g = start_gateway("gateway-resilience", path, logs_dir / "gateway-resilience.log", upstream_key)
+    g.cfg = cfg
+    g.path = path
+    yield g
+    assert g.stop() == 0
+
+
+def with_route(upstream: Upstream, upstream_key: str, tmp_path: Path, logs_dir: Path, alias: str, route: dict):
+    """A gateway of its own with one more route (routes with per-test model
+    names)."""
+    cfg = resilience_config(upstream)
+    cfg["models"][alias] = route
+    path = write_config(tmp_path / "gateway.yaml", cfg)
+    return start_gateway(f"gateway-{alias}", path, logs_dir / f"gateway-{alias}.log", upstream_key)
+
+
+def timed(fn):
+    t = time.monotonic()
+    out = fn()
+    return out, time.monotonic() - t
+
+
+def stream_text(c: openai.OpenAI, model: str, **kw) -> tuple[str, dict]:
+    with c.chat.completions.with_streaming_response.create(model=model, messages=MESSAGES, stream=True, **kw) as r:
+        text = "".join(ch.choices[0].delta.content or "" for ch in r.parse() if ch.choices)
+        return text, dict(r.headers)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_refused_connection_moves_to_the_next_target_at_once(rgw, stream):
+    c = client(rgw)
+    if stream:
+        (text, h), took = timed(lambda: stream_text(c, "refused"))
+        assert text
+    else:
+        r, took = timed(lambda: c.chat.completions.with_raw_response.create(model="refused", messages=MESSAGES))
+        h = r.headers
+        assert r.parse().choices[0].message.content
+    assert h["x-shardgate-provider"] == "local" and h["x-shardgate-attempts"] == "2"
+    assert took < 2.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_first_token_timeout_moves_on_before_the_client_sees_a_byte(rgw, stream):
+    c = client(rgw)
+    if stream:
+        (text, h), took = timed(lambda: stream_text(c, "slow-first"))
+        assert text
+    else:
+        r, took = timed(lambda: c.chat.completions.with_raw_response.create(model="slow-first", messages=MESSAGES))
+        h = r.headers
+    assert h["x-shardgate-provider"] == "local" and h["x-shardgate-attempts"] == "2"
+    # 300 ms of waiting, not the 5 s the first target would take.
+    assert took < 3.0, took
+
+
+def test_the_total_deadline_bounds_every_attempt(rgw):
+    c = client(rgw)
+    t = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="deadline", messages=MESSAGES)
+    assert e.value.status_code == 504
+    # Two hanging targets, and the default first-token wait of 300 s: the
+    # 600 ms total is what ends it.
+    assert time.monotonic() - t < 3.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_context_length_error_moves_only_to_a_larger_window(rgw, stream):
+    c = client(rgw)
+    long = [{"role": "user", "content": "word " * 200}]
+    if stream:
+        with c.chat.completions.with_streaming_response.create(model="context", messages=long, stream=True) as r:
+            assert "".join(ch.choices[0].delta.content or "" for ch in r.parse() if ch.choices)
+            h = r.headers
+    else:
+        r = c.chat.completions.with_raw_response.create(model="context", messages=long)
+        h = r.headers
+    # The 40-token target is skipped: it is smaller than the one that refused.
+    assert h["x-shardgate-provider"] == "local" and h["x-shardgate-attempts"] == "2"
+    # A prompt that fits is served by the first target.
+    r = c.chat.completions.with_raw_response.create(model="context", messages=MESSAGES)
+    assert r.headers["x-shardgate-upstream-model"] == "mock-ctx-50"
+    # No target with a larger window: the client gets the provider's error.
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="context-nowhere", messages=long)
+    assert "maximum context length" in e.value.message
+    assert e.value.response.headers["x-shardgate-attempts"] == "1"
+
+
+def test_nothing_moves_after_the_first_byte(rgw):
+    c = client(rgw)
+    with c.chat.completions.with_streaming_response.create(model="cut-first", messages=MESSAGES, stream=True) as r:
+        assert r.headers["x-shardgate-upstream-model"] == "mock-tokens-10-cut-after-3"
+        assert r.headers["x-shardgate-attempts"] == "1"
+        with pytest.raises(openai.APIError):
+            for _ in r.parse():
+                pass
+
+
+def test_which_failures_move_on_is_per_route(rgw):
+    c = client(rgw)
+    with pytest.raises(openai.InternalServerError) as e:
+        c.chat.completions.create(model="only-connect", messages=MESSAGES)
+    assert e.value.response.headers["x-shardgate-attempts"] == "1"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_retries_back_off_then_answer(tmp_path: Path, logs_dir: Path, mock_upstream: Upstream, upstream_key: str, stream):
+    route = {
+        "targets": [{"provider": "up", "model": f"mock-500-first-2-{tag()}"}],
+        "retry": {"attempts": 3, "backoff": "200ms", "max_backoff": "1s"},
+    }
+    g = with_route(mock_upstream, upstream_key, tmp_path, logs_dir, "flaky", route)
+    try:
+        c = client(g)
+        if stream:
+            (text, h), took = timed(lambda: stream_text(c, "flaky"))
+            assert text
+        else:
+            r, took = timed(lambda: c.chat.completions.with_raw_response.create(model="flaky", messages=MESSAGES))
+            h = r.headers
+        assert h["x-shardgate-attempts"] == "3"
+        # Backoffs of 100-200 ms, then 200-400 ms, with jitter.
+        assert took >= 0.3, took
+    finally:
+        assert g.stop() == 0
+
+
+@pytest.mark.parametrize("provider", ["up", "anthropic"])
+def test_a_rate_limit_wait_is_honoured_in_each_providers_words(tmp_path: Path, logs_dir: Path, mock_upstream: Upstream,
+                                                               upstream_key: str, provider):
+    """OpenAI says `retry-after-ms` and `x-ratelimit-reset-*`, Anthropic an
+    `anthropic-ratelimit-*-reset` time: the retry waits that long, not the
+    route's 10 ms backoff."""
+    route = {
+        "targets": [{"provider": provider, "model": f"mock-429-first-1-wait-700ms-{tag()}"}],
+        "retry": {"attempts": 2, "backoff": "10ms"},
+    }
+    g = with_route(mock_upstream, upstream_key, tmp_path, logs_dir, "waits", route)
+    try:
+        c = client(g)
+        r, took = timed(lambda: c.chat.completions.with_raw_response.create(model="waits", messages=MESSAGES))
+        assert r.headers["x-shardgate-attempts"] == "2"
+        assert took >= 0.6, took
+    finally:
+        assert g.stop() == 0
+
+
+def test_a_wait_past_the_deadline_is_not_taken(tmp_path: Path, logs_dir: Path, mock_upstream: Upstream, upstream_key: str):
+    route = {
+        "targets": [{"provider": "up", "model": "mock-429"}],
+        "retry": {"attempts": 3},
+        "timeouts": {"total": "500ms"},
+    }
+    g = with_route(mock_upstream, upstream_key, tmp_path, logs_dir, "impatient", route)
+    try:
+        c = client(g)
+        t = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as e:
+            c.chat.completions.create(model="impatient", messages=MESSAGES)
+        # Retry-After: 1 does not fit in 500 ms: the client hears it at once.
+        assert time.monotonic() - t < 0.45
+        assert e.value.response.headers["x-shardgate-attempts"] == "1"
+        assert e.value.response.headers["retry-after"] == "1"
+    finally:
+        assert g.stop() == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_hedge_answers_from_the_second_target_and_cancels_the_first(rgw, stream):
+    c = client(rgw)
+    if stream:
+        (text, h), took = timed(lambda: stream_text(c, "hedged"))
+        assert text
+    else:
+        r, took = timed(lambda: c.chat.completions.with_raw_response.create(model="hedged", messages=MESSAGES))
+        h = r.headers
+    assert h["x-shardgate-provider"] == "local" and h["x-shardgate-attempts"] == "2"
+    assert took < 2.0, took
+
+
+def test_a_request_with_tools_is_not_hedged(rgw):
+    c = client(rgw)
+    tools = [{"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}]
+    r, took = timed(lambda: c.chat.completions.with_raw_response.create(
+        model="hedged", messages=MESSAGES, tools=tools, tool_choice="none"))
+    assert r.headers["x-shardgate-upstream-model"] == "mock-ttft-3s"
+    assert r.headers["x-shardgate-attempts"] == "1"
+    assert took >= 2.5

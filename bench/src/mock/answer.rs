@@ -52,6 +52,50 @@ pub enum ErrorCause {
     Auth,
     /// The model name asked for it (`mock-429`).
     Injected,
+    /// The prompt is over the model name's context limit (`mock-ctx-N`).
+    ContextLength,
+}
+
+/// What each provider says when a prompt does not fit (`limit` tokens,
+/// `prompt` asked).
+pub fn context_length_message(style: ErrorStyle, limit: u64, prompt: u64) -> String {
+    match style {
+        ErrorStyle::OpenAi => format!(
+            "This model's maximum context length is {limit} tokens. However, your messages resulted in {prompt} tokens. Please reduce the length of the messages."
+        ),
+        ErrorStyle::Anthropic => format!("prompt is too long: {prompt} tokens > {limit} maximum"),
+        ErrorStyle::Gemini => format!(
+            "The input token count ({prompt}) exceeds the maximum number of tokens allowed ({limit})."
+        ),
+        ErrorStyle::Bedrock => "Input is too long for requested model.".to_owned(),
+    }
+}
+
+/// The headers with which `style`'s provider says to wait `wait` before
+/// the next request (the requests limit ran out).
+pub fn wait_headers(
+    style: ErrorStyle,
+    wait: std::time::Duration,
+    now: std::time::SystemTime,
+) -> Vec<(&'static str, String)> {
+    let ms = wait.as_millis();
+    match style {
+        ErrorStyle::OpenAi => vec![
+            ("retry-after-ms", ms.to_string()),
+            ("x-ratelimit-remaining-requests", "0".to_owned()),
+            ("x-ratelimit-reset-requests", format!("{ms}ms")),
+        ],
+        ErrorStyle::Anthropic => vec![
+            ("anthropic-ratelimit-requests-remaining", "0".to_owned()),
+            (
+                "anthropic-ratelimit-requests-reset",
+                humantime::format_rfc3339_millis(now + wait).to_string(),
+            ),
+        ],
+        ErrorStyle::Gemini | ErrorStyle::Bedrock => {
+            vec![("retry-after", wait.as_secs().max(1).to_string())]
+        }
+    }
 }
 
 /// Message of an error asked for by the model name.

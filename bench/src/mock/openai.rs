@@ -296,6 +296,7 @@ pub fn error_body(out: &mut Vec<u8>, status: u16, message: &str, cause: ErrorCau
     let (kind, code) = match cause {
         ErrorCause::Auth => ("invalid_request_error", Some("invalid_api_key")),
         ErrorCause::Request => ("invalid_request_error", None),
+        ErrorCause::ContextLength => ("invalid_request_error", Some("context_length_exceeded")),
         ErrorCause::Injected => match status {
             429 => ("rate_limit_error", Some("rate_limit_exceeded")),
             400..=499 => ("invalid_request_error", Some("mock_error")),

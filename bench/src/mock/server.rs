@@ -44,6 +44,34 @@ pub struct MockConfig {
     pub seed: u64,
 }
 
+/// Requests seen per model name, for `-first-N` behaviours: shared by the
+/// mock's shards (a retry may come on another connection), lock-free. Names
+/// are hashed into a fixed table; tests give each such name a unique tag,
+/// so two names sharing a slot is not a concern.
+#[derive(Clone)]
+struct SeenNames(Arc<[std::sync::atomic::AtomicU32]>);
+
+impl Default for SeenNames {
+    fn default() -> Self {
+        SeenNames(
+            (0..4096)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+        )
+    }
+}
+
+impl SeenNames {
+    /// How many requests came for `model` before this one.
+    fn count(&self, model: &str) -> u32 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        model.hash(&mut h);
+        let slot = (h.finish() % self.0.len() as u64) as usize;
+        self.0[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Per-shard settings shared by its connections.
 struct Shared {
     keys: Keys,
@@ -53,6 +81,7 @@ struct Shared {
     rng: RefCell<Rng>,
     shard: usize,
     next_id: Cell<u64>,
+    seen: SeenNames,
 }
 
 impl Shared {
@@ -61,7 +90,12 @@ impl Shared {
     fn behaviour(&self, model: &str, stream: bool) -> Behaviour {
         let mut rng = self.rng.borrow_mut();
         let defaults = self.injection.defaults(self.defaults, &mut rng);
-        let b = m::behaviour(model, defaults);
+        let mut b = m::behaviour(model, defaults);
+        if let Some(n) = b.fail_first {
+            if self.seen.count(model) >= n {
+                b.fail_status = None;
+            }
+        }
         self.injection.failures(b, stream, &mut rng)
     }
 }
@@ -72,6 +106,7 @@ pub fn serve(cfg: MockConfig) -> Result<(), BenchError> {
     let addrs = listen_addrs(cfg.listen, cfg.instances);
     let mut handles = Vec::with_capacity(cfg.shards.count);
     let mut bound: Option<Vec<SocketAddr>> = None;
+    let seen = SeenNames::default();
     for shard in 0..cfg.shards.count.max(1) {
         // Shard 0 binds first (learning ephemeral ports); the others bind
         // the same ports, SO_REUSEPORT spreading connections.
@@ -85,6 +120,7 @@ pub fn serve(cfg: MockConfig) -> Result<(), BenchError> {
             rng: RefCell::new(Rng::new(cfg.seed.wrapping_add(shard as u64))),
             shard,
             next_id: Cell::new(0),
+            seen: seen.clone(),
         };
         let handle = spawn_shard("mock", cfg.shards, shard, move || {
             run_shard(want, tx, shared)
@@ -129,6 +165,7 @@ pub(crate) fn spawn_for_tests(
         rng: RefCell::new(Rng::new(0)),
         shard: 0,
         next_id: Cell::new(0),
+        seen: SeenNames::default(),
     };
     let (tx, rx) = mpsc::channel();
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -432,19 +469,42 @@ fn error_with_cause(
     close: bool,
 ) {
     let dialect_header = answer::error_body(style, &mut bufs.scratch, status, message, cause);
+    let extra: Vec<(&str, &str)> = dialect_header.into_iter().collect();
+    error_head(bufs, status, &extra, close);
+}
+
+/// An injected failure. An overload (429, 503) says when to come back, as
+/// providers do: `Retry-After: 1`, or with `wait` the dialect's own
+/// headers (OpenAI's `retry-after-ms` and rate-limit reset, Anthropic's
+/// reset time).
+fn error_waiting(
+    bufs: &mut Buffers,
+    style: ErrorStyle,
+    status: u16,
+    message: &str,
+    wait: Option<Duration>,
+    close: bool,
+) {
+    let cause = ErrorCause::Injected;
+    let dialect_header = answer::error_body(style, &mut bufs.scratch, status, message, cause);
+    let mut owned: Vec<(&str, String)> = Vec::new();
+    if matches!(status, 429 | 503) {
+        match wait {
+            None => owned.push(("retry-after", INJECTED_RETRY_AFTER.to_owned())),
+            Some(w) => owned.extend(answer::wait_headers(style, w, std::time::SystemTime::now())),
+        }
+    }
+    let extra: Vec<(&str, &str)> = dialect_header
+        .into_iter()
+        .chain(owned.iter().map(|(k, v)| (*k, v.as_str())))
+        .collect();
+    error_head(bufs, status, &extra, close);
+}
+
+/// The head of an error whose body is in `bufs.scratch`, then the body.
+fn error_head(bufs: &mut Buffers, status: u16, extra: &[(&str, &str)], close: bool) {
     let len = bufs.scratch.len();
-    // An injected overload says when to come back, as providers do.
-    let retry_after = (cause == ErrorCause::Injected && matches!(status, 429 | 503))
-        .then_some(("retry-after", INJECTED_RETRY_AFTER));
-    let extra: Vec<(&str, &str)> = dialect_header.into_iter().chain(retry_after).collect();
-    write_head(
-        &mut bufs.out,
-        status,
-        "application/json",
-        len,
-        close,
-        &extra,
-    );
+    write_head(&mut bufs.out, status, "application/json", len, close, extra);
     bufs.out.extend_from_slice(&bufs.scratch);
 }
 
@@ -533,7 +593,7 @@ fn respond<'a>(
         Route::Gemini(op @ (Op::Embed | Op::BatchEmbed)) => {
             let model = path_model.unwrap_or(Cow::Borrowed("mock-embed"));
             let b = shared.behaviour(&model, false);
-            if let Some(plan) = failure_plan(&b, style, bufs, close) {
+            if let Some(plan) = failure_plan(&b, style, body.len(), bufs, close) {
                 return plan;
             }
             bufs.scratch.clear();
@@ -575,7 +635,7 @@ fn respond<'a>(
         .or_else(|| facts.model.take())
         .unwrap_or(Cow::Borrowed("mock-1"));
     let b = shared.behaviour(&model, facts.stream);
-    if let Some(plan) = failure_plan(&b, style, bufs, close) {
+    if let Some(plan) = failure_plan(&b, style, body.len(), bufs, close) {
         return plan;
     }
     let stream = facts.stream;
@@ -612,7 +672,7 @@ fn openai_embeddings(
         }
     };
     let b = shared.behaviour(&req.model, false);
-    if let Some(plan) = failure_plan(&b, style, bufs, close) {
+    if let Some(plan) = failure_plan(&b, style, body.len(), bufs, close) {
         return plan;
     }
     bufs.scratch.clear();
@@ -629,19 +689,29 @@ fn delayed(ms: u64) -> Plan<'static> {
     }
 }
 
-/// Hang, or fail with the status the model name asks for, in `style`.
+/// Hang, or fail with the status the model name asks for, in `style`: a
+/// prompt over its context limit first (`body_len` bytes), then the
+/// status.
 fn failure_plan(
     b: &Behaviour,
     style: ErrorStyle,
+    body_len: usize,
     bufs: &mut Buffers,
     close: bool,
 ) -> Option<Plan<'static>> {
     if b.hang {
         return Some(Plan::Hang);
     }
+    let prompt = m::estimate_tokens(body_len);
+    if let Some(limit) = b.context_limit.filter(|&l| prompt > l) {
+        let message = answer::context_length_message(style, limit, prompt);
+        error_with_cause(bufs, style, 400, &message, ErrorCause::ContextLength, close);
+        return Some(Plan::Ready);
+    }
     let status = b.fail_status?;
     let message = answer::injected_message(status);
-    error_with_cause(bufs, style, status, message, ErrorCause::Injected, close);
+    let wait = b.wait_ms.map(Duration::from_millis);
+    error_waiting(bufs, style, status, message, wait, close);
     Some(Plan::Ready)
 }
 

@@ -9,6 +9,7 @@ fn shared(key: Option<&str>) -> Shared {
         rng: RefCell::new(Rng::new(0)),
         shard: 0,
         next_id: Cell::new(0),
+        seen: SeenNames::default(),
     }
 }
 
@@ -312,4 +313,90 @@ fn listen_addrs_ports() {
     assert_eq!(ports, vec![9000, 9001, 9002]);
     let z: SocketAddr = "127.0.0.1:0".parse().unwrap();
     assert_eq!(listen_addrs(z, 2), vec![z, z]);
+}
+
+#[test]
+fn context_length_errors_in_each_dialect_are_read_as_such() {
+    let long = format!(
+        r#"{{"model":"mock-ctx-10","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(200)
+    );
+    let ver = [("anthropic-version", "2023-06-01")];
+    let pad = "x".repeat(200);
+    let gemini = format!(r#"{{"contents":[{{"role":"user","parts":[{{"text":"{pad}"}}]}}]}}"#);
+    let bedrock = format!(r#"{{"messages":[{{"role":"user","content":[{{"text":"{pad}"}}]}}]}}"#);
+    for (path, body, headers) in [
+        ("/v1/chat/completions", long.clone(), &[][..]),
+        (
+            "/v1/messages",
+            long.replace("\"messages\"", "\"max_tokens\":5,\"messages\""),
+            &ver[..],
+        ),
+        (
+            "/v1beta/models/mock-ctx-10:generateContent",
+            gemini.clone(),
+            &[][..],
+        ),
+        ("/model/mock-ctx-10/converse", bedrock.clone(), &[][..]),
+    ] {
+        let a = respond_to(path, &body, None, headers);
+        let (status, v) = split_response(&a.bufs.out);
+        assert_eq!(status, 400, "{path}");
+        assert!(
+            shardgate_providers::is_context_length_error(400, v.to_string().as_bytes()),
+            "{path}: {v}"
+        );
+    }
+    // A short prompt fits.
+    let a = respond_to(
+        "/v1/chat/completions",
+        r#"{"model":"mock-ctx-1000"}"#,
+        None,
+        &[],
+    );
+    assert_eq!(split_response(&a.bufs.out).0, 200);
+}
+
+#[test]
+fn overloads_say_how_long_to_wait_in_their_dialect() {
+    let a = respond_to(
+        "/v1/chat/completions",
+        r#"{"model":"mock-429-wait-300ms"}"#,
+        None,
+        &[],
+    );
+    let text = String::from_utf8_lossy(&a.bufs.out).into_owned();
+    assert!(text.contains("retry-after-ms: 300\r\n"), "{text}");
+    assert!(
+        text.contains("x-ratelimit-reset-requests: 300ms\r\n"),
+        "{text}"
+    );
+    let ver = [("anthropic-version", "2023-06-01")];
+    let a = respond_to(
+        "/v1/messages",
+        r#"{"model":"mock-429-wait-2s","max_tokens":5,"messages":[]}"#,
+        None,
+        &ver,
+    );
+    let text = String::from_utf8_lossy(&a.bufs.out).into_owned();
+    assert!(
+        text.contains("anthropic-ratelimit-requests-reset: 20"),
+        "{text}"
+    );
+    let a = respond_to("/v1/chat/completions", r#"{"model":"mock-503"}"#, None, &[]);
+    assert!(String::from_utf8_lossy(&a.bufs.out).contains("retry-after: 1\r\n"));
+}
+
+#[test]
+fn first_n_failures_then_answers() {
+    let sh = shared(None);
+    let statuses: Vec<Option<u16>> = (0..4)
+        .map(|_| sh.behaviour("mock-503-first-2-abc", false).fail_status)
+        .collect();
+    assert_eq!(statuses, [Some(503), Some(503), None, None]);
+    // Another name counts apart.
+    assert_eq!(
+        sh.behaviour("mock-503-first-2-xyz", false).fail_status,
+        Some(503)
+    );
 }

@@ -292,7 +292,7 @@ fn admin_json(action: &str, by: &str, detail: Value) -> Value {
 
 /// The request event's shape, borrowed from the request's record.
 mod events {
-    use crate::record::{AttemptOutcome, Attempts as AttemptList};
+    use crate::record::Attempts as AttemptList;
     use serde::ser::{SerializeSeq, Serializer};
     use serde::Serialize;
 
@@ -373,11 +373,7 @@ mod events {
                 let u = a.metered.as_ref().and_then(|m| m.usage).unwrap_or_default();
                 seq.serialize_element(&One {
                     target: &a.target.served_by,
-                    outcome: match a.outcome {
-                        AttemptOutcome::Answered => "answered",
-                        AttemptOutcome::Failed(label) => label,
-                        AttemptOutcome::ClientLeft => "client_left",
-                    },
+                    outcome: a.outcome.label(),
                     ms: super::ms(a.ended.saturating_duration_since(a.started)),
                     first_byte_ms: a
                         .head_at

@@ -8,6 +8,7 @@
 
 mod pool;
 mod response;
+pub mod wait_hint;
 
 pub use pool::{Endpoint, Pool};
 pub use response::{

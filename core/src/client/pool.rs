@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Resolved addresses by (host, port), with when they were resolved.
 type DnsCache = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
@@ -102,10 +102,21 @@ impl Pool {
 
     /// An idle connection that still looks healthy, or a new one.
     pub async fn checkout(&self, ep: &Endpoint) -> io::Result<UpstreamConn> {
+        self.checkout_within(ep, self.settings.connect_timeout)
+            .await
+    }
+
+    /// [`Pool::checkout`], a new connection given `connect` to be made (a
+    /// route's own connect timeout).
+    pub async fn checkout_within(
+        &self,
+        ep: &Endpoint,
+        connect: Duration,
+    ) -> io::Result<UpstreamConn> {
         if let Some(conn) = self.take_idle(ep.slot) {
             return Ok(conn);
         }
-        self.connect(ep).await
+        self.connect_within(ep, connect).await
     }
 
     fn take_idle(&self, slot: usize) -> Option<UpstreamConn> {
@@ -140,20 +151,29 @@ impl Pool {
     /// would size every request's future (moved into its box per request)
     /// for the rare request that opens a connection.
     pub async fn connect(&self, ep: &Endpoint) -> io::Result<UpstreamConn> {
-        Box::pin(self.open(ep)).await
+        self.connect_within(ep, self.settings.connect_timeout).await
     }
 
-    async fn open(&self, ep: &Endpoint) -> io::Result<UpstreamConn> {
+    /// [`Pool::connect`] within `timeout` (TCP, then TLS, each).
+    pub async fn connect_within(
+        &self,
+        ep: &Endpoint,
+        timeout: Duration,
+    ) -> io::Result<UpstreamConn> {
+        Box::pin(self.open(ep, timeout)).await
+    }
+
+    async fn open(&self, ep: &Endpoint, timeout: Duration) -> io::Result<UpstreamConn> {
         let addrs = self.resolve(&ep.base.host, ep.base.port).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {
-            match runtime::connect(addr, self.settings.connect_timeout).await {
+            match runtime::connect(addr, timeout).await {
                 Ok(tcp) => {
                     let stream: UpstreamStream = match &ep.tls {
                         None => MaybeTls::Plain(tcp),
                         Some(cfg) => {
                             let tls = with_timeout(
-                                self.settings.connect_timeout,
+                                timeout,
                                 crate::tls::connect_tls(cfg, &ep.base.host, tcp),
                             )
                             .await?;

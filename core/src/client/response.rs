@@ -44,6 +44,9 @@ pub struct UpstreamHead {
     /// §7.6.1: a field it names is for the gateway alone).
     pub content_type_end_to_end: bool,
     pub retry_after: Option<Vec<u8>>,
+    /// On an error status, how long the upstream asked to be left alone
+    /// (see [`super::wait_hint`]).
+    pub wait_hint: Option<Duration>,
 }
 
 impl UpstreamHead {
@@ -102,6 +105,14 @@ pub async fn read_response_head_with(
                             content_type_end_to_end: !head.connection_names_fields
                                 || head.end_to_end_header(buf, "content-type").is_some(),
                             retry_after: keep(&head, buf, "retry-after"),
+                            wait_hint: (head.status >= 400)
+                                .then(|| {
+                                    super::wait_hint::wait_hint(
+                                        |name| head.header(buf, name),
+                                        std::time::SystemTime::now(),
+                                    )
+                                })
+                                .flatten(),
                         };
                         if head.is_informational() {
                             conn.rbuf.consume(head.head_len);

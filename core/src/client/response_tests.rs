@@ -114,6 +114,7 @@ fn event_stream_content_types_are_matched_by_prefix_ignoring_case() {
         content_type: Some(ct.to_vec()),
         content_type_end_to_end: true,
         retry_after: None,
+        wait_hint: None,
     };
     assert!(head(b"text/event-stream").is_event_stream());
     assert!(head(b"Text/Event-Stream; charset=utf-8").is_event_stream());

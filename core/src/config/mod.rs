@@ -185,12 +185,23 @@ pub struct UpstreamSettings {
     pub max_response_bytes: usize,
     pub max_event_bytes: usize,
     pub dns_ttl: Duration,
-    /// A target's circuit opens after this many failures in a row that
-    /// say it is unhealthy (connect errors, timeouts, 5xx)...
-    pub breaker_failures: u32,
+    pub breaker: BreakerSettings,
+}
+
+/// When a target's circuit opens, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// It opens after this many failures in a row that say the target is
+    /// unhealthy (connect errors, timeouts, 5xx)...
+    pub failures: u32,
+    /// ...or when this share of its calls (percent) failed so within one
+    /// `window`, once it has had `min_calls` there (`None`: only in a row)...
+    pub error_percent: Option<u8>,
+    pub window: Duration,
+    pub min_calls: u32,
     /// ...for this long, or as long as its `Retry-After` said; then one
     /// request probes it (half-open).
-    pub breaker_open_for: Duration,
+    pub open_for: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -132,6 +132,9 @@ struct RawUpstream {
     dns_ttl: Option<Dur>,
     breaker_failures: Option<u32>,
     breaker_open_for: Option<Dur>,
+    breaker_error_percent: Option<u8>,
+    breaker_window: Option<Dur>,
+    breaker_min_calls: Option<u32>,
 }
 
 /// One provider as written. Fields are flat so that every kind reads the
@@ -285,11 +288,32 @@ impl RawConfig {
             max_response_bytes: size(u.max_response_bytes, ByteSize::mib(64)),
             max_event_bytes: size(u.max_event_bytes, ByteSize::mib(4)),
             dns_ttl: dur(u.dns_ttl, Duration::from_secs(30)),
-            breaker_failures: u.breaker_failures.unwrap_or(5),
-            breaker_open_for: dur(u.breaker_open_for, Duration::from_secs(30)),
+            breaker: super::BreakerSettings {
+                failures: u.breaker_failures.unwrap_or(5),
+                error_percent: u.breaker_error_percent,
+                window: dur(u.breaker_window, Duration::from_secs(10)),
+                min_calls: u.breaker_min_calls.unwrap_or(20),
+                open_for: dur(u.breaker_open_for, Duration::from_secs(30)),
+            },
         };
-        if upstream.breaker_failures == 0 {
+        if upstream.breaker.failures == 0 {
             return Err(field("upstream.breaker_failures", "must be at least 1"));
+        }
+        if upstream
+            .breaker
+            .error_percent
+            .is_some_and(|p| p == 0 || p > 100)
+        {
+            return Err(field(
+                "upstream.breaker_error_percent",
+                "must be from 1 to 100",
+            ));
+        }
+        if upstream.breaker.window.is_zero() || upstream.breaker.min_calls == 0 {
+            return Err(field(
+                "upstream.breaker_window",
+                "the window and `breaker_min_calls` must be more than 0",
+            ));
         }
         for (name, d) in [
             ("connect_timeout", upstream.connect_timeout),

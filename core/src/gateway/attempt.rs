@@ -22,9 +22,20 @@ use crate::io::write_all_timeout;
 use crate::shard::Shard;
 use futures_lite::io::AsyncWriteExt;
 use shardgate_proto::h1::Method;
+use std::time::Duration;
 
 /// Error bodies are small; a provider sending megabytes of error is cut.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// How long one attempt may wait at each step: its route's timeouts, the
+/// first token's cut to what is left of the request's total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waits {
+    pub connect: Duration,
+    pub first_token: Duration,
+    /// Between two reads of the answer (stream events), once it started.
+    pub idle: Duration,
+}
 
 /// Sends `call` to `target` and waits for the head of a successful answer.
 /// A failure carries how the route may go on from it.
@@ -32,14 +43,15 @@ pub async fn send_until_head<'a>(
     call: &'a Call<'a>,
     target: &'a Target,
     provider: &'a Provider,
+    waits: Waits,
 ) -> Result<Answer<'a>, Failure> {
     match &provider.kind {
         // Boxed: the mock's state would otherwise size every request's
         // future, HTTP ones included.
-        ProviderKind::Mock(m) => Box::pin(mock::start(call, &provider.name, m, target))
+        ProviderKind::Mock(m) => Box::pin(mock::start(call, &provider.name, m, target, waits))
             .await
             .map_err(Failure::classify),
-        ProviderKind::Http(h) => http(call, target, provider, h).await,
+        ProviderKind::Http(h) => http(call, target, provider, h, waits).await,
     }
 }
 
@@ -48,6 +60,7 @@ async fn http<'a>(
     target: &'a Target,
     provider: &'a Provider,
     http: &'a HttpProvider,
+    waits: Waits,
 ) -> Result<Answer<'a>, Failure> {
     let shard = call.shard;
     let Some(Some(ep)) = call.generation.endpoints.get(target.provider) else {
@@ -57,14 +70,15 @@ async fn http<'a>(
         }));
     };
     let (bytes, reply) = plan::build(call, target, http, &ep.authority)?;
-    let exchanged = exchange(shard, ep, &provider.name, bytes.bytes()).await;
+    let exchanged = exchange(shard, ep, &provider.name, bytes.bytes(), waits).await;
     // The request is not sent again past its head: a long stream must not
     // hold a copy of its prompt for its whole life.
     drop(bytes);
     let (up, head) = exchanged?;
     if head.status >= 300 {
+        let wait = head.wait_hint;
         let error = upstream_error(shard, up, head, ep.slot, &provider.name, http).await;
-        return Err(Failure::classify(error));
+        return Err(Failure::classify(error).asked_to_wait(wait));
     }
     Ok(Answer {
         source: Source::http(up, &head, ep.slot),
@@ -78,6 +92,7 @@ async fn http<'a>(
         client: call.client,
         model: &target.model,
         call,
+        idle: waits.idle,
     })
 }
 
@@ -89,14 +104,15 @@ async fn exchange(
     ep: &Endpoint,
     name: &str,
     bytes: &[u8],
+    waits: Waits,
 ) -> Result<(UpstreamConn, UpstreamHead), GatewayError> {
     let settings = shard.pool.settings();
     let mut fresh = false;
     loop {
         let mut up = if fresh {
-            shard.pool.connect(ep).await
+            shard.pool.connect_within(ep, waits.connect).await
         } else {
-            shard.pool.checkout(ep).await
+            shard.pool.checkout_within(ep, waits.connect).await
         }
         .map_err(|e| GatewayError::UpstreamConnect {
             provider: name.to_owned(),
@@ -108,7 +124,7 @@ async fn exchange(
         }
         .await;
         let result = match sent {
-            Ok(()) => read_response_head(&mut up, settings.first_byte_timeout, Method::Post)
+            Ok(()) => read_response_head(&mut up, waits.first_token, Method::Post)
                 .await
                 .map_err(Some),
             Err(_) => Err(None),
@@ -179,9 +195,16 @@ async fn upstream_error(
         provider: name.to_owned(),
         status: head.status,
         body,
+        // What the upstream said, or else its wait in whole seconds (from
+        // `retry-after-ms` or a rate-limit reset): SDKs read only this.
         retry_after: head
             .retry_after
             .as_deref()
-            .and_then(crate::error::RetryAfter::parse),
+            .and_then(crate::error::RetryAfter::parse)
+            .or_else(|| {
+                let wait = head.wait_hint?;
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                crate::error::RetryAfter::parse(secs.to_string().as_bytes())
+            }),
     }
 }

@@ -13,10 +13,19 @@
 //! request probes the target (half-open): an answer closes the circuit, a
 //! failure opens it again.
 //!
+//! A circuit also opens when, within one `breaker_window`, at least
+//! `breaker_error_percent` of a target's calls failed unhealthily (once it
+//! had `breaker_min_calls` there): a target failing every other call never
+//! fails five in a row, yet is no place to send traffic.
+//!
+//! For hedged routes whose threshold is their own p95, the balancer also
+//! keeps each route's time to first token in a histogram.
+//!
 //! The choice itself ([`pick`]) is a pure function of those figures and a
 //! random source, so its properties are unit-tested.
 
-use crate::config::{ModelRoute, Strategy, Target};
+use crate::config::{BreakerSettings, ModelRoute, Strategy, Target};
+use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
@@ -36,6 +45,11 @@ struct Live {
     open_until: Option<Instant>,
     /// The half-open probe is out.
     probing: bool,
+    /// The error-rate window: when it began, its calls and unhealthy
+    /// failures.
+    window_start: Option<Instant>,
+    window_calls: u32,
+    window_failures: u32,
 }
 
 /// How an attempt ended, for the breaker.
@@ -52,6 +66,8 @@ pub enum Health {
 
 pub struct Balancer {
     live: RefCell<FxHashMap<String, Live>>,
+    /// Time to first token per hedged route (by alias), microseconds.
+    ttft: RefCell<FxHashMap<String, RouteTtft>>,
     rng: Cell<u64>,
     /// Targets whose circuit is not closed: while 0, orders are not
     /// checked for open circuits.
@@ -125,9 +141,15 @@ impl Balancer {
     pub fn new(seed: u64) -> Self {
         Balancer {
             live: RefCell::new(FxHashMap::default()),
+            ttft: RefCell::new(FxHashMap::default()),
             rng: Cell::new(seed | 1),
             not_closed: Cell::new(0),
         }
+    }
+
+    /// A random draw (for jitter).
+    pub fn random(&self) -> u64 {
+        self.next()
     }
 
     /// xorshift64*: enough to spread load, cheap, shard-local.
@@ -211,8 +233,7 @@ impl Balancer {
         head: Option<Duration>,
         health: Health,
         now: Instant,
-        failures_to_open: u32,
-        open_for: Duration,
+        breaker: &BreakerSettings,
     ) -> Option<Instant> {
         let mut live = self.live.borrow_mut();
         let l = live.get_mut(&t.served_by)?;
@@ -225,6 +246,25 @@ impl Balancer {
                 ALPHA * us + (1.0 - ALPHA) * l.ewma_us
             };
         }
+        let over_rate = match (breaker.error_percent, health) {
+            (Some(percent), Health::Answered | Health::Unhealthy { .. }) => {
+                if l.window_start
+                    .is_none_or(|s| now.saturating_duration_since(s) >= breaker.window)
+                {
+                    l.window_start = Some(now);
+                    l.window_calls = 0;
+                    l.window_failures = 0;
+                }
+                l.window_calls += 1;
+                if matches!(health, Health::Unhealthy { .. }) {
+                    l.window_failures += 1;
+                }
+                l.window_calls >= breaker.min_calls
+                    && u64::from(l.window_failures) * 100
+                        >= u64::from(l.window_calls) * u64::from(percent)
+            }
+            _ => false,
+        };
         match health {
             Health::Answered => {
                 l.failures = 0;
@@ -239,17 +279,19 @@ impl Balancer {
                 l.failures += 1;
                 let half_open_failed = l.probing;
                 l.probing = false;
-                if !half_open_failed
-                    && (l.failures < failures_to_open || l.open_until.is_some_and(|u| u > now))
-                {
+                let tripped = l.failures >= breaker.failures || over_rate;
+                if !half_open_failed && (!tripped || l.open_until.is_some_and(|u| u > now)) {
                     return None;
                 }
-                let until = now + said.unwrap_or(open_for);
+                // A new window starts with the circuit: the old one's
+                // failures are what opened it.
+                l.window_start = None;
+                let until = now + said.unwrap_or(breaker.open_for);
                 if l.open_until.replace(until).is_none() {
                     self.not_closed.set(self.not_closed.get() + 1);
                 }
                 log::warn!(
-                    "target {}: circuit open for {:?} after {} failures in a row",
+                    "target {}: circuit open for {:?} ({} failures in a row)",
                     t.served_by,
                     until.saturating_duration_since(now),
                     l.failures
@@ -259,6 +301,47 @@ impl Balancer {
             Health::Neutral => {
                 l.probing = false;
                 None
+            }
+        }
+    }
+
+    /// The route's time to first token at the 95th percentile on this
+    /// shard, once it has seen [`TTFT_MIN_SAMPLES`].
+    pub fn ttft_p95(&self, alias: &str) -> Option<Duration> {
+        let ttft = self.ttft.borrow();
+        let r = ttft.get(alias)?;
+        (r.hist.len() >= TTFT_MIN_SAMPLES).then_some(r.p95)
+    }
+
+    /// One of the route's first attempts took `took` to its head (or was
+    /// cancelled after `took` by a hedge: a bound from below, which keeps
+    /// the tail the hedge cut off in the figure).
+    pub fn note_ttft(&self, alias: &str, took: Duration) {
+        let mut ttft = self.ttft.borrow_mut();
+        let r = match ttft.get_mut(alias) {
+            Some(r) => r,
+            None => match RouteTtft::new() {
+                Some(new) => ttft.entry(alias.to_owned()).or_insert(new),
+                None => return,
+            },
+        };
+        let us = (took.as_micros() as u64).clamp(1, TTFT_MAX_US);
+        let _ = r.hist.record(us);
+        r.since_refresh += 1;
+        // A quantile walks the histogram: recomputed every few samples.
+        if r.since_refresh >= 16 || r.hist.len() == TTFT_MIN_SAMPLES {
+            r.since_refresh = 0;
+            r.p95 = Duration::from_micros(r.hist.value_at_quantile(0.95));
+        }
+        // A sliding view: old samples halve once there are many, so the
+        // figure follows a fleet whose latency changes.
+        if r.hist.len() >= TTFT_DECAY_AT {
+            let old = r.hist.clone();
+            r.hist.reset();
+            for v in old.iter_recorded() {
+                let _ = r
+                    .hist
+                    .record_n(v.value_iterated_to(), v.count_at_value() / 2);
             }
         }
     }
@@ -306,6 +389,30 @@ impl Balancer {
                 Some((k.clone(), state))
             })
             .collect()
+    }
+}
+
+/// Samples a route's p95 needs before it is used.
+pub const TTFT_MIN_SAMPLES: u64 = 20;
+/// Samples at which a route's histogram halves its counts.
+const TTFT_DECAY_AT: u64 = 4096;
+/// Longest time to first token recorded (10 minutes), microseconds.
+const TTFT_MAX_US: u64 = 600_000_000;
+
+struct RouteTtft {
+    hist: Histogram<u64>,
+    p95: Duration,
+    since_refresh: u32,
+}
+
+impl RouteTtft {
+    fn new() -> Option<Self> {
+        Some(RouteTtft {
+            // Two significant figures over 1 µs..10 min: a few KiB a route.
+            hist: Histogram::new_with_bounds(1, TTFT_MAX_US, 2).ok()?,
+            p95: Duration::ZERO,
+            since_refresh: 0,
+        })
     }
 }
 
@@ -386,21 +493,21 @@ mod tests {
         let (t, ok) = (target("flaky"), target("fine"));
         let t0 = Instant::now();
         let open_for = Duration::from_secs(30);
+        let breaker = BreakerSettings {
+            failures: 3,
+            error_percent: None,
+            window: Duration::from_secs(10),
+            min_calls: 20,
+            open_for,
+        };
         let fail = |at| {
             b.started(&t, at);
-            b.ended(
-                &t,
-                None,
-                Health::Unhealthy { open_for: None },
-                at,
-                3,
-                open_for,
-            )
+            b.ended(&t, None, Health::Unhealthy { open_for: None }, at, &breaker)
         };
         assert_eq!(fail(t0), None);
         // A neutral failure (a 4xx) neither counts nor resets.
         b.started(&t, t0);
-        b.ended(&t, None, Health::Neutral, t0, 3, open_for);
+        b.ended(&t, None, Health::Neutral, t0, &breaker);
         assert_eq!(fail(t0), None);
         assert_eq!(fail(t0), Some(t0 + open_for));
         assert!(b.avoided(&t, t0) && !b.avoided(&ok, t0));
@@ -422,8 +529,7 @@ mod tests {
                 Some(Duration::from_millis(5)),
                 Health::Answered,
                 later,
-                3,
-                open_for
+                &breaker
             ),
             None
         );
@@ -442,11 +548,76 @@ mod tests {
                     open_for: Some(Duration::from_secs(2))
                 },
                 again,
-                3,
-                open_for
+                &breaker
             ),
             Some(again + Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn an_error_rate_over_the_window_opens_what_no_run_of_failures_would() {
+        let b = Balancer::new(1);
+        let t = target("every-other");
+        let breaker = BreakerSettings {
+            failures: 5,
+            error_percent: Some(50),
+            window: Duration::from_secs(10),
+            min_calls: 10,
+            open_for: Duration::from_secs(30),
+        };
+        let t0 = Instant::now();
+        let mut opened = None;
+        for i in 0..10 {
+            b.started(&t, t0);
+            let health = if i % 2 == 0 {
+                Health::Unhealthy { open_for: None }
+            } else {
+                Health::Answered
+            };
+            if let Some(until) = b.ended(&t, None, health, t0, &breaker) {
+                opened = Some((i, until));
+            }
+        }
+        // Never two failures in a row, and only nine calls when the fifth
+        // failed; the tenth call answered (an answer never trips it). The
+        // next failure, at 6 of 11, opens it.
+        assert_eq!(opened, None);
+        b.started(&t, t0);
+        let tripped = b.ended(&t, None, Health::Unhealthy { open_for: None }, t0, &breaker);
+        assert_eq!(tripped, Some(t0 + breaker.open_for));
+        // Without a rate, the same pattern never opens.
+        let calm = Balancer::new(2);
+        let only_runs = BreakerSettings {
+            error_percent: None,
+            ..breaker
+        };
+        for i in 0..40 {
+            calm.started(&t, t0);
+            let health = if i % 2 == 0 {
+                Health::Unhealthy { open_for: None }
+            } else {
+                Health::Answered
+            };
+            assert_eq!(calm.ended(&t, None, health, t0, &only_runs), None);
+        }
+    }
+
+    #[test]
+    fn a_routes_ttft_p95_once_it_has_enough_samples() {
+        let b = Balancer::new(1);
+        for i in 1..TTFT_MIN_SAMPLES {
+            b.note_ttft("r", Duration::from_millis(i));
+        }
+        assert_eq!(b.ttft_p95("r"), None);
+        for i in 0..100 {
+            b.note_ttft("r", Duration::from_millis(if i < 95 { 10 } else { 500 }));
+        }
+        let p95 = b.ttft_p95("r").unwrap();
+        assert!(
+            p95 >= Duration::from_millis(9) && p95 <= Duration::from_millis(501),
+            "{p95:?}"
+        );
+        assert_eq!(b.ttft_p95("other"), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! [`WRITE_BATCH`] bytes at a time; a whole answer larger than
 //! `upstream.max_response_bytes` is refused as a real upstream's would be.
 
+use super::attempt::Waits;
 use super::egress::ClientDialect;
 use super::plan::Reply;
 use super::relay::{Answer, Source};
@@ -47,6 +48,7 @@ pub async fn start<'a>(
     provider: &'a str,
     cfg: &MockProvider,
     target: &'a Target,
+    waits: Waits,
 ) -> Result<Answer<'a>, GatewayError> {
     let (req, facts) = (call.req, call.facts);
     if call.client == ClientDialect::Anthropic {
@@ -57,12 +59,24 @@ pub async fn start<'a>(
         output_tokens: cfg.output_tokens,
         ttft_ms: cfg.ttft.as_millis() as u64,
         tokens_per_second: cfg.tokens_per_second,
-        fail_status: None,
-        cut_after: None,
-        hang: false,
-        call_tool_at: None,
+        ..Behaviour::default()
     };
     let b = mock::behaviour(&target.model, defaults);
+    if b.context_limit
+        .is_some_and(|limit| mock::estimate_tokens(req.body.len()) > limit)
+    {
+        return Err(GatewayError::UpstreamStatus {
+            provider: provider.to_owned(),
+            status: 400,
+            body: error_body(
+                &mock::context_length_message(b.context_limit.unwrap_or_default()),
+                "invalid_request_error",
+                None,
+                Some("context_length_exceeded"),
+            ),
+            retry_after: None,
+        });
+    }
     if let Some(status) = b.fail_status {
         return Err(GatewayError::UpstreamStatus {
             provider: provider.to_owned(),
@@ -83,15 +97,17 @@ pub async fn start<'a>(
                 .flatten(),
         });
     }
-    if b.hang {
-        // No head ever comes: the upstream's first-byte deadline applies.
-        sleep(call.shard.pool.settings().first_byte_timeout).await;
+    // No head comes before the attempt's first-token deadline: it applies
+    // as it would to an upstream.
+    let ttft = Duration::from_millis(b.ttft_ms);
+    if b.hang || ttft > waits.first_token {
+        sleep(waits.first_token).await;
         return Err(GatewayError::UpstreamTimeout {
             provider: provider.to_owned(),
         });
     }
-    if b.ttft_ms > 0 {
-        sleep(Duration::from_millis(b.ttft_ms)).await;
+    if !ttft.is_zero() {
+        sleep(ttft).await;
     }
     let ctx = call.reply_ctx(&target.model);
     let n = b
@@ -153,6 +169,7 @@ pub async fn start<'a>(
             content_type: Some(content_type.to_vec()),
             content_type_end_to_end: true,
             retry_after: None,
+            wait_hint: None,
         },
         name: provider,
         alias_line: b"",
@@ -166,6 +183,7 @@ pub async fn start<'a>(
         client: call.client,
         model: &target.model,
         call,
+        idle: waits.idle,
     })
 }
 

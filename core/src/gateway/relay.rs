@@ -49,6 +49,9 @@ pub struct Answer<'a> {
     /// The upstream model (what is metered and priced).
     pub model: &'a str,
     pub call: &'a Call<'a>,
+    /// The longest silence between two reads of the answer (its route's
+    /// idle timeout).
+    pub idle: Duration,
 }
 
 /// Where an answer's body comes from.
@@ -167,18 +170,13 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         client,
         model,
         call,
+        idle,
     } = answer;
     let client = *client;
     let (shard, rid) = (call.shard, call.rid);
     let settings = shard.pool.settings();
     let read = futures_lite::future::or(
-        async {
-            Some(
-                source
-                    .read_to_end(settings.read_timeout, settings.max_response_bytes)
-                    .await,
-            )
-        },
+        async { Some(source.read_to_end(*idle, settings.max_response_bytes).await) },
         async {
             conn.closed().await;
             None
@@ -569,6 +567,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         client,
         call,
         secrets,
+        idle,
         ..
     } = answer;
     let client = *client;
@@ -593,7 +592,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                         }
                     }
                 };
-                Some(source.step(settings.read_timeout, &mut on_data).await)
+                Some(source.step(*idle, &mut on_data).await)
             },
             async {
                 conn.closed().await;

@@ -1,43 +1,92 @@
 //! Which target serves a call, and what happens when one fails.
 //!
-//! An alias's targets are tried in order (the `priority` strategy). Each
-//! attempt runs to its answer's head apart from the client
-//! ([`attempt::send_until_head`]); only an attempt that has a head is relayed,
-//! and a relay that fails before any byte reached the client hands its
-//! failure back here too. A failure's [`Retry`] class says whether the next
-//! target may serve. Every attempt is recorded on the call, with the usage
-//! it reported, so that all of them are settled and audited.
+//! The route's plan lists its targets in its strategy's order, then its
+//! fallback routes' ([`plan`]). Each attempt runs to its answer's head
+//! apart from the client ([`attempt::send_until_head`]); only an attempt
+//! that has a head is relayed, and a relay that fails before any byte
+//! reached the client hands its failure back here too. A failure's
+//! [`FailureKind`] and the route's `retry.on` say whether the call moves
+//! on: to the next target not yet tried (at once), or, once every one was
+//! tried and attempts are left, back to one already tried after a backoff
+//! with jitter (or as long as it asked, by `Retry-After` or a rate-limit
+//! reset). Everything stays within the route's total deadline.
+//!
+//! A hedged route sends its first attempt, and when no head came within
+//! the threshold, the same request to the next target too: the first head
+//! wins, the other attempt is dropped, which closes its upstream
+//! connection.
+//!
+//! Every attempt is recorded on the call, with the usage it reported (a
+//! hedge's loser with its prompt), so that all of them are settled and
+//! audited.
 
+use super::attempt::Waits;
 use super::balance::Health;
+use super::relay::Answer;
 use super::{attempt, relay, send_error, AttemptOutcome, AttemptRecord, Attempts, Call};
+use crate::config::route::{Hedge, HedgeAfter, MoveOn, RetryPolicy, MAX_ATTEMPTS};
 use crate::config::{ModelRoute, Strategy, Target};
 use crate::error::GatewayError;
+use crate::record::Metered;
 use crate::server::{ClientConn, Outcome};
+use futures_lite::future::or;
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
-/// An attempt that produced no answer for the client, and how the route
-/// may go on from it.
+/// An attempt that produced no answer for the client, and what it says.
 #[derive(Debug)]
 pub struct Failure {
     pub error: GatewayError,
-    pub retry: Retry,
+    pub kind: FailureKind,
+    /// How long the target asked to be left alone (`Retry-After`,
+    /// `retry-after-ms`, a rate-limit reset).
+    pub wait: Option<Duration>,
 }
 
-/// What a failure allows.
+/// What a failure says, for `retry.on` and the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// The client gets this error: trying elsewhere would not change it
-    /// (the request itself was refused).
+pub enum FailureKind {
+    /// Not reached, or the connection broke before an answer.
+    Connect,
+    /// No answer's head within the first-token timeout.
+    Timeout,
+    /// 429.
+    RateLimited,
+    /// 5xx, or an answer that broke the protocol.
+    ServerError,
+    /// The prompt does not fit the target's model.
+    ContextLength,
+    /// The gateway could not use the answer, or has no way to reach the
+    /// target: another target may do better; nothing about health.
+    Unusable,
+    /// The request itself was refused: the client's answer.
     Final,
-    /// Another target may serve. `breaker`: the failure says the target is
-    /// unhealthy (it could not be reached, broke the protocol, or failed
-    /// with a 5xx), not that this one request was unwelcome.
-    NextTarget { breaker: bool },
-    /// The target asked to be tried again after `after` (`Retry-After` on
-    /// a 429 or 503); another target may serve meanwhile.
-    SameTargetAfter { after: Duration, breaker: bool },
+}
+
+impl FailureKind {
+    /// Whether `on` lets a failure of this kind move on.
+    pub fn moves_on(self, on: &MoveOn) -> bool {
+        match self {
+            FailureKind::Connect => on.connect,
+            FailureKind::Timeout => on.timeout,
+            FailureKind::RateLimited => on.rate_limited,
+            FailureKind::ServerError => on.server_error,
+            FailureKind::ContextLength => on.context_length,
+            FailureKind::Unusable => true,
+            FailureKind::Final => false,
+        }
+    }
+
+    /// Whether it says the target is unhealthy (for its breaker), not that
+    /// this one request was unwelcome.
+    pub fn unhealthy(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Connect | FailureKind::Timeout | FailureKind::ServerError
+        )
+    }
 }
 
 /// Classifies, so `?` works in an attempt: its error converts where it
@@ -51,44 +100,82 @@ impl From<GatewayError> for Failure {
 impl Failure {
     pub fn classify(error: GatewayError) -> Self {
         use GatewayError::*;
-        let retry = match &error {
-            UpstreamConnect { .. } | UpstreamTimeout { .. } | UpstreamProtocol { .. } => {
-                Retry::NextTarget { breaker: true }
+        let kind = match &error {
+            UpstreamConnect { .. } => FailureKind::Connect,
+            UpstreamTimeout { .. } => FailureKind::Timeout,
+            UpstreamProtocol { .. } => FailureKind::ServerError,
+            UpstreamTranslate { .. } | Misconfigured(_) => FailureKind::Unusable,
+            UpstreamStatus { status: 429, .. } => FailureKind::RateLimited,
+            UpstreamStatus { status, .. } if *status >= 500 => FailureKind::ServerError,
+            UpstreamStatus { status, body, .. }
+                if shardgate_providers::is_context_length_error(*status, body) =>
+            {
+                FailureKind::ContextLength
             }
-            // The upstream answered; the gateway could not use the answer
-            // or has no way to reach it: another target may do better.
-            UpstreamTranslate { .. } | Misconfigured(_) => Retry::NextTarget { breaker: false },
-            UpstreamStatus {
-                status,
-                retry_after,
-                ..
-            } if *status == 429 || *status >= 500 => {
-                let breaker = *status >= 500;
-                match retry_after.as_ref().and_then(|r| r.seconds()) {
-                    Some(secs) if matches!(status, 429 | 503) => Retry::SameTargetAfter {
-                        after: Duration::from_secs(secs),
-                        breaker,
-                    },
-                    _ => Retry::NextTarget { breaker },
-                }
-            }
-            _ => Retry::Final,
+            _ => FailureKind::Final,
         };
-        Failure { error, retry }
+        let wait = match &error {
+            UpstreamStatus {
+                status: 429 | 503,
+                retry_after: Some(r),
+                ..
+            } => r.seconds().map(Duration::from_secs),
+            _ => None,
+        };
+        Failure { error, kind, wait }
     }
 
-    /// Whether another target may serve the call after this.
-    pub fn moves_on(&self) -> bool {
-        self.retry != Retry::Final
+    /// The wait the upstream's headers asked for, when they said more than
+    /// `Retry-After`'s whole seconds.
+    pub fn asked_to_wait(mut self, wait: Option<Duration>) -> Self {
+        if wait.is_some()
+            && matches!(
+                self.kind,
+                FailureKind::RateLimited | FailureKind::ServerError
+            )
+        {
+            self.wait = wait;
+        }
+        self
+    }
+
+    fn health(&self) -> Health {
+        if self.kind.unhealthy() {
+            Health::Unhealthy {
+                open_for: self.wait,
+            }
+        } else {
+            Health::Neutral
+        }
     }
 }
 
 /// Fallback routes followed at most, past the first.
 const MAX_FALLBACK_ROUTES: usize = 4;
 
-/// Serves `call` on route `alias`: its targets in its strategy's order,
-/// then its fallback routes' (each in its own strategy's order), until one
-/// answers. Each attempt is added to `attempts` as it ends.
+/// With no total deadline, the longest a retry waits (for a target's
+/// `Retry-After`); a longer one rules that target out.
+const MAX_WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One entry of the plan: a target and the route it belongs to.
+#[derive(Clone, Copy)]
+pub struct Step<'a> {
+    pub route: &'a ModelRoute,
+    pub target: &'a Target,
+}
+
+/// What the call has learned of one plan entry.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tried {
+    times: u32,
+    /// It asked not to be tried again before then.
+    not_before: Option<Instant>,
+}
+
+/// Serves `call` on route `alias`: the plan's targets in order, retries of
+/// those already tried when the route allows more attempts, until one
+/// answers or nothing may move on. Each attempt is added to `attempts` as
+/// it ends.
 pub async fn serve<'a>(
     call: &Call<'_>,
     conn: &mut ClientConn,
@@ -97,117 +184,635 @@ pub async fn serve<'a>(
     models: &'a BTreeMap<String, ModelRoute>,
     attempts: &mut Attempts<'a>,
 ) -> Outcome {
-    let (rid, client) = (call.rid, call.client);
     let plan = plan(call, alias, model, models);
-    let balancer = &call.shard.balancer;
     // A breaker, like a strategy, only matters where there is another
     // target to go to: a lone target's calls are not tracked.
     let tracked = plan.len() > 1 || model.strategy != Strategy::Priority;
-    for (n, &(route_line, target)) in plan.iter().enumerate() {
-        let Some(provider) = call.generation.config.providers.get(target.provider) else {
-            continue;
-        };
-        call.attempt.set(n + 1);
-        let started = Instant::now();
-        if tracked {
-            balancer.started(target, started);
+    let retry = &model.retry;
+    let budget = retry
+        .attempts
+        .map_or(plan.len(), |n| n as usize)
+        .min(MAX_ATTEMPTS as usize);
+    let deadline = model.timeouts.total.map(|t| Instant::now() + t);
+    let mut tried: SmallVec<[Tried; 4]> = SmallVec::from_elem(Tried::default(), plan.len());
+    // After a context-length failure: only targets whose window is larger
+    // than this may serve.
+    let mut window_over: Option<u64> = None;
+    let mut last: Option<Failure> = None;
+    let mut made = 0;
+    while made < budget {
+        // Past the deadline nothing more is sent: the last failure (a
+        // first-token timeout cut to the deadline) is the answer.
+        if made > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
         }
-        // The client may leave while the upstream thinks: racing the attempt
-        // with the client's close drops the upstream connection, which
-        // cancels it.
-        let mut head = futures_lite::future::or(
-            async { Some(attempt::send_until_head(call, target, provider).await) },
-            async {
-                conn.closed().await;
-                None
-            },
-        )
-        .await;
-        let mut head_at = None;
-        let end = |outcome, head_at: Option<Instant>, health| {
-            let ended = Instant::now();
-            if tracked {
-                let settings = call.shard.pool.settings();
-                let opened = balancer.ended(
-                    target,
-                    head_at.map(|h| h.saturating_duration_since(started)),
-                    health,
-                    ended,
-                    settings.breaker_failures,
-                    settings.breaker_open_for,
-                );
-                if let Some(until) = opened {
-                    call.shard.circuit_opened(&target.served_by, until);
-                }
-            }
-            AttemptRecord {
-                target,
-                outcome,
-                started,
-                head_at,
-                ended,
-                metered: call.take_metered(),
-            }
+        let Some((i, wait)) = choose(call, &plan, &tried, window_over, retry, deadline, tracked)
+        else {
+            break;
         };
-        let failure = match head {
-            None => {
+        if !wait.is_zero() {
+            let waited = or(
+                async {
+                    glommio::timer::sleep(wait).await;
+                    true
+                },
+                async {
+                    conn.closed().await;
+                    false
+                },
+            )
+            .await;
+            if !waited {
                 conn.note_error(relay::CLIENT_LEFT);
-                attempts.push(end(AttemptOutcome::ClientLeft, head_at, Health::Neutral));
                 return Outcome::CLOSE;
             }
-            // Borrowed, not moved: an answer is a few hundred bytes, and
-            // each move into a future is a copy.
-            Some(Ok(ref mut answer)) => {
-                head_at = Some(Instant::now());
-                answer.alias_line = route_line;
-                match relay::deliver(conn, answer).await {
+        }
+        tried[i].times += 1;
+        made += 1;
+        call.attempt.set(made);
+        // The hedge goes to the next target not yet tried, on the first
+        // attempt only.
+        let hedge = match model.hedge {
+            Some(h) if made == 1 && made < budget && hedge_allowed(call, &h) => plan
+                .iter()
+                .enumerate()
+                .position(|(j, s)| j != i && tried[j].times == 0 && fits(s.target, window_over))
+                .map(|j| (j, hedge_after(call, alias, &h))),
+            _ => None,
+        };
+        let round = match hedge {
+            None => single(call, conn, plan[i], i, deadline, tracked).await,
+            Some((j, after)) => {
+                let r = hedged(
+                    call,
+                    conn,
+                    (plan[i], i),
+                    (plan[j], j),
+                    after,
+                    deadline,
+                    tracked,
+                )
+                .await;
+                if r.hedged {
+                    tried[j].times += 1;
+                    made += 1;
+                    call.attempt.set(made);
+                }
+                if let Some(took) = r.first_took.filter(|_| {
+                    matches!(
+                        model.hedge,
+                        Some(Hedge {
+                            after: HedgeAfter::P95 { .. },
+                            ..
+                        })
+                    )
+                }) {
+                    call.shard.balancer.note_ttft(alias, took);
+                }
+                r
+            }
+        };
+        attempts.extend(round.ended);
+        let (i, failure) = match round.result {
+            RoundResult::ClientLeft => {
+                conn.note_error(relay::CLIENT_LEFT);
+                return Outcome::CLOSE;
+            }
+            RoundResult::Failed(i, failure) => (i, failure),
+            RoundResult::Head(i, started, mut answer) => {
+                let head_at = Some(Instant::now());
+                answer.alias_line = plan[i].route.alias_line.as_slice();
+                let delivered = relay::deliver(conn, &mut answer).await;
+                drop(answer);
+                let step = plan[i];
+                match delivered {
                     Ok(outcome) => {
-                        attempts.push(end(AttemptOutcome::Answered, head_at, Health::Answered));
+                        let r = end(
+                            call,
+                            step.target,
+                            started,
+                            head_at,
+                            AttemptOutcome::Answered,
+                            Health::Answered,
+                            tracked,
+                        );
+                        attempts.push(r);
                         return outcome;
                     }
-                    Err(failure) => failure,
+                    Err(failure) => {
+                        // The answer's head came: the target is up,
+                        // whatever became of the answer.
+                        let health = if failure.kind.unhealthy() {
+                            failure.health()
+                        } else {
+                            Health::Answered
+                        };
+                        let r = end(
+                            call,
+                            step.target,
+                            started,
+                            head_at,
+                            AttemptOutcome::Failed(failure.error.label()),
+                            health,
+                            tracked,
+                        );
+                        attempts.push(r);
+                        (i, failure)
+                    }
                 }
             }
-            Some(Err(failure)) => failure,
         };
-        let health = match failure.retry {
-            Retry::NextTarget { breaker: true } => Health::Unhealthy { open_for: None },
-            Retry::SameTargetAfter {
-                after,
-                breaker: true,
-            } => Health::Unhealthy {
-                open_for: Some(after),
-            },
-            // The answer's head came: the target is up, whatever became
-            // of the answer.
-            _ if head_at.is_some() => Health::Answered,
-            _ => Health::Neutral,
-        };
-        attempts.push(end(
-            AttemptOutcome::Failed(failure.error.label()),
-            head_at,
-            health,
-        ));
-        if failure.moves_on() && n + 1 < plan.len() {
+        if failure.kind == FailureKind::ContextLength {
+            let w = plan[i].target.context_window.unwrap_or(0);
+            window_over = Some(window_over.map_or(w, |o| o.max(w)));
+        }
+        if let Some(w) = failure.wait {
+            tried[i].not_before = Some(Instant::now() + w);
+        }
+        let moves = failure.kind.moves_on(&retry.on);
+        if moves && made < budget {
             log::info!(
-                "{rid}: target {}/{} failed ({}), trying the next",
-                provider.name,
-                target.model,
+                "{}: target {} failed ({}), moving on",
+                call.rid,
+                plan[i].target.served_by,
                 failure.error.label()
             );
+        }
+        last = Some(failure);
+        if !moves {
+            break;
+        }
+    }
+    let Some(failure) = last else {
+        let e = GatewayError::ModelNotFound(call.facts.model.clone());
+        return send_error(conn, call.client, &e, call.rid, &call.headers, false).await;
+    };
+    let err = failure.error;
+    log::info!("{}: {}: {}", call.rid, err.label(), err);
+    // The error says how many attempts it took, as an answer would.
+    let mut headers = call.headers.clone();
+    headers.push(("x-shardgate-attempts", made.to_string()));
+    if let Some(retry_after) = err.retry_after() {
+        headers.push(("retry-after", retry_after.as_str().to_owned()));
+    }
+    send_error(conn, call.client, &err, call.rid, &headers, false).await
+}
+
+/// Whether `t` may serve after a context-length failure on a window of
+/// `window_over` tokens (any, when there was none).
+fn fits(t: &Target, window_over: Option<u64>) -> bool {
+    window_over.is_none_or(|w| t.context_window.is_some_and(|c| c > w))
+}
+
+/// The next plan entry to try and how long to wait first: a target not yet
+/// tried, in plan order, at once; else the one already tried that may go
+/// soonest (its backoff, or its own `Retry-After`), if that is within the
+/// deadline. `None`: nothing may serve.
+fn choose(
+    call: &Call<'_>,
+    plan: &[Step<'_>],
+    tried: &[Tried],
+    window_over: Option<u64>,
+    retry: &RetryPolicy,
+    deadline: Option<Instant>,
+    tracked: bool,
+) -> Option<(usize, Duration)> {
+    if let Some(i) =
+        (0..plan.len()).find(|&i| tried[i].times == 0 && fits(plan[i].target, window_over))
+    {
+        return Some((i, Duration::ZERO));
+    }
+    let now = Instant::now();
+    let balancer = &call.shard.balancer;
+    let mut best: Option<(usize, Duration)> = None;
+    for (i, step) in plan.iter().enumerate() {
+        if !fits(step.target, window_over) || (tracked && balancer.avoided(step.target, now)) {
             continue;
         }
-        let err = failure.error;
-        log::info!("{rid}: {} {}: {}", provider.name, err.label(), err);
-        let Some(retry_after) = err.retry_after() else {
-            return send_error(conn, client, &err, rid, &call.headers, false).await;
+        let asked = tried[i]
+            .not_before
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        let wait = backoff(retry, tried[i].times, balancer.random()).max(asked);
+        let in_time = match deadline {
+            Some(d) => now + wait < d,
+            None => wait <= MAX_WAIT_WITHOUT_DEADLINE,
         };
-        let mut headers = call.headers.clone();
-        headers.push(("retry-after", retry_after.as_str().to_owned()));
-        return send_error(conn, client, &err, rid, &headers, false).await;
+        if in_time && best.is_none_or(|(_, b)| wait < b) {
+            best = Some((i, wait));
+        }
     }
-    let e = GatewayError::ModelNotFound(call.facts.model.clone());
-    send_error(conn, client, &e, rid, &call.headers, false).await
+    best
+}
+
+/// The wait before trying a target for the `times + 1`-th time: `backoff`
+/// doubling per earlier retry up to `max_backoff`, then a draw between half
+/// of it and all of it (so that callers failed together do not come back
+/// together).
+pub fn backoff(retry: &RetryPolicy, times: u32, random: u64) -> Duration {
+    let doublings = times.saturating_sub(1).min(20);
+    let full = retry
+        .backoff
+        .saturating_mul(1 << doublings)
+        .min(retry.max_backoff);
+    let half = full / 2;
+    let spread = (full - half).as_nanos() as u64;
+    half + Duration::from_nanos(if spread == 0 {
+        0
+    } else {
+        random % (spread + 1)
+    })
+}
+
+/// Whether this call may be hedged: requests that offer tools only when
+/// the route allows it (a tool call could start twice upstream).
+fn hedge_allowed(call: &Call<'_>, hedge: &Hedge) -> bool {
+    hedge.with_tools || call.facts.tool_names.is_empty()
+}
+
+/// The hedge's threshold: fixed, or the route's observed p95.
+fn hedge_after(call: &Call<'_>, alias: &str, hedge: &Hedge) -> Duration {
+    match hedge.after {
+        HedgeAfter::Fixed(d) => d,
+        HedgeAfter::P95 { initial } => call.shard.balancer.ttft_p95(alias).unwrap_or(initial),
+    }
+}
+
+/// The waits of an attempt at `step` starting now.
+fn waits(step: Step<'_>, deadline: Option<Instant>) -> Waits {
+    let t = &step.route.timeouts;
+    let first_token = match deadline {
+        Some(d) => t
+            .first_token
+            .min(d.saturating_duration_since(Instant::now())),
+        None => t.first_token,
+    };
+    Waits {
+        connect: t.connect.min(first_token),
+        first_token,
+        idle: t.idle,
+    }
+}
+
+/// How one round (an attempt, or an attempt and its hedge) ended.
+struct Round<'a, 'c> {
+    /// Records of the attempts that ended without the answer (a hedge's
+    /// failure or its cancelled loser).
+    ended: SmallVec<[AttemptRecord<'a>; 1]>,
+    result: RoundResult<'c>,
+    /// A second attempt was sent.
+    hedged: bool,
+    /// How long the first attempt took to its head, or ran before it was
+    /// cancelled (for the route's p95).
+    first_took: Option<Duration>,
+}
+
+// The answer stays where it is until relayed: boxing it would allocate per
+// request, and the round lives on the request's own future.
+#[allow(clippy::large_enum_variant)]
+enum RoundResult<'c> {
+    /// Plan entry `.0`, started at `.1`, has its head.
+    Head(usize, Instant, Answer<'c>),
+    Failed(usize, Failure),
+    ClientLeft,
+}
+
+/// Ends an attempt: the balancer hears of it, and its record is made.
+fn end<'a>(
+    call: &Call<'_>,
+    target: &'a Target,
+    started: Instant,
+    head_at: Option<Instant>,
+    outcome: AttemptOutcome,
+    health: Health,
+    tracked: bool,
+) -> AttemptRecord<'a> {
+    let ended = Instant::now();
+    if tracked {
+        let breaker = &call.shard.pool.settings().breaker;
+        let head = head_at.map(|h| h.saturating_duration_since(started));
+        let opened = call
+            .shard
+            .balancer
+            .ended(target, head, health, ended, breaker);
+        if let Some(until) = opened {
+            call.shard.circuit_opened(&target.served_by, until);
+        }
+    }
+    AttemptRecord {
+        target,
+        outcome,
+        started,
+        head_at,
+        ended,
+        metered: call.take_metered(),
+    }
+}
+
+/// One attempt, raced with the client's close: a client that leaves drops
+/// the upstream connection, which cancels the attempt.
+async fn single<'a, 'c>(
+    call: &'c Call<'c>,
+    conn: &mut ClientConn,
+    step: Step<'a>,
+    i: usize,
+    deadline: Option<Instant>,
+    tracked: bool,
+) -> Round<'a, 'c>
+where
+    'a: 'c,
+{
+    let mut round = Round {
+        ended: SmallVec::new(),
+        result: RoundResult::ClientLeft,
+        hedged: false,
+        first_took: None,
+    };
+    let Some(provider) = call.generation.config.providers.get(step.target.provider) else {
+        round.result = RoundResult::Failed(
+            i,
+            Failure::classify(GatewayError::Misconfigured("no such provider".into())),
+        );
+        return round;
+    };
+    let started = Instant::now();
+    if tracked {
+        call.shard.balancer.started(step.target, started);
+    }
+    let head = or(
+        async {
+            Some(attempt::send_until_head(call, step.target, provider, waits(step, deadline)).await)
+        },
+        async {
+            conn.closed().await;
+            None
+        },
+    )
+    .await;
+    finish_alone(call, round, (step, i, started), head, tracked)
+}
+
+/// How the first attempt of a hedged round stood when the hedge was due.
+enum Alone<T> {
+    Done(T),
+    HedgeDue,
+    ClientLeft,
+}
+
+/// What one of the two hedged attempts came to.
+enum Race<T> {
+    First(T),
+    Second(T),
+    ClientLeft,
+}
+
+/// The attempt at `a`; when it has no head within `after`, the same request
+/// at `b` too: the first head wins and the other attempt is dropped, which
+/// closes its upstream connection. A failure waits for the other attempt.
+/// Both are charged: the loser with its prompt, which the upstream may have
+/// read.
+async fn hedged<'a, 'c>(
+    call: &'c Call<'c>,
+    conn: &mut ClientConn,
+    (sa, ia): (Step<'a>, usize),
+    (sb, ib): (Step<'a>, usize),
+    after: Duration,
+    deadline: Option<Instant>,
+    tracked: bool,
+) -> Round<'a, 'c>
+where
+    'a: 'c,
+{
+    let providers = &call.generation.config.providers;
+    let (Some(pa), Some(pb)) = (
+        providers.get(sa.target.provider),
+        providers.get(sb.target.provider),
+    ) else {
+        return single(call, conn, sa, ia, deadline, tracked).await;
+    };
+    let mut round = Round {
+        ended: SmallVec::new(),
+        result: RoundResult::ClientLeft,
+        hedged: false,
+        first_took: None,
+    };
+    let balancer = &call.shard.balancer;
+    let started_a = Instant::now();
+    if tracked {
+        balancer.started(sa.target, started_a);
+    }
+    let mut fa = pin!(attempt::send_until_head(
+        call,
+        sa.target,
+        pa,
+        waits(sa, deadline)
+    ));
+    let alone = or(
+        async { Alone::Done(fa.as_mut().await) },
+        or(
+            async {
+                glommio::timer::sleep(after).await;
+                Alone::HedgeDue
+            },
+            async {
+                conn.closed().await;
+                Alone::ClientLeft
+            },
+        ),
+    );
+    let first = match alone.await {
+        Alone::Done(result) => Some(result),
+        Alone::HedgeDue => None,
+        Alone::ClientLeft => {
+            let left = AttemptOutcome::ClientLeft;
+            round.ended.push(end(
+                call,
+                sa.target,
+                started_a,
+                None,
+                left,
+                Health::Neutral,
+                tracked,
+            ));
+            return round;
+        }
+    };
+    if let Some(result) = first {
+        return settle_alone(call, conn, round, (sa, ia, started_a), result, tracked).await;
+    }
+    round.hedged = true;
+    let started_b = Instant::now();
+    if tracked {
+        balancer.started(sb.target, started_b);
+    }
+    log::debug!(
+        "{}: no head from {} after {after:?}: hedging to {}",
+        call.rid,
+        sa.target.served_by,
+        sb.target.served_by
+    );
+    let mut fb = pin!(attempt::send_until_head(
+        call,
+        sb.target,
+        pb,
+        waits(sb, deadline)
+    ));
+    let race = or(
+        async { Race::First(fa.as_mut().await) },
+        or(async { Race::Second(fb.as_mut().await) }, async {
+            conn.closed().await;
+            Race::ClientLeft
+        }),
+    )
+    .await;
+    let cancelled = |step: Step<'a>, started| {
+        let mut r = end(
+            call,
+            step.target,
+            started,
+            None,
+            AttemptOutcome::Cancelled,
+            Health::Neutral,
+            tracked,
+        );
+        r.metered = Some(Metered {
+            usage: Some(shardgate_proto::openai::Usage {
+                prompt_tokens: Some(call.prompt_estimate),
+                completion_tokens: Some(0),
+                total_tokens: Some(call.prompt_estimate),
+                ..Default::default()
+            }),
+            estimated: true,
+        });
+        r
+    };
+    match race {
+        Race::ClientLeft => {
+            for (step, started) in [(sa, started_a), (sb, started_b)] {
+                let left = AttemptOutcome::ClientLeft;
+                round.ended.push(end(
+                    call,
+                    step.target,
+                    started,
+                    None,
+                    left,
+                    Health::Neutral,
+                    tracked,
+                ));
+            }
+            round
+        }
+        Race::First(Ok(answer)) => {
+            round.first_took = Some(started_a.elapsed());
+            round.ended.push(cancelled(sb, started_b));
+            round.result = RoundResult::Head(ia, started_a, answer);
+            round
+        }
+        Race::Second(Ok(answer)) => {
+            // The first attempt ran at least this long: a bound from below
+            // keeps the tail the hedge cut off in the route's figure.
+            round.first_took = Some(started_a.elapsed());
+            round.ended.push(cancelled(sa, started_a));
+            round.result = RoundResult::Head(ib, started_b, answer);
+            round
+        }
+        Race::First(Err(failure)) => {
+            let outcome = AttemptOutcome::Failed(failure.error.label());
+            round.ended.push(end(
+                call,
+                sa.target,
+                started_a,
+                None,
+                outcome,
+                failure.health(),
+                tracked,
+            ));
+            let rest = or(async { Some(fb.as_mut().await) }, async {
+                conn.closed().await;
+                None
+            })
+            .await;
+            finish_alone(call, round, (sb, ib, started_b), rest, tracked)
+        }
+        Race::Second(Err(failure)) => {
+            let outcome = AttemptOutcome::Failed(failure.error.label());
+            round.ended.push(end(
+                call,
+                sb.target,
+                started_b,
+                None,
+                outcome,
+                failure.health(),
+                tracked,
+            ));
+            let rest = or(async { Some(fa.as_mut().await) }, async {
+                conn.closed().await;
+                None
+            })
+            .await;
+            finish_alone(call, round, (sa, ia, started_a), rest, tracked)
+        }
+    }
+}
+
+/// The first attempt ended before the hedge was due.
+async fn settle_alone<'a, 'c>(
+    call: &'c Call<'c>,
+    _conn: &mut ClientConn,
+    mut round: Round<'a, 'c>,
+    (step, i, started): (Step<'a>, usize, Instant),
+    result: Result<Answer<'c>, Failure>,
+    tracked: bool,
+) -> Round<'a, 'c>
+where
+    'a: 'c,
+{
+    if result.is_ok() {
+        round.first_took = Some(started.elapsed());
+    }
+    finish_alone(call, round, (step, i, started), Some(result), tracked)
+}
+
+/// The round's result from its one attempt left (`None`: the client left).
+fn finish_alone<'a, 'c>(
+    call: &'c Call<'c>,
+    mut round: Round<'a, 'c>,
+    (step, i, started): (Step<'a>, usize, Instant),
+    result: Option<Result<Answer<'c>, Failure>>,
+    tracked: bool,
+) -> Round<'a, 'c>
+where
+    'a: 'c,
+{
+    round.result = match result {
+        None => {
+            let left = AttemptOutcome::ClientLeft;
+            round.ended.push(end(
+                call,
+                step.target,
+                started,
+                None,
+                left,
+                Health::Neutral,
+                tracked,
+            ));
+            RoundResult::ClientLeft
+        }
+        Some(Ok(answer)) => RoundResult::Head(i, started, answer),
+        Some(Err(failure)) => {
+            let outcome = AttemptOutcome::Failed(failure.error.label());
+            round.ended.push(end(
+                call,
+                step.target,
+                started,
+                None,
+                outcome,
+                failure.health(),
+                tracked,
+            ));
+            RoundResult::Failed(i, failure)
+        }
+    };
+    round
 }
 
 /// Every target to try, in order, with its route's alias and whether that
@@ -219,7 +824,7 @@ fn plan<'a>(
     alias: &'a str,
     model: &'a ModelRoute,
     models: &'a BTreeMap<String, ModelRoute>,
-) -> SmallVec<[(&'a [u8], &'a Target); 4]> {
+) -> SmallVec<[Step<'a>; 4]> {
     let shard = call.shard;
     let output = call
         .facts
@@ -232,12 +837,14 @@ fn plan<'a>(
     };
     let mut plan = SmallVec::new();
     let mut add = |route: &'a ModelRoute| {
-        let line = route.alias_line.as_slice();
         if route.strategy == Strategy::Priority {
-            plan.extend(route.targets.iter().map(|t| (line, t)));
+            plan.extend(route.targets.iter().map(|target| Step { route, target }));
         } else {
             for i in shard.balancer.order(route, price) {
-                plan.push((line, &route.targets[i]));
+                plan.push(Step {
+                    route,
+                    target: &route.targets[i],
+                });
             }
         }
     };
@@ -269,15 +876,15 @@ fn plan<'a>(
 /// last: tried only once nothing healthy is left.
 fn healthy_first<'a>(
     shard: &crate::shard::Shard,
-    plan: SmallVec<[(&'a [u8], &'a Target); 4]>,
-) -> SmallVec<[(&'a [u8], &'a Target); 4]> {
+    plan: SmallVec<[Step<'a>; 4]>,
+) -> SmallVec<[Step<'a>; 4]> {
     let b = &shard.balancer;
     if !b.any_not_closed() {
         return plan;
     }
     let now = Instant::now();
     let (mut ok, avoided): (SmallVec<[_; 4]>, SmallVec<[_; 4]>) =
-        plan.into_iter().partition(|(_, t)| !b.avoided(t, now));
+        plan.into_iter().partition(|s| !b.avoided(s.target, now));
     ok.extend(avoided);
     ok
 }
@@ -298,46 +905,93 @@ mod tests {
 
     #[test]
     fn failures_are_classed_by_what_they_say_about_the_target() {
-        let class = |e| Failure::classify(e).retry;
+        let kind = |e| Failure::classify(e).kind;
+        let timeout = GatewayError::UpstreamTimeout {
+            provider: "p".into(),
+        };
+        assert_eq!(kind(timeout), FailureKind::Timeout);
+        assert_eq!(kind(status(500, None)), FailureKind::ServerError);
+        assert_eq!(kind(status(429, None)), FailureKind::RateLimited);
+        assert!(FailureKind::ServerError.unhealthy() && !FailureKind::RateLimited.unhealthy());
+        let f = Failure::classify(status(429, Some("2")));
+        assert_eq!(f.wait, Some(Duration::from_secs(2)));
+        let f = Failure::classify(status(503, Some("1")));
         assert_eq!(
-            class(GatewayError::UpstreamTimeout {
-                provider: "p".into()
-            }),
-            Retry::NextTarget { breaker: true }
+            (f.kind, f.wait),
+            (FailureKind::ServerError, Some(Duration::from_secs(1)))
         );
-        assert_eq!(
-            class(status(500, None)),
-            Retry::NextTarget { breaker: true }
-        );
-        assert_eq!(
-            class(status(429, None)),
-            Retry::NextTarget { breaker: false }
-        );
-        assert_eq!(
-            class(status(429, Some("2"))),
-            Retry::SameTargetAfter {
-                after: Duration::from_secs(2),
-                breaker: false
-            }
-        );
-        assert_eq!(
-            class(status(503, Some("1"))),
-            Retry::SameTargetAfter {
-                after: Duration::from_secs(1),
-                breaker: true
-            }
-        );
-        // Only delta-seconds become a delay.
-        assert_eq!(
-            class(status(429, Some("Wed, 21 Oct 2015 07:28:00 GMT"))),
-            Retry::NextTarget { breaker: false }
-        );
+        // Only delta-seconds become a delay; headers may say more.
+        let f = Failure::classify(status(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")));
+        assert_eq!(f.wait, None);
+        let f = f.asked_to_wait(Some(Duration::from_millis(300)));
+        assert_eq!(f.wait, Some(Duration::from_millis(300)));
+        let ctx = GatewayError::UpstreamStatus {
+            provider: "p".into(),
+            status: 400,
+            body: br#"{"error":{"message":"This model's maximum context length is 10 tokens.","code":"context_length_exceeded"}}"#.to_vec(),
+            retry_after: None,
+        };
+        assert_eq!(kind(ctx), FailureKind::ContextLength);
+        let all = MoveOn::default();
         for refused in [
             status(400, None),
             status(404, None),
             GatewayError::Unauthorized,
         ] {
-            assert!(!Failure::classify(refused).moves_on());
+            assert!(!Failure::classify(refused).kind.moves_on(&all));
         }
+        let only_connect = MoveOn {
+            connect: true,
+            timeout: false,
+            rate_limited: false,
+            server_error: false,
+            context_length: false,
+        };
+        assert!(!FailureKind::ServerError.moves_on(&only_connect));
+        assert!(FailureKind::Connect.moves_on(&only_connect));
+        assert!(FailureKind::Unusable.moves_on(&only_connect));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_ceiling() {
+        let retry = RetryPolicy {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+            ..RetryPolicy::default()
+        };
+        let ms = Duration::from_millis;
+        for (times, lo, hi) in [
+            (1, 50, 100),
+            (2, 100, 200),
+            (3, 200, 400),
+            (5, 500, 1000),
+            (30, 500, 1000),
+        ] {
+            let mut seen = (Duration::MAX, Duration::ZERO);
+            for r in 0..2000u64 {
+                let d = backoff(&retry, times, r.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                assert!(d >= ms(lo) && d <= ms(hi), "{times}: {d:?}");
+                seen = (seen.0.min(d), seen.1.max(d));
+            }
+            // The jitter spreads over the range.
+            assert!(seen.1 - seen.0 > ms(hi - lo) / 2, "{times}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn after_a_context_length_error_only_larger_windows_fit() {
+        let t = |w: Option<u64>| Target {
+            provider: 0,
+            model: "m".into(),
+            served_by: "p/m".into(),
+            model_json: Vec::new(),
+            weight: 1,
+            context_window: w,
+            head_lines: Vec::new(),
+        };
+        assert!(fits(&t(None), None));
+        assert!(!fits(&t(None), Some(0)));
+        assert!(fits(&t(Some(9000)), Some(8000)));
+        assert!(!fits(&t(Some(8000)), Some(8000)));
     }
 }
