@@ -70,6 +70,8 @@ struct TargetStats {
     model: String,
     answered: u64,
     failed: u64,
+    /// Hedges' losers.
+    cancelled: u64,
     input_tokens: Buckets,
     output_tokens: Buckets,
 }
@@ -149,7 +151,7 @@ impl ShardStats {
                 AttemptOutcome::Answered => stats.answered += 1,
                 AttemptOutcome::Failed(_) | AttemptOutcome::ClientLeft => stats.failed += 1,
                 // A hedge's loser did not fail: another answer came first.
-                AttemptOutcome::Cancelled => {}
+                AttemptOutcome::Cancelled => stats.cancelled += 1,
             }
             if let Some(u) = a.metered.as_ref().and_then(|m| m.usage) {
                 if let Some(n) = u.prompt_tokens {
@@ -232,6 +234,7 @@ impl ShardStats {
                 });
             mine.answered += t.answered;
             mine.failed += t.failed;
+            mine.cancelled += t.cancelled;
             mine.input_tokens.merge(&t.input_tokens);
             mine.output_tokens.merge(&t.output_tokens);
         }
@@ -301,7 +304,11 @@ impl ShardStats {
         targets.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
         out.push_str("# HELP shardgate_upstream_attempts_total Upstream attempts by target and outcome.\n# TYPE shardgate_upstream_attempts_total counter\n");
         for t in &targets {
-            for (outcome, n) in [("answered", t.answered), ("failed", t.failed)] {
+            for (outcome, n) in [
+                ("answered", t.answered),
+                ("failed", t.failed),
+                ("cancelled", t.cancelled),
+            ] {
                 let _ = writeln!(
                     out,
                     "shardgate_upstream_attempts_total{{provider=\"{}\",model=\"{}\",outcome=\"{outcome}\"}} {n}",

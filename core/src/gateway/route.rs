@@ -206,8 +206,13 @@ pub async fn serve<'a>(
         if made > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let Some((i, wait)) = choose(call, &plan, &tried, window_over, retry, deadline, tracked)
-        else {
+        // The first attempt goes to the plan's first target, at once.
+        let next = if made == 0 && !plan.is_empty() {
+            Some((0, Duration::ZERO))
+        } else {
+            choose(call, &plan, &tried, window_over, retry, deadline, tracked)
+        };
+        let Some((i, wait)) = next else {
             break;
         };
         if !wait.is_zero() {
@@ -240,10 +245,37 @@ pub async fn serve<'a>(
                 .map(|j| (j, hedge_after(call, alias, &h))),
             _ => None,
         };
-        let round = match hedge {
-            None => single(call, conn, plan[i], i, deadline, tracked).await,
+        // The attempt (or, hedged, the one whose head came first): its plan
+        // entry, its start, and its head (`None`: the client left).
+        let (i, started, mut head) = match hedge {
+            None => {
+                let step = plan[i];
+                let Some(provider) = call.generation.config.providers.get(step.target.provider)
+                else {
+                    continue;
+                };
+                let started = Instant::now();
+                if tracked {
+                    call.shard.balancer.started(step.target, started);
+                }
+                // The client may leave while the upstream thinks: racing the
+                // attempt with the client's close drops the upstream
+                // connection, which cancels it.
+                let w = waits(step, deadline);
+                let head = or(
+                    async { Some(attempt::send_until_head(call, step.target, provider, w).await) },
+                    async {
+                        conn.closed().await;
+                        None
+                    },
+                )
+                .await;
+                (i, started, head)
+            }
             Some((j, after)) => {
-                let r = hedged(
+                // Boxed: two attempts' state would otherwise size every
+                // request's future, unhedged ones included.
+                let h = Box::pin(hedged(
                     call,
                     conn,
                     (plan[i], i),
@@ -251,52 +283,55 @@ pub async fn serve<'a>(
                     after,
                     deadline,
                     tracked,
-                )
+                    attempts,
+                ))
                 .await;
-                if r.hedged {
+                if h.hedged {
                     tried[j].times += 1;
                     made += 1;
                     call.attempt.set(made);
                 }
-                if let Some(took) = r.first_took.filter(|_| {
-                    matches!(
-                        model.hedge,
-                        Some(Hedge {
-                            after: HedgeAfter::P95 { .. },
-                            ..
-                        })
-                    )
-                }) {
+                if let (Some(took), Some(HedgeAfter::P95 { .. })) =
+                    (h.first_took, model.hedge.map(|h| h.after))
+                {
                     call.shard.balancer.note_ttft(alias, took);
                 }
-                r
+                h.head
             }
         };
-        attempts.extend(round.ended);
-        let (i, failure) = match round.result {
-            RoundResult::ClientLeft => {
+        let step = plan[i];
+        let failure = match head {
+            None => {
+                let left = AttemptOutcome::ClientLeft;
+                attempts.push(end(
+                    call,
+                    step.target,
+                    started,
+                    None,
+                    left,
+                    Health::Neutral,
+                    tracked,
+                ));
                 conn.note_error(relay::CLIENT_LEFT);
                 return Outcome::CLOSE;
             }
-            RoundResult::Failed(i, failure) => (i, failure),
-            RoundResult::Head(i, started, mut answer) => {
+            // Borrowed, not moved: an answer is a few hundred bytes, and
+            // each move into a future is a copy.
+            Some(Ok(ref mut answer)) => {
                 let head_at = Some(Instant::now());
-                answer.alias_line = plan[i].route.alias_line.as_slice();
-                let delivered = relay::deliver(conn, &mut answer).await;
-                drop(answer);
-                let step = plan[i];
-                match delivered {
+                answer.alias_line = step.route.alias_line.as_slice();
+                match relay::deliver(conn, answer).await {
                     Ok(outcome) => {
-                        let r = end(
+                        let ok = AttemptOutcome::Answered;
+                        attempts.push(end(
                             call,
                             step.target,
                             started,
                             head_at,
-                            AttemptOutcome::Answered,
+                            ok,
                             Health::Answered,
                             tracked,
-                        );
-                        attempts.push(r);
+                        ));
                         return outcome;
                     }
                     Err(failure) => {
@@ -307,19 +342,32 @@ pub async fn serve<'a>(
                         } else {
                             Health::Answered
                         };
-                        let r = end(
+                        let outcome = AttemptOutcome::Failed(failure.error.label());
+                        attempts.push(end(
                             call,
                             step.target,
                             started,
                             head_at,
-                            AttemptOutcome::Failed(failure.error.label()),
+                            outcome,
                             health,
                             tracked,
-                        );
-                        attempts.push(r);
-                        (i, failure)
+                        ));
+                        failure
                     }
                 }
+            }
+            Some(Err(failure)) => {
+                let outcome = AttemptOutcome::Failed(failure.error.label());
+                attempts.push(end(
+                    call,
+                    step.target,
+                    started,
+                    None,
+                    outcome,
+                    failure.health(),
+                    tracked,
+                ));
+                failure
             }
         };
         if failure.kind == FailureKind::ContextLength {
@@ -453,27 +501,16 @@ fn waits(step: Step<'_>, deadline: Option<Instant>) -> Waits {
     }
 }
 
-/// How one round (an attempt, or an attempt and its hedge) ended.
-struct Round<'a, 'c> {
-    /// Records of the attempts that ended without the answer (a hedge's
-    /// failure or its cancelled loser).
-    ended: SmallVec<[AttemptRecord<'a>; 1]>,
-    result: RoundResult<'c>,
+/// What a hedged first attempt came to.
+struct HedgedHead<'c> {
+    /// The attempt whose head came first (or the last to fail): its plan
+    /// entry, its start, its head (`None`: the client left).
+    head: (usize, Instant, Option<Result<Answer<'c>, Failure>>),
     /// A second attempt was sent.
     hedged: bool,
     /// How long the first attempt took to its head, or ran before it was
     /// cancelled (for the route's p95).
     first_took: Option<Duration>,
-}
-
-// The answer stays where it is until relayed: boxing it would allocate per
-// request, and the round lives on the request's own future.
-#[allow(clippy::large_enum_variant)]
-enum RoundResult<'c> {
-    /// Plan entry `.0`, started at `.1`, has its head.
-    Head(usize, Instant, Answer<'c>),
-    Failed(usize, Failure),
-    ClientLeft,
 }
 
 /// Ends an attempt: the balancer hears of it, and its record is made.
@@ -508,49 +545,6 @@ fn end<'a>(
     }
 }
 
-/// One attempt, raced with the client's close: a client that leaves drops
-/// the upstream connection, which cancels the attempt.
-async fn single<'a, 'c>(
-    call: &'c Call<'c>,
-    conn: &mut ClientConn,
-    step: Step<'a>,
-    i: usize,
-    deadline: Option<Instant>,
-    tracked: bool,
-) -> Round<'a, 'c>
-where
-    'a: 'c,
-{
-    let mut round = Round {
-        ended: SmallVec::new(),
-        result: RoundResult::ClientLeft,
-        hedged: false,
-        first_took: None,
-    };
-    let Some(provider) = call.generation.config.providers.get(step.target.provider) else {
-        round.result = RoundResult::Failed(
-            i,
-            Failure::classify(GatewayError::Misconfigured("no such provider".into())),
-        );
-        return round;
-    };
-    let started = Instant::now();
-    if tracked {
-        call.shard.balancer.started(step.target, started);
-    }
-    let head = or(
-        async {
-            Some(attempt::send_until_head(call, step.target, provider, waits(step, deadline)).await)
-        },
-        async {
-            conn.closed().await;
-            None
-        },
-    )
-    .await;
-    finish_alone(call, round, (step, i, started), head, tracked)
-}
-
 /// How the first attempt of a hedged round stood when the hedge was due.
 enum Alone<T> {
     Done(T),
@@ -569,7 +563,8 @@ enum Race<T> {
 /// at `b` too: the first head wins and the other attempt is dropped, which
 /// closes its upstream connection. A failure waits for the other attempt.
 /// Both are charged: the loser with its prompt, which the upstream may have
-/// read.
+/// read. The attempts that do not end the round are recorded here.
+#[allow(clippy::too_many_arguments)]
 async fn hedged<'a, 'c>(
     call: &'c Call<'c>,
     conn: &mut ClientConn,
@@ -578,25 +573,27 @@ async fn hedged<'a, 'c>(
     after: Duration,
     deadline: Option<Instant>,
     tracked: bool,
-) -> Round<'a, 'c>
+    attempts: &mut Attempts<'a>,
+) -> HedgedHead<'c>
 where
     'a: 'c,
 {
     let providers = &call.generation.config.providers;
+    let started_a = Instant::now();
+    let mut out = HedgedHead {
+        head: (ia, started_a, None),
+        hedged: false,
+        first_took: None,
+    };
     let (Some(pa), Some(pb)) = (
         providers.get(sa.target.provider),
         providers.get(sb.target.provider),
     ) else {
-        return single(call, conn, sa, ia, deadline, tracked).await;
-    };
-    let mut round = Round {
-        ended: SmallVec::new(),
-        result: RoundResult::ClientLeft,
-        hedged: false,
-        first_took: None,
+        let e = GatewayError::Misconfigured("a hedged target's provider is gone".into());
+        out.head.2 = Some(Err(Failure::classify(e)));
+        return out;
     };
     let balancer = &call.shard.balancer;
-    let started_a = Instant::now();
     if tracked {
         balancer.started(sa.target, started_a);
     }
@@ -619,27 +616,18 @@ where
             },
         ),
     );
-    let first = match alone.await {
-        Alone::Done(result) => Some(result),
-        Alone::HedgeDue => None,
-        Alone::ClientLeft => {
-            let left = AttemptOutcome::ClientLeft;
-            round.ended.push(end(
-                call,
-                sa.target,
-                started_a,
-                None,
-                left,
-                Health::Neutral,
-                tracked,
-            ));
-            return round;
+    match alone.await {
+        Alone::Done(result) => {
+            if result.is_ok() {
+                out.first_took = Some(started_a.elapsed());
+            }
+            out.head.2 = Some(result);
+            return out;
         }
-    };
-    if let Some(result) = first {
-        return settle_alone(call, conn, round, (sa, ia, started_a), result, tracked).await;
+        Alone::ClientLeft => return out,
+        Alone::HedgeDue => {}
     }
-    round.hedged = true;
+    out.hedged = true;
     let started_b = Instant::now();
     if tracked {
         balancer.started(sb.target, started_b);
@@ -665,12 +653,13 @@ where
     )
     .await;
     let cancelled = |step: Step<'a>, started| {
+        let outcome = AttemptOutcome::Cancelled;
         let mut r = end(
             call,
             step.target,
             started,
             None,
-            AttemptOutcome::Cancelled,
+            outcome,
             Health::Neutral,
             tracked,
         );
@@ -685,134 +674,66 @@ where
         });
         r
     };
+    let failed = |step: Step<'a>, started, failure: &Failure| {
+        let outcome = AttemptOutcome::Failed(failure.error.label());
+        end(
+            call,
+            step.target,
+            started,
+            None,
+            outcome,
+            failure.health(),
+            tracked,
+        )
+    };
+    // The first attempt ran at least this long: when the hedge wins, a
+    // bound from below keeps the tail it cut off in the route's figure.
+    out.first_took = Some(started_a.elapsed());
     match race {
         Race::ClientLeft => {
-            for (step, started) in [(sa, started_a), (sb, started_b)] {
-                let left = AttemptOutcome::ClientLeft;
-                round.ended.push(end(
-                    call,
-                    step.target,
-                    started,
-                    None,
-                    left,
-                    Health::Neutral,
-                    tracked,
-                ));
-            }
-            round
-        }
-        Race::First(Ok(answer)) => {
-            round.first_took = Some(started_a.elapsed());
-            round.ended.push(cancelled(sb, started_b));
-            round.result = RoundResult::Head(ia, started_a, answer);
-            round
-        }
-        Race::Second(Ok(answer)) => {
-            // The first attempt ran at least this long: a bound from below
-            // keeps the tail the hedge cut off in the route's figure.
-            round.first_took = Some(started_a.elapsed());
-            round.ended.push(cancelled(sa, started_a));
-            round.result = RoundResult::Head(ib, started_b, answer);
-            round
-        }
-        Race::First(Err(failure)) => {
-            let outcome = AttemptOutcome::Failed(failure.error.label());
-            round.ended.push(end(
-                call,
-                sa.target,
-                started_a,
-                None,
-                outcome,
-                failure.health(),
-                tracked,
-            ));
-            let rest = or(async { Some(fb.as_mut().await) }, async {
-                conn.closed().await;
-                None
-            })
-            .await;
-            finish_alone(call, round, (sb, ib, started_b), rest, tracked)
-        }
-        Race::Second(Err(failure)) => {
-            let outcome = AttemptOutcome::Failed(failure.error.label());
-            round.ended.push(end(
+            let left = AttemptOutcome::ClientLeft;
+            attempts.push(end(
                 call,
                 sb.target,
                 started_b,
-                None,
-                outcome,
-                failure.health(),
-                tracked,
-            ));
-            let rest = or(async { Some(fa.as_mut().await) }, async {
-                conn.closed().await;
-                None
-            })
-            .await;
-            finish_alone(call, round, (sa, ia, started_a), rest, tracked)
-        }
-    }
-}
-
-/// The first attempt ended before the hedge was due.
-async fn settle_alone<'a, 'c>(
-    call: &'c Call<'c>,
-    _conn: &mut ClientConn,
-    mut round: Round<'a, 'c>,
-    (step, i, started): (Step<'a>, usize, Instant),
-    result: Result<Answer<'c>, Failure>,
-    tracked: bool,
-) -> Round<'a, 'c>
-where
-    'a: 'c,
-{
-    if result.is_ok() {
-        round.first_took = Some(started.elapsed());
-    }
-    finish_alone(call, round, (step, i, started), Some(result), tracked)
-}
-
-/// The round's result from its one attempt left (`None`: the client left).
-fn finish_alone<'a, 'c>(
-    call: &'c Call<'c>,
-    mut round: Round<'a, 'c>,
-    (step, i, started): (Step<'a>, usize, Instant),
-    result: Option<Result<Answer<'c>, Failure>>,
-    tracked: bool,
-) -> Round<'a, 'c>
-where
-    'a: 'c,
-{
-    round.result = match result {
-        None => {
-            let left = AttemptOutcome::ClientLeft;
-            round.ended.push(end(
-                call,
-                step.target,
-                started,
                 None,
                 left,
                 Health::Neutral,
                 tracked,
             ));
-            RoundResult::ClientLeft
+            out.first_took = None;
         }
-        Some(Ok(answer)) => RoundResult::Head(i, started, answer),
-        Some(Err(failure)) => {
-            let outcome = AttemptOutcome::Failed(failure.error.label());
-            round.ended.push(end(
-                call,
-                step.target,
-                started,
-                None,
-                outcome,
-                failure.health(),
-                tracked,
-            ));
-            RoundResult::Failed(i, failure)
+        Race::First(Ok(answer)) => {
+            attempts.push(cancelled(sb, started_b));
+            out.head.2 = Some(Ok(answer));
         }
-    };
-    round
+        Race::Second(Ok(answer)) => {
+            attempts.push(cancelled(sa, started_a));
+            out.head = (ib, started_b, Some(Ok(answer)));
+        }
+        Race::First(Err(failure)) => {
+            attempts.push(failed(sa, started_a, &failure));
+            out.first_took = None;
+            let rest = or(async { Some(fb.as_mut().await) }, async {
+                conn.closed().await;
+                None
+            });
+            out.head = (ib, started_b, rest.await);
+        }
+        Race::Second(Err(failure)) => {
+            attempts.push(failed(sb, started_b, &failure));
+            let rest = or(async { Some(fa.as_mut().await) }, async {
+                conn.closed().await;
+                None
+            });
+            let head = rest.await;
+            if !matches!(head, Some(Ok(_))) {
+                out.first_took = None;
+            }
+            out.head.2 = head;
+        }
+    }
+    out
 }
 
 /// Every target to try, in order, with its route's alias and whether that
