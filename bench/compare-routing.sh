@@ -97,7 +97,7 @@ PIDS+=("$GW_PID")
 wait_port "$WORK/gateway.out" "shardgate listening on" "$GW_PID" >/dev/null \
   || { log "gateway did not start"; tail -n 20 "$WORK/gateway.err" >&2; exit 1; }
 log "gateway on 127.0.0.1:$API (cpus $PROXY_CPUS); mocks on $MOCK_CPUS; load on $LOAD_CPUS"
-URL=http://127.0.0.1:$API/v1
+URL=http://127.0.0.1:$API/v1/chat/completions
 
 run() { # MODEL ARGS...: one bench run's JSON report
   local model=$1

@@ -82,9 +82,10 @@ def test_lowest_latency_moves_traffic_to_the_faster_target(gw):
     for _ in range(60):
         r = c.chat.completions.with_raw_response.create(model="fast", messages=MESSAGES)
         fast += r.headers["x-shardgate-upstream-model"] == "mock-1"
-    # Power of two choices with replacement: about 3 in 4 once both are
-    # known (45 of 60 expected; 30 is over 4 standard deviations below).
-    assert fast >= 30, fast
+    # The better of two distinct draws, and one pick in 50 at random: after
+    # each shard has measured both targets, all but about 1% go to the
+    # faster one.
+    assert fast >= 50, fast
 
 
 def test_cheapest_picks_the_lower_price(gw):

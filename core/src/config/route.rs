@@ -42,7 +42,8 @@ pub enum Strategy {
     /// The better of two picked at random, by requests in flight.
     LeastInflight,
     /// The better of two picked at random, by a latency score (an EWMA of
-    /// time to the answer's head, scaled by requests in flight).
+    /// time to the answer's head, scaled by requests in flight); one pick
+    /// in 50 goes to a random target, so a recovered one is seen.
     LowestLatency,
     /// The one whose price for the request's expected tokens is lowest.
     Cheapest,

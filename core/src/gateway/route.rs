@@ -771,7 +771,7 @@ fn plan<'a>(
     };
     add(model);
     if model.fallback.is_empty() {
-        return healthy_first(shard, plan);
+        return healthy_first(&shard.balancer, plan);
     }
     let mut seen: SmallVec<[&str; 4]> = SmallVec::new();
     seen.push(alias);
@@ -790,16 +790,15 @@ fn plan<'a>(
         add(route);
         queue.extend(route.fallback.iter().map(String::as_str));
     }
-    healthy_first(shard, plan)
+    healthy_first(&shard.balancer, plan)
 }
 
 /// Targets whose circuit is open (or half-open with its probe out) go
 /// last: tried only once nothing healthy is left.
 fn healthy_first<'a>(
-    shard: &crate::shard::Shard,
+    b: &super::balance::Balancer,
     plan: SmallVec<[Step<'a>; 4]>,
 ) -> SmallVec<[Step<'a>; 4]> {
-    let b = &shard.balancer;
     if !b.any_not_closed() {
         return plan;
     }
@@ -914,5 +913,74 @@ mod tests {
         assert!(!fits(&t(None), Some(0)));
         assert!(fits(&t(Some(9000)), Some(8000)));
         assert!(!fits(&t(Some(8000)), Some(8000)));
+    }
+
+    #[test]
+    fn no_strategy_tries_an_open_target_while_a_healthy_one_exists() {
+        use super::super::balance::Balancer;
+        use crate::config::route::{RetryPolicy, RouteTimeouts};
+        let secs = Duration::from_secs;
+        let targets: Vec<Target> = (0..4)
+            .map(|i| Target {
+                provider: i,
+                model: format!("m{i}"),
+                served_by: format!("p/m{i}"),
+                model_json: Vec::new(),
+                weight: 1 + i as u32,
+                context_window: None,
+                head_lines: Vec::new(),
+            })
+            .collect();
+        let now = Instant::now();
+        for strategy in [
+            Strategy::Priority,
+            Strategy::Weighted,
+            Strategy::LeastInflight,
+            Strategy::LowestLatency,
+            Strategy::Cheapest,
+        ] {
+            let route = ModelRoute {
+                targets: targets.clone(),
+                strategy,
+                fallback: Vec::new(),
+                alias_line: Vec::new(),
+                retry: RetryPolicy::default(),
+                timeouts: RouteTimeouts {
+                    connect: secs(1),
+                    first_token: secs(1),
+                    idle: secs(1),
+                    total: None,
+                },
+                hedge: None,
+            };
+            // Every subset of open circuits but the one where all are open.
+            for open in 0u32..15 {
+                let b = Balancer::new(u64::from(open) + 1);
+                for (i, t) in targets.iter().enumerate() {
+                    if open & (1 << i) != 0 {
+                        b.open_from_peer(&t.served_by, now + secs(60));
+                    }
+                }
+                for _ in 0..50 {
+                    let plan: SmallVec<[Step<'_>; 4]> = b
+                        .order(&route, |t| t.provider as u64)
+                        .into_iter()
+                        .map(|i| Step {
+                            route: &route,
+                            target: &route.targets[i],
+                        })
+                        .collect();
+                    let plan = healthy_first(&b, plan);
+                    assert_eq!(plan.len(), 4);
+                    assert!(!b.avoided(plan[0].target, now), "{strategy:?} {open:04b}");
+                    // Every healthy one before every open one.
+                    let healthy = plan
+                        .iter()
+                        .take_while(|s| !b.avoided(s.target, now))
+                        .count();
+                    assert_eq!(healthy, 4 - open.count_ones() as usize);
+                }
+            }
+        }
     }
 }
