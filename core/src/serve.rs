@@ -591,6 +591,7 @@ async fn shard_main(
         }
     }
     glommio::spawn_local(persist(shard.clone())).detach();
+    glommio::spawn_local(crate::gateway::health::run(shard.clone())).detach();
     if let Some(audit) = shard.audit.clone() {
         let s = shard.clone();
         glommio::spawn_local(async move { audit.run(&s).await }).detach();

@@ -403,3 +403,34 @@ def test_a_request_with_tools_is_not_hedged(rgw):
     assert r.headers["x-shardgate-upstream-model"] == "mock-ttft-3s"
     assert r.headers["x-shardgate-attempts"] == "1"
     assert took >= 2.5
+
+
+def test_health_checks_open_a_dead_targets_circuit_before_any_call(tmp_path: Path, logs_dir: Path,
+                                                                   mock_upstream: Upstream, upstream_key: str):
+    """A provider whose health check fails has its targets' circuits opened
+    by the checks alone: the first call goes straight to the healthy
+    target. A provider whose check answers keeps serving."""
+    cfg = gateway_config(mock_upstream)
+    cfg["upstream"] = {"breaker_failures": 2, "breaker_open_for": "60s"}
+    check = {"path": "/models", "interval": "150ms", "timeout": "100ms"}
+    cfg["providers"]["sick"] = {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "k",
+                                "health_check": check}
+    cfg["providers"]["fine"] = {**cfg["providers"]["up"], "health_check": check}
+    cfg["models"]["checked"] = {"targets": [{"provider": "sick", "model": "mock-1"}, {"provider": "local", "model": "mock-1"}]}
+    cfg["models"]["checked-fine"] = {"targets": [{"provider": "fine", "model": "mock-1"}, {"provider": "local", "model": "mock-1"}]}
+    path = write_config(tmp_path / "gateway.yaml", cfg)
+    g = start_gateway("gateway-health", path, logs_dir / "gateway-health.log", upstream_key)
+    try:
+        time.sleep(1.0)  # a few checks
+        c = client(g)
+        for _ in range(6):
+            r = c.chat.completions.with_raw_response.create(model="checked", messages=MESSAGES)
+            assert r.headers["x-shardgate-provider"] == "local"
+            assert r.headers["x-shardgate-attempts"] == "1"
+            r = c.chat.completions.with_raw_response.create(model="checked-fine", messages=MESSAGES)
+            assert r.headers["x-shardgate-provider"] == "fine"
+        log = (logs_dir / "gateway-health.log").read_text()
+        assert "health check of sick: cannot connect" in log
+        assert "health check of fine" not in log
+    finally:
+        assert g.stop() == 0

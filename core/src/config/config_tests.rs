@@ -334,3 +334,44 @@ fn bad_route_settings_are_named() {
     let e = parse(&two_targets("").replace("8000", "0")).unwrap_err();
     assert_eq!(e, "models.r.targets[0].context_window: must be more than 0");
 }
+
+#[test]
+fn health_checks_are_validated() {
+    let with = |check: &str| {
+        parse(&format!(
+            "listen: 127.0.0.1:0\nproviders: {{ o: {{ kind: openai, base_url: 'http://127.0.0.1:9/v1', health_check: {check} }} }}\nmodels: {{ a: {{ targets: [ {{ provider: o, model: m }} ] }} }}\n"
+        ))
+    };
+    let c = with("{ path: /models }").unwrap();
+    let ProviderKind::Http(h) = &c.providers[0].kind else {
+        panic!("not http")
+    };
+    assert_eq!(
+        h.health_check,
+        Some(HealthCheck {
+            path: "/v1/models".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+        })
+    );
+    for (check, starts) in [
+        ("{ path: models }", "providers.o.health_check.path:"),
+        ("{ path: '/a b' }", "providers.o.health_check.path:"),
+        (
+            "{ path: /m, interval: 1s, timeout: 2s }",
+            "providers.o.health_check.timeout:",
+        ),
+        (
+            "{ path: /m, interval: 10ms }",
+            "providers.o.health_check.interval:",
+        ),
+    ] {
+        let e = with(check).unwrap_err();
+        assert!(e.starts_with(starts), "{check}: {e}");
+    }
+    let e = parse("listen: 127.0.0.1:0\nproviders: { l: { kind: mock, health_check: { path: /x } } }\nmodels: { a: { targets: [ { provider: l, model: m } ] } }\n").unwrap_err();
+    assert!(
+        e.starts_with("providers.l.health_check: does not apply"),
+        "{e}"
+    );
+}

@@ -210,6 +210,9 @@ pub struct Provider {
     pub kind: ProviderKind,
 }
 
+/// Built once per config; a boxed HTTP provider would cost a pointer
+/// chase on every request for the few bytes a mock provider would save.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ProviderKind {
     /// An HTTP upstream speaking one of the dialects in [`Wire`].
@@ -229,6 +232,19 @@ pub struct HttpProvider {
     /// Extra CA certificates trusted for this upstream (besides webpki roots).
     pub ca_file: Option<PathBuf>,
     pub wire: Wire,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// An active health check: `GET path` (base_url's path included) every
+/// `interval`, answered within `timeout`. A 5xx, a 429, no answer or no
+/// connection count as the provider's targets failing; any other answer
+/// (a 401 too: the server is up) as their answering. Both feed the same
+/// breakers as calls do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// How a provider is spoken to. OpenAI and Azure share the client's dialect

@@ -160,6 +160,15 @@ struct RawProvider {
     aws_access_key_id: Option<SecretRef>,
     aws_secret_access_key: Option<SecretRef>,
     aws_session_token: Option<SecretRef>,
+    health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    path: String,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
 }
 
 fn dur(v: Option<Dur>, default: Duration) -> Duration {
@@ -399,7 +408,7 @@ impl RawProvider {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ProviderKind, ConfigError> {
         let kind = self.kind.to_ascii_lowercase();
-        let set: [(&str, bool); 13] = [
+        let set: [(&str, bool); 14] = [
             ("base_url", self.base_url.is_some()),
             ("api_key", self.api_key.is_some()),
             ("ca_file", self.ca_file.is_some()),
@@ -416,8 +425,9 @@ impl RawProvider {
                 self.aws_secret_access_key.is_some(),
             ),
             ("aws_session_token", self.aws_session_token.is_some()),
+            ("health_check", self.health_check.is_some()),
         ];
-        let http = ["base_url", "api_key", "ca_file"];
+        let http = ["base_url", "api_key", "ca_file", "health_check"];
         let allowed: Vec<&str> = match kind.as_str() {
             "mock" => vec!["output_tokens", "ttft", "tokens_per_second"],
             "azure" => [&http[..], &["api_version"]].concat(),
@@ -589,12 +599,44 @@ impl RawProvider {
                 .chain(&aws_secrets)
                 .map(|s| s.expose().to_owned()),
         );
+        let health_check = match self.health_check {
+            None => None,
+            Some(h) => {
+                let at = format!("{path}.health_check");
+                if !h.path.starts_with('/')
+                    || h.path
+                        .bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                {
+                    return Err(field(
+                        format!("{at}.path"),
+                        "must start with `/` and hold no spaces (it is appended to base_url's path)",
+                    ));
+                }
+                let check = super::HealthCheck {
+                    path: format!("{}{}", base.path, h.path),
+                    interval: dur(h.interval, Duration::from_secs(10)),
+                    timeout: dur(h.timeout, Duration::from_secs(2)),
+                };
+                if check.interval < Duration::from_millis(100) {
+                    return Err(field(format!("{at}.interval"), "must be 100ms or more"));
+                }
+                if check.timeout.is_zero() || check.timeout > check.interval {
+                    return Err(field(
+                        format!("{at}.timeout"),
+                        "must be more than 0 and no more than `interval`",
+                    ));
+                }
+                Some(check)
+            }
+        };
         Ok(ProviderKind::Http(HttpProvider {
             base,
             api_key,
             secrets,
             ca_file: self.ca_file,
             wire,
+            health_check,
         }))
     }
 }

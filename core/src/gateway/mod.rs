@@ -7,6 +7,7 @@
 mod attempt;
 pub mod balance;
 pub mod egress;
+pub mod health;
 pub use egress::ClientDialect;
 mod mock;
 pub mod models;
