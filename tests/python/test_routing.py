@@ -202,6 +202,7 @@ def resilience_config(upstream: Upstream) -> dict:
         "targets": [{"provider": "up", "model": "mock-500"}, {"provider": "local", "model": "mock-1"}],
         "retry": {"on": ["connect"]},
     }
+    m["idle"] = {"targets": [{"provider": "up", "model": "mock-tokens-6-tps-2"}], "timeouts": {"idle": "200ms"}}
     m["hedged"] = {
         "targets": [{"provider": "up", "model": "mock-ttft-3s"}, {"provider": "local", "model": "mock-1"}],
         "hedge": {"after": "150ms"},
@@ -301,6 +302,18 @@ def test_a_context_length_error_moves_only_to_a_larger_window(rgw, stream):
         c.chat.completions.create(model="context-nowhere", messages=long)
     assert "maximum context length" in e.value.message
     assert e.value.response.headers["x-shardgate-attempts"] == "1"
+
+
+def test_an_idle_gap_over_the_routes_limit_ends_the_stream(rgw):
+    c = client(rgw)
+    t = time.monotonic()
+    with c.chat.completions.with_streaming_response.create(model="idle", messages=MESSAGES, stream=True) as r:
+        with pytest.raises(openai.APIError):
+            for _ in r.parse():
+                pass
+    # Events 500 ms apart, 200 ms allowed: cut at the first gap, not after
+    # the 3 s the stream would take.
+    assert time.monotonic() - t < 2.0
 
 
 def test_nothing_moves_after_the_first_byte(rgw):
