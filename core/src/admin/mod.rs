@@ -1,0 +1,129 @@
+//! The router of `admin` listeners: operators' endpoints on a port of their
+//! own (usually loopback), apart from client traffic, so that probes and
+//! operators never queue behind model calls and client ports expose
+//! nothing operational: health, readiness and `/metrics` (every shard's
+//! counts, merged at the scrape).
+
+use crate::error::GatewayError;
+use crate::gateway::{probe, route_error, send_error, send_ok, ClientDialect, Probe};
+use crate::generation::Generation;
+use crate::record::Trail;
+use crate::server::{ClientConn, Outcome, Request, Router};
+use crate::shard::Shard;
+use shardgate_proto::h1::Method;
+use std::rc::Rc;
+use std::time::Duration;
+
+mod keys;
+
+/// `Authorization: Bearer <admin.token>`, compared in constant time.
+fn authorized(req: &Request<'_>, generation: &Generation) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(admin) = &generation.config.admin else {
+        return false;
+    };
+    let Some(presented) = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    presented.ct_eq(admin.token.expose().as_bytes()).into()
+}
+
+pub struct AdminRouter;
+
+/// The admin endpoints.
+enum Endpoint<'p> {
+    Health,
+    Ready,
+    Metrics,
+    /// `GET` lists keys, `POST` issues one.
+    Keys,
+    /// `DELETE` revokes it.
+    Key(&'p str),
+}
+
+fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
+    match path {
+        b"/healthz" => Some((Endpoint::Health, "/healthz")),
+        b"/readyz" => Some((Endpoint::Ready, "/readyz")),
+        b"/metrics" => Some((Endpoint::Metrics, "/metrics")),
+        b"/admin/keys" => Some((Endpoint::Keys, "/admin/keys")),
+        _ => {
+            let id = path.strip_prefix(b"/admin/keys/")?;
+            let id = std::str::from_utf8(id).ok()?;
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            ok.then_some((Endpoint::Key(id), "/admin/keys/{id}"))
+        }
+    }
+}
+
+/// How long a scrape waits for the other shards' counts.
+const SCRAPE_WAIT: Duration = Duration::from_secs(1);
+
+impl Router for AdminRouter {
+    type Dialect = ClientDialect;
+
+    fn classify(&self, path: &[u8]) -> (&'static str, ClientDialect) {
+        (
+            endpoint(path).map_or("other", |(_, label)| label),
+            ClientDialect::OpenAi,
+        )
+    }
+
+    async fn refuse(
+        &self,
+        conn: &mut ClientConn,
+        dialect: ClientDialect,
+        err: &GatewayError,
+        rid: &str,
+    ) {
+        send_error(conn, dialect, err, rid, &[], true).await;
+    }
+
+    async fn handle<'g>(
+        &self,
+        shard: &Rc<Shard>,
+        generation: &'g Generation,
+        conn: &mut ClientConn,
+        req: Request<'_>,
+        rid: &str,
+        _trail: &mut Trail<'g>,
+    ) -> Outcome {
+        let openai = ClientDialect::OpenAi;
+        let Some((which, _)) = endpoint(req.path()) else {
+            let e = route_error(&req, false);
+            return send_error(conn, openai, &e, rid, &[], false).await;
+        };
+        // Probes come from orchestrators that send no credentials; the
+        // rest is for operators and needs the admin token.
+        if !matches!(which, Endpoint::Health | Endpoint::Ready) && !authorized(&req, generation) {
+            let e = GatewayError::Unauthorized;
+            return send_error(conn, openai, &e, rid, &[], false).await;
+        }
+        let get = matches!(req.head.method, Method::Get | Method::Head);
+        match (which, req.head.method) {
+            (Endpoint::Health, _) if get => probe(conn, shard, Probe::Health, rid).await,
+            (Endpoint::Ready, _) if get => probe(conn, shard, Probe::Ready, rid).await,
+            (Endpoint::Metrics, _) if get => {
+                let text = shard.scrape(SCRAPE_WAIT).await;
+                let content_type = b"text/plain; version=0.0.4; charset=utf-8";
+                send_ok(conn, content_type, text.as_bytes(), rid).await
+            }
+            (Endpoint::Keys, _) if get => keys::list(shard, generation, conn, rid).await,
+            (Endpoint::Keys, Method::Post) => {
+                keys::create(shard, generation, conn, &req, rid).await
+            }
+            (Endpoint::Key(id), Method::Delete) => {
+                keys::revoke(shard, generation, conn, id, rid).await
+            }
+            _ => {
+                let e = route_error(&req, true);
+                send_error(conn, openai, &e, rid, &[], false).await
+            }
+        }
+    }
+}
