@@ -78,6 +78,17 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
   echo "$want" > "$STAMP"
 fi
 
+# The status page is tested in a real headless Chromium, Debian's package:
+# installed only when missing.
+if ! command -v chromium >/dev/null 2>&1; then
+  step "installing chromium (Debian's package) for the status page test"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium
+fi
+
 # ---- e2e suite --------------------------------------------------------------
 step "pytest tests/python (binaries from $SHARDGATE_BIN_DIR)"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python "$@"

@@ -56,6 +56,45 @@ pub struct ShardStats {
     /// Targets whose circuit is not closed, and its state (every shard
     /// hears of an opened circuit: the scraping shard's view).
     circuits: Option<Vec<(String, &'static str)>>,
+    /// Requests and tokens by team (`""`: no team); spend is in
+    /// `spend_micros`.
+    teams: FxHashMap<String, Usage>,
+    /// Requests and spend by key id (ids come from the key table).
+    keys: FxHashMap<String, KeyUsage>,
+    /// The latest refusals (401, 403, 429), newest last.
+    denials: std::collections::VecDeque<Denial>,
+    /// Each target's latency figure and requests in flight, as the
+    /// scraping shard's balancer sees them.
+    latency: Option<Vec<(String, f64, u32)>>,
+}
+
+/// How many refusals the status view keeps per shard.
+const DENIALS_KEPT: usize = 20;
+
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Clone, Default, Debug)]
+struct KeyUsage {
+    team: Option<String>,
+    requests: u64,
+    spend_micros: u64,
+}
+
+/// One refused request, for the status page.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Denial {
+    unix_ms: u64,
+    request_id: String,
+    key_id: Option<String>,
+    team: Option<String>,
+    status: u16,
+    reason: &'static str,
+    model: Option<String>,
 }
 
 #[derive(Clone)]
@@ -162,6 +201,59 @@ impl ShardStats {
                 }
             }
         }
+        // The status view is about client traffic: operators' own requests
+        // (scrapes, the page's polls) stay out of it.
+        if operator_endpoint(t.endpoint) {
+            return;
+        }
+        let (input, output) = t
+            .attempts
+            .iter()
+            .filter_map(|a| a.metered.as_ref()?.usage)
+            .fold((0, 0), |(i, o), u| {
+                (
+                    i + u.prompt_tokens.unwrap_or(0),
+                    o + u.completion_tokens.unwrap_or(0),
+                )
+            });
+        let usage = match self.teams.get_mut(team.unwrap_or("")) {
+            Some(u) => u,
+            None => self.teams.entry(team.unwrap_or("").to_owned()).or_default(),
+        };
+        usage.requests += 1;
+        usage.input_tokens += input;
+        usage.output_tokens += output;
+        if let Some(actor) = &t.actor {
+            let k = match self.keys.get_mut(actor.key_id.as_str()) {
+                Some(k) => k,
+                None => self
+                    .keys
+                    .entry(actor.key_id.clone())
+                    .or_insert_with(|| KeyUsage {
+                        team: actor.team.clone(),
+                        ..KeyUsage::default()
+                    }),
+            };
+            k.requests += 1;
+            k.spend_micros += t.cost_micros;
+        }
+        if let (Some(status @ (401 | 403 | 429)), Some(reason)) = (end.status, end.error) {
+            if self.denials.len() == DENIALS_KEPT {
+                self.denials.pop_front();
+            }
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.denials.push_back(Denial {
+                unix_ms,
+                request_id: end.rid.to_owned(),
+                key_id: t.actor.as_ref().map(|a| a.key_id.clone()),
+                team: team.map(str::to_owned),
+                status,
+                reason,
+                model: t.alias.clone(),
+            });
+        }
         if t.cost_micros > 0 {
             let team = team.unwrap_or("");
             match self.spend_micros.get_mut(team) {
@@ -198,6 +290,11 @@ impl ShardStats {
     /// snapshot.
     pub fn set_circuits(&mut self, circuits: Vec<(String, &'static str)>) {
         self.circuits = Some(circuits);
+    }
+
+    /// The balancer's latency figures, set on the scraping shard's snapshot.
+    pub fn set_latency(&mut self, latency: Vec<(String, f64, u32)>) {
+        self.latency = Some(latency);
     }
 
     /// The audit log's counts, set on a snapshot.
@@ -248,6 +345,24 @@ impl ShardStats {
                 Some((_, mine)) => *mine += n,
                 None => self.tool_calls.push((key.clone(), *n)),
             }
+        }
+        for (team, u) in &other.teams {
+            let mine = self.teams.entry(team.clone()).or_default();
+            mine.requests += u.requests;
+            mine.input_tokens += u.input_tokens;
+            mine.output_tokens += u.output_tokens;
+        }
+        for (key, u) in &other.keys {
+            let mine = self.keys.entry(key.clone()).or_insert_with(|| KeyUsage {
+                team: u.team.clone(),
+                ..KeyUsage::default()
+            });
+            mine.requests += u.requests;
+            mine.spend_micros += u.spend_micros;
+        }
+        self.denials.extend(other.denials.iter().cloned());
+        if self.latency.is_none() {
+            self.latency.clone_from(&other.latency);
         }
         self.audit_dropped += other.audit_dropped;
         if self.circuits.is_none() {
@@ -397,6 +512,120 @@ impl ShardStats {
 }
 
 /// Adds `n` to `key`'s count: a few keys each, so a scan beats a hash.
+impl ShardStats {
+    /// The status page's figures (`GET /admin/status`), from merged
+    /// snapshots: totals, latency percentiles, usage by team, targets, the
+    /// top keys by spend and the latest refusals.
+    pub fn status_json(&self, missing: usize) -> serde_json::Value {
+        use serde_json::json;
+        let client = |endpoint: &str| !operator_endpoint(endpoint);
+        let requests: u64 = self
+            .requests
+            .iter()
+            .filter(|r| client(r.0 .0))
+            .map(|r| r.1)
+            .sum();
+        let mut by_status: Vec<(u16, u64)> = Vec::new();
+        for &((_, status), n) in self.requests.iter().filter(|r| client(r.0 .0)) {
+            match by_status.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, m)) => *m += n,
+                None => by_status.push((status, n)),
+            }
+        }
+        by_status.sort_unstable();
+        let errors: u64 = by_status
+            .iter()
+            .filter(|(s, _)| *s >= 400)
+            .map(|(_, n)| n)
+            .sum();
+        let mut all: Option<Histogram<u64>> = None;
+        for (_, d) in self.durations.iter().filter(|d| client(d.0)) {
+            match &mut all {
+                Some(h) => {
+                    let _ = h.add(&d.micros);
+                }
+                None => all = Some(d.micros.clone()),
+            }
+        }
+        let ms = |q: f64| {
+            all.as_ref()
+                .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3)
+        };
+        let usd = |micros: u64| micros as f64 / 1e6;
+        let mut teams: Vec<_> = self.teams.iter().collect();
+        teams.sort_by(|a, b| a.0.cmp(b.0));
+        let teams: Vec<_> = teams
+            .into_iter()
+            .map(|(team, u)| {
+                json!({
+                    "team": team,
+                    "requests": u.requests,
+                    "input_tokens": u.input_tokens,
+                    "output_tokens": u.output_tokens,
+                    "spend_usd": usd(self.spend_micros.get(team).copied().unwrap_or(0)),
+                })
+            })
+            .collect();
+        let circuits = self.circuits.as_deref().unwrap_or(&[]);
+        let latency = self.latency.as_deref().unwrap_or(&[]);
+        let mut targets: Vec<_> = self.targets.iter().collect();
+        targets.sort_by(|a, b| a.0.cmp(b.0));
+        let targets: Vec<_> = targets
+            .into_iter()
+            .map(|(name, t)| {
+                let circuit = circuits
+                    .iter()
+                    .find(|c| &c.0 == name)
+                    .map_or("closed", |c| c.1);
+                let figures = latency.iter().find(|l| &l.0 == name);
+                json!({
+                    "target": name,
+                    "answered": t.answered,
+                    "failed": t.failed,
+                    "cancelled": t.cancelled,
+                    "circuit": circuit,
+                    "latency_ms": figures.map(|f| f.1 / 1e3),
+                    "in_flight": figures.map(|f| f.2),
+                })
+            })
+            .collect();
+        let mut keys: Vec<_> = self.keys.iter().collect();
+        keys.sort_by(|a, b| b.1.spend_micros.cmp(&a.1.spend_micros).then(a.0.cmp(b.0)));
+        let top_keys: Vec<_> = keys
+            .into_iter()
+            .take(10)
+            .map(|(id, k)| {
+                json!({
+                    "key_id": id,
+                    "team": k.team,
+                    "requests": k.requests,
+                    "spend_usd": usd(k.spend_micros),
+                })
+            })
+            .collect();
+        let mut denials: Vec<&Denial> = self.denials.iter().collect();
+        denials.sort_by_key(|d| std::cmp::Reverse(d.unix_ms));
+        denials.truncate(DENIALS_KEPT);
+        json!({
+            "requests": requests,
+            "errors": errors,
+            "by_status": by_status.iter().map(|(s, n)| json!({"status": s, "count": n})).collect::<Vec<_>>(),
+            "latency_ms": { "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99) },
+            "open_connections": self.open_connections.iter().map(|c| c.1).sum::<usize>(),
+            "teams": teams,
+            "targets": targets,
+            "top_keys": top_keys,
+            "denials": denials,
+            "shards_missing": missing,
+        })
+    }
+}
+
+/// Operators' endpoints, on admin listeners or the probes on any.
+fn operator_endpoint(endpoint: &str) -> bool {
+    matches!(endpoint, "/" | "/metrics" | "/healthz" | "/readyz") || endpoint.starts_with("/admin")
+}
+
 fn bump<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K, n: u64) {
     match counts.iter_mut().find(|c| c.0 == key) {
         Some(c) => c.1 += n,

@@ -127,6 +127,7 @@ pub fn run(
     let (signals, hangups) = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
+    let (reload_tx, reload_asks) = crossbeam::channel::unbounded::<crate::shard::ReloadAsk>();
     log_placement(&config.placement, opts.executor.pin);
     for id in 0..shards {
         let mine: Vec<_> = sockets.iter_mut().filter_map(Iterator::next).collect();
@@ -148,6 +149,7 @@ pub fn run(
             id,
             tx: exits_tx.clone(),
         };
+        let reloads = reload_tx.clone();
         let cpu = config.placement.cpu_of(id);
         let handle = runtime::spawn_shard(
             id,
@@ -165,6 +167,7 @@ pub fn run(
                     mcp_hub,
                     audit,
                 );
+                shard.set_reloads(reloads);
                 shard_main(shard, mine, control, mesh, &exit).await;
                 drop(exit);
             },
@@ -218,19 +221,12 @@ pub fn run(
             }
             recv(key_changes) -> _ => reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref()),
             recv(hangups) -> _ => {
-                if let Some(path) = &opts.config_path {
-                    let before = generation;
-                    generation = reload_config(&config, path, generation, &handles);
-                    if let Some(a) = &auditor {
-                        let detail = serde_json::json!({
-                            "path": path.display().to_string(),
-                            "generation": generation,
-                            "applied": generation != before,
-                        });
-                        a.send_line(crate::audit::admin_event("config_reload", "SIGHUP", detail));
-                    }
-                } else {
-                    log::warn!("SIGHUP: no config file to reload (started with the bundled config)");
+                let _ = reload(&config, opts.config_path.as_deref(), &mut generation, &handles, auditor.as_ref(), "SIGHUP");
+            }
+            recv(reload_asks) -> ask => {
+                if let Ok(ask) = ask {
+                    let done = reload(&config, opts.config_path.as_deref(), &mut generation, &handles, auditor.as_ref(), ask.by);
+                    let _ = ask.reply.send(done);
                 }
             }
             default(tick) => {
@@ -485,18 +481,51 @@ const RELOAD_WAIT: Duration = Duration::from_secs(5);
 /// that needs a restart, makes it every shard's current generation.
 /// Returns the generation now current. A refused reload changes nothing
 /// and says why.
+/// Reloads the config file for `by` (SIGHUP, the admin API), audits it,
+/// and says the generation now serving or why the file was refused.
+fn reload(
+    running: &Config,
+    path: Option<&std::path::Path>,
+    generation: &mut u64,
+    handles: &[ShardHandle],
+    auditor: Option<&crate::audit::writer::AuditWriter>,
+    by: &'static str,
+) -> Result<u64, String> {
+    let Some(path) = path else {
+        let why = "no config file to reload (started with the bundled config)".to_owned();
+        log::warn!("{by}: {why}");
+        return Err(why);
+    };
+    let done = reload_config(running, path, *generation, handles);
+    if let Ok(number) = done {
+        *generation = number;
+    }
+    if let Some(a) = auditor {
+        let mut detail = serde_json::json!({
+            "path": path.display().to_string(),
+            "generation": *generation,
+            "applied": done.is_ok(),
+        });
+        if let Err(why) = &done {
+            detail["refused"] = serde_json::Value::String(why.clone());
+        }
+        a.send_line(crate::audit::admin_event("config_reload", by, detail));
+    }
+    done
+}
+
 fn reload_config(
     running: &Config,
     path: &std::path::Path,
     current: u64,
     handles: &[ShardHandle],
-) -> u64 {
+) -> Result<u64, String> {
     let refuse = |why: String| {
         log::error!(
             "config reload from {} refused, generation {current} stays: {why}",
             path.display()
         );
-        current
+        Err(why)
     };
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -553,7 +582,7 @@ fn reload_config(
             handles.len()
         );
     }
-    number
+    Ok(number)
 }
 
 /// A shard's life: accept on its listeners, apply control messages, and on

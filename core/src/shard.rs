@@ -61,6 +61,16 @@ pub struct Shard {
     /// Key changes under way on this shard, waiting for the others' acks.
     key_acks: RefCell<HashMap<u64, LocalSender<()>>>,
     next_scrape: Cell<u64>,
+    /// Asks the process to reload its config file (`POST /admin/reload`).
+    reloads: std::cell::OnceCell<crossbeam::channel::Sender<ReloadAsk>>,
+}
+
+/// A reload asked for on a shard, answered by the process's main thread
+/// (which reloads every shard): the generation now serving, or why the
+/// file was refused.
+pub struct ReloadAsk {
+    pub by: &'static str,
+    pub reply: crossbeam::channel::Sender<Result<u64, String>>,
 }
 
 impl Shard {
@@ -102,7 +112,38 @@ impl Shard {
             key_acks: RefCell::new(HashMap::new()),
             last_key_read: Cell::new(None),
             next_scrape: Cell::new(0),
+            reloads: std::cell::OnceCell::new(),
         })
+    }
+
+    pub fn set_reloads(&self, tx: crossbeam::channel::Sender<ReloadAsk>) {
+        let _ = self.reloads.set(tx);
+    }
+
+    /// Has the config file reloaded on every shard: the generation now
+    /// serving, or why it was refused. The main thread does the work; this
+    /// shard checks for its answer every few milliseconds meanwhile.
+    pub async fn ask_reload(&self, by: &'static str) -> Result<u64, String> {
+        let Some(tx) = self.reloads.get() else {
+            return Err("reloads are not available".into());
+        };
+        let (reply, answer) = crossbeam::channel::bounded(1);
+        tx.send(ReloadAsk { by, reply })
+            .map_err(|_| "the gateway is stopping".to_owned())?;
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match answer.try_recv() {
+                Ok(done) => return done,
+                Err(crossbeam::channel::TryRecvError::Disconnected) => {
+                    return Err("the gateway is stopping".into())
+                }
+                Err(crossbeam::channel::TryRecvError::Empty) => {}
+            }
+            if std::time::Instant::now() > give_up {
+                return Err("no answer from the reload within 30s".into());
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// The current config generation: a request holds the one it started
@@ -234,9 +275,22 @@ impl Shard {
     /// answer over the mesh; one that does not within `wait` is counted
     /// as missing, not waited for.
     pub async fn scrape(&self, wait: std::time::Duration) -> String {
+        let (merged, missing) = self.gather_stats(wait).await;
+        merged.render(missing)
+    }
+
+    /// The status page's figures, from every shard.
+    pub async fn status(&self, wait: std::time::Duration) -> serde_json::Value {
+        let (merged, missing) = self.gather_stats(wait).await;
+        merged.status_json(missing)
+    }
+
+    /// Every shard's counts merged, and how many shards did not answer
+    /// within `wait`.
+    async fn gather_stats(&self, wait: std::time::Duration) -> (ShardStats, usize) {
         let mut merged = self.stats_snapshot();
         let Some(mesh) = self.mesh.borrow().clone() else {
-            return merged.render(0);
+            return (merged, 0);
         };
         let seq = self.next_scrape.get();
         self.next_scrape.set(seq + 1);
@@ -252,7 +306,7 @@ impl Shard {
         if missing > 0 {
             log::warn!("metrics scrape: {missing} shards did not answer within {wait:?}");
         }
-        merged.render(missing)
+        (merged, missing)
     }
 
     fn stats_snapshot(&self) -> ShardStats {
@@ -262,6 +316,7 @@ impl Shard {
             s.set_audit(a.dropped_events.get(), Some(a.writer_totals()));
         }
         s.set_circuits(self.balancer.circuits(std::time::Instant::now()));
+        s.set_latency(self.balancer.figures());
         s
     }
 

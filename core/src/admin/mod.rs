@@ -1,8 +1,8 @@
 //! The router of `admin` listeners: operators' endpoints on a port of their
 //! own (usually loopback), apart from client traffic, so that probes and
 //! operators never queue behind model calls and client ports expose
-//! nothing operational: health, readiness and `/metrics` (every shard's
-//! counts, merged at the scrape).
+//! nothing operational: health, readiness, `/metrics` (every shard's
+//! counts, merged at the scrape), the status page, keys and reloads.
 
 use crate::error::GatewayError;
 use crate::gateway::{probe, route_error, send_error, send_ok, ClientDialect, Probe};
@@ -15,6 +15,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 mod keys;
+mod reload;
+mod status;
 
 /// `Authorization: Bearer <admin.token>`, compared in constant time.
 fn authorized(req: &Request<'_>, generation: &Generation) -> bool {
@@ -38,6 +40,11 @@ enum Endpoint<'p> {
     Health,
     Ready,
     Metrics,
+    /// The status page (`GET /`), and its figures.
+    Page,
+    Status,
+    /// `POST` reloads the config file.
+    Reload,
     /// `GET` lists keys, `POST` issues one.
     Keys,
     /// `DELETE` revokes it.
@@ -49,6 +56,9 @@ fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
         b"/healthz" => Some((Endpoint::Health, "/healthz")),
         b"/readyz" => Some((Endpoint::Ready, "/readyz")),
         b"/metrics" => Some((Endpoint::Metrics, "/metrics")),
+        b"/" => Some((Endpoint::Page, "/")),
+        b"/admin/status" => Some((Endpoint::Status, "/admin/status")),
+        b"/admin/reload" => Some((Endpoint::Reload, "/admin/reload")),
         b"/admin/keys" => Some((Endpoint::Keys, "/admin/keys")),
         _ => {
             let id = path.strip_prefix(b"/admin/keys/")?;
@@ -100,7 +110,10 @@ impl Router for AdminRouter {
         };
         // Probes come from orchestrators that send no credentials; the
         // rest is for operators and needs the admin token.
-        if !matches!(which, Endpoint::Health | Endpoint::Ready) && !authorized(&req, generation) {
+        // The status page is markup and a script, no figures: its script
+        // sends the token with every poll.
+        let open = matches!(which, Endpoint::Health | Endpoint::Ready | Endpoint::Page);
+        if !open && !authorized(&req, generation) {
             let e = GatewayError::Unauthorized;
             return send_error(conn, openai, &e, rid, &[], false).await;
         }
@@ -113,6 +126,9 @@ impl Router for AdminRouter {
                 let content_type = b"text/plain; version=0.0.4; charset=utf-8";
                 send_ok(conn, content_type, text.as_bytes(), rid).await
             }
+            (Endpoint::Page, _) if get => status::page(conn, rid).await,
+            (Endpoint::Reload, Method::Post) => reload::reload(shard, conn, rid).await,
+            (Endpoint::Status, _) if get => status::status(shard, conn, SCRAPE_WAIT, rid).await,
             (Endpoint::Keys, _) if get => keys::list(shard, generation, conn, rid).await,
             (Endpoint::Keys, Method::Post) => {
                 keys::create(shard, generation, conn, &req, rid).await

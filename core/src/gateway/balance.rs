@@ -386,6 +386,16 @@ impl Balancer {
         self.not_closed.get() > 0
     }
 
+    /// Each target's latency EWMA (microseconds; 0 before a sample) and
+    /// requests in flight (for the status page).
+    pub fn figures(&self) -> Vec<(String, f64, u32)> {
+        self.live
+            .borrow()
+            .iter()
+            .map(|(k, l)| (k.clone(), l.ewma_us, l.inflight))
+            .collect()
+    }
+
     /// The targets whose circuit is not closed (for `/metrics`).
     pub fn circuits(&self, now: Instant) -> Vec<(String, &'static str)> {
         self.live
