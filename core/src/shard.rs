@@ -39,6 +39,8 @@ pub struct Shard {
     draining: Cell<bool>,
     /// Connections currently open on this shard.
     pub open_connections: Cell<usize>,
+    /// Requests being handled on this shard.
+    pub requests_in_flight: Cell<usize>,
     request_ids: RequestIds,
     /// simd-json buffers for request facts, warm across requests. Borrowed
     /// only between awaits.
@@ -104,6 +106,7 @@ impl Shard {
             shutdown: Semaphore::new(0),
             draining: Cell::new(false),
             open_connections: Cell::new(0),
+            requests_in_flight: Cell::new(0),
             request_ids: RequestIds::new(id),
             json: RefCell::new(JsonParser::default()),
             mesh: RefCell::new(None),
@@ -311,7 +314,8 @@ impl Shard {
 
     fn stats_snapshot(&self) -> ShardStats {
         let open = self.open_connections.get();
-        let mut s = self.stats.borrow().snapshot(self.id, open);
+        let in_flight = self.requests_in_flight.get();
+        let mut s = self.stats.borrow().snapshot(self.id, open, in_flight);
         if let Some(a) = &self.audit {
             s.set_audit(a.dropped_events.get(), Some(a.writer_totals()));
         }

@@ -7,6 +7,7 @@
 //! fixed sets, provider and model names from config, teams from the key
 //! table. Nothing a client writes becomes a label.
 
+mod model;
 mod status;
 
 use crate::record::{AttemptOutcome, RequestEnd};
@@ -44,9 +45,10 @@ pub struct ShardStats {
     targets: FxHashMap<String, TargetStats>,
     /// Charged, by team (`""`: no team).
     spend_micros: FxHashMap<String, u64>,
-    /// Open client connections, per shard id (one entry in a shard's own
-    /// snapshot; merged snapshots keep each shard's).
+    /// Open client connections and requests in flight, per shard id (one
+    /// entry in a shard's own snapshot; merged snapshots keep each shard's).
     open_connections: Vec<(usize, usize)>,
+    in_flight: Vec<(usize, usize)>,
     /// Tool calls by server (from config; `-` for calls in model answers),
     /// where they were seen, and the decision.
     tool_calls: Vec<((String, &'static str, &'static str), u64)>,
@@ -68,6 +70,8 @@ pub struct ShardStats {
     /// Each target's latency figure and requests in flight, as the
     /// scraping shard's balancer sees them.
     latency: Option<Vec<(String, f64, u32)>>,
+    /// By model call: alias, provider, team; the GenAI histograms.
+    model: model::ModelStats,
 }
 
 /// How many refusals the status view keeps per shard.
@@ -203,6 +207,7 @@ impl ShardStats {
                 }
             }
         }
+        self.model.observe(end, team, micros);
         // The status view is about client traffic: operators' own requests
         // (scrapes, the page's polls) stay out of it.
         if operator_endpoint(t.endpoint) {
@@ -268,9 +273,10 @@ impl ShardStats {
     }
 
     /// This shard's counts, with its open connections, to send to a scrape.
-    pub fn snapshot(&self, shard: usize, open_connections: usize) -> ShardStats {
+    pub fn snapshot(&self, shard: usize, open_connections: usize, in_flight: usize) -> ShardStats {
         let mut s = self.clone();
         s.open_connections = vec![(shard, open_connections)];
+        s.in_flight = vec![(shard, in_flight)];
         s
     }
 
@@ -342,6 +348,7 @@ impl ShardStats {
         }
         self.open_connections
             .extend_from_slice(&other.open_connections);
+        self.in_flight.extend_from_slice(&other.in_flight);
         for (key, n) in &other.tool_calls {
             match self.tool_calls.iter_mut().find(|(k, _)| k == key) {
                 Some((_, mine)) => *mine += n,
@@ -363,6 +370,7 @@ impl ShardStats {
             mine.spend_micros += u.spend_micros;
         }
         self.denials.extend(other.denials.iter().cloned());
+        self.model.merge(&other.model);
         if self.latency.is_none() {
             self.latency.clone_from(&other.latency);
         }
@@ -474,6 +482,12 @@ impl ShardStats {
         for (shard, n) in open {
             let _ = writeln!(out, "shardgate_open_connections{{shard=\"{shard}\"}} {n}");
         }
+        let mut in_flight = self.in_flight.clone();
+        in_flight.sort_unstable();
+        out.push_str("# HELP shardgate_requests_in_flight Requests being handled, by shard.\n# TYPE shardgate_requests_in_flight gauge\n");
+        for (shard, n) in in_flight {
+            let _ = writeln!(out, "shardgate_requests_in_flight{{shard=\"{shard}\"}} {n}");
+        }
         let mut tools = self.tool_calls.clone();
         tools.sort();
         out.push_str("# HELP shardgate_tool_calls_total Tool calls by server (`-`: in a model's answer), where they were seen and the decision.\n# TYPE shardgate_tool_calls_total counter\n");
@@ -505,6 +519,7 @@ impl ShardStats {
                 self.audit_dropped
             );
         }
+        self.model.render(&mut out, escape);
         let _ = writeln!(
             out,
             "# HELP shardgate_metrics_shards_missing Shards that did not answer this scrape in time.\n# TYPE shardgate_metrics_shards_missing gauge\nshardgate_metrics_shards_missing {missing}"
@@ -513,12 +528,12 @@ impl ShardStats {
     }
 }
 
-/// Adds `n` to `key`'s count: a few keys each, so a scan beats a hash.
 /// Operators' endpoints, on admin listeners or the probes on any.
 fn operator_endpoint(endpoint: &str) -> bool {
     matches!(endpoint, "/" | "/metrics" | "/healthz" | "/readyz") || endpoint.starts_with("/admin")
 }
 
+/// Adds `n` to `key`'s count: a few keys each, so a scan beats a hash.
 fn bump<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K, n: u64) {
     match counts.iter_mut().find(|c| c.0 == key) {
         Some(c) => c.1 += n,

@@ -222,6 +222,7 @@ async fn handle_recorded<R: Router>(
     started: Instant,
 ) -> Outcome {
     let generation = shard.generation();
+    let _in_flight = InFlight::enter(&shard.requests_in_flight);
     let mut trail = Trail {
         endpoint,
         ..Trail::default()
@@ -234,6 +235,23 @@ async fn handle_recorded<R: Router>(
         .await;
     record(shard, conn, rid, &trail, started);
     outcome
+}
+
+/// Counts a request in flight while it lives (a dropped request future
+/// leaves the count too).
+struct InFlight<'a>(&'a std::cell::Cell<usize>);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a std::cell::Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 /// The request's one record, built from what the client was sent and
