@@ -6,6 +6,7 @@ targets, top keys, recent denials) are the ones those requests make."""
 from __future__ import annotations
 
 import shutil
+import time
 import subprocess
 import tempfile
 from html.parser import HTMLParser
@@ -178,3 +179,45 @@ def test_the_figures_need_the_token_and_the_page_holds_none(setup):
     dom.feed(render(f"{admin}/"))  # no token: the page asks for one
     assert dom.by_id["state"] == "admin token needed"
     assert dom.by_id["requests"] == "–"
+
+
+def test_usage_per_key_team_and_tenant_for_a_month(setup):
+    gw, admin, path = setup
+    key = create_key(path, "billing")
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    spent_in = spent_out = 0
+    for _ in range(3):
+        r = httpx2.post(f"{gw.base_url}/chat/completions", json={"model": "demo", "messages": MESSAGES},
+                        headers={"authorization": f"Bearer {key['secret']}"}, timeout=REQUEST_TIMEOUT)
+        assert r.status_code == 200
+        spent_in += r.json()["usage"]["prompt_tokens"]
+        spent_out += r.json()["usage"]["completion_tokens"]
+    want = {"requests": 3, "input_tokens": spent_in, "output_tokens": spent_out,
+            "spend_micros": spent_in * 1000 + spent_out * 2000}
+    deadline = time.monotonic() + 5
+    while True:  # usage reaches the log within its group commit
+        r = httpx2.get(f"{admin}/admin/usage?by=key", headers=auth, timeout=REQUEST_TIMEOUT)
+        assert r.status_code == 200
+        rows = {row["key_id"]: row for row in r.json()["usage"]}
+        row = rows.get(key["key_id"], {})
+        if {k: row.get(k) for k in want} == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert {k: row.get(k) for k in want} == want, row
+    assert row["team"] == "billing" and row["tenant"] == "acme"
+    by_team = {r["team"]: r for r in httpx2.get(f"{admin}/admin/usage?by=team", headers=auth,
+                                                timeout=REQUEST_TIMEOUT).json()["usage"]}
+    assert by_team["billing"]["requests"] == 3
+    tenants = httpx2.get(f"{admin}/admin/usage?by=tenant", headers=auth, timeout=REQUEST_TIMEOUT).json()
+    assert tenants["by"] == "tenant" and tenants["usage"][0]["tenant"] == "acme"
+    assert tenants["usage"][0]["requests"] >= 3
+    # Another month has none; nonsense is refused, and the token is needed.
+    r = httpx2.get(f"{admin}/admin/usage?by=key&month=1999-01", headers=auth, timeout=REQUEST_TIMEOUT)
+    assert r.status_code == 200 and r.json()["usage"] == []
+    assert httpx2.get(f"{admin}/admin/usage?by=galaxy", headers=auth, timeout=REQUEST_TIMEOUT).status_code == 400
+    assert httpx2.get(f"{admin}/admin/usage?month=soon", headers=auth, timeout=REQUEST_TIMEOUT).status_code == 400
+    assert httpx2.get(f"{admin}/admin/usage", timeout=REQUEST_TIMEOUT).status_code == 401
+    targets = httpx2.get(f"{admin}/admin/targets", headers=auth, timeout=REQUEST_TIMEOUT).json()["targets"]
+    [up] = [t for t in targets if t["target"] == "up/mock-1"]
+    # A lone target has no breaker or latency figure: nowhere else to go.
+    assert up["circuit"] == "closed" and up["answered"] >= 3 and up["latency_ms"] is None

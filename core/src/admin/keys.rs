@@ -26,7 +26,12 @@ struct NewKey {
     expires: Option<String>,
 }
 
-async fn reply(conn: &mut ClientConn, status: u16, body: &serde_json::Value, rid: &str) -> Outcome {
+pub(super) async fn reply(
+    conn: &mut ClientConn,
+    status: u16,
+    body: &serde_json::Value,
+    rid: &str,
+) -> Outcome {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     match conn
         .write(&respond::full(
@@ -46,7 +51,7 @@ async fn reply(conn: &mut ClientConn, status: u16, body: &serde_json::Value, rid
 
 /// A refused key change, in OpenAI's error shape: 404 for an unknown
 /// key, 400 for a bad request, 500 for the store.
-async fn fail(conn: &mut ClientConn, e: &CliError, rid: &str) -> Outcome {
+pub(super) async fn fail(conn: &mut ClientConn, e: &CliError, rid: &str) -> Outcome {
     let (status, kind, code) = match e {
         CliError::NotFound(_) => (404, "invalid_request_error", "key_not_found"),
         CliError::BadArgs(_) | CliError::Config(_) => (400, "invalid_request_error", "bad_request"),
@@ -57,7 +62,7 @@ async fn fail(conn: &mut ClientConn, e: &CliError, rid: &str) -> Outcome {
     reply(conn, status, &body, rid).await
 }
 
-fn dir(generation: &Generation) -> DataDir {
+pub(super) fn dir(generation: &Generation) -> DataDir {
     DataDir::new(generation.config.store.dir.clone())
 }
 

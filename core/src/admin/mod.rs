@@ -17,6 +17,7 @@ use std::time::Duration;
 mod keys;
 mod reload;
 mod status;
+mod usage;
 
 /// `Authorization: Bearer <admin.token>`, compared in constant time.
 fn authorized(req: &Request<'_>, generation: &Generation) -> bool {
@@ -45,6 +46,10 @@ enum Endpoint<'p> {
     Status,
     /// `POST` reloads the config file.
     Reload,
+    /// Usage per key, team or tenant in a month.
+    Usage,
+    /// Each target's health, circuit and latency (the status's part).
+    Targets,
     /// `GET` lists keys, `POST` issues one.
     Keys,
     /// `DELETE` revokes it.
@@ -59,6 +64,8 @@ fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
         b"/" => Some((Endpoint::Page, "/")),
         b"/admin/status" => Some((Endpoint::Status, "/admin/status")),
         b"/admin/reload" => Some((Endpoint::Reload, "/admin/reload")),
+        b"/admin/usage" => Some((Endpoint::Usage, "/admin/usage")),
+        b"/admin/targets" => Some((Endpoint::Targets, "/admin/targets")),
         b"/admin/keys" => Some((Endpoint::Keys, "/admin/keys")),
         _ => {
             let id = path.strip_prefix(b"/admin/keys/")?;
@@ -128,6 +135,8 @@ impl Router for AdminRouter {
             }
             (Endpoint::Page, _) if get => status::page(conn, rid).await,
             (Endpoint::Reload, Method::Post) => reload::reload(shard, conn, rid).await,
+            (Endpoint::Targets, _) if get => status::targets(shard, conn, SCRAPE_WAIT, rid).await,
+            (Endpoint::Usage, _) if get => usage::usage(generation, conn, &req, rid).await,
             (Endpoint::Status, _) if get => status::status(shard, conn, SCRAPE_WAIT, rid).await,
             (Endpoint::Keys, _) if get => keys::list(shard, generation, conn, rid).await,
             (Endpoint::Keys, Method::Post) => {

@@ -173,7 +173,12 @@ impl UsageState {
 
     /// A key's usage in the calendar month (UTC) that contains `now`.
     pub fn month_to_date(&self, key_id: &str, now: Timestamp) -> UsageTotals {
-        let month = Period::Month.start(now).as_unix_ms();
+        self.in_month(key_id, now)
+    }
+
+    /// A key's usage in the calendar month (UTC) that contains `at`.
+    pub fn in_month(&self, key_id: &str, at: Timestamp) -> UsageTotals {
+        let month = Period::Month.start(at).as_unix_ms();
         self.usage
             .get(&(key_id.to_owned(), month))
             .copied()
