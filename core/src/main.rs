@@ -18,8 +18,38 @@ static GLOBAL: shardgate_core::allocator::Mimalloc = shardgate_core::allocator::
 #[derive(Parser)]
 #[command(name = "shardgate", version, about = "A thread-per-core AI gateway")]
 struct Cli {
+    /// `json`: one JSON object per log line (`ts`, `level`, `target`,
+    /// `msg`), for log shippers; `text` (the default) for people. Also
+    /// `SHARDGATE_LOG_FORMAT`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The logger: `RUST_LOG` filters (info by default), in `format`. Log
+/// lines never hold a secret: nothing logs one.
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            use std::io::Write as _;
+            let line = serde_json::json!({
+                "ts": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
 }
 
 #[derive(Subcommand)]
@@ -56,8 +86,14 @@ fn load(path: Option<&PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    let format =
+        cli.log_format
+            .unwrap_or_else(|| match std::env::var("SHARDGATE_LOG_FORMAT").as_deref() {
+                Ok("json") => LogFormat::Json,
+                _ => LogFormat::Text,
+            });
+    init_logging(format);
     let command = cli.command.unwrap_or(Command::Serve {
         config: None,
         no_pin: false,

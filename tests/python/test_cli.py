@@ -101,3 +101,39 @@ def test_a_key_needs_no_team_or_tenant(tmp_path: Path):
     assert r.returncode == 0 and made["key_id"] in r.stdout
     r = run_shardgate("keys", "create", "--team", "", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "--team" in r.stderr
+
+
+def test_json_logs_are_one_object_per_line_without_secrets(tmp_path: Path, mock_upstream: Upstream, upstream_key: str):
+    """`--log-format json` (or SHARDGATE_LOG_FORMAT=json): every line a log
+    shipper reads is a JSON object with a level and a message, and the
+    provider key is in none of them."""
+    import json
+    import signal
+    import time
+
+    cfg = gateway_config(mock_upstream)
+    cfg["models"]["broken"] = {"targets": [{"provider": "up", "model": "mock-500"}]}
+    path = write_config(tmp_path / "gw.yaml", cfg)
+    for args, env in ((["--log-format", "json"], {}), ([], {"SHARDGATE_LOG_FORMAT": "json"})):
+        env = {**os.environ, UPSTREAM_KEY_ENV: upstream_key, **env}
+        p = subprocess.Popen([str(binary("shardgate")), *args, "serve", "--config", str(path), "--no-pin"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            line = p.stdout.readline()
+            assert "listening on" in line, line
+            port = int(line.split(":")[1].split()[0])
+            import httpx2
+            r = httpx2.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                            json={"model": "broken", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+            assert r.status_code == 500
+            time.sleep(0.2)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            _, err = p.communicate(timeout=30)
+        lines = [l for l in err.splitlines() if l.strip()]
+        assert len(lines) >= 2, err
+        for l in lines:
+            obj = json.loads(l)
+            assert obj["level"] in ("ERROR", "WARN", "INFO", "DEBUG", "TRACE") and obj["msg"] and obj["ts"]
+        assert any("upstream_status" in json.loads(l)["msg"] for l in lines), err
+        assert upstream_key not in err
