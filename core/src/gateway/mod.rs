@@ -338,7 +338,15 @@ async fn handle<'g>(
             }
         }
         Route::Api(api) => handle_api(shard, generation, conn, &req, api, rid, trail).await,
-        Route::Mcp => crate::mcp::endpoint::handle(shard, generation, conn, req, rid, trail).await,
+        // Boxed: an MCP call's state (sessions, upstream calls) is larger
+        // than a model call's, and inline it would size every request's
+        // future, each stream's included.
+        Route::Mcp => {
+            Box::pin(crate::mcp::endpoint::handle(
+                shard, generation, conn, req, rid, trail,
+            ))
+            .await
+        }
         Route::WrongMethod => {
             let e = route_error(&req, true);
             send_error(conn, openai, &e, rid, &[], false).await
