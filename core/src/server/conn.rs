@@ -85,8 +85,10 @@ impl ClientConn {
     /// Used to cancel upstream work nobody will read.
     pub async fn closed(&mut self) {
         // Small reads into the future itself: most requests end without the
-        // client sending a byte, and then nothing is allocated.
-        let mut chunk = [0u8; 512];
+        // client sending a byte, and then nothing is allocated. Small, too,
+        // because this future lives in every request's state (each stream's)
+        // while a pipelined next request is rare: it takes a few reads.
+        let mut chunk = [0u8; 128];
         loop {
             if self.pending.len() >= self.max_pending {
                 return std::future::pending().await;
