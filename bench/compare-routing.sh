@@ -15,12 +15,13 @@
 #                   request (from /metrics).
 #
 #   bench/compare-routing.sh [--duration 20s] [--rate 40] [--hedge-after 300ms]
-#       [--shards 1] [--no-build]
+#       [--lowest-connections 8] [--shards 1] [--no-build]
 set -euo pipefail
 
 DURATION=20s
 RATE=40
 HEDGE_AFTER=300ms
+LOWEST_CONNECTIONS=8
 WORKERS=1
 BUILD=1
 while [[ $# -gt 0 ]]; do
@@ -28,6 +29,7 @@ while [[ $# -gt 0 ]]; do
     --duration) DURATION=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
     --hedge-after) HEDGE_AFTER=$2; shift 2 ;;
+    --lowest-connections) LOWEST_CONNECTIONS=$2; shift 2 ;;
     --shards) WORKERS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
@@ -125,9 +127,9 @@ log "failover: c=1, $DURATION each"
 record direct "$(run direct --connections 1)"
 record failover "$(run failover --connections 1)"
 
-log "lowest_latency: 8 streams, $DURATION each"
-record fast-alone "$(run fast-alone --connections 8 --stream --max-tokens 4)"
-record lowest "$(run lowest --connections 8 --stream --max-tokens 4)"
+log "lowest_latency: $LOWEST_CONNECTIONS streams at a time, $DURATION each"
+record fast-alone "$(run fast-alone --connections "$LOWEST_CONNECTIONS" --stream --max-tokens 4)"
+record lowest "$(run lowest --connections "$LOWEST_CONNECTIONS" --stream --max-tokens 4)"
 
 for model in single hedged-p95 hedged-fixed; do
   log "hedging: $model, open loop at $RATE/s, $DURATION"
@@ -150,7 +152,7 @@ def p(case, key, q):
 print("\n## failover (c=1)")
 d, f = p("direct", "latency_us", "p50"), p("failover", "latency_us", "p50")
 print(f"direct p50 {d:.3f} ms; failover from a refused connection p50 {f:.3f} ms: +{(f - d) * 1000:.0f} µs")
-print("\n## lowest_latency (TTFT 50 ms and 300 ms)")
+print(f"\n## lowest_latency (TTFT 50 ms and 300 ms; {rows['lowest']['connections']} streams at a time)")
 a, l = rows["fast-alone"]["ttft_us"]["mean"] / 1000, rows["lowest"]["ttft_us"]["mean"] / 1000
 print(f"fast target alone: mean TTFT {a:.1f} ms; lowest_latency over both: {l:.1f} ms ({(l / a - 1) * 100:+.1f}%)")
 print("\n## hedging (TTFT exp:200ms, open loop)")
