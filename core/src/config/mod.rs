@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod mcp;
+mod provider;
 mod raw;
 pub mod route;
 mod secret;
