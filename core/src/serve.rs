@@ -477,12 +477,9 @@ fn upstream_tls(config: &Config) -> Result<Vec<Option<Arc<rustls::ClientConfig>>
 /// before it reports the reload as partly applied.
 const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
-/// Reads the config file again and, when it is valid and changes nothing
-/// that needs a restart, makes it every shard's current generation.
-/// Returns the generation now current. A refused reload changes nothing
-/// and says why.
 /// Reloads the config file for `by` (SIGHUP, the admin API), audits it,
-/// and says the generation now serving or why the file was refused.
+/// and says the generation now serving, or why the file was refused (or
+/// did not reach every shard in time).
 fn reload(
     running: &Config,
     path: Option<&std::path::Path>,
@@ -496,10 +493,20 @@ fn reload(
         log::warn!("{by}: {why}");
         return Err(why);
     };
-    let done = reload_config(running, path, *generation, handles);
-    if let Ok(number) = done {
-        *generation = number;
-    }
+    let done = match reload_config(running, path, *generation, handles) {
+        Ok((number, reached)) => {
+            *generation = number;
+            if reached == handles.len() {
+                Ok(number)
+            } else {
+                Err(format!(
+                    "generation {number} reached {reached} of {} shards within {RELOAD_WAIT:?}",
+                    handles.len()
+                ))
+            }
+        }
+        Err(why) => Err(why),
+    };
     if let Some(a) = auditor {
         let mut detail = serde_json::json!({
             "path": path.display().to_string(),
@@ -514,12 +521,16 @@ fn reload(
     done
 }
 
+/// Reads the config file again and, when it is valid and changes nothing
+/// that needs a restart, makes it every shard's current generation: the
+/// new generation's number and how many shards took it in time. A refused
+/// reload changes nothing and says why.
 fn reload_config(
     running: &Config,
     path: &std::path::Path,
     current: u64,
     handles: &[ShardHandle],
-) -> Result<u64, String> {
+) -> Result<(u64, usize), String> {
     let refuse = |why: String| {
         log::error!(
             "config reload from {} refused, generation {current} stays: {why}",
@@ -570,19 +581,19 @@ fn reload_config(
             Err(_) => break,
         }
     }
-    if done == handles.len() {
-        log::info!(
-            "config reloaded from {}: generation {number} on all {done} shards",
-            path.display()
-        );
-    } else {
+    if done < handles.len() {
         log::error!(
             "config reload from {}: generation {number} on {done} of {} shards after {RELOAD_WAIT:?}",
             path.display(),
             handles.len()
         );
+    } else {
+        log::info!(
+            "config reloaded from {}: generation {number} on all {done} shards",
+            path.display()
+        );
     }
-    Ok(number)
+    Ok((number, done))
 }
 
 /// A shard's life: accept on its listeners, apply control messages, and on

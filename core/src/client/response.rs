@@ -108,6 +108,7 @@ pub async fn read_response_head_with(
                             wait_hint: (head.status >= 400)
                                 .then(|| {
                                     super::wait_hint::wait_hint(
+                                        head.status,
                                         |name| head.header(buf, name),
                                         std::time::SystemTime::now(),
                                     )

@@ -12,6 +12,9 @@
 //! A reset header names when one limit refills; the one that matters is
 //! the limit that ran out (its `-remaining` is 0). When none says it ran
 //! out, the soonest reset is taken: the refusal is about one of them.
+//! Providers send reset headers on most answers, so they are read only on
+//! a 429; a 503 or another 5xx says when to come back only by
+//! `retry-after(-ms)`.
 
 use std::time::{Duration, SystemTime};
 
@@ -19,19 +22,29 @@ use std::time::{Duration, SystemTime};
 /// off): the route's own backoff applies instead.
 const MAX_HINT: Duration = Duration::from_secs(3600);
 
-/// The wait asked for by the response headers that `header` looks up
-/// (case-insensitive names), at wall-clock time `now`.
+/// Seconds as a duration, when they are a sane one (never a panic on an
+/// upstream's nonsense).
+fn secs(s: f64) -> Option<Duration> {
+    (s.is_finite() && s >= 0.0 && s <= MAX_HINT.as_secs_f64()).then(|| Duration::from_secs_f64(s))
+}
+
+/// The wait asked for by the headers of an answer with `status` that
+/// `header` looks up (case-insensitive names), at wall-clock time `now`.
 pub fn wait_hint<'h>(
+    status: u16,
     header: impl Fn(&str) -> Option<&'h [u8]>,
     now: SystemTime,
 ) -> Option<Duration> {
+    if status != 429 && status < 500 {
+        return None;
+    }
     let text = |name: &str| {
         header(name)
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::trim)
     };
     let hint = if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+        secs(ms / 1000.0)
     } else if let Some(v) = text("retry-after") {
         match v.parse::<u64>() {
             Ok(secs) => Some(Duration::from_secs(secs)),
@@ -40,6 +53,8 @@ pub fn wait_hint<'h>(
                 .or_else(|| httpdate(v))
                 .map(|at| at.duration_since(now).unwrap_or_default()),
         }
+    } else if status != 429 {
+        None
     } else {
         let openai = [
             (
@@ -122,7 +137,7 @@ fn go_duration(v: &str) -> Option<Duration> {
         total += n * scale;
         rest = &rest[unit_end..];
     }
-    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
+    secs(total)
 }
 
 #[cfg(test)]
@@ -130,8 +145,13 @@ mod tests {
     use super::*;
 
     fn hint(headers: &[(&str, &str)]) -> Option<Duration> {
+        hint_on(429, headers)
+    }
+
+    fn hint_on(status: u16, headers: &[(&str, &str)]) -> Option<Duration> {
         let now = humantime::parse_rfc3339("2026-12-05T10:00:00Z").unwrap();
         wait_hint(
+            status,
             |name| {
                 headers
                     .iter()
@@ -190,10 +210,26 @@ mod tests {
         assert_eq!(hint(&[("retry-after-ms", "-5")]), None);
         assert_eq!(hint(&[("x-ratelimit-reset-requests", "1 fortnight")]), None);
         assert_eq!(hint(&[("retry-after", "999999")]), None, "over an hour");
+        assert_eq!(go_duration("2m3.5s"), Some(Duration::from_secs_f64(123.5)));
+        assert_eq!(go_duration("1h2m3.5s"), None, "over an hour");
+        // Nothing too large for a duration panics.
+        assert_eq!(hint(&[("retry-after-ms", "1e300")]), None);
         assert_eq!(
-            go_duration("1h2m3.5s"),
-            Some(Duration::from_secs_f64(3723.5))
+            hint(&[("x-ratelimit-reset-requests", "99999999999999999999s")]),
+            None
         );
+        // Reset headers ride on most answers: only a 429's count; a 5xx says
+        // when by retry-after alone, and other errors say nothing.
+        let resets = [
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "6m0s"),
+        ];
+        assert_eq!(hint_on(500, &resets), None);
+        assert_eq!(
+            hint_on(503, &[("retry-after", "2")]),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(hint_on(400, &[("retry-after", "2")]), None);
         assert_eq!(go_duration("20ms"), Some(Duration::from_millis(20)));
         assert_eq!(go_duration(""), None);
     }

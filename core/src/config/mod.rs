@@ -237,10 +237,10 @@ pub struct HttpProvider {
 }
 
 /// An active health check: `GET path` (base_url's path included) every
-/// `interval`, answered within `timeout`. A 5xx, a 429, no answer or no
-/// connection count as the provider's targets failing; any other answer
-/// (a 401 too: the server is up) as their answering. Both feed the same
-/// breakers as calls do.
+/// `interval`, answered within `timeout`. A 5xx, no answer or no
+/// connection count as the provider's targets failing, in the same
+/// breakers as calls; any other answer (a 401 too: the server is up) is
+/// not counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub path: String,

@@ -202,7 +202,10 @@ async fn upstream_error(
             .as_deref()
             .and_then(crate::error::RetryAfter::parse)
             .or_else(|| {
-                let wait = head.wait_hint?;
+                // Only an overload's: a 400 is not to be retried.
+                let wait = head
+                    .wait_hint
+                    .filter(|_| matches!(head.status, 429 | 503))?;
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 crate::error::RetryAfter::parse(secs.to_string().as_bytes())
             }),

@@ -297,7 +297,10 @@ impl Balancer {
                 // A new window starts with the circuit: the old one's
                 // failures are what opened it.
                 l.window_start = None;
-                let until = now + said.unwrap_or(breaker.open_for);
+                let open_for = said.map_or(breaker.open_for, |d| {
+                    d.min(crate::gateway::route::MAX_ASKED_WAIT)
+                });
+                let until = now + open_for;
                 if l.open_until.replace(until).is_none() {
                     self.not_closed.set(self.not_closed.get() + 1);
                 }

@@ -1,10 +1,11 @@
 //! Active health checks. A provider with a `health_check` is sent
 //! `GET path` on its cadence, from shard 0 only (one probe per gateway, not
 //! one per shard), on a fresh connection (the check is about reaching it).
-//! The answer feeds the breaker of every target the provider serves, as a
-//! call's would: a failure counts towards opening it, and an opening is
-//! told to every other shard; an answer closes it on this shard (the others
-//! find it closed at their half-open probe).
+//! A failed check (no connection, no answer in time, a 5xx) feeds the
+//! breaker of every target the provider serves as a failed call would: it
+//! counts towards opening it, and an opening is told to every other shard.
+//! A passed check is not fed: closing is left to a real call's half-open
+//! probe, so a health path that answers cannot hide failing calls.
 //!
 //! The config is read anew at every tick, so a reload adds, changes or
 //! removes checks without a restart.
@@ -54,27 +55,30 @@ pub async fn run(shard: Rc<Shard>) {
             let Some(Some(ep)) = generation.endpoints.get(index) else {
                 continue;
             };
-            let healthy = match probe(&shard, ep, http, check).await {
-                Ok(status) => !(status == 429 || status >= 500),
+            // A 429 says the provider is busy, not down: like a call's, it
+            // counts neither way.
+            let failed = match probe(&shard, ep, http, check).await {
+                Ok(status) => status >= 500,
                 Err(reason) => {
                     log::warn!("health check of {}: {reason}", provider.name);
-                    false
+                    true
                 }
             };
-            feed(&shard, config, index, healthy);
+            if failed {
+                fail(&shard, config, index);
+            }
         }
         drop(generation);
         glommio::timer::sleep(sleep.max(MIN_SLEEP)).await;
     }
 }
 
-/// The provider's targets hear of the check as of a call's attempt.
-fn feed(shard: &Shard, config: &crate::config::Config, provider: usize, healthy: bool) {
-    let health = if healthy {
-        Health::Answered
-    } else {
-        Health::Unhealthy { open_for: None }
-    };
+/// The provider's targets hear of a failed check as of a failed call.
+/// Passed checks are not fed: a health path that answers says nothing of
+/// the calls a target fails, and must not reset their count or close a
+/// circuit they opened (the half-open probe of a real call does that).
+fn fail(shard: &Shard, config: &crate::config::Config, provider: usize) {
+    let health = Health::Unhealthy { open_for: None };
     let breaker = &shard.pool.settings().breaker;
     let now = Instant::now();
     let targets = config.models.values().flat_map(|r| r.targets.iter());

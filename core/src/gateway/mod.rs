@@ -110,7 +110,8 @@ impl Call<'_> {
     /// The pre-rendered lines naming what serves this answer: its route,
     /// its target, and the attempt's number.
     pub fn lines<'b>(&self, alias_line: &'b [u8], target_lines: &'b [u8]) -> [&'b [u8]; 3] {
-        const ATTEMPTS: [&[u8]; 9] = [
+        // Every count a route allows (`config::route::MAX_ATTEMPTS`).
+        const ATTEMPTS: [&[u8]; 11] = [
             b"x-shardgate-attempts: 0\r\n",
             b"x-shardgate-attempts: 1\r\n",
             b"x-shardgate-attempts: 2\r\n",
@@ -120,11 +121,13 @@ impl Call<'_> {
             b"x-shardgate-attempts: 6\r\n",
             b"x-shardgate-attempts: 7\r\n",
             b"x-shardgate-attempts: 8\r\n",
+            b"x-shardgate-attempts: 9\r\n",
+            b"x-shardgate-attempts: 10\r\n",
         ];
         let n = ATTEMPTS
             .get(self.attempt.get())
             .copied()
-            .unwrap_or(b"x-shardgate-attempts: 9+\r\n");
+            .unwrap_or(b"x-shardgate-attempts: 10\r\n");
         [alias_line, target_lines, n]
     }
 

@@ -25,7 +25,7 @@ use super::balance::Health;
 use super::relay::Answer;
 use super::{attempt, relay, send_error, AttemptOutcome, AttemptRecord, Attempts, Call};
 use crate::config::route::{Hedge, HedgeAfter, MoveOn, RetryPolicy, MAX_ATTEMPTS};
-use crate::config::{ModelRoute, Strategy, Target};
+use crate::config::{ModelRoute, Provider, Strategy, Target};
 use crate::error::GatewayError;
 use crate::record::Metered;
 use crate::server::{ClientConn, Outcome};
@@ -122,6 +122,9 @@ impl Failure {
             } => r.seconds().map(Duration::from_secs),
             _ => None,
         };
+        // Longer is not believed (a century in `Retry-After` would keep a
+        // circuit open for good): the route's own backoff applies.
+        let wait = wait.filter(|w| *w <= MAX_ASKED_WAIT);
         Failure { error, kind, wait }
     }
 
@@ -149,6 +152,9 @@ impl Failure {
         }
     }
 }
+
+/// The longest wait a target may ask for and be believed.
+pub const MAX_ASKED_WAIT: Duration = Duration::from_secs(3600);
 
 /// Fallback routes followed at most, past the first.
 const MAX_FALLBACK_ROUTES: usize = 4;
@@ -233,27 +239,34 @@ pub async fn serve<'a>(
             }
         }
         tried[i].times += 1;
+        let providers = &call.generation.config.providers;
+        let Some(provider) = providers.get(plan[i].target.provider) else {
+            continue;
+        };
         made += 1;
         call.attempt.set(made);
-        // The hedge goes to the next target not yet tried, on the first
-        // attempt only.
+        // The hedge goes to the next target not yet tried (and not avoided),
+        // on the first attempt only.
+        let now = Instant::now();
         let hedge = match model.hedge {
-            Some(h) if made == 1 && made < budget && hedge_allowed(call, &h) => plan
-                .iter()
-                .enumerate()
-                .position(|(j, s)| j != i && tried[j].times == 0 && fits(s.target, window_over))
-                .map(|j| (j, hedge_after(call, alias, &h))),
+            Some(h) if made == 1 && made < budget && hedge_allowed(call, &h) => {
+                plan.iter().enumerate().find_map(|(j, s)| {
+                    let ok = j != i
+                        && tried[j].times == 0
+                        && fits(s.target, window_over)
+                        && !(tracked && call.shard.balancer.avoided(s.target, now));
+                    let pb = providers.get(s.target.provider).filter(|_| ok)?;
+                    Some((j, pb, hedge_after(call, alias, &h)))
+                })
+            }
             _ => None,
         };
         // The attempt (or, hedged, the one whose head came first): its plan
         // entry, its start, and its head (`None`: the client left).
+        let mut cut_by_deadline = false;
         let (i, started, mut head) = match hedge {
             None => {
                 let step = plan[i];
-                let Some(provider) = call.generation.config.providers.get(step.target.provider)
-                else {
-                    continue;
-                };
                 let started = Instant::now();
                 if tracked {
                     call.shard.balancer.started(step.target, started);
@@ -262,6 +275,7 @@ pub async fn serve<'a>(
                 // attempt with the client's close drops the upstream
                 // connection, which cancels it.
                 let w = waits(step, deadline);
+                cut_by_deadline = w.first_token < step.route.timeouts.first_token;
                 let head = or(
                     async { Some(attempt::send_until_head(call, step.target, provider, w).await) },
                     async {
@@ -272,14 +286,14 @@ pub async fn serve<'a>(
                 .await;
                 (i, started, head)
             }
-            Some((j, after)) => {
+            Some((j, pb, after)) => {
                 // Boxed: two attempts' state would otherwise size every
                 // request's future, unhedged ones included.
                 let h = Box::pin(hedged(
                     call,
                     conn,
-                    (plan[i], i),
-                    (plan[j], j),
+                    (plan[i], i, provider),
+                    (plan[j], j, pb),
                     after,
                     deadline,
                     tracked,
@@ -290,6 +304,9 @@ pub async fn serve<'a>(
                     tried[j].times += 1;
                     made += 1;
                     call.attempt.set(made);
+                }
+                if let Some((k, lost)) = &h.lost {
+                    learn(&plan, &mut tried, &mut window_over, *k, lost);
                 }
                 if let (Some(took), Some(HedgeAfter::P95 { .. })) =
                     (h.first_took, model.hedge.map(|h| h.after))
@@ -358,25 +375,26 @@ pub async fn serve<'a>(
             }
             Some(Err(failure)) => {
                 let outcome = AttemptOutcome::Failed(failure.error.label());
+                // A timeout the request's own deadline caused says nothing
+                // of the target.
+                let health = if cut_by_deadline && failure.kind == FailureKind::Timeout {
+                    Health::Neutral
+                } else {
+                    failure.health()
+                };
                 attempts.push(end(
                     call,
                     step.target,
                     started,
                     None,
                     outcome,
-                    failure.health(),
+                    health,
                     tracked,
                 ));
                 failure
             }
         };
-        if failure.kind == FailureKind::ContextLength {
-            let w = plan[i].target.context_window.unwrap_or(0);
-            window_over = Some(window_over.map_or(w, |o| o.max(w)));
-        }
-        if let Some(w) = failure.wait {
-            tried[i].not_before = Some(Instant::now() + w);
-        }
+        learn(&plan, &mut tried, &mut window_over, i, &failure);
         let moves = failure.kind.moves_on(&retry.on);
         if moves && made < budget {
             log::info!(
@@ -404,6 +422,25 @@ pub async fn serve<'a>(
         headers.push(("retry-after", retry_after.as_str().to_owned()));
     }
     send_error(conn, call.client, &err, call.rid, &headers, false).await
+}
+
+/// What a failure at plan entry `i` teaches the rest of the call: a
+/// context-length failure rules out windows no larger than its target's,
+/// and a wait the target asked for holds until it is over.
+fn learn(
+    plan: &[Step<'_>],
+    tried: &mut [Tried],
+    window_over: &mut Option<u64>,
+    i: usize,
+    failure: &Failure,
+) {
+    if failure.kind == FailureKind::ContextLength {
+        let w = plan[i].target.context_window.unwrap_or(0);
+        *window_over = Some(window_over.map_or(w, |o| o.max(w)));
+    }
+    if let Some(w) = failure.wait {
+        tried[i].not_before = Some(Instant::now() + w);
+    }
 }
 
 /// Whether `t` may serve after a context-length failure on a window of
@@ -511,6 +548,9 @@ struct HedgedHead<'c> {
     /// How long the first attempt took to its head, or ran before it was
     /// cancelled (for the route's p95).
     first_took: Option<Duration>,
+    /// The other attempt's failure, when it failed first (recorded here;
+    /// what it teaches is for the caller).
+    lost: Option<(usize, Failure)>,
 }
 
 /// Ends an attempt: the balancer hears of it, and its record is made.
@@ -568,8 +608,8 @@ enum Race<T> {
 async fn hedged<'a, 'c>(
     call: &'c Call<'c>,
     conn: &mut ClientConn,
-    (sa, ia): (Step<'a>, usize),
-    (sb, ib): (Step<'a>, usize),
+    (sa, ia, pa): (Step<'a>, usize, &'c Provider),
+    (sb, ib, pb): (Step<'a>, usize, &'c Provider),
     after: Duration,
     deadline: Option<Instant>,
     tracked: bool,
@@ -578,20 +618,12 @@ async fn hedged<'a, 'c>(
 where
     'a: 'c,
 {
-    let providers = &call.generation.config.providers;
     let started_a = Instant::now();
     let mut out = HedgedHead {
         head: (ia, started_a, None),
         hedged: false,
         first_took: None,
-    };
-    let (Some(pa), Some(pb)) = (
-        providers.get(sa.target.provider),
-        providers.get(sb.target.provider),
-    ) else {
-        let e = GatewayError::Misconfigured("a hedged target's provider is gone".into());
-        out.head.2 = Some(Err(Failure::classify(e)));
-        return out;
+        lost: None,
     };
     let balancer = &call.shard.balancer;
     if tracked {
@@ -714,6 +746,7 @@ where
         Race::First(Err(failure)) => {
             attempts.push(failed(sa, started_a, &failure));
             out.first_took = None;
+            out.lost = Some((ia, failure));
             let rest = or(async { Some(fb.as_mut().await) }, async {
                 conn.closed().await;
                 None
@@ -722,14 +755,13 @@ where
         }
         Race::Second(Err(failure)) => {
             attempts.push(failed(sb, started_b, &failure));
+            out.lost = Some((ib, failure));
             let rest = or(async { Some(fa.as_mut().await) }, async {
                 conn.closed().await;
                 None
             });
             let head = rest.await;
-            if !matches!(head, Some(Ok(_))) {
-                out.first_took = None;
-            }
+            out.first_took = matches!(head, Some(Ok(_))).then(|| started_a.elapsed());
             out.head.2 = head;
         }
     }
@@ -845,6 +877,9 @@ mod tests {
         assert_eq!(f.wait, None);
         let f = f.asked_to_wait(Some(Duration::from_millis(300)));
         assert_eq!(f.wait, Some(Duration::from_millis(300)));
+        // A century is not believed: it would keep a circuit open for good.
+        let f = Failure::classify(status(503, Some("9999999999")));
+        assert_eq!(f.wait, None);
         let ctx = GatewayError::UpstreamStatus {
             provider: "p".into(),
             status: 400,

@@ -209,12 +209,14 @@ impl ModelStats {
                     let decode = micros.saturating_sub(to_first);
                     series.per_token.record(&PER_TOKEN, decode / (output - 1));
                 }
-                // The gateway's share of the time to a first byte: all of
-                // it but the answering upstream's time to its head.
-                if let Some(head) = served.head_at {
-                    let upstream = us(head.saturating_duration_since(served.started));
-                    self.overhead
-                        .record(&OVERHEAD, to_first.saturating_sub(upstream));
+                // The gateway's share of the time to a first byte: before
+                // its first attempt went out, and from the answer's head to
+                // the client's first byte (failed attempts and backoff are
+                // upstream time, not the gateway's).
+                if let (Some(head), Some(first_attempt)) = (served.head_at, t.attempts.first()) {
+                    let before = us(first_attempt.started.saturating_duration_since(end.started));
+                    let after = us(first.saturating_duration_since(head));
+                    self.overhead.record(&OVERHEAD, before + after);
                 }
             }
         }
