@@ -402,3 +402,14 @@ def test_keys_spend_and_windows_survive_kill_9(tmp_path: Path, mock_upstream: Up
         assert wait_requests(path, meter["key_id"], 6)["requests"] == 6
     finally:
         assert gw.stop() == 0
+
+
+def test_token_counts_need_a_key_and_an_allowed_model(setup):
+    gw, _, keys = setup
+    with sdk(gw, keys["support-platform"]["secret"]) as c:
+        assert c.responses.input_tokens.count(model="demo", input="hi").input_tokens > 0
+        with pytest.raises(openai.PermissionDeniedError):
+            c.responses.input_tokens.count(model="local", input="hi")
+    with sdk(gw, "sk-not-a-key-000000000000000000000000") as c:
+        with pytest.raises(openai.AuthenticationError):
+            c.responses.input_tokens.count(model="demo", input="hi")

@@ -11,6 +11,9 @@
 
 mod prompt;
 
+/// Every prompt string of a request body (for token counts).
+pub use prompt::texts as prompt_texts;
+
 use crate::config::{AuthMode, Config};
 use crate::mesh::{Mesh, QuotaMsg, ShardMsg};
 use crate::server::Request;

@@ -26,7 +26,7 @@ pub fn texts(body: &[u8]) -> Vec<String> {
             out.push(text);
         }
     }
-    for key in ["system", "prompt", "input"] {
+    for key in ["system", "prompt", "input", "instructions"] {
         if let Some(v) = obj.get(key) {
             let mut text = String::new();
             content_text(v, &mut text);

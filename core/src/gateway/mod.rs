@@ -6,6 +6,7 @@
 
 mod attempt;
 pub mod balance;
+mod count;
 pub mod egress;
 pub mod health;
 pub use egress::ClientDialect;
@@ -195,6 +196,12 @@ pub fn endpoint_of_path(path: &[u8]) -> (&'static str, ClientDialect) {
     match route(Method::Post, path) {
         Route::Api(api) => (api.client_path(), api.dialect()),
         Route::Mcp => ("/mcp", ClientDialect::OpenAi),
+        Route::CountTokens(ClientDialect::Anthropic) => {
+            ("/v1/messages/count_tokens", ClientDialect::Anthropic)
+        }
+        Route::CountTokens(ClientDialect::OpenAi) => {
+            ("/v1/responses/input_tokens", ClientDialect::OpenAi)
+        }
         Route::WrongMethod => match route(Method::Get, path) {
             Route::Health => ("/healthz", ClientDialect::OpenAi),
             Route::Ready => ("/readyz", ClientDialect::OpenAi),
@@ -228,6 +235,8 @@ enum Route {
     Api(Api),
     /// The MCP endpoint, every method (it answers those it does not serve).
     Mcp,
+    /// Token counting in a dialect's shape.
+    CountTokens(ClientDialect),
     WrongMethod,
     Unknown,
 }
@@ -241,6 +250,10 @@ fn route(method: Method, path: &[u8]) -> Route {
         b"/v1/completions" => (Method::Post, Route::Api(Api::Completions)),
         b"/v1/embeddings" => (Method::Post, Route::Api(Api::Embeddings)),
         b"/v1/messages" => (Method::Post, Route::Api(Api::Messages)),
+        b"/v1/messages/count_tokens" => {
+            (Method::Post, Route::CountTokens(ClientDialect::Anthropic))
+        }
+        b"/v1/responses/input_tokens" => (Method::Post, Route::CountTokens(ClientDialect::OpenAi)),
         b"/mcp" => return Route::Mcp,
         _ => return Route::Unknown,
     };
@@ -341,6 +354,9 @@ async fn handle<'g>(
             }
         }
         Route::Api(api) => handle_api(shard, generation, conn, &req, api, rid, trail).await,
+        Route::CountTokens(dialect) => {
+            count::count(shard, generation, conn, &req, dialect, rid).await
+        }
         // Boxed: an MCP call's state (sessions, upstream calls) is larger
         // than a model call's, and inline it would size every request's
         // future, each stream's included.
