@@ -166,6 +166,15 @@ impl Shard {
             applied,
         } = reload;
         self.admission.reload(&config, policies);
+        // Figures of targets no route names any more would linger (an open
+        // circuit would be reported, and checked for, for good).
+        let served: std::collections::HashSet<&str> = config
+            .models
+            .values()
+            .flat_map(|r| r.targets.iter().map(|t| t.served_by.as_str()))
+            .collect();
+        self.balancer.retain(|target| served.contains(target));
+        drop(served);
         let next = Generation::new(number, config, &upstream_tls, &self.pool);
         *self.generation.borrow_mut() = Rc::new(next);
         let _ = applied.send(self.id);

@@ -360,6 +360,16 @@ impl Balancer {
         }
     }
 
+    /// Forgets every target `keep` does not name (after a reload), with
+    /// its circuit.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut live = self.live.borrow_mut();
+        live.retain(|k, _| keep(k));
+        let open = live.values().filter(|l| l.open_until.is_some()).count();
+        self.not_closed.set(open);
+        self.ttft.borrow_mut().clear();
+    }
+
     /// Another shard opened `target`'s circuit until `until`.
     pub fn open_from_peer(&self, target: &str, until: Instant) {
         let mut live = self.live.borrow_mut();
@@ -642,6 +652,20 @@ mod tests {
             "{p95:?}"
         );
         assert_eq!(b.ttft_p95("other"), None);
+    }
+
+    #[test]
+    fn a_reload_forgets_targets_no_route_names() {
+        let b = Balancer::new(1);
+        let t0 = Instant::now();
+        b.open_from_peer("p/gone", t0 + Duration::from_secs(60));
+        b.open_from_peer("p/kept", t0 + Duration::from_secs(60));
+        assert!(b.any_not_closed());
+        b.retain(|t| t == "p/kept");
+        assert_eq!(b.circuits(t0).len(), 1);
+        assert!(b.any_not_closed());
+        b.retain(|_| false);
+        assert!(!b.any_not_closed() && b.circuits(t0).is_empty());
     }
 
     #[test]
