@@ -276,14 +276,32 @@ pub async fn serve<'a>(
                 // connection, which cancels it.
                 let w = waits(step, deadline);
                 cut_by_deadline = w.first_token < step.route.timeouts.first_token;
-                let head = or(
-                    async { Some(attempt::send_until_head(call, step.target, provider, w).await) },
-                    async {
-                        conn.closed().await;
-                        None
-                    },
-                )
-                .await;
+                let head = match deadline {
+                    None => {
+                        or(
+                            async {
+                                Some(attempt::send_until_head(call, step.target, provider, w).await)
+                            },
+                            async {
+                                conn.closed().await;
+                                None
+                            },
+                        )
+                        .await
+                    }
+                    // Boxed: rare, and its timer would size every request.
+                    Some(d) => {
+                        let send = attempt::send_until_head(call, step.target, provider, w);
+                        Box::pin(or(
+                            async { Some(within(d, &provider.name, send).await) },
+                            async {
+                                conn.closed().await;
+                                None
+                            },
+                        ))
+                        .await
+                    }
+                };
                 (i, started, head)
             }
             Some((j, pb, after)) => {
@@ -377,7 +395,8 @@ pub async fn serve<'a>(
                 let outcome = AttemptOutcome::Failed(failure.error.label());
                 // A timeout the request's own deadline caused says nothing
                 // of the target.
-                let health = if cut_by_deadline && failure.kind == FailureKind::Timeout {
+                let deadline_hit = cut_by_deadline || deadline.is_some_and(|d| Instant::now() >= d);
+                let health = if deadline_hit && failure.kind == FailureKind::Timeout {
                     Health::Neutral
                 } else {
                     failure.health()
@@ -520,6 +539,24 @@ fn hedge_after(call: &Call<'_>, alias: &str, hedge: &Hedge) -> Duration {
         HedgeAfter::Fixed(d) => d,
         HedgeAfter::P95 { initial } => call.shard.balancer.ttft_p95(alias).unwrap_or(initial),
     }
+}
+
+/// `attempt`, cut at the request's deadline `d`: a connect or
+/// a write still under way when it passes ends the attempt as a timeout,
+/// so the total is a hard limit (the per-step waits are each cut to what
+/// is left, but they run one after another).
+async fn within<'c>(
+    d: Instant,
+    provider: &str,
+    attempt: impl std::future::Future<Output = Result<Answer<'c>, Failure>>,
+) -> Result<Answer<'c>, Failure> {
+    or(attempt, async {
+        glommio::timer::sleep(d.saturating_duration_since(Instant::now())).await;
+        Err(Failure::classify(GatewayError::UpstreamTimeout {
+            provider: provider.to_owned(),
+        }))
+    })
+    .await
 }
 
 /// The waits of an attempt at `step` starting now.
