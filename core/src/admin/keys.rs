@@ -2,9 +2,10 @@
 //! on glommio's blocking pool (its lock and fsync never stall the shard),
 //! and a change is current on every shard before the answer goes out.
 
+use super::reply;
 use crate::cli::keys::{issue, now, parse_expires, revoke_key, rfc3339, status, CliError};
 use crate::generation::Generation;
-use crate::server::{respond, ClientConn, Outcome, Request};
+use crate::server::{ClientConn, Outcome, Request};
 use crate::shard::Shard;
 use crate::store::DataDir;
 use serde_json::json;
@@ -24,29 +25,6 @@ struct NewKey {
     environment: Option<String>,
     /// `30d`, or an RFC 3339 time or date.
     expires: Option<String>,
-}
-
-pub(super) async fn reply(
-    conn: &mut ClientConn,
-    status: u16,
-    body: &serde_json::Value,
-    rid: &str,
-) -> Outcome {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    match conn
-        .write(&respond::full(
-            status,
-            b"application/json",
-            &[],
-            &bytes,
-            rid,
-            false,
-        ))
-        .await
-    {
-        Ok(()) => Outcome::KEEP,
-        Err(_) => Outcome::CLOSE,
-    }
 }
 
 /// A refused key change, in OpenAI's error shape: 404 for an unknown

@@ -78,6 +78,28 @@ fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
     }
 }
 
+/// A JSON answer with `headers` besides the usual ones.
+async fn send_json(
+    conn: &mut ClientConn,
+    status: u16,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    rid: &str,
+) -> Outcome {
+    let bytes =
+        crate::server::respond::full(status, b"application/json", headers, body, rid, false);
+    match conn.write(&bytes).await {
+        Ok(()) => Outcome::KEEP,
+        Err(_) => Outcome::CLOSE,
+    }
+}
+
+/// `body` as a JSON answer.
+async fn reply(conn: &mut ClientConn, status: u16, body: &serde_json::Value, rid: &str) -> Outcome {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    send_json(conn, status, &[], &bytes, rid).await
+}
+
 /// How long a scrape waits for the other shards' counts.
 const SCRAPE_WAIT: Duration = Duration::from_secs(1);
 

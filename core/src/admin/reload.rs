@@ -3,7 +3,7 @@
 //! the answer goes out (requests and streams under way finish on theirs),
 //! an invalid one is refused naming its field, and the old one serves on.
 
-use crate::server::{respond, ClientConn, Outcome};
+use crate::server::{ClientConn, Outcome};
 use crate::shard::Shard;
 use serde_json::json;
 
@@ -20,19 +20,5 @@ pub async fn reload(shard: &Shard, conn: &mut ClientConn, rid: &str) -> Outcome 
             }}),
         ),
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    match conn
-        .write(&respond::full(
-            status,
-            b"application/json",
-            &[],
-            &bytes,
-            rid,
-            false,
-        ))
-        .await
-    {
-        Ok(()) => Outcome::KEEP,
-        Err(_) => Outcome::CLOSE,
-    }
+    super::reply(conn, status, &body, rid).await
 }

@@ -31,7 +31,8 @@ pub async fn page(conn: &mut ClientConn, rid: &str) -> Outcome {
 /// The page's figures as JSON.
 pub async fn status(shard: &Shard, conn: &mut ClientConn, wait: Duration, rid: &str) -> Outcome {
     let body = serde_json::to_vec(&shard.status(wait).await).unwrap_or_default();
-    send_json(conn, &body, rid).await
+    let headers: [(&str, &[u8]); 1] = [("cache-control", b"no-store")];
+    super::send_json(conn, 200, &headers, &body, rid).await
 }
 
 /// The targets' part: answers, failures, circuit and latency of each.
@@ -39,14 +40,6 @@ pub async fn targets(shard: &Shard, conn: &mut ClientConn, wait: Duration, rid: 
     let status = shard.status(wait).await;
     let targets = serde_json::json!({ "targets": status["targets"] });
     let body = serde_json::to_vec(&targets).unwrap_or_default();
-    send_json(conn, &body, rid).await
-}
-
-async fn send_json(conn: &mut ClientConn, body: &[u8], rid: &str) -> Outcome {
     let headers: [(&str, &[u8]); 1] = [("cache-control", b"no-store")];
-    let bytes = respond::full(200, b"application/json", &headers, body, rid, false);
-    match conn.write(&bytes).await {
-        Ok(()) => Outcome::KEEP,
-        Err(_) => Outcome::CLOSE,
-    }
+    super::send_json(conn, 200, &headers, &body, rid).await
 }

@@ -3,7 +3,8 @@
 //! by default), from the store's usage log, which is what budgets and
 //! `shardgate keys list` read. The logs are read on glommio's blocking pool.
 
-use super::keys::{dir, fail, reply};
+use super::keys::{dir, fail};
+use super::reply;
 use crate::cli::keys::CliError;
 use crate::generation::Generation;
 use crate::server::{ClientConn, Outcome, Request};
