@@ -78,15 +78,19 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]; then
   echo "$want" > "$STAMP"
 fi
 
-# The status page is tested in a real headless Chromium, Debian's package:
-# installed only when missing.
-if ! command -v chromium >/dev/null 2>&1; then
-  step "installing chromium (Debian's package) for the status page test"
+# Real parts the tests drive, Debian's packages, installed only when
+# missing: Chromium for the status page, redis-server for the cluster.
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+if [ -n "$missing" ]; then
+  step "installing$missing (Debian's packages) for the status page and cluster tests"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq chromium
+  # shellcheck disable=SC2086
+  $SUDO apt-get install -y -qq $missing
 fi
 
 # ---- e2e suite --------------------------------------------------------------

@@ -48,6 +48,10 @@ pub enum GatewayError {
     /// Refused by policy: 403 for access rules, 429 for limits and budgets.
     #[error("{0}")]
     Policy(shardgate_policy::DenyReason),
+    /// A limited request could not get quota from the cluster store (down
+    /// under `on_unavailable: deny`, or late past `cluster.deadline`).
+    #[error("{0}")]
+    QuotaUnavailable(crate::admission::QuotaUnavailable),
     /// The gateway's config cannot serve this request (a provider without
     /// credentials). The message names no secret.
     #[error("Gateway misconfiguration: {0}")]
@@ -126,7 +130,7 @@ impl GatewayError {
             | Unauthorized
             | Policy(_)
             | BadBody(_) => Side::Client,
-            Draining | Overloaded(_) | Misconfigured(_) => Side::Gateway,
+            Draining | Overloaded(_) | Misconfigured(_) | QuotaUnavailable(_) => Side::Gateway,
             UpstreamConnect { .. }
             | UpstreamTimeout { .. }
             | UpstreamProtocol { .. }
@@ -146,7 +150,7 @@ impl GatewayError {
             MethodNotAllowed { .. } => 405,
             RequestTimeout => 408,
             BodyTooLarge { .. } => 413,
-            Draining | Overloaded(_) => 503,
+            Draining | Overloaded(_) | QuotaUnavailable(_) => 503,
             Misconfigured(_) => 500,
             UpstreamConnect { .. } | UpstreamProtocol { .. } | UpstreamTranslate { .. } => 502,
             UpstreamTimeout { .. } => 504,
@@ -184,6 +188,7 @@ impl GatewayError {
             BadBody(_) => "bad_body",
             Draining => "draining",
             Overloaded(_) => "overloaded",
+            QuotaUnavailable(_) => "quota_store_unavailable",
             Unauthorized => "unauthorized",
             Policy(reason) => reason.code(),
             Misconfigured(_) => "misconfigured",
@@ -225,6 +230,7 @@ impl GatewayError {
             UpstreamConnect { .. } => Some("upstream_unavailable"),
             Unauthorized => Some("invalid_api_key"),
             Policy(reason) => Some(reason.code()),
+            QuotaUnavailable(_) => Some("quota_store_unavailable"),
             _ => None,
         }
     }

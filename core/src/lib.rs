@@ -15,6 +15,7 @@ pub mod allocator;
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod deadline;
 pub mod error;

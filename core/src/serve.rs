@@ -42,6 +42,8 @@ pub enum ServeError {
     Mcp(#[from] crate::mcp::HubError),
     #[error("{0}")]
     Audit(#[from] crate::audit::writer::AuditError),
+    #[error("cannot start the cluster node thread: {0}")]
+    Cluster(std::io::Error),
 }
 
 pub struct Options {
@@ -124,6 +126,25 @@ pub fn run(
         Some(a) => Some(crate::audit::writer::AuditWriter::start(a)?),
         None => None,
     };
+    // With a cluster, the node thread and one channel from it into each
+    // shard.
+    let mut cluster_ends: Vec<Option<runtime::WakingReceiver<crate::cluster::FromNode>>> =
+        (0..shards).map(|_| None).collect();
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let mut senders = Vec::with_capacity(shards);
+            for end in cluster_ends.iter_mut() {
+                let (tx, rx) = runtime::waking_channel();
+                senders.push(tx);
+                *end = Some(rx);
+            }
+            let dir = crate::store::DataDir::new(&config.store.dir);
+            let link = crate::cluster::start(c, dir, store.recovered.keys.clone(), senders)
+                .map_err(ServeError::Cluster)?;
+            Some(link)
+        }
+        None => None,
+    };
     let (signals, hangups) = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
@@ -150,6 +171,9 @@ pub fn run(
             tx: exits_tx.clone(),
         };
         let reloads = reload_tx.clone();
+        let cluster = cluster
+            .clone()
+            .zip(cluster_ends.get_mut(id).and_then(Option::take));
         let cpu = config.placement.cpu_of(id);
         let handle = runtime::spawn_shard(
             id,
@@ -168,6 +192,16 @@ pub fn run(
                     audit,
                 );
                 shard.set_reloads(reloads);
+                if let Some((link, from_node)) = cluster {
+                    shard.admission.set_cluster(link);
+                    let s = shard.clone();
+                    glommio::spawn_local(async move {
+                        while let Some(msg) = from_node.recv().await {
+                            s.admission.on_cluster(msg);
+                        }
+                    })
+                    .detach();
+                }
                 shard_main(shard, mine, control, mesh, &exit).await;
                 drop(exit);
             },
@@ -219,7 +253,7 @@ pub fn run(
                 failure = Some(ServeError::ShardFailed { id, reason });
                 break;
             }
-            recv(key_changes) -> _ => reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref()),
+            recv(key_changes) -> _ => reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref(), cluster.as_ref()),
             recv(hangups) -> _ => {
                 let _ = reload(&config, opts.config_path.as_deref(), &mut generation, &handles, auditor.as_ref(), "SIGHUP");
             }
@@ -231,7 +265,7 @@ pub fn run(
             }
             default(tick) => {
                 reload_certs(&mut watches, &handles);
-                reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref());
+                reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref(), cluster.as_ref());
             }
         }
     }
@@ -358,6 +392,7 @@ fn reload_keys(
     handles: &[ShardHandle],
     known: &mut KnownKeys,
     auditor: Option<&crate::audit::writer::AuditWriter>,
+    cluster: Option<&crate::cluster::ClusterLink>,
 ) {
     let records = match store.keys.poll() {
         Ok(Some(r)) => r,
@@ -385,6 +420,9 @@ fn reload_keys(
         }
     }
     *known = now;
+    if let Some(c) = cluster {
+        let _ = c.tx.send(crate::cluster::ToNode::Keys(records.clone()));
+    }
     match KeyStore::from_records(records) {
         Ok(keys) => {
             log::info!("keys reloaded: {} keys", keys.len());

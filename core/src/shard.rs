@@ -288,7 +288,11 @@ impl Shard {
     /// as missing, not waited for.
     pub async fn scrape(&self, wait: std::time::Duration) -> String {
         let (merged, missing) = self.gather_stats(wait).await;
-        merged.render(missing)
+        let mut text = merged.render(missing);
+        if let Some(link) = self.admission.cluster_link() {
+            crate::metrics::render_cluster(&mut text, &link.gauges);
+        }
+        text
     }
 
     /// The status page's figures, from every shard.

@@ -69,6 +69,14 @@ pub fn owner_shard(id: &str, shards: usize) -> usize {
     (h % shards as u64) as usize
 }
 
+/// Whether two minute-window starts name the same window. Within one
+/// node they are equal; a node lease's window is the cluster store's
+/// minute in this node's clock, off the node's own minute by the clocks'
+/// difference, so starts under half a minute apart are one window.
+pub fn same_window(a: Timestamp, b: Timestamp) -> bool {
+    a.0.abs_diff(b.0) < 30_000
+}
+
 /// An amount of requests and tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quota {
@@ -136,6 +144,10 @@ pub struct Lease {
     /// lease's own remainder, a non-owner's estimate of the window's
     /// remaining quota (for `x-ratelimit-remaining-*`; never for admission).
     pub owner_left: Quota,
+    /// The source has nothing left for this window: ask no more until it
+    /// ends. A short grant without it (an owner waiting on its own lease
+    /// from the cluster) only means "ask again".
+    pub exhausted: bool,
 }
 
 impl Lease {
@@ -283,6 +295,7 @@ impl<U: QuotaSource> LeaseManager<U> {
             expires_at: Period::Minute.end(window_start),
             spend_used_micros: self.counters.used(LimitKind::MonthlySpend, now),
             owner_left: self.available(now),
+            exhausted: got.requests == 0 && want.requests > 0,
         }
     }
 
@@ -365,6 +378,10 @@ pub struct LocalQuota {
     lease: Option<Lease>,
     want_in_flight: bool,
     exhausted_until: Option<Timestamp>,
+    /// Ask for a new grant this long (ms) before the lease expires, so a
+    /// lease that ends early (a node's lease from the cluster) is renewed
+    /// before a request has to wait for it. 0: only when low.
+    renew_before_ms: u64,
 }
 
 impl LocalQuota {
@@ -379,7 +396,41 @@ impl LocalQuota {
             lease: None,
             want_in_flight: false,
             exhausted_until: None,
+            renew_before_ms: 0,
         }
+    }
+
+    /// Renew the lease `ms` before it expires (see the field).
+    pub fn renew_before(mut self, ms: u64) -> Self {
+        self.renew_before_ms = ms;
+        self
+    }
+
+    /// A new refill size from now on (a node sizes its cluster lease to
+    /// its recent rate).
+    pub fn set_refill(&mut self, refill: Quota, low_water: Quota) {
+        self.refill = refill;
+        self.low_water = low_water;
+    }
+
+    pub fn refill(&self) -> Quota {
+        self.refill
+    }
+
+    /// The source did not answer a `Want` (the cluster store is down or
+    /// late): the next shortfall may ask again.
+    pub fn want_failed(&mut self) {
+        self.want_in_flight = false;
+    }
+
+    /// Whether the source said it has nothing left for the window at `now`.
+    pub fn is_exhausted(&self, now: Timestamp) -> bool {
+        self.exhausted_until.is_some_and(|u| now < u)
+    }
+
+    /// The current lease's window start and expiry.
+    pub fn lease_window(&self, now: Timestamp) -> Option<(Timestamp, Timestamp)> {
+        self.current(now).map(|l| (l.window_start, l.expires_at))
     }
 
     /// limit / (4 × shards), at least 1, per budget; low water a quarter of
@@ -506,11 +557,33 @@ impl LocalQuota {
                 Take::Exhausted { until }
             };
         }
+        let low = !admitted || self.is_low(now);
+        if low {
+            self.ask(need, now, out);
+        }
+        if admitted {
+            Take::Admitted
+        } else {
+            Take::WaitForGrant
+        }
+    }
+
+    /// The lease is at or below low water, or about to expire.
+    fn is_low(&self, now: Timestamp) -> bool {
         let left = self.remaining(now);
-        let low = !admitted
-            || left.requests <= self.low_water.requests
-            || left.tokens <= self.low_water.tokens;
-        if low && !self.want_in_flight {
+        left.requests <= self.low_water.requests
+            || left.tokens <= self.low_water.tokens
+            || self.lease.is_some_and(|l| {
+                self.renew_before_ms > 0
+                    && now.0.saturating_add(self.renew_before_ms) >= l.expires_at.0
+            })
+    }
+
+    /// Queues a `Want` topping the lease up to `refill` (at least `need`),
+    /// unless one is in flight.
+    fn ask(&mut self, need: Quota, now: Timestamp, out: &mut Vec<ToOwner>) {
+        let left = self.remaining(now);
+        if !self.want_in_flight {
             self.want_in_flight = true;
             // A top-up to `refill`, not a whole `refill` more: asking for
             // tokens because requests ran low would strand tokens in this
@@ -531,11 +604,22 @@ impl LocalQuota {
                 },
             });
         }
-        if admitted {
-            Take::Admitted
-        } else {
-            Take::WaitForGrant
+    }
+
+    /// Takes up to `want` from the lease (partial is fine) and asks for more
+    /// when that leaves it low: how an owner running on a node lease carves
+    /// its shards' leases.
+    pub fn take_upto(&mut self, want: Quota, now: Timestamp, out: &mut Vec<ToOwner>) -> Quota {
+        self.expire(now, out);
+        let got = want.min(self.remaining(now));
+        if let Some(l) = &mut self.lease {
+            l.requests -= got.requests;
+            l.tokens -= got.tokens;
         }
+        if self.exhausted_until.is_none() && (got != want || self.is_low(now)) {
+            self.ask(want.saturating_sub(got), now, out);
+        }
+        got
     }
 
     /// Takes a grant from the owner. A grant for a window that has already
@@ -556,7 +640,7 @@ impl LocalQuota {
             }
             return;
         }
-        if lease.requests == 0 && self.refill.requests > 0 {
+        if lease.exhausted && self.refill.requests > 0 {
             self.exhausted_until = Some(lease.expires_at);
         }
         self.lease = Some(match self.lease {
@@ -585,7 +669,7 @@ impl LocalQuota {
         if charged_tokens < reserved {
             let unused = reserved - charged_tokens;
             match &mut self.lease {
-                Some(l) if l.window_start == r.minute_start && now < l.expires_at => {
+                Some(l) if same_window(l.window_start, r.minute_start) && now < l.expires_at => {
                     l.tokens = l.tokens.saturating_add(unused);
                 }
                 _ => out.push(ToOwner::Return {
@@ -610,6 +694,22 @@ impl LocalQuota {
     }
 }
 
+impl LocalQuota {
+    /// Takes `unused` back into the lease if it is still the lease of
+    /// `window_start` and current; false when it is not (the caller must
+    /// pass it on, or the source keeps counting it).
+    pub fn absorb(&mut self, unused: Quota, window_start: Timestamp, now: Timestamp) -> bool {
+        match &mut self.lease {
+            Some(l) if same_window(l.window_start, window_start) && now < l.expires_at => {
+                l.requests += unused.requests;
+                l.tokens = l.tokens.saturating_add(unused.tokens);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 impl QuotaSource for LocalQuota {
     /// Partial takes from the held lease; never asks for more by itself
     /// (the holder refills it on its own schedule).
@@ -624,13 +724,16 @@ impl QuotaSource for LocalQuota {
 
     fn release(&mut self, unused: Quota, window_start: Timestamp, _day: Timestamp, now: Timestamp) {
         if let Some(l) = &mut self.lease {
-            if l.window_start == window_start && now < l.expires_at {
+            if same_window(l.window_start, window_start) && now < l.expires_at {
                 l.requests += unused.requests;
                 l.tokens = l.tokens.saturating_add(unused.tokens);
             }
         }
     }
 }
+
+#[path = "lease_node.rs"]
+mod node;
 
 #[cfg(test)]
 #[path = "lease_tests.rs"]

@@ -206,6 +206,7 @@ fn local_quota_lifecycle() {
         expires_at: T0.plus_ms(60_000),
         spend_used_micros: 0,
         owner_left: Quota::ZERO,
+        exhausted: false,
     };
     lq.on_grant(stale, later, &mut out);
     assert!(matches!(
@@ -559,4 +560,95 @@ fn a_non_owner_whose_lease_ended_asks_again_instead_of_refusing() {
     let next_month = Period::Month.end(Period::Month.start(t));
     let views = [lq.view(&limits, next_month)];
     assert_eq!(views[0].used(LimitKind::MonthlySpend, next_month), 0);
+}
+
+/// Two nodes, each an owner on a node lease from one store (a plain
+/// `LeaseManager` standing in for the cluster store), each with a second
+/// shard leasing from its owner; random interleavings of requests,
+/// returns and grants. The store's limit is never exceeded, and with
+/// enough demand the whole limit is used.
+#[test]
+fn node_leases_never_exceed_the_store_limit() {
+    let limits = Limits {
+        requests_per_minute: Some(100),
+        ..Limits::default()
+    };
+    for seed in 1..40u64 {
+        let mut rng = Rng(seed);
+        let mut store = LeaseManager::new(limits, T0);
+        let refill = Quota {
+            requests: 7,
+            tokens: 1 << 40,
+        };
+        let low = Quota {
+            requests: 2,
+            tokens: 1 << 38,
+        };
+        let mut owners: Vec<LeaseManager<LocalQuota>> = (0..2)
+            .map(|_| {
+                LeaseManager::with_upstream(
+                    limits,
+                    T0,
+                    LocalQuota::new(0, refill, low).renew_before(0),
+                )
+            })
+            .collect();
+        let mut shards: Vec<LocalQuota> = (0..2)
+            .map(|_| {
+                LocalQuota::new(
+                    1,
+                    Quota {
+                        requests: 3,
+                        tokens: 1 << 40,
+                    },
+                    Quota::ZERO,
+                )
+            })
+            .collect();
+        // Messages in flight: (node, to_store?, msg) and grants back.
+        let mut to_store: VecDeque<(usize, ToOwner)> = VecDeque::new();
+        let mut to_owner: VecDeque<(usize, ToOwner)> = VecDeque::new();
+        let mut admitted = 0u64;
+        let now = T0.plus_ms(1000);
+        let r = Reservation::new(0, 0, now);
+        for _ in 0..2000 {
+            let node = rng.below(2) as usize;
+            let mut out = Vec::new();
+            match rng.below(4) {
+                0 => {
+                    if owners[node].admit_on_lease(&r, now, &mut out) == Take::Admitted {
+                        admitted += 1;
+                    }
+                    to_store.extend(out.drain(..).map(|m| (node, m)));
+                }
+                1 => {
+                    if shards[node].try_take(Quota::of(&r), now, &mut out) == Take::Admitted {
+                        admitted += 1;
+                    }
+                    to_owner.extend(out.drain(..).map(|m| (node, m)));
+                }
+                2 => {
+                    if let Some((n, msg)) = to_store.pop_front() {
+                        if let Some((_, lease)) = store.on_message(msg, now) {
+                            owners[n].on_node_grant(lease, now, &mut out);
+                            to_store.extend(out.drain(..).map(|m| (n, m)));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some((n, msg)) = to_owner.pop_front() {
+                        if let Some((_, lease)) = owners[n].on_message_on_lease(msg, now, &mut out)
+                        {
+                            to_store.extend(out.drain(..).map(|m| (n, m)));
+                            shards[n].on_grant(lease, now, &mut out);
+                            to_owner.extend(out.drain(..).map(|m| (n, m)));
+                        }
+                        to_store.extend(out.drain(..).map(|m| (n, m)));
+                    }
+                }
+            }
+            assert!(admitted <= 100, "seed {seed}: {admitted} admitted");
+        }
+        assert!(admitted >= 90, "seed {seed}: only {admitted} admitted");
+    }
 }

@@ -59,7 +59,8 @@ pub use identity::{
     KeyRecord, KeyStore, KeyStoreError, KEY_ID_LEN,
 };
 pub use lease::{
-    owner_shard, Lease, LeaseManager, LocalQuota, Quota, QuotaSource, Take, ToOwner, Unlimited,
+    owner_shard, same_window, Lease, LeaseManager, LocalQuota, Quota, QuotaSource, Take, ToOwner,
+    Unlimited,
 };
 pub use money::{MoneyError, Usd};
 pub use policy::{Bucket, EffectiveAudit, Limits, Policy, PolicyError, PolicySet, Resolved};

@@ -14,6 +14,7 @@ use shardgate_proto::h1::Method;
 use std::rc::Rc;
 use std::time::Duration;
 
+mod cluster;
 mod keys;
 mod reload;
 mod status;
@@ -54,6 +55,8 @@ enum Endpoint<'p> {
     Keys,
     /// `DELETE` revokes it.
     Key(&'p str),
+    /// The cluster store, live nodes and each scope's overshoot bound.
+    Cluster,
 }
 
 fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
@@ -67,6 +70,7 @@ fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
         b"/admin/usage" => Some((Endpoint::Usage, "/admin/usage")),
         b"/admin/targets" => Some((Endpoint::Targets, "/admin/targets")),
         b"/admin/keys" => Some((Endpoint::Keys, "/admin/keys")),
+        b"/admin/cluster" => Some((Endpoint::Cluster, "/admin/cluster")),
         _ => {
             let id = path.strip_prefix(b"/admin/keys/")?;
             let id = std::str::from_utf8(id).ok()?;
@@ -161,6 +165,7 @@ impl Router for AdminRouter {
             (Endpoint::Usage, _) if get => usage::usage(generation, conn, &req, rid).await,
             (Endpoint::Status, _) if get => status::status(shard, conn, SCRAPE_WAIT, rid).await,
             (Endpoint::Keys, _) if get => keys::list(shard, generation, conn, rid).await,
+            (Endpoint::Cluster, _) if get => cluster::cluster(shard, conn, rid).await,
             (Endpoint::Keys, Method::Post) => {
                 keys::create(shard, generation, conn, &req, rid).await
             }

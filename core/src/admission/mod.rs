@@ -14,6 +14,8 @@ mod prompt;
 /// Every prompt string of a request body (for token counts).
 pub use prompt::texts as prompt_texts;
 
+use crate::cluster::{ClusterLink, FromNode, ToNode};
+use crate::config::cluster::OnUnavailable;
 use crate::config::{AuthMode, Config};
 use crate::mesh::{Mesh, QuotaMsg, ShardMsg};
 use crate::server::Request;
@@ -84,6 +86,15 @@ impl Ticket {
     }
 }
 
+/// Why a limited request got no quota from the cluster store.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum QuotaUnavailable {
+    #[error("The shared quota store is unavailable, and this gateway refuses limited requests until it is back (cluster.on_unavailable: deny). Retry shortly.")]
+    StoreDown,
+    #[error("The shared quota store did not answer within {0} ms. Retry shortly.")]
+    StoreLate(u64),
+}
+
 /// Why a request may not go on.
 #[derive(Debug)]
 pub enum Refusal {
@@ -95,11 +106,25 @@ pub enum Refusal {
         /// Who was refused, for the request's record.
         actor: Box<Actor>,
     },
+    /// The cluster store could not be asked (503).
+    Unavailable {
+        why: QuotaUnavailable,
+        actor: Box<Actor>,
+    },
+}
+
+/// Why one bucket could not be taken from.
+enum TakeError {
+    Denied(DenyReason),
+    Unavailable(QuotaUnavailable),
 }
 
 /// One bucket's ledger on this shard.
 enum Slot {
     Owned(LeaseManager),
+    /// The owner with a cluster store: the limit is the store's, and this
+    /// shard runs on a node lease from it.
+    Clustered(Box<NodeSlot>, Limits),
     /// With the bucket's limits, which travel with messages to the owner.
     Leased(LocalQuota, Limits),
 }
@@ -109,6 +134,56 @@ enum Slot {
 pub struct Persist {
     pub tx: UsageSender,
     pub restored: Arc<UsageState>,
+}
+
+/// An owner's node lease and how fast the node uses it.
+struct NodeSlot {
+    lm: LeaseManager<LocalQuota>,
+    /// The store refused the last `Want` (down, under `deny`).
+    refused: bool,
+    /// Requests admitted from the node lease in the current second, and
+    /// in the last whole one: node leases are sized to that rate.
+    second: u64,
+    this_second: u64,
+    last_second: u64,
+}
+
+impl NodeSlot {
+    fn count(&mut self, now: Timestamp) {
+        let s = now.0 / 1000;
+        if s != self.second {
+            self.last_second = if s == self.second + 1 {
+                self.this_second
+            } else {
+                0
+            };
+            (self.second, self.this_second) = (s, 0);
+        }
+        self.this_second += 1;
+    }
+
+    /// A lease of a quarter more than one lease period's requests at the
+    /// last second's rate, within the cap (and at least the cap's 1/64,
+    /// so a burst after quiet needs few calls).
+    fn resize(&mut self, limits: &Limits, live_nodes: u64, ttl_ms: u64) {
+        let cap = crate::cluster::lease_cap(limits, live_nodes);
+        let rate = self.last_second.max(self.this_second);
+        let want = (rate.saturating_mul(ttl_ms) / 1000).saturating_mul(5) / 4;
+        let requests = want.clamp((cap.requests / 64).max(1), cap.requests);
+        let tokens = if cap.requests == 0 {
+            cap.tokens
+        } else {
+            // Tokens in proportion, so neither runs out long before the other.
+            let per = cap.tokens / cap.requests.max(1);
+            per.saturating_mul(requests).clamp(1, cap.tokens)
+        };
+        let refill = Quota { requests, tokens };
+        let low = Quota {
+            requests: requests / 4,
+            tokens: tokens / 4,
+        };
+        self.lm.node_mut().set_refill(refill, low);
+    }
 }
 
 pub struct Admission {
@@ -136,6 +211,13 @@ pub struct Admission {
     mesh: RefCell<Option<Rc<Mesh>>>,
     /// Scratch for messages produced by the policy state machines.
     outbox: RefCell<Vec<ToOwner>>,
+    /// The same, for the cluster store (from owners' node leases).
+    node_outbox: RefCell<Vec<ToOwner>>,
+    /// The node thread, when a cluster is configured.
+    cluster: RefCell<Option<ClusterLink>>,
+    /// The store was reachable at the node thread's last word.
+    cluster_up: Cell<bool>,
+    live_nodes: Cell<u64>,
 }
 
 pub fn now() -> Timestamp {
@@ -165,7 +247,21 @@ impl Admission {
             slots: RefCell::new(HashMap::new()),
             mesh: RefCell::new(None),
             outbox: RefCell::new(Vec::new()),
+            node_outbox: RefCell::new(Vec::new()),
+            cluster: RefCell::new(None),
+            cluster_up: Cell::new(true),
+            live_nodes: Cell::new(1),
         }
+    }
+
+    /// The node thread's link, when a cluster is configured.
+    pub fn cluster_link(&self) -> Option<ClusterLink> {
+        self.cluster.borrow().clone()
+    }
+
+    /// Limits from now on come from the cluster store through `link`.
+    pub fn set_cluster(&self, link: ClusterLink) {
+        *self.cluster.borrow_mut() = Some(link);
     }
 
     /// True when admission has nothing to do: no keys, no policies.
@@ -321,11 +417,20 @@ impl Admission {
             .collect();
         let mut taken: Vec<usize> = Vec::with_capacity(buckets.len());
         for (i, (key, limits)) in buckets.iter().enumerate() {
-            if let Err(reason) = self.take(key, *limits, &reservation, now).await {
+            if let Err(err) = self.take(key, *limits, &reservation, now).await {
                 for &j in &taken {
                     let (k, _) = &buckets[j];
                     self.give_back(k, &reservation);
                 }
+                let reason = match err {
+                    TakeError::Denied(reason) => reason,
+                    TakeError::Unavailable(why) => {
+                        return Err(Refusal::Unavailable {
+                            why,
+                            actor: Box::new(actor),
+                        })
+                    }
+                };
                 let views = self.views(resolved, now);
                 let headers = RateLimitHeaders::compute(resolved, &views, now).pairs();
                 return Err(Refusal::Denied {
@@ -411,6 +516,7 @@ impl Admission {
             .iter()
             .map(|b| match slots.get(b.scope_key) {
                 Some(Slot::Owned(lm)) => *lm.counters(),
+                Some(Slot::Clustered(n, _)) => n.lm.cluster_view(&b.limits, now),
                 Some(Slot::Leased(lq, _)) => lq.view(&b.limits, now),
                 None => Counters::new(now),
             })
@@ -458,8 +564,27 @@ impl Admission {
         if owner_shard(key, peers) == me {
             // The owner picks up where the last run left off: windows still
             // current at `now` keep their counts.
+            let counters = self.persist.restored.restore_counters(key, now);
+            if let Some(link) = self.cluster.borrow().as_ref() {
+                let ttl = link.lease_ttl.as_millis() as u64;
+                let cap = crate::cluster::lease_cap(&limits, self.live_nodes.get());
+                // Renewed a fifth of its life early, so a steady stream of
+                // requests never waits on the store.
+                let node = LocalQuota::new(me, cap, Quota::ZERO).renew_before(ttl / 5);
+                let mut lm = LeaseManager::with_upstream(limits, now, node);
+                *lm.counters_mut() = counters;
+                let mut slot = NodeSlot {
+                    lm,
+                    refused: false,
+                    second: 0,
+                    this_second: 0,
+                    last_second: 0,
+                };
+                slot.resize(&limits, self.live_nodes.get(), ttl);
+                return Slot::Clustered(Box::new(slot), limits);
+            }
             let mut lm = LeaseManager::new(limits, now);
-            *lm.counters_mut() = self.persist.restored.restore_counters(key, now);
+            *lm.counters_mut() = counters;
             Slot::Owned(lm)
         } else {
             let (refill, low) = LocalQuota::suggested_refill(&limits, peers);
@@ -486,9 +611,18 @@ impl Admission {
         limits: Limits,
         r: &Reservation,
         mut now: Timestamp,
-    ) -> Result<(), DenyReason> {
+    ) -> Result<(), TakeError> {
         let mut deadline = None;
+        // With a cluster, every wait is for the store (directly on the
+        // owner, through it elsewhere): bounded by `cluster.deadline`.
+        let (wait, deny_when_down) = match self.cluster.borrow().as_ref() {
+            Some(c) => (c.deadline, c.on_unavailable == OnUnavailable::Deny),
+            None => (GRANT_WAIT, false),
+        };
         loop {
+            if deny_when_down && !self.cluster_up.get() {
+                return Err(TakeError::Unavailable(QuotaUnavailable::StoreDown));
+            }
             let step = {
                 let mut slots = self.slots.borrow_mut();
                 match self.slot_for(&mut slots, key, limits, now) {
@@ -506,6 +640,20 @@ impl Admission {
                             }
                         }
                     }
+                    Slot::Clustered(n, _) => {
+                        if n.refused && deny_when_down {
+                            n.refused = false;
+                            drop(slots);
+                            return Err(TakeError::Unavailable(QuotaUnavailable::StoreDown));
+                        }
+                        self.mark_dirty(key);
+                        let mut out = self.node_outbox.borrow_mut();
+                        let t = n.lm.admit_on_lease(r, now, &mut out);
+                        if t == Take::Admitted {
+                            n.count(now);
+                        }
+                        t
+                    }
                     Slot::Leased(lq, _) => {
                         let mut out = self.outbox.borrow_mut();
                         let t = lq.try_take(Quota::of(r), now, &mut out);
@@ -518,14 +666,26 @@ impl Admission {
             match step {
                 Take::Admitted => return Ok(()),
                 Take::WaitForGrant => {
-                    let until = *deadline.get_or_insert(now.0 + GRANT_WAIT.as_millis() as u64);
+                    let until = *deadline.get_or_insert(now.0 + wait.as_millis() as u64);
                     if now.0 >= until {
-                        return Err(limit_reason(&limits, r, now, now.0 + 1000));
+                        if self.cluster.borrow().is_some() {
+                            return Err(TakeError::Unavailable(QuotaUnavailable::StoreLate(
+                                wait.as_millis() as u64,
+                            )));
+                        }
+                        return Err(TakeError::Denied(limit_reason(
+                            &limits,
+                            r,
+                            now,
+                            now.0 + 1000,
+                        )));
                     }
                     glommio::timer::sleep(GRANT_POLL).await;
                     now = self::now();
                 }
-                Take::Exhausted { until } => return Err(limit_reason(&limits, r, now, until.0)),
+                Take::Exhausted { until } => {
+                    return Err(TakeError::Denied(limit_reason(&limits, r, now, until.0)))
+                }
             }
         }
     }
@@ -538,6 +698,15 @@ impl Admission {
             Some(Slot::Owned(lm)) => {
                 use shardgate_policy::QuotaSource;
                 lm.release(Quota::of(r), r.minute_start, r.day_start, now);
+            }
+            Some(Slot::Clustered(n, limits)) => {
+                let limits = *limits;
+                {
+                    let mut out = self.node_outbox.borrow_mut();
+                    n.lm.give_back(Quota::of(r), r.minute_start, r.day_start, now, &mut out);
+                }
+                drop(slots);
+                self.flush(key, limits);
             }
             Some(Slot::Leased(lq, _)) => {
                 use shardgate_policy::QuotaSource;
@@ -631,12 +800,17 @@ impl Admission {
         let now = now();
         let slots = self.slots.borrow();
         for key in dirty {
-            if let Some(Slot::Owned(lm)) = slots.get(key.as_str()) {
+            let counters = match slots.get(key.as_str()) {
+                Some(Slot::Owned(lm)) => Some(lm.counters()),
+                Some(Slot::Clustered(n, _)) => Some(n.lm.counters()),
+                _ => None,
+            };
+            if let Some(counters) = counters {
                 for kind in LimitKind::ALL {
                     if !self
                         .persist
                         .tx
-                        .send(UsageRecord::counter(&key, kind, lm.counters(), now))
+                        .send(UsageRecord::counter(&key, kind, counters, now))
                     {
                         log::error!(
                             "window counters of {key} not recorded: the store writer has stopped"
@@ -663,6 +837,13 @@ impl Admission {
                         lm.counters_mut().settle(r, &s, now);
                         self.mark_dirty(key);
                     }
+                    Slot::Clustered(n, _) => {
+                        n.lm.counters_mut().settle(r, &s, now);
+                        let mut out = self.node_outbox.borrow_mut();
+                        n.lm.node_mut()
+                            .settle(r, s.tokens, s.spend_micros, now, &mut out);
+                        self.mark_dirty(key);
+                    }
                     Slot::Leased(lq, _) => {
                         let mut out = self.outbox.borrow_mut();
                         lq.settle(r, s.tokens, s.spend_micros, now, &mut out);
@@ -678,11 +859,11 @@ impl Admission {
     pub fn has_background_work(&self) -> bool {
         !self.pending.borrow().is_empty()
             || !self.dirty.borrow().is_empty()
-            || self
-                .slots
-                .borrow()
-                .values()
-                .any(|s| matches!(s, Slot::Leased(lq, _) if lq.holds_lease()))
+            || self.slots.borrow().values().any(|s| match s {
+                Slot::Leased(lq, _) => lq.holds_lease(),
+                Slot::Clustered(n, _) => n.lm.node().holds_lease(),
+                Slot::Owned(_) => false,
+            })
     }
 
     /// Resolves once [`Admission::has_background_work`] may have become
@@ -698,23 +879,52 @@ impl Admission {
     pub fn return_ended_leases(&self) {
         let now = now();
         let mut returns = Vec::new();
+        let mut node_returns = Vec::new();
         for (key, slot) in self.slots.borrow_mut().iter_mut() {
-            if let Slot::Leased(lq, limits) = slot {
-                let mut out = Vec::new();
-                lq.expire(now, &mut out);
-                if !out.is_empty() {
-                    returns.push((Rc::clone(key), *limits, out));
+            let mut out = Vec::new();
+            match slot {
+                Slot::Leased(lq, limits) => {
+                    lq.expire(now, &mut out);
+                    if !out.is_empty() {
+                        returns.push((Rc::clone(key), *limits, out));
+                    }
                 }
+                Slot::Clustered(n, limits) => {
+                    n.lm.node_mut().expire(now, &mut out);
+                    if !out.is_empty() {
+                        node_returns.push((Rc::clone(key), *limits, out));
+                    }
+                }
+                Slot::Owned(_) => {}
             }
         }
         for (key, limits, out) in returns {
             self.outbox.borrow_mut().extend(out);
             self.flush(&key, limits);
         }
+        for (key, limits, out) in node_returns {
+            self.node_outbox.borrow_mut().extend(out);
+            self.flush(&key, limits);
+        }
     }
 
-    /// Sends what the state machines queued to the bucket's owner.
+    /// Sends what the state machines queued to the bucket's owner (and,
+    /// from an owner on a node lease, to the cluster store).
     fn flush(&self, key: &str, limits: Limits) {
+        if !self.node_outbox.borrow().is_empty() {
+            let msgs: Vec<ToOwner> = self.node_outbox.borrow_mut().drain(..).collect();
+            if let Some(link) = self.cluster.borrow().as_ref() {
+                let (me, _) = self.me_and_peers();
+                for msg in msgs {
+                    let _ = link.tx.send(ToNode::Quota {
+                        shard: me,
+                        bucket: key.to_owned(),
+                        limits,
+                        msg,
+                    });
+                }
+            }
+        }
         let msgs: Vec<ToOwner> = self.outbox.borrow_mut().drain(..).collect();
         if msgs.is_empty() {
             return;
@@ -751,12 +961,18 @@ impl Admission {
                             self.mark_dirty(&bucket);
                             lm.on_message(msg, now)
                         }
+                        Slot::Clustered(n, _) => {
+                            self.mark_dirty(&bucket);
+                            let mut out = self.node_outbox.borrow_mut();
+                            n.lm.on_message_on_lease(msg, now, &mut out)
+                        }
                         Slot::Leased(..) => {
                             log::warn!("quota message for bucket {bucket} reached a non-owner");
                             None
                         }
                     }
                 };
+                self.flush(&bucket, limits);
                 if let (Some((to, lease)), Some(mesh)) = (reply, self.mesh.borrow().clone()) {
                     mesh.send(to, ShardMsg::Quota(QuotaMsg::Grant { bucket, lease }));
                 }
@@ -776,6 +992,51 @@ impl Admission {
                 };
                 if let Some(limits) = limits {
                     self.flush(&bucket, limits);
+                }
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// A word from the node thread (cluster store grants and state).
+    pub fn on_cluster(&self, msg: FromNode) {
+        let now = now();
+        match msg {
+            FromNode::State { up, live_nodes } => {
+                self.cluster_up.set(up);
+                self.live_nodes.set(live_nodes.max(1));
+            }
+            FromNode::Grant { bucket, lease } => {
+                let ttl = self
+                    .cluster
+                    .borrow()
+                    .as_ref()
+                    .map_or(1000, |c| c.lease_ttl.as_millis() as u64);
+                let limits = {
+                    let mut slots = self.slots.borrow_mut();
+                    match slots.get_mut(bucket.as_str()) {
+                        Some(Slot::Clustered(n, limits)) => {
+                            self.activity.notify();
+                            n.refused = false;
+                            let mut out = self.node_outbox.borrow_mut();
+                            n.lm.on_node_grant(lease, now, &mut out);
+                            n.resize(limits, self.live_nodes.get(), ttl);
+                            Some(*limits)
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(limits) = limits {
+                    self.flush(&bucket, limits);
+                }
+            }
+            FromNode::Refused { bucket } => {
+                if let Some(Slot::Clustered(n, _)) =
+                    self.slots.borrow_mut().get_mut(bucket.as_str())
+                {
+                    n.refused = true;
+                    n.lm.node_mut().want_failed();
                 }
             }
         }

@@ -375,3 +375,50 @@ fn health_checks_are_validated() {
         "{e}"
     );
 }
+
+#[test]
+fn cluster_section() {
+    use super::cluster::OnUnavailable;
+    assert!(parse(MIN).unwrap().cluster.is_none());
+    let c = parse(&format!(
+        "{MIN}cluster: {{ redis: {{ url: 'rediss://:pw@redis.internal:6380/2', prefix: 'sg:' }}, on_unavailable: local, deadline: 5ms }}\n"
+    ))
+    .unwrap();
+    let cl = c.cluster.unwrap();
+    assert_eq!(cl.on_unavailable, OnUnavailable::Local);
+    assert_eq!(cl.deadline, std::time::Duration::from_millis(5));
+    assert_eq!(cl.lease_ttl, std::time::Duration::from_secs(1));
+    assert_eq!(cl.redis.prefix, "sg:");
+    // The URL is a secret: its password never shows in Debug.
+    assert!(!format!("{cl:?}").contains("pw@"));
+    let defaults = parse(&format!(
+        "{MIN}cluster: {{ redis: {{ url: 'redis://127.0.0.1' }} }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        defaults.cluster.unwrap().on_unavailable,
+        OnUnavailable::Deny
+    );
+    for (bad, field) in [
+        ("{ redis: { url: 'http://x' } }", "cluster.redis.url"),
+        (
+            "{ redis: { url: 'redis://x', prefix: 'a{b' } }",
+            "cluster.redis.prefix",
+        ),
+        (
+            "{ redis: { url: 'redis://x' }, deadline: 0ms }",
+            "cluster.deadline",
+        ),
+        (
+            "{ redis: { url: 'redis://x' }, lease_ttl: 2m }",
+            "cluster.lease_ttl",
+        ),
+        (
+            "{ redis: { url: 'redis://x' }, on_unavailable: open }",
+            "cluster.on_unavailable",
+        ),
+    ] {
+        let e = parse(&format!("{MIN}cluster: {bad}\n")).unwrap_err();
+        assert!(e.starts_with(field), "{bad}: {e}");
+    }
+}

@@ -8,6 +8,7 @@
 //! not exist).
 
 pub mod audit;
+pub mod cluster;
 pub mod mcp;
 mod provider;
 mod raw;
@@ -71,6 +72,8 @@ pub struct Config {
     pub mcp: McpConfig,
     /// The audit log, when configured.
     pub audit: Option<audit::AuditConfig>,
+    /// Limits, budgets and keys shared with other nodes through Redis.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// Who may call the model APIs.
@@ -415,6 +418,10 @@ impl Config {
         // The writer thread and its open file are the process's.
         if self.audit != new.audit {
             changed.push("audit");
+        }
+        // The store connection and its leases are the process's.
+        if self.cluster != new.cluster {
+            changed.push("cluster");
         }
         changed
     }

@@ -42,6 +42,7 @@ pub(super) struct RawConfig {
     admin: Option<RawAdmin>,
     mcp: Option<super::mcp::RawMcp>,
     audit: Option<super::audit::RawAudit>,
+    cluster: Option<super::cluster::RawCluster>,
     #[serde(default)]
     mcp_servers: BTreeMap<String, super::mcp::RawMcpServer>,
 }
@@ -329,9 +330,11 @@ impl RawConfig {
 
         let mcp = super::mcp::validate(self.mcp, self.mcp_servers, env)?;
         let audit = super::audit::validate(self.audit, &store.dir, env)?;
+        let cluster = super::cluster::validate(self.cluster, env)?;
 
         Ok(Config {
             audit,
+            cluster,
             mcp,
             admin,
             listeners,

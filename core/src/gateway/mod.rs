@@ -492,6 +492,21 @@ async fn handle_api<'g>(
             log::info!("{rid}: refused: {err}");
             return send_error(conn, client, &err, rid, &headers, false).await;
         }
+        Err(Refusal::Unavailable { why, actor }) => {
+            trail.actor = Some(*actor);
+            trail.alias = Some(facts.model);
+            let err = GatewayError::QuotaUnavailable(why);
+            log::warn!("{rid}: refused: {err}");
+            return send_error(
+                conn,
+                client,
+                &err,
+                rid,
+                &[("retry-after", "1".to_owned())],
+                false,
+            )
+            .await;
+        }
     };
     let mut headers = std::mem::take(&mut ticket.headers);
     let alias: &str = match &ticket.fallback {

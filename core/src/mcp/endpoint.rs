@@ -54,7 +54,7 @@ pub async fn handle<'g>(
     }
     let actor = match identified {
         Ok(a) => a,
-        Err(Refusal::Unauthorized | Refusal::Denied { .. }) => {
+        Err(Refusal::Unauthorized | Refusal::Denied { .. } | Refusal::Unavailable { .. }) => {
             let e = RpcError::new(
                 code::INVALID_REQUEST,
                 "missing or unknown API key: send Authorization: Bearer <key> or x-api-key",
@@ -533,6 +533,11 @@ async fn call(
         Err(Refusal::Unauthorized) => {
             let e = RpcError::new(code::INVALID_REQUEST, "missing or unknown API key");
             return reply_error_with(conn, 401, &id, &e, None, rid).await;
+        }
+        Err(Refusal::Unavailable { why, .. }) => {
+            record(ToolDecision::RateLimited, None, Some(true));
+            let e = RpcError::new(code::INTERNAL_ERROR, why.to_string());
+            return reply_error_with(conn, 503, &id, &e, session_header, rid).await;
         }
     };
     // The server's own name goes upstream, in the body and in `Mcp-Name`.

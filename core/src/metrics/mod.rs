@@ -547,3 +547,22 @@ fn escape(v: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+/// The node thread's figures (one set per process, not per shard).
+pub fn render_cluster(out: &mut String, g: &crate::cluster::Gauges) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = writeln!(
+        out,
+        "# HELP shardgate_cluster_store_up Whether the cluster store (Redis) answers: 0 is the alarm.\n# TYPE shardgate_cluster_store_up gauge\nshardgate_cluster_store_up {}\n\
+         # HELP shardgate_cluster_live_nodes Gateway nodes the store saw in the last 5 s.\n# TYPE shardgate_cluster_live_nodes gauge\nshardgate_cluster_live_nodes {}\n\
+         # HELP shardgate_cluster_store_calls_total Calls this node made to the store.\n# TYPE shardgate_cluster_store_calls_total counter\nshardgate_cluster_store_calls_total {}\n\
+         # HELP shardgate_cluster_local_grants_total Node leases granted from this node's share while the store was unreachable.\n# TYPE shardgate_cluster_local_grants_total counter\nshardgate_cluster_local_grants_total {}\n\
+         # HELP shardgate_cluster_refused_total Node leases refused while the store was unreachable (on_unavailable: deny).\n# TYPE shardgate_cluster_refused_total counter\nshardgate_cluster_refused_total {}",
+        u8::from(g.up.load(Relaxed)),
+        g.live_nodes.load(Relaxed),
+        g.store_calls.load(Relaxed),
+        g.local_grants.load(Relaxed),
+        g.refused.load(Relaxed),
+    );
+}
