@@ -763,6 +763,7 @@ async fn persist(shard: Rc<Shard>) {
         }
         glommio::timer::sleep(USAGE_PERSIST_EVERY).await;
         shard.admission.persist_usage();
+        shard.admission.send_cluster_usage();
         n = n.wrapping_add(1);
         if n.is_multiple_of(COUNTER_EVERY) {
             shard.admission.persist_counters();

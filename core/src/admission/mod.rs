@@ -146,9 +146,32 @@ struct NodeSlot {
     second: u64,
     this_second: u64,
     last_second: u64,
+    /// Usage beyond reservations and spend settled here, not yet sent to
+    /// the store: summed per request, sent with the shard's usage flush.
+    pending: (u64, u64),
 }
 
 impl NodeSlot {
+    /// Moves the usage reports among `out[from..]` into `pending`: they
+    /// wait for the next flush, summed.
+    fn hold_usage(&mut self, out: &mut Vec<ToOwner>, from: usize) {
+        let mut i = from;
+        while i < out.len() {
+            if let ToOwner::Usage {
+                extra_tokens,
+                spend_micros,
+                ..
+            } = out[i]
+            {
+                self.pending.0 = self.pending.0.saturating_add(extra_tokens);
+                self.pending.1 = self.pending.1.saturating_add(spend_micros);
+                out.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn count(&mut self, now: Timestamp) {
         let s = now.0 / 1000;
         if s != self.second {
@@ -579,6 +602,7 @@ impl Admission {
                     second: 0,
                     this_second: 0,
                     last_second: 0,
+                    pending: (0, 0),
                 };
                 slot.resize(&limits, self.live_nodes.get(), ttl);
                 return Slot::Clustered(Box::new(slot), limits);
@@ -791,6 +815,32 @@ impl Admission {
         }
     }
 
+    /// Sends the store the usage settled on owned buckets since the last
+    /// call: one message per bucket, not one per request.
+    pub fn send_cluster_usage(&self) {
+        let Some(link) = self.cluster.borrow().clone() else {
+            return;
+        };
+        let (me, _) = self.me_and_peers();
+        for (key, slot) in self.slots.borrow_mut().iter_mut() {
+            if let Slot::Clustered(n, limits) = slot {
+                if n.pending != (0, 0) {
+                    let (extra_tokens, spend_micros) = std::mem::take(&mut n.pending);
+                    let _ = link.tx.send(ToNode::Quota {
+                        shard: me,
+                        bucket: key.to_string(),
+                        limits: *limits,
+                        msg: ToOwner::Usage {
+                            shard: me,
+                            extra_tokens,
+                            spend_micros,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
     /// Writes the counters of owned buckets that changed since last time.
     pub fn persist_counters(&self) {
         let dirty: Vec<String> = self.dirty.borrow_mut().drain().collect();
@@ -840,8 +890,10 @@ impl Admission {
                     Slot::Clustered(n, _) => {
                         n.lm.counters_mut().settle(r, &s, now);
                         let mut out = self.node_outbox.borrow_mut();
+                        let before = out.len();
                         n.lm.node_mut()
                             .settle(r, s.tokens, s.spend_micros, now, &mut out);
+                        n.hold_usage(&mut out, before);
                         self.mark_dirty(key);
                     }
                     Slot::Leased(lq, _) => {
@@ -861,7 +913,7 @@ impl Admission {
             || !self.dirty.borrow().is_empty()
             || self.slots.borrow().values().any(|s| match s {
                 Slot::Leased(lq, _) => lq.holds_lease(),
-                Slot::Clustered(n, _) => n.lm.node().holds_lease(),
+                Slot::Clustered(n, _) => n.lm.node().holds_lease() || n.pending != (0, 0),
                 Slot::Owned(_) => false,
             })
     }
@@ -964,7 +1016,10 @@ impl Admission {
                         Slot::Clustered(n, _) => {
                             self.mark_dirty(&bucket);
                             let mut out = self.node_outbox.borrow_mut();
-                            n.lm.on_message_on_lease(msg, now, &mut out)
+                            let before = out.len();
+                            let reply = n.lm.on_message_on_lease(msg, now, &mut out);
+                            n.hold_usage(&mut out, before);
+                            reply
                         }
                         Slot::Leased(..) => {
                             log::warn!("quota message for bucket {bucket} reached a non-owner");
