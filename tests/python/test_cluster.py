@@ -396,3 +396,65 @@ def test_a_slow_redis_never_holds_a_request_past_the_deadline(tmp_path: Path, re
         wait_for(lambda: node.post(keys["slow-1"]["secret"]).status_code == 200, "serving once Redis answers again")
     finally:
         stop_nodes(nodes)
+
+
+class RedisCluster:
+    """Three redis-server nodes in cluster mode, slots spread by
+    `redis-cli --cluster create`."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.ports = [free_port() for _ in range(3)]
+        self.procs: list[Proc] = []
+
+    def start(self) -> None:
+        for p in self.ports:
+            argv = [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(p), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{p}.conf",
+                "--save", "", "--appendonly", "no", "--dir", str(self.tmp), "--logfile", "",
+            ]
+            proc = Proc(f"redis-cluster-{p}", argv, self.tmp / f"redis-cluster-{p}.log")
+            proc.wait_line(REDIS_READY)
+            self.procs.append(proc)
+        r = subprocess.run(
+            [shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+             *(f"127.0.0.1:{p}" for p in self.ports), "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        deadline = time.monotonic() + 20
+        while "cluster_state:ok" not in subprocess.run(
+            [shutil.which("redis-cli") or "redis-cli", "-p", str(self.ports[0]), "cluster", "info"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout:
+            assert time.monotonic() < deadline, "the Redis Cluster did not form"
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/"
+
+
+def test_a_redis_cluster_holds_limits_and_keys_across_its_slots(tmp_path: Path, mock_upstream: Upstream, upstream_key: str):
+    rc = RedisCluster(tmp_path)
+    try:
+        rc.start()
+        teams = tuple(f"slot-{i}" for i in range(4))  # scopes on different cluster nodes
+        policies = [{"ai_runtime_policy": {"actor_scope": {"team": t}, "budgets": {"requests_per_minute": 60}}} for t in teams]
+        cfg = node_config(mock_upstream, rc, policies, deadline="200ms", redis={"url": rc.url, "mode": "cluster"})
+        nodes, keys = start_nodes(2, tmp_path, mock_upstream, upstream_key, cfg, keys_for=teams)
+        try:
+            fresh_minute(margin=30)
+            for team in teams:
+                counts = asyncio.run(hammer(nodes, keys[team]["secret"], clients_per_node=8))
+                [scope] = [s for s in nodes[0].admin_get("/admin/cluster")["cluster"]["scopes"] if s["scope"] == f"team={team}"]
+                print(f"{team}: {counts} (bound {scope['bound_requests']})")
+                assert 60 <= counts.get(200, 0) <= 60 + scope["bound_requests"], counts
+        finally:
+            stop_nodes(nodes)
+    finally:
+        for p in rc.procs:
+            if p.alive():
+                p.stop()

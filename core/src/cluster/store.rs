@@ -4,7 +4,9 @@
 
 use super::scripts;
 use crate::config::cluster::RedisConfig;
-use redis::{Connection, Script};
+use crate::config::cluster::RedisMode;
+use redis::cluster::ClusterConnection;
+use redis::{Cmd, Connection, ConnectionLike, RedisResult, Script, Value};
 use shardgate_policy::{Limits, Quota};
 
 /// A grant as the store made it, in the store's clock.
@@ -30,7 +32,7 @@ pub struct Beat {
 }
 
 pub struct Store {
-    con: Connection,
+    con: Conn,
     prefix: String,
     node: String,
     grant: Script,
@@ -53,7 +55,77 @@ fn left(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(u64::MAX)
 }
 
-/// A connection with `cfg`'s password and timeouts.
+/// One Redis, or a Redis Cluster (whose client follows each key to its
+/// slot: a scope's keys share a hash tag, so each script runs on one node).
+pub enum Conn {
+    One(Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+    fn req_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        match self {
+            Conn::One(c) => c.req_command(cmd),
+            Conn::Cluster(c) => c.req_command(cmd),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+    fn check_connection(&mut self) -> bool {
+        match self {
+            Conn::One(c) => c.check_connection(),
+            Conn::Cluster(c) => c.check_connection(),
+        }
+    }
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::One(c) => c.is_open(),
+            Conn::Cluster(c) => c.is_open(),
+        }
+    }
+}
+
+/// The store connection `cfg` describes.
+fn connect(cfg: &RedisConfig) -> RedisResult<Conn> {
+    match cfg.mode {
+        RedisMode::Standalone => open(cfg).map(Conn::One),
+        RedisMode::Cluster => {
+            let mut b = redis::cluster::ClusterClient::builder(vec![cfg.url.expose()])
+                .connection_timeout(cfg.timeout)
+                .response_timeout(cfg.timeout);
+            if let Some(p) = &cfg.password {
+                b = b.password(p.expose());
+            }
+            let c = b.build()?.get_connection()?;
+            Ok(Conn::Cluster(Box::new(c)))
+        }
+    }
+}
+
+/// A connection to one Redis (in cluster mode, the seed node: enough for
+/// pub/sub, which a cluster relays to every node) with `cfg`'s password and
+/// timeouts.
 pub fn open(cfg: &RedisConfig) -> redis::RedisResult<Connection> {
     let mut info = redis::IntoConnectionInfo::into_connection_info(cfg.url.expose())?;
     if let Some(p) = &cfg.password {
@@ -69,7 +141,7 @@ pub fn open(cfg: &RedisConfig) -> redis::RedisResult<Connection> {
 
 impl Store {
     pub fn connect(cfg: &RedisConfig, node: &str) -> redis::RedisResult<Store> {
-        let con = open(cfg)?;
+        let con = connect(cfg)?;
         Ok(Store {
             con,
             prefix: cfg.prefix.clone(),
@@ -176,8 +248,9 @@ impl Store {
 
     pub fn heartbeat(&mut self) -> redis::RedisResult<Beat> {
         self.calls += 1;
-        let nodes = format!("{}nodes", self.prefix);
-        let marker = format!("{}node:{}", self.prefix, self.node);
+        // One hash tag, so a Redis Cluster runs the script on one node.
+        let nodes = format!("{}{{nodes}}", self.prefix);
+        let marker = format!("{}{{nodes}}:{}", self.prefix, self.node);
         let v: Vec<i64> = self
             .heartbeat
             .key(nodes)
@@ -198,7 +271,7 @@ impl Store {
     }
 
     /// The raw connection, for the key table's calls.
-    pub fn con(&mut self) -> &mut Connection {
+    pub fn con(&mut self) -> &mut Conn {
         self.calls += 1;
         &mut self.con
     }

@@ -31,6 +31,17 @@ pub struct RedisConfig {
     /// Connect, read and write timeout of one store call: past it the
     /// store counts as unavailable until a reconnect succeeds.
     pub timeout: Duration,
+    pub mode: RedisMode,
+}
+
+/// One Redis (or a proxy in front of many), or a Redis Cluster: `url` is
+/// then one seed node, and the client follows the cluster's slot map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Cluster,
 }
 
 /// What a node does while the store cannot be reached.
@@ -61,6 +72,7 @@ struct RawRedis {
     password: Option<SecretRef>,
     prefix: Option<String>,
     timeout: Option<Dur>,
+    mode: Option<RedisMode>,
 }
 
 pub(super) fn validate(
@@ -131,6 +143,7 @@ pub(super) fn validate(
             password,
             prefix,
             timeout,
+            mode: raw.redis.mode.unwrap_or_default(),
         },
         on_unavailable: raw.on_unavailable.unwrap_or(OnUnavailable::Deny),
         node: raw.node,
