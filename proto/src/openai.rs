@@ -34,7 +34,8 @@ pub struct RequestFacts {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
-    /// `max_completion_tokens`, or else the older `max_tokens`.
+    /// `max_completion_tokens`, or else the older `max_tokens` (or the
+    /// Responses API's `max_output_tokens`).
     pub max_tokens: Option<u64>,
     /// `tools[].function.name` (or Anthropic's `tools[].name`), in order.
     pub tool_names: Vec<String>,
@@ -58,7 +59,7 @@ pub enum FactsError {
 }
 
 /// The top-level members facts are read from, each at most once.
-const DECIDING_KEYS: [&str; 7] = [
+const DECIDING_KEYS: [&str; 8] = [
     "model",
     "stream",
     "stream_options",
@@ -66,6 +67,7 @@ const DECIDING_KEYS: [&str; 7] = [
     "max_tokens",
     "tools",
     "encoding_format",
+    "max_output_tokens",
 ];
 
 /// The request facts, and the body's top-level members (for patching).
@@ -102,7 +104,7 @@ pub fn extract_facts(
         }
     }
     // Absent and JSON null read alike.
-    let [model, stream, stream_options, max_completion_tokens, max_tokens, tools, encoding_format] =
+    let [model, stream, stream_options, max_completion_tokens, max_tokens, tools, encoding_format, max_output_tokens] =
         values.map(|v| v.filter(|v| *v != b"null"));
     let model = match model {
         None => return Err(FactsError::MissingModel),
@@ -133,6 +135,7 @@ pub fn extract_facts(
     };
     let max_completion_tokens = count(max_completion_tokens, "max_completion_tokens")?;
     let max_tokens = count(max_tokens, "max_tokens")?;
+    let max_output_tokens = count(max_output_tokens, "max_output_tokens")?;
     let tool_names = match tools {
         None => Vec::new(),
         Some(v) => parse_nested(parser, v, |tools| {
@@ -145,7 +148,7 @@ pub fn extract_facts(
         model,
         stream,
         include_usage,
-        max_tokens: max_completion_tokens.or(max_tokens),
+        max_tokens: max_completion_tokens.or(max_tokens).or(max_output_tokens),
         tool_names,
         base64_embeddings,
     };

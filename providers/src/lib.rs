@@ -28,6 +28,7 @@ pub mod eventstream;
 pub mod gemini;
 pub mod openai;
 pub mod presets;
+pub mod responses;
 pub mod sigv4;
 #[doc(hidden)]
 pub mod testing;
@@ -162,6 +163,8 @@ pub enum StreamTranslator {
     Bedrock(bedrock::BedrockToOpenAi),
     /// OpenAI chunks in, Anthropic SSE out (inbound `/v1/messages`).
     OpenAiToAnthropic(anthropic::OpenAiToAnthropic),
+    /// OpenAI chunks in, Responses events out (inbound `/v1/responses`).
+    ChatToResponses(Box<responses::ChatToResponses>),
 }
 
 impl StreamTranslator {
@@ -173,6 +176,7 @@ impl StreamTranslator {
             StreamTranslator::Gemini(t) => t.on_bytes(input, out),
             StreamTranslator::Bedrock(t) => t.on_bytes(input, out),
             StreamTranslator::OpenAiToAnthropic(t) => t.on_bytes(input, out),
+            StreamTranslator::ChatToResponses(t) => t.on_bytes(input, out),
         }
     }
 
@@ -184,6 +188,7 @@ impl StreamTranslator {
             StreamTranslator::Gemini(t) => t.finish(out),
             StreamTranslator::Bedrock(t) => t.finish(out),
             StreamTranslator::OpenAiToAnthropic(t) => t.finish(out),
+            StreamTranslator::ChatToResponses(t) => t.finish(out),
         }
     }
 
@@ -194,6 +199,7 @@ impl StreamTranslator {
             StreamTranslator::Gemini(t) => t.unknown_events(),
             StreamTranslator::Bedrock(t) => t.unknown_events(),
             StreamTranslator::OpenAiToAnthropic(t) => t.unknown_events(),
+            StreamTranslator::ChatToResponses(t) => t.unknown_events(),
         }
     }
 }

@@ -61,7 +61,9 @@ pub async fn count(
         shardgate_policy::estimate_prompt_tokens(upstream_model, texts.iter().map(String::as_str));
     let body = match dialect {
         ClientDialect::Anthropic => json!({ "input_tokens": n }),
-        ClientDialect::OpenAi => json!({ "object": "response.input_tokens", "input_tokens": n }),
+        ClientDialect::OpenAi | ClientDialect::Responses => {
+            json!({ "object": "response.input_tokens", "input_tokens": n })
+        }
     };
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let headers: [(&str, &[u8]); 1] = [("x-shardgate-estimated", b"true")];

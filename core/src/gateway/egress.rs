@@ -7,6 +7,7 @@
 use crate::error::GatewayError;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_providers::anthropic::{self, OpenAiToAnthropic};
+use shardgate_providers::responses::{self, ChatToResponses, ResponseCtx};
 use shardgate_providers::{
     ChatResponse, KnownSecrets, ReplyCtx, StreamTranslator, Summary, TranslateError,
 };
@@ -18,13 +19,16 @@ pub enum ClientDialect {
     #[default]
     OpenAi,
     Anthropic,
+    /// OpenAI's Responses API (`/v1/responses`): OpenAI's error shape, its
+    /// own answers and stream events.
+    Responses,
 }
 
 impl ClientDialect {
     /// An error body in this dialect.
     pub fn error_body(self, err: &GatewayError) -> Vec<u8> {
         match self {
-            ClientDialect::OpenAi => err.openai_body(),
+            ClientDialect::OpenAi | ClientDialect::Responses => err.openai_body(),
             ClientDialect::Anthropic => {
                 anthropic::error_from_openai(err.status(), &err.openai_body())
             }
@@ -32,10 +36,24 @@ impl ClientDialect {
     }
 
     /// A successful non-streamed OpenAI `chat.completion` body in this
-    /// dialect.
-    pub fn success_body(self, openai: Vec<u8>) -> Result<Vec<u8>, TranslateError> {
+    /// dialect (a Responses answer takes its id and echoed fields from
+    /// `responses`).
+    pub fn success_body(
+        self,
+        openai: Vec<u8>,
+        responses: Option<&ResponseCtx>,
+    ) -> Result<Vec<u8>, TranslateError> {
         match self {
             ClientDialect::OpenAi => Ok(openai),
+            ClientDialect::Responses => {
+                let chat: ChatResponse = serde_json::from_slice(&openai)
+                    .map_err(|e| TranslateError::UpstreamJson(e.to_string()))?;
+                let ctx = responses.ok_or_else(|| {
+                    TranslateError::Invalid("a Responses answer without its context".into())
+                })?;
+                serde_json::to_vec(&responses::from_chat(&chat, ctx))
+                    .map_err(|e| TranslateError::Invalid(e.to_string()))
+            }
             ClientDialect::Anthropic => {
                 let chat: ChatResponse = serde_json::from_slice(&openai)
                     .map_err(|e| TranslateError::UpstreamJson(e.to_string()))?;
@@ -70,7 +88,7 @@ impl StreamEgress {
     /// the events come from.
     pub fn from_openai(dialect: ClientDialect, ctx: &ReplyCtx, known: &KnownSecrets) -> Self {
         let to_client = match dialect {
-            ClientDialect::OpenAi => None,
+            ClientDialect::OpenAi | ClientDialect::Responses => None,
             ClientDialect::Anthropic => Some(StreamTranslator::OpenAiToAnthropic(
                 OpenAiToAnthropic::new(ctx.clone()).redacting(known.clone()),
             )),
@@ -78,6 +96,17 @@ impl StreamEgress {
         Self {
             dialect,
             to_client,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Chat chunks in, the Responses event sequence out.
+    pub fn to_responses(ctx: ResponseCtx) -> Self {
+        Self {
+            dialect: ClientDialect::Responses,
+            to_client: Some(StreamTranslator::ChatToResponses(Box::new(
+                ChatToResponses::new(ctx),
+            ))),
             scratch: Vec::new(),
         }
     }
@@ -91,8 +120,25 @@ impl StreamEgress {
     /// last chunk: the stream ends with a word about why, never a silent cut.
     pub fn fail(self, err: &GatewayError, out: &mut Vec<u8>) {
         let mut event = Vec::with_capacity(256);
-        if self.dialect == ClientDialect::Anthropic {
-            event.extend_from_slice(b"event: error\n");
+        match self.dialect {
+            ClientDialect::Anthropic => event.extend_from_slice(b"event: error\n"),
+            ClientDialect::Responses => {
+                // The Responses `error` event: its own shape, not a body.
+                let e = serde_json::json!({
+                    "type": "error",
+                    "code": err.label(),
+                    "message": err.to_string(),
+                    "param": null,
+                    "sequence_number": 0,
+                });
+                event.extend_from_slice(b"event: error\ndata: ");
+                event.extend_from_slice(e.to_string().as_bytes());
+                event.extend_from_slice(b"\n\n");
+                push_chunk(out, &event);
+                out.extend_from_slice(LAST_CHUNK);
+                return;
+            }
+            ClientDialect::OpenAi => {}
         }
         event.extend_from_slice(b"data: ");
         event.extend_from_slice(&self.dialect.error_body(err));
@@ -206,7 +252,9 @@ mod tests {
     fn an_openai_client_gets_the_body_as_it_came() {
         let body = b"{ \"not\": \"even re-read\" }".to_vec();
         assert_eq!(
-            ClientDialect::OpenAi.success_body(body.clone()).unwrap(),
+            ClientDialect::OpenAi
+                .success_body(body.clone(), None)
+                .unwrap(),
             body
         );
     }
@@ -214,7 +262,7 @@ mod tests {
     #[test]
     fn an_anthropic_client_gets_a_messages_body() {
         let out = ClientDialect::Anthropic
-            .success_body(COMPLETION.to_vec())
+            .success_body(COMPLETION.to_vec(), None)
             .unwrap();
         let v = json(&out);
         assert_eq!(v["type"], "message");
@@ -228,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_a_chat_completion_cannot_become_a_message() {
-        let r = ClientDialect::Anthropic.success_body(b"<html>502</html>".to_vec());
+        let r = ClientDialect::Anthropic.success_body(b"<html>502</html>".to_vec(), None);
         assert!(matches!(r, Err(TranslateError::UpstreamJson(_))), "{r:?}");
     }
 

@@ -51,9 +51,21 @@ pub async fn start<'a>(
     waits: Waits,
 ) -> Result<Answer<'a>, GatewayError> {
     let (req, facts) = (call.req, call.facts);
-    if call.client == ClientDialect::Anthropic {
-        // Held to the same shape an upstream would demand.
-        super::plan::client_json::<a::MessagesRequest>(&req.body)?;
+    // Held to the same shape an upstream would demand.
+    match call.client {
+        ClientDialect::Anthropic => {
+            super::plan::client_json::<a::MessagesRequest>(&req.body)?;
+        }
+        ClientDialect::Responses => {
+            let v: serde_json::Value = super::plan::client_json(&req.body)?;
+            shardgate_providers::responses::to_chat(&v, &[]).map_err(|e| {
+                GatewayError::BadRequest {
+                    message: e.to_string(),
+                    param: None,
+                }
+            })?;
+        }
+        ClientDialect::OpenAi => {}
     }
     let defaults = Behaviour {
         output_tokens: cfg.output_tokens,
@@ -116,7 +128,7 @@ pub async fn start<'a>(
     let kind = match call.api {
         Api::Embeddings => Kind::Embeddings,
         Api::Completions => Kind::Completion,
-        Api::ChatCompletions | Api::Messages => Kind::Chat,
+        Api::ChatCompletions | Api::Messages | Api::Responses => Kind::Chat,
     };
     let tool = b
         .call_tool_at
@@ -127,7 +139,7 @@ pub async fn start<'a>(
         kind: match call.api {
             Api::Embeddings => Kind::Embeddings,
             Api::Completions => Kind::Completion,
-            Api::ChatCompletions | Api::Messages => Kind::Chat,
+            Api::ChatCompletions | Api::Messages | Api::Responses => Kind::Chat,
         },
         finish: if n < b.output_tokens {
             "length"
@@ -178,7 +190,7 @@ pub async fn start<'a>(
         secrets: &NO_SECRETS,
         reply: match call.client {
             ClientDialect::OpenAi => Reply::Same,
-            ClientDialect::Anthropic => Reply::FromOpenAi,
+            ClientDialect::Anthropic | ClientDialect::Responses => Reply::FromOpenAi,
         },
         client: call.client,
         model: &target.model,

@@ -29,6 +29,7 @@ use shardgate_proto::h1::Method;
 use shardgate_proto::json::Member;
 use shardgate_proto::openai::Usage;
 use shardgate_proto::openai::{extract_facts, RequestFacts};
+use shardgate_providers::responses::ResponseCtx;
 use shardgate_providers::ReplyCtx;
 use smallvec::SmallVec;
 use std::cell::RefCell;
@@ -42,6 +43,8 @@ pub enum Api {
     Embeddings,
     /// Anthropic's Messages API (`POST /v1/messages`).
     Messages,
+    /// OpenAI's Responses API (`POST /v1/responses`).
+    Responses,
 }
 
 impl Api {
@@ -51,6 +54,7 @@ impl Api {
             Api::Completions => "/v1/completions",
             Api::Embeddings => "/v1/embeddings",
             Api::Messages => "/v1/messages",
+            Api::Responses => "/v1/responses",
         }
     }
 
@@ -61,6 +65,7 @@ impl Api {
     pub fn dialect(self) -> ClientDialect {
         match self {
             Api::Messages => ClientDialect::Anthropic,
+            Api::Responses => ClientDialect::Responses,
             _ => ClientDialect::OpenAi,
         }
     }
@@ -147,11 +152,31 @@ impl Call<'_> {
             id: match self.client {
                 ClientDialect::OpenAi => format!("chatcmpl-{}", self.rid),
                 ClientDialect::Anthropic => format!("msg_{}", self.rid.replace('-', "_")),
+                ClientDialect::Responses => self.response_id(),
             },
             model: served_model.to_owned(),
             created: unix_now(),
-            // An Anthropic stream ends with its usage, so always ask for it.
-            include_usage: self.facts.include_usage || self.client == ClientDialect::Anthropic,
+            // Anthropic and Responses streams end with their usage, so
+            // always ask for it.
+            include_usage: self.facts.include_usage || self.client != ClientDialect::OpenAi,
+        }
+    }
+
+    /// This answer's Responses id: `resp_` and the request id.
+    pub fn response_id(&self) -> String {
+        format!("resp_{}", self.rid.replace('-', "_"))
+    }
+
+    /// What a Responses answer shares across its objects and events: its
+    /// id, the model that served it, and the request fields it echoes.
+    pub fn response_ctx(&self, served_model: &str) -> ResponseCtx {
+        let body: serde_json::Value =
+            serde_json::from_slice(&self.req.body).unwrap_or(serde_json::Value::Null);
+        ResponseCtx {
+            id: self.response_id(),
+            model: served_model.to_owned(),
+            created_at: unix_now(),
+            echo: shardgate_providers::responses::echo_fields(&body),
         }
     }
 }
@@ -250,6 +275,7 @@ fn route(method: Method, path: &[u8]) -> Route {
         b"/v1/completions" => (Method::Post, Route::Api(Api::Completions)),
         b"/v1/embeddings" => (Method::Post, Route::Api(Api::Embeddings)),
         b"/v1/messages" => (Method::Post, Route::Api(Api::Messages)),
+        b"/v1/responses" => (Method::Post, Route::Api(Api::Responses)),
         b"/v1/messages/count_tokens" => {
             (Method::Post, Route::CountTokens(ClientDialect::Anthropic))
         }
@@ -286,7 +312,9 @@ impl crate::server::Router for ApiRouter {
         }
         match endpoint_of_path(path) {
             (label, ClientDialect::Anthropic) => (label, ApiDialect::Anthropic),
-            (label, ClientDialect::OpenAi) => (label, ApiDialect::OpenAi),
+            (label, ClientDialect::OpenAi | ClientDialect::Responses) => {
+                (label, ApiDialect::OpenAi)
+            }
         }
     }
 

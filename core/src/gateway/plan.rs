@@ -82,7 +82,7 @@ pub fn build(
                     Api::ChatCompletions => Operation::ChatCompletions,
                     Api::Completions => Operation::Completions,
                     Api::Embeddings => Operation::Embeddings,
-                    Api::Messages => return Err(unsupported()),
+                    Api::Messages | Api::Responses => return Err(unsupported()),
                 };
                 let cached = call.generation.pass_heads.get(target.provider);
                 if let Some(Some(heads)) = cached {
@@ -143,6 +143,26 @@ pub fn build(
                     .prepare(&chat, &prepare_ctx(target, key))
                     .map_err(translate)?;
                 (up.path, up.headers, UpBody::Bytes(up.body), Reply::FromWire)
+            }
+            (ClientDialect::Responses, _, Api::Responses) => {
+                let req: serde_json::Value = client_json(&call.req.body)?;
+                let chat = shardgate_providers::responses::to_chat(&req, &[]).map_err(|e| {
+                    GatewayError::BadRequest {
+                        message: e.to_string(),
+                        param: None,
+                    }
+                })?;
+                let up = http
+                    .wire
+                    .provider()
+                    .prepare(&chat, &prepare_ctx(target, key))
+                    .map_err(translate)?;
+                let reply = if wire == Dialect::OpenAi {
+                    Reply::FromOpenAi
+                } else {
+                    Reply::FromWire
+                };
+                (up.path, up.headers, UpBody::Bytes(up.body), reply)
             }
             (ClientDialect::Anthropic, _, Api::Messages) => {
                 let msg: a::MessagesRequest = client_json(&call.req.body)?;

@@ -200,7 +200,8 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         }
         Reply::FromOpenAi => {
             usage = usage_of_body(ClientDialect::OpenAi, &body);
-            client.success_body(body)
+            let ctx = (client == ClientDialect::Responses).then(|| call.response_ctx(model));
+            client.success_body(body, ctx.as_ref())
         }
         Reply::FromWire => match wire {
             Some(wire) => wire
@@ -208,7 +209,9 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
                 .response_to_openai(&body, &call.reply_ctx(model))
                 .and_then(|(b, u)| {
                     usage = Some(openai_usage(&u));
-                    client.success_body(b)
+                    let ctx =
+                        (client == ClientDialect::Responses).then(|| call.response_ctx(model));
+                    client.success_body(b, ctx.as_ref())
                 }),
             None => Err(TranslateError::Invalid("no wire to translate from".into())),
         },
@@ -250,6 +253,16 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
     })
 }
 
+/// The client's side of a translated stream.
+fn egress_for(answer: &Answer<'_>, ctx: &shardgate_providers::ReplyCtx) -> StreamEgress {
+    match answer.client {
+        ClientDialect::Responses => {
+            StreamEgress::to_responses(answer.call.response_ctx(answer.model))
+        }
+        _ => StreamEgress::from_openai(answer.client, ctx, answer.secrets),
+    }
+}
+
 /// How stream bytes from the upstream become the client's.
 enum Pipe {
     /// Same dialect: events relayed as they came, one chunk each, watched
@@ -275,17 +288,13 @@ impl Pipe {
             ),
             Reply::FromOpenAi => Pipe::Translate(Box::new(Translating {
                 wire: None,
-                egress: StreamEgress::from_openai(
-                    answer.client,
-                    &answer.call.reply_ctx(answer.model),
-                    answer.secrets,
-                ),
+                egress: egress_for(answer, &answer.call.reply_ctx(answer.model)),
                 mid: Vec::new(),
             })),
             Reply::FromWire => Pipe::Translate(Box::new({
                 let ctx = answer.call.reply_ctx(answer.model);
                 Translating {
-                    egress: StreamEgress::from_openai(answer.client, &ctx, answer.secrets),
+                    egress: egress_for(answer, &ctx),
                     wire: answer
                         .wire
                         .and_then(|w| w.provider().stream_translator(ctx, answer.secrets)),
@@ -418,7 +427,7 @@ impl Tap {
     fn relay(&mut self, raw: &[u8]) -> bool {
         let json = json_of_event(raw);
         match self.client {
-            ClientDialect::OpenAi => {
+            ClientDialect::OpenAi | ClientDialect::Responses => {
                 if json.is_empty() && needle::DONE.find(raw).is_some() {
                     self.ended = true;
                     return true;
@@ -516,6 +525,18 @@ fn anthropic_stream_usage(json: &[u8], usage: &mut Option<Usage>) {
 fn usage_of_body(dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
     match dialect {
         ClientDialect::OpenAi => extract_usage(body),
+        ClientDialect::Responses => {
+            let usage: serde_json::Value =
+                serde_json::from_slice(&body[find_top_level(body, "usage")?]).ok()?;
+            let n = |p: &str| usage.pointer(p).and_then(serde_json::Value::as_u64);
+            Some(Usage {
+                prompt_tokens: n("/input_tokens"),
+                completion_tokens: n("/output_tokens"),
+                total_tokens: n("/total_tokens"),
+                cached_tokens: n("/input_tokens_details/cached_tokens"),
+                reasoning_tokens: n("/output_tokens_details/reasoning_tokens"),
+            })
+        }
         ClientDialect::Anthropic => {
             let usage = &body[find_top_level(body, "usage")?];
             let u: shardgate_proto::anthropic::Usage = serde_json::from_slice(usage).ok()?;

@@ -41,6 +41,10 @@ pub struct ToolGuard {
     stripped: Vec<String>,
     /// Anthropic: the highest block index seen, for the note's block.
     last_block: Option<u64>,
+    /// Responses: the `function_call` items judged in a stream, and those
+    /// of them stripped.
+    seen_ids: Vec<String>,
+    stripped_ids: Vec<String>,
 }
 
 impl ToolGuard {
@@ -73,6 +77,8 @@ impl ToolGuard {
             seen: Vec::new(),
             stripped: Vec::new(),
             last_block: None,
+            seen_ids: Vec::new(),
+            stripped_ids: Vec::new(),
         })
     }
 
@@ -152,8 +158,108 @@ impl ToolGuard {
         let changed = match self.client {
             ClientDialect::OpenAi => self.openai_body(&mut v)?,
             ClientDialect::Anthropic => self.anthropic_body(&mut v)?,
+            ClientDialect::Responses => self.responses_output(&mut v)?,
         };
         Ok(changed.then(|| serde_json::to_vec(&v).unwrap_or_default()))
+    }
+
+    /// A `response` object's `output`: denied `function_call` items
+    /// removed (judged here unless a stream already judged them, by id),
+    /// and when no call is left, the note as a message of its own.
+    fn responses_output(&mut self, v: &mut Value) -> Result<bool, GatewayError> {
+        let Some(items) = v.get_mut("output").and_then(Value::as_array_mut) else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        let mut kept = Vec::with_capacity(items.len());
+        for item in items.drain(..) {
+            if item.get("type").and_then(Value::as_str) != Some("function_call") {
+                kept.push(item);
+                continue;
+            }
+            let id = item.get("id").and_then(Value::as_str).unwrap_or("");
+            let keep = if self.seen_ids.iter().any(|s| s == id) {
+                !self.stripped_ids.iter().any(|s| s == id)
+            } else {
+                let name = item
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let args = item
+                    .get("arguments")
+                    .and_then(Value::as_str)
+                    .and_then(|a| serde_json::from_str::<Value>(a).ok());
+                self.judge(&name, args.as_ref())?
+            };
+            if keep {
+                kept.push(item);
+            } else {
+                changed = true;
+            }
+        }
+        let calls_left = kept
+            .iter()
+            .any(|i| i.get("type").and_then(Value::as_str) == Some("function_call"));
+        if changed && !calls_left {
+            kept.push(json!({
+                "type": "message", "id": "msg_shardgate_note", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": self.note(), "annotations": [], "logprobs": []}],
+            }));
+        }
+        *items = kept;
+        Ok(changed)
+    }
+
+    /// One Responses event: a `function_call` item is judged when it is
+    /// added (before its arguments); a denied one's events are dropped, and
+    /// it is left out of the final response.
+    #[allow(clippy::type_complexity)]
+    fn responses_event(
+        &mut self,
+        v: &mut Value,
+    ) -> Result<Option<Vec<(Option<Vec<u8>>, Value)>>, GatewayError> {
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if kind == "response.output_item.added"
+            && v.pointer("/item/type").and_then(Value::as_str) == Some("function_call")
+        {
+            let id = v
+                .pointer("/item/id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let name = v
+                .pointer("/item/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let keep = self.judge(&name, None)?;
+            self.seen_ids.push(id.clone());
+            if !keep {
+                self.stripped_ids.push(id);
+                return Ok(Some(Vec::new()));
+            }
+            return Ok(None);
+        }
+        let item_id = v
+            .get("item_id")
+            .or_else(|| v.pointer("/item/id"))
+            .and_then(Value::as_str);
+        if item_id.is_some_and(|id| self.stripped_ids.iter().any(|s| s == id)) {
+            return Ok(Some(Vec::new()));
+        }
+        if matches!(kind.as_str(), "response.completed" | "response.incomplete") {
+            if let Some(r) = v.get_mut("response") {
+                if self.responses_output(r)? {
+                    return Ok(Some(vec![(None, v.take())]));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn openai_body(&mut self, v: &mut Value) -> Result<bool, GatewayError> {
@@ -288,6 +394,10 @@ impl ToolGuard {
         let interesting = match self.client {
             ClientDialect::OpenAi => contains(json, b"tool_calls"),
             ClientDialect::Anthropic => contains(json, b"\"index\"") || contains(json, b"tool_use"),
+            ClientDialect::Responses => {
+                contains(json, b"function_call")
+                    || (!self.stripped_ids.is_empty() && contains(json, b"item_id"))
+            }
         };
         if !interesting {
             return Ok(None);
@@ -298,6 +408,7 @@ impl ToolGuard {
         let out = match self.client {
             ClientDialect::OpenAi => self.openai_event(&mut v)?,
             ClientDialect::Anthropic => self.anthropic_event(&mut v)?,
+            ClientDialect::Responses => self.responses_event(&mut v)?,
         };
         Ok(out.map(|vals| {
             vals.into_iter()
