@@ -29,6 +29,9 @@ pub enum GatewayError {
     MethodNotAllowed { method: String, path: String },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// A resource the client named (a stored response) is not there.
+    #[error("{0}")]
+    NotFound(String),
     #[error("Request body is larger than the limit of {limit} bytes.")]
     BodyTooLarge { limit: usize },
     #[error("The request was not received in time.")]
@@ -125,6 +128,7 @@ impl GatewayError {
             | UnknownRoute { .. }
             | MethodNotAllowed { .. }
             | ModelNotFound(_)
+            | NotFound(_)
             | BodyTooLarge { .. }
             | RequestTimeout
             | Unauthorized
@@ -146,7 +150,7 @@ impl GatewayError {
             BadRequest { .. } | BadBody(_) => 400,
             Unauthorized => 401,
             Policy(reason) => reason.http_status(),
-            UnknownRoute { .. } | ModelNotFound(_) => 404,
+            UnknownRoute { .. } | ModelNotFound(_) | NotFound(_) => 404,
             MethodNotAllowed { .. } => 405,
             RequestTimeout => 408,
             BodyTooLarge { .. } => 413,
@@ -183,6 +187,7 @@ impl GatewayError {
             UnknownRoute { .. } => "unknown_route",
             MethodNotAllowed { .. } => "method_not_allowed",
             ModelNotFound(_) => "model_not_found",
+            NotFound(_) => "not_found",
             BodyTooLarge { .. } => "body_too_large",
             RequestTimeout => "request_timeout",
             BadBody(_) => "bad_body",

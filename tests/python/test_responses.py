@@ -8,6 +8,7 @@ policies on answers, and refusals in the API's own error shape.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx2
@@ -159,3 +160,60 @@ def test_bad_requests_get_400_in_openai_shape(client: openai.OpenAI):
     assert "web_search" in e.value.message
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="no-such-model", input="x")
+
+
+def test_a_three_turn_conversation_through_anthropic_continues_at_once(client: openai.OpenAI):
+    """Each turn names the one before; the second is sent the moment the
+    first stream ends. The upstream sees the whole conversation: the prompt
+    grows turn by turn (the mock counts the prompt it receives)."""
+    with client.responses.stream(model="claude", input="My name is Ada.") as stream:
+        for _ in stream:
+            pass
+        first = stream.get_final_response()
+    t0 = time.monotonic()
+    second = client.responses.create(model="claude", input="What is my name?", previous_response_id=first.id)
+    sent_within = time.monotonic() - t0
+    third = client.responses.create(model="claude", input="And again?", previous_response_id=second.id)
+    assert second.previous_response_id == first.id
+    assert first.usage.input_tokens < second.usage.input_tokens < third.usage.input_tokens
+    print(f"second turn answered {sent_within * 1000:.0f} ms after the first ended")
+    # Read back as stored.
+    got = client.responses.retrieve(second.id)
+    assert got.id == second.id and got.output_text == second.output_text
+
+
+def test_tool_calls_across_turns_with_previous_response_id(tools_gateway):
+    gw, keys = tools_gateway
+    with sdk(gw, keys["careful"]) as c:
+        first = c.responses.create(model="weather-claude", input="Weather in Paris?", tools=TOOLS)
+        [call] = [o for o in first.output if o.type == "function_call"]
+        second = c.responses.create(
+            model="weather-claude",
+            tools=TOOLS,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        )
+        assert second.status == "completed"
+    # Another key's responses are not there for it.
+    with sdk(gw, keys["tidy"]) as other:
+        with pytest.raises(openai.NotFoundError):
+            other.responses.retrieve(first.id)
+        with pytest.raises(openai.BadRequestError) as e:
+            other.responses.create(model="weather", input="x", previous_response_id=first.id)
+        assert e.value.body["param"] == "previous_response_id"
+
+
+def test_delete_and_store_false_leave_nothing_to_continue(client: openai.OpenAI):
+    r = client.responses.create(model="demo", input="Remember this.")
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="demo", input="x", previous_response_id=r.id)
+    assert "not found" in e.value.message and e.value.body["param"] == "previous_response_id"
+    unstored = client.responses.create(model="demo", input="Forget this.", store=False)
+    assert unstored.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(unstored.id)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="demo", input="x", previous_response_id="resp_never_made")

@@ -31,6 +31,7 @@ fn gate(yaml: &str, keys: Vec<KeyRecord>) -> Gate {
     let store = Store::open(&StoreConfig {
         dir: dir.path().to_owned(),
         fsync: StoreFsync::Always,
+        ..StoreConfig::default()
     })
     .unwrap();
     let persist = Persist {

@@ -96,6 +96,9 @@ pub struct StoreConfig {
     /// relative to the working directory, like every path in config.
     pub dir: PathBuf,
     pub fsync: StoreFsync,
+    /// How long a stored Responses turn (`store: true`) can be continued
+    /// or read back.
+    pub responses_ttl: Duration,
 }
 
 impl Default for StoreConfig {
@@ -103,9 +106,13 @@ impl Default for StoreConfig {
         StoreConfig {
             dir: PathBuf::from(DEFAULT_STORE_DIR),
             fsync: StoreFsync::Interval(Duration::from_millis(100)),
+            responses_ttl: DEFAULT_RESPONSES_TTL,
         }
     }
 }
+
+/// 30 days, as OpenAI keeps stored responses.
+pub const DEFAULT_RESPONSES_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// When the usage writer calls fsync. Every record is written (reaches the
 /// page cache, so it survives `kill -9`) as soon as the writer sees it; this

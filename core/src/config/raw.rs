@@ -60,6 +60,7 @@ struct RawStore {
     dir: Option<PathBuf>,
     /// `always`, `never`, or a group-commit interval such as `100ms`.
     fsync: Option<String>,
+    responses_ttl: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,7 +152,18 @@ impl RawConfig {
             return Err(field("store.dir", "is empty"));
         }
         let fsync = parse_fsync("store.fsync", self.store.fsync.as_deref())?;
-        Ok(StoreConfig { dir, fsync })
+        let responses_ttl = self
+            .store
+            .responses_ttl
+            .map_or(super::DEFAULT_RESPONSES_TTL, |d| d.0);
+        if responses_ttl.is_zero() {
+            return Err(field("store.responses_ttl", "must be more than 0"));
+        }
+        Ok(StoreConfig {
+            dir,
+            fsync,
+            responses_ttl,
+        })
     }
 
     pub(super) fn audit(

@@ -171,6 +171,24 @@ impl StreamEgress {
         self.to_client.take().map(|t| t.finish(&mut Vec::new()))
     }
 
+    /// [`StreamEgress::finish`], and a Responses stream's final `response`
+    /// object (what a stored turn keeps).
+    pub fn finish_with_response(
+        mut self,
+        out: &mut Vec<u8>,
+    ) -> (Option<Summary>, Option<serde_json::Value>) {
+        if let Some(StreamTranslator::ChatToResponses(t)) = &mut self.to_client {
+            let mut tail = Vec::new();
+            t.close_stream(&mut tail);
+            push_chunk(out, &tail);
+            let summary = t.summary();
+            let response = t.final_response().cloned();
+            out.extend_from_slice(LAST_CHUNK);
+            return (Some(summary), response);
+        }
+        (self.finish(out), None)
+    }
+
     /// Ends the client's stream (the translator's closing events, then the
     /// last chunk). `summary` is the upstream side's, when there was a
     /// translator there; this side's is used otherwise.

@@ -10,6 +10,7 @@ mod count;
 pub mod egress;
 pub mod health;
 pub use egress::ClientDialect;
+pub mod conversation;
 mod mock;
 pub mod models;
 mod plan;
@@ -96,6 +97,9 @@ pub struct Call<'a> {
     /// The current attempt's number (from 1): the answer's
     /// `x-shardgate-attempts`.
     attempt: std::cell::Cell<usize>,
+    /// A Responses request: the conversation it continues, and whether
+    /// its turn is stored.
+    pub turn: Option<Box<conversation::Turn>>,
 }
 
 impl Call<'_> {
@@ -231,6 +235,7 @@ pub fn endpoint_of_path(path: &[u8]) -> (&'static str, ClientDialect) {
             Route::Health => ("/healthz", ClientDialect::OpenAi),
             Route::Ready => ("/readyz", ClientDialect::OpenAi),
             Route::Models => ("/v1/models", ClientDialect::OpenAi),
+            Route::StoredResponse { .. } => ("/v1/responses/{id}", ClientDialect::OpenAi),
             _ => ("other", ClientDialect::OpenAi),
         },
         _ => ("other", ClientDialect::OpenAi),
@@ -262,6 +267,10 @@ enum Route {
     Mcp,
     /// Token counting in a dialect's shape.
     CountTokens(ClientDialect),
+    /// `GET` or `DELETE /v1/responses/{id}`.
+    StoredResponse {
+        delete: bool,
+    },
     WrongMethod,
     Unknown,
 }
@@ -281,7 +290,16 @@ fn route(method: Method, path: &[u8]) -> Route {
         }
         b"/v1/responses/input_tokens" => (Method::Post, Route::CountTokens(ClientDialect::OpenAi)),
         b"/mcp" => return Route::Mcp,
-        _ => return Route::Unknown,
+        _ => {
+            return match path.strip_prefix(b"/v1/responses/") {
+                Some(id) if !id.is_empty() && !id.contains(&b'/') => match method {
+                    Method::Get | Method::Head => Route::StoredResponse { delete: false },
+                    Method::Delete => Route::StoredResponse { delete: true },
+                    _ => Route::WrongMethod,
+                },
+                _ => Route::Unknown,
+            }
+        }
     };
     if method == want || (want == Method::Get && method == Method::Head) {
         route
@@ -384,6 +402,12 @@ async fn handle<'g>(
         Route::Api(api) => handle_api(shard, generation, conn, &req, api, rid, trail).await,
         Route::CountTokens(dialect) => {
             count::count(shard, generation, conn, &req, dialect, rid).await
+        }
+        Route::StoredResponse { delete } => {
+            let path = req.path();
+            let id = std::str::from_utf8(&path[b"/v1/responses/".len()..]).unwrap_or("");
+            let id = id.to_owned();
+            conversation::by_id(shard, generation, conn, &req, &id, delete, rid).await
         }
         // Boxed: an MCP call's state (sessions, upstream calls) is larger
         // than a model call's, and inline it would size every request's
@@ -551,6 +575,25 @@ async fn handle_api<'g>(
         settle(shard, ticket, trail);
         return send_error(conn, client, &e, rid, &headers, false).await;
     };
+    let turn = if api == Api::Responses {
+        let opened = conversation::open(
+            &req.body,
+            ticket.actor.as_ref(),
+            config.store.dir.clone(),
+            config.store.responses_ttl,
+        )
+        .await;
+        match opened {
+            Ok(t) => Some(Box::new(t)),
+            Err(e) => {
+                trail.alias = Some(alias.to_owned());
+                settle(shard, ticket, trail);
+                return send_error(conn, client, &e, rid, &headers, false).await;
+            }
+        }
+    } else {
+        None
+    };
     let call = Call {
         shard,
         generation,
@@ -573,6 +616,7 @@ async fn handle_api<'g>(
             })
             .map(RefCell::new),
         attempt: std::cell::Cell::new(0),
+        turn,
     };
     let outcome = route::serve(
         &call,

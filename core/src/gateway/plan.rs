@@ -146,7 +146,8 @@ pub fn build(
             }
             (ClientDialect::Responses, _, Api::Responses) => {
                 let req: serde_json::Value = client_json(&call.req.body)?;
-                let chat = shardgate_providers::responses::to_chat(&req, &[]).map_err(|e| {
+                let prior = call.turn.as_ref().map_or(&[][..], |t| &t.prior[..]);
+                let chat = shardgate_providers::responses::to_chat(&req, prior).map_err(|e| {
                     GatewayError::BadRequest {
                         message: e.to_string(),
                         param: None,

@@ -234,6 +234,11 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
             body = stripped;
         }
     }
+    if call.turn.as_ref().is_some_and(|t| t.store) && head.status == 200 {
+        if let Ok(response) = serde_json::from_slice::<serde_json::Value>(&body) {
+            super::conversation::commit(call, &response).await;
+        }
+    }
     let content_type = match (reply, &head.content_type) {
         (Reply::Same, Some(ct)) if head.content_type_end_to_end => ct,
         _ => &b"application/json"[..],
@@ -350,8 +355,9 @@ impl Pipe {
     }
 
     /// The upstream body ended: close the client's stream. Returns the
-    /// usage reported and whether the upstream ended before its end marker.
-    fn finish(self, out: &mut Vec<u8>) -> (Option<Usage>, bool) {
+    /// usage reported, whether the upstream ended before its end marker,
+    /// and a Responses stream's final `response` object.
+    fn finish(self, out: &mut Vec<u8>) -> (Option<Usage>, bool, Option<serde_json::Value>) {
         match self {
             Pipe::Same(mut framer, mut tap) => {
                 if let Some(rest) = framer.finish() {
@@ -363,7 +369,7 @@ impl Pipe {
                     }
                 }
                 out.extend_from_slice(LAST_CHUNK);
-                (tap.usage, !tap.ended)
+                (tap.usage, !tap.ended, None)
             }
             Pipe::Translate(t) => {
                 let Translating {
@@ -381,11 +387,11 @@ impl Pipe {
                         log::warn!("stream end could not be translated for the client: {e}");
                     }
                 }
-                let egress_summary = egress.finish(out);
+                let (egress_summary, response) = egress.finish_with_response(out);
                 let s = summary.or(egress_summary).unwrap_or_default();
                 let usage = (s.usage.input_tokens.is_some() || s.usage.output_tokens.is_some())
                     .then(|| openai_usage(&s.usage));
-                (usage, s.cut || s.usage.estimated)
+                (usage, s.cut || s.usage.estimated, response)
             }
         }
     }
@@ -639,12 +645,26 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     Pipe::Same(_, tap) => tap.events,
                     Pipe::Translate(_) => 0,
                 };
-                let (usage, cut) = pipe.finish(&mut out);
+                let (usage, cut, response) = pipe.finish(&mut out);
                 meter_stream(call, usage, cut, events);
                 if let Some(guard) = &call.guard {
                     if let Err(err) = guard.borrow_mut().filter_stream(&mut out, 0) {
                         conn.note_error(err.label());
                         StreamEgress::identity(client).fail(&err, &mut out);
+                    }
+                }
+                // Stored before `response.completed` leaves: a follow-up
+                // sent the moment it arrives finds the turn.
+                if let Some(mut response) = response.filter(|_| call.turn.is_some()) {
+                    if let Some(guard) = &call.guard {
+                        let bytes = serde_json::to_vec(&response).unwrap_or_default();
+                        if let Ok(Some(stripped)) = guard.borrow_mut().check_body(&bytes) {
+                            response = serde_json::from_slice(&stripped).unwrap_or(response);
+                        }
+                    }
+                    if response.get("status").and_then(serde_json::Value::as_str) != Some("failed")
+                    {
+                        super::conversation::commit(call, &response).await;
                     }
                 }
                 source.finished(shard);

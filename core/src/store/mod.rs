@@ -40,6 +40,7 @@ pub mod frame;
 pub mod key_file;
 pub mod keys;
 pub mod lock;
+pub mod responses;
 pub mod usage;
 pub mod writer;
 

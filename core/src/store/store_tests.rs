@@ -9,6 +9,7 @@ fn cfg(dir: &Path) -> StoreConfig {
     StoreConfig {
         dir: dir.to_owned(),
         fsync: StoreFsync::Always,
+        ..StoreConfig::default()
     }
 }
 

@@ -13,6 +13,7 @@ fn cfg(dir: &Path, fsync: StoreFsync) -> StoreConfig {
     StoreConfig {
         dir: dir.to_owned(),
         fsync,
+        ..StoreConfig::default()
     }
 }
 
