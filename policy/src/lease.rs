@@ -378,6 +378,10 @@ pub struct LocalQuota {
     lease: Option<Lease>,
     want_in_flight: bool,
     exhausted_until: Option<Timestamp>,
+    /// The owner's monthly spend at the last grant, and that grant's month:
+    /// kept when the lease ends, so a shard between leases still sees
+    /// the spend (a budget already spent stays refused).
+    spend: Option<(Timestamp, u64)>,
     /// Ask for a new grant this long (ms) before the lease expires, so a
     /// lease that ends early (a node's lease from the cluster) is renewed
     /// before a request has to wait for it. 0: only when low.
@@ -396,6 +400,7 @@ impl LocalQuota {
             lease: None,
             want_in_flight: false,
             exhausted_until: None,
+            spend: None,
             renew_before_ms: 0,
         }
     }
@@ -476,7 +481,7 @@ impl LocalQuota {
 
     /// The owner's spend as of the last grant.
     pub fn spend_snapshot(&self) -> Option<u64> {
-        self.lease.map(|l| l.spend_used_micros)
+        self.spend.map(|(_, s)| s)
     }
 
     /// The bucket's counters as this shard can tell them, for `decide` and
@@ -510,9 +515,9 @@ impl LocalQuota {
                 now,
             );
         }
-        if let Some(l) = &self.lease {
-            if Period::Month.start(l.day_start) == Period::Month.start(now) {
-                c.add(LimitKind::MonthlySpend, l.spend_used_micros, now);
+        if let Some((month, spend)) = self.spend {
+            if month == Period::Month.start(now) {
+                c.add(LimitKind::MonthlySpend, spend, now);
             }
         }
         c
@@ -628,6 +633,10 @@ impl LocalQuota {
     /// no more `Want`s until it ends.
     pub fn on_grant(&mut self, lease: Lease, now: Timestamp, out: &mut Vec<ToOwner>) {
         self.want_in_flight = false;
+        self.spend = Some((
+            Period::Month.start(lease.day_start),
+            lease.spend_used_micros,
+        ));
         self.expire(now, out);
         if now >= lease.expires_at {
             if !lease.quota().is_zero() {

@@ -137,6 +137,10 @@ class Node:
                 return float(line.split()[1])
         raise AssertionError(f"{name} not in /metrics")
 
+    def models(self, secret: str) -> int:
+        r = httpx2.get(self.gw.url + "/v1/models", headers={"authorization": f"Bearer {secret}"}, timeout=10, trust_env=False)
+        return r.status_code
+
     def post(self, secret: str, model: str = "short") -> httpx2.Response:
         return httpx2.post(
             self.gw.url + "/v1/chat/completions",
@@ -157,11 +161,12 @@ def start_nodes(n: int, tmp: Path, upstream: Upstream, upstream_key: str, cfg: d
     for i, p in enumerate(paths):
         gw = start_gateway(f"node-{i}", p, tmp / f"node-{i}.log", upstream_key)
         nodes.append(Node(gw, p))
-    # Every node knows every key (pushed by node 0, adopted by the rest).
+    # Every node knows every key (pushed by node 0, adopted by the rest);
+    # asked on /v1/models, which uses no quota.
     deadline = time.monotonic() + 10
     for node in nodes:
         for rec in keys.values():
-            while node.post(rec["secret"], model="no-such-model").status_code == 401:
+            while node.models(rec["secret"]) == 401:
                 assert time.monotonic() < deadline, "keys did not reach every node"
                 time.sleep(0.05)
     return nodes, keys
@@ -179,20 +184,33 @@ def fresh_minute(margin: float) -> None:
         time.sleep(left + 0.05)
 
 
-async def hammer(nodes: list[Node], secret: str, clients_per_node: int, stop_after_429: int = 5, admitted_at: list | None = None) -> dict[int, int]:
+async def hammer(
+    nodes: list[Node], secret: str, clients_per_node: int, stop_after_429: int = 5, admitted_at: list | None = None, linger: float = 2.5
+) -> dict[int, int]:
     """`clients_per_node` clients on each node, each sending until it gets
-    `stop_after_429` 429s in a row. Returns the count of each status (and
-    appends the time of each 200 to `admitted_at`)."""
+    `stop_after_429` 429s in a row, and at least `linger` seconds after the
+    first 429. Returns the count of each status (and appends the time of
+    each 200 to `admitted_at`)."""
     counts: dict[int, int] = {}
+
+    first_429: list[float] = []
 
     async def client(node: Node, h: httpx2.AsyncClient) -> None:
         in_a_row = 0
-        while in_a_row < stop_after_429:
+        # Quota leased to a shard whose clients stopped goes back when its
+        # lease ends (`lease_ttl`, 1 s): clients keep asking a while after
+        # the first refusal, so it is used rather than left over.
+        while in_a_row < stop_after_429 or not first_429 or time.monotonic() - first_429[0] < linger:
             r = await h.post("/v1/chat/completions", json={"model": "short", "messages": MESSAGES})
             counts[r.status_code] = counts.get(r.status_code, 0) + 1
             if r.status_code == 200 and admitted_at is not None:
                 admitted_at.append(time.monotonic())
-            in_a_row = in_a_row + 1 if r.status_code == 429 else 0
+            if r.status_code == 429:
+                in_a_row += 1
+                if not first_429:
+                    first_429.append(time.monotonic())
+            else:
+                in_a_row = 0
 
     async with asyncio.TaskGroup() as tg:
         for node in nodes:
@@ -398,13 +416,30 @@ def test_a_slow_redis_never_holds_a_request_past_the_deadline(tmp_path: Path, re
         stop_nodes(nodes)
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it, which Redis
+    requires to exist) is free too."""
+    for _ in range(1000):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port > 55535:
+                continue
+            try:
+                b.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port pair free for a Redis Cluster node")
+
+
 class RedisCluster:
     """Three redis-server nodes in cluster mode, slots spread by
     `redis-cli --cluster create`."""
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.ports = [free_port() for _ in range(3)]
+        self.ports = [cluster_port() for _ in range(3)]
         self.procs: list[Proc] = []
 
     def start(self) -> None:
