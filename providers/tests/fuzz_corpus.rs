@@ -31,6 +31,11 @@ fn openai_to_anthropic_stream_corpus() {
 }
 
 #[test]
+fn chat_to_responses_stream_corpus() {
+    replay("chat_to_responses_stream", fuzz::chat_to_responses_stream);
+}
+
+#[test]
 fn eventstream_corpus() {
     replay("eventstream", fuzz::eventstream);
 }

@@ -21,6 +21,11 @@
 //! - OpenAI output: the first chunk carries the role, one chunk at most the
 //!   `finish_reason` (the summary's, and always before `[DONE]`), and tool
 //!   call fragments follow their call's start;
+//! - Responses output keeps the Responses event order: `response.created`
+//!   then `response.in_progress` first, `sequence_number` 0, 1, 2...,
+//!   items added, delta'd and done one at a time at output indexes 0, 1,
+//!   2... (deltas naming the open item), and one final `response.completed`,
+//!   `response.incomplete` or (after an `error` event) `response.failed`;
 //! - Anthropic output keeps the Messages event order: one `message_start`
 //!   first, content blocks started, delta'd and stopped one at a time with
 //!   indexes 0, 1, 2..., `message_delta` after the last block, then
@@ -53,6 +58,20 @@ pub fn anthropic_stream(data: &[u8]) {
 pub fn gemini_stream(data: &[u8]) {
     translator(data, data, Client::OpenAi, |ctx| {
         StreamTranslator::Gemini(GeminiToOpenAi::new(ctx))
+    });
+}
+
+/// OpenAI chunks in, Responses events out.
+pub fn chat_to_responses_stream(data: &[u8]) {
+    translator(data, data, Client::Responses, |ctx| {
+        StreamTranslator::ChatToResponses(Box::new(crate::responses::ChatToResponses::new(
+            crate::responses::ResponseCtx {
+                id: "resp_fuzz".to_owned(),
+                model: ctx.model,
+                created_at: ctx.created,
+                echo: crate::responses::echo_fields(&Value::Null),
+            },
+        )))
     });
 }
 
@@ -119,6 +138,7 @@ pub fn messages_from_lines(data: &[u8]) -> Vec<u8> {
 enum Client {
     OpenAi,
     Anthropic,
+    Responses,
 }
 
 /// What one feeding of a translator left.
@@ -205,6 +225,7 @@ fn check_output(fed: &Fed, client: Client) {
     let ended_with_error = match client {
         Client::OpenAi => check_openai(&events, fed.error.is_none(), &fed.summary),
         Client::Anthropic => check_anthropic(&events, fed.error.is_none(), &fed.summary),
+        Client::Responses => check_responses(&events, fed.error.is_none()),
     };
     if fed.summary.cut {
         assert!(ended_with_error, "a cut stream must end with an error");
@@ -283,6 +304,67 @@ fn check_openai(events: &[OutEvent], must_end: bool, summary: &Summary) -> bool 
 
 /// Anthropic events: returns whether the stream ended with an error event.
 /// `message_delta` carries the summary's stop reason.
+/// Responses events: returns whether the stream ended failed.
+fn check_responses(events: &[OutEvent], must_end: bool) -> bool {
+    let mut end = None;
+    let mut open: Option<(u64, String)> = None;
+    let mut next_index = 0u64;
+    let mut errored = false;
+    for (i, (kind, data)) in events.iter().enumerate() {
+        assert!(end.is_none(), "event after the end of the stream");
+        let kind = kind.as_deref().unwrap_or("");
+        let event = json(data);
+        assert_eq!(event["type"], kind, "event type and payload type differ");
+        assert_eq!(
+            event["sequence_number"], i as u64,
+            "sequence numbers out of order"
+        );
+        match (i, kind) {
+            (0, k) => assert_eq!(k, "response.created", "first event"),
+            (1, k) => assert_eq!(k, "response.in_progress", "second event"),
+            (_, k @ ("response.created" | "response.in_progress")) => {
+                assert_eq!(i, 0, "{k} again");
+            }
+            (_, "response.output_item.added") => {
+                assert!(open.is_none(), "item added while one is open");
+                assert_eq!(
+                    event["output_index"], next_index,
+                    "output index out of order"
+                );
+                let id = event["item"]["id"].as_str().unwrap_or_default().to_owned();
+                open = Some((next_index, id));
+            }
+            (_, "response.output_item.done") => {
+                let (idx, id) = open.take().unwrap_or_default();
+                assert_eq!(event["output_index"], idx, "done outside its item");
+                assert_eq!(event["item"]["id"], id.as_str(), "done names another item");
+                next_index += 1;
+            }
+            (_, "response.completed" | "response.incomplete") => {
+                assert!(open.is_none(), "{kind} with an item open");
+                assert!(!errored, "{kind} after an error");
+                let output = event["response"]["output"].as_array().map_or(0, Vec::len);
+                assert_eq!(output as u64, next_index, "{kind} lists other items");
+                end = Some(false);
+            }
+            (_, "error") => errored = true,
+            (_, "response.failed") => {
+                assert!(errored, "response.failed without an error event");
+                end = Some(true);
+            }
+            (_, _) => {
+                assert!(open.is_some(), "{kind} outside an item");
+                let id = open.as_ref().map_or("", |(_, id)| id.as_str());
+                assert_eq!(event["item_id"], id, "{kind} names another item");
+            }
+        }
+    }
+    if must_end && !events.is_empty() {
+        assert!(end.is_some(), "the stream did not end");
+    }
+    end.unwrap_or(false)
+}
+
 fn check_anthropic(events: &[OutEvent], must_end: bool, summary: &Summary) -> bool {
     let mut end = None;
     let mut started = false;
