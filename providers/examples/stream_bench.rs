@@ -1,5 +1,7 @@
 //! Times the stream translators: N Anthropic text-delta events -> OpenAI
-//! chunks, and N OpenAI chunks -> Anthropic events. Throughput: fed in
+//! chunks, N OpenAI chunks -> Anthropic events, N OpenAI chunks ->
+//! Responses events, and N Anthropic events -> Responses events (a
+//! Responses client on an Anthropic upstream: both translators chained). Throughput: fed in
 //! 4 KiB pieces, events/s and ns/event. Added latency: fed one event at a
 //! time as a live stream arrives, the time each event spends in the
 //! translator (p50/p99/p99.9/max from hdrhistogram). No pass/fail.
@@ -13,7 +15,70 @@
 use std::time::Instant;
 
 use shardgate_providers::anthropic::{AnthropicToOpenAi, OpenAiToAnthropic};
+use shardgate_providers::responses::{echo_fields, ChatToResponses, ResponseCtx};
 use shardgate_providers::{ReplyCtx, StreamTranslator};
+
+fn responses() -> StreamTranslator {
+    StreamTranslator::ChatToResponses(Box::new(ChatToResponses::new(ResponseCtx {
+        id: "resp_bench".into(),
+        model: "bench-model".into(),
+        created_at: 1_700_000_000,
+        echo: echo_fields(&serde_json::Value::Null),
+    })))
+}
+
+/// Anthropic events through the Anthropic translator, then the Responses
+/// one, as the gateway chains them.
+struct Chain {
+    wire: StreamTranslator,
+    client: StreamTranslator,
+    mid: Vec<u8>,
+}
+
+impl Chain {
+    fn new() -> Self {
+        Chain {
+            wire: StreamTranslator::Anthropic(AnthropicToOpenAi::new(ctx())),
+            client: responses(),
+            mid: Vec::new(),
+        }
+    }
+    fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.mid.clear();
+        self.wire.on_bytes(input, &mut self.mid).unwrap();
+        self.client.on_bytes(&self.mid, out).unwrap();
+    }
+}
+
+fn chain_latency(input: &[u8]) {
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
+    let mut out = Vec::with_capacity(4096);
+    for measured in [false, true] {
+        let mut t = Chain::new();
+        for event in input
+            .split_inclusive(|&b| b == b'\n')
+            .collect::<Vec<_>>()
+            .chunks(3)
+        {
+            let bytes: Vec<u8> = event.concat();
+            out.clear();
+            let start = Instant::now();
+            t.on_bytes(&bytes, &mut out);
+            let ns = start.elapsed().as_nanos() as u64;
+            if measured {
+                hist.record(ns.max(1)).unwrap();
+            }
+        }
+    }
+    println!(
+        "anthropic->responses: per event added latency p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns ({} events)",
+        hist.value_at_quantile(0.50),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        hist.max(),
+        hist.len()
+    );
+}
 
 fn ctx() -> ReplyCtx {
     ReplyCtx {
@@ -127,4 +192,7 @@ fn main() {
     latency("openai->anthropic", &o, || {
         StreamTranslator::OpenAiToAnthropic(OpenAiToAnthropic::new(ctx()))
     });
+    time("openai->responses", n, &o, responses);
+    latency("openai->responses", &o, responses);
+    chain_latency(&a);
 }

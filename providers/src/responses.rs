@@ -514,6 +514,8 @@ struct State {
     /// The last `response` object: completed (or failed) when the stream
     /// ended.
     last: Option<Value>,
+    /// The open item's id, once a delta has named it.
+    open_id: String,
 }
 
 impl ChatToResponses {
@@ -533,6 +535,7 @@ impl ChatToResponses {
                 unknown: 0,
                 sent_bytes: 0,
                 last: None,
+                open_id: String::new(),
             },
         }
     }
@@ -645,7 +648,39 @@ impl State {
         format!("fc_{}_{}", self.ctx.id, self.output.len())
     }
 
+    /// A text or arguments delta of the open item, written straight into
+    /// `out` (the events a stream is mostly made of: no JSON tree each).
+    fn delta(&mut self, out: &mut Vec<u8>, kind: &str, delta: &str) {
+        use shardgate_proto::json::write_json_string;
+        use std::io::Write;
+        if self.open_id.is_empty() {
+            self.open_id = match self.open {
+                Open::Message { .. } => self.message_id(),
+                _ => self.call_id(),
+            };
+        }
+        let text = kind == TEXT_DELTA;
+        let _ = write!(
+            out,
+            "event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":{},\"item_id\":",
+            self.seq
+        );
+        self.seq += 1;
+        write_json_string(out, &self.open_id);
+        let _ = write!(out, ",\"output_index\":{}", self.output.len());
+        if text {
+            out.extend_from_slice(b",\"content_index\":0");
+        }
+        out.extend_from_slice(b",\"delta\":");
+        write_json_string(out, delta);
+        if text {
+            out.extend_from_slice(b",\"logprobs\":[]");
+        }
+        out.extend_from_slice(b"}\n\n");
+    }
+
     fn close_item(&mut self, out: &mut Vec<u8>) {
+        self.open_id.clear();
         let idx = self.output_index();
         match std::mem::replace(&mut self.open, Open::None) {
             Open::None => {}
@@ -742,10 +777,7 @@ impl State {
                 if let Open::Message { text: t } = &mut self.open {
                     t.push_str(text);
                 }
-                let (id, idx) = (self.message_id(), self.output_index());
-                self.emit(out, "response.output_text.delta", Self::obj(json!({
-                    "item_id": id, "output_index": idx, "content_index": 0, "delta": text, "logprobs": [],
-                })));
+                self.delta(out, TEXT_DELTA, text);
             }
             for call in choice.delta.tool_calls.iter().flatten() {
                 let function = call.function.clone().unwrap_or_default();
@@ -775,14 +807,7 @@ impl State {
                     if let Open::Call { args: a, .. } = &mut self.open {
                         a.push_str(&args);
                     }
-                    let (id, idx) = (self.call_id(), self.output_index());
-                    self.emit(
-                        out,
-                        "response.function_call_arguments.delta",
-                        Self::obj(json!({
-                            "item_id": id, "output_index": idx, "delta": args,
-                        })),
-                    );
+                    self.delta(out, ARGS_DELTA, &args);
                 }
             }
             if let Some(reason) = &choice.finish_reason {
@@ -840,6 +865,9 @@ impl State {
         self.phase = Phase::Failed;
     }
 }
+
+const TEXT_DELTA: &str = "response.output_text.delta";
+const ARGS_DELTA: &str = "response.function_call_arguments.delta";
 
 #[cfg(test)]
 #[path = "responses_tests.rs"]
