@@ -22,6 +22,8 @@ pub enum Operation {
     /// The legacy `/completions`.
     Completions,
     Embeddings,
+    /// The Responses API, `/responses`.
+    Responses,
 }
 
 impl Operation {
@@ -30,6 +32,7 @@ impl Operation {
             Operation::ChatCompletions => "/chat/completions",
             Operation::Completions => "/completions",
             Operation::Embeddings => "/embeddings",
+            Operation::Responses => "/responses",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! call, why it stopped, and its pacing; plus the dispatch to each dialect's
 //! renderer for bodies, stream events and error JSON.
 
-use super::{anthropic, bedrock, gemini, openai, tools};
+use super::{anthropic, bedrock, gemini, openai, responses, tools};
 use shardgate_proto::mock::Behaviour;
 use std::borrow::Cow;
 
@@ -19,6 +19,8 @@ pub enum Dialect {
     Gemini,
     /// Bedrock `/model/{modelId}/converse` / `converse-stream`.
     Bedrock,
+    /// OpenAI `/v1/responses`.
+    Responses,
 }
 
 /// Which error JSON a route answers with.
@@ -39,6 +41,7 @@ impl Dialect {
             Dialect::Anthropic => "msg_mock",
             Dialect::Gemini => "mock-resp-",
             Dialect::Bedrock => "bedrock-mock",
+            Dialect::Responses => "mock_",
         }
     }
 }
@@ -244,6 +247,7 @@ impl<'a> Generation<'a> {
             Dialect::Anthropic => anthropic::body(self, id, out),
             Dialect::Gemini => gemini::body(self, id, out),
             Dialect::Bedrock => bedrock::body(self, out),
+            Dialect::Responses => responses::body(self, id, out),
         }
     }
 
@@ -254,6 +258,7 @@ impl<'a> Generation<'a> {
             Dialect::Legacy | Dialect::Gemini => {}
             Dialect::Anthropic => anthropic::open(self, id, out),
             Dialect::Bedrock => bedrock::open(self, out),
+            Dialect::Responses => responses::open(self, id, out),
         }
     }
 
@@ -265,6 +270,7 @@ impl<'a> Generation<'a> {
             Dialect::Anthropic => anthropic::piece(self, i, out),
             Dialect::Gemini => gemini::piece(self, id, i, out),
             Dialect::Bedrock => bedrock::piece(self, i, out),
+            Dialect::Responses => responses::piece(self, id, i, out),
         }
     }
 
@@ -276,6 +282,7 @@ impl<'a> Generation<'a> {
             Dialect::Anthropic => anthropic::close(self, out),
             Dialect::Gemini => gemini::close(self, id, out),
             Dialect::Bedrock => bedrock::close(self, elapsed_ms, out),
+            Dialect::Responses => responses::close(self, id, out),
         }
     }
 }

@@ -31,6 +31,8 @@ pub(super) enum Route {
     Models,
     Health,
     Messages,
+    /// OpenAI's Responses API.
+    Responses,
     Gemini(Op),
     Bedrock {
         stream: bool,
@@ -62,6 +64,7 @@ fn route<'a>(path: &'a str, query: &str) -> (Route, Option<&'a str>) {
         "/v1/models" | "/models" => Route::Models,
         "/healthz" | "/health" => Route::Health,
         "/v1/messages" | "/messages" => Route::Messages,
+        "/v1/responses" | "/responses" => Route::Responses,
         "/mcp" => Route::Mcp,
         _ => {
             let gemini = path

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | OpenAI | `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `GET /v1/models` | `Authorization: Bearer KEY` |
 //! | Azure OpenAI | `POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}?api-version=...` | `api-key: KEY` |
+//! | OpenAI Responses | `POST /v1/responses` | `Authorization: Bearer KEY` |
 //! | Anthropic | `POST /v1/messages` (also needs `anthropic-version`) | `x-api-key: KEY` |
 //! | Gemini | `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`, `:embedContent`, `:batchEmbedContents` | `x-goog-api-key: KEY` (or `?key=KEY`) |
 //! | Bedrock | `POST /model/{modelId}/converse`, `/converse-stream` | any `Authorization: AWS4-HMAC-SHA256 ...` (not verified) or `Bearer KEY` |
@@ -49,6 +50,7 @@ mod head;
 pub mod inject;
 mod mcp;
 mod openai;
+mod responses;
 mod server;
 pub mod tools;
 mod wire;

@@ -6,7 +6,7 @@ use super::gemini::Op;
 use super::head::{parse_request_head, HeadError, Keys, RequestHead, Route};
 use super::inject::Injection;
 use super::wire::{self, frame_chunk, write_head, write_stream_head, LAST_CHUNK};
-use super::{anthropic, bedrock, gemini, mcp, openai};
+use super::{anthropic, bedrock, gemini, mcp, openai, responses};
 use crate::arrivals::Rng;
 use crate::error::BenchError;
 use crate::shards::{spawn_shard, ShardPlan};
@@ -617,6 +617,7 @@ fn respond<'a>(
         Route::Chat => (Dialect::Chat, openai::facts(body)),
         Route::Completions => (Dialect::Legacy, openai::facts(body)),
         Route::Messages => (Dialect::Anthropic, anthropic::facts(body)),
+        Route::Responses => (Dialect::Responses, responses::facts(body)),
         Route::Gemini(op) => (
             Dialect::Gemini,
             gemini::facts(body, matches!(op, Op::Stream { .. })),

@@ -24,14 +24,58 @@ use std::time::Duration;
 /// What a Responses request carries beyond its body.
 #[derive(Debug)]
 pub struct Turn {
-    /// The items of the turns it continues.
-    pub prior: Vec<Value>,
+    /// The request.
+    request: Value,
+    /// The `previous_response_id` it names.
+    previous: Option<String>,
+    /// The items of the turns it continues, when the gateway has them
+    /// (an id it does not know may be an OpenAI provider's own).
+    prior: Option<Vec<Value>>,
+    /// The provider that served the turn it continues.
+    prior_provider: Option<String>,
     /// Its own input items.
     pub input: Vec<Value>,
     pub store: bool,
     owner: String,
     dir: PathBuf,
     ttl: Duration,
+}
+
+impl Turn {
+    /// The items of the turns before this one (none when unknown).
+    pub fn prior(&self) -> &[Value] {
+        self.prior.as_deref().unwrap_or_default()
+    }
+
+    /// The 400 for a `previous_response_id` only an upstream could resolve,
+    /// for an upstream that cannot: never silently dropped.
+    pub fn unresolved(&self) -> Option<GatewayError> {
+        match (&self.previous, &self.prior) {
+            (Some(id), None) => Some(bad(
+                format!("Previous response with id '{id}' not found: it does not exist, expired, was deleted, or belongs to another key."),
+                "previous_response_id",
+            )),
+            _ => None,
+        }
+    }
+
+    /// For an OpenAI provider: the body to send instead of the client's
+    /// when the turn it continues was served elsewhere (that provider does
+    /// not know the id): the conversation so far in `input`, no
+    /// `previous_response_id`. None: the client's body goes as it is.
+    pub fn expand_for(&self, provider: &str) -> Option<Vec<u8>> {
+        let prior = self.prior.as_ref()?;
+        if self.prior_provider.as_deref() == Some(provider) {
+            return None;
+        }
+        let mut v = self.request.clone();
+        let obj = v.as_object_mut()?;
+        obj.remove("previous_response_id");
+        let mut items = prior.clone();
+        items.extend(self.input.iter().cloned());
+        obj.insert("input".into(), Value::Array(items));
+        serde_json::to_vec(&v).ok()
+    }
 }
 
 fn now_ms() -> u64 {
@@ -60,21 +104,23 @@ pub async fn open(
     let input = input_items(&v).map_err(|e| bad(e.to_string(), "input"))?;
     let store = v.get("store").and_then(Value::as_bool).unwrap_or(true);
     let owner = owner_of(actor);
+    let mut previous = None;
+    let mut prior_provider = None;
     let prior = match v.get("previous_response_id") {
-        None | Some(Value::Null) => Vec::new(),
+        None | Some(Value::Null) => Some(Vec::new()),
         Some(Value::String(id)) => {
+            previous = Some(id.clone());
             let (d, id2, o) = (dir.clone(), id.clone(), owner.clone());
             let found = glommio::executor()
                 .spawn_blocking(move || stored::load(&d, &id2, &o, now_ms()))
                 .await;
             match found {
-                Ok(Some(turn)) => turn.items,
-                Ok(None) => {
-                    return Err(bad(
-                        format!("Previous response with id '{id}' not found: it does not exist, expired, was deleted, or belongs to another key."),
-                        "previous_response_id",
-                    ))
+                Ok(Some(turn)) => {
+                    prior_provider = turn.provider;
+                    Some(turn.items)
                 }
+                // Maybe an OpenAI provider's own: decided by the target.
+                Ok(None) => None,
                 Err(e) => {
                     log::error!("stored response {id}: {e}");
                     return Err(bad(
@@ -92,7 +138,10 @@ pub async fn open(
         }
     };
     Ok(Turn {
+        request: v,
+        previous,
         prior,
+        prior_provider,
         input,
         store,
         owner,
@@ -103,7 +152,8 @@ pub async fn open(
 
 /// Stores the turn `response` ends (when asked to), before the client gets
 /// it: the conversation so far, this turn's input, and its output.
-pub async fn commit(call: &Call<'_>, response: &Value) {
+/// `provider` served it.
+pub async fn commit(call: &Call<'_>, response: &Value, provider: &str) {
     let Some(turn) = &call.turn else {
         return;
     };
@@ -113,8 +163,8 @@ pub async fn commit(call: &Call<'_>, response: &Value) {
     let Some(id) = response.get("id").and_then(Value::as_str) else {
         return;
     };
-    let mut items = Vec::with_capacity(turn.prior.len() + turn.input.len() + 2);
-    items.extend(turn.prior.iter().cloned());
+    let mut items = Vec::with_capacity(turn.prior().len() + turn.input.len() + 2);
+    items.extend(turn.prior().iter().cloned());
     items.extend(turn.input.iter().cloned());
     if let Some(Value::Array(out)) = response.get("output") {
         items.extend(out.iter().cloned());
@@ -125,6 +175,7 @@ pub async fn commit(call: &Call<'_>, response: &Value) {
         expires_at_ms: now_ms().saturating_add(turn.ttl.as_millis() as u64),
         items,
         response: response.clone(),
+        provider: Some(provider.to_owned()),
     };
     let dir = turn.dir.clone();
     let saved = glommio::executor()

@@ -58,7 +58,12 @@ pub async fn start<'a>(
         }
         ClientDialect::Responses => {
             let v: serde_json::Value = super::plan::client_json(&req.body)?;
-            shardgate_providers::responses::to_chat(&v, &[]).map_err(|e| {
+            let turn = call.turn.as_deref();
+            if let Some(e) = turn.and_then(super::conversation::Turn::unresolved) {
+                return Err(e);
+            }
+            let prior = turn.map_or(&[][..], |t| t.prior());
+            shardgate_providers::responses::to_chat(&v, prior).map_err(|e| {
                 GatewayError::BadRequest {
                     message: e.to_string(),
                     param: None,

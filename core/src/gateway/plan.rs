@@ -144,9 +144,49 @@ pub fn build(
                     .map_err(translate)?;
                 (up.path, up.headers, UpBody::Bytes(up.body), Reply::FromWire)
             }
+            (ClientDialect::Responses, Dialect::OpenAi, Api::Responses)
+                if matches!(http.wire, Wire::OpenAi(_)) =>
+            {
+                // OpenAI's own API: the body passes through, with only
+                // `model` patched, unless it continues a turn this upstream
+                // did not serve (then the gateway's copy of the conversation
+                // goes along instead of the id).
+                let provider = call
+                    .generation
+                    .config
+                    .providers
+                    .get(target.provider)
+                    .map_or("", |p| p.name.as_str());
+                let body = match call.turn.as_ref().and_then(|t| t.expand_for(provider)) {
+                    Some(body) => UpBody::Bytes(body),
+                    None => patch_model(call, target),
+                };
+                if let (Some(Some(heads)), UpBody::Patched(_)) =
+                    (call.generation.pass_heads.get(target.provider), &body)
+                {
+                    let prefix = heads.get(Operation::Responses, call.facts.stream);
+                    return Ok((assemble(call, prefix, body), Reply::Same));
+                }
+                let Wire::OpenAi(p) = &http.wire else {
+                    return Err(unsupported());
+                };
+                let (path, headers) = p.endpoint(Operation::Responses, key).map_err(translate)?;
+                let body = match body {
+                    UpBody::Bytes(mut b) => {
+                        set_model(&mut b, &target.model);
+                        UpBody::Bytes(b)
+                    }
+                    patched => patched,
+                };
+                (path, headers, body, Reply::Same)
+            }
             (ClientDialect::Responses, _, Api::Responses) => {
                 let req: serde_json::Value = client_json(&call.req.body)?;
-                let prior = call.turn.as_ref().map_or(&[][..], |t| &t.prior[..]);
+                let turn = call.turn.as_deref();
+                if let Some(e) = turn.and_then(super::conversation::Turn::unresolved) {
+                    return Err(e);
+                }
+                let prior = turn.map_or(&[][..], |t| t.prior());
                 let chat = shardgate_providers::responses::to_chat(&req, prior).map_err(|e| {
                     GatewayError::BadRequest {
                         message: e.to_string(),
@@ -193,6 +233,16 @@ fn prepare_ctx<'a>(target: &'a Target, key: Option<&'a str>) -> PrepareCtx<'a> {
         model: &target.model,
         api_key: key,
         now_unix: super::unix_now(),
+    }
+}
+
+/// `model` of a JSON body the gateway wrote set to `model`.
+fn set_model(body: &mut Vec<u8>, model: &str) {
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) {
+        v["model"] = model.into();
+        if let Ok(b) = serde_json::to_vec(&v) {
+            *body = b;
+        }
     }
 }
 
@@ -364,7 +414,7 @@ fn assemble(call: &Call<'_>, prefix: &[u8], body: UpBody) -> UpstreamRequest {
 /// operation and by whether the answer streams: rendered once per config
 /// generation, where each request used to render the path, auth and
 /// accept headers again.
-pub struct PassHeads([[Vec<u8>; 2]; 3]);
+pub struct PassHeads([[Vec<u8>; 2]; 4]);
 
 impl PassHeads {
     /// None for providers whose heads vary per request (Azure puts the
@@ -384,6 +434,7 @@ impl PassHeads {
             pair(Operation::ChatCompletions)?,
             pair(Operation::Completions)?,
             pair(Operation::Embeddings)?,
+            pair(Operation::Responses)?,
         ]))
     }
 
@@ -392,6 +443,7 @@ impl PassHeads {
             Operation::ChatCompletions => 0,
             Operation::Completions => 1,
             Operation::Embeddings => 2,
+            Operation::Responses => 3,
         };
         &self.0[i][usize::from(stream)]
     }

@@ -236,7 +236,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
     }
     if call.turn.as_ref().is_some_and(|t| t.store) && head.status == 200 {
         if let Ok(response) = serde_json::from_slice::<serde_json::Value>(&body) {
-            super::conversation::commit(call, &response).await;
+            super::conversation::commit(call, &response, name).await;
         }
     }
     let content_type = match (reply, &head.content_type) {
@@ -369,7 +369,7 @@ impl Pipe {
                     }
                 }
                 out.extend_from_slice(LAST_CHUNK);
-                (tap.usage, !tap.ended, None)
+                (tap.usage, !tap.ended, tap.response)
             }
             Pipe::Translate(t) => {
                 let Translating {
@@ -416,6 +416,9 @@ struct Tap {
     ended: bool,
     /// Content events relayed: the output estimate of a cut stream.
     events: u64,
+    /// A Responses stream's final `response` object (what a stored turn
+    /// keeps): read from its last event, the one event parsed whole.
+    response: Option<serde_json::Value>,
 }
 
 impl Tap {
@@ -426,6 +429,7 @@ impl Tap {
             usage: None,
             ended: false,
             events: 0,
+            response: None,
         }
     }
 
@@ -433,7 +437,23 @@ impl Tap {
     fn relay(&mut self, raw: &[u8]) -> bool {
         let json = json_of_event(raw);
         match self.client {
-            ClientDialect::OpenAi | ClientDialect::Responses => {
+            ClientDialect::Responses => {
+                let last = needle::RESPONSE_COMPLETED.find(json).is_some()
+                    || needle::RESPONSE_INCOMPLETE.find(json).is_some()
+                    || needle::RESPONSE_FAILED.find(json).is_some();
+                if last {
+                    self.ended = true;
+                    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(json) {
+                        let r = v["response"].take();
+                        self.usage = responses_usage(&r["usage"]).or(self.usage);
+                        self.response = Some(r);
+                    }
+                } else if needle::DELTA.find(json).is_some() {
+                    self.events += 1;
+                }
+                true
+            }
+            ClientDialect::OpenAi => {
                 if json.is_empty() && needle::DONE.find(raw).is_some() {
                     self.ended = true;
                     return true;
@@ -473,6 +493,28 @@ mod needle {
     pub static DONE: Needle = LazyLock::new(|| Finder::new(b"[DONE]"));
     pub static MESSAGE_STOP: Needle = LazyLock::new(|| Finder::new(b"\"message_stop\""));
     pub static CONTENT_DELTA: Needle = LazyLock::new(|| Finder::new(b"\"content_block_delta\""));
+    pub static RESPONSE_COMPLETED: Needle =
+        LazyLock::new(|| Finder::new(b"\"response.completed\""));
+    pub static RESPONSE_INCOMPLETE: Needle =
+        LazyLock::new(|| Finder::new(b"\"response.incomplete\""));
+    pub static RESPONSE_FAILED: Needle = LazyLock::new(|| Finder::new(b"\"response.failed\""));
+    pub static DELTA: Needle = LazyLock::new(|| Finder::new(b".delta\""));
+}
+
+/// A Responses `usage` object in the OpenAI usage policy prices.
+fn responses_usage(usage: &serde_json::Value) -> Option<Usage> {
+    let n = |p: &str| usage.pointer(p).and_then(serde_json::Value::as_u64);
+    let (input, output) = (n("/input_tokens"), n("/output_tokens"));
+    if input.is_none() && output.is_none() {
+        return None;
+    }
+    Some(Usage {
+        prompt_tokens: input,
+        completion_tokens: output,
+        total_tokens: n("/total_tokens"),
+        cached_tokens: n("/input_tokens_details/cached_tokens"),
+        reasoning_tokens: n("/output_tokens_details/reasoning_tokens"),
+    })
 }
 
 /// Whether a chunk's `choices` is absent or an empty array, however the
@@ -534,14 +576,7 @@ fn usage_of_body(dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
         ClientDialect::Responses => {
             let usage: serde_json::Value =
                 serde_json::from_slice(&body[find_top_level(body, "usage")?]).ok()?;
-            let n = |p: &str| usage.pointer(p).and_then(serde_json::Value::as_u64);
-            Some(Usage {
-                prompt_tokens: n("/input_tokens"),
-                completion_tokens: n("/output_tokens"),
-                total_tokens: n("/total_tokens"),
-                cached_tokens: n("/input_tokens_details/cached_tokens"),
-                reasoning_tokens: n("/output_tokens_details/reasoning_tokens"),
-            })
+            responses_usage(&usage)
         }
         ClientDialect::Anthropic => {
             let usage = &body[find_top_level(body, "usage")?];
@@ -664,7 +699,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     }
                     if response.get("status").and_then(serde_json::Value::as_str) != Some("failed")
                     {
-                        super::conversation::commit(call, &response).await;
+                        super::conversation::commit(call, &response, name).await;
                     }
                 }
                 source.finished(shard);

@@ -27,6 +27,11 @@ pub struct StoredTurn {
     pub items: Vec<Value>,
     /// The `response` object as the client received it.
     pub response: Value,
+    /// The provider that served it: a follow-up to the same OpenAI
+    /// provider names the turn by id (the provider kept it too); any other
+    /// gets the conversation.
+    #[serde(default)]
+    pub provider: Option<String>,
 }
 
 /// Ids are the gateway's own (`resp_` and letters, digits, `_`); anything
@@ -96,6 +101,7 @@ mod tests {
             expires_at_ms: expires,
             items: vec![json!({"role": "user", "content": "hi"})],
             response: json!({"id": id}),
+            provider: None,
         }
     }
 
