@@ -141,7 +141,7 @@ fn lines(bytes: &[u8]) -> (Vec<&[u8]>, bool) {
     (lines, whole < bytes.len())
 }
 
-fn verify(dir: &Path, configured: Option<&str>) -> Result<(), AuditCliError> {
+pub(crate) fn verify(dir: &Path, configured: Option<&str>) -> Result<(), AuditCliError> {
     let key = key_for(dir, configured)
         .map_err(|e| AuditCliError::Io(format!("the audit key in {}: {e}", dir.display())))?;
     let files = files(dir);
