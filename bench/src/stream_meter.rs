@@ -164,6 +164,10 @@ impl StreamMeter {
         if self.has_data {
             self.events += 1;
             let token = match self.api {
+                // Responses API events are named (`event:` lines).
+                Api::Openai if self.event.starts_with(b"response.") || self.event == b"error" => {
+                    self.responses_event()
+                }
                 // MCP events are progress and the response: each counts.
                 Api::Openai | Api::Mcp => self.openai_event(),
                 Api::Anthropic => self.anthropic_event(),
@@ -200,6 +204,29 @@ impl StreamMeter {
         e.choices.0
     }
 
+    /// A Responses event: deltas are tokens; the final event carries the
+    /// usage and ends the stream.
+    fn responses_event(&mut self) -> bool {
+        match self.event.as_slice() {
+            b"response.output_text.delta" | b"response.function_call_arguments.delta" => true,
+            b"response.completed" | b"response.incomplete" => {
+                if let Ok(e) = serde_json::from_slice::<ResponsesDone>(&self.data) {
+                    if let Some(u) = e.response.usage {
+                        self.input_tokens = u.input_tokens.or(self.input_tokens);
+                        self.output_tokens = u.output_tokens.or(self.output_tokens);
+                    }
+                }
+                self.done = true;
+                false
+            }
+            b"response.failed" | b"error" => {
+                self.error = true;
+                false
+            }
+            _ => false,
+        }
+    }
+
     fn anthropic_event(&mut self) -> bool {
         let by_name = Kind::of(&self.event);
         let Ok(e) = serde_json::from_slice::<AnthropicEvent>(&self.data) else {
@@ -230,6 +257,26 @@ impl StreamMeter {
         }
         false
     }
+}
+
+/// `response.completed`: its usage.
+#[derive(Deserialize)]
+struct ResponsesDone {
+    response: ResponsesUsageOf,
+}
+
+#[derive(Deserialize)]
+struct ResponsesUsageOf {
+    #[serde(default)]
+    usage: Option<ResponsesUsage>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
 }
 
 /// An OpenAI data event: a chat or completions chunk, the usage chunk, or

@@ -306,9 +306,9 @@ fn render(cfg: &LoadConfig, api: Api, p: &Prompt) -> Vec<u8> {
                 let text = p.messages.last().and_then(|m| m["content"].as_str());
                 Some(json!({"model": cfg.model, "input": text.unwrap_or(DEFAULT_PROMPT)}))
             } else {
-                let mut body = if path.ends_with("/completions")
-                    && !path.ends_with("/chat/completions")
-                {
+                let mut body = if path.ends_with("/responses") {
+                    json!({"model": cfg.model, "input": p.messages, "max_output_tokens": max_tokens})
+                } else if path.ends_with("/completions") && !path.ends_with("/chat/completions") {
                     let text: Vec<&str> = p
                         .messages
                         .iter()
@@ -320,7 +320,10 @@ fn render(cfg: &LoadConfig, api: Api, p: &Prompt) -> Vec<u8> {
                 };
                 if cfg.stream {
                     body["stream"] = true.into();
-                    body["stream_options"] = json!({"include_usage": true});
+                    // Responses streams always end with their usage.
+                    if !path.ends_with("/responses") {
+                        body["stream_options"] = json!({"include_usage": true});
+                    }
                 }
                 Some(body)
             };

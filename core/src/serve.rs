@@ -44,6 +44,8 @@ pub enum ServeError {
     Audit(#[from] crate::audit::writer::AuditError),
     #[error("cannot start the cluster node thread: {0}")]
     Cluster(std::io::Error),
+    #[error("cannot open the stored responses (responses.log): {0}")]
+    Conversations(std::io::Error),
 }
 
 pub struct Options {
@@ -145,6 +147,22 @@ pub fn run(
         }
         None => None,
     };
+    // The stored Responses turns: one thread, a reply channel per shard.
+    let mut conversation_ends = Vec::with_capacity(shards);
+    let mut conversation_senders = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, rx) = runtime::waking_channel();
+        conversation_senders.push(tx);
+        conversation_ends.push(Some(rx));
+    }
+    let conversations = crate::store::conversations::start(
+        &config.store.dir,
+        crate::store::conversations::Limits {
+            max_bytes: config.store.responses_max_bytes,
+        },
+        conversation_senders,
+    )
+    .map_err(ServeError::Conversations)?;
     let (signals, hangups) = signal_channel()?;
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
@@ -174,6 +192,12 @@ pub fn run(
         let cluster = cluster
             .clone()
             .zip(cluster_ends.get_mut(id).and_then(Option::take));
+        let conversations = (
+            conversations.ask.clone(),
+            conversation_ends.get_mut(id).and_then(Option::take),
+        );
+        let responses_ttl = config.store.responses_ttl;
+        let keeps_responses = config.store.responses_max_bytes > 0;
         let cpu = config.placement.cpu_of(id);
         let handle = runtime::spawn_shard(
             id,
@@ -192,6 +216,21 @@ pub fn run(
                     audit,
                 );
                 shard.set_reloads(reloads);
+                if let (ask, Some(replies)) = conversations {
+                    let link = crate::gateway::conversation::Link::new(
+                        ask,
+                        id,
+                        responses_ttl,
+                        keeps_responses,
+                    );
+                    shard.set_conversations(link.clone());
+                    glommio::spawn_local(async move {
+                        while let Some(r) = replies.recv().await {
+                            link.on_reply(r);
+                        }
+                    })
+                    .detach();
+                }
                 if let Some((link, from_node)) = cluster {
                     shard.admission.set_cluster(link);
                     let s = shard.clone();

@@ -65,6 +65,8 @@ pub struct Shard {
     next_scrape: Cell<u64>,
     /// Asks the process to reload its config file (`POST /admin/reload`).
     reloads: std::cell::OnceCell<crossbeam::channel::Sender<ReloadAsk>>,
+    /// The stored Responses turns' thread.
+    conversations: std::cell::OnceCell<Rc<crate::gateway::conversation::Link>>,
 }
 
 /// A reload asked for on a shard, answered by the process's main thread
@@ -116,11 +118,21 @@ impl Shard {
             last_key_read: Cell::new(None),
             next_scrape: Cell::new(0),
             reloads: std::cell::OnceCell::new(),
+            conversations: std::cell::OnceCell::new(),
         })
     }
 
     pub fn set_reloads(&self, tx: crossbeam::channel::Sender<ReloadAsk>) {
         let _ = self.reloads.set(tx);
+    }
+
+    pub fn set_conversations(&self, link: Rc<crate::gateway::conversation::Link>) {
+        let _ = self.conversations.set(link);
+    }
+
+    /// The stored Responses turns, when their thread runs.
+    pub fn conversations(&self) -> Option<&Rc<crate::gateway::conversation::Link>> {
+        self.conversations.get()
     }
 
     /// Has the config file reloaded on every shard: the generation now

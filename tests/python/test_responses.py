@@ -240,3 +240,18 @@ def test_a_conversation_moves_between_openai_passthrough_and_other_providers(cli
     assert first.usage.input_tokens < second.usage.input_tokens
     assert second.usage.input_tokens < third.usage.input_tokens
     assert client.responses.retrieve(first.id).output_text == first.output_text
+
+
+def test_stored_turns_survive_a_restart(private_gateway, tmp_path: Path, upstream_key: str):
+    gw = private_gateway()
+    with gw.client() as c:
+        first = c.responses.create(model="claude", input="Remember: 42.")
+    assert gw.stop() == 0
+    again = start_gateway("restarted-gateway", gw.config_path, tmp_path / "restarted.log", upstream_key)
+    try:
+        with again.client() as c:
+            assert c.responses.retrieve(first.id).output_text == first.output_text
+            follow = c.responses.create(model="local", input="And?", previous_response_id=first.id)
+            assert follow.status == "completed"
+    finally:
+        assert again.stop() == 0

@@ -99,6 +99,8 @@ pub struct StoreConfig {
     /// How long a stored Responses turn (`store: true`) can be continued
     /// or read back.
     pub responses_ttl: Duration,
+    /// Stored turns kept at most (bytes, as stored); the oldest go first.
+    pub responses_max_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -107,6 +109,7 @@ impl Default for StoreConfig {
             dir: PathBuf::from(DEFAULT_STORE_DIR),
             fsync: StoreFsync::Interval(Duration::from_millis(100)),
             responses_ttl: DEFAULT_RESPONSES_TTL,
+            responses_max_bytes: 256 << 20,
         }
     }
 }

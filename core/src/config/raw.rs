@@ -61,6 +61,7 @@ struct RawStore {
     /// `always`, `never`, or a group-commit interval such as `100ms`.
     fsync: Option<String>,
     responses_ttl: Option<Dur>,
+    responses_max_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +164,7 @@ impl RawConfig {
             dir,
             fsync,
             responses_ttl,
+            responses_max_bytes: self.store.responses_max_bytes.map_or(256 << 20, |b| b.0),
         })
     }
 

@@ -1,7 +1,8 @@
 //! Responses conversations the gateway keeps itself: `previous_response_id`
 //! continues a stored turn whatever provider serves the next one, and
 //! `store` (on unless the request says `false`) keeps each turn for
-//! `store.responses_ttl` (see `store::responses`). Also `GET` and `DELETE
+//! `store.responses_ttl` (see `store::conversations`, whose thread keeps
+//! them: this is the shards' end of it). Also `GET` and `DELETE
 //! /v1/responses/{id}`.
 //!
 //! Ids the gateway cannot resolve (unknown, expired, deleted, or another
@@ -13,13 +14,89 @@ use crate::admission::ANONYMOUS;
 use crate::error::GatewayError;
 use crate::server::{respond, ClientConn, Outcome, Request};
 use crate::shard::Shard;
-use crate::store::responses::{self as stored, StoredTurn};
+use crate::store::conversations::{valid_id, Ask, History, Reply, StoredTurn};
+use glommio::channels::local_channel::{self, LocalSender};
 use serde_json::Value;
 use shardgate_policy::Actor;
 use shardgate_providers::responses::input_items;
-use std::path::PathBuf;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
+
+/// How long a shard waits for the store thread (it answers from memory:
+/// this is only for a thread that has stopped).
+const ASK_WAIT: Duration = Duration::from_secs(2);
+
+/// A shard's end of the store thread.
+pub struct Link {
+    ask: crossbeam::channel::Sender<Ask>,
+    me: usize,
+    next: Cell<u64>,
+    pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
+    ttl: Duration,
+    /// `store.responses_max_bytes: 0`: this gateway keeps no turns.
+    keeps: bool,
+}
+
+impl Link {
+    pub fn new(
+        ask: crossbeam::channel::Sender<Ask>,
+        me: usize,
+        ttl: Duration,
+        keeps: bool,
+    ) -> Rc<Self> {
+        Rc::new(Link {
+            ask,
+            me,
+            next: Cell::new(0),
+            pending: RefCell::new(HashMap::new()),
+            ttl,
+            keeps,
+        })
+    }
+
+    /// A reply from the store thread.
+    pub fn on_reply(&self, r: Reply) {
+        if let Some(tx) = self.pending.borrow_mut().remove(&r.token()) {
+            let _ = tx.try_send(r);
+        }
+    }
+
+    async fn call(&self, make: impl FnOnce(usize, u64) -> Ask) -> Option<Reply> {
+        let token = self.next.get();
+        self.next.set(token + 1);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(token, tx);
+        if self.ask.send(make(self.me, token)).is_err() {
+            self.pending.borrow_mut().remove(&token);
+            return None;
+        }
+        let got = futures_lite::future::or(rx.recv(), async {
+            glommio::timer::sleep(ASK_WAIT).await;
+            None
+        })
+        .await;
+        self.pending.borrow_mut().remove(&token);
+        got
+    }
+
+    async fn history(&self, id: &str, owner: &str) -> Option<History> {
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        match self
+            .call(|shard, token| Ask::History {
+                id,
+                owner,
+                shard,
+                token,
+            })
+            .await
+        {
+            Some(Reply::History { found, .. }) => found,
+            _ => None,
+        }
+    }
+}
 
 /// What a Responses request carries beyond its body.
 #[derive(Debug)]
@@ -37,8 +114,6 @@ pub struct Turn {
     pub input: Vec<Value>,
     pub store: bool,
     owner: String,
-    dir: PathBuf,
-    ttl: Duration,
 }
 
 impl Turn {
@@ -51,10 +126,7 @@ impl Turn {
     /// for an upstream that cannot: never silently dropped.
     pub fn unresolved(&self) -> Option<GatewayError> {
         match (&self.previous, &self.prior) {
-            (Some(id), None) => Some(bad(
-                format!("Previous response with id '{id}' not found: it does not exist, expired, was deleted, or belongs to another key."),
-                "previous_response_id",
-            )),
+            (Some(id), None) => Some(not_found(id)),
             _ => None,
         }
     }
@@ -65,7 +137,7 @@ impl Turn {
     /// `previous_response_id`. None: the client's body goes as it is.
     pub fn expand_for(&self, provider: &str) -> Option<Vec<u8>> {
         let prior = self.prior.as_ref()?;
-        if self.prior_provider.as_deref() == Some(provider) {
+        if self.previous.is_none() || self.prior_provider.as_deref() == Some(provider) {
             return None;
         }
         let mut v = self.request.clone();
@@ -93,41 +165,50 @@ fn bad(message: String, param: &'static str) -> GatewayError {
     }
 }
 
-/// Reads what `body` continues; refuses an id it cannot resolve.
-pub async fn open(
-    body: &[u8],
-    actor: Option<&Actor>,
-    dir: PathBuf,
-    ttl: Duration,
-) -> Result<Turn, GatewayError> {
-    let v: Value = super::plan::client_json(body)?;
+fn not_found(id: &str) -> GatewayError {
+    bad(
+        format!("Previous response with id '{id}' not found: it does not exist, expired, was deleted, or belongs to another key."),
+        "previous_response_id",
+    )
+}
+
+/// Reads what `body` continues. An id the gateway does not know is left
+/// for the target to judge (an OpenAI provider may know it).
+pub async fn open(shard: &Shard, body: &[u8], actor: Option<&Actor>) -> Result<Turn, GatewayError> {
+    let keeps = shard.conversations().is_some_and(|l| l.keeps);
+    if !keeps && memchr::memmem::find(body, b"previous_response_id").is_none() {
+        // Nothing to keep and nothing to continue: the body is not read.
+        return Ok(Turn {
+            request: Value::Null,
+            previous: None,
+            prior: Some(Vec::new()),
+            prior_provider: None,
+            input: Vec::new(),
+            store: false,
+            owner: String::new(),
+        });
+    }
+    let mut v: Value = super::plan::client_json(body)?;
     let input = input_items(&v).map_err(|e| bad(e.to_string(), "input"))?;
-    let store = v.get("store").and_then(Value::as_bool).unwrap_or(true);
+    // Kept once: `expand_for` puts the whole conversation back in.
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("input");
+    }
+    let store = keeps && v.get("store").and_then(Value::as_bool).unwrap_or(true);
     let owner = owner_of(actor);
     let mut previous = None;
     let mut prior_provider = None;
     let prior = match v.get("previous_response_id") {
         None | Some(Value::Null) => Some(Vec::new()),
+        Some(Value::String(id)) if !valid_id(id) => return Err(not_found(id)),
         Some(Value::String(id)) => {
             previous = Some(id.clone());
-            let (d, id2, o) = (dir.clone(), id.clone(), owner.clone());
-            let found = glommio::executor()
-                .spawn_blocking(move || stored::load(&d, &id2, &o, now_ms()))
-                .await;
-            match found {
-                Ok(Some(turn)) => {
-                    prior_provider = turn.provider;
-                    Some(turn.items)
-                }
-                // Maybe an OpenAI provider's own: decided by the target.
-                Ok(None) => None,
-                Err(e) => {
-                    log::error!("stored response {id}: {e}");
-                    return Err(bad(
-                        format!("Previous response with id '{id}' could not be read."),
-                        "previous_response_id",
-                    ));
-                }
+            match shard.conversations() {
+                Some(link) => link.history(id, &owner).await.map(|h| {
+                    prior_provider = h.provider;
+                    h.items
+                }),
+                None => None,
             }
         }
         Some(_) => {
@@ -145,51 +226,49 @@ pub async fn open(
         input,
         store,
         owner,
-        dir,
-        ttl,
     })
 }
 
-/// Stores the turn `response` ends (when asked to), before the client gets
-/// it: the conversation so far, this turn's input, and its output.
-/// `provider` served it.
-pub async fn commit(call: &Call<'_>, response: &Value, provider: &str) {
-    let Some(turn) = &call.turn else {
+/// Stores the turn `response` ends (when asked to) before the client gets
+/// it: its input and output, linked to the turn it continued. `provider`
+/// served it. Never waits: the store thread takes it in order.
+pub async fn commit(call: &Call<'_>, response: Value, provider: &str) {
+    let (Some(turn), Some(link)) = (&call.turn, call.shard.conversations()) else {
         return;
     };
     if !turn.store || call.client != ClientDialect::Responses {
         return;
     }
-    let Some(id) = response.get("id").and_then(Value::as_str) else {
+    let Some(id) = response
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| valid_id(id))
+    else {
         return;
     };
-    let mut items = Vec::with_capacity(turn.prior().len() + turn.input.len() + 2);
-    items.extend(turn.prior().iter().cloned());
-    items.extend(turn.input.iter().cloned());
-    if let Some(Value::Array(out)) = response.get("output") {
-        items.extend(out.iter().cloned());
-    }
+    let id = id.to_owned();
+    // A turn continuing one the gateway does not have starts its chain.
+    let prev = turn.previous.clone().filter(|_| turn.prior.is_some());
     let record = StoredTurn {
-        id: id.to_owned(),
+        id: id.clone(),
         owner: turn.owner.clone(),
-        expires_at_ms: now_ms().saturating_add(turn.ttl.as_millis() as u64),
-        items,
-        response: response.clone(),
+        expires_at_ms: now_ms().saturating_add(link.ttl.as_millis() as u64),
+        prev,
+        input: turn.input.clone(),
+        response,
         provider: Some(provider.to_owned()),
     };
-    let dir = turn.dir.clone();
-    let saved = glommio::executor()
-        .spawn_blocking(move || stored::save(&dir, &record))
-        .await;
-    if let Err(e) = saved {
-        log::error!("{}: response {id} not stored: {e}", call.rid);
+    if link.ask.send(Ask::Put(Box::new(record))).is_err() {
+        log::error!(
+            "{}: response {id} not stored: the store thread has stopped",
+            call.rid
+        );
     }
 }
 
 /// `GET` or `DELETE /v1/responses/{id}`.
 pub async fn by_id(
     shard: &Rc<Shard>,
-    generation: &crate::generation::Generation,
     conn: &mut ClientConn,
     req: &Request<'_>,
     id: &str,
@@ -203,34 +282,36 @@ pub async fn by_id(
             return send_error(conn, openai, &GatewayError::Unauthorized, rid, &[], false).await
         }
     };
-    let (dir, owner, id2) = (
-        generation.config.store.dir.clone(),
-        owner_of(actor.as_ref()),
-        id.to_owned(),
-    );
-    let done = glommio::executor()
-        .spawn_blocking(move || {
-            if delete {
-                stored::delete(&dir, &id2, &owner, now_ms()).map(|d| d.then_some(Value::Null))
-            } else {
-                stored::load(&dir, &id2, &owner, now_ms()).map(|t| t.map(|t| t.response))
-            }
+    let missing = GatewayError::NotFound(format!("Response with id '{id}' not found."));
+    let Some(link) = shard.conversations().filter(|_| valid_id(id)) else {
+        return send_error(conn, openai, &missing, rid, &[], false).await;
+    };
+    let (owner, id2) = (owner_of(actor.as_ref()), id.to_owned());
+    let reply = if delete {
+        link.call(|shard, token| Ask::Delete {
+            id: id2,
+            owner,
+            shard,
+            token,
         })
-        .await;
-    let body = match done {
-        Ok(Some(_)) if delete => {
+        .await
+    } else {
+        link.call(|shard, token| Ask::Get {
+            id: id2,
+            owner,
+            shard,
+            token,
+        })
+        .await
+    };
+    let body = match reply {
+        Some(Reply::Deleted { found: true, .. }) => {
             serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})
         }
-        Ok(Some(response)) => response,
-        Ok(None) => {
-            let e = GatewayError::NotFound(format!("Response with id '{id}' not found."));
-            return send_error(conn, openai, &e, rid, &[], false).await;
-        }
-        Err(e) => {
-            log::error!("{rid}: stored response {id}: {e}");
-            let e = GatewayError::Misconfigured("the stored response could not be read".into());
-            return send_error(conn, openai, &e, rid, &[], false).await;
-        }
+        Some(Reply::Get {
+            response: Some(r), ..
+        }) => r,
+        _ => return send_error(conn, openai, &missing, rid, &[], false).await,
     };
     let bytes = respond::full(
         200,

@@ -407,7 +407,7 @@ async fn handle<'g>(
             let path = req.path();
             let id = std::str::from_utf8(&path[b"/v1/responses/".len()..]).unwrap_or("");
             let id = id.to_owned();
-            conversation::by_id(shard, generation, conn, &req, &id, delete, rid).await
+            conversation::by_id(shard, conn, &req, &id, delete, rid).await
         }
         // Boxed: an MCP call's state (sessions, upstream calls) is larger
         // than a model call's, and inline it would size every request's
@@ -576,13 +576,7 @@ async fn handle_api<'g>(
         return send_error(conn, client, &e, rid, &headers, false).await;
     };
     let turn = if api == Api::Responses {
-        let opened = conversation::open(
-            &req.body,
-            ticket.actor.as_ref(),
-            config.store.dir.clone(),
-            config.store.responses_ttl,
-        )
-        .await;
+        let opened = conversation::open(shard, &req.body, ticket.actor.as_ref()).await;
         match opened {
             Ok(t) => Some(Box::new(t)),
             Err(e) => {

@@ -236,7 +236,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
     }
     if call.turn.as_ref().is_some_and(|t| t.store) && head.status == 200 {
         if let Ok(response) = serde_json::from_slice::<serde_json::Value>(&body) {
-            super::conversation::commit(call, &response, name).await;
+            super::conversation::commit(call, response, name).await;
         }
     }
     let content_type = match (reply, &head.content_type) {
@@ -699,7 +699,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     }
                     if response.get("status").and_then(serde_json::Value::as_str) != Some("failed")
                     {
-                        super::conversation::commit(call, &response, name).await;
+                        super::conversation::commit(call, response, name).await;
                     }
                 }
                 source.finished(shard);

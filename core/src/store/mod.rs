@@ -36,11 +36,11 @@
 //! **Must never:** store a key's secret (only its SHA-256), block a shard,
 //! or truncate a log it does not own (readers use [`frame::Repair::ReadOnly`]).
 
+pub mod conversations;
 pub mod frame;
 pub mod key_file;
 pub mod keys;
 pub mod lock;
-pub mod responses;
 pub mod usage;
 pub mod writer;
 
