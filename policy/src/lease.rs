@@ -579,7 +579,11 @@ impl LocalQuota {
         left.requests <= self.low_water.requests
             || left.tokens <= self.low_water.tokens
             || self.lease.is_some_and(|l| {
+                // A lease ending with its window is not renewed early: the
+                // next window's comes when this one ends.
+                let ends_early = l.expires_at.0 < l.window_start.0.saturating_add(60_000);
                 self.renew_before_ms > 0
+                    && ends_early
                     && now.0.saturating_add(self.renew_before_ms) >= l.expires_at.0
             })
     }

@@ -48,8 +48,13 @@ impl LeaseManager<LocalQuota> {
             day_start: crate::window::Period::Day.start(now),
             expires_at,
             spend_used_micros: self.counters.used(LimitKind::MonthlySpend, now),
-            owner_left: self.upstream.owner_left(now),
-            exhausted: got.requests < want.requests && self.upstream.is_exhausted(now),
+            // The store's remainder and what the node lease still holds.
+            owner_left: self
+                .upstream
+                .owner_left(now)
+                .saturating_add(self.upstream.remaining(now)),
+            exhausted: (got.requests < want.requests || got.tokens < want.tokens)
+                && self.upstream.is_exhausted(now),
         }
     }
 

@@ -40,11 +40,19 @@ impl Operation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenAiCompatible {
     pub auth: AuthStyle,
+    /// The provider serves OpenAI's Responses API (`kind: openai`): a
+    /// Responses request passes through. Other OpenAI-compatible servers
+    /// get it translated to chat.
+    #[serde(default)]
+    pub responses_api: bool,
 }
 
 impl OpenAiCompatible {
     pub fn from_preset(name: &str) -> Option<Self> {
-        presets::find(name).map(|p| Self { auth: p.auth })
+        presets::find(name).map(|p| Self {
+            auth: p.auth,
+            responses_api: name == "openai",
+        })
     }
 
     /// Path and headers for a pass-through call.

@@ -516,6 +516,8 @@ struct State {
     last: Option<Value>,
     /// The open item's id, once a delta has named it.
     open_id: String,
+    /// The upstream's credentials, scrubbed from error messages.
+    known: crate::KnownSecrets,
 }
 
 impl ChatToResponses {
@@ -536,6 +538,7 @@ impl ChatToResponses {
                 sent_bytes: 0,
                 last: None,
                 open_id: String::new(),
+                known: crate::KnownSecrets::default(),
             },
         }
     }
@@ -547,6 +550,13 @@ impl ChatToResponses {
 
     pub fn unknown_events(&self) -> u64 {
         self.s.unknown
+    }
+
+    /// Removes `known` (the upstream's credentials) from the messages of
+    /// error events, besides anything shaped like a credential.
+    pub fn redacting(mut self, known: crate::KnownSecrets) -> Self {
+        self.s.known = known;
+        self
     }
 
     /// The final `response` object, once the stream has ended.
@@ -749,7 +759,7 @@ impl State {
                 .get("code")
                 .and_then(Value::as_str)
                 .unwrap_or("upstream_error");
-            let (code, message) = (code.to_owned(), message.to_owned());
+            let (code, message) = (code.to_owned(), crate::redact_secrets(message, &self.known));
             self.fail(out, &code, &message);
             return Ok(());
         }

@@ -309,6 +309,30 @@ def test_a_key_revoked_on_one_node_is_refused_on_the_others_within_a_second(tmp_
         stop_nodes(nodes)
 
 
+def test_a_token_only_budget_is_served_from_node_leases(tmp_path: Path, redis: Redis, mock_upstream: Upstream, upstream_key: str):
+    """No request limit, only tokens: leases still carry enough tokens for
+    many requests, so concurrent requests do not each wait on the store."""
+    policies = [{"ai_runtime_policy": {"actor_scope": {"team": "tokens"}, "budgets": {"tokens_per_minute": 10_000_000}}}]
+    cfg = node_config(mock_upstream, redis, policies, deadline="200ms")
+    nodes, keys = start_nodes(1, tmp_path, mock_upstream, upstream_key, cfg, keys_for=("tokens",))
+    try:
+        async def run() -> list[int]:
+            async with httpx2.AsyncClient(
+                base_url=nodes[0].gw.url, timeout=REQUEST_TIMEOUT, trust_env=False,
+                headers={"authorization": f"Bearer {keys['tokens']['secret']}"},
+            ) as h:
+                async def one() -> int:
+                    r = await h.post("/v1/chat/completions", json={"model": "short", "messages": MESSAGES})
+                    return r.status_code
+                return await asyncio.gather(*(one() for _ in range(200)))
+        statuses = asyncio.run(run())
+        assert statuses.count(200) == 200, {s: statuses.count(s) for s in set(statuses)}
+        # A handful of grants, not one per request.
+        assert nodes[0].metric("shardgate_cluster_store_calls_total") < 50
+    finally:
+        stop_nodes(nodes)
+
+
 def wait_for(check, what: str, timeout: float = 15.0):
     deadline = time.monotonic() + timeout
     while True:

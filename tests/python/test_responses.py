@@ -87,6 +87,7 @@ def tools_gateway(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, ups
         "weather": [("local", "mock-tokens-3-call-get_weather")],
         "weather-claude": [("anthropic", "mock-tokens-3-call-get_weather")],
         "danger": [("local", "mock-tokens-3-call-delete_account")],
+        "passthrough": [("up", "mock-1")],
     }
     cfg = gateway_config(mock_upstream, extra_models=models)
     del cfg["auth"]
@@ -199,13 +200,17 @@ def test_tool_calls_across_turns_with_previous_response_id(tools_gateway):
             input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
         )
         assert second.status == "completed"
-    # Another key's responses are not there for it.
+    # Another key's responses are not there for it, whatever serves it:
+    # an OpenAI provider (passed through) would otherwise continue it by id.
+    with sdk(gw, keys["careful"]) as c:
+        theirs = c.responses.create(model="passthrough", input="secret plans")
     with sdk(gw, keys["tidy"]) as other:
         with pytest.raises(openai.NotFoundError):
             other.responses.retrieve(first.id)
-        with pytest.raises(openai.BadRequestError) as e:
-            other.responses.create(model="weather", input="x", previous_response_id=first.id)
-        assert e.value.body["param"] == "previous_response_id"
+        for model, prev in (("weather", first.id), ("passthrough", theirs.id)):
+            with pytest.raises(openai.BadRequestError) as e:
+                other.responses.create(model=model, input="x", previous_response_id=prev)
+            assert e.value.body["param"] == "previous_response_id"
 
 
 @pytest.mark.parametrize("alias", ["local", "claude"])

@@ -193,13 +193,14 @@ impl NodeSlot {
         let rate = self.last_second.max(self.this_second);
         let want = (rate.saturating_mul(ttl_ms) / 1000).saturating_mul(5) / 4;
         let requests = want.clamp((cap.requests / 64).max(1), cap.requests);
-        let tokens = if cap.requests == 0 {
-            cap.tokens
-        } else {
-            // Tokens in proportion, so neither runs out long before the other.
-            let per = cap.tokens / cap.requests.max(1);
-            per.saturating_mul(requests).clamp(1, cap.tokens)
-        };
+        // Tokens in the same share of their cap as requests, so neither
+        // runs out long before the other; at least a 64th of the cap (a
+        // bucket with no request limit, or far more requests than tokens).
+        let share = u128::from(cap.tokens) * u128::from(requests) / u128::from(cap.requests.max(1));
+        let tokens = u64::try_from(share)
+            .unwrap_or(u64::MAX)
+            .max(cap.tokens / 64)
+            .clamp(1, cap.tokens.max(1));
         let refill = Quota { requests, tokens };
         let low = Quota {
             requests: requests / 4,
@@ -1061,6 +1062,13 @@ impl Admission {
             FromNode::State { up, live_nodes } => {
                 self.cluster_up.set(up);
                 self.live_nodes.set(live_nodes.max(1));
+                if up {
+                    for slot in self.slots.borrow_mut().values_mut() {
+                        if let Slot::Clustered(n, _) = slot {
+                            n.refused = false;
+                        }
+                    }
+                }
             }
             FromNode::Grant { bucket, lease } => {
                 let ttl = self

@@ -108,6 +108,17 @@ impl Ledger {
         drain_current(self.all.iter_mut(), now)
     }
 
+    /// What the store has not seen (left in place: see
+    /// [`Ledger::forget_unsynced`]).
+    pub fn unsynced(&mut self, now: Timestamp) -> Vec<(String, Share)> {
+        drain_current(self.unsynced.iter_mut(), now)
+    }
+
+    /// The store now has `scope`'s unsynced use.
+    pub fn forget_unsynced(&mut self, scope: &str) {
+        self.unsynced.remove(scope);
+    }
+
     /// What the store has not seen, emptied.
     pub fn take_unsynced(&mut self, now: Timestamp) -> Vec<(String, Share)> {
         let out = drain_current(self.unsynced.iter_mut(), now);

@@ -183,6 +183,7 @@ pub fn start(
         last_alarm: None,
         calls_before: 0,
         usage: HashMap::new(),
+        to_restore: Vec::new(),
         next_usage: Instant::now(),
     };
     std::thread::Builder::new()
@@ -250,6 +251,8 @@ struct Node {
     last_alarm: Option<Instant>,
     /// Store calls on connections since dropped.
     calls_before: u64,
+    /// Scopes the store lost (it restarted empty) not yet given back.
+    to_restore: Vec<(String, ledger::Share)>,
     /// Usage (extra tokens, spend) per scope not yet sent.
     usage: HashMap<String, (u64, u64)>,
     next_usage: Instant,
@@ -347,24 +350,28 @@ impl Node {
         let up = s.heartbeat().and_then(|beat| {
             self.heard(&beat);
             let now = self.store_now();
-            let owed = if beat.kept_state {
-                self.ledger.take_unsynced(now)
-            } else {
+            if !beat.kept_state {
+                // Everything this node counted, unreachable time included.
+                self.to_restore = self.ledger.all(now);
                 let _ = self.ledger.take_unsynced(now);
-                self.ledger.all(now)
-            };
+            }
+            // Each scope leaves its list only once the store has it: a
+            // call that fails leaves the rest for the next connection.
+            let owed = self.ledger.unsynced(now);
             for (scope, share) in &owed {
                 s.restore(scope, share)?;
+                self.ledger.forget_unsynced(scope);
             }
-            if !owed.is_empty() {
+            let lost = self.to_restore.len();
+            while let Some((scope, share)) = self.to_restore.last() {
+                s.restore(scope, share)?;
+                self.to_restore.pop();
+            }
+            if owed.len() + lost > 0 {
                 log::info!(
-                    "cluster: told the store this node's use of {} scopes ({})",
+                    "cluster: told the store this node's use of {} scopes while it was unreachable, {} it lost",
                     owed.len(),
-                    if beat.kept_state {
-                        "while it was unreachable"
-                    } else {
-                        "it lost them"
-                    }
+                    lost
                 );
             }
             self.keys.resync(&mut s)
@@ -416,18 +423,24 @@ impl Node {
                     // The store restarted empty between two beats: give it
                     // back this node's share of the current windows.
                     let now = self.store_now();
-                    let all = self.ledger.all(now);
+                    self.to_restore = self.ledger.all(now);
                     log::warn!(
                         "cluster: the store lost its state; restoring this node's use of {} scopes",
-                        all.len()
+                        self.to_restore.len()
                     );
+                    let mut failed = None;
                     if let Some(s) = self.store.as_mut() {
-                        for (scope, share) in &all {
+                        while let Some((scope, share)) = self.to_restore.last() {
                             if let Err(e) = s.restore(scope, share) {
-                                self.lost(&e);
+                                failed = Some(e);
                                 break;
                             }
+                            self.to_restore.pop();
                         }
+                    }
+                    // What is left goes on the next connection.
+                    if let Some(e) = failed {
+                        self.lost(&e);
                     }
                 }
             }
@@ -553,7 +566,8 @@ impl Node {
                         expires_at: Timestamp(window_end.min(local.0 + ttl)),
                         spend_used_micros: g.month_spend,
                         owner_left: g.left,
-                        exhausted: g.got.requests < want.requests && g.left.requests == 0,
+                        exhausted: (g.got.requests < want.requests && g.left.requests == 0)
+                            || (g.got.tokens < want.tokens && g.left.tokens == 0),
                     };
                     self.reply(shard, FromNode::Grant { bucket, lease });
                     return;

@@ -138,6 +138,7 @@ impl RawProvider {
                 None,
                 Wire::OpenAi(OpenAiCompatible {
                     auth: AuthStyle::Bearer,
+                    responses_api: false,
                 }),
             ),
             "azure" => {
@@ -213,7 +214,10 @@ impl RawProvider {
                     }
                     (
                         Some(preset.base_url.to_owned()),
-                        Wire::OpenAi(OpenAiCompatible { auth: preset.auth }),
+                        Wire::OpenAi(OpenAiCompatible {
+                            auth: preset.auth,
+                            responses_api: name == "openai",
+                        }),
                     )
                 }
                 None => {

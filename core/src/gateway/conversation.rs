@@ -81,7 +81,8 @@ impl Link {
         got
     }
 
-    async fn history(&self, id: &str, owner: &str) -> Option<History> {
+    /// The conversation ending at `id`; Err when the id is another key's.
+    async fn history(&self, id: &str, owner: &str) -> Result<Option<History>, ()> {
         let (id, owner) = (id.to_owned(), owner.to_owned());
         match self
             .call(|shard, token| Ask::History {
@@ -92,8 +93,9 @@ impl Link {
             })
             .await
         {
-            Some(Reply::History { found, .. }) => found,
-            _ => None,
+            Some(Reply::History { foreign: true, .. }) => Err(()),
+            Some(Reply::History { found, .. }) => Ok(found),
+            _ => Ok(None),
         }
     }
 }
@@ -204,10 +206,13 @@ pub async fn open(shard: &Shard, body: &[u8], actor: Option<&Actor>) -> Result<T
         Some(Value::String(id)) => {
             previous = Some(id.clone());
             match shard.conversations() {
-                Some(link) => link.history(id, &owner).await.map(|h| {
-                    prior_provider = h.provider;
-                    h.items
-                }),
+                Some(link) => match link.history(id, &owner).await {
+                    Err(()) => return Err(not_found(id)),
+                    Ok(found) => found.map(|h| {
+                        prior_provider = h.provider;
+                        h.items
+                    }),
+                },
                 None => None,
             }
         }

@@ -101,11 +101,11 @@ impl StreamEgress {
     }
 
     /// Chat chunks in, the Responses event sequence out.
-    pub fn to_responses(ctx: ResponseCtx) -> Self {
+    pub fn to_responses(ctx: ResponseCtx, known: &KnownSecrets) -> Self {
         Self {
             dialect: ClientDialect::Responses,
             to_client: Some(StreamTranslator::ChatToResponses(Box::new(
-                ChatToResponses::new(ctx),
+                ChatToResponses::new(ctx).redacting(known.clone()),
             ))),
             scratch: Vec::new(),
         }

@@ -75,153 +75,155 @@ pub fn build(
     }
     };
     let translate = |e: TranslateError| translate_error(e, &call.facts.model);
-    let (path, headers, body, reply): (String, Vec<(String, String)>, UpBody, Reply) =
-        match (call.client, wire, call.api) {
-            (ClientDialect::OpenAi, Dialect::OpenAi, api) => {
-                let op = match api {
-                    Api::ChatCompletions => Operation::ChatCompletions,
-                    Api::Completions => Operation::Completions,
-                    Api::Embeddings => Operation::Embeddings,
-                    Api::Messages | Api::Responses => return Err(unsupported()),
-                };
-                let cached = call.generation.pass_heads.get(target.provider);
-                if let Some(Some(heads)) = cached {
-                    let prefix = heads.get(op, call.facts.stream);
-                    let body = patch_model(call, target);
-                    return Ok((assemble(call, prefix, body), Reply::Same));
-                }
-                let (path, headers) = match &http.wire {
-                    Wire::Azure(p) => p.endpoint(op, &target.model, key),
-                    Wire::OpenAi(p) => p.endpoint(op, key),
-                    _ => return Err(unsupported()),
-                }
+    let (path, headers, body, reply): (String, Vec<(String, String)>, UpBody, Reply) = match (
+        call.client,
+        wire,
+        call.api,
+    ) {
+        (ClientDialect::OpenAi, Dialect::OpenAi, api) => {
+            let op = match api {
+                Api::ChatCompletions => Operation::ChatCompletions,
+                Api::Completions => Operation::Completions,
+                Api::Embeddings => Operation::Embeddings,
+                Api::Messages | Api::Responses => return Err(unsupported()),
+            };
+            let cached = call.generation.pass_heads.get(target.provider);
+            if let Some(Some(heads)) = cached {
+                let prefix = heads.get(op, call.facts.stream);
+                let body = patch_model(call, target);
+                return Ok((assemble(call, prefix, body), Reply::Same));
+            }
+            let (path, headers) = match &http.wire {
+                Wire::Azure(p) => p.endpoint(op, &target.model, key),
+                Wire::OpenAi(p) => p.endpoint(op, key),
+                _ => return Err(unsupported()),
+            }
+            .map_err(translate)?;
+            (path, headers, patch_model(call, target), Reply::Same)
+        }
+        (ClientDialect::Anthropic, Dialect::Anthropic, Api::Messages) => {
+            let Wire::Anthropic(p) = &http.wire else {
+                return Err(unsupported());
+            };
+            let key = key.ok_or_else(|| {
+                translate(TranslateError::MissingCredentials("Anthropic API key"))
+            })?;
+            let mut headers = vec![
+                ("x-api-key".to_owned(), key.to_owned()),
+                ("anthropic-version".to_owned(), p.version.clone()),
+                ("content-type".to_owned(), "application/json".to_owned()),
+            ];
+            // Beta features the client opted into travel with its body.
+            if let Some(beta) = call.req.end_to_end_header("anthropic-beta") {
+                headers.push((
+                    "anthropic-beta".to_owned(),
+                    String::from_utf8_lossy(beta).into_owned(),
+                ));
+            }
+            (
+                "/messages".to_owned(),
+                headers,
+                patch_model(call, target),
+                Reply::Same,
+            )
+        }
+        (ClientDialect::OpenAi, Dialect::Gemini, Api::Embeddings) => {
+            let req: gemini::EmbeddingsRequest = client_json(&call.req.body)?;
+            let up =
+                gemini::embeddings_request(&req, &prepare_ctx(target, key)).map_err(translate)?;
+            (
+                up.path,
+                up.headers,
+                UpBody::Bytes(up.body),
+                Reply::GeminiEmbeddings,
+            )
+        }
+        (ClientDialect::OpenAi, _, Api::ChatCompletions) => {
+            let chat: ChatRequest = client_json(&call.req.body)?;
+            let up = http
+                .wire
+                .provider()
+                .prepare(&chat, &prepare_ctx(target, key))
                 .map_err(translate)?;
-                (path, headers, patch_model(call, target), Reply::Same)
-            }
-            (ClientDialect::Anthropic, Dialect::Anthropic, Api::Messages) => {
-                let Wire::Anthropic(p) = &http.wire else {
-                    return Err(unsupported());
-                };
-                let key = key.ok_or_else(|| {
-                    translate(TranslateError::MissingCredentials("Anthropic API key"))
-                })?;
-                let mut headers = vec![
-                    ("x-api-key".to_owned(), key.to_owned()),
-                    ("anthropic-version".to_owned(), p.version.clone()),
-                    ("content-type".to_owned(), "application/json".to_owned()),
-                ];
-                // Beta features the client opted into travel with its body.
-                if let Some(beta) = call.req.end_to_end_header("anthropic-beta") {
-                    headers.push((
-                        "anthropic-beta".to_owned(),
-                        String::from_utf8_lossy(beta).into_owned(),
-                    ));
-                }
-                (
-                    "/messages".to_owned(),
-                    headers,
-                    patch_model(call, target),
-                    Reply::Same,
-                )
-            }
-            (ClientDialect::OpenAi, Dialect::Gemini, Api::Embeddings) => {
-                let req: gemini::EmbeddingsRequest = client_json(&call.req.body)?;
-                let up = gemini::embeddings_request(&req, &prepare_ctx(target, key))
-                    .map_err(translate)?;
-                (
-                    up.path,
-                    up.headers,
-                    UpBody::Bytes(up.body),
-                    Reply::GeminiEmbeddings,
-                )
-            }
-            (ClientDialect::OpenAi, _, Api::ChatCompletions) => {
-                let chat: ChatRequest = client_json(&call.req.body)?;
-                let up = http
-                    .wire
-                    .provider()
-                    .prepare(&chat, &prepare_ctx(target, key))
-                    .map_err(translate)?;
-                (up.path, up.headers, UpBody::Bytes(up.body), Reply::FromWire)
-            }
-            (ClientDialect::Responses, Dialect::OpenAi, Api::Responses)
-                if matches!(http.wire, Wire::OpenAi(_)) =>
+            (up.path, up.headers, UpBody::Bytes(up.body), Reply::FromWire)
+        }
+        (ClientDialect::Responses, Dialect::OpenAi, Api::Responses) if matches!(&http.wire, Wire::OpenAi(p) if p.responses_api) =>
+        {
+            // OpenAI's own API: the body passes through, with only
+            // `model` patched, unless it continues a turn this upstream
+            // did not serve (then the gateway's copy of the conversation
+            // goes along instead of the id).
+            let provider = call
+                .generation
+                .config
+                .providers
+                .get(target.provider)
+                .map_or("", |p| p.name.as_str());
+            let body = match call.turn.as_ref().and_then(|t| t.expand_for(provider)) {
+                Some(body) => UpBody::Bytes(body),
+                None => patch_model(call, target),
+            };
+            if let (Some(Some(heads)), UpBody::Patched(_)) =
+                (call.generation.pass_heads.get(target.provider), &body)
             {
-                // OpenAI's own API: the body passes through, with only
-                // `model` patched, unless it continues a turn this upstream
-                // did not serve (then the gateway's copy of the conversation
-                // goes along instead of the id).
-                let provider = call
-                    .generation
-                    .config
-                    .providers
-                    .get(target.provider)
-                    .map_or("", |p| p.name.as_str());
-                let body = match call.turn.as_ref().and_then(|t| t.expand_for(provider)) {
-                    Some(body) => UpBody::Bytes(body),
-                    None => patch_model(call, target),
-                };
-                if let (Some(Some(heads)), UpBody::Patched(_)) =
-                    (call.generation.pass_heads.get(target.provider), &body)
-                {
-                    let prefix = heads.get(Operation::Responses, call.facts.stream);
-                    return Ok((assemble(call, prefix, body), Reply::Same));
+                let prefix = heads.get(Operation::Responses, call.facts.stream);
+                return Ok((assemble(call, prefix, body), Reply::Same));
+            }
+            let Wire::OpenAi(p) = &http.wire else {
+                return Err(unsupported());
+            };
+            let (path, headers) = p.endpoint(Operation::Responses, key).map_err(translate)?;
+            let body = match body {
+                UpBody::Bytes(mut b) => {
+                    set_model(&mut b, &target.model);
+                    UpBody::Bytes(b)
                 }
-                let Wire::OpenAi(p) = &http.wire else {
-                    return Err(unsupported());
-                };
-                let (path, headers) = p.endpoint(Operation::Responses, key).map_err(translate)?;
-                let body = match body {
-                    UpBody::Bytes(mut b) => {
-                        set_model(&mut b, &target.model);
-                        UpBody::Bytes(b)
-                    }
-                    patched => patched,
-                };
-                (path, headers, body, Reply::Same)
+                patched => patched,
+            };
+            (path, headers, body, Reply::Same)
+        }
+        (ClientDialect::Responses, _, Api::Responses) => {
+            let req: serde_json::Value = client_json(&call.req.body)?;
+            let turn = call.turn.as_deref();
+            if let Some(e) = turn.and_then(super::conversation::Turn::unresolved) {
+                return Err(e);
             }
-            (ClientDialect::Responses, _, Api::Responses) => {
-                let req: serde_json::Value = client_json(&call.req.body)?;
-                let turn = call.turn.as_deref();
-                if let Some(e) = turn.and_then(super::conversation::Turn::unresolved) {
-                    return Err(e);
+            let prior = turn.map_or(&[][..], |t| t.prior());
+            let chat = shardgate_providers::responses::to_chat(&req, prior).map_err(|e| {
+                GatewayError::BadRequest {
+                    message: e.to_string(),
+                    param: None,
                 }
-                let prior = turn.map_or(&[][..], |t| t.prior());
-                let chat = shardgate_providers::responses::to_chat(&req, prior).map_err(|e| {
-                    GatewayError::BadRequest {
-                        message: e.to_string(),
-                        param: None,
-                    }
-                })?;
-                let up = http
-                    .wire
-                    .provider()
-                    .prepare(&chat, &prepare_ctx(target, key))
-                    .map_err(translate)?;
-                let reply = if wire == Dialect::OpenAi {
-                    Reply::FromOpenAi
-                } else {
-                    Reply::FromWire
-                };
-                (up.path, up.headers, UpBody::Bytes(up.body), reply)
-            }
-            (ClientDialect::Anthropic, _, Api::Messages) => {
-                let msg: a::MessagesRequest = client_json(&call.req.body)?;
-                let chat = ChatRequest::from_anthropic(&msg).map_err(translate)?;
-                let up = http
-                    .wire
-                    .provider()
-                    .prepare(&chat, &prepare_ctx(target, key))
-                    .map_err(translate)?;
-                let reply = if wire == Dialect::OpenAi {
-                    Reply::FromOpenAi
-                } else {
-                    Reply::FromWire
-                };
-                (up.path, up.headers, UpBody::Bytes(up.body), reply)
-            }
-            _ => return Err(unsupported()),
-        };
+            })?;
+            let up = http
+                .wire
+                .provider()
+                .prepare(&chat, &prepare_ctx(target, key))
+                .map_err(translate)?;
+            let reply = if wire == Dialect::OpenAi {
+                Reply::FromOpenAi
+            } else {
+                Reply::FromWire
+            };
+            (up.path, up.headers, UpBody::Bytes(up.body), reply)
+        }
+        (ClientDialect::Anthropic, _, Api::Messages) => {
+            let msg: a::MessagesRequest = client_json(&call.req.body)?;
+            let chat = ChatRequest::from_anthropic(&msg).map_err(translate)?;
+            let up = http
+                .wire
+                .provider()
+                .prepare(&chat, &prepare_ctx(target, key))
+                .map_err(translate)?;
+            let reply = if wire == Dialect::OpenAi {
+                Reply::FromOpenAi
+            } else {
+                Reply::FromWire
+            };
+            (up.path, up.headers, UpBody::Bytes(up.body), reply)
+        }
+        _ => return Err(unsupported()),
+    };
     Ok((
         head_and_body(call, http, authority, &path, &headers, body),
         reply,

@@ -262,7 +262,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
 fn egress_for(answer: &Answer<'_>, ctx: &shardgate_providers::ReplyCtx) -> StreamEgress {
     match answer.client {
         ClientDialect::Responses => {
-            StreamEgress::to_responses(answer.call.response_ctx(answer.model))
+            StreamEgress::to_responses(answer.call.response_ctx(answer.model), answer.secrets)
         }
         _ => StreamEgress::from_openai(answer.client, ctx, answer.secrets),
     }
@@ -680,25 +680,33 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     Pipe::Same(_, tap) => tap.events,
                     Pipe::Translate(_) => 0,
                 };
-                let (usage, cut, response) = pipe.finish(&mut out);
+                let (usage, cut, mut response) = pipe.finish(&mut out);
                 meter_stream(call, usage, cut, events);
                 if let Some(guard) = &call.guard {
                     if let Err(err) = guard.borrow_mut().filter_stream(&mut out, 0) {
                         conn.note_error(err.label());
                         StreamEgress::identity(client).fail(&err, &mut out);
+                        // A refused answer is not a turn to keep.
+                        response = None;
                     }
                 }
                 // Stored before `response.completed` leaves: a follow-up
                 // sent the moment it arrives finds the turn.
                 if let Some(mut response) = response.filter(|_| call.turn.is_some()) {
+                    let mut keep = true;
                     if let Some(guard) = &call.guard {
                         let bytes = serde_json::to_vec(&response).unwrap_or_default();
-                        if let Ok(Some(stripped)) = guard.borrow_mut().check_body(&bytes) {
-                            response = serde_json::from_slice(&stripped).unwrap_or(response);
+                        match guard.borrow_mut().check_body(&bytes) {
+                            Ok(Some(stripped)) => {
+                                response = serde_json::from_slice(&stripped).unwrap_or(response);
+                            }
+                            Ok(None) => {}
+                            Err(_) => keep = false,
                         }
                     }
-                    if response.get("status").and_then(serde_json::Value::as_str) != Some("failed")
-                    {
+                    let failed = response.get("status").and_then(serde_json::Value::as_str)
+                        == Some("failed");
+                    if keep && !failed {
                         super::conversation::commit(call, response, name).await;
                     }
                 }

@@ -105,9 +105,21 @@ pub struct History {
 
 #[derive(Debug)]
 pub enum Reply {
-    History { token: u64, found: Option<History> },
-    Get { token: u64, response: Option<Value> },
-    Deleted { token: u64, found: bool },
+    History {
+        token: u64,
+        found: Option<History>,
+        /// The id is another key's: refused whoever the provider (an
+        /// OpenAI provider would otherwise continue it by id).
+        foreign: bool,
+    },
+    Get {
+        token: u64,
+        response: Option<Value>,
+    },
+    Deleted {
+        token: u64,
+        found: bool,
+    },
 }
 
 impl Reply {
@@ -286,7 +298,17 @@ impl State {
                 token,
             } => {
                 let found = self.history(&id, &owner, now);
-                Self::reply(shards, shard, Reply::History { token, found });
+                let foreign =
+                    found.is_none() && self.turns.get(&id).is_some_and(|(t, _)| t.owner != owner);
+                Self::reply(
+                    shards,
+                    shard,
+                    Reply::History {
+                        token,
+                        found,
+                        foreign,
+                    },
+                );
             }
             Ask::Get {
                 id,
@@ -345,7 +367,10 @@ impl State {
         }
         let size = ((self.pending.len() - before) as u64).max(256);
         let id = turn.id.clone();
-        self.remove(&id);
+        if self.turns.contains_key(&id) {
+            self.remove(&id);
+            self.order.retain(|o| *o != id);
+        }
         self.turns.insert(id.clone(), (turn, size));
         self.order.push_back(id);
         self.live_bytes += size;
