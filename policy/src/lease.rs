@@ -259,6 +259,15 @@ impl<U: QuotaSource> LeaseManager<U> {
         }
     }
 
+    /// Takes `q` back out of the windows that started at `minute` and
+    /// `day` (when they are still current).
+    fn unrecord(&mut self, q: Quota, minute: Timestamp, day: Timestamp, now: Timestamp) {
+        let c = &mut self.counters;
+        c.release(LimitKind::RequestsPerMinute, q.requests, minute, now);
+        c.release(LimitKind::TokensPerMinute, q.tokens, minute, now);
+        c.release(LimitKind::TokensPerDay, q.tokens, day, now);
+    }
+
     fn record(&mut self, q: Quota, now: Timestamp) {
         self.counters
             .add(LimitKind::RequestsPerMinute, q.requests, now);
@@ -344,15 +353,7 @@ impl<U: QuotaSource> QuotaSource for LeaseManager<U> {
         day_start: Timestamp,
         now: Timestamp,
     ) {
-        let c = &mut self.counters;
-        c.release(
-            LimitKind::RequestsPerMinute,
-            unused.requests,
-            window_start,
-            now,
-        );
-        c.release(LimitKind::TokensPerMinute, unused.tokens, window_start, now);
-        c.release(LimitKind::TokensPerDay, unused.tokens, day_start, now);
+        self.unrecord(unused, window_start, day_start, now);
         self.upstream.release(unused, window_start, day_start, now);
     }
 }
@@ -736,12 +737,7 @@ impl QuotaSource for LocalQuota {
     }
 
     fn release(&mut self, unused: Quota, window_start: Timestamp, _day: Timestamp, now: Timestamp) {
-        if let Some(l) = &mut self.lease {
-            if same_window(l.window_start, window_start) && now < l.expires_at {
-                l.requests += unused.requests;
-                l.tokens = l.tokens.saturating_add(unused.tokens);
-            }
-        }
+        self.absorb(unused, window_start, now);
     }
 }
 

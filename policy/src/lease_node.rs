@@ -104,15 +104,7 @@ impl LeaseManager<LocalQuota> {
         out: &mut Vec<ToOwner>,
     ) {
         let local_window = crate::window::Period::Minute.start(window_start);
-        let c = &mut self.counters;
-        c.release(
-            LimitKind::RequestsPerMinute,
-            unused.requests,
-            local_window,
-            now,
-        );
-        c.release(LimitKind::TokensPerMinute, unused.tokens, local_window, now);
-        c.release(LimitKind::TokensPerDay, unused.tokens, day_start, now);
+        self.unrecord(unused, local_window, day_start, now);
         if !self.upstream.absorb(unused, window_start, now) {
             out.push(ToOwner::Return {
                 shard: 0,

@@ -119,6 +119,12 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// The request as read (without its `input`), or null when it was not
+    /// read (nothing to keep or continue).
+    pub fn request(&self) -> &Value {
+        &self.request
+    }
+
     /// The items of the turns before this one (none when unknown).
     pub fn prior(&self) -> &[Value] {
         self.prior.as_deref().unwrap_or_default()

@@ -174,13 +174,25 @@ impl Call<'_> {
     /// What a Responses answer shares across its objects and events: its
     /// id, the model that served it, and the request fields it echoes.
     pub fn response_ctx(&self, served_model: &str) -> ResponseCtx {
-        let body: serde_json::Value =
-            serde_json::from_slice(&self.req.body).unwrap_or(serde_json::Value::Null);
+        use shardgate_providers::responses::echo_fields;
+        // The conversation step read the body already, unless it had no
+        // reason to.
+        let read = self
+            .turn
+            .as_ref()
+            .map(|t| t.request())
+            .filter(|v| !v.is_null());
+        let echo = match read {
+            Some(v) => echo_fields(v),
+            None => echo_fields(
+                &serde_json::from_slice(&self.req.body).unwrap_or(serde_json::Value::Null),
+            ),
+        };
         ResponseCtx {
             id: self.response_id(),
             model: served_model.to_owned(),
             created_at: unix_now(),
-            echo: shardgate_providers::responses::echo_fields(&body),
+            echo,
         }
     }
 }

@@ -195,32 +195,24 @@ pub fn build(
                     param: None,
                 }
             })?;
-            let up = http
-                .wire
-                .provider()
-                .prepare(&chat, &prepare_ctx(target, key))
-                .map_err(translate)?;
-            let reply = if wire == Dialect::OpenAi {
-                Reply::FromOpenAi
-            } else {
-                Reply::FromWire
-            };
-            (up.path, up.headers, UpBody::Bytes(up.body), reply)
+            let up = via_chat(http, target, key, &chat).map_err(translate)?;
+            (
+                up.path,
+                up.headers,
+                UpBody::Bytes(up.body),
+                from_chat_reply(wire),
+            )
         }
         (ClientDialect::Anthropic, _, Api::Messages) => {
             let msg: a::MessagesRequest = client_json(&call.req.body)?;
             let chat = ChatRequest::from_anthropic(&msg).map_err(translate)?;
-            let up = http
-                .wire
-                .provider()
-                .prepare(&chat, &prepare_ctx(target, key))
-                .map_err(translate)?;
-            let reply = if wire == Dialect::OpenAi {
-                Reply::FromOpenAi
-            } else {
-                Reply::FromWire
-            };
-            (up.path, up.headers, UpBody::Bytes(up.body), reply)
+            let up = via_chat(http, target, key, &chat).map_err(translate)?;
+            (
+                up.path,
+                up.headers,
+                UpBody::Bytes(up.body),
+                from_chat_reply(wire),
+            )
         }
         _ => return Err(unsupported()),
     };
@@ -228,6 +220,29 @@ pub fn build(
         head_and_body(call, http, authority, &path, &headers, body),
         reply,
     ))
+}
+
+/// The provider's request for a chat request translated from the client's
+/// dialect.
+fn via_chat(
+    http: &HttpProvider,
+    target: &Target,
+    key: Option<&str>,
+    chat: &ChatRequest,
+) -> Result<shardgate_providers::UpstreamRequest, TranslateError> {
+    http.wire
+        .provider()
+        .prepare(chat, &prepare_ctx(target, key))
+}
+
+/// How an answer to a request translated through chat comes back: an
+/// OpenAI upstream's already is chat.
+fn from_chat_reply(wire: Dialect) -> Reply {
+    if wire == Dialect::OpenAi {
+        Reply::FromOpenAi
+    } else {
+        Reply::FromWire
+    }
 }
 
 fn prepare_ctx<'a>(target: &'a Target, key: Option<&'a str>) -> PrepareCtx<'a> {
