@@ -8,7 +8,7 @@
 //! to the part of the shard it is for.
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
-use shardgate_policy::{Lease, Limits, ToOwner};
+use shardgate_policy::{Lease, Limits, Timestamp, ToOwner};
 use std::rc::Rc;
 
 /// Everything one shard tells another.
@@ -54,6 +54,13 @@ pub enum QuotaMsg {
     },
     /// From the owner, answering a `Want`.
     Grant { bucket: String, lease: Lease },
+    /// From the owner to every shard: the month starting at `month` has
+    /// `used` micro-dollars spent, at or past the bucket's monthly limit.
+    Spent {
+        bucket: String,
+        month: Timestamp,
+        used: u64,
+    },
 }
 
 /// Capacity of each shard-to-shard ring. Messages are per lease, not per

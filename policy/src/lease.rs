@@ -37,10 +37,12 @@
 //!   excess to the owner with [`ToOwner::Usage`].
 //! - **Monthly spend.** Spend is charged after the call and checked as
 //!   `used < limit` before it, against the owner's counters (a non-owner
-//!   sees a snapshot carried by each lease). The overshoot is at most the
-//!   cost of the requests in flight when the limit is crossed, plus those
-//!   admitted on non-owners before their snapshot refreshes (one lease round
-//!   trip).
+//!   sees a snapshot carried by each lease, and the owner announces the
+//!   spend to every shard when it reaches the limit:
+//!   [`LeaseManager::newly_spent`]). A non-owner admits nothing before it
+//!   has a snapshot of the month. The overshoot is at most the cost of the
+//!   requests in flight when the limit is crossed, plus those admitted on
+//!   non-owners while the announcement is on its way (one message).
 //!
 //! # Hierarchy
 //!
@@ -212,6 +214,9 @@ pub struct LeaseManager<U: QuotaSource = Unlimited> {
     limits: Limits,
     counters: Counters,
     upstream: U,
+    /// The month whose spend was last announced as reaching the limit
+    /// ([`LeaseManager::newly_spent`]).
+    spent_announced: Option<Timestamp>,
 }
 
 impl LeaseManager<Unlimited> {
@@ -226,7 +231,26 @@ impl<U: QuotaSource> LeaseManager<U> {
             limits,
             counters: Counters::new(now),
             upstream,
+            spent_announced: None,
         }
+    }
+
+    /// The month's start and spend the first time (per month and limit)
+    /// the spend reaches the monthly limit; `None` otherwise.
+    ///
+    /// What the owner tells the other shards at once: a shard's own view
+    /// of the spend comes with its leases, and a lease can last the whole
+    /// minute (always, for a bucket with no request limit), so without
+    /// this a spent budget would keep being admitted elsewhere until then.
+    pub fn newly_spent(&mut self, now: Timestamp) -> Option<(Timestamp, u64)> {
+        let limit = self.limits.monthly_spend_micros?;
+        let used = self.counters.used(LimitKind::MonthlySpend, now);
+        let month = Period::Month.start(now);
+        if used < limit || self.spent_announced == Some(month) {
+            return None;
+        }
+        self.spent_announced = Some(month);
+        Some((month, used))
     }
 
     /// Authoritative counters (leased quota counts as used); pass them to
@@ -240,6 +264,9 @@ impl<U: QuotaSource> LeaseManager<U> {
     }
 
     pub fn set_limits(&mut self, limits: Limits) {
+        if limits.monthly_spend_micros != self.limits.monthly_spend_micros {
+            self.spent_announced = None;
+        }
         self.limits = limits;
     }
 
@@ -483,6 +510,17 @@ impl LocalQuota {
     /// The owner's spend as of the last grant.
     pub fn spend_snapshot(&self) -> Option<u64> {
         self.spend.map(|(_, s)| s)
+    }
+
+    /// The owner's word that the month starting at `month` has `used`
+    /// spent (see [`LeaseManager::newly_spent`]). A snapshot only grows
+    /// within its month.
+    pub fn note_spend(&mut self, month: Timestamp, used: u64) {
+        self.spend = match self.spend {
+            Some((m, s)) if m == month => Some((m, s.max(used))),
+            Some((m, s)) if m > month => Some((m, s)),
+            _ => Some((month, used)),
+        };
     }
 
     /// The bucket's counters as this shard can tell them, for `decide` and

@@ -652,3 +652,72 @@ fn node_leases_never_exceed_the_store_limit() {
         assert!(admitted >= 90, "seed {seed}: only {admitted} admitted");
     }
 }
+
+/// A bucket with only a spend limit: the owner says once per month when
+/// the limit is reached, and a shard whose lease lasts the minute takes
+/// that word over its older snapshot (it would otherwise keep admitting
+/// until the lease ends).
+#[test]
+fn a_spent_month_is_announced_once_and_overrides_older_snapshots() {
+    let limits = Limits {
+        monthly_spend_micros: Some(1_000),
+        ..Limits::default()
+    };
+    let t = T0;
+    let mut owner = LeaseManager::new(limits, t);
+    let (refill, low) = LocalQuota::suggested_refill(&limits, 2);
+    let mut lq = LocalQuota::new(1, refill, low);
+    let mut out = Vec::new();
+    assert_eq!(
+        lq.try_take(
+            Quota {
+                requests: 1,
+                tokens: 10
+            },
+            t,
+            &mut out
+        ),
+        Take::WaitForGrant
+    );
+    let grant = owner.grant(
+        Quota {
+            requests: 1,
+            tokens: 10,
+        }
+        .saturating_add(refill),
+        t,
+    );
+    lq.on_grant(grant, t, &mut out);
+    assert_eq!(lq.view(&limits, t).used(LimitKind::MonthlySpend, t), 0);
+
+    owner.counters_mut().add(LimitKind::MonthlySpend, 999, t);
+    assert_eq!(owner.newly_spent(t), None);
+    owner.counters_mut().add(LimitKind::MonthlySpend, 2, t);
+    let month = Period::Month.start(t);
+    assert_eq!(owner.newly_spent(t), Some((month, 1_001)));
+    assert_eq!(owner.newly_spent(t.plus_ms(1)), None, "announced once");
+
+    // The lease still covers requests; the view now says the month is spent.
+    let later = t.plus_ms(10);
+    lq.note_spend(month, 1_001);
+    assert!(lq.remaining(later).requests > 0);
+    assert_eq!(
+        lq.view(&limits, later).used(LimitKind::MonthlySpend, later),
+        1_001
+    );
+    // An older, smaller word changes nothing; last month's neither.
+    lq.note_spend(month, 500);
+    lq.note_spend(Timestamp(month.0 - 1), 5);
+    assert_eq!(lq.spend_snapshot(), Some(1_001));
+
+    // A new limit is announced afresh when reached.
+    owner.set_limits(Limits {
+        monthly_spend_micros: Some(2_000),
+        ..limits
+    });
+    assert_eq!(owner.newly_spent(later), None);
+    owner
+        .counters_mut()
+        .add(LimitKind::MonthlySpend, 1_000, later);
+    assert_eq!(owner.newly_spent(later), Some((month, 2_001)));
+}

@@ -372,6 +372,52 @@ def test_two_shards_64_clients_never_exceed_100_rpm(tmp_path: Path, mock_upstrea
     assert ok >= 75, ok
 
 
+def test_a_spent_budget_is_refused_on_every_shard_within_the_minute(tmp_path: Path, mock_upstream: Upstream, upstream_key: str):
+    # A budget with no request limit: a shard's lease then covers the whole
+    # minute, so nothing but the owner's word tells the other shard that
+    # the month's money is gone.
+    cfg = policy_config(mock_upstream, shards=2)
+    cfg["policies"] = [{"ai_runtime_policy": {"actor_scope": {"team": "spender"}, "budgets": {"monthly_spend_usd": 0.002}}}]
+    path = write_config(tmp_path / "spent.yaml", cfg)
+    secret = create_key(path, "spender")["secret"]
+    gw = start_gateway("spent-gateway", path, tmp_path / "spent.log", upstream_key)
+    assert gw.shards == 2
+
+    def one() -> tuple[int, str, httpx2.Response]:
+        # A connection per request, so both shards serve.
+        r = httpx2.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "short", "messages": MESSAGES},
+            headers={"authorization": f"Bearer {secret}", "connection": "close"},
+            timeout=REQUEST_TIMEOUT,
+            trust_env=False,
+        )
+        return r.status_code, r.headers["x-request-id"].split("-")[1], r
+
+    try:
+        fresh_minute(margin=20)
+        served: set[str] = set()
+        statuses: list[int] = []
+        while len(served) < 2 or 429 not in statuses:
+            status, shard, r = one()
+            assert status in (200, 429), r.text
+            assert len(statuses) < 500, "the budget was never reached"
+            if status == 200:
+                served.add(shard)
+            statuses.append(status)
+        # Both shards held a lease before the budget ran out; the refusals
+        # after it are the budget's, on both, well inside the minute.
+        time.sleep(0.2)
+        refused_on: set[str] = set()
+        for _ in range(24):
+            status, shard, r = one()
+            assert status == 429 and r.json()["error"]["type"] == "insufficient_quota", (shard, r.text)
+            refused_on.add(shard)
+        assert refused_on == {"0", "1"}
+    finally:
+        assert gw.stop() == 0
+
+
 def test_keys_spend_and_windows_survive_kill_9(tmp_path: Path, mock_upstream: Upstream, upstream_key: str):
     path = write_config(tmp_path / "crash.yaml", policy_config(mock_upstream, shards=2))
     tiny = create_key(path, "tiny")

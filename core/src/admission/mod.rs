@@ -671,6 +671,13 @@ impl Admission {
                             drop(slots);
                             return Err(TakeError::Unavailable(QuotaUnavailable::StoreDown));
                         }
+                        // Checked again here: `decide` saw the spend before
+                        // any wait for the store's first word of it.
+                        if let Some(reason) =
+                            spent(&limits, || n.lm.cluster_view(&limits, now), now)
+                        {
+                            return Err(TakeError::Denied(reason));
+                        }
                         self.mark_dirty(key);
                         let mut out = self.node_outbox.borrow_mut();
                         let t = n.lm.admit_on_lease(r, now, &mut out);
@@ -680,6 +687,12 @@ impl Admission {
                         t
                     }
                     Slot::Leased(lq, _) => {
+                        // The spend as of the last grant or the owner's
+                        // announcement: a shard without a lease has none,
+                        // waits for a grant, and checks it here.
+                        if let Some(reason) = spent(&limits, || lq.view(&limits, now), now) {
+                            return Err(TakeError::Denied(reason));
+                        }
                         let mut out = self.outbox.borrow_mut();
                         let t = lq.try_take(Quota::of(r), now, &mut out);
                         drop(out);
@@ -881,12 +894,13 @@ impl Admission {
         let s = Settlement::from_usage(r, usage, cost, estimated);
         let now = now();
         for (key, limits) in &held.buckets {
-            {
+            let spent = {
                 let mut slots = self.slots.borrow_mut();
                 match self.slot_for(&mut slots, key, *limits, now) {
                     Slot::Owned(lm) => {
                         lm.counters_mut().settle(r, &s, now);
                         self.mark_dirty(key);
+                        lm.newly_spent(now)
                     }
                     Slot::Clustered(n, _) => {
                         n.lm.counters_mut().settle(r, &s, now);
@@ -896,14 +910,17 @@ impl Admission {
                             .settle(r, s.tokens, s.spend_micros, now, &mut out);
                         n.hold_usage(&mut out, before);
                         self.mark_dirty(key);
+                        n.lm.newly_spent(now)
                     }
                     Slot::Leased(lq, _) => {
                         let mut out = self.outbox.borrow_mut();
                         lq.settle(r, s.tokens, s.spend_micros, now, &mut out);
+                        None
                     }
                 }
-            }
+            };
             self.flush(key, *limits);
+            self.announce_spent(key, spent);
         }
     }
 
@@ -1007,12 +1024,13 @@ impl Admission {
                 limits,
                 msg,
             } => {
-                let reply = {
+                let (reply, spent) = {
                     let mut slots = self.slots.borrow_mut();
                     match self.slot_for(&mut slots, &bucket, limits, now) {
                         Slot::Owned(lm) => {
                             self.mark_dirty(&bucket);
-                            lm.on_message(msg, now)
+                            let reply = lm.on_message(msg, now);
+                            (reply, lm.newly_spent(now))
                         }
                         Slot::Clustered(n, _) => {
                             self.mark_dirty(&bucket);
@@ -1020,15 +1038,16 @@ impl Admission {
                             let before = out.len();
                             let reply = n.lm.on_message_on_lease(msg, now, &mut out);
                             n.hold_usage(&mut out, before);
-                            reply
+                            (reply, n.lm.newly_spent(now))
                         }
                         Slot::Leased(..) => {
                             log::warn!("quota message for bucket {bucket} reached a non-owner");
-                            None
+                            (None, None)
                         }
                     }
                 };
                 self.flush(&bucket, limits);
+                self.announce_spent(&bucket, spent);
                 if let (Some((to, lease)), Some(mesh)) = (reply, self.mesh.borrow().clone()) {
                     mesh.send(to, ShardMsg::Quota(QuotaMsg::Grant { bucket, lease }));
                 }
@@ -1050,6 +1069,34 @@ impl Admission {
                     self.flush(&bucket, limits);
                 }
             }
+            QuotaMsg::Spent {
+                bucket,
+                month,
+                used,
+            } => {
+                if let Some(Slot::Leased(lq, _)) = self.slots.borrow_mut().get_mut(bucket.as_str())
+                {
+                    lq.note_spend(month, used);
+                }
+            }
+        }
+    }
+
+    /// Tells every other shard that `key`'s month is spent (the owner's
+    /// [`LeaseManager::newly_spent`]), so none admits on an older word.
+    fn announce_spent(&self, key: &str, spent: Option<(Timestamp, u64)>) {
+        let (Some((month, used)), Some(mesh)) = (spent, self.mesh.borrow().clone()) else {
+            return;
+        };
+        for to in (0..mesh.peers()).filter(|&to| to != mesh.me()) {
+            mesh.send(
+                to,
+                ShardMsg::Quota(QuotaMsg::Spent {
+                    bucket: key.to_owned(),
+                    month,
+                    used,
+                }),
+            );
         }
     }
 }
@@ -1085,13 +1132,14 @@ impl Admission {
                             let mut out = self.node_outbox.borrow_mut();
                             n.lm.on_node_grant(lease, now, &mut out);
                             n.resize(limits, self.live_nodes.get(), ttl);
-                            Some(*limits)
+                            Some((*limits, n.lm.newly_spent(now)))
                         }
                         _ => None,
                     }
                 };
-                if let Some(limits) = limits {
+                if let Some((limits, spent)) = limits {
                     self.flush(&bucket, limits);
+                    self.announce_spent(&bucket, spent);
                 }
             }
             FromNode::Refused { bucket } => {
@@ -1136,6 +1184,22 @@ impl Activity {
 }
 
 /// The 429 reason for a bucket that could not cover `r` until `until_ms`.
+/// The budget's refusal when the month's spend, as `view` tells it, has
+/// reached the bucket's monthly limit (`view` is only read when there is
+/// one).
+fn spent(limits: &Limits, view: impl FnOnce() -> Counters, now: Timestamp) -> Option<DenyReason> {
+    let limit = limits.monthly_spend_micros?;
+    let c = view();
+    let kind = LimitKind::MonthlySpend;
+    let used = c.used(kind, now);
+    (used >= limit).then(|| DenyReason::BudgetExhausted {
+        kind,
+        limit,
+        used,
+        retry_after_ms: c.reset_in_ms(kind, now),
+    })
+}
+
 fn limit_reason(limits: &Limits, r: &Reservation, now: Timestamp, until_ms: u64) -> DenyReason {
     let retry_after_ms = until_ms.saturating_sub(now.0).max(1);
     let (kind, limit) = match (limits.requests_per_minute, limits.tokens_per_minute) {
