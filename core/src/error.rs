@@ -51,6 +51,17 @@ pub enum GatewayError {
     /// Refused by policy: 403 for access rules, 429 for limits and budgets.
     #[error("{0}")]
     Policy(shardgate_policy::DenyReason),
+    /// A guardrail with `action: block` matched the prompt or the answer.
+    /// The message names the check and what it found, never the text.
+    #[error("The {stage} was blocked by guardrail `{check}` ({found}).")]
+    Guardrail {
+        check: String,
+        stage: &'static str,
+        found: &'static str,
+    },
+    /// A remote guardrail (`on_error: fail_closed`) could not be asked.
+    #[error("Guardrail `{check}` could not check the prompt: {reason}")]
+    GuardrailUnavailable { check: String, reason: String },
     /// A limited request could not get quota from the cluster store (down
     /// under `on_unavailable: deny`, or late past `cluster.deadline`).
     #[error("{0}")]
@@ -133,8 +144,13 @@ impl GatewayError {
             | RequestTimeout
             | Unauthorized
             | Policy(_)
+            | Guardrail { .. }
             | BadBody(_) => Side::Client,
-            Draining | Overloaded(_) | Misconfigured(_) | QuotaUnavailable(_) => Side::Gateway,
+            Draining
+            | Overloaded(_)
+            | Misconfigured(_)
+            | QuotaUnavailable(_)
+            | GuardrailUnavailable { .. } => Side::Gateway,
             UpstreamConnect { .. }
             | UpstreamTimeout { .. }
             | UpstreamProtocol { .. }
@@ -147,14 +163,14 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             BadHead(e) => e.status(),
-            BadRequest { .. } | BadBody(_) => 400,
+            BadRequest { .. } | BadBody(_) | Guardrail { .. } => 400,
             Unauthorized => 401,
             Policy(reason) => reason.http_status(),
             UnknownRoute { .. } | ModelNotFound(_) | NotFound(_) => 404,
             MethodNotAllowed { .. } => 405,
             RequestTimeout => 408,
             BodyTooLarge { .. } => 413,
-            Draining | Overloaded(_) | QuotaUnavailable(_) => 503,
+            Draining | Overloaded(_) | QuotaUnavailable(_) | GuardrailUnavailable { .. } => 503,
             Misconfigured(_) => 500,
             UpstreamConnect { .. } | UpstreamProtocol { .. } | UpstreamTranslate { .. } => 502,
             UpstreamTimeout { .. } => 504,
@@ -196,6 +212,8 @@ impl GatewayError {
             QuotaUnavailable(_) => "quota_store_unavailable",
             Unauthorized => "unauthorized",
             Policy(reason) => reason.code(),
+            Guardrail { .. } => "guardrail_blocked",
+            GuardrailUnavailable { .. } => "guardrail_unavailable",
             Misconfigured(_) => "misconfigured",
             UpstreamTranslate { .. } => "upstream_translate",
             UpstreamConnect { .. } => "upstream_connect",
@@ -236,6 +254,7 @@ impl GatewayError {
             Unauthorized => Some("invalid_api_key"),
             Policy(reason) => Some(reason.code()),
             QuotaUnavailable(_) => Some("quota_store_unavailable"),
+            GuardrailUnavailable { .. } => Some("guardrail_unavailable"),
             _ => None,
         }
     }
@@ -254,11 +273,17 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => Some("model"),
             _ => None,
         };
+        // The code names the check, so a client can tell its guardrails
+        // apart: `guardrail:<name>`.
+        let code = match self {
+            GatewayError::Guardrail { check, .. } => Some(format!("guardrail:{check}")),
+            _ => self.openai_code().map(str::to_owned),
+        };
         error_body(
             &self.to_string(),
             self.openai_type(),
             param,
-            self.openai_code(),
+            code.as_deref(),
         )
     }
 }

@@ -23,6 +23,12 @@ pub struct Generation {
     pub pass_heads: Vec<Option<PassHeads>>,
     /// Pre-rendered `/v1/models` body.
     pub models_body: Vec<u8>,
+    /// This shard's copy of the config's guardrails: a copy's automata
+    /// keep their scratch space per copy, so no shard waits on another's.
+    pub guardrails: shardgate_policy::guardrails::Guardrails,
+    /// Each check's webhook, by check index, with its endpoint in this
+    /// shard's pool.
+    pub webhooks: Vec<Option<crate::guardrails::webhook::Webhook>>,
 }
 
 impl Generation {
@@ -56,6 +62,28 @@ impl Generation {
         Generation {
             number,
             models_body: crate::gateway::models::render(&config),
+            guardrails: (*config.guardrails).clone(),
+            webhooks: config
+                .guardrail_webhooks
+                .iter()
+                .map(|w| {
+                    w.as_ref().map(|w| {
+                        // A TLS config only for https hooks; one that cannot
+                        // be built leaves the hook failing (`on_error`).
+                        let tls = w
+                            .url
+                            .tls
+                            .then(|| crate::tls::client_config(None).ok())
+                            .flatten();
+                        crate::guardrails::webhook::Webhook {
+                            ep: pool.endpoint_at(&w.url, None, tls),
+                            timeout: w.timeout,
+                            on_error: w.on_error,
+                            headers: w.headers.clone(),
+                        }
+                    })
+                })
+                .collect(),
             config,
             endpoints,
             pass_heads,

@@ -21,6 +21,7 @@ pub mod deadline;
 pub mod error;
 pub mod gateway;
 pub mod generation;
+pub mod guardrails;
 pub mod io;
 pub mod mcp;
 pub mod mesh;

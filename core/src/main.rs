@@ -75,6 +75,8 @@ enum Command {
     Keys(KeysArgs),
     /// Verify, tail and query the audit log (works while the gateway runs).
     Audit(shardgate_core::cli::audit::AuditArgs),
+    /// Provider API keys stored encrypted in the data directory.
+    Providers(shardgate_core::cli::providers::ProvidersArgs),
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -101,6 +103,13 @@ fn main() -> ExitCode {
     });
     match command {
         Command::Keys(args) => match shardgate_core::cli::keys::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Providers(args) => match shardgate_core::cli::providers::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -81,6 +81,8 @@ pub struct Trail<'a> {
     pub cost_micros: u64,
     /// The W3C trace id of the caller's `traceparent` (read when audited).
     pub trace_id: Option<String>,
+    /// Each guardrail check's verdict (empty for callers with none).
+    pub guardrails: Vec<crate::guardrails::GuardRecord>,
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),

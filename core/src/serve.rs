@@ -266,7 +266,12 @@ pub fn run(
             (crossbeam::channel::never(), KEYS_POLL_INTERVAL)
         }
     };
-    let tick = reload_every.min(keys_poll);
+    // Stored provider keys changed by `shardgate providers` reload the
+    // config (a stat a second; a reload of any cause takes the file as it
+    // is then).
+    let tick = reload_every.min(keys_poll).min(PROVIDER_KEYS_POLL);
+    let provider_keys = config.store.dir.join(crate::store::provider_keys::FILE);
+    let mut provider_keys_seen = file_signature(&provider_keys);
     // Fail fast: a shard that stops on its own (a failed start, a panic)
     // stops the process, rather than leaving its share of connections and
     // buckets unserved.
@@ -294,10 +299,12 @@ pub fn run(
             }
             recv(key_changes) -> _ => reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref(), cluster.as_ref()),
             recv(hangups) -> _ => {
+                provider_keys_seen = file_signature(&provider_keys);
                 let _ = reload(&config, opts.config_path.as_deref(), &mut generation, &handles, auditor.as_ref(), "SIGHUP");
             }
             recv(reload_asks) -> ask => {
                 if let Ok(ask) = ask {
+                    provider_keys_seen = file_signature(&provider_keys);
                     let done = reload(&config, opts.config_path.as_deref(), &mut generation, &handles, auditor.as_ref(), ask.by);
                     let _ = ask.reply.send(done);
                 }
@@ -305,6 +312,11 @@ pub fn run(
             default(tick) => {
                 reload_certs(&mut watches, &handles);
                 reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref(), cluster.as_ref());
+                let now = file_signature(&provider_keys);
+                if now != provider_keys_seen {
+                    provider_keys_seen = now;
+                    let _ = reload(&config, opts.config_path.as_deref(), &mut generation, &handles, auditor.as_ref(), "shardgate providers");
+                }
             }
         }
     }
@@ -548,6 +560,16 @@ fn upstream_tls(config: &Config) -> Result<Vec<Option<Arc<rustls::ClientConfig>>
         });
     }
     Ok(out)
+}
+
+/// How often the main thread looks at the stored provider keys' file.
+const PROVIDER_KEYS_POLL: Duration = Duration::from_secs(1);
+
+/// What tells one version of a file from another without reading it.
+fn file_signature(path: &std::path::Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
 /// How long the main thread waits for every shard to take a new generation

@@ -65,6 +65,10 @@ pub struct PolicySpec {
     pub tools: Option<ToolRules>,
     #[serde(default)]
     pub audit: Option<AuditSpec>,
+    /// Checks (named in the config's `guardrails:`) on this actor's
+    /// prompts, answers and tool calls.
+    #[serde(default)]
+    pub guardrails: Option<crate::guardrails::GuardrailAttach>,
 }
 
 /// Which actors a policy applies to: every field given must equal the

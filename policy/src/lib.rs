@@ -35,6 +35,7 @@ pub mod config;
 pub mod counters;
 pub mod decide;
 pub mod glob;
+pub mod guardrails;
 pub mod identity;
 pub mod lease;
 pub mod money;

@@ -131,6 +131,7 @@ pub struct Policy {
     pub tool_scopes: Vec<ToolScope>,
     pub on_denied_tool_call: Option<OnDeniedToolCall>,
     pub audit: AuditSpec,
+    pub guardrails: crate::guardrails::GuardrailAttach,
 }
 
 impl Policy {
@@ -246,6 +247,7 @@ impl PolicySet {
                 tool_scopes: tools.scopes,
                 on_denied_tool_call: tools.on_denied_tool_call,
                 audit: spec.audit.unwrap_or_default(),
+                guardrails: spec.guardrails.clone().unwrap_or_default(),
                 name,
             });
         }
@@ -336,6 +338,34 @@ impl<'a> Resolved<'a> {
 
     pub fn audit(&self) -> EffectiveAudit {
         self.audit
+    }
+
+    /// The names of the checks to run on `stage`: every one an applicable
+    /// policy attaches (each once, most specific policy's first).
+    pub fn guardrails(&self, stage: crate::guardrails::Stage) -> Vec<&'a str> {
+        use crate::guardrails::Stage;
+        let mut names: Vec<&'a str> = Vec::new();
+        for p in &self.applicable {
+            let list = match stage {
+                Stage::Input => &p.guardrails.input,
+                Stage::Output => &p.guardrails.output,
+                Stage::ToolCalls => &p.guardrails.tool_calls,
+            };
+            for n in list {
+                if !names.contains(&n.as_str()) {
+                    names.push(n);
+                }
+            }
+        }
+        names
+    }
+
+    /// Whether any applicable policy attaches a check to any stage.
+    pub fn has_guardrails(&self) -> bool {
+        self.applicable.iter().any(|p| {
+            let g = &p.guardrails;
+            !(g.input.is_empty() && g.output.is_empty() && g.tool_calls.is_empty())
+        })
     }
 
     /// True if some bucket limits tokens. Core estimates prompt tokens

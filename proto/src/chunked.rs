@@ -307,6 +307,25 @@ pub const CHUNK_END: &[u8] = b"\r\n";
 /// The last chunk with an empty trailer section: ends the body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// In bytes this side encoded (whole chunks, as [`encode_chunk_header`]
+/// writes them), the chunk at `at`: its data, where the next starts, and
+/// whether it is the last chunk. `None` where `buf[at..]` is not a whole
+/// chunk.
+pub fn next_chunk(buf: &[u8], at: usize) -> Option<(&[u8], usize, bool)> {
+    let rest = buf.get(at..)?;
+    if rest.starts_with(LAST_CHUNK) {
+        return Some((&[], buf.len(), true));
+    }
+    let line_end = at + rest.windows(2).position(|w| w == b"\r\n")?;
+    let len = usize::from_str_radix(std::str::from_utf8(&buf[at..line_end]).ok()?, 16).ok()?;
+    let start = line_end + 2;
+    let end = start.checked_add(len)?;
+    if end.checked_add(2)? > buf.len() || &buf[end..end + 2] != CHUNK_END {
+        return None;
+    }
+    Some((&buf[start..end], end + 2, false))
+}
+
 #[cfg(test)]
 #[path = "chunked_tests.rs"]
 mod tests;

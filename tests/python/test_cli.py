@@ -42,6 +42,13 @@ def _broken(cfg: dict, how: str) -> dict:
         cfg["limits"]["max_bodyy_bytes"] = "1MiB"
     elif how == "bad size":
         cfg["limits"]["max_body_bytes"] = "lots"
+    elif how == "bad guardrail regex":
+        cfg["guardrails"] = [{"name": "codes", "regex": ["(unclosed"]}]
+    elif how == "unknown guardrail":
+        cfg["guardrails"] = [{"name": "codes", "regex": ["x"]}]
+        cfg["policies"] = [{"ai_runtime_policy": {"name": "p", "actor_scope": {}, "guardrails": {"input": ["nope"]}}}]
+    elif how == "unknown pii kind":
+        cfg["guardrails"] = [{"name": "pii", "pii": ["passport"]}]
     return cfg
 
 
@@ -53,6 +60,9 @@ def _broken(cfg: dict, how: str) -> dict:
         ("bad base_url", "providers.up.base_url"),
         ("unknown field", "max_bodyy_bytes"),
         ("bad size", "limits.max_body_bytes"),
+        ("bad guardrail regex", "guardrails: guardrail `codes`: regex"),
+        ("unknown guardrail", "p: guardrails.input names `nope`"),
+        ("unknown pii kind", "guardrails"),
     ],
 )
 def test_check_rejects_bad_config_naming_the_field(tmp_path: Path, mock_upstream: Upstream, how: str, field: str):

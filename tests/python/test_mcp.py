@@ -44,6 +44,11 @@ POLICIES = [
     {"ai_runtime_policy": {"name": "readers", "actor_scope": {"team": "readers"}, "tools": {"scopes": ["read"]}}},
     {"ai_runtime_policy": {"name": "none", "actor_scope": {"team": "no-tools"}, "tools": {"denied": ["*"]}}},
     {"ai_runtime_policy": {"name": "tiny", "actor_scope": {"team": "tiny"}, "budgets": {"requests_per_minute": 3}}},
+    {"ai_runtime_policy": {"name": "guarded", "actor_scope": {"team": "guarded"}, "guardrails": {"tool_calls": ["no-cards", "mask-mail"]}}},
+]
+GUARDRAILS = [
+    {"name": "no-cards", "pii": ["credit_card"], "action": "block"},
+    {"name": "mask-mail", "pii": ["email"], "action": "redact"},
 ]
 
 
@@ -94,6 +99,7 @@ def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_ke
     cfg = gateway_config(mock_upstream)
     del cfg["auth"]  # keys required
     cfg["policies"] = POLICIES
+    cfg["guardrails"] = GUARDRAILS
     cfg["mcp_servers"] = {
         "billing": {"url": f"http://127.0.0.1:{billing_port}/mcp", "timeout": "20s"},
         "tickets": {"url": f"http://127.0.0.1:{tickets_port}/mcp"},
@@ -102,7 +108,7 @@ def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_ke
         "ghost": {"url": f"http://127.0.0.1:{free_port()}/mcp", "timeout": "2s"},
     }
     path = write_config(tmp / "gateway.yaml", cfg)
-    keys = {team: create_key(path, team)["secret"] for team in ("support", "readers", "no-tools", "tiny")}
+    keys = {team: create_key(path, team)["secret"] for team in ("support", "readers", "no-tools", "tiny", "guarded")}
     gw = start_gateway("gateway-mcp", path, logs_dir / "gateway-mcp.log", upstream_key)
     try:
         yield Setup(gw, path, events, keys)
@@ -171,6 +177,23 @@ def test_denied_call_says_which_rule_refused_it(setup, mode):
 
     msg = run(with_client, setup.url, setup.keys["support"], mode, body)
     assert "billing.update_record" in msg and "support" in msg and "billing.update_*" in msg
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tool_call_arguments_pass_the_callers_guardrails(setup, mode):
+    async def body(c):
+        r = await c.call_tool("billing.echo", {"text": "write to jane.doe@example.com"})
+        with pytest.raises(MCPError) as e:
+            await c.call_tool("billing.echo", {"text": "card 4111 1111 1111 1111"})
+        clean = await c.call_tool("billing.echo", {"text": "nothing here"})
+        return r.content[0].text, str(e.value), clean.content[0].text
+
+    masked, refused, clean = run(with_client, setup.url, setup.keys["guarded"], mode, body)
+    # The server saw (and echoed) the redacted arguments.
+    assert masked == "write to [REDACTED:email]"
+    assert "no-cards" in refused and "4111" not in refused
+    assert clean == "nothing here"
+    assert "4111 1111 1111 1111" not in setup.events_text()
 
 
 def test_read_only_scope_hides_and_refuses_writes(setup):

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 mod cluster;
 mod keys;
+mod providers;
 mod reload;
 mod status;
 mod usage;
@@ -57,6 +58,10 @@ enum Endpoint<'p> {
     Key(&'p str),
     /// The cluster store, live nodes and each scope's overshoot bound.
     Cluster,
+    /// `GET` lists stored provider keys (never the keys).
+    Providers,
+    /// `PUT` stores a provider's key, `DELETE` removes it.
+    ProviderKey(&'p str),
 }
 
 fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
@@ -71,6 +76,19 @@ fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
         b"/admin/targets" => Some((Endpoint::Targets, "/admin/targets")),
         b"/admin/keys" => Some((Endpoint::Keys, "/admin/keys")),
         b"/admin/cluster" => Some((Endpoint::Cluster, "/admin/cluster")),
+        b"/admin/providers" => Some((Endpoint::Providers, "/admin/providers")),
+        _ if path.starts_with(b"/admin/providers/") => {
+            let name = path
+                .strip_prefix(b"/admin/providers/")?
+                .strip_suffix(b"/key")?;
+            let name = std::str::from_utf8(name).ok()?;
+            let ok = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            ok.then_some((Endpoint::ProviderKey(name), "/admin/providers/{name}/key"))
+        }
         _ => {
             let id = path.strip_prefix(b"/admin/keys/")?;
             let id = std::str::from_utf8(id).ok()?;
@@ -171,6 +189,13 @@ impl Router for AdminRouter {
             }
             (Endpoint::Key(id), Method::Delete) => {
                 keys::revoke(shard, generation, conn, id, rid).await
+            }
+            (Endpoint::Providers, _) if get => providers::list(generation, conn, rid).await,
+            (Endpoint::ProviderKey(name), Method::Put) => {
+                providers::set(shard, generation, conn, &req, name, rid).await
+            }
+            (Endpoint::ProviderKey(name), Method::Delete) => {
+                providers::remove(shard, generation, conn, name, rid).await
             }
             _ => {
                 let e = route_error(&req, true);

@@ -195,6 +195,7 @@ impl ShardAudit {
             (Some(401), _) | (_, Some("unauthorized")) => "deny_auth",
             (_, Some("model_not_allowed" | "tool_not_allowed" | "tool_denied")) => "deny_policy",
             (_, Some("rate_limit_exceeded" | "insufficient_quota")) => "deny_budget",
+            (_, Some("guardrail_blocked")) => "deny_guardrail",
             _ => "allow",
         };
         let event = events::Request {
@@ -226,6 +227,7 @@ impl ShardAudit {
                 upstream: ms(upstream),
                 overhead: ms(total.saturating_sub(upstream)),
             },
+            guardrails: &t.guardrails,
         };
         self.push_serialize(&event);
     }
@@ -315,6 +317,9 @@ mod events {
         pub tokens: Tokens,
         pub cost_micros: u64,
         pub latency_ms: Latency,
+        /// Each guardrail check's verdict; absent for callers with none.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        pub guardrails: &'a [crate::guardrails::GuardRecord],
     }
 
     /// The wall-clock time when serialized, RFC 3339 in milliseconds,

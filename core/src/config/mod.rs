@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod guardrails;
 pub mod mcp;
 mod provider;
 mod raw;
@@ -65,6 +66,13 @@ pub struct Config {
     pub auth: AuthMode,
     /// `- ai_runtime_policy:` entries, already checked to compile.
     pub policies: Vec<shardgate_policy::PolicyEntry>,
+    /// The `guardrails:` checks, compiled (policies attach them by name;
+    /// each shard's generation holds its own copy).
+    pub guardrails: std::sync::Arc<shardgate_policy::guardrails::Guardrails>,
+    /// The KEKs of stored provider credentials (`store.kek`).
+    pub provider_keks: std::sync::Arc<crate::store::provider_keys::Keks>,
+    /// Each guardrail check's webhook, by check index.
+    pub guardrail_webhooks: Vec<Option<guardrails::WebhookConfig>>,
     /// Price overrides on top of the built-in table.
     pub pricing: Vec<shardgate_policy::PriceSpec>,
     pub store: StoreConfig,
@@ -360,6 +368,20 @@ impl Config {
 
     pub fn parse_store(text: &str) -> Result<StoreConfig, ConfigError> {
         parse_raw(text)?.store()
+    }
+
+    /// What `shardgate providers` needs of a config file: the store, the
+    /// KEKs, and the providers' names (their secrets are not resolved).
+    pub fn load_provider_store(
+        path: &Path,
+    ) -> Result<(StoreConfig, crate::store::provider_keys::Keks, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw = parse_raw(&text)?;
+        let keks = raw.keks(&|k| std::env::var(k).ok())?;
+        Ok((raw.store()?, keks, raw.provider_names()))
     }
 
     /// The `audit:` section alone (for `shardgate audit`, which needs no

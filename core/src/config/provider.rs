@@ -63,10 +63,13 @@ const KINDS: &[&str] = &[
 ];
 
 impl RawProvider {
+    /// `stored` is the provider's credential from the encrypted store,
+    /// which wins over `api_key`.
     pub(super) fn validate(
         self,
         path: &str,
         env: &dyn Fn(&str) -> Option<String>,
+        stored: Option<&Secret>,
     ) -> Result<ProviderKind, ConfigError> {
         let kind = self.kind.to_ascii_lowercase();
         let set: [(&str, bool); 14] = [
@@ -123,7 +126,10 @@ impl RawProvider {
                 .transpose()
                 .map_err(|m| field(format!("{path}.{name}"), m))
         };
-        let mut api_key = secret("api_key", self.api_key)?;
+        let mut api_key = match stored {
+            Some(k) => Some(k.clone()),
+            None => secret("api_key", self.api_key)?,
+        };
         let mut aws_secrets: Vec<Secret> = Vec::new();
         let required = |name: &str, v: Option<String>| {
             v.ok_or_else(|| {

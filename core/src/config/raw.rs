@@ -36,6 +36,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     policies: Vec<PolicyEntry>,
     #[serde(default)]
+    guardrails: Vec<shardgate_policy::guardrails::GuardrailSpec>,
+    #[serde(default)]
     pricing: Vec<PriceSpec>,
     #[serde(default)]
     store: RawStore,
@@ -62,6 +64,11 @@ struct RawStore {
     fsync: Option<String>,
     responses_ttl: Option<Dur>,
     responses_max_bytes: Option<ByteSize>,
+    /// The key-encryption key of stored provider credentials (a secret
+    /// reference), and earlier ones still accepted while rotating.
+    kek: Option<SecretRef>,
+    #[serde(default)]
+    kek_previous: Vec<SecretRef>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +175,36 @@ impl RawConfig {
         })
     }
 
+    /// The configured KEKs (for stored provider credentials).
+    pub(super) fn keks(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::store::provider_keys::Keks, ConfigError> {
+        use crate::store::provider_keys::{Kek, Keks};
+        let derive = |path: String, r: &SecretRef| {
+            let secret = r.resolve(env).map_err(|m| field(path.clone(), m))?;
+            Kek::derive(secret.expose()).map_err(|e| field(path, e.to_string()))
+        };
+        Ok(Keks {
+            current: match &self.store.kek {
+                Some(r) => Some(derive("store.kek".into(), r)?),
+                None => None,
+            },
+            previous: self
+                .store
+                .kek_previous
+                .iter()
+                .enumerate()
+                .map(|(i, r)| derive(format!("store.kek_previous[{i}]"), r))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The names of the configured providers.
+    pub(super) fn provider_names(&self) -> Vec<String> {
+        self.providers.keys().cloned().collect()
+    }
+
     pub(super) fn audit(
         self,
         env: &dyn Fn(&str) -> Option<String>,
@@ -182,6 +219,7 @@ impl RawConfig {
         machine: &Machine,
     ) -> Result<Config, ConfigError> {
         let store = self.store()?;
+        let keks = self.keks(env)?;
         let mut listeners = Vec::new();
         if let Some(addr) = &self.listen {
             listeners.push(Listener {
@@ -307,19 +345,32 @@ impl RawConfig {
             }
         }
 
+        // Credentials set through the admin API or `shardgate providers`
+        // win over the file's: a record that does not open stops the load
+        // (naming it), and the store is left as it is.
+        let stored = crate::store::provider_keys::open_all(&store.dir, &keks)
+            .map_err(|e| field("store.kek", e.to_string()))?;
         let mut providers = Vec::new();
         let mut index = BTreeMap::new();
         for (name, p) in self.providers {
             let path = format!("providers.{name}");
-            let kind = p.validate(&path, env)?;
+            let stored_key = stored.iter().find(|(n, _)| *n == name).map(|(_, s)| s);
+            let kind = p.validate(&path, env, stored_key)?;
             index.insert(name.clone(), providers.len());
             providers.push(Provider { name, kind });
         }
 
         let models = super::route::build(self.models, &index, &upstream)?;
-        if let Err(e) = PolicySet::compile(&self.policies) {
-            return Err(field("policies", e.to_string()));
-        }
+        let policy_set = match PolicySet::compile(&self.policies) {
+            Ok(p) => p,
+            Err(e) => return Err(field("policies", e.to_string())),
+        };
+        let guardrails = shardgate_policy::guardrails::Guardrails::compile(&self.guardrails)
+            .map_err(|e| field("guardrails", e.to_string()))?;
+        guardrails
+            .verify(&policy_set)
+            .map_err(|e| field("policies", e.to_string()))?;
+        let guardrail_webhooks = super::guardrails::webhooks(&guardrails, env)?;
         let admin = match self.admin {
             Some(a) => {
                 let token = a.token.resolve(env).map_err(|m| field("admin.token", m))?;
@@ -360,6 +411,9 @@ impl RawConfig {
             models,
             auth: self.auth.unwrap_or(AuthMode::Keys),
             policies: self.policies,
+            provider_keks: std::sync::Arc::new(keks),
+            guardrails: std::sync::Arc::new(guardrails),
+            guardrail_webhooks,
             pricing: self.pricing,
             store,
         })

@@ -11,6 +11,12 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret from somewhere other than the config file (the encrypted
+    /// provider key store).
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
     /// The secret's value, for the one place that must send it (an upstream
     /// request header). Never log or format the result.
     pub fn expose(&self) -> &str {
@@ -52,6 +58,12 @@ impl<'de> Deserialize<'de> for SecretRef {
 }
 
 impl SecretRef {
+    /// A config value (`${ENV}`, `${file:PATH}` or a literal) read by a
+    /// section that deserializes it as a plain string.
+    pub fn from_config(value: &str) -> Self {
+        SecretRef(value.to_owned())
+    }
+
     /// A reference to the environment variable `var`.
     pub fn env(var: &str) -> Self {
         SecretRef(format!("${{{var}}}"))

@@ -22,6 +22,7 @@ pub use plan::PassHeads;
 use crate::admission::{Refusal, Ticket};
 use crate::error::GatewayError;
 use crate::generation::Generation;
+use crate::guardrails::{self, Verdict};
 use crate::record::{AttemptOutcome, AttemptRecord, Attempts, Metered, Trail};
 
 use crate::server::{respond, ClientConn, Outcome, Request};
@@ -100,6 +101,12 @@ pub struct Call<'a> {
     /// A Responses request: the conversation it continues, and whether
     /// its turn is stored.
     pub turn: Option<Box<conversation::Turn>>,
+    /// The guardrails to run on the answer (indexes into the
+    /// generation's), and the records of those that ran.
+    pub output_checks: Vec<usize>,
+    /// The same for tool calls' arguments in the answer (whole answers).
+    pub tool_call_checks: Vec<usize>,
+    pub guard_records: RefCell<Vec<crate::guardrails::GuardRecord>>,
 }
 
 impl Call<'_> {
@@ -503,7 +510,7 @@ async fn handle_api<'g>(
 ) -> Outcome {
     let client = api.dialect();
     let facts = extract_facts(&req.body, &mut shard.json.borrow_mut());
-    let (mut facts, members): (RequestFacts, _) = match facts {
+    let (mut facts, mut members): (RequestFacts, _) = match facts {
         Ok(f) => f,
         Err(e) => return send_error(conn, client, &e.into(), rid, &[], false).await,
     };
@@ -573,6 +580,48 @@ async fn handle_api<'g>(
         }
     };
     let mut headers = std::mem::take(&mut ticket.headers);
+    let plan = ticket.actor.as_ref().and_then(|a| {
+        let policies = shard.admission.policy_set();
+        let resolved = policies.resolve(a);
+        guardrails::Plan::new(&generation.guardrails, &resolved)
+    });
+    let redacted;
+    let verdict = match &plan {
+        // Boxed: a webhook's exchange inline would size every request's
+        // future for the few callers with input checks.
+        Some(p) if !p.input.is_empty() => Some(
+            Box::pin(guardrails::check_input(
+                shard,
+                generation,
+                &p.input,
+                &req.body,
+                ticket.actor.as_ref(),
+                rid,
+                &mut trail.guardrails,
+            ))
+            .await,
+        ),
+        _ => None,
+    };
+    let req = match verdict {
+        None | Some(Verdict::Pass) => req,
+        Some(Verdict::Blocked(e)) => {
+            log::info!("{rid}: refused: {e}");
+            trail.alias = Some(facts.model);
+            settle(shard, ticket, trail);
+            return send_error(conn, client, &e, rid, &headers, false).await;
+        }
+        Some(Verdict::Redacted(body)) => {
+            // Only strings changed: the facts stand, the members moved.
+            if let Ok((_, m)) = extract_facts(&body, &mut shard.json.borrow_mut()) {
+                members = m;
+                redacted = req.with_body(body);
+                &redacted
+            } else {
+                req
+            }
+        }
+    };
     let alias: &str = match &ticket.fallback {
         Some(fallback) => {
             headers.push(("x-shardgate-fallback-model", fallback.clone()));
@@ -623,6 +672,9 @@ async fn handle_api<'g>(
             .map(RefCell::new),
         attempt: std::cell::Cell::new(0),
         turn,
+        output_checks: plan.as_ref().map(|p| p.output.clone()).unwrap_or_default(),
+        tool_call_checks: plan.map(|p| p.tool_calls).unwrap_or_default(),
+        guard_records: RefCell::new(Vec::new()),
     };
     let outcome = route::serve(
         &call,
@@ -633,6 +685,9 @@ async fn handle_api<'g>(
         &mut trail.attempts,
     )
     .await;
+    trail
+        .guardrails
+        .append(&mut call.guard_records.borrow_mut());
     drop(call);
     trail.alias = Some(match ticket.fallback.take() {
         Some(fallback) => fallback,

@@ -18,8 +18,11 @@ use super::Call;
 use crate::client::{BodyReader, BodyStep, ReadError, UpstreamConn, UpstreamHead};
 use crate::config::Wire;
 use crate::error::GatewayError;
+use crate::guardrails::stream::StreamGuard;
+use crate::guardrails::Verdict;
 use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
+use shardgate_policy::guardrails::Stage;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::json::find_top_level;
 use shardgate_proto::openai::{extract_usage, mentions_usage, Usage};
@@ -232,6 +235,31 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
     if let Some(guard) = &call.guard {
         if let Some(stripped) = guard.borrow_mut().check_body(&body)? {
             body = stripped;
+        }
+    }
+    if !call.output_checks.is_empty() && head.status == 200 {
+        match crate::guardrails::check_body(
+            &call.generation.guardrails,
+            &call.output_checks,
+            Stage::Output,
+            &body,
+            &mut call.guard_records.borrow_mut(),
+        ) {
+            Verdict::Pass => {}
+            Verdict::Redacted(b) => body = b,
+            Verdict::Blocked(e) => return Err(e),
+        }
+    }
+    if !call.tool_call_checks.is_empty() && head.status == 200 {
+        match crate::guardrails::check_answer_tool_calls(
+            &call.generation.guardrails,
+            &call.tool_call_checks,
+            &body,
+            &mut call.guard_records.borrow_mut(),
+        ) {
+            Verdict::Pass => {}
+            Verdict::Redacted(b) => body = b,
+            Verdict::Blocked(e) => return Err(e),
         }
     }
     if call.turn.as_ref().is_some_and(|t| t.store) && head.status == 200 {
@@ -615,6 +643,27 @@ fn meter_stream(call: &Call<'_>, usage: Option<Usage>, cut: bool, events: u64) {
     call.meter(usage, cut || usage.is_none());
 }
 
+/// A stream's output guardrails; their records reach the call however
+/// the stream ends.
+struct GuardedStream<'c, 'a> {
+    guard: StreamGuard,
+    call: &'c Call<'a>,
+}
+
+impl GuardedStream<'_, '_> {
+    fn filter(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        self.guard.filter(&self.call.generation.guardrails, out, 0)
+    }
+}
+
+impl Drop for GuardedStream<'_, '_> {
+    fn drop(&mut self) {
+        let rails = &self.call.generation.guardrails;
+        self.guard
+            .records(rails, &mut self.call.guard_records.borrow_mut());
+    }
+}
+
 /// An event stream, relayed as it arrives.
 async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     let (shard, rid) = (answer.call.shard, answer.call.rid);
@@ -643,6 +692,14 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         return Outcome::CLOSE;
     }
     let mut out = Vec::with_capacity(512);
+    let mut rails = (!call.output_checks.is_empty()).then(|| GuardedStream {
+        guard: StreamGuard::new(
+            &call.generation.guardrails,
+            call.output_checks.clone(),
+            client,
+        ),
+        call,
+    });
     loop {
         let mut feed_error = None;
         let step = futures_lite::future::or(
@@ -690,6 +747,13 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                         response = None;
                     }
                 }
+                if let Some(r) = &mut rails {
+                    if let Err(err) = r.filter(&mut out) {
+                        conn.note_error(err.label());
+                        StreamEgress::identity(client).fail(&err, &mut out);
+                        response = None;
+                    }
+                }
                 // Stored before `response.completed` leaves: a follow-up
                 // sent the moment it arrives finds the turn.
                 if let Some(mut response) = response.filter(|_| call.turn.is_some()) {
@@ -734,6 +798,21 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             }
             (f, _) => f,
         };
+        let failure = match (failure, &mut rails) {
+            (None, Some(r)) => r.filter(&mut out).err().inspect(|e| {
+                let (usage, events) = pipe.abandon();
+                meter_stream(call, usage, true, events);
+                StreamEgress::identity(client).fail(e, &mut out);
+            }),
+            (f, _) => f,
+        };
+        if let Some(e @ GatewayError::Guardrail { .. }) = &failure {
+            conn.note_error(e.label());
+            return match conn.write(&out).await {
+                Ok(()) => Outcome::KEEP,
+                Err(_) => Outcome::CLOSE,
+            };
+        }
         if let Some(GatewayError::Policy(_)) = &failure {
             conn.note_error("tool_denied");
             return match conn.write(&out).await {

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use shardgate_policy::{
     Actor, DenyReason, OnDeniedToolCall, PolicySet, PromptLogging, ToolVerdict,
 };
-use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
+use shardgate_proto::chunked::{encode_chunk_header, next_chunk, CHUNK_END};
 use shardgate_proto::sse::SseFramer;
 use std::rc::Rc;
 
@@ -619,22 +619,6 @@ fn push(out: &mut Vec<u8>, event: &[u8]) {
     encode_chunk_header(event.len(), out);
     out.extend_from_slice(event);
     out.extend_from_slice(CHUNK_END);
-}
-
-/// The chunk at `at`: its data, where the next starts, and whether it is
-/// the last chunk.
-fn next_chunk(buf: &[u8], at: usize) -> Option<(&[u8], usize, bool)> {
-    if buf[at..].starts_with(LAST_CHUNK) {
-        return Some((&[], buf.len(), true));
-    }
-    let line_end = at + find(&buf[at..], b"\r\n")?;
-    let len = usize::from_str_radix(std::str::from_utf8(&buf[at..line_end]).ok()?, 16).ok()?;
-    let start = line_end + 2;
-    let end = start.checked_add(len)?;
-    if end + 2 > buf.len() || &buf[end..end + 2] != CHUNK_END {
-        return None;
-    }
-    Some((&buf[start..end], end + 2, false))
 }
 
 #[cfg(test)]

@@ -74,8 +74,10 @@ pub async fn handle<'g>(
             .map_or(crate::admission::ANONYMOUS, |a| a.key_id.as_str()),
         actor: actor.as_ref(),
         policies: shard.admission.policy_set(),
+        rails: &generation.guardrails,
+        guard_records: std::cell::RefCell::new(Vec::new()),
     };
-    match req.head.method {
+    let outcome = match req.head.method {
         Method::Post => post(&cx, conn).await,
         Method::Delete => delete(&cx, conn).await,
         _ => {
@@ -95,7 +97,9 @@ pub async fn handle<'g>(
             );
             write(conn, &bytes).await
         }
-    }
+    };
+    trail.guardrails.append(&mut cx.guard_records.borrow_mut());
+    outcome
 }
 
 /// What every step of one request needs.
@@ -108,6 +112,10 @@ struct Cx<'a> {
     key_id: &'a str,
     actor: Option<&'a Actor>,
     policies: Rc<PolicySet>,
+    /// This shard's guardrails, and the verdicts of those run on the
+    /// call's arguments (they go to the request's record).
+    rails: &'a shardgate_policy::guardrails::Guardrails,
+    guard_records: std::cell::RefCell<Vec<crate::guardrails::GuardRecord>>,
 }
 
 impl Cx<'_> {
@@ -467,6 +475,31 @@ async fn call(
     };
     let audit = resolved.map(Resolved::audit).unwrap_or_default();
     let logging = resolved.map_or(PromptLogging::MetadataOnly, |r| r.audit().log_prompts);
+    // The caller's `tool_calls` guardrails, on the arguments (what is
+    // audited and sent is what they leave).
+    let checks = match (is_tool, resolved) {
+        (true, Some(r)) => crate::guardrails::Plan::new(cx.rails, r)
+            .map(|p| p.tool_calls)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if let Some(args) = msg
+        .params
+        .get_mut("arguments")
+        .filter(|_| !checks.is_empty())
+    {
+        let checked = crate::guardrails::check_arguments(
+            cx.rails,
+            &checks,
+            args,
+            &mut cx.guard_records.borrow_mut(),
+        );
+        if let Err(e) = checked {
+            log::info!("{rid}: mcp tools/call `{exposed}` refused: {e}");
+            let e = RpcError::new(code::INVALID_PARAMS, e.to_string());
+            return reply_error(conn, &id, &e, session_header, rid).await;
+        }
+    }
     let args = msg.params.get("arguments").cloned();
     let record = |decision: ToolDecision, latency: Option<Duration>, is_error: Option<bool>| {
         if !is_tool {

@@ -30,6 +30,9 @@ const TOKEN_BOUNDS: [u64; 14] = [
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 ];
 
+/// A guardrail check's name, stage and verdict.
+type GuardKey = (String, &'static str, &'static str);
+
 /// One shard's counts since it started.
 #[derive(Clone, Default)]
 pub struct ShardStats {
@@ -52,6 +55,9 @@ pub struct ShardStats {
     /// Tool calls by server (from config; `-` for calls in model answers),
     /// where they were seen, and the decision.
     tool_calls: Vec<((String, &'static str, &'static str), u64)>,
+    /// Guardrail checks by check, stage and verdict: how many ran, and
+    /// their time in microseconds.
+    guardrails: Vec<(GuardKey, (u64, u64))>,
     /// Audit events dropped because the writer was behind.
     audit_dropped: u64,
     /// The audit writer's totals (events, bytes, errors), when there is one
@@ -294,6 +300,24 @@ impl ShardStats {
         }
     }
 
+    /// A request's guardrail verdicts.
+    pub fn guardrails(&mut self, records: &[crate::guardrails::GuardRecord]) {
+        for r in records {
+            let key = |(c, s, v): &(String, &str, &str)| {
+                *c == r.check && *s == r.stage && *v == r.verdict
+            };
+            match self.guardrails.iter_mut().find(|(k, _)| key(k)) {
+                Some((_, (n, us))) => {
+                    *n += 1;
+                    *us += r.latency_us;
+                }
+                None => self
+                    .guardrails
+                    .push(((r.check.clone(), r.stage, r.verdict), (1, r.latency_us))),
+            }
+        }
+    }
+
     /// The circuits that are not closed, set on the scraping shard's
     /// snapshot.
     pub fn set_circuits(&mut self, circuits: Vec<(String, &'static str)>) {
@@ -353,6 +377,15 @@ impl ShardStats {
             match self.tool_calls.iter_mut().find(|(k, _)| k == key) {
                 Some((_, mine)) => *mine += n,
                 None => self.tool_calls.push((key.clone(), *n)),
+            }
+        }
+        for (key, (n, us)) in &other.guardrails {
+            match self.guardrails.iter_mut().find(|(k, _)| k == key) {
+                Some((_, (mine, my_us))) => {
+                    *mine += n;
+                    *my_us += us;
+                }
+                None => self.guardrails.push((key.clone(), (*n, *us))),
             }
         }
         for (team, u) in &other.teams {
@@ -496,6 +529,25 @@ impl ShardStats {
                 out,
                 "shardgate_tool_calls_total{{server=\"{}\",source=\"{source}\",decision=\"{decision}\"}} {n}",
                 escape(&server)
+            );
+        }
+        let mut rails = self.guardrails.clone();
+        rails.sort();
+        out.push_str("# HELP shardgate_guardrail_checks_total Guardrail checks run, by check, stage (input, output) and verdict (pass, block, redact, log).\n# TYPE shardgate_guardrail_checks_total counter\n");
+        for ((check, stage, verdict), (n, _)) in &rails {
+            let _ = writeln!(
+                out,
+                "shardgate_guardrail_checks_total{{check=\"{}\",stage=\"{stage}\",verdict=\"{verdict}\"}} {n}",
+                escape(check)
+            );
+        }
+        out.push_str("# HELP shardgate_guardrail_seconds_total Time spent in guardrail checks, by check, stage and verdict.\n# TYPE shardgate_guardrail_seconds_total counter\n");
+        for ((check, stage, verdict), (_, us)) in &rails {
+            let _ = writeln!(
+                out,
+                "shardgate_guardrail_seconds_total{{check=\"{}\",stage=\"{stage}\",verdict=\"{verdict}\"}} {:.6}",
+                escape(check),
+                *us as f64 / 1e6
             );
         }
         out.push_str("# HELP shardgate_circuit_open Targets whose circuit breaker is open (1) or half-open (0.5); closed ones are not listed.\n# TYPE shardgate_circuit_open gauge\n");

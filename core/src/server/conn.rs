@@ -270,7 +270,13 @@ fn record(shard: &Shard, conn: &ClientConn, rid: &str, trail: &Trail<'_>, starte
         ended: Instant::now(),
     };
     let team = trail.actor.as_ref().and_then(|a| a.team.as_deref());
-    shard.stats.borrow_mut().observe(&end, team);
+    {
+        let mut stats = shard.stats.borrow_mut();
+        stats.observe(&end, team);
+        if !trail.guardrails.is_empty() {
+            stats.guardrails(&trail.guardrails);
+        }
+    }
     end.log();
     if let Some(audit) = &shard.audit {
         audit.request(&end, trail.trace_id.as_deref());

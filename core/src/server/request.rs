@@ -27,6 +27,16 @@ pub struct Request<'a> {
 }
 
 impl Request<'_> {
+    /// The same request with another body (a guardrail's redaction).
+    pub fn with_body(&self, body: Vec<u8>) -> Request<'_> {
+        Request {
+            head: self.head.clone(),
+            head_buf: Cow::Borrowed(&self.head_buf),
+            body: Cow::Owned(body),
+            consumed: self.consumed,
+        }
+    }
+
     pub fn path(&self) -> &[u8] {
         self.head.path(&self.head_buf)
     }

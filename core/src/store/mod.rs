@@ -41,6 +41,7 @@ pub mod frame;
 pub mod key_file;
 pub mod keys;
 pub mod lock;
+pub mod provider_keys;
 pub mod usage;
 pub mod writer;
 

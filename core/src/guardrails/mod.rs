@@ -1,0 +1,466 @@
+//! Guardrails on the request path: which checks run for a caller, on what
+//! text of a request or an answer, and what their verdicts do.
+//!
+//! The checks themselves are pure (`shardgate_policy::guardrails`); each
+//! shard holds its own compiled copy in its config generation, so their
+//! automata's scratch space is the shard's own (a shared copy would hand
+//! scratch out from behind a lock on every other thread).
+//!
+//! Text is found by walking the JSON body: the members that hold what a
+//! person wrote or a model said (`messages`, `system`, `input`,
+//! `instructions`, `prompt`; `choices`, `content`, `output` in answers),
+//! skipping what is never prose: ids, roles, types, URLs and base64 data,
+//! signatures. A redaction rewrites the strings it touched and the body
+//! is serialized again; a body nothing matched is sent as it came.
+
+pub mod stream;
+pub mod webhook;
+
+use crate::error::GatewayError;
+use serde_json::Value;
+use shardgate_policy::guardrails::{redact, Finding, GuardAction, Guardrails, Stage};
+use shardgate_policy::Resolved;
+use std::time::Instant;
+
+/// The request's members that carry prompt text.
+const INPUT_MEMBERS: &[&str] = &["messages", "system", "input", "instructions", "prompt"];
+/// An answer's members that carry the model's text (any dialect).
+const OUTPUT_MEMBERS: &[&str] = &["choices", "content", "output"];
+/// Keys whose values are never prose.
+const SKIP_KEYS: &[&str] = &[
+    "role",
+    "type",
+    "id",
+    "tool_call_id",
+    "call_id",
+    "name",
+    "model",
+    "object",
+    "image_url",
+    "url",
+    "data",
+    "media_type",
+    "source",
+    "signature",
+    "cache_control",
+    "status",
+    "finish_reason",
+    "stop_reason",
+    "logprobs",
+];
+
+/// One check's word on one stage of a request: for the audit record and
+/// `/metrics`. Names the check and what it found, never the text.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GuardRecord {
+    pub check: String,
+    pub stage: &'static str,
+    /// `pass`, or the check's action when it matched: `block`, `redact`,
+    /// `log`.
+    pub verdict: &'static str,
+    /// The kinds matched (`email`, `regex`, `deny_word`...), each once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub found: Vec<&'static str>,
+    pub latency_us: u64,
+}
+
+/// The checks that run for one caller, by stage (indexes into the
+/// generation's [`Guardrails`]).
+pub struct Plan {
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub tool_calls: Vec<usize>,
+}
+
+impl Plan {
+    /// `None` when no applicable policy attaches a check.
+    pub fn new(rails: &Guardrails, resolved: &Resolved<'_>) -> Option<Plan> {
+        if rails.is_empty() || !resolved.has_guardrails() {
+            return None;
+        }
+        let pick = |stage| {
+            resolved
+                .guardrails(stage)
+                .into_iter()
+                .filter_map(|n| rails.index(n))
+                .collect::<Vec<_>>()
+        };
+        let plan = Plan {
+            input: pick(Stage::Input),
+            output: pick(Stage::Output),
+            tool_calls: pick(Stage::ToolCalls),
+        };
+        let any = !(plan.input.is_empty() && plan.output.is_empty() && plan.tool_calls.is_empty());
+        any.then_some(plan)
+    }
+}
+
+/// What became of a body.
+pub enum Verdict {
+    /// Nothing to change (nothing matched, or only `log` checks).
+    Pass,
+    /// Matches were redacted: the body to send instead.
+    Redacted(Vec<u8>),
+    Blocked(GatewayError),
+}
+
+/// Runs `checks` on the prose of a request body (`Stage::Input`) or an
+/// answer body in any dialect (`Stage::Output`). Each check's verdict
+/// goes to `records`. A body that is not JSON passes (it is refused, or
+/// relayed, elsewhere).
+pub fn check_body(
+    rails: &Guardrails,
+    checks: &[usize],
+    stage: Stage,
+    body: &[u8],
+    records: &mut Vec<GuardRecord>,
+) -> Verdict {
+    if checks.is_empty() {
+        return Verdict::Pass;
+    }
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return Verdict::Pass;
+    };
+    let members = match stage {
+        Stage::Input => INPUT_MEMBERS,
+        _ => OUTPUT_MEMBERS,
+    };
+    let mut texts: Vec<&mut String> = Vec::new();
+    if let Value::Object(map) = &mut value {
+        for (k, v) in map.iter_mut() {
+            if members.contains(&k.as_str()) {
+                collect(v, &mut texts);
+            }
+        }
+    }
+    let outcome = run(rails, checks, stage, &texts, records);
+    match outcome {
+        Outcome::Blocked(e) => Verdict::Blocked(e),
+        Outcome::Pass => Verdict::Pass,
+        Outcome::Redact(found) => {
+            apply(rails, &mut texts, &found);
+            drop(texts);
+            Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default())
+        }
+    }
+}
+
+/// The input stage: in-process checks, then each webhook in turn, on the
+/// request's prompt texts (each webhook sees them as the checks before it
+/// left them). `actor` and `rid` go to webhooks with the texts.
+pub async fn check_input(
+    shard: &crate::shard::Shard,
+    generation: &crate::generation::Generation,
+    checks: &[usize],
+    body: &[u8],
+    actor: Option<&shardgate_policy::Actor>,
+    rid: &str,
+    records: &mut Vec<GuardRecord>,
+) -> Verdict {
+    let rails = &generation.guardrails;
+    let remote = |c: &usize| generation.webhooks.get(*c).is_some_and(Option::is_some);
+    if !checks.iter().any(remote) {
+        return check_body(rails, checks, Stage::Input, body, records);
+    }
+    let local: Vec<usize> = checks.iter().copied().filter(|c| !remote(c)).collect();
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return Verdict::Pass;
+    };
+    let mut texts: Vec<&mut String> = Vec::new();
+    if let Value::Object(map) = &mut value {
+        for (k, v) in map.iter_mut() {
+            if INPUT_MEMBERS.contains(&k.as_str()) {
+                collect(v, &mut texts);
+            }
+        }
+    }
+    let mut changed = false;
+    match run(rails, &local, Stage::Input, &texts, records) {
+        Outcome::Blocked(e) => return Verdict::Blocked(e),
+        Outcome::Pass => {}
+        Outcome::Redact(found) => {
+            apply(rails, &mut texts, &found);
+            changed = true;
+        }
+    }
+    let actor_json = actor.map(|a| {
+        serde_json::json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant,
+                           "app": a.app, "environment": a.environment})
+    });
+    for &c in checks.iter().filter(|c| remote(c)) {
+        let (Some(Some(hook)), check) = (generation.webhooks.get(c), rails.check(c)) else {
+            continue;
+        };
+        let payload = serde_json::json!({
+            "check": check.name,
+            "stage": "input",
+            "request_id": rid,
+            "actor": actor_json,
+            "texts": texts.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        });
+        let payload = serde_json::to_vec(&payload).unwrap_or_default();
+        let started = Instant::now();
+        let reply = webhook::call(shard, hook, &payload, texts.len()).await;
+        let latency_us = started.elapsed().as_micros() as u64;
+        let mut record = |verdict: &'static str| {
+            records.push(GuardRecord {
+                check: check.name.clone(),
+                stage: Stage::Input.as_str(),
+                verdict,
+                found: if verdict == "pass" || verdict == "error" {
+                    Vec::new()
+                } else {
+                    vec!["webhook"]
+                },
+                latency_us,
+            })
+        };
+        match reply {
+            Ok(webhook::Reply::Allow) => record("pass"),
+            Ok(webhook::Reply::Deny { .. }) => {
+                record("block");
+                return Verdict::Blocked(GatewayError::Guardrail {
+                    check: check.name.clone(),
+                    stage: "prompt",
+                    found: "webhook",
+                });
+            }
+            Ok(webhook::Reply::Redact(new)) => {
+                record("redact");
+                for (t, n) in texts.iter_mut().zip(new) {
+                    **t = n;
+                }
+                changed = true;
+            }
+            Err(e) => {
+                log::warn!("{rid}: guardrail {}: {e}", check.name);
+                record("error");
+                if hook.on_error == shardgate_policy::guardrails::FailMode::FailClosed {
+                    return Verdict::Blocked(GatewayError::GuardrailUnavailable {
+                        check: check.name.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    drop(texts);
+    if changed {
+        Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default())
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// Redacts `found` (by text index) in `texts`.
+fn apply(rails: &Guardrails, texts: &mut [&mut String], found: &[(usize, Finding)]) {
+    for (i, text) in texts.iter_mut().enumerate() {
+        let mine: Vec<&Finding> = found
+            .iter()
+            .filter(|(s, _)| *s == i)
+            .map(|(_, f)| f)
+            .collect();
+        if !mine.is_empty() {
+            **text = redact(text, &mine, |f| label(rails, f));
+        }
+    }
+}
+
+/// The `tool_calls` stage on one call's arguments (every string in
+/// them, at any depth; a JSON-encoded arguments string is scanned as
+/// text). Redacts in place; `Ok(true)` when something was.
+pub fn check_arguments(
+    rails: &Guardrails,
+    checks: &[usize],
+    args: &mut Value,
+    records: &mut Vec<GuardRecord>,
+) -> Result<bool, GatewayError> {
+    if checks.is_empty() {
+        return Ok(false);
+    }
+    let mut texts: Vec<&mut String> = Vec::new();
+    every_string(args, &mut texts);
+    match run(rails, checks, Stage::ToolCalls, &texts, records) {
+        Outcome::Pass => Ok(false),
+        Outcome::Blocked(e) => Err(e),
+        Outcome::Redact(found) => {
+            apply(rails, &mut texts, &found);
+            Ok(true)
+        }
+    }
+}
+
+/// The `tool_calls` stage on the tool calls of a whole answer in the
+/// client's dialect: chat `tool_calls[].function.arguments`, Anthropic
+/// `tool_use` blocks' `input`, Responses `function_call` items'
+/// `arguments`. `Redacted` carries the answer to send instead.
+pub fn check_answer_tool_calls(
+    rails: &Guardrails,
+    checks: &[usize],
+    body: &[u8],
+    records: &mut Vec<GuardRecord>,
+) -> Verdict {
+    if checks.is_empty() {
+        return Verdict::Pass;
+    }
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return Verdict::Pass;
+    };
+    let member = ["choices", "content", "output"]
+        .into_iter()
+        .find(|k| value.get(*k).is_some_and(Value::is_array));
+    let Some((member, Some(list))) =
+        member.map(|m| (m, value.get_mut(m).and_then(Value::as_array_mut)))
+    else {
+        return Verdict::Pass;
+    };
+    let mut args: Vec<&mut Value> = Vec::new();
+    for item in list {
+        match member {
+            "choices" => {
+                if let Some(calls) = item
+                    .pointer_mut("/message/tool_calls")
+                    .and_then(Value::as_array_mut)
+                {
+                    args.extend(
+                        calls
+                            .iter_mut()
+                            .filter_map(|t| t.pointer_mut("/function/arguments")),
+                    );
+                }
+            }
+            "content" if item.get("type").and_then(Value::as_str) == Some("tool_use") => {
+                args.extend(item.get_mut("input"));
+            }
+            "output" if item.get("type").and_then(Value::as_str) == Some("function_call") => {
+                args.extend(item.get_mut("arguments"));
+            }
+            _ => {}
+        }
+    }
+    if args.is_empty() {
+        return Verdict::Pass;
+    }
+    let mut texts: Vec<&mut String> = Vec::new();
+    for a in args {
+        every_string(a, &mut texts);
+    }
+    match run(rails, checks, Stage::ToolCalls, &texts, records) {
+        Outcome::Pass => Verdict::Pass,
+        Outcome::Blocked(e) => Verdict::Blocked(e),
+        Outcome::Redact(found) => {
+            apply(rails, &mut texts, &found);
+            drop(texts);
+            Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default())
+        }
+    }
+}
+
+/// Every string under `v`, keys' values at any depth.
+fn every_string<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter_mut().for_each(|i| every_string(i, out)),
+        Value::Object(map) => map.values_mut().for_each(|c| every_string(c, out)),
+        _ => {}
+    }
+}
+
+/// What a redaction's placeholder says: the PII kind, or the check's name.
+pub fn label(rails: &Guardrails, f: &Finding) -> String {
+    match f.what {
+        shardgate_policy::guardrails::What::Pii(k) => k.name().to_owned(),
+        _ => rails.check(f.check).name.clone(),
+    }
+}
+
+pub(crate) enum Outcome {
+    Pass,
+    /// The findings to redact, by text index.
+    Redact(Vec<(usize, Finding)>),
+    Blocked(GatewayError),
+}
+
+/// Runs every check over every text; records each check's verdict.
+pub(crate) fn run(
+    rails: &Guardrails,
+    checks: &[usize],
+    stage: Stage,
+    texts: &[&mut String],
+    records: &mut Vec<GuardRecord>,
+) -> Outcome {
+    let mut blocked: Option<GatewayError> = None;
+    let mut to_redact: Vec<(usize, Finding)> = Vec::new();
+    let mut found: Vec<Finding> = Vec::new();
+    for &c in checks {
+        let check = rails.check(c);
+        let started = Instant::now();
+        let mut kinds: Vec<&'static str> = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            found.clear();
+            rails.scan(c, text, &mut found);
+            for f in found.drain(..) {
+                let what = f.what.label();
+                if !kinds.contains(&what) {
+                    kinds.push(what);
+                }
+                if check.action == GuardAction::Redact {
+                    to_redact.push((i, f));
+                }
+            }
+        }
+        let latency_us = started.elapsed().as_micros() as u64;
+        let verdict = if kinds.is_empty() {
+            "pass"
+        } else {
+            check.action.as_str()
+        };
+        if check.action == GuardAction::Block && !kinds.is_empty() && blocked.is_none() {
+            blocked = Some(GatewayError::Guardrail {
+                check: check.name.clone(),
+                stage: match stage {
+                    Stage::Input => "prompt",
+                    Stage::Output => "answer",
+                    Stage::ToolCalls => "tool call",
+                },
+                found: kinds[0],
+            });
+        }
+        records.push(GuardRecord {
+            check: check.name.clone(),
+            stage: stage.as_str(),
+            verdict,
+            found: kinds,
+            latency_us,
+        });
+    }
+    match blocked {
+        Some(e) => Outcome::Blocked(e),
+        None if to_redact.is_empty() => Outcome::Pass,
+        None => Outcome::Redact(to_redact),
+    }
+}
+
+/// Every prose string under `v`.
+pub(crate) fn collect<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => {
+            for item in items {
+                collect(item, out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if !SKIP_KEYS.contains(&k.as_str()) {
+                    collect(child, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+#[path = "guardrails_tests.rs"]
+mod tests;
