@@ -120,7 +120,7 @@ fn main() {
         }
     }) / events.len() as f64;
     let guarded = per_iter(200, || {
-        let mut guard = StreamGuard::new(&g, checks.clone(), ClientDialect::OpenAi);
+        let mut guard = StreamGuard::new(&g, checks.clone(), ClientDialect::OpenAi, false);
         for e in &events {
             out.clear();
             out.extend_from_slice(e);
@@ -128,7 +128,7 @@ fn main() {
         }
     }) / events.len() as f64;
     let holding = per_iter(200, || {
-        let mut guard = StreamGuard::new(&held, checks.clone(), ClientDialect::OpenAi);
+        let mut guard = StreamGuard::new(&held, checks.clone(), ClientDialect::OpenAi, false);
         for e in &events {
             out.clear();
             out.extend_from_slice(e);

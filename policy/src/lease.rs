@@ -676,10 +676,12 @@ impl LocalQuota {
     /// no more `Want`s until it ends.
     pub fn on_grant(&mut self, lease: Lease, now: Timestamp, out: &mut Vec<ToOwner>) {
         self.want_in_flight = false;
-        self.spend = Some((
+        // Merged, not replaced: a grant that waited in a ring may be older
+        // than the owner's announcement of a spent month.
+        self.note_spend(
             Period::Month.start(lease.day_start),
             lease.spend_used_micros,
-        ));
+        );
         self.expire(now, out);
         if now >= lease.expires_at {
             if !lease.quota().is_zero() {

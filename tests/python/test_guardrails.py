@@ -231,6 +231,24 @@ def test_a_blocked_prompt_is_a_400_naming_the_check_in_each_dialect(setup):
         assert c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hello"}]).choices[0].message.content == "hello"
 
 
+def test_what_the_checks_cannot_follow_is_refused(setup):
+    gw, keys, echo, _, _ = setup
+    before = len(echo.seen)
+    # A lone surrogate escape: JSON the gateway relays, but no strict parser
+    # reads; it must not carry a prompt past the checks.
+    raw = b'{"model":"echo","user":"\\udc00","messages":[{"role":"user","content":"status of Project Falcon?"}]}'
+    r = httpx2.post(gw.url + "/v1/chat/completions", content=raw, timeout=REQUEST_TIMEOUT, trust_env=False,
+                    headers={"authorization": f"Bearer {keys['in-redact']}", "content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "Falcon" not in r.text
+    assert len(echo.seen) == before
+    # Log probabilities would repeat a redacted answer token by token.
+    with oai(gw, keys["out-redact"]) as c:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="echo", logprobs=True, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.param == "logprobs"
+
+
 def test_an_answer_is_redacted_streamed_or_not(setup):
     gw, keys, _, _, _ = setup
     with oai(gw, keys["out-redact"]) as c:

@@ -59,14 +59,21 @@ pub async fn set(
     provider: &str,
     rid: &str,
 ) -> Outcome {
-    if !generation
+    match generation
         .config
         .providers
         .iter()
-        .any(|p| p.name == provider)
+        .find(|p| p.name == provider)
     {
-        let msg = format!("no provider `{provider}` in the config");
-        return fail(conn, 404, "provider_not_found", &msg, rid).await;
+        None => {
+            let msg = format!("no provider `{provider}` in the config");
+            return fail(conn, 404, "provider_not_found", &msg, rid).await;
+        }
+        Some(p) if !matches!(p.kind, crate::config::ProviderKind::Http(_)) => {
+            let msg = format!("provider `{provider}` is in process: it takes no key");
+            return fail(conn, 400, "bad_request", &msg, rid).await;
+        }
+        Some(_) => {}
     }
     let body: NewKey = match serde_json::from_slice(&req.body) {
         Ok(b) => b,
@@ -86,11 +93,7 @@ pub async fn set(
         .spawn_blocking(move || {
             let record = provider_keys::seal(&keks, &name, API_KEY, &body.api_key, now)?;
             let shown = provider_keys::listing(&record);
-            provider_keys::update(&dir, |rs| {
-                rs.retain(|r| !(r.provider == name && r.field == API_KEY));
-                rs.push(record);
-                Ok(())
-            })?;
+            provider_keys::put(&dir, &keks, record)?;
             Ok::<_, ProviderKeyError>(shown)
         })
         .await;

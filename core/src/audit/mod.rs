@@ -195,7 +195,7 @@ impl ShardAudit {
             (Some(401), _) | (_, Some("unauthorized")) => "deny_auth",
             (_, Some("model_not_allowed" | "tool_not_allowed" | "tool_denied")) => "deny_policy",
             (_, Some("rate_limit_exceeded" | "insufficient_quota")) => "deny_budget",
-            (_, Some("guardrail_blocked")) => "deny_guardrail",
+            (_, Some("guardrail_blocked" | "guardrail_unavailable")) => "deny_guardrail",
             _ => "allow",
         };
         let event = events::Request {

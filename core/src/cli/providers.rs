@@ -97,11 +97,7 @@ pub fn run(args: ProvidersArgs) -> Result<(), ProvidersError> {
             let key = input.trim_end_matches(['\n', '\r']);
             let record = provider_keys::seal(&keks, &provider, API_KEY, key, now_ms())?;
             let shown = provider_keys::listing(&record);
-            provider_keys::update(&dir, |rs| {
-                rs.retain(|r| !(r.provider == provider && r.field == API_KEY));
-                rs.push(record);
-                Ok(())
-            })?;
+            provider_keys::put(&dir, &keks, record)?;
             print(&shown, args.json, "stored");
         }
         ProvidersCommand::RemoveKey { provider } => {

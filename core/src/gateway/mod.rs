@@ -613,15 +613,39 @@ async fn handle_api<'g>(
         }
         Some(Verdict::Redacted(body)) => {
             // Only strings changed: the facts stand, the members moved.
-            if let Ok((_, m)) = extract_facts(&body, &mut shard.json.borrow_mut()) {
-                members = m;
-                redacted = req.with_body(body);
-                &redacted
-            } else {
-                req
+            let reread = extract_facts(&body, &mut shard.json.borrow_mut());
+            match reread {
+                Ok((_, m)) => {
+                    members = m;
+                    redacted = req.with_body(body);
+                    &redacted
+                }
+                Err(e) => {
+                    // Never the unredacted body instead.
+                    log::error!("{rid}: a redacted body did not read back: {e}");
+                    let e = GatewayError::Misconfigured("a guardrail's redaction failed".into());
+                    trail.alias = Some(facts.model);
+                    settle(shard, ticket, trail);
+                    return send_error(conn, client, &e, rid, &headers, false).await;
+                }
             }
         }
     };
+    // Log probabilities repeat the answer token by token, beyond what
+    // output checks that block or redact can follow.
+    if plan
+        .as_ref()
+        .is_some_and(|p| guardrails::changes_text(&generation.guardrails, &p.output))
+        && guardrails::asks_logprobs(&req.body)
+    {
+        let e = GatewayError::BadRequest {
+            message: "Log probabilities are not returned to callers whose answers pass guardrails that block or redact.".into(),
+            param: Some("logprobs"),
+        };
+        trail.alias = Some(facts.model);
+        settle(shard, ticket, trail);
+        return send_error(conn, client, &e, rid, &headers, false).await;
+    }
     let alias: &str = match &ticket.fallback {
         Some(fallback) => {
             headers.push(("x-shardgate-fallback-model", fallback.clone()));

@@ -232,11 +232,6 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
             })
         }
     };
-    if let Some(guard) = &call.guard {
-        if let Some(stripped) = guard.borrow_mut().check_body(&body)? {
-            body = stripped;
-        }
-    }
     if !call.output_checks.is_empty() && head.status == 200 {
         match crate::guardrails::check_body(
             &call.generation.guardrails,
@@ -260,6 +255,12 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
             Verdict::Pass => {}
             Verdict::Redacted(b) => body = b,
             Verdict::Blocked(e) => return Err(e),
+        }
+    }
+    // The tool policy judges (and audits) what the guardrails left.
+    if let Some(guard) = &call.guard {
+        if let Some(stripped) = guard.borrow_mut().check_body(&body)? {
+            body = stripped;
         }
     }
     if call.turn.as_ref().is_some_and(|t| t.store) && head.status == 200 {
@@ -697,6 +698,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             &call.generation.guardrails,
             call.output_checks.clone(),
             client,
+            call.api == super::Api::Completions,
         ),
         call,
     });
@@ -758,6 +760,23 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 // sent the moment it arrives finds the turn.
                 if let Some(mut response) = response.filter(|_| call.turn.is_some()) {
                     let mut keep = true;
+                    // What is kept is what the client was sent: redacted.
+                    if !call.output_checks.is_empty() {
+                        let bytes = serde_json::to_vec(&response).unwrap_or_default();
+                        match crate::guardrails::check_body(
+                            &call.generation.guardrails,
+                            &call.output_checks,
+                            Stage::Output,
+                            &bytes,
+                            &mut Vec::new(),
+                        ) {
+                            Verdict::Pass => {}
+                            Verdict::Redacted(b) => {
+                                response = serde_json::from_slice(&b).unwrap_or(response);
+                            }
+                            Verdict::Blocked(_) => keep = false,
+                        }
+                    }
                     if let Some(guard) = &call.guard {
                         let bytes = serde_json::to_vec(&response).unwrap_or_default();
                         match guard.borrow_mut().check_body(&bytes) {
@@ -825,6 +844,10 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             conn.note_error(err.label());
             let (usage, events) = pipe.abandon();
             meter_stream(call, usage, true, events);
+            if rails.is_some() || call.guard.is_some() {
+                // This read's events were not judged: none of them go out.
+                out.clear();
+            }
             pipe.fail(&err, &mut out, client);
             return match conn.write(&out).await {
                 Ok(()) => Outcome::KEEP,

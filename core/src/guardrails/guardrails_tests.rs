@@ -110,7 +110,7 @@ fn ev(t: &str) -> Vec<u8> {
 #[test]
 fn a_match_split_across_events_is_blocked_before_any_of_it_is_sent() {
     let g = rails("block");
-    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi);
+    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi, false);
     // As the relay does: each write's bytes, then cleared.
     let mut sent = Vec::new();
     let mut out = Vec::new();
@@ -135,7 +135,7 @@ fn a_match_split_across_events_is_blocked_before_any_of_it_is_sent() {
 #[test]
 fn a_redacted_stream_says_the_same_with_the_match_replaced() {
     let g = rails("redact");
-    let mut guard = StreamGuard::new(&g, vec![0, 1], ClientDialect::OpenAi);
+    let mut guard = StreamGuard::new(&g, vec![0, 1], ClientDialect::OpenAi, false);
     let long = "x".repeat(100);
     let mut sent = Vec::new();
     for part in [
@@ -180,7 +180,7 @@ fn a_redacted_stream_says_the_same_with_the_match_replaced() {
 #[test]
 fn log_only_checks_pass_the_bytes_as_they_came() {
     let g = rails("log");
-    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi);
+    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi, false);
     let mut out = ev("ACME-1234");
     let before = out.clone();
     guard.filter(&g, &mut out, 0).unwrap();
@@ -193,7 +193,7 @@ fn log_only_checks_pass_the_bytes_as_they_came() {
 #[test]
 fn escaped_and_anthropic_deltas_are_read() {
     let g = rails("block");
-    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::Anthropic);
+    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::Anthropic, false);
     let mut out = chunk("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"\\\"ACME-\"}}\n\n");
     guard.filter(&g, &mut out, 0).unwrap();
     out.clear();
@@ -204,11 +204,64 @@ fn escaped_and_anthropic_deltas_are_read() {
 #[test]
 fn spaced_json_as_python_servers_write_it_is_read() {
     let g = rails("redact");
-    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi);
+    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi, false);
     let mut out = chunk("data: {\"choices\": [{\"delta\": {\"role\": \"assistant\", \"content\" : \"code ACME-1234.\"}}]}\n\n");
     out.extend(chunk(
         "data: {\"choices\": [{\"delta\": {}, \"finish_reason\": \"stop\"}]}\n\n",
     ));
     guard.filter(&g, &mut out, 0).unwrap();
     assert_eq!(texts(&out), "code [REDACTED:codes].");
+}
+
+#[test]
+fn an_event_between_parts_of_a_match_does_not_release_it() {
+    let g = rails("block");
+    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi, false);
+    let mut sent = Vec::new();
+    // A content-filter chunk with an empty delta, and a comment, between
+    // the halves.
+    for e in [
+        ev("code ACME-"),
+        chunk("data: {\"choices\":[{\"delta\":{}}]}\n\n"),
+        chunk(": keep-alive\n\n"),
+    ] {
+        let mut out = e;
+        guard.filter(&g, &mut out, 0).unwrap();
+        sent.extend_from_slice(&out);
+    }
+    let mut out = ev("1234");
+    assert!(guard.filter(&g, &mut out, 0).is_err());
+    assert!(!texts(&sent).contains("ACME"), "{}", texts(&sent));
+}
+
+#[test]
+fn held_text_goes_out_when_the_stream_ends_without_a_finish() {
+    let g = rails("redact");
+    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi, false);
+    let mut out = ev("cut after ACME-1234 and");
+    guard.filter(&g, &mut out, 0).unwrap();
+    let mut sent = out;
+    let mut end = b"0\r\n\r\n".to_vec();
+    guard.filter(&g, &mut end, 0).unwrap();
+    assert!(end.ends_with(b"0\r\n\r\n"));
+    sent.extend_from_slice(&end);
+    assert_eq!(texts(&sent), "cut after [REDACTED:codes] and");
+}
+
+#[test]
+fn legacy_completions_chunks_are_read() {
+    let g = rails("redact");
+    let mut guard = StreamGuard::new(&g, vec![0], ClientDialect::OpenAi, true);
+    let mut out = chunk(
+        "data: {\"choices\":[{\"index\":0,\"text\":\"see ACME-4242\",\"finish_reason\":null}]}\n\n",
+    );
+    out.extend(chunk(
+        "data: {\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}]}\n\n",
+    ));
+    guard.filter(&g, &mut out, 0).unwrap();
+    let text: String = String::from_utf8_lossy(&out).into_owned();
+    assert!(
+        text.contains("[REDACTED:codes]") && !text.contains("4242"),
+        "{text}"
+    );
 }

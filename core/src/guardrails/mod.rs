@@ -38,10 +38,9 @@ const SKIP_KEYS: &[&str] = &[
     "object",
     "image_url",
     "url",
-    "data",
     "media_type",
-    "source",
     "signature",
+    "encrypted_content",
     "cache_control",
     "status",
     "finish_reason",
@@ -119,7 +118,7 @@ pub fn check_body(
         return Verdict::Pass;
     }
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
-        return Verdict::Pass;
+        return Verdict::Blocked(unreadable(rails, checks, stage));
     };
     let members = match stage {
         Stage::Input => INPUT_MEMBERS,
@@ -164,7 +163,7 @@ pub async fn check_input(
     }
     let local: Vec<usize> = checks.iter().copied().filter(|c| !remote(c)).collect();
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
-        return Verdict::Pass;
+        return Verdict::Blocked(unreadable(rails, checks, Stage::Input));
     };
     let mut texts: Vec<&mut String> = Vec::new();
     if let Value::Object(map) = &mut value {
@@ -233,12 +232,12 @@ pub async fn check_input(
                 changed = true;
             }
             Err(e) => {
-                log::warn!("{rid}: guardrail {}: {e}", check.name);
+                log::warn!("{rid}: guardrail {}: {}", check.name, e.summary());
                 record("error");
                 if hook.on_error == shardgate_policy::guardrails::FailMode::FailClosed {
                     return Verdict::Blocked(GatewayError::GuardrailUnavailable {
                         check: check.name.clone(),
-                        reason: e.to_string(),
+                        reason: e.summary(),
                     });
                 }
             }
@@ -250,6 +249,54 @@ pub async fn check_input(
     } else {
         Verdict::Pass
     }
+}
+
+/// A body the checks cannot read (JSON the gateway's scanner takes but a
+/// strict parser refuses, such as a lone surrogate escape) is refused,
+/// never passed unchecked. The message says nothing of its content.
+fn unreadable(rails: &Guardrails, checks: &[usize], stage: Stage) -> GatewayError {
+    match stage {
+        Stage::Input => GatewayError::BadRequest {
+            message: "The request body could not be checked by the guardrails: it is not \
+                      strictly valid JSON (an invalid escape or code point?)."
+                .into(),
+            param: None,
+        },
+        _ => GatewayError::Guardrail {
+            check: checks
+                .first()
+                .map_or_else(String::new, |&c| rails.check(c).name.clone()),
+            stage: "answer",
+            found: "unreadable",
+        },
+    }
+}
+
+/// Whether a request asks for token log probabilities: they repeat the
+/// answer's text token by token, where `block` and `redact` output
+/// checks cannot follow it, so such requests are refused for callers
+/// with those checks.
+pub fn asks_logprobs(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let on = |k: &str| match v.get(k) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Number(n)) => n.as_u64() != Some(0),
+        Some(_) => true,
+    };
+    let included = v.get("include").and_then(Value::as_array).is_some_and(|a| {
+        a.iter()
+            .any(|i| i.as_str().is_some_and(|s| s.contains("logprobs")))
+    });
+    on("logprobs") || on("top_logprobs") || included
+}
+
+/// Whether any of `checks` blocks or redacts.
+pub fn changes_text(rails: &Guardrails, checks: &[usize]) -> bool {
+    checks
+        .iter()
+        .any(|&c| rails.check(c).action != GuardAction::Log)
 }
 
 /// Redacts `found` (by text index) in `texts`.
@@ -304,7 +351,7 @@ pub fn check_answer_tool_calls(
         return Verdict::Pass;
     }
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
-        return Verdict::Pass;
+        return Verdict::Blocked(unreadable(rails, checks, Stage::ToolCalls));
     };
     let member = ["choices", "content", "output"]
         .into_iter()
@@ -451,8 +498,17 @@ pub(crate) fn collect<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>) {
             }
         }
         Value::Object(map) => {
+            // A signed block (Anthropic `thinking`) must go back as it
+            // came: changing it voids its signature.
+            if map.contains_key("signature") {
+                return;
+            }
+            // `data` is prose in a text source (Anthropic's plain-text
+            // documents), base64 elsewhere.
+            let text_source = map.get("type").and_then(Value::as_str) == Some("text");
             for (k, child) in map.iter_mut() {
-                if !SKIP_KEYS.contains(&k.as_str()) {
+                let skip = SKIP_KEYS.contains(&k.as_str()) || (k == "data" && !text_source);
+                if !skip {
                     collect(child, out);
                 }
             }

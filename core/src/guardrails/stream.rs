@@ -37,6 +37,8 @@ const MAX_EVENT: usize = 16 << 20;
 pub struct StreamGuard {
     checks: Vec<usize>,
     client: ClientDialect,
+    /// Legacy completions: chunks carry `choices[].text`.
+    completions: bool,
     /// Bytes of text kept as context (and held back, when holding).
     window: usize,
     /// Not holding: the last `window` bytes of text relayed, as the
@@ -63,10 +65,17 @@ struct Hold {
     framer: SseFramer,
     /// A chunk's rewritten events.
     data: Vec<u8>,
+    /// A read's chunks, set aside while rewritten.
+    tail: Vec<u8>,
 }
 
 impl StreamGuard {
-    pub fn new(rails: &Guardrails, checks: Vec<usize>, client: ClientDialect) -> Self {
+    pub fn new(
+        rails: &Guardrails,
+        checks: Vec<usize>,
+        client: ClientDialect,
+        completions: bool,
+    ) -> Self {
         let found = vec![(Vec::new(), 0); checks.len()];
         let window = checks
             .iter()
@@ -79,6 +88,7 @@ impl StreamGuard {
         StreamGuard {
             checks,
             client,
+            completions,
             window,
             context: String::with_capacity(window * 2),
             hold: holds.then(|| Hold {
@@ -87,6 +97,7 @@ impl StreamGuard {
                 after: Vec::new(),
                 framer: SseFramer::new(MAX_EVENT),
                 data: Vec::new(),
+                tail: Vec::new(),
             }),
             found,
             scan: String::new(),
@@ -119,37 +130,68 @@ impl StreamGuard {
             }
             return Ok(());
         }
-        let tail = out.split_off(from);
+        let Some(mut hold) = self.hold.take() else {
+            return Ok(());
+        };
+        // This read's chunks, copied aside (the buffer is kept) and
+        // rewritten into `out`.
+        let mut tail = std::mem::take(&mut hold.tail);
+        tail.clear();
+        tail.extend_from_slice(&out[from..]);
+        out.truncate(from);
         let mut at = 0;
+        let mut result = Ok(());
         while let Some((data, next, last)) = next_chunk(&tail, at) {
-            if last {
-                break;
-            }
-            let Some(mut hold) = self.hold.take() else {
-                break;
-            };
             hold.data.clear();
-            let mut result = Ok(());
-            let mut events = std::mem::replace(&mut hold.framer, SseFramer::new(0));
-            let _ = events.feed(data, |e| {
-                if result.is_ok() {
-                    result = self.held_event(rails, &mut hold, e.raw);
+            if last {
+                // The stream ends with text still held (it was cut, or
+                // its last event was text): out it goes, judged.
+                if !hold.pending.is_empty() {
+                    result = self.flush(rails, &mut hold);
                 }
-            });
-            if let Some(rest) = events.finish() {
-                hold.data.extend_from_slice(rest);
+            } else {
+                let mut events = std::mem::replace(&mut hold.framer, SseFramer::new(0));
+                let _ = events.feed(data, |e| {
+                    if result.is_ok() {
+                        result = self.held_event(rails, &mut hold, e.raw);
+                    }
+                });
+                if let Some(rest) = events.finish() {
+                    if result.is_ok() {
+                        result = self.held_event(rails, &mut hold, rest);
+                    }
+                }
+                hold.framer = events;
             }
-            hold.framer = events;
-            if result.is_ok() && !hold.data.is_empty() {
+            if result.is_err() {
+                break;
+            }
+            if !hold.data.is_empty() {
                 encode_chunk_header(hold.data.len(), out);
                 out.extend_from_slice(&hold.data);
                 out.extend_from_slice(CHUNK_END);
             }
-            self.hold = Some(hold);
-            result?;
+            if last {
+                break;
+            }
             at = next;
         }
-        out.extend_from_slice(&tail[at..]);
+        if result.is_ok() {
+            out.extend_from_slice(&tail[at..]);
+        }
+        hold.tail = tail;
+        self.hold = Some(hold);
+        result
+    }
+
+    /// Releases all held text, judged, as one more text event.
+    fn flush(&mut self, rails: &Guardrails, hold: &mut Hold) -> Result<(), GatewayError> {
+        self.release(rails, hold, true)?;
+        if !self.released.is_empty() && !hold.before.is_empty() {
+            hold.data.extend_from_slice(&hold.before);
+            write_json_string(&mut hold.data, &self.released);
+            hold.data.extend_from_slice(&hold.after);
+        }
         Ok(())
     }
 
@@ -178,32 +220,32 @@ impl StreamGuard {
         r
     }
 
-    /// Holding: one event, rewritten into `hold.data`.
+    /// Holding: one event, rewritten into `hold.data`. Only an event that
+    /// ends a run of text (a finish, a block's end, a tool call, `[DONE]`)
+    /// releases what is held; others (pings, empty deltas, comments) pass
+    /// while it stays held, so a match split around them is still seen
+    /// whole.
     fn held_event(
         &mut self,
         rails: &Guardrails,
         hold: &mut Hold,
         raw: &[u8],
     ) -> Result<(), GatewayError> {
+        let ends = ends_text(raw, self.client);
         if let Some((text, span)) = self.text_of(raw) {
             hold.pending.push_str(&text);
             hold.before.clear();
             hold.before.extend_from_slice(&raw[..span.0]);
             hold.after.clear();
             hold.after.extend_from_slice(&raw[span.1..]);
-            self.release(rails, hold, false)?;
+            self.release(rails, hold, ends)?;
             hold.data.extend_from_slice(&raw[..span.0]);
             write_json_string(&mut hold.data, &self.released);
             hold.data.extend_from_slice(&raw[span.1..]);
             return Ok(());
         }
-        if !hold.pending.is_empty() {
-            self.release(rails, hold, true)?;
-            if !self.released.is_empty() {
-                hold.data.extend_from_slice(&hold.before);
-                write_json_string(&mut hold.data, &self.released);
-                hold.data.extend_from_slice(&hold.after);
-            }
+        if ends && !hold.pending.is_empty() {
+            self.flush(rails, hold)?;
         }
         if self.client == ClientDialect::Responses && repeats_text(raw) {
             self.redact_whole(rails, raw, &mut hold.data);
@@ -296,17 +338,13 @@ impl StreamGuard {
     /// The text a text event adds, and the span of its JSON string
     /// (quotes included) in `event`.
     fn text_of<'e>(&self, event: &'e [u8]) -> Option<(Cow<'e, str>, (usize, usize))> {
-        let marker: &[u8] = match self.client {
-            ClientDialect::OpenAi => b"\"content\"",
-            ClientDialect::Anthropic => b"\"text_delta\"",
-            ClientDialect::Responses => b"output_text.delta",
+        let (marker, key): (&[u8], &[u8]) = match self.client {
+            ClientDialect::OpenAi if self.completions => (b"\"text\"", b"\"text\""),
+            ClientDialect::OpenAi => (b"\"content\"", b"\"content\""),
+            ClientDialect::Anthropic => (b"\"text_delta\"", b"\"text\""),
+            ClientDialect::Responses => (b"output_text.delta", b"\"delta\""),
         };
         memchr::memmem::find(event, marker)?;
-        let key: &[u8] = match self.client {
-            ClientDialect::OpenAi => b"\"content\"",
-            ClientDialect::Anthropic => b"\"text\"",
-            ClientDialect::Responses => b"\"delta\"",
-        };
         json_string_after(event, key)
     }
 
@@ -372,11 +410,54 @@ impl StreamGuard {
     }
 }
 
-/// Responses events that carry the whole text again.
+/// Responses events that carry the whole text again: the `*.done`
+/// events and those with the whole response (completed, incomplete,
+/// failed).
 fn repeats_text(raw: &[u8]) -> bool {
-    memchr::memmem::find(raw, b"\"text\"").is_some()
-        && (memchr::memmem::find(raw, b".done\"").is_some()
-            || memchr::memmem::find(raw, b"response.completed").is_some())
+    let has = |n: &[u8]| memchr::memmem::find(raw, n).is_some();
+    has(b"\"text\"")
+        && (has(b".done\"")
+            || has(b"response.completed")
+            || has(b"response.incomplete")
+            || has(b"response.failed"))
+}
+
+/// Whether an event ends a run of text in `client`'s dialect: what held
+/// text must go out before.
+fn ends_text(raw: &[u8], client: ClientDialect) -> bool {
+    let has = |n: &[u8]| memchr::memmem::find(raw, n).is_some();
+    // `"key"` with a value starting with `first` (spacing allowed).
+    let set = |key: &[u8], first: u8| {
+        memchr::memmem::find_iter(raw, key).any(|at| {
+            let rest = raw[at + key.len()..].trim_ascii_start();
+            let rest = rest.strip_prefix(b":").unwrap_or(rest);
+            rest.trim_ascii_start().first() == Some(&first)
+        })
+    };
+    match client {
+        ClientDialect::OpenAi => {
+            set(b"\"finish_reason\"", b'"')
+                || set(b"\"tool_calls\"", b'[')
+                || has(b"[DONE]")
+                || has(b"\"error\"")
+        }
+        ClientDialect::Anthropic => {
+            has(b"content_block_stop")
+                || has(b"content_block_start")
+                || has(b"message_delta")
+                || has(b"message_stop")
+                || has(b"\"error\"")
+        }
+        ClientDialect::Responses => {
+            has(b".done\"")
+                || has(b"output_item.")
+                || has(b"response.completed")
+                || has(b"response.incomplete")
+                || has(b"response.failed")
+                || has(b"function_call")
+                || has(b"\"error\"")
+        }
+    }
 }
 
 /// The largest char boundary of `s` at or below `at`.

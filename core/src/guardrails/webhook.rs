@@ -51,6 +51,19 @@ pub enum WebhookError {
     Reply(String),
 }
 
+impl WebhookError {
+    /// What a client may be told: no detail of the webhook's answer (it
+    /// could echo the prompt).
+    pub fn summary(&self) -> String {
+        match self {
+            WebhookError::Connect(_) => "cannot connect".into(),
+            WebhookError::Timeout(d) => format!("no answer within {d:?}"),
+            WebhookError::Status(s) => format!("answered HTTP {s}"),
+            WebhookError::Reply(_) => "answered something that is not a verdict".into(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Wire {
     action: String,
@@ -63,6 +76,24 @@ struct Wire {
 /// Calls `hook` with `body` (the JSON the module docs name); `sent` is how
 /// many texts it carries (a `redact` reply must give as many back).
 pub async fn call(
+    shard: &Shard,
+    hook: &Webhook,
+    body: &[u8],
+    sent: usize,
+) -> Result<Reply, WebhookError> {
+    if hook.ep.base.tls && hook.ep.tls.is_none() {
+        // Never in the clear what was meant for TLS.
+        return Err(WebhookError::Connect("no TLS configuration".into()));
+    }
+    // One bound on the whole exchange, whatever step waits.
+    futures_lite::future::or(exchange(shard, hook, body, sent), async {
+        glommio::timer::sleep(hook.timeout).await;
+        Err(WebhookError::Timeout(hook.timeout))
+    })
+    .await
+}
+
+async fn exchange(
     shard: &Shard,
     hook: &Webhook,
     body: &[u8],

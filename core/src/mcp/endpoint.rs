@@ -483,6 +483,7 @@ async fn call(
             .unwrap_or_default(),
         _ => Vec::new(),
     };
+    let mut redacted_args = false;
     if let Some(args) = msg
         .params
         .get_mut("arguments")
@@ -494,10 +495,14 @@ async fn call(
             args,
             &mut cx.guard_records.borrow_mut(),
         );
-        if let Err(e) = checked {
-            log::info!("{rid}: mcp tools/call `{exposed}` refused: {e}");
-            let e = RpcError::new(code::INVALID_PARAMS, e.to_string());
-            return reply_error(conn, &id, &e, session_header, rid).await;
+        match checked {
+            Ok(changed) => redacted_args = changed,
+            Err(e) => {
+                log::info!("{rid}: mcp tools/call `{exposed}` refused: {e}");
+                conn.note_error(e.label());
+                let e = RpcError::new(code::INVALID_PARAMS, e.to_string());
+                return reply_error(conn, &id, &e, session_header, rid).await;
+            }
         }
     }
     let args = msg.params.get("arguments").cloned();
@@ -584,7 +589,13 @@ async fn call(
         params: std::mem::take(&mut msg.params),
         name: Some(own),
         client_id: Some(id.clone()),
-        param_headers: param_headers(cx.req),
+        // The client's `Mcp-Param-*` copies of redacted arguments would
+        // carry what was redacted: they are not sent.
+        param_headers: if redacted_args {
+            Vec::new()
+        } else {
+            param_headers(cx.req)
+        },
     };
     let sent = cx.mcp.send(cx.shard, idx, server, out, via, timeout).await;
     let outcome = match sent {

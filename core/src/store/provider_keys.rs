@@ -215,9 +215,12 @@ pub fn seal(
     let dek_sealed = seal_with(&kek.key, &dek_aad(provider, field, &kek.id), &dek)?;
     let key = dek_key(&dek).ok_or_else(|| ProviderKeyError::Invalid("bad data key".into()))?;
     let value = seal_with(&key, &value_aad(provider, field), plaintext.as_bytes())?;
-    let last4: String = {
-        let chars: Vec<char> = plaintext.chars().collect();
-        chars[chars.len().saturating_sub(4)..].iter().collect()
+    // A short credential shows nothing of itself.
+    let chars: Vec<char> = plaintext.chars().collect();
+    let last4: String = if chars.len() >= 12 {
+        chars[chars.len() - 4..].iter().collect()
+    } else {
+        String::new()
     };
     Ok(Record {
         provider: provider.to_owned(),
@@ -300,6 +303,20 @@ pub fn open_all(dir: &Path, keks: &Keks) -> Result<Vec<(String, Secret)>, Provid
         .collect()
 }
 
+/// Adds (or replaces) `record` in the stored set, refusing when the KEKs
+/// at hand do not open every record already there: a set sealed under a
+/// KEK the gateway does not have would stop its next start.
+pub fn put(dir: &Path, keks: &Keks, record: Record) -> Result<(), ProviderKeyError> {
+    update(dir, |rs| {
+        for r in rs.iter() {
+            open(keks, r)?;
+        }
+        rs.retain(|r| !(r.provider == record.provider && r.field == record.field));
+        rs.push(record);
+        Ok(())
+    })
+}
+
 /// Changes the stored set under the lock: `change` edits the records read
 /// now, and what it leaves is written whole.
 pub fn update<T>(
@@ -361,6 +378,7 @@ mod tests {
         let r = seal(&k, "openai", API_KEY, "sk-live-abcdef123456", 1).unwrap();
         assert_eq!(open(&k, &r).unwrap().expose(), "sk-live-abcdef123456");
         assert_eq!(r.last4, "3456");
+        assert_eq!(seal(&k, "x", API_KEY, "short-key", 1).unwrap().last4, "");
         let text = serde_json::to_string(&r).unwrap();
         assert!(!text.contains("abcdef123456"));
         // Moved to another provider: refused.
@@ -412,6 +430,14 @@ mod tests {
         .unwrap();
         let all = open_all(dir.path(), &k).unwrap();
         assert_eq!(all.len(), 1);
+        // Another KEK cannot add to a set it cannot open.
+        let other = keks("some other key-encryption secret", &[]);
+        let r = seal(&other, "b", API_KEY, "sk-bbbbbbbbbbbb", 2).unwrap();
+        assert!(matches!(
+            put(dir.path(), &other, r),
+            Err(ProviderKeyError::UnknownKek { .. })
+        ));
+        assert_eq!(open_all(dir.path(), &k).unwrap().len(), 1);
         assert_eq!(all[0].1.expose(), "sk-aaaaaaaa");
         let raw = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert!(!raw.contains("sk-aaaaaaaa"));

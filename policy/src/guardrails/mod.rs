@@ -180,10 +180,7 @@ impl Guardrails {
                         .map(|w| word_pattern(w))
                         .collect::<Result<Vec<_>, _>>()?
                         .join("|");
-                    // ASCII word boundaries: the lazy DFA handles them on
-                    // any text, where Unicode ones send non-ASCII text to
-                    // a slower engine.
-                    build(&[format!(r"(?i)(?-u:\b)(?:{alternation})(?-u:\b)")], true)
+                    build(&[format!(r"(?i)(?:{alternation})")], true)
                 })
                 .transpose()
                 .map_err(|reason| GuardrailError::BadPattern {
@@ -300,13 +297,30 @@ impl Guardrails {
     }
 }
 
-/// `word` as a pattern: escaped, its spaces any run of whitespace.
+/// `word` as a pattern: escaped, its spaces any run of whitespace, and a
+/// word boundary on each side that begins or ends with an ASCII word
+/// character (`c++`, `café` or `日本` match where they stand; a boundary
+/// there would need a word character beside it). ASCII boundaries: the
+/// lazy DFA handles them on any text, where Unicode ones send non-ASCII
+/// text to a slower engine.
 fn word_pattern(word: &str) -> Result<String, String> {
     let parts: Vec<String> = word.split_whitespace().map(regex::escape).collect();
     if parts.is_empty() {
         return Err("an empty word".into());
     }
-    Ok(parts.join(r"\s+"))
+    let wordy = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let trimmed = word.trim();
+    let lead = if wordy(trimmed.chars().next()) {
+        r"(?-u:\b)"
+    } else {
+        ""
+    };
+    let tail = if wordy(trimmed.chars().last()) {
+        r"(?-u:\b)"
+    } else {
+        ""
+    };
+    Ok(format!("{lead}{}{tail}", parts.join(r"\s+")))
 }
 
 fn build(patterns: &[impl AsRef<str>], case_insensitive: bool) -> Result<Regex, String> {
