@@ -65,6 +65,16 @@ def build(name: str) -> MCPServer:
         """Changes a record."""
         return f"{record}={value}"
 
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
+    def contact() -> str:
+        """Who to write to (an email address, for guardrails on results)."""
+        return "write to ops.team@example.com today"
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
+    def card_on_file() -> str:
+        """The card on file (a card number, for guardrails on results)."""
+        return "the card is 4111 1111 1111 1111"
+
     @mcp.tool()
     def whoami() -> str:
         """The server's name and process id."""

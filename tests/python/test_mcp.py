@@ -189,6 +189,22 @@ def test_tool_call_arguments_pass_the_callers_guardrails(setup, mode):
         return r.content[0].text, str(e.value), clean.content[0].text
 
     masked, refused, clean = run(with_client, setup.url, setup.keys["guarded"], mode, body)
+
+    async def results(c):
+        # What tools return passes the same checks (JSON and event-stream
+        # servers both).
+        out = []
+        for server in ("billing", "tickets"):
+            r = await c.call_tool(f"{server}.contact", {})
+            out.append(r.content[0].text)
+            with pytest.raises(MCPError) as e:
+                await c.call_tool(f"{server}.card_on_file", {})
+            out.append(str(e.value))
+        return out
+
+    got = run(with_client, setup.url, setup.keys["guarded"], mode, results)
+    assert got[0] == got[2] == "write to [REDACTED:email] today"
+    assert "no-cards" in got[1] and "no-cards" in got[3] and "4111" not in got[1] + got[3]
     # The server saw (and echoed) the redacted arguments.
     assert masked == "write to [REDACTED:email]"
     assert "no-cards" in refused and "4111" not in refused

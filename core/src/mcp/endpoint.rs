@@ -616,6 +616,7 @@ async fn call(
                 via,
                 started + timeout,
                 cancel,
+                &checks,
             )
             .await;
             record(
@@ -686,6 +687,43 @@ async fn cancelled(cancel: Option<&super::Cancel>) {
     }
 }
 
+/// The `tool_calls` guardrails on a tool's result message: redacted in
+/// place, or replaced by an error response naming the check.
+fn guard_result(cx: &Cx<'_>, checks: &[usize], id: &Value, msg: &mut Value) {
+    let Some(result) = msg.get_mut("result") else {
+        return;
+    };
+    let checked = crate::guardrails::check_arguments(
+        cx.rails,
+        checks,
+        result,
+        &mut cx.guard_records.borrow_mut(),
+    );
+    if let Err(e) = checked {
+        log::info!("{}: an mcp tool result refused: {e}", cx.rid);
+        let e = RpcError::new(code::INTERNAL_ERROR, e.to_string());
+        *msg = wire::error_response(id, &e);
+    }
+}
+
+/// [`guard_result`] on a whole JSON answer: `None` when there are no
+/// checks or nothing changed (the body goes as it came).
+fn result_checked(cx: &Cx<'_>, checks: &[usize], id: &Value, body: &[u8]) -> Option<Vec<u8>> {
+    if checks.is_empty() {
+        return None;
+    }
+    let Ok(mut msg) = serde_json::from_slice::<Value>(body) else {
+        let e = RpcError::new(
+            code::INTERNAL_ERROR,
+            "the tool's result could not be checked by the guardrails",
+        );
+        return serde_json::to_vec(&wire::error_response(id, &e)).ok();
+    };
+    let before = msg.clone();
+    guard_result(cx, checks, id, &mut msg);
+    (msg != before).then(|| serde_json::to_vec(&msg).unwrap_or_default())
+}
+
 /// Relays an exchange's messages to the client: as events when it
 /// streams and the client takes events, else its response alone. The
 /// client leaving, or the deadline passing, cancels it upstream.
@@ -702,6 +740,7 @@ async fn relay(
     via: Via<'_>,
     deadline: Instant,
     cancel: Option<&super::Cancel>,
+    checks: &[usize],
 ) -> Relayed {
     let rid = cx.rid;
     let stream = ex.is_stream() && cx.accepts_events();
@@ -735,6 +774,12 @@ async fn relay(
                 };
             }
             Some(Ok(Ok(Some(body)))) => {
+                // The caller's `tool_calls` guardrails on what the tool
+                // returned: the answer is read only for them.
+                let body = match result_checked(cx, checks, id, &body) {
+                    Some(changed) => changed,
+                    None => body,
+                };
                 let is_error = memchr::memmem::find(&body, b"\"isError\":true").is_some()
                     || memchr::memmem::find(&body, b"\"error\":{\"code\"").is_some();
                 let extra: &[(&str, &[u8])] = match session_header {
@@ -810,6 +855,9 @@ async fn relay(
         };
         let is_response = msg.get("method").is_none();
         let mut msg = msg;
+        if is_response && !checks.is_empty() {
+            guard_result(cx, checks, id, &mut msg);
+        }
         if is_response {
             if let Some(r) = msg.get_mut("result") {
                 wire::fit_result(r, era, false);
