@@ -141,9 +141,25 @@ fn lines(bytes: &[u8]) -> (Vec<&[u8]>, bool) {
     (lines, whole < bytes.len())
 }
 
+/// Verifies the chain. The log may be live: a rotation while it is read
+/// (the current file renamed, a new one started, the oldest removed past
+/// `keep_files`) makes what was listed no longer one chain, so a failure
+/// with the rotated files changed underneath is read again, from a new
+/// listing.
 pub(crate) fn verify(dir: &Path, configured: Option<&str>) -> Result<(), AuditCliError> {
     let key = key_for(dir, configured)
         .map_err(|e| AuditCliError::Io(format!("the audit key in {}: {e}", dir.display())))?;
+    for _ in 0..5 {
+        let listed = rotated_files(dir);
+        match verify_once(dir, &key) {
+            Err(_) if rotated_files(dir) != listed => continue,
+            done => return done,
+        }
+    }
+    verify_once(dir, &key)
+}
+
+fn verify_once(dir: &Path, key: &[u8]) -> Result<(), AuditCliError> {
     let files = files(dir);
     if files.is_empty() {
         return Err(AuditCliError::Io(format!(
@@ -151,7 +167,7 @@ pub(crate) fn verify(dir: &Path, configured: Option<&str>) -> Result<(), AuditCl
             dir.display()
         )));
     }
-    let mut chain = Chain::new(&key, GENESIS);
+    let mut chain = Chain::new(key, GENESIS);
     let mut total = 0usize;
     let last = files.len() - 1;
     for (fi, path) in files.iter().enumerate() {
