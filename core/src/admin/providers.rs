@@ -12,7 +12,6 @@ use crate::shard::Shard;
 use crate::store::provider_keys::{self, ProviderKeyError, API_KEY};
 use serde_json::json;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,9 +85,7 @@ pub async fn set(
     let keks = generation.config.provider_keks.clone();
     let dir = generation.config.store.dir.clone();
     let name = provider.to_owned();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = provider_keys::now_ms();
     let stored = glommio::executor()
         .spawn_blocking(move || {
             let record = provider_keys::seal(&keks, &name, API_KEY, &body.api_key, now)?;

@@ -57,6 +57,8 @@ pub struct Ticket {
     /// Some policy of the caller's restricts tools: the answer's tool
     /// calls are checked.
     pub tool_rules: bool,
+    /// Some policy of the caller's attaches guardrails.
+    pub guardrails: bool,
     held: Option<Held>,
 }
 
@@ -74,6 +76,7 @@ impl Ticket {
             fallback: None,
             headers: Vec::new(),
             tool_rules: false,
+            guardrails: false,
             held: None,
         }
     }
@@ -469,6 +472,7 @@ impl Admission {
         let headers = RateLimitHeaders::compute(resolved, &views, now).pairs();
         Ok(Ticket {
             tool_rules: resolved.has_tool_rules(),
+            guardrails: resolved.has_guardrails(),
             actor: Some(actor),
             fallback,
             headers,

@@ -14,7 +14,6 @@ use crate::config::{Config, ConfigError};
 use crate::store::provider_keys::{self, ProviderKeyError, API_KEY};
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, clap::Args)]
 pub struct ProvidersArgs {
@@ -65,12 +64,6 @@ impl ProvidersError {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 pub fn run(args: ProvidersArgs) -> Result<(), ProvidersError> {
     let Some(config) = args.config.as_deref() else {
         return Err(ProvidersError::BadArgs(
@@ -95,7 +88,8 @@ pub fn run(args: ProvidersArgs) -> Result<(), ProvidersError> {
                     ProvidersError::BadArgs(format!("cannot read the key from stdin: {e}"))
                 })?;
             let key = input.trim_end_matches(['\n', '\r']);
-            let record = provider_keys::seal(&keks, &provider, API_KEY, key, now_ms())?;
+            let record =
+                provider_keys::seal(&keks, &provider, API_KEY, key, provider_keys::now_ms())?;
             let shown = provider_keys::listing(&record);
             provider_keys::put(&dir, &keks, record)?;
             print(&shown, args.json, "stored");
@@ -125,7 +119,7 @@ pub fn run(args: ProvidersArgs) -> Result<(), ProvidersError> {
             }
         }
         ProvidersCommand::RotateKek => {
-            let now = now_ms();
+            let now = provider_keys::now_ms();
             let changed = provider_keys::update(&dir, |rs| {
                 let mut n = 0;
                 for r in rs.iter_mut() {

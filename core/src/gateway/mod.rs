@@ -580,9 +580,9 @@ async fn handle_api<'g>(
         }
     };
     let mut headers = std::mem::take(&mut ticket.headers);
-    // Nothing to resolve when the config has no guardrails (most).
+    // Resolved again only for callers admission found guardrails for.
     let plan = match ticket.actor.as_ref() {
-        Some(a) if !generation.guardrails.is_empty() => {
+        Some(a) if ticket.guardrails && !generation.guardrails.is_empty() => {
             let policies = shard.admission.policy_set();
             let resolved = policies.resolve(a);
             guardrails::Plan::new(&generation.guardrails, &resolved)

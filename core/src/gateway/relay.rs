@@ -232,22 +232,10 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
             })
         }
     };
-    if !call.output_checks.is_empty() && head.status == 200 {
-        match crate::guardrails::check_body(
+    if head.status == 200 {
+        match crate::guardrails::check_answer(
             &call.generation.guardrails,
             &call.output_checks,
-            Stage::Output,
-            &body,
-            &mut call.guard_records.borrow_mut(),
-        ) {
-            Verdict::Pass => {}
-            Verdict::Redacted(b) => body = b,
-            Verdict::Blocked(e) => return Err(e),
-        }
-    }
-    if !call.tool_call_checks.is_empty() && head.status == 200 {
-        match crate::guardrails::check_answer_tool_calls(
-            &call.generation.guardrails,
             &call.tool_call_checks,
             &body,
             &mut call.guard_records.borrow_mut(),
@@ -762,20 +750,14 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     let mut keep = true;
                     // What is kept is what the client was sent: redacted.
                     if !call.output_checks.is_empty() {
-                        let bytes = serde_json::to_vec(&response).unwrap_or_default();
-                        match crate::guardrails::check_body(
+                        keep &= crate::guardrails::check_value(
                             &call.generation.guardrails,
                             &call.output_checks,
                             Stage::Output,
-                            &bytes,
+                            &mut response,
                             &mut Vec::new(),
-                        ) {
-                            Verdict::Pass => {}
-                            Verdict::Redacted(b) => {
-                                response = serde_json::from_slice(&b).unwrap_or(response);
-                            }
-                            Verdict::Blocked(_) => keep = false,
-                        }
+                        )
+                        .is_ok();
                     }
                     if let Some(guard) = &call.guard {
                         let bytes = serde_json::to_vec(&response).unwrap_or_default();

@@ -105,8 +105,7 @@ pub enum Verdict {
 
 /// Runs `checks` on the prose of a request body (`Stage::Input`) or an
 /// answer body in any dialect (`Stage::Output`). Each check's verdict
-/// goes to `records`. A body that is not JSON passes (it is refused, or
-/// relayed, elsewhere).
+/// goes to `records`. A body the checks cannot read is refused.
 pub fn check_body(
     rails: &Guardrails,
     checks: &[usize],
@@ -120,28 +119,98 @@ pub fn check_body(
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         return Verdict::Blocked(unreadable(rails, checks, stage));
     };
+    match check_value(rails, checks, stage, &mut value, records) {
+        Ok(false) => Verdict::Pass,
+        Ok(true) => Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default()),
+        Err(e) => Verdict::Blocked(e),
+    }
+}
+
+/// [`check_body`] on a body already read: redacts in place, `Ok(true)`
+/// when something was.
+pub fn check_value(
+    rails: &Guardrails,
+    checks: &[usize],
+    stage: Stage,
+    value: &mut Value,
+    records: &mut Vec<GuardRecord>,
+) -> Result<bool, GatewayError> {
+    let mut texts = prose(value, stage);
+    check_texts(rails, checks, stage, &mut texts, records)
+}
+
+/// A whole answer: `output` checks on its prose, then `tool_calls`
+/// checks on its tool calls' arguments, from one read of the body.
+pub fn check_answer(
+    rails: &Guardrails,
+    output: &[usize],
+    tool_calls: &[usize],
+    body: &[u8],
+    records: &mut Vec<GuardRecord>,
+) -> Verdict {
+    if output.is_empty() && tool_calls.is_empty() {
+        return Verdict::Pass;
+    }
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        let (checks, stage) = if output.is_empty() {
+            (tool_calls, Stage::ToolCalls)
+        } else {
+            (output, Stage::Output)
+        };
+        return Verdict::Blocked(unreadable(rails, checks, stage));
+    };
+    let checked = check_value(rails, output, Stage::Output, &mut value, records).and_then(|a| {
+        let mut texts = Vec::new();
+        for args in tool_arguments(&mut value) {
+            every_string(args, &mut texts);
+        }
+        let b = check_texts(rails, tool_calls, Stage::ToolCalls, &mut texts, records)?;
+        Ok(a || b)
+    });
+    match checked {
+        Ok(false) => Verdict::Pass,
+        Ok(true) => Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default()),
+        Err(e) => Verdict::Blocked(e),
+    }
+}
+
+/// Runs `checks` over `texts` and redacts them in place; `Ok(true)` when
+/// something was redacted.
+fn check_texts(
+    rails: &Guardrails,
+    checks: &[usize],
+    stage: Stage,
+    texts: &mut [&mut String],
+    records: &mut Vec<GuardRecord>,
+) -> Result<bool, GatewayError> {
+    if checks.is_empty() || texts.is_empty() {
+        return Ok(false);
+    }
+    match run(rails, checks, stage, texts, records) {
+        Outcome::Pass => Ok(false),
+        Outcome::Blocked(e) => Err(e),
+        Outcome::Redact(found) => {
+            apply(rails, texts, &found);
+            Ok(true)
+        }
+    }
+}
+
+/// The prose strings of a request (`Stage::Input`) or an answer.
+fn prose(value: &mut Value, stage: Stage) -> Vec<&mut String> {
     let members = match stage {
         Stage::Input => INPUT_MEMBERS,
         _ => OUTPUT_MEMBERS,
     };
-    let mut texts: Vec<&mut String> = Vec::new();
-    if let Value::Object(map) = &mut value {
+    let mut texts = Vec::new();
+    if let Value::Object(map) = value {
         for (k, v) in map.iter_mut() {
             if members.contains(&k.as_str()) {
                 collect(v, &mut texts);
             }
         }
     }
-    let outcome = run(rails, checks, stage, &texts, records);
-    match outcome {
-        Outcome::Blocked(e) => Verdict::Blocked(e),
-        Outcome::Pass => Verdict::Pass,
-        Outcome::Redact(found) => {
-            apply(rails, &mut texts, &found);
-            drop(texts);
-            Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default())
-        }
-    }
+    texts
 }
 
 /// The input stage: in-process checks, then each webhook in turn, on the
@@ -165,23 +234,11 @@ pub async fn check_input(
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         return Verdict::Blocked(unreadable(rails, checks, Stage::Input));
     };
-    let mut texts: Vec<&mut String> = Vec::new();
-    if let Value::Object(map) = &mut value {
-        for (k, v) in map.iter_mut() {
-            if INPUT_MEMBERS.contains(&k.as_str()) {
-                collect(v, &mut texts);
-            }
-        }
-    }
-    let mut changed = false;
-    match run(rails, &local, Stage::Input, &texts, records) {
-        Outcome::Blocked(e) => return Verdict::Blocked(e),
-        Outcome::Pass => {}
-        Outcome::Redact(found) => {
-            apply(rails, &mut texts, &found);
-            changed = true;
-        }
-    }
+    let mut texts = prose(&mut value, Stage::Input);
+    let mut changed = match check_texts(rails, &local, Stage::Input, &mut texts, records) {
+        Ok(c) => c,
+        Err(e) => return Verdict::Blocked(e),
+    };
     let actor_json = actor.map(|a| {
         serde_json::json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant,
                            "app": a.app, "environment": a.environment})
@@ -322,85 +379,48 @@ pub fn check_arguments(
     args: &mut Value,
     records: &mut Vec<GuardRecord>,
 ) -> Result<bool, GatewayError> {
-    if checks.is_empty() {
-        return Ok(false);
-    }
-    let mut texts: Vec<&mut String> = Vec::new();
+    let mut texts = Vec::new();
     every_string(args, &mut texts);
-    match run(rails, checks, Stage::ToolCalls, &texts, records) {
-        Outcome::Pass => Ok(false),
-        Outcome::Blocked(e) => Err(e),
-        Outcome::Redact(found) => {
-            apply(rails, &mut texts, &found);
-            Ok(true)
-        }
-    }
+    check_texts(rails, checks, Stage::ToolCalls, &mut texts, records)
 }
 
-/// The `tool_calls` stage on the tool calls of a whole answer in the
-/// client's dialect: chat `tool_calls[].function.arguments`, Anthropic
-/// `tool_use` blocks' `input`, Responses `function_call` items'
-/// `arguments`. `Redacted` carries the answer to send instead.
-pub fn check_answer_tool_calls(
-    rails: &Guardrails,
-    checks: &[usize],
-    body: &[u8],
-    records: &mut Vec<GuardRecord>,
-) -> Verdict {
-    if checks.is_empty() {
-        return Verdict::Pass;
-    }
-    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
-        return Verdict::Blocked(unreadable(rails, checks, Stage::ToolCalls));
+/// The arguments of the tool calls of a whole answer in the client's
+/// dialect: chat `tool_calls[].function.arguments`, Anthropic `tool_use`
+/// blocks' `input`, Responses `function_call` items' `arguments`.
+fn tool_arguments(value: &mut Value) -> Vec<&mut Value> {
+    let mut args = Vec::new();
+    let Value::Object(map) = value else {
+        return args;
     };
-    let member = ["choices", "content", "output"]
-        .into_iter()
-        .find(|k| value.get(*k).is_some_and(Value::is_array));
-    let Some((member, Some(list))) =
-        member.map(|m| (m, value.get_mut(m).and_then(Value::as_array_mut)))
-    else {
-        return Verdict::Pass;
-    };
-    let mut args: Vec<&mut Value> = Vec::new();
-    for item in list {
-        match member {
-            "choices" => {
-                if let Some(calls) = item
-                    .pointer_mut("/message/tool_calls")
-                    .and_then(Value::as_array_mut)
-                {
-                    args.extend(
-                        calls
-                            .iter_mut()
-                            .filter_map(|t| t.pointer_mut("/function/arguments")),
-                    );
+    for (member, list) in map.iter_mut() {
+        let Some(list) = list.as_array_mut() else {
+            continue;
+        };
+        for item in list {
+            match member.as_str() {
+                "choices" => {
+                    if let Some(calls) = item
+                        .pointer_mut("/message/tool_calls")
+                        .and_then(Value::as_array_mut)
+                    {
+                        args.extend(
+                            calls
+                                .iter_mut()
+                                .filter_map(|t| t.pointer_mut("/function/arguments")),
+                        );
+                    }
                 }
+                "content" if item.get("type").and_then(Value::as_str) == Some("tool_use") => {
+                    args.extend(item.get_mut("input"));
+                }
+                "output" if item.get("type").and_then(Value::as_str) == Some("function_call") => {
+                    args.extend(item.get_mut("arguments"));
+                }
+                _ => {}
             }
-            "content" if item.get("type").and_then(Value::as_str) == Some("tool_use") => {
-                args.extend(item.get_mut("input"));
-            }
-            "output" if item.get("type").and_then(Value::as_str) == Some("function_call") => {
-                args.extend(item.get_mut("arguments"));
-            }
-            _ => {}
         }
     }
-    if args.is_empty() {
-        return Verdict::Pass;
-    }
-    let mut texts: Vec<&mut String> = Vec::new();
-    for a in args {
-        every_string(a, &mut texts);
-    }
-    match run(rails, checks, Stage::ToolCalls, &texts, records) {
-        Outcome::Pass => Verdict::Pass,
-        Outcome::Blocked(e) => Verdict::Blocked(e),
-        Outcome::Redact(found) => {
-            apply(rails, &mut texts, &found);
-            drop(texts);
-            Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default())
-        }
-    }
+    args
 }
 
 /// Every string under `v`, keys' values at any depth.

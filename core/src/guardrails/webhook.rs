@@ -102,17 +102,11 @@ async fn exchange(
     let started = Instant::now();
     let left = || hook.timeout.saturating_sub(started.elapsed());
     let request = request_bytes(hook, body);
-    let mut up =
-        match futures_lite::future::or(async { Some(shard.pool.checkout(&hook.ep).await) }, async {
-            glommio::timer::sleep(hook.timeout).await;
-            None
-        })
+    let mut up = shard
+        .pool
+        .checkout(&hook.ep)
         .await
-        {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(WebhookError::Connect(e.to_string())),
-            None => return Err(WebhookError::Timeout(hook.timeout)),
-        };
+        .map_err(|e| WebhookError::Connect(e.to_string()))?;
     let sent_ok = async {
         write_all_timeout(&mut up.stream, &request, left()).await?;
         up.stream.flush().await

@@ -688,10 +688,11 @@ async fn cancelled(cancel: Option<&super::Cancel>) {
 }
 
 /// The `tool_calls` guardrails on a tool's result message: redacted in
-/// place, or replaced by an error response naming the check.
-fn guard_result(cx: &Cx<'_>, checks: &[usize], id: &Value, msg: &mut Value) {
+/// place, or replaced by an error response naming the check. True when
+/// the message changed.
+fn guard_result(cx: &Cx<'_>, checks: &[usize], id: &Value, msg: &mut Value) -> bool {
     let Some(result) = msg.get_mut("result") else {
-        return;
+        return false;
     };
     let checked = crate::guardrails::check_arguments(
         cx.rails,
@@ -699,10 +700,14 @@ fn guard_result(cx: &Cx<'_>, checks: &[usize], id: &Value, msg: &mut Value) {
         result,
         &mut cx.guard_records.borrow_mut(),
     );
-    if let Err(e) = checked {
-        log::info!("{}: an mcp tool result refused: {e}", cx.rid);
-        let e = RpcError::new(code::INTERNAL_ERROR, e.to_string());
-        *msg = wire::error_response(id, &e);
+    match checked {
+        Ok(changed) => changed,
+        Err(e) => {
+            log::info!("{}: an mcp tool result refused: {e}", cx.rid);
+            let e = RpcError::new(code::INTERNAL_ERROR, e.to_string());
+            *msg = wire::error_response(id, &e);
+            true
+        }
     }
 }
 
@@ -719,9 +724,7 @@ fn result_checked(cx: &Cx<'_>, checks: &[usize], id: &Value, body: &[u8]) -> Opt
         );
         return serde_json::to_vec(&wire::error_response(id, &e)).ok();
     };
-    let before = msg.clone();
-    guard_result(cx, checks, id, &mut msg);
-    (msg != before).then(|| serde_json::to_vec(&msg).unwrap_or_default())
+    guard_result(cx, checks, id, &mut msg).then(|| serde_json::to_vec(&msg).unwrap_or_default())
 }
 
 /// Relays an exchange's messages to the client: as events when it

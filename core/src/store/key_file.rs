@@ -22,19 +22,26 @@ pub fn load_or_create(path: &Path) -> std::io::Result<[u8; 32]> {
             }
             let mut key = [0u8; 32];
             getrandom::getrandom(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
-            let mut tmp = path.as_os_str().to_owned();
-            tmp.push(".tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&key)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
+            replace_private(path, &key)?;
             Ok(key)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Replaces `path` with `bytes`, owner-only: written to `<path>.tmp`,
+/// synced, renamed into place, so a crash leaves the old file or the new
+/// one whole.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -28,9 +28,7 @@ use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const FILE: &str = "provider_keys.json";
 const LOCK: &str = "provider_keys.lock";
@@ -332,21 +330,18 @@ pub fn update<T>(
 }
 
 fn save(dir: &Path, records: &[Record]) -> Result<(), ProviderKeyError> {
-    let path: PathBuf = dir.join(FILE);
-    let tmp = dir.join(format!("{FILE}.tmp"));
     let bytes =
         serde_json::to_vec_pretty(records).map_err(|e| ProviderKeyError::Corrupt(e.to_string()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    super::key_file::replace_private(&dir.join(FILE), &bytes)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+/// Unix milliseconds now: when a record is set or re-wrapped.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What listing shows of a record: never the credential.
