@@ -62,6 +62,7 @@ fn main() {
                 total: None,
             },
             hedge: None,
+            cache: None,
         };
         let n = 1_000_000u32;
         let t = Instant::now();

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod admission;
 pub mod allocator;
 pub mod audit;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -35,6 +35,15 @@ pub enum ShardMsg {
     },
     /// This shard has the keys of `Keys` `seq`.
     KeysApplied { seq: u64 },
+    /// The admin API purges the response cache: drop what `purge` names,
+    /// then say how many to `from` as `seq`.
+    CachePurge {
+        purge: crate::cache::Purge,
+        from: usize,
+        seq: u64,
+    },
+    /// This shard dropped `dropped` entries for `CachePurge` `seq`.
+    CachePurged { seq: u64, dropped: usize },
     /// A target's circuit opened on another shard: avoid it until then.
     CircuitOpen {
         target: String,

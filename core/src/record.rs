@@ -83,6 +83,20 @@ pub struct Trail<'a> {
     pub trace_id: Option<String>,
     /// Each guardrail check's verdict (empty for callers with none).
     pub guardrails: Vec<crate::guardrails::GuardRecord>,
+    /// How the response cache served it, on routes with one.
+    pub cache: Option<CacheNote>,
+}
+
+/// The response cache's part in a request.
+#[derive(Debug, Clone)]
+pub struct CacheNote {
+    /// `hit`, `miss` or `bypass` (its `x-shardgate-cache`).
+    pub result: &'static str,
+    /// A hit: what the kept answer used when it was made, which this
+    /// request did not.
+    pub saved: Option<Usage>,
+    /// A hit: the target that made the answer.
+    pub served_by: Option<String>,
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),

@@ -62,9 +62,13 @@ pub struct Shard {
     last_key_read: Cell<Option<std::time::Instant>>,
     /// Key changes under way on this shard, waiting for the others' acks.
     key_acks: RefCell<HashMap<u64, LocalSender<()>>>,
+    /// Cache purges under way on this shard, waiting for the others' counts.
+    purge_acks: RefCell<HashMap<u64, LocalSender<usize>>>,
     next_scrape: Cell<u64>,
     /// Asks the process to reload its config file (`POST /admin/reload`).
     reloads: std::cell::OnceCell<crossbeam::channel::Sender<ReloadAsk>>,
+    /// This shard's kept answers (the response cache).
+    pub cache: RefCell<crate::cache::ShardEntries>,
     /// The stored Responses turns' thread.
     conversations: std::cell::OnceCell<Rc<crate::gateway::conversation::Link>>,
 }
@@ -115,9 +119,11 @@ impl Shard {
             stats: RefCell::new(ShardStats::default()),
             scrapes: RefCell::new(HashMap::new()),
             key_acks: RefCell::new(HashMap::new()),
+            purge_acks: RefCell::new(HashMap::new()),
             last_key_read: Cell::new(None),
             next_scrape: Cell::new(0),
             reloads: std::cell::OnceCell::new(),
+            cache: RefCell::new(crate::cache::ShardEntries::default()),
             conversations: std::cell::OnceCell::new(),
         })
     }
@@ -295,6 +301,40 @@ impl Shard {
         missing
     }
 
+    /// Drops what `purge` names from every shard's response cache, waiting
+    /// at most `wait` for the others: the entries dropped, and the shards
+    /// that did not answer in time.
+    pub async fn purge_cache(
+        &self,
+        purge: crate::cache::Purge,
+        wait: std::time::Duration,
+    ) -> (usize, usize) {
+        let mut dropped = self.cache.borrow_mut().purge(&purge);
+        let Some(mesh) = self.mesh.borrow().clone() else {
+            return (dropped, 0);
+        };
+        let seq = self.next_scrape.get();
+        self.next_scrape.set(seq + 1);
+        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
+        self.purge_acks.borrow_mut().insert(seq, tx);
+        let me = mesh.me();
+        let peers = mesh.peers();
+        for to in (0..peers).filter(|&p| p != me) {
+            let purge = purge.clone();
+            mesh.send(
+                to,
+                ShardMsg::CachePurge {
+                    purge,
+                    from: me,
+                    seq,
+                },
+            );
+        }
+        let missing = gather(&rx, peers - 1, wait, |n| dropped += n).await;
+        self.purge_acks.borrow_mut().remove(&seq);
+        (dropped, missing)
+    }
+
     /// Every shard's metrics merged, rendered for Prometheus. Other shards
     /// answer over the mesh; one that does not within `wait` is counted
     /// as missing, not waited for.
@@ -344,6 +384,7 @@ impl Shard {
         if let Some(a) = &self.audit {
             s.set_audit(a.dropped_events.get(), Some(a.writer_totals()));
         }
+        s.set_cache_kept(self.cache.borrow().totals());
         s.set_circuits(self.balancer.circuits(std::time::Instant::now()));
         s.set_latency(self.balancer.figures());
         s
@@ -371,6 +412,17 @@ impl Shard {
                 self.admission.replace_keys(Rc::new(*keys));
                 if let Some(mesh) = self.mesh.borrow().clone() {
                     mesh.send(from, ShardMsg::KeysApplied { seq });
+                }
+            }
+            ShardMsg::CachePurge { purge, from, seq } => {
+                let dropped = self.cache.borrow_mut().purge(&purge);
+                if let Some(mesh) = self.mesh.borrow().clone() {
+                    mesh.send(from, ShardMsg::CachePurged { seq, dropped });
+                }
+            }
+            ShardMsg::CachePurged { seq, dropped } => {
+                if let Some(tx) = self.purge_acks.borrow().get(&seq) {
+                    let _ = tx.try_send(dropped);
                 }
             }
             ShardMsg::CircuitOpen { target, until } => {

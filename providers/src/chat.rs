@@ -483,6 +483,8 @@ pub struct ChatChunk {
     #[serde(default)]
     pub id: String,
     #[serde(default)]
+    pub created: u64,
+    #[serde(default)]
     pub model: String,
     #[serde(default)]
     pub choices: Vec<ChunkChoice>,

@@ -28,6 +28,7 @@ pub mod eventstream;
 pub mod gemini;
 pub mod openai;
 pub mod presets;
+pub mod replay;
 pub mod responses;
 pub mod sigv4;
 #[doc(hidden)]

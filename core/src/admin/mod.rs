@@ -14,6 +14,7 @@ use shardgate_proto::h1::Method;
 use std::rc::Rc;
 use std::time::Duration;
 
+mod cache;
 mod cluster;
 mod keys;
 mod providers;
@@ -62,6 +63,8 @@ enum Endpoint<'p> {
     Providers,
     /// `PUT` stores a provider's key, `DELETE` removes it.
     ProviderKey(&'p str),
+    /// `DELETE` purges the response cache.
+    Cache,
 }
 
 fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
@@ -76,6 +79,7 @@ fn endpoint(path: &[u8]) -> Option<(Endpoint<'_>, &'static str)> {
         b"/admin/targets" => Some((Endpoint::Targets, "/admin/targets")),
         b"/admin/keys" => Some((Endpoint::Keys, "/admin/keys")),
         b"/admin/cluster" => Some((Endpoint::Cluster, "/admin/cluster")),
+        b"/admin/cache" => Some((Endpoint::Cache, "/admin/cache")),
         b"/admin/providers" => Some((Endpoint::Providers, "/admin/providers")),
         _ if path.starts_with(b"/admin/providers/") => {
             let name = path
@@ -190,6 +194,7 @@ impl Router for AdminRouter {
             (Endpoint::Key(id), Method::Delete) => {
                 keys::revoke(shard, generation, conn, id, rid).await
             }
+            (Endpoint::Cache, Method::Delete) => cache::purge(shard, conn, &req, rid).await,
             (Endpoint::Providers, _) if get => providers::list(generation, conn, rid).await,
             (Endpoint::ProviderKey(name), Method::Put) => {
                 providers::set(shard, generation, conn, &req, name, rid).await

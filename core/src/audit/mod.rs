@@ -184,7 +184,13 @@ impl ShardAudit {
             output += u.completion_tokens.unwrap_or(0);
             cached += u.cached_tokens.unwrap_or(0);
         }
-        let served = t.attempts.last().map(|a| a.target.served_by.as_str());
+        // A cache hit made no attempt: its answer names the target that
+        // made it.
+        let served = t
+            .attempts
+            .last()
+            .map(|a| a.target.served_by.as_str())
+            .or_else(|| t.cache.as_ref().and_then(|c| c.served_by.as_deref()));
         let (provider, upstream_model) = served
             .and_then(|s| s.split_once('/'))
             .map_or((None, None), |(p, m)| (Some(p), Some(m)));
@@ -228,6 +234,14 @@ impl ShardAudit {
                 overhead: ms(total.saturating_sub(upstream)),
             },
             guardrails: &t.guardrails,
+            cache: t.cache.as_ref().map(|c| events::Cache {
+                result: c.result,
+                saved_tokens: c.saved.map(|u| events::Tokens {
+                    input: u.prompt_tokens.unwrap_or(0),
+                    output: u.completion_tokens.unwrap_or(0),
+                    cached: u.cached_tokens.unwrap_or(0),
+                }),
+            }),
         };
         self.push_serialize(&event);
     }
@@ -320,6 +334,17 @@ mod events {
         /// Each guardrail check's verdict; absent for callers with none.
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         pub guardrails: &'a [crate::guardrails::GuardRecord],
+        /// How the response cache served it; absent on routes without one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub cache: Option<Cache>,
+    }
+
+    /// A hit's `saved_tokens`: what the kept answer used when it was made.
+    #[derive(Serialize)]
+    pub struct Cache {
+        pub result: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub saved_tokens: Option<Tokens>,
     }
 
     /// The wall-clock time when serialized, RFC 3339 in milliseconds,

@@ -422,3 +422,49 @@ fn cluster_section() {
         assert!(e.starts_with(field), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_route_cache_has_defaults_and_its_bad_values_are_named() {
+    use super::cache::{CacheScope, CacheSettings};
+    let c = parse(&two_targets("    cache: {}\n")).unwrap();
+    assert_eq!(
+        c.models["r"].cache,
+        Some(CacheSettings {
+            ttl: Duration::from_secs(600),
+            scope: CacheScope::Tenant,
+            max_entries: 10_000,
+            max_bytes: 64 << 20,
+            sampled: false,
+        })
+    );
+    assert_eq!(parse(&two_targets("")).unwrap().models["r"].cache, None);
+    let c = parse(&two_targets(
+        "    cache: { ttl: 30s, scope: global, max_entries: 10, max_bytes: 1MiB, sampled: true }\n",
+    ))
+    .unwrap();
+    let s = c.models["r"].cache.unwrap();
+    assert_eq!(
+        (s.ttl, s.scope, s.sampled),
+        (Duration::from_secs(30), CacheScope::Global, true)
+    );
+    assert_eq!(s.per_shard(4), (2, 256 * 1024));
+    for (extra, starts) in [
+        (
+            "    cache: { ttl: 0s }\n",
+            "models.r.cache.ttl: must be more than 0",
+        ),
+        (
+            "    cache: { max_entries: 0 }\n",
+            "models.r.cache.max_entries:",
+        ),
+        (
+            "    cache: { max_bytes: 1KiB }\n",
+            "models.r.cache.max_bytes: must be at least",
+        ),
+        ("    cache: { scope: tenants }\n", "models.r.cache.scope"),
+        ("    cache: { size: 1 }\n", "models.r.cache"),
+    ] {
+        let e = parse(&two_targets(extra)).unwrap_err();
+        assert!(e.starts_with(starts), "{extra}: {e}");
+    }
+}

@@ -8,6 +8,7 @@
 //! not exist).
 
 pub mod audit;
+pub mod cache;
 pub mod cluster;
 pub mod guardrails;
 pub mod mcp;

@@ -28,6 +28,8 @@ pub struct ModelRoute {
     pub timeouts: RouteTimeouts,
     /// Set only on a route with two targets or more.
     pub hedge: Option<Hedge>,
+    /// Deterministic answers are kept and replayed (opt-in).
+    pub cache: Option<super::cache::CacheSettings>,
 }
 
 /// How a route picks the target that is tried first.
@@ -184,6 +186,7 @@ pub(super) struct RawModel {
     #[serde(default)]
     timeouts: RawTimeouts,
     hedge: Option<RawHedge>,
+    cache: Option<super::cache::RawCache>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,6 +304,10 @@ fn build_route(
         retry: build_retry(&format!("{path}.retry"), m.retry)?,
         timeouts: build_timeouts(&format!("{path}.timeouts"), m.timeouts, upstream)?,
         hedge,
+        cache: match m.cache {
+            Some(c) => Some(super::cache::build(&format!("{path}.cache"), c)?),
+            None => None,
+        },
     })
 }
 

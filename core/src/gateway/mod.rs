@@ -6,6 +6,7 @@
 
 mod attempt;
 pub mod balance;
+mod capture;
 mod count;
 pub mod egress;
 pub mod health;
@@ -15,11 +16,13 @@ mod mock;
 pub mod models;
 mod plan;
 mod relay;
+mod replay;
 mod route;
 mod tool_guard;
 pub use plan::PassHeads;
 
 use crate::admission::{Refusal, Ticket};
+use crate::cache;
 use crate::error::GatewayError;
 use crate::generation::Generation;
 use crate::guardrails::{self, Verdict};
@@ -107,6 +110,10 @@ pub struct Call<'a> {
     /// The same for tool calls' arguments in the answer (whole answers).
     pub tool_call_checks: Vec<usize>,
     pub guard_records: RefCell<Vec<crate::guardrails::GuardRecord>>,
+    /// A miss the cache keeps: the most bytes of answer it may keep, and
+    /// the answer once read ([`capture`]).
+    capture_limit: Option<usize>,
+    captured: RefCell<Option<crate::cache::Captured>>,
 }
 
 impl Call<'_> {
@@ -703,16 +710,46 @@ async fn handle_api<'g>(
         output_checks: plan.as_ref().map(|p| p.output.clone()).unwrap_or_default(),
         tool_call_checks: plan.map(|p| p.tool_calls).unwrap_or_default(),
         guard_records: RefCell::new(Vec::new()),
+        capture_limit: None,
+        captured: RefCell::new(None),
     };
-    let outcome = route::serve(
-        &call,
-        conn,
-        alias,
-        model,
-        &config.models,
-        &mut trail.attempts,
-    )
-    .await;
+    let mut call = call;
+    let cached = model
+        .cache
+        .as_ref()
+        .map(|settings| look_up(&mut call, settings, alias, model, ticket.actor.as_ref()));
+    let hit = match &cached {
+        Some((cache::Decision::Hit(entry), _)) => {
+            // Boxed: a replay's state inline would size every request's
+            // future for the calls a cache answers.
+            Box::pin(serve_hit(&call, conn, entry, model)).await
+        }
+        _ => None,
+    };
+    let outcome = match hit {
+        Some(outcome) => outcome,
+        None => {
+            route::serve(
+                &call,
+                conn,
+                alias,
+                model,
+                &config.models,
+                &mut trail.attempts,
+            )
+            .await
+        }
+    };
+    if let Some((decision, scope)) = cached {
+        trail.cache = Some(keep_or_note(
+            &call,
+            decision,
+            scope,
+            alias,
+            model,
+            &trail.attempts,
+        ));
+    }
     trail
         .guardrails
         .append(&mut call.guard_records.borrow_mut());
@@ -723,6 +760,121 @@ async fn handle_api<'g>(
     });
     settle(shard, ticket, trail);
     outcome
+}
+
+/// The cache's decision on `call` (a route with `cache:`), its header on
+/// the answer, and the scope it is kept under; a miss captures its answer.
+fn look_up(
+    call: &mut Call<'_>,
+    settings: &crate::config::cache::CacheSettings,
+    alias: &str,
+    model: &crate::config::ModelRoute,
+    actor: Option<&shardgate_policy::Actor>,
+) -> (cache::Decision, String) {
+    use cache::key::{Directives, Sampling};
+    let scope = cache::scope_of(settings.scope, actor);
+    let sampling = match call.api {
+        _ if settings.sampled => Sampling::None,
+        Api::ChatCompletions => Sampling::TemperatureOrSeed,
+        Api::Messages => Sampling::TemperatureOnly,
+        Api::Embeddings => Sampling::None,
+        // Legacy completions and the stateful Responses API are not kept.
+        Api::Completions | Api::Responses => {
+            call.headers
+                .push(("x-shardgate-cache", "bypass".to_owned()));
+            return (cache::Decision::Bypass, scope);
+        }
+    };
+    let route = cache::route_id(call.api.client_path(), alias, model);
+    let decision = cache::decide(
+        &mut call.shard.cache.borrow_mut(),
+        call.generation.number,
+        &call.req.body,
+        call.members,
+        sampling,
+        &route,
+        alias,
+        &scope,
+        Directives::parse(call.req.header("cache-control")),
+    );
+    if let cache::Decision::Fill { .. } = decision {
+        let shards = call.shard.config.shards;
+        call.capture_limit = Some(settings.per_shard(shards).1);
+    }
+    call.headers
+        .push(("x-shardgate-cache", decision.header().to_owned()));
+    (decision, scope)
+}
+
+/// Answers `call` from `entry`; `None` when the entry cannot be replayed
+/// in the way asked (the route answers instead).
+async fn serve_hit(
+    call: &Call<'_>,
+    conn: &mut ClientConn,
+    entry: &cache::Entry,
+    model: &crate::config::ModelRoute,
+) -> Option<Outcome> {
+    let mut answer = replay::answer(call, entry, model)?;
+    Some(match relay::deliver(conn, &mut answer).await {
+        Ok(outcome) => outcome,
+        Err(failure) => {
+            let e = &failure.error;
+            send_error(conn, call.client, e, call.rid, &call.headers, false).await
+        }
+    })
+}
+
+/// A miss's answer is kept when the client got it whole from the target
+/// that made it; the call's record says how the cache served it.
+fn keep_or_note(
+    call: &Call<'_>,
+    decision: cache::Decision,
+    scope: String,
+    alias: &str,
+    model: &crate::config::ModelRoute,
+    attempts: &Attempts<'_>,
+) -> crate::record::CacheNote {
+    let result = decision.header();
+    match decision {
+        cache::Decision::Hit(entry) => crate::record::CacheNote {
+            result,
+            saved: entry.usage,
+            served_by: Some(entry.served_by.clone()),
+        },
+        cache::Decision::Fill { key, .. } => {
+            let captured = call.captured.borrow_mut().take();
+            let answered = |c: &cache::Captured| {
+                attempts.last().is_some_and(|a| {
+                    a.outcome == AttemptOutcome::Answered && a.target.served_by == c.served_by
+                })
+            };
+            if let (Some(c), Some(settings)) = (captured.filter(answered), &model.cache) {
+                let entry = cache::Entry {
+                    answer: c.answer,
+                    usage: c.usage,
+                    served_by: c.served_by,
+                    scope,
+                    expires: crate::deadline::coarse_now() + settings.ttl,
+                };
+                let shards = call.shard.config.shards;
+                let number = call.generation.number;
+                call.shard
+                    .cache
+                    .borrow_mut()
+                    .put(number, alias, settings, shards, key, entry);
+            }
+            crate::record::CacheNote {
+                result,
+                saved: None,
+                served_by: None,
+            }
+        }
+        cache::Decision::Bypass => crate::record::CacheNote {
+            result,
+            saved: None,
+            served_by: None,
+        },
+    }
 }
 
 /// A key made a moment ago: admitted once this shard has re-read the key

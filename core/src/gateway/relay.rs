@@ -10,6 +10,7 @@
 //! client that leaves mid-stream drops the upstream connection, cancelling
 //! the generation.
 
+use super::capture::StreamCapture;
 use super::egress::{push_chunk, ClientDialect, StreamEgress};
 use super::mock::MockBody;
 use super::plan::Reply;
@@ -70,6 +71,8 @@ pub enum Source {
     },
     /// The built-in mock, generated as it is read.
     Mock(MockBody),
+    /// A kept answer from the response cache.
+    Cached(super::replay::ReplayBody),
     /// Read to its end and let go (an upstream connection back to its pool).
     Released,
 }
@@ -94,6 +97,7 @@ impl Source {
         match self {
             Source::Http { up, reader, .. } => reader.step(up, wait, on_data).await,
             Source::Mock(m) => m.step(on_data).await,
+            Source::Cached(c) => c.step(on_data),
             Source::Released => Ok(BodyStep::End),
         }
     }
@@ -103,6 +107,7 @@ impl Source {
         match self {
             Source::Http { up, reader, .. } => reader.read_to_end(up, wait, max).await,
             Source::Mock(m) => m.read_to_end(max).await,
+            Source::Cached(c) => Ok(c.read_to_end()),
             Source::Released => Ok(Vec::new()),
         }
     }
@@ -196,6 +201,9 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
     };
     source.finished(shard);
     let mut usage = None;
+    // The answer's OpenAI form, for a miss the cache keeps.
+    let capture = call.capture_limit.is_some() && head.status == 200;
+    let mut openai = None;
     let translated = match reply {
         Reply::Same => {
             usage = usage_of_body(client, &body);
@@ -203,6 +211,9 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         }
         Reply::FromOpenAi => {
             usage = usage_of_body(ClientDialect::OpenAi, &body);
+            if capture {
+                openai = Some(body.clone());
+            }
             let ctx = (client == ClientDialect::Responses).then(|| call.response_ctx(model));
             client.success_body(body, ctx.as_ref())
         }
@@ -212,6 +223,9 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
                 .response_to_openai(&body, &call.reply_ctx(model))
                 .and_then(|(b, u)| {
                     usage = Some(openai_usage(&u));
+                    if capture {
+                        openai = Some(b.clone());
+                    }
                     let ctx =
                         (client == ClientDialect::Responses).then(|| call.response_ctx(model));
                     client.success_body(b, ctx.as_ref())
@@ -232,6 +246,16 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
             })
         }
     };
+    if capture {
+        let openai = match reply {
+            Reply::Same => super::capture::same_dialect(call, client, *wire, model, &body),
+            Reply::GeminiEmbeddings => Some(body.clone()),
+            Reply::FromOpenAi | Reply::FromWire => openai,
+        };
+        if let Some(o) = openai {
+            super::capture::keep(call, name, model, o, usage);
+        }
+    }
     if head.status == 200 {
         match crate::guardrails::check_answer(
             &call.generation.guardrails,
@@ -326,11 +350,20 @@ impl Pipe {
         }
     }
 
-    /// Appends what `data` makes for the client to `out`.
-    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    /// Appends what `data` makes for the client to `out`; a miss the
+    /// cache keeps is read by `capture` on the way.
+    fn feed(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        mut capture: Option<&mut StreamCapture>,
+    ) -> Result<(), String> {
         match self {
             Pipe::Same(framer, tap) => framer
                 .feed(data, |event| {
+                    if let Some(c) = &mut capture {
+                        c.feed(event.raw);
+                    }
                     if tap.relay(event.raw) {
                         encode_chunk_header(event.raw.len(), out);
                         out.extend_from_slice(event.raw);
@@ -342,10 +375,18 @@ impl Pipe {
                 Some(w) => {
                     t.mid.clear();
                     let r = w.on_bytes(data, &mut t.mid).map_err(|e| e.to_string());
+                    if let Some(c) = capture {
+                        c.feed(&t.mid);
+                    }
                     t.egress.push(&t.mid, out).map_err(|e| e.to_string())?;
                     r
                 }
-                None => t.egress.push(data, out).map_err(|e| e.to_string()),
+                None => {
+                    if let Some(c) = capture {
+                        c.feed(data);
+                    }
+                    t.egress.push(data, out).map_err(|e| e.to_string())
+                }
             },
         }
     }
@@ -374,13 +415,20 @@ impl Pipe {
     /// The upstream body ended: close the client's stream. Returns the
     /// usage reported, whether the upstream ended before its end marker,
     /// and a Responses stream's final `response` object.
-    fn finish(self, out: &mut Vec<u8>) -> (Option<Usage>, bool, Option<serde_json::Value>) {
+    fn finish(
+        self,
+        out: &mut Vec<u8>,
+        capture: Option<&mut StreamCapture>,
+    ) -> (Option<Usage>, bool, Option<serde_json::Value>) {
         match self {
             Pipe::Same(mut framer, mut tap) => {
                 if let Some(rest) = framer.finish() {
                     // An unterminated last event: pass it on, terminated.
                     let mut tail = rest.to_vec();
                     tail.extend_from_slice(b"\n\n");
+                    if let Some(c) = capture {
+                        c.feed(&tail);
+                    }
                     if tap.relay(&tail) {
                         push_chunk(out, &tail);
                     }
@@ -398,6 +446,9 @@ impl Pipe {
                 if let Some(w) = wire {
                     mid.clear();
                     summary = Some(w.finish(&mut mid));
+                    if let Some(c) = capture {
+                        c.feed(&mid);
+                    }
                     if let Err(e) = egress.push(&mid, out) {
                         // The closing events still reach the client; only
                         // their translation into its dialect fell short.
@@ -658,6 +709,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     let (shard, rid) = (answer.call.shard, answer.call.rid);
     let settings = shard.pool.settings();
     let mut pipe = Pipe::new(answer, settings.max_event_bytes);
+    let mut capture = StreamCapture::new(answer);
     let Answer {
         source,
         head,
@@ -696,7 +748,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             async {
                 let mut on_data = |data: &[u8]| {
                     if feed_error.is_none() {
-                        if let Err(e) = pipe.feed(data, &mut out) {
+                        if let Err(e) = pipe.feed(data, &mut out, capture.as_deref_mut()) {
                             feed_error = Some(e);
                         }
                     }
@@ -727,14 +779,16 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     Pipe::Same(_, tap) => tap.events,
                     Pipe::Translate(_) => 0,
                 };
-                let (usage, cut, mut response) = pipe.finish(&mut out);
+                let (usage, cut, mut response) = pipe.finish(&mut out, capture.as_deref_mut());
                 meter_stream(call, usage, cut, events);
+                let mut refused = false;
                 if let Some(guard) = &call.guard {
                     if let Err(err) = guard.borrow_mut().filter_stream(&mut out, 0) {
                         conn.note_error(err.label());
                         StreamEgress::identity(client).fail(&err, &mut out);
                         // A refused answer is not a turn to keep.
                         response = None;
+                        refused = true;
                     }
                 }
                 if let Some(r) = &mut rails {
@@ -742,7 +796,12 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                         conn.note_error(err.label());
                         StreamEgress::identity(client).fail(&err, &mut out);
                         response = None;
+                        refused = true;
                     }
+                }
+                // Kept only when the client gets the whole answer.
+                if let Some(c) = capture.take().filter(|_| !cut && !refused) {
+                    *call.captured.borrow_mut() = c.finish(usage);
                 }
                 // Stored before `response.completed` leaves: a follow-up
                 // sent the moment it arrives finds the turn.

@@ -1024,6 +1024,7 @@ mod tests {
                     total: None,
                 },
                 hedge: None,
+                cache: None,
             };
             // Every subset of open circuits but the one where all are open.
             for open in 0u32..15 {

@@ -78,6 +78,12 @@ pub struct ShardStats {
     latency: Option<Vec<(String, f64, u32)>>,
     /// By model call: alias, provider, team; the GenAI histograms.
     model: model::ModelStats,
+    /// The response cache: requests by route and result (hit, miss,
+    /// bypass), tokens hits saved (input, output), and what is kept (entries,
+    /// bytes, evictions; each shard's own, summed when merged).
+    cache: Vec<((String, &'static str), u64)>,
+    cache_saved: (u64, u64),
+    cache_kept: (u64, u64, u64),
 }
 
 /// How many refusals the status view keeps per shard.
@@ -318,6 +324,27 @@ impl ShardStats {
         }
     }
 
+    /// How the response cache served a request to route `alias`.
+    pub fn cache(&mut self, alias: &str, note: &crate::record::CacheNote) {
+        match self
+            .cache
+            .iter_mut()
+            .find(|((a, r), _)| a == alias && *r == note.result)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.cache.push(((alias.to_owned(), note.result), 1)),
+        }
+        if let Some(u) = &note.saved {
+            self.cache_saved.0 += u.prompt_tokens.unwrap_or(0);
+            self.cache_saved.1 += u.completion_tokens.unwrap_or(0);
+        }
+    }
+
+    /// What this shard's cache keeps (entries, bytes, evictions so far).
+    pub fn set_cache_kept(&mut self, kept: (u64, u64, u64)) {
+        self.cache_kept = kept;
+    }
+
     /// The circuits that are not closed, set on the scraping shard's
     /// snapshot.
     pub fn set_circuits(&mut self, circuits: Vec<(String, &'static str)>) {
@@ -402,6 +429,17 @@ impl ShardStats {
             mine.requests += u.requests;
             mine.spend_micros += u.spend_micros;
         }
+        for (key, n) in &other.cache {
+            match self.cache.iter_mut().find(|(k, _)| k == key) {
+                Some((_, mine)) => *mine += n,
+                None => self.cache.push((key.clone(), *n)),
+            }
+        }
+        self.cache_saved.0 += other.cache_saved.0;
+        self.cache_saved.1 += other.cache_saved.1;
+        self.cache_kept.0 += other.cache_kept.0;
+        self.cache_kept.1 += other.cache_kept.1;
+        self.cache_kept.2 += other.cache_kept.2;
         self.denials.extend(other.denials.iter().cloned());
         self.model.merge(&other.model);
         if self.latency.is_none() {
@@ -550,6 +588,30 @@ impl ShardStats {
                 *us as f64 / 1e6
             );
         }
+        let mut cache = self.cache.clone();
+        cache.sort();
+        out.push_str("# HELP shardgate_cache_requests_total Requests to routes with a response cache, by route and result (hit, miss, bypass).\n# TYPE shardgate_cache_requests_total counter\n");
+        for ((alias, result), n) in &cache {
+            let _ = writeln!(
+                out,
+                "shardgate_cache_requests_total{{model=\"{}\",result=\"{result}\"}} {n}",
+                escape(alias)
+            );
+        }
+        let (input, output) = self.cache_saved;
+        let (entries, bytes, evictions) = self.cache_kept;
+        let _ = write!(
+            out,
+            "# HELP shardgate_cache_saved_tokens_total Tokens cache hits did not use upstream, by type.\n# TYPE shardgate_cache_saved_tokens_total counter\n\
+             shardgate_cache_saved_tokens_total{{type=\"input\"}} {input}\n\
+             shardgate_cache_saved_tokens_total{{type=\"output\"}} {output}\n\
+             # HELP shardgate_cache_entries Answers the response cache keeps, all shards.\n# TYPE shardgate_cache_entries gauge\n\
+             shardgate_cache_entries {entries}\n\
+             # HELP shardgate_cache_bytes Memory the response cache's entries take, all shards.\n# TYPE shardgate_cache_bytes gauge\n\
+             shardgate_cache_bytes {bytes}\n\
+             # HELP shardgate_cache_evictions_total Entries dropped to stay within the cache's bounds.\n# TYPE shardgate_cache_evictions_total counter\n\
+             shardgate_cache_evictions_total {evictions}\n"
+        );
         out.push_str("# HELP shardgate_circuit_open Targets whose circuit breaker is open (1) or half-open (0.5); closed ones are not listed.\n# TYPE shardgate_circuit_open gauge\n");
         let mut circuits = self.circuits.clone().unwrap_or_default();
         circuits.sort();

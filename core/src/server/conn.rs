@@ -276,6 +276,9 @@ fn record(shard: &Shard, conn: &ClientConn, rid: &str, trail: &Trail<'_>, starte
         if !trail.guardrails.is_empty() {
             stats.guardrails(&trail.guardrails);
         }
+        if let (Some(note), Some(alias)) = (&trail.cache, &trail.alias) {
+            stats.cache(alias, note);
+        }
     }
     end.log();
     if let Some(audit) = &shard.audit {
