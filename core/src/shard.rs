@@ -184,6 +184,8 @@ impl Shard {
             applied,
         } = reload;
         self.admission.reload(&config, policies);
+        // Kept answers were made under the old config.
+        self.cache.borrow_mut().clear(number);
         // Figures of targets no route names any more would linger (an open
         // circuit would be reported, and checked for, for good).
         let served: std::collections::HashSet<&str> = config

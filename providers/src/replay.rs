@@ -13,6 +13,7 @@ use crate::chat::{
     ResponseMessage, Role, ToolCall,
 };
 use crate::Usage;
+use serde_json::Value;
 use shardgate_proto::sse::SseFramer;
 
 /// Reads a `chat.completion.chunk` stream (SSE bytes, split anywhere) into
@@ -80,7 +81,15 @@ impl Assembler {
     }
 
     fn chunk(&mut self, data: &[u8]) {
-        let Ok(c) = serde_json::from_slice::<ChatChunk>(data) else {
+        let Ok(raw) = serde_json::from_slice::<Value>(data) else {
+            self.broken = true;
+            return;
+        };
+        if !followed(&raw) {
+            self.broken = true;
+            return;
+        }
+        let Ok(c) = serde_json::from_value::<ChatChunk>(raw) else {
             self.broken = true;
             return;
         };
@@ -137,7 +146,7 @@ impl Assembler {
             + self
                 .calls
                 .iter()
-                .map(|c| c.function.arguments.len())
+                .map(|c| c.id.len() + c.function.name.len() + c.function.arguments.len())
                 .sum::<usize>();
         if kept > self.max_bytes {
             self.broken = true;
@@ -170,6 +179,34 @@ impl Assembler {
     }
 }
 
+/// Whether every part of a chunk's choices is one the assembled answer
+/// keeps: a refusal, log probabilities, reasoning or audio deltas would be
+/// lost, so a stream with any is not assembled at all.
+fn followed(chunk: &Value) -> bool {
+    let Some(choices) = chunk.get("choices") else {
+        return true;
+    };
+    let Some(choices) = choices.as_array() else {
+        return choices.is_null();
+    };
+    choices.iter().all(|c| {
+        let Some(c) = c.as_object() else {
+            return false;
+        };
+        c.iter().all(|(k, v)| match k.as_str() {
+            "index" | "finish_reason" => true,
+            "logprobs" => v.is_null(),
+            "delta" => v.as_object().is_some_and(|d| {
+                d.iter().all(|(k, v)| match k.as_str() {
+                    "role" | "content" | "tool_calls" => true,
+                    _ => v.is_null(),
+                })
+            }),
+            _ => v.is_null(),
+        })
+    })
+}
+
 /// A whole answer as a stream: the role, its text in one delta, each tool
 /// call whole, the finish reason, the usage chunk (always: the relay meters
 /// from it and withholds it from clients that did not ask) and `[DONE]`.
@@ -199,9 +236,17 @@ pub fn unroll(answer: &ChatResponse, ctx: &ReplyCtx) -> Vec<u8> {
     out
 }
 
-/// Whether `answer` is one this module can replay: one assistant choice.
+/// Whether [`unroll`] keeps all of `answer`: one assistant choice, with
+/// no refusal or log probabilities (which it does not stream).
 pub fn replayable(answer: &ChatResponse) -> bool {
-    answer.choices.len() == 1 && answer.choices[0].message.role == Role::Assistant
+    match answer.choices.as_slice() {
+        [c] => {
+            c.message.role == Role::Assistant
+                && c.message.refusal.is_none()
+                && c.logprobs.as_ref().is_none_or(Value::is_null)
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +332,28 @@ mod tests {
         let mut asm = Assembler::new(50);
         asm.feed(&unroll(&a, &ctx()));
         assert_eq!(asm.finish(), None);
+    }
+
+    #[test]
+    fn a_stream_with_parts_the_answer_would_lose_is_not_assembled() {
+        for chunk in [
+            r#"{"choices":[{"index":0,"delta":{"refusal":"no"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":{"content":[]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
+        ] {
+            let mut asm = Assembler::new(1 << 20);
+            asm.feed(format!("data: {chunk}\n\n").as_bytes());
+            asm.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+            assert_eq!(asm.finish(), None, "{chunk}");
+        }
+        // Nulls and top-level extras are fine.
+        let mut asm = Assembler::new(1 << 20);
+        asm.feed(b"data: {\"system_fingerprint\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+        assert!(asm.finish().is_some());
+        let mut refused = answer(Some("x"), vec![], "stop");
+        refused.choices[0].message.refusal = Some("no".into());
+        assert!(!replayable(&refused));
+        assert!(replayable(&answer(Some("x"), vec![], "stop")));
     }
 
     #[test]

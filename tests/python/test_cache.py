@@ -83,21 +83,36 @@ class Counting(BaseHTTPRequestHandler):
         self.send(200, "application/json", json.dumps(out).encode())
 
     def anthropic(self, body: dict, text: str) -> None:
+        # Prompts about thinking get a thinking block first (signed: a next
+        # turn must send it back as it was).
+        thinking = "think" in text
+        blocks = [{"type": "thinking", "thinking": "hmm", "signature": "sig"}] if thinking else []
         msg = {"id": "msg_up", "type": "message", "role": "assistant", "model": body["model"],
-               "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+               "content": blocks + [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
                "usage": {"input_tokens": 9, "output_tokens": 4}}
         if not body.get("stream"):
             return self.send(200, "application/json", json.dumps(msg).encode())
         start = {**msg, "content": [], "stop_reason": None, "usage": {"input_tokens": 9, "output_tokens": 0}}
-        events = [
-            ("message_start", {"type": "message_start", "message": start}),
-            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ]
+        events = [("message_start", {"type": "message_start", "message": start})]
+        i = 0
+        if thinking:
+            events += [
+                ("content_block_start", {"type": "content_block_start", "index": 0,
+                                         "content_block": {"type": "thinking", "thinking": ""}}),
+                ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
+                ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                         "delta": {"type": "signature_delta", "signature": "sig"}}),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ]
+            i = 1
+        events.append(("content_block_start", {"type": "content_block_start", "index": i,
+                                               "content_block": {"type": "text", "text": ""}}))
         for w in re.findall(r"\S+\s*", text):
-            events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": i,
                                                    "delta": {"type": "text_delta", "text": w}}))
         events += [
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("content_block_stop", {"type": "content_block_stop", "index": i}),
             ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                "usage": {"output_tokens": 4}}),
             ("message_stop", {"type": "message_stop"}),
@@ -137,6 +152,7 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, upstream
     target = [{"provider": "counting", "model": "count-1"}]
     cfg["models"]["cached"] = {"targets": target, "cache": {"ttl": "10m"}}
     cfg["models"]["shared"] = {"targets": target, "cache": {"scope": "global"}}
+    cfg["models"]["by-team"] = {"targets": target, "cache": {"scope": "team"}}
     cfg["models"]["uncached"] = {"targets": target}
     cfg["models"]["tiny"] = {"targets": target, "cache": {"max_bytes": "64KiB"}}
     cfg["models"]["brief"] = {"targets": target, "cache": {"ttl": "1s"}}
@@ -247,6 +263,14 @@ def test_tenants_never_share_an_entry_unless_the_route_says_global(setup, upstre
         assert r.headers["x-shardgate-cache"] == "miss"
         assert r.parse().choices[0].message.content != first
         assert ask(b, prompt).headers["x-shardgate-cache"] == "hit"
+        # `scope: team`: a team is its tenant's (tenant-a's team "one" and
+        # tenant-b's team "one" are two teams).
+        first = ask(a1, prompt, model="by-team").parse().choices[0].message.content
+        assert ask(a1, prompt, model="by-team").headers["x-shardgate-cache"] == "hit"
+        assert ask(a2, prompt, model="by-team").headers["x-shardgate-cache"] == "miss"
+        r = ask(b, prompt, model="by-team")
+        assert r.headers["x-shardgate-cache"] == "miss"
+        assert r.parse().choices[0].message.content != first
         # `scope: global` is shared by everyone.
         shared = ask(a1, prompt, model="shared").parse().choices[0].message.content
         r = ask(b, prompt, model="shared")
@@ -329,6 +353,25 @@ def test_anthropic_clients_get_hits_in_their_own_dialect_streamed_or_not(setup, 
     assert r.headers["x-shardgate-cache"] == "hit"
     assert r.parse().content[0].text == got
     assert upstream.calls == calls
+
+
+def test_an_anthropic_answer_that_would_lose_its_thinking_is_not_kept(setup, upstream):
+    gw, keys, _, _ = setup
+    a = anthropic.Anthropic(api_key=keys["a1"], base_url=gw.url, max_retries=0, timeout=REQUEST_TIMEOUT,
+                            http_client=httpx2.Client(trust_env=False))
+    for stream in (False, True):
+        msgs = [{"role": "user", "content": f"think hard, streamed={stream}"}]
+        for _ in range(2):
+            if stream:
+                with a.messages.stream(model="claude-cached", max_tokens=50, messages=msgs) as s:
+                    assert s.response.headers["x-shardgate-cache"] == "miss"
+                    final = s.get_final_message()
+            else:
+                r = a.messages.with_raw_response.create(model="claude-cached", max_tokens=50, messages=msgs)
+                assert r.headers["x-shardgate-cache"] == "miss"
+                final = r.parse()
+            assert [b.type for b in final.content] == ["thinking", "text"]
+            assert final.content[0].signature == "sig"
 
 
 def test_embeddings_are_kept(setup, upstream):

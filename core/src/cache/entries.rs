@@ -56,6 +56,10 @@ pub struct ShardEntries {
     generation: u64,
     routes: FxHashMap<String, RouteEntries>,
     evictions: u64,
+    /// One more at every purge and every generation change: an answer
+    /// whose lookup saw an older epoch is not kept (it may be what the
+    /// purge meant to drop).
+    epoch: u64,
 }
 
 impl ShardEntries {
@@ -63,10 +67,22 @@ impl ShardEntries {
     /// neither read nor write.
     fn current(&mut self, generation: u64) -> bool {
         if generation > self.generation {
-            self.routes.clear();
-            self.generation = generation;
+            self.clear(generation);
         }
         generation == self.generation
+    }
+
+    /// Drops every entry: the config is now `generation`.
+    pub fn clear(&mut self, generation: u64) {
+        self.routes.clear();
+        self.generation = self.generation.max(generation);
+        self.epoch += 1;
+    }
+
+    /// The epoch a lookup on `generation` notes for [`ShardEntries::put`].
+    pub fn epoch(&mut self, generation: u64) -> u64 {
+        self.current(generation);
+        self.epoch
     }
 
     pub fn get(
@@ -93,18 +109,21 @@ impl ShardEntries {
     /// Keeps `entry` under `key`, evicting the least recently used until
     /// the route's share holds. An entry larger than the whole share is
     /// not kept.
+    #[allow(clippy::too_many_arguments)]
     pub fn put(
         &mut self,
         generation: u64,
+        epoch: u64,
         route: &str,
         settings: &CacheSettings,
         shards: usize,
         key: Key,
-        entry: Entry,
+        mut entry: Entry,
     ) {
-        if !self.current(generation) {
+        if !self.current(generation) || epoch != self.epoch {
             return;
         }
+        entry.answer.shrink_to_fit();
         let (max_entries, max_bytes) = settings.per_shard(shards);
         let size = entry.bytes();
         if size > max_bytes {
@@ -134,6 +153,7 @@ impl ShardEntries {
 
     /// Drops the entries `purge` names; how many.
     pub fn purge(&mut self, purge: &Purge) -> usize {
+        self.epoch += 1;
         let mut dropped = 0;
         for (alias, r) in &mut self.routes {
             let doomed: Vec<Key> = r
@@ -204,7 +224,8 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(60);
         let s = settings(1000, 4 * 1024);
         for i in 0..100u8 {
-            c.put(1, "r", &s, 1, [i; 32], entry(500, "t", later));
+            let e = c.epoch(1);
+            c.put(1, e, "r", &s, 1, [i; 32], entry(500, "t", later));
             assert!(c.totals().1 <= 4 * 1024);
         }
         let (entries, _, evictions) = c.totals();
@@ -213,7 +234,8 @@ mod tests {
         assert!(c.get(1, "r", &[99; 32], Instant::now()).is_some());
         assert!(c.get(1, "r", &[0; 32], Instant::now()).is_none());
         // Too large for the share: not kept at all.
-        c.put(1, "r", &s, 1, [200; 32], entry(8 * 1024, "t", later));
+        let e = c.epoch(1);
+        c.put(1, e, "r", &s, 1, [200; 32], entry(8 * 1024, "t", later));
         assert!(c.get(1, "r", &[200; 32], Instant::now()).is_none());
     }
 
@@ -222,11 +244,14 @@ mod tests {
         let mut c = ShardEntries::default();
         let s = settings(10, 1 << 20);
         let now = Instant::now();
-        c.put(1, "r", &s, 1, [1; 32], entry(10, "t", now));
+        let e = c.epoch(1);
+        c.put(1, e, "r", &s, 1, [1; 32], entry(10, "t", now));
         assert!(c.get(1, "r", &[1; 32], now).is_none());
         assert_eq!(c.totals().0, 0);
+        let e = c.epoch(1);
         c.put(
             1,
+            e,
             "r",
             &s,
             1,
@@ -237,8 +262,10 @@ mod tests {
         // A reload: everything goes.
         assert!(c.get(2, "r", &[2; 32], now).is_none());
         assert_eq!(c.totals().0, 0);
+        let e = c.epoch(1);
         c.put(
             1,
+            e,
             "r",
             &s,
             1,
@@ -253,9 +280,12 @@ mod tests {
         let mut c = ShardEntries::default();
         let s = settings(10, 1 << 20);
         let later = Instant::now() + Duration::from_secs(60);
-        c.put(1, "a", &s, 1, [1; 32], entry(10, "tenant:x", later));
-        c.put(1, "a", &s, 1, [2; 32], entry(10, "tenant:y", later));
-        c.put(1, "b", &s, 1, [3; 32], entry(10, "tenant:x", later));
+        let e = c.epoch(1);
+        c.put(1, e, "a", &s, 1, [1; 32], entry(10, "tenant:x", later));
+        let e = c.epoch(1);
+        c.put(1, e, "a", &s, 1, [2; 32], entry(10, "tenant:y", later));
+        let e = c.epoch(1);
+        c.put(1, e, "b", &s, 1, [3; 32], entry(10, "tenant:x", later));
         let by_scope = Purge {
             model: None,
             scope: Some("tenant:x".into()),
@@ -266,6 +296,11 @@ mod tests {
             scope: None,
         };
         assert_eq!(c.purge(&by_model), 1);
+        assert_eq!(c.totals().0, 0);
+        // An answer looked up before a purge is not kept after it.
+        let before = c.epoch(1);
+        c.purge(&Purge::default());
+        c.put(1, before, "a", &s, 1, [4; 32], entry(10, "tenant:x", later));
         assert_eq!(c.totals().0, 0);
     }
 }

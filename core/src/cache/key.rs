@@ -39,6 +39,8 @@ pub enum Uncacheable {
     /// A member name is escaped: it is not read as its name, so it is not
     /// trusted to be what it says.
     EscapedName,
+    /// A member name twice: parsers disagree on which one counts.
+    Duplicate,
 }
 
 /// What the request's sampling asks for, read from the members.
@@ -54,17 +56,25 @@ pub enum Sampling {
 }
 
 /// The request's key, or why it has none.
+/// `headers`: the request headers that go upstream with the body and
+/// change the answer (`anthropic-beta`), as name and value.
 pub fn key(
     body: &[u8],
     members: &[Member],
     sampling: Sampling,
     route: &[u8],
     scope: &str,
+    headers: &[(&str, &[u8])],
 ) -> Result<Key, Uncacheable> {
     let value = |m: &Member| &body[m.value.clone()];
     let name = |m: &Member| &body[m.key.clone()];
     if members.iter().any(|m| m.key_escaped) {
         return Err(Uncacheable::EscapedName);
+    }
+    let mut names: smallvec::SmallVec<[&[u8]; 16]> = members.iter().map(name).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Uncacheable::Duplicate);
     }
     let find = |n: &[u8]| members.iter().find(|m| name(m) == n).map(value);
     if find(b"n").is_some_and(|v| number(v).is_none_or(|n| n != 1.0)) {
@@ -94,6 +104,11 @@ pub fn key(
     part(b"shardgate-cache-v1");
     part(route);
     part(scope.as_bytes());
+    for (n, v) in headers {
+        part(n.as_bytes());
+        part(v);
+    }
+    part(b"body");
     for m in semantic {
         part(name(m));
         part(value(m));
@@ -139,7 +154,7 @@ mod tests {
 
     fn key_of(body: &str, sampling: Sampling, scope: &str) -> Result<Key, Uncacheable> {
         let members = top_level_members(body.as_bytes()).unwrap();
-        key(body.as_bytes(), &members, sampling, b"route", scope)
+        key(body.as_bytes(), &members, sampling, b"route", scope, &[])
     }
 
     const CHAT: Sampling = Sampling::TemperatureOrSeed;
@@ -167,6 +182,10 @@ mod tests {
         let anthropic = Sampling::TemperatureOnly;
         assert!(key_of(r#"{"model":"m","seed":1}"#, anthropic, "t").is_err());
         assert!(key_of(r#"{"input":"x"}"#, Sampling::None, "t").is_ok());
+        assert_eq!(
+            key_of(r#"{"temperature":0,"temperature":1}"#, CHAT, "t"),
+            Err(Uncacheable::Duplicate)
+        );
         // An escaped `n` is not trusted to be something else.
         assert_eq!(
             key_of(r#"{"\u006e":2,"temperature":0}"#, CHAT, "t"),
@@ -205,6 +224,14 @@ mod tests {
             "tenant:a",
         );
         assert_ne!(a, other_sampling);
+        let body = r#"{"model":"m","temperature":0}"#;
+        let members = top_level_members(body.as_bytes()).unwrap();
+        let with = |h: &[(&str, &[u8])]| key(body.as_bytes(), &members, CHAT, b"r", "s", h);
+        assert_ne!(with(&[]), with(&[("anthropic-beta", b"x")]));
+        assert_ne!(
+            with(&[("anthropic-beta", b"x")]),
+            with(&[("anthropic-beta", b"y")])
+        );
     }
 
     #[test]

@@ -32,11 +32,12 @@ use std::rc::Rc;
 
 /// What the cache makes of one call; its `x-shardgate-cache` header.
 pub enum Decision {
-    /// Answered from this entry.
-    Hit(Rc<Entry>),
-    /// The route answers; its answer is kept under `key`. `refresh`: the
-    /// client said `no-cache`, so the entry was not read, only replaced.
-    Fill { key: Key, refresh: bool },
+    /// Answered from this entry (kept under `key`).
+    Hit { entry: Rc<Entry>, key: Key },
+    /// The route answers; its answer is kept under `key`, unless the
+    /// shard's entries were purged since (`epoch`). `refresh`: the client
+    /// said `no-cache`, so the entry was not read, only replaced.
+    Fill { key: Key, refresh: bool, epoch: u64 },
     /// Neither read nor written: not deterministic, or `no-store`.
     Bypass,
 }
@@ -44,7 +45,7 @@ pub enum Decision {
 impl Decision {
     pub fn header(&self) -> &'static str {
         match self {
-            Decision::Hit(_) => "hit",
+            Decision::Hit { .. } => "hit",
             Decision::Fill { refresh: false, .. } => "miss",
             Decision::Fill { refresh: true, .. } | Decision::Bypass => "bypass",
         }
@@ -69,14 +70,14 @@ pub fn scope_of(scope: CacheScope, actor: Option<&Actor>) -> String {
         return "open".to_owned();
     };
     let own = || format!("key:{}", a.key_id);
-    match scope {
-        CacheScope::Global => "global".to_owned(),
-        CacheScope::Key => own(),
-        CacheScope::Team => a.team.as_ref().map_or_else(own, |t| format!("team:{t}")),
-        CacheScope::Tenant => a
-            .tenant
-            .as_ref()
-            .map_or_else(own, |t| format!("tenant:{t}")),
+    match (scope, &a.tenant, &a.team) {
+        (CacheScope::Global, ..) => "global".to_owned(),
+        (CacheScope::Key, ..) => own(),
+        // Team names repeat across tenants: a team is its tenant's.
+        (CacheScope::Team, Some(tenant), Some(team)) => format!("tenant:{tenant}/team:{team}"),
+        (CacheScope::Team, None, Some(team)) => format!("team:{team}"),
+        (CacheScope::Tenant, Some(tenant), _) => format!("tenant:{tenant}"),
+        (CacheScope::Team | CacheScope::Tenant, ..) => own(),
     }
 }
 
@@ -106,22 +107,72 @@ pub fn decide(
     route: &[u8],
     alias: &str,
     scope: &str,
+    headers: &[(&str, &[u8])],
     directives: key::Directives,
 ) -> Decision {
     if directives.no_store {
         return Decision::Bypass;
     }
-    let Ok(key) = key::key(body, members, sampling, route, scope) else {
+    let Ok(key) = key::key(body, members, sampling, route, scope, headers) else {
         return Decision::Bypass;
     };
-    if directives.no_cache {
-        return Decision::Fill { key, refresh: true };
-    }
-    match entries.get(generation, alias, &key, crate::deadline::coarse_now()) {
-        Some(e) => Decision::Hit(e),
+    let found = if directives.no_cache {
+        None
+    } else {
+        entries.get(generation, alias, &key, crate::deadline::coarse_now())
+    };
+    match found {
+        Some(entry) => Decision::Hit { entry, key },
         None => Decision::Fill {
             key,
-            refresh: false,
+            refresh: directives.no_cache,
+            epoch: entries.epoch(generation),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(tenant: Option<&str>, team: Option<&str>) -> Actor {
+        Actor {
+            key_id: "k1".into(),
+            team: team.map(Into::into),
+            tenant: tenant.map(Into::into),
+            app: None,
+            environment: None,
+        }
+    }
+
+    #[test]
+    fn a_scope_never_spans_tenants_unless_global() {
+        let acme_ml = actor(Some("acme"), Some("ml"));
+        let globex_ml = Actor {
+            key_id: "k2".into(),
+            ..actor(Some("globex"), Some("ml"))
+        };
+        for scope in [CacheScope::Tenant, CacheScope::Team, CacheScope::Key] {
+            assert_ne!(
+                scope_of(scope, Some(&acme_ml)),
+                scope_of(scope, Some(&globex_ml))
+            );
+        }
+        assert_eq!(
+            scope_of(CacheScope::Team, Some(&acme_ml)),
+            "tenant:acme/team:ml"
+        );
+        assert_eq!(scope_of(CacheScope::Tenant, Some(&acme_ml)), "tenant:acme");
+        // A key without what the scope asks for is its own scope.
+        assert_eq!(
+            scope_of(CacheScope::Tenant, Some(&actor(None, Some("ml")))),
+            "key:k1"
+        );
+        assert_eq!(
+            scope_of(CacheScope::Team, Some(&actor(Some("acme"), None))),
+            "key:k1"
+        );
+        assert_eq!(scope_of(CacheScope::Global, Some(&acme_ml)), "global");
+        assert_eq!(scope_of(CacheScope::Tenant, None), "open");
     }
 }

@@ -25,11 +25,65 @@ pub fn same_dialect(
     match client {
         ClientDialect::OpenAi => Some(body.to_vec()),
         ClientDialect::Anthropic => {
+            let message: serde_json::Value = serde_json::from_slice(body).ok()?;
+            if !anthropic_keeps(&message) {
+                return None;
+            }
             let ctx = call.reply_ctx(model);
             let provider = wire?.provider();
             provider.response_to_openai(body, &ctx).ok().map(|(b, _)| b)
         }
         ClientDialect::Responses => None,
+    }
+}
+
+/// Whether an Anthropic message survives the round trip through OpenAI
+/// chat a kept answer takes: text (without citations) and tool calls only,
+/// ended otherwise than by a stop sequence. Thinking blocks (and their
+/// signatures, which a next turn must send back), citations and server
+/// tools' blocks would be lost, so such answers are not kept.
+fn anthropic_keeps(message: &serde_json::Value) -> bool {
+    let blocks_ok = message["content"]
+        .as_array()
+        .is_some_and(|blocks| blocks.iter().all(anthropic_block_keeps));
+    blocks_ok && message["stop_reason"] != "stop_sequence"
+}
+
+fn anthropic_block_keeps(block: &serde_json::Value) -> bool {
+    match block["type"].as_str() {
+        Some("tool_use") => true,
+        Some("text") => block
+            .get("citations")
+            .is_none_or(|c| c.is_null() || c.as_array().is_some_and(Vec::is_empty)),
+        _ => false,
+    }
+}
+
+/// The same for one event of an Anthropic stream: its blocks as they
+/// start, no citation deltas, and how it ends.
+fn anthropic_event_keeps(raw: &[u8]) -> bool {
+    use memchr::memmem::find;
+    if find(raw, b"citations_delta").is_some() {
+        return false;
+    }
+    let start = find(raw, b"\"content_block_start\"").is_some();
+    let end = find(raw, b"\"message_delta\"").is_some();
+    if !start && !end {
+        return true;
+    }
+    let (Some(open), Some(close)) = (
+        raw.iter().position(|&b| b == b'{'),
+        raw.iter().rposition(|&b| b == b'}'),
+    ) else {
+        return false;
+    };
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&raw[open..=close]) else {
+        return false;
+    };
+    match event["type"].as_str() {
+        Some("content_block_start") => anthropic_block_keeps(&event["content_block"]),
+        Some("message_delta") => event["delta"]["stop_reason"] != "stop_sequence",
+        _ => true,
     }
 }
 
@@ -82,6 +136,10 @@ impl StreamCapture {
     /// Same-dialect events, or OpenAI chunks from a translator.
     pub fn feed(&mut self, bytes: &[u8]) {
         match &mut self.side {
+            Some(_) if !anthropic_event_keeps(bytes) => {
+                self.side = None;
+                self.asm.give_up();
+            }
             Some(t) => {
                 self.mid.clear();
                 if t.on_bytes(bytes, &mut self.mid).is_ok() {

@@ -714,18 +714,24 @@ async fn handle_api<'g>(
         captured: RefCell::new(None),
     };
     let mut call = call;
-    let cached = model
+    let mut cached = model
         .cache
         .as_ref()
         .map(|settings| look_up(&mut call, settings, alias, model, ticket.actor.as_ref()));
     let hit = match &cached {
-        Some((cache::Decision::Hit(entry), _)) => {
+        Some((cache::Decision::Hit { entry, .. }, _)) => {
             // Boxed: a replay's state inline would size every request's
             // future for the calls a cache answers.
             Box::pin(serve_hit(&call, conn, entry, model)).await
         }
         _ => None,
     };
+    if let (None, Some((decision @ cache::Decision::Hit { .. }, _))) = (&hit, &mut cached) {
+        // Kept in a form this client cannot be given (a stream of an answer
+        // with log probabilities): the route answers, and its answer
+        // replaces the entry.
+        *decision = unreplayable(&mut call, decision, model);
+    }
     let outcome = match hit {
         Some(outcome) => outcome,
         None => {
@@ -741,13 +747,14 @@ async fn handle_api<'g>(
         }
     };
     if let Some((decision, scope)) = cached {
+        let whole = outcome.keep_alive;
         trail.cache = Some(keep_or_note(
             &call,
             decision,
             scope,
-            alias,
-            model,
+            (alias, model),
             &trail.attempts,
+            whole,
         ));
     }
     trail
@@ -786,6 +793,12 @@ fn look_up(
         }
     };
     let route = cache::route_id(call.api.client_path(), alias, model);
+    // Beta features go upstream with the body (Anthropic to Anthropic).
+    let beta = call.req.end_to_end_header("anthropic-beta");
+    let headers: &[(&str, &[u8])] = match beta {
+        Some(v) => &[("anthropic-beta", v)],
+        None => &[],
+    };
     let decision = cache::decide(
         &mut call.shard.cache.borrow_mut(),
         call.generation.number,
@@ -795,6 +808,7 @@ fn look_up(
         &route,
         alias,
         &scope,
+        headers,
         Directives::parse(call.req.header("cache-control")),
     );
     if let cache::Decision::Fill { .. } = decision {
@@ -804,6 +818,32 @@ fn look_up(
     call.headers
         .push(("x-shardgate-cache", decision.header().to_owned()));
     (decision, scope)
+}
+
+/// A hit that cannot be replayed becomes a miss that refreshes its entry.
+fn unreplayable(
+    call: &mut Call<'_>,
+    hit: &cache::Decision,
+    model: &crate::config::ModelRoute,
+) -> cache::Decision {
+    let cache::Decision::Hit { key, .. } = hit else {
+        return cache::Decision::Bypass;
+    };
+    let shards = call.shard.config.shards;
+    call.capture_limit = model.cache.as_ref().map(|s| s.per_shard(shards).1);
+    if let Some(h) = call
+        .headers
+        .iter_mut()
+        .find(|(name, _)| *name == "x-shardgate-cache")
+    {
+        h.1 = "miss".to_owned();
+    }
+    let number = call.generation.number;
+    cache::Decision::Fill {
+        key: *key,
+        refresh: false,
+        epoch: call.shard.cache.borrow_mut().epoch(number),
+    }
 }
 
 /// Answers `call` from `entry`; `None` when the entry cannot be replayed
@@ -824,29 +864,34 @@ async fn serve_hit(
     })
 }
 
-/// A miss's answer is kept when the client got it whole from the target
-/// that made it; the call's record says how the cache served it.
+/// A miss's answer is kept when the client got it `whole` from the
+/// target that made it; the call's record says how the cache served it.
 fn keep_or_note(
     call: &Call<'_>,
     decision: cache::Decision,
     scope: String,
-    alias: &str,
-    model: &crate::config::ModelRoute,
+    (alias, model): (&str, &crate::config::ModelRoute),
     attempts: &Attempts<'_>,
+    whole: bool,
 ) -> crate::record::CacheNote {
     let result = decision.header();
+    let mut note = crate::record::CacheNote {
+        result,
+        saved: None,
+        served_by: None,
+    };
     match decision {
-        cache::Decision::Hit(entry) => crate::record::CacheNote {
-            result,
-            saved: entry.usage,
-            served_by: Some(entry.served_by.clone()),
-        },
-        cache::Decision::Fill { key, .. } => {
+        cache::Decision::Hit { entry, .. } => {
+            note.saved = entry.usage;
+            note.served_by = Some(entry.served_by.clone());
+        }
+        cache::Decision::Fill { key, epoch, .. } => {
             let captured = call.captured.borrow_mut().take();
             let answered = |c: &cache::Captured| {
-                attempts.last().is_some_and(|a| {
-                    a.outcome == AttemptOutcome::Answered && a.target.served_by == c.served_by
-                })
+                whole
+                    && attempts.last().is_some_and(|a| {
+                        a.outcome == AttemptOutcome::Answered && a.target.served_by == c.served_by
+                    })
             };
             if let (Some(c), Some(settings)) = (captured.filter(answered), &model.cache) {
                 let entry = cache::Entry {
@@ -861,20 +906,12 @@ fn keep_or_note(
                 call.shard
                     .cache
                     .borrow_mut()
-                    .put(number, alias, settings, shards, key, entry);
-            }
-            crate::record::CacheNote {
-                result,
-                saved: None,
-                served_by: None,
+                    .put(number, epoch, alias, settings, shards, key, entry);
             }
         }
-        cache::Decision::Bypass => crate::record::CacheNote {
-            result,
-            saved: None,
-            served_by: None,
-        },
+        cache::Decision::Bypass => {}
     }
+    note
 }
 
 /// A key made a moment ago: admitted once this shard has re-read the key
