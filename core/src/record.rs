@@ -97,6 +97,9 @@ pub struct CacheNote {
     pub saved: Option<Usage>,
     /// A hit: the target that made the answer.
     pub served_by: Option<String>,
+    /// What the shared tier (the cluster's Redis) answered a miss on the
+    /// shard: `hit`, `miss` or `unavailable`; `None` when it was not asked.
+    pub shared: Option<&'static str>,
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),

@@ -147,6 +147,25 @@ pub fn run(
         }
         None => None,
     };
+    // The response cache's shared tier: a few threads on the cluster's
+    // Redis (connected on first use).
+    let mut purge_ends: Vec<Option<runtime::WakingReceiver<u64>>> =
+        (0..shards).map(|_| None).collect();
+    let shared_cache = match &config.cluster {
+        Some(c) => {
+            let mut senders = Vec::with_capacity(shards);
+            for end in purge_ends.iter_mut() {
+                let (tx, rx) = runtime::waking_channel();
+                senders.push(tx);
+                *end = Some(rx);
+            }
+            Some(
+                crate::cache::shared::SharedCache::start(&c.redis, shards.min(4), senders)
+                    .map_err(ServeError::Cluster)?,
+            )
+        }
+        None => None,
+    };
     // The stored Responses turns: one thread, a reply channel per shard.
     let mut conversation_ends = Vec::with_capacity(shards);
     let mut conversation_senders = Vec::with_capacity(shards);
@@ -196,6 +215,9 @@ pub fn run(
             conversations.ask.clone(),
             conversation_ends.get_mut(id).and_then(Option::take),
         );
+        let shared_cache = shared_cache
+            .clone()
+            .zip(purge_ends.get_mut(id).and_then(Option::take));
         let responses_ttl = config.store.responses_ttl;
         let keeps_responses = config.store.responses_max_bytes > 0;
         let cpu = config.placement.cpu_of(id);
@@ -216,6 +238,16 @@ pub fn run(
                     audit,
                 );
                 shard.set_reloads(reloads);
+                if let Some((shared, purges)) = shared_cache {
+                    shard.set_shared_cache(shared);
+                    let s = shard.clone();
+                    glommio::spawn_local(async move {
+                        while purges.recv().await.is_some() {
+                            s.cache.borrow_mut().drop_all();
+                        }
+                    })
+                    .detach();
+                }
                 if let (ask, Some(replies)) = conversations {
                     let link = crate::gateway::conversation::Link::new(
                         ask,

@@ -69,6 +69,8 @@ pub struct Shard {
     reloads: std::cell::OnceCell<crossbeam::channel::Sender<ReloadAsk>>,
     /// This shard's kept answers (the response cache).
     pub cache: RefCell<crate::cache::ShardEntries>,
+    /// The response cache's shared tier (with `cluster:`).
+    shared_cache: std::cell::OnceCell<crate::cache::shared::SharedCache>,
     /// The stored Responses turns' thread.
     conversations: std::cell::OnceCell<Rc<crate::gateway::conversation::Link>>,
 }
@@ -124,12 +126,22 @@ impl Shard {
             next_scrape: Cell::new(0),
             reloads: std::cell::OnceCell::new(),
             cache: RefCell::new(crate::cache::ShardEntries::default()),
+            shared_cache: std::cell::OnceCell::new(),
             conversations: std::cell::OnceCell::new(),
         })
     }
 
     pub fn set_reloads(&self, tx: crossbeam::channel::Sender<ReloadAsk>) {
         let _ = self.reloads.set(tx);
+    }
+
+    pub fn set_shared_cache(&self, shared: crate::cache::shared::SharedCache) {
+        let _ = self.shared_cache.set(shared);
+    }
+
+    /// The response cache's shared tier, with `cluster:`.
+    pub fn shared_cache(&self) -> Option<&crate::cache::shared::SharedCache> {
+        self.shared_cache.get()
     }
 
     pub fn set_conversations(&self, link: Rc<crate::gateway::conversation::Link>) {

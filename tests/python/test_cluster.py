@@ -417,6 +417,50 @@ def test_local_serves_each_nodes_share_while_redis_is_down_then_restores_it(tmp_
         stop_nodes(nodes)
 
 
+def test_a_cached_answer_made_on_one_node_is_a_hit_on_the_others(tmp_path: Path, redis: Redis, mock_upstream: Upstream, upstream_key: str):
+    cfg = node_config(mock_upstream, redis, [])
+    cfg["models"]["kept"] = {"targets": [{"provider": "up", "model": "mock-1"}], "cache": {"ttl": "1m"}}
+    nodes, keys = start_nodes(2, tmp_path, mock_upstream, upstream_key, cfg, keys_for=("cachers",))
+    secret = keys["cachers"]["secret"]
+
+    def ask(node: Node, prompt: str, fresh: bool = True) -> httpx2.Response:
+        # A connection of its own each time: any shard of the node may
+        # take it, so a hit here comes from the shared tier, not from the
+        # shard that made the answer.
+        return httpx2.post(
+            node.gw.url + "/v1/chat/completions",
+            json={"model": "kept", "temperature": 0, "messages": [{"role": "user", "content": prompt}]},
+            headers={"authorization": f"Bearer {secret}", "connection": "close"},
+            timeout=REQUEST_TIMEOUT, trust_env=False,
+        )
+
+    try:
+        first = ask(nodes[0], "shared answer")
+        assert first.headers["x-shardgate-cache"] == "miss"
+        # The store is not waited for: the entry lands a moment later.
+        wait_for(lambda: ask(nodes[1], "shared answer").headers["x-shardgate-cache"] == "hit", "a hit on the other node")
+        r = ask(nodes[1], "shared answer")
+        assert r.headers["x-shardgate-attempts"] == "0", "a hit calls no upstream"
+        assert r.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+        assert nodes[1].metric('shardgate_cache_shared_lookups_total{result="hit"}') >= 1
+        # A purge on one node drops the shared entries for every node.
+        assert ask(nodes[0], "purged").headers["x-shardgate-cache"] == "miss"
+        wait_for(lambda: ask(nodes[1], "purged").headers["x-shardgate-cache"] == "hit", "the entry is shared")
+        r = httpx2.delete(nodes[0].admin + "/admin/cache", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+                          timeout=10, trust_env=False)
+        assert r.status_code == 200 and r.json()["shared_purged"] is True, r.text
+        # Node 1 hears of it within a second and drops its shards' own
+        # entries too.
+        wait_for(lambda: ask(nodes[1], "purged").headers["x-shardgate-cache"] == "miss", "the purge on every node",
+                 timeout=5)
+        # With Redis gone, a lookup is a miss, never an error.
+        redis.kill()
+        r = ask(nodes[1], "while redis is down")
+        assert r.status_code == 200 and r.headers["x-shardgate-cache"] == "miss"
+    finally:
+        stop_nodes(nodes)
+
+
 def test_a_slow_redis_never_holds_a_request_past_the_deadline(tmp_path: Path, redis: Redis, mock_upstream: Upstream, upstream_key: str):
     policies = [{"ai_runtime_policy": {"actor_scope": {"team": f"slow-{i}"}, "budgets": {"requests_per_minute": 10000}}} for i in range(8)]
     cfg = node_config(mock_upstream, redis, policies, deadline="20ms", redis={"url": redis.url, "timeout": "50ms"})

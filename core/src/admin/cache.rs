@@ -1,8 +1,8 @@
 //! `DELETE /admin/cache[?model=M][&scope=S]`: drops kept answers on every
 //! shard: all of them, a route's (`model`: its alias, or a target's
 //! upstream model or `provider/model`), a scope's (`scope`: `tenant:acme`,
-//! `team:ml`, `key:<id>`, `global`, as the audit's records name them), or
-//! those both name.
+//! `tenant:acme/team:ml`, `key:<id>`, `global`), or those both name. With
+//! `cluster:`, every shared entry too (see `cache::shared`).
 
 use super::keys::fail;
 use super::reply;
@@ -53,11 +53,16 @@ pub async fn purge(
         Err(e) => return fail(conn, &e, rid).await,
     };
     let (dropped, missing) = shard.purge_cache(purge.clone(), PURGE_WAIT).await;
+    // The shared tier is not enumerated: any purge drops all of it.
+    let shared = match shard.shared_cache() {
+        Some(s) => Some(s.purge().await),
+        None => None,
+    };
     if let Some(a) = &shard.audit {
         a.admin(
             "cache_purged",
             "admin API",
-            json!({"model": purge.model, "scope": purge.scope, "dropped": dropped}),
+            json!({"model": purge.model, "scope": purge.scope, "dropped": dropped, "shared": shared}),
         );
     }
     let body = json!({
@@ -65,8 +70,10 @@ pub async fn purge(
         "model": purge.model,
         "scope": purge.scope,
         "shards_missing": missing,
+        "shared_purged": shared,
     });
-    reply(conn, if missing == 0 { 200 } else { 503 }, &body, rid).await
+    let ok = missing == 0 && shared != Some(false);
+    reply(conn, if ok { 200 } else { 503 }, &body, rid).await
 }
 
 #[cfg(test)]

@@ -236,6 +236,7 @@ impl ShardAudit {
             guardrails: &t.guardrails,
             cache: t.cache.as_ref().map(|c| events::Cache {
                 result: c.result,
+                shared: c.shared,
                 saved_tokens: c.saved.map(|u| events::Tokens {
                     input: u.prompt_tokens.unwrap_or(0),
                     output: u.completion_tokens.unwrap_or(0),
@@ -343,6 +344,9 @@ mod events {
     #[derive(Serialize)]
     pub struct Cache {
         pub result: &'static str,
+        /// What the shared tier answered, when it was asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub shared: Option<&'static str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub saved_tokens: Option<Tokens>,
     }

@@ -79,6 +79,12 @@ impl ShardEntries {
         self.epoch += 1;
     }
 
+    /// Drops every entry (another node purged the shared tier).
+    pub fn drop_all(&mut self) {
+        self.routes.clear();
+        self.epoch += 1;
+    }
+
     /// The epoch a lookup on `generation` notes for [`ShardEntries::put`].
     pub fn epoch(&mut self, generation: u64) -> u64 {
         self.current(generation);
@@ -107,8 +113,9 @@ impl ShardEntries {
     }
 
     /// Keeps `entry` under `key`, evicting the least recently used until
-    /// the route's share holds. An entry larger than the whole share is
-    /// not kept.
+    /// the route's share holds, and hands it back to serve. An entry larger
+    /// than the whole share, or looked up before a purge or reload, is not
+    /// kept.
     #[allow(clippy::too_many_arguments)]
     pub fn put(
         &mut self,
@@ -119,15 +126,13 @@ impl ShardEntries {
         shards: usize,
         key: Key,
         mut entry: Entry,
-    ) {
-        if !self.current(generation) || epoch != self.epoch {
-            return;
-        }
+    ) -> Rc<Entry> {
         entry.answer.shrink_to_fit();
+        let entry = Rc::new(entry);
         let (max_entries, max_bytes) = settings.per_shard(shards);
         let size = entry.bytes();
-        if size > max_bytes {
-            return;
+        if !self.current(generation) || epoch != self.epoch || size > max_bytes {
+            return entry;
         }
         let r = self
             .routes
@@ -138,7 +143,7 @@ impl ShardEntries {
                 max_entries,
                 max_bytes,
             });
-        if let Some(old) = r.lru.put(key, Rc::new(entry)) {
+        if let Some(old) = r.lru.put(key, entry.clone()) {
             r.bytes -= old.bytes();
         }
         r.bytes += size;
@@ -149,6 +154,7 @@ impl ShardEntries {
             r.bytes -= gone.bytes();
             self.evictions += 1;
         }
+        entry
     }
 
     /// Drops the entries `purge` names; how many.
@@ -205,6 +211,7 @@ mod tests {
             max_entries,
             max_bytes,
             sampled: false,
+            shared: None,
         }
     }
 

@@ -19,6 +19,7 @@
 
 pub mod entries;
 pub mod key;
+pub mod shared;
 
 pub use entries::{Entry, Purge, ShardEntries};
 pub use key::Key;

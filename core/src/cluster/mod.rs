@@ -39,7 +39,7 @@
 mod keys;
 mod ledger;
 mod scripts;
-mod store;
+pub(crate) mod store;
 
 use crate::config::cluster::{ClusterConfig, OnUnavailable};
 use crate::runtime::WakingSender;

@@ -107,7 +107,7 @@ impl ConnectionLike for Conn {
 }
 
 /// The store connection `cfg` describes.
-fn connect(cfg: &RedisConfig) -> RedisResult<Conn> {
+pub(crate) fn connect(cfg: &RedisConfig) -> RedisResult<Conn> {
     match cfg.mode {
         RedisMode::Standalone => open(cfg).map(Conn::One),
         RedisMode::Cluster => {

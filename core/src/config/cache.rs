@@ -46,9 +46,17 @@ pub struct CacheSettings {
     /// dialects that no longer let a caller ask for determinism (Anthropic
     /// API 2026-10-21 refuses `temperature`).
     pub sampled: bool,
+    /// Entries also go to the cluster's Redis for every node (default:
+    /// whenever `cluster:` is configured; `true` without it is refused).
+    pub shared: Option<bool>,
 }
 
 impl CacheSettings {
+    /// Whether entries are shared, given a cluster.
+    pub fn shares(&self) -> bool {
+        self.shared != Some(false)
+    }
+
     /// One shard's share of the bounds (at least one entry and 1 KiB).
     pub fn per_shard(&self, shards: usize) -> (usize, usize) {
         let n = shards.max(1);
@@ -69,6 +77,7 @@ pub(super) struct RawCache {
     max_bytes: Option<ByteSize>,
     #[serde(default)]
     sampled: bool,
+    shared: Option<bool>,
 }
 
 /// The longest an answer may be kept.
@@ -96,5 +105,6 @@ pub(super) fn build(path: &str, raw: RawCache) -> Result<CacheSettings, ConfigEr
         max_entries,
         max_bytes,
         sampled: raw.sampled,
+        shared: raw.shared,
     })
 }

@@ -435,6 +435,7 @@ fn a_route_cache_has_defaults_and_its_bad_values_are_named() {
             max_entries: 10_000,
             max_bytes: 64 << 20,
             sampled: false,
+            shared: None,
         })
     );
     assert_eq!(parse(&two_targets("")).unwrap().models["r"].cache, None);

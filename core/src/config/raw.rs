@@ -396,6 +396,17 @@ impl RawConfig {
         let mcp = super::mcp::validate(self.mcp, self.mcp_servers, env)?;
         let audit = super::audit::validate(self.audit, &store.dir, env)?;
         let cluster = super::cluster::validate(self.cluster, env)?;
+        if cluster.is_none() {
+            let shared = models
+                .iter()
+                .find(|(_, m)| m.cache.is_some_and(|c| c.shared == Some(true)));
+            if let Some((alias, _)) = shared {
+                return Err(super::field(
+                    format!("models.{alias}.cache.shared"),
+                    "needs `cluster:` (entries are shared through its Redis)",
+                ));
+            }
+        }
 
         Ok(Config {
             audit,

@@ -718,6 +718,26 @@ async fn handle_api<'g>(
         .cache
         .as_ref()
         .map(|settings| look_up(&mut call, settings, alias, model, ticket.actor.as_ref()));
+    let mut shared_result = None;
+    if let Some((decision @ cache::Decision::Fill { refresh: false, .. }, scope)) = &mut cached {
+        if let Some(shared) = model
+            .cache
+            .as_ref()
+            .filter(|s| s.shares())
+            .and(call.shard.shared_cache())
+        {
+            // Boxed: a wait on the shared tier inline would size every
+            // request's future.
+            let (found, result) =
+                Box::pin(look_up_shared(&call, shared, decision, scope, alias, model)).await;
+            shared_result = Some(result);
+            if let Some(hit) = found {
+                *decision = hit;
+                set_cache_header(&mut call, "hit");
+                call.capture_limit = None;
+            }
+        }
+    }
     let hit = match &cached {
         Some((cache::Decision::Hit { entry, .. }, _)) => {
             // Boxed: a replay's state inline would size every request's
@@ -748,14 +768,16 @@ async fn handle_api<'g>(
     };
     if let Some((decision, scope)) = cached {
         let whole = outcome.keep_alive;
-        trail.cache = Some(keep_or_note(
+        let mut note = keep_or_note(
             &call,
             decision,
             scope,
             (alias, model),
             &trail.attempts,
             whole,
-        ));
+        );
+        note.shared = shared_result;
+        trail.cache = Some(note);
     }
     trail
         .guardrails
@@ -820,6 +842,47 @@ fn look_up(
     (decision, scope)
 }
 
+fn set_cache_header(call: &mut Call<'_>, value: &str) {
+    if let Some(h) = call
+        .headers
+        .iter_mut()
+        .find(|(name, _)| *name == "x-shardgate-cache")
+    {
+        value.clone_into(&mut h.1);
+    }
+}
+
+/// A miss on the shard asks the shared tier: an entry found there is kept
+/// on the shard too and served. Also says what the shared tier answered
+/// (`hit`, `miss`, `unavailable`: a slow or lost Redis is a miss).
+async fn look_up_shared(
+    call: &Call<'_>,
+    shared: &cache::shared::SharedCache,
+    fill: &cache::Decision,
+    scope: &str,
+    alias: &str,
+    model: &crate::config::ModelRoute,
+) -> (Option<cache::Decision>, &'static str) {
+    use cache::shared::Found;
+    let (cache::Decision::Fill { key, epoch, .. }, Some(settings)) = (fill, &model.cache) else {
+        return (None, "miss");
+    };
+    match shared.get(*key, scope).await {
+        Found::Entry(entry) => {
+            let shards = call.shard.config.shards;
+            let number = call.generation.number;
+            let entry = call
+                .shard
+                .cache
+                .borrow_mut()
+                .put(number, *epoch, alias, settings, shards, *key, entry);
+            (Some(cache::Decision::Hit { entry, key: *key }), "hit")
+        }
+        Found::Missing => (None, "miss"),
+        Found::Unavailable => (None, "unavailable"),
+    }
+}
+
 /// A hit that cannot be replayed becomes a miss that refreshes its entry.
 fn unreplayable(
     call: &mut Call<'_>,
@@ -831,13 +894,7 @@ fn unreplayable(
     };
     let shards = call.shard.config.shards;
     call.capture_limit = model.cache.as_ref().map(|s| s.per_shard(shards).1);
-    if let Some(h) = call
-        .headers
-        .iter_mut()
-        .find(|(name, _)| *name == "x-shardgate-cache")
-    {
-        h.1 = "miss".to_owned();
-    }
+    set_cache_header(call, "miss");
     let number = call.generation.number;
     cache::Decision::Fill {
         key: *key,
@@ -879,6 +936,7 @@ fn keep_or_note(
         result,
         saved: None,
         served_by: None,
+        shared: None,
     };
     match decision {
         cache::Decision::Hit { entry, .. } => {
@@ -901,6 +959,9 @@ fn keep_or_note(
                     scope,
                     expires: crate::deadline::coarse_now() + settings.ttl,
                 };
+                if let Some(shared) = call.shard.shared_cache().filter(|_| settings.shares()) {
+                    shared.put(key, &entry, settings.ttl);
+                }
                 let shards = call.shard.config.shards;
                 let number = call.generation.number;
                 call.shard

@@ -83,6 +83,8 @@ pub struct ShardStats {
     /// bytes, evictions; each shard's own, summed when merged).
     cache: Vec<((String, &'static str), u64)>,
     cache_saved: (u64, u64),
+    /// Lookups in the shared tier by what it answered.
+    cache_shared: Vec<(&'static str, u64)>,
     cache_kept: (u64, u64, u64),
 }
 
@@ -334,6 +336,9 @@ impl ShardStats {
             Some((_, n)) => *n += 1,
             None => self.cache.push(((alias.to_owned(), note.result), 1)),
         }
+        if let Some(r) = note.shared {
+            bump(&mut self.cache_shared, r, 1);
+        }
         if let Some(u) = &note.saved {
             self.cache_saved.0 += u.prompt_tokens.unwrap_or(0);
             self.cache_saved.1 += u.completion_tokens.unwrap_or(0);
@@ -434,6 +439,9 @@ impl ShardStats {
                 Some((_, mine)) => *mine += n,
                 None => self.cache.push((key.clone(), *n)),
             }
+        }
+        for &(r, n) in &other.cache_shared {
+            bump(&mut self.cache_shared, r, n);
         }
         self.cache_saved.0 += other.cache_saved.0;
         self.cache_saved.1 += other.cache_saved.1;
@@ -597,6 +605,17 @@ impl ShardStats {
                 "shardgate_cache_requests_total{{model=\"{}\",result=\"{result}\"}} {n}",
                 escape(alias)
             );
+        }
+        if !self.cache_shared.is_empty() {
+            let mut shared = self.cache_shared.clone();
+            shared.sort_unstable();
+            out.push_str("# HELP shardgate_cache_shared_lookups_total Lookups in the response cache's shared tier (the cluster's Redis) after a miss on the shard, by result (hit, miss, unavailable).\n# TYPE shardgate_cache_shared_lookups_total counter\n");
+            for (result, n) in shared {
+                let _ = writeln!(
+                    out,
+                    "shardgate_cache_shared_lookups_total{{result=\"{result}\"}} {n}"
+                );
+            }
         }
         let (input, output) = self.cache_saved;
         let (entries, bytes, evictions) = self.cache_kept;
