@@ -79,6 +79,7 @@ impl Generation {
                             ep: pool.endpoint_at(&w.url, None, tls),
                             timeout: w.timeout,
                             on_error: w.on_error,
+                            parallel: w.parallel,
                             headers: w.headers.clone(),
                         }
                     })

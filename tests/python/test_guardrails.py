@@ -160,6 +160,8 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
         {"name": "hook-redact", "webhook": {"url": f"{hook_url}/redact", "headers": {"authorization": "${HOOK_TOKEN}"}}},
         {"name": "hook-slow-open", "webhook": {"url": f"{hook_url}/slow", "timeout": "200ms", "on_error": "fail_open"}},
         {"name": "hook-slow-closed", "webhook": {"url": f"{hook_url}/slow", "timeout": "200ms", "on_error": "fail_closed"}},
+        {"name": "hook-par-deny", "webhook": {"url": f"{hook_url}/deny", "timeout": "2s", "parallel": True}},
+        {"name": "hook-par-slow", "webhook": {"url": f"{hook_url}/slow", "timeout": "200ms", "parallel": True}},
     ]
     cfg["policies"] = [
         {"ai_runtime_policy": {"actor_scope": {"team": "in-redact"}, "guardrails": {"input": ["pii-redact", "codenames"]}}},
@@ -170,6 +172,8 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-a"}, "guardrails": {"input": ["hook-redact", "hook-slow-open"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-b"}, "guardrails": {"input": ["hook-slow-closed"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-c"}, "guardrails": {"input": ["hook-deny"]}}},
+        {"ai_runtime_policy": {"actor_scope": {"team": "hook-par"}, "guardrails": {"input": ["pii-redact", "hook-par-deny"]}}},
+        {"ai_runtime_policy": {"actor_scope": {"team": "hook-par-slow"}, "guardrails": {"input": ["hook-par-slow"]}}},
     ]
     cfg["listeners"] = [{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0", "role": "admin"}]
     del cfg["listen"]
@@ -177,7 +181,8 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
     cfg["audit"] = {"fsync": "always"}
     path = write_config(d / "gateway.yaml", cfg)
     audit_path = Path(__import__("yaml").safe_load(path.read_text())["store"]["dir"]) / "audit"
-    keys = {t: create_key(path, t)["secret"] for t in ("in-redact", "in-block", "out", "out-redact", "tools", "hook-a", "hook-b", "hook-c")}
+    keys = {t: create_key(path, t)["secret"] for t in ("in-redact", "in-block", "out", "out-redact", "tools", "hook-a", "hook-b", "hook-c",
+                                                    "hook-par", "hook-par-slow")}
     os.environ["HOOK_TOKEN"] = "Bearer hook-secret"
     try:
         gw = start_gateway("guardrails-gateway", path, d / "gateway.log", upstream_key)
@@ -329,6 +334,36 @@ def test_webhooks_redact_and_deny_and_fail_as_configured(setup, hook):
             c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "this is forbidden"}])
         assert e.value.code == "guardrail:hook-deny"
         assert c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "fine"}]).choices[0].message.content == "fine"
+
+
+def test_a_parallel_webhook_holds_the_answer_until_its_verdict(setup, hook):
+    gw, keys, echo, _, _ = setup
+    before = len(echo.seen)
+    with oai(gw, keys["hook-par"]) as c:
+        # The prompt goes upstream while the hook decides (redacted first by
+        # the in-process check); the hook's deny replaces the answer, whole
+        # or streamed, before any of it reaches the client.
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as e:
+                r = c.chat.completions.create(model="echo", stream=stream, messages=[
+                    {"role": "user", "content": f"this is forbidden, mail {EMAIL}"}])
+                if stream:
+                    list(r)
+            assert e.value.code == "guardrail:hook-par-deny"
+        assert len(echo.seen) == before + 2, "a parallel hook does not stop the prompt going upstream"
+        assert EMAIL not in json.dumps(echo.seen[-1])
+        sent = [x for x in hook.seen if x[0] == "/deny"][-1][2]
+        assert sent["check"] == "hook-par-deny" and "[REDACTED:email]" in sent["texts"][0]
+        # An allowed prompt's answer is released, streamed or not.
+        assert c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "fine"}]).choices[0].message.content == "fine"
+        text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="echo", stream=True, messages=[{"role": "user", "content": "all fine"}]) if ch.choices)
+        assert text == "all fine"
+    # A hook that times out fails closed: the held answer is refused.
+    with oai(gw, keys["hook-par-slow"]) as c:
+        with pytest.raises(openai.InternalServerError) as e:
+            c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "anything"}])
+    assert e.value.status_code == 503 and e.value.code == "guardrail_unavailable"
 
 
 def test_verdicts_are_audited_and_counted_without_the_text(setup):

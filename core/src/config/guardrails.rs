@@ -17,6 +17,8 @@ pub struct WebhookConfig {
     pub url: BaseUrl,
     pub timeout: Duration,
     pub on_error: FailMode,
+    /// Runs while the model answers (see `WebhookSpec::parallel`).
+    pub parallel: bool,
     pub headers: Vec<(String, Secret)>,
 }
 
@@ -72,6 +74,7 @@ pub fn webhooks(
             url,
             timeout,
             on_error: w.on_error,
+            parallel: w.parallel,
             headers,
         }));
     }

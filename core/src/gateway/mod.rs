@@ -114,6 +114,9 @@ pub struct Call<'a> {
     /// the answer once read ([`capture`]).
     capture_limit: Option<usize>,
     captured: RefCell<Option<crate::cache::Captured>>,
+    /// Parallel webhooks' verdict, which the answer waits for before any
+    /// byte of it reaches the client.
+    pub hold: Option<Rc<guardrails::Hold>>,
 }
 
 impl Call<'_> {
@@ -684,6 +687,12 @@ async fn handle_api<'g>(
     } else {
         None
     };
+    // Parallel webhooks run beside the model call; the answer waits for
+    // their verdict (`Call::hold`).
+    let parallel = plan
+        .as_ref()
+        .map(|p| guardrails::parallel_checks(generation, &p.input))
+        .unwrap_or_default();
     let call = Call {
         shard,
         generation,
@@ -712,60 +721,43 @@ async fn handle_api<'g>(
         guard_records: RefCell::new(Vec::new()),
         capture_limit: None,
         captured: RefCell::new(None),
+        hold: None,
     };
     let mut call = call;
-    let mut cached = model
-        .cache
-        .as_ref()
-        .map(|settings| look_up(&mut call, settings, alias, model, ticket.actor.as_ref()));
-    let mut shared_result = None;
-    if let Some((decision @ cache::Decision::Fill { refresh: false, .. }, scope)) = &mut cached {
-        if let Some(shared) = model
-            .cache
-            .as_ref()
-            .filter(|s| s.shares())
-            .and(call.shard.shared_cache())
-        {
-            // Boxed: a wait on the shared tier inline would size every
-            // request's future.
-            let (found, result) =
-                Box::pin(look_up_shared(&call, shared, decision, scope, alias, model)).await;
-            shared_result = Some(result);
-            if let Some(hit) = found {
-                *decision = hit;
-                set_cache_header(&mut call, "hit");
-                call.capture_limit = None;
-            }
-        }
-    }
-    let hit = match &cached {
-        Some((cache::Decision::Hit { entry, .. }, _)) => {
-            // Boxed: a replay's state inline would size every request's
-            // future for the calls a cache answers.
-            Box::pin(serve_hit(&call, conn, entry, model)).await
-        }
-        _ => None,
-    };
-    if let (None, Some((decision @ cache::Decision::Hit { .. }, _))) = (&hit, &mut cached) {
-        // Kept in a form this client cannot be given (a stream of an answer
-        // with log probabilities): the route answers, and its answer
-        // replaces the entry.
-        *decision = unreplayable(&mut call, decision, model);
-    }
-    let outcome = match hit {
-        Some(outcome) => outcome,
-        None => {
-            route::serve(
-                &call,
-                conn,
-                alias,
-                model,
-                &config.models,
-                &mut trail.attempts,
-            )
-            .await
+    let hold = (!parallel.is_empty()).then(|| Rc::new(guardrails::Hold::default()));
+    call.hold.clone_from(&hold);
+    let parallel_records = RefCell::new(Vec::new());
+    let actor = ticket.actor.as_ref();
+    let served = answer(
+        &mut call,
+        conn,
+        (alias, model),
+        &config.models,
+        &mut trail.attempts,
+        actor,
+    );
+    let (outcome, cached, shared_result) = match &hold {
+        None => served.await,
+        Some(h) => {
+            let body: &[u8] = &req.body;
+            let check = Box::pin(async {
+                let v = guardrails::check_parallel(
+                    shard,
+                    generation,
+                    &parallel,
+                    body,
+                    actor,
+                    rid,
+                    &parallel_records,
+                )
+                .await;
+                h.decide(v);
+                futures_lite::future::pending().await
+            });
+            futures_lite::future::or(served, check).await
         }
     };
+    trail.guardrails.append(&mut parallel_records.borrow_mut());
     if let Some((decision, scope)) = cached {
         let whole = outcome.keep_alive;
         let mut note = keep_or_note(
@@ -789,6 +781,66 @@ async fn handle_api<'g>(
     });
     settle(shard, ticket, trail);
     outcome
+}
+
+/// The call's answer: from the cache (the shard's, then the shared tier)
+/// or from the route, whose answer a miss keeps. Also the cache's decision
+/// and scope, and what the shared tier answered.
+async fn answer<'a>(
+    call: &mut Call<'_>,
+    conn: &mut ClientConn,
+    (alias, model): (&'a str, &'a crate::config::ModelRoute),
+    models: &'a std::collections::BTreeMap<String, crate::config::ModelRoute>,
+    attempts: &mut Attempts<'a>,
+    actor: Option<&shardgate_policy::Actor>,
+) -> (
+    Outcome,
+    Option<(cache::Decision, String)>,
+    Option<&'static str>,
+) {
+    let mut cached = model
+        .cache
+        .as_ref()
+        .map(|settings| look_up(call, settings, alias, model, actor));
+    let mut shared_result = None;
+    if let Some((decision @ cache::Decision::Fill { refresh: false, .. }, scope)) = &mut cached {
+        if let Some(shared) = model
+            .cache
+            .as_ref()
+            .filter(|s| s.shares())
+            .and(call.shard.shared_cache())
+        {
+            // Boxed: a wait on the shared tier inline would size every
+            // request's future.
+            let (found, result) =
+                Box::pin(look_up_shared(call, shared, decision, scope, alias, model)).await;
+            shared_result = Some(result);
+            if let Some(hit) = found {
+                *decision = hit;
+                set_cache_header(call, "hit");
+                call.capture_limit = None;
+            }
+        }
+    }
+    let hit = match &cached {
+        Some((cache::Decision::Hit { entry, .. }, _)) => {
+            // Boxed: a replay's state inline would size every request's
+            // future for the calls a cache answers.
+            Box::pin(serve_hit(call, conn, entry, model)).await
+        }
+        _ => None,
+    };
+    if let (None, Some((decision @ cache::Decision::Hit { .. }, _))) = (&hit, &mut cached) {
+        // Kept in a form this client cannot be given (a stream of an answer
+        // with log probabilities): the route answers, and its answer
+        // replaces the entry.
+        *decision = unreplayable(call, decision, model);
+    }
+    let outcome = match hit {
+        Some(outcome) => outcome,
+        None => route::serve(call, conn, alias, model, models, attempts).await,
+    };
+    (outcome, cached, shared_result)
 }
 
 /// The cache's decision on `call` (a route with `cache:`), its header on

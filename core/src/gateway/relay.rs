@@ -129,6 +129,10 @@ impl Source {
 /// Writes `answer` to the client, whole or as a stream. A failure before
 /// any byte was written comes back to the route, which may try elsewhere.
 pub async fn deliver(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome, Failure> {
+    if let Some(hold) = &answer.call.hold {
+        // Parallel webhooks have not released it yet: no byte goes out.
+        hold.wait().await.map_err(Failure::classify)?;
+    }
     let streamed = answer.call.facts.stream
         && (answer.head.is_event_stream() || answer.head.is_aws_event_stream());
     if streamed {

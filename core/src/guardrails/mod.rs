@@ -103,6 +103,195 @@ pub enum Verdict {
     Blocked(GatewayError),
 }
 
+/// The caller, as webhooks are told of it.
+fn actor_json(actor: Option<&shardgate_policy::Actor>) -> Value {
+    actor.map_or(Value::Null, |a| {
+        serde_json::json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant,
+                           "app": a.app, "environment": a.environment})
+    })
+}
+
+/// What a webhook's answer means for a prompt.
+enum Asked {
+    Allow,
+    /// The texts to send instead.
+    Redact(Vec<String>),
+    /// Denied, or failed closed.
+    Refused(GatewayError),
+}
+
+/// Asks check `name`'s webhook about `texts`; its verdict and time go to
+/// `records`, a failure is its `on_error`.
+async fn ask(
+    shard: &crate::shard::Shard,
+    hook: &webhook::Webhook,
+    name: &str,
+    texts: &[&str],
+    actor: &Value,
+    rid: &str,
+    records: &mut Vec<GuardRecord>,
+) -> Asked {
+    let payload = serde_json::json!({
+        "check": name,
+        "stage": "input",
+        "request_id": rid,
+        "actor": actor,
+        "texts": texts,
+    });
+    let payload = serde_json::to_vec(&payload).unwrap_or_default();
+    let started = Instant::now();
+    let reply = webhook::call(shard, hook, &payload, texts.len()).await;
+    let latency_us = started.elapsed().as_micros() as u64;
+    let mut record = |verdict: &'static str| {
+        records.push(GuardRecord {
+            check: name.to_owned(),
+            stage: Stage::Input.as_str(),
+            verdict,
+            found: if verdict == "pass" || verdict == "error" {
+                Vec::new()
+            } else {
+                vec!["webhook"]
+            },
+            latency_us,
+        })
+    };
+    match reply {
+        Ok(webhook::Reply::Allow) => {
+            record("pass");
+            Asked::Allow
+        }
+        Ok(webhook::Reply::Deny { .. }) => {
+            record("block");
+            Asked::Refused(GatewayError::Guardrail {
+                check: name.to_owned(),
+                stage: "prompt",
+                found: "webhook",
+            })
+        }
+        Ok(webhook::Reply::Redact(new)) => {
+            record("redact");
+            Asked::Redact(new)
+        }
+        Err(e) => {
+            log::warn!("{rid}: guardrail {name}: {}", e.summary());
+            record("error");
+            if hook.on_error == shardgate_policy::guardrails::FailMode::FailClosed {
+                Asked::Refused(GatewayError::GuardrailUnavailable {
+                    check: name.to_owned(),
+                    reason: e.summary(),
+                })
+            } else {
+                Asked::Allow
+            }
+        }
+    }
+}
+
+/// An answer held until the parallel webhooks' verdict: the relay waits
+/// on it before writing any byte of the answer to the client.
+#[derive(Default)]
+pub struct Hold {
+    state: std::cell::RefCell<HoldState>,
+    waiter: std::cell::Cell<Option<std::task::Waker>>,
+}
+
+#[derive(Default)]
+enum HoldState {
+    #[default]
+    Waiting,
+    Released,
+    /// The refusal, until the relay takes it.
+    Refused(Option<GatewayError>),
+}
+
+impl Hold {
+    pub fn decide(&self, verdict: Result<(), GatewayError>) {
+        *self.state.borrow_mut() = match verdict {
+            Ok(()) => HoldState::Released,
+            Err(e) => HoldState::Refused(Some(e)),
+        };
+        if let Some(w) = self.waiter.take() {
+            w.wake();
+        }
+    }
+
+    /// Waits for the verdict: `Err` is the refusal the client gets.
+    pub async fn wait(&self) -> Result<(), GatewayError> {
+        std::future::poll_fn(|cx| match &mut *self.state.borrow_mut() {
+            HoldState::Waiting => {
+                self.waiter.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+            HoldState::Released => std::task::Poll::Ready(Ok(())),
+            HoldState::Refused(e) => {
+                std::task::Poll::Ready(Err(e.take().unwrap_or_else(|| GatewayError::Guardrail {
+                    check: "webhook".into(),
+                    stage: "prompt",
+                    found: "webhook",
+                })))
+            }
+        })
+        .await
+    }
+}
+
+/// The caller's input checks that are webhooks run while the model
+/// answers (`parallel`).
+pub fn parallel_checks(generation: &crate::generation::Generation, checks: &[usize]) -> Vec<usize> {
+    checks
+        .iter()
+        .copied()
+        .filter(|c| {
+            generation
+                .webhooks
+                .get(*c)
+                .and_then(Option::as_ref)
+                .is_some_and(|h| h.parallel)
+        })
+        .collect()
+}
+
+/// Runs the parallel webhooks `checks` on `body`, the prompt as it went
+/// upstream: `Ok` releases the answer. A hook's `redact` comes too late to
+/// change what was sent, so it refuses the answer like a `deny`.
+pub async fn check_parallel(
+    shard: &crate::shard::Shard,
+    generation: &crate::generation::Generation,
+    checks: &[usize],
+    body: &[u8],
+    actor: Option<&shardgate_policy::Actor>,
+    rid: &str,
+    records: &std::cell::RefCell<Vec<GuardRecord>>,
+) -> Result<(), GatewayError> {
+    let rails = &generation.guardrails;
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return Err(unreadable(rails, checks, Stage::Input));
+    };
+    let texts = prose(&mut value, Stage::Input);
+    let sent: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+    let actor = actor_json(actor);
+    for &c in checks {
+        let (Some(Some(hook)), check) = (generation.webhooks.get(c), rails.check(c)) else {
+            continue;
+        };
+        let mut mine = Vec::new();
+        let asked = ask(shard, hook, &check.name, &sent, &actor, rid, &mut mine).await;
+        records.borrow_mut().append(&mut mine);
+        match asked {
+            Asked::Allow => {}
+            Asked::Refused(e) => return Err(e),
+            Asked::Redact(_) => {
+                return Err(GatewayError::Guardrail {
+                    check: check.name.clone(),
+                    stage: "prompt",
+                    found: "webhook",
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `checks` on the prose of a request body (`Stage::Input`) or an
 /// answer body in any dialect (`Stage::Output`). Each check's verdict
 /// goes to `records`. A body the checks cannot read is refused.
@@ -226,11 +415,20 @@ pub async fn check_input(
     records: &mut Vec<GuardRecord>,
 ) -> Verdict {
     let rails = &generation.guardrails;
-    let remote = |c: &usize| generation.webhooks.get(*c).is_some_and(Option::is_some);
+    let hook = |c: &usize| generation.webhooks.get(*c).and_then(Option::as_ref);
+    // Parallel hooks run beside the model call (`parallel`), not here.
+    let remote = |c: &usize| hook(c).is_some_and(|h| !h.parallel);
+    let local: Vec<usize> = checks
+        .iter()
+        .copied()
+        .filter(|c| hook(c).is_none())
+        .collect();
     if !checks.iter().any(remote) {
-        return check_body(rails, checks, Stage::Input, body, records);
+        if local.is_empty() {
+            return Verdict::Pass;
+        }
+        return check_body(rails, &local, Stage::Input, body, records);
     }
-    let local: Vec<usize> = checks.iter().copied().filter(|c| !remote(c)).collect();
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         return Verdict::Blocked(unreadable(rails, checks, Stage::Input));
     };
@@ -239,64 +437,21 @@ pub async fn check_input(
         Ok(c) => c,
         Err(e) => return Verdict::Blocked(e),
     };
-    let actor_json = actor.map(|a| {
-        serde_json::json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant,
-                           "app": a.app, "environment": a.environment})
-    });
+    let actor_json = actor_json(actor);
     for &c in checks.iter().filter(|c| remote(c)) {
-        let (Some(Some(hook)), check) = (generation.webhooks.get(c), rails.check(c)) else {
+        let (Some(hook), check) = (hook(&c), rails.check(c)) else {
             continue;
         };
-        let payload = serde_json::json!({
-            "check": check.name,
-            "stage": "input",
-            "request_id": rid,
-            "actor": actor_json,
-            "texts": texts.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
-        });
-        let payload = serde_json::to_vec(&payload).unwrap_or_default();
-        let started = Instant::now();
-        let reply = webhook::call(shard, hook, &payload, texts.len()).await;
-        let latency_us = started.elapsed().as_micros() as u64;
-        let mut record = |verdict: &'static str| {
-            records.push(GuardRecord {
-                check: check.name.clone(),
-                stage: Stage::Input.as_str(),
-                verdict,
-                found: if verdict == "pass" || verdict == "error" {
-                    Vec::new()
-                } else {
-                    vec!["webhook"]
-                },
-                latency_us,
-            })
-        };
-        match reply {
-            Ok(webhook::Reply::Allow) => record("pass"),
-            Ok(webhook::Reply::Deny { .. }) => {
-                record("block");
-                return Verdict::Blocked(GatewayError::Guardrail {
-                    check: check.name.clone(),
-                    stage: "prompt",
-                    found: "webhook",
-                });
-            }
-            Ok(webhook::Reply::Redact(new)) => {
-                record("redact");
+        let sent: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+        let asked = ask(shard, hook, &check.name, &sent, &actor_json, rid, records).await;
+        match asked {
+            Asked::Allow => {}
+            Asked::Refused(e) => return Verdict::Blocked(e),
+            Asked::Redact(new) => {
                 for (t, n) in texts.iter_mut().zip(new) {
                     **t = n;
                 }
                 changed = true;
-            }
-            Err(e) => {
-                log::warn!("{rid}: guardrail {}: {}", check.name, e.summary());
-                record("error");
-                if hook.on_error == shardgate_policy::guardrails::FailMode::FailClosed {
-                    return Verdict::Blocked(GatewayError::GuardrailUnavailable {
-                        check: check.name.clone(),
-                        reason: e.summary(),
-                    });
-                }
             }
         }
     }

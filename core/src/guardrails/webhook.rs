@@ -24,6 +24,8 @@ pub struct Webhook {
     pub ep: Endpoint,
     pub timeout: Duration,
     pub on_error: FailMode,
+    /// Runs while the model answers, its answer held until the verdict.
+    pub parallel: bool,
     /// Written as they are after the fixed headers.
     pub headers: Vec<(String, Secret)>,
 }

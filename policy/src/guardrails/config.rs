@@ -128,6 +128,14 @@ pub struct WebhookSpec {
     pub timeout: Option<String>,
     #[serde(default)]
     pub on_error: FailMode,
+    /// Called while the model answers, not before: the prompt goes upstream
+    /// at once and the answer is held until the verdict (`allow` releases
+    /// it; `deny`, or `redact`, which comes too late to change what was
+    /// sent, replace it with the refusal). Saves the hook's latency on
+    /// every allowed prompt, at the price of a model call for each refused
+    /// one.
+    #[serde(default)]
+    pub parallel: bool,
     /// Headers to send, such as `authorization: "Bearer ${MOD_TOKEN}"`
     /// (values may name secrets as other config values do).
     #[serde(default)]

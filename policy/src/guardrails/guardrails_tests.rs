@@ -117,6 +117,7 @@ fn policies_may_attach_only_defined_checks_to_checked_stages() {
             url: "http://127.0.0.1:1/".into(),
             timeout: None,
             on_error: FailMode::FailOpen,
+            parallel: false,
             headers: Default::default(),
         })
     })])
