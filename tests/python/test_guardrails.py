@@ -51,6 +51,25 @@ class Echo(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         self.server.seen.append(body)  # type: ignore[attr-defined]
         text = last_user_text(body)
+        if text.startswith("call:") and body.get("stream"):
+            # A tool call whose arguments stream three characters at a time.
+            args = json.dumps({"query": text[len("call:"):].strip()})
+            head = {"id": "e1", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+            events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ""}}]},
+                "finish_reason": None}]}]
+            events += [{**head, "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "function": {"arguments": args[i:i + 3]}}]}, "finish_reason": None}]}
+                for i in range(0, len(args), 3)]
+            events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+                           "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}})
+            data = ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if body.get("stream"):
             third = max(1, len(text) // 3)
             parts = [text[:third], text[third : 2 * third], text[2 * third :]]
@@ -169,6 +188,7 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
         {"ai_runtime_policy": {"actor_scope": {"team": "out"}, "guardrails": {"output": ["pii-block", "watch"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "out-redact"}, "guardrails": {"output": ["pii-redact", "lorem-redact", "watch"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "tools"}, "guardrails": {"tool_calls": ["mock-args"]}}},
+        {"ai_runtime_policy": {"actor_scope": {"team": "tools-block"}, "guardrails": {"tool_calls": ["pii-block"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-a"}, "guardrails": {"input": ["hook-redact", "hook-slow-open"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-b"}, "guardrails": {"input": ["hook-slow-closed"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-c"}, "guardrails": {"input": ["hook-deny"]}}},
@@ -182,7 +202,7 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
     path = write_config(d / "gateway.yaml", cfg)
     audit_path = Path(__import__("yaml").safe_load(path.read_text())["store"]["dir"]) / "audit"
     keys = {t: create_key(path, t)["secret"] for t in ("in-redact", "in-block", "out", "out-redact", "tools", "hook-a", "hook-b", "hook-c",
-                                                    "hook-par", "hook-par-slow")}
+                                                    "hook-par", "hook-par-slow", "tools-block")}
     os.environ["HOOK_TOKEN"] = "Bearer hook-secret"
     try:
         gw = start_gateway("guardrails-gateway", path, d / "gateway.log", upstream_key)
@@ -307,6 +327,58 @@ def test_tool_call_arguments_in_an_answer_are_checked(setup):
     m = a.messages.create(model="caller", max_tokens=50, messages=[{"role": "user", "content": "look it up"}])
     [use] = [b for b in m.content if b.type == "tool_use"]
     assert use.input == {"query": "[REDACTED:mock-args]"}
+
+
+def streamed_call(stream) -> tuple[str, str]:
+    """The name and arguments of the one tool call in a chat stream, as an
+    SDK user accumulates them."""
+    name, args = "", ""
+    for ch in stream:
+        for tc in (ch.choices[0].delta.tool_calls or []) if ch.choices else []:
+            assert tc.index == 0
+            name += tc.function.name or "" if tc.function else ""
+            args += tc.function.arguments or "" if tc.function else ""
+    return name, args
+
+
+def test_tool_call_arguments_in_a_streamed_answer_are_checked_whole(setup):
+    gw, keys, _, _, _ = setup
+    # The word the check redacts arrives split over three deltas.
+    with oai(gw, keys["tools"]) as c:
+        stream = c.chat.completions.create(model="echo", stream=True, messages=[
+            {"role": "user", "content": "call: a mock value"}])
+        name, args = streamed_call(stream)
+    assert name == "lookup"
+    assert json.loads(args) == {"query": "a [REDACTED:mock-args] value"}
+    # The built-in mock's call (one delta), and the Anthropic dialect.
+    with oai(gw, keys["tools"]) as c:
+        _, args = streamed_call(c.chat.completions.create(model="caller", stream=True, messages=[
+            {"role": "user", "content": "look it up"}]))
+    assert json.loads(args) == {"query": "[REDACTED:mock-args]"}
+    a = anthropic.Anthropic(api_key=keys["tools"], base_url=gw.url, max_retries=0, timeout=REQUEST_TIMEOUT,
+                            http_client=httpx2.Client(trust_env=False))
+    for model, prompt, want in (("echo", "call: a mock value", "a [REDACTED:mock-args] value"),
+                                ("caller", "look it up", "[REDACTED:mock-args]")):
+        with a.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": prompt}]) as s:
+            final = s.get_final_message()
+        [use] = [b for b in final.content if b.type == "tool_use"]
+        assert use.input == {"query": want}
+    # Responses, streamed: the arguments in every event that carries them.
+    with oai(gw, keys["tools"]) as c:
+        with c.responses.stream(model="caller", input="look it up") as s:
+            events = list(s)
+            final = s.get_final_response()
+    [call] = [o for o in final.output if o.type == "function_call"]
+    assert json.loads(call.arguments) == {"query": "[REDACTED:mock-args]"}
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert json.loads(deltas) == {"query": "[REDACTED:mock-args]"}
+    # A blocking check ends the stream before any of the arguments.
+    with oai(gw, keys["tools-block"]) as c:
+        stream = c.chat.completions.create(model="echo", stream=True, messages=[
+            {"role": "user", "content": f"call: mail {EMAIL}"}])
+        with pytest.raises(openai.APIError) as e:
+            streamed_call(stream)
+    assert "pii-block" in str(e.value)
 
 
 def test_webhooks_redact_and_deny_and_fail_as_configured(setup, hook):

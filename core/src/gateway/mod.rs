@@ -18,7 +18,7 @@ mod plan;
 mod relay;
 mod replay;
 mod route;
-mod tool_guard;
+pub(crate) mod tool_guard;
 pub use plan::PassHeads;
 
 use crate::admission::{Refusal, Ticket};

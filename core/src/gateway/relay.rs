@@ -690,21 +690,36 @@ fn meter_stream(call: &Call<'_>, usage: Option<Usage>, cut: bool, events: u64) {
 /// A stream's output guardrails; their records reach the call however
 /// the stream ends.
 struct GuardedStream<'c, 'a> {
-    guard: StreamGuard,
+    /// `output` checks on the text.
+    guard: Option<StreamGuard>,
+    /// `tool_calls` checks on each call's arguments.
+    args: Option<crate::guardrails::tool_args::ToolArgs>,
     call: &'c Call<'a>,
 }
 
 impl GuardedStream<'_, '_> {
     fn filter(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        self.guard.filter(&self.call.generation.guardrails, out, 0)
+        let rails = &self.call.generation.guardrails;
+        if let Some(g) = &mut self.guard {
+            g.filter(rails, out, 0)?;
+        }
+        if let Some(a) = &mut self.args {
+            a.filter(rails, out)?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for GuardedStream<'_, '_> {
     fn drop(&mut self) {
         let rails = &self.call.generation.guardrails;
-        self.guard
-            .records(rails, &mut self.call.guard_records.borrow_mut());
+        let mut records = self.call.guard_records.borrow_mut();
+        if let Some(g) = &mut self.guard {
+            g.records(rails, &mut records);
+        }
+        if let Some(a) = &mut self.args {
+            records.append(&mut a.records);
+        }
     }
 }
 
@@ -737,13 +752,20 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         return Outcome::CLOSE;
     }
     let mut out = Vec::with_capacity(512);
-    let mut rails = (!call.output_checks.is_empty()).then(|| GuardedStream {
-        guard: StreamGuard::new(
-            &call.generation.guardrails,
-            call.output_checks.clone(),
-            client,
-            call.api == super::Api::Completions,
-        ),
+    let checks_text = !call.output_checks.is_empty();
+    let checks_args = !call.tool_call_checks.is_empty();
+    let mut rails = (checks_text || checks_args).then(|| GuardedStream {
+        guard: checks_text.then(|| {
+            StreamGuard::new(
+                &call.generation.guardrails,
+                call.output_checks.clone(),
+                client,
+                call.api == super::Api::Completions,
+            )
+        }),
+        args: checks_args.then(|| {
+            crate::guardrails::tool_args::ToolArgs::new(call.tool_call_checks.clone(), client)
+        }),
         call,
     });
     loop {

@@ -350,42 +350,17 @@ impl ToolGuard {
     /// refusal, what came before the refused call is left in `out` and
     /// the error is returned for the caller to end the stream with.
     pub fn filter_stream(&mut self, out: &mut Vec<u8>, from: usize) -> Result<(), GatewayError> {
-        let tail = out.split_off(from);
-        let mut at = 0;
-        let mut result = Ok(());
-        while at < tail.len() {
-            let Some((data, next, last)) = next_chunk(&tail, at) else {
-                // Not ours to judge: pass the rest as it is.
-                out.extend_from_slice(&tail[at..]);
-                return result;
-            };
-            if last {
-                out.extend_from_slice(&tail[at..]);
-                return result;
-            }
-            at = next;
-            let mut framer = SseFramer::new(MAX_EVENT);
-            let mut events: Vec<Vec<u8>> = Vec::new();
-            let _ = framer.feed(data, |e| events.push(e.raw.to_vec()));
-            if let Some(rest) = framer.finish() {
-                events.push(rest.to_vec());
-            }
-            for event in events {
-                match self.event(&event) {
-                    Ok(Some(kept)) => {
-                        for e in kept {
-                            push(out, &e);
-                        }
-                    }
-                    Ok(None) => push(out, &event),
-                    Err(e) => {
-                        result = Err(e);
-                        return result;
+        each_event(out, from, |event, out| {
+            match self.event(event)? {
+                Some(kept) => {
+                    for e in kept {
+                        push(out, &e);
                     }
                 }
+                None => push(out, event),
             }
-        }
-        result
+            Ok(())
+        })
     }
 
     /// One event: `None` to pass it as it is, else what replaces it.
@@ -586,9 +561,45 @@ impl ToolGuard {
     }
 }
 
+/// Walks the chunk-encoded client events in `out[from..]` (whole events,
+/// one or more per chunk, as the relay writes them), handing each to
+/// `f`, which writes what replaces it (see [`push`]). On an error, what
+/// came before the event is left in `out` and the error is returned for
+/// the caller to end the stream with. The last chunk, and anything that is
+/// not a chunk, passes as it is.
+pub(crate) fn each_event(
+    out: &mut Vec<u8>,
+    from: usize,
+    mut f: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), GatewayError>,
+) -> Result<(), GatewayError> {
+    let tail = out.split_off(from);
+    let mut at = 0;
+    while at < tail.len() {
+        let Some((data, next, last)) = next_chunk(&tail, at) else {
+            out.extend_from_slice(&tail[at..]);
+            return Ok(());
+        };
+        if last {
+            out.extend_from_slice(&tail[at..]);
+            return Ok(());
+        }
+        at = next;
+        let mut framer = SseFramer::new(MAX_EVENT);
+        let mut events: Vec<Vec<u8>> = Vec::new();
+        let _ = framer.feed(data, |e| events.push(e.raw.to_vec()));
+        if let Some(rest) = framer.finish() {
+            events.push(rest.to_vec());
+        }
+        for event in events {
+            f(&event, out)?;
+        }
+    }
+    Ok(())
+}
+
 /// Splits an event into its lines before `data:` (its `event:` line) and
 /// its data's JSON (a single-line `data:` field, as every dialect writes).
-fn split_event(raw: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_event(raw: &[u8]) -> (&[u8], &[u8]) {
     let Some(at) = find(raw, b"data:") else {
         return (raw, &[]);
     };
@@ -612,7 +623,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     find(hay, needle).is_some()
 }
 
-fn push(out: &mut Vec<u8>, event: &[u8]) {
+/// Writes `event` as one chunk (nothing for an empty one).
+pub(crate) fn push(out: &mut Vec<u8>, event: &[u8]) {
     if event.is_empty() {
         return;
     }

@@ -14,6 +14,7 @@
 //! is serialized again; a body nothing matched is sent as it came.
 
 pub mod stream;
+pub mod tool_args;
 pub mod webhook;
 
 use crate::error::GatewayError;
