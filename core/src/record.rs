@@ -65,6 +65,9 @@ pub struct Metered {
     pub usage: Option<Usage>,
     /// Not the provider's word (a cut stream, an answer without usage).
     pub estimated: bool,
+    /// The client left mid-stream and the upstream was read on to its
+    /// final usage (`upstream.drain_after_disconnect`).
+    pub drained: bool,
 }
 
 /// What the request handler learned, filled as it goes.

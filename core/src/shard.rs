@@ -39,6 +39,8 @@ pub struct Shard {
     draining: Cell<bool>,
     /// Connections currently open on this shard.
     pub open_connections: Cell<usize>,
+    /// Streams being read on after their client left.
+    pub draining_streams: Cell<usize>,
     /// Requests being handled on this shard.
     pub requests_in_flight: Cell<usize>,
     request_ids: RequestIds,
@@ -114,6 +116,7 @@ impl Shard {
             shutdown: Semaphore::new(0),
             draining: Cell::new(false),
             open_connections: Cell::new(0),
+            draining_streams: Cell::new(0),
             requests_in_flight: Cell::new(0),
             request_ids: RequestIds::new(id),
             json: RefCell::new(JsonParser::default()),

@@ -22,7 +22,7 @@ POLICIES = [
         "ai_runtime_policy": {
             "name": "support",
             "actor_scope": {"team": "support"},
-            "model_access": {"allowed_models": ["demo", "failover", "local", "call-bad"]},
+            "model_access": {"allowed_models": ["demo", "failover", "local", "call-bad", "paced"]},
             "tools": {"denied": ["delete_*"]},
             "audit": {"log_tool_calls": True},
         }
@@ -48,7 +48,8 @@ def events(audit_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_key: str):
     tmp = tmp_path_factory.mktemp("audit")
-    cfg = gateway_config(mock_upstream, extra_models={"call-bad": [("local", "mock-tokens-2-call-delete_account")]})
+    cfg = gateway_config(mock_upstream, extra_models={"call-bad": [("local", "mock-tokens-2-call-delete_account")],
+                                                   "paced": [("up", "mock-tokens-40-tps-100")]})
     del cfg["auth"]
     cfg["policies"] = POLICIES
     cfg["audit"] = {"fsync": "always", "max_file_bytes": "8KiB", "keep_files": 1000}
@@ -79,6 +80,29 @@ def wait_events(audit_dir: Path, pred, timeout: float = 10.0) -> list[dict]:
 def by_rid(evs: list[dict], rid: str) -> dict:
     [e] = [e for e in evs if e.get("kind") == "request" and e.get("request_id") == rid]
     return e
+
+
+def test_a_stream_whose_client_left_is_read_on_to_its_exact_usage(setup):
+    gw, path, key, audit_dir, upstream_key = setup
+    c = openai.OpenAI(api_key=key["secret"], base_url=gw.base_url, max_retries=0, timeout=REQUEST_TIMEOUT,
+                      http_client=httpx2.Client(trust_env=False))
+    r = c.chat.completions.with_streaming_response.create(
+        model="paced", messages=[{"role": "user", "content": "hi"}], stream=True)
+    with r as response:
+        rid = response.headers["x-request-id"]
+        seen = 0
+        for chunk in response.parse():
+            seen += 1
+            if seen == 3:
+                break  # the client leaves after a few tokens
+    evs = wait_events(audit_dir, lambda evs: any(e.get("request_id") == rid for e in evs))
+    e = by_rid(evs, rid)
+    [attempt] = e["attempts"]
+    # Spend from the provider's own final usage, not an estimate from the
+    # tokens relayed before the client left.
+    assert attempt["drained"] is True and attempt["estimated"] is False, attempt
+    assert attempt["output_tokens"] == 40
+    assert e["error"] == "client_left"
 
 
 def test_requests_are_audited_field_by_field(setup):

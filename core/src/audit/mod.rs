@@ -401,6 +401,9 @@ mod events {
                 output_tokens: Option<u64>,
                 cached_tokens: Option<u64>,
                 estimated: Option<bool>,
+                /// Read on to its usage after the client left.
+                #[serde(skip_serializing_if = "std::ops::Not::not")]
+                drained: bool,
             }
             let mut seq = s.serialize_seq(Some(self.0.len()))?;
             for a in self.0.iter() {
@@ -416,6 +419,7 @@ mod events {
                     output_tokens: u.completion_tokens,
                     cached_tokens: u.cached_tokens,
                     estimated: a.metered.as_ref().map(|m| m.estimated),
+                    drained: a.metered.as_ref().is_some_and(|m| m.drained),
                 })?;
             }
             seq.end()

@@ -209,6 +209,13 @@ pub struct UpstreamSettings {
     pub max_event_bytes: usize,
     pub dns_ttl: Duration,
     pub breaker: BreakerSettings,
+    /// A stream whose client left is read on (not relayed) for at most
+    /// this long, to its final usage, so its spend is exact rather than
+    /// estimated (zero: never).
+    pub drain_after_disconnect: Duration,
+    /// Streams drained at once per shard, at most (more are cut at once,
+    /// their usage estimated).
+    pub max_drains: usize,
 }
 
 /// When a target's circuit opens, and for how long.

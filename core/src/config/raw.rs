@@ -137,6 +137,8 @@ struct RawUpstream {
     breaker_error_percent: Option<u8>,
     breaker_window: Option<Dur>,
     breaker_min_calls: Option<u32>,
+    drain_after_disconnect: Option<Dur>,
+    max_drains: Option<usize>,
 }
 
 pub(super) fn dur(v: Option<Dur>, default: Duration) -> Duration {
@@ -315,6 +317,8 @@ impl RawConfig {
                 min_calls: u.breaker_min_calls.unwrap_or(20),
                 open_for: dur(u.breaker_open_for, Duration::from_secs(30)),
             },
+            drain_after_disconnect: dur(u.drain_after_disconnect, Duration::from_secs(30)),
+            max_drains: u.max_drains.unwrap_or(64),
         };
         if upstream.breaker.failures == 0 {
             return Err(field("upstream.breaker_failures", "must be at least 1"));

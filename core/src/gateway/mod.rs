@@ -161,7 +161,20 @@ impl Call<'_> {
     /// Records what the current attempt's answer used (its target's
     /// model is what is priced).
     pub fn meter(&self, usage: Option<Usage>, estimated: bool) {
-        *self.metered.borrow_mut() = Some(Metered { usage, estimated });
+        *self.metered.borrow_mut() = Some(Metered {
+            usage,
+            estimated,
+            drained: false,
+        });
+    }
+
+    /// The same for a stream read to its end after its client left.
+    pub fn meter_drained(&self, usage: Option<Usage>, estimated: bool) {
+        *self.metered.borrow_mut() = Some(Metered {
+            usage,
+            estimated,
+            drained: true,
+        });
     }
 
     /// What translators need to render answers for this client. Answers

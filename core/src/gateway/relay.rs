@@ -723,6 +723,62 @@ impl Drop for GuardedStream<'_, '_> {
     }
 }
 
+/// Reads a stream whose client left on to its end (nothing is relayed),
+/// within `upstream.drain_after_disconnect` and while the shard drains
+/// fewer than `upstream.max_drains`: its usage, and whether it was cut.
+/// The pipe back when it could not be read to its end (the caller
+/// estimates from what it saw).
+async fn drain(
+    source: &mut Source,
+    mut pipe: Pipe,
+    idle: Duration,
+    shard: &Shard,
+) -> Result<(Option<Usage>, bool), Pipe> {
+    let settings = shard.pool.settings();
+    let draining = &shard.draining_streams;
+    if settings.drain_after_disconnect.is_zero() || draining.get() >= settings.max_drains {
+        return Err(pipe);
+    }
+    draining.set(draining.get() + 1);
+    struct Slot<'a>(&'a std::cell::Cell<usize>);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.set(self.0.get().saturating_sub(1));
+        }
+    }
+    let _slot = Slot(draining);
+    let deadline = glommio::timer::sleep(settings.drain_after_disconnect);
+    futures_lite::pin!(deadline);
+    let mut scratch = Vec::new();
+    loop {
+        scratch.clear();
+        let mut broken = false;
+        let step = futures_lite::future::or(
+            async {
+                let mut on_data = |data: &[u8]| {
+                    broken |= pipe.feed(data, &mut scratch, None).is_err();
+                };
+                Some(source.step(idle, &mut on_data).await)
+            },
+            async {
+                // A stopping gateway does not wait for it.
+                futures_lite::future::or(&mut deadline, shard.wait_shutdown()).await;
+                None
+            },
+        )
+        .await;
+        match step {
+            Some(Ok(BodyStep::Data)) if !broken => {}
+            Some(Ok(BodyStep::End)) if !broken => break,
+            _ => return Err(pipe),
+        }
+    }
+    scratch.clear();
+    let (usage, cut, _) = pipe.finish(&mut scratch, None);
+    source.finished(shard);
+    Ok((usage, cut))
+}
+
 /// An event stream, relayed as it arrives.
 async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     let (shard, rid) = (answer.call.shard, answer.call.rid);
@@ -788,9 +844,17 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         )
         .await;
         let failure = match step {
-            // The client left: dropping `up` closes the upstream connection.
+            // The client left: the upstream is read on to its usage when
+            // the shard has room, else dropping `up` closes it.
             None => {
                 conn.note_error(CLIENT_LEFT);
+                let mut pipe = match drain(source, pipe, *idle, shard).await {
+                    Ok((usage, cut)) => {
+                        call.meter_drained(usage, cut || usage.is_none());
+                        return Outcome::CLOSE;
+                    }
+                    Err(pipe) => pipe,
+                };
                 let (usage, events) = pipe.abandon();
                 meter_stream(call, usage, true, events);
                 return Outcome::CLOSE;

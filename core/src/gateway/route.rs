@@ -740,6 +740,7 @@ where
                 ..Default::default()
             }),
             estimated: true,
+            drained: false,
         });
         r
     };
