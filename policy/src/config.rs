@@ -198,4 +198,7 @@ pub struct PriceSpec {
     /// Defaults to the input price (no caching discount).
     #[serde(default)]
     pub cached_input_per_million_usd: Option<Usd>,
+    /// Tokens written to the prompt cache; defaults to the input price.
+    #[serde(default)]
+    pub cache_write_input_per_million_usd: Option<Usd>,
 }

@@ -4,7 +4,8 @@
 //! tokens), so `$2.50 / 1M` is `2_500_000`. A call's cost is
 //!
 //! ```text
-//! ceil(( (prompt - cached) × input + cached × cached_input + completion × output ) / 1_000_000)
+//! ceil(( (prompt - cached - written) × input + cached × cached_input
+//!        + written × cache_write_input + completion × output ) / 1_000_000)
 //! ```
 //!
 //! computed in `u128` and rounded up once, at the end: the result is never
@@ -12,10 +13,12 @@
 //!
 //! Usage follows OpenAI's shape (`shardgate_proto::openai::Usage`):
 //! `prompt_tokens` includes `cached_tokens`; `completion_tokens` includes
-//! reasoning tokens. Providers translating from other dialects fill it the
-//! same way. Not modelled: Anthropic cache writes (billed 1.25× input, here
-//! at input price), Gemini 2.5 Pro's higher tier for prompts over 200k
-//! tokens (here at the ≤200k price), batch discounts.
+//! reasoning tokens; `cache_write_tokens` (written to the prompt cache) are
+//! part of `prompt_tokens` too, each token counted once. Providers
+//! translating from other dialects fill it the same way. Not modelled:
+//! Anthropic's 1-hour cache writes (2× input; here at the 5-minute 1.25×),
+//! Gemini 2.5 Pro's higher tier for prompts over 200k tokens (here at the
+//! ≤200k price), batch discounts.
 
 use shardgate_proto::openai::Usage;
 
@@ -28,13 +31,24 @@ pub struct Price {
     pub input: u64,
     pub output: u64,
     pub cached_input: u64,
+    /// Tokens written to the prompt cache.
+    pub cache_write_input: u64,
 }
 
+/// Cache writes at the input price (providers that do not bill them apart).
 const fn usd_per_m(input_micros: u64, output_micros: u64, cached_micros: u64) -> Price {
     Price {
         input: input_micros,
         output: output_micros,
         cached_input: cached_micros,
+        cache_write_input: input_micros,
+    }
+}
+
+impl Price {
+    const fn writes_at(mut self, micros: u64) -> Price {
+        self.cache_write_input = micros;
+        self
     }
 }
 
@@ -51,13 +65,20 @@ pub const DEFAULT_PRICES: &[(&str, Price)] = &[
     ("gpt-4.1-mini", usd_per_m(400_000, 1_600_000, 100_000)),
     ("o3", usd_per_m(2_000_000, 8_000_000, 500_000)),
     ("o4-mini", usd_per_m(1_100_000, 4_400_000, 275_000)),
-    // Anthropic (cached = cache hits, 0.1× input)
-    ("claude-sonnet-4", usd_per_m(3_000_000, 15_000_000, 300_000)),
+    // Anthropic (cached = cache hits, 0.1× input; 5-minute cache writes,
+    // 1.25× input)
+    (
+        "claude-sonnet-4",
+        usd_per_m(3_000_000, 15_000_000, 300_000).writes_at(3_750_000),
+    ),
     (
         "claude-opus-4",
-        usd_per_m(15_000_000, 75_000_000, 1_500_000),
+        usd_per_m(15_000_000, 75_000_000, 1_500_000).writes_at(18_750_000),
     ),
-    ("claude-3-5-haiku", usd_per_m(800_000, 4_000_000, 80_000)),
+    (
+        "claude-3-5-haiku",
+        usd_per_m(800_000, 4_000_000, 80_000).writes_at(1_000_000),
+    ),
     // Google (prompts up to 200k tokens)
     ("gemini-2.5-pro", usd_per_m(1_250_000, 10_000_000, 125_000)),
     ("gemini-2.5-flash", usd_per_m(300_000, 2_500_000, 30_000)),
@@ -92,6 +113,9 @@ impl PricingTable {
                         input,
                         output: s.output_per_million_usd.micros(),
                         cached_input: s.cached_input_per_million_usd.map_or(input, |u| u.micros()),
+                        cache_write_input: s
+                            .cache_write_input_per_million_usd
+                            .map_or(input, |u| u.micros()),
                     },
                 )
             })
@@ -163,18 +187,37 @@ impl Price {
             .or_else(|| usage.total_tokens.map(|t| t.saturating_sub(prompt)))
             .unwrap_or(0);
         let cached = usage.cached_tokens.unwrap_or(0).min(prompt);
-        cost_of(self, prompt - cached, cached, completion)
+        let written = usage.cache_write_tokens.unwrap_or(0).min(prompt - cached);
+        let prompt = Prompt {
+            uncached: prompt - cached - written,
+            cached,
+            written,
+        };
+        cost_of(self, prompt, completion)
     }
 
     /// [`PricingTable::estimate_micros`] at this price.
     pub fn estimate_micros(&self, prompt: u64, output: u64) -> u64 {
-        cost_of(self, prompt, 0, output)
+        let prompt = Prompt {
+            uncached: prompt,
+            cached: 0,
+            written: 0,
+        };
+        cost_of(self, prompt, output)
     }
 }
 
-fn cost_of(p: &Price, uncached: u64, cached: u64, completion: u64) -> u64 {
-    let n = u128::from(uncached) * u128::from(p.input)
-        + u128::from(cached) * u128::from(p.cached_input)
+/// A prompt's tokens by price: each counted once.
+struct Prompt {
+    uncached: u64,
+    cached: u64,
+    written: u64,
+}
+
+fn cost_of(p: &Price, prompt: Prompt, completion: u64) -> u64 {
+    let n = u128::from(prompt.uncached) * u128::from(p.input)
+        + u128::from(prompt.cached) * u128::from(p.cached_input)
+        + u128::from(prompt.written) * u128::from(p.cache_write_input)
         + u128::from(completion) * u128::from(p.output);
     u64::try_from(n.div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
@@ -191,7 +234,44 @@ mod tests {
             total_tokens: Some(prompt + completion),
             cached_tokens: Some(cached),
             reasoning_tokens: None,
+            cache_write_tokens: None,
         }
+    }
+
+    #[test]
+    fn cache_writes_are_priced_apart_and_every_prompt_token_once() {
+        let t = PricingTable::default();
+        // claude-sonnet-4: 1000 prompt tokens of which 200 read from the
+        // cache and 300 written to it: 500 × 3 + 200 × 0.3 + 300 × 3.75 +
+        // 100 × 15 = 1500 + 60 + 1125 + 1500 = 4185 micro-dollars.
+        let u = Usage {
+            cache_write_tokens: Some(300),
+            ..usage(1000, 200, 100)
+        };
+        assert_eq!(t.cost_micros("claude-sonnet-4", &u), 4185);
+        // More reads and writes than prompt tokens never count twice.
+        let odd = Usage {
+            cache_write_tokens: Some(5000),
+            ..usage(1000, 800, 0)
+        };
+        assert_eq!(
+            t.cost_micros("claude-sonnet-4", &odd),
+            800 * 3 / 10 + 200 * 375 / 100
+        );
+        // OpenAI bills no writes: they cost the input price.
+        let openai = Usage {
+            cache_write_tokens: Some(300),
+            ..usage(1000, 0, 0)
+        };
+        assert_eq!(t.cost_micros("gpt-4o", &openai), 2500);
+        let custom = PricingTable::new(&[PriceSpec {
+            model: "house-*".into(),
+            input_per_million_usd: Usd::parse("1").unwrap(),
+            output_per_million_usd: Usd::parse("2").unwrap(),
+            cached_input_per_million_usd: Some(Usd::parse("0.1").unwrap()),
+            cache_write_input_per_million_usd: Some(Usd::parse("1.25").unwrap()),
+        }]);
+        assert_eq!(custom.price("house-7").cache_write_input, 1_250_000);
     }
 
     #[test]
@@ -269,13 +349,15 @@ mod tests {
             input_per_million_usd: Usd::parse("1").unwrap(),
             output_per_million_usd: Usd::parse("2.5").unwrap(),
             cached_input_per_million_usd: None,
+            cache_write_input_per_million_usd: None,
         }]);
         assert_eq!(
             t.price("gpt-4o-mini"),
             Price {
                 input: 1_000_000,
                 output: 2_500_000,
-                cached_input: 1_000_000
+                cached_input: 1_000_000,
+                cache_write_input: 1_000_000,
             }
         );
         assert_eq!(t.price("o3").input, 2_000_000);

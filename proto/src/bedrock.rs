@@ -22,9 +22,31 @@ pub struct ConverseRequest {
     pub tool_config: Option<ToolConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A system content block: text, or a prompt-cache checkpoint after the
+/// blocks before it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SystemBlock {
-    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_point: Option<CachePoint>,
+}
+
+/// `{"cachePoint": {"type": "default"}}`: Converse's prompt-cache
+/// checkpoint, in system, message content and tools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachePoint {
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl CachePoint {
+    pub fn default_point() -> Self {
+        CachePoint {
+            kind: "default".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +67,8 @@ pub struct ContentBlock {
     pub tool_use: Option<ToolUseBlock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_result: Option<ToolResultBlock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_point: Option<CachePoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,10 +132,14 @@ pub struct ToolConfig {
     pub tool_choice: Option<ToolChoice>,
 }
 
+/// A tool, or a prompt-cache checkpoint after the tools before it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Tool {
-    pub tool_spec: ToolSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_spec: Option<ToolSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_point: Option<CachePoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -253,6 +253,9 @@ fn write_optional_string(out: &mut Vec<u8>, s: Option<&str>) {
 /// (`usage.prompt_tokens`, `completion_tokens`, `total_tokens`,
 /// `prompt_tokens_details.cached_tokens`,
 /// `completion_tokens_details.reasoning_tokens`). Absent is None, not zero.
+/// `cache_write_tokens` is the part of `prompt_tokens` written to the
+/// provider's prompt cache (Anthropic's `cache_creation_input_tokens`),
+/// which no OpenAI body carries: it comes from the providers' own usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub prompt_tokens: Option<u64>,
@@ -260,6 +263,7 @@ pub struct Usage {
     pub total_tokens: Option<u64>,
     pub cached_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -291,6 +295,7 @@ impl Usage {
         self.completion_tokens = sum(self.completion_tokens, other.completion_tokens);
         self.cached_tokens = sum(self.cached_tokens, other.cached_tokens);
         self.reasoning_tokens = sum(self.reasoning_tokens, other.reasoning_tokens);
+        self.cache_write_tokens = sum(self.cache_write_tokens, other.cache_write_tokens);
     }
 }
 

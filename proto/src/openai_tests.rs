@@ -222,6 +222,7 @@ fn usage_from_a_response() {
             total_tokens: Some(30),
             cached_tokens: Some(4),
             reasoning_tokens: Some(8),
+            cache_write_tokens: None,
         })
     );
 }

@@ -113,13 +113,30 @@ pub fn from_openai(
     if req.n.is_some_and(|n| n > 1) {
         return Err(TranslateError::Unsupported("n > 1"));
     }
-    let mut system: Vec<String> = Vec::new();
+    // Each system message's text, with the cache breakpoint of its last
+    // part, if any.
+    let mut system: Vec<(String, Option<Value>)> = Vec::new();
     let mut turns: Vec<(a::Role, Vec<a::ContentBlock>)> = Vec::new();
     for m in &req.messages {
         let (role, blocks) = match m.role {
             Role::System | Role::Developer => {
-                if let Some(text) = m.text_content() {
-                    system.push(text);
+                match &m.content {
+                    Some(Content::Parts(parts)) => {
+                        for p in parts {
+                            if let ContentPart::Text {
+                                text,
+                                cache_control,
+                            } = p
+                            {
+                                system.push((text.clone(), cache_control.clone()));
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some(text) = m.text_content() {
+                            system.push((text, None));
+                        }
+                    }
                 }
                 continue;
             }
@@ -164,6 +181,7 @@ pub fn from_openai(
                         name: f.name.clone(),
                         description: f.description.clone(),
                         input_schema: f.parameters.clone().unwrap_or_else(empty_schema),
+                        cache_control: t.cache_control.clone(),
                     })
                 })
                 .collect::<Result<Vec<_>, TranslateError>>()?,
@@ -190,7 +208,7 @@ pub fn from_openai(
     Ok(a::MessagesRequest {
         model: model.to_owned(),
         messages,
-        system: (!system.is_empty()).then(|| a::System::Text(system.join("\n\n"))),
+        system: system_of(system),
         max_tokens: req.max_output_tokens().unwrap_or(default_max_tokens),
         stop_sequences: req.stop_sequences(),
         stream: req.stream.filter(|s| *s),
@@ -201,6 +219,27 @@ pub fn from_openai(
         tool_choice,
         metadata: req.user.clone().map(|u| a::Metadata { user_id: Some(u) }),
     })
+}
+
+/// The system prompt: one string, unless a part marks a cache breakpoint
+/// (then one text block per part, each with its own marker).
+fn system_of(parts: Vec<(String, Option<Value>)>) -> Option<a::System> {
+    if parts.is_empty() {
+        return None;
+    }
+    if parts.iter().all(|(_, c)| c.is_none()) {
+        let texts: Vec<String> = parts.into_iter().map(|(t, _)| t).collect();
+        return Some(a::System::Text(texts.join("\n\n")));
+    }
+    Some(a::System::Blocks(
+        parts
+            .into_iter()
+            .map(|(text, cache_control)| a::ContentBlock::Text {
+                text,
+                cache_control,
+            })
+            .collect(),
+    ))
 }
 
 fn empty_schema() -> Value {
@@ -236,9 +275,12 @@ fn user_blocks(content: Option<&Content>) -> Result<Vec<a::ContentBlock>, Transl
         .parts()
         .into_iter()
         .map(|part| match part {
-            ContentPart::Text { text } => Ok(a::ContentBlock::Text {
+            ContentPart::Text {
                 text,
-                cache_control: None,
+                cache_control,
+            } => Ok(a::ContentBlock::Text {
+                text,
+                cache_control,
             }),
             ContentPart::ImageUrl { image_url } => {
                 let source = match image_url.parse()? {
@@ -560,8 +602,28 @@ impl ChatRequest {
         match &req.system {
             None => {}
             Some(a::System::Text(t)) => messages.push(chat::Message::text(Role::System, t)),
-            Some(a::System::Blocks(blocks)) => {
+            Some(a::System::Blocks(blocks)) if !has_cache_marker(blocks) => {
                 messages.push(chat::Message::text(Role::System, blocks_text(blocks)));
+            }
+            Some(a::System::Blocks(blocks)) => {
+                // Each block a part, so its cache breakpoint stays where it was.
+                let parts = blocks
+                    .iter()
+                    .filter_map(|b| match b {
+                        a::ContentBlock::Text {
+                            text,
+                            cache_control,
+                        } => Some(ContentPart::Text {
+                            text: text.clone(),
+                            cache_control: cache_control.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                messages.push(chat::Message {
+                    content: Some(Content::Parts(parts)),
+                    ..chat::Message::text(Role::System, "")
+                });
             }
         }
         for m in &req.messages {
@@ -580,8 +642,9 @@ impl ChatRequest {
         let tools = req.tools.as_ref().map(|tools| {
             tools
                 .iter()
-                .map(|t| {
-                    chat::Tool::function(&t.name, t.description.clone(), t.input_schema.clone())
+                .map(|t| chat::Tool {
+                    cache_control: t.cache_control.clone(),
+                    ..chat::Tool::function(&t.name, t.description.clone(), t.input_schema.clone())
                 })
                 .collect()
         });
@@ -620,6 +683,18 @@ impl ChatRequest {
     }
 }
 
+fn has_cache_marker(blocks: &[a::ContentBlock]) -> bool {
+    blocks.iter().any(|b| {
+        matches!(
+            b,
+            a::ContentBlock::Text {
+                cache_control: Some(_),
+                ..
+            }
+        )
+    })
+}
+
 fn blocks_text(blocks: &[a::ContentBlock]) -> String {
     blocks
         .iter()
@@ -640,7 +715,13 @@ fn user_from_anthropic(
     let mut parts = Vec::new();
     for block in blocks {
         match block {
-            a::ContentBlock::Text { text, .. } => parts.push(ContentPart::Text { text }),
+            a::ContentBlock::Text {
+                text,
+                cache_control,
+            } => parts.push(ContentPart::Text {
+                text,
+                cache_control,
+            }),
             a::ContentBlock::Image { source } => {
                 let url = match source {
                     a::ImageSource::Base64 { media_type, data } => {
@@ -680,7 +761,10 @@ fn user_from_anthropic(
     }
     if !parts.is_empty() {
         let content = match parts.as_slice() {
-            [ContentPart::Text { text }] => Content::Text(text.clone()),
+            [ContentPart::Text {
+                text,
+                cache_control: None,
+            }] => Content::Text(text.clone()),
             _ => Content::Parts(parts),
         };
         messages.push(chat::Message {

@@ -14,7 +14,8 @@ use shardgate_proto::bedrock as b;
 
 use crate::anthropic::parse_arguments;
 use crate::chat::{
-    self, ChatRequest, ChatResponse, ChunkWriter, ContentPart, Image, ReplyCtx, Role, ToolMode,
+    self, ChatRequest, ChatResponse, ChunkWriter, Content, ContentPart, Image, ReplyCtx, Role,
+    ToolMode,
 };
 use crate::errors::KnownSecrets;
 use crate::eventstream::{Decoder, Message};
@@ -147,20 +148,58 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
     for m in &req.messages {
         let (role, blocks) = match m.role {
             Role::System | Role::Developer => {
-                if let Some(text) = m.text_content() {
-                    system.push(b::SystemBlock { text });
+                match &m.content {
+                    Some(Content::Parts(parts)) => {
+                        for p in parts {
+                            if let ContentPart::Text {
+                                text,
+                                cache_control,
+                            } = p
+                            {
+                                system.push(b::SystemBlock {
+                                    text: Some(text.clone()),
+                                    ..b::SystemBlock::default()
+                                });
+                                if cache_control.is_some() {
+                                    system.push(b::SystemBlock {
+                                        cache_point: Some(b::CachePoint::default_point()),
+                                        ..b::SystemBlock::default()
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some(text) = m.text_content() {
+                            system.push(b::SystemBlock {
+                                text: Some(text),
+                                ..b::SystemBlock::default()
+                            });
+                        }
+                    }
                 }
                 continue;
             }
             Role::User => {
-                let blocks = match &m.content {
-                    None => Vec::new(),
-                    Some(c) => c
-                        .parts()
-                        .into_iter()
-                        .map(user_block)
-                        .collect::<Result<_, _>>()?,
-                };
+                let mut blocks = Vec::new();
+                for part in m.content.as_ref().map(Content::parts).unwrap_or_default() {
+                    // Anthropic's cache breakpoint is Converse's checkpoint
+                    // after the block.
+                    let marked = matches!(
+                        part,
+                        ContentPart::Text {
+                            cache_control: Some(_),
+                            ..
+                        }
+                    );
+                    blocks.push(user_block(part)?);
+                    if marked {
+                        blocks.push(b::ContentBlock {
+                            cache_point: Some(b::CachePoint::default_point()),
+                            ..b::ContentBlock::default()
+                        });
+                    }
+                }
                 ("user", blocks)
             }
             Role::Assistant => {
@@ -219,26 +258,32 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
     let mode = req.tool_choice.as_ref().map(|c| c.mode()).transpose()?;
     let tool_config = match &req.tools {
         Some(tools) if !tools.is_empty() && (mode != Some(ToolMode::None) || uses_tools) => {
-            let tools = tools
-                .iter()
-                .map(|t| {
-                    let f = t
-                        .function
-                        .as_ref()
-                        .ok_or(TranslateError::Unsupported("non-function tools"))?;
-                    Ok(b::Tool {
-                        tool_spec: b::ToolSpec {
-                            name: f.name.clone(),
-                            description: f.description.clone(),
-                            input_schema: b::InputSchema {
-                                json: f.parameters.clone().unwrap_or_else(
-                                    || serde_json::json!({"type": "object", "properties": {}}),
-                                ),
-                            },
+            let mut specs = Vec::with_capacity(tools.len());
+            for t in tools {
+                let f = t
+                    .function
+                    .as_ref()
+                    .ok_or(TranslateError::Unsupported("non-function tools"))?;
+                specs.push(b::Tool {
+                    tool_spec: Some(b::ToolSpec {
+                        name: f.name.clone(),
+                        description: f.description.clone(),
+                        input_schema: b::InputSchema {
+                            json: f.parameters.clone().unwrap_or_else(
+                                || serde_json::json!({"type": "object", "properties": {}}),
+                            ),
                         },
-                    })
-                })
-                .collect::<Result<Vec<_>, TranslateError>>()?;
+                    }),
+                    cache_point: None,
+                });
+                if t.cache_control.is_some() {
+                    specs.push(b::Tool {
+                        tool_spec: None,
+                        cache_point: Some(b::CachePoint::default_point()),
+                    });
+                }
+            }
+            let tools = specs;
             let tool_choice = match mode {
                 None | Some(ToolMode::None) => None,
                 Some(ToolMode::Auto) => Some(b::ToolChoice::Auto {}),
@@ -274,7 +319,7 @@ fn text_block(text: String) -> b::ContentBlock {
 
 fn user_block(part: ContentPart) -> Result<b::ContentBlock, TranslateError> {
     match part {
-        ContentPart::Text { text } => Ok(text_block(text)),
+        ContentPart::Text { text, .. } => Ok(text_block(text)),
         ContentPart::ImageUrl { image_url } => match image_url.parse()? {
             Image::Base64 { media_type, data } => {
                 let format = match media_type {

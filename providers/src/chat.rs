@@ -56,6 +56,47 @@ impl ChatRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
+    /// Whether any part or tool marks a prompt-cache breakpoint.
+    pub fn has_cache_markers(&self) -> bool {
+        let in_parts = self.messages.iter().any(|m| match &m.content {
+            Some(Content::Parts(parts)) => parts.iter().any(|p| {
+                matches!(
+                    p,
+                    ContentPart::Text {
+                        cache_control: Some(_),
+                        ..
+                    }
+                )
+            }),
+            _ => false,
+        });
+        in_parts
+            || self
+                .tools
+                .iter()
+                .flatten()
+                .any(|t| t.cache_control.is_some())
+    }
+
+    /// Removes prompt-cache breakpoints, for a provider without them:
+    /// true when there were any.
+    pub fn strip_cache_markers(&mut self) -> bool {
+        let mut any = false;
+        for m in &mut self.messages {
+            if let Some(Content::Parts(parts)) = &mut m.content {
+                for p in parts {
+                    if let ContentPart::Text { cache_control, .. } = p {
+                        any |= cache_control.take().is_some();
+                    }
+                }
+            }
+        }
+        for t in self.tools.iter_mut().flatten() {
+            any |= t.cache_control.take().is_some();
+        }
+        any
+    }
+
     pub fn is_stream(&self) -> bool {
         self.stream == Some(true)
     }
@@ -134,7 +175,7 @@ impl Message {
                 parts
                     .iter()
                     .filter_map(|p| match p {
-                        ContentPart::Text { text } => Some(text.as_str()),
+                        ContentPart::Text { text, .. } => Some(text.as_str()),
                         _ => None,
                     })
                     .collect(),
@@ -154,7 +195,10 @@ impl Content {
     /// The content as a list of parts.
     pub fn parts(&self) -> Vec<ContentPart> {
         match self {
-            Content::Text(s) => vec![ContentPart::Text { text: s.clone() }],
+            Content::Text(s) => vec![ContentPart::Text {
+                text: s.clone(),
+                cache_control: None,
+            }],
             Content::Parts(p) => p.clone(),
         }
     }
@@ -165,6 +209,11 @@ impl Content {
 pub enum ContentPart {
     Text {
         text: String,
+        /// A prompt-cache breakpoint after this part (Anthropic's
+        /// `cache_control`, in the chat shape LiteLLM and others accept):
+        /// kept for providers with prompt caching, dropped for others.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cache_control: Option<Value>,
     },
     ImageUrl {
         image_url: ImageUrl,
@@ -248,6 +297,10 @@ pub struct Tool {
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<FunctionDef>,
+    /// A prompt-cache breakpoint after the tools up to this one (see
+    /// [`ContentPart::Text`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +324,7 @@ impl Tool {
                 parameters: Some(parameters),
                 strict: None,
             }),
+            cache_control: None,
         }
     }
 }

@@ -261,7 +261,7 @@ fn text_part(text: String) -> g::Part {
 
 fn user_part(part: ContentPart) -> Result<g::Part, TranslateError> {
     match part {
-        ContentPart::Text { text } => Ok(text_part(text)),
+        ContentPart::Text { text, .. } => Ok(text_part(text)),
         ContentPart::ImageUrl { image_url } => Ok(match image_url.parse()? {
             Image::Base64 { media_type, data } => g::Part {
                 inline_data: Some(g::Blob {

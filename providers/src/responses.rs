@@ -221,6 +221,7 @@ fn tool(i: usize, t: &Value) -> Result<Tool, TranslateError> {
                     parameters: t.get("parameters").cloned().filter(|p| !p.is_null()),
                     strict: t.get("strict").and_then(Value::as_bool),
                 }),
+                cache_control: None,
             })
         }
         Some(other) => Err(TranslateError::Invalid(format!(
@@ -258,9 +259,11 @@ fn push_item(messages: &mut Vec<Message>, item: &Value) -> Result<(), TranslateE
                         out.push(match p.get("type").and_then(Value::as_str) {
                             Some("input_text" | "output_text" | "text") => ContentPart::Text {
                                 text: text_of(p).unwrap_or_default().to_owned(),
+                                cache_control: None,
                             },
                             Some("refusal") => ContentPart::Text {
                                 text: p.get("refusal").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                                cache_control: None,
                             },
                             Some("input_image") => {
                                 let url = match p.get("image_url") {
@@ -288,7 +291,7 @@ fn push_item(messages: &mut Vec<Message>, item: &Value) -> Result<(), TranslateE
                         Content::Text(
                             out.iter()
                                 .filter_map(|p| match p {
-                                    ContentPart::Text { text } => Some(text.as_str()),
+                                    ContentPart::Text { text, .. } => Some(text.as_str()),
                                     _ => None,
                                 })
                                 .collect(),

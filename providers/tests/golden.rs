@@ -169,6 +169,7 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
         let actual = match &kind {
             Kind::Upstream(make) => {
                 let provider = make(&case);
+                let req_bytes = req.clone();
                 let req: ChatRequest = serde_json::from_slice(&req).unwrap();
                 let ctx = PrepareCtx {
                     model: &case.upstream_model,
@@ -176,6 +177,16 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
                     now_unix: case.now_unix,
                 };
                 let up = provider.prepare(&req, &ctx).unwrap();
+                // Byte-stable: the same request, read again, gives the same
+                // upstream bytes (provider prefix caches key on them).
+                let again: ChatRequest = serde_json::from_slice(&req_bytes).unwrap();
+                let again = provider.prepare(&again, &ctx).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&up.body),
+                    String::from_utf8_lossy(&again.body),
+                    "{}: the same request gave other upstream bytes",
+                    dir.display()
+                );
                 serde_json::json!({
                     "path": up.path,
                     "headers": up.headers,

@@ -400,6 +400,8 @@ mod events {
                 input_tokens: Option<u64>,
                 output_tokens: Option<u64>,
                 cached_tokens: Option<u64>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                cache_write_tokens: Option<u64>,
                 estimated: Option<bool>,
                 /// Read on to its usage after the client left.
                 #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -418,6 +420,7 @@ mod events {
                     input_tokens: u.prompt_tokens,
                     output_tokens: u.completion_tokens,
                     cached_tokens: u.cached_tokens,
+                    cache_write_tokens: u.cache_write_tokens,
                     estimated: a.metered.as_ref().map(|m| m.estimated),
                     drained: a.metered.as_ref().is_some_and(|m| m.drained),
                 })?;

@@ -168,6 +168,7 @@ fn decode(value: &[u8], scope: &str, expires: Instant) -> Option<Entry> {
         total_tokens: Some(h.input.unwrap_or(0) + h.output.unwrap_or(0)),
         cached_tokens: h.cached,
         reasoning_tokens: None,
+        cache_write_tokens: None,
     });
     Some(Entry {
         answer: value[nl + 1..].to_vec(),

@@ -230,9 +230,17 @@ fn via_chat(
     key: Option<&str>,
     chat: &ChatRequest,
 ) -> Result<shardgate_providers::UpstreamRequest, TranslateError> {
-    http.wire
-        .provider()
-        .prepare(chat, &prepare_ctx(target, key))
+    let provider = http.wire.provider();
+    // Prompt-cache breakpoints go to providers that have them (Anthropic's
+    // `cache_control`, Bedrock's `cachePoint`); an OpenAI-dialect upstream
+    // would refuse the unknown member, so they are dropped there.
+    if provider.dialect() == Dialect::OpenAi && chat.has_cache_markers() {
+        log::debug!("prompt-cache markers dropped: an OpenAI-dialect upstream has none");
+        let mut stripped = chat.clone();
+        stripped.strip_cache_markers();
+        return provider.prepare(&stripped, &prepare_ctx(target, key));
+    }
+    provider.prepare(chat, &prepare_ctx(target, key))
 }
 
 /// How an answer to a request translated through chat comes back: an

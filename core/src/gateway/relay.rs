@@ -586,6 +586,7 @@ fn responses_usage(usage: &serde_json::Value) -> Option<Usage> {
         total_tokens: n("/total_tokens"),
         cached_tokens: n("/input_tokens_details/cached_tokens"),
         reasoning_tokens: n("/output_tokens_details/reasoning_tokens"),
+        cache_write_tokens: None,
     })
 }
 
@@ -634,6 +635,7 @@ fn anthropic_stream_usage(json: &[u8], usage: &mut Option<Usage>) {
     let cur = usage.get_or_insert_with(Usage::default);
     cur.prompt_tokens = new.prompt_tokens.or(cur.prompt_tokens);
     cur.cached_tokens = new.cached_tokens.or(cur.cached_tokens);
+    cur.cache_write_tokens = new.cache_write_tokens.or(cur.cache_write_tokens);
     cur.completion_tokens = new.completion_tokens.or(cur.completion_tokens);
     cur.total_tokens = match (cur.prompt_tokens, cur.completion_tokens) {
         (None, None) => None,
@@ -669,6 +671,7 @@ pub fn openai_usage(u: &shardgate_providers::Usage) -> Usage {
         },
         cached_tokens: u.cached_input_tokens,
         reasoning_tokens: u.reasoning_tokens,
+        cache_write_tokens: u.cache_write_tokens,
     }
 }
 
@@ -1170,6 +1173,7 @@ mod tests {
             output_tokens: output,
             cached_input_tokens: Some(2),
             reasoning_tokens: Some(1),
+            cache_write_tokens: None,
             ..shardgate_providers::Usage::default()
         };
         let both = openai_usage(&u(Some(10), Some(5)));
