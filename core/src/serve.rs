@@ -180,6 +180,7 @@ pub fn run(
             max_bytes: config.store.responses_max_bytes,
         },
         conversation_senders,
+        config.cluster.as_ref().map(|c| c.redis.clone()),
     )
     .map_err(ServeError::Conversations)?;
     let (signals, hangups) = signal_channel()?;
@@ -220,6 +221,7 @@ pub fn run(
             .zip(purge_ends.get_mut(id).and_then(Option::take));
         let responses_ttl = config.store.responses_ttl;
         let keeps_responses = config.store.responses_max_bytes > 0;
+        let shares_responses = config.cluster.is_some();
         let cpu = config.placement.cpu_of(id);
         let handle = runtime::spawn_shard(
             id,
@@ -254,6 +256,7 @@ pub fn run(
                         id,
                         responses_ttl,
                         keeps_responses,
+                        shares_responses,
                     );
                     shard.set_conversations(link.clone());
                     glommio::spawn_local(async move {

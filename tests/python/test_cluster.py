@@ -461,6 +461,39 @@ def test_a_cached_answer_made_on_one_node_is_a_hit_on_the_others(tmp_path: Path,
         stop_nodes(nodes)
 
 
+def test_a_responses_turn_made_on_one_node_continues_reads_and_deletes_on_another(tmp_path: Path, redis: Redis, mock_upstream: Upstream, upstream_key: str):
+    cfg = node_config(mock_upstream, redis, [])
+    nodes, keys = start_nodes(2, tmp_path, mock_upstream, upstream_key, cfg, keys_for=("agents",))
+    secret = keys["agents"]["secret"]
+    clients = [openai.OpenAI(api_key=secret, base_url=n.gw.base_url, max_retries=0, timeout=REQUEST_TIMEOUT,
+                             http_client=httpx2.Client(trust_env=False)) for n in nodes]
+    try:
+        # The built-in mock serves through chat: only the gateway keeps
+        # the conversation, so a follow-up works only where the turn is.
+        first = clients[0].responses.create(model="local", input="remember the number 7")
+        # At once, on the other node.
+        second = clients[1].responses.create(model="local", input="which number?", previous_response_id=first.id)
+        third = clients[0].responses.create(model="local", input="and again?", previous_response_id=second.id)
+        assert third.status == "completed"
+        got = clients[1].responses.retrieve(first.id)
+        assert got.id == first.id and got.output_text == first.output_text
+        clients[1].responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            clients[0].responses.retrieve(first.id)
+        with pytest.raises(openai.BadRequestError) as e:
+            clients[0].responses.create(model="local", input="more", previous_response_id=third.id)
+        assert e.value.param == "previous_response_id"
+        # Another key cannot read it on any node.
+        other = create_key(nodes[0].cfg, "others")["secret"]
+        wait_for(lambda: nodes[1].models(other) == 200, "the new key on every node")
+        stranger = openai.OpenAI(api_key=other, base_url=nodes[1].gw.base_url, max_retries=0,
+                                 timeout=REQUEST_TIMEOUT, http_client=httpx2.Client(trust_env=False))
+        with pytest.raises(openai.NotFoundError):
+            stranger.responses.retrieve(second.id)
+    finally:
+        stop_nodes(nodes)
+
+
 def test_a_slow_redis_never_holds_a_request_past_the_deadline(tmp_path: Path, redis: Redis, mock_upstream: Upstream, upstream_key: str):
     policies = [{"ai_runtime_policy": {"actor_scope": {"team": f"slow-{i}"}, "budgets": {"requests_per_minute": 10000}}} for i in range(8)]
     cfg = node_config(mock_upstream, redis, policies, deadline="20ms", redis={"url": redis.url, "timeout": "50ms"})

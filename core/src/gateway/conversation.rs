@@ -37,6 +37,9 @@ pub struct Link {
     ttl: Duration,
     /// `store.responses_max_bytes: 0`: this gateway keeps no turns.
     keeps: bool,
+    /// With a cluster: a turn is put and acknowledged (once Redis has it)
+    /// before its answer goes out, so any node finds it at once.
+    shares: bool,
 }
 
 impl Link {
@@ -45,6 +48,7 @@ impl Link {
         me: usize,
         ttl: Duration,
         keeps: bool,
+        shares: bool,
     ) -> Rc<Self> {
         Rc::new(Link {
             ask,
@@ -53,6 +57,7 @@ impl Link {
             pending: RefCell::new(HashMap::new()),
             ttl,
             keeps,
+            shares,
         })
     }
 
@@ -242,7 +247,9 @@ pub async fn open(shard: &Shard, body: &[u8], actor: Option<&Actor>) -> Result<T
 
 /// Stores the turn `response` ends (when asked to) before the client gets
 /// it: its input and output, linked to the turn it continued. `provider`
-/// served it. Never waits: the store thread takes it in order.
+/// served it. Without a cluster it never waits (the store thread takes
+/// turns in order, before any later ask); with one, it waits until the
+/// cluster's Redis has the turn (at most the ask's bound).
 pub async fn commit(call: &Call<'_>, response: Value, provider: &str) {
     let (Some(turn), Some(link)) = (&call.turn, call.shard.conversations()) else {
         return;
@@ -269,6 +276,24 @@ pub async fn commit(call: &Call<'_>, response: Value, provider: &str) {
         response,
         provider: Some(provider.to_owned()),
     };
+    if link.shares {
+        let turn = Box::new(record);
+        let stored = link
+            .call(|shard, token| Ask::PutAcked { turn, shard, token })
+            .await;
+        match stored {
+            Some(Reply::Stored { shared: true, .. }) => {}
+            Some(_) => log::warn!(
+                "{}: response {id} stored on this node only: the cluster's Redis did not take it",
+                call.rid
+            ),
+            None => log::error!(
+                "{}: response {id} not stored: the store thread did not answer",
+                call.rid
+            ),
+        }
+        return;
+    }
     if link.ask.send(Ask::Put(Box::new(record))).is_err() {
         log::error!(
             "{}: response {id} not stored: the store thread has stopped",

@@ -16,6 +16,16 @@
 //! Turns expire after `store.responses_ttl`; past `responses_max_bytes`
 //! the oldest go first. A chain with a link gone (expired, evicted,
 //! deleted) cannot be continued.
+//!
+//! With `cluster:`, the cluster's Redis holds every node's turns too
+//! (`<prefix>turn:<id>`, with Redis's own expiry) and is asked first: a
+//! turn made on one node continues, reads and deletes on any other. A put
+//! is acknowledged only once Redis has it, so a follow-up sent the moment
+//! an answer arrives finds its turn on every node. While Redis cannot be
+//! reached, each node serves the turns it made itself (from memory and
+//! its log), as without a cluster.
+
+mod shared;
 
 use super::frame::{self, Repair};
 use crate::runtime::WakingSender;
@@ -74,6 +84,12 @@ const BATCH: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub enum Ask {
     Put(Box<StoredTurn>),
+    /// A put the shard waits for (with a cluster: until Redis has it).
+    PutAcked {
+        turn: Box<StoredTurn>,
+        shard: usize,
+        token: u64,
+    },
     /// The conversation up to and including turn `id`.
     History {
         id: String,
@@ -120,6 +136,11 @@ pub enum Reply {
         token: u64,
         found: bool,
     },
+    /// The turn of a `PutAcked` is stored (`shared`: in Redis too).
+    Stored {
+        token: u64,
+        shared: bool,
+    },
 }
 
 impl Reply {
@@ -127,7 +148,8 @@ impl Reply {
         match self {
             Reply::History { token, .. }
             | Reply::Get { token, .. }
-            | Reply::Deleted { token, .. } => *token,
+            | Reply::Deleted { token, .. }
+            | Reply::Stored { token, .. } => *token,
         }
     }
 }
@@ -150,14 +172,17 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Loads `responses.log` from `dir` (compacting it) and starts the thread.
+/// Loads `responses.log` from `dir` (compacting it) and starts the thread;
+/// with `redis` (a cluster's), turns are shared through it.
 pub fn start(
     dir: &Path,
     limits: Limits,
     shards: Vec<WakingSender<Reply>>,
+    redis: Option<crate::config::cluster::RedisConfig>,
 ) -> std::io::Result<Conversations> {
     std::fs::create_dir_all(dir)?;
     let mut state = State::load(dir, limits)?;
+    state.shared = redis.map(shared::SharedTurns::new);
     let (tx, rx) = crossbeam::channel::unbounded();
     std::thread::Builder::new()
         .name("sg-responses".into())
@@ -175,6 +200,8 @@ struct State {
     live_bytes: u64,
     limits: Limits,
     pending: Vec<u8>,
+    /// The cluster's Redis, asked first when there is one.
+    shared: Option<shared::SharedTurns>,
 }
 
 impl State {
@@ -232,6 +259,7 @@ impl State {
             live_bytes: live,
             limits,
             pending: Vec::new(),
+            shared: None,
         };
         s.evict();
         Ok(s)
@@ -280,26 +308,41 @@ impl State {
         }
     }
 
-    fn live(&self, id: &str, owner: &str, now: u64) -> Option<&StoredTurn> {
-        self.turns
-            .get(id)
-            .map(|(t, _)| t)
-            .filter(|t| t.owner == owner && t.expires_at_ms > now)
+    /// Turn `id` whoever owns it: from Redis when there is one and it
+    /// answers, else this node's own.
+    fn find(&mut self, id: &str) -> Option<StoredTurn> {
+        if let Some(s) = &mut self.shared {
+            if let Ok(found) = s.get(id) {
+                return found;
+            }
+        }
+        self.turns.get(id).map(|(t, _)| t.clone())
     }
 
     fn handle(&mut self, ask: Ask, shards: &[WakingSender<Reply>]) {
         let now = now_ms();
         match ask {
-            Ask::Put(turn) => self.put(*turn),
+            Ask::Put(turn) => {
+                if let Some(s) = &mut self.shared {
+                    s.put(&turn, now);
+                }
+                self.put(*turn);
+            }
+            Ask::PutAcked { turn, shard, token } => {
+                let shared = match &mut self.shared {
+                    Some(s) => s.put(&turn, now),
+                    None => false,
+                };
+                self.put(*turn);
+                Self::reply(shards, shard, Reply::Stored { token, shared });
+            }
             Ask::History {
                 id,
                 owner,
                 shard,
                 token,
             } => {
-                let found = self.history(&id, &owner, now);
-                let foreign =
-                    found.is_none() && self.turns.get(&id).is_some_and(|(t, _)| t.owner != owner);
+                let (found, foreign) = self.history(&id, &owner, now);
                 Self::reply(
                     shards,
                     shard,
@@ -316,7 +359,10 @@ impl State {
                 shard,
                 token,
             } => {
-                let response = self.live(&id, &owner, now).map(|t| t.response.clone());
+                let response = self
+                    .find(&id)
+                    .filter(|t| t.owner == owner && t.expires_at_ms > now)
+                    .map(|t| t.response);
                 Self::reply(shards, shard, Reply::Get { token, response });
             }
             Ask::Delete {
@@ -325,8 +371,13 @@ impl State {
                 shard,
                 token,
             } => {
-                let found = self.live(&id, &owner, now).is_some();
+                let found = self
+                    .find(&id)
+                    .is_some_and(|t| t.owner == owner && t.expires_at_ms > now);
                 if found {
+                    if let Some(s) = &mut self.shared {
+                        s.delete(&id);
+                    }
                     self.remove(&id);
                     let _ = frame::encode(&Record::Delete { id }, &mut self.pending);
                 }
@@ -336,17 +387,23 @@ impl State {
     }
 
     /// The chain ending at `id`, oldest turn first; None when any link is
-    /// gone or another key's.
-    fn history(&self, id: &str, owner: &str, now: u64) -> Option<History> {
-        let mut chain = Vec::new();
-        let mut at = Some(id);
+    /// gone or another key's. Also whether `id` itself is another key's.
+    fn history(&mut self, id: &str, owner: &str, now: u64) -> (Option<History>, bool) {
+        let mut chain: Vec<StoredTurn> = Vec::new();
+        let mut at = Some(id.to_owned());
         while let Some(i) = at {
-            let t = self.live(i, owner, now)?;
-            chain.push(t);
-            at = t.prev.as_deref();
-            if chain.len() > 100_000 {
-                return None;
+            let Some(t) = self.find(&i) else {
+                return (None, false);
+            };
+            if t.owner != owner {
+                // Only the named turn's owner says whose it is.
+                return (None, chain.is_empty());
             }
+            if t.expires_at_ms <= now || chain.len() >= 100_000 {
+                return (None, false);
+            }
+            at = t.prev.clone();
+            chain.push(t);
         }
         let provider = chain.first().and_then(|t| t.provider.clone());
         let mut items = Vec::new();
@@ -356,7 +413,7 @@ impl State {
                 items.extend(out.iter().cloned());
             }
         }
-        Some(History { items, provider })
+        (Some(History { items, provider }), false)
     }
 
     fn put(&mut self, turn: StoredTurn) {
@@ -500,13 +557,13 @@ mod tests {
         s.put(turn("resp_b", Some("resp_a"), "k", far));
         s.put(turn("resp_c", Some("resp_b"), "k", far));
         s.put(turn("resp_x", None, "k", 1));
-        let h = s.history("resp_c", "k", now_ms()).unwrap();
+        let h = s.history("resp_c", "k", now_ms()).0.unwrap();
         assert_eq!(
             contents(&h),
             ["resp_a", "resp_a!", "resp_b", "resp_b!", "resp_c", "resp_c!"]
         );
-        assert!(s.history("resp_c", "other", now_ms()).is_none());
-        assert!(s.history("resp_x", "k", now_ms()).is_none(), "expired");
+        assert_eq!(s.history("resp_c", "other", now_ms()), (None, true));
+        assert!(s.history("resp_x", "k", now_ms()).0.is_none(), "expired");
         s.remove("resp_b");
         let _ = frame::encode(
             &Record::Delete {
@@ -515,13 +572,13 @@ mod tests {
             &mut s.pending,
         );
         assert!(
-            s.history("resp_c", "k", now_ms()).is_none(),
+            s.history("resp_c", "k", now_ms()).0.is_none(),
             "a link is gone"
         );
         s.flush();
         drop(s);
-        let s = State::load(d.path(), limits).unwrap();
-        assert!(s.history("resp_a", "k", now_ms()).is_some());
+        let mut s = State::load(d.path(), limits).unwrap();
+        assert!(s.history("resp_a", "k", now_ms()).0.is_some());
         assert!(!s.turns.contains_key("resp_b"));
         assert!(!s.turns.contains_key("resp_x"));
     }
