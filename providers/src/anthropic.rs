@@ -121,7 +121,9 @@ pub fn from_openai(
         let (role, blocks) = match m.role {
             Role::System | Role::Developer => {
                 match &m.content {
-                    Some(Content::Parts(parts)) => {
+                    // Split by part only where a part marks a breakpoint: a
+                    // message's text otherwise goes as it always did.
+                    Some(Content::Parts(parts)) if marks_cache(parts) => {
                         for p in parts {
                             if let ContentPart::Text {
                                 text,
@@ -218,6 +220,18 @@ pub fn from_openai(
         tools,
         tool_choice,
         metadata: req.user.clone().map(|u| a::Metadata { user_id: Some(u) }),
+    })
+}
+
+fn marks_cache(parts: &[ContentPart]) -> bool {
+    parts.iter().any(|p| {
+        matches!(
+            p,
+            ContentPart::Text {
+                cache_control: Some(_),
+                ..
+            }
+        )
     })
 }
 

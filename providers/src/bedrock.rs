@@ -64,7 +64,15 @@ impl Provider for BedrockProvider {
         req: &ChatRequest,
         ctx: &PrepareCtx<'_>,
     ) -> Result<UpstreamRequest, TranslateError> {
-        let body = json_body(&from_openai(req)?)?;
+        let body = if req.has_cache_markers() && !takes_cache_points(ctx.model) {
+            // Converse refuses a checkpoint for a model without prompt
+            // caching: the markers go, the request stays valid.
+            let mut plain = req.clone();
+            plain.strip_cache_markers();
+            json_body(&from_openai(&plain)?)?
+        } else {
+            json_body(&from_openai(req)?)?
+        };
         let op = if req.is_stream() {
             "converse-stream"
         } else {
@@ -139,6 +147,23 @@ impl Provider for BedrockProvider {
 // ---------------------------------------------------------------------------
 // OpenAI request -> Converse request
 
+/// Whether Bedrock takes prompt-cache checkpoints (`cachePoint`) for
+/// `model` (an id or an inference profile): Amazon Nova, and Anthropic's
+/// Claude models from 3.5 Haiku and 3.7 Sonnet on (not Claude 2, Instant,
+/// 3 or 3.5 Sonnet).
+pub fn takes_cache_points(model: &str) -> bool {
+    const WITHOUT: &[&str] = &[
+        "claude-v2",
+        "claude-instant",
+        "claude-3-haiku",
+        "claude-3-sonnet",
+        "claude-3-opus",
+        "claude-3-5-sonnet",
+    ];
+    model.contains("amazon.nova")
+        || (model.contains("anthropic.claude") && !WITHOUT.iter().any(|w| model.contains(w)))
+}
+
 pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateError> {
     if req.n.is_some_and(|n| n > 1) {
         return Err(TranslateError::Unsupported("n > 1"));
@@ -149,7 +174,18 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
         let (role, blocks) = match m.role {
             Role::System | Role::Developer => {
                 match &m.content {
-                    Some(Content::Parts(parts)) => {
+                    // Split by part only where a part marks a checkpoint.
+                    Some(Content::Parts(parts))
+                        if parts.iter().any(|p| {
+                            matches!(
+                                p,
+                                ContentPart::Text {
+                                    cache_control: Some(_),
+                                    ..
+                                }
+                            )
+                        }) =>
+                    {
                         for p in parts {
                             if let ContentPart::Text {
                                 text,
@@ -633,6 +669,25 @@ impl BedrockState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cache_points_go_only_to_models_that_take_them() {
+        assert!(takes_cache_points(
+            "us.anthropic.claude-sonnet-4-20250514-v1:0"
+        ));
+        assert!(takes_cache_points(
+            "anthropic.claude-3-7-sonnet-20250219-v1:0"
+        ));
+        assert!(takes_cache_points(
+            "anthropic.claude-3-5-haiku-20241022-v1:0"
+        ));
+        assert!(takes_cache_points("amazon.nova-pro-v1:0"));
+        assert!(!takes_cache_points(
+            "anthropic.claude-3-5-sonnet-20240620-v1:0"
+        ));
+        assert!(!takes_cache_points("anthropic.claude-v2:1"));
+        assert!(!takes_cache_points("meta.llama3-1-70b-instruct-v1:0"));
+    }
+
     use super::*;
     use crate::eventstream::encode;
     use shardgate_proto::testing::for_each_split;

@@ -51,6 +51,21 @@ class Echo(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         self.server.seen.append(body)  # type: ignore[attr-defined]
         text = last_user_text(body)
+        if text.startswith("callone:") and body.get("stream"):
+            # The whole call in the chunk that finishes the answer (as some
+            # upstreams send it).
+            args = json.dumps({"query": text[len("callone:"):].strip()})
+            chunk = {"id": "e1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                         {"index": 0, "id": "call_1", "type": "function",
+                          "function": {"name": "lookup", "arguments": args}}]}, "finish_reason": "tool_calls"}]}
+            data = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if text.startswith("call:") and body.get("stream"):
             # A tool call whose arguments stream three characters at a time.
             args = json.dumps({"query": text[len("call:"):].strip()})
@@ -350,6 +365,18 @@ def test_tool_call_arguments_in_a_streamed_answer_are_checked_whole(setup):
         name, args = streamed_call(stream)
     assert name == "lookup"
     assert json.loads(args) == {"query": "a [REDACTED:mock-args] value"}
+    # A call that comes whole in the finishing chunk: judged, and sent
+    # before the finish.
+    r = httpx2.post(gw.base_url + "/chat/completions", timeout=REQUEST_TIMEOUT, trust_env=False,
+                    headers={"authorization": f"Bearer {keys['tools']}"},
+                    json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": "callone: mock it"}]})
+    chunks = [json.loads(l[6:]) for l in r.text.splitlines() if l.startswith("data: {")]
+    args_at = [i for i, ch in enumerate(chunks) for c in ch["choices"]
+               for tc in (c["delta"].get("tool_calls") or []) if tc["function"].get("arguments")]
+    finish_at = [i for i, ch in enumerate(chunks) for c in ch["choices"] if c.get("finish_reason")]
+    assert len(args_at) == 1 and args_at[0] < finish_at[0], chunks
+    [sent] = [tc["function"]["arguments"] for c in chunks[args_at[0]]["choices"] for tc in c["delta"]["tool_calls"]]
+    assert json.loads(sent) == {"query": "[REDACTED:mock-args] it"}
     # The built-in mock's call (one delta), and the Anthropic dialect.
     with oai(gw, keys["tools"]) as c:
         _, args = streamed_call(c.chat.completions.create(model="caller", stream=True, messages=[
@@ -409,8 +436,9 @@ def test_webhooks_redact_and_deny_and_fail_as_configured(setup, hook):
 
 
 def test_a_parallel_webhook_holds_the_answer_until_its_verdict(setup, hook):
-    gw, keys, echo, _, _ = setup
+    gw, keys, echo, _, audit_path = setup
     before = len(echo.seen)
+    refused = []
     with oai(gw, keys["hook-par"]) as c:
         # The prompt goes upstream while the hook decides (redacted first by
         # the in-process check); the hook's deny replaces the answer, whole
@@ -422,6 +450,7 @@ def test_a_parallel_webhook_holds_the_answer_until_its_verdict(setup, hook):
                 if stream:
                     list(r)
             assert e.value.code == "guardrail:hook-par-deny"
+            refused.append(e.value.response.headers["x-request-id"])
         assert len(echo.seen) == before + 2, "a parallel hook does not stop the prompt going upstream"
         assert EMAIL not in json.dumps(echo.seen[-1])
         sent = [x for x in hook.seen if x[0] == "/deny"][-1][2]
@@ -431,6 +460,23 @@ def test_a_parallel_webhook_holds_the_answer_until_its_verdict(setup, hook):
         text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
             model="echo", stream=True, messages=[{"role": "user", "content": "all fine"}]) if ch.choices)
         assert text == "all fine"
+    # The model answered the refused prompts all the same: what it used
+    # is charged, from the provider's own usage.
+    def record(rid: str) -> dict | None:
+        for f in sorted(audit_path.glob("audit*.log")):
+            for line in f.read_text().splitlines():
+                e = json.loads(line)
+                if e.get("request_id") == rid:
+                    return e
+        return None
+
+    for rid in refused:
+        deadline = time.monotonic() + 10
+        while (e := record(rid)) is None:
+            assert time.monotonic() < deadline, "no audit record"
+            time.sleep(0.1)
+        [attempt] = e["attempts"]
+        assert (attempt["input_tokens"], attempt["output_tokens"], attempt["estimated"]) == (10, 3, False), e
     # A hook that times out fails closed: the held answer is refused.
     with oai(gw, keys["hook-par-slow"]) as c:
         with pytest.raises(openai.InternalServerError) as e:

@@ -113,9 +113,9 @@ impl ShardEntries {
     }
 
     /// Keeps `entry` under `key`, evicting the least recently used until
-    /// the route's share holds, and hands it back to serve. An entry larger
-    /// than the whole share, or looked up before a purge or reload, is not
-    /// kept.
+    /// the route's share holds, and hands it back to serve, with whether it
+    /// was kept. An entry larger than the whole share, or looked up before
+    /// a purge or reload, is not.
     #[allow(clippy::too_many_arguments)]
     pub fn put(
         &mut self,
@@ -126,13 +126,13 @@ impl ShardEntries {
         shards: usize,
         key: Key,
         mut entry: Entry,
-    ) -> Rc<Entry> {
+    ) -> (Rc<Entry>, bool) {
         entry.answer.shrink_to_fit();
         let entry = Rc::new(entry);
         let (max_entries, max_bytes) = settings.per_shard(shards);
         let size = entry.bytes();
         if !self.current(generation) || epoch != self.epoch || size > max_bytes {
-            return entry;
+            return (entry, false);
         }
         let r = self
             .routes
@@ -154,7 +154,7 @@ impl ShardEntries {
             r.bytes -= gone.bytes();
             self.evictions += 1;
         }
-        entry
+        (entry, true)
     }
 
     /// Drops the entries `purge` names; how many.

@@ -38,7 +38,14 @@ pub enum Decision {
     /// The route answers; its answer is kept under `key`, unless the
     /// shard's entries were purged since (`epoch`). `refresh`: the client
     /// said `no-cache`, so the entry was not read, only replaced.
-    Fill { key: Key, refresh: bool, epoch: u64 },
+    /// `shared`: the shared tier's purge generation its lookup saw (the
+    /// answer is shared only under it).
+    Fill {
+        key: Key,
+        refresh: bool,
+        epoch: u64,
+        shared: Option<u64>,
+    },
     /// Neither read nor written: not deterministic, or `no-store`.
     Bypass,
 }
@@ -128,6 +135,7 @@ pub fn decide(
             key,
             refresh: directives.no_cache,
             epoch: entries.epoch(generation),
+            shared: None,
         },
     }
 }

@@ -10,9 +10,11 @@
 //! never an error. Stores are sent and not waited for.
 //!
 //! Names: `<prefix>cache:<generation>:<key as hex>`, with Redis's own
-//! expiry (the route's `ttl`). A purge bumps `<prefix>cache:gen`, which
-//! every worker reads again at most a second later; one worker per node
-//! watches it and tells the node's shards, which drop their own entries.
+//! expiry (the route's `ttl`). A purge bumps `<prefix>cache:gen`: every
+//! lookup reads it (so no entry of an older generation is served once the
+//! purge is done), a store is made only under the generation its lookup
+//! saw, and one worker per node watches it (every second) and tells the
+//! node's shards, which drop their own entries.
 //! Shared entries are not enumerated, so with a cluster any purge drops
 //! every entry on every node: dropping more than asked is safe, less never.
 //! Values are `<header JSON>\n<answer>`; the header names the scope the
@@ -34,11 +36,17 @@ const GENERATION_EVERY: Duration = Duration::from_secs(1);
 /// once instead of waiting on a dead store).
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
+/// Asks queued at most: past it a lookup misses at once and a store is
+/// dropped (a slow Redis must not grow the gateway's memory).
+const QUEUE: usize = 1024;
+
 /// What a lookup learned from the shared tier.
 #[derive(Debug)]
 pub enum Found {
     Entry(Entry),
-    Missing,
+    /// None under the purge generation it read (which its store must find
+    /// unchanged).
+    Missing(u64),
     /// Redis was slow, gone, or answered what is not an entry.
     Unavailable,
 }
@@ -47,12 +55,15 @@ enum Ask {
     Get {
         key: Key,
         scope: String,
+        /// A lookup not begun by then has been given up on.
+        deadline: Instant,
         reply: WakingSender<Found>,
     },
     Put {
         key: Key,
         value: Vec<u8>,
         ttl: Duration,
+        generation: u64,
     },
     Purge {
         reply: WakingSender<bool>,
@@ -75,7 +86,7 @@ impl SharedCache {
         threads: usize,
         shards: Vec<WakingSender<u64>>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = crossbeam::channel::unbounded();
+        let (tx, rx) = crossbeam::channel::bounded(QUEUE);
         let mut shards = Some(shards);
         for i in 0..threads.max(1) {
             let rx: Receiver<Ask> = rx.clone();
@@ -98,9 +109,10 @@ impl SharedCache {
         let ask = Ask::Get {
             key,
             scope: scope.to_owned(),
+            deadline: Instant::now() + self.wait,
             reply,
         };
-        if self.tx.send(ask).is_err() {
+        if self.tx.try_send(ask).is_err() {
             return Found::Unavailable;
         }
         let answer = futures_lite::future::or(async { rx.recv().await }, async {
@@ -110,16 +122,22 @@ impl SharedCache {
         answer.await.unwrap_or(Found::Unavailable)
     }
 
-    /// Keeps `entry` for every node, for `ttl` (not waited for).
-    pub fn put(&self, key: Key, entry: &Entry, ttl: Duration) {
+    /// Keeps `entry` for every node, for `ttl`, if the purge generation is
+    /// still `generation` (what its lookup saw); not waited for.
+    pub fn put(&self, key: Key, entry: &Entry, ttl: Duration, generation: u64) {
         let value = encode(entry);
-        let _ = self.tx.send(Ask::Put { key, value, ttl });
+        let _ = self.tx.try_send(Ask::Put {
+            key,
+            value,
+            ttl,
+            generation,
+        });
     }
 
     /// Drops every shared entry; false when Redis did not confirm in time.
     pub async fn purge(&self) -> bool {
         let (reply, rx) = waking_channel();
-        if self.tx.send(Ask::Purge { reply }).is_err() {
+        if self.tx.try_send(Ask::Purge { reply }).is_err() {
             return false;
         }
         let answer = futures_lite::future::or(async { rx.recv().await }, async {
@@ -223,11 +241,25 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             match ask {
-                Ask::Get { key, scope, reply } => {
-                    let found = self.get(&key, &scope);
+                Ask::Get {
+                    key,
+                    scope,
+                    deadline,
+                    reply,
+                } => {
+                    let found = if Instant::now() >= deadline {
+                        Found::Unavailable
+                    } else {
+                        self.get(&key, &scope)
+                    };
                     let _ = reply.send(found);
                 }
-                Ask::Put { key, value, ttl } => self.put(&key, &value, ttl),
+                Ask::Put {
+                    key,
+                    value,
+                    ttl,
+                    generation,
+                } => self.put(&key, &value, ttl, generation),
                 Ask::Purge { reply } => {
                     let done = self.purge();
                     let _ = reply.send(done);
@@ -238,9 +270,14 @@ impl Worker {
     }
 
     /// The watcher: a purge generation that moved (any node's purge) is
-    /// announced to every shard, which drops its own entries.
+    /// announced to every shard, which drops its own entries. Read at most
+    /// once a second.
     fn watch(&mut self) {
-        if self.shards.is_none() {
+        if self.shards.is_none()
+            || self
+                .generation_read
+                .is_some_and(|t| t.elapsed() < GENERATION_EVERY)
+        {
             return;
         }
         let Some(g) = self.generation() else {
@@ -297,33 +334,28 @@ impl Worker {
         format!("{}cache:gen", self.cfg.prefix)
     }
 
-    /// The purge generation, read again once it is a second old.
+    /// The purge generation as Redis has it now.
     fn generation(&mut self) -> Option<u64> {
-        if self
-            .generation_read
-            .is_none_or(|t| t.elapsed() >= GENERATION_EVERY)
-        {
-            let g: Option<u64> = self.call(redis::cmd("GET").arg(self.generation_key()))?;
-            self.generation = g.unwrap_or(0);
-            self.generation_read = Some(Instant::now());
-        }
+        let g: Option<u64> = self.call(redis::cmd("GET").arg(self.generation_key()))?;
+        self.generation = g.unwrap_or(0);
+        self.generation_read = Some(Instant::now());
         Some(self.generation)
     }
 
-    fn name(&mut self, key: &Key) -> Option<String> {
-        let g = self.generation()?;
-        Some(format!("{}cache:{g}:{}", self.cfg.prefix, hex(key)))
+    fn name(&self, key: &Key, generation: u64) -> String {
+        format!("{}cache:{generation}:{}", self.cfg.prefix, hex(key))
     }
 
     fn get(&mut self, key: &Key, scope: &str) -> Found {
-        let Some(name) = self.name(key) else {
+        let Some(generation) = self.generation() else {
             return Found::Unavailable;
         };
+        let name = self.name(key, generation);
         let got: Option<(Option<Vec<u8>>, i64)> =
             self.call(redis::cmd("EVAL").arg(GET_WITH_TTL).arg(1).arg(&name));
         match got {
             None => Found::Unavailable,
-            Some((None, _)) => Found::Missing,
+            Some((None, _)) => Found::Missing(generation),
             Some((Some(v), ttl_ms)) => {
                 let left = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
                 match decode(&v, scope, crate::deadline::coarse_now() + left) {
@@ -334,10 +366,12 @@ impl Worker {
         }
     }
 
-    fn put(&mut self, key: &Key, value: &[u8], ttl: Duration) {
-        let Some(name) = self.name(key) else {
+    fn put(&mut self, key: &Key, value: &[u8], ttl: Duration, generation: u64) {
+        // Not under a generation a purge has ended since its lookup.
+        if self.generation() != Some(generation) {
             return;
-        };
+        }
+        let name = self.name(key, generation);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let _: Option<()> = self.call(redis::cmd("SET").arg(name).arg(value).arg("PX").arg(ms));
     }

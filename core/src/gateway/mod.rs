@@ -168,13 +168,11 @@ impl Call<'_> {
         });
     }
 
-    /// The same for a stream read to its end after its client left.
-    pub fn meter_drained(&self, usage: Option<Usage>, estimated: bool) {
-        *self.metered.borrow_mut() = Some(Metered {
-            usage,
-            estimated,
-            drained: true,
-        });
+    /// Marks what was metered as read after the client left.
+    pub fn mark_drained(&self) {
+        if let Some(m) = self.metered.borrow_mut().as_mut() {
+            m.drained = true;
+        }
     }
 
     /// What translators need to render answers for this client. Answers
@@ -923,27 +921,39 @@ fn set_cache_header(call: &mut Call<'_>, value: &str) {
 async fn look_up_shared(
     call: &Call<'_>,
     shared: &cache::shared::SharedCache,
-    fill: &cache::Decision,
+    fill: &mut cache::Decision,
     scope: &str,
     alias: &str,
     model: &crate::config::ModelRoute,
 ) -> (Option<cache::Decision>, &'static str) {
     use cache::shared::Found;
-    let (cache::Decision::Fill { key, epoch, .. }, Some(settings)) = (fill, &model.cache) else {
+    let (
+        cache::Decision::Fill {
+            key,
+            epoch,
+            shared: seen,
+            ..
+        },
+        Some(settings),
+    ) = (fill, &model.cache)
+    else {
         return (None, "miss");
     };
     match shared.get(*key, scope).await {
         Found::Entry(entry) => {
             let shards = call.shard.config.shards;
             let number = call.generation.number;
-            let entry = call
+            let (entry, _) = call
                 .shard
                 .cache
                 .borrow_mut()
                 .put(number, *epoch, alias, settings, shards, *key, entry);
             (Some(cache::Decision::Hit { entry, key: *key }), "hit")
         }
-        Found::Missing => (None, "miss"),
+        Found::Missing(generation) => {
+            *seen = Some(generation);
+            (None, "miss")
+        }
         Found::Unavailable => (None, "unavailable"),
     }
 }
@@ -965,6 +975,7 @@ fn unreplayable(
         key: *key,
         refresh: false,
         epoch: call.shard.cache.borrow_mut().epoch(number),
+        shared: None,
     }
 }
 
@@ -1008,7 +1019,9 @@ fn keep_or_note(
             note.saved = entry.usage;
             note.served_by = Some(entry.served_by.clone());
         }
-        cache::Decision::Fill { key, epoch, .. } => {
+        cache::Decision::Fill {
+            key, epoch, shared, ..
+        } => {
             let captured = call.captured.borrow_mut().take();
             let answered = |c: &cache::Captured| {
                 whole
@@ -1024,15 +1037,19 @@ fn keep_or_note(
                     scope,
                     expires: crate::deadline::coarse_now() + settings.ttl,
                 };
-                if let Some(shared) = call.shard.shared_cache().filter(|_| settings.shares()) {
-                    shared.put(key, &entry, settings.ttl);
-                }
                 let shards = call.shard.config.shards;
                 let number = call.generation.number;
-                call.shard
+                let (entry, kept) = call
+                    .shard
                     .cache
                     .borrow_mut()
                     .put(number, epoch, alias, settings, shards, key, entry);
+                // Shared only what the shard kept (not looked up before a
+                // purge or a reload), under the generation its lookup saw.
+                let tier = call.shard.shared_cache().filter(|_| settings.shares());
+                if let (true, Some(tier), Some(generation)) = (kept, tier, shared) {
+                    tier.put(key, &entry, settings.ttl, generation);
+                }
             }
         }
         cache::Decision::Bypass => {}

@@ -131,7 +131,11 @@ impl Source {
 pub async fn deliver(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome, Failure> {
     if let Some(hold) = &answer.call.hold {
         // Parallel webhooks have not released it yet: no byte goes out.
-        hold.wait().await.map_err(Failure::classify)?;
+        if let Err(refused) = hold.wait().await {
+            // The model answered all the same: what it used is charged.
+            Box::pin(meter_unsent(answer)).await;
+            return Err(Failure::classify(refused));
+        }
     }
     let streamed = answer.call.facts.stream
         && (answer.head.is_event_stream() || answer.head.is_aws_event_stream());
@@ -142,6 +146,48 @@ pub async fn deliver(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<O
     } else {
         full(conn, answer).await.map_err(Failure::classify)
     }
+}
+
+/// Meters an answer that will not be sent (a parallel webhook refused
+/// it): read to its end (a stream within the drain's bounds) for the
+/// provider's usage, else estimated.
+async fn meter_unsent(answer: &mut Answer<'_>) {
+    let call = answer.call;
+    let shard = call.shard;
+    let settings = shard.pool.settings();
+    let streamed =
+        call.facts.stream && (answer.head.is_event_stream() || answer.head.is_aws_event_stream());
+    if streamed {
+        let pipe = Pipe::new(answer, settings.max_event_bytes);
+        match drain(&mut answer.source, pipe, answer.idle, shard).await {
+            Ok((usage, cut, events)) => meter_stream(call, usage, cut, events),
+            Err(mut pipe) => {
+                let (usage, events) = pipe.abandon();
+                meter_stream(call, usage, true, events);
+            }
+        }
+        return;
+    }
+    let body = answer
+        .source
+        .read_to_end(answer.idle, settings.max_response_bytes)
+        .await;
+    let usage = body.ok().and_then(|body| {
+        answer.source.finished(shard);
+        match answer.reply {
+            Reply::Same => usage_of_body(answer.client, &body),
+            Reply::FromOpenAi => usage_of_body(ClientDialect::OpenAi, &body),
+            Reply::FromWire => answer
+                .wire
+                .and_then(|w| {
+                    let ctx = call.reply_ctx(answer.model);
+                    w.provider().response_to_openai(&body, &ctx).ok()
+                })
+                .map(|(_, u)| openai_usage(&u)),
+            Reply::GeminiEmbeddings => None,
+        }
+    });
+    meter_stream(call, usage, usage.is_none(), 0);
 }
 
 /// The error label of a request whose client left before its answer ended.
@@ -728,15 +774,16 @@ impl Drop for GuardedStream<'_, '_> {
 
 /// Reads a stream whose client left on to its end (nothing is relayed),
 /// within `upstream.drain_after_disconnect` and while the shard drains
-/// fewer than `upstream.max_drains`: its usage, and whether it was cut.
-/// The pipe back when it could not be read to its end (the caller
-/// estimates from what it saw).
+/// fewer than `upstream.max_drains`: its usage, whether it was cut, and
+/// the content events it counted (an estimate's output). The pipe back
+/// when it could not be read to its end (the caller estimates from what it
+/// saw).
 async fn drain(
     source: &mut Source,
     mut pipe: Pipe,
     idle: Duration,
     shard: &Shard,
-) -> Result<(Option<Usage>, bool), Pipe> {
+) -> Result<(Option<Usage>, bool, u64), Pipe> {
     let settings = shard.pool.settings();
     let draining = &shard.draining_streams;
     if settings.drain_after_disconnect.is_zero() || draining.get() >= settings.max_drains {
@@ -777,9 +824,13 @@ async fn drain(
         }
     }
     scratch.clear();
+    let events = match &pipe {
+        Pipe::Same(_, tap) => tap.events,
+        Pipe::Translate(_) => 0,
+    };
     let (usage, cut, _) = pipe.finish(&mut scratch, None);
     source.finished(shard);
-    Ok((usage, cut))
+    Ok((usage, cut, events))
 }
 
 /// An event stream, relayed as it arrives.
@@ -852,8 +903,11 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             None => {
                 conn.note_error(CLIENT_LEFT);
                 let mut pipe = match drain(source, pipe, *idle, shard).await {
-                    Ok((usage, cut)) => {
-                        call.meter_drained(usage, cut || usage.is_none());
+                    Ok((usage, cut, events)) => {
+                        // Estimated from what came when the provider said
+                        // nothing of its usage.
+                        meter_stream(call, usage, cut, events);
+                        call.mark_drained();
                         return Outcome::CLOSE;
                     }
                     Err(pipe) => pipe,
@@ -899,6 +953,9 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 // Stored before `response.completed` leaves: a follow-up
                 // sent the moment it arrives finds the turn.
                 if let Some(mut response) = response.filter(|_| call.turn.is_some()) {
+                    if let Some(args) = rails.as_ref().and_then(|r| r.args.as_ref()) {
+                        args.patch_response(&mut response);
+                    }
                     let mut keep = true;
                     // What is kept is what the client was sent: redacted.
                     if !call.output_checks.is_empty() {

@@ -527,14 +527,30 @@ fn apply(rails: &Guardrails, texts: &mut [&mut String], found: &[(usize, Finding
 }
 
 /// The `tool_calls` stage on one call's arguments (every string in
-/// them, at any depth; a JSON-encoded arguments string is scanned as
-/// text). Redacts in place; `Ok(true)` when something was.
+/// them, at any depth). A JSON-encoded arguments string (OpenAI's) is read
+/// as the JSON it holds, so an escape (`\u0072m`) hides nothing and a
+/// redaction keeps it JSON; text that is not JSON is scanned as text.
+/// Redacts in place; `Ok(true)` when something was.
 pub fn check_arguments(
     rails: &Guardrails,
     checks: &[usize],
     args: &mut Value,
     records: &mut Vec<GuardRecord>,
 ) -> Result<bool, GatewayError> {
+    if let Value::String(encoded) = args {
+        if let Ok(mut parsed) = serde_json::from_str::<Value>(encoded) {
+            if parsed.is_object() || parsed.is_array() {
+                let mut texts = Vec::new();
+                every_string(&mut parsed, &mut texts);
+                let changed = check_texts(rails, checks, Stage::ToolCalls, &mut texts, records)?;
+                drop(texts);
+                if changed {
+                    *encoded = parsed.to_string();
+                }
+                return Ok(changed);
+            }
+        }
+    }
     let mut texts = Vec::new();
     every_string(args, &mut texts);
     check_texts(rails, checks, Stage::ToolCalls, &mut texts, records)

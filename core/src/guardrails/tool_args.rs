@@ -23,8 +23,9 @@ use shardgate_policy::guardrails::Guardrails;
 
 /// One call whose arguments are held.
 struct Held {
-    /// OpenAI: the tool call index; Anthropic: the block index.
-    index: u64,
+    /// OpenAI: the choice and the tool call index; Anthropic: 0 and the
+    /// block index.
+    key: (u64, u64),
     /// Responses: the item's id.
     item: String,
     args: String,
@@ -95,19 +96,19 @@ impl ToolArgs {
     fn hold(
         &mut self,
         rails: &Guardrails,
-        index: u64,
+        key: (u64, u64),
         item: &str,
         fragment: &str,
     ) -> Result<(), GatewayError> {
         let pos = self
             .held
             .iter()
-            .position(|h| h.index == index && h.item == item);
+            .position(|h| h.key == key && h.item == item);
         let i = match pos {
             Some(i) => i,
             None => {
                 self.held.push(Held {
-                    index,
+                    key,
                     item: item.to_owned(),
                     args: String::new(),
                 });
@@ -171,46 +172,36 @@ impl ToolArgs {
                 self.chunk_head = Some(head);
             }
         }
-        let finishing = done
-            || v.pointer("/choices/0/finish_reason")
-                .is_some_and(|f| !f.is_null());
-        // A call that starts ends the ones before it.
-        let starting: Vec<u64> = v
-            .pointer("/choices/0/delta/tool_calls")
-            .and_then(Value::as_array)
-            .map(|calls| {
-                calls
-                    .iter()
-                    .filter(|c| c.get("id").is_some_and(|i| !i.is_null()))
-                    .filter_map(|c| c.get("index").and_then(Value::as_u64))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let ended = self.take(|h| finishing || starting.iter().any(|&s| s != h.index));
-        for h in ended {
-            let args = self.judge(rails, h.args)?;
-            let mut chunk = self.chunk_head.clone().unwrap_or_default();
-            chunk.insert(
-                "choices".into(),
-                json!([{"index": 0, "delta": {"tool_calls": [
-                    {"index": h.index, "function": {"arguments": args}}
-                ]}, "finish_reason": null}]),
-            );
-            push(out, &event(b"", &Value::Object(chunk)));
-        }
-        if done {
-            push(out, raw);
-            return Ok(());
-        }
+        // This chunk's fragments are held first: a call may come whole in
+        // the chunk that also finishes it.
         let mut changed = false;
         let mut fragments = Vec::new();
-        if let Some(calls) = v
-            .pointer_mut("/choices/0/delta/tool_calls")
+        let mut finishing = Vec::new();
+        let mut starting = Vec::new();
+        for choice in v
+            .get_mut("choices")
             .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
         {
-            calls.retain_mut(|c| {
-                let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let Some(args) = c.pointer_mut("/function/arguments") else {
+            let c = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                finishing.push(c);
+            }
+            let Some(calls) = choice
+                .pointer_mut("/delta/tool_calls")
+                .and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            calls.retain_mut(|call| {
+                let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let starts = call.get("id").is_some_and(|i| !i.is_null())
+                    || call.pointer("/function/name").is_some_and(|n| !n.is_null());
+                if starts {
+                    starting.push((c, index));
+                }
+                let Some(args) = call.pointer_mut("/function/arguments") else {
                     return true;
                 };
                 let fragment = args.as_str().unwrap_or_default().to_owned();
@@ -218,30 +209,56 @@ impl ToolArgs {
                     return true;
                 }
                 changed = true;
-                fragments.push((index, fragment));
+                fragments.push((c, index, fragment));
                 *args = Value::String(String::new());
                 // A pure fragment goes; a call's start stays, its
                 // arguments emptied.
-                c.get("id").is_some_and(|i| !i.is_null())
-                    || c.pointer("/function/name").is_some_and(|n| !n.is_null())
+                starts
             });
         }
-        for (index, fragment) in fragments {
-            self.hold(rails, index, "", &fragment)?;
+        for (c, index, fragment) in fragments {
+            self.hold(rails, (c, index), "", &fragment)?;
         }
-        if !changed {
+        // Calls end at their choice's finish, at `[DONE]`, or when another
+        // call of their choice starts: judged, they go out before this chunk.
+        let ended = self.take(|h| {
+            done || finishing.contains(&h.key.0)
+                || starting.iter().any(|&(c, i)| c == h.key.0 && i != h.key.1)
+        });
+        for h in ended {
+            let args = self.judge(rails, h.args)?;
+            let mut chunk = self.chunk_head.clone().unwrap_or_default();
+            chunk.insert(
+                "choices".into(),
+                json!([{"index": h.key.0, "delta": {"tool_calls": [
+                    {"index": h.key.1, "function": {"arguments": args}}
+                ]}, "finish_reason": null}]),
+            );
+            push(out, &event(b"", &Value::Object(chunk)));
+        }
+        if done || !changed {
             push(out, raw);
             return Ok(());
         }
-        let empty = v
-            .pointer("/choices/0/delta")
-            .and_then(Value::as_object)
-            .is_some_and(|d| {
-                d.iter().all(|(k, x)| {
-                    x.is_null() || (k == "tool_calls" && x.as_array().is_some_and(Vec::is_empty))
-                })
-            });
-        if !(empty && !finishing && v.get("usage").is_none_or(Value::is_null)) {
+        let empty = finishing.is_empty()
+            && v.get("usage").is_none_or(Value::is_null)
+            && v.get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .all(|choice| {
+                    choice
+                        .get("delta")
+                        .and_then(Value::as_object)
+                        .is_none_or(|d| {
+                            d.iter().all(|(k, x)| {
+                                x.is_null()
+                                    || (k == "tool_calls"
+                                        && x.as_array().is_some_and(Vec::is_empty))
+                            })
+                        })
+                });
+        if !empty {
             push(out, &event(prefix, &v));
         }
         Ok(())
@@ -280,10 +297,10 @@ impl ToolArgs {
                     .pointer("/delta/partial_json")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                self.hold(rails, index, "", fragment)?;
+                self.hold(rails, (0, index), "", fragment)?;
             }
             Some("content_block_stop") if self.tool_blocks.contains(&index) => {
-                for h in self.take(|h| h.index == index) {
+                for h in self.take(|h| h.key == (0, index)) {
                     let args = self.judge(rails, h.args)?;
                     let d = json!({"type": "content_block_delta", "index": index,
                                    "delta": {"type": "input_json_delta", "partial_json": args}});
@@ -325,7 +342,7 @@ impl ToolArgs {
         match v.get("type").and_then(Value::as_str) {
             Some("response.function_call_arguments.delta") => {
                 let fragment = v.get("delta").and_then(Value::as_str).unwrap_or_default();
-                self.hold(rails, 0, &item, fragment)?;
+                self.hold(rails, (0, 0), &item, fragment)?;
             }
             Some("response.function_call_arguments.done") => {
                 self.take(|h| h.item == item);
@@ -382,6 +399,22 @@ impl ToolArgs {
             }
         }
         Ok(())
+    }
+}
+
+impl ToolArgs {
+    /// A streamed Responses turn about to be stored: its function calls'
+    /// arguments as they were sent.
+    pub fn patch_response(&self, response: &mut Value) {
+        let Some(items) = response.get_mut("output").and_then(Value::as_array_mut) else {
+            return;
+        };
+        for it in items {
+            let id = it.get("id").and_then(Value::as_str).unwrap_or_default();
+            if let Some((_, a)) = self.sent.iter().find(|(i, _)| i == id) {
+                it["arguments"] = a.clone().into();
+            }
+        }
     }
 }
 
