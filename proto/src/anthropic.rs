@@ -33,6 +33,9 @@ pub struct MessagesRequest {
     pub tool_choice: Option<ToolChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
+    /// Extended thinking: `{"type": "enabled", "budget_tokens": N}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<Value>,
 }
 
 /// Top-level `system`: a string or a list of text blocks.

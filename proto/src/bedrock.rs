@@ -20,6 +20,9 @@ pub struct ConverseRequest {
     pub inference_config: Option<InferenceConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_config: Option<ToolConfig>,
+    /// The model's own fields (Claude's `thinking`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_model_request_fields: Option<Value>,
 }
 
 /// A system content block: text, or a prompt-cache checkpoint after the

@@ -220,6 +220,7 @@ pub fn from_openai(
         tools,
         tool_choice,
         metadata: req.user.clone().map(|u| a::Metadata { user_id: Some(u) }),
+        thinking: req.thinking.clone(),
     })
 }
 
@@ -692,6 +693,7 @@ impl ChatRequest {
             tool_choice: tool_choice.map(ToolChoice::from_mode),
             parallel_tool_calls: parallel.filter(|d| *d).map(|_| false),
             user: req.metadata.as_ref().and_then(|m| m.user_id.clone()),
+            thinking: req.thinking.clone(),
             ..ChatRequest::default()
         })
     }

@@ -64,11 +64,19 @@ impl Provider for BedrockProvider {
         req: &ChatRequest,
         ctx: &PrepareCtx<'_>,
     ) -> Result<UpstreamRequest, TranslateError> {
-        let body = if req.has_cache_markers() && !takes_cache_points(ctx.model) {
-            // Converse refuses a checkpoint for a model without prompt
-            // caching: the markers go, the request stays valid.
+        // Converse refuses a checkpoint for a model without prompt caching,
+        // and `thinking` for a model that is not Claude: those go, the
+        // request stays valid.
+        let no_points = req.has_cache_markers() && !takes_cache_points(ctx.model);
+        let no_thinking = req.thinking.is_some() && !ctx.model.contains("anthropic.claude");
+        let body = if no_points || no_thinking {
             let mut plain = req.clone();
-            plain.strip_cache_markers();
+            if no_points {
+                plain.strip_cache_markers();
+            }
+            if no_thinking {
+                plain.thinking = None;
+            }
             json_body(&from_openai(&plain)?)?
         } else {
             json_body(&from_openai(req)?)?
@@ -343,6 +351,11 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
         system,
         inference_config: (config != b::InferenceConfig::default()).then_some(config),
         tool_config,
+        // Claude on Bedrock takes `thinking` among its own fields.
+        additional_model_request_fields: req
+            .thinking
+            .clone()
+            .map(|t| serde_json::json!({ "thinking": t })),
     })
 }
 

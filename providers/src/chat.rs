@@ -48,6 +48,11 @@ pub struct ChatRequest {
     pub frequency_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
+    /// Anthropic's extended thinking (`{"type": "enabled", "budget_tokens":
+    /// N}`), as Anthropic's OpenAI compatibility documents it for chat:
+    /// passed to Anthropic and Bedrock Claude targets, dropped for others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<Value>,
 }
 
 impl ChatRequest {

@@ -203,6 +203,7 @@ pub fn to_chat(req: &Value, prior: &[Value]) -> Result<ChatRequest, TranslateErr
         presence_penalty: None,
         frequency_penalty: None,
         response_format,
+        thinking: None,
     })
 }
 

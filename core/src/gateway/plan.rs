@@ -231,13 +231,18 @@ fn via_chat(
     chat: &ChatRequest,
 ) -> Result<shardgate_providers::UpstreamRequest, TranslateError> {
     let provider = http.wire.provider();
-    // Prompt-cache breakpoints go to providers that have them (Anthropic's
-    // `cache_control`, Bedrock's `cachePoint`); an OpenAI-dialect upstream
-    // would refuse the unknown member, so they are dropped there.
-    if provider.dialect() == Dialect::OpenAi && chat.has_cache_markers() {
-        log::debug!("prompt-cache markers dropped: an OpenAI-dialect upstream has none");
+    // Prompt-cache breakpoints and extended thinking go to providers that
+    // have them (Anthropic, Bedrock); an OpenAI-dialect upstream would
+    // refuse the unknown members, so they are dropped there.
+    if provider.dialect() == Dialect::OpenAi
+        && (chat.has_cache_markers() || chat.thinking.is_some())
+    {
+        log::debug!(
+            "prompt-cache markers and extended thinking dropped: an OpenAI-dialect upstream has neither"
+        );
         let mut stripped = chat.clone();
         stripped.strip_cache_markers();
+        stripped.thinking = None;
         return provider.prepare(&stripped, &prepare_ctx(target, key));
     }
     provider.prepare(chat, &prepare_ctx(target, key))
