@@ -23,7 +23,7 @@ import httpx2
 import openai
 import pytest
 
-from conftest import REQUEST_TIMEOUT, Upstream, create_key, gateway_config, start_gateway, write_config
+from conftest import REQUEST_TIMEOUT, Upstream, create_key, gateway_config, start_gateway, stream_text_until_error, write_config
 
 CARD = "4111 1111 1111 1111"  # a test Visa number: passes Luhn
 NOT_A_CARD = "4111 1111 1111 1112"  # fails Luhn
@@ -195,6 +195,8 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
         {"name": "hook-slow-open", "webhook": {"url": f"{hook_url}/slow", "timeout": "200ms", "on_error": "fail_open"}},
         {"name": "hook-slow-closed", "webhook": {"url": f"{hook_url}/slow", "timeout": "200ms", "on_error": "fail_closed"}},
         {"name": "hook-par-deny", "webhook": {"url": f"{hook_url}/deny", "timeout": "2s", "parallel": True}},
+        {"name": "hook-out-deny", "webhook": {"url": f"{hook_url}/deny", "timeout": "2s"}},
+        {"name": "hook-out-redact", "webhook": {"url": f"{hook_url}/redact", "headers": {"authorization": "${HOOK_TOKEN}"}}},
         {"name": "hook-par-slow", "webhook": {"url": f"{hook_url}/slow", "timeout": "200ms", "parallel": True}},
     ]
     cfg["policies"] = [
@@ -209,6 +211,7 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-c"}, "guardrails": {"input": ["hook-deny"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-par"}, "guardrails": {"input": ["pii-redact", "hook-par-deny"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-par-slow"}, "guardrails": {"input": ["hook-par-slow"]}}},
+        {"ai_runtime_policy": {"actor_scope": {"team": "hook-out"}, "guardrails": {"output": ["hook-out-deny", "hook-out-redact"]}}},
     ]
     cfg["listeners"] = [{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0", "role": "admin"}]
     del cfg["listen"]
@@ -217,7 +220,7 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
     path = write_config(d / "gateway.yaml", cfg)
     audit_path = Path(__import__("yaml").safe_load(path.read_text())["store"]["dir"]) / "audit"
     keys = {t: create_key(path, t)["secret"] for t in ("in-redact", "in-block", "out", "out-redact", "tools", "hook-a", "hook-b", "hook-c",
-                                                    "hook-par", "hook-par-slow", "tools-block")}
+                                                    "hook-par", "hook-par-slow", "tools-block", "hook-out")}
     os.environ["HOOK_TOKEN"] = "Bearer hook-secret"
     try:
         gw = start_gateway("guardrails-gateway", path, d / "gateway.log", upstream_key)
@@ -482,6 +485,33 @@ def test_a_parallel_webhook_holds_the_answer_until_its_verdict(setup, hook):
         with pytest.raises(openai.InternalServerError) as e:
             c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "anything"}])
     assert e.value.status_code == 503 and e.value.code == "guardrail_unavailable"
+
+
+def test_webhooks_judge_answers_whole_or_streamed(setup, hook):
+    gw, keys, _, _, _ = setup
+    with oai(gw, keys["hook-out"]) as c:
+        r = c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "the secret word"}])
+        assert r.choices[0].message.content == "the [MASKED] word"
+        sent = [x for x in hook.seen if x[0] == "/redact"][-1][2]
+        assert sent["stage"] == "output" and sent["check"] == "hook-out-redact"
+        # A stream is held whole until the hooks have answered, then sent
+        # redacted, in the client's dialect.
+        text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="echo", stream=True, messages=[{"role": "user", "content": "a secret kept"}]) if ch.choices)
+        assert text == "a [MASKED] kept"
+        assert "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="echo", stream=True, messages=[{"role": "user", "content": "nothing here"}]) if ch.choices) == "nothing here"
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="echo", messages=[{"role": "user", "content": "say forbidden"}])
+        assert e.value.code == "guardrail:hook-out-deny" and "answer" in e.value.message
+        # A refused stream says why, and none of the answer.
+        received, err = stream_text_until_error(c.chat.completions.create(
+            model="echo", stream=True, messages=[{"role": "user", "content": "say forbidden"}]))
+        assert received == "" and "hook-out-deny" in str(err)
+    a = anthropic.Anthropic(api_key=keys["hook-out"], base_url=gw.url, max_retries=0, timeout=REQUEST_TIMEOUT,
+                            http_client=httpx2.Client(trust_env=False))
+    with a.messages.stream(model="echo", max_tokens=50, messages=[{"role": "user", "content": "one secret"}]) as s:
+        assert "".join(s.text_stream) == "one [MASKED]"
 
 
 def test_verdicts_are_audited_and_counted_without_the_text(setup):

@@ -111,7 +111,16 @@ impl StreamCapture {
     /// For a call that captures: `None` when it does not, or when the
     /// stream cannot be read as OpenAI chat.
     pub fn new(answer: &Answer<'_>) -> Option<Box<Self>> {
-        let limit = answer.call.capture_limit?;
+        // The cache's bound; for output webhooks (which judge the whole
+        // answer) the response bound.
+        let limit = match (
+            answer.call.capture_limit,
+            answer.call.output_hooks.is_empty(),
+        ) {
+            (Some(l), _) => l,
+            (None, false) => answer.call.shard.pool.settings().max_response_bytes,
+            (None, true) => return None,
+        };
         let side = match (answer.reply, answer.client) {
             (Reply::Same, ClientDialect::OpenAi) | (Reply::FromOpenAi | Reply::FromWire, _) => None,
             (Reply::Same, ClientDialect::Anthropic) => {

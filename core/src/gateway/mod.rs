@@ -107,6 +107,11 @@ pub struct Call<'a> {
     /// The guardrails to run on the answer (indexes into the
     /// generation's), and the records of those that ran.
     pub output_checks: Vec<usize>,
+    /// The `output` checks that are webhooks: a whole answer is asked
+    /// about before it goes out, a stream is held whole until they answer.
+    pub output_hooks: Vec<usize>,
+    /// The caller, as webhooks are told of it (null without hooks).
+    pub hook_actor: serde_json::Value,
     /// The same for tool calls' arguments in the answer (whole answers).
     pub tool_call_checks: Vec<usize>,
     pub guard_records: RefCell<Vec<crate::guardrails::GuardRecord>>,
@@ -698,6 +703,15 @@ async fn handle_api<'g>(
     } else {
         None
     };
+    let (output_checks, output_hooks) = plan
+        .as_ref()
+        .map(|p| guardrails::split_hooks(generation, &p.output))
+        .unwrap_or_default();
+    let hook_actor = if output_hooks.is_empty() {
+        serde_json::Value::Null
+    } else {
+        guardrails::actor_json(ticket.actor.as_ref())
+    };
     // Parallel webhooks run beside the model call; the answer waits for
     // their verdict (`Call::hold`).
     let parallel = plan
@@ -727,7 +741,9 @@ async fn handle_api<'g>(
             .map(RefCell::new),
         attempt: std::cell::Cell::new(0),
         turn,
-        output_checks: plan.as_ref().map(|p| p.output.clone()).unwrap_or_default(),
+        output_checks,
+        output_hooks,
+        hook_actor,
         tool_call_checks: plan.map(|p| p.tool_calls).unwrap_or_default(),
         guard_records: RefCell::new(Vec::new()),
         capture_limit: None,

@@ -28,6 +28,7 @@ use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::json::find_top_level;
 use shardgate_proto::openai::{extract_usage, mentions_usage, Usage};
 use shardgate_proto::sse::SseFramer;
+use shardgate_providers::chat::ChatResponse;
 use shardgate_providers::{gemini, KnownSecrets, StreamTranslator, TranslateError};
 use std::time::Duration;
 
@@ -317,6 +318,25 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
             Verdict::Pass => {}
             Verdict::Redacted(b) => body = b,
             Verdict::Blocked(e) => return Err(e),
+        }
+        if !call.output_hooks.is_empty() {
+            // Boxed: a webhook's exchange inline would size every answer's
+            // future for the few callers with output hooks.
+            let asked = Box::pin(crate::guardrails::check_output_hooks(
+                shard,
+                call.generation,
+                &call.output_hooks,
+                &body,
+                &call.hook_actor,
+                rid,
+                &call.guard_records,
+            ))
+            .await;
+            match asked {
+                Verdict::Pass => {}
+                Verdict::Redacted(b) => body = b,
+                Verdict::Blocked(e) => return Err(e),
+            }
         }
     }
     // The tool policy judges (and audits) what the guardrails left.
@@ -833,12 +853,113 @@ async fn drain(
     Ok((usage, cut, events))
 }
 
+/// A stream held for its output webhooks: what it would have sent, and
+/// the egress a redacted answer is replayed through.
+struct HookHold {
+    held: Vec<u8>,
+    egress: StreamEgress,
+}
+
+/// The output webhooks' verdict on a held stream, whose last read (and
+/// end) is in `out`: `out` becomes what the client gets (all of it, the
+/// redacted answer replayed as a stream, or the refusal). The answer is
+/// judged as `openai` (the assembled chat answer, from which every dialect
+/// is made), else as a Responses stream's final `response`. Returns the
+/// Responses `response` to keep, or the refusal.
+async fn judge_held(
+    call: &Call<'_>,
+    client: ClientDialect,
+    mut hold: HookHold,
+    out: &mut Vec<u8>,
+    openai: Option<&crate::cache::Captured>,
+    response: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>, GatewayError> {
+    let body = match (openai, &response) {
+        (Some(c), _) => Some(c.answer.clone()),
+        (None, Some(r)) => serde_json::to_vec(r).ok(),
+        (None, None) => None,
+    };
+    let refuse = |e: GatewayError, out: &mut Vec<u8>| {
+        out.clear();
+        StreamEgress::identity(client).fail(&e, out);
+        Err(e)
+    };
+    let Some(body) = body else {
+        let e = GatewayError::Guardrail {
+            check: String::new(),
+            stage: "answer",
+            found: "unreadable",
+        };
+        return refuse(e, out);
+    };
+    let verdict = crate::guardrails::check_output_hooks(
+        call.shard,
+        call.generation,
+        &call.output_hooks,
+        &body,
+        &call.hook_actor,
+        call.rid,
+        &call.guard_records,
+    )
+    .await;
+    match verdict {
+        Verdict::Pass => {
+            hold.held.append(out);
+            *out = hold.held;
+            Ok(response)
+        }
+        Verdict::Blocked(e) => refuse(e, out),
+        Verdict::Redacted(redacted) => {
+            let parsed = openai
+                .and_then(|_| serde_json::from_slice::<ChatResponse>(&redacted).ok())
+                .filter(shardgate_providers::replay::replayable);
+            let Some(mut answer) = parsed else {
+                // A passed-through Responses stream cannot be rewritten.
+                let e = GatewayError::Guardrail {
+                    check: String::new(),
+                    stage: "answer",
+                    found: "webhook",
+                };
+                return refuse(e, out);
+            };
+            if client == ClientDialect::OpenAi && !call.facts.include_usage {
+                answer.usage = None;
+            }
+            let ctx = shardgate_providers::ReplyCtx {
+                id: answer.id.clone(),
+                model: answer.model.clone(),
+                created: answer.created,
+                include_usage: true,
+            };
+            let sse = shardgate_providers::replay::unroll(&answer, &ctx);
+            out.clear();
+            let HookHold { mut egress, .. } = hold;
+            if egress.push(&sse, out).is_err() {
+                let e = GatewayError::Guardrail {
+                    check: String::new(),
+                    stage: "answer",
+                    found: "webhook",
+                };
+                return refuse(e, out);
+            }
+            let (_, replayed) = egress.finish_with_response(out);
+            Ok(replayed.or(response))
+        }
+    }
+}
+
 /// An event stream, relayed as it arrives.
 async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     let (shard, rid) = (answer.call.shard, answer.call.rid);
     let settings = shard.pool.settings();
     let mut pipe = Pipe::new(answer, settings.max_event_bytes);
     let mut capture = StreamCapture::new(answer);
+    // Output webhooks judge the whole answer: the stream is held until
+    // they have, then sent, refused, or replayed redacted (its egress).
+    let mut hooked = (!answer.call.output_hooks.is_empty()).then(|| HookHold {
+        held: Vec::new(),
+        egress: egress_for(answer, &answer.call.reply_ctx(answer.model)),
+    });
     let Answer {
         source,
         head,
@@ -929,6 +1050,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 let (usage, cut, mut response) = pipe.finish(&mut out, capture.as_deref_mut());
                 meter_stream(call, usage, cut, events);
                 let mut refused = false;
+                let mut refusal = None;
                 if let Some(guard) = &call.guard {
                     if let Err(err) = guard.borrow_mut().filter_stream(&mut out, 0) {
                         conn.note_error(err.label());
@@ -936,6 +1058,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                         // A refused answer is not a turn to keep.
                         response = None;
                         refused = true;
+                        refusal = Some(err);
                     }
                 }
                 if let Some(r) = &mut rails {
@@ -944,11 +1067,40 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                         StreamEgress::identity(client).fail(&err, &mut out);
                         response = None;
                         refused = true;
+                        refusal = Some(err);
+                    }
+                }
+                let assembled = capture
+                    .take()
+                    .filter(|_| !cut && !refused)
+                    .and_then(|c| c.finish(usage));
+                if let Some(hold) = hooked.take() {
+                    if let Some(e) = &refusal {
+                        // Nothing the hooks have not judged goes out.
+                        out.clear();
+                        StreamEgress::identity(client).fail(e, &mut out);
+                    } else {
+                        let judged = Box::pin(judge_held(
+                            call,
+                            client,
+                            hold,
+                            &mut out,
+                            assembled.as_ref(),
+                            response.take(),
+                        ))
+                        .await;
+                        match judged {
+                            Ok(r) => response = r,
+                            Err(e) => {
+                                conn.note_error(e.label());
+                                refused = true;
+                            }
+                        }
                     }
                 }
                 // Kept only when the client gets the whole answer.
-                if let Some(c) = capture.take().filter(|_| !cut && !refused) {
-                    *call.captured.borrow_mut() = c.finish(usage);
+                if call.capture_limit.is_some() && !refused {
+                    *call.captured.borrow_mut() = assembled;
                 }
                 // Stored before `response.completed` leaves: a follow-up
                 // sent the moment it arrives finds the turn.
@@ -1016,6 +1168,13 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             }),
             (f, _) => f,
         };
+        if hooked.is_some() {
+            if let Some(e @ (GatewayError::Guardrail { .. } | GatewayError::Policy(_))) = &failure {
+                // Held text the hooks have not judged never goes out.
+                out.clear();
+                StreamEgress::identity(client).fail(e, &mut out);
+            }
+        }
         if let Some(e @ GatewayError::Guardrail { .. }) = &failure {
             conn.note_error(e.label());
             return match conn.write(&out).await {
@@ -1035,7 +1194,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             conn.note_error(err.label());
             let (usage, events) = pipe.abandon();
             meter_stream(call, usage, true, events);
-            if rails.is_some() || call.guard.is_some() {
+            if rails.is_some() || call.guard.is_some() || hooked.is_some() {
                 // This read's events were not judged: none of them go out.
                 out.clear();
             }
@@ -1044,6 +1203,24 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 Ok(()) => Outcome::KEEP,
                 Err(_) => Outcome::CLOSE,
             };
+        }
+        if let Some(hold) = &mut hooked {
+            hold.held.append(&mut out);
+            if hold.held.len() > settings.max_response_bytes {
+                let e = GatewayError::Guardrail {
+                    check: String::new(),
+                    stage: "answer",
+                    found: "too long to hold for its webhook checks",
+                };
+                conn.note_error(e.label());
+                let (usage, events) = pipe.abandon();
+                meter_stream(call, usage, true, events);
+                StreamEgress::identity(client).fail(&e, &mut out);
+                return match conn.write(&out).await {
+                    Ok(()) => Outcome::KEEP,
+                    Err(_) => Outcome::CLOSE,
+                };
+            }
         }
         if !out.is_empty() {
             if conn.write(&out).await.is_err() {

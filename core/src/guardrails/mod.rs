@@ -105,7 +105,7 @@ pub enum Verdict {
 }
 
 /// The caller, as webhooks are told of it.
-fn actor_json(actor: Option<&shardgate_policy::Actor>) -> Value {
+pub fn actor_json(actor: Option<&shardgate_policy::Actor>) -> Value {
     actor.map_or(Value::Null, |a| {
         serde_json::json!({"key_id": a.key_id, "team": a.team, "tenant": a.tenant,
                            "app": a.app, "environment": a.environment})
@@ -121,12 +121,12 @@ enum Asked {
     Refused(GatewayError),
 }
 
-/// Asks check `name`'s webhook about `texts`; its verdict and time go to
-/// `records`, a failure is its `on_error`.
+/// Asks check `name`'s webhook about `texts` of `stage`; its verdict and
+/// time go to `records`, a failure is its `on_error`.
 async fn ask(
     shard: &crate::shard::Shard,
     hook: &webhook::Webhook,
-    name: &str,
+    (name, stage): (&str, Stage),
     texts: &[&str],
     actor: &Value,
     rid: &str,
@@ -134,7 +134,7 @@ async fn ask(
 ) -> Asked {
     let payload = serde_json::json!({
         "check": name,
-        "stage": "input",
+        "stage": stage.as_str(),
         "request_id": rid,
         "actor": actor,
         "texts": texts,
@@ -146,7 +146,7 @@ async fn ask(
     let mut record = |verdict: &'static str| {
         records.push(GuardRecord {
             check: name.to_owned(),
-            stage: Stage::Input.as_str(),
+            stage: stage.as_str(),
             verdict,
             found: if verdict == "pass" || verdict == "error" {
                 Vec::new()
@@ -165,7 +165,11 @@ async fn ask(
             record("block");
             Asked::Refused(GatewayError::Guardrail {
                 check: name.to_owned(),
-                stage: "prompt",
+                stage: if stage == Stage::Input {
+                    "prompt"
+                } else {
+                    "answer"
+                },
                 found: "webhook",
             })
         }
@@ -236,6 +240,70 @@ impl Hold {
     }
 }
 
+/// Splits a stage's checks into those run in process and webhooks.
+pub fn split_hooks(
+    generation: &crate::generation::Generation,
+    checks: &[usize],
+) -> (Vec<usize>, Vec<usize>) {
+    checks
+        .iter()
+        .partition(|&&c| generation.webhooks.get(c).is_none_or(|w| w.is_none()))
+}
+
+/// The `output` webhooks `hooks` on a whole answer in the client's
+/// dialect (`body`): each asked in turn about the answer's text, which a
+/// `redact` reply replaces (the body serialized again), a `deny` refuses.
+pub async fn check_output_hooks(
+    shard: &crate::shard::Shard,
+    generation: &crate::generation::Generation,
+    hooks: &[usize],
+    body: &[u8],
+    actor: &Value,
+    rid: &str,
+    records: &std::cell::RefCell<Vec<GuardRecord>>,
+) -> Verdict {
+    let rails = &generation.guardrails;
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return Verdict::Blocked(unreadable(rails, hooks, Stage::Output));
+    };
+    let mut texts = prose(&mut value, Stage::Output);
+    let mut changed = false;
+    for &c in hooks {
+        let (Some(Some(hook)), check) = (generation.webhooks.get(c), rails.check(c)) else {
+            continue;
+        };
+        let sent: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+        let mut mine = Vec::new();
+        let asked = ask(
+            shard,
+            hook,
+            (&check.name, Stage::Output),
+            &sent,
+            actor,
+            rid,
+            &mut mine,
+        )
+        .await;
+        records.borrow_mut().append(&mut mine);
+        match asked {
+            Asked::Allow => {}
+            Asked::Refused(e) => return Verdict::Blocked(e),
+            Asked::Redact(new) => {
+                for (t, n) in texts.iter_mut().zip(new) {
+                    **t = n;
+                }
+                changed = true;
+            }
+        }
+    }
+    drop(texts);
+    if changed {
+        Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default())
+    } else {
+        Verdict::Pass
+    }
+}
+
 /// The caller's input checks that are webhooks run while the model
 /// answers (`parallel`).
 pub fn parallel_checks(generation: &crate::generation::Generation, checks: &[usize]) -> Vec<usize> {
@@ -276,7 +344,16 @@ pub async fn check_parallel(
             continue;
         };
         let mut mine = Vec::new();
-        let asked = ask(shard, hook, &check.name, &sent, &actor, rid, &mut mine).await;
+        let asked = ask(
+            shard,
+            hook,
+            (&check.name, Stage::Input),
+            &sent,
+            &actor,
+            rid,
+            &mut mine,
+        )
+        .await;
         records.borrow_mut().append(&mut mine);
         match asked {
             Asked::Allow => {}
@@ -444,7 +521,16 @@ pub async fn check_input(
             continue;
         };
         let sent: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
-        let asked = ask(shard, hook, &check.name, &sent, &actor_json, rid, records).await;
+        let asked = ask(
+            shard,
+            hook,
+            (&check.name, Stage::Input),
+            &sent,
+            &actor_json,
+            rid,
+            records,
+        )
+        .await;
         match asked {
             Asked::Allow => {}
             Asked::Refused(e) => return Verdict::Blocked(e),

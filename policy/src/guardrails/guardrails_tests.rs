@@ -122,7 +122,30 @@ fn policies_may_attach_only_defined_checks_to_checked_stages() {
         })
     })])
     .unwrap();
+    // Answers may go to a webhook; tool calls may not.
+    hooked
+        .verify(&set(
+            "- ai_runtime_policy: {name: p, actor_scope: {}, guardrails: {output: [hook]}}",
+        ))
+        .unwrap();
     let e = hooked
+        .verify(&set(
+            "- ai_runtime_policy: {name: p, actor_scope: {}, guardrails: {tool_calls: [hook]}}",
+        ))
+        .unwrap_err();
+    assert!(matches!(e, GuardrailError::WebhookOnOutput { .. }), "{e}");
+    // A parallel hook runs beside the model call: prompts only.
+    let parallel = Guardrails::compile(&[spec("hook", |s| {
+        s.webhook = Some(WebhookSpec {
+            url: "http://127.0.0.1:1/".into(),
+            timeout: None,
+            on_error: FailMode::FailOpen,
+            parallel: true,
+            headers: Default::default(),
+        })
+    })])
+    .unwrap();
+    let e = parallel
         .verify(&set(
             "- ai_runtime_policy: {name: p, actor_scope: {}, guardrails: {output: [hook]}}",
         ))

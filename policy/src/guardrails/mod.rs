@@ -66,7 +66,7 @@ pub enum GuardrailError {
     Empty(String),
     #[error("guardrail `{0}`: a `webhook` check is a check of its own (no `pii`, `regex` or `deny_words` beside it)")]
     WebhookAlone(String),
-    #[error("{policy}: guardrails.{stage} names `{check}`, a webhook: webhooks check prompts (`input`) only")]
+    #[error("{policy}: guardrails.{stage} names `{check}`, a webhook: webhooks check prompts (`input`) and answers (`output`), and only prompts in `parallel`")]
     WebhookOnOutput {
         policy: String,
         stage: &'static str,
@@ -228,7 +228,7 @@ impl Guardrails {
     }
 
     /// Refuses a policy that attaches a check the config does not define,
-    /// or a webhook to a stage other than `input`.
+    /// a webhook to tool calls, or a `parallel` webhook to answers.
     pub fn verify(&self, policies: &crate::PolicySet) -> Result<(), GuardrailError> {
         for p in policies.policies() {
             for (stage, list) in [
@@ -243,13 +243,18 @@ impl Guardrails {
                         check: check.clone(),
                     });
                 }
-                let remote = |n: &&String| {
+                let misplaced = |n: &&String| {
                     self.index(n)
-                        .is_some_and(|i| self.checks[i].webhook.is_some())
+                        .is_some_and(|i| match &self.checks[i].webhook {
+                            None => false,
+                            Some(w) => match stage {
+                                Stage::Input => false,
+                                Stage::Output => w.parallel,
+                                Stage::ToolCalls => true,
+                            },
+                        })
                 };
-                if let (Stage::Output | Stage::ToolCalls, Some(check)) =
-                    (stage, list.iter().find(remote))
-                {
+                if let Some(check) = list.iter().find(misplaced) {
                     return Err(GuardrailError::WebhookOnOutput {
                         policy: p.name.clone(),
                         stage: stage.as_str(),
