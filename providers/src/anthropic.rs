@@ -207,20 +207,51 @@ pub fn from_openai(
         }),
     };
 
+    let thinking = req.thinking_to_send().cloned();
+    let budget = thinking
+        .as_ref()
+        .and_then(|t| t.get("budget_tokens"))
+        .and_then(Value::as_u64);
+    // With thinking, the API takes no temperature, a `top_p` of 0.95 or
+    // more, no forced tool, and `max_tokens` above the budget.
+    let (temperature, top_p, tool_choice) = if thinking.is_some() {
+        let choice = match tool_choice {
+            Some(a::ToolChoice::Any {
+                disable_parallel_tool_use,
+            })
+            | Some(a::ToolChoice::Tool {
+                disable_parallel_tool_use,
+                ..
+            }) => Some(a::ToolChoice::Auto {
+                disable_parallel_tool_use,
+            }),
+            other => other,
+        };
+        (None, req.top_p.filter(|p| *p >= 0.95), choice)
+    } else {
+        (
+            req.temperature.map(|t| t.clamp(0.0, 1.0)),
+            req.top_p,
+            tool_choice,
+        )
+    };
+    let max_tokens = req
+        .max_output_tokens()
+        .unwrap_or_else(|| default_max_tokens + budget.unwrap_or(0));
     Ok(a::MessagesRequest {
         model: model.to_owned(),
         messages,
         system: system_of(system),
-        max_tokens: req.max_output_tokens().unwrap_or(default_max_tokens),
+        max_tokens,
         stop_sequences: req.stop_sequences(),
         stream: req.stream.filter(|s| *s),
-        temperature: req.temperature.map(|t| t.clamp(0.0, 1.0)),
-        top_p: req.top_p,
+        temperature,
+        top_p,
         top_k: None,
         tools,
         tool_choice,
         metadata: req.user.clone().map(|u| a::Metadata { user_id: Some(u) }),
-        thinking: req.thinking.clone(),
+        thinking,
     })
 }
 

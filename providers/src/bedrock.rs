@@ -328,9 +328,14 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
                 }
             }
             let tools = specs;
+            let thinking = req.thinking_to_send().is_some();
             let tool_choice = match mode {
                 None | Some(ToolMode::None) => None,
                 Some(ToolMode::Auto) => Some(b::ToolChoice::Auto {}),
+                // Thinking takes no forced tool.
+                Some(ToolMode::Required | ToolMode::Named(_)) if thinking => {
+                    Some(b::ToolChoice::Auto {})
+                }
                 Some(ToolMode::Required) => Some(b::ToolChoice::Any {}),
                 Some(ToolMode::Named(name)) => Some(b::ToolChoice::Tool {
                     name: name.to_owned(),
@@ -340,10 +345,13 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
         }
         _ => None,
     };
+    // With thinking, Claude takes no temperature and a `top_p` of 0.95
+    // or more.
+    let thinking = req.thinking_to_send().is_some();
     let config = b::InferenceConfig {
         max_tokens: req.max_output_tokens(),
-        temperature: req.temperature,
-        top_p: req.top_p,
+        temperature: req.temperature.filter(|_| !thinking),
+        top_p: req.top_p.filter(|p| !thinking || *p >= 0.95),
         stop_sequences: req.stop_sequences(),
     };
     Ok(b::ConverseRequest {
@@ -353,8 +361,7 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
         tool_config,
         // Claude on Bedrock takes `thinking` among its own fields.
         additional_model_request_fields: req
-            .thinking
-            .clone()
+            .thinking_to_send()
             .map(|t| serde_json::json!({ "thinking": t })),
     })
 }

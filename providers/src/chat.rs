@@ -61,6 +61,17 @@ impl ChatRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
+    /// Extended thinking to ask a Claude model for: none when the
+    /// conversation already has tool calls of the assistant's (their
+    /// signed thinking blocks, which such a turn must send back, do not
+    /// survive the chat shape).
+    pub fn thinking_to_send(&self) -> Option<&Value> {
+        let calls = self.messages.iter().any(|m| {
+            m.role == Role::Assistant && m.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+        });
+        self.thinking.as_ref().filter(|_| !calls)
+    }
+
     /// Whether any part or tool marks a prompt-cache breakpoint.
     pub fn has_cache_markers(&self) -> bool {
         let in_parts = self.messages.iter().any(|m| match &m.content {

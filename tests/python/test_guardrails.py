@@ -211,7 +211,7 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, echo, ho
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-c"}, "guardrails": {"input": ["hook-deny"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-par"}, "guardrails": {"input": ["pii-redact", "hook-par-deny"]}}},
         {"ai_runtime_policy": {"actor_scope": {"team": "hook-par-slow"}, "guardrails": {"input": ["hook-par-slow"]}}},
-        {"ai_runtime_policy": {"actor_scope": {"team": "hook-out"}, "guardrails": {"output": ["hook-out-deny", "hook-out-redact"]}}},
+        {"ai_runtime_policy": {"actor_scope": {"team": "hook-out"}, "guardrails": {"output": ["pii-redact", "hook-out-deny", "hook-out-redact"]}}},
     ]
     cfg["listeners"] = [{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0", "role": "admin"}]
     del cfg["listen"]
@@ -368,18 +368,18 @@ def test_tool_call_arguments_in_a_streamed_answer_are_checked_whole(setup):
         name, args = streamed_call(stream)
     assert name == "lookup"
     assert json.loads(args) == {"query": "a [REDACTED:mock-args] value"}
-    # A call that comes whole in the finishing chunk: judged, and sent
-    # before the finish.
+    # A call that comes whole in the finishing chunk: judged, and sent in
+    # its own start (after its id and name), not after the finish.
     r = httpx2.post(gw.base_url + "/chat/completions", timeout=REQUEST_TIMEOUT, trust_env=False,
                     headers={"authorization": f"Bearer {keys['tools']}"},
                     json={"model": "echo", "stream": True, "messages": [{"role": "user", "content": "callone: mock it"}]})
     chunks = [json.loads(l[6:]) for l in r.text.splitlines() if l.startswith("data: {")]
-    args_at = [i for i, ch in enumerate(chunks) for c in ch["choices"]
-               for tc in (c["delta"].get("tool_calls") or []) if tc["function"].get("arguments")]
+    calls = [(i, tc) for i, ch in enumerate(chunks) for c in ch["choices"] for tc in (c["delta"].get("tool_calls") or [])]
     finish_at = [i for i, ch in enumerate(chunks) for c in ch["choices"] if c.get("finish_reason")]
-    assert len(args_at) == 1 and args_at[0] < finish_at[0], chunks
-    [sent] = [tc["function"]["arguments"] for c in chunks[args_at[0]]["choices"] for tc in c["delta"]["tool_calls"]]
-    assert json.loads(sent) == {"query": "[REDACTED:mock-args] it"}
+    [(at, call)] = [(i, tc) for i, tc in calls if tc["function"].get("arguments")]
+    assert call["id"] == "call_1" and call["function"]["name"] == "lookup", chunks
+    assert at <= finish_at[0], chunks
+    assert json.loads(call["function"]["arguments"]) == {"query": "[REDACTED:mock-args] it"}
     # The built-in mock's call (one delta), and the Anthropic dialect.
     with oai(gw, keys["tools"]) as c:
         _, args = streamed_call(c.chat.completions.create(model="caller", stream=True, messages=[
@@ -499,6 +499,12 @@ def test_webhooks_judge_answers_whole_or_streamed(setup, hook):
         text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
             model="echo", stream=True, messages=[{"role": "user", "content": "a secret kept"}]) if ch.choices)
         assert text == "a [MASKED] kept"
+        # The in-process checks' redactions hold in what a hook's redaction
+        # replays, and the hook saw the text as they left it.
+        text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="echo", stream=True, messages=[{"role": "user", "content": f"secret {EMAIL}"}]) if ch.choices)
+        assert text == "[MASKED] [REDACTED:email]"
+        assert EMAIL not in json.dumps([x for x in hook.seen if x[0] == "/redact"][-1][2])
         assert "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
             model="echo", stream=True, messages=[{"role": "user", "content": "nothing here"}]) if ch.choices) == "nothing here"
         with pytest.raises(openai.BadRequestError) as e:

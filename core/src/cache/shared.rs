@@ -273,15 +273,22 @@ impl Worker {
     /// announced to every shard, which drops its own entries. Read at most
     /// once a second.
     fn watch(&mut self) {
-        if self.shards.is_none()
-            || self
-                .generation_read
-                .is_some_and(|t| t.elapsed() < GENERATION_EVERY)
-        {
+        if self.shards.is_none() {
             return;
         }
-        let Some(g) = self.generation() else {
-            return;
+        // Lookups read the generation too: whatever read it last, a moved
+        // one is announced; Redis is asked again only when no one has for
+        // a second.
+        let fresh = self
+            .generation_read
+            .is_some_and(|t| t.elapsed() < GENERATION_EVERY);
+        let g = if fresh {
+            self.generation
+        } else {
+            match self.generation() {
+                Some(g) => g,
+                None => return,
+            }
         };
         if self.announced.is_some_and(|a| a != g) {
             for s in self.shards.iter().flatten() {

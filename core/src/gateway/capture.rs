@@ -113,12 +113,14 @@ impl StreamCapture {
     pub fn new(answer: &Answer<'_>) -> Option<Box<Self>> {
         // The cache's bound; for output webhooks (which judge the whole
         // answer) the response bound.
+        let most = answer.call.shard.pool.settings().max_response_bytes;
         let limit = match (
             answer.call.capture_limit,
             answer.call.output_hooks.is_empty(),
         ) {
-            (Some(l), _) => l,
-            (None, false) => answer.call.shard.pool.settings().max_response_bytes,
+            (Some(l), true) => l,
+            (Some(l), false) => l.max(most),
+            (None, false) => most,
             (None, true) => return None,
         };
         let side = match (answer.reply, answer.client) {

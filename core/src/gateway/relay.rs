@@ -874,23 +874,36 @@ async fn judge_held(
     openai: Option<&crate::cache::Captured>,
     response: Option<serde_json::Value>,
 ) -> Result<Option<serde_json::Value>, GatewayError> {
-    let body = match (openai, &response) {
-        (Some(c), _) => Some(c.answer.clone()),
-        (None, Some(r)) => serde_json::to_vec(r).ok(),
-        (None, None) => None,
-    };
     let refuse = |e: GatewayError, out: &mut Vec<u8>| {
         out.clear();
         StreamEgress::identity(client).fail(&e, out);
         Err(e)
     };
-    let Some(body) = body else {
-        let e = GatewayError::Guardrail {
-            check: String::new(),
-            stage: "answer",
-            found: "unreadable",
-        };
-        return refuse(e, out);
+    // The hooks judge what the client would get: the in-process checks'
+    // redactions applied first, as they were to the stream.
+    let body = match (openai, &response) {
+        (Some(c), _) => {
+            let rails = &call.generation.guardrails;
+            let mut scratch = Vec::new();
+            match crate::guardrails::check_answer(
+                rails,
+                &call.output_checks,
+                &call.tool_call_checks,
+                &c.answer,
+                &mut scratch,
+            ) {
+                Verdict::Pass => c.answer.clone(),
+                Verdict::Redacted(b) => b,
+                Verdict::Blocked(e) => return refuse(e, out),
+            }
+        }
+        (None, Some(r)) => serde_json::to_vec(r).unwrap_or_default(),
+        // Not readable as a whole answer: its text, as the events held it.
+        (None, None) => {
+            let mut text = held_text(&hold.held);
+            text.push_str(&held_text(out));
+            serde_json::to_vec(&serde_json::json!({ "content": [text] })).unwrap_or_default()
+        }
     };
     let verdict = crate::guardrails::check_output_hooks(
         call.shard,
@@ -910,7 +923,10 @@ async fn judge_held(
         }
         Verdict::Blocked(e) => refuse(e, out),
         Verdict::Redacted(redacted) => {
+            // Replayed from the chat answer, which the tool policy has not
+            // judged in the client's dialect: with a tool policy, refused.
             let parsed = openai
+                .filter(|_| call.guard.is_none())
                 .and_then(|_| serde_json::from_slice::<ChatResponse>(&redacted).ok())
                 .filter(shardgate_providers::replay::replayable);
             let Some(mut answer) = parsed else {
@@ -946,6 +962,40 @@ async fn judge_held(
             Ok(replayed.or(response))
         }
     }
+}
+
+/// The text deltas of chunk-encoded client events (any dialect): what a
+/// held stream says, for webhooks when it cannot be read as one answer.
+fn held_text(held: &[u8]) -> String {
+    let mut text = String::new();
+    let mut copy = held.to_vec();
+    let _ = super::tool_guard::each_event(&mut copy, 0, |raw, _| {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(json_of_event(raw)) else {
+            return Ok(());
+        };
+        let mut take = |t: Option<&serde_json::Value>| {
+            if let Some(s) = t.and_then(serde_json::Value::as_str) {
+                text.push_str(s);
+            }
+        };
+        match v.get("type").and_then(serde_json::Value::as_str) {
+            Some("content_block_delta") => take(v.pointer("/delta/text")),
+            Some("response.output_text.delta") => take(v.get("delta")),
+            _ => {
+                for c in v
+                    .get("choices")
+                    .and_then(serde_json::Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    take(c.pointer("/delta/content"));
+                    take(c.get("text"));
+                }
+            }
+        }
+        Ok(())
+    });
+    text
 }
 
 /// An event stream, relayed as it arrives.

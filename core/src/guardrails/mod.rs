@@ -251,8 +251,10 @@ pub fn split_hooks(
 }
 
 /// The `output` webhooks `hooks` on a whole answer in the client's
-/// dialect (`body`): each asked in turn about the answer's text, which a
-/// `redact` reply replaces (the body serialized again), a `deny` refuses.
+/// dialect (`body`): each asked in turn about the answer's text (not its
+/// tool calls), which a `redact` reply replaces (the body serialized
+/// again), a `deny` refuses. Also for the text of a held stream that could
+/// not be read as a whole answer: a body `{"content": [texts]}`.
 pub async fn check_output_hooks(
     shard: &crate::shard::Shard,
     generation: &crate::generation::Generation,
@@ -266,7 +268,7 @@ pub async fn check_output_hooks(
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         return Verdict::Blocked(unreadable(rails, hooks, Stage::Output));
     };
-    let mut texts = prose(&mut value, Stage::Output);
+    let mut texts = answer_text(&mut value);
     let mut changed = false;
     for &c in hooks {
         let (Some(Some(hook)), check) = (generation.webhooks.get(c), rails.check(c)) else {
@@ -768,11 +770,17 @@ pub(crate) fn run(
 
 /// Every prose string under `v`.
 pub(crate) fn collect<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>) {
+    collect_with(v, out, false);
+}
+
+/// [`collect`]; `text_only` leaves tool calls out (their arguments are
+/// the `tool_calls` stage's, judged as the JSON they hold).
+fn collect_with<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>, text_only: bool) {
     match v {
         Value::String(s) => out.push(s),
         Value::Array(items) => {
             for item in items {
-                collect(item, out);
+                collect_with(item, out, text_only);
             }
         }
         Value::Object(map) => {
@@ -781,18 +789,37 @@ pub(crate) fn collect<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>) {
             if map.contains_key("signature") {
                 return;
             }
+            let kind = map.get("type").and_then(Value::as_str);
+            if text_only && matches!(kind, Some("tool_use" | "function_call")) {
+                return;
+            }
             // `data` is prose in a text source (Anthropic's plain-text
             // documents), base64 elsewhere.
-            let text_source = map.get("type").and_then(Value::as_str) == Some("text");
+            let text_source = kind == Some("text");
             for (k, child) in map.iter_mut() {
-                let skip = SKIP_KEYS.contains(&k.as_str()) || (k == "data" && !text_source);
+                let skip = SKIP_KEYS.contains(&k.as_str())
+                    || (k == "data" && !text_source)
+                    || (text_only && k == "tool_calls");
                 if !skip {
-                    collect(child, out);
+                    collect_with(child, out, text_only);
                 }
             }
         }
         _ => {}
     }
+}
+
+/// An answer's text, without its tool calls: what output webhooks read.
+fn answer_text(value: &mut Value) -> Vec<&mut String> {
+    let mut texts = Vec::new();
+    if let Value::Object(map) = value {
+        for (k, v) in map.iter_mut() {
+            if OUTPUT_MEMBERS.contains(&k.as_str()) {
+                collect_with(v, &mut texts, true);
+            }
+        }
+    }
+    texts
 }
 
 #[cfg(test)]

@@ -227,6 +227,12 @@ impl ToolArgs {
         });
         for h in ended {
             let args = self.judge(rails, h.args)?;
+            if starting.contains(&h.key) {
+                // Started in this chunk too: its arguments go in its start,
+                // after its id and name as clients expect.
+                set_arguments(&mut v, h.key, args);
+                continue;
+            }
             let mut chunk = self.chunk_head.clone().unwrap_or_default();
             chunk.insert(
                 "choices".into(),
@@ -414,6 +420,27 @@ impl ToolArgs {
             if let Some((_, a)) = self.sent.iter().find(|(i, _)| i == id) {
                 it["arguments"] = a.clone().into();
             }
+        }
+    }
+}
+
+/// Sets the arguments of call `(choice, index)` in an OpenAI chunk.
+fn set_arguments(chunk: &mut Value, (choice, index): (u64, u64), args: String) {
+    let calls = chunk
+        .get_mut("choices")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == choice)
+        .filter_map(|c| {
+            c.pointer_mut("/delta/tool_calls")
+                .and_then(Value::as_array_mut)
+        })
+        .flatten();
+    for call in calls {
+        if call.get("index").and_then(Value::as_u64).unwrap_or(0) == index {
+            call["function"]["arguments"] = args.into();
+            return;
         }
     }
 }

@@ -309,11 +309,18 @@ impl State {
     }
 
     /// Turn `id` whoever owns it: from Redis when there is one and it
-    /// answers, else this node's own.
+    /// answers, else this node's own (also when Redis lacks a turn this
+    /// node stored while Redis was away). A turn deleted on any node is
+    /// gone here too.
     fn find(&mut self, id: &str) -> Option<StoredTurn> {
         if let Some(s) = &mut self.shared {
-            if let Ok(found) = s.get(id) {
-                return found;
+            match s.get(id) {
+                Ok(shared::Held::Turn(t)) => return Some(*t),
+                Ok(shared::Held::Deleted) => {
+                    self.remove(id);
+                    return None;
+                }
+                Ok(shared::Held::Missing) | Err(shared::Unavailable) => {}
             }
         }
         self.turns.get(id).map(|(t, _)| t.clone())
@@ -371,12 +378,13 @@ impl State {
                 shard,
                 token,
             } => {
-                let found = self
+                let turn = self
                     .find(&id)
-                    .is_some_and(|t| t.owner == owner && t.expires_at_ms > now);
-                if found {
+                    .filter(|t| t.owner == owner && t.expires_at_ms > now);
+                let found = turn.is_some();
+                if let Some(t) = turn {
                     if let Some(s) = &mut self.shared {
-                        s.delete(&id);
+                        s.delete(&id, t.expires_at_ms, now);
                     }
                     self.remove(&id);
                     let _ = frame::encode(&Record::Delete { id }, &mut self.pending);

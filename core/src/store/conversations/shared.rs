@@ -20,6 +20,18 @@ pub struct SharedTurns {
 /// Redis did not answer (or not with a turn).
 pub struct Unavailable;
 
+/// What Redis holds under a turn's name.
+pub enum Held {
+    Turn(Box<StoredTurn>),
+    /// Deleted (on any node): kept as a marker until the turn would have
+    /// expired, so no node's own copy serves it again.
+    Deleted,
+    Missing,
+}
+
+/// The marker a delete leaves.
+const DELETED: &[u8] = b"{\"deleted\":true}";
+
 impl SharedTurns {
     pub fn new(cfg: RedisConfig) -> Self {
         SharedTurns {
@@ -59,13 +71,14 @@ impl SharedTurns {
         })
     }
 
-    /// Turn `id`, or `None` when Redis has none.
-    pub fn get(&mut self, id: &str) -> Result<Option<StoredTurn>, Unavailable> {
+    /// What Redis holds for turn `id`.
+    pub fn get(&mut self, id: &str) -> Result<Held, Unavailable> {
         let value: Option<Vec<u8>> = self.call(redis::cmd("GET").arg(self.name(id)))?;
         match value {
-            None => Ok(None),
+            None => Ok(Held::Missing),
+            Some(v) if v == DELETED => Ok(Held::Deleted),
             Some(v) => serde_json::from_slice(&v)
-                .map(Some)
+                .map(|t| Held::Turn(Box::new(t)))
                 .map_err(|_| Unavailable),
         }
     }
@@ -85,7 +98,12 @@ impl SharedTurns {
         stored.is_ok()
     }
 
-    pub fn delete(&mut self, id: &str) {
-        let _: Result<(), _> = self.call(redis::cmd("DEL").arg(self.name(id)));
+    /// Marks turn `id` deleted for every node until `until_ms`.
+    pub fn delete(&mut self, id: &str, until_ms: u64, now_ms: u64) {
+        let ttl = until_ms.saturating_sub(now_ms).max(1);
+        let name = self.name(id);
+        let marked: Result<(), _> =
+            self.call(redis::cmd("SET").arg(name).arg(DELETED).arg("PX").arg(ttl));
+        let _ = marked;
     }
 }
