@@ -87,7 +87,7 @@ pub struct Trail<'a> {
     /// Each guardrail check's verdict (empty for callers with none).
     pub guardrails: Vec<crate::guardrails::GuardRecord>,
     /// How the response cache served it, on routes with one.
-    pub cache: Option<CacheNote>,
+    pub cache: Option<Box<CacheNote>>,
 }
 
 /// The response cache's part in a request.

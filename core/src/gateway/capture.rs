@@ -90,11 +90,11 @@ fn anthropic_event_keeps(raw: &[u8]) -> bool {
 /// Hands a whole answer's OpenAI form, from provider `name`'s `model`, to
 /// the call.
 pub fn keep(call: &Call<'_>, name: &str, model: &str, openai: Vec<u8>, usage: Option<Usage>) {
-    *call.captured.borrow_mut() = Some(Captured {
+    *call.captured.borrow_mut() = Some(Box::new(Captured {
         answer: openai,
         usage,
         served_by: format!("{name}/{model}"),
-    });
+    }));
 }
 
 /// A streamed answer, assembled from its OpenAI chunks as they pass.

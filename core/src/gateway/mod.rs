@@ -118,7 +118,7 @@ pub struct Call<'a> {
     /// A miss the cache keeps: the most bytes of answer it may keep, and
     /// the answer once read ([`capture`]).
     capture_limit: Option<usize>,
-    captured: RefCell<Option<crate::cache::Captured>>,
+    captured: RefCell<Option<Box<crate::cache::Captured>>>,
     /// Parallel webhooks' verdict, which the answer waits for before any
     /// byte of it reaches the client.
     pub hold: Option<Rc<guardrails::Hold>>,
@@ -718,7 +718,7 @@ async fn handle_api<'g>(
         .as_ref()
         .map(|p| guardrails::parallel_checks(generation, &p.input))
         .unwrap_or_default();
-    let call = Call {
+    let mut call = Call {
         shard,
         generation,
         req,
@@ -750,7 +750,6 @@ async fn handle_api<'g>(
         captured: RefCell::new(None),
         hold: None,
     };
-    let mut call = call;
     let hold = (!parallel.is_empty()).then(|| Rc::new(guardrails::Hold::default()));
     call.hold.clone_from(&hold);
     let parallel_records = RefCell::new(Vec::new());
@@ -796,7 +795,7 @@ async fn handle_api<'g>(
             whole,
         );
         note.shared = shared_result;
-        trail.cache = Some(note);
+        trail.cache = Some(Box::new(note));
     }
     trail
         .guardrails
@@ -1045,7 +1044,7 @@ fn keep_or_note(
                         a.outcome == AttemptOutcome::Answered && a.target.served_by == c.served_by
                     })
             };
-            if let (Some(c), Some(settings)) = (captured.filter(answered), &model.cache) {
+            if let (Some(c), Some(settings)) = (captured.filter(|c| answered(c)), &model.cache) {
                 let entry = cache::Entry {
                     answer: c.answer,
                     usage: c.usage,

@@ -1150,7 +1150,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 }
                 // Kept only when the client gets the whole answer.
                 if call.capture_limit.is_some() && !refused {
-                    *call.captured.borrow_mut() = assembled;
+                    *call.captured.borrow_mut() = assembled.map(Box::new);
                 }
                 // Stored before `response.completed` leaves: a follow-up
                 // sent the moment it arrives finds the turn.
