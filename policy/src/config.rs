@@ -69,6 +69,41 @@ pub struct PolicySpec {
     /// prompts, answers and tool calls.
     #[serde(default)]
     pub guardrails: Option<crate::guardrails::GuardrailAttach>,
+    /// The response cache for this actor's requests: `false` keeps them
+    /// out of it on every route; `true` (or `{ttl, scope}`) opts them in on
+    /// routes without a `cache:` of their own.
+    #[serde(default)]
+    pub cache: Option<CacheOptIn>,
+}
+
+/// What a caller's policies say of the response cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheWord<'a> {
+    /// Nothing: the route decides.
+    Silent,
+    /// Never from or into the cache.
+    Out,
+    /// Cached on routes without their own `cache:` (with these settings).
+    In(Option<&'a CacheOptInSettings>),
+}
+
+/// A policy's word on the response cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CacheOptIn {
+    Switch(bool),
+    Settings(CacheOptInSettings),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheOptInSettings {
+    /// How long an answer is kept (`10m`); default 10 minutes.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// `tenant` (default), `team`, `key` or `global`.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// Which actors a policy applies to: every field given must equal the

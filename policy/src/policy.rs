@@ -132,6 +132,7 @@ pub struct Policy {
     pub on_denied_tool_call: Option<OnDeniedToolCall>,
     pub audit: AuditSpec,
     pub guardrails: crate::guardrails::GuardrailAttach,
+    pub cache: Option<crate::config::CacheOptIn>,
 }
 
 impl Policy {
@@ -248,6 +249,7 @@ impl PolicySet {
                 on_denied_tool_call: tools.on_denied_tool_call,
                 audit: spec.audit.unwrap_or_default(),
                 guardrails: spec.guardrails.clone().unwrap_or_default(),
+                cache: spec.cache.clone(),
                 name,
             });
         }
@@ -358,6 +360,27 @@ impl<'a> Resolved<'a> {
             }
         }
         names
+    }
+
+    /// The applicable policies' word on the response cache: any `false`
+    /// keeps the caller out; else the most specific opt-in, if any.
+    pub fn cache(&self) -> crate::config::CacheWord<'a> {
+        use crate::config::{CacheOptIn, CacheWord};
+        let mut opted = None;
+        for p in &self.applicable {
+            match &p.cache {
+                Some(CacheOptIn::Switch(false)) => return CacheWord::Out,
+                Some(c @ (CacheOptIn::Switch(true) | CacheOptIn::Settings(_))) => {
+                    opted = opted.or(Some(c));
+                }
+                None => {}
+            }
+        }
+        match opted {
+            Some(CacheOptIn::Settings(s)) => CacheWord::In(Some(s)),
+            Some(_) => CacheWord::In(None),
+            None => CacheWord::Silent,
+        }
     }
 
     /// Whether any applicable policy attaches a check to any stage.

@@ -163,12 +163,18 @@ def setup(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, upstream
     del cfg["listen"]
     cfg["admin"] = {"token": ADMIN_TOKEN}
     cfg["audit"] = {"fsync": "always"}
+    cfg["policies"] = [
+        {"ai_runtime_policy": {"actor_scope": {"team": "nocache"}, "cache": False}},
+        {"ai_runtime_policy": {"actor_scope": {"team": "optin"}, "cache": {"ttl": "5m", "scope": "key"}}},
+    ]
     path = write_config(d / "gateway.yaml", cfg)
     audit_dir = Path(yaml.safe_load(path.read_text())["store"]["dir"]) / "audit"
     keys = {
         "a1": make_key(path, "tenant-a", "one"),
         "a2": make_key(path, "tenant-a", "two"),
         "b": make_key(path, "tenant-b", "one"),
+        "out": make_key(path, "tenant-a", "nocache"),
+        "in": make_key(path, "tenant-a", "optin"),
     }
     gw = start_gateway("cache-gateway", path, d / "gateway.log", upstream_key)
     m = gw.proc.wait_line(GATEWAY_LINE)
@@ -372,6 +378,22 @@ def test_an_anthropic_answer_that_would_lose_its_thinking_is_not_kept(setup, ups
                 final = r.parse()
             assert [b.type for b in final.content] == ["thinking", "text"]
             assert final.content[0].signature == "sig"
+
+
+def test_a_policy_opts_its_callers_in_or_out(setup, upstream):
+    gw, keys, _, _ = setup
+    with oai(gw, keys["out"]) as c:
+        calls = upstream.calls
+        for _ in range(2):
+            assert ask(c, "never for me").headers["x-shardgate-cache"] == "bypass"
+        assert upstream.calls == calls + 2
+    # Opted in on a route without a cache of its own, in the policy's scope
+    # (the key: another key of the same tenant does not share it).
+    with oai(gw, keys["in"]) as c:
+        assert ask(c, "opted in", model="uncached").headers["x-shardgate-cache"] == "miss"
+        assert ask(c, "opted in", model="uncached").headers["x-shardgate-cache"] == "hit"
+    with oai(gw, keys["a1"]) as c:
+        assert "x-shardgate-cache" not in ask(c, "opted in", model="uncached").headers
 
 
 def test_embeddings_are_kept(setup, upstream):

@@ -59,6 +59,8 @@ pub struct Ticket {
     pub tool_rules: bool,
     /// Some policy of the caller's attaches guardrails.
     pub guardrails: bool,
+    /// The caller's policies' word on the response cache.
+    pub cache: crate::cache::CallerCache,
     held: Option<Held>,
 }
 
@@ -77,6 +79,7 @@ impl Ticket {
             headers: Vec::new(),
             tool_rules: false,
             guardrails: false,
+            cache: crate::cache::CallerCache::Silent,
             held: None,
         }
     }
@@ -473,6 +476,7 @@ impl Admission {
         Ok(Ticket {
             tool_rules: resolved.has_tool_rules(),
             guardrails: resolved.has_guardrails(),
+            cache: crate::cache::CallerCache::of(resolved.cache()),
             actor: Some(actor),
             fallback,
             headers,

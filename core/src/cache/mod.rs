@@ -89,6 +89,80 @@ pub fn scope_of(scope: CacheScope, actor: Option<&Actor>) -> String {
     }
 }
 
+/// What a caller's policies say of the response cache, as admission
+/// found it (owned: it outlives the policies' borrow).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CallerCache {
+    /// Nothing: the route decides.
+    #[default]
+    Silent,
+    /// Never cached (`cache: false`).
+    Out,
+    /// Cached on routes without a `cache:` of their own, with the
+    /// policy's time and scope.
+    In {
+        ttl: std::time::Duration,
+        scope: CacheScope,
+    },
+}
+
+impl CallerCache {
+    /// The word of `resolved`'s policies (their values were checked at load).
+    pub fn of(word: shardgate_policy::CacheWord<'_>) -> Self {
+        use shardgate_policy::CacheWord;
+        match word {
+            CacheWord::Silent => CallerCache::Silent,
+            CacheWord::Out => CallerCache::Out,
+            CacheWord::In(settings) => {
+                let (ttl, scope) =
+                    settings.map_or((None, None), |s| (s.ttl.as_deref(), s.scope.as_deref()));
+                CallerCache::In {
+                    ttl: ttl
+                        .and_then(|t| humantime::parse_duration(t.trim()).ok())
+                        .unwrap_or(DEFAULT_TTL),
+                    scope: scope.and_then(parse_scope).unwrap_or_default(),
+                }
+            }
+        }
+    }
+}
+
+/// A policy's opt-in keeps answers this long unless it says otherwise.
+pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A scope's name in config.
+pub fn parse_scope(s: &str) -> Option<CacheScope> {
+    match s {
+        "tenant" => Some(CacheScope::Tenant),
+        "team" => Some(CacheScope::Team),
+        "key" => Some(CacheScope::Key),
+        "global" => Some(CacheScope::Global),
+        _ => None,
+    }
+}
+
+/// The cache settings for a call: none when the caller's policies keep
+/// it out, the route's own when it has `cache:`, else the policy's
+/// opt-in (with the default bounds), else none.
+pub fn settings_for(
+    caller: CallerCache,
+    route: Option<&crate::config::cache::CacheSettings>,
+) -> Option<crate::config::cache::CacheSettings> {
+    match (caller, route) {
+        (CallerCache::Out, _) => None,
+        (_, Some(r)) => Some(*r),
+        (CallerCache::In { ttl, scope }, None) => Some(crate::config::cache::CacheSettings {
+            ttl,
+            scope,
+            max_entries: 10_000,
+            max_bytes: 64 << 20,
+            sampled: false,
+            shared: None,
+        }),
+        (CallerCache::Silent, None) => None,
+    }
+}
+
 /// What names a route's answers: its endpoint, alias and targets (an
 /// answer from a route whose targets changed is another answer).
 pub fn route_id(endpoint: &str, alias: &str, route: &ModelRoute) -> Vec<u8> {

@@ -80,6 +80,33 @@ pub(super) struct RawCache {
     shared: Option<bool>,
 }
 
+/// A policy's cache opt-in: its time and scope must read.
+pub(super) fn check_opt_in(
+    path: &str,
+    s: &shardgate_policy::CacheOptInSettings,
+) -> Result<(), ConfigError> {
+    if let Some(t) = &s.ttl {
+        match humantime::parse_duration(t.trim()) {
+            Ok(d) if !d.is_zero() && d <= MAX_TTL => {}
+            _ => {
+                return Err(field(
+                    format!("{path}.ttl"),
+                    format!("`{t}`: a duration above 0 and at most 30 days (like 10m)"),
+                ))
+            }
+        }
+    }
+    if let Some(scope) = &s.scope {
+        if crate::cache::parse_scope(scope).is_none() {
+            return Err(field(
+                format!("{path}.scope"),
+                format!("`{scope}`: use tenant, team, key or global"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The longest an answer may be kept.
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 

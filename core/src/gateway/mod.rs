@@ -754,10 +754,16 @@ async fn handle_api<'g>(
     call.hold.clone_from(&hold);
     let parallel_records = RefCell::new(Vec::new());
     let actor = ticket.actor.as_ref();
+    let settings = cache::settings_for(ticket.cache, model.cache.as_ref());
+    if settings.is_none() && model.cache.is_some() {
+        // The caller's policy keeps it out of the route's cache.
+        call.headers
+            .push(("x-shardgate-cache", "bypass".to_owned()));
+    }
     let served = answer(
         &mut call,
         conn,
-        (alias, model),
+        (alias, model, settings),
         &config.models,
         &mut trail.attempts,
         actor,
@@ -784,13 +790,13 @@ async fn handle_api<'g>(
         }
     };
     trail.guardrails.append(&mut parallel_records.borrow_mut());
-    if let Some((decision, scope)) = cached {
+    if let (Some((decision, scope)), Some(settings)) = (cached, settings) {
         let whole = outcome.keep_alive;
         let mut note = keep_or_note(
             &call,
             decision,
             scope,
-            (alias, model),
+            (alias, &settings),
             &trail.attempts,
             whole,
         );
@@ -815,7 +821,11 @@ async fn handle_api<'g>(
 async fn answer<'a>(
     call: &mut Call<'_>,
     conn: &mut ClientConn,
-    (alias, model): (&'a str, &'a crate::config::ModelRoute),
+    (alias, model, settings): (
+        &'a str,
+        &'a crate::config::ModelRoute,
+        Option<crate::config::cache::CacheSettings>,
+    ),
     models: &'a std::collections::BTreeMap<String, crate::config::ModelRoute>,
     attempts: &mut Attempts<'a>,
     actor: Option<&shardgate_policy::Actor>,
@@ -824,22 +834,25 @@ async fn answer<'a>(
     Option<(cache::Decision, String)>,
     Option<&'static str>,
 ) {
-    let mut cached = model
-        .cache
+    let mut cached = settings
         .as_ref()
         .map(|settings| look_up(call, settings, alias, model, actor));
     let mut shared_result = None;
-    if let Some((decision @ cache::Decision::Fill { refresh: false, .. }, scope)) = &mut cached {
-        if let Some(shared) = model
-            .cache
-            .as_ref()
+    if let (
+        Some((decision @ cache::Decision::Fill { refresh: false, .. }, scope)),
+        Some(settings),
+    ) = (&mut cached, &settings)
+    {
+        if let Some(shared) = Some(settings)
             .filter(|s| s.shares())
             .and(call.shard.shared_cache())
         {
             // Boxed: a wait on the shared tier inline would size every
             // request's future.
-            let (found, result) =
-                Box::pin(look_up_shared(call, shared, decision, scope, alias, model)).await;
+            let (found, result) = Box::pin(look_up_shared(
+                call, shared, decision, scope, alias, settings,
+            ))
+            .await;
             shared_result = Some(result);
             if let Some(hit) = found {
                 *decision = hit;
@@ -860,7 +873,9 @@ async fn answer<'a>(
         // Kept in a form this client cannot be given (a stream of an answer
         // with log probabilities): the route answers, and its answer
         // replaces the entry.
-        *decision = unreplayable(call, decision, model);
+        if let Some(settings) = &settings {
+            *decision = unreplayable(call, decision, settings);
+        }
     }
     let outcome = match hit {
         Some(outcome) => outcome,
@@ -939,18 +954,15 @@ async fn look_up_shared(
     fill: &mut cache::Decision,
     scope: &str,
     alias: &str,
-    model: &crate::config::ModelRoute,
+    settings: &crate::config::cache::CacheSettings,
 ) -> (Option<cache::Decision>, &'static str) {
     use cache::shared::Found;
-    let (
-        cache::Decision::Fill {
-            key,
-            epoch,
-            shared: seen,
-            ..
-        },
-        Some(settings),
-    ) = (fill, &model.cache)
+    let cache::Decision::Fill {
+        key,
+        epoch,
+        shared: seen,
+        ..
+    } = fill
     else {
         return (None, "miss");
     };
@@ -977,13 +989,13 @@ async fn look_up_shared(
 fn unreplayable(
     call: &mut Call<'_>,
     hit: &cache::Decision,
-    model: &crate::config::ModelRoute,
+    settings: &crate::config::cache::CacheSettings,
 ) -> cache::Decision {
     let cache::Decision::Hit { key, .. } = hit else {
         return cache::Decision::Bypass;
     };
     let shards = call.shard.config.shards;
-    call.capture_limit = model.cache.as_ref().map(|s| s.per_shard(shards).1);
+    call.capture_limit = Some(settings.per_shard(shards).1);
     set_cache_header(call, "miss");
     let number = call.generation.number;
     cache::Decision::Fill {
@@ -1018,7 +1030,7 @@ fn keep_or_note(
     call: &Call<'_>,
     decision: cache::Decision,
     scope: String,
-    (alias, model): (&str, &crate::config::ModelRoute),
+    (alias, settings): (&str, &crate::config::cache::CacheSettings),
     attempts: &Attempts<'_>,
     whole: bool,
 ) -> crate::record::CacheNote {
@@ -1044,7 +1056,7 @@ fn keep_or_note(
                         a.outcome == AttemptOutcome::Answered && a.target.served_by == c.served_by
                     })
             };
-            if let (Some(c), Some(settings)) = (captured.filter(|c| answered(c)), &model.cache) {
+            if let Some(c) = captured.filter(|c| answered(c)) {
                 let entry = cache::Entry {
                     answer: c.answer,
                     usage: c.usage,
