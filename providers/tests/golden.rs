@@ -22,6 +22,7 @@ use shardgate_providers::azure::AzureProvider;
 use shardgate_providers::bedrock::BedrockProvider;
 use shardgate_providers::gemini::GeminiProvider;
 use shardgate_providers::openai::OpenAiCompatible;
+use shardgate_providers::responses;
 use shardgate_providers::{
     ChatRequest, ChatResponse, PrepareCtx, Provider, ReplyCtx, StreamTranslator, Summary, Usage,
 };
@@ -94,6 +95,9 @@ fn check_bytes(dir: &Path, name: &str, actual: &[u8]) {
 enum Kind {
     Upstream(Box<dyn Fn(&Case) -> ProviderBox>),
     AnthropicInbound,
+    /// A Responses client (`/v1/responses`) on an upstream of this kind:
+    /// through chat both ways.
+    ResponsesTo(Box<dyn Fn(&Case) -> ProviderBox>),
 }
 
 /// The providers under test, as trait objects only here in the test.
@@ -114,6 +118,12 @@ fn kind(provider_dir: &str) -> Kind {
         "bedrock" => Kind::Upstream(Box::new(|c| {
             Box::new(serde_json::from_value::<BedrockProvider>(c.provider.clone()).unwrap())
         })),
+        "responses-to-anthropic" => {
+            Kind::ResponsesTo(Box::new(|_| Box::new(AnthropicProvider::default())))
+        }
+        "responses-to-gemini" => {
+            Kind::ResponsesTo(Box::new(|_| Box::new(GeminiProvider::default())))
+        }
         other => panic!("unknown fixture provider {other}"),
     }
 }
@@ -197,6 +207,26 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
                 let req = serde_json::from_slice(&req).unwrap();
                 serde_json::to_value(ChatRequest::from_anthropic(&req).unwrap()).unwrap()
             }
+            Kind::ResponsesTo(make) => {
+                let provider = make(&case);
+                let ctx = PrepareCtx {
+                    model: &case.upstream_model,
+                    api_key: case.api_key.as_deref(),
+                    now_unix: case.now_unix,
+                };
+                let prepare = || {
+                    let v: Value = serde_json::from_slice(&req).unwrap();
+                    let chat = responses::to_chat(&v, &[]).unwrap();
+                    provider.prepare(&chat, &ctx).unwrap()
+                };
+                let (up, again) = (prepare(), prepare());
+                assert_eq!(up.body, again.body, "{}: not byte-stable", dir.display());
+                serde_json::json!({
+                    "path": up.path,
+                    "headers": up.headers,
+                    "body": json(&up.body, "upstream body"),
+                })
+            }
         };
         check_json(dir, "upstream_request.json", &actual);
         checks += 1;
@@ -217,6 +247,22 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
                 let resp: ChatResponse = serde_json::from_slice(&body).unwrap();
                 let (msg, usage) = anthropic::from_openai_response(&resp).unwrap();
                 (serde_json::to_value(msg).unwrap(), usage)
+            }
+            Kind::ResponsesTo(make) => {
+                let (out, usage) = make(&case)
+                    .response_to_openai(&body, &reply_ctx(&case))
+                    .unwrap();
+                let chat: ChatResponse = serde_json::from_slice(&out).unwrap();
+                let ctx = responses::ResponseCtx {
+                    id: "resp_golden".into(),
+                    model: case.client_model.clone(),
+                    created_at: CREATED,
+                    echo: responses::echo_fields(&Value::Null),
+                };
+                (
+                    serde_json::to_value(responses::from_chat(&chat, &ctx)).unwrap(),
+                    usage,
+                )
             }
         };
         check_json(dir, "client_response.json", &actual);
@@ -243,6 +289,10 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
                     StreamTranslator::OpenAiToAnthropic(OpenAiToAnthropic::new(ctx.clone()))
                 })
             }
+            Kind::ResponsesTo(_) => panic!(
+                "{}: Responses stream cases are not supported",
+                dir.display()
+            ),
         };
         let (out, summary) = run_stream(&*make, &input);
         check_bytes(dir, "client_response.sse", &out);
@@ -261,6 +311,9 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
         let out = match &kind {
             Kind::Upstream(make) => make(&case).error_to_openai(status, &body, &Default::default()),
             Kind::AnthropicInbound => anthropic::error_from_openai(status, &body),
+            Kind::ResponsesTo(make) => {
+                make(&case).error_to_openai(status, &body, &Default::default())
+            }
         };
         if let Some(key) = &case.api_key {
             assert!(!String::from_utf8_lossy(&out).contains(key.as_str()));
