@@ -163,6 +163,20 @@ pub fn settings_for(
     }
 }
 
+/// The set of entries answers of policy opt-ins are kept in, on routes
+/// without a `cache:` of their own: one set, one bound, for all of them
+/// (keys still name the route, so routes never share an entry).
+pub const POLICY_ENTRIES: &str = "";
+
+/// The set of entries a call on route `alias` uses.
+pub fn entries_of<'a>(alias: &'a str, route: &crate::config::ModelRoute) -> &'a str {
+    if route.cache.is_some() {
+        alias
+    } else {
+        POLICY_ENTRIES
+    }
+}
+
 /// What names a route's answers: its endpoint, alias and targets (an
 /// answer from a route whose targets changed is another answer).
 pub fn route_id(endpoint: &str, alias: &str, route: &ModelRoute) -> Vec<u8> {

@@ -796,7 +796,7 @@ async fn handle_api<'g>(
             &call,
             decision,
             scope,
-            (alias, &settings),
+            (cache::entries_of(alias, model), &settings),
             &trail.attempts,
             whole,
         );
@@ -849,8 +849,9 @@ async fn answer<'a>(
         {
             // Boxed: a wait on the shared tier inline would size every
             // request's future.
+            let entries = cache::entries_of(alias, model);
             let (found, result) = Box::pin(look_up_shared(
-                call, shared, decision, scope, alias, settings,
+                call, shared, decision, scope, entries, settings,
             ))
             .await;
             shared_result = Some(result);
@@ -921,7 +922,7 @@ fn look_up(
         call.members,
         sampling,
         &route,
-        alias,
+        cache::entries_of(alias, model),
         &scope,
         headers,
         Directives::parse(call.req.header("cache-control")),
