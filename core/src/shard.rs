@@ -295,27 +295,14 @@ impl Shard {
             self.admission.replace_keys(Rc::new(keys));
             return 0;
         };
-        let seq = self.next_scrape.get();
-        self.next_scrape.set(seq + 1);
-        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
-        self.key_acks.borrow_mut().insert(seq, tx);
-        let me = mesh.me();
-        let peers = mesh.peers();
-        for to in (0..peers).filter(|&p| p != me) {
-            let keys = Box::new(keys.clone());
-            mesh.send(
-                to,
-                ShardMsg::Keys {
-                    keys,
-                    from: me,
-                    seq,
-                },
-            );
-        }
-        self.admission.replace_keys(Rc::new(keys));
-        let missing = gather(&rx, peers - 1, wait, |()| {}).await;
-        self.key_acks.borrow_mut().remove(&seq);
-        missing
+        let ask = |from, seq| ShardMsg::Keys {
+            keys: Box::new(keys.clone()),
+            from,
+            seq,
+        };
+        self.admission.replace_keys(Rc::new(keys.clone()));
+        self.ask_peers(&mesh, &self.key_acks, ask, wait, |()| {})
+            .await
     }
 
     /// Drops what `purge` names from every shard's response cache, waiting
@@ -330,25 +317,14 @@ impl Shard {
         let Some(mesh) = self.mesh.borrow().clone() else {
             return (dropped, 0);
         };
-        let seq = self.next_scrape.get();
-        self.next_scrape.set(seq + 1);
-        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
-        self.purge_acks.borrow_mut().insert(seq, tx);
-        let me = mesh.me();
-        let peers = mesh.peers();
-        for to in (0..peers).filter(|&p| p != me) {
-            let purge = purge.clone();
-            mesh.send(
-                to,
-                ShardMsg::CachePurge {
-                    purge,
-                    from: me,
-                    seq,
-                },
-            );
-        }
-        let missing = gather(&rx, peers - 1, wait, |n| dropped += n).await;
-        self.purge_acks.borrow_mut().remove(&seq);
+        let ask = |from, seq| ShardMsg::CachePurge {
+            purge: purge.clone(),
+            from,
+            seq,
+        };
+        let missing = self
+            .ask_peers(&mesh, &self.purge_acks, ask, wait, |n| dropped += n)
+            .await;
         (dropped, missing)
     }
 
@@ -377,21 +353,41 @@ impl Shard {
         let Some(mesh) = self.mesh.borrow().clone() else {
             return (merged, 0);
         };
-        let seq = self.next_scrape.get();
-        self.next_scrape.set(seq + 1);
-        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
-        self.scrapes.borrow_mut().insert(seq, tx);
-        let me = mesh.me();
-        let peers = mesh.peers();
-        for to in (0..peers).filter(|&p| p != me) {
-            mesh.send(to, ShardMsg::MetricsAsk { from: me, seq });
-        }
-        let missing = gather(&rx, peers - 1, wait, |stats| merged.merge(&stats)).await;
-        self.scrapes.borrow_mut().remove(&seq);
+        let ask = |from, seq| ShardMsg::MetricsAsk { from, seq };
+        let missing = self
+            .ask_peers(&mesh, &self.scrapes, ask, wait, |stats| {
+                merged.merge(&stats)
+            })
+            .await;
         if missing > 0 {
             log::warn!("metrics scrape: {missing} shards did not answer within {wait:?}");
         }
         (merged, missing)
+    }
+
+    /// Sends `ask(me, seq)` to every other shard and hands each reply
+    /// (which comes back through `replies` under `seq`) to `on_reply`,
+    /// waiting at most `wait`: how many shards did not answer in time.
+    async fn ask_peers<T>(
+        &self,
+        mesh: &Rc<Mesh>,
+        replies: &RefCell<HashMap<u64, LocalSender<T>>>,
+        ask: impl Fn(usize, u64) -> ShardMsg,
+        wait: std::time::Duration,
+        on_reply: impl FnMut(T),
+    ) -> usize {
+        let seq = self.next_scrape.get();
+        self.next_scrape.set(seq + 1);
+        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
+        replies.borrow_mut().insert(seq, tx);
+        let me = mesh.me();
+        let peers = mesh.peers();
+        for to in (0..peers).filter(|&p| p != me) {
+            mesh.send(to, ask(me, seq));
+        }
+        let missing = gather(&rx, peers - 1, wait, on_reply).await;
+        replies.borrow_mut().remove(&seq);
+        missing
     }
 
     fn stats_snapshot(&self) -> ShardStats {

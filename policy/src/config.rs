@@ -76,15 +76,46 @@ pub struct PolicySpec {
     pub cache: Option<CacheOptIn>,
 }
 
+/// Whose requests share a response cache entry. An entry is never served
+/// to a caller outside the scope it was stored under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// Callers of one tenant (a key without a tenant: that key alone).
+    #[default]
+    Tenant,
+    /// Callers of one team (a key without a team: that key alone).
+    Team,
+    /// One key.
+    Key,
+    /// Every caller: only for answers no caller's data went into.
+    Global,
+}
+
+impl CacheScope {
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheScope::Tenant => "tenant",
+            CacheScope::Team => "team",
+            CacheScope::Key => "key",
+            CacheScope::Global => "global",
+        }
+    }
+}
+
 /// What a caller's policies say of the response cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheWord<'a> {
+pub enum CacheWord {
     /// Nothing: the route decides.
     Silent,
     /// Never from or into the cache.
     Out,
-    /// Cached on routes without their own `cache:` (with these settings).
-    In(Option<&'a CacheOptInSettings>),
+    /// Cached on routes without their own `cache:`, for `ttl` (the
+    /// default when none) in `scope`.
+    In {
+        ttl: Option<std::time::Duration>,
+        scope: CacheScope,
+    },
 }
 
 /// A policy's word on the response cache.
@@ -103,7 +134,7 @@ pub struct CacheOptInSettings {
     pub ttl: Option<String>,
     /// `tenant` (default), `team`, `key` or `global`.
     #[serde(default)]
-    pub scope: Option<String>,
+    pub scope: CacheScope,
 }
 
 /// Which actors a policy applies to: every field given must equal the

@@ -46,8 +46,9 @@ pub mod tools;
 pub mod window;
 
 pub use config::{
-    ActorScope, AuditSpec, Budgets, CacheOptIn, CacheOptInSettings, CacheWord, ModelAccess,
-    OnDeniedToolCall, PolicyEntry, PolicySpec, PriceSpec, PromptLogging, ToolRules, ToolScope,
+    ActorScope, AuditSpec, Budgets, CacheOptIn, CacheOptInSettings, CacheScope, CacheWord,
+    ModelAccess, OnDeniedToolCall, PolicyEntry, PolicySpec, PriceSpec, PromptLogging, ToolRules,
+    ToolScope,
 };
 pub use counters::{Counters, LimitKind, Reservation, Settlement};
 pub use decide::{

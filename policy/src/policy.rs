@@ -132,7 +132,8 @@ pub struct Policy {
     pub on_denied_tool_call: Option<OnDeniedToolCall>,
     pub audit: AuditSpec,
     pub guardrails: crate::guardrails::GuardrailAttach,
-    pub cache: Option<crate::config::CacheOptIn>,
+    /// Its word on the response cache, its time read at compile.
+    pub cache: crate::config::CacheWord,
 }
 
 impl Policy {
@@ -188,6 +189,45 @@ pub enum PolicyError {
     FallbackIsGlob { policy: String, model: String },
     #[error("two policies are named `{0}`")]
     DuplicateName(String),
+    #[error("{policy}: cache.ttl `{ttl}`: a duration above 0 and at most 30 days (like 10m)")]
+    CacheTtl { policy: String, ttl: String },
+}
+
+/// The longest a policy may have answers kept.
+const MAX_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// A policy's `cache:` as it applies.
+fn cache_word(
+    policy: &str,
+    spec: Option<&crate::config::CacheOptIn>,
+) -> Result<crate::config::CacheWord, PolicyError> {
+    use crate::config::{CacheOptIn, CacheWord};
+    Ok(match spec {
+        None => CacheWord::Silent,
+        Some(CacheOptIn::Switch(false)) => CacheWord::Out,
+        Some(CacheOptIn::Switch(true)) => CacheWord::In {
+            ttl: None,
+            scope: Default::default(),
+        },
+        Some(CacheOptIn::Settings(s)) => {
+            let ttl = match &s.ttl {
+                None => None,
+                Some(t) => match humantime::parse_duration(t.trim()) {
+                    Ok(d) if !d.is_zero() && d <= MAX_CACHE_TTL => Some(d),
+                    _ => {
+                        return Err(PolicyError::CacheTtl {
+                            policy: policy.to_owned(),
+                            ttl: t.clone(),
+                        })
+                    }
+                },
+            };
+            CacheWord::In {
+                ttl,
+                scope: s.scope,
+            }
+        }
+    })
 }
 
 /// Every policy of the config, compiled. Cheap to clone per shard.
@@ -249,7 +289,7 @@ impl PolicySet {
                 on_denied_tool_call: tools.on_denied_tool_call,
                 audit: spec.audit.unwrap_or_default(),
                 guardrails: spec.guardrails.clone().unwrap_or_default(),
-                cache: spec.cache.clone(),
+                cache: cache_word(&name, spec.cache.as_ref())?,
                 name,
             });
         }
@@ -364,23 +404,17 @@ impl<'a> Resolved<'a> {
 
     /// The applicable policies' word on the response cache: any `false`
     /// keeps the caller out; else the most specific opt-in, if any.
-    pub fn cache(&self) -> crate::config::CacheWord<'a> {
-        use crate::config::{CacheOptIn, CacheWord};
-        let mut opted = None;
+    pub fn cache(&self) -> crate::config::CacheWord {
+        use crate::config::CacheWord;
+        let mut word = CacheWord::Silent;
         for p in &self.applicable {
-            match &p.cache {
-                Some(CacheOptIn::Switch(false)) => return CacheWord::Out,
-                Some(c @ (CacheOptIn::Switch(true) | CacheOptIn::Settings(_))) => {
-                    opted = opted.or(Some(c));
-                }
-                None => {}
+            match p.cache {
+                CacheWord::Out => return CacheWord::Out,
+                opt_in @ CacheWord::In { .. } if word == CacheWord::Silent => word = opt_in,
+                _ => {}
             }
         }
-        match opted {
-            Some(CacheOptIn::Settings(s)) => CacheWord::In(Some(s)),
-            Some(_) => CacheWord::In(None),
-            None => CacheWord::Silent,
-        }
+        word
     }
 
     /// Whether any applicable policy attaches a check to any stage.

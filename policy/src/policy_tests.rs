@@ -318,3 +318,45 @@ fn audit_combination() {
     let a = s.resolve(&outsider).audit();
     assert_eq!(a, EffectiveAudit::default());
 }
+
+#[test]
+fn a_policy_cache_word_is_read_at_compile_and_out_wins() {
+    use crate::config::{CacheScope, CacheWord};
+    let s = set("
+- ai_runtime_policy: {name: in, actor_scope: {team: a}, cache: {ttl: 5m, scope: key}}
+- ai_runtime_policy: {name: out, actor_scope: {team: a, app: x}, cache: false}
+- ai_runtime_policy: {name: plain, actor_scope: {team: b}, cache: true}
+");
+    let actor = |team: &str, app: Option<&str>| Actor {
+        key_id: "k".into(),
+        team: Some(team.into()),
+        tenant: None,
+        app: app.map(Into::into),
+        environment: None,
+    };
+    let five = Some(std::time::Duration::from_secs(300));
+    assert_eq!(
+        s.resolve(&actor("a", None)).cache(),
+        CacheWord::In {
+            ttl: five,
+            scope: CacheScope::Key
+        }
+    );
+    assert_eq!(s.resolve(&actor("a", Some("x"))).cache(), CacheWord::Out);
+    assert_eq!(
+        s.resolve(&actor("b", None)).cache(),
+        CacheWord::In {
+            ttl: None,
+            scope: CacheScope::Tenant
+        }
+    );
+    assert_eq!(s.resolve(&actor("c", None)).cache(), CacheWord::Silent);
+    let entries: Vec<PolicyEntry> = serde_yaml_ng::from_str(
+        "- ai_runtime_policy: {name: bad, actor_scope: {}, cache: {ttl: 0s}}",
+    )
+    .unwrap();
+    assert!(matches!(
+        PolicySet::compile(&entries),
+        Err(PolicyError::CacheTtl { .. })
+    ));
+}

@@ -47,6 +47,13 @@ class Echo(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
 
+    def send_sse(self, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         self.server.seen.append(body)  # type: ignore[attr-defined]
@@ -60,12 +67,7 @@ class Echo(BaseHTTPRequestHandler):
                          {"index": 0, "id": "call_1", "type": "function",
                           "function": {"name": "lookup", "arguments": args}}]}, "finish_reason": "tool_calls"}]}
             data = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
+            return self.send_sse(data)
         if text.startswith("call:") and body.get("stream"):
             # A tool call whose arguments stream three characters at a time.
             args = json.dumps({"query": text[len("call:"):].strip()})
@@ -79,12 +81,7 @@ class Echo(BaseHTTPRequestHandler):
             events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
                            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}})
             data = ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
+            return self.send_sse(data)
         if body.get("stream"):
             third = max(1, len(text) // 3)
             parts = [text[:third], text[third : 2 * third], text[2 * third :]]

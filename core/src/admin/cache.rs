@@ -43,11 +43,7 @@ pub async fn purge(
     req: &Request<'_>,
     rid: &str,
 ) -> Outcome {
-    let target = req.head.target(&req.head_buf);
-    let query = target
-        .iter()
-        .position(|&b| b == b'?')
-        .map_or(&[][..], |q| &target[q + 1..]);
+    let query = req.query();
     let purge = match parse(query) {
         Ok(p) => p,
         Err(e) => return fail(conn, &e, rid).await,

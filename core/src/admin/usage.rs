@@ -65,11 +65,7 @@ pub async fn usage(
     req: &Request<'_>,
     rid: &str,
 ) -> Outcome {
-    let target = req.head.target(&req.head_buf);
-    let query = target
-        .iter()
-        .position(|&b| b == b'?')
-        .map_or(&[][..], |q| &target[q + 1..]);
+    let query = req.query();
     let (by, month, label) = match std::str::from_utf8(query)
         .map_err(|_| CliError::BadArgs("the query is not UTF-8".into()))
         .and_then(parse)

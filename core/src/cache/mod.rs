@@ -107,39 +107,22 @@ pub enum CallerCache {
 }
 
 impl CallerCache {
-    /// The word of `resolved`'s policies (their values were checked at load).
-    pub fn of(word: shardgate_policy::CacheWord<'_>) -> Self {
+    /// The word of the caller's policies (read at compile).
+    pub fn of(word: shardgate_policy::CacheWord) -> Self {
         use shardgate_policy::CacheWord;
         match word {
             CacheWord::Silent => CallerCache::Silent,
             CacheWord::Out => CallerCache::Out,
-            CacheWord::In(settings) => {
-                let (ttl, scope) =
-                    settings.map_or((None, None), |s| (s.ttl.as_deref(), s.scope.as_deref()));
-                CallerCache::In {
-                    ttl: ttl
-                        .and_then(|t| humantime::parse_duration(t.trim()).ok())
-                        .unwrap_or(DEFAULT_TTL),
-                    scope: scope.and_then(parse_scope).unwrap_or_default(),
-                }
-            }
+            CacheWord::In { ttl, scope } => CallerCache::In {
+                ttl: ttl.unwrap_or(DEFAULT_TTL),
+                scope,
+            },
         }
     }
 }
 
 /// A policy's opt-in keeps answers this long unless it says otherwise.
 pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// A scope's name in config.
-pub fn parse_scope(s: &str) -> Option<CacheScope> {
-    match s {
-        "tenant" => Some(CacheScope::Tenant),
-        "team" => Some(CacheScope::Team),
-        "key" => Some(CacheScope::Key),
-        "global" => Some(CacheScope::Global),
-        _ => None,
-    }
-}
 
 /// The cache settings for a call: none when the caller's policies keep
 /// it out, the route's own when it has `cache:`, else the policy's

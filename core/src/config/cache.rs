@@ -5,32 +5,7 @@ use super::{field, ByteSize, ConfigError, Dur};
 use serde::Deserialize;
 use std::time::Duration;
 
-/// Whose requests share an entry. An entry is never served to a caller
-/// outside the scope it was stored under.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CacheScope {
-    /// Callers of one tenant (a key without a tenant: that key alone).
-    #[default]
-    Tenant,
-    /// Callers of one team (a key without a team: that key alone).
-    Team,
-    /// One key.
-    Key,
-    /// Every caller: only for answers no caller's data went into.
-    Global,
-}
-
-impl CacheScope {
-    pub fn label(self) -> &'static str {
-        match self {
-            CacheScope::Tenant => "tenant",
-            CacheScope::Team => "team",
-            CacheScope::Key => "key",
-            CacheScope::Global => "global",
-        }
-    }
-}
+pub use shardgate_policy::CacheScope;
 
 /// The gateway-wide bounds are split evenly over the shards, each of which
 /// keeps its own entries (nothing shared on the request path).
@@ -78,33 +53,6 @@ pub(super) struct RawCache {
     #[serde(default)]
     sampled: bool,
     shared: Option<bool>,
-}
-
-/// A policy's cache opt-in: its time and scope must read.
-pub(super) fn check_opt_in(
-    path: &str,
-    s: &shardgate_policy::CacheOptInSettings,
-) -> Result<(), ConfigError> {
-    if let Some(t) = &s.ttl {
-        match humantime::parse_duration(t.trim()) {
-            Ok(d) if !d.is_zero() && d <= MAX_TTL => {}
-            _ => {
-                return Err(field(
-                    format!("{path}.ttl"),
-                    format!("`{t}`: a duration above 0 and at most 30 days (like 10m)"),
-                ))
-            }
-        }
-    }
-    if let Some(scope) = &s.scope {
-        if crate::cache::parse_scope(scope).is_none() {
-            return Err(field(
-                format!("{path}.scope"),
-                format!("`{scope}`: use tenant, team, key or global"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The longest an answer may be kept.

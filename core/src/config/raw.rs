@@ -369,11 +369,6 @@ impl RawConfig {
             Ok(p) => p,
             Err(e) => return Err(field("policies", e.to_string())),
         };
-        for (i, p) in self.policies.iter().enumerate() {
-            if let Some(shardgate_policy::CacheOptIn::Settings(s)) = &p.ai_runtime_policy.cache {
-                super::cache::check_opt_in(&format!("policies[{i}].cache"), s)?;
-            }
-        }
         let guardrails = shardgate_policy::guardrails::Guardrails::compile(&self.guardrails)
             .map_err(|e| field("guardrails", e.to_string()))?;
         guardrails

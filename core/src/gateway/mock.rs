@@ -18,27 +18,21 @@
 
 use super::attempt::Waits;
 use super::egress::ClientDialect;
-use super::plan::Reply;
 use super::relay::{Answer, Source};
 use super::{Api, Call};
-use crate::client::{BodyStep, ReadError, UpstreamHead};
+use crate::client::{BodyStep, ReadError};
 use crate::config::{MockProvider, Target};
 use crate::error::GatewayError;
 use glommio::timer::sleep;
 use shardgate_proto::anthropic as a;
-use shardgate_proto::h1::ResponseFraming;
 use shardgate_proto::mock::{self, Behaviour, ChunkKind};
 use shardgate_proto::openai::error_body;
-use shardgate_providers::KnownSecrets;
 use std::time::Duration;
 
 /// Stream bytes generated per read: large enough that a fast stream costs
 /// few writes, small enough that a client that does not read pins little
 /// memory.
 pub const WRITE_BATCH: usize = 16 * 1024;
-
-/// Nothing to scrub from what the mock says.
-static NO_SECRETS: KnownSecrets = KnownSecrets::none();
 
 /// Starts the mock's answer to `call` as the model `target.model`: waits its
 /// time to first token, then hands back the head (or the failure the model
@@ -172,36 +166,18 @@ pub async fn start<'a>(
         },
     };
     let streamed = facts.stream && body.kind != Kind::Embeddings;
-    let content_type: &[u8] = if streamed {
-        b"text/event-stream"
-    } else {
-        b"application/json"
-    };
-    Ok(Answer {
-        source: Source::Mock(body),
-        head: UpstreamHead {
-            status: 200,
-            framing: ResponseFraming::UntilClose,
-            keep_alive: false,
-            content_type: Some(content_type.to_vec()),
-            content_type_end_to_end: true,
-            retry_after: None,
-            wait_hint: None,
-        },
-        name: provider,
-        alias_line: b"",
-        target_lines: &target.head_lines,
-        wire: None,
-        secrets: &NO_SECRETS,
-        reply: match call.client {
-            ClientDialect::OpenAi => Reply::Same,
-            ClientDialect::Anthropic | ClientDialect::Responses => Reply::FromOpenAi,
-        },
-        client: call.client,
-        model: &target.model,
+    let names = (
+        provider,
+        target.model.as_str(),
+        target.head_lines.as_slice(),
+    );
+    Ok(Answer::in_process(
         call,
-        idle: waits.idle,
-    })
+        Source::Mock(body),
+        streamed,
+        names,
+        waits.idle,
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

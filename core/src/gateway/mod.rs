@@ -173,6 +173,23 @@ impl Call<'_> {
         });
     }
 
+    /// Keeps `entry` in this shard's set `entries` under the call's config
+    /// generation (see [`cache::ShardEntries::put`]).
+    fn keep(
+        &self,
+        epoch: u64,
+        entries: &str,
+        settings: &crate::config::cache::CacheSettings,
+        key: cache::Key,
+        entry: cache::Entry,
+    ) -> (Rc<cache::Entry>, bool) {
+        let (number, shards) = (self.generation.number, self.shard.config.shards);
+        self.shard
+            .cache
+            .borrow_mut()
+            .put(number, epoch, entries, settings, shards, key, entry)
+    }
+
     /// Marks what was metered as read after the client left.
     pub fn mark_drained(&self) {
         if let Some(m) = self.metered.borrow_mut().as_mut() {
@@ -843,10 +860,7 @@ async fn answer<'a>(
         Some(settings),
     ) = (&mut cached, &settings)
     {
-        if let Some(shared) = Some(settings)
-            .filter(|s| s.shares())
-            .and(call.shard.shared_cache())
-        {
+        if let Some(shared) = call.shard.shared_cache().filter(|_| settings.shares()) {
             // Boxed: a wait on the shared tier inline would size every
             // request's future.
             let entries = cache::entries_of(alias, model);
@@ -969,13 +983,7 @@ async fn look_up_shared(
     };
     match shared.get(*key, scope).await {
         Found::Entry(entry) => {
-            let shards = call.shard.config.shards;
-            let number = call.generation.number;
-            let (entry, _) = call
-                .shard
-                .cache
-                .borrow_mut()
-                .put(number, *epoch, alias, settings, shards, *key, entry);
+            let (entry, _) = call.keep(*epoch, alias, settings, *key, entry);
             (Some(cache::Decision::Hit { entry, key: *key }), "hit")
         }
         Found::Missing(generation) => {
@@ -1065,13 +1073,7 @@ fn keep_or_note(
                     scope,
                     expires: crate::deadline::coarse_now() + settings.ttl,
                 };
-                let shards = call.shard.config.shards;
-                let number = call.generation.number;
-                let (entry, kept) = call
-                    .shard
-                    .cache
-                    .borrow_mut()
-                    .put(number, epoch, alias, settings, shards, key, entry);
+                let (entry, kept) = call.keep(epoch, alias, settings, key, entry);
                 // Shared only what the shard kept (not looked up before a
                 // purge or a reload), under the generation its lookup saw.
                 let tier = call.shard.shared_cache().filter(|_| settings.shares());

@@ -59,6 +59,53 @@ pub struct Answer<'a> {
     pub idle: Duration,
 }
 
+/// Nothing to scrub from what an answer made in the process says.
+static NO_SECRETS: KnownSecrets = KnownSecrets::none();
+
+impl<'a> Answer<'a> {
+    /// An answer made in the process (the mock's, a kept one): a 200 whose
+    /// body `source` is OpenAI chat, whole or a stream, which the relay
+    /// translates into the client's dialect as it does an upstream's.
+    pub fn in_process(
+        call: &'a Call<'a>,
+        source: Source,
+        streamed: bool,
+        (name, model, target_lines): (&'a str, &'a str, &'a [u8]),
+        idle: Duration,
+    ) -> Self {
+        let content_type: &[u8] = if streamed {
+            b"text/event-stream"
+        } else {
+            b"application/json"
+        };
+        Answer {
+            source,
+            head: UpstreamHead {
+                status: 200,
+                framing: shardgate_proto::h1::ResponseFraming::UntilClose,
+                keep_alive: false,
+                content_type: Some(content_type.to_vec()),
+                content_type_end_to_end: true,
+                retry_after: None,
+                wait_hint: None,
+            },
+            name,
+            alias_line: b"",
+            target_lines,
+            wire: None,
+            secrets: &NO_SECRETS,
+            reply: match call.client {
+                ClientDialect::OpenAi => Reply::Same,
+                ClientDialect::Anthropic | ClientDialect::Responses => Reply::FromOpenAi,
+            },
+            client: call.client,
+            model,
+            call,
+            idle,
+        }
+    }
+}
+
 /// Where an answer's body comes from.
 pub enum Source {
     /// An upstream connection, read by the head's framing; back to the

@@ -4,19 +4,14 @@
 //! client's dialect, and everything it does to answers (output guardrails,
 //! the tool policy, metering what the answer used) applies to hits too.
 
-use super::egress::ClientDialect;
-use super::plan::Reply;
 use super::relay::{Answer, Source};
 use super::{Api, Call};
 use crate::cache::Entry;
-use crate::client::{BodyStep, ReadError, UpstreamHead};
+use crate::client::{BodyStep, ReadError};
 use crate::config::ModelRoute;
-use shardgate_proto::h1::ResponseFraming;
 use shardgate_providers::chat::ChatResponse;
-use shardgate_providers::{replay, KnownSecrets, ReplyCtx};
+use shardgate_providers::{replay, ReplyCtx};
 use std::time::Duration;
-
-static NO_SECRETS: KnownSecrets = KnownSecrets::none();
 
 /// A kept answer's body: the answer as kept, or its stream.
 pub struct ReplayBody {
@@ -84,34 +79,14 @@ pub fn answer<'a>(
             stream: None,
         }
     };
-    let content_type: &[u8] = if streamed {
-        b"text/event-stream"
-    } else {
-        b"application/json"
-    };
-    Some(Answer {
-        source: Source::Cached(body),
-        head: UpstreamHead {
-            status: 200,
-            framing: ResponseFraming::UntilClose,
-            keep_alive: false,
-            content_type: Some(content_type.to_vec()),
-            content_type_end_to_end: true,
-            retry_after: None,
-            wait_hint: None,
-        },
-        name,
-        alias_line: &route.alias_line,
-        target_lines: target.map_or(&[][..], |t| &t.head_lines),
-        wire: None,
-        secrets: &NO_SECRETS,
-        reply: match call.client {
-            ClientDialect::OpenAi => Reply::Same,
-            ClientDialect::Anthropic | ClientDialect::Responses => Reply::FromOpenAi,
-        },
-        client: call.client,
-        model,
+    let target_lines = target.map_or(&[][..], |t| t.head_lines.as_slice());
+    let mut answer = Answer::in_process(
         call,
-        idle: Duration::from_secs(1),
-    })
+        Source::Cached(body),
+        streamed,
+        (name, model, target_lines),
+        Duration::from_secs(1),
+    );
+    answer.alias_line = &route.alias_line;
+    Some(answer)
 }

@@ -247,7 +247,7 @@ pub fn split_hooks(
 ) -> (Vec<usize>, Vec<usize>) {
     checks
         .iter()
-        .partition(|&&c| generation.webhooks.get(c).is_none_or(|w| w.is_none()))
+        .partition(|&&c| hook_of(generation, c).is_none())
 }
 
 /// The `output` webhooks `hooks` on a whole answer in the client's
@@ -269,27 +269,52 @@ pub async fn check_output_hooks(
         return Verdict::Blocked(unreadable(rails, hooks, Stage::Output));
     };
     let mut texts = answer_text(&mut value);
+    let mut mine = Vec::new();
+    let asked = ask_hooks(
+        shard,
+        generation,
+        (hooks, Stage::Output),
+        &mut texts,
+        (actor, rid),
+        &mut mine,
+    )
+    .await;
+    records.borrow_mut().append(&mut mine);
+    drop(texts);
+    match asked {
+        Err(e) => Verdict::Blocked(e),
+        Ok(true) => Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default()),
+        Ok(false) => Verdict::Pass,
+    }
+}
+
+/// Check `c`'s webhook, when it is one.
+fn hook_of(generation: &crate::generation::Generation, c: usize) -> Option<&webhook::Webhook> {
+    generation.webhooks.get(c).and_then(Option::as_ref)
+}
+
+/// Asks each of `hooks` in turn about `texts` (each sees them as the one
+/// before left them), redacting them in place: `Ok(true)` when one
+/// redacted, the refusal when one denied or failed closed. Verdicts go to
+/// `records`.
+async fn ask_hooks(
+    shard: &crate::shard::Shard,
+    generation: &crate::generation::Generation,
+    (hooks, stage): (&[usize], Stage),
+    texts: &mut [&mut String],
+    (actor, rid): (&Value, &str),
+    records: &mut Vec<GuardRecord>,
+) -> Result<bool, GatewayError> {
     let mut changed = false;
     for &c in hooks {
-        let (Some(Some(hook)), check) = (generation.webhooks.get(c), rails.check(c)) else {
+        let Some(hook) = hook_of(generation, c) else {
             continue;
         };
+        let name = &generation.guardrails.check(c).name;
         let sent: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
-        let mut mine = Vec::new();
-        let asked = ask(
-            shard,
-            hook,
-            (&check.name, Stage::Output),
-            &sent,
-            actor,
-            rid,
-            &mut mine,
-        )
-        .await;
-        records.borrow_mut().append(&mut mine);
-        match asked {
+        match ask(shard, hook, (name, stage), &sent, actor, rid, records).await {
             Asked::Allow => {}
-            Asked::Refused(e) => return Verdict::Blocked(e),
+            Asked::Refused(e) => return Err(e),
             Asked::Redact(new) => {
                 for (t, n) in texts.iter_mut().zip(new) {
                     **t = n;
@@ -298,12 +323,7 @@ pub async fn check_output_hooks(
             }
         }
     }
-    drop(texts);
-    if changed {
-        Verdict::Redacted(serde_json::to_vec(&value).unwrap_or_default())
-    } else {
-        Verdict::Pass
-    }
+    Ok(changed)
 }
 
 /// The caller's input checks that are webhooks run while the model
@@ -312,13 +332,7 @@ pub fn parallel_checks(generation: &crate::generation::Generation, checks: &[usi
     checks
         .iter()
         .copied()
-        .filter(|c| {
-            generation
-                .webhooks
-                .get(*c)
-                .and_then(Option::as_ref)
-                .is_some_and(|h| h.parallel)
-        })
+        .filter(|&c| hook_of(generation, c).is_some_and(|h| h.parallel))
         .collect()
 }
 
@@ -338,35 +352,27 @@ pub async fn check_parallel(
     let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
         return Err(unreadable(rails, checks, Stage::Input));
     };
-    let texts = prose(&mut value, Stage::Input);
-    let sent: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+    let mut texts = prose(&mut value, Stage::Input);
     let actor = actor_json(actor);
+    // One hook at a time: a redaction ends the asking (it refuses).
     for &c in checks {
-        let (Some(Some(hook)), check) = (generation.webhooks.get(c), rails.check(c)) else {
-            continue;
-        };
         let mut mine = Vec::new();
-        let asked = ask(
+        let asked = ask_hooks(
             shard,
-            hook,
-            (&check.name, Stage::Input),
-            &sent,
-            &actor,
-            rid,
+            generation,
+            (&[c], Stage::Input),
+            &mut texts,
+            (&actor, rid),
             &mut mine,
         )
         .await;
         records.borrow_mut().append(&mut mine);
-        match asked {
-            Asked::Allow => {}
-            Asked::Refused(e) => return Err(e),
-            Asked::Redact(_) => {
-                return Err(GatewayError::Guardrail {
-                    check: check.name.clone(),
-                    stage: "prompt",
-                    found: "webhook",
-                })
-            }
+        if asked? {
+            return Err(GatewayError::Guardrail {
+                check: rails.check(c).name.clone(),
+                stage: "prompt",
+                found: "webhook",
+            });
         }
     }
     Ok(())
@@ -495,15 +501,14 @@ pub async fn check_input(
     records: &mut Vec<GuardRecord>,
 ) -> Verdict {
     let rails = &generation.guardrails;
-    let hook = |c: &usize| generation.webhooks.get(*c).and_then(Option::as_ref);
     // Parallel hooks run beside the model call (`parallel`), not here.
-    let remote = |c: &usize| hook(c).is_some_and(|h| !h.parallel);
-    let local: Vec<usize> = checks
+    let remote: Vec<usize> = checks
         .iter()
         .copied()
-        .filter(|c| hook(c).is_none())
+        .filter(|&c| hook_of(generation, c).is_some_and(|h| !h.parallel))
         .collect();
-    if !checks.iter().any(remote) {
+    let (local, _) = split_hooks(generation, checks);
+    if remote.is_empty() {
         if local.is_empty() {
             return Verdict::Pass;
         }
@@ -517,32 +522,18 @@ pub async fn check_input(
         Ok(c) => c,
         Err(e) => return Verdict::Blocked(e),
     };
-    let actor_json = actor_json(actor);
-    for &c in checks.iter().filter(|c| remote(c)) {
-        let (Some(hook), check) = (hook(&c), rails.check(c)) else {
-            continue;
-        };
-        let sent: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
-        let asked = ask(
-            shard,
-            hook,
-            (&check.name, Stage::Input),
-            &sent,
-            &actor_json,
-            rid,
-            records,
-        )
-        .await;
-        match asked {
-            Asked::Allow => {}
-            Asked::Refused(e) => return Verdict::Blocked(e),
-            Asked::Redact(new) => {
-                for (t, n) in texts.iter_mut().zip(new) {
-                    **t = n;
-                }
-                changed = true;
-            }
-        }
+    let asked = ask_hooks(
+        shard,
+        generation,
+        (&remote, Stage::Input),
+        &mut texts,
+        (&actor_json(actor), rid),
+        records,
+    )
+    .await;
+    match asked {
+        Ok(redacted) => changed |= redacted,
+        Err(e) => return Verdict::Blocked(e),
     }
     drop(texts);
     if changed {

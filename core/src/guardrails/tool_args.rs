@@ -76,7 +76,7 @@ impl ToolArgs {
         let (prefix, json) = split_event(raw);
         match self.client {
             ClientDialect::OpenAi => self.openai(rails, prefix, json, raw, out),
-            ClientDialect::Anthropic => self.anthropic(rails, prefix, json, raw, out),
+            ClientDialect::Anthropic => self.anthropic(rails, json, raw, out),
             ClientDialect::Responses => self.responses(rails, prefix, json, raw, out),
         }
     }
@@ -273,7 +273,6 @@ impl ToolArgs {
     fn anthropic(
         &mut self,
         rails: &Guardrails,
-        prefix: &[u8],
         json: &[u8],
         raw: &[u8],
         out: &mut Vec<u8>,
@@ -315,12 +314,23 @@ impl ToolArgs {
                 self.tool_blocks.retain(|&b| b != index);
                 push(out, raw);
             }
-            _ => {
-                let _ = prefix;
-                push(out, raw);
-            }
+            _ => push(out, raw),
         }
         Ok(())
+    }
+
+    /// A streamed Responses turn about to be stored: its function calls'
+    /// arguments as they were sent.
+    pub fn patch_response(&self, response: &mut Value) {
+        let Some(items) = response.get_mut("output").and_then(Value::as_array_mut) else {
+            return;
+        };
+        for it in items {
+            let id = it.get("id").and_then(Value::as_str).unwrap_or_default();
+            if let Some((_, a)) = self.sent.iter().find(|(i, _)| i == id) {
+                it["arguments"] = a.clone().into();
+            }
+        }
     }
 
     fn responses(
@@ -405,22 +415,6 @@ impl ToolArgs {
             }
         }
         Ok(())
-    }
-}
-
-impl ToolArgs {
-    /// A streamed Responses turn about to be stored: its function calls'
-    /// arguments as they were sent.
-    pub fn patch_response(&self, response: &mut Value) {
-        let Some(items) = response.get_mut("output").and_then(Value::as_array_mut) else {
-            return;
-        };
-        for it in items {
-            let id = it.get("id").and_then(Value::as_str).unwrap_or_default();
-            if let Some((_, a)) = self.sent.iter().find(|(i, _)| i == id) {
-                it["arguments"] = a.clone().into();
-            }
-        }
     }
 }
 

@@ -41,6 +41,15 @@ impl Request<'_> {
         self.head.path(&self.head_buf)
     }
 
+    /// The request target's query, after `?` (empty without one).
+    pub fn query(&self) -> &[u8] {
+        let target = self.head.target(&self.head_buf);
+        target
+            .iter()
+            .position(|&b| b == b'?')
+            .map_or(&[][..], |q| &target[q + 1..])
+    }
+
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.head.header(&self.head_buf, name)
     }
