@@ -7,6 +7,12 @@
 # Kernel time (most of a proxied request's CPU) is not counted.
 #
 #   bench/instructions.sh [--gateway target/release/shardgate] [--seconds 10]
+#       [--endpoint /v1/chat/completions] [--keep-turns] [--keep-out DIR]
+#
+# --endpoint /v1/responses counts the Responses API passed through, to
+# compare with chat in the same way: on a gateway that keeps no turns
+# unless --keep-turns (the store thread's work is counted too).
+# --keep-out DIR keeps callgrind's profiles there, for callgrind_annotate.
 #
 # Needs valgrind (Debian: apt-get install valgrind). The gateway runs ~50x
 # slower under callgrind; the figure is per request, so that does not matter.
@@ -17,10 +23,16 @@ source bench/lib.sh
 GATEWAY_BIN=target/release/shardgate
 BENCH=target/release/shardgate-bench
 SECONDS_=10
+ENDPOINT=/v1/chat/completions
+KEEP_OUT=
+STORE_EXTRA=", responses_max_bytes: 0"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --gateway) GATEWAY_BIN=$2; shift 2 ;;
     --seconds) SECONDS_=$2; shift 2 ;;
+    --endpoint) ENDPOINT=$2; shift 2 ;;
+    --keep-out) KEEP_OUT=$2; shift 2 ;;
+    --keep-turns) STORE_EXTRA=; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +51,7 @@ cat >"$WORK/gw.yaml" <<EOF
 listen: 127.0.0.1:0
 shards: 1
 auth: none
-store: { dir: $WORK/data }
+store: { dir: $WORK/data$STORE_EXTRA }
 providers:
   up: { kind: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: k }
 models:
@@ -52,10 +64,10 @@ PIDS+=("$GW_PID")
 GW_PORT=$(wait_port "$WORK/gw.out" "shardgate listening on" "$GW_PID")
 
 # Warm up (pools, buffers, lazily built tables), then count one load run.
-"$BENCH" run --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --model demo \
+"$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" --model demo \
   --connections 64 --duration 3s --warmup 0s --shards 1 --max-tokens 16 >/dev/null
 callgrind_control -z "$GW_PID" >/dev/null
-"$BENCH" run --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --model demo \
+"$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" --model demo \
   --connections 64 --duration "${SECONDS_}s" --warmup 0s --shards 1 --max-tokens 16 \
   >"$WORK/load.txt"
 callgrind_control -d "$GW_PID" >/dev/null
@@ -66,6 +78,7 @@ kill -9 "$GW_PID" 2>/dev/null || true
 
 requests=$(grep -oE '^requests: [0-9]+' "$WORK/load.txt" | grep -oE '[0-9]+$')
 instructions=$(grep -h '^summary:' "$WORK"/cg.out.* | grep -oE '[0-9]+$')
-echo "gateway: $GATEWAY_BIN"
+[[ -z $KEEP_OUT ]] || { mkdir -p "$KEEP_OUT"; cp "$WORK"/cg.out.* "$KEEP_OUT"/; }
+echo "gateway: $GATEWAY_BIN ($ENDPOINT)"
 echo "requests: $requests, user-space instructions: $instructions"
 awk -v i="$instructions" -v r="$requests" 'BEGIN { printf "instructions per request: %.0f\n", i / r }'

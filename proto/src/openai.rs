@@ -309,6 +309,50 @@ impl Usage {
 /// validates it. Stream chunks without usage are skipped by a byte search for
 /// `"usage"` first, so calling this on every chunk is cheap.
 pub fn extract_usage(json: &[u8]) -> Option<Usage> {
+    usage_named(json, &CHAT_USAGE)
+}
+
+/// [`extract_usage`] for a Responses object or its final event's `response`
+/// (`usage.input_tokens`, `output_tokens`, `total_tokens`,
+/// `input_tokens_details.cached_tokens`,
+/// `output_tokens_details.reasoning_tokens`): the same figures under
+/// the Responses API's names, read the same way, without building a tree.
+/// A usage naming neither input nor output tokens reads as absent, so the
+/// stream it ends is settled from what was relayed.
+pub fn extract_responses_usage(json: &[u8]) -> Option<Usage> {
+    usage_named(json, &RESPONSES_USAGE)
+        .filter(|u| u.prompt_tokens.is_some() || u.completion_tokens.is_some())
+}
+
+/// Where one API keeps the usage figures: the members of its `usage`
+/// object, in [`Usage`]'s order (prompt, completion, total, the details
+/// object holding cached tokens, the details object holding reasoning
+/// tokens).
+struct UsageNames {
+    prompt: &'static [u8],
+    completion: &'static [u8],
+    total: &'static [u8],
+    prompt_details: &'static [u8],
+    completion_details: &'static [u8],
+}
+
+const CHAT_USAGE: UsageNames = UsageNames {
+    prompt: b"prompt_tokens",
+    completion: b"completion_tokens",
+    total: b"total_tokens",
+    prompt_details: b"prompt_tokens_details",
+    completion_details: b"completion_tokens_details",
+};
+
+const RESPONSES_USAGE: UsageNames = UsageNames {
+    prompt: b"input_tokens",
+    completion: b"output_tokens",
+    total: b"total_tokens",
+    prompt_details: b"input_tokens_details",
+    completion_details: b"output_tokens_details",
+};
+
+fn usage_named(json: &[u8], names: &UsageNames) -> Option<Usage> {
     if !mentions_usage(json) {
         return None;
     }
@@ -325,19 +369,24 @@ pub fn extract_usage(json: &[u8]) -> Option<Usage> {
     };
     for m in members_rev(usage) {
         let value = &usage[m.value.clone()];
-        match &*key_bytes(usage, &m).unwrap_or_default() {
-            b"prompt_tokens" => set(0, &mut u.prompt_tokens, raw_count(value)),
-            b"completion_tokens" => set(1, &mut u.completion_tokens, raw_count(value)),
-            b"total_tokens" => set(2, &mut u.total_tokens, raw_count(value)),
-            b"prompt_tokens_details" => {
-                set(3, &mut u.cached_tokens, nested(value, "cached_tokens"))
-            }
-            b"completion_tokens_details" => set(
+        let Some(key) = key_bytes(usage, &m) else {
+            continue;
+        };
+        let key = &*key;
+        if key == names.prompt {
+            set(0, &mut u.prompt_tokens, raw_count(value));
+        } else if key == names.completion {
+            set(1, &mut u.completion_tokens, raw_count(value));
+        } else if key == names.total {
+            set(2, &mut u.total_tokens, raw_count(value));
+        } else if key == names.prompt_details {
+            set(3, &mut u.cached_tokens, nested(value, "cached_tokens"));
+        } else if key == names.completion_details {
+            set(
                 4,
                 &mut u.reasoning_tokens,
                 nested(value, "reasoning_tokens"),
-            ),
-            _ => {}
+            );
         }
     }
     Some(u)

@@ -228,6 +228,43 @@ fn usage_from_a_response() {
 }
 
 #[test]
+fn usage_from_a_responses_object_under_its_own_names() {
+    let body = br#"{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"usage"}]}],
+        "usage":{"input_tokens":10,"input_tokens_details":{"cached_tokens":4},"output_tokens":20,
+        "output_tokens_details":{"reasoning_tokens":8},"total_tokens":30},"user":null}"#;
+    let full = Usage {
+        prompt_tokens: Some(10),
+        completion_tokens: Some(20),
+        total_tokens: Some(30),
+        cached_tokens: Some(4),
+        reasoning_tokens: Some(8),
+        cache_write_tokens: None,
+    };
+    assert_eq!(extract_responses_usage(body), Some(full));
+    // Chat's names are not the Responses API's, and the reverse.
+    assert_eq!(
+        extract_usage(body),
+        Some(Usage {
+            total_tokens: Some(30),
+            ..Usage::default()
+        })
+    );
+    assert_eq!(
+        extract_responses_usage(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#),
+        None
+    );
+    assert_eq!(extract_responses_usage(br#"{"usage":{}}"#), None);
+    assert_eq!(extract_responses_usage(br#"{"usage":null}"#), None);
+    assert_eq!(
+        extract_responses_usage(br#"{"usage":{"input_tokens":3,"output_tokens":"x"}}"#),
+        Some(Usage {
+            prompt_tokens: Some(3),
+            ..Usage::default()
+        })
+    );
+}
+
+#[test]
 fn usage_absent_is_none_not_zero() {
     assert_eq!(extract_usage(br#"{"choices":[{"delta":{}}]}"#), None);
     assert_eq!(extract_usage(br#"{"usage":null}"#), None);

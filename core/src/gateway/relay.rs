@@ -26,7 +26,7 @@ use crate::shard::Shard;
 use shardgate_policy::guardrails::Stage;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::json::find_top_level;
-use shardgate_proto::openai::{extract_usage, mentions_usage, Usage};
+use shardgate_proto::openai::{extract_responses_usage, extract_usage, mentions_usage, Usage};
 use shardgate_proto::sse::SseFramer;
 use shardgate_providers::chat::ChatResponse;
 use shardgate_providers::{gemini, KnownSecrets, StreamTranslator, TranslateError};
@@ -447,7 +447,11 @@ impl Pipe {
         match answer.reply {
             Reply::Same | Reply::GeminiEmbeddings => Pipe::Same(
                 SseFramer::new(max_event_bytes),
-                Tap::new(answer.client, answer.call.facts.include_usage),
+                Tap::new(
+                    answer.client,
+                    answer.call.facts.include_usage,
+                    answer.call.turn.is_some() || !answer.call.output_hooks.is_empty(),
+                ),
             ),
             Reply::FromOpenAi => Pipe::Translate(Box::new(Translating {
                 wire: None,
@@ -601,19 +605,24 @@ struct Tap {
     ended: bool,
     /// Content events relayed: the output estimate of a cut stream.
     events: u64,
+    /// Whether a Responses stream's final `response` object is wanted (a
+    /// turn to keep, output webhooks to judge it): only then is that event
+    /// parsed whole.
+    keep_response: bool,
     /// A Responses stream's final `response` object (what a stored turn
     /// keeps): read from its last event, the one event parsed whole.
     response: Option<serde_json::Value>,
 }
 
 impl Tap {
-    fn new(client: ClientDialect, client_wants_usage: bool) -> Self {
+    fn new(client: ClientDialect, client_wants_usage: bool, keep_response: bool) -> Self {
         Tap {
             client,
             client_wants_usage,
             usage: None,
             ended: false,
             events: 0,
+            keep_response,
             response: None,
         }
     }
@@ -628,10 +637,11 @@ impl Tap {
                     || needle::RESPONSE_FAILED.find(json).is_some();
                 if last {
                     self.ended = true;
-                    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(json) {
-                        let r = v["response"].take();
-                        self.usage = responses_usage(&r["usage"]).or(self.usage);
-                        self.response = Some(r);
+                    if let Some(r) = find_top_level(json, "response").map(|r| &json[r]) {
+                        self.usage = extract_responses_usage(r).or(self.usage);
+                        if self.keep_response {
+                            self.response = serde_json::from_slice(r).ok();
+                        }
                     }
                 } else if needle::DELTA.find(json).is_some() {
                     self.events += 1;
@@ -684,23 +694,6 @@ mod needle {
         LazyLock::new(|| Finder::new(b"\"response.incomplete\""));
     pub static RESPONSE_FAILED: Needle = LazyLock::new(|| Finder::new(b"\"response.failed\""));
     pub static DELTA: Needle = LazyLock::new(|| Finder::new(b".delta\""));
-}
-
-/// A Responses `usage` object in the OpenAI usage policy prices.
-fn responses_usage(usage: &serde_json::Value) -> Option<Usage> {
-    let n = |p: &str| usage.pointer(p).and_then(serde_json::Value::as_u64);
-    let (input, output) = (n("/input_tokens"), n("/output_tokens"));
-    if input.is_none() && output.is_none() {
-        return None;
-    }
-    Some(Usage {
-        prompt_tokens: input,
-        completion_tokens: output,
-        total_tokens: n("/total_tokens"),
-        cached_tokens: n("/input_tokens_details/cached_tokens"),
-        reasoning_tokens: n("/output_tokens_details/reasoning_tokens"),
-        cache_write_tokens: None,
-    })
 }
 
 /// Whether a chunk's `choices` is absent or an empty array, however the
@@ -760,11 +753,7 @@ fn anthropic_stream_usage(json: &[u8], usage: &mut Option<Usage>) {
 fn usage_of_body(dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
     match dialect {
         ClientDialect::OpenAi => extract_usage(body),
-        ClientDialect::Responses => {
-            let usage: serde_json::Value =
-                serde_json::from_slice(&body[find_top_level(body, "usage")?]).ok()?;
-            responses_usage(&usage)
-        }
+        ClientDialect::Responses => extract_responses_usage(body),
         ClientDialect::Anthropic => {
             let usage = &body[find_top_level(body, "usage")?];
             let u: shardgate_proto::anthropic::Usage = serde_json::from_slice(usage).ok()?;
@@ -1339,7 +1328,7 @@ mod tests {
 
     #[test]
     fn a_spaced_usage_only_chunk_is_withheld_from_clients_that_did_not_ask() {
-        let mut tap = Tap::new(ClientDialect::OpenAi, false);
+        let mut tap = Tap::new(ClientDialect::OpenAi, false, false);
         let content = b"data: {\"id\": \"c1\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"Hi\"}}]}";
         assert!(tap.relay(content));
         assert!(!tap.relay(PRETTY_USAGE));
@@ -1349,10 +1338,10 @@ mod tests {
 
     #[test]
     fn usage_alongside_choices_is_relayed_and_asked_usage_always_is() {
-        let mut tap = Tap::new(ClientDialect::OpenAi, false);
+        let mut tap = Tap::new(ClientDialect::OpenAi, false, false);
         let both = b"data: {\"choices\": [{\"delta\": {}}], \"usage\": {\"prompt_tokens\": 3}}";
         assert!(tap.relay(both));
-        let mut asked = Tap::new(ClientDialect::OpenAi, true);
+        let mut asked = Tap::new(ClientDialect::OpenAi, true, false);
         assert!(asked.relay(PRETTY_USAGE));
     }
 
@@ -1421,7 +1410,7 @@ mod tests {
 
     #[test]
     fn the_anthropic_tap_counts_content_events_and_sees_the_end() {
-        let mut tap = Tap::new(ClientDialect::Anthropic, false);
+        let mut tap = Tap::new(ClientDialect::Anthropic, false, false);
         assert!(tap.relay(MESSAGE_START));
         for text in ["Hel", "lo", "say \"message_stop\" and \"usage\""] {
             assert!(tap.relay(&anthropic_delta(text)), "relayed to the client");
@@ -1441,7 +1430,7 @@ mod tests {
 
     #[test]
     fn the_openai_tap_sees_done_and_counts_only_content_chunks() {
-        let mut tap = Tap::new(ClientDialect::OpenAi, true);
+        let mut tap = Tap::new(ClientDialect::OpenAi, true, false);
         let content = b"data: {\"choices\":[{\"delta\":{\"content\":\"[DONE] is just text\"}}]}";
         assert!(tap.relay(content));
         assert!(!tap.ended, "[DONE] inside an event's JSON is content");
@@ -1450,6 +1439,33 @@ mod tests {
         assert!(tap.ended);
         assert_eq!(tap.events, 1);
         assert_eq!(tap.usage.and_then(|u| u.total_tokens), Some(8));
+    }
+
+    #[test]
+    fn the_responses_tap_reads_usage_from_the_final_event_and_keeps_it_only_when_asked() {
+        let delta = b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"usage\"}";
+        let done = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":7,\"input_tokens_details\":{\"cached_tokens\":2},\"output_tokens\":3,\"output_tokens_details\":{\"reasoning_tokens\":1},\"total_tokens\":10}},\"sequence_number\":9}";
+        for keep in [false, true] {
+            let mut tap = Tap::new(ClientDialect::Responses, false, keep);
+            assert!(tap.relay(delta));
+            assert!(tap.relay(done));
+            assert!(tap.ended);
+            assert_eq!(tap.events, 1);
+            let u = tap.usage.unwrap();
+            assert_eq!(
+                (
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    u.cached_tokens,
+                    u.reasoning_tokens
+                ),
+                (Some(7), Some(3), Some(2), Some(1))
+            );
+            assert_eq!(
+                tap.response.map(|r| r["id"].clone()),
+                keep.then(|| serde_json::json!("resp_1"))
+            );
+        }
     }
 
     #[test]

@@ -194,6 +194,7 @@ pub fn json(data: &[u8]) {
         assert!(m.key.end < m.value.start && m.value.end <= data.len());
     }
     let _ = crate::openai::extract_usage(data);
+    let _ = crate::openai::extract_responses_usage(data);
     if let Ok(members) = top_level_members(data) {
         for m in &members {
             assert!(m.key.end < m.value.start && m.value.end <= data.len());
