@@ -40,6 +40,23 @@ pub struct Member {
     pub key_escaped: bool,
 }
 
+impl Member {
+    /// Whether this member is named `key` in `body` (escapes decoded).
+    pub fn is(&self, body: &[u8], key: &str) -> bool {
+        key_is(body, self, key)
+    }
+}
+
+/// The value of the last of `members` named `key` (the one most JSON
+/// readers take).
+pub fn last_named<'a>(body: &'a [u8], members: &[Member], key: &str) -> Option<&'a [u8]> {
+    members
+        .iter()
+        .rev()
+        .find(|m| m.is(body, key))
+        .map(|m| &body[m.value.clone()])
+}
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum JsonError {
     #[error("JSON body is not an object")]
@@ -106,6 +123,32 @@ pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
     members_rev(json)
         .find(|m| key_is(json, m, key))
         .map(|m| m.value)
+}
+
+/// The value of the object's first member when that member is named `key`
+/// (plainly, without escapes), read without looking at the rest: APIs put
+/// an object's `id` first, and [`find_top_level`], walking back from the
+/// end, would cross the whole object to reach it. None when the first
+/// member is another or the object does not start well; the value found
+/// is checked, the rest of the object is not.
+pub fn first_member(json: &[u8], key: &str) -> Option<Range<usize>> {
+    let mut s = Scanner { b: json, i: 0 };
+    s.ws();
+    s.expect(b'{', "").ok()?;
+    s.ws();
+    if s.peek() != Some(b'"') {
+        return None;
+    }
+    let (name, escaped) = s.string_escaped().ok()?;
+    if escaped || json[name] != *key.as_bytes() {
+        return None;
+    }
+    s.ws();
+    s.expect(b':', "").ok()?;
+    s.ws();
+    let start = s.i;
+    s.value(2).ok()?;
+    Some(start..s.i)
 }
 
 fn key_is(json: &[u8], m: &Member, key: &str) -> bool {

@@ -40,6 +40,45 @@ fn finds_members() {
 }
 
 #[test]
+fn the_first_member_is_read_without_the_rest() {
+    let body = br#" { "id" : "resp_1", "output": [ not json here"#;
+    assert_eq!(
+        first_member(body, "id").map(|r| &body[r]),
+        Some(&br#""resp_1""#[..])
+    );
+    let nested = br#"{"id":{"a":[1,"}"]},"x":1}"#;
+    assert_eq!(
+        first_member(nested, "id").map(|r| &nested[r]),
+        Some(&br#"{"a":[1,"}"]}"#[..])
+    );
+    for other in [
+        &br#"{"object":"response","id":"resp_1"}"#[..],
+        br#"{"i\u0064":"resp_1"}"#,
+        br#"{"id":}"#,
+        br#"{"id""#,
+        br#"{}"#,
+        br#"[{"id":1}]"#,
+        b"",
+    ] {
+        assert_eq!(
+            first_member(other, "id"),
+            None,
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
+}
+
+#[test]
+fn members_are_found_by_name_the_last_winning() {
+    let body = br#"{"input":"a","st\u006fre":false,"input":["b"]}"#;
+    let members = top_level_members(body).unwrap();
+    assert_eq!(last_named(body, &members, "input"), Some(&br#"["b"]"#[..]));
+    assert_eq!(last_named(body, &members, "store"), Some(&b"false"[..]));
+    assert_eq!(last_named(body, &members, "model"), None);
+}
+
+#[test]
 fn empty_object() {
     assert_eq!(top_level_members(b"{}").unwrap(), []);
     assert_eq!(top_level_members(b" \n{ \t}\r\n").unwrap(), []);

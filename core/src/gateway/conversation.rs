@@ -16,9 +16,10 @@ use crate::server::{respond, ClientConn, Outcome, Request};
 use crate::shard::Shard;
 use crate::store::conversations::{valid_id, Ask, History, Reply, StoredTurn};
 use glommio::channels::local_channel::{self, LocalSender};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use shardgate_policy::Actor;
-use shardgate_providers::responses::input_items;
+use shardgate_proto::json::{find_top_level, first_member, last_named, Member};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -108,8 +109,6 @@ impl Link {
 /// What a Responses request carries beyond its body.
 #[derive(Debug)]
 pub struct Turn {
-    /// The request.
-    request: Value,
     /// The `previous_response_id` it names.
     previous: Option<String>,
     /// The items of the turns it continues, when the gateway has them
@@ -117,19 +116,15 @@ pub struct Turn {
     prior: Option<Vec<Value>>,
     /// The provider that served the turn it continues.
     prior_provider: Option<String>,
-    /// Its own input items.
-    pub input: Vec<Value>,
+    /// Its own input items, a JSON array as the request gave them (a
+    /// string `input` is one user message); None when the body was not
+    /// read (nothing to keep or continue).
+    input: Option<Box<RawValue>>,
     pub store: bool,
     owner: String,
 }
 
 impl Turn {
-    /// The request as read (without its `input`), or null when it was not
-    /// read (nothing to keep or continue).
-    pub fn request(&self) -> &Value {
-        &self.request
-    }
-
     /// The items of the turns before this one (none when unknown).
     pub fn prior(&self) -> &[Value] {
         self.prior.as_deref().unwrap_or_default()
@@ -145,22 +140,53 @@ impl Turn {
     }
 
     /// For an OpenAI provider: the body to send instead of the client's
-    /// when the turn it continues was served elsewhere (that provider does
-    /// not know the id): the conversation so far in `input`, no
-    /// `previous_response_id`. None: the client's body goes as it is.
-    pub fn expand_for(&self, provider: &str) -> Option<Vec<u8>> {
+    /// `body` when the turn it continues was served elsewhere (that
+    /// provider does not know the id): the conversation so far in
+    /// `input`, no `previous_response_id`. None: the client's body goes as
+    /// it is.
+    pub fn expand_for(&self, provider: &str, body: &[u8]) -> Option<Vec<u8>> {
         let prior = self.prior.as_ref()?;
         if self.previous.is_none() || self.prior_provider.as_deref() == Some(provider) {
             return None;
         }
-        let mut v = self.request.clone();
+        let mut v: Value = serde_json::from_slice(body).ok()?;
         let obj = v.as_object_mut()?;
         obj.remove("previous_response_id");
         let mut items = prior.clone();
-        items.extend(self.input.iter().cloned());
+        if let Some(input) = &self.input {
+            items.extend(serde_json::from_str::<Vec<Value>>(input.get()).ok()?);
+        }
         obj.insert("input".into(), Value::Array(items));
         serde_json::to_vec(&v).ok()
     }
+}
+
+/// A request's own input items as one JSON array. `input` is raw JSON
+/// from a body the facts' scan checked.
+fn input_array(input: Option<&[u8]>) -> Result<Box<RawValue>, GatewayError> {
+    let raw = input
+        .map_or(Ok("null"), std::str::from_utf8)
+        .map_err(|e| bad(e.to_string(), "input"))?;
+    let array = match raw.as_bytes().first() {
+        Some(b'[') => raw.to_owned(),
+        Some(b'"') => format!(r#"[{{"type":"message","role":"user","content":{raw}}}]"#),
+        Some(b'n') => "[]".to_owned(),
+        _ => {
+            return Err(bad(
+                "`input` must be a string or an array of items".to_owned(),
+                "input",
+            ))
+        }
+    };
+    RawValue::from_string(array).map_err(|e| bad(e.to_string(), "input"))
+}
+
+/// A response's `id`, when it is one the store can key.
+fn response_id(response: &RawValue) -> Option<String> {
+    let json = response.get().as_bytes();
+    let at = first_member(json, "id").or_else(|| find_top_level(json, "id"))?;
+    let id: String = serde_json::from_slice(&json[at]).ok()?;
+    valid_id(&id).then_some(id)
 }
 
 fn now_ms() -> u64 {
@@ -185,36 +211,49 @@ fn not_found(id: &str) -> GatewayError {
     )
 }
 
-/// Reads what `body` continues. An id the gateway does not know is left
-/// for the target to judge (an OpenAI provider may know it).
-pub async fn open(shard: &Shard, body: &[u8], actor: Option<&Actor>) -> Result<Turn, GatewayError> {
+/// Reads what `body` continues, from its top-level `members` (the facts'
+/// scan checked it as JSON; only the members read here are parsed). An id
+/// the gateway does not know is left for the target to judge (an OpenAI
+/// provider may know it).
+pub async fn open(
+    shard: &Shard,
+    body: &[u8],
+    members: &[Member],
+    actor: Option<&Actor>,
+) -> Result<Turn, GatewayError> {
     let keeps = shard.conversations().is_some_and(|l| l.keeps);
-    if !keeps && memchr::memmem::find(body, b"previous_response_id").is_none() {
+    let member = |name| last_named(body, members, name).filter(|v| *v != b"null");
+    if !keeps && member("previous_response_id").is_none() {
         // Nothing to keep and nothing to continue: the body is not read.
         return Ok(Turn {
-            request: Value::Null,
             previous: None,
             prior: Some(Vec::new()),
             prior_provider: None,
-            input: Vec::new(),
+            input: None,
             store: false,
             owner: String::new(),
         });
     }
-    let mut v: Value = super::plan::client_json(body)?;
-    let input = input_items(&v).map_err(|e| bad(e.to_string(), "input"))?;
-    // Kept once: `expand_for` puts the whole conversation back in.
-    if let Some(obj) = v.as_object_mut() {
-        obj.remove("input");
-    }
-    let store = keeps && v.get("store").and_then(Value::as_bool).unwrap_or(true);
+    let input = Some(input_array(member("input"))?);
+    // Only `false` opts out, as the API reads it.
+    let store = keeps && member("store") != Some(b"false");
     let owner = owner_of(actor);
     let mut previous = None;
     let mut prior_provider = None;
-    let prior = match v.get("previous_response_id") {
-        None | Some(Value::Null) => Some(Vec::new()),
-        Some(Value::String(id)) if !valid_id(id) => return Err(not_found(id)),
-        Some(Value::String(id)) => {
+    let previous_id = member("previous_response_id")
+        .map(|v| {
+            serde_json::from_slice::<String>(v).map_err(|_| {
+                bad(
+                    "`previous_response_id` must be a string".to_owned(),
+                    "previous_response_id",
+                )
+            })
+        })
+        .transpose()?;
+    let prior = match &previous_id {
+        None => Some(Vec::new()),
+        Some(id) if !valid_id(id) => return Err(not_found(id)),
+        Some(id) => {
             previous = Some(id.clone());
             match shard.conversations() {
                 Some(link) => match link.history(id, &owner).await {
@@ -227,15 +266,8 @@ pub async fn open(shard: &Shard, body: &[u8], actor: Option<&Actor>) -> Result<T
                 None => None,
             }
         }
-        Some(_) => {
-            return Err(bad(
-                "`previous_response_id` must be a string".to_owned(),
-                "previous_response_id",
-            ))
-        }
     };
     Ok(Turn {
-        request: v,
         previous,
         prior,
         prior_provider,
@@ -250,21 +282,16 @@ pub async fn open(shard: &Shard, body: &[u8], actor: Option<&Actor>) -> Result<T
 /// served it. Without a cluster it never waits (the store thread takes
 /// turns in order, before any later ask); with one, it waits until the
 /// cluster's Redis has the turn (at most the ask's bound).
-pub async fn commit(call: &Call<'_>, response: Value, provider: &str) {
+pub async fn commit(call: &Call<'_>, response: Box<RawValue>, provider: &str) {
     let (Some(turn), Some(link)) = (&call.turn, call.shard.conversations()) else {
         return;
     };
     if !turn.store || call.client != ClientDialect::Responses {
         return;
     }
-    let Some(id) = response
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|id| valid_id(id))
-    else {
+    let (Some(input), Some(id)) = (&turn.input, response_id(&response)) else {
         return;
     };
-    let id = id.to_owned();
     // A turn continuing one the gateway does not have starts its chain.
     let prev = turn.previous.clone().filter(|_| turn.prior.is_some());
     let record = StoredTurn {
@@ -272,7 +299,7 @@ pub async fn commit(call: &Call<'_>, response: Value, provider: &str) {
         owner: turn.owner.clone(),
         expires_at_ms: now_ms().saturating_add(link.ttl.as_millis() as u64),
         prev,
-        input: turn.input.clone(),
+        input: input.clone(),
         response,
         provider: Some(provider.to_owned()),
     };
@@ -342,21 +369,14 @@ pub async fn by_id(
     };
     let body = match reply {
         Some(Reply::Deleted { found: true, .. }) => {
-            serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})
+            serde_json::json!({"id": id, "object": "response.deleted", "deleted": true}).to_string()
         }
         Some(Reply::Get {
             response: Some(r), ..
-        }) => r,
+        }) => Box::<str>::from(r).into_string(),
         _ => return send_error(conn, openai, &missing, rid, &[], false).await,
     };
-    let bytes = respond::full(
-        200,
-        b"application/json",
-        &[],
-        &serde_json::to_vec(&body).unwrap_or_default(),
-        rid,
-        false,
-    );
+    let bytes = respond::full(200, b"application/json", &[], body.as_bytes(), rid, false);
     match conn.write(&bytes).await {
         Ok(()) => Outcome::KEEP,
         Err(_) => Outcome::CLOSE,

@@ -225,19 +225,8 @@ impl Call<'_> {
     /// id, the model that served it, and the request fields it echoes.
     pub fn response_ctx(&self, served_model: &str) -> ResponseCtx {
         use shardgate_providers::responses::echo_fields;
-        // The conversation step read the body already, unless it had no
-        // reason to.
-        let read = self
-            .turn
-            .as_ref()
-            .map(|t| t.request())
-            .filter(|v| !v.is_null());
-        let echo = match read {
-            Some(v) => echo_fields(v),
-            None => echo_fields(
-                &serde_json::from_slice(&self.req.body).unwrap_or(serde_json::Value::Null),
-            ),
-        };
+        let echo =
+            echo_fields(&serde_json::from_slice(&self.req.body).unwrap_or(serde_json::Value::Null));
         ResponseCtx {
             id: self.response_id(),
             model: served_model.to_owned(),
@@ -708,7 +697,7 @@ async fn handle_api<'g>(
         return send_error(conn, client, &e, rid, &headers, false).await;
     };
     let turn = if api == Api::Responses {
-        let opened = conversation::open(shard, &req.body, ticket.actor.as_ref()).await;
+        let opened = conversation::open(shard, &req.body, &members, ticket.actor.as_ref()).await;
         match opened {
             Ok(t) => Some(Box::new(t)),
             Err(e) => {

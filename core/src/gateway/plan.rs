@@ -159,7 +159,11 @@ pub fn build(
                 .providers
                 .get(target.provider)
                 .map_or("", |p| p.name.as_str());
-            let body = match call.turn.as_ref().and_then(|t| t.expand_for(provider)) {
+            let body = match call
+                .turn
+                .as_ref()
+                .and_then(|t| t.expand_for(provider, &call.req.body))
+            {
                 Some(body) => UpBody::Bytes(body),
                 None => patch_model(call, target),
             };

@@ -393,7 +393,8 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         }
     }
     if call.turn.as_ref().is_some_and(|t| t.store) && head.status == 200 {
-        if let Ok(response) = serde_json::from_slice::<serde_json::Value>(&body) {
+        // Checked as JSON and kept as it is, not built into a tree.
+        if let Ok(response) = serde_json::from_slice::<Box<serde_json::value::RawValue>>(&body) {
             super::conversation::commit(call, response, name).await;
         }
     }
@@ -450,7 +451,8 @@ impl Pipe {
                 Tap::new(
                     answer.client,
                     answer.call.facts.include_usage,
-                    answer.call.turn.is_some() || !answer.call.output_hooks.is_empty(),
+                    answer.call.turn.as_ref().is_some_and(|t| t.store)
+                        || !answer.call.output_hooks.is_empty(),
                 ),
             ),
             Reply::FromOpenAi => Pipe::Translate(Box::new(Translating {
@@ -1219,7 +1221,9 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     let failed = response.get("status").and_then(serde_json::Value::as_str)
                         == Some("failed");
                     if keep && !failed {
-                        super::conversation::commit(call, response, name).await;
+                        if let Ok(response) = serde_json::value::to_raw_value(&response) {
+                            super::conversation::commit(call, response, name).await;
+                        }
                     }
                 }
                 source.finished(shard);

@@ -31,6 +31,7 @@ use super::frame::{self, Repair};
 use crate::runtime::WakingSender;
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -40,8 +41,11 @@ use std::time::{Duration, Instant};
 /// The log, in `store.dir`.
 pub const LOG: &str = "responses.log";
 
-/// One stored turn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One stored turn. Its items and response are kept as the JSON they
+/// came as: a turn is put on every Responses request and read only when
+/// one continues it, so it is parsed on that read, not built into a tree
+/// (and serialized from one) on every put.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredTurn {
     pub id: String,
     /// The key that made it (`anonymous` without keys): only it may read,
@@ -50,22 +54,49 @@ pub struct StoredTurn {
     pub expires_at_ms: u64,
     /// The turn it continued.
     pub prev: Option<String>,
-    /// This turn's input items (instructions are not carried over, as the
-    /// API specifies); its output items are the response's `output`.
-    pub input: Vec<Value>,
+    /// This turn's input items, a JSON array (instructions are not carried
+    /// over, as the API specifies); its output items are the response's
+    /// `output`.
+    pub input: Box<RawValue>,
     /// The `response` object as the client received it.
-    pub response: Value,
+    pub response: Box<RawValue>,
     /// The provider that served it: a follow-up to the same OpenAI
     /// provider names the turn by id (that provider kept it too); any
     /// other gets the conversation.
     pub provider: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Record {
     Put { turn: StoredTurn },
     Delete { id: String },
+}
+
+/// A [`Record`] as read back. Not the enum itself: serde reads an
+/// internally tagged enum through a buffer that cannot hold raw JSON.
+#[derive(Deserialize)]
+struct RecordIn {
+    t: RecordKind,
+    turn: Option<StoredTurn>,
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RecordKind {
+    Put,
+    Delete,
+}
+
+impl RecordIn {
+    fn record(self) -> Option<Record> {
+        match (self.t, self.turn, self.id) {
+            (RecordKind::Put, Some(turn), _) => Some(Record::Put { turn }),
+            (RecordKind::Delete, _, Some(id)) => Some(Record::Delete { id }),
+            _ => None,
+        }
+    }
 }
 
 /// [`Record::Put`] written from a borrowed turn (no copy to serialize it).
@@ -130,7 +161,7 @@ pub enum Reply {
     },
     Get {
         token: u64,
-        response: Option<Value>,
+        response: Option<Box<RawValue>>,
     },
     Deleted {
         token: u64,
@@ -207,11 +238,11 @@ struct State {
 impl State {
     fn load(dir: &Path, limits: Limits) -> std::io::Result<State> {
         let path = dir.join(LOG);
-        let replayed = frame::replay_file::<Record>(&path, Repair::Truncate)?;
+        let replayed = frame::replay_file::<RecordIn>(&path, Repair::Truncate)?;
         let now = now_ms();
         let mut turns: HashMap<String, StoredTurn> = HashMap::new();
         let mut order = Vec::new();
-        for r in replayed.records {
+        for r in replayed.records.into_iter().filter_map(RecordIn::record) {
             match r {
                 Record::Put { turn } => {
                     order.push(turn.id.clone());
@@ -416,10 +447,8 @@ impl State {
         let provider = chain.first().and_then(|t| t.provider.clone());
         let mut items = Vec::new();
         for t in chain.iter().rev() {
-            items.extend(t.input.iter().cloned());
-            if let Some(Value::Array(out)) = t.response.get("output") {
-                items.extend(out.iter().cloned());
-            }
+            items.extend(t.input_items());
+            items.extend(t.output_items());
         }
         (Some(History { items, provider }), false)
     }
@@ -524,6 +553,27 @@ impl State {
     }
 }
 
+impl StoredTurn {
+    /// Its input items (none if what was kept is not an array).
+    pub fn input_items(&self) -> Vec<Value> {
+        serde_json::from_str(self.input.get()).unwrap_or_default()
+    }
+
+    /// Its response's `output` items (none if there are none).
+    pub fn output_items(&self) -> Vec<Value> {
+        #[derive(Deserialize)]
+        struct Output {
+            output: Option<Value>,
+        }
+        match serde_json::from_str::<Output>(self.response.get()) {
+            Ok(Output {
+                output: Some(Value::Array(items)),
+            }) => items,
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Ids the gateway makes, and OpenAI's: `resp_` and letters, digits, `_`.
 pub fn valid_id(id: &str) -> bool {
     id.starts_with("resp_")
@@ -542,8 +592,12 @@ mod tests {
             owner: owner.into(),
             expires_at_ms: expires,
             prev: prev.map(str::to_owned),
-            input: vec![json!({"role": "user", "content": id})],
-            response: json!({"id": id, "output": [{"role": "assistant", "content": format!("{id}!")}]}),
+            input: serde_json::value::to_raw_value(&json!([{"role": "user", "content": id}]))
+                .unwrap(),
+            response: serde_json::value::to_raw_value(
+                &json!({"id": id, "output": [{"role": "assistant", "content": format!("{id}!")}]}),
+            )
+            .unwrap(),
             provider: Some("p".into()),
         }
     }
