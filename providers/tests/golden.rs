@@ -141,14 +141,58 @@ fn usage_json(usage: &Usage) -> Value {
     serde_json::to_value(usage).unwrap()
 }
 
+/// A stream translation under test: one translator, or, with `client`,
+/// the upstream's translator into chat, then chat into the client's
+/// dialect, as the gateway chains them for a Responses client. The
+/// summary (what is metered) is the upstream's.
+struct Stream {
+    wire: StreamTranslator,
+    client: Option<StreamTranslator>,
+    mid: Vec<u8>,
+}
+
+impl Stream {
+    fn one(t: StreamTranslator) -> Self {
+        Stream {
+            wire: t,
+            client: None,
+            mid: Vec::new(),
+        }
+    }
+
+    fn on_bytes(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        match &mut self.client {
+            None => self.wire.on_bytes(input, out).unwrap(),
+            Some(client) => {
+                self.mid.clear();
+                self.wire.on_bytes(input, &mut self.mid).unwrap();
+                client.on_bytes(&self.mid, out).unwrap();
+            }
+        }
+    }
+
+    fn finish(mut self, out: &mut Vec<u8>) -> Summary {
+        match self.client {
+            None => self.wire.finish(out),
+            Some(mut client) => {
+                self.mid.clear();
+                let summary = self.wire.finish(&mut self.mid);
+                client.on_bytes(&self.mid, out).unwrap();
+                client.finish(out);
+                summary
+            }
+        }
+    }
+}
+
 /// Runs a translator over every split of `input`; all outputs must agree.
-fn run_stream(make: &dyn Fn() -> StreamTranslator, input: &[u8]) -> (Vec<u8>, Summary) {
+fn run_stream(make: &dyn Fn() -> Stream, input: &[u8]) -> (Vec<u8>, Summary) {
     let mut first: Option<(Vec<u8>, Summary)> = None;
     for_each_split(input, |pieces| {
         let mut t = make();
         let mut out = Vec::new();
         for piece in pieces {
-            t.on_bytes(piece, &mut out).unwrap();
+            t.on_bytes(piece, &mut out);
         }
         let summary = t.finish(&mut out);
         match &first {
@@ -273,26 +317,49 @@ fn run_case(provider_dir: &str, dir: &Path) -> usize {
     let stream_input =
         read(dir, "upstream_response.sse").or_else(|| read(dir, "upstream_response.bin"));
     if let Some(input) = stream_input {
-        let make: Box<dyn Fn() -> StreamTranslator> = match &kind {
+        let make: Box<dyn Fn() -> Stream> = match &kind {
             Kind::Upstream(make) => {
                 let provider = make(&case);
                 let ctx = reply_ctx(&case);
                 Box::new(move || {
-                    provider
-                        .stream_translator(ctx.clone(), &Default::default())
-                        .unwrap()
+                    Stream::one(
+                        provider
+                            .stream_translator(ctx.clone(), &Default::default())
+                            .unwrap(),
+                    )
                 })
             }
             Kind::AnthropicInbound => {
                 let ctx = reply_ctx(&case);
                 Box::new(move || {
-                    StreamTranslator::OpenAiToAnthropic(OpenAiToAnthropic::new(ctx.clone()))
+                    Stream::one(StreamTranslator::OpenAiToAnthropic(OpenAiToAnthropic::new(
+                        ctx.clone(),
+                    )))
                 })
             }
-            Kind::ResponsesTo(_) => panic!(
-                "{}: Responses stream cases are not supported",
-                dir.display()
-            ),
+            Kind::ResponsesTo(make) => {
+                let provider = make(&case);
+                let ctx = reply_ctx(&case);
+                let client_model = case.client_model.clone();
+                Box::new(move || {
+                    let wire = provider
+                        .stream_translator(ctx.clone(), &Default::default())
+                        .unwrap();
+                    let client = StreamTranslator::ChatToResponses(Box::new(
+                        responses::ChatToResponses::new(responses::ResponseCtx {
+                            id: "resp_golden".into(),
+                            model: client_model.clone(),
+                            created_at: CREATED,
+                            echo: responses::echo_fields(&Value::Null),
+                        }),
+                    ));
+                    Stream {
+                        wire,
+                        client: Some(client),
+                        mid: Vec::new(),
+                    }
+                })
+            }
         };
         let (out, summary) = run_stream(&*make, &input);
         check_bytes(dir, "client_response.sse", &out);
