@@ -348,7 +348,24 @@ fn user_blocks(content: Option<&Content>) -> Result<Vec<a::ContentBlock>, Transl
 }
 
 fn assistant_blocks(m: &chat::Message) -> Result<Vec<a::ContentBlock>, TranslateError> {
-    let mut blocks = Vec::new();
+    // A turn's thinking comes first, as Claude wrote it.
+    let mut blocks: Vec<a::ContentBlock> = m
+        .thinking_blocks
+        .iter()
+        .flatten()
+        .map(|b| match b {
+            chat::ThinkingBlock::Thinking {
+                thinking,
+                signature,
+            } => a::ContentBlock::Thinking {
+                thinking: thinking.clone(),
+                signature: signature.clone(),
+            },
+            chat::ThinkingBlock::RedactedThinking { data } => {
+                a::ContentBlock::RedactedThinking { data: data.clone() }
+            }
+        })
+        .collect();
     if let Some(text) = m.text_content().filter(|t| !t.is_empty()) {
         blocks.push(a::ContentBlock::Text {
             text,
@@ -417,7 +434,12 @@ impl ChatResponse {
         let mut text = String::new();
         let mut has_text = false;
         let mut calls = Vec::new();
+        let mut thinking = Vec::new();
         for block in &resp.content {
+            if let Some(t) = thinking_block(block) {
+                thinking.push(t);
+                continue;
+            }
             match block {
                 a::ContentBlock::Text { text: t, .. } => {
                     has_text = true;
@@ -431,7 +453,18 @@ impl ChatResponse {
         }
         let usage = usage(&resp.usage);
         let reason = finish_reason(resp.stop_reason.as_deref().unwrap_or("end_turn"));
-        let choice = chat::Choice::assistant(0, text, has_text, calls, reason);
+        let mut choice = chat::Choice::assistant(0, text, has_text, calls, reason);
+        if !thinking.is_empty() {
+            let reasoning: String = thinking
+                .iter()
+                .filter_map(|b| match b {
+                    chat::ThinkingBlock::Thinking { thinking, .. } => Some(thinking.as_str()),
+                    chat::ThinkingBlock::RedactedThinking { .. } => None,
+                })
+                .collect();
+            choice.message.reasoning_content = Some(reasoning);
+            choice.message.thinking_blocks = Some(thinking);
+        }
         let chat = ChatResponse::translated(ctx, vec![choice], &usage);
         (chat, usage)
     }
@@ -556,6 +589,14 @@ impl AnthropicState {
                         self.sent_bytes += name.len();
                         self.w.tool_call_start(out, tool, &id, &name);
                     }
+                    a::ContentBlock::Thinking { thinking, .. } if !thinking.is_empty() => {
+                        self.sent_bytes += thinking.len();
+                        self.w.reasoning(out, &thinking);
+                    }
+                    a::ContentBlock::RedactedThinking { data } => {
+                        self.w
+                            .thinking_block(out, &chat::ThinkingBlock::RedactedThinking { data });
+                    }
                     _ => {}
                 }
             }
@@ -571,6 +612,17 @@ impl AnthropicState {
                             self.sent_bytes += partial_json.len();
                             self.w.tool_call_arguments(out, tool, &partial_json);
                         }
+                    }
+                    a::Delta::ThinkingDelta { thinking } if !thinking.is_empty() => {
+                        self.sent_bytes += thinking.len();
+                        self.w.reasoning(out, &thinking);
+                    }
+                    a::Delta::SignatureDelta { signature } => {
+                        let block = chat::ThinkingBlock::Thinking {
+                            thinking: String::new(),
+                            signature: Some(signature),
+                        };
+                        self.w.thinking_block(out, &block);
                     }
                     a::Delta::Other => self.unknown += 1,
                     _ => {}
@@ -825,7 +877,12 @@ fn user_from_anthropic(
 fn assistant_from_anthropic(blocks: Vec<a::ContentBlock>) -> chat::Message {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thinking = Vec::new();
     for block in blocks {
+        if let Some(t) = thinking_block(&block) {
+            thinking.push(t);
+            continue;
+        }
         match block {
             a::ContentBlock::Text { text: t, .. } => text.push_str(&t),
             a::ContentBlock::ToolUse { id, name, input } => calls.push(chat::ToolCall {
@@ -845,6 +902,24 @@ fn assistant_from_anthropic(blocks: Vec<a::ContentBlock>) -> chat::Message {
         name: None,
         tool_calls: (!calls.is_empty()).then_some(calls),
         tool_call_id: None,
+        thinking_blocks: (!thinking.is_empty()).then_some(thinking),
+    }
+}
+
+/// An Anthropic thinking block in the chat shape.
+fn thinking_block(block: &a::ContentBlock) -> Option<chat::ThinkingBlock> {
+    match block {
+        a::ContentBlock::Thinking {
+            thinking,
+            signature,
+        } => Some(chat::ThinkingBlock::Thinking {
+            thinking: thinking.clone(),
+            signature: signature.clone(),
+        }),
+        a::ContentBlock::RedactedThinking { data } => {
+            Some(chat::ThinkingBlock::RedactedThinking { data: data.clone() })
+        }
+        _ => None,
     }
 }
 

@@ -62,14 +62,29 @@ impl ChatRequest {
     }
 
     /// Extended thinking to ask a Claude model for: none when the
-    /// conversation already has tool calls of the assistant's (their
-    /// signed thinking blocks, which such a turn must send back, do not
-    /// survive the chat shape).
+    /// conversation has a tool call of the assistant's without the signed
+    /// thinking blocks that made it (Claude refuses such a turn; a client
+    /// that kept `thinking_blocks` sends them back).
     pub fn thinking_to_send(&self) -> Option<&Value> {
-        let calls = self.messages.iter().any(|m| {
-            m.role == Role::Assistant && m.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+        let unsigned_calls = self.messages.iter().any(|m| {
+            m.role == Role::Assistant
+                && m.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+                && m.thinking_blocks.as_ref().is_none_or(Vec::is_empty)
         });
-        self.thinking.as_ref().filter(|_| !calls)
+        self.thinking.as_ref().filter(|_| !unsigned_calls)
+    }
+
+    /// Whether any message carries thinking blocks.
+    pub fn has_thinking_blocks(&self) -> bool {
+        self.messages.iter().any(|m| m.thinking_blocks.is_some())
+    }
+
+    /// Removes every message's thinking blocks (for an upstream with no
+    /// place for them).
+    pub fn strip_thinking_blocks(&mut self) {
+        for m in &mut self.messages {
+            m.thinking_blocks = None;
+        }
     }
 
     /// Whether any part or tool marks a prompt-cache breakpoint.
@@ -169,6 +184,27 @@ pub struct Message {
     pub tool_calls: Option<Vec<ToolCall>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// An assistant turn's extended thinking, sent back as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_blocks: Option<Vec<ThinkingBlock>>,
+}
+
+/// A block of a Claude model's extended thinking in the chat shape, where
+/// LiteLLM and other OpenAI-compatible servers carry it (`thinking_blocks`
+/// on an assistant message, in an answer and in stream deltas): a turn
+/// that continues tool calls sends the signed blocks back, and Claude
+/// checks the signature against the thinking, so both travel unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ThinkingBlock {
+    Thinking {
+        thinking: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+    },
+    RedactedThinking {
+        data: String,
+    },
 }
 
 impl Message {
@@ -179,6 +215,7 @@ impl Message {
             name: None,
             tool_calls: None,
             tool_call_id: None,
+            thinking_blocks: None,
         }
     }
 
@@ -454,6 +491,8 @@ impl Choice {
                 content: (has_text || calls.is_empty()).then_some(text),
                 tool_calls: (!calls.is_empty()).then_some(calls),
                 refusal: None,
+                reasoning_content: None,
+                thinking_blocks: None,
             },
             finish_reason: Some(finish_reason.to_owned()),
             logprobs: None,
@@ -480,6 +519,12 @@ pub struct ResponseMessage {
     pub tool_calls: Option<Vec<ToolCall>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    /// The model's thinking as text (the `reasoning_content` of DeepSeek,
+    /// vLLM and LiteLLM), and as the blocks to send back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking_blocks: Option<Vec<ThinkingBlock>>,
 }
 
 /// OpenAI's usage object. `prompt_tokens` includes cached tokens;
@@ -581,6 +626,13 @@ pub struct ChunkDelta {
     pub content: Option<String>,
     #[serde(default)]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// A piece of the model's thinking.
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    /// Where a thinking block's signature arrives (a block with empty
+    /// `thinking`), and a redacted block whole.
+    #[serde(default)]
+    pub thinking_blocks: Option<Vec<ThinkingBlock>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -660,6 +712,25 @@ impl ChunkWriter {
         self.open_choice(out);
         out.extend_from_slice(b"\"content\":");
         write_json_string(out, text);
+        Self::close_choice(out, None);
+    }
+
+    /// A piece of the model's thinking (`reasoning_content`).
+    pub fn reasoning(&self, out: &mut Vec<u8>, text: &str) {
+        self.open_choice(out);
+        out.extend_from_slice(b"\"reasoning_content\":");
+        write_json_string(out, text);
+        Self::close_choice(out, None);
+    }
+
+    /// A thinking block's signature (on a block with empty `thinking`), or
+    /// a redacted block whole.
+    pub fn thinking_block(&self, out: &mut Vec<u8>, block: &ThinkingBlock) {
+        self.open_choice(out);
+        out.extend_from_slice(b"\"thinking_blocks\":[");
+        // A plain enum of strings: serializing it cannot fail.
+        let _ = serde_json::to_writer(&mut *out, block);
+        out.push(b']');
         Self::close_choice(out, None);
     }
 

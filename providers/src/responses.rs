@@ -7,14 +7,22 @@
 //!
 //! Every other provider already translates from chat, so one translation
 //! here serves them all. Items chat cannot carry are refused by name
-//! (hosted tools, item references), except `reasoning` items, which chat
-//! has no place for: they are dropped, and the answer's own reasoning,
-//! when the provider reports its size, is counted in the usage.
+//! (hosted tools, item references).
+//!
+//! Reasoning: `reasoning.effort` asks a Claude upstream for extended
+//! thinking, and each thinking block comes back as a `reasoning` item, its
+//! thinking as the summary text (streamed as
+//! `response.reasoning_summary_text.delta`) and its signature in
+//! `encrypted_content`, marked as Claude's ([`THINKING`],
+//! [`REDACTED_THINKING`]). Sent back as input, such items become the
+//! signed blocks again, so a tool-using turn continues with its thinking.
+//! Reasoning items from elsewhere (OpenAI's own) mean nothing to another
+//! provider and are dropped.
 
 use crate::chat::{
     self, ChatChunk, ChatRequest, ChatResponse, ChatUsage, Content, ContentPart, FunctionCall,
-    FunctionDef, ImageUrl, Message, NamedToolChoice, Role, StreamOptions, Tool, ToolCall,
-    ToolChoice, ToolName,
+    FunctionDef, ImageUrl, Message, NamedToolChoice, Role, StreamOptions, ThinkingBlock, Tool,
+    ToolCall, ToolChoice, ToolName,
 };
 use crate::{upstream_json, Summary, TranslateError, Usage, MAX_EVENT_BYTES};
 use serde_json::{json, Map, Value};
@@ -178,11 +186,13 @@ pub fn to_chat(req: &Value, prior: &[Value]) -> Result<ChatRequest, TranslateErr
     };
     let num = |k: &str| obj.get(k).and_then(Value::as_f64);
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let max_output_tokens = obj.get("max_output_tokens").and_then(Value::as_u64);
+    let thinking = thinking_for(obj.get("reasoning"), max_output_tokens)?;
     Ok(ChatRequest {
         model,
         messages,
         max_tokens: None,
-        max_completion_tokens: obj.get("max_output_tokens").and_then(Value::as_u64),
+        max_completion_tokens: max_output_tokens,
         temperature: num("temperature"),
         top_p: num("top_p"),
         stop: None,
@@ -203,8 +213,101 @@ pub fn to_chat(req: &Value, prior: &[Value]) -> Result<ChatRequest, TranslateErr
         presence_penalty: None,
         frequency_penalty: None,
         response_format,
-        thinking: None,
+        thinking,
     })
+}
+
+/// Prefixes of a `reasoning` item's `encrypted_content` that carry a
+/// Claude thinking block's signature, or a redacted block's data.
+pub const THINKING: &str = "anthropic.thinking:";
+pub const REDACTED_THINKING: &str = "anthropic.redacted_thinking:";
+
+/// Claude's extended thinking for `reasoning.effort`, with the budgets
+/// LiteLLM gives the same efforts (Claude takes 1,024 at least). At most
+/// half of `max_output_tokens`, which must leave room for the answer: a
+/// limit too small for that asks for no thinking (rather than an
+/// upstream 400). `minimal` and `none` ask for none.
+fn thinking_for(
+    reasoning: Option<&Value>,
+    max_output_tokens: Option<u64>,
+) -> Result<Option<Value>, TranslateError> {
+    const MIN_BUDGET: u64 = 1024;
+    let effort = match reasoning {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(r)) => match r.get("effort") {
+            None | Some(Value::Null) => "medium",
+            Some(Value::String(e)) => e.as_str(),
+            Some(_) => return Err(invalid("`reasoning.effort` must be a string")),
+        },
+        Some(_) => return Err(invalid("`reasoning` must be an object")),
+    };
+    let budget: u64 = match effort {
+        "none" | "minimal" => return Ok(None),
+        "low" => MIN_BUDGET,
+        "medium" => 2048,
+        "high" | "xhigh" => 4096,
+        other => {
+            return Err(invalid(format!(
+                "`reasoning.effort` `{other}` is not one of none, minimal, low, medium, high"
+            )))
+        }
+    };
+    let budget = match max_output_tokens {
+        Some(max) if max / 2 < MIN_BUDGET => return Ok(None),
+        Some(max) => budget.min(max / 2),
+        None => budget,
+    };
+    Ok(Some(json!({"type": "enabled", "budget_tokens": budget})))
+}
+
+/// A `reasoning` item as the thinking block it carries, when it carries
+/// one of Claude's.
+fn thinking_of_item(item: &Value) -> Option<ThinkingBlock> {
+    let sealed = item.get("encrypted_content").and_then(Value::as_str)?;
+    if let Some(data) = sealed.strip_prefix(REDACTED_THINKING) {
+        return Some(ThinkingBlock::RedactedThinking {
+            data: data.to_owned(),
+        });
+    }
+    let signature = sealed.strip_prefix(THINKING)?;
+    let thinking = match item.get("summary") {
+        Some(Value::Array(parts)) => parts.iter().filter_map(text_of).collect(),
+        _ => String::new(),
+    };
+    Some(ThinkingBlock::Thinking {
+        thinking,
+        signature: Some(signature.to_owned()),
+    })
+}
+
+/// A `reasoning` item for a thinking block; `id` by its output index.
+fn reasoning_item(id: &str, block: &ThinkingBlock) -> Value {
+    let (text, sealed) = match block {
+        ThinkingBlock::Thinking {
+            thinking,
+            signature,
+        } => (
+            thinking.as_str(),
+            signature.as_deref().map(|s| format!("{THINKING}{s}")),
+        ),
+        ThinkingBlock::RedactedThinking { data } => {
+            ("", Some(format!("{REDACTED_THINKING}{data}")))
+        }
+    };
+    let summary = if text.is_empty()
+        && sealed
+            .as_deref()
+            .is_some_and(|s| s.starts_with(REDACTED_THINKING))
+    {
+        json!([])
+    } else {
+        json!([{"type": "summary_text", "text": text}])
+    };
+    let mut item = json!({"type": "reasoning", "id": id, "summary": summary});
+    if let Some(sealed) = sealed {
+        item["encrypted_content"] = json!(sealed);
+    }
+    item
 }
 
 fn tool(i: usize, t: &Value) -> Result<Tool, TranslateError> {
@@ -230,6 +333,15 @@ fn tool(i: usize, t: &Value) -> Result<Tool, TranslateError> {
         ))),
         None => Err(invalid(format!("tools[{i}].type is required"))),
     }
+}
+
+/// An assistant message holding thinking and nothing yet: the turn the
+/// next assistant items belong to.
+fn thinking_only(m: &Message) -> bool {
+    m.role == Role::Assistant
+        && m.thinking_blocks.is_some()
+        && m.content.is_none()
+        && m.tool_calls.is_none()
 }
 
 fn text_of(v: &Value) -> Option<&str> {
@@ -307,13 +419,18 @@ fn push_item(messages: &mut Vec<Message>, item: &Value) -> Result<(), TranslateE
                     ))
                 }
             };
-            messages.push(Message {
-                role,
-                content: Some(content),
-                name: None,
-                tool_calls: None,
-                tool_call_id: None,
-            });
+            // An answer's text joins the thinking that preceded it.
+            match messages.last_mut() {
+                Some(m) if role == Role::Assistant && thinking_only(m) => m.content = Some(content),
+                _ => messages.push(Message {
+                    role,
+                    content: Some(content),
+                    name: None,
+                    tool_calls: None,
+                    tool_call_id: None,
+                    thinking_blocks: None,
+                }),
+            }
         }
         Some("function_call") => {
             let field = |k: &str| {
@@ -340,6 +457,7 @@ fn push_item(messages: &mut Vec<Message>, item: &Value) -> Result<(), TranslateE
                     name: None,
                     tool_calls: Some(vec![call]),
                     tool_call_id: None,
+                    thinking_blocks: None,
                 }),
             }
         }
@@ -359,10 +477,28 @@ fn push_item(messages: &mut Vec<Message>, item: &Value) -> Result<(), TranslateE
                 name: None,
                 tool_calls: None,
                 tool_call_id: Some(call_id.to_owned()),
+                thinking_blocks: None,
             });
         }
-        // Chat has no place for reasoning items: dropped (see the module).
-        Some("reasoning") => {}
+        // Claude's thinking starts (or continues) the assistant turn it
+        // preceded; other reasoning is dropped (see the module).
+        Some("reasoning") => {
+            if let Some(block) = thinking_of_item(item) {
+                match messages.last_mut() {
+                    Some(m) if thinking_only(m) => {
+                        m.thinking_blocks.get_or_insert_with(Vec::new).push(block)
+                    }
+                    _ => messages.push(Message {
+                        role: Role::Assistant,
+                        content: None,
+                        name: None,
+                        tool_calls: None,
+                        tool_call_id: None,
+                        thinking_blocks: Some(vec![block]),
+                    }),
+                }
+            }
+        }
         Some(other) => {
             return Err(TranslateError::Invalid(format!(
                 "items of type `{other}` are not available through this provider"
@@ -444,9 +580,15 @@ pub fn from_chat(chat: &ChatResponse, ctx: &ResponseCtx) -> Value {
     let choice = chat.choices.iter().find(|c| c.index == 0);
     // Item ids as a stream of the same answer names them: by output index.
     if let Some(c) = choice {
+        for block in c.message.thinking_blocks.iter().flatten() {
+            output.push(reasoning_item(
+                &format!("rs_{}_{}", ctx.id, output.len()),
+                block,
+            ));
+        }
         if let Some(text) = c.message.content.as_deref().filter(|t| !t.is_empty()) {
             output.push(message_item(
-                &format!("msg_{}_0", ctx.id),
+                &format!("msg_{}_{}", ctx.id, output.len()),
                 text,
                 "completed",
             ));
@@ -475,6 +617,9 @@ pub fn from_chat(chat: &ChatResponse, ctx: &ResponseCtx) -> Value {
 #[derive(Debug)]
 enum Open {
     None,
+    /// A thinking block: its text so far; closed by its signature, or by
+    /// the next item.
+    Reasoning(ThinkingBlock),
     Message {
         text: String,
     },
@@ -662,6 +807,94 @@ impl State {
         format!("fc_{}_{}", self.ctx.id, self.output.len())
     }
 
+    fn reasoning_id(&self) -> String {
+        format!("rs_{}_{}", self.ctx.id, self.output.len())
+    }
+
+    /// Opens a reasoning item for `block` (closing what was open).
+    fn open_reasoning(&mut self, out: &mut Vec<u8>, block: ThinkingBlock) {
+        self.close_item(out);
+        let (id, idx) = (self.reasoning_id(), self.output_index());
+        self.emit(
+            out,
+            "response.output_item.added",
+            Self::obj(json!({
+                "output_index": idx,
+                "item": {"type": "reasoning", "id": id, "summary": []},
+            })),
+        );
+        if matches!(block, ThinkingBlock::Thinking { .. }) {
+            self.emit(
+                out,
+                "response.reasoning_summary_part.added",
+                Self::obj(json!({
+                    "item_id": id, "output_index": idx, "summary_index": 0,
+                    "part": {"type": "summary_text", "text": ""},
+                })),
+            );
+        }
+        self.open = Open::Reasoning(block);
+    }
+
+    /// A piece of thinking: into the open thinking block, or a new one.
+    fn reasoning(&mut self, out: &mut Vec<u8>, text: &str) {
+        let open = matches!(
+            self.open,
+            Open::Reasoning(ThinkingBlock::Thinking {
+                signature: None,
+                ..
+            })
+        );
+        if !open {
+            self.open_reasoning(
+                out,
+                ThinkingBlock::Thinking {
+                    thinking: String::new(),
+                    signature: None,
+                },
+            );
+        }
+        self.sent_bytes += text.len();
+        if let Open::Reasoning(ThinkingBlock::Thinking { thinking, .. }) = &mut self.open {
+            thinking.push_str(text);
+        }
+        self.delta(out, REASONING_DELTA, text);
+    }
+
+    /// A thinking block's signature (ending it), or a redacted block.
+    fn thinking_block(&mut self, out: &mut Vec<u8>, block: &ThinkingBlock) {
+        match block {
+            ThinkingBlock::Thinking {
+                thinking,
+                signature,
+            } => {
+                if !thinking.is_empty() {
+                    self.reasoning(out, thinking);
+                }
+                let Some(sig) = signature else {
+                    return;
+                };
+                if !matches!(self.open, Open::Reasoning(ThinkingBlock::Thinking { .. })) {
+                    self.open_reasoning(
+                        out,
+                        ThinkingBlock::Thinking {
+                            thinking: String::new(),
+                            signature: None,
+                        },
+                    );
+                }
+                if let Open::Reasoning(ThinkingBlock::Thinking { signature, .. }) = &mut self.open {
+                    *signature = Some(sig.clone());
+                }
+                self.close_item(out);
+            }
+            ThinkingBlock::RedactedThinking { .. } => {
+                self.open_reasoning(out, block.clone());
+                self.close_item(out);
+            }
+        }
+    }
+
     /// A text or arguments delta of the open item, written straight into
     /// `out` (the events a stream is mostly made of: no JSON tree each).
     fn delta(&mut self, out: &mut Vec<u8>, kind: &str, delta: &str) {
@@ -670,6 +903,7 @@ impl State {
         if self.open_id.is_empty() {
             self.open_id = match self.open {
                 Open::Message { .. } => self.message_id(),
+                Open::Reasoning(_) => self.reasoning_id(),
                 _ => self.call_id(),
             };
         }
@@ -684,6 +918,8 @@ impl State {
         let _ = write!(out, ",\"output_index\":{}", self.output.len());
         if text {
             out.extend_from_slice(b",\"content_index\":0");
+        } else if kind == REASONING_DELTA {
+            out.extend_from_slice(b",\"summary_index\":0");
         }
         out.extend_from_slice(b",\"delta\":");
         write_json_string(out, delta);
@@ -698,6 +934,29 @@ impl State {
         let idx = self.output_index();
         match std::mem::replace(&mut self.open, Open::None) {
             Open::None => {}
+            Open::Reasoning(block) => {
+                let id = self.reasoning_id();
+                if let ThinkingBlock::Thinking { thinking, .. } = &block {
+                    self.emit(out, "response.reasoning_summary_text.done", Self::obj(json!({
+                        "item_id": id, "output_index": idx, "summary_index": 0, "text": thinking,
+                    })));
+                    self.emit(
+                        out,
+                        "response.reasoning_summary_part.done",
+                        Self::obj(json!({
+                            "item_id": id, "output_index": idx, "summary_index": 0,
+                            "part": {"type": "summary_text", "text": thinking},
+                        })),
+                    );
+                }
+                let item = reasoning_item(&id, &block);
+                self.emit(
+                    out,
+                    "response.output_item.done",
+                    Self::obj(json!({"output_index": idx, "item": item.clone()})),
+                );
+                self.output.push(item);
+            }
             Open::Message { text } => {
                 let id = self.message_id();
                 self.emit(out, "response.output_text.done", Self::obj(json!({
@@ -771,6 +1030,17 @@ impl State {
             self.usage = chunk.usage;
         }
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
+            if let Some(text) = choice
+                .delta
+                .reasoning_content
+                .as_deref()
+                .filter(|t| !t.is_empty())
+            {
+                self.reasoning(out, text);
+            }
+            for block in choice.delta.thinking_blocks.iter().flatten() {
+                self.thinking_block(out, block);
+            }
             if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
                 if !matches!(self.open, Open::Message { .. }) {
                     self.close_item(out);
@@ -881,6 +1151,7 @@ impl State {
 }
 
 const TEXT_DELTA: &str = "response.output_text.delta";
+const REASONING_DELTA: &str = "response.reasoning_summary_text.delta";
 const ARGS_DELTA: &str = "response.function_call_arguments.delta";
 
 #[cfg(test)]

@@ -252,3 +252,61 @@ fn an_upstream_error_event_fails_the_response() {
     assert_eq!(ev[2].1["message"], "overloaded");
     assert_eq!(ev[3].1["response"]["error"]["code"], "server_error");
 }
+
+#[test]
+fn reasoning_effort_becomes_a_thinking_budget_that_leaves_room_for_the_answer() {
+    let budget = |reasoning: Value, max: Option<u64>| {
+        thinking_for(Some(&reasoning), max).map(|t| t.map(|t| t["budget_tokens"].as_u64().unwrap()))
+    };
+    assert_eq!(budget(json!({"effort": "low"}), None).unwrap(), Some(1024));
+    assert_eq!(
+        budget(json!({"summary": "auto"}), None).unwrap(),
+        Some(2048)
+    );
+    assert_eq!(budget(json!({"effort": "high"}), None).unwrap(), Some(4096));
+    assert_eq!(
+        budget(json!({"effort": "high"}), Some(5000)).unwrap(),
+        Some(2500)
+    );
+    assert_eq!(budget(json!({"effort": "low"}), Some(2047)).unwrap(), None);
+    assert_eq!(budget(json!({"effort": "minimal"}), None).unwrap(), None);
+    assert_eq!(thinking_for(Some(&Value::Null), None).unwrap(), None);
+    assert!(budget(json!({"effort": "huge"}), None).is_err());
+    assert!(budget(json!("high"), None).is_err());
+}
+
+#[test]
+fn only_claudes_reasoning_items_become_thinking_blocks() {
+    let ours = json!({"type": "reasoning", "summary": [{"type": "summary_text", "text": "a"}, {"type": "summary_text", "text": "b"}],
+        "encrypted_content": format!("{THINKING}sig")});
+    assert_eq!(
+        thinking_of_item(&ours),
+        Some(ThinkingBlock::Thinking {
+            thinking: "ab".into(),
+            signature: Some("sig".into())
+        })
+    );
+    let redacted = json!({"type": "reasoning", "summary": [], "encrypted_content": format!("{REDACTED_THINKING}data")});
+    assert_eq!(
+        thinking_of_item(&redacted),
+        Some(ThinkingBlock::RedactedThinking {
+            data: "data".into()
+        })
+    );
+    for other in [
+        json!({"type": "reasoning", "summary": [], "encrypted_content": "gAAAA"}),
+        json!({"type": "reasoning", "summary": []}),
+    ] {
+        assert_eq!(thinking_of_item(&other), None);
+    }
+    // Each block goes out as one item and comes back as the same block.
+    for block in [
+        thinking_of_item(&ours).unwrap(),
+        thinking_of_item(&redacted).unwrap(),
+    ] {
+        assert_eq!(
+            thinking_of_item(&reasoning_item("rs_1", &block)),
+            Some(block)
+        );
+    }
+}

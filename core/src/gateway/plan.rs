@@ -239,7 +239,7 @@ fn via_chat(
     // have them (Anthropic, Bedrock); an OpenAI-dialect upstream would
     // refuse the unknown members, so they are dropped there.
     if provider.dialect() == Dialect::OpenAi
-        && (chat.has_cache_markers() || chat.thinking.is_some())
+        && (chat.has_cache_markers() || chat.thinking.is_some() || chat.has_thinking_blocks())
     {
         log::debug!(
             "prompt-cache markers and extended thinking dropped: an OpenAI-dialect upstream has neither"
@@ -247,6 +247,7 @@ fn via_chat(
         let mut stripped = chat.clone();
         stripped.strip_cache_markers();
         stripped.thinking = None;
+        stripped.strip_thinking_blocks();
         return provider.prepare(&stripped, &prepare_ctx(target, key));
     }
     provider.prepare(chat, &prepare_ctx(target, key))

@@ -775,9 +775,10 @@ fn collect_with<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>, text_only: 
             }
         }
         Value::Object(map) => {
-            // A signed block (Anthropic `thinking`) must go back as it
-            // came: changing it voids its signature.
-            if map.contains_key("signature") {
+            // A signed block (Anthropic `thinking`, or a Responses
+            // `reasoning` item carrying one) must go back as it came:
+            // changing it voids its signature.
+            if map.contains_key("signature") || map.contains_key("encrypted_content") {
                 return;
             }
             let kind = map.get("type").and_then(Value::as_str);
