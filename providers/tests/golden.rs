@@ -124,6 +124,9 @@ fn kind(provider_dir: &str) -> Kind {
         "responses-to-gemini" => {
             Kind::ResponsesTo(Box::new(|_| Box::new(GeminiProvider::default())))
         }
+        "responses-to-bedrock" => Kind::ResponsesTo(Box::new(|c| {
+            Box::new(serde_json::from_value::<BedrockProvider>(c.provider.clone()).unwrap())
+        })),
         other => panic!("unknown fixture provider {other}"),
     }
 }
