@@ -126,11 +126,12 @@ pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
 }
 
 /// The value of the object's first member when that member is named `key`
-/// (plainly, without escapes), read without looking at the rest: APIs put
-/// an object's `id` first, and [`find_top_level`], walking back from the
-/// end, would cross the whole object to reach it. None when the first
-/// member is another or the object does not start well; the value found
-/// is checked, the rest of the object is not.
+/// (plainly, without escapes), read without looking at the rest: OpenAI
+/// puts an answer's `id` first, and [`find_top_level`], walking back from
+/// the end, would cross the whole object to reach it. None when the first
+/// member is another (then walk back) or the object does not start well;
+/// the value found is checked, the rest of the object is not, so of
+/// duplicate keys this finds the first where a reader takes the last.
 pub fn first_member(json: &[u8], key: &str) -> Option<Range<usize>> {
     let mut s = Scanner { b: json, i: 0 };
     s.ws();

@@ -66,16 +66,22 @@ impl Provider for BedrockProvider {
     ) -> Result<UpstreamRequest, TranslateError> {
         // Converse refuses a checkpoint for a model without prompt caching,
         // and `thinking` for a model that is not Claude: those go, the
-        // request stays valid.
+        // request stays valid. Earlier turns' signed thinking blocks are not
+        // carried into Converse: without them, a turn with tool calls asks
+        // for no thinking (Claude would refuse it).
         let no_points = req.has_cache_markers() && !takes_cache_points(ctx.model);
         let no_thinking = req.thinking.is_some() && !ctx.model.contains("anthropic.claude");
-        let body = if no_points || no_thinking {
+        let no_blocks = req.has_thinking_blocks();
+        let body = if no_points || no_thinking || no_blocks {
             let mut plain = req.clone();
             if no_points {
                 plain.strip_cache_markers();
             }
             if no_thinking {
                 plain.thinking = None;
+            }
+            if no_blocks {
+                plain.strip_thinking_blocks();
             }
             json_body(&from_openai(&plain)?)?
         } else {

@@ -80,11 +80,15 @@ impl ChatRequest {
     }
 
     /// Removes every message's thinking blocks (for an upstream with no
-    /// place for them).
+    /// place for them), and the assistant turns that held nothing else (a
+    /// turn cut while thinking): an empty turn is refused upstream. Tool
+    /// calls are then unsigned, so [`Self::thinking_to_send`] turns
+    /// thinking off.
     pub fn strip_thinking_blocks(&mut self) {
-        for m in &mut self.messages {
-            m.thinking_blocks = None;
-        }
+        self.messages.retain_mut(|m| {
+            let had = m.thinking_blocks.take().is_some();
+            !(had && m.content.is_none() && m.tool_calls.is_none())
+        });
     }
 
     /// Whether any part or tool marks a prompt-cache breakpoint.

@@ -260,6 +260,17 @@ fn thinking_for(
     Ok(Some(json!({"type": "enabled", "budget_tokens": budget})))
 }
 
+/// Whether `item` is a `reasoning` item carrying one of Claude's thinking
+/// blocks: meaningless to OpenAI, which cannot open its `encrypted_content`
+/// and refuses the request.
+pub fn is_claude_reasoning(item: &Value) -> bool {
+    item.get("type").and_then(Value::as_str) == Some("reasoning")
+        && item
+            .get("encrypted_content")
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.starts_with(THINKING) || c.starts_with(REDACTED_THINKING))
+}
+
 /// A `reasoning` item as the thinking block it carries, when it carries
 /// one of Claude's.
 fn thinking_of_item(item: &Value) -> Option<ThinkingBlock> {
@@ -580,7 +591,16 @@ pub fn from_chat(chat: &ChatResponse, ctx: &ResponseCtx) -> Value {
     let choice = chat.choices.iter().find(|c| c.index == 0);
     // Item ids as a stream of the same answer names them: by output index.
     if let Some(c) = choice {
-        for block in c.message.thinking_blocks.iter().flatten() {
+        // Thinking without blocks (DeepSeek's and vLLM's `reasoning_content`)
+        // is one unsigned item, as a stream of the same answer makes it.
+        let unsigned = match (&c.message.thinking_blocks, &c.message.reasoning_content) {
+            (None, Some(text)) if !text.is_empty() => Some(ThinkingBlock::Thinking {
+                thinking: text.clone(),
+                signature: None,
+            }),
+            _ => None,
+        };
+        for block in c.message.thinking_blocks.iter().flatten().chain(&unsigned) {
             output.push(reasoning_item(
                 &format!("rs_{}_{}", ctx.id, output.len()),
                 block,
@@ -862,13 +882,15 @@ impl State {
     }
 
     /// A thinking block's signature (ending it), or a redacted block.
-    fn thinking_block(&mut self, out: &mut Vec<u8>, block: &ThinkingBlock) {
+    /// `text_sent`: the same delta carried the text as `reasoning_content`
+    /// too (LiteLLM's chunks do), so the block's own copy is not added.
+    fn thinking_block(&mut self, out: &mut Vec<u8>, block: &ThinkingBlock, text_sent: bool) {
         match block {
             ThinkingBlock::Thinking {
                 thinking,
                 signature,
             } => {
-                if !thinking.is_empty() {
+                if !thinking.is_empty() && !text_sent {
                     self.reasoning(out, thinking);
                 }
                 let Some(sig) = signature else {
@@ -1030,16 +1052,16 @@ impl State {
             self.usage = chunk.usage;
         }
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
-            if let Some(text) = choice
+            let reasoning = choice
                 .delta
                 .reasoning_content
                 .as_deref()
-                .filter(|t| !t.is_empty())
-            {
+                .filter(|t| !t.is_empty());
+            if let Some(text) = reasoning {
                 self.reasoning(out, text);
             }
             for block in choice.delta.thinking_blocks.iter().flatten() {
-                self.thinking_block(out, block);
+                self.thinking_block(out, block, reasoning.is_some());
             }
             if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
                 if !matches!(self.open, Open::Message { .. }) {

@@ -310,3 +310,44 @@ fn only_claudes_reasoning_items_become_thinking_blocks() {
         );
     }
 }
+
+/// Reasoning from chat servers: LiteLLM's chunks repeat the text in the
+/// block that carries the signature; DeepSeek's and vLLM's have text only.
+/// Each becomes one reasoning item with the text once, whole or streamed.
+#[test]
+fn reasoning_from_chat_servers_is_one_item_with_its_text_once() {
+    let run = |chunks: &[Value]| {
+        let mut t = ChatToResponses::new(ctx());
+        let mut out = Vec::new();
+        t.on_bytes(&chat_sse(chunks), &mut out).unwrap();
+        t.finish(&mut out);
+        let done = events(&out)
+            .into_iter()
+            .rev()
+            .find(|(n, _)| n == "response.completed")
+            .unwrap();
+        done.1["response"]["output"].clone()
+    };
+    let litellm = run(&[
+        json!({"choices": [{"index": 0, "delta": {"reasoning_content": "hmm", "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "s1"}]}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}),
+    ]);
+    assert_eq!(litellm[0]["summary"][0]["text"], "hmm");
+    assert_eq!(litellm[0]["encrypted_content"], format!("{THINKING}s1"));
+    assert_eq!(litellm[1]["type"], "message");
+    let deepseek = run(&[
+        json!({"choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]}),
+        json!({"choices": [{"index": 0, "delta": {"reasoning_content": "m"}}]}),
+        json!({"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}),
+    ]);
+    assert_eq!(deepseek[0]["summary"][0]["text"], "hmm");
+    assert!(deepseek[0].get("encrypted_content").is_none());
+    let whole: ChatResponse = serde_json::from_value(json!({
+        "id": "x", "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": "hi", "reasoning_content": "hmm"}}]
+    }))
+    .unwrap();
+    let r = from_chat(&whole, &ctx());
+    assert_eq!(r["output"][0], deepseek[0]);
+    assert_eq!(r["output"][1]["id"], deepseek[1]["id"]);
+}

@@ -35,6 +35,8 @@ class Thinking(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if self.path.endswith("/responses"):
+            return self.openai_responses(body)
         with self.server.lock:  # type: ignore[attr-defined]
             self.server.requests.append(body)  # type: ignore[attr-defined]
             n = len(self.server.requests)  # type: ignore[attr-defined]
@@ -84,6 +86,20 @@ class Thinking(BaseHTTPRequestHandler):
         self.send(200, "text/event-stream",
                   "".join(f"event: {k}\ndata: {json.dumps(v)}\n\n" for k, v in events).encode())
 
+    def openai_responses(self, body: dict) -> None:
+        """OpenAI's own Responses API: kept apart, answered in text."""
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.openai.append(body)  # type: ignore[attr-defined]
+            n = len(self.server.openai)  # type: ignore[attr-defined]
+        out = {"id": f"resp_openai{n}", "object": "response", "created_at": 1, "model": body["model"],
+               "status": "completed", "error": None, "incomplete_details": None, "output": [
+                   {"type": "message", "id": f"msg_o{n}", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "From OpenAI.", "annotations": []}]}],
+               "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+               "usage": {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 3,
+                         "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8}}
+        self.send(200, "application/json", json.dumps(out).encode())
+
     def send(self, status: int, ctype: str, data: bytes) -> None:
         self.send_response(status)
         self.send_header("content-type", ctype)
@@ -97,6 +113,7 @@ def claude():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Thinking)
     srv.daemon_threads = True
     srv.requests = []  # type: ignore[attr-defined]
+    srv.openai = []  # type: ignore[attr-defined]
     srv.lock = threading.Lock()  # type: ignore[attr-defined]
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv
@@ -110,6 +127,9 @@ def gw(tmp_path_factory, mock_upstream: Upstream, upstream_key: str, claude):
     cfg["providers"]["thinking-claude"] = {
         "kind": "anthropic", "base_url": f"http://127.0.0.1:{claude.server_address[1]}", "api_key": "sk-ant-think"}
     cfg["models"]["thinker"] = {"targets": [{"provider": "thinking-claude", "model": "claude-sonnet-4-5"}]}
+    cfg["providers"]["real-openai"] = {
+        "kind": "openai", "base_url": f"http://127.0.0.1:{claude.server_address[1]}/v1", "api_key": "sk-openai"}
+    cfg["models"]["gpt"] = {"targets": [{"provider": "real-openai", "model": "gpt-5"}]}
     gw = start_gateway("reasoning-gateway", write_config(d / "gateway.yaml", cfg), d / "gateway.log", upstream_key)
     yield gw
     assert gw.stop() == 0
@@ -240,3 +260,25 @@ def test_chat_clients_get_the_thinking_and_send_it_back(client: openai.OpenAI, c
         assert got["thinking"] == {"type": "enabled", "budget_tokens": 1024}
         assert sent_back_thinking(got) == thinking
         assert r.choices[0].message.content == "It is 18C and sunny in Paris."
+
+
+def test_claudes_reasoning_items_are_not_sent_to_openai(client: openai.OpenAI, claude):
+    first = client.responses.create(model="thinker", input="Weather in Paris?", tools=TOOLS,
+                                    reasoning={"effort": "low"})
+    assert first.output[0].type == "reasoning"
+    call = first.output[1]
+    output = {"type": "function_call_output", "call_id": call.call_id, "output": "18C"}
+    # Continued on OpenAI by id: the gateway sends the conversation it kept,
+    # without the items OpenAI cannot open.
+    r = client.responses.create(model="gpt", tools=TOOLS, previous_response_id=first.id, input=[output])
+    assert r.output_text == "From OpenAI."
+    sent = claude.openai[-1]
+    assert "previous_response_id" not in sent
+    assert [i.get("type", "message") for i in sent["input"]] == ["message", "function_call", "function_call_output"]
+    # The client's own copy of the conversation, passed through: the same.
+    items = [{"role": "user", "content": "Weather in Paris?"}, *[i.model_dump(exclude_none=True) for i in first.output],
+             output]
+    client.responses.create(model="gpt", tools=TOOLS, store=False, input=items)
+    sent = claude.openai[-1]
+    assert [i.get("type", "message") for i in sent["input"]] == ["message", "function_call", "function_call_output"]
+    assert sent["model"] == "gpt-5"

@@ -20,9 +20,11 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use shardgate_policy::Actor;
 use shardgate_proto::json::{find_top_level, first_member, last_named, Member};
+use shardgate_providers::responses::is_claude_reasoning;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// How long a shard waits for the store thread (it answers from memory:
@@ -140,26 +142,48 @@ impl Turn {
     }
 
     /// For an OpenAI provider: the body to send instead of the client's
-    /// `body` when the turn it continues was served elsewhere (that
-    /// provider does not know the id): the conversation so far in
-    /// `input`, no `previous_response_id`. None: the client's body goes as
-    /// it is.
+    /// `body`, or None when it goes as it is. Instead when the turn it
+    /// continues was served elsewhere (that provider does not know the
+    /// id): the conversation so far in `input`, no `previous_response_id`.
+    /// And without the reasoning items that carry Claude's thinking (from
+    /// the stored turns, or the client's own input), which OpenAI cannot
+    /// open and refuses.
     pub fn expand_for(&self, provider: &str, body: &[u8]) -> Option<Vec<u8>> {
-        let prior = self.prior.as_ref()?;
-        if self.previous.is_none() || self.prior_provider.as_deref() == Some(provider) {
+        let expand = self.previous.is_some()
+            && self.prior.is_some()
+            && self.prior_provider.as_deref() != Some(provider);
+        let claude_reasoning = CLAUDE_REASONING.find(body).is_some();
+        if !expand && !claude_reasoning {
             return None;
         }
         let mut v: Value = serde_json::from_slice(body).ok()?;
         let obj = v.as_object_mut()?;
-        obj.remove("previous_response_id");
-        let mut items = prior.clone();
-        if let Some(input) = &self.input {
-            items.extend(serde_json::from_str::<Vec<Value>>(input.get()).ok()?);
+        let mut items = if expand {
+            obj.remove("previous_response_id");
+            let mut items = self.prior.clone().unwrap_or_default();
+            if let Some(input) = &self.input {
+                items.extend(serde_json::from_str::<Vec<Value>>(input.get()).ok()?);
+            }
+            items
+        } else {
+            match obj.get_mut("input") {
+                Some(Value::Array(items)) => std::mem::take(items),
+                _ => return None,
+            }
+        };
+        let before = items.len();
+        items.retain(|i| !is_claude_reasoning(i));
+        if !expand && items.len() == before {
+            return None;
         }
         obj.insert("input".into(), Value::Array(items));
         serde_json::to_vec(&v).ok()
     }
 }
+
+/// What marks a body that may hold Claude's reasoning items, built once.
+static CLAUDE_REASONING: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\"anthropic."));
 
 /// A request's own input items as one JSON array. `input` is raw JSON
 /// from a body the facts' scan checked.

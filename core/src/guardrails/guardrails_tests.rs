@@ -49,6 +49,27 @@ fn a_redacted_prompt_keeps_everything_but_the_match() {
 }
 
 #[test]
+fn only_signed_thinking_is_left_as_it_came() {
+    let g = rails("redact");
+    let body = br#"{"model":"m","input":[
+        {"role":"user","content":"ACME-1111","encrypted_content":"x","signature":"y"},
+        {"type":"reasoning","summary":[{"type":"summary_text","text":"ACME-2222"}],"encrypted_content":"anthropic.thinking:sig"},
+        {"type":"reasoning","summary":[{"type":"summary_text","text":"ACME-3333"}],"encrypted_content":"gAAAA"},
+        {"role":"assistant","content":"ok","thinking_blocks":[{"type":"thinking","thinking":"ACME-4444","signature":"s"}]}]}"#;
+    let mut records = Vec::new();
+    let Verdict::Redacted(out) = check_body(&g, &[0], Stage::Input, body, &mut records) else {
+        panic!("not redacted")
+    };
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    // A key any client can add exempts nothing.
+    assert_eq!(v["input"][0]["content"], "[REDACTED:codes]");
+    // Claude's signed thinking goes back as it came; other reasoning is prose.
+    assert_eq!(v["input"][1]["summary"][0]["text"], "ACME-2222");
+    assert_eq!(v["input"][2]["summary"][0]["text"], "[REDACTED:codes]");
+    assert_eq!(v["input"][3]["thinking_blocks"][0]["thinking"], "ACME-4444");
+}
+
+#[test]
 fn a_blocking_match_names_the_check() {
     let g = rails("block");
     let body = br#"{"choices":[{"message":{"role":"assistant","content":"see ACME-4321"}}]}"#;

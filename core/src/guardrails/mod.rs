@@ -759,6 +759,19 @@ pub(crate) fn run(
     }
 }
 
+/// A thinking block as Claude signed it, in any dialect's shape.
+fn signed_thinking(kind: Option<&str>, map: &serde_json::Map<String, Value>) -> bool {
+    use shardgate_providers::responses::{REDACTED_THINKING, THINKING};
+    match kind {
+        Some("thinking" | "redacted_thinking") => true,
+        Some("reasoning") => map
+            .get("encrypted_content")
+            .and_then(Value::as_str)
+            .is_some_and(|c| c.starts_with(THINKING) || c.starts_with(REDACTED_THINKING)),
+        _ => false,
+    }
+}
+
 /// Every prose string under `v`.
 pub(crate) fn collect<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>) {
     collect_with(v, out, false);
@@ -775,13 +788,15 @@ fn collect_with<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>, text_only: 
             }
         }
         Value::Object(map) => {
+            let kind = map.get("type").and_then(Value::as_str);
             // A signed block (Anthropic `thinking`, or a Responses
             // `reasoning` item carrying one) must go back as it came:
-            // changing it voids its signature.
-            if map.contains_key("signature") || map.contains_key("encrypted_content") {
+            // changing it voids its signature, and Claude checks it, so a
+            // made-up block carries nothing past it. Known by its type: a
+            // key a client can add to any item does not exempt it.
+            if signed_thinking(kind, map) {
                 return;
             }
-            let kind = map.get("type").and_then(Value::as_str);
             if text_only && matches!(kind, Some("tool_use" | "function_call")) {
                 return;
             }

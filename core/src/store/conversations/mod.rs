@@ -645,6 +645,32 @@ mod tests {
         assert!(!s.turns.contains_key("resp_x"));
     }
 
+    /// A log written before turns were kept as raw JSON (records made from
+    /// trees) reads the same: the bytes of a record did not change.
+    #[test]
+    fn a_log_from_before_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let far = now_ms() + 3_600_000;
+        let mut log = Vec::new();
+        for record in [
+            json!({"t": "put", "turn": {"id": "resp_old", "owner": "k", "expires_at_ms": far, "prev": null,
+                "input": [{"role": "user", "content": "hi"}],
+                "response": {"id": "resp_old", "output": [{"role": "assistant", "content": "hello"}]},
+                "provider": "p"}}),
+            json!({"t": "put", "turn": {"id": "resp_gone", "owner": "k", "expires_at_ms": far, "prev": null,
+                "input": [], "response": {"id": "resp_gone"}, "provider": null}}),
+            json!({"t": "delete", "id": "resp_gone"}),
+        ] {
+            frame::encode(&record, &mut log).unwrap();
+        }
+        std::fs::write(d.path().join(LOG), &log).unwrap();
+        let mut s = State::load(d.path(), Limits { max_bytes: 1 << 20 }).unwrap();
+        let h = s.history("resp_old", "k", now_ms()).0.unwrap();
+        assert_eq!(contents(&h), ["hi", "hello"]);
+        assert_eq!(h.provider.as_deref(), Some("p"));
+        assert!(!s.turns.contains_key("resp_gone"));
+    }
+
     #[test]
     fn the_oldest_go_first_past_the_byte_limit() {
         let d = tempfile::tempdir().unwrap();
