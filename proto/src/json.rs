@@ -249,14 +249,19 @@ pub fn patch_object_into(out: &mut Vec<u8>, body: &[u8], members: &[Member], edi
 }
 
 /// JSON-escape `s` into out including surrounding quotes (RFC 8259 §7).
+/// The runs between bytes that need an escape are found as the scanner
+/// finds them in strings it reads ([`scan::plain_run`]: eight bytes at a
+/// time, then SIMD), not byte by byte: nearly every string (ids, names,
+/// tokens of text) is one run.
 pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
+    let mut rest = s.as_bytes();
+    out.reserve(rest.len() + 2);
     out.push(b'"');
-    let mut run = 0;
-    let mut unicode = *b"\\u0000";
-    for (i, &b) in bytes.iter().enumerate() {
+    while let Some(at) = scan::plain_run(rest) {
+        out.extend_from_slice(&rest[..at]);
+        let b = rest[at];
+        let mut unicode = *b"\\u0000";
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -265,18 +270,16 @@ pub fn write_json_string(out: &mut Vec<u8>, s: &str) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0..=0x1f => {
+            _ => {
                 unicode[4] = HEX[(b >> 4) as usize];
                 unicode[5] = HEX[(b & 0xf) as usize];
                 &unicode
             }
-            _ => continue,
         };
-        out.extend_from_slice(&bytes[run..i]);
         out.extend_from_slice(escape);
-        run = i + 1;
+        rest = &rest[at + 1..];
     }
-    out.extend_from_slice(&bytes[run..]);
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 

@@ -577,3 +577,35 @@ fn a_strings_plain_run_ends_at_the_first_quote_backslash_or_control_byte() {
         }
     }
 }
+
+/// Escaped as serde_json escapes, whatever the length and wherever the
+/// bytes to escape fall (within the first eight, past 32, at the end).
+#[test]
+fn strings_are_escaped_as_serde_json_escapes_them() {
+    let mut cases: Vec<String> = vec![
+        String::new(),
+        "plain".into(),
+        "a\"b\\c\nd\re\tf\u{8}g\u{c}h\u{0}i\u{1f}j\u{7f}k/é😀".into(),
+        "\"".into(),
+        "\\\\".into(),
+    ];
+    for len in [7, 8, 9, 31, 32, 33, 64, 100] {
+        for at in [0, len / 2, len - 1] {
+            for special in ['"', '\\', '\n', '\u{1}'] {
+                let mut s: Vec<char> = std::iter::repeat_n('x', len).collect();
+                s[at] = special;
+                cases.push(s.into_iter().collect());
+            }
+        }
+        cases.push("é".repeat(len));
+    }
+    for s in cases {
+        let mut out = Vec::new();
+        write_json_string(&mut out, &s);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string(&s).unwrap(),
+            "{s:?}"
+        );
+    }
+}

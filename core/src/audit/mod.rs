@@ -18,6 +18,7 @@
 //! requests with 503 until the queue has room again.
 
 pub mod chain;
+mod line;
 pub mod writer;
 
 use crate::config::audit::Backpressure;
@@ -48,6 +49,8 @@ pub struct ShardAudit {
     /// Batches dropped (`drop`), and their events.
     pub dropped_events: Cell<u64>,
     last_complaint: Cell<Option<Instant>>,
+    /// Events' time to the second, formatted once a second.
+    clock: line::SecondClock,
 }
 
 impl ShardAudit {
@@ -62,6 +65,7 @@ impl ShardAudit {
             on_backpressure,
             buf: RefCell::new(Vec::new()),
             held: RefCell::new(None),
+            clock: line::SecondClock::default(),
             rung: Cell::new(false),
             waiter: Cell::new(None),
             dropped_events: Cell::new(0),
@@ -171,8 +175,9 @@ impl ShardAudit {
         }
     }
 
-    /// The request's summary event, serialized straight from borrowed
-    /// fields (no JSON tree is built: this runs once per request).
+    /// The request's summary event, written member by member straight from
+    /// borrowed fields ([`line`]: no JSON tree, no serializer per field;
+    /// this runs once per request).
     pub fn request(&self, end: &RequestEnd<'_, '_>, trace_id: Option<&str>) {
         let t = end.trail;
         let (mut input, mut output, mut cached) = (0u64, 0u64, 0u64);
@@ -204,47 +209,105 @@ impl ShardAudit {
             (_, Some("guardrail_blocked" | "guardrail_unavailable")) => "deny_guardrail",
             _ => "allow",
         };
-        let event = events::Request {
-            v: SCHEMA,
-            time: events::Now,
-            kind: "request",
-            request_id: end.rid,
-            trace_id,
-            endpoint: t.endpoint,
-            actor: t.actor.as_ref().map(events::Actor),
-            model: t.alias.as_deref(),
-            provider,
-            upstream_model,
-            status: end.status,
-            error: end.error,
-            decision,
-            attempts: events::Attempts(&t.attempts),
-            tokens: events::Tokens {
-                input,
-                output,
-                cached,
-            },
-            cost_micros: t.cost_micros,
-            latency_ms: events::Latency {
-                total: ms(total),
-                first_byte: end
-                    .first_byte
-                    .map(|f| ms(f.saturating_duration_since(end.started))),
-                upstream: ms(upstream),
-                overhead: ms(total.saturating_sub(upstream)),
-            },
-            guardrails: &t.guardrails,
-            cache: t.cache.as_ref().map(|c| events::Cache {
-                result: c.result,
-                shared: c.shared,
-                saved_tokens: c.saved.map(|u| events::Tokens {
-                    input: u.prompt_tokens.unwrap_or(0),
-                    output: u.completion_tokens.unwrap_or(0),
-                    cached: u.cached_tokens.unwrap_or(0),
-                }),
+        let mut buf = self.buf.borrow_mut();
+        let was_empty = buf.is_empty();
+        let mut e = line::Object::open(&mut buf);
+        e.u64("v", u64::from(SCHEMA));
+        e.now("time", &self.clock);
+        e.str("kind", "request");
+        e.str("request_id", end.rid);
+        e.opt_str("trace_id", trace_id);
+        e.str("endpoint", t.endpoint);
+        match &t.actor {
+            Some(a) => e.object("actor", |o| {
+                o.str("key_id", &a.key_id);
+                o.opt_str("team", a.team.as_deref());
+                o.opt_str("tenant", a.tenant.as_deref());
+                o.opt_str("app", a.app.as_deref());
+                o.opt_str("environment", a.environment.as_deref());
             }),
-        };
-        self.push_serialize(&event);
+            None => e.raw("actor", b"null"),
+        }
+        e.opt_str("model", t.alias.as_deref());
+        e.opt_str("provider", provider);
+        e.opt_str("upstream_model", upstream_model);
+        e.opt_u64("status", end.status.map(u64::from));
+        e.opt_str("error", end.error);
+        e.str("decision", decision);
+        e.objects("attempts", t.attempts.iter(), |o, a| {
+            let u = a.metered.as_ref().and_then(|m| m.usage).unwrap_or_default();
+            o.str("target", &a.target.served_by);
+            o.str("outcome", a.outcome.label());
+            o.millis("ms", a.ended.saturating_duration_since(a.started));
+            o.opt_millis(
+                "first_byte_ms",
+                a.head_at.map(|h| h.saturating_duration_since(a.started)),
+            );
+            o.opt_u64("input_tokens", u.prompt_tokens);
+            o.opt_u64("output_tokens", u.completion_tokens);
+            o.opt_u64("cached_tokens", u.cached_tokens);
+            if let Some(w) = u.cache_write_tokens {
+                o.u64("cache_write_tokens", w);
+            }
+            o.opt_bool("estimated", a.metered.as_ref().map(|m| m.estimated));
+            // Read on to its usage after the client left.
+            if a.metered.as_ref().is_some_and(|m| m.drained) {
+                o.raw("drained", b"true");
+            }
+        });
+        e.object("tokens", |o| {
+            o.u64("input", input);
+            o.u64("output", output);
+            o.u64("cached", cached);
+        });
+        e.u64("cost_micros", t.cost_micros);
+        e.object("latency_ms", |o| {
+            o.millis("total", total);
+            o.opt_millis(
+                "first_byte",
+                end.first_byte
+                    .map(|f| f.saturating_duration_since(end.started)),
+            );
+            o.millis("upstream", upstream);
+            o.millis("overhead", total.saturating_sub(upstream));
+        });
+        // Each guardrail check's verdict; absent for callers with none.
+        if !t.guardrails.is_empty() {
+            e.serde("guardrails", &t.guardrails);
+        }
+        // How the response cache served it; absent on routes without one.
+        if let Some(c) = &t.cache {
+            e.serde(
+                "cache",
+                &events::Cache {
+                    result: c.result,
+                    shared: c.shared,
+                    saved_tokens: c.saved.map(|u| events::Tokens {
+                        input: u.prompt_tokens.unwrap_or(0),
+                        output: u.completion_tokens.unwrap_or(0),
+                        cached: u.cached_tokens.unwrap_or(0),
+                    }),
+                },
+            );
+        }
+        e.close();
+        buf.push(b'\n');
+        self.pushed(buf, was_empty);
+    }
+
+    /// After an event went into the buffer: hand it over when full, else
+    /// wake the flush task when it was empty.
+    fn pushed(&self, buf: std::cell::RefMut<'_, Vec<u8>>, was_empty: bool) {
+        let full = buf.len() >= FLUSH_AT;
+        drop(buf);
+        if full {
+            self.flush();
+        } else if was_empty {
+            self.rung.set(true);
+            if let Some(w) = self.waiter.take() {
+                w.wake();
+            }
+        }
     }
 
     fn push_serialize<T: serde::Serialize>(&self, event: &T) {
@@ -256,16 +319,7 @@ impl ShardAudit {
         } else {
             buf.truncate(start);
         }
-        let full = buf.len() >= FLUSH_AT;
-        drop(buf);
-        if full {
-            self.flush();
-        } else if was_empty {
-            self.rung.set(true);
-            if let Some(w) = self.waiter.take() {
-                w.wake();
-            }
-        }
+        self.pushed(buf, was_empty);
     }
 
     /// An admin change made through this shard (the admin API).
@@ -283,10 +337,6 @@ impl ShardAudit {
         }
         self.push(&v);
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// An admin change, for the writer directly (from the main thread).
@@ -307,38 +357,10 @@ fn admin_json(action: &str, by: &str, detail: Value) -> Value {
     })
 }
 
-/// The request event's shape, borrowed from the request's record.
+/// The parts of the request event written by serde (rare: only on routes
+/// with a response cache).
 mod events {
-    use crate::record::Attempts as AttemptList;
-    use serde::ser::{SerializeSeq, Serializer};
     use serde::Serialize;
-
-    #[derive(Serialize)]
-    pub struct Request<'a, 's> {
-        pub v: u32,
-        pub time: Now,
-        pub kind: &'static str,
-        pub request_id: &'a str,
-        pub trace_id: Option<&'a str>,
-        pub endpoint: &'static str,
-        pub actor: Option<Actor<'a>>,
-        pub model: Option<&'a str>,
-        pub provider: Option<&'a str>,
-        pub upstream_model: Option<&'a str>,
-        pub status: Option<u16>,
-        pub error: Option<&'static str>,
-        pub decision: &'static str,
-        pub attempts: Attempts<'a, 's>,
-        pub tokens: Tokens,
-        pub cost_micros: u64,
-        pub latency_ms: Latency,
-        /// Each guardrail check's verdict; absent for callers with none.
-        #[serde(skip_serializing_if = "<[_]>::is_empty")]
-        pub guardrails: &'a [crate::guardrails::GuardRecord],
-        /// How the response cache served it; absent on routes without one.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        pub cache: Option<Cache>,
-    }
 
     /// A hit's `saved_tokens`: what the kept answer used when it was made.
     #[derive(Serialize)]
@@ -351,96 +373,10 @@ mod events {
         pub saved_tokens: Option<Tokens>,
     }
 
-    /// The wall-clock time when serialized, RFC 3339 in milliseconds,
-    /// written without an intermediate string.
-    pub struct Now;
-
-    impl Serialize for Now {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_str(&humantime::format_rfc3339_millis(
-                std::time::SystemTime::now(),
-            ))
-        }
-    }
-
-    pub struct Actor<'a>(pub &'a shardgate_policy::Actor);
-
-    impl Serialize for Actor<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            #[derive(Serialize)]
-            struct A<'a> {
-                key_id: &'a str,
-                team: Option<&'a str>,
-                tenant: Option<&'a str>,
-                app: Option<&'a str>,
-                environment: Option<&'a str>,
-            }
-            let a = self.0;
-            A {
-                key_id: &a.key_id,
-                team: a.team.as_deref(),
-                tenant: a.tenant.as_deref(),
-                app: a.app.as_deref(),
-                environment: a.environment.as_deref(),
-            }
-            .serialize(s)
-        }
-    }
-
-    pub struct Attempts<'r, 'a>(pub &'r AttemptList<'a>);
-
-    impl Serialize for Attempts<'_, '_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            #[derive(Serialize)]
-            struct One<'a> {
-                target: &'a str,
-                outcome: &'static str,
-                ms: f64,
-                first_byte_ms: Option<f64>,
-                input_tokens: Option<u64>,
-                output_tokens: Option<u64>,
-                cached_tokens: Option<u64>,
-                #[serde(skip_serializing_if = "Option::is_none")]
-                cache_write_tokens: Option<u64>,
-                estimated: Option<bool>,
-                /// Read on to its usage after the client left.
-                #[serde(skip_serializing_if = "std::ops::Not::not")]
-                drained: bool,
-            }
-            let mut seq = s.serialize_seq(Some(self.0.len()))?;
-            for a in self.0.iter() {
-                let u = a.metered.as_ref().and_then(|m| m.usage).unwrap_or_default();
-                seq.serialize_element(&One {
-                    target: &a.target.served_by,
-                    outcome: a.outcome.label(),
-                    ms: super::ms(a.ended.saturating_duration_since(a.started)),
-                    first_byte_ms: a
-                        .head_at
-                        .map(|h| super::ms(h.saturating_duration_since(a.started))),
-                    input_tokens: u.prompt_tokens,
-                    output_tokens: u.completion_tokens,
-                    cached_tokens: u.cached_tokens,
-                    cache_write_tokens: u.cache_write_tokens,
-                    estimated: a.metered.as_ref().map(|m| m.estimated),
-                    drained: a.metered.as_ref().is_some_and(|m| m.drained),
-                })?;
-            }
-            seq.end()
-        }
-    }
-
     #[derive(Serialize)]
     pub struct Tokens {
         pub input: u64,
         pub output: u64,
         pub cached: u64,
-    }
-
-    #[derive(Serialize)]
-    pub struct Latency {
-        pub total: f64,
-        pub first_byte: Option<f64>,
-        pub upstream: f64,
-        pub overhead: f64,
     }
 }
