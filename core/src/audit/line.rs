@@ -142,7 +142,9 @@ impl<'b> Object<'b> {
 }
 
 fn write_millis(out: &mut Vec<u8>, d: std::time::Duration) {
-    let micros = d.as_nanos().saturating_add(500) / 1000;
+    // Rounded as the float always was (`f64::round` of the microseconds),
+    // so a value at an exact half microsecond reads as it did.
+    let micros = (d.as_secs_f64() * 1e6).round() as u64;
     let (whole, frac) = (micros / 1000, (micros % 1000) as u32);
     out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
     out.push(b'.');
@@ -175,18 +177,12 @@ pub struct SecondClock {
 
 impl SecondClock {
     fn write_now(&self, out: &mut Vec<u8>) {
-        let now = std::time::SystemTime::now();
-        let since = now
+        let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let second = since.as_secs();
         if second != self.second.get() || second == 0 {
-            let text = humantime::format_rfc3339_seconds(now).to_string();
-            let mut head = [0u8; 19];
-            if let Some(t) = text.as_bytes().get(..19) {
-                head.copy_from_slice(t);
-            }
-            self.text.set(head);
+            self.text.set(second_text(second));
             self.second.set(second);
         }
         let millis = since.subsec_millis();
@@ -201,6 +197,28 @@ impl SecondClock {
             b'"',
         ]);
     }
+}
+
+/// `second` (since 1970) as RFC 3339 to the second, without the zone.
+/// A clock before 1970 reads as 1970 (the caller clamps it to 0), one past
+/// what RFC 3339 can write (year 9999) as its last second: neither panics
+/// on a shard.
+fn second_text(second: u64) -> [u8; 19] {
+    use std::io::Write;
+    /// 9999-12-31T23:59:59: past it humantime's formatter fails, and std
+    /// panics on a formatter that fails.
+    const LAST: u64 = 253_402_300_799;
+    let mut head = *b"9999-12-31T23:59:59";
+    if second > LAST {
+        return head;
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
+    let mut text = Vec::with_capacity(20);
+    let written = write!(text, "{}", humantime::format_rfc3339_seconds(at)).is_ok();
+    if let (true, Some(t)) = (written, text.get(..19)) {
+        head.copy_from_slice(t);
+    }
+    head
 }
 
 #[cfg(test)]
@@ -239,6 +257,15 @@ mod tests {
                 "{nanos} ns"
             );
         }
+    }
+
+    #[test]
+    fn any_clock_gives_a_time() {
+        assert_eq!(&second_text(0), b"1970-01-01T00:00:00");
+        assert_eq!(&second_text(1_796_477_771), b"2026-12-05T13:36:11");
+        assert_eq!(&second_text(253_402_300_799), b"9999-12-31T23:59:59");
+        assert_eq!(&second_text(253_402_300_800), b"9999-12-31T23:59:59");
+        assert_eq!(&second_text(u64::MAX), b"9999-12-31T23:59:59");
     }
 
     #[test]
