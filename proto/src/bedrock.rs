@@ -36,6 +36,24 @@ pub struct SystemBlock {
     pub cache_point: Option<CachePoint>,
 }
 
+/// `reasoningContent`: a union, one member set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasoningContent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_text: Option<ReasoningText>,
+    /// Base64 in JSON, opaque: sent back as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted_content: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReasoningText {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
 /// `{"cachePoint": {"type": "default"}}`: Converse's prompt-cache
 /// checkpoint, in system, message content and tools.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +90,10 @@ pub struct ContentBlock {
     pub tool_result: Option<ToolResultBlock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_point: Option<CachePoint>,
+    /// A reasoning model's thinking (Claude's extended thinking): signed
+    /// text, or content its provider redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<ReasoningContent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +261,21 @@ pub struct ContentBlockDelta {
     pub text: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_use: Option<ToolUseDelta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<ReasoningDelta>,
+}
+
+/// A piece of reasoning in a stream: its text, then its signature; or
+/// redacted content whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasoningDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redacted_content: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

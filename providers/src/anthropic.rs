@@ -454,17 +454,7 @@ impl ChatResponse {
         let usage = usage(&resp.usage);
         let reason = finish_reason(resp.stop_reason.as_deref().unwrap_or("end_turn"));
         let mut choice = chat::Choice::assistant(0, text, has_text, calls, reason);
-        if !thinking.is_empty() {
-            let reasoning: String = thinking
-                .iter()
-                .filter_map(|b| match b {
-                    chat::ThinkingBlock::Thinking { thinking, .. } => Some(thinking.as_str()),
-                    chat::ThinkingBlock::RedactedThinking { .. } => None,
-                })
-                .collect();
-            choice.message.reasoning_content = Some(reasoning);
-            choice.message.thinking_blocks = Some(thinking);
-        }
+        choice.message.with_thinking(thinking);
         let chat = ChatResponse::translated(ctx, vec![choice], &usage);
         (chat, usage)
     }

@@ -65,13 +65,13 @@ impl Provider for BedrockProvider {
         ctx: &PrepareCtx<'_>,
     ) -> Result<UpstreamRequest, TranslateError> {
         // Converse refuses a checkpoint for a model without prompt caching,
-        // and `thinking` for a model that is not Claude: those go, the
-        // request stays valid. Earlier turns' signed thinking blocks are not
-        // carried into Converse: without them, a turn with tool calls asks
-        // for no thinking (Claude would refuse it).
+        // and `thinking` or earlier turns' thinking blocks for a model that
+        // is not Claude: those go, the request stays valid. Claude gets its
+        // blocks back as `reasoningContent`.
+        let claude = ctx.model.contains("anthropic.claude");
         let no_points = req.has_cache_markers() && !takes_cache_points(ctx.model);
-        let no_thinking = req.thinking.is_some() && !ctx.model.contains("anthropic.claude");
-        let no_blocks = req.has_thinking_blocks();
+        let no_thinking = req.thinking.is_some() && !claude;
+        let no_blocks = req.has_thinking_blocks() && !claude;
         let body = if no_points || no_thinking || no_blocks {
             let mut plain = req.clone();
             if no_points {
@@ -253,7 +253,13 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
                 ("user", blocks)
             }
             Role::Assistant => {
-                let mut blocks = Vec::new();
+                // A turn's thinking comes first, as Claude wrote it.
+                let mut blocks: Vec<b::ContentBlock> = m
+                    .thinking_blocks
+                    .iter()
+                    .flatten()
+                    .map(reasoning_block)
+                    .collect();
                 if let Some(text) = m.text_content().filter(|t| !t.is_empty()) {
                     blocks.push(text_block(text));
                 }
@@ -372,6 +378,42 @@ pub fn from_openai(req: &ChatRequest) -> Result<b::ConverseRequest, TranslateErr
     })
 }
 
+/// A chat thinking block as Converse's `reasoningContent`.
+fn reasoning_block(t: &chat::ThinkingBlock) -> b::ContentBlock {
+    let reasoning = match t {
+        chat::ThinkingBlock::Thinking {
+            thinking,
+            signature,
+        } => b::ReasoningContent {
+            reasoning_text: Some(b::ReasoningText {
+                text: thinking.clone(),
+                signature: signature.clone(),
+            }),
+            redacted_content: None,
+        },
+        chat::ThinkingBlock::RedactedThinking { data } => b::ReasoningContent {
+            reasoning_text: None,
+            redacted_content: Some(data.clone()),
+        },
+    };
+    b::ContentBlock {
+        reasoning_content: Some(reasoning),
+        ..b::ContentBlock::default()
+    }
+}
+
+/// Converse's `reasoningContent` as a chat thinking block.
+fn thinking_block(r: &b::ReasoningContent) -> Option<chat::ThinkingBlock> {
+    match (&r.reasoning_text, &r.redacted_content) {
+        (Some(t), _) => Some(chat::ThinkingBlock::Thinking {
+            thinking: t.text.clone(),
+            signature: t.signature.clone(),
+        }),
+        (None, Some(data)) => Some(chat::ThinkingBlock::RedactedThinking { data: data.clone() }),
+        (None, None) => None,
+    }
+}
+
 fn text_block(text: String) -> b::ContentBlock {
     b::ContentBlock {
         text: Some(text),
@@ -455,7 +497,11 @@ impl ChatResponse {
     pub fn from_bedrock(resp: &b::ConverseResponse, ctx: &ReplyCtx) -> (ChatResponse, Usage) {
         let mut text = String::new();
         let mut calls = Vec::new();
+        let mut thinking = Vec::new();
         for block in resp.output.message.iter().flat_map(|m| &m.content) {
+            if let Some(t) = block.reasoning_content.as_ref().and_then(thinking_block) {
+                thinking.push(t);
+            }
             if let Some(t) = &block.text {
                 text.push_str(t);
             }
@@ -470,7 +516,8 @@ impl ChatResponse {
         let usage = resp.usage.as_ref().map(usage).unwrap_or_default();
         let reason = finish_reason(resp.stop_reason.as_deref().unwrap_or("end_turn"));
         let has_text = !text.is_empty();
-        let choice = chat::Choice::assistant(0, text, has_text, calls, reason);
+        let mut choice = chat::Choice::assistant(0, text, has_text, calls, reason);
+        choice.message.with_thinking(thinking);
         let chat = ChatResponse::translated(ctx, vec![choice], &usage);
         (chat, usage)
     }
@@ -646,6 +693,22 @@ impl BedrockState {
                     if let Some(index) = index {
                         self.sent_bytes += tool.input.len();
                         self.w.tool_call_arguments(out, index, &tool.input);
+                    }
+                } else if let Some(r) = ev.delta.reasoning_content {
+                    if let Some(text) = r.text.as_deref().filter(|t| !t.is_empty()) {
+                        self.sent_bytes += text.len();
+                        self.w.reasoning(out, text);
+                    }
+                    if let Some(signature) = r.signature {
+                        let block = chat::ThinkingBlock::Thinking {
+                            thinking: String::new(),
+                            signature: Some(signature),
+                        };
+                        self.w.thinking_block(out, &block);
+                    }
+                    if let Some(data) = r.redacted_content {
+                        let block = chat::ThinkingBlock::RedactedThinking { data };
+                        self.w.thinking_block(out, &block);
                     }
                 } else if ev.delta.text.is_none() {
                     self.unknown += 1;

@@ -531,6 +531,26 @@ pub struct ResponseMessage {
     pub thinking_blocks: Option<Vec<ThinkingBlock>>,
 }
 
+impl ResponseMessage {
+    /// Sets the answer's thinking: the blocks, and their text as
+    /// `reasoning_content` (redacted blocks have none). No blocks, no
+    /// change.
+    pub(crate) fn with_thinking(&mut self, blocks: Vec<ThinkingBlock>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let text: String = blocks
+            .iter()
+            .filter_map(|b| match b {
+                ThinkingBlock::Thinking { thinking, .. } => Some(thinking.as_str()),
+                ThinkingBlock::RedactedThinking { .. } => None,
+            })
+            .collect();
+        self.reasoning_content = Some(text);
+        self.thinking_blocks = Some(blocks);
+    }
+}
+
 /// OpenAI's usage object. `prompt_tokens` includes cached tokens;
 /// `completion_tokens` includes reasoning tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -236,9 +236,8 @@ fn via_chat(
 ) -> Result<shardgate_providers::UpstreamRequest, TranslateError> {
     let provider = http.wire.provider();
     // Prompt-cache breakpoints and extended thinking go to providers that
-    // have them (Anthropic; Bedrock takes breakpoints and the thinking
-    // parameter, not earlier turns' blocks); an OpenAI-dialect upstream
-    // would refuse the unknown members, so they are dropped there.
+    // have them (Anthropic, Bedrock); an OpenAI-dialect upstream would
+    // refuse the unknown members, so they are dropped there.
     if provider.dialect() == Dialect::OpenAi
         && (chat.has_cache_markers() || chat.thinking.is_some() || chat.has_thinking_blocks())
     {
