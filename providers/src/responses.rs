@@ -264,17 +264,20 @@ fn thinking_for(
 /// blocks: meaningless to OpenAI, which cannot open its `encrypted_content`
 /// and refuses the request.
 pub fn is_claude_reasoning(item: &Value) -> bool {
-    item.get("type").and_then(Value::as_str) == Some("reasoning")
-        && item
-            .get("encrypted_content")
-            .and_then(Value::as_str)
-            .is_some_and(|c| c.starts_with(THINKING) || c.starts_with(REDACTED_THINKING))
+    item.get("type").and_then(Value::as_str) == Some("reasoning") && claude_sealed(item).is_some()
+}
+
+/// An item's `encrypted_content` when it carries Claude's thinking.
+fn claude_sealed(item: &Value) -> Option<&str> {
+    item.get("encrypted_content")
+        .and_then(Value::as_str)
+        .filter(|c| c.starts_with(THINKING) || c.starts_with(REDACTED_THINKING))
 }
 
 /// A `reasoning` item as the thinking block it carries, when it carries
 /// one of Claude's.
 fn thinking_of_item(item: &Value) -> Option<ThinkingBlock> {
-    let sealed = item.get("encrypted_content").and_then(Value::as_str)?;
+    let sealed = claude_sealed(item)?;
     if let Some(data) = sealed.strip_prefix(REDACTED_THINKING) {
         return Some(ThinkingBlock::RedactedThinking {
             data: data.to_owned(),
@@ -293,26 +296,17 @@ fn thinking_of_item(item: &Value) -> Option<ThinkingBlock> {
 
 /// A `reasoning` item for a thinking block; `id` by its output index.
 fn reasoning_item(id: &str, block: &ThinkingBlock) -> Value {
-    let (text, sealed) = match block {
+    let (summary, sealed) = match block {
         ThinkingBlock::Thinking {
             thinking,
             signature,
         } => (
-            thinking.as_str(),
+            json!([{"type": "summary_text", "text": thinking}]),
             signature.as_deref().map(|s| format!("{THINKING}{s}")),
         ),
         ThinkingBlock::RedactedThinking { data } => {
-            ("", Some(format!("{REDACTED_THINKING}{data}")))
+            (json!([]), Some(format!("{REDACTED_THINKING}{data}")))
         }
-    };
-    let summary = if text.is_empty()
-        && sealed
-            .as_deref()
-            .is_some_and(|s| s.starts_with(REDACTED_THINKING))
-    {
-        json!([])
-    } else {
-        json!([{"type": "summary_text", "text": text}])
     };
     let mut item = json!({"type": "reasoning", "id": id, "summary": summary});
     if let Some(sealed) = sealed {

@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -462,3 +463,19 @@ def create_key(config: Path, team: str, env: str | None = None) -> dict:
     r = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+class UpstreamHandler(BaseHTTPRequestHandler):
+    """A quiet keep-alive handler for upstreams a test writes itself."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send(self, status: int, ctype: str, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

@@ -18,7 +18,7 @@ import re
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import anthropic
@@ -27,7 +27,7 @@ import openai
 import pytest
 import yaml
 
-from conftest import GATEWAY_LINE, REQUEST_TIMEOUT, Upstream, binary, gateway_config, start_gateway, write_config
+from conftest import GATEWAY_LINE, REQUEST_TIMEOUT, Upstream, UpstreamHandler, binary, gateway_config, start_gateway, write_config
 
 ADMIN_TOKEN = "cache-admin-token-0123456789abcdef"
 
@@ -40,19 +40,7 @@ def prompt_of(body: dict) -> str:
     return ""
 
 
-class Counting(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def send(self, status: int, ctype: str, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", ctype)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Counting(UpstreamHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         with self.server.lock:  # type: ignore[attr-defined]

@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import httpx2
 import openai
 import pytest
 
-from conftest import REQUEST_TIMEOUT, Upstream, gateway_config, start_gateway, write_config
+from conftest import REQUEST_TIMEOUT, Upstream, UpstreamHandler, gateway_config, start_gateway, write_config
 
 TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
 CHAT_TOOLS = [{"type": "function", "function": {k: v for k, v in TOOLS[0].items() if k != "type"}}]
 
 
-class Thinking(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
+class Thinking(UpstreamHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         if self.path.endswith("/responses"):
@@ -99,13 +94,6 @@ class Thinking(BaseHTTPRequestHandler):
                "usage": {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 3,
                          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8}}
         self.send(200, "application/json", json.dumps(out).encode())
-
-    def send(self, status: int, ctype: str, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", ctype)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 @pytest.fixture(scope="module")

@@ -760,16 +760,11 @@ pub(crate) fn run(
 }
 
 /// A thinking block as Claude signed it, in any dialect's shape.
-fn signed_thinking(kind: Option<&str>, map: &serde_json::Map<String, Value>) -> bool {
-    use shardgate_providers::responses::{REDACTED_THINKING, THINKING};
-    match kind {
-        Some("thinking" | "redacted_thinking") => true,
-        Some("reasoning") => map
-            .get("encrypted_content")
-            .and_then(Value::as_str)
-            .is_some_and(|c| c.starts_with(THINKING) || c.starts_with(REDACTED_THINKING)),
-        _ => false,
-    }
+fn signed_thinking(v: &Value) -> bool {
+    matches!(
+        v.get("type").and_then(Value::as_str),
+        Some("thinking" | "redacted_thinking")
+    ) || shardgate_providers::responses::is_claude_reasoning(v)
 }
 
 /// Every prose string under `v`.
@@ -780,6 +775,14 @@ pub(crate) fn collect<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>) {
 /// [`collect`]; `text_only` leaves tool calls out (their arguments are
 /// the `tool_calls` stage's, judged as the JSON they hold).
 fn collect_with<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>, text_only: bool) {
+    // A signed block (Anthropic `thinking`, or a Responses `reasoning`
+    // item carrying one) must go back as it came: changing it voids its
+    // signature, and Claude checks it, so a made-up block carries nothing
+    // past it. Known by its type: a key a client can add to any item does
+    // not exempt it.
+    if signed_thinking(v) {
+        return;
+    }
     match v {
         Value::String(s) => out.push(s),
         Value::Array(items) => {
@@ -789,14 +792,6 @@ fn collect_with<'v>(v: &'v mut Value, out: &mut Vec<&'v mut String>, text_only: 
         }
         Value::Object(map) => {
             let kind = map.get("type").and_then(Value::as_str);
-            // A signed block (Anthropic `thinking`, or a Responses
-            // `reasoning` item carrying one) must go back as it came:
-            // changing it voids its signature, and Claude checks it, so a
-            // made-up block carries nothing past it. Known by its type: a
-            // key a client can add to any item does not exempt it.
-            if signed_thinking(kind, map) {
-                return;
-            }
             if text_only && matches!(kind, Some("tool_use" | "function_call")) {
                 return;
             }
