@@ -1,6 +1,6 @@
 //! `audit:`: the tamper-evident audit log. Absent: no audit file.
 
-use super::raw::parse_fsync;
+use super::store::parse_fsync;
 use super::{field, ByteSize, ConfigError, Dur, Secret, SecretRef, StoreFsync};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

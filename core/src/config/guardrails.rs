@@ -2,8 +2,8 @@
 //! and header secrets) so a bad one stops the config, naming the field.
 //! The checks themselves compile in `shardgate_policy::guardrails`.
 
-use super::raw::parse_base_url;
 use super::secret::{Secret, SecretRef};
+use super::upstream::parse_base_url;
 use super::{field, BaseUrl, ConfigError};
 use shardgate_policy::guardrails::{FailMode, Guardrails};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! aggregates, and how it reaches each. Validated here like the rest of the
 //! config: every error names its field, secrets are resolved once.
 
-use super::raw::parse_base_url;
+use super::upstream::parse_base_url;
 use super::{field, BaseUrl, ConfigError, Dur, Secret, SecretRef};
 use serde::Deserialize;
 use shardgate_policy::ToolScope;

@@ -7,16 +7,23 @@
 //! (a model's target points at a provider by index, not by a name that might
 //! not exist).
 
+mod admin;
 pub mod audit;
 pub mod cache;
 pub mod cluster;
 pub mod guardrails;
+mod limits;
+mod listeners;
 pub mod mcp;
+mod policies;
 mod provider;
 mod raw;
 pub mod route;
 mod secret;
+mod shards;
+mod store;
 mod units;
+mod upstream;
 
 pub use mcp::{McpConfig, McpServer, McpTransport};
 pub use route::{ModelRoute, Strategy, Target};

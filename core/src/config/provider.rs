@@ -2,7 +2,8 @@
 //! [`ProviderKind`]: the fields each kind takes, its credentials, its wire
 //! and its health check.
 
-use super::raw::{dur, parse_base_url};
+use super::units::dur;
+use super::upstream::parse_base_url;
 use super::{
     field, ConfigError, Dur, HttpProvider, MockProvider, ProviderKind, Secret, SecretRef, Wire,
 };

@@ -1,19 +1,19 @@
-//! The config file as written, and its validation into [`Config`].
+//! The config file as written, and its validation into [`Config`]. Each
+//! section is read and checked in its own module; this one holds the file's
+//! shape and the checks that span sections.
 
-use super::{
-    field, AdminConfig, AuthMode, BaseUrl, ByteSize, Config, ConfigError, Dur, Limits, Listener,
-    ListenerRole, ListenerTls, Provider, SecretRef, StoreConfig, StoreFsync, UpstreamSettings,
-    DEFAULT_STORE_DIR,
-};
-use crate::placement::{self, parse_cpu_list, Machine, ShardCount};
-use serde::Deserialize;
-use shardgate_policy::{PolicyEntry, PolicySet, PriceSpec};
+use super::admin::RawAdmin;
+use super::limits::RawLimits;
+use super::listeners::RawListener;
+use super::shards::{RawCpus, RawShards};
+use super::store::RawStore;
+use super::upstream::RawUpstream;
+use super::{field, AuthMode, Config, ConfigError, Provider, StoreConfig};
+use crate::placement::Machine;
+use shardgate_policy::{PolicyEntry, PriceSpec};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     listen: Option<String>,
@@ -49,132 +49,11 @@ pub(super) struct RawConfig {
     mcp_servers: BTreeMap<String, super::mcp::RawMcpServer>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    /// The bearer token admin endpoints require (a secret reference).
-    token: SecretRef,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    dir: Option<PathBuf>,
-    /// `always`, `never`, or a group-commit interval such as `100ms`.
-    fsync: Option<String>,
-    responses_ttl: Option<Dur>,
-    responses_max_bytes: Option<ByteSize>,
-    /// The key-encryption key of stored provider credentials (a secret
-    /// reference), and earlier ones still accepted while rotating.
-    kek: Option<SecretRef>,
-    #[serde(default)]
-    kek_previous: Vec<SecretRef>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(untagged)]
-enum RawShards {
-    #[default]
-    #[serde(skip)]
-    Unset,
-    Count(usize),
-    Word(String),
-}
-
-/// `cpus: 3` is read by YAML as a number, `cpus: 2-5,8` as a string.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawCpus {
-    One(usize),
-    List(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    address: String,
-    tls: Option<RawTls>,
-    #[serde(default)]
-    role: ListenerRole,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: Option<PathBuf>,
-    reload_interval: Option<Dur>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_head_bytes: Option<ByteSize>,
-    max_headers: Option<usize>,
-    max_body_bytes: Option<ByteSize>,
-    head_timeout: Option<Dur>,
-    body_timeout: Option<Dur>,
-    idle_timeout: Option<Dur>,
-    write_timeout: Option<Dur>,
-    drain_timeout: Option<Dur>,
-    max_connections_per_shard: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    connect_timeout: Option<Dur>,
-    first_byte_timeout: Option<Dur>,
-    read_timeout: Option<Dur>,
-    pool_idle_timeout: Option<Dur>,
-    pool_max_idle_per_upstream: Option<usize>,
-    max_response_bytes: Option<ByteSize>,
-    max_event_bytes: Option<ByteSize>,
-    dns_ttl: Option<Dur>,
-    breaker_failures: Option<u32>,
-    breaker_open_for: Option<Dur>,
-    breaker_error_percent: Option<u8>,
-    breaker_window: Option<Dur>,
-    breaker_min_calls: Option<u32>,
-    drain_after_disconnect: Option<Dur>,
-    max_drains: Option<usize>,
-}
-
-pub(super) fn dur(v: Option<Dur>, default: Duration) -> Duration {
-    v.map_or(default, |d| d.0)
-}
-
-fn size(v: Option<ByteSize>, default: ByteSize) -> usize {
-    v.unwrap_or(default).as_usize()
-}
-
 impl RawConfig {
     /// The `store` section alone, validated (for `shardgate keys`, which must
     /// not need the providers' secrets).
     pub(super) fn store(&self) -> Result<StoreConfig, ConfigError> {
-        let dir = self
-            .store
-            .dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STORE_DIR));
-        if dir.as_os_str().is_empty() {
-            return Err(field("store.dir", "is empty"));
-        }
-        let fsync = parse_fsync("store.fsync", self.store.fsync.as_deref())?;
-        let responses_ttl = self
-            .store
-            .responses_ttl
-            .map_or(super::DEFAULT_RESPONSES_TTL, |d| d.0);
-        if responses_ttl.is_zero() {
-            return Err(field("store.responses_ttl", "must be more than 0"));
-        }
-        Ok(StoreConfig {
-            dir,
-            fsync,
-            responses_ttl,
-            responses_max_bytes: self.store.responses_max_bytes.map_or(256 << 20, |b| b.0),
-        })
+        self.store.validate()
     }
 
     /// The configured KEKs (for stored provider credentials).
@@ -182,24 +61,7 @@ impl RawConfig {
         &self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<crate::store::provider_keys::Keks, ConfigError> {
-        use crate::store::provider_keys::{Kek, Keks};
-        let derive = |path: String, r: &SecretRef| {
-            let secret = r.resolve(env).map_err(|m| field(path.clone(), m))?;
-            Kek::derive(secret.expose()).map_err(|e| field(path, e.to_string()))
-        };
-        Ok(Keks {
-            current: match &self.store.kek {
-                Some(r) => Some(derive("store.kek".into(), r)?),
-                None => None,
-            },
-            previous: self
-                .store
-                .kek_previous
-                .iter()
-                .enumerate()
-                .map(|(i, r)| derive(format!("store.kek_previous[{i}]"), r))
-                .collect::<Result<_, _>>()?,
-        })
+        self.store.keks(env)
     }
 
     /// The names of the configured providers.
@@ -222,132 +84,10 @@ impl RawConfig {
     ) -> Result<Config, ConfigError> {
         let store = self.store()?;
         let keks = self.keks(env)?;
-        let mut listeners = Vec::new();
-        if let Some(addr) = &self.listen {
-            listeners.push(Listener {
-                addr: parse_addr("listen", addr)?,
-                tls: None,
-                role: ListenerRole::Api,
-            });
-        }
-        for (i, l) in self.listeners.into_iter().enumerate() {
-            let path = format!("listeners[{i}]");
-            let addr = parse_addr(&format!("{path}.address"), &l.address)?;
-            let tls = l.tls.map(|t| ListenerTls {
-                cert: t.cert,
-                key: t.key,
-                client_ca: t.client_ca,
-                reload_interval: dur(t.reload_interval, Duration::from_secs(10)),
-            });
-            listeners.push(Listener {
-                addr,
-                tls,
-                role: l.role,
-            });
-        }
-        if listeners.is_empty() {
-            return Err(field("listen", "no listener: set `listen` or `listeners`"));
-        }
-
-        let count = match self.shards {
-            RawShards::Unset => ShardCount::Auto,
-            RawShards::Word(w) if w == "auto" => ShardCount::Auto,
-            RawShards::Word(w) => {
-                return Err(field("shards", format!("`{w}`: use `auto` or a number")))
-            }
-            RawShards::Count(0) => return Err(field("shards", "must be at least 1")),
-            RawShards::Count(n) if n > 1024 => {
-                return Err(field("shards", format!("{n} is more than 1024")))
-            }
-            RawShards::Count(n) => ShardCount::Fixed(n),
-        };
-        let cpus = match &self.cpus {
-            None => None,
-            Some(RawCpus::One(cpu)) => Some(vec![*cpu]),
-            Some(RawCpus::List(list)) => {
-                Some(parse_cpu_list(list).map_err(|e| field("cpus", e.to_string()))?)
-            }
-        };
-        let placement = placement::resolve(count, cpus.as_deref(), machine)
-            .map_err(|e| field("cpus", e.to_string()))?;
-
-        let l = self.limits;
-        let limits = Limits {
-            max_head_bytes: size(l.max_head_bytes, ByteSize::kib(32)),
-            max_headers: l.max_headers.unwrap_or(100),
-            max_body_bytes: size(l.max_body_bytes, ByteSize::mib(16)),
-            head_timeout: dur(l.head_timeout, Duration::from_secs(10)),
-            body_timeout: dur(l.body_timeout, Duration::from_secs(60)),
-            idle_timeout: dur(l.idle_timeout, Duration::from_secs(75)),
-            write_timeout: dur(l.write_timeout, Duration::from_secs(30)),
-            drain_timeout: dur(l.drain_timeout, Duration::from_secs(30)),
-            max_connections_per_shard: l.max_connections_per_shard.unwrap_or(100_000),
-        };
-        if limits.max_head_bytes < 1024 {
-            return Err(field("limits.max_head_bytes", "must be at least 1KiB"));
-        }
-        if !(1..=1000).contains(&limits.max_headers) {
-            return Err(field("limits.max_headers", "must be between 1 and 1000"));
-        }
-        for (name, d) in [
-            ("head_timeout", limits.head_timeout),
-            ("body_timeout", limits.body_timeout),
-            ("idle_timeout", limits.idle_timeout),
-            ("write_timeout", limits.write_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(field(format!("limits.{name}"), "must be more than 0"));
-            }
-        }
-
-        let u = self.upstream;
-        let upstream = UpstreamSettings {
-            connect_timeout: dur(u.connect_timeout, Duration::from_secs(5)),
-            first_byte_timeout: dur(u.first_byte_timeout, Duration::from_secs(300)),
-            read_timeout: dur(u.read_timeout, Duration::from_secs(300)),
-            pool_idle_timeout: dur(u.pool_idle_timeout, Duration::from_secs(55)),
-            pool_max_idle_per_upstream: u.pool_max_idle_per_upstream.unwrap_or(256),
-            max_response_bytes: size(u.max_response_bytes, ByteSize::mib(64)),
-            max_event_bytes: size(u.max_event_bytes, ByteSize::mib(4)),
-            dns_ttl: dur(u.dns_ttl, Duration::from_secs(30)),
-            breaker: super::BreakerSettings {
-                failures: u.breaker_failures.unwrap_or(5),
-                error_percent: u.breaker_error_percent,
-                window: dur(u.breaker_window, Duration::from_secs(10)),
-                min_calls: u.breaker_min_calls.unwrap_or(20),
-                open_for: dur(u.breaker_open_for, Duration::from_secs(30)),
-            },
-            drain_after_disconnect: dur(u.drain_after_disconnect, Duration::from_secs(30)),
-            max_drains: u.max_drains.unwrap_or(64),
-        };
-        if upstream.breaker.failures == 0 {
-            return Err(field("upstream.breaker_failures", "must be at least 1"));
-        }
-        if upstream
-            .breaker
-            .error_percent
-            .is_some_and(|p| p == 0 || p > 100)
-        {
-            return Err(field(
-                "upstream.breaker_error_percent",
-                "must be from 1 to 100",
-            ));
-        }
-        if upstream.breaker.window.is_zero() || upstream.breaker.min_calls == 0 {
-            return Err(field(
-                "upstream.breaker_window",
-                "the window and `breaker_min_calls` must be more than 0",
-            ));
-        }
-        for (name, d) in [
-            ("connect_timeout", upstream.connect_timeout),
-            ("first_byte_timeout", upstream.first_byte_timeout),
-            ("read_timeout", upstream.read_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(field(format!("upstream.{name}"), "must be more than 0"));
-            }
-        }
+        let listeners = super::listeners::validate(self.listen.as_deref(), self.listeners)?;
+        let placement = super::shards::validate(self.shards, self.cpus.as_ref(), machine)?;
+        let limits = super::limits::validate(self.limits)?;
+        let upstream = super::upstream::validate(self.upstream)?;
 
         // Credentials set through the admin API or `shardgate providers`
         // win over the file's: a record that does not open stops the load
@@ -365,38 +105,9 @@ impl RawConfig {
         }
 
         let models = super::route::build(self.models, &index, &upstream)?;
-        let policy_set = match PolicySet::compile(&self.policies) {
-            Ok(p) => p,
-            Err(e) => return Err(field("policies", e.to_string())),
-        };
-        let guardrails = shardgate_policy::guardrails::Guardrails::compile(&self.guardrails)
-            .map_err(|e| field("guardrails", e.to_string()))?;
-        guardrails
-            .verify(&policy_set)
-            .map_err(|e| field("policies", e.to_string()))?;
-        let guardrail_webhooks = super::guardrails::webhooks(&guardrails, env)?;
-        let admin = match self.admin {
-            Some(a) => {
-                let token = a.token.resolve(env).map_err(|m| field("admin.token", m))?;
-                if token.expose().len() < 16 {
-                    return Err(field(
-                        "admin.token",
-                        "is shorter than 16 characters: use a random secret",
-                    ));
-                }
-                Some(AdminConfig { token })
-            }
-            None => None,
-        };
-        if admin.is_none() {
-            if let Some(i) = listeners.iter().position(|l| l.role == ListenerRole::Admin) {
-                return Err(field(
-                    format!("listeners[{i}].role"),
-                    "an admin listener needs `admin.token` (its endpoints other than /healthz and /readyz require it)",
-                ));
-            }
-        }
-
+        let (guardrails, guardrail_webhooks) =
+            super::policies::validate(&self.policies, &self.guardrails, env)?;
+        let admin = super::admin::validate(self.admin, &listeners, env)?;
         let mcp = super::mcp::validate(self.mcp, self.mcp_servers, env)?;
         let audit = super::audit::validate(self.audit, &store.dir, env)?;
         let cluster = super::cluster::validate(self.cluster, env)?;
@@ -405,7 +116,7 @@ impl RawConfig {
                 .iter()
                 .find(|(_, m)| m.cache.is_some_and(|c| c.shared == Some(true)));
             if let Some((alias, _)) = shared {
-                return Err(super::field(
+                return Err(field(
                     format!("models.{alias}.cache.shared"),
                     "needs `cluster:` (entries are shared through its Redis)",
                 ));
@@ -433,76 +144,4 @@ impl RawConfig {
             store,
         })
     }
-}
-
-fn parse_addr(path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.trim().parse().map_err(|_| {
-        field(
-            path,
-            format!("`{s}` is not an address like 0.0.0.0:8080 or [::1]:8080"),
-        )
-    })
-}
-
-pub(crate) fn parse_base_url(path: &str, s: &str) -> Result<BaseUrl, ConfigError> {
-    let url = url::Url::parse(s).map_err(|e| field(path, format!("`{s}`: {e}")))?;
-    let tls = match url.scheme() {
-        "https" => true,
-        "http" => false,
-        other => {
-            return Err(field(
-                path,
-                format!("scheme `{other}` is not supported (use http or https)"),
-            ))
-        }
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(field(
-            path,
-            "credentials in the URL are not allowed; use api_key",
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(field(path, "must not have a query or fragment"));
-    }
-    let host = match url.host() {
-        Some(url::Host::Domain(d)) => d.to_owned(),
-        Some(url::Host::Ipv4(a)) => a.to_string(),
-        Some(url::Host::Ipv6(a)) => a.to_string(),
-        None => return Err(field(path, "has no host")),
-    };
-    let port = url
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
-    let path_prefix = url.path().trim_end_matches('/').to_owned();
-    Ok(BaseUrl {
-        tls,
-        host,
-        port,
-        path: path_prefix,
-    })
-}
-
-/// `always`, `never`, or a group-commit interval (100ms when unset).
-pub(crate) fn parse_fsync(path: &str, v: Option<&str>) -> Result<StoreFsync, ConfigError> {
-    Ok(match v.map(str::trim) {
-        None => StoreFsync::Interval(Duration::from_millis(100)),
-        Some("always") => StoreFsync::Always,
-        Some("never") => StoreFsync::Never,
-        Some(s) => match humantime::parse_duration(s) {
-            Ok(d) if d.is_zero() => {
-                return Err(field(path, "interval must be more than 0 (or `always`)"))
-            }
-            Ok(d) if d > Duration::from_secs(60) => {
-                return Err(field(path, format!("`{s}` is more than 60s")))
-            }
-            Ok(d) => StoreFsync::Interval(d),
-            Err(_) => {
-                return Err(field(
-                    path,
-                    format!("`{s}`: use `always`, `never` or an interval like 100ms"),
-                ))
-            }
-        },
-    })
 }

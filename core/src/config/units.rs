@@ -90,6 +90,16 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A duration setting, or its default when unset.
+pub(super) fn dur(v: Option<Dur>, default: Duration) -> Duration {
+    v.map_or(default, |d| d.0)
+}
+
+/// A size setting in bytes, or its default when unset.
+pub(super) fn size(v: Option<ByteSize>, default: ByteSize) -> usize {
+    v.unwrap_or(default).as_usize()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
