@@ -381,3 +381,40 @@ fn a_refused_take_never_says_retry_now() {
         "rounded up"
     );
 }
+
+#[test]
+fn a_bell_wakes_every_waiter_and_a_waiter_that_gave_up_leaves_no_waker() {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+
+    let bell = Bell::default();
+    let mut cx = Context::from_waker(Waker::noop());
+
+    // Rung since it was heard: ready without waiting.
+    let heard = bell.heard();
+    bell.ring();
+    assert!(pin!(bell.rung_since(heard)).poll(&mut cx).is_ready());
+
+    let heard = bell.heard();
+    let mut a = pin!(bell.rung_since(heard));
+    let mut b = pin!(bell.rung_since(heard));
+    assert!(a.as_mut().poll(&mut cx).is_pending());
+    assert!(b.as_mut().poll(&mut cx).is_pending());
+    // Polled again before a ring: still one waker each.
+    assert!(a.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(bell.waiters.borrow().len(), 2);
+    bell.ring();
+    assert!(bell.waiters.borrow().is_empty());
+    assert!(a.as_mut().poll(&mut cx).is_ready());
+    assert!(b.as_mut().poll(&mut cx).is_ready());
+
+    // A wait dropped before any ring (its deadline won) takes its waker out.
+    let heard = bell.heard();
+    {
+        let mut c = pin!(bell.rung_since(heard));
+        assert!(c.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(bell.waiters.borrow().len(), 1);
+    }
+    assert!(bell.waiters.borrow().is_empty());
+}

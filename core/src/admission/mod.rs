@@ -38,7 +38,6 @@ use std::time::Duration;
 /// refused. Refills are one message round trip between cores (microseconds)
 /// unless the owner is saturated.
 const GRANT_WAIT: Duration = Duration::from_millis(50);
-const GRANT_POLL: Duration = Duration::from_micros(250);
 
 /// The key id usage is recorded under when auth is off.
 pub const ANONYMOUS: &str = "anonymous";
@@ -221,6 +220,9 @@ pub struct Admission {
     /// Rung when there is something to persist or return, so the shard's
     /// persist task sleeps while the shard is idle.
     activity: Activity,
+    /// Rung when a grant or a word from the cluster store arrives: requests
+    /// waiting for quota sleep on it (and their deadline), not on a timer.
+    grants: Bell,
     /// Owned buckets whose counters changed since they were last persisted.
     dirty: RefCell<HashSet<String>>,
     /// Usage settled per key since the last [`Admission::persist_usage`].
@@ -267,6 +269,7 @@ impl Admission {
         Admission {
             persist,
             activity: Activity::default(),
+            grants: Bell::default(),
             dirty: RefCell::new(HashSet::new()),
             pending: RefCell::new(HashMap::new()),
             mode: Cell::new(config.auth),
@@ -726,7 +729,12 @@ impl Admission {
                             now.0 + 1000,
                         )));
                     }
-                    glommio::timer::sleep(GRANT_POLL).await;
+                    let heard = self.grants.heard();
+                    let left = Duration::from_millis(until - now.0);
+                    futures_lite::future::or(self.grants.rung_since(heard), async {
+                        glommio::timer::sleep(left).await;
+                    })
+                    .await;
                     now = self::now();
                 }
                 Take::Exhausted { until } => {
@@ -1075,6 +1083,7 @@ impl Admission {
                 };
                 if let Some(limits) = limits {
                     self.flush(&bucket, limits);
+                    self.grants.ring();
                 }
             }
             QuotaMsg::Spent {
@@ -1085,6 +1094,7 @@ impl Admission {
                 if let Some(Slot::Leased(lq, _)) = self.slots.borrow_mut().get_mut(bucket.as_str())
                 {
                     lq.note_spend(month, used);
+                    self.grants.ring();
                 }
             }
         }
@@ -1158,6 +1168,81 @@ impl Admission {
                     n.lm.node_mut().want_failed();
                 }
             }
+        }
+        // Every word from the store can end a wait: a grant, a refusal, the
+        // store going down (refused at once under `on_unavailable: deny`).
+        self.grants.ring();
+    }
+}
+
+/// A doorbell for any number of tasks: each notes the count it has heard,
+/// then waits until it is rung again. Ringing with nobody waiting is a
+/// counter increment; a waiter that gives up takes its waker back out.
+#[derive(Default)]
+struct Bell {
+    rings: Cell<u64>,
+    next_id: Cell<u64>,
+    waiters: RefCell<Vec<(u64, Waker)>>,
+}
+
+impl Bell {
+    fn ring(&self) {
+        self.rings.set(self.rings.get().wrapping_add(1));
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for (_, w) in waiters {
+            w.wake();
+        }
+    }
+
+    fn heard(&self) -> u64 {
+        self.rings.get()
+    }
+
+    /// Ready once the bell has rung after `heard`.
+    fn rung_since(&self, heard: u64) -> Rung<'_> {
+        Rung {
+            bell: self,
+            heard,
+            id: None,
+        }
+    }
+}
+
+/// A wait on a [`Bell`]; dropped before the ring (its deadline won), it
+/// takes its waker back out.
+struct Rung<'b> {
+    bell: &'b Bell,
+    heard: u64,
+    id: Option<u64>,
+}
+
+impl std::future::Future for Rung<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let bell = self.bell;
+        if bell.rings.get() != self.heard {
+            self.id = None;
+            return Poll::Ready(());
+        }
+        let mut waiters = bell.waiters.borrow_mut();
+        match self.id {
+            Some(id) if waiters.iter().any(|(w, _)| *w == id) => {}
+            _ => {
+                let id = bell.next_id.get();
+                bell.next_id.set(id.wrapping_add(1));
+                waiters.push((id, cx.waker().clone()));
+                self.id = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Rung<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.bell.waiters.borrow_mut().retain(|(w, _)| *w != id);
         }
     }
 }
