@@ -8,10 +8,15 @@
 #
 #   bench/instructions.sh [--gateway target/release/shardgate] [--seconds 10]
 #       [--endpoint /v1/chat/completions] [--keep-turns] [--keep-out DIR]
+#       [--audit] [--mcp]
 #
 # --endpoint /v1/responses counts the Responses API passed through, to
 # compare with chat in the same way: on a gateway that keeps no turns
 # unless --keep-turns (the store thread's work is counted too).
+# --audit writes the audit log (fsync every 100 ms), the writer thread's
+# work included in the count.
+# --mcp counts MCP tools/call (an echo tool of the mock's MCP endpoint,
+# called as mock.echo through /mcp) instead of chat.
 # --keep-out DIR keeps callgrind's profiles there, for callgrind_annotate.
 #
 # Needs valgrind (Debian: apt-get install valgrind). The gateway runs ~50x
@@ -26,6 +31,8 @@ SECONDS_=10
 ENDPOINT=/v1/chat/completions
 KEEP_OUT=
 STORE_EXTRA=", responses_max_bytes: 0"
+AUDIT=
+LOAD=(--model demo --max-tokens 16)
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --gateway) GATEWAY_BIN=$2; shift 2 ;;
@@ -33,6 +40,8 @@ while [[ $# -gt 0 ]]; do
     --endpoint) ENDPOINT=$2; shift 2 ;;
     --keep-out) KEEP_OUT=$2; shift 2 ;;
     --keep-turns) STORE_EXTRA=; shift ;;
+    --audit) AUDIT=1; shift ;;
+    --mcp) ENDPOINT=/mcp LOAD=(--api mcp --model mock.echo); shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -57,6 +66,9 @@ providers:
 models:
   demo: { targets: [ { provider: up, model: mock-1 } ] }
 EOF
+[[ $ENDPOINT != /mcp ]] \
+  || echo "mcp_servers: { mock: { url: \"http://127.0.0.1:$MOCK_PORT/mcp\", bearer_token: k } }" >>"$WORK/gw.yaml"
+[[ -z $AUDIT ]] || echo "audit: { dir: $WORK/audit, fsync: 100ms }" >>"$WORK/gw.yaml"
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
   "$GATEWAY_BIN" serve --config "$WORK/gw.yaml" --no-pin >"$WORK/gw.out" 2>"$WORK/gw.err" &
 GW_PID=$!
@@ -64,11 +76,11 @@ PIDS+=("$GW_PID")
 GW_PORT=$(wait_port "$WORK/gw.out" "shardgate listening on" "$GW_PID")
 
 # Warm up (pools, buffers, lazily built tables), then count one load run.
-"$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" --model demo \
-  --connections 64 --duration 3s --warmup 0s --shards 1 --max-tokens 16 >/dev/null
+"$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" \
+  "${LOAD[@]}" --connections 64 --duration 3s --warmup 0s --shards 1 >/dev/null
 callgrind_control -z "$GW_PID" >/dev/null
-"$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" --model demo \
-  --connections 64 --duration "${SECONDS_}s" --warmup 0s --shards 1 --max-tokens 16 \
+"$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" \
+  "${LOAD[@]}" --connections 64 --duration "${SECONDS_}s" --warmup 0s --shards 1 \
   >"$WORK/load.txt"
 callgrind_control -d "$GW_PID" >/dev/null
 sleep 1

@@ -339,6 +339,18 @@ impl ToolCallRecord<'_> {
         })
     }
 
+    /// Whether a record would be written anywhere: the audit log, or the
+    /// `tool_call` log at the level [`ToolCallRecord::emit`] may use. When
+    /// neither, a call's arguments are not even parsed for it.
+    pub fn wanted(audit: shardgate_policy::EffectiveAudit, shard: &crate::shard::Shard) -> bool {
+        let level = if audit.log_tool_calls || audit.log_policy_decisions {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        shard.audit.is_some() || log::log_enabled!(target: "tool_call", level)
+    }
+
     /// Hands the record on: the `tool_call` log target, at info level
     /// when the caller's audit settings ask for it (`log_tool_calls`, or
     /// `log_policy_decisions` for a refusal), else at debug (on with

@@ -157,6 +157,7 @@ fn key_is(json: &[u8], m: &Member, key: &str) -> bool {
 }
 
 /// A change to one top-level member.
+#[derive(Clone, Copy)]
 pub enum Edit<'a> {
     /// Replace the member's value (raw JSON, written as given), or append the
     /// member when absent. Later duplicates of the key are removed so every

@@ -28,6 +28,7 @@ use shardgate_policy::{Actor, PolicySet, PromptLogging, Resolved, ToolScope};
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
 use shardgate_proto::h1::Method;
 use shardgate_proto::mcp::{self as wire, code, Era, Inbound, Posted, RpcError};
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -297,7 +298,8 @@ async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
 /// A handshake-era `initialize`: a session with every handshake-era HTTP
 /// server, sealed into the ID the client keeps.
 async fn initialize(cx: &Cx<'_>, conn: &mut ClientConn, msg: &Inbound, id: &Value) -> Outcome {
-    let asked = msg.params.get("protocolVersion").and_then(Value::as_str);
+    let asked = msg.params.get_str("protocolVersion");
+    let asked = asked.as_deref();
     let version = wire::negotiate(asked);
     let opens = cx
         .cfg
@@ -444,7 +446,7 @@ async fn call(
 ) -> Outcome {
     let rid = cx.rid;
     let id = msg.id.clone().unwrap_or(Value::Null);
-    let Some(exposed) = msg.target_name().map(str::to_owned) else {
+    let Some(exposed) = msg.target_name().map(Cow::into_owned) else {
         let field = wire::name_param(&msg.method).unwrap_or("name");
         let e = RpcError::new(code::INVALID_PARAMS, format!("params.{field} is missing"));
         return reply_error(conn, &id, &e, session_header, rid).await;
@@ -484,19 +486,23 @@ async fn call(
         _ => Vec::new(),
     };
     let mut redacted_args = false;
-    if let Some(args) = msg
-        .params
-        .get_mut("arguments")
-        .filter(|_| !checks.is_empty())
+    if let Some(mut args) = Some(&checks)
+        .filter(|c| !c.is_empty())
+        .and_then(|_| msg.params.get("arguments"))
     {
         let checked = crate::guardrails::check_arguments(
             cx.rails,
             &checks,
-            args,
+            &mut args,
             &mut cx.guard_records.borrow_mut(),
         );
         match checked {
-            Ok(changed) => redacted_args = changed,
+            Ok(changed) => {
+                if changed {
+                    msg.params.set("arguments", &args);
+                }
+                redacted_args = changed;
+            }
             Err(e) => {
                 log::info!("{rid}: mcp tools/call `{exposed}` refused: {e}");
                 conn.note_error(e.label());
@@ -505,7 +511,10 @@ async fn call(
             }
         }
     }
-    let args = msg.params.get("arguments").cloned();
+    // Parsed only for a record that is written somewhere.
+    let args = (is_tool && ToolCallRecord::wanted(audit, cx.shard))
+        .then(|| msg.params.get("arguments"))
+        .flatten();
     let record = |decision: ToolDecision, latency: Option<Duration>, is_error: Option<bool>| {
         if !is_tool {
             return;
@@ -580,7 +589,7 @@ async fn call(
     };
     // The server's own name goes upstream, in the body and in `Mcp-Name`.
     if let Some(key) = wire::name_param(&msg.method) {
-        msg.params.insert(key.into(), own.into());
+        msg.params.set(key, &Value::from(own));
     }
     let timeout = server.timeout_of(own);
     let started = Instant::now();
@@ -677,6 +686,18 @@ async fn answer_cancelled(
     }
     let o = send_event(conn, &body).await;
     finish_stream(conn, o).await
+}
+
+/// Whether a tool's answer reports an error (`isError` in its result, or
+/// a JSON-RPC error), as compact JSON writes them: the answer is relayed
+/// as it came, so it is searched, not parsed.
+fn is_error_answer(body: &[u8]) -> bool {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static IS_ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"isError\":true"));
+    static RPC_ERROR: LazyLock<Finder<'static>> =
+        LazyLock::new(|| Finder::new(b"\"error\":{\"code\""));
+    IS_ERROR.find(body).is_some() || RPC_ERROR.find(body).is_some()
 }
 
 /// Resolves when `cancel` fires; never without one.
@@ -783,8 +804,7 @@ async fn relay(
                     Some(changed) => changed,
                     None => body,
                 };
-                let is_error = memchr::memmem::find(&body, b"\"isError\":true").is_some()
-                    || memchr::memmem::find(&body, b"\"error\":{\"code\"").is_some();
+                let is_error = is_error_answer(&body);
                 let extra: &[(&str, &[u8])] = match session_header {
                     Some(s) => &[("mcp-session-id", s.as_bytes())],
                     None => &[],

@@ -83,16 +83,32 @@ enum Body {
     Done,
 }
 
-/// Sends `post` to `server` at `ep`; a pooled connection that turns out
-/// closed is replaced once by a fresh one.
+/// An HTTP server as a shard reaches it: its endpoint in the shard's pool,
+/// and the part of every request's head that never changes (request line,
+/// `Host`, `Origin`, media types, credentials, static headers), rendered
+/// once.
+pub struct Target {
+    pub ep: Endpoint,
+    head: Box<[u8]>,
+}
+
+impl Target {
+    pub fn new(ep: Endpoint, server: &McpHttp) -> Self {
+        let head = head_prefix(&ep, server).into_boxed_slice();
+        Target { ep, head }
+    }
+}
+
+/// Sends `post` to `target`; a pooled connection that turns out closed is
+/// replaced once by a fresh one.
 pub async fn post(
     shard: &Shard,
-    ep: &Endpoint,
-    server: &McpHttp,
+    target: &Target,
     post: &Post<'_>,
     wait: Duration,
 ) -> Result<Answer, HttpError> {
-    let bytes = request_bytes(ep, server, post);
+    let ep = &target.ep;
+    let bytes = request_bytes(&target.head, post);
     let mut fresh = false;
     loop {
         let mut up = if fresh {
@@ -303,9 +319,9 @@ fn read_error(e: crate::client::ReadError) -> HttpError {
 
 /// The request's bytes. The upstream's own `Host` and `Origin`: SDK
 /// servers on loopback refuse others (DNS-rebinding protection).
-fn request_bytes(ep: &Endpoint, server: &McpHttp, post: &Post<'_>) -> Vec<u8> {
+fn head_prefix(ep: &Endpoint, server: &McpHttp) -> Vec<u8> {
     use shardgate_proto::h1::write_header;
-    let mut out = Vec::with_capacity(512 + post.body.len());
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"POST ");
     let path = if ep.base.path.is_empty() {
         "/"
@@ -333,6 +349,14 @@ fn request_bytes(ep: &Endpoint, server: &McpHttp, post: &Post<'_>) -> Vec<u8> {
     for (k, v) in &server.headers {
         write_header(&mut out, k, v.expose().as_bytes());
     }
+    out
+}
+
+/// A request: the server's fixed head, then what this call adds.
+fn request_bytes(head: &[u8], post: &Post<'_>) -> Vec<u8> {
+    use shardgate_proto::h1::write_header;
+    let mut out = Vec::with_capacity(head.len() + 256 + post.body.len());
+    out.extend_from_slice(head);
     if let Some(s) = post.session {
         write_header(&mut out, "mcp-session-id", s.as_bytes());
     }

@@ -20,7 +20,7 @@ pub mod session;
 pub mod stdio;
 mod upstream;
 
-use crate::client::{Endpoint, Pool};
+use crate::client::Pool;
 use crate::config::{Config, McpTransport};
 use session::SessionKey;
 use std::cell::{Cell, RefCell};
@@ -125,7 +125,7 @@ pub struct McpShard {
     hub: Arc<Hub>,
     shard_id: usize,
     /// One per configured server; `Some` for HTTP servers.
-    endpoints: Vec<Option<Endpoint>>,
+    endpoints: Vec<Option<http::Target>>,
     /// One per configured server.
     known: RefCell<Vec<upstream::Known>>,
     /// Numbers this shard's upstream request ids and stdio tickets.
@@ -194,9 +194,10 @@ impl McpShard {
             .iter()
             .zip(&hub.tls)
             .map(|(s, tls)| match &s.transport {
-                McpTransport::Http(h) => {
-                    Some(pool.endpoint_at(&h.url, h.ca_file.as_ref(), tls.clone()))
-                }
+                McpTransport::Http(h) => Some(http::Target::new(
+                    pool.endpoint_at(&h.url, h.ca_file.as_ref(), tls.clone()),
+                    h,
+                )),
                 McpTransport::Stdio(_) => None,
             })
             .collect();

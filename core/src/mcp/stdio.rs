@@ -589,20 +589,23 @@ pub fn set_modern_meta(params: &mut Value) {
     if !params.is_object() {
         *params = Value::Object(Map::new());
     }
-    let Some(p) = params.as_object_mut() else {
-        return;
+    if let Some(p) = params.as_object_mut() {
+        let meta = p.remove("_meta");
+        p.insert("_meta".into(), modern_meta(meta));
+    }
+}
+
+/// A request's `_meta` (if any) made the modern envelope's: the gateway's
+/// version, identity and (no) client capabilities, with the rest kept.
+pub fn modern_meta(meta: Option<Value>) -> Value {
+    let mut m = match meta {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
     };
-    let meta = p
-        .entry("_meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !meta.is_object() {
-        *meta = Value::Object(Map::new());
-    }
-    if let Some(m) = meta.as_object_mut() {
-        m.insert(wire::META_VERSION.into(), wire::MODERN_VERSION.into());
-        m.insert(wire::META_CLIENT_INFO.into(), gateway_info());
-        m.insert(wire::META_CLIENT_CAPABILITIES.into(), json!({}));
-    }
+    m.insert(wire::META_VERSION.into(), wire::MODERN_VERSION.into());
+    m.insert(wire::META_CLIENT_INFO.into(), gateway_info());
+    m.insert(wire::META_CLIENT_CAPABILITIES.into(), json!({}));
+    Value::Object(m)
 }
 
 /// Takes the modern envelope's keys out of a `_meta` bound for a

@@ -10,14 +10,15 @@
 
 use super::http::{self, Answer, HttpError, Messages, Post};
 use super::session::UpstreamSession;
-use super::stdio::{set_modern_meta, strip_modern_meta, Reply, StdioServer};
+use super::stdio::{modern_meta, set_modern_meta, strip_modern_meta, Reply, StdioServer};
 use super::McpShard;
 use crate::config::{McpServer, McpTransport};
 use crate::runtime::WakingReceiver;
 use crate::shard::Shard;
 use serde_json::{json, Map, Value};
 use shardgate_policy::ToolScope;
-use shardgate_proto::mcp::{self as wire, code, RpcError};
+use shardgate_proto::json::{self, write_json_string, Edit};
+use shardgate_proto::mcp::{self as wire, code, Params, RpcError};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -62,7 +63,8 @@ pub enum Via<'a> {
 /// One message for one server.
 pub struct Outgoing<'a> {
     pub method: &'a str,
-    pub params: Map<String, Value>,
+    /// As the client wrote them, with what the gateway set.
+    pub params: Params,
     /// The server's own name of what is called (`Mcp-Name`).
     pub name: Option<&'a str>,
     /// `None` for a notification.
@@ -286,7 +288,7 @@ impl McpShard {
                 };
                 let mut msg = Map::new();
                 msg.insert("method".into(), out.method.into());
-                msg.insert("params".into(), Value::Object(out.params));
+                msg.insert("params".into(), Value::Object(out.params.to_map()));
                 let ticket = self.unique();
                 let rx = server.call(msg, client_id, ticket);
                 Ok(Exchange::Stdio {
@@ -309,7 +311,7 @@ impl McpShard {
         via: Via<'_>,
         wait: Duration,
     ) -> Result<Exchange, RpcError> {
-        let (Some(Some(ep)), McpTransport::Http(h)) = (self.endpoints.get(idx), &cfg.transport)
+        let (Some(Some(target)), McpTransport::Http(_)) = (self.endpoints.get(idx), &cfg.transport)
         else {
             return Err(failed(&cfg.name, "not an HTTP server"));
         };
@@ -328,32 +330,11 @@ impl McpShard {
             client_id,
             param_headers,
         } = out;
-        let mut params = Value::Object(params);
-        if era == UpEra::Modern {
-            set_modern_meta(&mut params);
-        } else if let Some(p) = params.as_object_mut() {
-            if let Some(m) = p.get_mut("_meta").and_then(Value::as_object_mut) {
-                strip_modern_meta(m);
-                if m.is_empty() {
-                    p.remove("_meta");
-                }
-            }
-        }
         let upstream_id = match &client_id {
             Some(_) if renumber => Some(Value::from(format!("sg-{}", self.unique()))),
             other => other.clone(),
         };
-        let mut msg = Map::new();
-        msg.insert("jsonrpc".into(), "2.0".into());
-        if let Some(id) = &upstream_id {
-            msg.insert("id".into(), id.clone());
-        }
-        msg.insert("method".into(), method.into());
-        if !params.as_object().is_some_and(Map::is_empty) {
-            msg.insert("params".into(), params);
-        }
-        let body = serde_json::to_vec(&msg).unwrap_or_default();
-        drop(msg);
+        let body = message_body(method, upstream_id.as_ref(), &params, era == UpEra::Modern);
         let mut retried = false;
         loop {
             let (session, version): (Option<Rc<str>>, &str) = match (&era, client_session) {
@@ -371,7 +352,7 @@ impl McpShard {
                 session: session.as_deref(),
                 param_headers: &param_headers,
             };
-            match http::post(shard, ep, h, &post, wait).await {
+            match http::post(shard, target, &post, wait).await {
                 Ok(Answer::Accepted) => return Ok(Exchange::Ready(None)),
                 Ok(Answer::Messages(messages)) => {
                     let (Some(upstream_id), Some(client_id)) = (upstream_id, client_id) else {
@@ -551,12 +532,12 @@ impl McpShard {
         s: &UpstreamSession,
         wait: Duration,
     ) {
-        let (Some(Some(ep)), McpTransport::Http(h), Some(id)) =
+        let (Some(Some(target)), McpTransport::Http(h), Some(id)) =
             (self.endpoints.get(idx), &cfg.transport, &s.id)
         else {
             return;
         };
-        let _ = http::delete(shard, ep, h, id, &s.pv, wait).await;
+        let _ = http::delete(shard, &target.ep, h, id, &s.pv, wait).await;
     }
 
     /// Tells a handshake-era server its request is cancelled.
@@ -614,7 +595,7 @@ impl McpShard {
         session: Option<&str>,
         wait: Duration,
     ) -> Result<(Value, Option<String>), HttpError> {
-        let (Some(Some(ep)), McpTransport::Http(h)) = (self.endpoints.get(idx), &cfg.transport)
+        let (Some(Some(target)), McpTransport::Http(_)) = (self.endpoints.get(idx), &cfg.transport)
         else {
             return Err(HttpError::Protocol("not an HTTP server".into()));
         };
@@ -627,7 +608,7 @@ impl McpShard {
             session,
             param_headers: &[],
         };
-        match http::post(shard, ep, h, &post, wait).await? {
+        match http::post(shard, target, &post, wait).await? {
             Answer::Accepted => Ok((Value::Null, None)),
             Answer::Messages(mut m) => {
                 let session = m.session.take();
@@ -690,7 +671,7 @@ impl McpShard {
             }
             let out = Outgoing {
                 method,
-                params,
+                params: Params::from_map(params),
                 name: None,
                 client_id: Some(Value::from(format!("sg-list-{}", self.unique()))),
                 param_headers: Vec::new(),
@@ -748,5 +729,159 @@ impl McpShard {
         if let Some(k) = self.known.borrow_mut().get_mut(idx) {
             k.scopes = Some((Instant::now(), Rc::new(scopes)));
         }
+    }
+}
+
+/// The JSON-RPC message for an HTTP server: the client's params as they
+/// came (with what the gateway set), and `_meta` in the server's era
+/// ([`meta_edit`]). Params left empty are left out.
+fn message_body(method: &str, id: Option<&Value>, params: &Params, modern: bool) -> Vec<u8> {
+    let mut meta = Vec::new();
+    let edit = meta_edit(params.raw_value("_meta"), modern, &mut meta);
+    let mut body = Vec::with_capacity(320 + method.len() + params.len());
+    body.extend_from_slice(br#"{"jsonrpc":"2.0""#);
+    if let Some(id) = id {
+        body.extend_from_slice(br#","id":"#);
+        let _ = serde_json::to_writer(&mut body, id);
+    }
+    body.extend_from_slice(br#","method":"#);
+    write_json_string(&mut body, method);
+    let empty = match edit {
+        Some(Edit::Set { .. }) => false,
+        Some(Edit::Remove { key }) => params.is_empty_without(key),
+        None => params.is_empty(),
+    };
+    if !empty {
+        body.extend_from_slice(br#","params":"#);
+        params.write_into(&mut body, edit.as_slice());
+    }
+    body.push(b'}');
+    body
+}
+
+/// The change a request's `_meta` (`raw`, as the client sent it) needs on
+/// its way to a server: for a 2026-07-28 server, the modern envelope's
+/// keys set to the gateway's ([`modern_meta`]) and the client's others
+/// kept; for a handshake-era server, none of the envelope's keys, and no
+/// `_meta` when nothing else is left in it. A `_meta` with only the
+/// envelope's keys (what modern clients send) takes no parse: the modern
+/// one is a constant. `buf` holds a value written for the edit.
+fn meta_edit<'b>(raw: Option<&[u8]>, modern: bool, buf: &'b mut Vec<u8>) -> Option<Edit<'b>> {
+    static MODERN: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        serde_json::to_vec(&modern_meta(None)).unwrap_or_else(|_| b"{}".to_vec())
+    });
+    const PREFIX: &[u8] = b"io.modelcontextprotocol/";
+    let members = raw.and_then(|r| json::top_level_members(r).ok());
+    let envelope_only = |r: &[u8], members: &[json::Member]| {
+        members
+            .iter()
+            .all(|m| !m.key_escaped && r[m.key.clone()].starts_with(PREFIX))
+    };
+    let plain = |r: &[u8], members: &[json::Member]| {
+        members
+            .iter()
+            .all(|m| !m.key_escaped && !r[m.key.clone()].starts_with(PREFIX))
+    };
+    match (raw, members) {
+        (None, _) if !modern => None,
+        (Some(r), Some(m)) if modern && !envelope_only(r, &m) => {
+            *buf = serde_json::to_vec(&modern_meta(serde_json::from_slice(r).ok()))
+                .unwrap_or_else(|_| b"{}".to_vec());
+            Some(Edit::Set {
+                key: "_meta",
+                value: buf,
+            })
+        }
+        _ if modern => Some(Edit::Set {
+            key: "_meta",
+            value: &MODERN,
+        }),
+        // Not an object: left as it is.
+        (Some(_), None) => None,
+        (Some(r), Some(m)) if envelope_only(r, &m) => Some(Edit::Remove { key: "_meta" }),
+        (Some(r), Some(m)) if plain(r, &m) => None,
+        (Some(r), Some(_)) => {
+            let Ok(Value::Object(mut m)) = serde_json::from_slice(r) else {
+                return None;
+            };
+            strip_modern_meta(&mut m);
+            if m.is_empty() {
+                return Some(Edit::Remove { key: "_meta" });
+            }
+            *buf = serde_json::to_vec(&m).unwrap_or_else(|_| b"{}".to_vec());
+            Some(Edit::Set {
+                key: "_meta",
+                value: buf,
+            })
+        }
+        (None, _) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the message was when it was built as a tree: the reference
+    /// the written message must parse to.
+    fn by_tree(method: &str, id: Option<&Value>, params: &Params, modern: bool) -> Value {
+        let mut params = Value::Object(params.to_map());
+        if modern {
+            set_modern_meta(&mut params);
+        } else if let Some(p) = params.as_object_mut() {
+            if let Some(m) = p.get_mut("_meta").and_then(Value::as_object_mut) {
+                strip_modern_meta(m);
+                if m.is_empty() {
+                    p.remove("_meta");
+                }
+            }
+        }
+        let mut msg = Map::new();
+        msg.insert("jsonrpc".into(), "2.0".into());
+        if let Some(id) = id {
+            msg.insert("id".into(), id.clone());
+        }
+        msg.insert("method".into(), method.into());
+        if !params.as_object().is_some_and(Map::is_empty) {
+            msg.insert("params".into(), params);
+        }
+        Value::Object(msg)
+    }
+
+    #[test]
+    fn a_message_is_the_clients_params_with_meta_in_the_servers_era() {
+        let v = wire::META_VERSION;
+        let cases = [
+            json!({}),
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+            json!({"name": "echo", "_meta": {v: "2026-07-28"}}),
+            json!({"_meta": {v: "2026-07-28"}}),
+            json!({"_meta": {}}),
+            json!({"name": "echo", "_meta": {"progressToken": 7, v: "2026-07-28"}}),
+            json!({"name": "echo", "_meta": {"progressToken": "p"}}),
+            json!({"name": "echo", "_meta": "odd"}),
+        ];
+        for params in cases {
+            let mut p = Params::from_map(params.as_object().unwrap().clone());
+            p.set("name", &json!("own"));
+            for modern in [true, false] {
+                for id in [None, Some(json!(3)), Some(json!("sg-1"))] {
+                    let written = message_body("tools/call", id.as_ref(), &p, modern);
+                    let written: Value = serde_json::from_slice(&written).unwrap();
+                    assert_eq!(
+                        written,
+                        by_tree("tools/call", id.as_ref(), &p, modern),
+                        "{params} modern={modern}"
+                    );
+                }
+            }
+        }
+        // Nothing at all: no params member for a handshake-era server.
+        let body = message_body("tools/list", Some(&json!(1)), &Params::default(), false);
+        assert_eq!(body, br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+        // What the client wrote is kept as written.
+        let p = Params::from_raw(br#"{"arguments": {"n": 1.50}, "name": "echo"}"#).unwrap();
+        let body = String::from_utf8(message_body("tools/call", None, &p, false)).unwrap();
+        assert!(body.contains(r#""arguments": {"n": 1.50}"#), "{body}");
     }
 }

@@ -86,7 +86,8 @@ fn modern_headers_must_repeat_the_body() {
         Some(code::HEADER_MISMATCH)
     );
     let mut old = m.clone();
-    old.params["_meta"] = json!({ META_VERSION: "2030-01-01" });
+    old.params
+        .set("_meta", &json!({ META_VERSION: "2030-01-01" }));
     let e = check_modern(&old, None, Some("tools/call"), Some("a.echo")).unwrap_err();
     assert_eq!(e.code, code::UNSUPPORTED_PROTOCOL_VERSION);
     assert_eq!(e.http_status(), 400);
@@ -143,5 +144,74 @@ fn header_values_round_trip_through_the_base64_sentinel() {
     assert_eq!(
         check_modern(&m, Some(MODERN_VERSION), Some("tools/call"), Some(&enc)),
         Ok(())
+    );
+}
+
+#[test]
+fn the_scan_reads_what_the_tree_reads() {
+    let bodies: &[&[u8]] = &[
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a.echo","arguments":{"text":"hi","n":1.50}}}"#,
+        br#" { "jsonrpc" : "2.0" , "method" : "notifications/initialized" } "#,
+        br#"{"jsonrpc":"2.0","id":"x","method":"tools/list","params":null}"#,
+        br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"first","name":"second"}}"#,
+        br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"na\u006de":"b.\u00e9t\"a"}}"#,
+        br#"{"jsonrpc":"2.0","id":4,"id":5,"method":"m","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        br#"{"jsonrpc":"2\u002e0","id":6,"method":"m"}"#,
+        br#"{"jsonrpc":"2.0","id":7,"result":{}}"#,
+        br#"{"jsonrpc":"2.0","id":8,"method":"m","params":[1]}"#,
+        br#"{"jsonrpc":"2.0","id":true,"method":"m"}"#,
+        b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"m\",\"params\":{\"a\":\"\xff\"}}",
+        b"[]",
+        b"{nope",
+    ];
+    for body in bodies {
+        assert_eq!(
+            parse_posted(body),
+            parse_posted_by_tree(body),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let m = msg(json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+        "params":{"name":"b.\u{e9}t\"a"}}));
+    assert_eq!(m.target_name().as_deref(), Some("b.\u{e9}t\"a"));
+    let dup = match parse_posted(bodies[3]) {
+        Ok(Posted::Message(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(dup.target_name().as_deref(), Some("second"));
+}
+
+#[test]
+fn params_are_written_as_they_came_with_what_was_set() {
+    let raw = br#"{ "name": "billing.read", "arguments": {"n": 1.50, "s": "x"}, "z": [1, 2] }"#;
+    let mut p = Params::from_raw(raw).unwrap();
+    assert_eq!(p.get_str("name").as_deref(), Some("billing.read"));
+    assert_eq!(p.get("arguments"), Some(json!({"n": 1.5, "s": "x"})));
+    assert_eq!(p.get("missing"), None);
+    p.set("name", &json!("read"));
+    assert_eq!(p.get_str("name").as_deref(), Some("read"));
+    let mut out = Vec::new();
+    p.write_into(
+        &mut out,
+        &[crate::json::Edit::Set {
+            key: "_meta",
+            value: br#"{"k":1}"#,
+        }],
+    );
+    // Untouched members keep their spelling (1.50, spaces); the set ones
+    // and the edit are in.
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{ "name": "read", "arguments": {"n": 1.50, "s": "x"}, "z": [1, 2],"_meta":{"k":1} }"#
+    );
+    let mut out = Vec::new();
+    Params::default().write_into(&mut out, &[]);
+    assert_eq!(out, b"{}");
+    assert!(Params::from_raw(b"[1]").is_none());
+    assert!(Params::from_raw(b"{\"a\":\"\xff\"}").is_none());
+    assert_eq!(
+        Params::from_map(json!({"cursor": "c"}).as_object().unwrap().clone()).to_map(),
+        *json!({"cursor": "c"}).as_object().unwrap()
     );
 }

@@ -11,9 +11,12 @@
 //!   server answers `server/discover`.
 
 mod names;
+mod params;
 pub use names::{decode_header_value, encode_header_value, expose, split_exposed};
+pub use params::Params;
 
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// The stateless revision.
 pub const MODERN_VERSION: &str = "2026-07-28";
@@ -127,7 +130,7 @@ pub struct Inbound {
     pub id: Option<Value>,
     pub method: String,
     /// Always an object (an absent `params` is an empty one).
-    pub params: Map<String, Value>,
+    pub params: Params,
 }
 
 /// What a POST body held.
@@ -142,7 +145,47 @@ pub enum Posted {
 /// Parses a POSTed body: one JSON-RPC request, notification or response.
 /// Batches are refused (2025-06-18 removed them and no current client
 /// sends them). The error's `id` is what could be read of the message's.
+///
+/// A well-formed request is read by a scan ([`read_message`]); anything
+/// else (a response, an error, an odd spelling) by a tree, which also
+/// words the errors.
 pub fn parse_posted(body: &[u8]) -> Result<Posted, (Value, RpcError)> {
+    match read_message(body) {
+        Some(m) => Ok(Posted::Message(m)),
+        None => parse_tree(body),
+    }
+}
+
+/// A request or notification read without building a tree: the members
+/// found by a scan, `id` and `method` parsed, `params` kept as text. None
+/// for anything that is not plainly one (the tree decides those).
+fn read_message(body: &[u8]) -> Option<Inbound> {
+    std::str::from_utf8(body).ok()?;
+    let members = crate::json::top_level_members(body).ok()?;
+    let field = |key| crate::json::last_named(body, &members, key);
+    if field("jsonrpc")? != b"\"2.0\"" {
+        return None;
+    }
+    let id = match field("id") {
+        None => None,
+        Some(raw) => {
+            let id: Value = serde_json::from_slice(raw).ok()?;
+            if !(id.is_string() || id.is_i64() || id.is_u64()) {
+                return None;
+            }
+            Some(id)
+        }
+    };
+    let method: String = serde_json::from_slice(field("method")?).ok()?;
+    let params = match field("params") {
+        None | Some(b"null") => Params::default(),
+        Some(raw) => Params::from_raw(raw)?,
+    };
+    Some(Inbound { id, method, params })
+}
+
+/// [`parse_posted`] by way of a tree.
+fn parse_tree(body: &[u8]) -> Result<Posted, (Value, RpcError)> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         (
             Value::Null,
@@ -181,28 +224,31 @@ pub fn parse_posted(body: &[u8]) -> Result<Posted, (Value, RpcError)> {
         None => return Err(bad(&id, "`method` is missing")),
     };
     let params = match obj.remove("params") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(p)) => p,
+        None | Some(Value::Null) => Params::default(),
+        Some(Value::Object(p)) => Params::from_map(p),
         Some(_) => return Err(bad(&id, "`params` must be an object")),
     };
     Ok(Posted::Message(Inbound { id, method, params }))
 }
 
+/// [`parse_posted`] always by way of the tree (for tests and the fuzz
+/// target, which check that the scan reads what the tree reads).
+#[doc(hidden)]
+pub fn parse_posted_by_tree(body: &[u8]) -> Result<Posted, (Value, RpcError)> {
+    parse_tree(body)
+}
+
 impl Inbound {
     /// The version a modern request names in `_meta`, if any.
-    pub fn meta_version(&self) -> Option<&str> {
-        self.params
-            .get("_meta")?
-            .get(META_VERSION)
-            .and_then(Value::as_str)
+    pub fn meta_version(&self) -> Option<Cow<'_, str>> {
+        self.params.get_nested_str("_meta", META_VERSION)
     }
 
     /// `params.name` of `tools/call` and `prompts/get`, `params.uri` of
     /// `resources/read`: what `Mcp-Name` must repeat, and what policy
     /// decides on.
-    pub fn target_name(&self) -> Option<&str> {
-        let key = name_param(&self.method)?;
-        self.params.get(key).and_then(Value::as_str)
+    pub fn target_name(&self) -> Option<Cow<'_, str>> {
+        self.params.get_str(name_param(&self.method)?)
     }
 }
 
@@ -236,6 +282,7 @@ pub fn check_modern(
 ) -> Result<(), RpcError> {
     let mismatch = |what: String| RpcError::new(code::HEADER_MISMATCH, what);
     let meta = msg.meta_version();
+    let meta = meta.as_deref();
     let version = match (meta, version_header) {
         (Some(m), Some(h)) if m != h => {
             return Err(mismatch(format!(
@@ -264,7 +311,7 @@ pub fn check_modern(
         }
         Some(_) => {}
     }
-    if let Some(body_name) = msg.target_name() {
+    if let Some(body_name) = msg.target_name().as_deref() {
         match name_header.map(decode_header_value) {
             None => return Err(mismatch("the Mcp-Name header is missing".into())),
             Some(None) => return Err(mismatch("the Mcp-Name header is malformed".into())),

@@ -1,0 +1,137 @@
+//! A message's `params` as the client wrote them. The gateway reads a few
+//! members (the tool's name, `_meta`, sometimes the arguments) and
+//! forwards the rest untouched, so the object is kept as text with its
+//! members' spans: a member is parsed when it is read, and the object is
+//! written upstream as sent except for the members the gateway set. A
+//! forwarded call costs a scan, not a tree and its printing.
+
+use crate::json::{self, Edit, Member};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+/// Invariant: `raw` is one JSON object, valid UTF-8, and `members` are its
+/// [`json::top_level_members`]; every value in `set` is JSON text.
+#[derive(Debug, Clone)]
+pub struct Params {
+    raw: Box<[u8]>,
+    members: Vec<Member>,
+    /// Members set by the gateway, as JSON text; they win over `raw`'s.
+    set: Vec<(String, Vec<u8>)>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            raw: Box::from(&b"{}"[..]),
+            members: Vec::new(),
+            set: Vec::new(),
+        }
+    }
+}
+
+impl PartialEq for Params {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_map() == other.to_map()
+    }
+}
+
+impl Params {
+    /// `raw` when it is a JSON object in valid UTF-8.
+    pub fn from_raw(raw: &[u8]) -> Option<Params> {
+        std::str::from_utf8(raw).ok()?;
+        let members = json::top_level_members(raw).ok()?;
+        Some(Params {
+            raw: raw.into(),
+            members,
+            set: Vec::new(),
+        })
+    }
+
+    /// Params the gateway makes itself (a list's cursor, say).
+    pub fn from_map(map: Map<String, Value>) -> Params {
+        let text = serde_json::to_vec(&Value::Object(map)).unwrap_or_else(|_| b"{}".to_vec());
+        Params::from_raw(&text).unwrap_or_default()
+    }
+
+    /// The object's length as written.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// No members at all.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.set.is_empty()
+    }
+
+    /// No members but ones named `key`.
+    pub fn is_empty_without(&self, key: &str) -> bool {
+        self.set.iter().all(|(k, _)| k == key) && self.members.iter().all(|m| m.is(&self.raw, key))
+    }
+
+    /// A member's JSON text: the last one set, else the last one written
+    /// (the one JSON readers take).
+    pub fn raw_value(&self, key: &str) -> Option<&[u8]> {
+        match self.set.iter().rev().find(|(k, _)| k == key) {
+            Some((_, v)) => Some(v.as_slice()),
+            None => json::last_named(&self.raw, &self.members, key),
+        }
+    }
+
+    /// A member, parsed.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        serde_json::from_slice(self.raw_value(key)?).ok()
+    }
+
+    /// A string member, borrowed unless it holds escapes.
+    pub fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
+        string_of(self.raw_value(key)?)
+    }
+
+    /// A member of an object member (`_meta`'s version, say), found by
+    /// walking back from its closing brace: the text was validated when it
+    /// was read, so the walk needs no second scan.
+    pub fn get_nested_str(&self, outer: &str, key: &str) -> Option<Cow<'_, str>> {
+        let object = self.raw_value(outer)?;
+        if !object.starts_with(b"{") {
+            return None;
+        }
+        string_of(&object[json::find_top_level(object, key)?])
+    }
+
+    /// Sets a member (replacing every one of that name when written).
+    pub fn set(&mut self, key: &str, value: &Value) {
+        let text = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+        self.set.retain(|(k, _)| k != key);
+        self.set.push((key.to_owned(), text));
+    }
+
+    /// Writes the object: as it came, with the members set, and `edits`
+    /// (which win over both).
+    pub fn write_into(&self, out: &mut Vec<u8>, edits: &[Edit<'_>]) {
+        let mut all: Vec<Edit<'_>> = Vec::with_capacity(edits.len() + self.set.len());
+        all.extend_from_slice(edits);
+        all.extend(self.set.iter().map(|(key, value)| Edit::Set { key, value }));
+        json::patch_object_into(out, &self.raw, &self.members, &all);
+    }
+
+    /// The whole object as a tree (for the paths that edit it freely).
+    pub fn to_map(&self) -> Map<String, Value> {
+        let mut map = match serde_json::from_slice(&self.raw) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for (k, v) in &self.set {
+            map.insert(k.clone(), serde_json::from_slice(v).unwrap_or(Value::Null));
+        }
+        map
+    }
+}
+
+/// A JSON string's text (`raw` is known to be valid UTF-8 JSON).
+fn string_of(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.contains(&b'\\') {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+}
