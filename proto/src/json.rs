@@ -73,6 +73,49 @@ pub enum JsonError {
 pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
     let mut s = Scanner { b: body, i: 0 };
     s.ws();
+    let members = object_members(&mut s, 1, None)?;
+    s.ws();
+    if s.i != body.len() {
+        return Err(JsonError::Malformed("bytes after the object"));
+    }
+    Ok(members)
+}
+
+/// A member's value that is itself an object, with its own members
+/// (their spans relative to the value's first byte).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nested {
+    pub value: Range<usize>,
+    pub members: Vec<Member>,
+}
+
+/// [`top_level_members`], and in the same pass the members of the last
+/// member named `key` when its value is an object (None when there is no
+/// such member, or the last one is not an object): one scan where a scan
+/// of the body and another of that value would cross it twice.
+pub fn top_level_members_with(
+    body: &[u8],
+    key: &str,
+) -> Result<(Vec<Member>, Option<Nested>), JsonError> {
+    let mut s = Scanner { b: body, i: 0 };
+    s.ws();
+    let mut nested = None;
+    let members = object_members(&mut s, 1, Some((key, &mut nested)))?;
+    s.ws();
+    if s.i != body.len() {
+        return Err(JsonError::Malformed("bytes after the object"));
+    }
+    Ok((members, nested))
+}
+
+/// The members of the object at the scanner (at depth `depth`), the
+/// scanner left past it. With `nested`, the members of the last member
+/// named `key` are collected too when its value is an object.
+fn object_members(
+    s: &mut Scanner<'_>,
+    depth: usize,
+    mut nested: Option<(&str, &mut Option<Nested>)>,
+) -> Result<Vec<Member>, JsonError> {
     if s.peek() != Some(b'{') {
         return Err(JsonError::NotAnObject);
     }
@@ -81,36 +124,55 @@ pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
     s.ws();
     if s.peek() == Some(b'}') {
         s.i += 1;
-    } else {
-        loop {
-            s.ws();
-            if s.peek() != Some(b'"') {
-                return Err(JsonError::Malformed("expected a member name"));
+        return Ok(members);
+    }
+    loop {
+        s.ws();
+        if s.peek() != Some(b'"') {
+            return Err(JsonError::Malformed("expected a member name"));
+        }
+        let (key, key_escaped) = s.string_escaped()?;
+        s.ws();
+        s.expect(b':', "expected ':'")?;
+        s.ws();
+        let start = s.i;
+        let mut m = Member {
+            key,
+            value: start..start,
+            key_escaped,
+        };
+        match &mut nested {
+            Some((name, out)) if m.is(s.b, name) => {
+                if s.peek() == Some(b'{') && depth < MAX_DEPTH {
+                    let inner = object_members(s, depth + 1, None)?;
+                    let shift = |r: &Range<usize>| r.start - start..r.end - start;
+                    **out = Some(Nested {
+                        value: start..s.i,
+                        members: inner
+                            .into_iter()
+                            .map(|m| Member {
+                                key: shift(&m.key),
+                                value: shift(&m.value),
+                                key_escaped: m.key_escaped,
+                            })
+                            .collect(),
+                    });
+                } else {
+                    s.value(depth + 1)?;
+                    **out = None;
+                }
             }
-            let (key, key_escaped) = s.string_escaped()?;
-            s.ws();
-            s.expect(b':', "expected ':'")?;
-            s.ws();
-            let start = s.i;
-            s.value(2)?;
-            members.push(Member {
-                key,
-                value: start..s.i,
-                key_escaped,
-            });
-            s.ws();
-            match s.next() {
-                Some(b',') => continue,
-                Some(b'}') => break,
-                _ => return Err(JsonError::Malformed("expected ',' or '}'")),
-            }
+            _ => s.value(depth + 1)?,
+        }
+        m.value.end = s.i;
+        members.push(m);
+        s.ws();
+        match s.next() {
+            Some(b',') => continue,
+            Some(b'}') => return Ok(members),
+            _ => return Err(JsonError::Malformed("expected ',' or '}'")),
         }
     }
-    s.ws();
-    if s.i != body.len() {
-        return Err(JsonError::Malformed("bytes after the object"));
-    }
-    Ok(members)
 }
 
 /// The value of the last top-level member named `key` (the one most JSON

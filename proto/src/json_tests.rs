@@ -609,3 +609,33 @@ fn strings_are_escaped_as_serde_json_escapes_them() {
         );
     }
 }
+
+#[test]
+fn one_pass_finds_a_nested_objects_members_as_a_second_scan_would() {
+    let bodies: &[&[u8]] = &[
+        br#"{"a":1,"params":{"name":"x","arguments":{"t":[1,{"u":2}]}},"z":"p"}"#,
+        br#" { "params" : { } } "#,
+        br#"{"params":{"n":1},"params":{"m":"\"}"}}"#,
+        br#"{"params":{"n":1},"params":[1]}"#,
+        br#"{"par\u0061ms":{"k":true}}"#,
+        br#"{"other":{"k":1}}"#,
+    ];
+    for body in bodies {
+        let (members, nested) = top_level_members_with(body, "params").unwrap();
+        assert_eq!(members, top_level_members(body).unwrap());
+        let last = members.iter().rev().find(|m| m.is(body, "params"));
+        match (last, nested) {
+            (Some(m), Some(n)) => {
+                assert_eq!(n.value, m.value);
+                assert_eq!(
+                    n.members,
+                    top_level_members(&body[m.value.clone()]).unwrap()
+                );
+            }
+            (Some(m), None) => assert!(!body[m.value.clone()].starts_with(b"{")),
+            (None, n) => assert_eq!(n, None),
+        }
+    }
+    assert!(top_level_members_with(br#"{"params":{"a":}}"#, "params").is_err());
+    assert!(top_level_members_with(b"[1]", "params").is_err());
+}

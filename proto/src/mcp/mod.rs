@@ -161,7 +161,7 @@ pub fn parse_posted(body: &[u8]) -> Result<Posted, (Value, RpcError)> {
 /// for anything that is not plainly one (the tree decides those).
 fn read_message(body: &[u8]) -> Option<Inbound> {
     std::str::from_utf8(body).ok()?;
-    let members = crate::json::top_level_members(body).ok()?;
+    let (members, params) = crate::json::top_level_members_with(body, "params").ok()?;
     let field = |key| crate::json::last_named(body, &members, key);
     if field("jsonrpc")? != b"\"2.0\"" {
         return None;
@@ -177,9 +177,11 @@ fn read_message(body: &[u8]) -> Option<Inbound> {
         }
     };
     let method: String = serde_json::from_slice(field("method")?).ok()?;
-    let params = match field("params") {
-        None | Some(b"null") => Params::default(),
-        Some(raw) => Params::from_raw(raw)?,
+    let params = match (field("params"), params) {
+        (None | Some(b"null"), _) => Params::default(),
+        (Some(_), Some(nested)) => Params::scanned(&body[nested.value], nested.members),
+        // Not an object: the tree words the error.
+        (Some(_), None) => return None,
     };
     Some(Inbound { id, method, params })
 }
@@ -264,7 +266,7 @@ pub fn name_param(method: &str) -> Option<&'static str> {
 /// The era of a request, from its envelope and headers: `_meta` with a
 /// version, or the modern `MCP-Protocol-Version`, make it modern.
 pub fn era_of(msg: &Inbound, version_header: Option<&str>) -> Era {
-    if msg.meta_version().is_some() || version_header == Some(MODERN_VERSION) {
+    if version_header == Some(MODERN_VERSION) || msg.meta_version().is_some() {
         Era::Modern
     } else {
         Era::Handshake

@@ -47,6 +47,16 @@ impl Params {
         })
     }
 
+    /// An object already scanned (and its UTF-8 checked) as part of the
+    /// message: `members` are [`json::top_level_members`] of `raw`.
+    pub(super) fn scanned(raw: &[u8], members: Vec<Member>) -> Params {
+        Params {
+            raw: raw.into(),
+            members,
+            set: Vec::new(),
+        }
+    }
+
     /// Params the gateway makes itself (a list's cursor, say).
     pub fn from_map(map: Map<String, Value>) -> Params {
         let text = serde_json::to_vec(&Value::Object(map)).unwrap_or_else(|_| b"{}".to_vec());
