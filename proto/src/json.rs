@@ -71,7 +71,11 @@ pub enum JsonError {
 /// to patch a body without re-serializing it. Members come in body order;
 /// duplicate keys are all listed.
 pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
-    let mut s = Scanner { b: body, i: 0 };
+    let mut s = Scanner {
+        b: body,
+        i: 0,
+        unusual: false,
+    };
     s.ws();
     let members = object_members(&mut s, 1, None)?;
     s.ws();
@@ -89,15 +93,28 @@ pub struct Nested {
     pub members: Vec<Member>,
 }
 
+/// What [`top_level_members_with`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scanned {
+    pub members: Vec<Member>,
+    /// The last member named as asked, when its value is an object.
+    pub nested: Option<Nested>,
+    /// The text holds something a strict reader such as serde_json may
+    /// refuse though the grammar allows it: a `\u` escape, a number with
+    /// an exponent or hundreds of digits, or nesting near [`MAX_DEPTH`].
+    pub unusual: bool,
+}
+
 /// [`top_level_members`], and in the same pass the members of the last
 /// member named `key` when its value is an object (None when there is no
 /// such member, or the last one is not an object): one scan where a scan
 /// of the body and another of that value would cross it twice.
-pub fn top_level_members_with(
-    body: &[u8],
-    key: &str,
-) -> Result<(Vec<Member>, Option<Nested>), JsonError> {
-    let mut s = Scanner { b: body, i: 0 };
+pub fn top_level_members_with(body: &[u8], key: &str) -> Result<Scanned, JsonError> {
+    let mut s = Scanner {
+        b: body,
+        i: 0,
+        unusual: false,
+    };
     s.ws();
     let mut nested = None;
     let members = object_members(&mut s, 1, Some((key, &mut nested)))?;
@@ -105,7 +122,11 @@ pub fn top_level_members_with(
     if s.i != body.len() {
         return Err(JsonError::Malformed("bytes after the object"));
     }
-    Ok((members, nested))
+    Ok(Scanned {
+        members,
+        nested,
+        unusual: s.unusual,
+    })
 }
 
 /// The members of the object at the scanner (at depth `depth`), the
@@ -195,7 +216,11 @@ pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
 /// the value found is checked, the rest of the object is not, so of
 /// duplicate keys this finds the first where a reader takes the last.
 pub fn first_member(json: &[u8], key: &str) -> Option<Range<usize>> {
-    let mut s = Scanner { b: json, i: 0 };
+    let mut s = Scanner {
+        b: json,
+        i: 0,
+        unusual: false,
+    };
     s.ws();
     s.expect(b'{', "").ok()?;
     s.ws();

@@ -621,7 +621,8 @@ fn one_pass_finds_a_nested_objects_members_as_a_second_scan_would() {
         br#"{"other":{"k":1}}"#,
     ];
     for body in bodies {
-        let (members, nested) = top_level_members_with(body, "params").unwrap();
+        let scanned = top_level_members_with(body, "params").unwrap();
+        let (members, nested) = (scanned.members, scanned.nested);
         assert_eq!(members, top_level_members(body).unwrap());
         let last = members.iter().rev().find(|m| m.is(body, "params"));
         match (last, nested) {
@@ -636,6 +637,22 @@ fn one_pass_finds_a_nested_objects_members_as_a_second_scan_would() {
             (None, n) => assert_eq!(n, None),
         }
     }
+    assert!(!top_level_members_with(bodies[0], "params").unwrap().unusual);
+    for unusual in [
+        &br#"{"params":{"a":"\u00e9"}}"#[..],
+        br#"{"params":{"a":1e400}}"#,
+        br#"{"params":{"a":[1.5E3]}}"#,
+    ] {
+        assert!(top_level_members_with(unusual, "params").unwrap().unusual);
+    }
+    // The innermost array at depth MAX_DEPTH - 1 (the body is depth 1).
+    let deep = format!("{}{}", "[".repeat(MAX_DEPTH - 3), "]".repeat(MAX_DEPTH - 3));
+    let deep = format!(r#"{{"params":{{"a":{deep}}}}}"#);
+    assert!(
+        top_level_members_with(deep.as_bytes(), "params")
+            .unwrap()
+            .unusual
+    );
     assert!(top_level_members_with(br#"{"params":{"a":}}"#, "params").is_err());
     assert!(top_level_members_with(b"[1]", "params").is_err());
 }

@@ -38,6 +38,8 @@ use std::time::Duration;
 /// refused. Refills are one message round trip between cores (microseconds)
 /// unless the owner is saturated.
 const GRANT_WAIT: Duration = Duration::from_millis(50);
+/// The longest a quota wait sleeps without looking again.
+const GRANT_RECHECK: Duration = Duration::from_millis(5);
 
 /// The key id usage is recorded under when auth is off.
 pub const ANONYMOUS: &str = "anonymous";
@@ -730,7 +732,9 @@ impl Admission {
                         )));
                     }
                     let heard = self.grants.heard();
-                    let left = Duration::from_millis(until - now.0);
+                    // Woken by the bell; the cap only bounds a wait whose
+                    // word went astray (a slot rebuilt by a reload).
+                    let left = Duration::from_millis(until - now.0).min(GRANT_RECHECK);
                     futures_lite::future::or(self.grants.rung_since(heard), async {
                         glommio::timer::sleep(left).await;
                     })
@@ -1083,7 +1087,6 @@ impl Admission {
                 };
                 if let Some(limits) = limits {
                     self.flush(&bucket, limits);
-                    self.grants.ring();
                 }
             }
             QuotaMsg::Spent {
@@ -1094,10 +1097,12 @@ impl Admission {
                 if let Some(Slot::Leased(lq, _)) = self.slots.borrow_mut().get_mut(bucket.as_str())
                 {
                     lq.note_spend(month, used);
-                    self.grants.ring();
                 }
             }
         }
+        // Any word between shards can end a wait (a grant, a spent month);
+        // a waiter that finds nothing new for it waits again.
+        self.grants.ring();
     }
 
     /// Tells every other shard that `key`'s month is spent (the owner's

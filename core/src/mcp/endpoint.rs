@@ -498,9 +498,9 @@ async fn call(
         );
         match checked {
             Ok(changed) => {
-                if changed {
-                    msg.params.set("arguments", &args);
-                }
+                // What goes upstream is what was checked, as the checks
+                // read it (one value per name at every depth).
+                msg.params.set("arguments", &args);
                 redacted_args = changed;
             }
             Err(e) => {

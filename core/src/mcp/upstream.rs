@@ -772,7 +772,21 @@ fn meta_edit<'b>(raw: Option<&[u8]>, modern: bool, buf: &'b mut Vec<u8>) -> Opti
     });
     const PREFIX: &[u8] = b"io.modelcontextprotocol/";
     let members = raw.and_then(|r| json::top_level_members(r).ok());
+    // Only the keys the modern envelope sets (others of its namespace are
+    // kept for a modern server).
     let envelope_only = |r: &[u8], members: &[json::Member]| {
+        members.iter().all(|m| {
+            !m.key_escaped
+                && [
+                    wire::META_VERSION,
+                    wire::META_CLIENT_INFO,
+                    wire::META_CLIENT_CAPABILITIES,
+                ]
+                .iter()
+                .any(|k| r[m.key.clone()] == *k.as_bytes())
+        })
+    };
+    let namespaced_only = |r: &[u8], members: &[json::Member]| {
         members
             .iter()
             .all(|m| !m.key_escaped && r[m.key.clone()].starts_with(PREFIX))
@@ -798,7 +812,7 @@ fn meta_edit<'b>(raw: Option<&[u8]>, modern: bool, buf: &'b mut Vec<u8>) -> Opti
         }),
         // Not an object: left as it is.
         (Some(_), None) => None,
-        (Some(r), Some(m)) if envelope_only(r, &m) => Some(Edit::Remove { key: "_meta" }),
+        (Some(r), Some(m)) if namespaced_only(r, &m) => Some(Edit::Remove { key: "_meta" }),
         (Some(r), Some(m)) if plain(r, &m) => None,
         (Some(r), Some(_)) => {
             let Ok(Value::Object(mut m)) = serde_json::from_slice(r) else {
@@ -860,6 +874,7 @@ mod tests {
             json!({"name": "echo", "_meta": {"progressToken": 7, v: "2026-07-28"}}),
             json!({"name": "echo", "_meta": {"progressToken": "p"}}),
             json!({"name": "echo", "_meta": "odd"}),
+            json!({"_meta": {v: "2026-07-28", "io.modelcontextprotocol/related-task": {"taskId": "t"}}}),
         ];
         for params in cases {
             let mut p = Params::from_map(params.as_object().unwrap().clone());

@@ -51,6 +51,12 @@ pub(super) fn plain_run(rest: &[u8]) -> Option<usize> {
 pub(super) struct Scanner<'a> {
     pub(super) b: &'a [u8],
     pub(super) i: usize,
+    /// Met what the grammar allows but a strict reader may refuse: a
+    /// `\u` escape (a lone surrogate is one), a number with an exponent
+    /// or hundreds of digits (past f64's range is one), nesting within one
+    /// level of [`MAX_DEPTH`]. A caller that must read exactly what
+    /// serde_json reads sends such text to it instead.
+    pub(super) unusual: bool,
 }
 
 impl Scanner<'_> {
@@ -81,6 +87,14 @@ impl Scanner<'_> {
     pub(super) fn value(&mut self, depth: usize) -> Result<(), JsonError> {
         match self.peek() {
             Some(b'{' | b'[') if depth > MAX_DEPTH => Err(JsonError::TooDeep),
+            Some(b'{' | b'[') if depth >= MAX_DEPTH - 1 => {
+                self.unusual = true;
+                if self.b[self.i] == b'{' {
+                    self.object(depth)
+                } else {
+                    self.array(depth)
+                }
+            }
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
             Some(b'"') => self.string().map(drop),
@@ -160,6 +174,7 @@ impl Scanner<'_> {
                     Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => escaped = true,
                     Some(b'u') => {
                         escaped = true;
+                        self.unusual = true;
                         for _ in 0..4 {
                             if !self.next().is_some_and(|b| b.is_ascii_hexdigit()) {
                                 return Err(JsonError::Malformed("bad \\u escape"));
@@ -175,6 +190,7 @@ impl Scanner<'_> {
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
     fn number(&mut self) -> Result<(), JsonError> {
+        let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
@@ -193,6 +209,10 @@ impl Scanner<'_> {
                 self.i += 1;
             }
             self.one_or_more_digits()?;
+            self.unusual = true;
+        }
+        if self.i - start > 300 {
+            self.unusual = true;
         }
         Ok(())
     }

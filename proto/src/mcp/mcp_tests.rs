@@ -163,6 +163,9 @@ fn the_scan_reads_what_the_tree_reads() {
         b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"m\",\"params\":{\"a\":\"\xff\"}}",
         b"[]",
         b"{nope",
+        br#"{"jsonrpc":"2.0","id":10,"method":"m","params":{"arguments":{"x":"\udc00"}}}"#,
+        br#"{"jsonrpc":"2.0","id":11,"method":"m","params":{"arguments":{"x":1e400}}}"#,
+        br#"{"jsonrpc":"2.0","id":12,"method":"m","params":{"arguments":{"x":1},"arguments":{"x":2}}}"#,
     ];
     for body in bodies {
         assert_eq!(

@@ -161,7 +161,14 @@ pub fn parse_posted(body: &[u8]) -> Result<Posted, (Value, RpcError)> {
 /// for anything that is not plainly one (the tree decides those).
 fn read_message(body: &[u8]) -> Option<Inbound> {
     std::str::from_utf8(body).ok()?;
-    let (members, params) = crate::json::top_level_members_with(body, "params").ok()?;
+    let scanned = crate::json::top_level_members_with(body, "params").ok()?;
+    // What serde_json might refuse (a lone surrogate, a number past f64's
+    // range) is for the tree to judge: the gateway must not forward what
+    // its own checks could not read.
+    if scanned.unusual {
+        return None;
+    }
+    let members = scanned.members;
     let field = |key| crate::json::last_named(body, &members, key);
     if field("jsonrpc")? != b"\"2.0\"" {
         return None;
@@ -177,13 +184,28 @@ fn read_message(body: &[u8]) -> Option<Inbound> {
         }
     };
     let method: String = serde_json::from_slice(field("method")?).ok()?;
-    let params = match (field("params"), params) {
+    let params = match (field("params"), scanned.nested) {
         (None | Some(b"null"), _) => Params::default(),
+        // A name written twice is left to the tree, which keeps the last:
+        // an upstream reading the first must not see what was not checked.
+        (Some(_), Some(nested)) if repeats_a_name(&body[nested.value.clone()], &nested.members) => {
+            return None
+        }
         (Some(_), Some(nested)) => Params::scanned(&body[nested.value], nested.members),
         // Not an object: the tree words the error.
         (Some(_), None) => return None,
     };
     Some(Inbound { id, method, params })
+}
+
+/// Whether two of `members` (of the object `raw`) have the same name.
+/// Params hold a handful of members, so pairs are compared.
+fn repeats_a_name(raw: &[u8], members: &[crate::json::Member]) -> bool {
+    members.iter().enumerate().any(|(i, a)| {
+        members[i + 1..]
+            .iter()
+            .any(|b| a.key_escaped || b.key_escaped || raw[a.key.clone()] == raw[b.key.clone()])
+    })
 }
 
 /// [`parse_posted`] by way of a tree.
