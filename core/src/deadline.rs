@@ -8,8 +8,12 @@
 //! [`RESOLUTION`] of slack is immaterial. So a deadline is a slot in a
 //! timing wheel counted in ticks: registering it reads no clock and does
 //! O(1) work, dropping it is O(1), and one ticker task per shard, running
-//! only while deadlines exist (100 wakeups a second then, a few microseconds
-//! each), advances the wheel and wakes what expired. Side by side (64
+//! only while deadlines exist (100 wakeups a second while deadlines come
+//! and go, a few microseconds each), advances the wheel and wakes what
+//! expired. A tick in which nothing was registered (a shard holding only
+//! idle keep-alive connections) sends the ticker to sleep until the
+//! earliest deadline; while it sleeps, a registration reads the clock and
+//! wakes it when it is due sooner, so an idle shard costs no CPU. Side by side (64
 //! connections) this bought about 1% more requests per second; taking the
 //! limits away altogether would have bought 3%.
 //!
@@ -58,7 +62,7 @@ pub async fn with_timeout<T>(
     .await
 }
 
-/// The wheel's clock: the time of its last tick while deadlines are live
+/// The wheel's clock: the time of its last tick while the ticker ticks
 /// (then between zero and two [`RESOLUTION`]s behind the real clock),
 /// otherwise a fresh clock read. For ages checked against limits of seconds
 /// (how long a pooled connection has been idle), where a clock read per
@@ -66,7 +70,7 @@ pub async fn with_timeout<T>(
 pub fn coarse_now() -> Instant {
     WHEEL.with(|w| {
         let mut w = w.borrow_mut();
-        if !w.ticker_running {
+        if !w.ticker_running || w.sleeping {
             w.advance_to_now();
         }
         let epoch = w.epoch.unwrap_or_else(Instant::now);
@@ -85,8 +89,19 @@ struct Entry {
 
 #[derive(Default)]
 struct Wheel {
-    /// Ticks since `epoch`, as of the last advance.
+    /// Ticks since `epoch`, as of the last clock read.
     tick: u64,
+    /// The last tick whose slot the ticker has swept (at most `tick`).
+    swept: u64,
+    /// Something was registered since the ticker last looked.
+    registered: bool,
+    /// The ticker sleeps until tick `wake_at` (nothing was registered for a
+    /// tick): `tick` is not kept current meanwhile.
+    sleeping: bool,
+    wake_at: u64,
+    /// Set (and the ticker woken) by a registration due before `wake_at`.
+    nudged: bool,
+    ticker: Option<Waker>,
     epoch: Option<Instant>,
     /// Live and free entries; `free` lists the free indices.
     entries: Vec<Option<Entry>>,
@@ -116,7 +131,12 @@ impl Deadline {
             if !w.ticker_running {
                 // The wheel stood still while idle: catch up with the clock.
                 w.advance_to_now();
+                w.swept = w.tick;
+            } else if w.sleeping {
+                // The ticker sleeps: its last tick is stale.
+                w.advance_to_now();
             }
+            w.registered = true;
             let ticks = dur.as_nanos().div_ceil(RESOLUTION.as_nanos()) as u64;
             // The current tick is partly over, and the ticker may be up to a
             // tick behind the clock: two ticks of margin.
@@ -144,6 +164,12 @@ impl Deadline {
                 w.slots = (0..SLOTS).map(|_| Vec::new()).collect();
             }
             w.slots[(due % SLOTS as u64) as usize].push((index, generation));
+            if w.sleeping && due < w.wake_at && !w.nudged {
+                w.nudged = true;
+                if let Some(t) = w.ticker.take() {
+                    t.wake();
+                }
+            }
             let start = !w.ticker_running;
             w.ticker_running = true;
             (Deadline { index, generation }, start)
@@ -197,9 +223,10 @@ impl Wheel {
 
     /// Moves to the clock's tick, collecting the wakers of what expired.
     fn advance(&mut self, woken: &mut Vec<Waker>) {
-        let from = self.tick;
+        let from = self.swept;
         self.advance_to_now();
         let to = self.tick;
+        self.swept = to;
         if self.slots.is_empty() {
             return;
         }
@@ -228,30 +255,82 @@ impl Wheel {
             self.slots[(t % SLOTS as u64) as usize] = keep;
         }
     }
+
+    /// The earliest tick a live deadline is due at.
+    fn earliest_due(&self) -> Option<u64> {
+        self.entries
+            .iter()
+            .flatten()
+            .filter(|e| !e.fired)
+            .map(|e| e.due)
+            .min()
+    }
 }
 
-/// Advances the wheel every tick while deadlines exist, then stops (the
-/// next registration starts it again).
+/// What the ticker does after a tick.
+enum Next {
+    Tick,
+    /// Nothing was registered during the tick: sleep this long, unless a
+    /// registration due sooner wakes it.
+    Sleep(Duration),
+    Stop,
+}
+
+/// Advances the wheel every tick while deadlines come and go; sleeps until
+/// the earliest one while none are registered; stops when none is left
+/// (the next registration starts it again).
 async fn ticker() {
     let mut woken = Vec::new();
     loop {
         glommio::timer::sleep(RESOLUTION).await;
-        let more = WHEEL.with(|w| {
+        let next = WHEEL.with(|w| {
             let mut w = w.borrow_mut();
             w.advance(&mut woken);
             if w.live == 0 {
                 w.ticker_running = false;
                 // Slots hold only stale pairs now.
                 w.slots.iter_mut().for_each(Vec::clear);
-                return false;
+                return Next::Stop;
             }
-            true
+            if std::mem::take(&mut w.registered) {
+                return Next::Tick;
+            }
+            match w.earliest_due() {
+                Some(due) if due > w.tick + 1 => {
+                    w.sleeping = true;
+                    w.nudged = false;
+                    w.wake_at = due;
+                    Next::Sleep(RESOLUTION * (due - w.tick - 1) as u32)
+                }
+                _ => Next::Tick,
+            }
         });
         for waker in woken.drain(..) {
             waker.wake();
         }
-        if !more {
-            return;
+        match next {
+            Next::Stop => return,
+            Next::Tick => {}
+            Next::Sleep(dur) => {
+                let nudged = std::future::poll_fn(|cx| {
+                    WHEEL.with(|w| {
+                        let mut w = w.borrow_mut();
+                        if w.nudged {
+                            Poll::Ready(())
+                        } else {
+                            w.ticker = Some(cx.waker().clone());
+                            Poll::Pending
+                        }
+                    })
+                });
+                futures_lite::future::or(nudged, glommio::timer::sleep(dur)).await;
+                WHEEL.with(|w| {
+                    let mut w = w.borrow_mut();
+                    w.sleeping = false;
+                    w.nudged = false;
+                    w.ticker = None;
+                });
+            }
         }
     }
 }
@@ -326,6 +405,38 @@ mod tests {
             }
             // 5.5 s goes around the 5.12 s wheel once more before firing.
             assert_eq!(*order.borrow(), [10, 20, 40, 80, 5_500]);
+        });
+    }
+
+    #[test]
+    fn an_idle_wheel_sleeps_and_a_sooner_deadline_wakes_it() {
+        run(async {
+            let long = glommio::spawn_local(async {
+                let start = Instant::now();
+                let r: io::Result<()> =
+                    with_timeout(Duration::from_millis(600), std::future::pending()).await;
+                assert!(r.is_err());
+                start.elapsed()
+            });
+            // A tick with no registration: the ticker sleeps until the
+            // long deadline instead of ticking.
+            glommio::timer::sleep(RESOLUTION * 4).await;
+            assert!(WHEEL.with(|w| w.borrow().sleeping));
+            let start = Instant::now();
+            let r: io::Result<()> =
+                with_timeout(Duration::from_millis(30), std::future::pending()).await;
+            assert!(r.is_err());
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_millis(30) && took < Duration::from_millis(300),
+                "a 30 ms deadline registered while the ticker slept fired after {took:?}"
+            );
+            let took = long.await;
+            assert!(
+                took >= Duration::from_millis(600) && took < Duration::from_millis(900),
+                "600 ms fired after {took:?}"
+            );
+            assert!(coarse_now() <= Instant::now());
         });
     }
 }
