@@ -256,14 +256,31 @@ impl Wheel {
         }
     }
 
-    /// The earliest tick a live deadline is due at.
+    /// The earliest tick a live deadline is due at: the slots are visited
+    /// in order from the next unswept tick, one lap at most, so the cost is
+    /// the wheel's size and the live entries, never the slab's high water.
     fn earliest_due(&self) -> Option<u64> {
-        self.entries
-            .iter()
-            .flatten()
-            .filter(|e| !e.fired)
-            .map(|e| e.due)
-            .min()
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut later: Option<u64> = None;
+        for t in self.swept + 1..=self.swept + SLOTS as u64 {
+            for &(index, generation) in &self.slots[(t % SLOTS as u64) as usize] {
+                let Some(Some(e)) = self.entries.get(index) else {
+                    continue;
+                };
+                if e.generation != generation || e.fired {
+                    continue;
+                }
+                // Unswept entries are due after `swept`: in this slot, on
+                // this lap, only at `t` itself, and then nothing is sooner.
+                if e.due <= t {
+                    return Some(e.due);
+                }
+                later = Some(later.map_or(e.due, |m| m.min(e.due)));
+            }
+        }
+        later
     }
 }
 
@@ -326,6 +343,9 @@ async fn ticker() {
                 futures_lite::future::or(nudged, glommio::timer::sleep(dur)).await;
                 WHEEL.with(|w| {
                     let mut w = w.borrow_mut();
+                    // Ticking again: until the next sweep, registrations
+                    // and `coarse_now` read `tick`, which must be current.
+                    w.advance_to_now();
                     w.sleeping = false;
                     w.nudged = false;
                     w.ticker = None;
@@ -437,6 +457,36 @@ mod tests {
                 "600 ms fired after {took:?}"
             );
             assert!(coarse_now() <= Instant::now());
+        });
+    }
+
+    #[test]
+    fn a_deadline_registered_as_the_ticker_wakes_from_its_sleep_is_on_time() {
+        run(async {
+            let keep = glommio::spawn_local(async {
+                let r: io::Result<()> =
+                    with_timeout(Duration::from_millis(300), std::future::pending()).await;
+                assert!(r.is_err());
+            });
+            glommio::timer::sleep(RESOLUTION * 3).await;
+            assert!(WHEEL.with(|w| w.borrow().sleeping));
+            // Wait for the sleep to end on its timer (the ticker wakes a
+            // tick before the long deadline is due), then register.
+            while WHEEL.with(|w| w.borrow().sleeping) {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            let before = coarse_now();
+            assert!(Instant::now().duration_since(before) < RESOLUTION * 3);
+            let start = Instant::now();
+            let r: io::Result<()> =
+                with_timeout(Duration::from_millis(100), std::future::pending()).await;
+            assert!(r.is_err());
+            assert!(
+                start.elapsed() >= Duration::from_millis(100),
+                "a 100 ms deadline fired after {:?}",
+                start.elapsed()
+            );
+            keep.await;
         });
     }
 }
