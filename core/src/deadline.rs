@@ -70,9 +70,7 @@ pub async fn with_timeout<T>(
 pub fn coarse_now() -> Instant {
     WHEEL.with(|w| {
         let mut w = w.borrow_mut();
-        if !w.ticker_running || w.sleeping {
-            w.advance_to_now();
-        }
+        w.catch_up();
         let epoch = w.epoch.unwrap_or_else(Instant::now);
         epoch + Duration::from_nanos(w.tick.saturating_mul(RESOLUTION.as_nanos() as u64))
     })
@@ -128,14 +126,7 @@ impl Deadline {
     fn register(dur: Duration, waker: &Waker) -> Deadline {
         let (deadline, start_ticker) = WHEEL.with(|w| {
             let mut w = w.borrow_mut();
-            if !w.ticker_running {
-                // The wheel stood still while idle: catch up with the clock.
-                w.advance_to_now();
-                w.swept = w.tick;
-            } else if w.sleeping {
-                // The ticker sleeps: its last tick is stale.
-                w.advance_to_now();
-            }
+            w.catch_up();
             w.registered = true;
             let ticks = dur.as_nanos().div_ceil(RESOLUTION.as_nanos()) as u64;
             // The current tick is partly over, and the ticker may be up to a
@@ -215,6 +206,19 @@ impl Drop for Deadline {
 }
 
 impl Wheel {
+    /// Brings `tick` to the clock when no ticker keeps it current: the
+    /// ticker is stopped (nothing is live, so nothing is left to sweep) or
+    /// asleep. While it ticks, `tick` is at most a tick behind and no
+    /// clock is read.
+    fn catch_up(&mut self) {
+        if !self.ticker_running {
+            self.advance_to_now();
+            self.swept = self.tick;
+        } else if self.sleeping {
+            self.advance_to_now();
+        }
+    }
+
     fn advance_to_now(&mut self) {
         let now = Instant::now();
         let epoch = *self.epoch.get_or_insert(now);

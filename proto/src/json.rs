@@ -71,11 +71,7 @@ pub enum JsonError {
 /// to patch a body without re-serializing it. Members come in body order;
 /// duplicate keys are all listed.
 pub fn top_level_members(body: &[u8]) -> Result<Vec<Member>, JsonError> {
-    let mut s = Scanner {
-        b: body,
-        i: 0,
-        unusual: false,
-    };
+    let mut s = Scanner::new(body);
     s.ws();
     let members = object_members(&mut s, 1, None)?;
     s.ws();
@@ -110,11 +106,7 @@ pub struct Scanned {
 /// such member, or the last one is not an object): one scan where a scan
 /// of the body and another of that value would cross it twice.
 pub fn top_level_members_with(body: &[u8], key: &str) -> Result<Scanned, JsonError> {
-    let mut s = Scanner {
-        b: body,
-        i: 0,
-        unusual: false,
-    };
+    let mut s = Scanner::new(body);
     s.ws();
     let mut nested = None;
     let members = object_members(&mut s, 1, Some((key, &mut nested)))?;
@@ -165,18 +157,14 @@ fn object_members(
         match &mut nested {
             Some((name, out)) if m.is(s.b, name) => {
                 if s.peek() == Some(b'{') && depth < MAX_DEPTH {
-                    let inner = object_members(s, depth + 1, None)?;
-                    let shift = |r: &Range<usize>| r.start - start..r.end - start;
+                    let mut inner = object_members(s, depth + 1, None)?;
+                    for m in &mut inner {
+                        m.key = m.key.start - start..m.key.end - start;
+                        m.value = m.value.start - start..m.value.end - start;
+                    }
                     **out = Some(Nested {
                         value: start..s.i,
-                        members: inner
-                            .into_iter()
-                            .map(|m| Member {
-                                key: shift(&m.key),
-                                value: shift(&m.value),
-                                key_escaped: m.key_escaped,
-                            })
-                            .collect(),
+                        members: inner,
                     });
                 } else {
                     s.value(depth + 1)?;
@@ -216,11 +204,7 @@ pub fn find_top_level(json: &[u8], key: &str) -> Option<Range<usize>> {
 /// the value found is checked, the rest of the object is not, so of
 /// duplicate keys this finds the first where a reader takes the last.
 pub fn first_member(json: &[u8], key: &str) -> Option<Range<usize>> {
-    let mut s = Scanner {
-        b: json,
-        i: 0,
-        unusual: false,
-    };
+    let mut s = Scanner::new(json);
     s.ws();
     s.expect(b'{', "").ok()?;
     s.ws();

@@ -391,14 +391,13 @@ fn a_bell_wakes_every_waiter_and_a_waiter_that_gave_up_leaves_no_waker() {
     let bell = Bell::default();
     let mut cx = Context::from_waker(Waker::noop());
 
-    // Rung since it was heard: ready without waiting.
-    let heard = bell.heard();
+    // Rung after the wait was made: ready without waiting.
+    let rung = bell.next_ring();
     bell.ring();
-    assert!(pin!(bell.rung_since(heard)).poll(&mut cx).is_ready());
+    assert!(pin!(rung).poll(&mut cx).is_ready());
 
-    let heard = bell.heard();
-    let mut a = pin!(bell.rung_since(heard));
-    let mut b = pin!(bell.rung_since(heard));
+    let mut a = pin!(bell.next_ring());
+    let mut b = pin!(bell.next_ring());
     assert!(a.as_mut().poll(&mut cx).is_pending());
     assert!(b.as_mut().poll(&mut cx).is_pending());
     // Polled again before a ring: still one waker each.
@@ -410,9 +409,8 @@ fn a_bell_wakes_every_waiter_and_a_waiter_that_gave_up_leaves_no_waker() {
     assert!(b.as_mut().poll(&mut cx).is_ready());
 
     // A wait dropped before any ring (its deadline won) takes its waker out.
-    let heard = bell.heard();
     {
-        let mut c = pin!(bell.rung_since(heard));
+        let mut c = pin!(bell.next_ring());
         assert!(c.as_mut().poll(&mut cx).is_pending());
         assert_eq!(bell.waiters.borrow().len(), 1);
     }

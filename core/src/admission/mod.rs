@@ -731,11 +731,10 @@ impl Admission {
                             now.0 + 1000,
                         )));
                     }
-                    let heard = self.grants.heard();
                     // Woken by the bell; the cap only bounds a wait whose
                     // word went astray (a slot rebuilt by a reload).
                     let left = Duration::from_millis(until - now.0).min(GRANT_RECHECK);
-                    futures_lite::future::or(self.grants.rung_since(heard), async {
+                    futures_lite::future::or(self.grants.next_ring(), async {
                         glommio::timer::sleep(left).await;
                     })
                     .await;
@@ -1180,8 +1179,8 @@ impl Admission {
     }
 }
 
-/// A doorbell for any number of tasks: each notes the count it has heard,
-/// then waits until it is rung again. Ringing with nobody waiting is a
+/// A doorbell for any number of tasks: a wait made now is ready once it
+/// rings again. Ringing with nobody waiting is a
 /// counter increment; a waiter that gives up takes its waker back out.
 #[derive(Default)]
 struct Bell {
@@ -1199,15 +1198,11 @@ impl Bell {
         }
     }
 
-    fn heard(&self) -> u64 {
-        self.rings.get()
-    }
-
-    /// Ready once the bell has rung after `heard`.
-    fn rung_since(&self, heard: u64) -> Rung<'_> {
+    /// Ready once the bell rings after this call.
+    fn next_ring(&self) -> Rung<'_> {
         Rung {
             bell: self,
-            heard,
+            heard: self.rings.get(),
             id: None,
         }
     }

@@ -1,7 +1,7 @@
 //! `limits:`: what one client connection may send, and how long it may
 //! take.
 
-use super::units::{dur, size, ByteSize, Dur};
+use super::units::{dur, positive, size, ByteSize, Dur};
 use super::{field, ConfigError, Limits};
 use serde::Deserialize;
 use std::time::Duration;
@@ -38,15 +38,14 @@ pub(super) fn validate(l: RawLimits) -> Result<Limits, ConfigError> {
     if !(1..=1000).contains(&limits.max_headers) {
         return Err(field("limits.max_headers", "must be between 1 and 1000"));
     }
-    for (name, d) in [
-        ("head_timeout", limits.head_timeout),
-        ("body_timeout", limits.body_timeout),
-        ("idle_timeout", limits.idle_timeout),
-        ("write_timeout", limits.write_timeout),
-    ] {
-        if d.is_zero() {
-            return Err(field(format!("limits.{name}"), "must be more than 0"));
-        }
-    }
+    positive(
+        "limits",
+        &[
+            ("head_timeout", limits.head_timeout),
+            ("body_timeout", limits.body_timeout),
+            ("idle_timeout", limits.idle_timeout),
+            ("write_timeout", limits.write_timeout),
+        ],
+    )?;
     Ok(limits)
 }

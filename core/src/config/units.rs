@@ -95,6 +95,21 @@ pub(super) fn dur(v: Option<Dur>, default: Duration) -> Duration {
     v.map_or(default, |d| d.0)
 }
 
+/// Each of a section's durations is more than 0; the first that is not is
+/// named (`section.name`).
+pub(super) fn positive(
+    section: &str,
+    durations: &[(&str, Duration)],
+) -> Result<(), super::ConfigError> {
+    match durations.iter().find(|(_, d)| d.is_zero()) {
+        Some((name, _)) => Err(super::field(
+            format!("{section}.{name}"),
+            "must be more than 0",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A size setting in bytes, or its default when unset.
 pub(super) fn size(v: Option<ByteSize>, default: ByteSize) -> usize {
     v.unwrap_or(default).as_usize()

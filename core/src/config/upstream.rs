@@ -1,7 +1,7 @@
 //! `upstream:`: how the gateway talks to providers (timeouts, pools, size
 //! bounds, circuit breakers), and provider addresses.
 
-use super::units::{dur, size, ByteSize, Dur};
+use super::units::{dur, positive, size, ByteSize, Dur};
 use super::{field, BaseUrl, BreakerSettings, ConfigError, UpstreamSettings};
 use serde::Deserialize;
 use std::time::Duration;
@@ -65,15 +65,14 @@ pub(super) fn validate(u: RawUpstream) -> Result<UpstreamSettings, ConfigError> 
             "the window and `breaker_min_calls` must be more than 0",
         ));
     }
-    for (name, d) in [
-        ("connect_timeout", upstream.connect_timeout),
-        ("first_byte_timeout", upstream.first_byte_timeout),
-        ("read_timeout", upstream.read_timeout),
-    ] {
-        if d.is_zero() {
-            return Err(field(format!("upstream.{name}"), "must be more than 0"));
-        }
-    }
+    positive(
+        "upstream",
+        &[
+            ("connect_timeout", upstream.connect_timeout),
+            ("first_byte_timeout", upstream.first_byte_timeout),
+            ("read_timeout", upstream.read_timeout),
+        ],
+    )?;
     Ok(upstream)
 }
 

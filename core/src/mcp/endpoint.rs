@@ -485,22 +485,25 @@ async fn call(
             .unwrap_or_default(),
         _ => Vec::new(),
     };
+    // Parsed once, for the guardrails and for a record written somewhere.
+    let mut args = if !checks.is_empty() || (is_tool && ToolCallRecord::wanted(audit, cx.shard)) {
+        msg.params.get("arguments")
+    } else {
+        None
+    };
     let mut redacted_args = false;
-    if let Some(mut args) = Some(&checks)
-        .filter(|c| !c.is_empty())
-        .and_then(|_| msg.params.get("arguments"))
-    {
+    if let Some(a) = args.as_mut().filter(|_| !checks.is_empty()) {
         let checked = crate::guardrails::check_arguments(
             cx.rails,
             &checks,
-            &mut args,
+            a,
             &mut cx.guard_records.borrow_mut(),
         );
         match checked {
             Ok(changed) => {
                 // What goes upstream is what was checked, as the checks
                 // read it (one value per name at every depth).
-                msg.params.set("arguments", &args);
+                msg.params.set("arguments", a);
                 redacted_args = changed;
             }
             Err(e) => {
@@ -511,10 +514,6 @@ async fn call(
             }
         }
     }
-    // Parsed only for a record that is written somewhere.
-    let args = (is_tool && ToolCallRecord::wanted(audit, cx.shard))
-        .then(|| msg.params.get("arguments"))
-        .flatten();
     let record = |decision: ToolDecision, latency: Option<Duration>, is_error: Option<bool>| {
         if !is_tool {
             return;

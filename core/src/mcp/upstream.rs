@@ -762,73 +762,91 @@ fn message_body(method: &str, id: Option<&Value>, params: &Params, modern: bool)
 /// The change a request's `_meta` (`raw`, as the client sent it) needs on
 /// its way to a server: for a 2026-07-28 server, the modern envelope's
 /// keys set to the gateway's ([`modern_meta`]) and the client's others
-/// kept; for a handshake-era server, none of the envelope's keys, and no
-/// `_meta` when nothing else is left in it. A `_meta` with only the
-/// envelope's keys (what modern clients send) takes no parse: the modern
-/// one is a constant. `buf` holds a value written for the edit.
+/// kept; for a handshake-era server, none of the `io.modelcontextprotocol/`
+/// keys, and no `_meta` when nothing else is left in it. The common shapes
+/// (only the envelope's keys, as modern clients send; only other keys)
+/// take no parse: the modern `_meta` is then a constant. `buf` holds a
+/// value written for the edit.
 fn meta_edit<'b>(raw: Option<&[u8]>, modern: bool, buf: &'b mut Vec<u8>) -> Option<Edit<'b>> {
     static MODERN: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
         serde_json::to_vec(&modern_meta(None)).unwrap_or_else(|_| b"{}".to_vec())
     });
-    const PREFIX: &[u8] = b"io.modelcontextprotocol/";
-    let members = raw.and_then(|r| json::top_level_members(r).ok());
-    // Only the keys the modern envelope sets (others of its namespace are
-    // kept for a modern server).
-    let envelope_only = |r: &[u8], members: &[json::Member]| {
-        members.iter().all(|m| {
-            !m.key_escaped
-                && [
-                    wire::META_VERSION,
-                    wire::META_CLIENT_INFO,
-                    wire::META_CLIENT_CAPABILITIES,
-                ]
-                .iter()
-                .any(|k| r[m.key.clone()] == *k.as_bytes())
-        })
+    let modern_set = || Edit::Set {
+        key: "_meta",
+        value: &MODERN,
     };
-    let namespaced_only = |r: &[u8], members: &[json::Member]| {
-        members
-            .iter()
-            .all(|m| !m.key_escaped && r[m.key.clone()].starts_with(PREFIX))
+    let Some(raw) = raw else {
+        return modern.then(modern_set);
     };
-    let plain = |r: &[u8], members: &[json::Member]| {
-        members
-            .iter()
-            .all(|m| !m.key_escaped && !r[m.key.clone()].starts_with(PREFIX))
+    let keys = json::top_level_members(raw)
+        .ok()
+        .map(|members| MetaKeys::of(raw, &members));
+    match (modern, keys) {
+        // Not an object: replaced by the envelope, or left as it is.
+        (true, None) => return Some(modern_set()),
+        (false, None) => return None,
+        (true, Some(Some(k))) if !k.other && !k.plain => return Some(modern_set()),
+        (false, Some(Some(k))) if !k.plain => return Some(Edit::Remove { key: "_meta" }),
+        (false, Some(Some(k))) if !k.envelope && !k.other => return None,
+        _ => {}
+    }
+    // Mixed or escaped keys: edited as a tree.
+    let Ok(Value::Object(mut m)) = serde_json::from_slice(raw) else {
+        return modern.then(modern_set);
     };
-    match (raw, members) {
-        (None, _) if !modern => None,
-        (Some(r), Some(m)) if modern && !envelope_only(r, &m) => {
-            *buf = serde_json::to_vec(&modern_meta(serde_json::from_slice(r).ok()))
-                .unwrap_or_else(|_| b"{}".to_vec());
-            Some(Edit::Set {
-                key: "_meta",
-                value: buf,
-            })
+    let meta = if modern {
+        modern_meta(Some(Value::Object(m)))
+    } else {
+        strip_modern_meta(&mut m);
+        if m.is_empty() {
+            return Some(Edit::Remove { key: "_meta" });
         }
-        _ if modern => Some(Edit::Set {
-            key: "_meta",
-            value: &MODERN,
-        }),
-        // Not an object: left as it is.
-        (Some(_), None) => None,
-        (Some(r), Some(m)) if namespaced_only(r, &m) => Some(Edit::Remove { key: "_meta" }),
-        (Some(r), Some(m)) if plain(r, &m) => None,
-        (Some(r), Some(_)) => {
-            let Ok(Value::Object(mut m)) = serde_json::from_slice(r) else {
+        Value::Object(m)
+    };
+    *buf = serde_json::to_vec(&meta).unwrap_or_else(|_| b"{}".to_vec());
+    Some(Edit::Set {
+        key: "_meta",
+        value: buf,
+    })
+}
+
+/// Which kinds of key a `_meta` object holds, read from its text.
+struct MetaKeys {
+    /// One the modern envelope sets.
+    envelope: bool,
+    /// Another of the `io.modelcontextprotocol/` namespace.
+    other: bool,
+    /// Any other.
+    plain: bool,
+}
+
+impl MetaKeys {
+    /// None when a key is escaped (only a parse can tell what it is).
+    fn of(raw: &[u8], members: &[json::Member]) -> Option<MetaKeys> {
+        const ENVELOPE: [&str; 3] = [
+            wire::META_VERSION,
+            wire::META_CLIENT_INFO,
+            wire::META_CLIENT_CAPABILITIES,
+        ];
+        let mut k = MetaKeys {
+            envelope: false,
+            other: false,
+            plain: false,
+        };
+        for m in members {
+            if m.key_escaped {
                 return None;
-            };
-            strip_modern_meta(&mut m);
-            if m.is_empty() {
-                return Some(Edit::Remove { key: "_meta" });
             }
-            *buf = serde_json::to_vec(&m).unwrap_or_else(|_| b"{}".to_vec());
-            Some(Edit::Set {
-                key: "_meta",
-                value: buf,
-            })
+            let key = &raw[m.key.clone()];
+            if ENVELOPE.iter().any(|e| key == e.as_bytes()) {
+                k.envelope = true;
+            } else if key.starts_with(b"io.modelcontextprotocol/") {
+                k.other = true;
+            } else {
+                k.plain = true;
+            }
         }
-        (None, _) => None,
+        Some(k)
     }
 }
 

@@ -59,7 +59,15 @@ pub(super) struct Scanner<'a> {
     pub(super) unusual: bool,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    pub(super) fn new(b: &'a [u8]) -> Self {
+        Scanner {
+            b,
+            i: 0,
+            unusual: false,
+        }
+    }
+
     pub(super) fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
@@ -85,16 +93,11 @@ impl Scanner<'_> {
     }
 
     pub(super) fn value(&mut self, depth: usize) -> Result<(), JsonError> {
+        if depth >= MAX_DEPTH - 1 && matches!(self.peek(), Some(b'{' | b'[')) {
+            self.unusual = true;
+        }
         match self.peek() {
             Some(b'{' | b'[') if depth > MAX_DEPTH => Err(JsonError::TooDeep),
-            Some(b'{' | b'[') if depth >= MAX_DEPTH - 1 => {
-                self.unusual = true;
-                if self.b[self.i] == b'{' {
-                    self.object(depth)
-                } else {
-                    self.array(depth)
-                }
-            }
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
             Some(b'"') => self.string().map(drop),
