@@ -2,7 +2,7 @@
 //! OpenAI chat JSON whatever dialect it came in, whole or streamed
 //! ([`crate::cache`] keeps it only once the client has it whole).
 
-use super::egress::ClientDialect;
+use super::dialect::ClientDialect;
 use super::plan::Reply;
 use super::relay::Answer;
 use super::Call;

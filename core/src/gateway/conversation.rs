@@ -8,7 +8,7 @@
 //! Ids the gateway cannot resolve (unknown, expired, deleted, or another
 //! key's) get a 400 naming `previous_response_id`: never silently dropped.
 
-use super::egress::ClientDialect;
+use super::dialect::ClientDialect;
 use super::{send_error, Call};
 use crate::admission::ANONYMOUS;
 use crate::error::GatewayError;

@@ -10,7 +10,6 @@ use crate::error::GatewayError;
 use crate::generation::Generation;
 use crate::server::{respond, ClientConn, Outcome, Request};
 use crate::shard::Shard;
-use serde_json::json;
 
 pub async fn count(
     shard: &Shard,
@@ -59,12 +58,7 @@ pub async fn count(
     let texts = crate::admission::prompt_texts(&req.body);
     let n =
         shardgate_policy::estimate_prompt_tokens(upstream_model, texts.iter().map(String::as_str));
-    let body = match dialect {
-        ClientDialect::Anthropic => json!({ "input_tokens": n }),
-        ClientDialect::OpenAi | ClientDialect::Responses => {
-            json!({ "object": "response.input_tokens", "input_tokens": n })
-        }
-    };
+    let body = dialect.rules().count_answer(n);
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let headers: [(&str, &[u8]); 1] = [("x-shardgate-estimated", b"true")];
     match conn

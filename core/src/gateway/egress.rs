@@ -1,68 +1,13 @@
 //! The client's side of a reply: everything the gateway answers is produced
 //! in OpenAI's shape (by the upstream, a translator or the mock) and leaves
-//! here in the dialect the client spoke. For OpenAI clients that is the
-//! identity, so OpenAI streams stay zero-copy; Anthropic clients
-//! (`/v1/messages`) get Messages bodies and Messages stream events.
+//! here, as a stream, in the dialect the client spoke (each dialect's
+//! rendering is its own, in [`super::dialect`]). For OpenAI clients that is
+//! the identity, so OpenAI streams stay zero-copy.
 
+use super::dialect::{ClientDialect, Render};
 use crate::error::GatewayError;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
-use shardgate_providers::anthropic::{self, OpenAiToAnthropic};
-use shardgate_providers::responses::{self, ChatToResponses, ResponseCtx};
-use shardgate_providers::{
-    ChatResponse, KnownSecrets, ReplyCtx, StreamTranslator, Summary, TranslateError,
-};
-
-/// The dialect of the API the client called. OpenAI's is the default: a
-/// request whose head could not be read is answered in it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ClientDialect {
-    #[default]
-    OpenAi,
-    Anthropic,
-    /// OpenAI's Responses API (`/v1/responses`): OpenAI's error shape, its
-    /// own answers and stream events.
-    Responses,
-}
-
-impl ClientDialect {
-    /// An error body in this dialect.
-    pub fn error_body(self, err: &GatewayError) -> Vec<u8> {
-        match self {
-            ClientDialect::OpenAi | ClientDialect::Responses => err.openai_body(),
-            ClientDialect::Anthropic => {
-                anthropic::error_from_openai(err.status(), &err.openai_body())
-            }
-        }
-    }
-
-    /// A successful non-streamed OpenAI `chat.completion` body in this
-    /// dialect (a Responses answer takes its id and echoed fields from
-    /// `responses`).
-    pub fn success_body(
-        self,
-        openai: Vec<u8>,
-        responses: Option<&ResponseCtx>,
-    ) -> Result<Vec<u8>, TranslateError> {
-        match self {
-            ClientDialect::OpenAi => Ok(openai),
-            ClientDialect::Responses => {
-                let chat: ChatResponse = serde_json::from_slice(&openai)
-                    .map_err(|e| TranslateError::UpstreamJson(e.to_string()))?;
-                let ctx = responses.ok_or_else(|| {
-                    TranslateError::Invalid("a Responses answer without its context".into())
-                })?;
-                serde_json::to_vec(&responses::from_chat(&chat, ctx))
-                    .map_err(|e| TranslateError::Invalid(e.to_string()))
-            }
-            ClientDialect::Anthropic => {
-                let chat: ChatResponse = serde_json::from_slice(&openai)
-                    .map_err(|e| TranslateError::UpstreamJson(e.to_string()))?;
-                let (msg, _) = anthropic::from_openai_response(&chat)?;
-                serde_json::to_vec(&msg).map_err(|e| TranslateError::Invalid(e.to_string()))
-            }
-        }
-    }
-}
+use shardgate_providers::{KnownSecrets, StreamTranslator, Summary, TranslateError};
 
 /// Turns a stream of OpenAI SSE bytes into the client's stream, one HTTP
 /// chunk per call.
@@ -76,37 +21,21 @@ impl StreamEgress {
     /// Events reach the client as they are (the upstream, translator or mock
     /// already speaks the client's dialect).
     pub fn identity(dialect: ClientDialect) -> Self {
-        Self {
-            dialect,
-            to_client: None,
-            scratch: Vec::new(),
-        }
+        Self::new(dialect, None)
     }
 
-    /// OpenAI events in, events of `dialect` out; error events translated
-    /// on the way are redacted of `known`, the credentials of the upstream
-    /// the events come from.
-    pub fn from_openai(dialect: ClientDialect, ctx: &ReplyCtx, known: &KnownSecrets) -> Self {
-        let to_client = match dialect {
-            ClientDialect::OpenAi | ClientDialect::Responses => None,
-            ClientDialect::Anthropic => Some(StreamTranslator::OpenAiToAnthropic(
-                OpenAiToAnthropic::new(ctx.clone()).redacting(known.clone()),
-            )),
-        };
+    /// OpenAI events in, events of `dialect` out (as its
+    /// [`Dialect::stream_from_openai`](super::dialect::Dialect) makes them);
+    /// error events translated on the way are redacted of `known`, the
+    /// credentials of the upstream the events come from.
+    pub fn from_openai(dialect: ClientDialect, to: &Render<'_>, known: &KnownSecrets) -> Self {
+        Self::new(dialect, dialect.rules().stream_from_openai(to, known))
+    }
+
+    fn new(dialect: ClientDialect, to_client: Option<StreamTranslator>) -> Self {
         Self {
             dialect,
             to_client,
-            scratch: Vec::new(),
-        }
-    }
-
-    /// Chat chunks in, the Responses event sequence out.
-    pub fn to_responses(ctx: ResponseCtx, known: &KnownSecrets) -> Self {
-        Self {
-            dialect: ClientDialect::Responses,
-            to_client: Some(StreamTranslator::ChatToResponses(Box::new(
-                ChatToResponses::new(ctx).redacting(known.clone()),
-            ))),
             scratch: Vec::new(),
         }
     }
@@ -120,29 +49,7 @@ impl StreamEgress {
     /// last chunk: the stream ends with a word about why, never a silent cut.
     pub fn fail(self, err: &GatewayError, out: &mut Vec<u8>) {
         let mut event = Vec::with_capacity(256);
-        match self.dialect {
-            ClientDialect::Anthropic => event.extend_from_slice(b"event: error\n"),
-            ClientDialect::Responses => {
-                // The Responses `error` event: its own shape, not a body.
-                let e = serde_json::json!({
-                    "type": "error",
-                    "code": err.label(),
-                    "message": err.to_string(),
-                    "param": null,
-                    "sequence_number": 0,
-                });
-                event.extend_from_slice(b"event: error\ndata: ");
-                event.extend_from_slice(e.to_string().as_bytes());
-                event.extend_from_slice(b"\n\n");
-                push_chunk(out, &event);
-                out.extend_from_slice(LAST_CHUNK);
-                return;
-            }
-            ClientDialect::OpenAi => {}
-        }
-        event.extend_from_slice(b"data: ");
-        event.extend_from_slice(&self.dialect.error_body(err));
-        event.extend_from_slice(b"\n\n");
+        self.dialect.rules().error_event(err, &mut event);
         push_chunk(out, &event);
         out.extend_from_slice(LAST_CHUNK);
     }
@@ -228,13 +135,17 @@ mod tests {
         "choices":[{"index":0,"message":{"role":"assistant","content":"Hi there"},"finish_reason":"length"}],
         "usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
 
-    fn ctx() -> ReplyCtx {
-        ReplyCtx {
-            id: "msg_1".into(),
-            model: "claude-sonnet-4".into(),
-            created: 1,
+    fn render() -> Render<'static> {
+        Render {
+            rid: "r-1",
+            request: b"{}",
+            model: "claude-sonnet-4",
             include_usage: true,
         }
+    }
+
+    fn to_anthropic_egress(known: &KnownSecrets) -> StreamEgress {
+        StreamEgress::from_openai(ClientDialect::Anthropic, &render(), known)
     }
 
     /// The payloads of the HTTP chunks in `out`, checking each chunk's
@@ -271,7 +182,8 @@ mod tests {
         let body = b"{ \"not\": \"even re-read\" }".to_vec();
         assert_eq!(
             ClientDialect::OpenAi
-                .success_body(body.clone(), None)
+                .rules()
+                .success_body(body.clone(), &render())
                 .unwrap(),
             body
         );
@@ -280,7 +192,8 @@ mod tests {
     #[test]
     fn an_anthropic_client_gets_a_messages_body() {
         let out = ClientDialect::Anthropic
-            .success_body(COMPLETION.to_vec(), None)
+            .rules()
+            .success_body(COMPLETION.to_vec(), &render())
             .unwrap();
         let v = json(&out);
         assert_eq!(v["type"], "message");
@@ -294,7 +207,9 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_a_chat_completion_cannot_become_a_message() {
-        let r = ClientDialect::Anthropic.success_body(b"<html>502</html>".to_vec(), None);
+        let r = ClientDialect::Anthropic
+            .rules()
+            .success_body(b"<html>502</html>".to_vec(), &render());
         assert!(matches!(r, Err(TranslateError::UpstreamJson(_))), "{r:?}");
     }
 
@@ -331,7 +246,7 @@ mod tests {
 
     #[test]
     fn openai_events_for_an_openai_client_are_not_translated() {
-        let e = StreamEgress::from_openai(ClientDialect::OpenAi, &ctx(), &KnownSecrets::none());
+        let e = StreamEgress::from_openai(ClientDialect::OpenAi, &render(), &KnownSecrets::none());
         assert!(e.is_identity());
     }
 
@@ -346,8 +261,7 @@ data: [DONE]\n\n";
     /// `OPENAI_STREAM` through an Anthropic client's egress, pushed in
     /// pieces of `piece` bytes: the client's events and the summary.
     fn to_anthropic(piece: usize) -> (Vec<Value>, Option<Summary>) {
-        let mut e =
-            StreamEgress::from_openai(ClientDialect::Anthropic, &ctx(), &KnownSecrets::none());
+        let mut e = to_anthropic_egress(&KnownSecrets::none());
         assert!(!e.is_identity());
         let mut out = Vec::new();
         for p in OPENAI_STREAM.chunks(piece) {
@@ -401,8 +315,7 @@ data: [DONE]\n\n";
         assert!(event_data(&c[0])[0]["error"]["message"].is_string());
 
         let mut out = Vec::new();
-        let mut e =
-            StreamEgress::from_openai(ClientDialect::Anthropic, &ctx(), &KnownSecrets::none());
+        let mut e = to_anthropic_egress(&KnownSecrets::none());
         e.push(&OPENAI_STREAM[..200], &mut out).unwrap();
         // Abandoned: the translator's summary, and none of its closing events.
         assert!(e.abandon().is_some());
@@ -418,7 +331,7 @@ data: [DONE]\n\n";
     #[test]
     fn an_upstream_error_event_is_redacted_of_the_upstreams_key() {
         let known = KnownSecrets::new(["sk-upstream-secret-123"]);
-        let mut e = StreamEgress::from_openai(ClientDialect::Anthropic, &ctx(), &known);
+        let mut e = to_anthropic_egress(&known);
         let mut out = Vec::new();
         let error = b"data: {\"error\":{\"message\":\"bad key sk-upstream-secret-123\",\"type\":\"auth\"}}\n\n";
         let _ = e.push(error, &mut out);

@@ -17,14 +17,12 @@
 //! `upstream.max_response_bytes` is refused as a real upstream's would be.
 
 use super::attempt::Waits;
-use super::egress::ClientDialect;
 use super::relay::{Answer, Source};
 use super::{Api, Call};
 use crate::client::{BodyStep, ReadError};
 use crate::config::{MockProvider, Target};
 use crate::error::GatewayError;
 use glommio::timer::sleep;
-use shardgate_proto::anthropic as a;
 use shardgate_proto::mock::{self, Behaviour, ChunkKind};
 use shardgate_proto::openai::error_body;
 use std::time::Duration;
@@ -46,26 +44,7 @@ pub async fn start<'a>(
 ) -> Result<Answer<'a>, GatewayError> {
     let (req, facts) = (call.req, call.facts);
     // Held to the same shape an upstream would demand.
-    match call.client {
-        ClientDialect::Anthropic => {
-            super::plan::client_json::<a::MessagesRequest>(&req.body)?;
-        }
-        ClientDialect::Responses => {
-            let v: serde_json::Value = super::plan::client_json(&req.body)?;
-            let turn = call.turn.as_deref();
-            if let Some(e) = turn.and_then(super::conversation::Turn::unresolved) {
-                return Err(e);
-            }
-            let prior = turn.map_or(&[][..], |t| t.prior());
-            shardgate_providers::responses::to_chat(&v, prior).map_err(|e| {
-                GatewayError::BadRequest {
-                    message: e.to_string(),
-                    param: None,
-                }
-            })?;
-        }
-        ClientDialect::OpenAi => {}
-    }
+    call.client.rules().check_shape(call)?;
     let defaults = Behaviour {
         output_tokens: cfg.output_tokens,
         ttft_ms: cfg.ttft.as_millis() as u64,

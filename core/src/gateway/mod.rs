@@ -8,9 +8,10 @@ mod attempt;
 pub mod balance;
 mod capture;
 mod count;
+pub mod dialect;
 pub mod egress;
 pub mod health;
-pub use egress::ClientDialect;
+pub use dialect::ClientDialect;
 pub mod conversation;
 mod mock;
 pub mod models;
@@ -34,7 +35,6 @@ use shardgate_proto::h1::Method;
 use shardgate_proto::json::Member;
 use shardgate_proto::openai::Usage;
 use shardgate_proto::openai::{extract_facts, RequestFacts};
-use shardgate_providers::responses::ResponseCtx;
 use shardgate_providers::ReplyCtx;
 use smallvec::SmallVec;
 use std::cell::RefCell;
@@ -202,36 +202,17 @@ impl Call<'_> {
     /// do: the alias is what the client asked for, not what ran. Built only
     /// for answers that are rendered, not for those relayed as they came.
     pub fn reply_ctx(&self, served_model: &str) -> ReplyCtx {
-        ReplyCtx {
-            id: match self.client {
-                ClientDialect::OpenAi => format!("chatcmpl-{}", self.rid),
-                ClientDialect::Anthropic => format!("msg_{}", self.rid.replace('-', "_")),
-                ClientDialect::Responses => self.response_id(),
-            },
-            model: served_model.to_owned(),
-            created: unix_now(),
-            // Anthropic and Responses streams end with their usage, so
-            // always ask for it.
-            include_usage: self.facts.include_usage || self.client != ClientDialect::OpenAi,
-        }
+        self.render(served_model).reply_ctx(self.client)
     }
 
-    /// This answer's Responses id: `resp_` and the request id.
-    pub fn response_id(&self) -> String {
-        format!("resp_{}", self.rid.replace('-', "_"))
-    }
-
-    /// What a Responses answer shares across its objects and events: its
-    /// id, the model that served it, and the request fields it echoes.
-    pub fn response_ctx(&self, served_model: &str) -> ResponseCtx {
-        use shardgate_providers::responses::echo_fields;
-        let echo =
-            echo_fields(&serde_json::from_slice(&self.req.body).unwrap_or(serde_json::Value::Null));
-        ResponseCtx {
-            id: self.response_id(),
-            model: served_model.to_owned(),
-            created_at: unix_now(),
-            echo,
+    /// What rendering an answer served by `served_model` knows of this
+    /// call.
+    pub fn render<'s>(&'s self, served_model: &'s str) -> dialect::Render<'s> {
+        dialect::Render {
+            rid: self.rid,
+            request: &self.req.body,
+            model: served_model,
+            include_usage: self.facts.include_usage,
         }
     }
 }

@@ -9,11 +9,10 @@
 //!
 //! [`egress`]: super::egress
 
-use super::egress::ClientDialect;
+use super::dialect::ClientDialect;
 use super::{Api, Call};
 use crate::config::{HttpProvider, Target, Wire};
 use crate::error::GatewayError;
-use shardgate_proto::anthropic as a;
 use shardgate_proto::h1::{write_content_length, write_header};
 use shardgate_proto::json::{patch_object_into, Edit};
 use shardgate_providers::openai::Operation;
@@ -138,15 +137,6 @@ pub fn build(
                 Reply::GeminiEmbeddings,
             )
         }
-        (ClientDialect::OpenAi, _, Api::ChatCompletions) => {
-            let chat: ChatRequest = client_json(&call.req.body)?;
-            let up = http
-                .wire
-                .provider()
-                .prepare(&chat, &prepare_ctx(target, key))
-                .map_err(translate)?;
-            (up.path, up.headers, UpBody::Bytes(up.body), Reply::FromWire)
-        }
         (ClientDialect::Responses, Dialect::OpenAi, Api::Responses) if matches!(&http.wire, Wire::OpenAi(p) if p.responses_api) =>
         {
             // OpenAI's own API: the body passes through, with only
@@ -186,19 +176,13 @@ pub fn build(
             };
             (path, headers, body, Reply::Same)
         }
-        (ClientDialect::Responses, _, Api::Responses) => {
-            let req: serde_json::Value = client_json(&call.req.body)?;
-            let turn = call.turn.as_deref();
-            if let Some(e) = turn.and_then(super::conversation::Turn::unresolved) {
-                return Err(e);
-            }
-            let prior = turn.map_or(&[][..], |t| t.prior());
-            let chat = shardgate_providers::responses::to_chat(&req, prior).map_err(|e| {
-                GatewayError::BadRequest {
-                    message: e.to_string(),
-                    param: None,
-                }
-            })?;
+        // Anything else goes through chat: the client's dialect reads it
+        // into the chat request the provider prepares its own from.
+        (client, _, _) => {
+            let chat = client
+                .rules()
+                .chat_request(call)
+                .ok_or_else(unsupported)??;
             let up = via_chat(http, target, key, &chat).map_err(translate)?;
             (
                 up.path,
@@ -207,18 +191,6 @@ pub fn build(
                 from_chat_reply(wire),
             )
         }
-        (ClientDialect::Anthropic, _, Api::Messages) => {
-            let msg: a::MessagesRequest = client_json(&call.req.body)?;
-            let chat = ChatRequest::from_anthropic(&msg).map_err(translate)?;
-            let up = via_chat(http, target, key, &chat).map_err(translate)?;
-            (
-                up.path,
-                up.headers,
-                UpBody::Bytes(up.body),
-                from_chat_reply(wire),
-            )
-        }
-        _ => return Err(unsupported()),
     };
     Ok((
         head_and_body(call, http, authority, &path, &headers, body),

@@ -11,7 +11,8 @@
 //! the generation.
 
 use super::capture::StreamCapture;
-use super::egress::{push_chunk, ClientDialect, StreamEgress};
+use super::dialect::{json_of_event, openai_usage, ClientDialect, Tap};
+use super::egress::{push_chunk, StreamEgress};
 use super::mock::MockBody;
 use super::plan::Reply;
 use super::route::Failure;
@@ -25,8 +26,7 @@ use crate::server::{respond, ClientConn, Outcome};
 use crate::shard::Shard;
 use shardgate_policy::guardrails::Stage;
 use shardgate_proto::chunked::{encode_chunk_header, CHUNK_END, LAST_CHUNK};
-use shardgate_proto::json::find_top_level;
-use shardgate_proto::openai::{extract_responses_usage, extract_usage, mentions_usage, Usage};
+use shardgate_proto::openai::Usage;
 use shardgate_proto::sse::SseFramer;
 use shardgate_providers::chat::ChatResponse;
 use shardgate_providers::{gemini, KnownSecrets, StreamTranslator, TranslateError};
@@ -223,8 +223,8 @@ async fn meter_unsent(answer: &mut Answer<'_>) {
     let usage = body.ok().and_then(|body| {
         answer.source.finished(shard);
         match answer.reply {
-            Reply::Same => usage_of_body(answer.client, &body),
-            Reply::FromOpenAi => usage_of_body(ClientDialect::OpenAi, &body),
+            Reply::Same => answer.client.rules().usage_of_body(&body),
+            Reply::FromOpenAi => ClientDialect::OpenAi.rules().usage_of_body(&body),
             Reply::FromWire => answer
                 .wire
                 .and_then(|w| {
@@ -304,16 +304,15 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
     let mut openai = None;
     let translated = match reply {
         Reply::Same => {
-            usage = usage_of_body(client, &body);
+            usage = client.rules().usage_of_body(&body);
             Ok(body)
         }
         Reply::FromOpenAi => {
-            usage = usage_of_body(ClientDialect::OpenAi, &body);
+            usage = ClientDialect::OpenAi.rules().usage_of_body(&body);
             if capture {
                 openai = Some(body.clone());
             }
-            let ctx = (client == ClientDialect::Responses).then(|| call.response_ctx(model));
-            client.success_body(body, ctx.as_ref())
+            client.rules().success_body(body, &call.render(model))
         }
         Reply::FromWire => match wire {
             Some(wire) => wire
@@ -324,9 +323,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
                     if capture {
                         openai = Some(b.clone());
                     }
-                    let ctx =
-                        (client == ClientDialect::Responses).then(|| call.response_ctx(model));
-                    client.success_body(b, ctx.as_ref())
+                    client.rules().success_body(b, &call.render(model))
                 }),
             None => Err(TranslateError::Invalid("no wire to translate from".into())),
         },
@@ -418,13 +415,12 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
 }
 
 /// The client's side of a translated stream.
-fn egress_for(answer: &Answer<'_>, ctx: &shardgate_providers::ReplyCtx) -> StreamEgress {
-    match answer.client {
-        ClientDialect::Responses => {
-            StreamEgress::to_responses(answer.call.response_ctx(answer.model), answer.secrets)
-        }
-        _ => StreamEgress::from_openai(answer.client, ctx, answer.secrets),
-    }
+fn egress_for(answer: &Answer<'_>) -> StreamEgress {
+    StreamEgress::from_openai(
+        answer.client,
+        &answer.call.render(answer.model),
+        answer.secrets,
+    )
 }
 
 /// How stream bytes from the upstream become the client's.
@@ -457,13 +453,13 @@ impl Pipe {
             ),
             Reply::FromOpenAi => Pipe::Translate(Box::new(Translating {
                 wire: None,
-                egress: egress_for(answer, &answer.call.reply_ctx(answer.model)),
+                egress: egress_for(answer),
                 mid: Vec::new(),
             })),
             Reply::FromWire => Pipe::Translate(Box::new({
                 let ctx = answer.call.reply_ctx(answer.model);
                 Translating {
-                    egress: egress_for(answer, &ctx),
+                    egress: egress_for(answer),
                     wire: answer
                         .wire
                         .and_then(|w| w.provider().stream_translator(ctx, answer.secrets)),
@@ -592,190 +588,6 @@ impl Pipe {
             Pipe::Same(..) => StreamEgress::identity(client).fail(err, out),
             Pipe::Translate(t) => t.egress.fail(err, out),
         }
-    }
-}
-
-/// Watches a same-dialect stream for usage without re-serializing it: only
-/// events that mention `"usage"` are parsed. For OpenAI streams the gateway
-/// asked for the usage chunk itself when the client did not, and that chunk
-/// is withheld from such clients.
-struct Tap {
-    client: ClientDialect,
-    client_wants_usage: bool,
-    usage: Option<Usage>,
-    /// The stream's end marker was seen (`[DONE]`, `message_stop`).
-    ended: bool,
-    /// Content events relayed: the output estimate of a cut stream.
-    events: u64,
-    /// Whether a Responses stream's final `response` object is wanted (a
-    /// turn to keep, output webhooks to judge it): only then is that event
-    /// parsed whole.
-    keep_response: bool,
-    /// A Responses stream's final `response` object (what a stored turn
-    /// keeps): read from its last event, the one event parsed whole.
-    response: Option<serde_json::Value>,
-}
-
-impl Tap {
-    fn new(client: ClientDialect, client_wants_usage: bool, keep_response: bool) -> Self {
-        Tap {
-            client,
-            client_wants_usage,
-            usage: None,
-            ended: false,
-            events: 0,
-            keep_response,
-            response: None,
-        }
-    }
-
-    /// Looks at one event; false if the client must not see it.
-    fn relay(&mut self, raw: &[u8]) -> bool {
-        let json = json_of_event(raw);
-        match self.client {
-            ClientDialect::Responses => {
-                let last = needle::RESPONSE_COMPLETED.find(json).is_some()
-                    || needle::RESPONSE_INCOMPLETE.find(json).is_some()
-                    || needle::RESPONSE_FAILED.find(json).is_some();
-                if last {
-                    self.ended = true;
-                    if let Some(r) = find_top_level(json, "response").map(|r| &json[r]) {
-                        self.usage = extract_responses_usage(r).or(self.usage);
-                        if self.keep_response {
-                            self.response = serde_json::from_slice(r).ok();
-                        }
-                    }
-                } else if needle::DELTA.find(json).is_some() {
-                    self.events += 1;
-                }
-                true
-            }
-            ClientDialect::OpenAi => {
-                if json.is_empty() && needle::DONE.find(raw).is_some() {
-                    self.ended = true;
-                    return true;
-                }
-                if let Some(u) = extract_usage(json) {
-                    self.usage = Some(u);
-                    // The usage-only chunk OpenAI sends last has no choices.
-                    if !self.client_wants_usage && has_no_choices(json) {
-                        return false;
-                    }
-                } else {
-                    self.events += 1;
-                }
-                true
-            }
-            ClientDialect::Anthropic => {
-                if needle::MESSAGE_STOP.find(json).is_some() {
-                    self.ended = true;
-                } else if mentions_usage(json) {
-                    anthropic_stream_usage(json, &mut self.usage);
-                } else if needle::CONTENT_DELTA.find(json).is_some() {
-                    self.events += 1;
-                }
-                true
-            }
-        }
-    }
-}
-
-/// What [`Tap`] looks for in every event; each searcher is built once,
-/// not per event.
-mod needle {
-    use memchr::memmem::Finder;
-    use std::sync::LazyLock;
-
-    type Needle = LazyLock<Finder<'static>>;
-    pub static DONE: Needle = LazyLock::new(|| Finder::new(b"[DONE]"));
-    pub static MESSAGE_STOP: Needle = LazyLock::new(|| Finder::new(b"\"message_stop\""));
-    pub static CONTENT_DELTA: Needle = LazyLock::new(|| Finder::new(b"\"content_block_delta\""));
-    pub static RESPONSE_COMPLETED: Needle =
-        LazyLock::new(|| Finder::new(b"\"response.completed\""));
-    pub static RESPONSE_INCOMPLETE: Needle =
-        LazyLock::new(|| Finder::new(b"\"response.incomplete\""));
-    pub static RESPONSE_FAILED: Needle = LazyLock::new(|| Finder::new(b"\"response.failed\""));
-    pub static DELTA: Needle = LazyLock::new(|| Finder::new(b".delta\""));
-}
-
-/// Whether a chunk's `choices` is absent or an empty array, however the
-/// upstream spaced it (`"choices": [ ]` from Python servers): a usage-only
-/// chunk, which clients that index `choices[0]` must not see unasked.
-fn has_no_choices(json: &[u8]) -> bool {
-    let Some(range) = find_top_level(json, "choices") else {
-        return true;
-    };
-    let mut inner = json[range].iter().filter(|b| !b.is_ascii_whitespace());
-    matches!(
-        (inner.next(), inner.next(), inner.next()),
-        (Some(b'['), Some(b']'), None)
-    )
-}
-
-/// The JSON of a one-line `data:` event (empty when there is none).
-fn json_of_event(raw: &[u8]) -> &[u8] {
-    match (
-        raw.iter().position(|&b| b == b'{'),
-        raw.iter().rposition(|&b| b == b'}'),
-    ) {
-        (Some(a), Some(b)) if a < b => &raw[a..=b],
-        _ => &[],
-    }
-}
-
-/// Usage from Anthropic's `message_start` (input) and `message_delta`
-/// (output, and input again in newer API versions).
-fn anthropic_stream_usage(json: &[u8], usage: &mut Option<Usage>) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
-        return;
-    };
-    let u = match v.get("type").and_then(|t| t.as_str()) {
-        Some("message_start") => v.pointer("/message/usage"),
-        Some("message_delta") => v.get("usage"),
-        _ => None,
-    };
-    let Some(u) =
-        u.and_then(|u| serde_json::from_value::<shardgate_proto::anthropic::Usage>(u.clone()).ok())
-    else {
-        return;
-    };
-    let new = openai_usage(&shardgate_providers::anthropic::usage(&u));
-    let cur = usage.get_or_insert_with(Usage::default);
-    cur.prompt_tokens = new.prompt_tokens.or(cur.prompt_tokens);
-    cur.cached_tokens = new.cached_tokens.or(cur.cached_tokens);
-    cur.cache_write_tokens = new.cache_write_tokens.or(cur.cache_write_tokens);
-    cur.completion_tokens = new.completion_tokens.or(cur.completion_tokens);
-    cur.total_tokens = match (cur.prompt_tokens, cur.completion_tokens) {
-        (None, None) => None,
-        (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
-    };
-}
-
-/// Usage of a whole body in `dialect`.
-fn usage_of_body(dialect: ClientDialect, body: &[u8]) -> Option<Usage> {
-    match dialect {
-        ClientDialect::OpenAi => extract_usage(body),
-        ClientDialect::Responses => extract_responses_usage(body),
-        ClientDialect::Anthropic => {
-            let usage = &body[find_top_level(body, "usage")?];
-            let u: shardgate_proto::anthropic::Usage = serde_json::from_slice(usage).ok()?;
-            Some(openai_usage(&shardgate_providers::anthropic::usage(&u)))
-        }
-    }
-}
-
-/// The providers' usage record in the OpenAI shape policy prices.
-pub fn openai_usage(u: &shardgate_providers::Usage) -> Usage {
-    Usage {
-        prompt_tokens: u.input_tokens,
-        completion_tokens: u.output_tokens,
-        total_tokens: match (u.input_tokens, u.output_tokens) {
-            (None, None) => None,
-            (p, c) => Some(p.unwrap_or(0) + c.unwrap_or(0)),
-        },
-        cached_tokens: u.cached_input_tokens,
-        reasoning_tokens: u.reasoning_tokens,
-        cache_write_tokens: u.cache_write_tokens,
     }
 }
 
@@ -1046,7 +858,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     // they have, then sent, refused, or replayed redacted (its egress).
     let mut hooked = (!answer.call.output_hooks.is_empty()).then(|| HookHold {
         held: Vec::new(),
-        egress: egress_for(answer, &answer.call.reply_ctx(answer.model)),
+        egress: egress_for(answer),
     });
     let Answer {
         source,
@@ -1320,221 +1132,5 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             }
             out.clear();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A stream as a Python server writes it: `json.dumps` spacing.
-    const PRETTY_USAGE: &[u8] = b"data: {\"id\": \"c1\", \"choices\": [ ], \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 5, \"total_tokens\": 8}}";
-
-    #[test]
-    fn a_spaced_usage_only_chunk_is_withheld_from_clients_that_did_not_ask() {
-        let mut tap = Tap::new(ClientDialect::OpenAi, false, false);
-        let content = b"data: {\"id\": \"c1\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"Hi\"}}]}";
-        assert!(tap.relay(content));
-        assert!(!tap.relay(PRETTY_USAGE));
-        assert_eq!(tap.usage.and_then(|u| u.completion_tokens), Some(5));
-        assert_eq!(tap.events, 1);
-    }
-
-    #[test]
-    fn usage_alongside_choices_is_relayed_and_asked_usage_always_is() {
-        let mut tap = Tap::new(ClientDialect::OpenAi, false, false);
-        let both = b"data: {\"choices\": [{\"delta\": {}}], \"usage\": {\"prompt_tokens\": 3}}";
-        assert!(tap.relay(both));
-        let mut asked = Tap::new(ClientDialect::OpenAi, true, false);
-        assert!(asked.relay(PRETTY_USAGE));
-    }
-
-    #[test]
-    fn no_choices_is_structural() {
-        assert!(has_no_choices(br#"{"choices":[],"usage":{}}"#));
-        assert!(has_no_choices(b"{\"choices\" :\n [\n ] , \"usage\": {}}"));
-        assert!(has_no_choices(br#"{"usage":{}}"#));
-        assert!(!has_no_choices(br#"{"choices":[{}],"usage":{}}"#));
-        assert!(!has_no_choices(br#"{"x":{"choices":[]},"choices":[1]}"#));
-    }
-
-    /// An Anthropic stream's usage-bearing events, as the API sends them:
-    /// input (with cache reads and writes) at the start, output at the end.
-    const MESSAGE_START: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4\",\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":10,\"output_tokens\":1}}}";
-    const MESSAGE_DELTA: &[u8] = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}";
-
-    fn anthropic_delta(text: &str) -> Vec<u8> {
-        format!(
-            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}",
-            serde_json::Value::from(text)
-        )
-        .into_bytes()
-    }
-
-    #[test]
-    fn an_anthropic_stream_merges_input_from_its_start_and_output_from_its_end() {
-        let mut usage = None;
-        anthropic_stream_usage(json_of_event(MESSAGE_START), &mut usage);
-        let started = usage.unwrap();
-        // Cache reads and writes are input too.
-        assert_eq!(started.prompt_tokens, Some(135));
-        assert_eq!(started.cached_tokens, Some(100));
-        assert_eq!(started.completion_tokens, Some(1));
-        anthropic_stream_usage(json_of_event(MESSAGE_DELTA), &mut usage);
-        let u = usage.unwrap();
-        assert_eq!(u.prompt_tokens, Some(135), "kept from message_start");
-        assert_eq!(u.cached_tokens, Some(100));
-        assert_eq!(
-            u.completion_tokens,
-            Some(15),
-            "the delta's count is the total"
-        );
-        assert_eq!(u.total_tokens, Some(150));
-        // Newer API versions repeat the input in message_delta: it wins.
-        let delta = br#"{"type":"message_delta","delta":{},"usage":{"input_tokens":30,"output_tokens":16}}"#;
-        anthropic_stream_usage(delta, &mut usage);
-        let u = usage.unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(30), Some(16)));
-        assert_eq!(u.total_tokens, Some(46));
-    }
-
-    #[test]
-    fn anthropic_events_other_than_start_and_delta_leave_usage_alone() {
-        let mut usage = None;
-        for json in [
-            &br#"{"type":"content_block_delta","usage":{"output_tokens":99}}"#[..],
-            br#"{"type":"message_delta","usage":"not an object"}"#,
-            br#"{"type":"message_start"}"#,
-            b"{not json",
-        ] {
-            anthropic_stream_usage(json, &mut usage);
-            assert_eq!(usage, None, "{}", String::from_utf8_lossy(json));
-        }
-    }
-
-    #[test]
-    fn the_anthropic_tap_counts_content_events_and_sees_the_end() {
-        let mut tap = Tap::new(ClientDialect::Anthropic, false, false);
-        assert!(tap.relay(MESSAGE_START));
-        for text in ["Hel", "lo", "say \"message_stop\" and \"usage\""] {
-            assert!(tap.relay(&anthropic_delta(text)), "relayed to the client");
-        }
-        assert!(!tap.ended, "quoted text is not the end marker");
-        assert!(tap.relay(MESSAGE_DELTA));
-        assert!(!tap.ended);
-        assert!(tap.relay(b"event: message_stop\ndata: {\"type\":\"message_stop\"}"));
-        assert!(tap.ended);
-        assert_eq!(tap.events, 3);
-        let u = tap.usage.unwrap();
-        assert_eq!(
-            (u.prompt_tokens, u.completion_tokens),
-            (Some(135), Some(15))
-        );
-    }
-
-    #[test]
-    fn the_openai_tap_sees_done_and_counts_only_content_chunks() {
-        let mut tap = Tap::new(ClientDialect::OpenAi, true, false);
-        let content = b"data: {\"choices\":[{\"delta\":{\"content\":\"[DONE] is just text\"}}]}";
-        assert!(tap.relay(content));
-        assert!(!tap.ended, "[DONE] inside an event's JSON is content");
-        assert!(tap.relay(PRETTY_USAGE));
-        assert!(tap.relay(b"data: [DONE]"));
-        assert!(tap.ended);
-        assert_eq!(tap.events, 1);
-        assert_eq!(tap.usage.and_then(|u| u.total_tokens), Some(8));
-    }
-
-    #[test]
-    fn the_responses_tap_reads_usage_from_the_final_event_and_keeps_it_only_when_asked() {
-        let delta = b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"usage\"}";
-        let done = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":7,\"input_tokens_details\":{\"cached_tokens\":2},\"output_tokens\":3,\"output_tokens_details\":{\"reasoning_tokens\":1},\"total_tokens\":10}},\"sequence_number\":9}";
-        for keep in [false, true] {
-            let mut tap = Tap::new(ClientDialect::Responses, false, keep);
-            assert!(tap.relay(delta));
-            assert!(tap.relay(done));
-            assert!(tap.ended);
-            assert_eq!(tap.events, 1);
-            let u = tap.usage.unwrap();
-            assert_eq!(
-                (
-                    u.prompt_tokens,
-                    u.completion_tokens,
-                    u.cached_tokens,
-                    u.reasoning_tokens
-                ),
-                (Some(7), Some(3), Some(2), Some(1))
-            );
-            assert_eq!(
-                tap.response.map(|r| r["id"].clone()),
-                keep.then(|| serde_json::json!("resp_1"))
-            );
-        }
-    }
-
-    #[test]
-    fn an_events_json_is_what_lies_between_its_outer_braces() {
-        let v: serde_json::Value = serde_json::from_slice(json_of_event(MESSAGE_DELTA)).unwrap();
-        assert_eq!(
-            v["usage"]["output_tokens"], 15,
-            "the event: line is not part of it"
-        );
-        assert_eq!(
-            json_of_event(b"data: {\"a\":{\"b\":1}}\n\n"),
-            br#"{"a":{"b":1}}"#
-        );
-        assert!(json_of_event(b"data: [DONE]").is_empty());
-        assert!(json_of_event(b": keep-alive").is_empty());
-        assert!(json_of_event(b"data: }{").is_empty());
-    }
-
-    #[test]
-    fn a_whole_openai_body_reports_its_top_level_usage_only() {
-        let body = br#"{"id":"c","choices":[{"message":{"content":"{\"usage\":{\"prompt_tokens\":999}}"}}],
-            "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4}}}"#;
-        let u = usage_of_body(ClientDialect::OpenAi, body).unwrap();
-        assert_eq!(u.prompt_tokens, Some(12));
-        assert_eq!(u.completion_tokens, Some(3));
-        assert_eq!(u.total_tokens, Some(15));
-        assert_eq!(u.cached_tokens, Some(4));
-        let quoted_only =
-            br#"{"choices":[{"message":{"content":"{\"usage\":{\"prompt_tokens\":999}}"}}]}"#;
-        assert_eq!(usage_of_body(ClientDialect::OpenAi, quoted_only), None);
-    }
-
-    #[test]
-    fn a_whole_anthropic_body_counts_cache_reads_and_writes_as_input() {
-        let body = br#"{"id":"msg_1","type":"message","content":[{"type":"tool_use","id":"t","name":"f","input":{"usage":{"input_tokens":999}}}],
-            "usage":{"input_tokens":20,"cache_read_input_tokens":300,"cache_creation_input_tokens":5,"output_tokens":7}}"#;
-        let u = usage_of_body(ClientDialect::Anthropic, body).unwrap();
-        assert_eq!(u.prompt_tokens, Some(325));
-        assert_eq!(u.cached_tokens, Some(300));
-        assert_eq!(u.completion_tokens, Some(7));
-        assert_eq!(u.total_tokens, Some(332));
-        assert_eq!(
-            usage_of_body(ClientDialect::Anthropic, br#"{"type":"message"}"#),
-            None
-        );
-    }
-
-    #[test]
-    fn openai_usage_totals_whatever_figures_there_are() {
-        let u = |input, output| shardgate_providers::Usage {
-            input_tokens: input,
-            output_tokens: output,
-            cached_input_tokens: Some(2),
-            reasoning_tokens: Some(1),
-            cache_write_tokens: None,
-            ..shardgate_providers::Usage::default()
-        };
-        let both = openai_usage(&u(Some(10), Some(5)));
-        assert_eq!(both.total_tokens, Some(15));
-        assert_eq!(
-            (both.cached_tokens, both.reasoning_tokens),
-            (Some(2), Some(1))
-        );
-        assert_eq!(openai_usage(&u(None, Some(5))).total_tokens, Some(5));
-        assert_eq!(openai_usage(&u(Some(10), None)).total_tokens, Some(10));
-        assert_eq!(openai_usage(&u(None, None)).total_tokens, None);
     }
 }

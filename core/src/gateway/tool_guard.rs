@@ -11,7 +11,7 @@
 //! Built only for callers whose policies restrict tools; everyone else's
 //! answers are not looked at.
 
-use super::egress::ClientDialect;
+use super::dialect::ClientDialect;
 use crate::error::GatewayError;
 use crate::record::{ToolCallRecord, ToolCallSource, ToolDecision};
 use serde_json::{json, Map, Value};
