@@ -848,18 +848,76 @@ fn held_text(held: &[u8]) -> String {
     text
 }
 
-/// An event stream, relayed as it arrives.
+/// What a stream's client bytes pass after the egress, each read, in
+/// order: the tool policy on the tool calls in them, then the output
+/// guardrails on their text and calls' arguments; output webhooks then
+/// hold them all until the whole answer is judged. Each stage sees what
+/// the one before it let through.
+struct Stages<'c, 'a> {
+    tools: Option<&'c std::cell::RefCell<super::tool_guard::ToolGuard>>,
+    rails: Option<GuardedStream<'c, 'a>>,
+    hold: Option<HookHold>,
+}
+
+impl<'c, 'a> Stages<'c, 'a> {
+    fn new(answer: &Answer<'a>, call: &'c Call<'a>) -> Self {
+        let client = answer.client;
+        let checks_text = !call.output_checks.is_empty();
+        let checks_args = !call.tool_call_checks.is_empty();
+        Stages {
+            tools: call.guard.as_ref(),
+            rails: (checks_text || checks_args).then(|| GuardedStream {
+                guard: checks_text.then(|| {
+                    StreamGuard::new(
+                        &call.generation.guardrails,
+                        call.output_checks.clone(),
+                        client,
+                        call.api == super::Api::Completions,
+                    )
+                }),
+                args: checks_args.then(|| {
+                    crate::guardrails::tool_args::ToolArgs::new(
+                        call.tool_call_checks.clone(),
+                        client,
+                    )
+                }),
+                call,
+            }),
+            hold: (!call.output_hooks.is_empty()).then(|| HookHold {
+                held: Vec::new(),
+                egress: egress_for(answer),
+            }),
+        }
+    }
+
+    /// Whether a stage reads the stream: then bytes the stages have not
+    /// judged never go out.
+    fn judging(&self) -> bool {
+        self.tools.is_some() || self.rails.is_some() || self.hold.is_some()
+    }
+
+    /// Runs one read's client bytes in `out` through the tool policy and
+    /// the guardrails. On a refusal, `out` keeps what passed before the
+    /// refused part, and the refusal is returned.
+    fn filter(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        if let Some(tools) = self.tools {
+            tools.borrow_mut().filter_stream(out, 0)?;
+        }
+        if let Some(rails) = &mut self.rails {
+            rails.filter(out)?;
+        }
+        Ok(())
+    }
+}
+
+/// An event stream, relayed as it arrives: the pipe (framer, the cache's
+/// tee, translators, egress), then the [`Stages`], then the client.
 async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     let (shard, rid) = (answer.call.shard, answer.call.rid);
     let settings = shard.pool.settings();
     let mut pipe = Pipe::new(answer, settings.max_event_bytes);
     let mut capture = StreamCapture::new(answer);
-    // Output webhooks judge the whole answer: the stream is held until
-    // they have, then sent, refused, or replayed redacted (its egress).
-    let mut hooked = (!answer.call.output_hooks.is_empty()).then(|| HookHold {
-        held: Vec::new(),
-        egress: egress_for(answer),
-    });
+    let mut stages = Stages::new(answer, answer.call);
     let Answer {
         source,
         head,
@@ -883,22 +941,6 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         return Outcome::CLOSE;
     }
     let mut out = Vec::with_capacity(512);
-    let checks_text = !call.output_checks.is_empty();
-    let checks_args = !call.tool_call_checks.is_empty();
-    let mut rails = (checks_text || checks_args).then(|| GuardedStream {
-        guard: checks_text.then(|| {
-            StreamGuard::new(
-                &call.generation.guardrails,
-                call.output_checks.clone(),
-                client,
-                call.api == super::Api::Completions,
-            )
-        }),
-        args: checks_args.then(|| {
-            crate::guardrails::tool_args::ToolArgs::new(call.tool_call_checks.clone(), client)
-        }),
-        call,
-    });
     loop {
         let mut feed_error = None;
         let step = futures_lite::future::or(
@@ -949,32 +991,19 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 };
                 let (usage, cut, mut response) = pipe.finish(&mut out, capture.as_deref_mut());
                 meter_stream(call, usage, cut, events);
-                let mut refused = false;
-                let mut refusal = None;
-                if let Some(guard) = &call.guard {
-                    if let Err(err) = guard.borrow_mut().filter_stream(&mut out, 0) {
-                        conn.note_error(err.label());
-                        StreamEgress::identity(client).fail(&err, &mut out);
-                        // A refused answer is not a turn to keep.
-                        response = None;
-                        refused = true;
-                        refusal = Some(err);
-                    }
+                let refusal = stages.filter(&mut out).err();
+                if let Some(err) = &refusal {
+                    conn.note_error(err.label());
+                    StreamEgress::identity(client).fail(err, &mut out);
+                    // A refused answer is not a turn to keep.
+                    response = None;
                 }
-                if let Some(r) = &mut rails {
-                    if let Err(err) = r.filter(&mut out) {
-                        conn.note_error(err.label());
-                        StreamEgress::identity(client).fail(&err, &mut out);
-                        response = None;
-                        refused = true;
-                        refusal = Some(err);
-                    }
-                }
+                let mut refused = refusal.is_some();
                 let assembled = capture
                     .take()
                     .filter(|_| !cut && !refused)
                     .and_then(|c| c.finish(usage));
-                if let Some(hold) = hooked.take() {
+                if let Some(hold) = stages.hold.take() {
                     if let Some(e) = &refusal {
                         // Nothing the hooks have not judged goes out.
                         out.clear();
@@ -1004,39 +1033,8 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 }
                 // Stored before `response.completed` leaves: a follow-up
                 // sent the moment it arrives finds the turn.
-                if let Some(mut response) = response.filter(|_| call.turn.is_some()) {
-                    if let Some(args) = rails.as_ref().and_then(|r| r.args.as_ref()) {
-                        args.patch_response(&mut response);
-                    }
-                    let mut keep = true;
-                    // What is kept is what the client was sent: redacted.
-                    if !call.output_checks.is_empty() {
-                        keep &= crate::guardrails::check_value(
-                            &call.generation.guardrails,
-                            &call.output_checks,
-                            Stage::Output,
-                            &mut response,
-                            &mut Vec::new(),
-                        )
-                        .is_ok();
-                    }
-                    if let Some(guard) = &call.guard {
-                        let bytes = serde_json::to_vec(&response).unwrap_or_default();
-                        match guard.borrow_mut().check_body(&bytes) {
-                            Ok(Some(stripped)) => {
-                                response = serde_json::from_slice(&stripped).unwrap_or(response);
-                            }
-                            Ok(None) => {}
-                            Err(_) => keep = false,
-                        }
-                    }
-                    let failed = response.get("status").and_then(serde_json::Value::as_str)
-                        == Some("failed");
-                    if keep && !failed {
-                        if let Ok(response) = serde_json::value::to_raw_value(&response) {
-                            super::conversation::commit(call, response, name).await;
-                        }
-                    }
+                if let Some(response) = response.filter(|_| call.turn.is_some()) {
+                    keep_streamed_turn(call, &stages, response, name).await;
                 }
                 source.finished(shard);
                 return match conn.write(&out).await {
@@ -1046,67 +1044,44 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             }
             Some(Err(e)) => Some(read_failed(name, e)),
         };
-        let failure = match (failure, &call.guard) {
-            (None, Some(guard)) => {
-                guard
-                    .borrow_mut()
-                    .filter_stream(&mut out, 0)
-                    .err()
-                    .inspect(|e| {
-                        // The answer is refused, not failed: what the upstream
-                        // used so far is still charged.
-                        let (usage, events) = pipe.abandon();
-                        meter_stream(call, usage, true, events);
-                        StreamEgress::identity(client).fail(e, &mut out);
-                    })
-            }
-            (f, _) => f,
-        };
-        let failure = match (failure, &mut rails) {
-            (None, Some(r)) => r.filter(&mut out).err().inspect(|e| {
+        match failure.map_or_else(|| stages.filter(&mut out).err().map(Err), |f| Some(Ok(f))) {
+            None => {}
+            // Refused, not failed: what the upstream used so far is still
+            // charged, and the stream ends with the refusal.
+            Some(Err(refusal)) => {
                 let (usage, events) = pipe.abandon();
                 meter_stream(call, usage, true, events);
-                StreamEgress::identity(client).fail(e, &mut out);
-            }),
-            (f, _) => f,
-        };
-        if hooked.is_some() {
-            if let Some(e @ (GatewayError::Guardrail { .. } | GatewayError::Policy(_))) = &failure {
-                // Held text the hooks have not judged never goes out.
-                out.clear();
-                StreamEgress::identity(client).fail(e, &mut out);
+                if stages.hold.is_some() {
+                    // Held text the hooks have not judged never goes out.
+                    out.clear();
+                }
+                StreamEgress::identity(client).fail(&refusal, &mut out);
+                conn.note_error(match refusal {
+                    GatewayError::Policy(_) => "tool_denied",
+                    _ => refusal.label(),
+                });
+                return match conn.write(&out).await {
+                    Ok(()) => Outcome::KEEP,
+                    Err(_) => Outcome::CLOSE,
+                };
+            }
+            Some(Ok(err)) => {
+                log::info!("{rid}: stream from {name} failed: {err}");
+                conn.note_error(err.label());
+                let (usage, events) = pipe.abandon();
+                meter_stream(call, usage, true, events);
+                if stages.judging() {
+                    // This read's events were not judged: none of them go out.
+                    out.clear();
+                }
+                pipe.fail(&err, &mut out, client);
+                return match conn.write(&out).await {
+                    Ok(()) => Outcome::KEEP,
+                    Err(_) => Outcome::CLOSE,
+                };
             }
         }
-        if let Some(e @ GatewayError::Guardrail { .. }) = &failure {
-            conn.note_error(e.label());
-            return match conn.write(&out).await {
-                Ok(()) => Outcome::KEEP,
-                Err(_) => Outcome::CLOSE,
-            };
-        }
-        if let Some(GatewayError::Policy(_)) = &failure {
-            conn.note_error("tool_denied");
-            return match conn.write(&out).await {
-                Ok(()) => Outcome::KEEP,
-                Err(_) => Outcome::CLOSE,
-            };
-        }
-        if let Some(err) = failure {
-            log::info!("{rid}: stream from {name} failed: {err}");
-            conn.note_error(err.label());
-            let (usage, events) = pipe.abandon();
-            meter_stream(call, usage, true, events);
-            if rails.is_some() || call.guard.is_some() || hooked.is_some() {
-                // This read's events were not judged: none of them go out.
-                out.clear();
-            }
-            pipe.fail(&err, &mut out, client);
-            return match conn.write(&out).await {
-                Ok(()) => Outcome::KEEP,
-                Err(_) => Outcome::CLOSE,
-            };
-        }
-        if let Some(hold) = &mut hooked {
+        if let Some(hold) = &mut stages.hold {
             hold.held.append(&mut out);
             if hold.held.len() > settings.max_response_bytes {
                 let e = GatewayError::Guardrail {
@@ -1131,6 +1106,47 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 return Outcome::CLOSE;
             }
             out.clear();
+        }
+    }
+}
+
+/// Keeps a streamed Responses turn as the client was sent it: its tool
+/// calls' arguments as the guardrails left them, redacted, stripped of
+/// refused tool calls; not when a check refuses it or it failed.
+async fn keep_streamed_turn(
+    call: &Call<'_>,
+    stages: &Stages<'_, '_>,
+    mut response: serde_json::Value,
+    name: &str,
+) {
+    if let Some(args) = stages.rails.as_ref().and_then(|r| r.args.as_ref()) {
+        args.patch_response(&mut response);
+    }
+    let mut keep = true;
+    if !call.output_checks.is_empty() {
+        keep &= crate::guardrails::check_value(
+            &call.generation.guardrails,
+            &call.output_checks,
+            Stage::Output,
+            &mut response,
+            &mut Vec::new(),
+        )
+        .is_ok();
+    }
+    if let Some(guard) = &call.guard {
+        let bytes = serde_json::to_vec(&response).unwrap_or_default();
+        match guard.borrow_mut().check_body(&bytes) {
+            Ok(Some(stripped)) => {
+                response = serde_json::from_slice(&stripped).unwrap_or(response);
+            }
+            Ok(None) => {}
+            Err(_) => keep = false,
+        }
+    }
+    let failed = response.get("status").and_then(serde_json::Value::as_str) == Some("failed");
+    if keep && !failed {
+        if let Ok(response) = serde_json::value::to_raw_value(&response) {
+            super::conversation::commit(call, response, name).await;
         }
     }
 }
