@@ -23,6 +23,7 @@ impl<'b> Object<'b> {
     }
 
     /// `,"key":` (no comma first). Keys are literals that need no escape.
+    #[inline(always)]
     fn key(&mut self, key: &'static str) {
         debug_assert!(!key.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
         if !std::mem::replace(&mut self.empty, false) {
@@ -33,11 +34,13 @@ impl<'b> Object<'b> {
         self.out.extend_from_slice(b"\":");
     }
 
+    #[inline(always)]
     pub fn str(&mut self, key: &'static str, v: &str) {
         self.key(key);
         write_json_string(self.out, v);
     }
 
+    #[inline(always)]
     pub fn opt_str(&mut self, key: &'static str, v: Option<&str>) {
         match v {
             Some(v) => self.str(key, v),
@@ -45,12 +48,14 @@ impl<'b> Object<'b> {
         }
     }
 
+    #[inline(always)]
     pub fn u64(&mut self, key: &'static str, v: u64) {
         self.key(key);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
+    #[inline(always)]
     pub fn opt_u64(&mut self, key: &'static str, v: Option<u64>) {
         match v {
             Some(v) => self.u64(key, v),
@@ -58,6 +63,7 @@ impl<'b> Object<'b> {
         }
     }
 
+    #[inline(always)]
     pub fn opt_bool(&mut self, key: &'static str, v: Option<bool>) {
         let raw: &[u8] = match v {
             Some(true) => b"true",
@@ -68,6 +74,7 @@ impl<'b> Object<'b> {
     }
 
     /// A member whose value is already JSON.
+    #[inline(always)]
     pub fn raw(&mut self, key: &'static str, json: &[u8]) {
         self.key(key);
         self.out.extend_from_slice(json);
@@ -117,11 +124,13 @@ impl<'b> Object<'b> {
     /// the float `ms` made: the shortest decimal of a whole number of
     /// microseconds over 1,000 is that number's own digits, so it is
     /// written from integers rather than formatted as a float.
+    #[inline(always)]
     pub fn millis(&mut self, key: &'static str, d: std::time::Duration) {
         self.key(key);
         write_millis(self.out, d);
     }
 
+    #[inline(always)]
     pub fn opt_millis(&mut self, key: &'static str, d: Option<std::time::Duration>) {
         match d {
             Some(d) => self.millis(key, d),
@@ -142,9 +151,9 @@ impl<'b> Object<'b> {
 }
 
 fn write_millis(out: &mut Vec<u8>, d: std::time::Duration) {
-    // Rounded as the float always was (`f64::round` of the microseconds),
-    // so a value at an exact half microsecond reads as it did.
-    let micros = (d.as_secs_f64() * 1e6).round() as u64;
+    // Rounded half up, as the float always was (`f64::round` of the
+    // microseconds), in integers.
+    let micros = d.as_secs() * 1_000_000 + u64::from((d.subsec_nanos() + 500) / 1000);
     let (whole, frac) = (micros / 1000, (micros % 1000) as u32);
     out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
     out.push(b'.');

@@ -35,6 +35,10 @@ use writer::{Msg, SCHEMA};
 pub const SHARD_FLUSH: Duration = Duration::from_millis(10);
 /// A shard's buffer is handed over early past this size.
 const FLUSH_AT: usize = 256 << 10;
+/// How long a shard's audit buffer keeps its room with nothing to write.
+const QUIET: Duration = Duration::from_secs(1);
+/// A request event's usual size, with room to spare (about 650 bytes).
+const EVENT_ROOM: usize = 1024;
 
 /// A shard's end of the audit log. Shard-local: no locks.
 pub struct ShardAudit {
@@ -106,10 +110,17 @@ impl ShardAudit {
                 return;
             }
         }
-        let batch = std::mem::take(&mut *self.buf.borrow_mut());
-        if batch.is_empty() {
-            return;
-        }
+        let batch = {
+            let mut buf = self.buf.borrow_mut();
+            if buf.is_empty() {
+                return;
+            }
+            // The next batch starts with room for as much as this one
+            // held: a buffer grown by doubling from nothing would be
+            // copied a dozen times a batch.
+            let room = (buf.len() + buf.len() / 4).min(FLUSH_AT + EVENT_ROOM);
+            std::mem::replace(&mut *buf, Vec::with_capacity(room))
+        };
         match self.tx.try_send(Msg::Batch(batch)) {
             Ok(()) => {}
             Err(TrySendError::Full(Msg::Batch(b)) | TrySendError::Disconnected(Msg::Batch(b))) => {
@@ -153,7 +164,23 @@ impl ShardAudit {
                         Poll::Pending
                     }
                 });
-                futures_lite::future::or(rung, shard.wait_shutdown()).await;
+                if self.buf.borrow().capacity() == 0 {
+                    futures_lite::future::or(rung, shard.wait_shutdown()).await;
+                } else {
+                    // A quiet shard lets its batch's room go.
+                    let quiet = async {
+                        glommio::timer::sleep(QUIET).await;
+                        let mut buf = self.buf.borrow_mut();
+                        if buf.is_empty() {
+                            *buf = Vec::new();
+                        }
+                    };
+                    futures_lite::future::or(
+                        futures_lite::future::or(rung, quiet),
+                        shard.wait_shutdown(),
+                    )
+                    .await;
+                }
                 continue;
             }
             glommio::timer::sleep(SHARD_FLUSH).await;
@@ -211,6 +238,8 @@ impl ShardAudit {
         };
         let mut buf = self.buf.borrow_mut();
         let was_empty = buf.is_empty();
+        // Room for a usual event up front, not grown member by member.
+        buf.reserve(EVENT_ROOM);
         let mut e = line::Object::open(&mut buf);
         e.u64("v", u64::from(SCHEMA));
         e.now("time", &self.clock);
