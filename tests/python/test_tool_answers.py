@@ -19,11 +19,21 @@ import httpx2
 import openai
 import pytest
 
-from conftest import REQUEST_TIMEOUT, Upstream, create_key, gateway_config, start_gateway, write_config
+from conftest import (
+    REQUEST_TIMEOUT,
+    Upstream,
+    create_key,
+    gateway_config,
+    start_gateway,
+    stream_text_until_error,
+    write_config,
+)
 
 MODELS = {
     "call-ok": [("local", "mock-tokens-3-call-search_docs")],
     "call-bad": [("local", "mock-tokens-3-call-delete_account")],
+    # Paced: its text and its call reach the gateway in separate reads.
+    "call-bad-slow": [("local", "mock-tokens-3-tps-50-call-delete_account")],
 }
 POLICIES = [
     {
@@ -32,6 +42,14 @@ POLICIES = [
             "actor_scope": {"team": "refusers"},
             "tools": {"denied": ["delete_*"]},
             "audit": {"log_tool_calls": True},
+        }
+    },
+    {
+        "ai_runtime_policy": {
+            "name": "guarded",
+            "actor_scope": {"team": "guarded"},
+            "tools": {"denied": ["delete_*"]},
+            "guardrails": {"output": ["no-latin"]},
         }
     },
     {
@@ -51,8 +69,9 @@ def setup(tmp_path_factory, logs_dir: Path, mock_upstream: Upstream, upstream_ke
     cfg = gateway_config(mock_upstream, extra_models=MODELS)
     del cfg["auth"]
     cfg["policies"] = POLICIES
+    cfg["guardrails"] = [{"name": "no-latin", "regex": ["ipsum"], "action": "redact"}]
     path = write_config(tmp_path_factory.mktemp("tool-answers") / "gateway.yaml", cfg)
-    keys = {t: create_key(path, t)["secret"] for t in ("refusers", "strippers")}
+    keys = {t: create_key(path, t)["secret"] for t in ("refusers", "strippers", "guarded")}
     gw = start_gateway("gateway-tool-answers", path, logs_dir / "gateway-tool-answers.log", upstream_key)
     yield gw, keys
     assert gw.stop() == 0
@@ -110,6 +129,20 @@ def test_refuse_anthropic(setup):
     assert "tool_use" not in kinds
 
 
+def test_text_before_a_refused_call_still_passes_the_output_guardrails(setup):
+    """The mock says " lorem ipsum dolor" before its denied call: the
+    stream ends with the refusal, and the text that went out before it was
+    redacted like any other."""
+    gw, keys = setup
+    c = oai(gw, keys["guarded"])
+    for model in ("call-bad", "call-bad-slow"):
+        stream = c.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+        text, err = stream_text_until_error(stream)
+        assert "delete_account" in str(err), model
+        assert "lorem" in text and "dolor" in text, (model, text)
+        assert "ipsum" not in text and "[REDACTED" in text, (model, text)
+
+
 def test_strip_openai(setup):
     gw, keys = setup
     c = oai(gw, keys["strippers"])
@@ -148,4 +181,4 @@ def test_each_model_tool_call_is_recorded(setup):
     assert ("delete_account", "stripped") in decisions
     for r in records:
         assert r["rule"] in (None, "tools.denied: delete_*")
-        assert r["actor"]["team"] in ("refusers", "strippers")
+        assert r["actor"]["team"] in ("refusers", "strippers", "guarded")

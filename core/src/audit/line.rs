@@ -151,9 +151,13 @@ impl<'b> Object<'b> {
 }
 
 fn write_millis(out: &mut Vec<u8>, d: std::time::Duration) {
-    // Rounded half up, as the float always was (`f64::round` of the
-    // microseconds), in integers.
-    let micros = d.as_secs() * 1_000_000 + u64::from((d.subsec_nanos() + 500) / 1000);
+    // Rounded half up, in integers (the float this replaced sometimes
+    // read an exact half microsecond as just under it); saturating, as the
+    // float's cast did.
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from((d.subsec_nanos() + 500) / 1000));
     let (whole, frac) = (micros / 1000, (micros % 1000) as u32);
     out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
     out.push(b'.');
@@ -266,6 +270,18 @@ mod tests {
                 "{nanos} ns"
             );
         }
+    }
+
+    #[test]
+    fn half_microseconds_round_up_and_huge_durations_saturate() {
+        let text = |d| {
+            let mut out = Vec::new();
+            write_millis(&mut out, d);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(std::time::Duration::from_nanos(124_500)), "0.125");
+        assert_eq!(text(std::time::Duration::new(1, 2_500)), "1000.003");
+        assert_eq!(text(std::time::Duration::MAX), "18446744073709551.615");
     }
 
     #[test]

@@ -899,14 +899,29 @@ impl<'c, 'a> Stages<'c, 'a> {
     /// Runs one read's client bytes in `out` through the tool policy and
     /// the guardrails. On a refusal, `out` keeps what passed before the
     /// refused part, and the refusal is returned.
+    ///
+    /// What the tool policy lets through before a refused call still
+    /// passes the guardrails, as the answer's end: text they hold back is
+    /// released, judged, before the refusal. Their refusal wins over the
+    /// tool policy's.
     fn filter(&mut self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
-        if let Some(tools) = self.tools {
-            tools.borrow_mut().filter_stream(out, 0)?;
-        }
+        let tools = match self.tools {
+            Some(tools) => tools.borrow_mut().filter_stream(out, 0),
+            None => Ok(()),
+        };
         if let Some(rails) = &mut self.rails {
-            rails.filter(out)?;
+            if tools.is_ok() {
+                rails.filter(out)?;
+            } else {
+                // Ended here: the refusal's own last chunk follows.
+                out.extend_from_slice(LAST_CHUNK);
+                rails.filter(out)?;
+                if out.ends_with(LAST_CHUNK) {
+                    out.truncate(out.len() - LAST_CHUNK.len());
+                }
+            }
         }
-        Ok(())
+        tools
     }
 }
 
@@ -915,15 +930,23 @@ impl<'c, 'a> Stages<'c, 'a> {
 async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     let (shard, rid) = (answer.call.shard, answer.call.rid);
     let settings = shard.pool.settings();
+    let client_head = respond::stream_head_with(
+        answer.head.status,
+        rid,
+        &answer.call.lines(answer.alias_line, answer.target_lines),
+        &answer.call.extra(),
+    );
+    if conn.write(&client_head).await.is_err() {
+        return Outcome::CLOSE;
+    }
+    // Made once the client has the head: a check that never saw the
+    // answer leaves no record.
     let mut pipe = Pipe::new(answer, settings.max_event_bytes);
     let mut capture = StreamCapture::new(answer);
     let mut stages = Stages::new(answer, answer.call);
     let Answer {
         source,
-        head,
         name,
-        alias_line,
-        target_lines,
         client,
         call,
         secrets,
@@ -931,15 +954,6 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         ..
     } = answer;
     let client = *client;
-    let client_head = respond::stream_head_with(
-        head.status,
-        rid,
-        &call.lines(alias_line, target_lines),
-        &call.extra(),
-    );
-    if conn.write(&client_head).await.is_err() {
-        return Outcome::CLOSE;
-    }
     let mut out = Vec::with_capacity(512);
     loop {
         let mut feed_error = None;
