@@ -383,7 +383,9 @@ impl crate::server::Router for ApiRouter {
         send_error(conn, model, err, rid, &[], true).await;
     }
 
-    async fn handle<'g>(
+    /// The gateway's own future, not one wrapping it: each layer of
+    /// `async` around it would copy its whole state once more per request.
+    fn handle<'g>(
         &self,
         shard: &Rc<Shard>,
         generation: &'g Generation,
@@ -391,8 +393,8 @@ impl crate::server::Router for ApiRouter {
         req: Request<'_>,
         rid: &str,
         trail: &mut Trail<'g>,
-    ) -> Outcome {
-        handle(shard, generation, conn, req, rid, trail).await
+    ) -> impl std::future::Future<Output = Outcome> {
+        handle(shard, generation, conn, req, rid, trail)
     }
 }
 
