@@ -77,6 +77,7 @@ pub async fn handle<'g>(
         policies: shard.admission.policy_set(),
         rails: &generation.guardrails,
         guard_records: std::cell::RefCell::new(Vec::new()),
+        headers: Headers::of(&req),
     };
     let outcome = match req.head.method {
         Method::Post => post(&cx, conn).await,
@@ -117,18 +118,46 @@ struct Cx<'a> {
     /// call's arguments (they go to the request's record).
     rails: &'a shardgate_policy::guardrails::Guardrails,
     guard_records: std::cell::RefCell<Vec<crate::guardrails::GuardRecord>>,
+    headers: Headers<'a>,
+}
+
+/// The request headers MCP reads, found in one pass over the head.
+struct Headers<'a> {
+    content_type: Option<&'a str>,
+    accept: Option<&'a str>,
+    protocol_version: Option<&'a str>,
+    method: Option<&'a str>,
+    name: Option<&'a str>,
+    session_id: Option<&'a str>,
+}
+
+impl<'a> Headers<'a> {
+    fn of(req: &'a Request<'a>) -> Self {
+        let [content_type, accept, protocol_version, method, name, session_id] = req
+            .headers_named([
+                "content-type",
+                "accept",
+                "mcp-protocol-version",
+                "mcp-method",
+                "mcp-name",
+                "mcp-session-id",
+            ])
+            .map(|v| v.and_then(|v| std::str::from_utf8(v).ok()).map(str::trim));
+        Headers {
+            content_type,
+            accept,
+            protocol_version,
+            method,
+            name,
+            session_id,
+        }
+    }
 }
 
 impl Cx<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.req
-            .header(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::trim)
-    }
-
     fn accepts_events(&self) -> bool {
-        self.header("accept")
+        self.headers
+            .accept
             .is_some_and(|a| a.contains("text/event-stream") || a.contains("*/*"))
     }
 
@@ -138,7 +167,7 @@ impl Cx<'_> {
 
     /// The legacy session this request names.
     fn session(&self) -> Result<(String, Session), (u16, RpcError)> {
-        let Some(id) = self.header("mcp-session-id") else {
+        let Some(id) = self.headers.session_id else {
             return Err((
                 400,
                 RpcError::new(
@@ -163,9 +192,11 @@ impl Cx<'_> {
 
 async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
     let rid = cx.rid;
-    let json_body = cx
-        .header("content-type")
-        .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"));
+    let json_body = cx.headers.content_type.is_some_and(|c| {
+        c.as_bytes()
+            .get(..b"application/json".len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"application/json"))
+    });
     if !json_body {
         let e = RpcError::new(
             code::INVALID_REQUEST,
@@ -173,7 +204,7 @@ async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
         );
         return reply_error_with(conn, 415, &Value::Null, &e, None, rid).await;
     }
-    let accept = cx.header("accept").unwrap_or("*/*");
+    let accept = cx.headers.accept.unwrap_or("*/*");
     if !(accept.contains("application/json")
         || accept.contains("text/event-stream")
         || accept.contains("*/*"))
@@ -189,15 +220,15 @@ async fn post(cx: &Cx<'_>, conn: &mut ClientConn) -> Outcome {
         Ok(Posted::Response) => return accepted(conn, rid).await,
         Err((id, e)) => return reply_error(conn, &id, &e, None, rid).await,
     };
-    let era = wire::era_of(&msg, cx.header("mcp-protocol-version"));
+    let era = wire::era_of(&msg, cx.headers.protocol_version);
     let id = msg.id.clone().unwrap_or(Value::Null);
     let session = match era {
         Era::Modern => {
             if let Err(e) = wire::check_modern(
                 &msg,
-                cx.header("mcp-protocol-version"),
-                cx.header("mcp-method"),
-                cx.header("mcp-name"),
+                cx.headers.protocol_version,
+                cx.headers.method,
+                cx.headers.name,
             ) {
                 return reply_error(conn, &id, &e, None, rid).await;
             }

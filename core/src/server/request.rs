@@ -54,6 +54,11 @@ impl Request<'_> {
         self.head.header(&self.head_buf, name)
     }
 
+    /// Values of the first headers named each of `names`, in one pass.
+    pub fn headers_named<const N: usize>(&self, names: [&str; N]) -> [Option<&[u8]>; N] {
+        self.head.headers_named(&self.head_buf, names)
+    }
+
     /// A header the client meant for the upstream: absent when its
     /// `Connection` names it (hop-by-hop, RFC 9110 §7.6.1). Every header
     /// forwarded from a client is read through this.

@@ -205,6 +205,25 @@ fn find_header<'a>(headers: &[Header], buf: &'a [u8], name: &str) -> Option<&'a 
         .map(|h| h.value.of(buf))
 }
 
+/// The first header named each of `names` (ASCII case-insensitive), in one
+/// pass over the headers: for a caller that reads several.
+fn find_headers<'a, const N: usize>(
+    headers: &[Header],
+    buf: &'a [u8],
+    names: [&str; N],
+) -> [Option<&'a [u8]>; N] {
+    let mut found = [None; N];
+    for h in headers {
+        let name = h.name.of(buf);
+        for (slot, want) in found.iter_mut().zip(names) {
+            if slot.is_none() && name.eq_ignore_ascii_case(want.as_bytes()) {
+                *slot = Some(h.value.of(buf));
+            }
+        }
+    }
+    found
+}
+
 /// Strips optional whitespace (SP / HTAB) from both ends.
 fn trim_ows(mut v: &[u8]) -> &[u8] {
     while let Some((b' ' | b'\t', rest)) = v.split_first() {

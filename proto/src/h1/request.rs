@@ -6,8 +6,9 @@
 //! `Content-Length` with `Transfer-Encoding`, any coding but `chunked`).
 
 use super::{
-    find_end_to_end, find_header, from_httparse, list_items, parse_content_length, scan_head,
-    span_of, trim_ows, ConnectionTokens, H1Error, HeadLimits, Header, Scan, Span, STACK_HEADERS,
+    find_end_to_end, find_header, find_headers, from_httparse, list_items, parse_content_length,
+    scan_head, span_of, trim_ows, ConnectionTokens, H1Error, HeadLimits, Header, Scan, Span,
+    STACK_HEADERS,
 };
 use std::mem::MaybeUninit;
 
@@ -98,6 +99,15 @@ impl RequestHead {
     /// Value of the first header named `name` (ASCII case-insensitive).
     pub fn header<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
         find_header(&self.headers, buf, name)
+    }
+
+    /// Values of the first headers named each of `names`, in one pass.
+    pub fn headers_named<'a, const N: usize>(
+        &self,
+        buf: &'a [u8],
+        names: [&str; N],
+    ) -> [Option<&'a [u8]>; N] {
+        find_headers(&self.headers, buf, names)
     }
 
     /// Value of the first header named `name`, unless `Connection` names it

@@ -53,6 +53,16 @@ fn header_lookup_returns_first_match() {
 }
 
 #[test]
+fn headers_named_in_one_pass_are_what_each_lookup_finds() {
+    let buf = b"GET / HTTP/1.1\r\nHost: a\r\nX-K: one\r\nAccept: */*\r\nx-k: two\r\n\r\n";
+    let head = complete(buf);
+    let names = ["x-k", "ACCEPT", "missing", "host", "X-K"];
+    let found = head.headers_named(buf, names);
+    assert_eq!(found, names.map(|n| head.header(buf, n)));
+    assert_eq!(found[0], Some(&b"one"[..]));
+}
+
+#[test]
 fn spans_are_within_the_head() {
     let head = complete(POST);
     for h in &head.headers {
