@@ -19,6 +19,8 @@ pub const GENESIS: [u8; 32] = [0; 32];
 pub struct Chain {
     key: hmac::Key,
     prev: [u8; 32],
+    /// `prev` as the hex the next MAC covers (and the last line carries).
+    prev_hex: [u8; MAC_HEX],
 }
 
 impl Chain {
@@ -26,6 +28,7 @@ impl Chain {
         Chain {
             key: hmac::Key::new(hmac::HMAC_SHA256, key_bytes),
             prev,
+            prev_hex: hex(&prev),
         }
     }
 
@@ -35,7 +38,7 @@ impl Chain {
 
     fn mac(&self, content: &[u8]) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(&hex(&self.prev));
+        ctx.update(&self.prev_hex);
         ctx.update(content);
         let tag = ctx.sign();
         let mut out = [0u8; 32];
@@ -50,11 +53,11 @@ impl Chain {
             return;
         };
         let mac = self.mac(event);
+        self.move_on(mac);
         out.extend_from_slice(body);
         out.extend_from_slice(SUFFIX_START);
-        out.extend_from_slice(&hex(&mac));
+        out.extend_from_slice(&self.prev_hex);
         out.extend_from_slice(b"\"}\n");
-        self.prev = mac;
     }
 
     /// Checks one sealed line (no newline) against the chain and moves on.
@@ -63,14 +66,19 @@ impl Chain {
         if self.mac(&event) != mac {
             return Err("the mac does not match (edited, or out of order)");
         }
-        self.prev = mac;
+        self.move_on(mac);
         Ok(())
     }
 
     /// Starts checking at a file's `file_start` line: the chain continues
     /// from the MAC it names.
     pub fn restart_at(&mut self, prev: [u8; 32]) {
-        self.prev = prev;
+        self.move_on(prev);
+    }
+
+    fn move_on(&mut self, mac: [u8; 32]) {
+        self.prev = mac;
+        self.prev_hex = hex(&mac);
     }
 }
 
