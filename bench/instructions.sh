@@ -6,7 +6,7 @@
 # of a percent: run it on each (--gateway BIN) and compare the figures.
 # Kernel time (most of a proxied request's CPU) is not counted.
 #
-#   bench/instructions.sh [--gateway target/release/shardgate] [--seconds 10]
+#   bench/instructions.sh [--gateway BIN (default: this tree's, built)] [--seconds 10]
 #       [--endpoint /v1/chat/completions] [--keep-turns] [--keep-out DIR]
 #       [--audit] [--mcp]
 #
@@ -25,8 +25,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/lib.sh
 
-GATEWAY_BIN=target/release/shardgate
-BENCH=target/release/shardgate-bench
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+GATEWAY_BIN=
+BENCH=$TARGET_DIR/release/shardgate-bench
 SECONDS_=10
 ENDPOINT=/v1/chat/completions
 KEEP_OUT=
@@ -46,8 +47,13 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
+# The tree's own gateway is built first (nothing to do when it is fresh), so
+# a figure is never from a stale binary; --gateway measures that one as is.
+if [[ -z $GATEWAY_BIN ]]; then
+  cargo build --release -p shardgate-core -p shardgate-bench
+  GATEWAY_BIN=$TARGET_DIR/release/shardgate
+fi
 [[ -x $BENCH ]] || cargo build --release -p shardgate-bench
-[[ -x $GATEWAY_BIN ]] || cargo build --release -p shardgate-core
 
 WORK=$(mktemp -d)
 PIDS=()
