@@ -151,9 +151,8 @@ impl<'b> Object<'b> {
 }
 
 fn write_millis(out: &mut Vec<u8>, d: std::time::Duration) {
-    // Rounded half up, in integers (the float this replaced sometimes
-    // read an exact half microsecond as just under it); saturating, as the
-    // float's cast did.
+    // Microseconds rounded half up; a duration past u64 microseconds
+    // saturates.
     let micros = d
         .as_secs()
         .saturating_mul(1_000_000)
