@@ -859,9 +859,9 @@ struct Stages<'c, 'a> {
     hold: Option<HookHold>,
 }
 
-impl<'c, 'a> Stages<'c, 'a> {
-    fn new(answer: &Answer<'a>, call: &'c Call<'a>) -> Self {
-        let client = answer.client;
+impl<'a> Stages<'a, 'a> {
+    fn new(answer: &Answer<'a>) -> Self {
+        let (client, call) = (answer.client, answer.call);
         let checks_text = !call.output_checks.is_empty();
         let checks_args = !call.tool_call_checks.is_empty();
         Stages {
@@ -910,16 +910,17 @@ impl<'c, 'a> Stages<'c, 'a> {
             None => Ok(()),
         };
         if let Some(rails) = &mut self.rails {
-            if tools.is_ok() {
-                rails.filter(out)?;
-            } else {
-                // Ended here: the refusal's own last chunk follows.
+            // A refused answer ends here: the guardrails see its end (and
+            // release what they hold); the refusal's own last chunk follows.
+            let ended = tools.is_err();
+            if ended {
                 out.extend_from_slice(LAST_CHUNK);
-                rails.filter(out)?;
-                if out.ends_with(LAST_CHUNK) {
-                    out.truncate(out.len() - LAST_CHUNK.len());
-                }
             }
+            let judged = rails.filter(out);
+            if ended && out.ends_with(LAST_CHUNK) {
+                out.truncate(out.len() - LAST_CHUNK.len());
+            }
+            judged?;
         }
         tools
     }
@@ -943,7 +944,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     // answer leaves no record.
     let mut pipe = Pipe::new(answer, settings.max_event_bytes);
     let mut capture = StreamCapture::new(answer);
-    let mut stages = Stages::new(answer, answer.call);
+    let mut stages = Stages::new(answer);
     let Answer {
         source,
         name,

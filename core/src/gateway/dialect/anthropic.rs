@@ -1,15 +1,13 @@
 //! Anthropic's Messages API (`/v1/messages`).
 
-use super::{json_of_event, needle, openai_usage, Dialect, Render, Tap};
+use super::{json_of_event, needle, openai_usage, rewrite_answer, Dialect, Render, Tap};
 use crate::error::GatewayError;
 use crate::gateway::{plan::client_json, Call};
 use shardgate_proto::anthropic as a;
 use shardgate_proto::json::find_top_level;
 use shardgate_proto::openai::{mentions_usage, Usage};
 use shardgate_providers::anthropic::{self, OpenAiToAnthropic};
-use shardgate_providers::{
-    ChatRequest, ChatResponse, KnownSecrets, ReplyCtx, StreamTranslator, TranslateError,
-};
+use shardgate_providers::{ChatRequest, KnownSecrets, StreamTranslator, TranslateError};
 
 pub struct Anthropic;
 
@@ -45,7 +43,9 @@ impl Dialect for Anthropic {
     }
 
     fn success_body(&self, openai: Vec<u8>, _: &Render<'_>) -> Result<Vec<u8>, TranslateError> {
-        message_body(&openai)
+        rewrite_answer(&openai, |chat| {
+            anthropic::from_openai_response(chat).map(|(msg, _)| msg)
+        })
     }
 
     fn stream_from_openai(
@@ -53,9 +53,9 @@ impl Dialect for Anthropic {
         to: &Render<'_>,
         known: &KnownSecrets,
     ) -> Option<StreamTranslator> {
-        Some(stream_translator(
-            to.reply_ctx(super::ClientDialect::Anthropic),
-            known,
+        let ctx = to.reply_ctx(super::ClientDialect::Anthropic);
+        Some(StreamTranslator::OpenAiToAnthropic(
+            OpenAiToAnthropic::new(ctx).redacting(known.clone()),
         ))
     }
 
@@ -80,20 +80,6 @@ impl Dialect for Anthropic {
     fn count_answer(&self, n: u64) -> serde_json::Value {
         serde_json::json!({ "input_tokens": n })
     }
-}
-
-/// A whole OpenAI `chat.completion` body as a Messages body.
-pub(super) fn message_body(openai: &[u8]) -> Result<Vec<u8>, TranslateError> {
-    let chat: ChatResponse =
-        serde_json::from_slice(openai).map_err(|e| TranslateError::UpstreamJson(e.to_string()))?;
-    let (msg, _) = anthropic::from_openai_response(&chat)?;
-    serde_json::to_vec(&msg).map_err(|e| TranslateError::Invalid(e.to_string()))
-}
-
-/// OpenAI chat chunks to Messages stream events, error events redacted of
-/// `known`.
-pub(super) fn stream_translator(ctx: ReplyCtx, known: &KnownSecrets) -> StreamTranslator {
-    StreamTranslator::OpenAiToAnthropic(OpenAiToAnthropic::new(ctx).redacting(known.clone()))
 }
 
 /// Usage from Anthropic's `message_start` (input) and `message_delta`

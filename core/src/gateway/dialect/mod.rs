@@ -17,7 +17,9 @@ mod responses;
 use super::Call;
 use crate::error::GatewayError;
 use shardgate_proto::openai::Usage;
-use shardgate_providers::{ChatRequest, KnownSecrets, ReplyCtx, StreamTranslator, TranslateError};
+use shardgate_providers::{
+    ChatRequest, ChatResponse, KnownSecrets, ReplyCtx, StreamTranslator, TranslateError,
+};
 
 /// The dialect of the API the client called. OpenAI's is the default: a
 /// request whose head could not be read is answered in it.
@@ -185,6 +187,17 @@ pub fn openai_usage(u: &shardgate_providers::Usage) -> Usage {
         reasoning_tokens: u.reasoning_tokens,
         cache_write_tokens: u.cache_write_tokens,
     }
+}
+
+/// A whole OpenAI chat answer read, made into this dialect's answer by
+/// `make`, and written: what every dialect that renders answers does.
+fn rewrite_answer<T: serde::Serialize>(
+    openai: &[u8],
+    make: impl FnOnce(&ChatResponse) -> Result<T, TranslateError>,
+) -> Result<Vec<u8>, TranslateError> {
+    let chat: ChatResponse =
+        serde_json::from_slice(openai).map_err(|e| TranslateError::UpstreamJson(e.to_string()))?;
+    serde_json::to_vec(&make(&chat)?).map_err(|e| TranslateError::Invalid(e.to_string()))
 }
 
 /// A searcher for `needle`, built once, not per event.

@@ -2,15 +2,13 @@
 //! answers and stream events. A turn that continues a stored conversation
 //! is translated with the conversation's earlier turns before it.
 
-use super::{json_of_event, needle, Dialect, Render, Tap};
+use super::{json_of_event, needle, rewrite_answer, Dialect, Render, Tap};
 use crate::error::GatewayError;
 use crate::gateway::{conversation::Turn, plan::client_json, Call};
 use shardgate_proto::json::find_top_level;
 use shardgate_proto::openai::{extract_responses_usage, Usage};
 use shardgate_providers::responses::{self, echo_fields, ChatToResponses, ResponseCtx};
-use shardgate_providers::{
-    ChatRequest, ChatResponse, KnownSecrets, StreamTranslator, TranslateError,
-};
+use shardgate_providers::{ChatRequest, KnownSecrets, StreamTranslator, TranslateError};
 
 pub struct Responses;
 
@@ -51,10 +49,8 @@ impl Dialect for Responses {
     }
 
     fn success_body(&self, openai: Vec<u8>, to: &Render<'_>) -> Result<Vec<u8>, TranslateError> {
-        let chat: ChatResponse = serde_json::from_slice(&openai)
-            .map_err(|e| TranslateError::UpstreamJson(e.to_string()))?;
-        serde_json::to_vec(&responses::from_chat(&chat, &response_ctx(to)))
-            .map_err(|e| TranslateError::Invalid(e.to_string()))
+        let ctx = response_ctx(to);
+        rewrite_answer(&openai, |chat| Ok(responses::from_chat(chat, &ctx)))
     }
 
     fn stream_from_openai(
