@@ -6,6 +6,11 @@
 //! scrape. Never a request: the request path at most enqueues a message.
 //! Each shard runs one dispatcher (`serve.rs`) that hands every message
 //! to the part of the shard it is for.
+//!
+//! With an admin listener the mesh has one more peer, the last: the ops
+//! executor, which serves operators and merges scrapes but never serves
+//! client traffic, so it never owns a bucket ([`Mesh::shards`] counts only
+//! serving shards).
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use shardgate_policy::{Lease, Limits, Timestamp, ToOwner};
@@ -79,27 +84,37 @@ pub const RING: usize = 1024;
 
 pub type Builder = MeshBuilder<ShardMsg, Full>;
 
-pub fn builder(shards: usize) -> Builder {
-    MeshBuilder::full(shards, RING)
+/// The mesh of `shards` serving shards, and the ops executor when `ops`.
+pub fn builder(shards: usize, ops: bool) -> Builder {
+    MeshBuilder::full(shards + usize::from(ops), RING)
 }
 
-/// This shard's senders. Peer ids are the mesh's (all shards agree on them),
-/// and they are what `owner_shard` indexes.
+/// This executor's senders. Peer ids are the mesh's (every peer agrees on
+/// them, ordered as the executors were made: the serving shards, then the
+/// ops executor), and they are what `owner_shard` indexes.
 pub struct Mesh {
     senders: Senders<ShardMsg>,
+    shards: usize,
 }
 
 impl Mesh {
-    pub fn new(senders: Senders<ShardMsg>) -> Rc<Self> {
-        Rc::new(Self { senders })
+    /// `senders` of a mesh whose first `shards` peers serve clients.
+    pub fn new(senders: Senders<ShardMsg>, shards: usize) -> Rc<Self> {
+        Rc::new(Self { senders, shards })
     }
 
     pub fn me(&self) -> usize {
         self.senders.peer_id()
     }
 
+    /// Every peer, the ops executor included.
     pub fn peers(&self) -> usize {
         self.senders.nr_consumers()
+    }
+
+    /// The serving shards: the peers that own buckets.
+    pub fn shards(&self) -> usize {
+        self.shards
     }
 
     /// Enqueues `msg` for shard `to` without waiting: when the ring is full

@@ -217,6 +217,24 @@ where
     Ok(ShardHandle { control: tx, join })
 }
 
+/// Spawns the ops executor: unpinned (the scheduler keeps it within the
+/// process's allowed CPUs, beside the shards it seldom disturbs) and never
+/// spinning, since it idles between operators' requests. Runs `main` with
+/// the control receiver.
+pub fn spawn_ops<F, Fut>(main: F) -> io::Result<ShardHandle>
+where
+    F: FnOnce(ControlReceiver) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let (tx, rx) = control_channel();
+    let join = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("ops")
+        .io_memory(256 << 10)
+        .spawn(move || main(rx))
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(ShardHandle { control: tx, join })
+}
+
 /// Resolves `host:port` on a helper thread, so a slow DNS server never stalls
 /// a shard.
 pub async fn resolve(host: String, port: u16) -> io::Result<Vec<SocketAddr>> {

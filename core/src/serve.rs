@@ -1,13 +1,15 @@
-//! Starting and stopping the gateway: bind every listener once per shard,
-//! start the shards, then wait on the main thread for signals (shutdown) and
-//! certificate changes (reload), which reach shards as control messages.
+//! Starting and stopping the gateway: bind every client listener once per
+//! shard and each admin listener once, start the shards and (with an admin
+//! listener) the ops executor, then wait on the main thread for signals
+//! (shutdown) and certificate changes (reload), which reach every executor
+//! as control messages.
 
 use crate::admission::Persist;
 use crate::config::{Config, ListenerRole};
 use crate::mesh;
 use crate::runtime::{self, Control, ExecutorSettings, ShardHandle};
 use crate::server::accept_loop;
-use crate::shard::Shard;
+use crate::shard::{Duty, Shard};
 use crate::store::{Store, KEYS_FALLBACK_POLL, KEYS_POLL_INTERVAL};
 use crate::tls::{self, CertWatch, TlsError};
 use glommio::sync::Gate;
@@ -34,8 +36,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("key store: {0}")]
     Keys(#[from] shardgate_policy::KeyStoreError),
-    #[error("shard {id} stopped: {reason}")]
-    ShardFailed { id: usize, reason: String },
+    #[error("{who} stopped: {reason}")]
+    Stopped { who: String, reason: String },
     #[error("policies: {0}")]
     Policies(#[from] shardgate_policy::PolicyError),
     #[error("{0}")]
@@ -86,12 +88,24 @@ pub fn run(
     }
     let upstream_tls = upstream_tls(&config)?;
 
-    // sockets[listener][shard]
+    // Admin listeners are served by the ops executor alone: one socket
+    // each. Every other listener has a socket per shard (SO_REUSEPORT).
+    let ops = config
+        .listeners
+        .iter()
+        .any(|l| l.role == ListenerRole::Admin);
+    // sockets[listener]: (listener index, its sockets)
     let mut sockets = Vec::new();
+    let mut ops_sockets = Vec::new();
     let mut bound = Vec::new();
-    for l in &config.listeners {
+    for (index, l) in config.listeners.iter().enumerate() {
+        let copies = if l.role == ListenerRole::Admin {
+            1
+        } else {
+            shards
+        };
         let socks =
-            runtime::bind_listeners(l.addr, shards, 4096).map_err(|source| ServeError::Bind {
+            runtime::bind_listeners(l.addr, copies, 4096).map_err(|source| ServeError::Bind {
                 addr: l.addr,
                 source,
             })?;
@@ -100,10 +114,14 @@ pub fn run(
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(l.addr);
         bound.push(addr);
-        sockets.push(socks.into_iter());
+        if l.role == ListenerRole::Admin {
+            ops_sockets.extend(socks.into_iter().map(|s| (index, s)));
+        } else {
+            sockets.push((index, socks.into_iter()));
+        }
     }
 
-    let mesh = mesh::builder(shards);
+    let mesh = mesh::builder(shards, ops);
     let mut store = opts.store;
     let keys = KeyStore::from_records(store.recovered.keys.iter().cloned())?;
     let mut known_keys = known_keys(store.recovered.keys.iter());
@@ -189,7 +207,10 @@ pub fn run(
     let (reload_tx, reload_asks) = crossbeam::channel::unbounded::<crate::shard::ReloadAsk>();
     log_placement(&config.placement, opts.executor.pin);
     for id in 0..shards {
-        let mine: Vec<_> = sockets.iter_mut().filter_map(Iterator::next).collect();
+        let mine: Vec<_> = sockets
+            .iter_mut()
+            .filter_map(|(index, socks)| Some((*index, socks.next()?)))
+            .collect();
         let config = config.clone();
         let tls_configs = tls_configs.clone();
         let upstream_tls = upstream_tls.clone();
@@ -205,7 +226,7 @@ pub fn run(
             restored: restored.clone(),
         };
         let exit = ExitNotice {
-            id,
+            who: format!("shard {id}"),
             tx: exits_tx.clone(),
         };
         let reloads = reload_tx.clone();
@@ -230,6 +251,7 @@ pub fn run(
             move |control| async move {
                 let shard = Shard::new(
                     id,
+                    Duty::Serve,
                     config,
                     tls_configs,
                     &upstream_tls,
@@ -276,11 +298,61 @@ pub fn run(
                     })
                     .detach();
                 }
-                shard_main(shard, mine, control, mesh, &exit).await;
+                shard_main(shard, mine, control, mesh, shards, &exit).await;
                 drop(exit);
             },
         )
         .map_err(|source| ServeError::Shard { id, source })?;
+        handles.push(handle);
+    }
+    if ops {
+        // Made after every shard, so it is the mesh's last peer.
+        let config = config.clone();
+        let tls_configs = tls_configs.clone();
+        let upstream_tls = upstream_tls.clone();
+        let mesh = mesh.clone();
+        let keys = keys.clone();
+        let policies = policies.clone();
+        let mcp_hub = mcp_hub.clone();
+        let audit = auditor.as_ref().zip(config.audit.as_ref()).map(|(w, a)| {
+            crate::audit::ShardAudit::new(w.sender(), w.stats.clone(), a.on_backpressure)
+        });
+        let persist = Persist {
+            tx: store.usage.sender(),
+            restored: restored.clone(),
+        };
+        let exit = ExitNotice {
+            who: "the ops executor".to_owned(),
+            tx: exits_tx.clone(),
+        };
+        let reloads = reload_tx.clone();
+        let cluster = cluster.clone();
+        let shared_cache = shared_cache.clone();
+        let listeners = std::mem::take(&mut ops_sockets);
+        let handle = runtime::spawn_ops(move |control| async move {
+            let shard = Shard::new(
+                shards,
+                Duty::Ops,
+                config,
+                tls_configs,
+                &upstream_tls,
+                policies,
+                keys,
+                persist,
+                mcp_hub,
+                audit,
+            );
+            shard.set_reloads(reloads);
+            if let Some(shared) = shared_cache {
+                shard.set_shared_cache(shared);
+            }
+            if let Some(link) = cluster {
+                shard.admission.set_cluster(link);
+            }
+            shard_main(shard, listeners, control, mesh, shards, &exit).await;
+            drop(exit);
+        })
+        .map_err(|source| ServeError::Shard { id: shards, source })?;
         handles.push(handle);
     }
     drop(exits_tx);
@@ -324,12 +396,12 @@ pub fn run(
                 break;
             }
             recv(exits) -> exit => {
-                let (id, reason) = match exit {
-                    Ok(ShardExit { id, reason }) => (id, reason),
-                    Err(_) => (usize::MAX, "every shard is gone".to_owned()),
+                let (who, reason) = match exit {
+                    Ok(ShardExit { who, reason }) => (who, reason),
+                    Err(_) => ("every shard".to_owned(), "gone".to_owned()),
                 };
-                log::error!("shard {id} stopped: {reason}; stopping the gateway");
-                failure = Some(ServeError::ShardFailed { id, reason });
+                log::error!("{who} stopped: {reason}; stopping the gateway");
+                failure = Some(ServeError::Stopped { who, reason });
                 break;
             }
             recv(key_changes) -> _ => reload_keys(&mut store, &handles, &mut known_keys, auditor.as_ref(), cluster.as_ref()),
@@ -407,23 +479,23 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(5);
 /// lost.
 const FORCED_EXIT: i32 = 130;
 
-/// A shard stopped while the gateway was serving.
+/// A shard (or the ops executor) stopped while the gateway was serving.
 struct ShardExit {
-    id: usize,
+    who: String,
     reason: String,
 }
 
-/// Held by a shard for its whole life: dropping it (a return, or a panic
-/// unwinding) tells the main thread the shard has stopped.
+/// Held by an executor for its whole life: dropping it (a return, or a
+/// panic unwinding) tells the main thread it has stopped.
 struct ExitNotice {
-    id: usize,
+    who: String,
     tx: crossbeam::channel::Sender<ShardExit>,
 }
 
 impl ExitNotice {
     fn fail(&self, reason: String) {
         let _ = self.tx.send(ShardExit {
-            id: self.id,
+            who: self.who.clone(),
             reason,
         });
     }
@@ -634,7 +706,7 @@ fn reload(
                 Ok(number)
             } else {
                 Err(format!(
-                    "generation {number} reached {reached} of {} shards within {RELOAD_WAIT:?}",
+                    "generation {number} reached {reached} of {} executors within {RELOAD_WAIT:?}",
                     handles.len()
                 ))
             }
@@ -717,34 +789,56 @@ fn reload_config(
     }
     if done < handles.len() {
         log::error!(
-            "config reload from {}: generation {number} on {done} of {} shards after {RELOAD_WAIT:?}",
+            "config reload from {}: generation {number} on {done} of {} executors after {RELOAD_WAIT:?}",
             path.display(),
             handles.len()
         );
     } else {
+        let ops = if done > running.shards {
+            " and the ops executor"
+        } else {
+            ""
+        };
         log::info!(
-            "config reloaded from {}: generation {number} on all {done} shards",
-            path.display()
+            "config reloaded from {}: generation {number} on all {} shards{ops}",
+            path.display(),
+            running.shards
         );
     }
     Ok((number, done))
 }
 
-/// A shard's life: accept on its listeners, apply control messages, and on
-/// shutdown stop accepting and wait (up to the drain timeout) for its
-/// connections to finish.
+/// An executor's life (a shard's, or the ops executor's): accept on its
+/// listeners, apply control messages, and on shutdown stop accepting and
+/// wait (up to the drain timeout) for its connections to finish.
 async fn shard_main(
     shard: Rc<Shard>,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(usize, std::net::TcpListener)>,
     control: runtime::ControlReceiver,
     mesh: mesh::Builder,
+    shards: usize,
     exit: &ExitNotice,
 ) {
-    // Every shard joins the quota mesh before serving, so no request can
-    // find a peer missing.
+    // Every executor joins the mesh before serving, so no request can find
+    // a peer missing.
     match mesh.join().await {
         Ok((senders, mut receivers)) => {
-            let mesh = mesh::Mesh::new(senders);
+            let mesh = mesh::Mesh::new(senders, shards);
+            // Peers are ordered as the executors were made: a serving shard
+            // among the first `shards` (the bucket owners), the ops executor
+            // after them.
+            let placed = match shard.duty {
+                Duty::Serve => mesh.me() < shards,
+                Duty::Ops => mesh.me() == shards,
+            };
+            if !placed {
+                exit.fail(format!(
+                    "took peer {} of the mesh, which is not a {:?} seat",
+                    mesh.me(),
+                    shard.duty
+                ));
+                return;
+            }
             shard.admission.set_mesh(mesh.clone());
             *shard.mesh.borrow_mut() = Some(mesh);
             for (_, rx) in receivers.streams() {
@@ -764,14 +858,16 @@ async fn shard_main(
             return;
         }
     }
-    glommio::spawn_local(persist(shard.clone())).detach();
-    glommio::spawn_local(crate::gateway::health::run(shard.clone())).detach();
+    if shard.duty == Duty::Serve {
+        glommio::spawn_local(persist(shard.clone())).detach();
+        glommio::spawn_local(crate::gateway::health::run(shard.clone())).detach();
+    }
     if let Some(audit) = shard.audit.clone() {
         let s = shard.clone();
         glommio::spawn_local(async move { audit.run(&s).await }).detach();
     }
     let gate = Rc::new(Gate::new());
-    for (index, l) in listeners.into_iter().enumerate() {
+    for (index, l) in listeners {
         let listener = runtime::adopt_listener(l);
         let (shard, gate) = (shard.clone(), gate.clone());
         let role = shard.config.listeners.get(index).map(|l| l.role);

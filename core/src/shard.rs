@@ -21,8 +21,22 @@ use std::sync::Arc;
 /// sprayed by a client cost bounded IO).
 pub const KEY_REREAD_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// What an executor in the mesh is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// Serves clients on the api and mcp listeners, owns its share of the
+    /// buckets.
+    Serve,
+    /// The ops executor: serves the admin listeners and merges scrapes, so
+    /// an operator's request never queues behind client traffic nor adds to
+    /// a serving shard's work. It owns no bucket and sends no upstream
+    /// request.
+    Ops,
+}
+
 pub struct Shard {
     pub id: usize,
+    pub duty: Duty,
     /// Keys, policies and this shard's budget ledgers.
     pub admission: Admission,
     /// The config the shard started with, for what only a restart changes:
@@ -89,6 +103,7 @@ impl Shard {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
+        duty: Duty,
         config: Arc<Config>,
         tls: Vec<Option<Arc<rustls::ServerConfig>>>,
         upstream_tls: &[Option<Arc<rustls::ClientConfig>>],
@@ -108,6 +123,7 @@ impl Shard {
             audit: audit.map(Rc::new),
             mcp,
             id,
+            duty,
             admission: Admission::new(&config, policies, Rc::new(keys), persist),
             pool,
             generation: RefCell::new(Rc::new(generation)),
@@ -391,15 +407,24 @@ impl Shard {
     }
 
     fn stats_snapshot(&self) -> ShardStats {
-        let open = self.open_connections.get();
-        let in_flight = self.requests_in_flight.get();
-        let mut s = self.stats.borrow().snapshot(self.id, open, in_flight);
+        let mut s = match self.duty {
+            Duty::Serve => {
+                let open = self.open_connections.get();
+                let in_flight = self.requests_in_flight.get();
+                let mut s = self.stats.borrow().snapshot(self.id, open, in_flight);
+                s.set_cache_kept(self.cache.borrow().totals());
+                s.set_circuits(self.balancer.circuits(std::time::Instant::now()));
+                s.set_latency(self.balancer.figures());
+                s
+            }
+            // Operators' requests only: no connection or in-flight gauge of
+            // a shard, and no view of targets (a merge takes the circuits
+            // and latency figures from a serving shard's snapshot).
+            Duty::Ops => self.stats.borrow().clone(),
+        };
         if let Some(a) = &self.audit {
             s.set_audit(a.dropped_events.get(), Some(a.writer_totals()));
         }
-        s.set_cache_kept(self.cache.borrow().totals());
-        s.set_circuits(self.balancer.circuits(std::time::Instant::now()));
-        s.set_latency(self.balancer.figures());
         s
     }
 

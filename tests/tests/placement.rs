@@ -116,3 +116,50 @@ fn a_cpu_outside_the_allowed_set_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// An admin listener is served by the ops executor, not by a shard: one
+/// thread of its own, confined to the CPUs the process was given like
+/// every other, whose scrape finds no request in flight on a serving shard
+/// (the scrape itself runs on the ops executor).
+#[test]
+fn the_admin_listener_is_served_by_the_ops_executor_inside_the_allowed_set() {
+    let mine = allowed_cpus("self");
+    let Some(&cpu) = mine.last() else { return };
+    let config = "listeners:\n  - { address: 127.0.0.1:0 }\n  - { address: 127.0.0.1:0, role: admin }\nadmin: { token: placement-admin-token-0123 }\nauth: none\nproviders:\n  local: { kind: mock, output_tokens: 5 }\nmodels:\n  local: { targets: [ { provider: local, model: mock-1 } ] }\n";
+    let (cmd, dir) = taskset_gateway(cpu, config);
+    let gw = spawn(cmd, "shardgate listening on ", 2, dir);
+    let mut admin = connect(gw.addrs[1]);
+    admin.send(&shardgate_tests::with_header(
+        get("/metrics"),
+        "authorization: Bearer placement-admin-token-0123\r\n",
+    ));
+    let metrics = admin.read_response();
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    let in_flight: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("shardgate_requests_in_flight{"))
+        .collect();
+    assert_eq!(
+        in_flight,
+        ["shardgate_requests_in_flight{shard=\"0\"} 0"],
+        "one serving shard, with nothing in flight during the scrape"
+    );
+    // Each executor is a thread and its blocking pool's, both with its name.
+    let threads = threads(gw.child.id());
+    let names = |prefix: &str| {
+        let mut n: Vec<&str> = threads
+            .iter()
+            .filter(|t| t.0.starts_with(prefix))
+            .map(|t| t.0.as_str())
+            .collect();
+        n.sort_unstable();
+        n.dedup();
+        n.len()
+    };
+    assert_eq!(names("ops-"), 1, "one ops executor: {threads:?}");
+    assert_eq!(names("shard-"), 1, "one shard: {threads:?}");
+    for (name, allowed, _) in threads.iter().filter(|t| t.0.starts_with("ops-")) {
+        assert_eq!(allowed, &[cpu], "thread {name} may leave CPU {cpu}");
+    }
+}

@@ -343,7 +343,7 @@ impl Admission {
         self.mesh
             .borrow()
             .as_ref()
-            .map_or((0, 1), |m| (m.me(), m.peers()))
+            .map_or((0, 1), |m| (m.me(), m.shards()))
     }
 
     fn actor(&self, req: &Request, now: Timestamp) -> Result<Actor, Refusal> {
@@ -1021,7 +1021,7 @@ impl Admission {
         let Some(mesh) = self.mesh.borrow().clone() else {
             return;
         };
-        let owner = owner_shard(key, mesh.peers());
+        let owner = owner_shard(key, mesh.shards());
         for msg in msgs {
             mesh.send(
                 owner,
@@ -1110,7 +1110,7 @@ impl Admission {
         let (Some((month, used)), Some(mesh)) = (spent, self.mesh.borrow().clone()) else {
             return;
         };
-        for to in (0..mesh.peers()).filter(|&to| to != mesh.me()) {
+        for to in (0..mesh.shards()).filter(|&to| to != mesh.me()) {
             mesh.send(
                 to,
                 ShardMsg::Quota(QuotaMsg::Spent {
