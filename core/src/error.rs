@@ -40,6 +40,10 @@ pub enum GatewayError {
     BadBody(String),
     #[error("The gateway is shutting down.")]
     Draining,
+    /// A readiness probe's answer when a serving shard did not say it is
+    /// ready in time (the reason says which part).
+    #[error("The gateway is not ready: {0}.")]
+    NotReady(String),
     /// A connection the gateway could not take: its per-shard connection
     /// limit, or the process out of file descriptors.
     #[error("The gateway is at its connection limit ({0}); retry shortly.")]
@@ -147,6 +151,7 @@ impl GatewayError {
             | Guardrail { .. }
             | BadBody(_) => Side::Client,
             Draining
+            | NotReady(_)
             | Overloaded(_)
             | Misconfigured(_)
             | QuotaUnavailable(_)
@@ -170,7 +175,11 @@ impl GatewayError {
             MethodNotAllowed { .. } => 405,
             RequestTimeout => 408,
             BodyTooLarge { .. } => 413,
-            Draining | Overloaded(_) | QuotaUnavailable(_) | GuardrailUnavailable { .. } => 503,
+            Draining
+            | NotReady(_)
+            | Overloaded(_)
+            | QuotaUnavailable(_)
+            | GuardrailUnavailable { .. } => 503,
             Misconfigured(_) => 500,
             UpstreamConnect { .. } | UpstreamProtocol { .. } | UpstreamTranslate { .. } => 502,
             UpstreamTimeout { .. } => 504,
@@ -208,6 +217,7 @@ impl GatewayError {
             RequestTimeout => "request_timeout",
             BadBody(_) => "bad_body",
             Draining => "draining",
+            NotReady(_) => "not_ready",
             Overloaded(_) => "overloaded",
             QuotaUnavailable(_) => "quota_store_unavailable",
             Unauthorized => "unauthorized",

@@ -49,6 +49,11 @@ pub enum ShardMsg {
     },
     /// This shard dropped `dropped` entries for `CachePurge` `seq`.
     CachePurged { seq: u64, dropped: usize },
+    /// A readiness probe on the ops executor asks whether this shard takes
+    /// new work; answer `from` as `seq`.
+    ReadyAsk { from: usize, seq: u64 },
+    /// This shard's answer to `ReadyAsk` `seq`: false once draining.
+    ReadyReply { seq: u64, ready: bool },
     /// A target's circuit opened on another shard: avoid it until then.
     CircuitOpen {
         target: String,

@@ -32,6 +32,8 @@ pub enum ServeError {
     UpstreamTls { provider: String, source: TlsError },
     #[error("cannot start shard {id}: {source}")]
     Shard { id: usize, source: std::io::Error },
+    #[error("cannot start the ops executor: {0}")]
+    Ops(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("key store: {0}")]
@@ -205,7 +207,7 @@ pub fn run(
     let mut handles: Vec<ShardHandle> = Vec::with_capacity(shards);
     let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
     let (reload_tx, reload_asks) = crossbeam::channel::unbounded::<crate::shard::ReloadAsk>();
-    log_placement(&config.placement, opts.executor.pin);
+    log_placement(&config.placement, opts.executor.pin, ops);
     for id in 0..shards {
         let mine: Vec<_> = sockets
             .iter_mut()
@@ -352,7 +354,7 @@ pub fn run(
             shard_main(shard, listeners, control, mesh, shards, &exit).await;
             drop(exit);
         })
-        .map_err(|source| ServeError::Shard { id: shards, source })?;
+        .map_err(ServeError::Ops)?;
         handles.push(handle);
     }
     drop(exits_tx);
@@ -509,9 +511,15 @@ impl Drop for ExitNotice {
 
 /// One start line says where every shard runs, so an operator can check it
 /// against the CPU set they gave the process.
-fn log_placement(placement: &crate::placement::Placement, pin: bool) {
+fn log_placement(placement: &crate::placement::Placement, pin: bool, ops: bool) {
     use crate::placement::CpuList;
     use std::fmt::Write;
+    if ops {
+        log::info!(
+            "admin listeners: the ops executor, unpinned on CPUs {}",
+            CpuList(placement.cpus.clone())
+        );
+    }
     if !pin {
         log::info!(
             "{} shards, not pinned (--no-pin), on CPUs {}",
@@ -824,18 +832,15 @@ async fn shard_main(
     match mesh.join().await {
         Ok((senders, mut receivers)) => {
             let mesh = mesh::Mesh::new(senders, shards);
-            // Peers are ordered as the executors were made: a serving shard
-            // among the first `shards` (the bucket owners), the ops executor
-            // after them.
-            let placed = match shard.duty {
-                Duty::Serve => mesh.me() < shards,
-                Duty::Ops => mesh.me() == shards,
-            };
-            if !placed {
+            // Peers are ordered as the executors were made: shard i is
+            // peer i (the first `shards` own the buckets, and the cluster's
+            // node answers a shard by its id), the ops executor comes last
+            // (its id is `shards`).
+            if mesh.me() != shard.id {
                 exit.fail(format!(
-                    "took peer {} of the mesh, which is not a {:?} seat",
+                    "took peer {} of the mesh instead of {}",
                     mesh.me(),
-                    shard.duty
+                    shard.id
                 ));
                 return;
             }
@@ -922,8 +927,11 @@ async fn shard_main(
     .await;
     if !drained {
         log::warn!(
-            "shard {}: drain timeout with {} connections open; closing them",
-            shard.id,
+            "{}: drain timeout with {} connections open; closing them",
+            match shard.duty {
+                Duty::Serve => format!("shard {}", shard.id),
+                Duty::Ops => "the ops executor".to_owned(),
+            },
             shard.open_connections.get()
         );
     }

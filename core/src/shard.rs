@@ -80,6 +80,9 @@ pub struct Shard {
     key_acks: RefCell<HashMap<u64, LocalSender<()>>>,
     /// Cache purges under way on this shard, waiting for the others' counts.
     purge_acks: RefCell<HashMap<u64, LocalSender<usize>>>,
+    /// Readiness probes under way on the ops executor, waiting for the
+    /// shards' answers.
+    ready_acks: RefCell<HashMap<u64, LocalSender<bool>>>,
     next_scrape: Cell<u64>,
     /// Asks the process to reload its config file (`POST /admin/reload`).
     reloads: std::cell::OnceCell<crossbeam::channel::Sender<ReloadAsk>>,
@@ -141,6 +144,7 @@ impl Shard {
             scrapes: RefCell::new(HashMap::new()),
             key_acks: RefCell::new(HashMap::new()),
             purge_acks: RefCell::new(HashMap::new()),
+            ready_acks: RefCell::new(HashMap::new()),
             last_key_read: Cell::new(None),
             next_scrape: Cell::new(0),
             reloads: std::cell::OnceCell::new(),
@@ -344,6 +348,28 @@ impl Shard {
         (dropped, missing)
     }
 
+    /// Whether every other executor in the mesh answers, within `wait`,
+    /// that it takes new work: what a readiness probe on the ops executor
+    /// reports, since the ops executor's own state says nothing of the
+    /// shards that serve. The error says what was missing.
+    pub async fn peers_ready(&self, wait: std::time::Duration) -> Result<(), String> {
+        let Some(mesh) = self.mesh.borrow().clone() else {
+            return Ok(());
+        };
+        let ask = |from, seq| ShardMsg::ReadyAsk { from, seq };
+        let mut draining = 0usize;
+        let missing = self
+            .ask_peers(&mesh, &self.ready_acks, ask, wait, |ready| {
+                draining += usize::from(!ready);
+            })
+            .await;
+        match (missing, draining) {
+            (0, 0) => Ok(()),
+            (0, n) => Err(format!("{n} shards are draining")),
+            (m, _) => Err(format!("{m} shards did not answer within {wait:?}")),
+        }
+    }
+
     /// Every shard's metrics merged, rendered for Prometheus. Other shards
     /// answer over the mesh; one that does not within `wait` is counted
     /// as missing, not waited for.
@@ -461,6 +487,17 @@ impl Shard {
             ShardMsg::CachePurged { seq, dropped } => {
                 if let Some(tx) = self.purge_acks.borrow().get(&seq) {
                     let _ = tx.try_send(dropped);
+                }
+            }
+            ShardMsg::ReadyAsk { from, seq } => {
+                if let Some(mesh) = self.mesh.borrow().clone() {
+                    let ready = !self.draining();
+                    mesh.send(from, ShardMsg::ReadyReply { seq, ready });
+                }
+            }
+            ShardMsg::ReadyReply { seq, ready } => {
+                if let Some(tx) = self.ready_acks.borrow().get(&seq) {
+                    let _ = tx.try_send(ready);
                 }
             }
             ShardMsg::CircuitOpen { target, until } => {

@@ -481,9 +481,13 @@ pub fn route_error(req: &Request<'_>, wrong_method: bool) -> GatewayError {
 pub enum Probe {
     /// The process serves.
     Health,
-    /// It takes new work: 503 once draining.
+    /// It takes new work: 503 once draining. On the ops executor (an admin
+    /// listener), 503 unless every serving shard answers that it does.
     Ready,
 }
+
+/// How long a readiness probe on the ops executor waits for the shards.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub async fn probe(conn: &mut ClientConn, shard: &Shard, which: Probe, rid: &str) -> Outcome {
     match which {
@@ -491,6 +495,15 @@ pub async fn probe(conn: &mut ClientConn, shard: &Shard, which: Probe, rid: &str
         Probe::Ready if shard.draining() => {
             let e = GatewayError::Draining;
             send_error(conn, ClientDialect::OpenAi, &e, rid, &[], true).await
+        }
+        Probe::Ready if shard.duty == crate::shard::Duty::Ops => {
+            match shard.peers_ready(READY_WAIT).await {
+                Ok(()) => json_ok(conn, br#"{"status":"ready"}"#, rid).await,
+                Err(why) => {
+                    let e = GatewayError::NotReady(why);
+                    send_error(conn, ClientDialect::OpenAi, &e, rid, &[], true).await
+                }
+            }
         }
         Probe::Ready => json_ok(conn, br#"{"status":"ready"}"#, rid).await,
     }

@@ -63,8 +63,9 @@ pub struct ShardStats {
     /// The audit writer's totals (events, bytes, errors), when there is one
     /// (process-wide: taken once, from the scraping shard).
     audit_writer: Option<(u64, u64, u64)>,
-    /// Targets whose circuit is not closed, and its state (every shard
-    /// hears of an opened circuit: the scraping shard's view).
+    /// Targets whose circuit is not closed, and its state: in a merge, the
+    /// worst any shard reports (`open` over `half_open`). `None` until a
+    /// serving shard's snapshot is in.
     circuits: Option<Vec<(String, &'static str)>>,
     /// Requests and tokens by team (`""`: no team); spend is in
     /// `spend_micros`.
@@ -73,9 +74,10 @@ pub struct ShardStats {
     keys: FxHashMap<String, KeyUsage>,
     /// The latest refusals (401, 403, 429), newest last.
     denials: std::collections::VecDeque<Denial>,
-    /// Each target's latency figure and requests in flight, as the
-    /// scraping shard's balancer sees them.
-    latency: Option<Vec<(String, f64, u32)>>,
+    /// Each target's latency figure and requests in flight, as the serving
+    /// shards' balancers see them (merged: the mean of the shards'
+    /// figures, the sum of their requests in flight).
+    latency: Option<Vec<LatencyFigure>>,
     /// By model call: alias, provider, team; the GenAI histograms.
     model: model::ModelStats,
     /// The response cache: requests by route and result (hit, miss,
@@ -86,6 +88,28 @@ pub struct ShardStats {
     /// Lookups in the shared tier by what it answered.
     cache_shared: Vec<(&'static str, u64)>,
     cache_kept: (u64, u64, u64),
+}
+
+/// One target's latency as one or more shards see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatencyFigure {
+    pub target: String,
+    /// The sum of the shards' EWMAs (microseconds) that have a sample...
+    ewma_sum_us: f64,
+    /// ...and how many they are.
+    shards_sampled: u32,
+    pub in_flight: u32,
+}
+
+impl LatencyFigure {
+    /// The mean of the shards' figures, microseconds (0 before a sample).
+    pub fn ewma_us(&self) -> f64 {
+        if self.shards_sampled == 0 {
+            0.0
+        } else {
+            self.ewma_sum_us / f64::from(self.shards_sampled)
+        }
+    }
 }
 
 /// How many refusals the status view keeps per shard.
@@ -350,15 +374,25 @@ impl ShardStats {
         self.cache_kept = kept;
     }
 
-    /// The circuits that are not closed, set on the scraping shard's
-    /// snapshot.
+    /// The circuits that are not closed, set on a serving shard's snapshot.
     pub fn set_circuits(&mut self, circuits: Vec<(String, &'static str)>) {
         self.circuits = Some(circuits);
     }
 
-    /// The balancer's latency figures, set on the scraping shard's snapshot.
+    /// The balancer's latency figures (target, EWMA in microseconds, 0
+    /// before a sample, and requests in flight), set on a serving shard's
+    /// snapshot.
     pub fn set_latency(&mut self, latency: Vec<(String, f64, u32)>) {
-        self.latency = Some(latency);
+        let figures = latency
+            .into_iter()
+            .map(|(target, ewma_us, in_flight)| LatencyFigure {
+                target,
+                ewma_sum_us: ewma_us,
+                shards_sampled: u32::from(ewma_us > 0.0),
+                in_flight,
+            })
+            .collect();
+        self.latency = Some(figures);
     }
 
     /// The audit log's counts, set on a snapshot.
@@ -450,12 +484,29 @@ impl ShardStats {
         self.cache_kept.2 += other.cache_kept.2;
         self.denials.extend(other.denials.iter().cloned());
         self.model.merge(&other.model);
-        if self.latency.is_none() {
-            self.latency.clone_from(&other.latency);
+        if let Some(theirs) = &other.latency {
+            let mine = self.latency.get_or_insert_with(Vec::new);
+            for f in theirs {
+                match mine.iter_mut().find(|m| m.target == f.target) {
+                    Some(m) => {
+                        m.ewma_sum_us += f.ewma_sum_us;
+                        m.shards_sampled += f.shards_sampled;
+                        m.in_flight += f.in_flight;
+                    }
+                    None => mine.push(f.clone()),
+                }
+            }
         }
         self.audit_dropped += other.audit_dropped;
-        if self.circuits.is_none() {
-            self.circuits.clone_from(&other.circuits);
+        if let Some(theirs) = &other.circuits {
+            let mine = self.circuits.get_or_insert_with(Vec::new);
+            for (target, state) in theirs {
+                match mine.iter_mut().find(|m| m.0 == *target) {
+                    Some(m) if *state == "open" => m.1 = "open",
+                    Some(_) => {}
+                    None => mine.push((target.clone(), state)),
+                }
+            }
         }
         if self.audit_writer.is_none() {
             self.audit_writer = other.audit_writer;
@@ -698,4 +749,61 @@ pub fn render_cluster(out: &mut String, g: &crate::cluster::Gauges) {
         g.local_grants.load(Relaxed),
         g.refused.load(Relaxed),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving(circuits: &[(&str, &'static str)], latency: &[(&str, f64, u32)]) -> ShardStats {
+        let mut s = ShardStats::default();
+        s.set_circuits(
+            circuits
+                .iter()
+                .map(|(t, c)| ((*t).to_owned(), *c))
+                .collect(),
+        );
+        s.set_latency(
+            latency
+                .iter()
+                .map(|(t, us, n)| ((*t).to_owned(), *us, *n))
+                .collect(),
+        );
+        s
+    }
+
+    /// The ops executor's snapshot has no target view: a merge reports what
+    /// every serving shard saw, not the first to answer.
+    #[test]
+    fn a_merge_takes_each_targets_worst_circuit_and_mean_latency() {
+        let mut merged = ShardStats::default();
+        assert!(merged.circuits.is_none() && merged.latency.is_none());
+        merged.merge(&serving(
+            &[("a", "half_open")],
+            &[("a", 1000.0, 1), ("b", 0.0, 0)],
+        ));
+        merged.merge(&serving(
+            &[("a", "open"), ("b", "half_open")],
+            &[("a", 3000.0, 2), ("b", 500.0, 1)],
+        ));
+        merged.merge(&serving(&[], &[("a", 2000.0, 0)]));
+        let mut circuits = merged.circuits.clone().unwrap_or_default();
+        circuits.sort();
+        assert_eq!(
+            circuits,
+            [("a".to_owned(), "open"), ("b".to_owned(), "half_open")]
+        );
+        let latency = merged.latency.clone().unwrap_or_default();
+        let a = latency
+            .iter()
+            .find(|f| f.target == "a")
+            .map(|f| (f.ewma_us(), f.in_flight));
+        let b = latency
+            .iter()
+            .find(|f| f.target == "b")
+            .map(|f| (f.ewma_us(), f.in_flight));
+        assert_eq!(a, Some((2000.0, 3)));
+        // A shard with no sample yet does not pull the mean to 0.
+        assert_eq!(b, Some((500.0, 1)));
+    }
 }

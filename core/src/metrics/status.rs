@@ -68,15 +68,15 @@ impl ShardStats {
                     .iter()
                     .find(|c| &c.0 == name)
                     .map_or("closed", |c| c.1);
-                let figures = latency.iter().find(|l| &l.0 == name);
+                let figures = latency.iter().find(|l| &l.target == name);
                 json!({
                     "target": name,
                     "answered": t.answered,
                     "failed": t.failed,
                     "cancelled": t.cancelled,
                     "circuit": circuit,
-                    "latency_ms": figures.map(|f| f.1 / 1e3),
-                    "in_flight": figures.map(|f| f.2),
+                    "latency_ms": figures.map(|f| f.ewma_us() / 1e3),
+                    "in_flight": figures.map(|f| f.in_flight),
                 })
             })
             .collect();
