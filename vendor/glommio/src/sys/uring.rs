@@ -690,7 +690,9 @@ pub(crate) trait UringCommon {
         queue: &mut VecDeque<UringDescriptor>,
         mut dispatch: bool,
     ) -> io::Result<usize> {
-        loop {
+        // Shardgate: an empty queue has nothing to prepare (what the loop
+        // would find at once), nearly always so for the cancellations.
+        while !queue.is_empty() {
             match self.submit_one_event(queue) {
                 None => {
                     dispatch = true;
@@ -903,9 +905,11 @@ impl UringCommon for PollRing {
     }
 
     fn consume_one_event(&mut self) -> Option<bool> {
+        // Shardgate: an empty ring answers before the source map is cloned.
+        let cqe = self.ring.peek_for_cqe()?;
         let source_map = self.source_map.clone();
         process_one_event(
-            self.ring.peek_for_cqe(),
+            Some(cqe),
             |_| None,
             |mut src, res| {
                 record_stats(self, &mut src, &res);
@@ -1289,9 +1293,11 @@ impl UringCommon for SleepableRing {
     }
 
     fn consume_one_event(&mut self) -> Option<bool> {
+        // Shardgate: an empty ring answers before the source map is cloned.
+        let cqe = self.ring.peek_for_cqe()?;
         let source_map = self.source_map.clone();
         process_one_event(
-            self.ring.peek_for_cqe(),
+            Some(cqe),
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
