@@ -278,15 +278,14 @@ pub async fn serve<'a>(
                 cut_by_deadline = w.first_token < step.route.timeouts.first_token;
                 let head = match deadline {
                     None => {
-                        or(
-                            async {
-                                Some(attempt::send_until_head(call, step.target, provider, w).await)
-                            },
-                            async {
-                                conn.closed().await;
-                                None
-                            },
-                        )
+                        // Pinned in place: the race holds a reference, so
+                        // the attempt's state is not moved into it.
+                        let mut send =
+                            pin!(attempt::send_until_head(call, step.target, provider, w));
+                        or(async { Some(send.as_mut().await) }, async {
+                            conn.closed().await;
+                            None
+                        })
                         .await
                     }
                     // Boxed: rare, and its timer would size every request.
