@@ -37,8 +37,8 @@ step "cargo test --workspace"
 cargo test --workspace
 
 # glommio is not a workspace member: its tests run through this script.
-step "glommio's own tests: net::, sys:: and iou:: (vendor/test-glommio.sh)"
-bash vendor/test-glommio.sh net:: sys:: iou::
+step "glommio's own tests: net::, sys::, iou:: and sync::gate (vendor/test-glommio.sh)"
+bash vendor/test-glommio.sh net:: sys:: iou:: sync::gate
 
 # glommio as on a kernel before 5.11 (no COOP_TASKRUN or DEFER_TASKRUN rings,
 # one-shot read polls, no EXT_ARG waits; vendor/README.md), on this one.

@@ -73,11 +73,13 @@ impl Gate {
         handle: TaskQueueHandle,
     ) -> Result<Task<T>, GlommioError<()>> {
         let pass = self.enter()?;
+        // Shardgate: a wrapper that polls the future in place. The async
+        // block this replaces kept the future twice, as what it captured and
+        // as what it awaited, doubling every gated task (a connection's).
         crate::spawn_local_into(
-            async move {
-                let result = future.await;
-                drop(pass);
-                result
+            Gated {
+                future,
+                pass: Some(pass),
             },
             handle,
         )
@@ -149,6 +151,29 @@ impl GateInner {
         } else {
             unreachable!("It should not happen!");
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future that holds its gate's pass until it completes.
+    struct Gated<F> {
+        #[pin]
+        future: F,
+        pass: Option<Pass>,
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let out = futures_lite::ready!(this.future.poll(cx));
+        this.pass.take();
+        std::task::Poll::Ready(out)
     }
 }
 
