@@ -937,7 +937,10 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         &answer.call.lines(answer.alias_line, answer.target_lines),
         &answer.call.extra(),
     );
-    if conn.write(&client_head).await.is_err() {
+    let wrote = conn.write(&client_head).await;
+    // Not held for the stream's life.
+    drop(client_head);
+    if wrote.is_err() {
         return Outcome::CLOSE;
     }
     // Made once the client has the head: a check that never saw the
