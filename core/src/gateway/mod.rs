@@ -96,8 +96,9 @@ pub struct Call<'a> {
     /// What the current attempt's answer used, set by whoever read it.
     metered: RefCell<Option<Metered>>,
     /// Checks tool calls in the answer, for callers whose policy
-    /// restricts tools.
-    guard: Option<RefCell<tool_guard::ToolGuard>>,
+    /// restricts tools. Boxed: few callers have one, and inline it sized
+    /// every request's future (which a stream holds for its life).
+    guard: Option<Box<RefCell<tool_guard::ToolGuard>>>,
     /// The current attempt's number (from 1): the answer's
     /// `x-shardgate-attempts`.
     attempt: std::cell::Cell<usize>,
@@ -385,6 +386,8 @@ impl crate::server::Router for ApiRouter {
 
     /// The gateway's own future, not one wrapping it: each layer of
     /// `async` around it would copy its whole state once more per request.
+    // Not an async fn on purpose (see the comment in the body).
+    #[allow(clippy::manual_async_fn)]
     fn handle<'g>(
         &self,
         shard: &Rc<Shard>,
@@ -394,71 +397,65 @@ impl crate::server::Router for ApiRouter {
         rid: &str,
         trail: &mut Trail<'g>,
     ) -> impl std::future::Future<Output = Outcome> {
-        handle(shard, generation, conn, req, rid, trail)
-    }
-}
-
-/// Answers one request on `generation` (the config current when it
-/// started); what it learns on the way goes into `trail`.
-async fn handle<'g>(
-    shard: &Rc<Shard>,
-    generation: &'g Generation,
-    conn: &mut ClientConn,
-    req: Request<'_>,
-    rid: &str,
-    trail: &mut Trail<'g>,
-) -> Outcome {
-    let openai = ClientDialect::OpenAi;
-    let route = route(req.head.method, req.path());
-    if matches!(route, Route::Api(_) | Route::Mcp)
-        && shard.audit.as_ref().is_some_and(|a| a.refusing())
-    {
-        // `audit.on_backpressure: block`: no request the log cannot record.
-        let e = GatewayError::Overloaded("the audit log is behind");
-        return send_error(conn, openai, &e, rid, &[], false).await;
-    }
-    match route {
-        Route::Health => probe(conn, shard, Probe::Health, rid).await,
-        Route::Ready => probe(conn, shard, Probe::Ready, rid).await,
-        Route::Models if shard.admission.is_open() => {
-            json_ok(conn, &generation.models_body, rid).await
-        }
-        Route::Models => {
-            let all = generation.config.models.keys().map(String::as_str);
-            match shard.admission.visible_models(&req, all) {
-                Ok(list) => json_ok(conn, &models::render_list(list.into_iter()), rid).await,
-                Err(_) => {
-                    let e = GatewayError::Unauthorized;
+        // An async block, not an async fn: a function's arguments are kept
+        // twice in its future (as captured and as moved into its locals),
+        // and this future is held for a stream's whole life.
+        async move {
+            let openai = ClientDialect::OpenAi;
+            let route = route(req.head.method, req.path());
+            if matches!(route, Route::Api(_) | Route::Mcp)
+                && shard.audit.as_ref().is_some_and(|a| a.refusing())
+            {
+                // `audit.on_backpressure: block`: no request the log cannot record.
+                let e = GatewayError::Overloaded("the audit log is behind");
+                return send_error(conn, openai, &e, rid, &[], false).await;
+            }
+            match route {
+                Route::Health => probe(conn, shard, Probe::Health, rid).await,
+                Route::Ready => probe(conn, shard, Probe::Ready, rid).await,
+                Route::Models if shard.admission.is_open() => {
+                    json_ok(conn, &generation.models_body, rid).await
+                }
+                Route::Models => {
+                    let all = generation.config.models.keys().map(String::as_str);
+                    match shard.admission.visible_models(&req, all) {
+                        Ok(list) => {
+                            json_ok(conn, &models::render_list(list.into_iter()), rid).await
+                        }
+                        Err(_) => {
+                            let e = GatewayError::Unauthorized;
+                            send_error(conn, openai, &e, rid, &[], false).await
+                        }
+                    }
+                }
+                Route::Api(api) => handle_api(shard, generation, conn, &req, api, rid, trail).await,
+                Route::CountTokens(dialect) => {
+                    count::count(shard, generation, conn, &req, dialect, rid).await
+                }
+                Route::StoredResponse { delete } => {
+                    let path = req.path();
+                    let id = std::str::from_utf8(&path[b"/v1/responses/".len()..]).unwrap_or("");
+                    let id = id.to_owned();
+                    conversation::by_id(shard, conn, &req, &id, delete, rid).await
+                }
+                // Boxed: an MCP call's state (sessions, upstream calls) is larger
+                // than a model call's, and inline it would size every request's
+                // future, each stream's included.
+                Route::Mcp => {
+                    Box::pin(crate::mcp::endpoint::handle(
+                        shard, generation, conn, req, rid, trail,
+                    ))
+                    .await
+                }
+                Route::WrongMethod => {
+                    let e = route_error(&req, true);
+                    send_error(conn, openai, &e, rid, &[], false).await
+                }
+                Route::Unknown => {
+                    let e = route_error(&req, false);
                     send_error(conn, openai, &e, rid, &[], false).await
                 }
             }
-        }
-        Route::Api(api) => handle_api(shard, generation, conn, &req, api, rid, trail).await,
-        Route::CountTokens(dialect) => {
-            count::count(shard, generation, conn, &req, dialect, rid).await
-        }
-        Route::StoredResponse { delete } => {
-            let path = req.path();
-            let id = std::str::from_utf8(&path[b"/v1/responses/".len()..]).unwrap_or("");
-            let id = id.to_owned();
-            conversation::by_id(shard, conn, &req, &id, delete, rid).await
-        }
-        // Boxed: an MCP call's state (sessions, upstream calls) is larger
-        // than a model call's, and inline it would size every request's
-        // future, each stream's included.
-        Route::Mcp => {
-            Box::pin(crate::mcp::endpoint::handle(
-                shard, generation, conn, req, rid, trail,
-            ))
-            .await
-        }
-        Route::WrongMethod => {
-            let e = route_error(&req, true);
-            send_error(conn, openai, &e, rid, &[], false).await
-        }
-        Route::Unknown => {
-            let e = route_error(&req, false);
-            send_error(conn, openai, &e, rid, &[], false).await
         }
     }
 }
@@ -527,294 +524,287 @@ pub async fn send_ok(
     }
 }
 
-async fn handle_api<'g>(
-    shard: &Rc<Shard>,
+/// An async block, not an async fn, as [`ApiRouter`]'s handler: a
+/// function's arguments are kept twice in its future.
+// Not an async fn on purpose (see above).
+#[allow(clippy::manual_async_fn)]
+fn handle_api<'a, 'g, 'r>(
+    shard: &'a Rc<Shard>,
     generation: &'g Generation,
-    conn: &mut ClientConn,
-    req: &Request<'_>,
+    conn: &'a mut ClientConn,
+    req: &'a Request<'r>,
     api: Api,
-    rid: &str,
-    trail: &mut Trail<'g>,
-) -> Outcome {
-    let client = api.dialect();
-    let facts = extract_facts(&req.body, &mut shard.json.borrow_mut());
-    let (mut facts, mut members): (RequestFacts, _) = match facts {
-        Ok(f) => f,
-        Err(e) => return send_error(conn, client, &e.into(), rid, &[], false).await,
-    };
-    if !api.can_stream() {
-        facts.stream = false;
-    }
-    let config = &generation.config;
-    let upstream_model = |alias: &str| {
-        config
-            .models
-            .get(alias)
-            .and_then(|m| m.targets.first())
-            .map_or_else(|| alias.to_owned(), |t| t.model.clone())
-    };
-    let mut admitted = shard
-        .admission
-        .admit(
-            req,
-            &facts.model,
-            &upstream_model,
-            facts.max_tokens,
-            &facts.tool_names,
-        )
-        .await;
-    if matches!(admitted, Err(Refusal::Unauthorized)) && shard.admission.presents_unknown_key(req) {
-        // Boxed: a second admission inline would size every request's
-        // future for a path a few requests take.
-        let again = Box::pin(admit_after_reread(shard, req, &facts, &upstream_model)).await;
-        if let Some(a) = again {
-            admitted = a;
-        }
-    }
-    let mut ticket = match admitted {
-        Ok(t) => t,
-        Err(Refusal::Unauthorized) => {
-            let e = GatewayError::Unauthorized;
-            return send_error(conn, client, &e, rid, &[], false).await;
-        }
-        Err(Refusal::Denied {
-            reason,
-            mut headers,
-            actor,
-        }) => {
-            trail.actor = Some(*actor);
-            trail.alias = Some(facts.model);
-            if let Some(secs) = reason.retry_after_secs() {
-                headers.push(("retry-after", secs.to_string()));
+    rid: &'a str,
+    trail: &'a mut Trail<'g>,
+) -> impl std::future::Future<Output = Outcome> + use<'a, 'g, 'r> {
+    async move {
+        let client = api.dialect();
+        // Locals are scoped so that none the answer does not need stays in the
+        // request's future while it is awaited (a moved-from local keeps its
+        // room to the end of its scope), since that future is held for a
+        // stream's whole life.
+        let (mut facts, mut members): (RequestFacts, _) = {
+            // The shard's parser is borrowed for this statement only.
+            let read = extract_facts(&req.body, &mut shard.json.borrow_mut());
+            match read {
+                Ok(f) => f,
+                Err(e) => return send_error(conn, client, &e.into(), rid, &[], false).await,
             }
-            let err = GatewayError::Policy(reason);
-            log::info!("{rid}: refused: {err}");
-            return send_error(conn, client, &err, rid, &headers, false).await;
+        };
+        if !api.can_stream() {
+            facts.stream = false;
         }
-        Err(Refusal::Unavailable { why, actor }) => {
-            trail.actor = Some(*actor);
-            trail.alias = Some(facts.model);
-            let err = GatewayError::QuotaUnavailable(why);
-            log::warn!("{rid}: refused: {err}");
-            return send_error(
-                conn,
-                client,
-                &err,
-                rid,
-                &[("retry-after", "1".to_owned())],
-                false,
+        let config = &generation.config;
+        let upstream_model = |alias: &str| {
+            config
+                .models
+                .get(alias)
+                .and_then(|m| m.targets.first())
+                .map_or_else(|| alias.to_owned(), |t| t.model.clone())
+        };
+        let admitted = match shard
+            .admission
+            .admit(
+                req,
+                &facts.model,
+                &upstream_model,
+                facts.max_tokens,
+                &facts.tool_names,
             )
-            .await;
-        }
-    };
-    let mut headers = std::mem::take(&mut ticket.headers);
-    // Resolved again only for callers admission found guardrails for.
-    let plan = match ticket.actor.as_ref() {
-        Some(a) if ticket.guardrails && !generation.guardrails.is_empty() => {
-            let policies = shard.admission.policy_set();
-            let resolved = policies.resolve(a);
-            guardrails::Plan::new(&generation.guardrails, &resolved)
-        }
-        _ => None,
-    };
-    let redacted;
-    let verdict = match &plan {
-        // Boxed: a webhook's exchange inline would size every request's
-        // future for the few callers with input checks.
-        Some(p) if !p.input.is_empty() => Some(
-            Box::pin(guardrails::check_input(
-                shard,
-                generation,
-                &p.input,
-                &req.body,
-                ticket.actor.as_ref(),
-                rid,
-                &mut trail.guardrails,
-            ))
-            .await,
-        ),
-        _ => None,
-    };
-    let req = match verdict {
-        None | Some(Verdict::Pass) => req,
-        Some(Verdict::Blocked(e)) => {
-            log::info!("{rid}: refused: {e}");
-            trail.alias = Some(facts.model);
-            settle(shard, ticket, trail);
-            return send_error(conn, client, &e, rid, &headers, false).await;
-        }
-        Some(Verdict::Redacted(body)) => {
-            // Only strings changed: the facts stand, the members moved.
-            let reread = extract_facts(&body, &mut shard.json.borrow_mut());
-            match reread {
-                Ok((_, m)) => {
-                    members = m;
-                    redacted = req.with_body(body);
-                    &redacted
-                }
-                Err(e) => {
-                    // Never the unredacted body instead.
-                    log::error!("{rid}: a redacted body did not read back: {e}");
-                    let e = GatewayError::Misconfigured("a guardrail's redaction failed".into());
+            .await
+        {
+            // Boxed: a second admission inline would size every request's
+            // future for a path a few requests take.
+            Err(Refusal::Unauthorized) if shard.admission.presents_unknown_key(req) => {
+                Box::pin(admit_after_reread(shard, req, &facts, &upstream_model))
+                    .await
+                    .unwrap_or(Err(Refusal::Unauthorized))
+            }
+            admitted => admitted,
+        };
+        // Taken apart without an await, so that no part of the admission is
+        // kept in the request's future past this point.
+        let mut ticket = match ticket_or_refusal(admitted, trail, &mut facts, rid) {
+            Ok(t) => t,
+            Err((e, headers)) => return send_error(conn, client, &e, rid, &headers, false).await,
+        };
+        let mut headers = std::mem::take(&mut ticket.headers);
+        // Resolved again only for callers admission found guardrails for.
+        let plan = match ticket.actor.as_ref() {
+            Some(a) if ticket.guardrails && !generation.guardrails.is_empty() => {
+                let policies = shard.admission.policy_set();
+                let resolved = policies.resolve(a);
+                // Boxed, as only callers with guardrails have one.
+                guardrails::Plan::new(&generation.guardrails, &resolved).map(Box::new)
+            }
+            _ => None,
+        };
+        let redacted;
+        let req = {
+            let verdict = match &plan {
+                // Boxed: a webhook's exchange inline would size every request's
+                // future for the few callers with input checks.
+                Some(p) if !p.input.is_empty() => Some(
+                    Box::pin(guardrails::check_input(
+                        shard,
+                        generation,
+                        &p.input,
+                        &req.body,
+                        ticket.actor.as_ref(),
+                        rid,
+                        &mut trail.guardrails,
+                    ))
+                    .await,
+                ),
+                _ => None,
+            };
+            match verdict {
+                None | Some(Verdict::Pass) => req,
+                Some(Verdict::Blocked(e)) => {
+                    log::info!("{rid}: refused: {e}");
                     trail.alias = Some(facts.model);
                     settle(shard, ticket, trail);
                     return send_error(conn, client, &e, rid, &headers, false).await;
                 }
+                Some(Verdict::Redacted(body)) => {
+                    // Only strings changed: the facts stand, the members moved.
+                    let reread = extract_facts(&body, &mut shard.json.borrow_mut());
+                    match reread {
+                        Ok((_, m)) => {
+                            members = m;
+                            // Boxed: few requests are redacted, and inline
+                            // it sized every request's future.
+                            redacted = Box::new(req.with_body(body));
+                            &*redacted
+                        }
+                        Err(e) => {
+                            // Never the unredacted body instead.
+                            log::error!("{rid}: a redacted body did not read back: {e}");
+                            let e = GatewayError::Misconfigured(
+                                "a guardrail's redaction failed".into(),
+                            );
+                            trail.alias = Some(facts.model);
+                            settle(shard, ticket, trail);
+                            return send_error(conn, client, &e, rid, &headers, false).await;
+                        }
+                    }
+                }
             }
-        }
-    };
-    // Log probabilities repeat the answer token by token, beyond what
-    // output checks that block or redact can follow.
-    if plan
-        .as_ref()
-        .is_some_and(|p| guardrails::changes_text(&generation.guardrails, &p.output))
-        && guardrails::asks_logprobs(&req.body)
-    {
-        let e = GatewayError::BadRequest {
-            message: "Log probabilities are not returned to callers whose answers pass guardrails that block or redact.".into(),
-            param: Some("logprobs"),
         };
-        trail.alias = Some(facts.model);
-        settle(shard, ticket, trail);
-        return send_error(conn, client, &e, rid, &headers, false).await;
-    }
-    let alias: &str = match &ticket.fallback {
-        Some(fallback) => {
-            headers.push(("x-shardgate-fallback-model", fallback.clone()));
-            headers.push(("x-shardgate-requested-model", facts.model.clone()));
-            fallback
-        }
-        None => &facts.model,
-    };
-    let Some((alias, model)) = config.models.get_key_value(alias) else {
-        let e = GatewayError::ModelNotFound(alias.to_owned());
-        trail.alias = Some(alias.to_owned());
-        settle(shard, ticket, trail);
-        return send_error(conn, client, &e, rid, &headers, false).await;
-    };
-    let turn = if api == Api::Responses {
-        let opened = conversation::open(shard, &req.body, &members, ticket.actor.as_ref()).await;
-        match opened {
-            Ok(t) => Some(Box::new(t)),
-            Err(e) => {
-                trail.alias = Some(alias.to_owned());
-                settle(shard, ticket, trail);
-                return send_error(conn, client, &e, rid, &headers, false).await;
-            }
-        }
-    } else {
-        None
-    };
-    let (output_checks, output_hooks) = plan
-        .as_ref()
-        .map(|p| guardrails::split_hooks(generation, &p.output))
-        .unwrap_or_default();
-    let hook_actor = if output_hooks.is_empty() {
-        serde_json::Value::Null
-    } else {
-        guardrails::actor_json(ticket.actor.as_ref())
-    };
-    // Parallel webhooks run beside the model call; the answer waits for
-    // their verdict (`Call::hold`).
-    let parallel = plan
-        .as_ref()
-        .map(|p| guardrails::parallel_checks(generation, &p.input))
-        .unwrap_or_default();
-    let mut call = Call {
-        shard,
-        generation,
-        req,
-        facts: &facts,
-        members: &members,
-        api,
-        client,
-        rid,
-        headers,
-        prompt_estimate: ticket.prompt_estimate(),
-        metered: RefCell::new(None),
-        guard: ticket
-            .actor
+        // Log probabilities repeat the answer token by token, beyond what
+        // output checks that block or redact can follow.
+        if plan
             .as_ref()
-            .filter(|_| ticket.tool_rules)
-            .and_then(|a| {
-                let policies = shard.admission.policy_set();
-                tool_guard::ToolGuard::new(policies, a, client, rid, Some(shard.clone()))
-            })
-            .map(RefCell::new),
-        attempt: std::cell::Cell::new(0),
-        turn,
-        output_checks,
-        output_hooks,
-        hook_actor,
-        tool_call_checks: plan.map(|p| p.tool_calls).unwrap_or_default(),
-        guard_records: RefCell::new(Vec::new()),
-        capture_limit: None,
-        captured: RefCell::new(None),
-        hold: None,
-    };
-    let hold = (!parallel.is_empty()).then(|| Rc::new(guardrails::Hold::default()));
-    call.hold.clone_from(&hold);
-    let parallel_records = RefCell::new(Vec::new());
-    let actor = ticket.actor.as_ref();
-    let settings = cache::settings_for(ticket.cache, model.cache.as_ref());
-    if settings.is_none() && model.cache.is_some() {
-        // The caller's policy keeps it out of the route's cache.
-        call.headers
-            .push(("x-shardgate-cache", "bypass".to_owned()));
-    }
-    let served = answer(
-        &mut call,
-        conn,
-        (alias, model, settings),
-        &config.models,
-        &mut trail.attempts,
-        actor,
-    );
-    let (outcome, cached, shared_result) = match &hold {
-        None => served.await,
-        Some(h) => {
-            let body: &[u8] = &req.body;
-            let check = Box::pin(async {
-                let v = guardrails::check_parallel(
-                    shard,
-                    generation,
-                    &parallel,
-                    body,
-                    actor,
-                    rid,
-                    &parallel_records,
-                )
-                .await;
-                h.decide(v);
-                futures_lite::future::pending().await
-            });
-            futures_lite::future::or(served, check).await
+            .is_some_and(|p| guardrails::changes_text(&generation.guardrails, &p.output))
+            && guardrails::asks_logprobs(&req.body)
+        {
+            let e = GatewayError::BadRequest {
+                message: "Log probabilities are not returned to callers whose answers pass guardrails that block or redact.".into(),
+                param: Some("logprobs"),
+            };
+            trail.alias = Some(facts.model);
+            settle(shard, ticket, trail);
+            return send_error(conn, client, &e, rid, &headers, false).await;
         }
-    };
-    trail.guardrails.append(&mut parallel_records.borrow_mut());
-    if let (Some((decision, scope)), Some(settings)) = (cached, settings) {
-        let whole = outcome.keep_alive;
-        let mut note = keep_or_note(
-            &call,
-            decision,
-            scope,
-            (cache::entries_of(alias, model), &settings),
-            &trail.attempts,
-            whole,
+        let alias: &str = match &ticket.fallback {
+            Some(fallback) => {
+                headers.push(("x-shardgate-fallback-model", fallback.clone()));
+                headers.push(("x-shardgate-requested-model", facts.model.clone()));
+                fallback
+            }
+            None => &facts.model,
+        };
+        let Some((alias, model)) = config.models.get_key_value(alias) else {
+            let e = GatewayError::ModelNotFound(alias.to_owned());
+            trail.alias = Some(alias.to_owned());
+            settle(shard, ticket, trail);
+            return send_error(conn, client, &e, rid, &headers, false).await;
+        };
+        let turn = if api == Api::Responses {
+            let opened =
+                conversation::open(shard, &req.body, &members, ticket.actor.as_ref()).await;
+            match opened {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    trail.alias = Some(alias.to_owned());
+                    settle(shard, ticket, trail);
+                    return send_error(conn, client, &e, rid, &headers, false).await;
+                }
+            }
+        } else {
+            None
+        };
+        let (output_checks, output_hooks) = plan
+            .as_ref()
+            .map(|p| guardrails::split_hooks(generation, &p.output))
+            .unwrap_or_default();
+        let hook_actor = if output_hooks.is_empty() {
+            serde_json::Value::Null
+        } else {
+            guardrails::actor_json(ticket.actor.as_ref())
+        };
+        // Parallel webhooks run beside the model call; the answer waits for
+        // their verdict (`Call::hold`).
+        let parallel = plan
+            .as_ref()
+            .map(|p| guardrails::parallel_checks(generation, &p.input))
+            .unwrap_or_default();
+        let mut call = Call {
+            shard,
+            generation,
+            req,
+            facts: &facts,
+            members: &members,
+            api,
+            client,
+            rid,
+            headers,
+            prompt_estimate: ticket.prompt_estimate(),
+            metered: RefCell::new(None),
+            guard: ticket
+                .actor
+                .as_ref()
+                .filter(|_| ticket.tool_rules)
+                .and_then(|a| {
+                    let policies = shard.admission.policy_set();
+                    tool_guard::ToolGuard::new(policies, a, client, rid, Some(shard.clone()))
+                })
+                .map(|g| Box::new(RefCell::new(g))),
+            attempt: std::cell::Cell::new(0),
+            turn,
+            output_checks,
+            output_hooks,
+            hook_actor,
+            tool_call_checks: plan.map(|p| p.tool_calls).unwrap_or_default(),
+            guard_records: RefCell::new(Vec::new()),
+            capture_limit: None,
+            captured: RefCell::new(None),
+            hold: None,
+        };
+        let hold = (!parallel.is_empty()).then(|| Rc::new(guardrails::Hold::default()));
+        call.hold.clone_from(&hold);
+        let parallel_records = RefCell::new(Vec::new());
+        let actor = ticket.actor.as_ref();
+        let settings = cache::settings_for(ticket.cache, model.cache.as_ref());
+        if settings.is_none() && model.cache.is_some() {
+            // The caller's policy keeps it out of the route's cache.
+            call.headers
+                .push(("x-shardgate-cache", "bypass".to_owned()));
+        }
+        let served = answer(
+            &mut call,
+            conn,
+            (alias, model, settings),
+            &config.models,
+            &mut trail.attempts,
+            actor,
         );
-        note.shared = shared_result;
-        trail.cache = Some(Box::new(note));
+        let (outcome, cached, shared_result) = match &hold {
+            None => served.await,
+            Some(h) => {
+                let body: &[u8] = &req.body;
+                let check = Box::pin(async {
+                    let v = guardrails::check_parallel(
+                        shard,
+                        generation,
+                        &parallel,
+                        body,
+                        actor,
+                        rid,
+                        &parallel_records,
+                    )
+                    .await;
+                    h.decide(v);
+                    futures_lite::future::pending().await
+                });
+                futures_lite::future::or(served, check).await
+            }
+        };
+        trail.guardrails.append(&mut parallel_records.borrow_mut());
+        if let (Some((decision, scope)), Some(settings)) = (cached, settings) {
+            let whole = outcome.keep_alive;
+            let mut note = keep_or_note(
+                &call,
+                decision,
+                scope,
+                (cache::entries_of(alias, model), &settings),
+                &trail.attempts,
+                whole,
+            );
+            note.shared = shared_result;
+            trail.cache = Some(Box::new(note));
+        }
+        trail
+            .guardrails
+            .append(&mut call.guard_records.borrow_mut());
+        drop(call);
+        trail.alias = Some(match ticket.fallback.take() {
+            Some(fallback) => fallback,
+            None => facts.model,
+        });
+        settle(shard, ticket, trail);
+        outcome
     }
-    trail
-        .guardrails
-        .append(&mut call.guard_records.borrow_mut());
-    drop(call);
-    trail.alias = Some(match ticket.fallback.take() {
-        Some(fallback) => fallback,
-        None => facts.model,
-    });
-    settle(shard, ticket, trail);
-    outcome
 }
 
 /// The call's answer: from the cache (the shard's, then the shared tier)
@@ -1095,6 +1085,44 @@ async fn admit_after_reread(
             )
             .await,
     )
+}
+
+/// A refused request's error and the headers to answer it with.
+type Refused = (GatewayError, Vec<(&'static str, String)>);
+
+/// The admission's answer: the ticket, or the error to answer with and its
+/// headers (the refused caller and alias go to the record).
+fn ticket_or_refusal(
+    admitted: Result<Ticket, Refusal>,
+    trail: &mut Trail<'_>,
+    facts: &mut RequestFacts,
+    rid: &str,
+) -> Result<Ticket, Refused> {
+    match admitted {
+        Ok(t) => Ok(t),
+        Err(Refusal::Unauthorized) => Err((GatewayError::Unauthorized, Vec::new())),
+        Err(Refusal::Denied {
+            reason,
+            mut headers,
+            actor,
+        }) => {
+            trail.actor = Some(*actor);
+            trail.alias = Some(std::mem::take(&mut facts.model));
+            if let Some(secs) = reason.retry_after_secs() {
+                headers.push(("retry-after", secs.to_string()));
+            }
+            let err = GatewayError::Policy(reason);
+            log::info!("{rid}: refused: {err}");
+            Err((err, headers))
+        }
+        Err(Refusal::Unavailable { why, actor }) => {
+            trail.actor = Some(*actor);
+            trail.alias = Some(std::mem::take(&mut facts.model));
+            let err = GatewayError::QuotaUnavailable(why);
+            log::warn!("{rid}: refused: {err}");
+            Err((err, vec![("retry-after", "1".to_owned())]))
+        }
+    }
 }
 
 /// Every attempt that reported usage is charged; with none, the

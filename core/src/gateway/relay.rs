@@ -865,7 +865,7 @@ impl<'a> Stages<'a, 'a> {
         let checks_text = !call.output_checks.is_empty();
         let checks_args = !call.tool_call_checks.is_empty();
         Stages {
-            tools: call.guard.as_ref(),
+            tools: call.guard.as_deref(),
             rails: (checks_text || checks_args).then(|| GuardedStream {
                 guard: checks_text.then(|| {
                     StreamGuard::new(

@@ -213,30 +213,36 @@ pub async fn serve<R: Router>(
 /// Handles a request; its trail lives in the request's future, and its
 /// record is made at its end. The connection loop boxes this future, so an
 /// idle connection's task stays small: only the loop's state lives between
-/// requests.
-async fn handle_recorded<R: Router>(
-    shard: &Rc<Shard>,
-    router: &R,
-    conn: &mut ClientConn,
-    req: Request<'_>,
-    rid: &str,
+/// requests. An async block, not an async fn: a function's arguments are
+/// kept twice in its future (as captured and as moved into its locals),
+/// and a stream holds this future for its whole life.
+// Not an async fn on purpose (see above).
+#[allow(clippy::manual_async_fn)]
+fn handle_recorded<'a, R: Router>(
+    shard: &'a Rc<Shard>,
+    router: &'a R,
+    conn: &'a mut ClientConn,
+    req: Request<'a>,
+    rid: &'a str,
     endpoint: &'static str,
     started: Instant,
-) -> Outcome {
-    let generation = shard.generation();
-    let _in_flight = InFlight::enter(&shard.requests_in_flight);
-    let mut trail = Trail {
-        endpoint,
-        ..Trail::default()
-    };
-    if shard.audit.is_some() {
-        trail.trace_id = crate::record::trace_id(req.header("traceparent"));
+) -> impl std::future::Future<Output = Outcome> + 'a {
+    async move {
+        let generation = shard.generation();
+        let _in_flight = InFlight::enter(&shard.requests_in_flight);
+        let mut trail = Trail {
+            endpoint,
+            ..Trail::default()
+        };
+        if shard.audit.is_some() {
+            trail.trace_id = crate::record::trace_id(req.header("traceparent"));
+        }
+        let outcome = router
+            .handle(shard, &generation, conn, req, rid, &mut trail)
+            .await;
+        record(shard, conn, rid, &trail, started);
+        outcome
     }
-    let outcome = router
-        .handle(shard, &generation, conn, req, rid, &mut trail)
-        .await;
-    record(shard, conn, rid, &trail, started);
-    outcome
 }
 
 /// Counts a request in flight while it lives (a dropped request future
