@@ -7,7 +7,9 @@
 # proxy: streams/s, TTFT p50/p99, CPU per stream and per SSE event, RSS
 # idle and at peak, and memory per active stream ((peak - idle) / streams:
 # in a closed loop every connection is always streaming but for the moment
-# between one stream's end and the next one's request). Rounds interleave
+# between one stream's end and the next one's request), beside what an idle
+# keep-alive connection costs (measured first, as many connections as
+# streams) and the difference ("beyond"). Rounds interleave
 # the proxies. Prints the table and writes text + JSON lines under
 # bench/results/ (gitignored).
 #
@@ -83,19 +85,62 @@ build_release
 start_mock "$MOCK_CPUS" "$MOCK_SHARDS" --tps "$TPS" --output-tokens "$OUTPUT_TOKENS"
 # Pools as large as the streams, so a finished stream's upstream
 # connection is reused, not closed and reopened, by both proxies.
-start_gateway "$PROXY_CPUS" "$WORKERS" "$STREAMS"
-NAMES=(gateway)
-URLS=("http://127.0.0.1:$GW_PORT$PATH_")
-MODELS=(demo)
-WATCH=("$GW_PID")
-if ((!SKIP_NGINX)); then
-  start_nginx "$PROXY_CPUS" "$WORKERS" "$STREAMS" "$STREAMS"
-  NAMES+=(nginx)
-  URLS+=("http://127.0.0.1:$NGINX_PORT$PATH_")
-  MODELS+=(mock-1)
-  WATCH+=("$NGINX_WORKERS")
-fi
+start_proxies() {
+  start_gateway "$PROXY_CPUS" "$WORKERS" "$STREAMS"
+  NAMES=(gateway)
+  URLS=("http://127.0.0.1:$GW_PORT$PATH_")
+  MODELS=(demo)
+  WATCH=("$GW_PID")
+  if ((!SKIP_NGINX)); then
+    start_nginx "$PROXY_CPUS" "$WORKERS" "$STREAMS" "$STREAMS"
+    NAMES+=(nginx)
+    URLS+=("http://127.0.0.1:$NGINX_PORT$PATH_")
+    MODELS+=(mock-1)
+    WATCH+=("$NGINX_WORKERS")
+  fi
+}
+start_proxies
 log "proxy on cpus $PROXY_CPUS; mock on $MOCK_CPUS; load generator on $LOAD_CPUS ($LOAD_SHARDS shard(s))"
+
+# What an idle keep-alive connection costs each proxy, before any stream:
+# as many connections as streams, each after one small request (a GET of
+# /v1/models: the gateway answers it, nginx proxies it), RSS before and
+# after. A stream's cost beyond this is what it holds for being a stream.
+idle_conn_kib() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import resource, socket, sys, time
+pids, url, n = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 256)), hard))
+host, port = url.split("//")[1].split("/")[0].split(":")
+def rss():
+    return sum(int(l.split()[1]) for p in pids for l in open(f"/proc/{p}/status") if l.startswith("VmRSS"))
+before = rss()
+req = f"GET /v1/models HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer sk-test\r\n\r\n".encode()
+socks = []
+for _ in range(n):
+    s = socket.create_connection((host, int(port)))
+    s.sendall(req)
+    socks.append(s)
+for s in socks:
+    s.settimeout(30)
+    s.recv(65536)
+time.sleep(1.0)
+print(f"{(rss() - before) / n:.1f}")
+for s in socks:
+    s.close()
+PY
+}
+IDLE_CONN=()
+for i in "${!NAMES[@]}"; do
+  IDLE_CONN+=("$(taskset -c "$LOAD_CPUS" bash -c "$(declare -f idle_conn_kib); idle_conn_kib '${WATCH[i]}' '${URLS[i]}' '$STREAMS'")")
+  log "${NAMES[i]}: an idle keep-alive connection costs ${IDLE_CONN[i]} KiB"
+done
+# Fresh proxies for the streams: memory the idle connections left with the
+# allocator would otherwise blur what the streams take.
+kill "$GW_PID" ${NGINX_PID:+"$NGINX_PID"} 2>/dev/null || true
+wait "$GW_PID" ${NGINX_PID:+"$NGINX_PID"} 2>/dev/null || true
+start_proxies
 
 IDLE=()
 for i in "${!NAMES[@]}"; do IDLE+=("$(rss_kib "${WATCH[i]}")"); done
@@ -116,12 +161,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     kill "$SAMPLER" 2>/dev/null || true
     wait "$SAMPLER" 2>/dev/null || true
     python3 - "$round" "${NAMES[i]}" "${IDLE[i]}" "$(cat "$WORK/peak" 2>/dev/null || echo 0)" \
-      "$json" >>"$OUT.jsonl" <<'PY'
+      "$json" "${IDLE_CONN[i]}" >>"$OUT.jsonl" <<'PY'
 import json, sys
-rnd, name, idle, peak, report = sys.argv[1:]
+rnd, name, idle, peak, report, idle_conn = sys.argv[1:]
 r = json.loads(report)
 print(json.dumps({"round": int(rnd), "proxy": name, "rss_idle_kib": int(idle),
-                  "rss_peak_kib": int(peak), "report": r}))
+                  "rss_peak_kib": int(peak), "idle_conn_kib": float(idle_conn), "report": r}))
 cpu = r.get("watched_cpu_us_per_request")
 print(f"round {rnd} {name:<8} {r['requests_per_second']:.1f} streams/s  ttft p50 "
       f"{r['ttft_us']['p50'] / 1000:.2f}ms p99 {r['ttft_us']['p99'] / 1000:.2f}ms  cpu "
@@ -145,7 +190,7 @@ print("expected streams/s at most streams x tps / output tokens; below it, the s
 print()
 print(f"{'proxy':<8} {'streams/s':>9} {'events/str':>10} {'ttft p50':>9} {'ttft p99':>9} "
       f"{'us/stream':>9} {'us/event':>8} {'cores':>6} {'idle MiB':>8} {'peak MiB':>8} "
-      f"{'KiB/stream':>10} {'errors':>6}")
+      f"{'KiB/stream':>10} {'idle conn':>9} {'beyond':>6} {'errors':>6}")
 for proxy in dict.fromkeys(r["proxy"] for r in runs):
     sel = [r for r in runs if r["proxy"] == proxy]
     rs = [r["report"] for r in sel]
@@ -167,6 +212,7 @@ for proxy in dict.fromkeys(r["proxy"] for r in runs):
           f"{f(cpu / events if known and events else None, '.2f'):>8} "
           f"{f(cpu / 1e6 / secs if known else None, '.2f'):>6} "
           f"{idle / 1024:>8.1f} {peak / 1024:>8.1f} {(peak - idle) / streams:>10.1f} "
+          f"{sel[0]['idle_conn_kib']:>9.1f} {(peak - idle) / streams - sel[0]['idle_conn_kib']:>6.1f} "
           f"{sum(r['errors_total'] for r in rs):>6}")
 PY
 {
