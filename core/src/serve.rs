@@ -208,30 +208,34 @@ pub fn run(
     let (exits_tx, exits) = crossbeam::channel::unbounded::<ShardExit>();
     let (reload_tx, reload_asks) = crossbeam::channel::unbounded::<crate::shard::ReloadAsk>();
     log_placement(&config.placement, opts.executor.pin, ops);
+    // Each executor's own handles on what the process shares.
+    let seed = || crate::shard::Seed {
+        config: config.clone(),
+        tls: tls_configs.clone(),
+        upstream_tls: upstream_tls.clone(),
+        policies: policies.clone(),
+        keys: keys.clone(),
+        persist: Persist {
+            tx: store.usage.sender(),
+            restored: restored.clone(),
+        },
+        mcp: mcp_hub.clone(),
+        audit: auditor.as_ref().zip(config.audit.as_ref()).map(|(w, a)| {
+            crate::audit::ShardAudit::new(w.sender(), w.stats.clone(), a.on_backpressure)
+        }),
+        reloads: reload_tx.clone(),
+    };
     for id in 0..shards {
         let mine: Vec<_> = sockets
             .iter_mut()
             .filter_map(|(index, socks)| Some((*index, socks.next()?)))
             .collect();
-        let config = config.clone();
-        let tls_configs = tls_configs.clone();
-        let upstream_tls = upstream_tls.clone();
+        let seed = seed();
         let mesh = mesh.clone();
-        let keys = keys.clone();
-        let policies = policies.clone();
-        let mcp_hub = mcp_hub.clone();
-        let audit = auditor.as_ref().zip(config.audit.as_ref()).map(|(w, a)| {
-            crate::audit::ShardAudit::new(w.sender(), w.stats.clone(), a.on_backpressure)
-        });
-        let persist = Persist {
-            tx: store.usage.sender(),
-            restored: restored.clone(),
-        };
         let exit = ExitNotice {
             who: format!("shard {id}"),
             tx: exits_tx.clone(),
         };
-        let reloads = reload_tx.clone();
         let cluster = cluster
             .clone()
             .zip(cluster_ends.get_mut(id).and_then(Option::take));
@@ -251,19 +255,7 @@ pub fn run(
             opts.executor.pin.then_some(cpu),
             opts.executor,
             move |control| async move {
-                let shard = Shard::new(
-                    id,
-                    Duty::Serve,
-                    config,
-                    tls_configs,
-                    &upstream_tls,
-                    policies,
-                    keys,
-                    persist,
-                    mcp_hub,
-                    audit,
-                );
-                shard.set_reloads(reloads);
+                let shard = Shard::new(id, Duty::Serve, seed);
                 if let Some((shared, purges)) = shared_cache {
                     shard.set_shared_cache(shared);
                     let s = shard.clone();
@@ -309,42 +301,17 @@ pub fn run(
     }
     if ops {
         // Made after every shard, so it is the mesh's last peer.
-        let config = config.clone();
-        let tls_configs = tls_configs.clone();
-        let upstream_tls = upstream_tls.clone();
+        let seed = seed();
         let mesh = mesh.clone();
-        let keys = keys.clone();
-        let policies = policies.clone();
-        let mcp_hub = mcp_hub.clone();
-        let audit = auditor.as_ref().zip(config.audit.as_ref()).map(|(w, a)| {
-            crate::audit::ShardAudit::new(w.sender(), w.stats.clone(), a.on_backpressure)
-        });
-        let persist = Persist {
-            tx: store.usage.sender(),
-            restored: restored.clone(),
-        };
         let exit = ExitNotice {
             who: "the ops executor".to_owned(),
             tx: exits_tx.clone(),
         };
-        let reloads = reload_tx.clone();
         let cluster = cluster.clone();
         let shared_cache = shared_cache.clone();
         let listeners = std::mem::take(&mut ops_sockets);
         let handle = runtime::spawn_ops(move |control| async move {
-            let shard = Shard::new(
-                shards,
-                Duty::Ops,
-                config,
-                tls_configs,
-                &upstream_tls,
-                policies,
-                keys,
-                persist,
-                mcp_hub,
-                audit,
-            );
-            shard.set_reloads(reloads);
+            let shard = Shard::new(shards, Duty::Ops, seed);
             if let Some(shared) = shared_cache {
                 shard.set_shared_cache(shared);
             }

@@ -85,7 +85,7 @@ pub struct Shard {
     ready_acks: RefCell<HashMap<u64, LocalSender<bool>>>,
     next_scrape: Cell<u64>,
     /// Asks the process to reload its config file (`POST /admin/reload`).
-    reloads: std::cell::OnceCell<crossbeam::channel::Sender<ReloadAsk>>,
+    reloads: crossbeam::channel::Sender<ReloadAsk>,
     /// This shard's kept answers (the response cache).
     pub cache: RefCell<crate::cache::ShardEntries>,
     /// The response cache's shared tier (with `cluster:`).
@@ -102,22 +102,38 @@ pub struct ReloadAsk {
     pub reply: crossbeam::channel::Sender<Result<u64, String>>,
 }
 
+/// What every executor's [`Shard`] is made from: the process's config,
+/// keys, policies and writers, each executor with its own handles.
+pub struct Seed {
+    pub config: Arc<Config>,
+    /// Each listener's TLS config (`None`: plain), by listener index.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Each provider's client TLS config, by provider index.
+    pub upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
+    pub policies: shardgate_policy::PolicySet,
+    pub keys: shardgate_policy::KeyStore,
+    pub persist: crate::admission::Persist,
+    pub mcp: Arc<crate::mcp::Hub>,
+    pub audit: Option<crate::audit::ShardAudit>,
+    /// Where `POST /admin/reload` asks the main thread.
+    pub reloads: crossbeam::channel::Sender<ReloadAsk>,
+}
+
 impl Shard {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: usize,
-        duty: Duty,
-        config: Arc<Config>,
-        tls: Vec<Option<Arc<rustls::ServerConfig>>>,
-        upstream_tls: &[Option<Arc<rustls::ClientConfig>>],
-        policies: shardgate_policy::PolicySet,
-        keys: shardgate_policy::KeyStore,
-        persist: crate::admission::Persist,
-        mcp: Arc<crate::mcp::Hub>,
-        audit: Option<crate::audit::ShardAudit>,
-    ) -> Rc<Self> {
+    pub fn new(id: usize, duty: Duty, seed: Seed) -> Rc<Self> {
+        let Seed {
+            config,
+            tls,
+            upstream_tls,
+            policies,
+            keys,
+            persist,
+            mcp,
+            audit,
+            reloads,
+        } = seed;
         let pool = Pool::new(config.upstream.clone());
-        let generation = Generation::new(1, config.clone(), upstream_tls, &pool);
+        let generation = Generation::new(1, config.clone(), &upstream_tls, &pool);
         let mcp = crate::mcp::McpShard::new(mcp, &config, &pool, id);
         let mut seed = [0u8; 8];
         let _ = getrandom::getrandom(&mut seed);
@@ -147,15 +163,11 @@ impl Shard {
             ready_acks: RefCell::new(HashMap::new()),
             last_key_read: Cell::new(None),
             next_scrape: Cell::new(0),
-            reloads: std::cell::OnceCell::new(),
+            reloads,
             cache: RefCell::new(crate::cache::ShardEntries::default()),
             shared_cache: std::cell::OnceCell::new(),
             conversations: std::cell::OnceCell::new(),
         })
-    }
-
-    pub fn set_reloads(&self, tx: crossbeam::channel::Sender<ReloadAsk>) {
-        let _ = self.reloads.set(tx);
     }
 
     pub fn set_shared_cache(&self, shared: crate::cache::shared::SharedCache) {
@@ -180,11 +192,9 @@ impl Shard {
     /// serving, or why it was refused. The main thread does the work; this
     /// shard checks for its answer every few milliseconds meanwhile.
     pub async fn ask_reload(&self, by: &'static str) -> Result<u64, String> {
-        let Some(tx) = self.reloads.get() else {
-            return Err("reloads are not available".into());
-        };
         let (reply, answer) = crossbeam::channel::bounded(1);
-        tx.send(ReloadAsk { by, reply })
+        self.reloads
+            .send(ReloadAsk { by, reply })
             .map_err(|_| "the gateway is stopping".to_owned())?;
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
