@@ -233,7 +233,7 @@ pub fn run(
         let seed = seed();
         let mesh = mesh.clone();
         let exit = ExitNotice {
-            who: format!("shard {id}"),
+            who: Duty::Serve.name(id),
             tx: exits_tx.clone(),
         };
         let cluster = cluster
@@ -292,7 +292,7 @@ pub fn run(
                     })
                     .detach();
                 }
-                shard_main(shard, mine, control, mesh, shards, &exit).await;
+                shard_main(shard, mine, control, mesh, &exit).await;
                 drop(exit);
             },
         )
@@ -304,7 +304,7 @@ pub fn run(
         let seed = seed();
         let mesh = mesh.clone();
         let exit = ExitNotice {
-            who: "the ops executor".to_owned(),
+            who: Duty::Ops.name(shards),
             tx: exits_tx.clone(),
         };
         let cluster = cluster.clone();
@@ -318,7 +318,7 @@ pub fn run(
             if let Some(link) = cluster {
                 shard.admission.set_cluster(link);
             }
-            shard_main(shard, listeners, control, mesh, shards, &exit).await;
+            shard_main(shard, listeners, control, mesh, &exit).await;
             drop(exit);
         })
         .map_err(ServeError::Ops)?;
@@ -791,14 +791,13 @@ async fn shard_main(
     listeners: Vec<(usize, std::net::TcpListener)>,
     control: runtime::ControlReceiver,
     mesh: mesh::Builder,
-    shards: usize,
     exit: &ExitNotice,
 ) {
     // Every executor joins the mesh before serving, so no request can find
     // a peer missing.
     match mesh.join().await {
         Ok((senders, mut receivers)) => {
-            let mesh = mesh::Mesh::new(senders, shards);
+            let mesh = mesh::Mesh::new(senders, shard.config.shards);
             // Peers are ordered as the executors were made: shard i is
             // peer i (the first `shards` own the buckets, and the cluster's
             // node answers a shard by its id), the ops executor comes last
@@ -895,10 +894,7 @@ async fn shard_main(
     if !drained {
         log::warn!(
             "{}: drain timeout with {} connections open; closing them",
-            match shard.duty {
-                Duty::Serve => format!("shard {}", shard.id),
-                Duty::Ops => "the ops executor".to_owned(),
-            },
+            shard.duty.name(shard.id),
             shard.open_connections.get()
         );
     }

@@ -34,6 +34,16 @@ pub enum Duty {
     Ops,
 }
 
+impl Duty {
+    /// The executor's name in logs and errors.
+    pub fn name(self, id: usize) -> String {
+        match self {
+            Duty::Serve => format!("shard {id}"),
+            Duty::Ops => "the ops executor".to_owned(),
+        }
+    }
+}
+
 pub struct Shard {
     pub id: usize,
     pub duty: Duty,

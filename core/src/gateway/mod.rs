@@ -386,7 +386,6 @@ impl crate::server::Router for ApiRouter {
 
     /// The gateway's own future, not one wrapping it: each layer of
     /// `async` around it would copy its whole state once more per request.
-    // Not an async fn on purpose (see the comment in the body).
     #[allow(clippy::manual_async_fn)]
     fn handle<'g>(
         &self,
@@ -526,7 +525,6 @@ pub async fn send_ok(
 
 /// An async block, not an async fn, as [`ApiRouter`]'s handler: a
 /// function's arguments are kept twice in its future.
-// Not an async fn on purpose (see above).
 #[allow(clippy::manual_async_fn)]
 fn handle_api<'a, 'g, 'r>(
     shard: &'a Rc<Shard>,

@@ -216,7 +216,6 @@ pub async fn serve<R: Router>(
 /// requests. An async block, not an async fn: a function's arguments are
 /// kept twice in its future (as captured and as moved into its locals),
 /// and a stream holds this future for its whole life.
-// Not an async fn on purpose (see above).
 #[allow(clippy::manual_async_fn)]
 fn handle_recorded<'a, R: Router>(
     shard: &'a Rc<Shard>,
