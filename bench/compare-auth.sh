@@ -7,7 +7,10 @@
 # Prints the table and writes JSON + text under bench/results/ (gitignored).
 #
 #   bench/compare-auth.sh [--rounds 5] [--duration 5s] [--warmup 1s]
-#       [--connections 64] [--no-build] [-- EXTRA COMPARE ARGS]
+#       [--connections 64] [--no-build] [--audit-only] [-- EXTRA COMPARE ARGS]
+#
+# --audit-only runs just the key+policy and key+policy+audit targets: the
+# audit log's cost (issue 16's 0.97x) with twice the rounds' time on each.
 #
 # The gateways (one shard each) and the mock share the first half of the
 # CPUs, the load generator gets the rest, as in compare-nginx.sh.
@@ -18,6 +21,7 @@ DURATION=5s
 WARMUP=1s
 CONNECTIONS=64
 BUILD=1
+AUDIT_ONLY=0
 EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -26,8 +30,9 @@ while [[ $# -gt 0 ]]; do
     --warmup) WARMUP=$2; shift 2 ;;
     --connections) CONNECTIONS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --audit-only) AUDIT_ONLY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -105,12 +110,18 @@ KEY_TOKENS=$(key_for tokens)
 KEY_AUDIT=$(key_for audit)
 
 PATH_=/v1/chat/completions
-TARGETS=(
-  --target "auth-off=http://127.0.0.1:$OFF_PORT$PATH_,pid=$OFF_PID"
-  --target "key+policy=http://127.0.0.1:$POL_PORT$PATH_,pid=$POL_PID,api-key=$KEY_POLICY"
-  --target "key+policy+tokens=http://127.0.0.1:$TOK_PORT$PATH_,pid=$TOK_PID,api-key=$KEY_TOKENS"
-  --target "key+policy+audit=http://127.0.0.1:$AUD_PORT$PATH_,pid=$AUD_PID,api-key=$KEY_AUDIT"
-)
+POLICY_TARGET=(--target "key+policy=http://127.0.0.1:$POL_PORT$PATH_,pid=$POL_PID,api-key=$KEY_POLICY")
+AUDIT_TARGET=(--target "key+policy+audit=http://127.0.0.1:$AUD_PORT$PATH_,pid=$AUD_PID,api-key=$KEY_AUDIT")
+if ((AUDIT_ONLY)); then
+  TARGETS=("${POLICY_TARGET[@]}" "${AUDIT_TARGET[@]}")
+else
+  TARGETS=(
+    --target "auth-off=http://127.0.0.1:$OFF_PORT$PATH_,pid=$OFF_PID"
+    "${POLICY_TARGET[@]}"
+    --target "key+policy+tokens=http://127.0.0.1:$TOK_PORT$PATH_,pid=$TOK_PID,api-key=$KEY_TOKENS"
+    "${AUDIT_TARGET[@]}"
+  )
+fi
 mkdir -p "$RESULTS"
 OUT=$RESULTS/compare-auth-$(date +%Y%m%d-%H%M%S)
 CMD=("${LOAD_PIN[@]}" "$BENCH" compare "${TARGETS[@]}" --rounds "$ROUNDS" --duration "$DURATION"

@@ -23,6 +23,7 @@ pub mod error;
 pub mod gateway;
 pub mod generation;
 pub mod guardrails;
+pub mod handoff;
 pub mod io;
 pub mod mcp;
 pub mod mesh;

@@ -22,8 +22,9 @@ mod line;
 pub mod writer;
 
 use crate::config::audit::Backpressure;
+use crate::handoff::Sender;
 use crate::record::{RequestEnd, ToolCallRecord};
-use crossbeam::channel::{Sender, TrySendError};
+use crossbeam::channel::TrySendError;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::task::{Poll, Waker};

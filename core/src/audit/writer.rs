@@ -1,7 +1,8 @@
 //! The one thread that writes the audit log.
 //!
 //! Shards buffer their events (one JSON object per line, unsealed) and hand
-//! a batch over a bounded crossbeam channel at most every
+//! a batch over a bounded [`crate::handoff`] channel (crossbeam, with a
+//! receiver that sleeps without spinning) at most every
 //! [`super::SHARD_FLUSH`]. The writer seals each line into the HMAC chain,
 //! writes the whole batch with one `write()` (in the page cache from then
 //! on: it survives `kill -9`), and fsyncs per `audit.fsync`: after each
@@ -20,7 +21,8 @@
 use super::chain::{self, Chain, GENESIS};
 use crate::config::audit::AuditConfig;
 use crate::config::StoreFsync;
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crate::handoff::{self, Receiver, Sender};
+use crossbeam::channel::{self, RecvTimeoutError, TrySendError};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -38,7 +40,7 @@ pub enum Msg {
     /// Lines (each a JSON object and `\n`), unsealed.
     Batch(Vec<u8>),
     /// Write and fsync everything before, then answer.
-    Sync(Sender<()>),
+    Sync(channel::Sender<()>),
     Shutdown,
 }
 
@@ -81,7 +83,7 @@ impl AuditWriter {
                 .to_vec(),
         };
         let file = Log::open(cfg, &key).map_err(io)?;
-        let (tx, rx) = channel::bounded(cfg.queue);
+        let (tx, rx) = handoff::bounded(cfg.queue);
         let stats = Arc::new(WriterStats::default());
         let (fsync, st) = (cfg.fsync, stats.clone());
         let join = std::thread::Builder::new()
@@ -425,7 +427,7 @@ mod tests {
             );
             batch.push(b'\n');
         }
-        w.sender().send(Msg::Batch(batch)).unwrap();
+        assert!(w.sender().send(Msg::Batch(batch)).is_ok());
         w.shutdown();
         let rotated = rotated_files(dir.path());
         // ~25 KB of lines over 4 KiB files.

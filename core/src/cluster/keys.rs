@@ -153,7 +153,7 @@ impl KeySync {
 /// reconnect since notices sent meanwhile are lost.
 pub fn spawn_listener(
     cfg: RedisConfig,
-    to_node: crossbeam::channel::Sender<ToNode>,
+    to_node: crate::handoff::Sender<ToNode>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("sg-cluster-keys".into())
@@ -179,7 +179,7 @@ pub fn spawn_listener(
 fn listen(
     cfg: &RedisConfig,
     channel: &str,
-    to_node: &crossbeam::channel::Sender<ToNode>,
+    to_node: &crate::handoff::Sender<ToNode>,
 ) -> redis::RedisResult<()> {
     let mut con = super::store::open(cfg)?;
     con.set_read_timeout(None)?;

@@ -42,9 +42,10 @@ mod scripts;
 pub(crate) mod store;
 
 use crate::config::cluster::{ClusterConfig, OnUnavailable};
+use crate::handoff::{Receiver, Sender};
 use crate::runtime::WakingSender;
 use crate::store::DataDir;
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::RecvTimeoutError;
 use ledger::Ledger;
 use serde::Serialize;
 use shardgate_policy::{KeyRecord, Lease, Limits, Period, Quota, Timestamp, ToOwner};
@@ -70,7 +71,7 @@ pub enum ToNode {
     /// Key notices may have been missed: read the store's table again.
     Resync,
     /// `GET /admin/cluster`.
-    Status(Sender<NodeStatus>),
+    Status(crossbeam::channel::Sender<NodeStatus>),
 }
 
 /// What the node thread tells a shard.
@@ -156,7 +157,7 @@ pub fn start(
     keys: Vec<KeyRecord>,
     shards: Vec<WakingSender<FromNode>>,
 ) -> std::io::Result<ClusterLink> {
-    let (tx, rx) = crossbeam::channel::unbounded();
+    let (tx, rx) = crate::handoff::unbounded();
     let gauges = Arc::new(Gauges::default());
     let name = cfg.node.clone().unwrap_or_else(default_name);
     log::info!(

@@ -33,7 +33,7 @@ const ASK_WAIT: Duration = Duration::from_secs(2);
 
 /// A shard's end of the store thread.
 pub struct Link {
-    ask: crossbeam::channel::Sender<Ask>,
+    ask: crate::handoff::Sender<Ask>,
     me: usize,
     next: Cell<u64>,
     pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
@@ -47,7 +47,7 @@ pub struct Link {
 
 impl Link {
     pub fn new(
-        ask: crossbeam::channel::Sender<Ask>,
+        ask: crate::handoff::Sender<Ask>,
         me: usize,
         ttl: Duration,
         keeps: bool,

@@ -1,7 +1,8 @@
 //! The one thread that writes `usage.log`.
 //!
-//! Shards hold a [`UsageSender`] and only `send` on an unbounded crossbeam
-//! channel (lock-free; never blocks, never does IO). The writer thread
+//! Shards hold a [`UsageSender`] and only `send` on an unbounded
+//! [`crate::handoff`] channel (crossbeam, lock-free; never blocks, never
+//! does IO; the writer sleeps on it without spinning). The writer thread
 //! waits for a record, drains everything else already queued, encodes the
 //! batch into one buffer and writes it with one `write()`. So every record
 //! reaches the page cache (and survives `kill -9`) within one batch, and
@@ -26,7 +27,8 @@ use super::lock::FileLock;
 use super::usage::{UsageRecord, UsageState};
 use super::{DataDir, StoreError};
 use crate::config::StoreFsync;
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use crate::handoff::{self, Receiver, Sender};
+use crossbeam::channel::{self, RecvTimeoutError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::thread::JoinHandle;
@@ -47,7 +49,7 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 enum Msg {
     Record(UsageRecord),
     /// Write and fsync everything sent before, then answer.
-    Sync(Sender<Result<(), String>>),
+    Sync(channel::Sender<Result<(), String>>),
     /// Write and fsync everything sent before, then stop.
     Shutdown,
 }
@@ -113,7 +115,7 @@ impl UsageWriter {
         if created {
             frame::sync_dir(dir.root()).map_err(StoreError::io(dir.root()))?;
         }
-        let (tx, rx) = channel::unbounded();
+        let (tx, rx) = handoff::unbounded();
         let mut w = Writer {
             dir,
             file,
@@ -219,7 +221,7 @@ impl Writer {
             } else {
                 match (self.fsync, self.unsynced_since) {
                     (StoreFsync::Interval(every), Some(since)) => {
-                        match rx.recv_deadline(since + every) {
+                        match rx.recv_until(Some(since + every)) {
                             Ok(m) => Some(m),
                             Err(RecvTimeoutError::Timeout) => {
                                 self.sync();
@@ -228,7 +230,7 @@ impl Writer {
                             Err(RecvTimeoutError::Disconnected) => None,
                         }
                     }
-                    _ => rx.recv().ok(),
+                    _ => rx.recv_until(None).ok(),
                 }
             };
             stopping |= first.is_none();

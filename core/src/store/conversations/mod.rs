@@ -28,8 +28,9 @@
 mod shared;
 
 use super::frame::{self, Repair};
+use crate::handoff::{Receiver, Sender};
 use crate::runtime::WakingSender;
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::RecvTimeoutError;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -214,7 +215,7 @@ pub fn start(
     std::fs::create_dir_all(dir)?;
     let mut state = State::load(dir, limits)?;
     state.shared = redis.map(shared::SharedTurns::new);
-    let (tx, rx) = crossbeam::channel::unbounded();
+    let (tx, rx) = crate::handoff::unbounded();
     std::thread::Builder::new()
         .name("sg-responses".into())
         .spawn(move || state.run(rx, shards))?;
