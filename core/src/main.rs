@@ -144,6 +144,7 @@ fn main() -> ExitCode {
             no_pin,
             spin,
         } => {
+            shardgate_core::tunables::reexec_if_wanted();
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
