@@ -14,8 +14,8 @@
 //! and from 3.6% to 2.5% on another (`perf record` at saturation).
 //!
 //! The dynamic loader reads `GLIBC_TUNABLES` once, before `main`: so the
-//! process sets it and re-executes itself (`execve` of `/proc/self/exe`:
-//! same pid, arguments, environment and open files) before doing anything
+//! process sets it and re-executes its own binary (`execve`: same pid,
+//! arguments, environment and open files) before doing anything
 //! else; the new image has `SHARDGATE_NO_REEXEC=1`, so it does not try
 //! again. An operator's own setting of the threshold is kept, and
 //! `SHARDGATE_NO_REEXEC=1` turns this off (for a debugger or `valgrind`
@@ -59,7 +59,10 @@ pub fn reexec_if_wanted() {
         };
         // The marker keeps the new image from trying again, whatever glibc
         // made of the tunables (a secure-mode process drops them all).
-        let err = std::process::Command::new("/proc/self/exe")
+        // By its path, not `/proc/self/exe`: the kernel names the process
+        // after the file executed, and `ps` should say `shardgate`.
+        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let err = std::process::Command::new(exe)
             .arg0(arg0)
             .args(args)
             .env("GLIBC_TUNABLES", value)

@@ -52,7 +52,11 @@ fn started_with(env: &[(&str, &str)]) -> (Option<String>, Option<String>) {
     let mut c = connect(gw.addr());
     c.send(&get("/healthz"));
     assert_eq!(c.read_response().status, 200);
-    let t = env_of(gw.child.id());
+    let pid = gw.child.id();
+    let t = env_of(pid);
+    // Re-executed by its path: `ps` still names it.
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(name.trim(), "shardgate");
     gw.terminate();
     t
 }
