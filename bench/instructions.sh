@@ -83,7 +83,9 @@ EOF
   || echo "mcp_servers: { mock: { url: \"http://127.0.0.1:$MOCK_PORT/mcp\", bearer_token: k } }" >>"$WORK/gw.yaml"
 [[ -z $AUDIT ]] || echo "audit: { dir: $WORK/audit, fsync: 100ms }" >>"$WORK/gw.yaml"
 # The threshold the gateway would re-execute itself with on AMD
-# (core/src/tunables.rs), given up front: valgrind does not follow execve.
+# (core/src/tunables.rs), given up front on every CPU: valgrind does not
+# follow execve. Large copies then count as the vector loop's instructions,
+# not `rep movsb`'s: figures before c97037e are ~20 lower a request.
 GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
   "$GATEWAY_BIN" serve --config "$WORK/gw.yaml" --no-pin >"$WORK/gw.out" 2>"$WORK/gw.err" &

@@ -15,16 +15,20 @@
 
 use crossbeam::channel::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// Set while the receiver sleeps (or is about to); the thread it sleeps on.
+/// Set while the receiver sleeps (or is about to); the thread it sleeps on;
+/// the senders left (crossbeam's `is_empty` does not say whether the
+/// channel is disconnected, and a receiver must not sleep on a channel no
+/// one can send on).
 #[derive(Debug, Default)]
 struct Doorbell {
     asleep: AtomicBool,
     thread: OnceLock<Thread>,
+    senders: AtomicUsize,
 }
 
 impl Doorbell {
@@ -50,7 +54,10 @@ pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
 }
 
 fn wrap<T>((tx, rx): (channel::Sender<T>, channel::Receiver<T>)) -> (Sender<T>, Receiver<T>) {
-    let bell = Arc::new(Doorbell::default());
+    let bell = Arc::new(Doorbell {
+        senders: AtomicUsize::new(1),
+        ..Doorbell::default()
+    });
     (
         Sender {
             tx: ManuallyDrop::new(tx),
@@ -69,6 +76,7 @@ pub struct Sender<T> {
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
+        self.bell.senders.fetch_add(1, Ordering::Relaxed);
         Sender {
             tx: ManuallyDrop::new((*self.tx).clone()),
             bell: self.bell.clone(),
@@ -98,6 +106,7 @@ impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         // SAFETY: dropped once, here; `self.tx` is not used after.
         unsafe { ManuallyDrop::drop(&mut self.tx) };
+        self.bell.senders.fetch_sub(1, Ordering::SeqCst);
         self.bell.ring();
     }
 }
@@ -143,14 +152,14 @@ impl<T> Receiver<T> {
         self.recv_until(Instant::now().checked_add(wait))
     }
 
-    /// Parks unless something is queued; may return early (a stale
-    /// unpark), which callers loop over.
+    /// Parks unless something is queued or every sender is gone; may
+    /// return early (a stale unpark), which callers loop over.
     fn sleep(&self, left: Option<Duration>) {
         let bell = &self.bell;
         bell.thread.get_or_init(std::thread::current);
         bell.asleep.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if self.rx.is_empty() {
+        if self.rx.is_empty() && bell.senders.load(Ordering::Relaxed) > 0 {
             match left {
                 Some(d) => std::thread::park_timeout(d),
                 None => std::thread::park(),

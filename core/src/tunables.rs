@@ -49,26 +49,52 @@ pub fn reexec_if_wanted() {
         if std::env::var_os("SHARDGATE_NO_REEXEC").is_some_and(|v| v == "1") {
             return;
         }
-        let current = std::env::var("GLIBC_TUNABLES").ok();
-        let Some(value) = wanted(&cpu_vendor(), current.as_deref()) else {
+        let current = std::env::var_os("GLIBC_TUNABLES");
+        // Tunables that are not UTF-8 are left as they are.
+        let current = match current.as_deref().map(std::ffi::OsStr::to_str) {
+            Some(None) => return,
+            Some(Some(t)) => Some(t),
+            None => None,
+        };
+        let Some(value) = wanted(&cpu_vendor(), current) else {
             return;
         };
-        let mut args = std::env::args_os();
-        let Some(arg0) = args.next() else {
+        let args: Vec<_> = std::env::args_os().collect();
+        let Some((arg0, rest)) = args.split_first() else {
             return;
         };
-        // The marker keeps the new image from trying again, whatever glibc
-        // made of the tunables (a secure-mode process drops them all).
         // By its path, not `/proc/self/exe`: the kernel names the process
-        // after the file executed, and `ps` should say `shardgate`.
-        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-        let err = std::process::Command::new(exe)
-            .arg0(arg0)
-            .args(args)
-            .env("GLIBC_TUNABLES", value)
-            .env("SHARDGATE_NO_REEXEC", "1")
-            .exec();
-        log::warn!("could not re-execute with {REP_MOVSB_THRESHOLD}: {err}; running on without it");
+        // after the file executed, and `ps` should say `shardgate`. A path
+        // gone stale (the binary replaced) falls back to `/proc/self/exe`.
+        let mut tried = Vec::new();
+        if let Ok(exe) = std::env::current_exe() {
+            tried.push(exe);
+        }
+        tried.push("/proc/self/exe".into());
+        let mut last = None;
+        for exe in tried {
+            // The marker keeps the new image from trying again, whatever
+            // glibc made of the tunables (a secure-mode process drops them
+            // all).
+            let err = std::process::Command::new(exe)
+                .arg0(arg0)
+                .args(rest)
+                .env("GLIBC_TUNABLES", &value)
+                .env("SHARDGATE_NO_REEXEC", "1")
+                .exec();
+            last = Some(err);
+        }
+        // A failed exec has put SIGPIPE back to its default (std does so
+        // for the new image): a write to a closed socket would kill the
+        // gateway. Ignored again, as std had it.
+        // SAFETY: signal(2) with a constant disposition, before any thread
+        // but this one exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        if let Some(err) = last {
+            log::warn!(
+                "could not re-execute with {REP_MOVSB_THRESHOLD}: {err}; running on without it"
+            );
+        }
     }
 }
 

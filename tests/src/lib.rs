@@ -136,6 +136,9 @@ pub fn start_gateway_in(
     // The store's default `shardgate-data` lands in this gateway's own dir.
     cmd.current_dir(dir.path());
     cmd.env("RUST_LOG", "debug");
+    // What the gateway re-executes itself with comes from it alone.
+    cmd.env_remove("GLIBC_TUNABLES")
+        .env_remove("SHARDGATE_NO_REEXEC");
     for (k, v) in env {
         cmd.env(k, v);
     }
