@@ -8,7 +8,7 @@
 #
 #   bench/instructions.sh [--gateway BIN (default: this tree's, built)] [--seconds 10]
 #       [--endpoint /v1/chat/completions] [--keep-turns] [--keep-out DIR]
-#       [--audit] [--mcp] [--rate R]
+#       [--audit] [--auth] [--mcp] [--rate R]
 #
 # --rate R counts an open loop at R requests a second instead of the closed
 # loop: the gateway under callgrind saturates near 3,000 req/s, so at 200
@@ -20,6 +20,10 @@
 # unless --keep-turns (the store thread's work is counted too).
 # --audit writes the audit log (fsync every 100 ms), the writer thread's
 # work included in the count.
+# --auth calls with a virtual key under a policy (a team's allowed models
+# and request and spend budgets), as compare-auth.sh's key+policy gateway:
+# what authenticating and admitting a caller add (with --audit as well,
+# the audit line carries the caller).
 # --mcp counts MCP tools/call (an echo tool of the mock's MCP endpoint,
 # called as mock.echo through /mcp) instead of chat.
 # --keep-out DIR keeps callgrind's profiles there, for callgrind_annotate.
@@ -38,6 +42,7 @@ ENDPOINT=/v1/chat/completions
 KEEP_OUT=
 STORE_EXTRA=", responses_max_bytes: 0"
 AUDIT=
+AUTH=
 RATE=
 LOAD=(--model demo --max-tokens 16)
 while [[ $# -gt 0 ]]; do
@@ -48,6 +53,7 @@ while [[ $# -gt 0 ]]; do
     --keep-out) KEEP_OUT=$2; shift 2 ;;
     --keep-turns) STORE_EXTRA=; shift ;;
     --audit) AUDIT=1; shift ;;
+    --auth) AUTH=1; shift ;;
     --mcp) ENDPOINT=/mcp LOAD=(--api mcp --model mock.echo); shift ;;
     --rate) RATE=$2; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -72,7 +78,6 @@ MOCK_PORT=$(wait_port "$WORK/mock.out" "mock listening on" "${PIDS[0]}")
 cat >"$WORK/gw.yaml" <<EOF
 listen: 127.0.0.1:0
 shards: 1
-auth: none
 store: { dir: $WORK/data$STORE_EXTRA }
 providers:
   up: { kind: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1", api_key: k }
@@ -82,6 +87,21 @@ EOF
 [[ $ENDPOINT != /mcp ]] \
   || echo "mcp_servers: { mock: { url: \"http://127.0.0.1:$MOCK_PORT/mcp\", bearer_token: k } }" >>"$WORK/gw.yaml"
 [[ -z $AUDIT ]] || echo "audit: { dir: $WORK/audit, fsync: 100ms }" >>"$WORK/gw.yaml"
+if [[ -n $AUTH ]]; then
+  cat >>"$WORK/gw.yaml" <<EOF
+policies:
+  - ai_runtime_policy:
+      actor_scope: { team: bench }
+      model_access: { allowed_models: ["demo"] }
+      budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000 }
+      audit: { log_prompts: metadata_only }
+EOF
+  KEY=$("$GATEWAY_BIN" keys create --team bench --tenant bench --config "$WORK/gw.yaml" --json \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
+  LOAD+=(--api-key "$KEY")
+else
+  echo "auth: none" >>"$WORK/gw.yaml"
+fi
 # The threshold the gateway would re-execute itself with on AMD
 # (core/src/tunables.rs), given up front on every CPU: valgrind does not
 # follow execve. Large copies then count as the vector loop's instructions,

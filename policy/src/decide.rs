@@ -273,15 +273,16 @@ impl RateLimitHeaders {
 
     /// `(name, value)` pairs, requests first; absent groups are omitted.
     pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let count = |n: u64| itoa::Buffer::new().format(n).to_owned();
         let mut out = Vec::with_capacity(6);
         if let Some(g) = self.requests {
-            out.push(("x-ratelimit-limit-requests", g.limit.to_string()));
-            out.push(("x-ratelimit-remaining-requests", g.remaining.to_string()));
+            out.push(("x-ratelimit-limit-requests", count(g.limit)));
+            out.push(("x-ratelimit-remaining-requests", count(g.remaining)));
             out.push(("x-ratelimit-reset-requests", format_reset(g.reset_ms)));
         }
         if let Some(g) = self.tokens {
-            out.push(("x-ratelimit-limit-tokens", g.limit.to_string()));
-            out.push(("x-ratelimit-remaining-tokens", g.remaining.to_string()));
+            out.push(("x-ratelimit-limit-tokens", count(g.limit)));
+            out.push(("x-ratelimit-remaining-tokens", count(g.remaining)));
             out.push(("x-ratelimit-reset-tokens", format_reset(g.reset_ms)));
         }
         out

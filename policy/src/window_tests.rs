@@ -120,6 +120,12 @@ fn reset_strings_like_openai() {
     assert_eq!(format_reset(1250), "1.25s");
     assert_eq!(format_reset(360_000), "6m0s");
     assert_eq!(format_reset(59_999), "59.999s");
+    assert_eq!(format_reset(1_010), "1.01s");
+    assert_eq!(format_reset(60_000), "1m0s");
+    assert_eq!(format_reset(61_200), "1m1.2s");
+    assert_eq!(format_reset(3_600_000), "1h0m0s");
+    assert_eq!(format_reset(86_399_000), "23h59m59s");
+    assert_eq!(format_reset(90_061_001), "25h1m1.001s");
     assert_eq!(format_reset(86_399_000), "23h59m59s");
     assert_eq!(format_reset(3_600_000), "1h0m0s");
 }

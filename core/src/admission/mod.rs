@@ -20,6 +20,7 @@ use crate::config::{AuthMode, Config};
 use crate::mesh::{Mesh, QuotaMsg, ShardMsg};
 use crate::server::Request;
 use crate::store::{UsageRecord, UsageSender, UsageState, UsageTotals};
+use rustc_hash::{FxHashMap, FxHashSet};
 use shardgate_policy::{
     decide, estimate_prompt_tokens, owner_shard, parse_credential, Actor, Counters, Decision,
     DenyReason, KeyStore, LeaseManager, LimitKind, Limits, LocalQuota, PolicySet, Price,
@@ -28,7 +29,6 @@ use shardgate_policy::{
 };
 use shardgate_proto::openai::Usage;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -226,9 +226,12 @@ pub struct Admission {
     /// waiting for quota sleep on it (and their deadline), not on a timer.
     grants: Bell,
     /// Owned buckets whose counters changed since they were last persisted.
-    dirty: RefCell<HashSet<String>>,
+    /// This map and the two below hash with Fx, not SipHash: they are
+    /// looked up several times for every admitted request, and their keys
+    /// come from key records and policies, never from a client's bytes.
+    dirty: RefCell<FxHashSet<String>>,
     /// Usage settled per key since the last [`Admission::persist_usage`].
-    pending: RefCell<HashMap<String, UsageTotals>>,
+    pending: RefCell<FxHashMap<String, UsageTotals>>,
     /// These three change with a config reload (the next request uses
     /// them); ledgers, keys and pending usage carry over.
     mode: Cell<AuthMode>,
@@ -241,7 +244,7 @@ pub struct Admission {
     keys: RefCell<Rc<KeyStore>>,
     /// Keyed by scope key; the same `Rc` is held by tickets in flight, so
     /// admitting a request allocates no key.
-    slots: RefCell<HashMap<Rc<str>, Slot>>,
+    slots: RefCell<FxHashMap<Rc<str>, Slot>>,
     mesh: RefCell<Option<Rc<Mesh>>>,
     /// Scratch for messages produced by the policy state machines.
     outbox: RefCell<Vec<ToOwner>>,
@@ -272,14 +275,14 @@ impl Admission {
             persist,
             activity: Activity::default(),
             grants: Bell::default(),
-            dirty: RefCell::new(HashSet::new()),
-            pending: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(FxHashSet::default()),
+            pending: RefCell::new(FxHashMap::default()),
             mode: Cell::new(config.auth),
             policies: RefCell::new(Rc::new(policies)),
             last_price: RefCell::new((String::new(), pricing.price(""))),
             pricing: RefCell::new(pricing),
             keys: RefCell::new(keys),
-            slots: RefCell::new(HashMap::new()),
+            slots: RefCell::new(FxHashMap::default()),
             mesh: RefCell::new(None),
             outbox: RefCell::new(Vec::new()),
             node_outbox: RefCell::new(Vec::new()),
@@ -574,7 +577,7 @@ impl Admission {
 
     fn slot_for<'s>(
         &self,
-        slots: &'s mut HashMap<Rc<str>, Slot>,
+        slots: &'s mut FxHashMap<Rc<str>, Slot>,
         key: &str,
         limits: Limits,
         now: Timestamp,

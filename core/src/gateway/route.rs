@@ -267,7 +267,7 @@ pub async fn serve<'a>(
         let (i, started, mut head) = match hedge {
             None => {
                 let step = plan[i];
-                let started = Instant::now();
+                let started = now;
                 if tracked {
                     call.shard.balancer.started(step.target, started);
                 }

@@ -187,16 +187,20 @@ pub async fn serve<R: Router>(
         // largest state any request can reach) into the box, per request;
         // writing the new future into uninitialised box memory writes only
         // its captured arguments.
-        let handling = handle_recorded(
-            &shard,
-            router,
-            &mut conn,
-            req,
-            &request_id,
-            endpoint,
-            started,
+        let slot = Box::new_uninit();
+        let handling = Box::write(
+            slot,
+            handle_recorded(
+                &shard,
+                router,
+                &mut conn,
+                req,
+                &request_id,
+                endpoint,
+                started,
+            ),
         );
-        let outcome = Box::into_pin(Box::write(Box::new_uninit(), handling)).await;
+        let outcome = Box::into_pin(handling).await;
         if !keep_alive || !outcome.keep_alive || shard.draining() {
             break;
         }

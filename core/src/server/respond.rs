@@ -48,7 +48,16 @@ pub fn full_with(
     request_id: &str,
     close: bool,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(192 + body.len());
+    // Sized for everything written below, so the body is copied once (a
+    // guess from the body alone grew the buffer, copying it again, on
+    // every response that carried header lines).
+    let headers = lines.iter().map(|l| l.len()).sum::<usize>()
+        + extra
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
+    let cap = 160 + request_id.len() + content_type.len() + headers + body.len();
+    let mut out = Vec::with_capacity(cap);
     start(&mut out, status);
     common_headers(&mut out, request_id, close);
     write_header(&mut out, "content-type", content_type);
@@ -61,6 +70,11 @@ pub fn full_with(
     write_content_length(&mut out, body.len());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+    debug_assert!(
+        out.len() <= cap,
+        "{} bytes past the estimate",
+        out.len() - cap
+    );
     out
 }
 
