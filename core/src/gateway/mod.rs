@@ -582,9 +582,12 @@ fn handle_api<'a, 'g, 'r>(
         };
         // Taken apart without an await, so that no part of the admission is
         // kept in the request's future past this point.
-        let mut ticket = match ticket_or_refusal(admitted, trail, &mut facts, rid) {
+        let mut ticket = match admitted {
             Ok(t) => t,
-            Err((e, headers)) => return send_error(conn, client, &e, rid, &headers, false).await,
+            Err(r) => {
+                let (e, headers) = refused(r, trail, &mut facts, rid);
+                return send_error(conn, client, &e, rid, &headers, false).await;
+            }
         };
         let mut headers = std::mem::take(&mut ticket.headers);
         // Resolved again only for callers admission found guardrails for.
@@ -621,7 +624,7 @@ fn handle_api<'a, 'g, 'r>(
                 Some(Verdict::Blocked(e)) => {
                     log::info!("{rid}: refused: {e}");
                     trail.alias = Some(facts.model);
-                    settle(shard, ticket, trail);
+                    settle(shard, &mut ticket, trail);
                     return send_error(conn, client, &e, rid, &headers, false).await;
                 }
                 Some(Verdict::Redacted(body)) => {
@@ -642,7 +645,7 @@ fn handle_api<'a, 'g, 'r>(
                                 "a guardrail's redaction failed".into(),
                             );
                             trail.alias = Some(facts.model);
-                            settle(shard, ticket, trail);
+                            settle(shard, &mut ticket, trail);
                             return send_error(conn, client, &e, rid, &headers, false).await;
                         }
                     }
@@ -661,7 +664,7 @@ fn handle_api<'a, 'g, 'r>(
                 param: Some("logprobs"),
             };
             trail.alias = Some(facts.model);
-            settle(shard, ticket, trail);
+            settle(shard, &mut ticket, trail);
             return send_error(conn, client, &e, rid, &headers, false).await;
         }
         let alias: &str = match &ticket.fallback {
@@ -675,7 +678,7 @@ fn handle_api<'a, 'g, 'r>(
         let Some((alias, model)) = config.models.get_key_value(alias) else {
             let e = GatewayError::ModelNotFound(alias.to_owned());
             trail.alias = Some(alias.to_owned());
-            settle(shard, ticket, trail);
+            settle(shard, &mut ticket, trail);
             return send_error(conn, client, &e, rid, &headers, false).await;
         };
         let turn = if api == Api::Responses {
@@ -685,7 +688,7 @@ fn handle_api<'a, 'g, 'r>(
                 Ok(t) => Some(Box::new(t)),
                 Err(e) => {
                     trail.alias = Some(alias.to_owned());
-                    settle(shard, ticket, trail);
+                    settle(shard, &mut ticket, trail);
                     return send_error(conn, client, &e, rid, &headers, false).await;
                 }
             }
@@ -749,17 +752,24 @@ fn handle_api<'a, 'g, 'r>(
             call.headers
                 .push(("x-shardgate-cache", "bypass".to_owned()));
         }
-        let served = answer(
-            &mut call,
-            conn,
-            (alias, model, settings),
-            &config.models,
-            &mut trail.attempts,
-            actor,
-        );
+        // The answer's future is made where it is awaited: one kept in a
+        // local was copied whole (~2.6 KiB) into the slot it is awaited in.
+        macro_rules! served {
+            () => {
+                answer(
+                    &mut call,
+                    conn,
+                    (alias, model, settings),
+                    &config.models,
+                    &mut trail.attempts,
+                    actor,
+                )
+            };
+        }
         let (outcome, cached, shared_result) = match &hold {
-            None => served.await,
+            None => served!().await,
             Some(h) => {
+                let served = served!();
                 let body: &[u8] = &req.body;
                 let check = Box::pin(async {
                     let v = guardrails::check_parallel(
@@ -800,7 +810,7 @@ fn handle_api<'a, 'g, 'r>(
             Some(fallback) => fallback,
             None => facts.model,
         });
-        settle(shard, ticket, trail);
+        settle(shard, &mut ticket, trail);
         outcome
     }
 }
@@ -1088,22 +1098,22 @@ async fn admit_after_reread(
 /// A refused request's error and the headers to answer it with.
 type Refused = (GatewayError, Vec<(&'static str, String)>);
 
-/// The admission's answer: the ticket, or the error to answer with and its
-/// headers (the refused caller and alias go to the record).
-fn ticket_or_refusal(
-    admitted: Result<Ticket, Refusal>,
+/// A refusal's error and the headers to answer it with (the refused caller
+/// and alias go to the record). The ticket itself is never passed through
+/// here: moving it in and out copied all of it twice per request.
+fn refused(
+    refusal: Refusal,
     trail: &mut Trail<'_>,
     facts: &mut RequestFacts,
     rid: &str,
-) -> Result<Ticket, Refused> {
-    match admitted {
-        Ok(t) => Ok(t),
-        Err(Refusal::Unauthorized) => Err((GatewayError::Unauthorized, Vec::new())),
-        Err(Refusal::Denied {
+) -> Refused {
+    match refusal {
+        Refusal::Unauthorized => (GatewayError::Unauthorized, Vec::new()),
+        Refusal::Denied {
             reason,
             mut headers,
             actor,
-        }) => {
+        } => {
             trail.actor = Some(*actor);
             trail.alias = Some(std::mem::take(&mut facts.model));
             if let Some(secs) = reason.retry_after_secs() {
@@ -1111,14 +1121,14 @@ fn ticket_or_refusal(
             }
             let err = GatewayError::Policy(reason);
             log::info!("{rid}: refused: {err}");
-            Err((err, headers))
+            (err, headers)
         }
-        Err(Refusal::Unavailable { why, actor }) => {
+        Refusal::Unavailable { why, actor } => {
             trail.actor = Some(*actor);
             trail.alias = Some(std::mem::take(&mut facts.model));
             let err = GatewayError::QuotaUnavailable(why);
             log::warn!("{rid}: refused: {err}");
-            Err((err, vec![("retry-after", "1".to_owned())]))
+            (err, vec![("retry-after", "1".to_owned())])
         }
     }
 }
@@ -1126,13 +1136,13 @@ fn ticket_or_refusal(
 /// Every attempt that reported usage is charged; with none, the
 /// reservation goes back and the request still counts.
 /// The ticket's actor then moves to the request's record.
-fn settle(shard: &Shard, mut ticket: Ticket, trail: &mut Trail<'_>) {
+fn settle(shard: &Shard, ticket: &mut Ticket, trail: &mut Trail<'_>) {
     let metered = trail
         .attempts
         .iter()
         .filter_map(|a| Some((a.target.model.as_str(), a.metered.as_ref()?)));
     trail.cost_micros = shard.admission.settle_all(
-        &ticket,
+        ticket,
         metered.map(|(model, m)| (model, m.usage.as_ref(), m.estimated)),
     );
     trail.actor = ticket.actor.take();
