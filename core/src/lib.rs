@@ -13,6 +13,7 @@ pub mod admin;
 pub mod admission;
 pub mod allocator;
 pub mod audit;
+pub mod boxed;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -441,7 +441,7 @@ impl crate::server::Router for ApiRouter {
                 // than a model call's, and inline it would size every request's
                 // future, each stream's included.
                 Route::Mcp => {
-                    Box::pin(crate::mcp::endpoint::handle(
+                    crate::boxed::pin_in_place!(crate::mcp::endpoint::handle(
                         shard, generation, conn, req, rid, trail,
                     ))
                     .await

@@ -142,7 +142,7 @@ impl<'a> Headers<'a> {
                 "mcp-name",
                 "mcp-session-id",
             ])
-            .map(|v| v.and_then(|v| std::str::from_utf8(v).ok()).map(str::trim));
+            .map(|v| v.and_then(crate::server::header_text).map(str::trim));
         Headers {
             content_type,
             accept,

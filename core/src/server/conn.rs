@@ -182,25 +182,18 @@ pub async fn serve<R: Router>(
             }
         };
         let (keep_alive, consumed) = (req.head.keep_alive, req.consumed);
-        // Written straight into its box: `Box::pin(future)` builds the
-        // future on the stack and copies all of it (over 10 KiB: the
-        // largest state any request can reach) into the box, per request;
-        // writing the new future into uninitialised box memory writes only
-        // its captured arguments.
-        let slot = Box::new_uninit();
-        let handling = Box::write(
-            slot,
-            handle_recorded(
-                &shard,
-                router,
-                &mut conn,
-                req,
-                &request_id,
-                endpoint,
-                started,
-            ),
-        );
-        let outcome = Box::into_pin(handling).await;
+        // Boxed, so that an idle connection's task stays small; built in
+        // its box (see `boxed`).
+        let outcome = crate::boxed::pin_in_place!(handle_recorded(
+            &shard,
+            router,
+            &mut conn,
+            req,
+            &request_id,
+            endpoint,
+            started,
+        ))
+        .await;
         if !keep_alive || !outcome.keep_alive || shard.draining() {
             break;
         }

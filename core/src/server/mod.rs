@@ -7,7 +7,7 @@ mod request_id;
 pub mod respond;
 
 pub use conn::{ClientConn, Outcome};
-pub use request::Request;
+pub use request::{header_text, Request};
 pub use request_id::{RequestId, RequestIds};
 
 use crate::error::GatewayError;

@@ -21,8 +21,12 @@ pub struct RequestId {
 
 impl RequestId {
     pub fn as_str(&self) -> &str {
-        // Only ASCII digits, letters and dashes are ever written.
-        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or_default()
+        let bytes = &self.buf[..self.len as usize];
+        debug_assert!(bytes.is_ascii());
+        // SAFETY: only `push` writes `buf`, and only ASCII digits, letters
+        // and dashes are pushed. (Checked on every read, the id cost ~160
+        // instructions a request.)
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
 
