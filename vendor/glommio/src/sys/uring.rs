@@ -2009,18 +2009,29 @@ impl Reactor {
         // armed goes on counting; upstream cancelled and re-armed it on every
         // loop turn, three submissions and a kernel entry per turn, and at
         // partial load a shard turns once or twice per request.
+        //
+        // Shardgate: and only while task queues contend (`preempt_timer`
+        // says so as for the latency ring's timer: a duration, not `None`
+        // for a park and not `Duration::MAX` for a lone queue). It only
+        // takes a running queue off the CPU for another, and when it fires
+        // its linked eventfd write is punted to an io-wq worker (eventfd
+        // has no non-blocking write): a kernel thread woken on the shard's
+        // CPU, preempting the shard, every `ring_depth` completions (~270
+        // times a second at 18k requests a second).
+        let contended = matches!(preempt_timer(), Some(d) if d != Duration::MAX);
         let armed = self
             .throughput_preemption_timeout_src
             .take()
             .filter(|src| src.is_armed());
         let timer = match armed {
-            Some(src) => src,
-            None => main_ring.prepare_throughput_preemption_timer(
+            Some(src) => Some(src),
+            None if contended => Some(main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
-            ),
+            )),
+            None => None,
         };
-        self.throughput_preemption_timeout_src.set(Some(timer));
+        self.throughput_preemption_timeout_src.set(timer);
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
