@@ -180,12 +180,12 @@ impl Pool {
                             MaybeTls::Tls(Box::new(tls))
                         }
                     };
-                    return Ok(UpstreamConn {
+                    return Ok(UpstreamConn::from(crate::client::Connection {
                         stream,
                         rbuf: ReadBuf::with_capacity(super::UPSTREAM_BUFFER),
                         reused: false,
                         idle_since: coarse_now(),
-                    });
+                    }));
                 }
                 Err(e) => last = e,
             }
@@ -250,12 +250,12 @@ mod tests {
             .await
             .unwrap();
         let peer = listener.accept().await.unwrap();
-        let conn = UpstreamConn {
+        let conn = UpstreamConn::from(crate::client::Connection {
             stream: MaybeTls::Plain(tcp),
             rbuf: ReadBuf::with_capacity(super::super::UPSTREAM_BUFFER),
             reused: false,
             idle_since: coarse_now(),
-        };
+        });
         (conn, peer)
     }
 

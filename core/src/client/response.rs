@@ -127,9 +127,10 @@ pub async fn read_response_head_with(
                     Err(e) => return Ok(Err(ReadError::Protocol(e.to_string()))),
                 }
             }
-            match conn
+            let c = &mut **conn;
+            match c
                 .rbuf
-                .fill(&mut conn.stream, 4096, limits.max_head_bytes)
+                .fill(&mut c.stream, 4096, limits.max_head_bytes)
                 .await?
             {
                 Some(Filled::Bytes(_)) => any_bytes = true,
@@ -207,7 +208,8 @@ impl BodyReader {
             }
             // 4 KiB of room, not more: a paced stream's reads are small, and a
             // buffer grown for bulk reads would be held by every open stream.
-            match with_timeout(wait, conn.rbuf.fill(&mut conn.stream, 4096, 1 << 20)).await? {
+            let c = &mut **conn;
+            match with_timeout(wait, c.rbuf.fill(&mut c.stream, 4096, 1 << 20)).await? {
                 Some(Filled::Bytes(_)) => {}
                 Some(Filled::Eof) => {
                     if matches!(self.framing, ResponseFraming::UntilClose) {

@@ -137,12 +137,12 @@ async fn upstream(sent: &[u8], close: bool) -> (UpstreamConn, TcpStream) {
     if close {
         peer.shutdown(Shutdown::Write).await.unwrap();
     }
-    let conn = UpstreamConn {
+    let conn = UpstreamConn::from(crate::client::Connection {
         stream: MaybeTls::Plain(client),
         rbuf: ReadBuf::with_capacity(UPSTREAM_BUFFER),
         reused: false,
         idle_since: coarse_now(),
-    };
+    });
     (conn, peer)
 }
 
