@@ -85,23 +85,17 @@ EOF
 }
 
 key_for() {
-  "$GATEWAY_BIN" keys create --team bench --tenant bench --config "$WORK/$1.yaml" --json \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])'
+  create_key "$GATEWAY_BIN" "$WORK/$1.yaml"
 }
 
-POLICY='policies:
-  - ai_runtime_policy:
-      actor_scope: { team: bench }
-      model_access: { allowed_models: ["demo"] }
-      budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000'
 # Called in this shell (not in $(...)) so that cleanup knows every pid.
 start_gateway off "auth: none"
 OFF_PORT=$PORT OFF_PID=$PID
-start_gateway policy "$POLICY }"
+start_gateway policy "$(bench_policy)"
 POL_PORT=$PORT POL_PID=$PID
-start_gateway tokens "$POLICY, tokens_per_minute: 1000000000000 }"
+start_gateway tokens "$(bench_policy ", tokens_per_minute: 1000000000000")"
 TOK_PORT=$PORT TOK_PID=$PID
-start_gateway audit "$POLICY }
+start_gateway audit "$(bench_policy)
       audit: { log_prompts: metadata_only }
 audit: { fsync: 100ms }"
 AUD_PORT=$PORT AUD_PID=$PID

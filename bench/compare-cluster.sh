@@ -88,8 +88,7 @@ EOF
 }
 
 key_for() {
-  "$GATEWAY_BIN" keys create --team bench --tenant bench --config "$WORK/$1.yaml" --json \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])'
+  create_key "$GATEWAY_BIN" "$WORK/$1.yaml"
 }
 
 mkdir -p "$RESULTS"

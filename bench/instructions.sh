@@ -88,16 +88,8 @@ EOF
   || echo "mcp_servers: { mock: { url: \"http://127.0.0.1:$MOCK_PORT/mcp\", bearer_token: k } }" >>"$WORK/gw.yaml"
 [[ -z $AUDIT ]] || echo "audit: { dir: $WORK/audit, fsync: 100ms }" >>"$WORK/gw.yaml"
 if [[ -n $AUTH ]]; then
-  cat >>"$WORK/gw.yaml" <<EOF
-policies:
-  - ai_runtime_policy:
-      actor_scope: { team: bench }
-      model_access: { allowed_models: ["demo"] }
-      budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000 }
-      audit: { log_prompts: metadata_only }
-EOF
-  KEY=$("$GATEWAY_BIN" keys create --team bench --tenant bench --config "$WORK/gw.yaml" --json \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
+  { bench_policy; echo "      audit: { log_prompts: metadata_only }"; } >>"$WORK/gw.yaml"
+  KEY=$(create_key "$GATEWAY_BIN" "$WORK/gw.yaml")
   LOAD+=(--api-key "$KEY")
 else
   echo "auth: none" >>"$WORK/gw.yaml"

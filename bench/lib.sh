@@ -236,6 +236,26 @@ bench_init() {
 
 log() { echo "${BENCH_NAME:-bench}: $*" >&2; }
 
+# bench_policy [MORE_BUDGETS]: the policy keyed benches run under, as YAML:
+# team bench may call `demo`, with budgets out of reach (MORE_BUDGETS, e.g.
+# ", tokens_per_minute: N", is added to them).
+bench_policy() {
+  cat <<EOF
+policies:
+  - ai_runtime_policy:
+      actor_scope: { team: bench }
+      model_access: { allowed_models: ["demo"] }
+      budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000${1:-} }
+EOF
+}
+
+# create_key BIN CONFIG: a new virtual key for team bench (tenant bench) in
+# CONFIG's store; prints its secret.
+create_key() {
+  "$1" keys create --team bench --tenant bench --config "$2" --json \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])'
+}
+
 # build_release: builds the gateway and the load generator in release mode
 # unless BUILD=0 (--no-build), then checks that both are there.
 build_release() {

@@ -63,16 +63,11 @@ providers:
   up: { kind: openai, base_url: "http://127.0.0.1:$MOCK_PORT/v1" }
 models:
   demo: { targets: [ { provider: up, model: mock-1 } ] }
-policies:
-  - ai_runtime_policy:
-      actor_scope: { team: bench }
-      model_access: { allowed_models: ["demo"] }
-      budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000 }
+$(bench_policy)
 $extra
 EOF
   local key pid port requests
-  key=$("$bin" keys create --team bench --tenant bench --config "$WORK/$name.yaml" --json \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
+  key=$(create_key "$bin" "$WORK/$name.yaml")
   taskset -c 1 "$bin" serve --config "$WORK/$name.yaml" --no-pin \
     >"$WORK/$name.out" 2>"$WORK/$name.err" &
   pid=$!
