@@ -18,10 +18,12 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 mod backward;
+mod forward;
 mod scan;
 pub mod tape;
 
 pub use backward::{members_rev, MembersRev};
+pub use forward::{members_fwd, visit_last_member, LastMember, MembersFwd};
 
 use scan::{is_ws, Scanner};
 

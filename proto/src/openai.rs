@@ -6,8 +6,9 @@
 //! ([`top_level_members`], which pass-through patching reuses) and reading
 //! just the members that matter; nested values (`tools`, `stream_options`)
 //! are parsed alone with simd-json ([`crate::json::tape`]), never the whole
-//! body (`messages` is most of it). Usage is read walking back from the
-//! answer's end ([`crate::json::members_rev`]), where providers put it.
+//! body (`messages` is most of it). Usage is read from the answer's end,
+//! where providers put it ([`crate::json::visit_last_member`], or else
+//! [`crate::json::members_rev`]).
 //!
 //! Invariants: types are checked, not coerced (`"stream": "true"` is an
 //! error, not `false`); JSON `null` is treated as absent for optional fields,
@@ -22,7 +23,8 @@ use std::borrow::Cow;
 
 use crate::json::tape::{Array, JsonParser, Object, Value};
 use crate::json::{
-    find_top_level, key_bytes, members_rev, top_level_members, write_json_string, JsonError, Member,
+    find_top_level, key_bytes, members_fwd, top_level_members, visit_last_member,
+    write_json_string, JsonError, LastMember, Member,
 };
 use memchr::memmem;
 use std::sync::LazyLock;
@@ -304,7 +306,7 @@ impl Usage {
 /// accounting, and one odd field must not lose the others. Of duplicate
 /// keys the last counts, as most JSON readers take it.
 ///
-/// Read from the end of the answer ([`members_rev`]), where usage sits, and
+/// Read from the end of the answer ([`visit_last_member`]), where usage sits, and
 /// without validating: the answer is relayed as it came, and the client
 /// validates it. Stream chunks without usage are skipped by a byte search for
 /// `"usage"` first, so calling this on every chunk is cheap.
@@ -352,52 +354,62 @@ const RESPONSES_USAGE: UsageNames = UsageNames {
     completion_details: b"output_tokens_details",
 };
 
+/// OpenAI's answers and final chunks end with usage, so the first
+/// `"usage"` a byte search finds is read as the object's last member first
+/// ([`visit_last_member`]), which reads only the usage object; usage found
+/// anywhere else (Anthropic's and the Responses API's sit mid-object, and
+/// usage may be mentioned before it) is found by walking back over the
+/// members.
 fn usage_named(json: &[u8], names: &UsageNames) -> Option<Usage> {
-    if !mentions_usage(json) {
-        return None;
+    let at = USAGE_KEY.find(json)?;
+    let mut u = Usage::default();
+    match visit_last_member(json, at, b"usage", |usage, m| {
+        read_usage_member(&mut u, usage, m, names);
+    }) {
+        Some(LastMember::Object) => return Some(u),
+        Some(LastMember::Other) => return None,
+        None => {}
     }
     let usage = &json[find_top_level(json, "usage")?];
     if usage.first() != Some(&b'{') {
         return None;
     }
     let mut u = Usage::default();
-    let mut seen = [false; 5];
-    let mut set = |slot: usize, field: &mut Option<u64>, n: Option<u64>| {
-        if !std::mem::replace(&mut seen[slot], true) {
-            *field = n;
-        }
-    };
-    for m in members_rev(usage) {
-        let value = &usage[m.value.clone()];
-        let Some(key) = key_bytes(usage, &m) else {
-            continue;
-        };
-        let key = &*key;
-        if key == names.prompt {
-            set(0, &mut u.prompt_tokens, raw_count(value));
-        } else if key == names.completion {
-            set(1, &mut u.completion_tokens, raw_count(value));
-        } else if key == names.total {
-            set(2, &mut u.total_tokens, raw_count(value));
-        } else if key == names.prompt_details {
-            set(3, &mut u.cached_tokens, nested(value, "cached_tokens"));
-        } else if key == names.completion_details {
-            set(
-                4,
-                &mut u.reasoning_tokens,
-                nested(value, "reasoning_tokens"),
-            );
-        }
+    for m in members_fwd(usage) {
+        read_usage_member(&mut u, usage, &m, names);
     }
     Some(u)
 }
 
+/// Members are read first first, so of duplicate keys the last is kept.
+fn read_usage_member(u: &mut Usage, usage: &[u8], m: &Member, names: &UsageNames) {
+    let value = &usage[m.value.clone()];
+    let Some(key) = key_bytes(usage, m) else {
+        return;
+    };
+    let key = &*key;
+    if key == names.prompt {
+        u.prompt_tokens = raw_count(value);
+    } else if key == names.completion {
+        u.completion_tokens = raw_count(value);
+    } else if key == names.total {
+        u.total_tokens = raw_count(value);
+    } else if key == names.prompt_details {
+        u.cached_tokens = nested(value, "cached_tokens");
+    } else if key == names.completion_details {
+        u.reasoning_tokens = nested(value, "reasoning_tokens");
+    }
+}
+
+/// `"usage"`, searched for in every stream event; the searcher is built
+/// once.
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
 /// Whether `json` holds the string `"usage"` anywhere: the cheap test that
 /// lets stream events without usage (nearly all, in every dialect) skip
-/// looking for it. The searcher is built once.
+/// looking for it.
 pub fn mentions_usage(json: &[u8]) -> bool {
-    static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
     USAGE_KEY.find(json).is_some()
 }
 

@@ -268,6 +268,11 @@ fn usage_from_a_responses_object_under_its_own_names() {
 fn usage_absent_is_none_not_zero() {
     assert_eq!(extract_usage(br#"{"choices":[{"delta":{}}]}"#), None);
     assert_eq!(extract_usage(br#"{"usage":null}"#), None);
+    assert_eq!(extract_usage(br#"{"id":"x","usage":null}"#), None);
+    assert_eq!(
+        extract_usage(br#"{"usage":{"total_tokens":3},"usage":null}"#),
+        None
+    );
     assert_eq!(extract_usage(br#"{"usage":5}"#), None);
     assert_eq!(extract_usage(br#"{"usage":"#), None);
     assert_eq!(extract_usage(br#"["usage"]"#), None);
@@ -304,6 +309,9 @@ fn usage_is_found_wherever_it_sits() {
         "{ \"usage\" :\n {\"prompt_tokens\" : 1 ,\"completion_tokens\":2,\"total_tokens\":9,\"total_tokens\":3 }\n }\n",
         r#"{"x":"a\\","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"extra":{"total_tokens":9}},"y":"\\\"}"}"#,
         r#"{"usage":{"prompt_tokens":1,"completion_t\u006fkens":2,"total_tokens":3}}"#,
+        // Mentioned in a nested object before the top-level one, last or not.
+        r#"{"choices":[{"usage":{"total_tokens":9}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"a":{"usage":{"total_tokens":9}}}"#,
     ] {
         assert_eq!(extract_usage(body.as_bytes()), Some(full), "{body}");
     }
