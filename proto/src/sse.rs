@@ -90,7 +90,7 @@ impl SseFramer {
             }
         }
         while i < input.len() {
-            let Some(offset) = input[i..].iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(offset) = memchr::memchr2(b'\n', b'\r', &input[i..]) else {
                 self.at_line_start = false;
                 break;
             };
@@ -222,7 +222,7 @@ impl<'a> SseEvent<'a> {
     fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
         Lines(self.raw)
             .filter(|line| !line.is_empty() && !line.starts_with(b":"))
-            .map(|line| match line.iter().position(|&b| b == b':') {
+            .map(|line| match memchr::memchr(b':', line) {
                 Some(colon) => {
                     let value = &line[colon + 1..];
                     (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
@@ -251,7 +251,7 @@ impl<'a> Iterator for Lines<'a> {
 /// Splits at the first line end: (line, bytes after its CRLF / LF / CR).
 /// Without a line end the whole input is the line.
 fn split_line(bytes: &[u8]) -> (&[u8], &[u8]) {
-    match bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+    match memchr::memchr2(b'\n', b'\r', bytes) {
         None => (bytes, &[]),
         Some(end) => {
             let skip = if bytes[end] == b'\r' && bytes.get(end + 1) == Some(&b'\n') {
