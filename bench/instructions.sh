@@ -8,7 +8,7 @@
 #
 #   bench/instructions.sh [--gateway BIN (default: this tree's, built)] [--seconds 10]
 #       [--endpoint /v1/chat/completions] [--keep-turns] [--keep-out DIR]
-#       [--audit] [--auth] [--mcp] [--rate R]
+#       [--audit] [--auth] [--mcp] [--rate R] [--stream]
 #
 # --rate R counts an open loop at R requests a second instead of the closed
 # loop: the gateway under callgrind saturates near 3,000 req/s, so at 200
@@ -26,6 +26,10 @@
 # the audit line carries the caller).
 # --mcp counts MCP tools/call (an echo tool of the mock's MCP endpoint,
 # called as mock.echo through /mcp) instead of chat.
+# --stream counts paced streams instead (the mock emits 40 tokens at 20 a
+# second, 44 events a stream, 100 streams at once), per stream and per
+# streamed event: the relay of events that arrive one read each, as a real
+# model's do.
 # --keep-out DIR keeps callgrind's profiles there, for callgrind_annotate.
 #
 # Needs valgrind (Debian: apt-get install valgrind). The gateway runs ~50x
@@ -44,6 +48,9 @@ STORE_EXTRA=", responses_max_bytes: 0"
 AUDIT=
 AUTH=
 RATE=
+STREAM=
+CONNECTIONS=64
+MOCK_ARGS=()
 LOAD=(--model demo --max-tokens 16)
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -56,6 +63,8 @@ while [[ $# -gt 0 ]]; do
     --auth) AUTH=1; shift ;;
     --mcp) ENDPOINT=/mcp LOAD=(--api mcp --model mock.echo); shift ;;
     --rate) RATE=$2; shift 2 ;;
+    --stream) STREAM=1 CONNECTIONS=100 MOCK_ARGS=(--tps 20 --output-tokens 40)
+      LOAD=(--model demo --max-tokens 40 --stream); shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -72,7 +81,7 @@ WORK=$(mktemp -d)
 PIDS=()
 trap stop_all EXIT
 
-"$BENCH" mock --listen 127.0.0.1:0 --shards 1 --require-key k >"$WORK/mock.out" 2>&1 &
+"$BENCH" mock --listen 127.0.0.1:0 --shards 1 --require-key k "${MOCK_ARGS[@]}" >"$WORK/mock.out" 2>&1 &
 PIDS+=($!)
 MOCK_PORT=$(wait_port "$WORK/mock.out" "mock listening on" "${PIDS[0]}")
 cat >"$WORK/gw.yaml" <<EOF
@@ -107,10 +116,10 @@ GW_PORT=$(wait_port "$WORK/gw.out" "shardgate listening on" "$GW_PID")
 
 # Warm up (pools, buffers, lazily built tables), then count one load run.
 "$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" \
-  "${LOAD[@]}" --connections 64 --duration 3s --warmup 0s --shards 1 >/dev/null
+  "${LOAD[@]}" --connections "$CONNECTIONS" --duration 3s --warmup 0s --shards 1 >/dev/null
 callgrind_control -z "$GW_PID" >/dev/null
 "$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" \
-  "${LOAD[@]}" --connections 64 ${RATE:+--rate "$RATE"} --duration "${SECONDS_}s" --warmup 0s \
+  "${LOAD[@]}" --connections "$CONNECTIONS" ${RATE:+--rate "$RATE"} --duration "${SECONDS_}s" --warmup 0s \
   --shards 1 >"$WORK/load.txt"
 callgrind_control -d "$GW_PID" >/dev/null
 sleep 1
@@ -124,3 +133,8 @@ instructions=$(grep -h '^summary:' "$WORK"/cg.out.* | grep -oE '[0-9]+$')
 echo "gateway: $GATEWAY_BIN ($ENDPOINT)"
 echo "requests: $requests, user-space instructions: $instructions"
 awk -v i="$instructions" -v r="$requests" 'BEGIN { printf "instructions per request: %.0f\n", i / r }'
+if [[ -n $STREAM ]]; then
+  # Each stream: a role chunk, 40 token chunks, a finish chunk, a usage
+  # chunk and [DONE].
+  awk -v i="$instructions" -v r="$requests" 'BEGIN { printf "instructions per streamed event: %.0f (44 a stream)\n", i / r / 44 }'
+fi
