@@ -361,6 +361,11 @@ const RESPONSES_USAGE: UsageNames = UsageNames {
 /// usage may be mentioned before it) is found by walking back over the
 /// members.
 fn usage_named(json: &[u8], names: &UsageNames) -> Option<Usage> {
+    // Every chunk of a stream that asked for usage but the last ends so
+    // (OpenAI's spelling): absent, known without searching the chunk.
+    if json.trim_ascii_end().ends_with(NULL_USAGE_LAST) {
+        return None;
+    }
     let at = USAGE_KEY.find(json)?;
     let mut u = Usage::default();
     match visit_last_member(json, at, b"usage", |usage, m| {
@@ -400,6 +405,10 @@ fn read_usage_member(u: &mut Usage, usage: &[u8], m: &Member, names: &UsageNames
         u.reasoning_tokens = nested(value, "reasoning_tokens");
     }
 }
+
+/// A last member that says usage is absent. The comma makes it a key of
+/// the object the closing brace ends, and nothing follows that brace.
+const NULL_USAGE_LAST: &[u8] = b",\"usage\":null}";
 
 /// `"usage"`, searched for in every stream event; the searcher is built
 /// once.

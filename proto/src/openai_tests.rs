@@ -269,6 +269,15 @@ fn usage_absent_is_none_not_zero() {
     assert_eq!(extract_usage(br#"{"choices":[{"delta":{}}]}"#), None);
     assert_eq!(extract_usage(br#"{"usage":null}"#), None);
     assert_eq!(extract_usage(br#"{"id":"x","usage":null}"#), None);
+    assert_eq!(extract_usage(b"{\"id\":\"x\",\"usage\":null}\n"), None);
+    // Not the top-level object's last member: read as before.
+    assert_eq!(
+        extract_usage(br#"{"usage":{"total_tokens":3},"a":{"b":1,"usage":null}}"#),
+        Some(Usage {
+            total_tokens: Some(3),
+            ..Usage::default()
+        })
+    );
     assert_eq!(
         extract_usage(br#"{"usage":{"total_tokens":3},"usage":null}"#),
         None
