@@ -62,6 +62,51 @@ pub async fn with_timeout<T>(
     .await
 }
 
+/// One deadline for a run of waits of one kind, each limited to `dur` from
+/// its own start: a stream's reads, one per event. The first wait that
+/// blocks registers it; each later one moves it back, which is a store (the
+/// ticker moves the entry to its new slot when it reaches the old one),
+/// where a [`with_timeout`] per wait registers and drops an entry each
+/// time. Between waits the entry stays registered and cannot end a wait:
+/// one that came due meanwhile is armed again by the next wait.
+#[derive(Debug, Default)]
+pub struct Idle {
+    deadline: Option<Deadline>,
+}
+
+impl Idle {
+    /// Runs `fut` until `dur` has passed; `Err(TimedOut)` after that (up to
+    /// three [`RESOLUTION`]s later), as [`with_timeout`] does.
+    pub async fn wait<T>(
+        &mut self,
+        dur: Duration,
+        fut: impl Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
+        let mut fut = pin!(fut);
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+            if !armed {
+                armed = true;
+                match &self.deadline {
+                    Some(d) => d.rearm(dur, cx.waker()),
+                    None => self.deadline = Some(Deadline::register(dur, cx.waker())),
+                }
+            } else if self
+                .deadline
+                .as_ref()
+                .is_some_and(|d| d.expired(cx.waker()))
+            {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 /// The wheel's clock: the time of its last tick while the ticker ticks
 /// (then between zero and two [`RESOLUTION`]s behind the real clock),
 /// otherwise a fresh clock read. For ages checked against limits of seconds
@@ -117,6 +162,7 @@ thread_local! {
 }
 
 /// A registered deadline; dropping it unregisters.
+#[derive(Debug)]
 struct Deadline {
     index: usize,
     generation: u32,
@@ -128,10 +174,7 @@ impl Deadline {
             let mut w = w.borrow_mut();
             w.catch_up();
             w.registered = true;
-            let ticks = dur.as_nanos().div_ceil(RESOLUTION.as_nanos()) as u64;
-            // The current tick is partly over, and the ticker may be up to a
-            // tick behind the clock: two ticks of margin.
-            let due = w.tick.saturating_add(ticks).saturating_add(2);
+            let due = w.due_in(dur);
             let generation = w.next_generation;
             w.next_generation = w.next_generation.wrapping_add(1);
             let entry = Entry {
@@ -151,16 +194,7 @@ impl Deadline {
                 }
             };
             w.live += 1;
-            if w.slots.is_empty() {
-                w.slots = (0..SLOTS).map(|_| Vec::new()).collect();
-            }
-            w.slots[(due % SLOTS as u64) as usize].push((index, generation));
-            if w.sleeping && due < w.wake_at && !w.nudged {
-                w.nudged = true;
-                if let Some(t) = w.ticker.take() {
-                    t.wake();
-                }
-            }
+            w.place(index, generation, due);
             let start = !w.ticker_running;
             w.ticker_running = true;
             (Deadline { index, generation }, start)
@@ -185,6 +219,39 @@ impl Deadline {
                 _ => false,
             }
         })
+    }
+}
+
+impl Deadline {
+    /// Due `dur` from now instead, with `waker` to wake. A later due is
+    /// only stored: the entry stays in the slot of its earlier due, and the
+    /// sweep that reaches that slot moves it on. A fired entry, or a due
+    /// sooner than the stored one, goes into its slot as registering does.
+    fn rearm(&self, dur: Duration, waker: &Waker) {
+        WHEEL.with(|w| {
+            let mut w = w.borrow_mut();
+            w.catch_up();
+            let due = w.due_in(dur);
+            let Some(Some(e)) = w.entries.get_mut(self.index) else {
+                return;
+            };
+            if e.generation != self.generation {
+                return;
+            }
+            if !e.waker.will_wake(waker) {
+                e.waker = waker.clone();
+            }
+            if !e.fired && due >= e.due {
+                e.due = due;
+                return;
+            }
+            // A pair left in a later slot finds the entry fired, or due
+            // sooner, when its slot comes, and is dropped or moved then.
+            e.fired = false;
+            e.due = due;
+            w.registered = true;
+            w.place(self.index, self.generation, due);
+        });
     }
 }
 
@@ -219,6 +286,29 @@ impl Wheel {
         }
     }
 
+    /// The tick a deadline `dur` from now is due at. The current tick is
+    /// partly over, and the ticker may be up to a tick behind the clock:
+    /// two ticks of margin.
+    fn due_in(&self, dur: Duration) -> u64 {
+        let ticks = dur.as_nanos().div_ceil(RESOLUTION.as_nanos()) as u64;
+        self.tick.saturating_add(ticks).saturating_add(2)
+    }
+
+    /// Puts an entry in the slot of its due tick, waking a sleeping ticker
+    /// that would otherwise sleep past it.
+    fn place(&mut self, index: usize, generation: u32, due: u64) {
+        if self.slots.is_empty() {
+            self.slots = (0..SLOTS).map(|_| Vec::new()).collect();
+        }
+        self.slots[(due % SLOTS as u64) as usize].push((index, generation));
+        if self.sleeping && due < self.wake_at && !self.nudged {
+            self.nudged = true;
+            if let Some(t) = self.ticker.take() {
+                t.wake();
+            }
+        }
+    }
+
     fn advance_to_now(&mut self) {
         let now = Instant::now();
         let epoch = *self.epoch.get_or_insert(now);
@@ -237,7 +327,8 @@ impl Wheel {
         // A long stall visits every slot once, not once per missed tick.
         let span = (to - from).min(SLOTS as u64);
         for t in (to - span + 1)..=to {
-            let slot = std::mem::take(&mut self.slots[(t % SLOTS as u64) as usize]);
+            let here = (t % SLOTS as u64) as usize;
+            let slot = std::mem::take(&mut self.slots[here]);
             let mut keep = Vec::new();
             for (index, generation) in slot {
                 let Some(Some(e)) = self.entries.get_mut(index) else {
@@ -249,14 +340,18 @@ impl Wheel {
                 if e.due <= to {
                     e.fired = true;
                     woken.push(e.waker.clone());
-                } else {
-                    // Due on a later lap of the wheel.
-                    keep.push((index, generation));
+                    continue;
+                }
+                // Due on a later lap of the wheel, or moved back since it
+                // was put here ([`Deadline::rearm`]).
+                match (e.due % SLOTS as u64) as usize {
+                    there if there == here => keep.push((index, generation)),
+                    there => self.slots[there].push((index, generation)),
                 }
             }
-            // Each tick of the span has its own slot: nothing else was
-            // put in this one meanwhile.
-            self.slots[(t % SLOTS as u64) as usize] = keep;
+            // Each tick of the span has its own slot, and a pair moved on
+            // goes to another: nothing was put in this one meanwhile.
+            self.slots[here] = keep;
         }
     }
 
@@ -405,6 +500,39 @@ mod tests {
             let r: io::Result<()> =
                 with_timeout(Duration::from_millis(20), std::future::pending()).await;
             assert!(r.is_err());
+        });
+    }
+
+    /// A stream's reads: each wait has its own limit, however long the run
+    /// of waits, and time spent between waits counts against none.
+    #[test]
+    fn an_idle_deadline_limits_each_wait_of_a_run_not_the_run() {
+        run(async {
+            let mut idle = Idle::default();
+            let ms = Duration::from_millis;
+            let quick = || async {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                Ok(())
+            };
+            // Eight 20 ms waits under a 50 ms limit: 160 ms in all.
+            for _ in 0..8 {
+                idle.wait(ms(50), quick()).await.unwrap();
+            }
+            // Past the limit between waits: the next wait still has 50 ms.
+            glommio::timer::sleep(ms(90)).await;
+            idle.wait(ms(50), quick()).await.unwrap();
+            // One wait longer than the limit ends with it.
+            let start = Instant::now();
+            let r: io::Result<()> = idle.wait(ms(50), std::future::pending()).await;
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+            let took = start.elapsed();
+            assert!(took >= ms(50) && took < ms(300), "fired after {took:?}");
+            // And the run goes on after a timeout.
+            idle.wait(ms(50), quick()).await.unwrap();
+            let r: io::Result<()> = idle.wait(ms(30), std::future::pending()).await;
+            assert!(r.is_err());
+            drop(idle);
+            assert_eq!(WHEEL.with(|w| w.borrow().live), 0);
         });
     }
 

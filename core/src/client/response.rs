@@ -1,4 +1,5 @@
 use super::UpstreamConn;
+use crate::deadline::Idle;
 use crate::io::{with_timeout, Filled, ReadBuf};
 use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
 use shardgate_proto::h1::{parse_response, HeadLimits, Method, ResponseFraming, ResponseHead};
@@ -160,6 +161,9 @@ pub struct BodyReader {
     remaining: u64,
     chunked: Option<ChunkedDecoder>,
     done: bool,
+    /// Each read's limit: one deadline moved back per read, not one
+    /// registered per read (a stream reads once an event).
+    idle: Idle,
 }
 
 impl BodyReader {
@@ -176,6 +180,7 @@ impl BodyReader {
             remaining,
             chunked,
             done,
+            idle: Idle::default(),
         }
     }
 
@@ -209,7 +214,11 @@ impl BodyReader {
             // 4 KiB of room, not more: a paced stream's reads are small, and a
             // buffer grown for bulk reads would be held by every open stream.
             let c = &mut **conn;
-            match with_timeout(wait, c.rbuf.fill(&mut c.stream, 4096, 1 << 20)).await? {
+            match self
+                .idle
+                .wait(wait, c.rbuf.fill(&mut c.stream, 4096, 1 << 20))
+                .await?
+            {
                 Some(Filled::Bytes(_)) => {}
                 Some(Filled::Eof) => {
                     if matches!(self.framing, ResponseFraming::UntilClose) {
