@@ -118,6 +118,29 @@ impl ChunkedDecoder {
         let mut i = 0;
         let mut data = 0..0;
         while i < input.len() {
+            // The framing of nearly every chunk, read whole rather than a
+            // byte a step: a bare `hex CRLF` size line, and the CRLF after
+            // the data. Anything else takes the steps below.
+            match self.state {
+                State::Size if self.line_len == 0 => {
+                    if let Some((size, used)) = size_line(&input[i..], self.limits.max_line_bytes) {
+                        self.size = size;
+                        self.state = if size == 0 {
+                            State::TrailerStart
+                        } else {
+                            State::Data
+                        };
+                        i += used;
+                        continue;
+                    }
+                }
+                State::DataCr if input[i..].starts_with(CHUNK_END) => {
+                    self.state = State::Size;
+                    i += CHUNK_END.len();
+                    continue;
+                }
+                _ => {}
+            }
             match self.state {
                 State::Data => {
                     // One contiguous range per call: stop at a second chunk.
@@ -300,6 +323,25 @@ pub fn encode_chunk_header(len: usize, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&digits[i..]);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A size line of hex digits and CRLF alone: the size and the bytes the
+/// line takes. None for anything else (extensions, whitespace, a line cut
+/// short, more digits than 64 bits hold or the limit allows), which the
+/// byte steps read or refuse.
+fn size_line(rest: &[u8], max_line: usize) -> Option<(u64, usize)> {
+    let digits = rest
+        .iter()
+        .take(16)
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    if digits == 0 || digits > max_line || rest.get(digits..digits + 2) != Some(CHUNK_END) {
+        return None;
+    }
+    let size = rest[..digits]
+        .iter()
+        .try_fold(0u64, |n, &b| Some(n << 4 | u64::from(hex_value(b)?)))?;
+    Some((size, digits + 2))
 }
 
 /// Ends a chunk's data.
