@@ -855,8 +855,11 @@ fn held_text(held: &[u8]) -> String {
 /// the one before it let through.
 struct Stages<'c, 'a> {
     tools: Option<&'c std::cell::RefCell<super::tool_guard::ToolGuard>>,
-    rails: Option<GuardedStream<'c, 'a>>,
-    hold: Option<HookHold>,
+    /// Boxed, as is `hold`: most streams have neither, and inline they
+    /// would size every stream's state (and so every request's) by ~800
+    /// bytes.
+    rails: Option<Box<GuardedStream<'c, 'a>>>,
+    hold: Option<Box<HookHold>>,
 }
 
 impl<'a> Stages<'a, 'a> {
@@ -866,26 +869,30 @@ impl<'a> Stages<'a, 'a> {
         let checks_args = !call.tool_call_checks.is_empty();
         Stages {
             tools: call.guard.as_deref(),
-            rails: (checks_text || checks_args).then(|| GuardedStream {
-                guard: checks_text.then(|| {
-                    StreamGuard::new(
-                        &call.generation.guardrails,
-                        call.output_checks.clone(),
-                        client,
-                        call.api == super::Api::Completions,
-                    )
-                }),
-                args: checks_args.then(|| {
-                    crate::guardrails::tool_args::ToolArgs::new(
-                        call.tool_call_checks.clone(),
-                        client,
-                    )
-                }),
-                call,
+            rails: (checks_text || checks_args).then(|| {
+                Box::new(GuardedStream {
+                    guard: checks_text.then(|| {
+                        StreamGuard::new(
+                            &call.generation.guardrails,
+                            call.output_checks.clone(),
+                            client,
+                            call.api == super::Api::Completions,
+                        )
+                    }),
+                    args: checks_args.then(|| {
+                        crate::guardrails::tool_args::ToolArgs::new(
+                            call.tool_call_checks.clone(),
+                            client,
+                        )
+                    }),
+                    call,
+                })
             }),
-            hold: (!call.output_hooks.is_empty()).then(|| HookHold {
-                held: Vec::new(),
-                egress: egress_for(answer),
+            hold: (!call.output_hooks.is_empty()).then(|| {
+                Box::new(HookHold {
+                    held: Vec::new(),
+                    egress: egress_for(answer),
+                })
             }),
         }
     }
@@ -983,7 +990,9 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
             // the shard has room, else dropping `up` closes it.
             None => {
                 conn.note_error(CLIENT_LEFT);
-                let mut pipe = match drain(source, pipe, *idle, shard).await {
+                // Boxed: rare (the client left), and its state would size
+                // every stream's.
+                let mut pipe = match Box::pin(drain(source, pipe, *idle, shard)).await {
                     Ok((usage, cut, events)) => {
                         // Estimated from what came when the provider said
                         // nothing of its usage.
@@ -1030,7 +1039,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                         let judged = Box::pin(judge_held(
                             call,
                             client,
-                            hold,
+                            *hold,
                             &mut out,
                             assembled.as_ref(),
                             response.take(),
