@@ -39,27 +39,13 @@ pub const RESOLUTION: Duration = Duration::from_millis(10);
 const SLOTS: usize = 512;
 
 /// Runs `fut` until `dur` has passed; `Err(TimedOut)` after that (up to three
-/// [`RESOLUTION`]s later). Must run inside a glommio executor.
-pub async fn with_timeout<T>(
+/// [`RESOLUTION`]s later), under a deadline of its own. Must run inside a
+/// glommio executor.
+pub fn with_timeout<T>(
     dur: Duration,
     fut: impl Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    let mut fut = pin!(fut);
-    let mut deadline: Option<Deadline> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(out);
-        }
-        match &deadline {
-            None => deadline = Some(Deadline::register(dur, cx.waker())),
-            Some(d) if d.expired(cx.waker()) => {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
-            }
-            Some(_) => {}
-        }
-        Poll::Pending
-    })
-    .await
+) -> impl Future<Output = io::Result<T>> {
+    wait(None, dur, fut)
 }
 
 /// One deadline for a run of waits of one kind, each limited to `dur` from
@@ -76,35 +62,43 @@ pub struct Idle {
 
 impl Idle {
     /// Runs `fut` until `dur` has passed; `Err(TimedOut)` after that (up to
-    /// three [`RESOLUTION`]s later), as [`with_timeout`] does.
-    pub async fn wait<T>(
-        &mut self,
+    /// three [`RESOLUTION`]s later).
+    pub fn wait<'a, T: 'a>(
+        &'a mut self,
         dur: Duration,
-        fut: impl Future<Output = io::Result<T>>,
-    ) -> io::Result<T> {
-        let mut fut = pin!(fut);
-        let mut armed = false;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            if !armed {
-                armed = true;
-                match &self.deadline {
-                    Some(d) => d.rearm(dur, cx.waker()),
-                    None => self.deadline = Some(Deadline::register(dur, cx.waker())),
-                }
-            } else if self
-                .deadline
-                .as_ref()
-                .is_some_and(|d| d.expired(cx.waker()))
-            {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
-            }
-            Poll::Pending
-        })
-        .await
+        fut: impl Future<Output = io::Result<T>> + 'a,
+    ) -> impl Future<Output = io::Result<T>> + 'a {
+        wait(&mut self.deadline, dur, fut)
     }
+}
+
+/// `fut` within `dur`, under `deadline` (a wait's own, or an [`Idle`]'s):
+/// registered, or moved back when there is one, the first time `fut` is
+/// pending.
+async fn wait<T>(
+    mut deadline: impl std::borrow::BorrowMut<Option<Deadline>>,
+    dur: Duration,
+    fut: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let deadline = std::borrow::BorrowMut::borrow_mut(&mut deadline);
+    let mut fut = pin!(fut);
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if !armed {
+            armed = true;
+            match deadline {
+                Some(d) => d.rearm(dur, cx.waker()),
+                None => *deadline = Some(Deadline::register(dur, cx.waker())),
+            }
+        } else if deadline.as_ref().is_some_and(|d| d.expired(cx.waker())) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// The wheel's clock: the time of its last tick while the ticker ticks
@@ -220,9 +214,7 @@ impl Deadline {
             }
         })
     }
-}
 
-impl Deadline {
     /// Due `dur` from now instead, with `waker` to wake. A later due is
     /// only stored: the entry stays in the slot of its earlier due, and the
     /// sweep that reaches that slot moves it on. A fired entry, or a due

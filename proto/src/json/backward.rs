@@ -100,7 +100,7 @@ fn string_start(json: &[u8], close: usize) -> Option<usize> {
 }
 
 /// The last non-whitespace position before `at`.
-fn before_ws(json: &[u8], at: usize) -> Option<usize> {
+pub(super) fn before_ws(json: &[u8], at: usize) -> Option<usize> {
     json[..at].iter().rposition(|b| !is_ws(*b))
 }
 

@@ -9,6 +9,7 @@
 //! that do not parse, never reads out of bounds and never loops forever
 //! (every step moves right).
 
+use super::backward::before_ws;
 use super::scan::{is_ws, plain_run};
 use super::{Member, MAX_DEPTH};
 
@@ -113,7 +114,7 @@ pub fn visit_last_member(
     {
         return None;
     }
-    let before = json[..at].iter().rposition(|b| !is_ws(*b))?;
+    let before = before_ws(json, at)?;
     if !matches!(json[before], b'{' | b',') {
         return None;
     }
