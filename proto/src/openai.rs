@@ -368,8 +368,8 @@ fn usage_named(json: &[u8], names: &UsageNames) -> Option<Usage> {
     }
     let at = USAGE_KEY.find(json)?;
     let mut u = Usage::default();
-    match visit_last_member(json, at, b"usage", |usage, m| {
-        read_usage_member(&mut u, usage, m, names);
+    match visit_last_member(json, at, b"usage", |key, value| {
+        read_usage_member(&mut u, key, value, names);
     }) {
         Some(LastMember::Object) => return Some(u),
         Some(LastMember::Other) => return None,
@@ -381,18 +381,15 @@ fn usage_named(json: &[u8], names: &UsageNames) -> Option<Usage> {
     }
     let mut u = Usage::default();
     for m in members_fwd(usage) {
-        read_usage_member(&mut u, usage, &m, names);
+        if let Some(key) = key_bytes(usage, &m) {
+            read_usage_member(&mut u, &key, &usage[m.value], names);
+        }
     }
     Some(u)
 }
 
 /// Members are read first first, so of duplicate keys the last is kept.
-fn read_usage_member(u: &mut Usage, usage: &[u8], m: &Member, names: &UsageNames) {
-    let value = &usage[m.value.clone()];
-    let Some(key) = key_bytes(usage, m) else {
-        return;
-    };
-    let key = &*key;
+fn read_usage_member(u: &mut Usage, key: &[u8], value: &[u8], names: &UsageNames) {
     if key == names.prompt {
         u.prompt_tokens = raw_count(value);
     } else if key == names.completion {

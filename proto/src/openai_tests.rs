@@ -298,6 +298,22 @@ fn usage_absent_is_none_not_zero() {
         }
     );
     assert_eq!(extract_usage(br#"{"usage":{}}"#), Some(Usage::default()));
+    // A count that is not a whole number reads as absent, the others still.
+    for body in [
+        r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":2}}"#,
+        r#"{"usage":{"prompt_tokens":1e3,"completion_tokens":2}}"#,
+        r#"{"usage":{"prompt_tokens":-1,"completion_tokens":2}}"#,
+        r#"{"usage":{"prompt_tokens":99999999999999999999,"completion_tokens":2}}"#,
+    ] {
+        assert_eq!(
+            extract_usage(body.as_bytes()),
+            Some(Usage {
+                completion_tokens: Some(2),
+                ..Usage::default()
+            }),
+            "{body}"
+        );
+    }
 }
 
 /// Usage is read from the end of the answer: what comes after it, strings
@@ -321,6 +337,10 @@ fn usage_is_found_wherever_it_sits() {
         // Mentioned in a nested object before the top-level one, last or not.
         r#"{"choices":[{"usage":{"total_tokens":9}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
         r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"a":{"usage":{"total_tokens":9}}}"#,
+        // Mentioned after the last member's key: inside its value, or as a
+        // string after it.
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"x":{"usage":{"total_tokens":9}}}}"#,
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"note":"usage"}"#,
     ] {
         assert_eq!(extract_usage(body.as_bytes()), Some(full), "{body}");
     }

@@ -21,7 +21,6 @@ pub fn members_fwd(json: &[u8]) -> MembersFwd<'_> {
     MembersFwd {
         json,
         next: (json.get(open) == Some(&b'{')).then_some(open + 1),
-        closed_at: None,
     }
 }
 
@@ -29,16 +28,6 @@ pub struct MembersFwd<'a> {
     json: &'a [u8],
     /// Just past the `{` or the `,` before the next member; None when done.
     next: Option<usize>,
-    /// The object's closing brace, once the walk has reached it.
-    closed_at: Option<usize>,
-}
-
-impl MembersFwd<'_> {
-    /// Where the object's closing brace is, once every member has been
-    /// read; None before, or when the walk stopped at malformed input.
-    pub fn closed_at(&self) -> Option<usize> {
-        self.closed_at
-    }
 }
 
 impl Iterator for MembersFwd<'_> {
@@ -47,13 +36,8 @@ impl Iterator for MembersFwd<'_> {
     fn next(&mut self) -> Option<Member> {
         let json = self.json;
         let mut i = skip_ws(json, self.next.take()?);
-        match json.get(i) {
-            Some(b'"') => {}
-            Some(b'}') => {
-                self.closed_at = Some(i);
-                return None;
-            }
-            _ => return None,
+        if json.get(i) != Some(&b'"') {
+            return None;
         }
         let (close, key_escaped) = string_end(json, i + 1)?;
         let key = i + 1..close;
@@ -66,7 +50,7 @@ impl Iterator for MembersFwd<'_> {
         i = skip_ws(json, end);
         match json.get(i) {
             Some(b',') => self.next = Some(i + 1),
-            Some(b'}') => self.closed_at = Some(i),
+            Some(b'}') => {}
             _ => return None,
         }
         Some(Member {
@@ -91,11 +75,12 @@ pub enum LastMember {
 /// hit). Reads only that member, where walking back from the end
 /// ([`super::find_top_level`]) crosses its value once to find it and the
 /// caller again to read it. None when the member there is not the top-level
-/// object's last (a nested one, another shape): then walk back, and forget
-/// what was visited.
+/// object's last (a nested one, another shape), or when one of its keys
+/// holds an escape: then walk back, and forget what was visited.
 ///
-/// `visit` gets the value's text and a member of it (spans relative to
-/// that text), first first.
+/// `visit` gets each member's key (its text, which has no escape) and its
+/// value's text, first first. This is a usage object's read on every
+/// answer, so the walk builds no [`Member`] and decodes nothing.
 ///
 /// The member is the top-level object's when nothing but that object's
 /// closing brace follows it: a member of a nested object would have the
@@ -105,7 +90,7 @@ pub fn visit_last_member(
     json: &[u8],
     at: usize,
     key: &[u8],
-    mut visit: impl FnMut(&[u8], &Member),
+    mut visit: impl FnMut(&[u8], &[u8]),
 ) -> Option<LastMember> {
     let key_end = at.checked_add(1)?.checked_add(key.len())?;
     if json.get(at) != Some(&b'"')
@@ -124,17 +109,56 @@ pub fn visit_last_member(
     }
     let start = skip_ws(json, colon + 1);
     let (end, found) = if json.get(start) == Some(&b'{') {
-        let value = &json[start..];
-        let mut members = members_fwd(value);
-        for m in members.by_ref() {
-            visit(value, &m);
-        }
-        (start + members.closed_at()? + 1, LastMember::Object)
+        (
+            visit_members(json, start + 1, &mut visit)?,
+            LastMember::Object,
+        )
     } else {
         (value_end(json, start)?, LastMember::Other)
     };
     let close = skip_ws(json, end);
     (json.get(close) == Some(&b'}') && skip_ws(json, close + 1) == json.len()).then_some(found)
+}
+
+/// Visits the members of the object whose `{` is just before `from`, and
+/// returns where it ends (just past its `}`). None at malformed input or
+/// at a key with an escape or a control byte.
+fn visit_members(json: &[u8], from: usize, visit: &mut impl FnMut(&[u8], &[u8])) -> Option<usize> {
+    let mut i = skip_ws(json, from);
+    if json.get(i) == Some(&b'}') {
+        return Some(i + 1);
+    }
+    loop {
+        if json.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key = i + 1;
+        let quote = key + plain_run(&json[key..])?;
+        if json[quote] != b'"' {
+            return None;
+        }
+        let colon = skip_ws(json, quote + 1);
+        if json.get(colon) != Some(&b':') {
+            return None;
+        }
+        let value = skip_ws(json, colon + 1);
+        // A count (what usage holds) ends at its first non-digit; were
+        // that not a delimiter, the check after the value gives up.
+        let value_end = match json.get(value) {
+            Some(b'0'..=b'9') => json[value..]
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .map_or(json.len(), |n| value + n),
+            _ => value_end(json, value)?,
+        };
+        visit(&json[key..quote], &json[value..value_end]);
+        i = skip_ws(json, value_end);
+        match json.get(i) {
+            Some(b',') => i = skip_ws(json, i + 1),
+            Some(b'}') => return Some(i + 1),
+            _ => return None,
+        }
+    }
 }
 
 fn skip_ws(json: &[u8], mut i: usize) -> usize {
@@ -205,7 +229,6 @@ fn value_end(json: &[u8], start: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ops::Range;
 
     fn members(json: &str) -> Vec<(String, String)> {
         members_fwd(json.as_bytes())
@@ -254,9 +277,9 @@ mod tests {
     fn last(json: &str, key: &str) -> Option<Result<Vec<(String, String)>, bool>> {
         let at = memchr::memmem::rfind(json.as_bytes(), format!("\"{key}\"").as_bytes())?;
         let mut seen = Vec::new();
-        let found = visit_last_member(json.as_bytes(), at, key.as_bytes(), |v, m| {
-            let text = |r: Range<usize>| String::from_utf8(v[r].to_vec()).unwrap();
-            seen.push((text(m.key.clone()), text(m.value.clone())));
+        let found = visit_last_member(json.as_bytes(), at, key.as_bytes(), |k, v| {
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            seen.push((text(k), text(v)));
         })?;
         Some(match found {
             LastMember::Object => Ok(seen),
