@@ -142,7 +142,7 @@ impl<'a> Headers<'a> {
                 "mcp-name",
                 "mcp-session-id",
             ])
-            .map(|v| v.and_then(crate::server::header_text).map(str::trim));
+            .map(|v| v.and_then(crate::server::header_text).map(str::trim_ascii));
         Headers {
             content_type,
             accept,
