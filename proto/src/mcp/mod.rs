@@ -160,7 +160,7 @@ pub fn parse_posted(body: &[u8]) -> Result<Posted, (Value, RpcError)> {
 /// found by a scan, `id` and `method` parsed, `params` kept as text. None
 /// for anything that is not plainly one (the tree decides those).
 fn read_message(body: &[u8]) -> Option<Inbound> {
-    std::str::from_utf8(body).ok()?;
+    let text = std::str::from_utf8(body).ok()?;
     let scanned = crate::json::top_level_members_with(body, "params").ok()?;
     // What serde_json might refuse (a lone surrogate, a number past f64's
     // range) is for the tree to judge: the gateway must not forward what
@@ -191,7 +191,7 @@ fn read_message(body: &[u8]) -> Option<Inbound> {
         (Some(_), Some(nested)) if repeats_a_name(&body[nested.value.clone()], &nested.members) => {
             return None
         }
-        (Some(_), Some(nested)) => Params::scanned(&body[nested.value], nested.members),
+        (Some(_), Some(nested)) => Params::scanned(text.get(nested.value)?, nested.members),
         // Not an object: the tree words the error.
         (Some(_), None) => return None,
     };

@@ -9,20 +9,23 @@ use crate::json::{self, Edit, Member};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
-/// Invariant: `raw` is one JSON object, valid UTF-8, and `members` are its
-/// [`json::top_level_members`]; every value in `set` is JSON text.
+/// Invariant: `raw` is one JSON object and `members` are its
+/// [`json::top_level_members`]; every value in `set` is JSON text. Kept as
+/// text (UTF-8 checked once, with the message), so a member's string is
+/// borrowed without checking it again: spans start and end at ASCII
+/// delimiters, which are character boundaries.
 #[derive(Debug, Clone)]
 pub struct Params {
-    raw: Box<[u8]>,
+    raw: Box<str>,
     members: Vec<Member>,
     /// Members set by the gateway, as JSON text; they win over `raw`'s.
-    set: Vec<(String, Vec<u8>)>,
+    set: Vec<(String, String)>,
 }
 
 impl Default for Params {
     fn default() -> Self {
         Params {
-            raw: Box::from(&b"{}"[..]),
+            raw: Box::from("{}"),
             members: Vec::new(),
             set: Vec::new(),
         }
@@ -38,18 +41,18 @@ impl PartialEq for Params {
 impl Params {
     /// `raw` when it is a JSON object in valid UTF-8.
     pub fn from_raw(raw: &[u8]) -> Option<Params> {
-        std::str::from_utf8(raw).ok()?;
+        let text = std::str::from_utf8(raw).ok()?;
         let members = json::top_level_members(raw).ok()?;
         Some(Params {
-            raw: raw.into(),
+            raw: text.into(),
             members,
             set: Vec::new(),
         })
     }
 
-    /// An object already scanned (and its UTF-8 checked) as part of the
-    /// message: `members` are [`json::top_level_members`] of `raw`.
-    pub(super) fn scanned(raw: &[u8], members: Vec<Member>) -> Params {
+    /// An object already scanned as part of the message: `members` are
+    /// [`json::top_level_members`] of `raw`.
+    pub(super) fn scanned(raw: &str, members: Vec<Member>) -> Params {
         Params {
             raw: raw.into(),
             members,
@@ -75,15 +78,24 @@ impl Params {
 
     /// No members but ones named `key`.
     pub fn is_empty_without(&self, key: &str) -> bool {
-        self.set.iter().all(|(k, _)| k == key) && self.members.iter().all(|m| m.is(&self.raw, key))
+        self.set.iter().all(|(k, _)| k == key)
+            && self.members.iter().all(|m| m.is(self.raw.as_bytes(), key))
     }
 
     /// A member's JSON text: the last one set, else the last one written
     /// (the one JSON readers take).
     pub fn raw_value(&self, key: &str) -> Option<&[u8]> {
+        self.raw_text(key).map(str::as_bytes)
+    }
+
+    fn raw_text(&self, key: &str) -> Option<&str> {
         match self.set.iter().rev().find(|(k, _)| k == key) {
-            Some((_, v)) => Some(v.as_slice()),
-            None => json::last_named(&self.raw, &self.members, key),
+            Some((_, v)) => Some(v),
+            None => {
+                let raw = self.raw.as_bytes();
+                let m = self.members.iter().rev().find(|m| m.is(raw, key))?;
+                self.raw.get(m.value.clone())
+            }
         }
     }
 
@@ -94,23 +106,23 @@ impl Params {
 
     /// A string member, borrowed unless it holds escapes.
     pub fn get_str(&self, key: &str) -> Option<Cow<'_, str>> {
-        string_of(self.raw_value(key)?)
+        string_of(self.raw_text(key)?)
     }
 
     /// A member of an object member (`_meta`'s version, say), found by
     /// walking back from its closing brace: the text was validated when it
     /// was read, so the walk needs no second scan.
     pub fn get_nested_str(&self, outer: &str, key: &str) -> Option<Cow<'_, str>> {
-        let object = self.raw_value(outer)?;
-        if !object.starts_with(b"{") {
+        let object = self.raw_text(outer)?;
+        if !object.starts_with('{') {
             return None;
         }
-        string_of(&object[json::find_top_level(object, key)?])
+        string_of(object.get(json::find_top_level(object.as_bytes(), key)?)?)
     }
 
     /// Sets a member (replacing every one of that name when written).
     pub fn set(&mut self, key: &str, value: &Value) {
-        let text = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+        let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
         self.set.retain(|(k, _)| k != key);
         self.set.push((key.to_owned(), text));
     }
@@ -120,28 +132,31 @@ impl Params {
     pub fn write_into(&self, out: &mut Vec<u8>, edits: &[Edit<'_>]) {
         let mut all: Vec<Edit<'_>> = Vec::with_capacity(edits.len() + self.set.len());
         all.extend_from_slice(edits);
-        all.extend(self.set.iter().map(|(key, value)| Edit::Set { key, value }));
-        json::patch_object_into(out, &self.raw, &self.members, &all);
+        all.extend(self.set.iter().map(|(key, value)| Edit::Set {
+            key,
+            value: value.as_bytes(),
+        }));
+        json::patch_object_into(out, self.raw.as_bytes(), &self.members, &all);
     }
 
     /// The whole object as a tree (for the paths that edit it freely).
     pub fn to_map(&self) -> Map<String, Value> {
-        let mut map = match serde_json::from_slice(&self.raw) {
+        let mut map = match serde_json::from_str(&self.raw) {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
         };
         for (k, v) in &self.set {
-            map.insert(k.clone(), serde_json::from_slice(v).unwrap_or(Value::Null));
+            map.insert(k.clone(), serde_json::from_str(v).unwrap_or(Value::Null));
         }
         map
     }
 }
 
-/// A JSON string's text (`raw` is known to be valid UTF-8 JSON).
-fn string_of(raw: &[u8]) -> Option<Cow<'_, str>> {
-    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    if !inner.contains(&b'\\') {
-        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+/// A JSON string's text.
+fn string_of(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
     }
-    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
 }
