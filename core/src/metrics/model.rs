@@ -7,7 +7,10 @@
 //! Only requests that reached a route are counted here, so every alias is
 //! one from config; providers and models come from config, teams from the
 //! key table. Series are keyed by their label values joined in a scratch
-//! string, so a request allocates nothing once its series exists.
+//! string, so a request allocates nothing once its series exists; and a
+//! request with the labels of the one before it (most, on a busy shard)
+//! finds its series by comparing two names, without building a key or
+//! hashing it.
 
 use crate::record::{AttemptOutcome, RequestEnd};
 use rustc_hash::FxHashMap;
@@ -38,9 +41,46 @@ pub struct ModelStats {
     /// One series per `operation SEP alias SEP provider SEP model SEP
     /// status SEP team`: one lookup per request. Each metric's label set
     /// is a projection of these, summed at render.
-    series: FxHashMap<String, Series>,
+    series: Vec<(String, Series)>,
+    /// Where each key's series is in `series`.
+    index: FxHashMap<String, usize>,
+    /// The last request's labels and series.
+    last: Option<Last>,
     overhead: Seconds<{ OVERHEAD.len() + 1 }>,
     scratch: String,
+}
+
+/// A request's labels as it has them, and its series. The target's
+/// `provider/model` and its model's length stand for the provider and the
+/// model ([`provider_of`] splits them so); the operation is one of a fixed
+/// set of constants.
+#[derive(Clone)]
+struct Last {
+    op: &'static str,
+    alias: String,
+    served_by: String,
+    model_len: usize,
+    status: u16,
+    team: Option<String>,
+    at: usize,
+}
+
+impl Last {
+    fn is(
+        &self,
+        op: &str,
+        alias: &str,
+        target: &crate::config::Target,
+        status: u16,
+        team: &str,
+    ) -> bool {
+        std::ptr::eq(self.op, op)
+            && self.status == status
+            && self.model_len == target.model.len()
+            && self.alias == alias
+            && self.served_by == target.served_by
+            && self.team.as_deref().unwrap_or("") == team
+    }
 }
 
 #[derive(Clone, Default)]
@@ -168,16 +208,24 @@ impl ModelStats {
         let provider = provider_of(served.target);
         let status = end.status.unwrap_or(0);
         let team = team.unwrap_or("");
-        let key = series_key(
-            &mut self.scratch,
-            [operation(t.endpoint), alias, provider, &served.target.model],
-            status,
-            team,
-        );
-        let series = match self.series.get_mut(key) {
-            Some(s) => s,
-            None => self.series.entry(key.to_owned()).or_default(),
+        let op = operation(t.endpoint);
+        let at = match &self.last {
+            Some(last) if last.is(op, alias, served.target, status, team) => last.at,
+            _ => {
+                let at = self.slot([op, alias, provider, &served.target.model], status, team);
+                self.last = Some(Last {
+                    op,
+                    alias: alias.to_owned(),
+                    served_by: served.target.served_by.clone(),
+                    model_len: served.target.model.len(),
+                    status,
+                    team: (!team.is_empty()).then(|| team.to_owned()),
+                    at,
+                });
+                at
+            }
         };
+        let series = &mut self.series[at].1;
         series.requests += 1;
         series.cost_micros += t.cost_micros;
         let mut others = false;
@@ -232,13 +280,9 @@ impl ModelStats {
                     continue;
                 };
                 let provider = provider_of(a.target);
-                let key = series_key(
-                    &mut self.scratch,
-                    [operation(t.endpoint), alias, provider, &a.target.model],
-                    status,
-                    team,
-                );
-                let s = self.series.entry(key.to_owned()).or_default();
+                let fields = [operation(t.endpoint), alias, provider, &a.target.model];
+                let at = self.slot(fields, status, team);
+                let s = &mut self.series[at].1;
                 s.input += u.prompt_tokens.unwrap_or(0);
                 s.output += u.completion_tokens.unwrap_or(0);
                 s.cached += u.cached_tokens.unwrap_or(0);
@@ -246,9 +290,27 @@ impl ModelStats {
         }
     }
 
+    /// Where the series with these labels is, made when new.
+    fn slot(&mut self, fields: [&str; 4], status: u16, team: &str) -> usize {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let at = self.find_or_add(series_key(&mut scratch, fields, status, team));
+        self.scratch = scratch;
+        at
+    }
+
+    fn find_or_add(&mut self, key: &str) -> usize {
+        if let Some(&at) = self.index.get(key) {
+            return at;
+        }
+        self.series.push((key.to_owned(), Series::default()));
+        self.index.insert(key.to_owned(), self.series.len() - 1);
+        self.series.len() - 1
+    }
+
     pub fn merge(&mut self, other: &ModelStats) {
         for (k, o) in &other.series {
-            let s = self.series.entry(k.clone()).or_default();
+            let at = self.find_or_add(k);
+            let s = &mut self.series[at].1;
             s.requests += o.requests;
             s.input += o.input;
             s.output += o.output;
@@ -378,4 +440,107 @@ fn series_key<'s>(scratch: &'s mut String, fields: [&str; 4], status: u16, team:
     scratch.push(SEP);
     scratch.push_str(team);
     scratch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Target;
+    use crate::record::{AttemptRecord, Trail};
+    use std::time::Instant;
+
+    fn target(provider: &str, model: &str) -> Target {
+        Target {
+            provider: 0,
+            model: model.into(),
+            served_by: format!("{provider}/{model}"),
+            model_json: Vec::new(),
+            weight: 1,
+            context_window: None,
+            head_lines: Vec::new(),
+        }
+    }
+
+    /// Counts one answered chat request.
+    fn count(
+        stats: &mut ModelStats,
+        alias: &str,
+        target: &Target,
+        status: u16,
+        team: Option<&str>,
+    ) {
+        let now = Instant::now();
+        let mut trail = Trail {
+            endpoint: "/v1/chat/completions",
+            alias: Some(alias.to_owned()),
+            ..Trail::default()
+        };
+        trail.attempts.push(AttemptRecord {
+            target,
+            outcome: AttemptOutcome::Answered,
+            started: now,
+            head_at: Some(now),
+            ended: now,
+            metered: None,
+        });
+        let end = RequestEnd {
+            rid: "r",
+            status: Some(status),
+            error: None,
+            trail: &trail,
+            started: now,
+            first_byte: Some(now),
+            ended: now,
+        };
+        stats.observe(&end, team, 10);
+    }
+
+    /// Each series' labels (`|`-joined) and requests.
+    fn requests(stats: &ModelStats) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = stats
+            .series
+            .iter()
+            .map(|(k, s)| (k.replace(SEP, "|"), s.requests))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A request reuses the last one's series only when every label is the
+    /// same; the provider and model are told apart even where their joined
+    /// name is the same.
+    #[test]
+    fn each_label_set_counts_in_its_own_series() {
+        let (a, split, other) = (target("p/x", "y"), target("p", "x/y"), target("q", "m"));
+        let mut stats = ModelStats::default();
+        count(&mut stats, "demo", &a, 200, None);
+        count(&mut stats, "demo", &a, 200, None);
+        count(&mut stats, "demo", &split, 200, None);
+        count(&mut stats, "demo", &a, 200, Some("t"));
+        count(&mut stats, "demo", &a, 200, None);
+        count(&mut stats, "demo", &a, 429, None);
+        count(&mut stats, "other", &a, 200, None);
+        count(&mut stats, "demo", &other, 200, None);
+        count(&mut stats, "demo", &a, 200, None);
+        assert_eq!(
+            requests(&stats),
+            [
+                ("chat|demo|p/x|y|200|", 4),
+                ("chat|demo|p/x|y|200|t", 1),
+                ("chat|demo|p/x|y|429|", 1),
+                ("chat|demo|p|x/y|200|", 1),
+                ("chat|demo|q|m|200|", 1),
+                ("chat|other|p/x|y|200|", 1),
+            ]
+            .map(|(k, n)| (k.to_owned(), n))
+        );
+        let mut merged = ModelStats::default();
+        merged.merge(&stats);
+        merged.merge(&stats);
+        let doubled: Vec<(String, u64)> = requests(&stats)
+            .into_iter()
+            .map(|(k, n)| (k, 2 * n))
+            .collect();
+        assert_eq!(requests(&merged), doubled);
+    }
 }
