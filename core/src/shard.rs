@@ -67,6 +67,8 @@ pub struct Shard {
     pub draining_streams: Cell<usize>,
     /// Requests being handled on this shard.
     pub requests_in_flight: Cell<usize>,
+    /// Blocks for the request futures the connections box.
+    pub futures: crate::boxed::FuturePool,
     request_ids: RequestIds,
     /// simd-json buffers for request facts, warm across requests. Borrowed
     /// only between awaits.
@@ -163,6 +165,7 @@ impl Shard {
             open_connections: Cell::new(0),
             draining_streams: Cell::new(0),
             requests_in_flight: Cell::new(0),
+            futures: crate::boxed::FuturePool::default(),
             request_ids: RequestIds::new(id),
             json: RefCell::new(JsonParser::default()),
             mesh: RefCell::new(None),

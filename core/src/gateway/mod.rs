@@ -439,11 +439,12 @@ impl crate::server::Router for ApiRouter {
                 }
                 // Boxed: an MCP call's state (sessions, upstream calls) is larger
                 // than a model call's, and inline it would size every request's
-                // future, each stream's included.
+                // future, each stream's included. In a block the shard reuses.
                 Route::Mcp => {
-                    crate::boxed::pin_in_place!(crate::mcp::endpoint::handle(
-                        shard, generation, conn, req, rid, trail,
-                    ))
+                    crate::boxed::pin_pooled!(
+                        shard.futures,
+                        crate::mcp::endpoint::handle(shard, generation, conn, req, rid, trail,)
+                    )
                     .await
                 }
                 Route::WrongMethod => {

@@ -183,16 +183,19 @@ pub async fn serve<R: Router>(
         };
         let (keep_alive, consumed) = (req.head.keep_alive, req.consumed);
         // Boxed, so that an idle connection's task stays small; built in
-        // its box (see `boxed`).
-        let outcome = crate::boxed::pin_in_place!(handle_recorded(
-            &shard,
-            router,
-            &mut conn,
-            req,
-            &request_id,
-            endpoint,
-            started,
-        ))
+        // a block the shard reuses (see `boxed`).
+        let outcome = crate::boxed::pin_pooled!(
+            shard.futures,
+            handle_recorded(
+                &shard,
+                router,
+                &mut conn,
+                req,
+                &request_id,
+                endpoint,
+                started,
+            )
+        )
         .await;
         if !keep_alive || !outcome.keep_alive || shard.draining() {
             break;
