@@ -135,12 +135,14 @@ fn object_members(
         return Err(JsonError::NotAnObject);
     }
     s.i += 1;
-    let mut members = Vec::new();
     s.ws();
     if s.peek() == Some(b'}') {
         s.i += 1;
-        return Ok(members);
+        return Ok(Vec::new());
     }
+    // Room for a typical request's top level (model, messages and a few
+    // options) at once, not grown from four.
+    let mut members = Vec::with_capacity(8);
     loop {
         s.ws();
         if s.peek() != Some(b'"') {
