@@ -52,11 +52,16 @@ impl Member {
 /// The value of the last of `members` named `key` (the one most JSON
 /// readers take).
 pub fn last_named<'a>(body: &'a [u8], members: &[Member], key: &str) -> Option<&'a [u8]> {
+    Some(&body[last_named_span(body, members, key)?])
+}
+
+/// Where [`last_named`]'s value is in `body`.
+pub fn last_named_span(body: &[u8], members: &[Member], key: &str) -> Option<Range<usize>> {
     members
         .iter()
         .rev()
         .find(|m| m.is(body, key))
-        .map(|m| &body[m.value.clone()])
+        .map(|m| m.value.clone())
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -232,9 +237,7 @@ pub fn first_member(json: &[u8], key: &str) -> Option<Range<usize>> {
 #[inline]
 fn key_is(json: &[u8], m: &Member, key: &str) -> bool {
     if !m.key_escaped {
-        let (start, end) = (m.key.start, m.key.end);
-        return end.wrapping_sub(start) == key.len()
-            && json.get(start..end) == Some(key.as_bytes());
+        return json.get(m.key.clone()) == Some(key.as_bytes());
     }
     key_bytes(json, m).is_some_and(|k| *k == *key.as_bytes())
 }

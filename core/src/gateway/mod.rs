@@ -443,7 +443,7 @@ impl crate::server::Router for ApiRouter {
                 Route::Mcp => {
                     crate::boxed::pin_pooled!(
                         shard.futures,
-                        crate::mcp::endpoint::handle(shard, generation, conn, req, rid, trail,)
+                        crate::mcp::endpoint::handle(shard, generation, conn, req, rid, trail)
                     )
                     .await
                 }

@@ -41,8 +41,8 @@ pub struct ModelStats {
     /// One series per `operation SEP alias SEP provider SEP model SEP
     /// status SEP team`: one lookup per request. Each metric's label set
     /// is a projection of these, summed at render.
-    series: Vec<(String, Series)>,
-    /// Where each key's series is in `series`.
+    series: Vec<Series>,
+    /// Each key, and where its series is in `series`.
     index: FxHashMap<String, usize>,
     /// The last request's labels and series.
     last: Option<Last>,
@@ -61,7 +61,8 @@ struct Last {
     served_by: String,
     model_len: usize,
     status: u16,
-    team: Option<String>,
+    /// Empty for no team.
+    team: String,
     at: usize,
 }
 
@@ -79,7 +80,7 @@ impl Last {
             && self.model_len == target.model.len()
             && self.alias == alias
             && self.served_by == target.served_by
-            && self.team.as_deref().unwrap_or("") == team
+            && self.team == team
     }
 }
 
@@ -219,13 +220,13 @@ impl ModelStats {
                     served_by: served.target.served_by.clone(),
                     model_len: served.target.model.len(),
                     status,
-                    team: (!team.is_empty()).then(|| team.to_owned()),
+                    team: team.to_owned(),
                     at,
                 });
                 at
             }
         };
-        let series = &mut self.series[at].1;
+        let series = &mut self.series[at];
         series.requests += 1;
         series.cost_micros += t.cost_micros;
         let mut others = false;
@@ -282,7 +283,7 @@ impl ModelStats {
                 let provider = provider_of(a.target);
                 let fields = [operation(t.endpoint), alias, provider, &a.target.model];
                 let at = self.slot(fields, status, team);
-                let s = &mut self.series[at].1;
+                let s = &mut self.series[at];
                 s.input += u.prompt_tokens.unwrap_or(0);
                 s.output += u.completion_tokens.unwrap_or(0);
                 s.cached += u.cached_tokens.unwrap_or(0);
@@ -302,15 +303,16 @@ impl ModelStats {
         if let Some(&at) = self.index.get(key) {
             return at;
         }
-        self.series.push((key.to_owned(), Series::default()));
+        self.series.push(Series::default());
         self.index.insert(key.to_owned(), self.series.len() - 1);
         self.series.len() - 1
     }
 
     pub fn merge(&mut self, other: &ModelStats) {
-        for (k, o) in &other.series {
+        for (k, &from) in &other.index {
+            let o = &other.series[from];
             let at = self.find_or_add(k);
-            let s = &mut self.series[at].1;
+            let s = &mut self.series[at];
             s.requests += o.requests;
             s.input += o.input;
             s.output += o.output;
@@ -328,9 +330,9 @@ impl ModelStats {
     pub fn render(&self, out: &mut String, escape: impl Fn(&str) -> String) {
         use std::collections::BTreeMap;
         let series: Vec<(Labels<'_>, &Series)> = self
-            .series
+            .index
             .iter()
-            .filter_map(|(k, s)| Some((Labels::parse(k)?, s)))
+            .filter_map(|(k, &at)| Some((Labels::parse(k)?, &self.series[at])))
             .collect();
         let mut requests: BTreeMap<[String; 4], u64> = BTreeMap::new();
         let mut usage: BTreeMap<[String; 2], [u64; 4]> = BTreeMap::new();
@@ -498,9 +500,9 @@ mod tests {
     /// Each series' labels (`|`-joined) and requests.
     fn requests(stats: &ModelStats) -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = stats
-            .series
+            .index
             .iter()
-            .map(|(k, s)| (k.replace(SEP, "|"), s.requests))
+            .map(|(k, &at)| (k.replace(SEP, "|"), stats.series[at].requests))
             .collect();
         v.sort();
         v

@@ -91,11 +91,11 @@ impl Params {
     fn raw_text(&self, key: &str) -> Option<&str> {
         match self.set.iter().rev().find(|(k, _)| k == key) {
             Some((_, v)) => Some(v),
-            None => {
-                let raw = self.raw.as_bytes();
-                let m = self.members.iter().rev().find(|m| m.is(raw, key))?;
-                self.raw.get(m.value.clone())
-            }
+            None => self.raw.get(json::last_named_span(
+                self.raw.as_bytes(),
+                &self.members,
+                key,
+            )?),
         }
     }
 
