@@ -37,12 +37,28 @@ def audit_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def events(audit_dir: Path) -> list[dict]:
-    files = sorted(audit_dir.glob("audit-*.log")) + [audit_dir / "audit.log"]
-    out = []
-    for f in files:
-        for line in f.read_text().splitlines():
-            out.append(json.loads(line))
-    return out
+    """Every sealed line, oldest first, read as one consistent snapshot.
+
+    The gateway may rotate while this reads: `audit.log` is briefly absent
+    between its rename and the new file, and a file read before a rotation
+    would miss what moved. A read that saw the set of files change, or a
+    file vanish, starts over; a line still being written (no newline yet)
+    is not counted."""
+    for _ in range(100):
+        before = sorted(audit_dir.glob("audit-*.log"))
+        try:
+            texts = [f.read_text() for f in before + [audit_dir / "audit.log"]]
+        except FileNotFoundError:
+            time.sleep(0.01)
+            continue
+        if sorted(audit_dir.glob("audit-*.log")) != before:
+            continue
+        out = []
+        for text in texts:
+            whole = text[: text.rfind("\n") + 1]
+            out.extend(json.loads(line) for line in whole.splitlines())
+        return out
+    raise AssertionError(f"the audit files in {audit_dir} kept changing while read")
 
 
 @pytest.fixture(scope="module")
