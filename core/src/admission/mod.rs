@@ -52,7 +52,9 @@ pub struct Ticket {
     /// policies). With `auth: none` and policies, the anonymous actor.
     pub actor: Option<Actor>,
     /// The model alias to serve when the policy substituted its fallback.
-    pub fallback: Option<String>,
+    /// A `Box<str>`: a ticket moves a few times per request, and a `String`
+    /// would take it past 256 bytes, where each move copies in a loop.
+    pub fallback: Option<Box<str>>,
     /// `x-ratelimit-*` headers as they stood after admission.
     pub headers: Vec<(&'static str, String)>,
     /// Some policy of the caller's restricts tools: the answer's tool
@@ -486,7 +488,7 @@ impl Admission {
             guardrails: resolved.has_guardrails(),
             cache: crate::cache::CallerCache::of(resolved.cache()),
             actor: Some(actor),
-            fallback,
+            fallback: fallback.map(String::into_boxed_str),
             headers,
             held: (!buckets.is_empty()).then_some(Held {
                 reservation,

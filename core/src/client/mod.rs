@@ -12,7 +12,8 @@ pub mod wait_hint;
 
 pub use pool::{Endpoint, Pool};
 pub use response::{
-    read_response_head, read_response_head_with, BodyReader, BodyStep, ReadError, UpstreamHead,
+    read_response_head, read_response_head_with, AnswerHead, BodyReader, BodyStep, ReadError,
+    UpstreamHead,
 };
 
 use crate::io::{MaybeTls, ReadBuf};

@@ -40,11 +40,11 @@ pub struct UpstreamHead {
     pub keep_alive: bool,
     /// For the gateway to read (is the answer a stream?); relayed only when
     /// `content_type_end_to_end`.
-    pub content_type: Option<Vec<u8>>,
+    pub content_type: Option<Box<[u8]>>,
     /// The upstream's `Connection` does not name `content-type` (RFC 9110
     /// §7.6.1: a field it names is for the gateway alone).
     pub content_type_end_to_end: bool,
-    pub retry_after: Option<Vec<u8>>,
+    pub retry_after: Option<Box<[u8]>>,
     /// On an error status, how long the upstream asked to be left alone
     /// (see [`super::wait_hint`]).
     pub wait_hint: Option<Duration>,
@@ -52,23 +52,55 @@ pub struct UpstreamHead {
 
 impl UpstreamHead {
     pub fn is_event_stream(&self) -> bool {
-        self.content_type_is(b"text/event-stream")
+        content_type_is(self.content_type.as_deref(), EVENT_STREAM)
+    }
+
+    /// What relaying a successful answer needs of its head: its framing and
+    /// keep-alive go to the body's reader, and its waits only matter to
+    /// failures.
+    pub fn into_answer(self) -> AnswerHead {
+        AnswerHead {
+            status: self.status,
+            content_type: self.content_type,
+            content_type_end_to_end: self.content_type_end_to_end,
+        }
+    }
+}
+
+/// The part of a head an answer is relayed by. Small on purpose: an answer
+/// moves a few times on its way to the relay, and each move is a copy.
+#[derive(Debug)]
+pub struct AnswerHead {
+    pub status: u16,
+    /// Relayed only when `content_type_end_to_end`.
+    pub content_type: Option<Box<[u8]>>,
+    pub content_type_end_to_end: bool,
+}
+
+impl AnswerHead {
+    pub fn is_event_stream(&self) -> bool {
+        content_type_is(self.content_type.as_deref(), EVENT_STREAM)
     }
 
     /// AWS event-stream (Bedrock's ConverseStream).
     pub fn is_aws_event_stream(&self) -> bool {
-        self.content_type_is(b"application/vnd.amazon.eventstream")
-    }
-
-    fn content_type_is(&self, want: &[u8]) -> bool {
-        self.content_type
-            .as_deref()
-            .is_some_and(|ct| ct.len() >= want.len() && ct[..want.len()].eq_ignore_ascii_case(want))
+        content_type_is(
+            self.content_type.as_deref(),
+            b"application/vnd.amazon.eventstream",
+        )
     }
 }
 
-fn keep(head: &ResponseHead, buf: &[u8], name: &str) -> Option<Vec<u8>> {
-    head.header(buf, name).map(<[u8]>::to_vec)
+const EVENT_STREAM: &[u8] = b"text/event-stream";
+
+/// The media type is `want`, parameters and ASCII case aside.
+fn content_type_is(content_type: Option<&[u8]>, want: &[u8]) -> bool {
+    content_type
+        .is_some_and(|ct| ct.len() >= want.len() && ct[..want.len()].eq_ignore_ascii_case(want))
+}
+
+fn keep(head: &ResponseHead, buf: &[u8], name: &str) -> Option<Box<[u8]>> {
+    head.header(buf, name).map(Box::from)
 }
 
 /// Reads the response head (skipping 1xx interim responses) within `wait`:

@@ -107,14 +107,17 @@ fn empty_and_zero_length_bodies_are_done_before_any_read() {
 
 #[test]
 fn event_stream_content_types_are_matched_by_prefix_ignoring_case() {
-    let head = |ct: &[u8]| UpstreamHead {
-        status: 200,
-        framing: ResponseFraming::Chunked,
-        keep_alive: true,
-        content_type: Some(ct.to_vec()),
-        content_type_end_to_end: true,
-        retry_after: None,
-        wait_hint: None,
+    let head = |ct: &[u8]| {
+        UpstreamHead {
+            status: 200,
+            framing: ResponseFraming::Chunked,
+            keep_alive: true,
+            content_type: Some(ct.into()),
+            content_type_end_to_end: true,
+            retry_after: None,
+            wait_hint: None,
+        }
+        .into_answer()
     };
     assert!(head(b"text/event-stream").is_event_stream());
     assert!(head(b"Text/Event-Stream; charset=utf-8").is_event_stream());

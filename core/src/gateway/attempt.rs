@@ -39,29 +39,26 @@ pub struct Waits {
 
 /// Sends `call` to `target` and waits for the head of a successful answer.
 /// A failure carries how the route may go on from it.
+///
+/// The HTTP exchange is this function's own body, not a second async fn
+/// it awaits: the answer is returned through one future, not copied out
+/// of two.
 pub async fn send_until_head<'a>(
     call: &'a Call<'a>,
     target: &'a Target,
     provider: &'a Provider,
     waits: Waits,
 ) -> Result<Answer<'a>, Failure> {
-    match &provider.kind {
+    let http = match &provider.kind {
         // Boxed: the mock's state would otherwise size every request's
         // future, HTTP ones included.
-        ProviderKind::Mock(m) => Box::pin(mock::start(call, &provider.name, m, target, waits))
-            .await
-            .map_err(Failure::classify),
-        ProviderKind::Http(h) => http(call, target, provider, h, waits).await,
-    }
-}
-
-async fn http<'a>(
-    call: &'a Call<'a>,
-    target: &'a Target,
-    provider: &'a Provider,
-    http: &'a HttpProvider,
-    waits: Waits,
-) -> Result<Answer<'a>, Failure> {
+        ProviderKind::Mock(m) => {
+            return Box::pin(mock::start(call, &provider.name, m, target, waits))
+                .await
+                .map_err(Failure::classify)
+        }
+        ProviderKind::Http(h) => h,
+    };
     let shard = call.shard;
     let Some(Some(ep)) = call.generation.endpoints.get(target.provider) else {
         return Err(Failure::classify(GatewayError::UpstreamConnect {
@@ -82,12 +79,11 @@ async fn http<'a>(
     }
     Ok(Answer {
         source: Source::http(up, &head, ep.slot),
-        head,
+        head: head.into_answer(),
         name: &provider.name,
         alias_line: b"",
         target_lines: &target.head_lines,
-        wire: Some(&http.wire),
-        secrets: &http.secrets,
+        http: Some(http),
         reply,
         client: call.client,
         model: &target.model,

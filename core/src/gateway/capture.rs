@@ -129,9 +129,9 @@ impl StreamCapture {
                 let ctx = answer.call.reply_ctx(answer.model);
                 Some(
                     answer
-                        .wire?
+                        .wire()?
                         .provider()
-                        .stream_translator(ctx, answer.secrets)?,
+                        .stream_translator(ctx, answer.secrets())?,
                 )
             }
             _ => return None,

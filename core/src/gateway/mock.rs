@@ -152,7 +152,7 @@ pub async fn start<'a>(
     );
     Ok(Answer::in_process(
         call,
-        Source::Mock(body),
+        Source::Mock(Box::new(body)),
         streamed,
         names,
         waits.idle,

@@ -670,7 +670,7 @@ fn handle_api<'a, 'g, 'r>(
         }
         let alias: &str = match &ticket.fallback {
             Some(fallback) => {
-                headers.push(("x-shardgate-fallback-model", fallback.clone()));
+                headers.push(("x-shardgate-fallback-model", fallback.to_string()));
                 headers.push(("x-shardgate-requested-model", facts.model.clone()));
                 fallback
             }
@@ -711,104 +711,109 @@ fn handle_api<'a, 'g, 'r>(
             .as_ref()
             .map(|p| guardrails::parallel_checks(generation, &p.input))
             .unwrap_or_default();
-        let mut call = Call {
-            shard,
-            generation,
-            req,
-            facts: &facts,
-            members: &members,
-            api,
-            client,
-            rid,
-            headers,
-            prompt_estimate: ticket.prompt_estimate(),
-            metered: RefCell::new(None),
-            guard: ticket
-                .actor
-                .as_ref()
-                .filter(|_| ticket.tool_rules)
-                .and_then(|a| {
-                    let policies = shard.admission.policy_set();
-                    tool_guard::ToolGuard::new(policies, a, client, rid, Some(shard.clone()))
-                })
-                .map(|g| Box::new(RefCell::new(g))),
-            attempt: std::cell::Cell::new(0),
-            turn,
-            output_checks,
-            output_hooks,
-            hook_actor,
-            tool_call_checks: plan.map(|p| p.tool_calls).unwrap_or_default(),
-            guard_records: RefCell::new(Vec::new()),
-            capture_limit: None,
-            captured: RefCell::new(None),
-            hold: None,
-        };
-        let hold = (!parallel.is_empty()).then(|| Rc::new(guardrails::Hold::default()));
-        call.hold.clone_from(&hold);
-        let parallel_records = RefCell::new(Vec::new());
-        let actor = ticket.actor.as_ref();
-        let settings = cache::settings_for(ticket.cache, model.cache.as_ref());
-        if settings.is_none() && model.cache.is_some() {
-            // The caller's policy keeps it out of the route's cache.
-            call.headers
-                .push(("x-shardgate-cache", "bypass".to_owned()));
-        }
-        // The answer's future is made where it is awaited: one kept in a
-        // local was copied whole (~2.6 KiB) into the slot it is awaited in.
-        macro_rules! served {
-            () => {
-                answer(
-                    &mut call,
-                    conn,
-                    (alias, model, settings),
-                    &config.models,
-                    &mut trail.attempts,
-                    actor,
-                )
+        // The call is dropped in place, where this block ends, before
+        // `facts` is taken apart: dropping it by value would copy it (~400
+        // bytes) out of the future first.
+        let outcome = {
+            let mut call = Call {
+                shard,
+                generation,
+                req,
+                facts: &facts,
+                members: &members,
+                api,
+                client,
+                rid,
+                headers,
+                prompt_estimate: ticket.prompt_estimate(),
+                metered: RefCell::new(None),
+                guard: ticket
+                    .actor
+                    .as_ref()
+                    .filter(|_| ticket.tool_rules)
+                    .and_then(|a| {
+                        let policies = shard.admission.policy_set();
+                        tool_guard::ToolGuard::new(policies, a, client, rid, Some(shard.clone()))
+                    })
+                    .map(|g| Box::new(RefCell::new(g))),
+                attempt: std::cell::Cell::new(0),
+                turn,
+                output_checks,
+                output_hooks,
+                hook_actor,
+                tool_call_checks: plan.map(|p| p.tool_calls).unwrap_or_default(),
+                guard_records: RefCell::new(Vec::new()),
+                capture_limit: None,
+                captured: RefCell::new(None),
+                hold: None,
             };
-        }
-        let (outcome, cached, shared_result) = match &hold {
-            None => served!().await,
-            Some(h) => {
-                let served = served!();
-                let body: &[u8] = &req.body;
-                let check = Box::pin(async {
-                    let v = guardrails::check_parallel(
-                        shard,
-                        generation,
-                        &parallel,
-                        body,
-                        actor,
-                        rid,
-                        &parallel_records,
-                    )
-                    .await;
-                    h.decide(v);
-                    futures_lite::future::pending().await
-                });
-                futures_lite::future::or(served, check).await
+            let hold = (!parallel.is_empty()).then(|| Rc::new(guardrails::Hold::default()));
+            call.hold.clone_from(&hold);
+            let parallel_records = RefCell::new(Vec::new());
+            let actor = ticket.actor.as_ref();
+            let settings = cache::settings_for(ticket.cache, model.cache.as_ref());
+            if settings.is_none() && model.cache.is_some() {
+                // The caller's policy keeps it out of the route's cache.
+                call.headers
+                    .push(("x-shardgate-cache", "bypass".to_owned()));
             }
+            // The answer's future is made where it is awaited: one kept in a
+            // local was copied whole (~2.6 KiB) into the slot it is awaited in.
+            macro_rules! served {
+                () => {
+                    answer(
+                        &mut call,
+                        conn,
+                        (alias, model, settings),
+                        &config.models,
+                        &mut trail.attempts,
+                        actor,
+                    )
+                };
+            }
+            let (outcome, cached, shared_result) = match &hold {
+                None => served!().await,
+                Some(h) => {
+                    let served = served!();
+                    let body: &[u8] = &req.body;
+                    let check = Box::pin(async {
+                        let v = guardrails::check_parallel(
+                            shard,
+                            generation,
+                            &parallel,
+                            body,
+                            actor,
+                            rid,
+                            &parallel_records,
+                        )
+                        .await;
+                        h.decide(v);
+                        futures_lite::future::pending().await
+                    });
+                    futures_lite::future::or(served, check).await
+                }
+            };
+            trail.guardrails.append(&mut parallel_records.borrow_mut());
+            if let (Some((decision, scope)), Some(settings)) = (cached, settings) {
+                let whole = outcome.keep_alive;
+                let mut note = keep_or_note(
+                    &call,
+                    decision,
+                    scope,
+                    (cache::entries_of(alias, model), &settings),
+                    &trail.attempts,
+                    whole,
+                );
+                note.shared = shared_result;
+                trail.cache = Some(Box::new(note));
+            }
+            trail
+                .guardrails
+                .append(&mut call.guard_records.borrow_mut());
+            outcome
         };
-        trail.guardrails.append(&mut parallel_records.borrow_mut());
-        if let (Some((decision, scope)), Some(settings)) = (cached, settings) {
-            let whole = outcome.keep_alive;
-            let mut note = keep_or_note(
-                &call,
-                decision,
-                scope,
-                (cache::entries_of(alias, model), &settings),
-                &trail.attempts,
-                whole,
-            );
-            note.shared = shared_result;
-            trail.cache = Some(Box::new(note));
-        }
-        trail
-            .guardrails
-            .append(&mut call.guard_records.borrow_mut());
-        drop(call);
         trail.alias = Some(match ticket.fallback.take() {
-            Some(fallback) => fallback,
+            Some(fallback) => fallback.into(),
             None => facts.model,
         });
         settle(shard, &mut ticket, trail);

@@ -17,8 +17,8 @@ use super::mock::MockBody;
 use super::plan::Reply;
 use super::route::Failure;
 use super::Call;
-use crate::client::{BodyReader, BodyStep, ReadError, UpstreamConn, UpstreamHead};
-use crate::config::Wire;
+use crate::client::{AnswerHead, BodyReader, BodyStep, ReadError, UpstreamConn, UpstreamHead};
+use crate::config::{HttpProvider, Wire};
 use crate::error::GatewayError;
 use crate::guardrails::stream::StreamGuard;
 use crate::guardrails::Verdict;
@@ -36,19 +36,18 @@ use std::time::Duration;
 /// know about where it came from.
 pub struct Answer<'a> {
     pub source: Source,
-    pub head: UpstreamHead,
+    pub head: AnswerHead,
     /// The provider's name.
     pub name: &'a str,
     /// `x-shardgate-model: <route>` (set by the route), and the lines
     /// naming the target: the answer's head carries both.
     pub alias_line: &'a [u8],
     pub target_lines: &'a [u8],
-    /// The upstream's wire, for [`Reply::FromWire`] answers (None for the
-    /// mock, which speaks OpenAI).
-    pub wire: Option<&'a Wire>,
-    /// The credentials sent to this upstream, for scrubbing what it says
-    /// on error paths (never read on success paths).
-    pub secrets: &'a KnownSecrets,
+    /// The HTTP provider that answered: its wire, for [`Reply::FromWire`]
+    /// answers, and the credentials sent to it, for scrubbing what it says
+    /// on error paths. None for an answer made in the process (it speaks
+    /// OpenAI and knows no secret).
+    pub http: Option<&'a HttpProvider>,
     pub reply: Reply,
     pub client: ClientDialect,
     /// The upstream model (what is metered and priced).
@@ -63,6 +62,16 @@ pub struct Answer<'a> {
 static NO_SECRETS: KnownSecrets = KnownSecrets::none();
 
 impl<'a> Answer<'a> {
+    /// The upstream's wire (None for an answer made in the process).
+    pub fn wire(&self) -> Option<&'a Wire> {
+        self.http.map(|h| &h.wire)
+    }
+
+    /// What to scrub from what the upstream says.
+    pub fn secrets(&self) -> &'a KnownSecrets {
+        self.http.map_or(&NO_SECRETS, |h| &h.secrets)
+    }
+
     /// An answer made in the process (the mock's, a kept one): a 200 whose
     /// body `source` is OpenAI chat, whole or a stream, which the relay
     /// translates into the client's dialect as it does an upstream's.
@@ -80,20 +89,15 @@ impl<'a> Answer<'a> {
         };
         Answer {
             source,
-            head: UpstreamHead {
+            head: AnswerHead {
                 status: 200,
-                framing: shardgate_proto::h1::ResponseFraming::UntilClose,
-                keep_alive: false,
-                content_type: Some(content_type.to_vec()),
+                content_type: Some(content_type.into()),
                 content_type_end_to_end: true,
-                retry_after: None,
-                wait_hint: None,
             },
             name,
             alias_line: b"",
             target_lines,
-            wire: None,
-            secrets: &NO_SECRETS,
+            http: None,
             reply: match call.client {
                 ClientDialect::OpenAi => Reply::Same,
                 ClientDialect::Anthropic | ClientDialect::Responses => Reply::FromOpenAi,
@@ -117,8 +121,9 @@ pub enum Source {
         /// The endpoint's stack in the pool.
         slot: usize,
     },
-    /// The built-in mock, generated as it is read.
-    Mock(MockBody),
+    /// The built-in mock, generated as it is read. Boxed: inline, it would
+    /// double the size of every answer, which moves a few times per request.
+    Mock(Box<MockBody>),
     /// A kept answer from the response cache.
     Cached(super::replay::ReplayBody),
     /// Read to its end and let go (an upstream connection back to its pool).
@@ -226,7 +231,7 @@ async fn meter_unsent(answer: &mut Answer<'_>) {
             Reply::Same => answer.client.rules().usage_of_body(&body),
             Reply::FromOpenAi => ClientDialect::OpenAi.rules().usage_of_body(&body),
             Reply::FromWire => answer
-                .wire
+                .wire()
                 .and_then(|w| {
                     let ctx = call.reply_ctx(answer.model);
                     w.provider().response_to_openai(&body, &ctx).ok()
@@ -270,8 +275,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         name,
         alias_line,
         target_lines,
-        wire,
-        secrets,
+        http,
         reply,
         client,
         model,
@@ -279,6 +283,8 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
         idle,
     } = answer;
     let client = *client;
+    let wire = http.map(|h| &h.wire);
+    let secrets = http.map_or(&NO_SECRETS, |h| &h.secrets);
     let (shard, rid) = (call.shard, call.rid);
     let settings = shard.pool.settings();
     let read = futures_lite::future::or(
@@ -343,7 +349,7 @@ async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome,
     };
     if capture {
         let openai = match reply {
-            Reply::Same => super::capture::same_dialect(call, client, *wire, model, &body),
+            Reply::Same => super::capture::same_dialect(call, client, wire, model, &body),
             Reply::GeminiEmbeddings => Some(body.clone()),
             Reply::FromOpenAi | Reply::FromWire => openai,
         };
@@ -419,7 +425,7 @@ fn egress_for(answer: &Answer<'_>) -> StreamEgress {
     StreamEgress::from_openai(
         answer.client,
         &answer.call.render(answer.model),
-        answer.secrets,
+        answer.secrets(),
     )
 }
 
@@ -461,8 +467,8 @@ impl Pipe {
                 Translating {
                     egress: egress_for(answer),
                     wire: answer
-                        .wire
-                        .and_then(|w| w.provider().stream_translator(ctx, answer.secrets)),
+                        .wire()
+                        .and_then(|w| w.provider().stream_translator(ctx, answer.secrets())),
                     mid: Vec::new(),
                 }
             })),
@@ -955,12 +961,12 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
     let mut pipe = Pipe::new(answer, settings.max_event_bytes);
     let mut capture = StreamCapture::new(answer);
     let mut stages = Stages::new(answer);
+    let secrets = answer.secrets();
     let Answer {
         source,
         name,
         client,
         call,
-        secrets,
         idle,
         ..
     } = answer;

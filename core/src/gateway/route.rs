@@ -262,9 +262,12 @@ pub async fn serve<'a>(
             _ => None,
         };
         // The attempt (or, hedged, the one whose head came first): its plan
-        // entry, its start, and its head (`None`: the client left).
+        // entry, its start, and its head (`None`: the client left). Each
+        // is assigned where it is made: an answer is a few hundred bytes,
+        // and each move through a future, a tuple or a binding is a copy.
         let mut cut_by_deadline = false;
-        let (i, started, mut head) = match hedge {
+        let mut head = None;
+        let (i, started) = match hedge {
             None => {
                 let step = plan[i];
                 let started = now;
@@ -276,32 +279,28 @@ pub async fn serve<'a>(
                 // connection, which cancels it.
                 let w = waits(step, deadline);
                 cut_by_deadline = w.first_token < step.route.timeouts.first_token;
-                let head = match deadline {
+                match deadline {
                     None => {
                         // Pinned in place: the race holds a reference, so
                         // the attempt's state is not moved into it.
                         let mut send =
                             pin!(attempt::send_until_head(call, step.target, provider, w));
-                        or(async { Some(send.as_mut().await) }, async {
-                            conn.closed().await;
-                            None
-                        })
-                        .await
+                        or(async { head = Some(send.as_mut().await) }, conn.closed()).await;
                     }
                     // Boxed: rare, and its timer would size every request.
                     Some(d) => {
                         let send = attempt::send_until_head(call, step.target, provider, w);
-                        Box::pin(or(
+                        head = Box::pin(or(
                             async { Some(within(d, &provider.name, send).await) },
                             async {
                                 conn.closed().await;
                                 None
                             },
                         ))
-                        .await
+                        .await;
                     }
-                };
-                (i, started, head)
+                }
+                (i, started)
             }
             Some((j, pb, after)) => {
                 // Boxed: two attempts' state would otherwise size every
@@ -330,7 +329,9 @@ pub async fn serve<'a>(
                 {
                     call.shard.balancer.note_ttft(alias, took);
                 }
-                h.head
+                let (k, started, answered) = h.head;
+                head = answered;
+                (k, started)
             }
         };
         let step = plan[i];
