@@ -1517,6 +1517,17 @@ impl LocalExecutor {
                         // test again here. We can't test *just* here because the main
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
+                    } else if spin_before_park.is_zero() {
+                        // Shardgate: no spin, so straight to the park, which
+                        // polls the rings, timers and channels itself and
+                        // does not sleep if any of them woke a task. The
+                        // spin's poll before it went over all of that a
+                        // first time, on every park: at partial load, once
+                        // or twice per request, and once per paced event.
+                        this.parker
+                            .park()
+                            .expect("Failed to park! This is actually pretty bad!");
+                        pre_time = Instant::now();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {
