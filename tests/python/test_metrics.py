@@ -75,6 +75,8 @@ def test_counters_and_histograms_equal_the_requests_sent(setup):
     assert value(s, "shardgate_tokens_total", model="mock-1", team="ml", type="input") == tokens_in
     assert value(s, "shardgate_tokens_total", model="mock-1", team="ml", type="output") == tokens_out
     assert value(s, "shardgate_cost_micros_total", model="mock-1", team="ml") == tokens_in * 1 + tokens_out * 2
+    # The team's spend is the same charge, summed over its models.
+    assert value(s, "shardgate_spend_micros_total", team="ml") == tokens_in * 1 + tokens_out * 2
     genai = dict(gen_ai_operation_name="chat", gen_ai_provider_name="up", gen_ai_request_model="demo",
                  gen_ai_response_model="mock-1")
     for name in ("gen_ai_server_request_duration_seconds", "gen_ai_server_time_to_first_token_seconds",

@@ -46,8 +46,6 @@ pub struct ShardStats {
     /// Fx, not SipHash: keys come from config, not from clients, and this
     /// is looked up once per attempt.
     targets: FxHashMap<String, TargetStats>,
-    /// Charged, by team (`""`: no team).
-    spend_micros: FxHashMap<String, u64>,
     /// Open client connections and requests in flight, per shard id (one
     /// entry in a shard's own snapshot; merged snapshots keep each shard's).
     open_connections: Vec<(usize, usize)>,
@@ -67,8 +65,8 @@ pub struct ShardStats {
     /// worst any shard reports (`open` over `half_open`). `None` until a
     /// serving shard's snapshot is in.
     circuits: Option<Vec<(String, &'static str)>>,
-    /// Requests and tokens by team (`""`: no team); spend is in
-    /// `spend_micros`.
+    /// Requests, tokens and spend by team (`""`: no team): one lookup a
+    /// request for all of them.
     teams: FxHashMap<String, Usage>,
     /// Requests and spend by key id (ids come from the key table).
     keys: FxHashMap<String, KeyUsage>,
@@ -120,6 +118,8 @@ pub struct Usage {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Charged, in micro-dollars.
+    pub spend_micros: u64,
 }
 
 #[derive(Clone, Default, Debug)]
@@ -198,7 +198,7 @@ impl ShardStats {
             bump(&mut self.errors, label, 1);
         }
         let micros = end.ended.duration_since(end.started).as_micros() as u64;
-        let i = match self.durations.iter().position(|d| d.0 == t.endpoint) {
+        let i = match self.durations.iter().position(|d| d.0.same(&t.endpoint)) {
             Some(i) => i,
             None => {
                 let Ok(micros) = Histogram::new_with_bounds(1, MAX_MICROS, 2) else {
@@ -268,6 +268,7 @@ impl ShardStats {
         usage.requests += 1;
         usage.input_tokens += input;
         usage.output_tokens += output;
+        usage.spend_micros += t.cost_micros;
         if let Some(actor) = &t.actor {
             let k = match self.keys.get_mut(actor.key_id.as_str()) {
                 Some(k) => k,
@@ -298,15 +299,6 @@ impl ShardStats {
                 reason,
                 model: t.alias.clone(),
             });
-        }
-        if t.cost_micros > 0 {
-            let team = team.unwrap_or("");
-            match self.spend_micros.get_mut(team) {
-                Some(s) => *s += t.cost_micros,
-                None => {
-                    self.spend_micros.insert(team.to_owned(), t.cost_micros);
-                }
-            }
         }
     }
 
@@ -433,9 +425,6 @@ impl ShardStats {
             mine.input_tokens.merge(&t.input_tokens);
             mine.output_tokens.merge(&t.output_tokens);
         }
-        for (team, n) in &other.spend_micros {
-            *self.spend_micros.entry(team.clone()).or_default() += n;
-        }
         self.open_connections
             .extend_from_slice(&other.open_connections);
         self.in_flight.extend_from_slice(&other.in_flight);
@@ -459,6 +448,7 @@ impl ShardStats {
             mine.requests += u.requests;
             mine.input_tokens += u.input_tokens;
             mine.output_tokens += u.output_tokens;
+            mine.spend_micros += u.spend_micros;
         }
         for (key, u) in &other.keys {
             let mine = self.keys.entry(key.clone()).or_insert_with(|| KeyUsage {
@@ -596,7 +586,14 @@ impl ShardStats {
                 );
             }
         }
-        let mut spend: Vec<_> = self.spend_micros.iter().collect();
+        // Teams that were charged (a team with no priced request has no
+        // series).
+        let mut spend: Vec<_> = self
+            .teams
+            .iter()
+            .filter(|(_, u)| u.spend_micros > 0)
+            .map(|(team, u)| (team, u.spend_micros))
+            .collect();
         spend.sort();
         out.push_str("# HELP shardgate_spend_micros_total Spend charged, in micro-dollars, by team.\n# TYPE shardgate_spend_micros_total counter\n");
         for (team, n) in spend {
@@ -718,10 +715,29 @@ fn operator_endpoint(endpoint: &str) -> bool {
 }
 
 /// Adds `n` to `key`'s count: a few keys each, so a scan beats a hash.
-fn bump<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K, n: u64) {
-    match counts.iter_mut().find(|c| c.0 == key) {
+fn bump<K: Label>(counts: &mut Vec<(K, u64)>, key: K, n: u64) {
+    match counts.iter_mut().find(|c| c.0.same(&key)) {
         Some(c) => c.1 += n,
         None => counts.push((key, n)),
+    }
+}
+
+/// A label key. Labels are `&'static str`s from fixed tables, so the same
+/// label is nearly always the same pointer: that is compared before the
+/// bytes.
+trait Label {
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl Label for &'static str {
+    fn same(&self, other: &Self) -> bool {
+        std::ptr::eq(*self, *other) || self == other
+    }
+}
+
+impl Label for (&'static str, u16) {
+    fn same(&self, other: &Self) -> bool {
+        self.1 == other.1 && self.0.same(&other.0)
     }
 }
 

@@ -53,7 +53,7 @@ impl ShardStats {
                     "requests": u.requests,
                     "input_tokens": u.input_tokens,
                     "output_tokens": u.output_tokens,
-                    "spend_usd": usd(self.spend_micros.get(team).copied().unwrap_or(0)),
+                    "spend_usd": usd(u.spend_micros),
                 })
             })
             .collect();
