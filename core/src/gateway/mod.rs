@@ -561,7 +561,7 @@ fn handle_api<'a, 'g, 'r>(
                 .and_then(|m| m.targets.first())
                 .map_or_else(|| alias.to_owned(), |t| t.model.clone())
         };
-        let admitted = match shard
+        let mut admitted = shard
             .admission
             .admit(
                 req,
@@ -570,17 +570,16 @@ fn handle_api<'a, 'g, 'r>(
                 facts.max_tokens,
                 &facts.tool_names,
             )
-            .await
+            .await;
+        if matches!(admitted, Err(Refusal::Unauthorized))
+            && shard.admission.presents_unknown_key(req)
         {
             // Boxed: a second admission inline would size every request's
             // future for a path a few requests take.
-            Err(Refusal::Unauthorized) if shard.admission.presents_unknown_key(req) => {
-                Box::pin(admit_after_reread(shard, req, &facts, &upstream_model))
-                    .await
-                    .unwrap_or(Err(Refusal::Unauthorized))
-            }
-            admitted => admitted,
-        };
+            admitted = Box::pin(admit_after_reread(shard, req, &facts, &upstream_model))
+                .await
+                .unwrap_or(Err(Refusal::Unauthorized));
+        }
         // Taken apart without an await, so that no part of the admission is
         // kept in the request's future past this point.
         let mut ticket = match admitted {
