@@ -269,22 +269,21 @@ fn upstream_reason(reason: &str, secrets: &KnownSecrets) -> String {
 /// A whole (non-streamed) response: read it to the end within the response
 /// size limit, then answer in one write.
 async fn full(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Result<Outcome, GatewayError> {
+    let (wire, secrets) = (answer.wire(), answer.secrets());
     let Answer {
         source,
         head,
         name,
         alias_line,
         target_lines,
-        http,
         reply,
         client,
         model,
         call,
         idle,
+        ..
     } = answer;
     let client = *client;
-    let wire = http.map(|h| &h.wire);
-    let secrets = http.map_or(&NO_SECRETS, |h| &h.secrets);
     let (shard, rid) = (call.shard, call.rid);
     let settings = shard.pool.settings();
     let read = futures_lite::future::or(
