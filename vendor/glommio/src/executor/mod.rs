@@ -1485,6 +1485,8 @@ impl LocalExecutor {
             pin!(future);
 
             let mut pre_time = Instant::now();
+            // Shardgate: the last turn ended in a park (see below).
+            let mut parked = false;
             loop {
                 if let Poll::Ready(t) = future.as_mut().poll(cx) {
                     // can't be canceled, and join handle is None only upon
@@ -1499,9 +1501,22 @@ impl LocalExecutor {
                 // requests that are latency sensitive we want them out of the
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
-                this.parker
-                    .poll_io(|| Some(this.contended_preempt_timer()))
-                    .expect("Failed to poll io! This is actually pretty bad!");
+                //
+                // Shardgate: not right after a park, unless task queues
+                // contend. The park (`Reactor::react`) has just consumed and
+                // flushed the rings and processed the timers and the shared
+                // channels, and this poll would do all of that again, the
+                // same `react` without the sleep, with nothing new to find
+                // but what arrived in between (the next park takes it). What
+                // only this poll does is arm the preemption timers, and it
+                // arms them only for contending queues.
+                if !std::mem::take(&mut parked)
+                    || this.contended_preempt_timer() != Duration::MAX
+                {
+                    this.parker
+                        .poll_io(|| Some(this.contended_preempt_timer()))
+                        .expect("Failed to poll io! This is actually pretty bad!");
+                }
 
                 // run user code
                 let run = this.run_task_queues();
@@ -1527,6 +1542,7 @@ impl LocalExecutor {
                         this.parker
                             .park()
                             .expect("Failed to park! This is actually pretty bad!");
+                        parked = true;
                         pre_time = Instant::now();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
