@@ -25,6 +25,7 @@ use crate::config::audit::Backpressure;
 use crate::handoff::Sender;
 use crate::record::{RequestEnd, ToolCallRecord};
 use crossbeam::channel::TrySendError;
+use line::key;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::task::{Poll, Waker};
@@ -242,73 +243,73 @@ impl ShardAudit {
         // Room for a usual event up front, not grown member by member.
         buf.reserve(EVENT_ROOM);
         let mut e = line::Object::open(&mut buf);
-        e.u64("v", u64::from(SCHEMA));
-        e.now("time", &self.clock);
-        e.str("kind", "request");
-        e.str("request_id", end.rid);
-        e.opt_str("trace_id", trace_id);
-        e.str("endpoint", t.endpoint);
+        e.u64(key!("v"), u64::from(SCHEMA));
+        e.now(key!("time"), &self.clock);
+        e.label(key!("kind"), "request");
+        e.str(key!("request_id"), end.rid);
+        e.opt_str(key!("trace_id"), trace_id);
+        e.label(key!("endpoint"), t.endpoint);
         match &t.actor {
-            Some(a) => e.object("actor", |o| {
-                o.str("key_id", &a.key_id);
-                o.opt_str("team", a.team.as_deref());
-                o.opt_str("tenant", a.tenant.as_deref());
-                o.opt_str("app", a.app.as_deref());
-                o.opt_str("environment", a.environment.as_deref());
+            Some(a) => e.object(key!("actor"), |o| {
+                o.str(key!("key_id"), &a.key_id);
+                o.opt_str(key!("team"), a.team.as_deref());
+                o.opt_str(key!("tenant"), a.tenant.as_deref());
+                o.opt_str(key!("app"), a.app.as_deref());
+                o.opt_str(key!("environment"), a.environment.as_deref());
             }),
-            None => e.raw("actor", b"null"),
+            None => e.raw(key!("actor"), b"null"),
         }
-        e.opt_str("model", t.alias.as_deref());
-        e.opt_str("provider", provider);
-        e.opt_str("upstream_model", upstream_model);
-        e.opt_u64("status", end.status.map(u64::from));
-        e.opt_str("error", end.error);
-        e.str("decision", decision);
-        e.objects("attempts", t.attempts.iter(), |o, a| {
+        e.opt_str(key!("model"), t.alias.as_deref());
+        e.opt_str(key!("provider"), provider);
+        e.opt_str(key!("upstream_model"), upstream_model);
+        e.opt_u64(key!("status"), end.status.map(u64::from));
+        e.opt_str(key!("error"), end.error);
+        e.label(key!("decision"), decision);
+        e.objects(key!("attempts"), t.attempts.iter(), |o, a| {
             let u = a.metered.as_ref().and_then(|m| m.usage).unwrap_or_default();
-            o.str("target", &a.target.served_by);
-            o.str("outcome", a.outcome.label());
-            o.millis("ms", a.ended.saturating_duration_since(a.started));
+            o.str(key!("target"), &a.target.served_by);
+            o.label(key!("outcome"), a.outcome.label());
+            o.millis(key!("ms"), a.ended.saturating_duration_since(a.started));
             o.opt_millis(
-                "first_byte_ms",
+                key!("first_byte_ms"),
                 a.head_at.map(|h| h.saturating_duration_since(a.started)),
             );
-            o.opt_u64("input_tokens", u.prompt_tokens);
-            o.opt_u64("output_tokens", u.completion_tokens);
-            o.opt_u64("cached_tokens", u.cached_tokens);
+            o.opt_u64(key!("input_tokens"), u.prompt_tokens);
+            o.opt_u64(key!("output_tokens"), u.completion_tokens);
+            o.opt_u64(key!("cached_tokens"), u.cached_tokens);
             if let Some(w) = u.cache_write_tokens {
-                o.u64("cache_write_tokens", w);
+                o.u64(key!("cache_write_tokens"), w);
             }
-            o.opt_bool("estimated", a.metered.as_ref().map(|m| m.estimated));
+            o.opt_bool(key!("estimated"), a.metered.as_ref().map(|m| m.estimated));
             // Read on to its usage after the client left.
             if a.metered.as_ref().is_some_and(|m| m.drained) {
-                o.raw("drained", b"true");
+                o.raw(key!("drained"), b"true");
             }
         });
-        e.object("tokens", |o| {
-            o.u64("input", input);
-            o.u64("output", output);
-            o.u64("cached", cached);
+        e.object(key!("tokens"), |o| {
+            o.u64(key!("input"), input);
+            o.u64(key!("output"), output);
+            o.u64(key!("cached"), cached);
         });
-        e.u64("cost_micros", t.cost_micros);
-        e.object("latency_ms", |o| {
-            o.millis("total", total);
+        e.u64(key!("cost_micros"), t.cost_micros);
+        e.object(key!("latency_ms"), |o| {
+            o.millis(key!("total"), total);
             o.opt_millis(
-                "first_byte",
+                key!("first_byte"),
                 end.first_byte
                     .map(|f| f.saturating_duration_since(end.started)),
             );
-            o.millis("upstream", upstream);
-            o.millis("overhead", total.saturating_sub(upstream));
+            o.millis(key!("upstream"), upstream);
+            o.millis(key!("overhead"), total.saturating_sub(upstream));
         });
         // Each guardrail check's verdict; absent for callers with none.
         if !t.guardrails.is_empty() {
-            e.serde("guardrails", &t.guardrails);
+            e.serde(key!("guardrails"), &t.guardrails);
         }
         // How the response cache served it; absent on routes without one.
         if let Some(c) = &t.cache {
             e.serde(
-                "cache",
+                key!("cache"),
                 &events::Cache {
                     result: c.result,
                     shared: c.shared,
