@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use shardgate_policy::{
-    decide, estimate_prompt_tokens, tokens, Actor, Counters, Decision, LeaseManager, PolicyEntry,
-    PolicySet, RateLimitHeaders, RequestFacts, Timestamp,
+    decide, estimate_prompt_tokens, tokens, Actor, ActorFields, Counters, Decision, LeaseManager,
+    PolicyEntry, PolicySet, RateLimitHeaders, RequestFacts, Timestamp,
 };
 
 const POLICIES: &str = r#"[
@@ -102,13 +102,13 @@ fn main() {
         Ok(s) => s,
         Err(e) => return eprintln!("bad policies: {e}"),
     };
-    let actor = Actor {
+    let actor = Actor::new(ActorFields {
         key_id: "sg-AAAAAAAA".into(),
         team: Some("support-platform".into()),
         tenant: Some("acme".into()),
         app: Some("helpdesk".into()),
         environment: Some("production".into()),
-    };
+    });
     let now = Timestamp(1_704_067_230_000);
     let tools = ["ticket.create_case", "billing.read_renewal_status"];
     let facts = RequestFacts {

@@ -356,8 +356,10 @@ fn settlement_from_usage() {
 #[test]
 fn no_policy_means_allow_and_no_headers() {
     let s = set();
-    let mut a = actor();
-    a.team = Some("other".into());
+    let a = crate::Actor::new(crate::ActorFields {
+        team: Some("other".into()),
+        ..(*actor()).clone()
+    });
     let r = s.resolve(&a);
     assert!(!r.needs_token_estimate());
     assert!(matches!(

@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
@@ -35,14 +37,72 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 #[error("invalid API key")]
 pub struct AuthError;
 
-/// Who is calling, as far as policy is concerned.
+/// Who is calling, as far as policy is concerned: [`ActorFields`] behind
+/// a shared handle. A key's actor is made once, when the key is loaded;
+/// each request clones the handle, not its strings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Actor {
+pub struct Actor(Arc<Made>);
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Made {
+    fields: ActorFields,
+    /// `fields` as the audit's JSON object; a function of `fields`.
+    json: Box<str>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ActorFields {
     pub key_id: String,
     pub team: Option<String>,
     pub tenant: Option<String>,
     pub app: Option<String>,
     pub environment: Option<String>,
+}
+
+impl Actor {
+    pub fn new(fields: ActorFields) -> Self {
+        use shardgate_proto::json::write_json_string;
+        let mut json = Vec::with_capacity(96);
+        json.extend_from_slice(b"{\"key_id\":");
+        write_json_string(&mut json, &fields.key_id);
+        for (key, v) in [
+            (&b",\"team\":"[..], &fields.team),
+            (b",\"tenant\":", &fields.tenant),
+            (b",\"app\":", &fields.app),
+            (b",\"environment\":", &fields.environment),
+        ] {
+            json.extend_from_slice(key);
+            match v {
+                Some(v) => write_json_string(&mut json, v),
+                None => json.extend_from_slice(b"null"),
+            }
+        }
+        json.push(b'}');
+        // Only whole UTF-8 strings and ASCII went in.
+        let json = String::from_utf8(json).unwrap_or_default().into_boxed_str();
+        Actor(Arc::new(Made { fields, json }))
+    }
+
+    /// The actor as one JSON object (`key_id`, `team`, `tenant`, `app`,
+    /// `environment`; null where unset), escaped when the actor was made:
+    /// what the audit log writes for every request.
+    pub fn json(&self) -> &str {
+        &self.0.json
+    }
+}
+
+impl Deref for Actor {
+    type Target = ActorFields;
+
+    fn deref(&self) -> &ActorFields {
+        &self.0.fields
+    }
+}
+
+impl From<ActorFields> for Actor {
+    fn from(fields: ActorFields) -> Self {
+        Actor::new(fields)
+    }
 }
 
 /// SHA-256 of a key's full text. Equality is constant time.
@@ -152,13 +212,13 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     pub fn actor(&self) -> Actor {
-        Actor {
+        Actor::new(ActorFields {
             key_id: self.key_id.clone(),
             team: self.team.clone(),
             tenant: self.tenant.clone(),
             app: self.app.clone(),
             environment: self.environment.clone(),
-        }
+        })
     }
 
     /// Not revoked and not expired at `now`.
@@ -282,7 +342,14 @@ pub enum KeyStoreError {
 /// it whole on reload; this type never does IO.
 #[derive(Debug, Clone, Default)]
 pub struct KeyStore {
-    by_id: HashMap<String, KeyRecord>,
+    by_id: HashMap<String, Entry>,
+}
+
+/// A key and the actor every request with it is made by (made once).
+#[derive(Debug, Clone)]
+struct Entry {
+    record: KeyRecord,
+    actor: Actor,
 }
 
 impl KeyStore {
@@ -313,15 +380,16 @@ impl KeyStore {
         if self.by_id.contains_key(id) {
             return Err(KeyStoreError::DuplicateKeyId(id.clone()));
         }
-        self.by_id.insert(id.clone(), record);
+        let actor = record.actor();
+        self.by_id.insert(id.clone(), Entry { record, actor });
         Ok(())
     }
 
     /// Marks a key revoked; returns false if there is no such key id.
     pub fn revoke(&mut self, key_id: &str) -> bool {
         match self.by_id.get_mut(key_id) {
-            Some(r) => {
-                r.revoked = true;
+            Some(e) => {
+                e.record.revoked = true;
                 true
             }
             None => false,
@@ -329,7 +397,7 @@ impl KeyStore {
     }
 
     pub fn get(&self, key_id: &str) -> Option<&KeyRecord> {
-        self.by_id.get(key_id)
+        self.by_id.get(key_id).map(|e| &e.record)
     }
 
     pub fn len(&self) -> usize {
@@ -358,11 +426,11 @@ impl KeyStore {
     /// compared in constant time; an unknown id still costs one compare.
     pub fn lookup(&self, key_id: &str, hash: &KeyHash, now: Timestamp) -> Result<Actor, AuthError> {
         const NOT_A_HASH: KeyHash = KeyHash([0u8; 32]);
-        let record = self.by_id.get(key_id);
-        let stored = record.map_or(&NOT_A_HASH, |r| &r.hash);
+        let entry = self.by_id.get(key_id);
+        let stored = entry.map_or(&NOT_A_HASH, |e| &e.record.hash);
         let hash_ok = stored == hash;
-        match record {
-            Some(r) if hash_ok && r.is_live(now) => Ok(r.actor()),
+        match entry {
+            Some(e) if hash_ok && e.record.is_live(now) => Ok(e.actor.clone()),
             _ => Err(AuthError),
         }
     }

@@ -151,3 +151,29 @@ fn credential_from_headers() {
     assert_eq!(parse_credential(None, None), Err(AuthError));
     assert_eq!(parse_credential(None, Some(b"\xff\xfe")), Err(AuthError));
 }
+
+/// The audit's actor object is what serde_json writes for the same
+/// fields, escapes and nulls included.
+#[test]
+fn an_actors_json_is_its_fields_escaped() {
+    let fields = ActorFields {
+        key_id: "sg-AAAAAAAA".into(),
+        team: Some("r&d \"core\"\n\u{1}é".into()),
+        tenant: None,
+        app: Some("a\\b".into()),
+        environment: None,
+    };
+    let actor = Actor::new(fields.clone());
+    let parsed: serde_json::Value = serde_json::from_str(actor.json()).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!({
+            "key_id": "sg-AAAAAAAA", "team": fields.team, "tenant": null,
+            "app": "a\\b", "environment": null,
+        })
+    );
+    assert!(actor
+        .json()
+        .starts_with(r#"{"key_id":"sg-AAAAAAAA","team":"r&d \"core\"\n\u0001é","tenant":null"#));
+    assert_eq!(*actor, fields);
+}

@@ -57,8 +57,8 @@ pub use decide::{
 };
 pub use glob::{Glob, Patterns};
 pub use identity::{
-    is_well_formed, issue_key, parse_credential, Actor, AuthError, IssuedKey, KeyHash, KeyOwner,
-    KeyRecord, KeyStore, KeyStoreError, KEY_ID_LEN,
+    is_well_formed, issue_key, parse_credential, Actor, ActorFields, AuthError, IssuedKey, KeyHash,
+    KeyOwner, KeyRecord, KeyStore, KeyStoreError, KEY_ID_LEN,
 };
 pub use lease::{
     owner_shard, same_window, Lease, LeaseManager, LocalQuota, Quota, QuotaSource, Take, ToOwner,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::PolicyEntry;
+use crate::ActorFields;
 
 /// The vendor-neutral example, verbatim apart from the leading `- `.
 pub(crate) const SEED_YAML: &str = "
@@ -30,13 +31,13 @@ pub(crate) const SEED_YAML: &str = "
 ";
 
 pub(crate) fn actor(team: &str, env: &str) -> Actor {
-    Actor {
+    Actor::new(ActorFields {
         key_id: "sg-AAAAAAAA".into(),
         team: Some(team.into()),
         tenant: Some("acme".into()),
         app: Some("helpdesk".into()),
         environment: Some(env.into()),
-    }
+    })
 }
 
 fn set(yaml: &str) -> PolicySet {
@@ -124,8 +125,10 @@ fn scope_matching() {
         0
     );
     assert_eq!(s.resolve(&actor("sales", "production")).policies().len(), 0);
-    let mut no_env = actor("support-platform", "production");
-    no_env.environment = None;
+    let no_env = Actor::new(ActorFields {
+        environment: None,
+        ..(*actor("support-platform", "production")).clone()
+    });
     assert_eq!(s.resolve(&no_env).policies().len(), 0);
 }
 
@@ -296,8 +299,10 @@ fn tools_deny_wins_and_every_allow_list() {
     // Allowed by the team glob but not by the key's list.
     assert!(!r.tool_allowed("ticket.update_case"));
     // Without the key policy, the team glob suffices.
-    let mut other_key = actor("support-platform", "production");
-    other_key.key_id = "sg-BBBBBBBB".into();
+    let other_key = Actor::new(ActorFields {
+        key_id: "sg-BBBBBBBB".into(),
+        ..(*actor("support-platform", "production")).clone()
+    });
     let r = s.resolve(&other_key);
     assert!(r.tool_allowed("ticket.update_case"));
     assert!(!r.tool_allowed("account.delete_user"));
@@ -313,8 +318,10 @@ fn audit_combination() {
     assert!(!a.log_tool_calls);
     let a = s.resolve(&actor("support-platform", "staging")).audit();
     assert_eq!(a.log_prompts, PromptLogging::Full);
-    let mut outsider = actor("x", "y");
-    outsider.tenant = Some("other".into());
+    let outsider = Actor::new(ActorFields {
+        tenant: Some("other".into()),
+        ..(*actor("x", "y")).clone()
+    });
     let a = s.resolve(&outsider).audit();
     assert_eq!(a, EffectiveAudit::default());
 }
@@ -327,12 +334,14 @@ fn a_policy_cache_word_is_read_at_compile_and_out_wins() {
 - ai_runtime_policy: {name: out, actor_scope: {team: a, app: x}, cache: false}
 - ai_runtime_policy: {name: plain, actor_scope: {team: b}, cache: true}
 ");
-    let actor = |team: &str, app: Option<&str>| Actor {
-        key_id: "k".into(),
-        team: Some(team.into()),
-        tenant: None,
-        app: app.map(Into::into),
-        environment: None,
+    let actor = |team: &str, app: Option<&str>| {
+        Actor::new(ActorFields {
+            key_id: "k".into(),
+            team: Some(team.into()),
+            tenant: None,
+            app: app.map(Into::into),
+            environment: None,
+        })
     };
     let five = Some(std::time::Duration::from_secs(300));
     assert_eq!(

@@ -110,7 +110,7 @@ pub(crate) fn decide_with<'a>(
 #[cfg(test)]
 mod tests {
     use crate::config::{PolicyEntry, ToolScope};
-    use crate::identity::Actor;
+    use crate::identity::{Actor, ActorFields};
     use crate::tools::{ToolRule, ToolVerdict};
     use crate::PolicySet;
 
@@ -120,13 +120,13 @@ mod tests {
     }
 
     fn actor() -> Actor {
-        Actor {
+        Actor::new(ActorFields {
             key_id: "k1".into(),
             team: Some("support".into()),
             tenant: None,
             app: None,
             environment: None,
-        }
+        })
     }
 
     #[test]

@@ -22,8 +22,8 @@ use crate::server::Request;
 use crate::store::{UsageRecord, UsageSender, UsageState, UsageTotals};
 use rustc_hash::{FxHashMap, FxHashSet};
 use shardgate_policy::{
-    decide, estimate_prompt_tokens, owner_shard, parse_credential, Actor, Counters, Decision,
-    DenyReason, KeyStore, LeaseManager, LimitKind, Limits, LocalQuota, PolicySet, Price,
+    decide, estimate_prompt_tokens, owner_shard, parse_credential, Actor, ActorFields, Counters,
+    Decision, DenyReason, KeyStore, LeaseManager, LimitKind, Limits, LocalQuota, PolicySet, Price,
     PricingTable, Quota, RateLimitHeaders, RequestFacts, Reservation, Resolved, Settlement, Take,
     Timestamp, ToOwner,
 };
@@ -257,6 +257,9 @@ pub struct Admission {
     /// The store was reachable at the node thread's last word.
     cluster_up: Cell<bool>,
     live_nodes: Cell<u64>,
+    /// The actor of every request when auth is off (policies without
+    /// keys), made once.
+    anonymous: Actor,
 }
 
 pub fn now() -> Timestamp {
@@ -291,6 +294,10 @@ impl Admission {
             cluster: RefCell::new(None),
             cluster_up: Cell::new(true),
             live_nodes: Cell::new(1),
+            anonymous: Actor::new(ActorFields {
+                key_id: ANONYMOUS.to_owned(),
+                ..ActorFields::default()
+            }),
         }
     }
 
@@ -353,13 +360,7 @@ impl Admission {
 
     fn actor(&self, req: &Request, now: Timestamp) -> Result<Actor, Refusal> {
         match self.mode.get() {
-            AuthMode::None => Ok(Actor {
-                key_id: ANONYMOUS.to_owned(),
-                team: None,
-                tenant: None,
-                app: None,
-                environment: None,
-            }),
+            AuthMode::None => Ok(self.anonymous.clone()),
             AuthMode::Keys => {
                 let presented =
                     parse_credential(req.header("authorization"), req.header("x-api-key"))

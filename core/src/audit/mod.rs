@@ -249,16 +249,12 @@ impl ShardAudit {
         e.str(key!("request_id"), end.rid);
         e.opt_str(key!("trace_id"), trace_id);
         e.label(key!("endpoint"), t.endpoint);
-        match &t.actor {
-            Some(a) => e.object(key!("actor"), |o| {
-                o.str(key!("key_id"), &a.key_id);
-                o.opt_str(key!("team"), a.team.as_deref());
-                o.opt_str(key!("tenant"), a.tenant.as_deref());
-                o.opt_str(key!("app"), a.app.as_deref());
-                o.opt_str(key!("environment"), a.environment.as_deref());
-            }),
-            None => e.raw(key!("actor"), b"null"),
-        }
+        // Escaped once, when the key was loaded.
+        let actor = t
+            .actor
+            .as_ref()
+            .map_or(&b"null"[..], |a| a.json().as_bytes());
+        e.raw(key!("actor"), actor);
         e.opt_str(key!("model"), t.alias.as_deref());
         e.opt_str(key!("provider"), provider);
         e.opt_str(key!("upstream_model"), upstream_model);

@@ -216,22 +216,22 @@ mod tests {
     use super::*;
 
     fn actor(tenant: Option<&str>, team: Option<&str>) -> Actor {
-        Actor {
+        Actor::new(shardgate_policy::ActorFields {
             key_id: "k1".into(),
             team: team.map(Into::into),
             tenant: tenant.map(Into::into),
             app: None,
             environment: None,
-        }
+        })
     }
 
     #[test]
     fn a_scope_never_spans_tenants_unless_global() {
         let acme_ml = actor(Some("acme"), Some("ml"));
-        let globex_ml = Actor {
+        let globex_ml = Actor::new(shardgate_policy::ActorFields {
             key_id: "k2".into(),
-            ..actor(Some("globex"), Some("ml"))
-        };
+            ..(*actor(Some("globex"), Some("ml"))).clone()
+        });
         for scope in [CacheScope::Tenant, CacheScope::Team, CacheScope::Key] {
             assert_ne!(
                 scope_of(scope, Some(&acme_ml)),

@@ -644,13 +644,13 @@ mod tests {
         );
         let entries: Vec<PolicyEntry> = serde_yaml_ng::from_str(&yaml).unwrap();
         let set = Rc::new(PolicySet::compile(&entries).unwrap());
-        let actor = Actor {
+        let actor = Actor::new(shardgate_policy::ActorFields {
             key_id: "k".into(),
             team: None,
             tenant: None,
             app: None,
             environment: None,
-        };
+        });
         ToolGuard::new(set, &actor, client, "r1", None).unwrap()
     }
 
