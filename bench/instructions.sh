@@ -8,7 +8,7 @@
 #
 #   bench/instructions.sh [--gateway BIN (default: this tree's, built)] [--seconds 10]
 #       [--endpoint /v1/chat/completions] [--keep-turns] [--keep-out DIR]
-#       [--audit] [--auth] [--mcp] [--rate R] [--stream]
+#       [--audit] [--auth] [--mcp] [--rate R] [--stream] [--nginx]
 #
 # --rate R counts an open loop at R requests a second instead of the closed
 # loop: the gateway under callgrind saturates near 3,000 req/s, so at 200
@@ -31,6 +31,10 @@
 # streamed event: the relay of events that arrive one read each, as a real
 # model's do.
 # --keep-out DIR keeps callgrind's profiles there, for callgrind_annotate.
+# --nginx counts nginx instead (one process, no master, the same keep-alive
+# proxy to the same mock as compare-rate.sh's), under the same load: the
+# peer's user-space instructions a request or event, noise-free, to set
+# beside the gateway's. Not with --auth, --audit or --keep-turns.
 #
 # Needs valgrind (Debian: apt-get install valgrind). The gateway runs ~50x
 # slower under callgrind; the figure is per request, so that does not matter.
@@ -49,6 +53,7 @@ AUDIT=
 AUTH=
 RATE=
 STREAM=
+NGINX=
 CONNECTIONS=64
 MOCK_ARGS=()
 LOAD=(--model demo --max-tokens 16)
@@ -63,12 +68,18 @@ while [[ $# -gt 0 ]]; do
     --auth) AUTH=1; shift ;;
     --mcp) ENDPOINT=/mcp LOAD=(--api mcp --model mock.echo); shift ;;
     --rate) RATE=$2; shift 2 ;;
+    --nginx) NGINX=1; shift ;;
     --stream) STREAM=1 CONNECTIONS=100 MOCK_ARGS=(--tps 20 --output-tokens 40)
       LOAD=(--model demo --max-tokens 40 --stream); shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
+if [[ -n $NGINX ]]; then
+  command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install -y nginx-light)" >&2; exit 1; }
+  [[ -z $AUTH$AUDIT && $STORE_EXTRA ]] \
+    || { echo "--nginx does not go with --auth, --audit or --keep-turns" >&2; exit 2; }
+fi
 # The tree's own gateway is built first (nothing to do when it is fresh), so
 # a figure is never from a stale binary; --gateway measures that one as is.
 if [[ -z $GATEWAY_BIN ]]; then
@@ -107,12 +118,64 @@ fi
 # (core/src/tunables.rs), given up front on every CPU: valgrind does not
 # follow execve. Large copies then count as the vector loop's instructions,
 # not `rep movsb`'s: figures before c97037e are ~20 lower a request.
-GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
-  "$GATEWAY_BIN" serve --config "$WORK/gw.yaml" --no-pin >"$WORK/gw.out" 2>"$WORK/gw.err" &
-GW_PID=$!
-PIDS+=("$GW_PID")
-GW_PORT=$(wait_port "$WORK/gw.out" "shardgate listening on" "$GW_PID")
+if [[ -z $NGINX ]]; then
+  GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+    "$GATEWAY_BIN" serve --config "$WORK/gw.yaml" --no-pin >"$WORK/gw.out" 2>"$WORK/gw.err" &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  GW_PORT=$(wait_port "$WORK/gw.out" "shardgate listening on" "$GW_PID")
+else
+  # start_nginx's proxy (bench/lib.sh), as one process: valgrind follows
+  # no fork, and one worker is one shard.
+  GW_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<CONF
+$([[ $(id -u) -ne 0 ]] || echo "user root;")
+worker_processes 1;
+daemon off;
+master_process off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx/client_body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream mock {
+    server 127.0.0.1:$MOCK_PORT;
+    keepalive 256;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$GW_PORT reuseport;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer k";
+      proxy_buffering off;
+    }
+  }
+}
+CONF
+  GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+    nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
+    >"$WORK/gw.out" 2>"$WORK/gw.err" &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$GW_PORT") 2>/dev/null && break
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/gw.err" "$WORK/nginx/error.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  GATEWAY_BIN=$(command -v nginx)
+fi
 
 # Warm up (pools, buffers, lazily built tables), then count one load run.
 "$BENCH" run --url "http://127.0.0.1:$GW_PORT$ENDPOINT" \
@@ -130,7 +193,7 @@ kill -9 "$GW_PID" 2>/dev/null || true
 requests=$(grep -oE '^requests: [0-9]+' "$WORK/load.txt" | grep -oE '[0-9]+$')
 instructions=$(grep -h '^summary:' "$WORK"/cg.out.* | grep -oE '[0-9]+$')
 [[ -z $KEEP_OUT ]] || { mkdir -p "$KEEP_OUT"; cp "$WORK"/cg.out.* "$KEEP_OUT"/; }
-echo "gateway: $GATEWAY_BIN ($ENDPOINT)"
+echo "$([[ -n $NGINX ]] && echo nginx || echo gateway): $GATEWAY_BIN ($ENDPOINT)"
 echo "requests: $requests, user-space instructions: $instructions"
 awk -v i="$instructions" -v r="$requests" 'BEGIN { printf "instructions per request: %.0f\n", i / r }'
 if [[ -n $STREAM ]]; then
