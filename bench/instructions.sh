@@ -8,7 +8,7 @@
 #
 #   bench/instructions.sh [--gateway BIN (default: this tree's, built)] [--seconds 10]
 #       [--endpoint /v1/chat/completions] [--keep-turns] [--keep-out DIR]
-#       [--audit] [--auth] [--mcp] [--rate R] [--stream] [--nginx]
+#       [--audit] [--auth] [--mcp] [--rate R] [--stream] [--nginx] [--cache]
 #
 # --rate R counts an open loop at R requests a second instead of the closed
 # loop: the gateway under callgrind saturates near 3,000 req/s, so at 200
@@ -31,6 +31,10 @@
 # streamed event: the relay of events that arrive one read each, as a real
 # model's do.
 # --keep-out DIR keeps callgrind's profiles there, for callgrind_annotate.
+# --cache also simulates the caches (callgrind --cache-sim, this CPU's L1
+# sizes, no prefetch) and prints the L1 instruction and data misses per
+# request or event: where two proxies run about as many instructions, the
+# misses say which one's code and data outgrow the L1 on each request.
 # --nginx counts nginx instead (one process, no master, the same keep-alive
 # proxy to the same mock as compare-rate.sh's), under the same load: the
 # peer's user-space instructions a request or event, noise-free, to set
@@ -54,6 +58,7 @@ AUTH=
 RATE=
 STREAM=
 NGINX=
+CACHE_SIM=()
 CONNECTIONS=64
 MOCK_ARGS=()
 LOAD=(--model demo --max-tokens 16)
@@ -69,6 +74,7 @@ while [[ $# -gt 0 ]]; do
     --mcp) ENDPOINT=/mcp LOAD=(--api mcp --model mock.echo); shift ;;
     --rate) RATE=$2; shift 2 ;;
     --nginx) NGINX=1; shift ;;
+    --cache) CACHE_SIM=(--cache-sim=yes); shift ;;
     --stream) STREAM=1 CONNECTIONS=100 MOCK_ARGS=(--tps 20 --output-tokens 40)
       LOAD=(--model demo --max-tokens 40 --stream); shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -120,7 +126,7 @@ fi
 # not `rep movsb`'s: figures before c97037e are ~20 lower a request.
 if [[ -z $NGINX ]]; then
   GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+    valgrind --tool=callgrind "${CACHE_SIM[@]}" --callgrind-out-file="$WORK/cg.out" \
     "$GATEWAY_BIN" serve --config "$WORK/gw.yaml" --no-pin >"$WORK/gw.out" 2>"$WORK/gw.err" &
   GW_PID=$!
   PIDS+=("$GW_PID")
@@ -164,7 +170,7 @@ http {
 }
 CONF
   GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+    valgrind --tool=callgrind "${CACHE_SIM[@]}" --callgrind-out-file="$WORK/cg.out" \
     nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
     >"$WORK/gw.out" 2>"$WORK/gw.err" &
   GW_PID=$!
@@ -191,7 +197,9 @@ sleep 1
 kill -9 "$GW_PID" 2>/dev/null || true
 
 requests=$(grep -oE '^requests: [0-9]+' "$WORK/load.txt" | grep -oE '[0-9]+$')
-instructions=$(grep -h '^summary:' "$WORK"/cg.out.* | grep -oE '[0-9]+$')
+# The summary's first figure is Ir (the instructions); with --cache the
+# misses follow it, named by the `events:` line.
+instructions=$(awk '/^summary:/ { n += $2 } END { print n }' "$WORK"/cg.out.*)
 [[ -z $KEEP_OUT ]] || { mkdir -p "$KEEP_OUT"; cp "$WORK"/cg.out.* "$KEEP_OUT"/; }
 echo "$([[ -n $NGINX ]] && echo nginx || echo gateway): $GATEWAY_BIN ($ENDPOINT)"
 echo "requests: $requests, user-space instructions: $instructions"
@@ -200,4 +208,16 @@ if [[ -n $STREAM ]]; then
   # Each stream: a role chunk, 40 token chunks, a finish chunk, a usage
   # chunk and [DONE].
   awk -v i="$instructions" -v r="$requests" 'BEGIN { printf "instructions per streamed event: %.0f (44 a stream)\n", i / r / 44 }'
+fi
+if ((${#CACHE_SIM[@]})); then
+  # Per request, or per event with --stream (44 a stream).
+  awk -v r="$requests" -v per="$([[ -n $STREAM ]] && echo 44 || echo 1)" '
+    /^events:/ { for (i = 2; i <= NF; i++) name[i] = $i }
+    /^summary:/ { for (i = 2; i <= NF; i++) sum[name[i]] += $i }
+    END {
+      what = per == 1 ? "request" : "streamed event"
+      printf "L1 instruction misses per %s: %.0f\n", what, sum["I1mr"] / r / per
+      printf "L1 data misses per %s: %.0f (%.0f reads, %.0f writes)\n", what,
+        (sum["D1mr"] + sum["D1mw"]) / r / per, sum["D1mr"] / r / per, sum["D1mw"] / r / per
+    }' "$WORK"/cg.out.*
 fi
