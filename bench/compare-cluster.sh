@@ -43,7 +43,6 @@ raise_nofile 65536
 cd "$ROOT"
 build_release
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 start_mock "$MOCK_CPUS" "$MOCK_SHARDS"
 REDIS_PORT=$(free_port)

@@ -50,10 +50,6 @@ source "$ROOT/bench/lib.sh"
 bench_init compare-nginx
 KEY=bench-key
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # CPU split: servers on the first CPUs, the load generator on the rest.
 NPROC=$(nproc)
 if ((NPROC >= 2)); then

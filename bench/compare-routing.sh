@@ -52,7 +52,6 @@ raise_nofile 65536
 cd "$ROOT"
 build_release
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Two mocks: a plain one (failover, lowest_latency), and a fleet with an
 # exponential time to first token (hedging).

@@ -132,43 +132,10 @@ if [[ -z $NGINX ]]; then
   PIDS+=("$GW_PID")
   GW_PORT=$(wait_port "$WORK/gw.out" "shardgate listening on" "$GW_PID")
 else
-  # start_nginx's proxy (bench/lib.sh), as one process: valgrind follows
-  # no fork, and one worker is one shard.
-  GW_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  mkdir -p "$WORK/nginx"
-  cat >"$WORK/nginx/nginx.conf" <<CONF
-$([[ $(id -u) -ne 0 ]] || echo "user root;")
-worker_processes 1;
-daemon off;
-master_process off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $WORK/nginx/client_body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  upstream mock {
-    server 127.0.0.1:$MOCK_PORT;
-    keepalive 256;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$GW_PORT reuseport;
-    location / {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer k";
-      proxy_buffering off;
-    }
-  }
-}
-CONF
+  # start_nginx's proxy (bench/lib.sh), as one process, one worker (one
+  # shard), with the key the mock requires.
+  GW_PORT=$(free_port)
+  KEY=k nginx_conf "$GW_PORT" 1 "$CONNECTIONS" 256 off
   GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
     valgrind --tool=callgrind "${CACHE_SIM[@]}" --callgrind-out-file="$WORK/cg.out" \
     nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \

@@ -120,14 +120,20 @@ YAML
   log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID, cpus $cpus, $shards shard(s))"
 }
 
-# start_nginx CPUS WORKERS CONNECTIONS KEEPALIVE: nginx with the gateway's
-# job (keep-alive upstream, the key injected, no buffering so streams flow
-# event by event), one listening socket per worker (reuseport, as the
-# gateway's SO_REUSEPORT), keep-alive never cut by a request count. Sets
-# NGINX_PID NGINX_PORT NGINX_WORKERS (comma-separated worker pids).
-start_nginx() {
-  local cpus=$1 workers=$2 conns=$3 keepalive=$4 port user_line="" i n
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# free_port: a TCP port free on 127.0.0.1 now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# nginx_conf PORT WORKERS CONNECTIONS KEEPALIVE MASTER: writes
+# $WORK/nginx/nginx.conf for nginx with the gateway's job in front of the
+# mock ($MOCK_PORT): keep-alive upstream, the key ($KEY) injected, no
+# buffering so streams flow event by event, one listening socket per
+# worker (reuseport, as the gateway's SO_REUSEPORT), keep-alive never cut
+# by a request count. MASTER is on, or off for one process (valgrind
+# follows no fork).
+nginx_conf() {
+  local port=$1 workers=$2 conns=$3 keepalive=$4 master=$5 user_line=""
   mkdir -p "$WORK/nginx"
   if [[ $(id -u) -eq 0 ]]; then user_line="user root;"; fi
   cat >"$WORK/nginx/nginx.conf" <<CONF
@@ -135,7 +141,7 @@ $user_line
 worker_processes $workers;
 worker_rlimit_nofile $((conns * 2 + 1024));
 daemon off;
-master_process on;
+master_process $master;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events { worker_connections $((conns * 2 + 512)); }
@@ -164,6 +170,15 @@ http {
   }
 }
 CONF
+}
+
+# start_nginx CPUS WORKERS CONNECTIONS KEEPALIVE: nginx_conf's proxy, run
+# on CPUS. Sets NGINX_PID NGINX_PORT NGINX_WORKERS (comma-separated worker
+# pids).
+start_nginx() {
+  local cpus=$1 workers=$2 conns=$3 keepalive=$4 port i n
+  port=$(free_port)
+  nginx_conf "$port" "$workers" "$conns" "$keepalive" on
   taskset -c "$cpus" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
     >"$WORK/nginx.out" 2>&1 &
   NGINX_PID=$!

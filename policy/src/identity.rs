@@ -99,12 +99,6 @@ impl Deref for Actor {
     }
 }
 
-impl From<ActorFields> for Actor {
-    fn from(fields: ActorFields) -> Self {
-        Actor::new(fields)
-    }
-}
-
 /// SHA-256 of a key's full text. Equality is constant time.
 #[derive(Clone, Copy)]
 pub struct KeyHash(pub [u8; 32]);
