@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Builds the gateway with profile-guided optimization: an instrumented build
+# serves a training load from shardgate-bench (chat, streams, Anthropic,
+# MCP, keyed and audited requests, saturated and at a partial rate), then
+# the release build is compiled again with that profile. LLVM then lays the
+# hot path out contiguously and moves cold blocks (errors, slow paths) out
+# of it, so a request touches fewer instruction cache lines: at partial
+# load each request runs its code path from a cold cache, which is where
+# the gateway's CPU per request lost to nginx's.
+#
+#   bench/pgo.sh [--out DIR] [--seconds 3]
+#
+# Needs llvm-profdata of the LLVM major version rustc was built with
+# (`rustc -vV`): Debian's llvm-NN package, or rustup's llvm-tools. Writes
+# DIR/release/shardgate (default DIR: target/pgo) with a copy of
+# shardgate-bench beside it, so every bench script runs it with
+# `CARGO_TARGET_DIR=DIR bench/<script>.sh --no-build`. The profile itself is
+# DIR/shardgate.profdata.
+set -euo pipefail
+
+OUT_DIR=
+SECONDS_EACH=3
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --out) OUT_DIR=$2; shift 2 ;;
+    --seconds) SECONDS_EACH=$2; shift 2 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+bench_init pgo
+cd "$ROOT"
+OUT_DIR=$(realpath -m "${OUT_DIR:-$ROOT/target/pgo}")
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+
+# The profile format follows LLVM's version: only rustc's own major reads it.
+find_profdata() {
+  local candidate
+  for candidate in "llvm-profdata-$LLVM_MAJOR" llvm-profdata \
+    "$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata"; do
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    if "$candidate" --version 2>/dev/null | grep -q "LLVM version $LLVM_MAJOR\."; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+PROFDATA=$(find_profdata) || {
+  log "no llvm-profdata for LLVM $LLVM_MAJOR (Debian: apt-get install llvm-$LLVM_MAJOR)"
+  exit 1
+}
+
+# --target keeps the flags off build scripts and proc macros, which would
+# otherwise write profiles of their own while compiling.
+build_gateway() {
+  local target_dir=$1 flags=$2
+  RUSTFLAGS="${RUSTFLAGS:-} $flags" CARGO_TARGET_DIR=$target_dir \
+    cargo build --release --target "$HOST" -p shardgate-core --bin shardgate
+}
+
+# A fixed path keeps the flags, and so the instrumented build, the same
+# from one run to the next.
+RAW=$ROOT/target/pgo-generate/profraw
+log "building the load generator and the instrumented gateway"
+cargo build --release -p shardgate-bench
+BENCH=$ROOT/target/release/shardgate-bench
+build_gateway "$ROOT/target/pgo-generate" "-Cprofile-generate=$RAW"
+GATEWAY_BIN=$ROOT/target/pgo-generate/$HOST/release/shardgate
+rm -rf "$RAW"
+
+KEY=bench-key
+# The gateway on a CPU of its own where there are two, so that the profile
+# sees the parks and wake-ups of partial load as well as saturation.
+cpu_layout 1 || { read -r PROXY_CPUS _ <<<"$(allowed_cpus)"; MOCK_CPUS=$PROXY_CPUS LOAD_CPUS=$PROXY_CPUS; }
+start_mock "$MOCK_CPUS" 1
+PLAIN_PORT=$MOCK_PORT
+start_mock "$MOCK_CPUS" 1 --tps 20 --output-tokens 40
+PACED_PORT=$MOCK_PORT
+
+# One training load; a load that errors would train the error path instead.
+load() {
+  taskset -c "$LOAD_CPUS" "$BENCH" run --duration "${SECONDS_EACH}s" --warmup 500ms --shards 1 --json "$@" \
+    | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+n, errors = r["requests"], r["errors_total"]
+args = sys.argv[1:]
+for i, arg in enumerate(args[:-1]):
+    if arg == "--api-key":
+        args[i + 1] = "..."
+print("pgo: %8d requests, %d errors: %s" % (n, errors, " ".join(args)), file=sys.stderr)
+sys.exit(1 if errors or not n else 0)
+' "$@"
+}
+
+# Traffic as operators run it: open and keyed callers, both dialects,
+# streamed and not, MCP, saturated and paced.
+train() {
+  local base=http://127.0.0.1:$GW_PORT key=${1:-}
+  local auth=()
+  [[ -n $key ]] && auth=(--api-key "$key")
+  load --url "$base/v1/chat/completions" --connections 64 "${auth[@]}"
+  load --url "$base/v1/chat/completions" --connections 64 --rate 2000 "${auth[@]}"
+  load --url "$base/v1/chat/completions" --connections 64 --stream "${auth[@]}"
+  load --url "$base/v1/chat/completions" --connections 400 --stream --model paced \
+    --ramp-up 400ms "${auth[@]}"
+  load --url "$base/v1/messages" --connections 32 "${auth[@]}"
+  load --url "$base/v1/messages" --connections 32 --stream "${auth[@]}"
+  if [[ -z $key ]]; then
+    load --url "$base/mcp" --api mcp --model mock.echo --api-key "$KEY" --connections 1
+    load --url "$base/mcp" --api mcp --model mock.echo --api-key "$KEY" --connections 64
+  fi
+}
+
+run_gateway() {
+  local extra=$1 key=${2:-}
+  cat >"$WORK/shardgate.yaml" <<YAML
+listen: 127.0.0.1:0
+shards: 1
+store: { dir: "$WORK/shardgate-data" }
+providers:
+  up: { kind: openai, base_url: "http://127.0.0.1:$PLAIN_PORT/v1", api_key: $KEY }
+  paced: { kind: openai, base_url: "http://127.0.0.1:$PACED_PORT/v1", api_key: $KEY }
+models:
+  demo: { targets: [ { provider: up, model: mock-1 } ] }
+  paced: { targets: [ { provider: paced, model: mock-1 } ] }
+$extra
+YAML
+  if [[ $extra == *policies:* ]]; then
+    key=$(create_key "$GATEWAY_BIN" "$WORK/shardgate.yaml")
+  fi
+  taskset -c "$PROXY_CPUS" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" \
+    >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  GW_PORT=$(wait_port "$WORK/gateway.out" "shardgate listening on" "$GW_PID") \
+    || { log "gateway did not start"; tail -n 20 "$WORK/gateway.err" >&2; exit 1; }
+  train "$key"
+  # The profile is written when the process exits normally: SIGTERM drains.
+  kill -TERM "$GW_PID"
+  wait "$GW_PID" || true
+}
+
+log "training: open callers and MCP"
+run_gateway "auth: none
+mcp_servers: { mock: { url: \"http://127.0.0.1:$PLAIN_PORT/mcp\", bearer_token: $KEY } }"
+log "training: keyed callers with policy and audit"
+run_gateway "policies:
+  - ai_runtime_policy:
+      actor_scope: { team: bench }
+      model_access: { allowed_models: [demo, paced] }
+      budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000 }
+      audit: { log_prompts: metadata_only }
+audit: { fsync: 100ms }"
+
+mkdir -p "$OUT_DIR/release"
+"$PROFDATA" merge -o "$OUT_DIR/shardgate.profdata" "$RAW"
+log "profile: $OUT_DIR/shardgate.profdata"
+build_gateway "$ROOT/target/pgo-use" "-Cprofile-use=$OUT_DIR/shardgate.profdata"
+cp "$ROOT/target/pgo-use/$HOST/release/shardgate" "$OUT_DIR/release/shardgate"
+cp "$BENCH" "$OUT_DIR/release/shardgate-bench"
+log "built $OUT_DIR/release/shardgate"
