@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
-# Builds the gateway with profile-guided optimization: an instrumented build
-# serves a training load from shardgate-bench (chat, streams, Anthropic,
-# MCP, keyed and audited requests, saturated and at a partial rate), then
-# the release build is compiled again with that profile. LLVM then lays the
-# hot path out contiguously and moves cold blocks (errors, slow paths) out
-# of it, so a request touches fewer instruction cache lines: at partial
-# load each request runs its code path from a cold cache, which is where
-# the gateway's CPU per request lost to nginx's.
+# Builds the gateway as it should be deployed: profile-guided (PGO), then
+# laid out again by BOLT from a second profile. An instrumented build serves
+# a training load from shardgate-bench (chat, streams, Anthropic, MCP, keyed
+# and audited requests, saturated and at a partial rate), and the release
+# build is compiled again with that profile; BOLT then instruments that
+# binary, the same load runs once more, and BOLT rewrites it with the hot
+# path's blocks and functions packed together and the cold ones split off.
+# So a request touches fewer instruction cache lines: at partial load each
+# request runs its code path from a cold cache, which is where the
+# gateway's CPU per request lost to nginx's.
 #
-#   bench/pgo.sh [--out DIR] [--seconds 3]
+#   bench/pgo.sh [--out DIR] [--seconds 3] [--no-bolt]
 #
 # Needs llvm-profdata of the LLVM major version rustc was built with
-# (`rustc -vV`): Debian's llvm-NN package, or rustup's llvm-tools. Writes
-# DIR/release/shardgate (default DIR: target/pgo) with a copy of
-# shardgate-bench beside it, so every bench script runs it with
-# `CARGO_TARGET_DIR=DIR bench/<script>.sh --no-build`. The profile itself is
-# DIR/shardgate.profdata.
+# (`rustc -vV`) and, unless --no-bolt, llvm-bolt and merge-fdata: Debian's
+# llvm-NN and bolt-NN packages. Writes DIR/release/shardgate (default DIR:
+# target/pgo) with a copy of shardgate-bench beside it, so every bench
+# script runs it with `CARGO_TARGET_DIR=DIR bench/<script>.sh --no-build`.
+# The profiles are DIR/shardgate.profdata and DIR/shardgate.fdata.
 set -euo pipefail
 
 OUT_DIR=
 SECONDS_EACH=3
+USE_BOLT=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) OUT_DIR=$2; shift 2 ;;
     --seconds) SECONDS_EACH=$2; shift 2 ;;
+    --no-bolt) USE_BOLT=0; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
@@ -55,6 +59,24 @@ PROFDATA=$(find_profdata) || {
   log "no llvm-profdata for LLVM $LLVM_MAJOR (Debian: apt-get install llvm-$LLVM_MAJOR)"
   exit 1
 }
+# BOLT reads any ELF binary: its version need not be rustc's LLVM.
+find_bolt_tool() {
+  local name=$1 candidate
+  for candidate in "$name-$LLVM_MAJOR" "/usr/lib/llvm-$LLVM_MAJOR/bin/$name" "$name" \
+    /usr/lib/llvm-*/bin/"$name"; do
+    if command -v "$candidate" >/dev/null 2>&1; then
+      command -v "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+if ((USE_BOLT)); then
+  BOLT=$(find_bolt_tool llvm-bolt) && MERGE_FDATA=$(find_bolt_tool merge-fdata) || {
+    log "no llvm-bolt and merge-fdata (Debian: apt-get install bolt-$LLVM_MAJOR), or pass --no-bolt"
+    exit 1
+  }
+fi
 
 # --target keeps the flags off build scripts and proc macros, which would
 # otherwise write profiles of their own while compiling.
@@ -118,12 +140,14 @@ train() {
   fi
 }
 
+RUNS=0
 run_gateway() {
   local extra=$1 key=${2:-}
+  RUNS=$((RUNS + 1))
   cat >"$WORK/shardgate.yaml" <<YAML
 listen: 127.0.0.1:0
 shards: 1
-store: { dir: "$WORK/shardgate-data" }
+store: { dir: "$WORK/shardgate-data-$RUNS" }
 providers:
   up: { kind: openai, base_url: "http://127.0.0.1:$PLAIN_PORT/v1", api_key: $KEY }
   paced: { kind: openai, base_url: "http://127.0.0.1:$PACED_PORT/v1", api_key: $KEY }
@@ -147,22 +171,44 @@ YAML
   wait "$GW_PID" || true
 }
 
-log "training: open callers and MCP"
-run_gateway "auth: none
+# Both configurations, against $GATEWAY_BIN.
+train_all() {
+  log "training $1: open callers and MCP"
+  run_gateway "auth: none
 mcp_servers: { mock: { url: \"http://127.0.0.1:$PLAIN_PORT/mcp\", bearer_token: $KEY } }"
-log "training: keyed callers with policy and audit"
-run_gateway "policies:
+  log "training $1: keyed callers with policy and audit"
+  run_gateway "policies:
   - ai_runtime_policy:
       actor_scope: { team: bench }
       model_access: { allowed_models: [demo, paced] }
       budgets: { requests_per_minute: 1000000000, monthly_spend_usd: 1000000000 }
       audit: { log_prompts: metadata_only }
 audit: { fsync: 100ms }"
+}
 
+train_all "the instrumented build"
 mkdir -p "$OUT_DIR/release"
 "$PROFDATA" merge -o "$OUT_DIR/shardgate.profdata" "$RAW"
 log "profile: $OUT_DIR/shardgate.profdata"
-build_gateway "$ROOT/target/pgo-use" "-Cprofile-use=$OUT_DIR/shardgate.profdata"
-cp "$ROOT/target/pgo-use/$HOST/release/shardgate" "$OUT_DIR/release/shardgate"
+USE_FLAGS="-Cprofile-use=$OUT_DIR/shardgate.profdata"
+# BOLT rewrites a binary whose relocations were kept at link time.
+((USE_BOLT)) && USE_FLAGS+=" -Clink-args=-Wl,--emit-relocs"
+build_gateway "$ROOT/target/pgo-use" "$USE_FLAGS"
+PGO_BIN=$ROOT/target/pgo-use/$HOST/release/shardgate
+
+if ((USE_BOLT)); then
+  # Each process writes its own profile when it exits normally.
+  "$BOLT" "$PGO_BIN" -o "$WORK/shardgate.bolt-instrumented" -instrument \
+    --instrumentation-file="$WORK/bolt.fdata" --instrumentation-file-append-pid
+  GATEWAY_BIN=$WORK/shardgate.bolt-instrumented
+  train_all "the BOLT-instrumented build"
+  "$MERGE_FDATA" "$WORK"/bolt.fdata.* >"$OUT_DIR/shardgate.fdata"
+  log "profile: $OUT_DIR/shardgate.fdata"
+  "$BOLT" "$PGO_BIN" -o "$OUT_DIR/release/shardgate" -data="$OUT_DIR/shardgate.fdata" \
+    -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold \
+    -split-eh -icf=1 -use-gnu-stack
+else
+  cp "$PGO_BIN" "$OUT_DIR/release/shardgate"
+fi
 cp "$BENCH" "$OUT_DIR/release/shardgate-bench"
 log "built $OUT_DIR/release/shardgate"
