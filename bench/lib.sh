@@ -111,13 +111,20 @@ models:
   demo: { targets: [ { provider: up, model: mock-1 } ] }
 ${GW_EXTRA_YAML:-}
 YAML
-  taskset -c "$cpus" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" \
+  launch_gateway "$cpus" "$WORK/shardgate.yaml" || return 1
+  log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID, cpus $cpus, $shards shard(s))"
+}
+
+# launch_gateway CPUS CONFIG: serves CONFIG under taskset on CPUS, output in
+# $WORK/gateway.out and .err; sets GW_PID and GW_PORT once it listens.
+launch_gateway() {
+  local cpus=$1 config=$2
+  taskset -c "$cpus" "$GATEWAY_BIN" serve --config "$config" \
     >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
   GW_PID=$!
   PIDS+=("$GW_PID")
   GW_PORT=$(wait_port "$WORK/gateway.out" "shardgate listening on" "$GW_PID") \
     || { log "gateway did not start"; tail -n 20 "$WORK/gateway.err" >&2; return 1; }
-  log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID, cpus $cpus, $shards shard(s))"
 }
 
 # free_port: a TCP port free on 127.0.0.1 now.

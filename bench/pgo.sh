@@ -42,37 +42,27 @@ OUT_DIR=$(realpath -m "${OUT_DIR:-$ROOT/target/pgo}")
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 
-# The profile format follows LLVM's version: only rustc's own major reads it.
-find_profdata() {
-  local candidate
-  for candidate in "llvm-profdata-$LLVM_MAJOR" llvm-profdata \
-    "$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata"; do
-    command -v "$candidate" >/dev/null 2>&1 || continue
-    if "$candidate" --version 2>/dev/null | grep -q "LLVM version $LLVM_MAJOR\."; then
-      echo "$candidate"
+# find_llvm_tool NAME [any]: LLVM's tool NAME of rustc's LLVM major, whose
+# profile format only that major reads; with `any`, of any version (BOLT
+# reads any ELF binary).
+find_llvm_tool() {
+  local name=$1 any=${2:-} candidate path
+  for candidate in "$name-$LLVM_MAJOR" "/usr/lib/llvm-$LLVM_MAJOR/bin/$name" "$name" \
+    "$(rustc --print sysroot)/lib/rustlib/$HOST/bin/$name" /usr/lib/llvm-*/bin/"$name"; do
+    path=$(command -v "$candidate") || continue
+    if [[ -n $any ]] || "$path" --version 2>/dev/null | grep -q "LLVM version $LLVM_MAJOR\."; then
+      echo "$path"
       return 0
     fi
   done
   return 1
 }
-PROFDATA=$(find_profdata) || {
+PROFDATA=$(find_llvm_tool llvm-profdata) || {
   log "no llvm-profdata for LLVM $LLVM_MAJOR (Debian: apt-get install llvm-$LLVM_MAJOR)"
   exit 1
 }
-# BOLT reads any ELF binary: its version need not be rustc's LLVM.
-find_bolt_tool() {
-  local name=$1 candidate
-  for candidate in "$name-$LLVM_MAJOR" "/usr/lib/llvm-$LLVM_MAJOR/bin/$name" "$name" \
-    /usr/lib/llvm-*/bin/"$name"; do
-    if command -v "$candidate" >/dev/null 2>&1; then
-      command -v "$candidate"
-      return 0
-    fi
-  done
-  return 1
-}
 if ((USE_BOLT)); then
-  BOLT=$(find_bolt_tool llvm-bolt) && MERGE_FDATA=$(find_bolt_tool merge-fdata) || {
+  BOLT=$(find_llvm_tool llvm-bolt any) && MERGE_FDATA=$(find_llvm_tool merge-fdata any) || {
     log "no llvm-bolt and merge-fdata (Debian: apt-get install bolt-$LLVM_MAJOR), or pass --no-bolt"
     exit 1
   }
@@ -142,7 +132,7 @@ train() {
 
 RUNS=0
 run_gateway() {
-  local extra=$1 key=${2:-}
+  local extra=$1 key=
   RUNS=$((RUNS + 1))
   cat >"$WORK/shardgate.yaml" <<YAML
 listen: 127.0.0.1:0
@@ -159,12 +149,7 @@ YAML
   if [[ $extra == *policies:* ]]; then
     key=$(create_key "$GATEWAY_BIN" "$WORK/shardgate.yaml")
   fi
-  taskset -c "$PROXY_CPUS" "$GATEWAY_BIN" serve --config "$WORK/shardgate.yaml" \
-    >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
-  GW_PID=$!
-  PIDS+=("$GW_PID")
-  GW_PORT=$(wait_port "$WORK/gateway.out" "shardgate listening on" "$GW_PID") \
-    || { log "gateway did not start"; tail -n 20 "$WORK/gateway.err" >&2; exit 1; }
+  launch_gateway "$PROXY_CPUS" "$WORK/shardgate.yaml" || exit 1
   train "$key"
   # The profile is written when the process exits normally: SIGTERM drains.
   kill -TERM "$GW_PID"
