@@ -8,7 +8,7 @@
 #
 #   bench/cpu-split.sh [--mode rate|stream|mcp] [--rate 27000] [--streams 2000]
 #       [--connections 1] [--rounds 3] [--duration 5] [--baseline BIN]
-#       [--syscalls] [--no-build]
+#       [--syscalls | --perf] [--no-build]
 #
 # --mode rate     open loop at --rate req/s, non-streaming chat (pick a rate
 #                 from compare-rate.sh's saturation: 25% and 50% of it)
@@ -21,6 +21,18 @@
 #                 switches, with `perf stat` on tracepoints (Debian:
 #                 linux-perf). The tracepoints cost CPU themselves: compare
 #                 CPU figures from runs without the flag.
+# --perf          where the time goes per request, from a `perf record`
+#                 (cpu-clock, 4 kHz, kernel call chains) over the window:
+#                 kernel time in system calls, split by the syscall (the
+#                 waits are io_uring_enter's and epoll_wait's), the rest of
+#                 the kernel (interrupts, faults), and user space with its
+#                 heaviest symbols. Unlike /proc's user/system split, which
+#                 samples the mode at each tick, it says which syscall or
+#                 function a microsecond belongs to. Sampling with call
+#                 chains costs CPU itself (the /proc figures of such a run
+#                 are several us a request higher, the sampled ones 2-3):
+#                 compare the proxies within the run, not with runs
+#                 without the flag.
 #
 # Layout as compare-rate.sh: the proxies on CPU 1 (taskset; one shard, one
 # nginx worker), the mock and the load generator on CPU 0. Rounds
@@ -35,6 +47,7 @@ ROUNDS=3
 DURATION=5
 BASELINE=
 SYSCALLS=0
+PERF=0
 BUILD=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -46,6 +59,7 @@ while [[ $# -gt 0 ]]; do
     --duration) DURATION=$2; shift 2 ;;
     --baseline) BASELINE=$2; shift 2 ;;
     --syscalls) SYSCALLS=1; shift ;;
+    --perf) PERF=1; shift ;;
     --no-build) BUILD=0; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
@@ -60,8 +74,12 @@ bench_init cpu-split
 KEY=bench-key
 
 require_tools || exit 1
-if ((SYSCALLS)) && ! command -v perf >/dev/null; then
-  log "--syscalls needs perf (Debian: apt-get install -y linux-perf)"
+if ((SYSCALLS && PERF)); then
+  log "--syscalls and --perf: one at a time (each one's sampling skews the other)"
+  exit 2
+fi
+if ((SYSCALLS || PERF)) && ! command -v perf >/dev/null; then
+  log "--syscalls and --perf need perf (Debian: apt-get install -y linux-perf)"
   exit 1
 fi
 cpu_layout 1 || { log "needs 2 CPUs"; exit 1; }
@@ -141,15 +159,23 @@ for ((round = 1; round <= ROUNDS; round++)); do
     : >"$WORK/perf.txt"
     if ((SYSCALLS)); then
       perf stat -x, -e "$EVENTS" -p "$pid" -o "$WORK/perf.txt" -- sleep "$DURATION"
+    elif ((PERF)); then
+      perf record -q -e cpu-clock -F 4000 -g -p "$pid" -o "$WORK/perf.data" -- sleep "$DURATION" \
+        >/dev/null 2>&1
+      # Samples by binary (exact counts: kernel or user), then by symbol
+      # with the time under each (children: a syscall's whole cost).
+      { perf report -i "$WORK/perf.data" --no-children -n --sort dso --stdio -g none
+        perf report -i "$WORK/perf.data" --children --sort sym --stdio -g none; } \
+        2>/dev/null >"$WORK/perf.txt"
     else
       sleep "$DURATION"
     fi
     read -r u1 s1 < <(cpu_ticks "$pid")
     wait "$load"
     python3 - "${NAMES[i]}" "$round" "$MODE" "$DURATION" "$TICK" "$u0" "$s0" "$u1" "$s1" \
-      "$WORK/run.json" "$WORK/perf.txt" <<'PY' | tee -a "$OUT"
-import json, sys
-name, rnd, mode, dur, tick, u0, s0, u1, s1, run, perf = sys.argv[1:]
+      "$WORK/run.json" "$WORK/perf.txt" "$PERF" <<'PY' | tee -a "$OUT"
+import json, re, sys
+name, rnd, mode, dur, tick, u0, s0, u1, s1, run, perf, profiled = sys.argv[1:]
 dur, tick = float(dur), int(tick)
 r = json.load(open(run))
 # The window's requests (or events), at the run's steady rate.
@@ -159,15 +185,50 @@ else:
     per, unit = r["requests_per_second"] * dur, "request"
 user = (int(u1) - int(u0)) / tick * 1e6 / per
 system = (int(s1) - int(s0)) / tick * 1e6 / per
-counts = []
-for line in open(perf):
-    f = line.strip().split(",")
-    if len(f) > 3 and f[0].replace(".", "").isdigit() and float(f[0]) > 0:
-        counts.append(f"{f[2].split(':')[-1].replace('sys_enter_', '')} {float(f[0]) / per:.2f}")
+lines = []
+if profiled == "1":
+    # The dso report's lines: "self% samples binary"; the symbol report's:
+    # "children% self% [k or .] symbol". The event count is the window's
+    # sampled CPU time in ns (the first report's, which is the same).
+    text = open(perf).read()
+    m = re.search(r"Event count \(approx\.\): (\d+)", text)
+    sampled = int(m.group(1)) / 1e3 / per if m else 0.0
+    by_dso = {f.group(2): int(f.group(1)) for f in
+              re.finditer(r"^\s+[\d.]+%\s+(\d+)\s+(\S+)\s*$", text, re.M)}
+    samples = sum(by_dso.values()) or 1
+    kernel = sampled * sum(n for d, n in by_dso.items() if d.startswith("[kernel")) / samples
+    children, self_ = {}, {}
+    for f in re.finditer(r"^\s+([\d.]+)%\s+([\d.]+)%\s+\[(.)\] (.+?)\s*$", text, re.M):
+        children[f.group(3), f.group(4)] = float(f.group(1)) * sampled / 100
+        self_[f.group(3), f.group(4)] = float(f.group(2)) * sampled / 100
+    syscalls = children.get(("k", "do_syscall_64"), 0.0)
+    # Each syscall under the first frame the unwinder sees below the entry:
+    # __x64_sys_*, or __do_sys_* and do_/ksys_ helpers where the wrapper
+    # is a tail call (io_uring_enter, writev, write).
+    helpers = {"do_writev": "writev", "do_readv": "readv", "ksys_write": "write", "ksys_read": "read"}
+    calls = {}
+    for (mode_, sym), v in children.items():
+        call = helpers.get(sym) or re.sub(r"^__(x64|do)_sys_", "", sym)
+        if mode_ == "k" and call != sym:
+            calls[call] = max(calls.get(call, 0.0), v)
+    by_call = sorted(((v, call) for call, v in calls.items() if v >= 0.05), reverse=True)
+    user_syms = sorted(((v, sym) for (mode_, sym), v in self_.items() if mode_ == "."), reverse=True)
+    lines.append(f"sampled us/{unit} {sampled:.1f}: kernel {kernel:.1f} = syscalls {syscalls:.1f} ("
+                 + ", ".join(f"{sym} {v:.2f}" for v, sym in by_call)
+                 + f") + other {kernel - syscalls:.1f}; user {sampled - kernel:.1f}")
+    lines.append("user top: " + ", ".join(f"{sym[:48]} {v:.2f}" for v, sym in user_syms[:8]))
+else:
+    counts = []
+    for line in open(perf):
+        f = line.strip().split(",")
+        if len(f) > 3 and f[0].replace(".", "").isdigit() and float(f[0]) > 0:
+            counts.append(f"{f[2].split(':')[-1].replace('sys_enter_', '')} {float(f[0]) / per:.2f}")
+    if counts:
+        lines.append(f"per {unit}: " + ", ".join(counts))
 lat = r["latency_us"] if mode != "stream" else r["ttft_us"]
 print(f"round {rnd} {name:<9} {r['requests_per_second']:9.0f}/s  user {user:5.1f}  sys {system:5.1f}"
       f"  total {user + system:5.1f} us/{unit}  {'ttft ' if mode == 'stream' else ''}p50 {lat['p50']}us"
-      f" p99 {lat['p99']}us  errors {r['errors_total']}" + ("\n    per " + unit + ": " + ", ".join(counts) if counts else ""))
+      f" p99 {lat['p99']}us  errors {r['errors_total']}" + "".join(f"\n    {x}" for x in lines))
 PY
   done
 done
