@@ -124,24 +124,24 @@ fi
 # (core/src/tunables.rs), given up front on every CPU: valgrind does not
 # follow execve. Large copies then count as the vector loop's instructions,
 # not `rep movsb`'s: figures before c97037e are ~20 lower a request.
-if [[ -z $NGINX ]]; then
+# callgrind CMD...: CMD under callgrind in the background, output in
+# $WORK/gw.out and .err; sets GW_PID.
+callgrind() {
   GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
     valgrind --tool=callgrind "${CACHE_SIM[@]}" --callgrind-out-file="$WORK/cg.out" \
-    "$GATEWAY_BIN" serve --config "$WORK/gw.yaml" --no-pin >"$WORK/gw.out" 2>"$WORK/gw.err" &
+    "$@" >"$WORK/gw.out" 2>"$WORK/gw.err" &
   GW_PID=$!
   PIDS+=("$GW_PID")
+}
+if [[ -z $NGINX ]]; then
+  callgrind "$GATEWAY_BIN" serve --config "$WORK/gw.yaml" --no-pin
   GW_PORT=$(wait_port "$WORK/gw.out" "shardgate listening on" "$GW_PID")
 else
   # start_nginx's proxy (bench/lib.sh), as one process, one worker (one
   # shard), with the key the mock requires.
   GW_PORT=$(free_port)
   KEY=k nginx_conf "$GW_PORT" 1 "$CONNECTIONS" 256 off
-  GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=1099511627776 \
-    valgrind --tool=callgrind "${CACHE_SIM[@]}" --callgrind-out-file="$WORK/cg.out" \
-    nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
-    >"$WORK/gw.out" 2>"$WORK/gw.err" &
-  GW_PID=$!
-  PIDS+=("$GW_PID")
+  callgrind nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$GW_PORT") 2>/dev/null && break
     kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/gw.err" "$WORK/nginx/error.log" >&2; exit 1; }
