@@ -47,7 +47,7 @@ use latch::{Latch, LatchState};
 use log::warn;
 pub use placement::{CpuSet, Placement, PoolPlacement};
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{hash_map::Entry, BinaryHeap},
     fmt,
     future::Future,
@@ -1116,6 +1116,9 @@ pub struct LocalExecutor {
     id: usize,
     reactor: Rc<reactor::Reactor>,
     stall_detector: RefCell<Option<StallDetector>>,
+    // Shardgate: the executor's latest clock reading (see
+    // `ExecutorProxy::recent_instant`).
+    clock: Cell<Instant>,
 }
 
 impl LocalExecutor {
@@ -1177,6 +1180,7 @@ impl LocalExecutor {
                     .map(|x| StallDetector::new(id, x))
                     .transpose()?,
             ),
+            clock: Cell::new(Instant::now()),
         })
     }
 
@@ -1375,6 +1379,7 @@ impl LocalExecutor {
 
         let time = {
             let now = Instant::now();
+            self.clock.set(now);
             let mut queue_ref = queue.borrow_mut();
             queue_ref.prepare_to_run(now);
             self.reactor
@@ -1409,7 +1414,11 @@ impl LocalExecutor {
                     break;
                 }
             }
-            let elapsed = time.elapsed();
+            // Shardgate: the end of the run is the executor's latest
+            // reading too, which `run` takes as the end of the turn.
+            let end = Instant::now();
+            self.clock.set(end);
+            let elapsed = end.saturating_duration_since(time);
             drop(guard);
             (elapsed, tasks_executed_this_loop)
         };
@@ -1522,7 +1531,14 @@ impl LocalExecutor {
                 let run = this.run_task_queues();
 
                 // account for runtime and poll/sleep if possible
-                let cur_time = Instant::now();
+                //
+                // Shardgate: when a task queue ran, the clock was read as it
+                // finished, just now; only a turn that ran none reads it.
+                let cur_time = if run {
+                    this.clock.get()
+                } else {
+                    Instant::now()
+                };
                 this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
                 pre_time = cur_time;
                 if !run {
@@ -1544,6 +1560,7 @@ impl LocalExecutor {
                             .expect("Failed to park! This is actually pretty bad!");
                         parked = true;
                         pre_time = Instant::now();
+                        this.clock.set(pre_time);
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {
@@ -1555,6 +1572,7 @@ impl LocalExecutor {
                         }
                         // reset the timer for deduct spin loop time
                         pre_time = Instant::now();
+                        this.clock.set(pre_time);
                     }
                 }
             }
@@ -2131,6 +2149,24 @@ pub unsafe fn spawn_scoped_local_into<'a, T>(
 pub struct ExecutorProxy {}
 
 impl ExecutorProxy {
+    /// Shardgate: the executor's latest clock reading, taken when the
+    /// running task queue began to run or after the last park, or `None`
+    /// outside an executor. Never later than `Instant::now()`, and older
+    /// by at most how long the running queue has run: a clock for limits
+    /// far coarser than a turn (timing wheels, idle ages), where a read of
+    /// the real clock on every wait would cost more than the precision is
+    /// worth.
+    #[inline]
+    pub fn recent_instant(&self) -> Option<Instant> {
+        #[cfg(not(feature = "native-tls"))]
+        return LOCAL_EX
+            .is_set()
+            .then(|| LOCAL_EX.with(|local_ex| local_ex.clock.get()));
+
+        #[cfg(feature = "native-tls")]
+        return unsafe { LOCAL_EX.as_ref().map(|ex| ex.clock.get()) };
+    }
+
     /// Checks if this task has run for too long and need to be preempted. This
     /// is useful for situations where we can't call .await, for instance,
     /// if a [`RefMut`] is held. If this tests true, then the user is
