@@ -973,6 +973,9 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    // Shardgate: the timeout that ends a sleep for the next user timer, and
+    // when it is due (see `arm_wake_timer`).
+    wake_timer: Option<(Source, Instant)>,
 }
 
 impl SleepableRing {
@@ -993,6 +996,7 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            wake_timer: None,
         })
     }
 
@@ -1169,6 +1173,9 @@ impl SleepableRing {
                 return Err(io::Error::from_raw_os_error(libc::EBUSY));
             }
         }
+        // Shardgate: the next user timer ends the sleep through a timeout
+        // request that outlives it, not through the wait's own timeout.
+        let timeout = timeout.filter(|t| !self.arm_wake_timer(*t));
         match timeout {
             Some(t) => self.ring.wait_for_cqe_timeout(t),
             None => self.ring.cq().wait(1),
@@ -1177,6 +1184,69 @@ impl SleepableRing {
         .or_else(Reactor::busy_ok)
         .or_else(Reactor::again_ok)
         .or_else(Reactor::intr_ok)
+    }
+
+    /// Shardgate: makes sure a timeout request in the kernel ends the next
+    /// sleep within `timeout`; false where none could be queued (the caller
+    /// then bounds the wait itself).
+    ///
+    /// A wait's own timeout starts a kernel timer when it sleeps and
+    /// cancels it when it wakes. Due within a tick, that timer is the CPU's
+    /// earliest, so each of the two reprograms the timer hardware: a write
+    /// to the TSC deadline MSR, which in a virtual machine exits to the
+    /// hypervisor. At partial load a shard sleeps once or twice per
+    /// request, and its timers (a 10 ms ticker) are always due within one.
+    /// The request armed here stays in the kernel across sleeps until it
+    /// fires or a sooner timer replaces it (dropping it cancels it), so the
+    /// timer hardware is reprogrammed per timer, not per sleep. One that is
+    /// due sooner than needed (its timer went away) only wakes a sleep
+    /// early, once: the reactor finds no timer due and sleeps again.
+    fn arm_wake_timer(&mut self, timeout: Duration) -> bool {
+        let Some(due) = Instant::now().checked_add(timeout) else {
+            return false;
+        };
+        if let Some((armed, at)) = &self.wake_timer {
+            if *at <= due && armed.is_armed() {
+                return true;
+            }
+        }
+        let Ok(ts) = TimeSpec64::try_from(timeout) else {
+            return false;
+        };
+        let source = Source::new(
+            IoRequirements::default(),
+            -1,
+            SourceType::Timeout(ts, 0),
+            None,
+            None,
+        );
+        let args = match &*source.source_type() {
+            SourceType::Timeout(ts, events) => {
+                UringOpDescriptor::Timeout(&ts.raw as *const _, *events)
+            }
+            _ => unreachable!(),
+        };
+        let user_data = to_user_data(
+            self.source_map
+                .borrow_mut()
+                .add_source(&source, self.submission_queue.clone()),
+        );
+        self.submission_queue
+            .borrow_mut()
+            .submissions
+            .push_front(UringDescriptor {
+                args,
+                fd: -1,
+                flags: SubmissionFlags::empty(),
+                user_data,
+            });
+        self.wake_timer = Some((source, due));
+        self.consume_submission_queue()
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
+            .is_ok()
+            && self.waiting_kernel_submission() == 0
     }
 
     fn has_ext_arg(&self) -> bool {
