@@ -1130,10 +1130,11 @@ impl SleepableRing {
 
     /// Shardgate: [`SleepableRing::sleep`] with the link poll submitted only
     /// when `link` is given (one still armed from an earlier sleep is kept),
-    /// and the wait bounded by `timeout` in the kernel (`IORING_ENTER_EXT_ARG`;
-    /// only when [`iou::IoUring::has_ext_arg`]) instead of by a timer op in the
+    /// and the wait bounded by `timeout` in this ring (only when
+    /// [`iou::IoUring::has_ext_arg`]) instead of by a timer op in the
     /// latency ring, which had to be armed before and cancelled after every
-    /// sleep.
+    /// sleep: by the timeout request of [`SleepableRing::arm_wake_timer`],
+    /// or failing that by the wait's own (`IORING_ENTER_EXT_ARG`).
     fn sleep_linked(&mut self, link: Option<&Source>, timeout: Option<Duration>) -> io::Result<usize> {
         if let Some(link) = link {
             let linked = if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
@@ -1175,10 +1176,16 @@ impl SleepableRing {
         }
         // Shardgate: the next user timer ends the sleep through a timeout
         // request that outlives it, not through the wait's own timeout.
+        // A timeout request just armed goes in with the wait.
         let timeout = timeout.filter(|t| !self.arm_wake_timer(*t));
         match timeout {
             Some(t) => self.ring.wait_for_cqe_timeout(t),
-            None => self.ring.cq().wait(1),
+            None if self.waiting_kernel_submission() > 0 => {
+                self.ring.submit_sqes_and_wait(1).map(|n| {
+                    self.in_kernel += n as usize;
+                })
+            }
+            None => self.ring.cq().wait(1).map(|_| ()),
         }
         .map(|_| 1)
         .or_else(Reactor::busy_ok)
@@ -1241,12 +1248,16 @@ impl SleepableRing {
                 user_data,
             });
         self.wake_timer = Some((source, due));
-        self.consume_submission_queue()
+        // Into the submission ring, for the wait to submit. It was empty:
+        // the reactor flushes every queue before it sleeps.
+        let q = self.submission_queue();
+        let mut queue = q.borrow_mut();
+        self.consume_sqe_queue(&mut queue.submissions, false)
             .or_else(Reactor::busy_ok)
             .or_else(Reactor::again_ok)
             .or_else(Reactor::intr_ok)
             .is_ok()
-            && self.waiting_kernel_submission() == 0
+            && queue.submissions.is_empty()
     }
 
     fn has_ext_arg(&self) -> bool {
