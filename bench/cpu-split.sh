@@ -17,8 +17,11 @@
 # --baseline BIN  also runs an older gateway build, beside this tree's (A/B)
 # --syscalls      counts per request: every system call (raw_syscalls), the
 #                 waits (io_uring_enter, epoll_wait), the reads and writes,
-#                 io_uring's waits and local task-work runs, and context
-#                 switches, with `perf stat` on tracepoints (Debian:
+#                 io_uring's waits and local task-work runs, context
+#                 switches, kernel timers started and MSR writes (a wait's
+#                 timer that is the CPU's earliest reprograms the timer
+#                 hardware, which in a VM exits to the hypervisor), with
+#                 `perf stat` on tracepoints (Debian:
 #                 linux-perf). The tracepoints cost CPU themselves: compare
 #                 CPU figures from runs without the flag.
 # --perf          where the time goes per request, from a `perf record`
@@ -132,6 +135,12 @@ EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,syscalls:sys_ent
 EVENTS+=,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_read
 EVENTS+=,syscalls:sys_enter_readv,syscalls:sys_enter_write,syscalls:sys_enter_writev
 EVENTS+=,io_uring:io_uring_cqring_wait,io_uring:io_uring_local_work_run,sched:sched_switch
+# Kernel timers started, and MSR writes (in a VM, the TSC deadline writes
+# that reprogram the timer hardware exit to the hypervisor), where the
+# kernel has the tracepoints.
+for event in timer:hrtimer_start msr:write_msr; do
+  if perf stat -e "$event" -- true >/dev/null 2>&1; then EVENTS+=,$event; fi
+done
 
 mkdir -p "$RESULTS"
 OUT=$RESULTS/cpu-split-$MODE-$(date +%Y%m%d-%H%M%S).txt
