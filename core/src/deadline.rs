@@ -41,14 +41,7 @@ pub const RESOLUTION: Duration = Duration::from_millis(10);
 /// Wheel size in ticks; longer deadlines go around more than once.
 const SLOTS: usize = 512;
 
-const TICKS_PER_SECOND: u64 = 1_000_000_000 / RESOLUTION.as_nanos() as u64;
-const _: () = assert!(1_000_000_000 % RESOLUTION.as_nanos() == 0);
-
-/// Whole ticks in `d`, in 64-bit arithmetic (a 128-bit division by the
-/// tick's nanoseconds is a library call).
-fn ticks(d: Duration) -> u64 {
-    d.as_secs() * TICKS_PER_SECOND + u64::from(d.subsec_nanos()) / RESOLUTION.as_nanos() as u64
-}
+const RESOLUTION_NANOS: u64 = RESOLUTION.as_nanos() as u64;
 
 /// Runs `fut` until `dur` has passed; `Err(TimedOut)` after that (up to three
 /// [`RESOLUTION`]s later), under a deadline of its own. Must run inside a
@@ -123,7 +116,7 @@ pub fn coarse_now() -> Instant {
         let mut w = w.borrow_mut();
         w.catch_up();
         let epoch = w.epoch.unwrap_or_else(Instant::now);
-        epoch + Duration::from_nanos(w.tick.saturating_mul(RESOLUTION.as_nanos() as u64))
+        epoch + Duration::from_nanos(w.tick.saturating_mul(RESOLUTION_NANOS))
     })
 }
 
@@ -152,8 +145,6 @@ struct Wheel {
     nudged: bool,
     ticker: Option<Waker>,
     epoch: Option<Instant>,
-    /// When the tick after `tick` begins.
-    next_tick_at: Option<Instant>,
     /// Live and free entries; `free` lists the free indices.
     entries: Vec<Option<Entry>>,
     free: Vec<usize>,
@@ -324,14 +315,13 @@ impl Wheel {
         let now = glommio::executor()
             .recent_instant()
             .unwrap_or_else(Instant::now);
+        let epoch = *self.epoch.get_or_insert(now);
         // Most reads fall in the tick of the last one: one comparison.
-        if self.next_tick_at.is_some_and(|next| now < next) {
+        if now < epoch + Duration::from_nanos((self.tick + 1) * RESOLUTION_NANOS) {
             return;
         }
-        let epoch = *self.epoch.get_or_insert(now);
-        self.tick = ticks(now.saturating_duration_since(epoch));
-        self.next_tick_at =
-            Some(epoch + Duration::from_nanos((self.tick + 1) * RESOLUTION.as_nanos() as u64));
+        // In 64 bits: a 128-bit division is a library call.
+        self.tick = now.saturating_duration_since(epoch).as_nanos() as u64 / RESOLUTION_NANOS;
     }
 
     /// Moves to the clock's tick, collecting the wakers of what expired.

@@ -1198,8 +1198,8 @@ impl SleepableRing {
     /// then bounds the wait itself).
     ///
     /// A wait's own timeout starts a kernel timer when it sleeps and
-    /// cancels it when it wakes. Due within a tick, that timer is the CPU's
-    /// earliest, so each of the two reprograms the timer hardware: a write
+    /// cancels it when it wakes. Due within a tick, that timer is often the
+    /// CPU's earliest, and then each of the two reprograms the timer hardware: a write
     /// to the TSC deadline MSR, which in a virtual machine exits to the
     /// hypervisor. At partial load a shard sleeps once or twice per
     /// request, and its timers (a 10 ms ticker) are always due within one.
@@ -1217,36 +1217,10 @@ impl SleepableRing {
                 return true;
             }
         }
-        let Ok(ts) = TimeSpec64::try_from(timeout) else {
-            return false;
-        };
-        let source = Source::new(
-            IoRequirements::default(),
-            -1,
-            SourceType::Timeout(ts, 0),
-            None,
-            None,
-        );
-        let args = match &*source.source_type() {
-            SourceType::Timeout(ts, events) => {
-                UringOpDescriptor::Timeout(&ts.raw as *const _, *events)
-            }
-            _ => unreachable!(),
-        };
-        let user_data = to_user_data(
-            self.source_map
-                .borrow_mut()
-                .add_source(&source, self.submission_queue.clone()),
-        );
-        self.submission_queue
-            .borrow_mut()
-            .submissions
-            .push_front(UringDescriptor {
-                args,
-                fd: -1,
-                flags: SubmissionFlags::empty(),
-                user_data,
-            });
+        // The latency ring's preemption timer is the same request: one that
+        // fires after `timeout`, queued first. (`timeout` fits a timespec,
+        // since `due` did not overflow.)
+        let source = self.prepare_latency_preemption_timer(timeout);
         self.wake_timer = Some((source, due));
         // Into the submission ring, for the wait to submit. It was empty:
         // the reactor flushes every queue before it sleeps.
