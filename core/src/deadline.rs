@@ -50,7 +50,39 @@ pub fn with_timeout<T>(
     dur: Duration,
     fut: impl Future<Output = io::Result<T>>,
 ) -> impl Future<Output = io::Result<T>> {
-    wait(None, dur, fut)
+    wait(None, dur, fut, false)
+}
+
+/// [`with_timeout`] for a connection's wait for its next request, which
+/// ends as well, with `Err(TimedOut)`, once [`end_idle_waits`] is called
+/// (a stopping shard closes its idle connections). Riding on the wait's
+/// deadline entry, that costs the wait nothing: a separate shutdown signal
+/// raced against it was a registration and a removal (a waker clone and
+/// drop) per request.
+pub fn with_idle_timeout<T>(
+    dur: Duration,
+    fut: impl Future<Output = io::Result<T>>,
+) -> impl Future<Output = io::Result<T>> {
+    wait(None, dur, fut, true)
+}
+
+/// Ends every idle wait ([`with_idle_timeout`]) on this thread now, and
+/// every later one as soon as it blocks.
+pub fn end_idle_waits() {
+    let woken: Vec<Waker> = WHEEL.with(|w| {
+        let mut w = w.borrow_mut();
+        w.idle_ended = true;
+        w.entries
+            .iter_mut()
+            .flatten()
+            .filter(|e| e.idle && !e.fired)
+            .map(|e| {
+                e.fired = true;
+                e.waker.clone()
+            })
+            .collect()
+    });
+    woken.into_iter().for_each(Waker::wake);
 }
 
 /// One deadline for a run of waits of one kind, each limited to `dur` from
@@ -73,17 +105,18 @@ impl Idle {
         dur: Duration,
         fut: impl Future<Output = io::Result<T>> + 'a,
     ) -> impl Future<Output = io::Result<T>> + 'a {
-        wait(&mut self.deadline, dur, fut)
+        wait(&mut self.deadline, dur, fut, false)
     }
 }
 
 /// `fut` within `dur`, under `deadline` (a wait's own, or an [`Idle`]'s):
 /// registered, or moved back when there is one, the first time `fut` is
-/// pending.
+/// pending. `idle`: [`end_idle_waits`] ends it too.
 async fn wait<T>(
     mut deadline: impl std::borrow::BorrowMut<Option<Deadline>>,
     dur: Duration,
     fut: impl Future<Output = io::Result<T>>,
+    idle: bool,
 ) -> io::Result<T> {
     let deadline = std::borrow::BorrowMut::borrow_mut(&mut deadline);
     let mut fut = pin!(fut);
@@ -96,7 +129,7 @@ async fn wait<T>(
             armed = true;
             match deadline {
                 Some(d) => d.rearm(dur, cx.waker()),
-                None => *deadline = Some(Deadline::register(dur, cx.waker())),
+                None => *deadline = Some(Deadline::register(dur, cx.waker(), idle)),
             }
         } else if deadline.as_ref().is_some_and(|d| d.expired(cx.waker())) {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
@@ -125,6 +158,8 @@ struct Entry {
     due: u64,
     waker: Waker,
     fired: bool,
+    /// Ended by [`end_idle_waits`] as well.
+    idle: bool,
     /// Tells a reused slab index from the entry a wheel slot remembers.
     generation: u32,
 }
@@ -154,6 +189,8 @@ struct Wheel {
     slots: Vec<Vec<(usize, u32)>>,
     next_generation: u32,
     ticker_running: bool,
+    /// [`end_idle_waits`] was called: idle entries are born fired.
+    idle_ended: bool,
 }
 
 thread_local! {
@@ -168,7 +205,7 @@ struct Deadline {
 }
 
 impl Deadline {
-    fn register(dur: Duration, waker: &Waker) -> Deadline {
+    fn register(dur: Duration, waker: &Waker, idle: bool) -> Deadline {
         let (deadline, start_ticker) = WHEEL.with(|w| {
             let mut w = w.borrow_mut();
             w.catch_up();
@@ -176,10 +213,15 @@ impl Deadline {
             let due = w.due_in(dur);
             let generation = w.next_generation;
             w.next_generation = w.next_generation.wrapping_add(1);
+            let fired = idle && w.idle_ended;
+            if fired {
+                waker.wake_by_ref();
+            }
             let entry = Entry {
                 due,
                 waker: waker.clone(),
-                fired: false,
+                fired,
+                idle,
                 generation,
             };
             let index = match w.free.pop() {
@@ -542,6 +584,43 @@ mod tests {
             assert!(r.is_err());
             drop(idle);
             assert_eq!(WHEEL.with(|w| w.borrow().live), 0);
+        });
+    }
+
+    /// Shutdown ends the idle waits (a connection's wait for its next
+    /// request), at once and from then on, and no other wait.
+    #[test]
+    fn ending_idle_waits_ends_those_and_only_those() {
+        run(async {
+            let ms = Duration::from_millis;
+            let idle = glommio::spawn_local(async move {
+                let r: io::Result<()> = with_idle_timeout(ms(60_000), std::future::pending()).await;
+                r.unwrap_err().kind()
+            });
+            let busy = glommio::spawn_local(async move {
+                with_timeout(ms(200), async {
+                    glommio::timer::sleep(ms(100)).await;
+                    Ok(())
+                })
+                .await
+            });
+            glommio::timer::sleep(ms(20)).await;
+            let start = Instant::now();
+            end_idle_waits();
+            assert_eq!(idle.await, io::ErrorKind::TimedOut);
+            assert!(start.elapsed() < ms(50), "took {:?}", start.elapsed());
+            busy.await.unwrap();
+            // An idle wait that blocks later ends at once; one that does
+            // not block is not cut.
+            let r: io::Result<()> = with_idle_timeout(ms(60_000), std::future::pending()).await;
+            assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+            assert_eq!(
+                with_idle_timeout(ms(60_000), async { Ok(3) })
+                    .await
+                    .unwrap(),
+                3
+            );
+            assert!(start.elapsed() < ms(500));
         });
     }
 

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-pub use crate::deadline::with_timeout;
+pub use crate::deadline::{with_idle_timeout, with_timeout};
 
 /// A TCP stream, optionally wrapped in TLS. `T` is the rustls stream type of
 /// the side (server or client).

@@ -262,8 +262,12 @@ impl Shard {
         self.draining.get()
     }
 
+    /// Shutdown begins: idle connections close now (their wait for a next
+    /// request ends, see [`crate::deadline::with_idle_timeout`]), and
+    /// every [`Shard::wait_shutdown`] returns.
     pub fn begin_shutdown(&self) {
         self.draining.set(true);
+        crate::deadline::end_idle_waits();
         self.shutdown.close();
     }
 

@@ -79,6 +79,9 @@ def test_sigterm_on_idle_gateway_exits_cleanly(private_gateway):
     gw.proc.signal(signal.SIGTERM)
     rc = gw.proc.wait(timeout=DRAIN_TIMEOUT_S + 5)
     assert rc == 0, f"exit status {rc}\n{gw.proc.log_tail()}"
+    # The idle keep-alive connection was closed at once, not waited for
+    # until the drain timed out.
+    assert "drain timeout" not in gw.proc.log_tail(), gw.proc.log_tail()
     with pytest.raises(openai.APIConnectionError):
         client.models.list()
     client.close()

@@ -5,7 +5,7 @@
 use super::conn::{ClientConn, ClientStream};
 use super::respond::CONTINUE_100;
 use crate::error::GatewayError;
-use crate::io::{with_timeout, Filled, ReadBuf};
+use crate::io::{with_idle_timeout, with_timeout, Filled, ReadBuf};
 use crate::shard::Shard;
 use shardgate_proto::chunked::{ChunkedDecoder, ChunkedLimits};
 use shardgate_proto::h1::{parse_request, BodyFraming, HeadLimits, RequestHead};
@@ -99,24 +99,14 @@ pub async fn read_head(shard: &Shard, conn: &mut ClientConn, rbuf: &mut ReadBuf)
         if shard.draining() {
             return HeadRead::Closed;
         }
-        let first = futures_lite::future::or(
-            async {
-                Some(
-                    with_timeout(
-                        l.idle_timeout,
-                        rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes),
-                    )
-                    .await,
-                )
-            },
-            async {
-                shard.wait_shutdown().await;
-                None
-            },
+        // Shutdown ends this wait too (`Shard::begin_shutdown`).
+        let first = with_idle_timeout(
+            l.idle_timeout,
+            rbuf.fill(&mut conn.stream, 4096, l.max_head_bytes),
         )
         .await;
         match first {
-            Some(Ok(Some(Filled::Bytes(_)))) => {}
+            Ok(Some(Filled::Bytes(_))) => {}
             _ => return HeadRead::Closed,
         }
     }
