@@ -28,7 +28,7 @@ use std::{
     fmt, io,
     panic::{RefUnwindSafe, UnwindSafe},
     rc::Rc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Waits for a notification.
@@ -50,8 +50,10 @@ impl Parker {
     }
 
     /// Blocks until notified and then goes back into sleeping state.
-    pub(crate) fn park(&self) -> io::Result<bool> {
-        self.inner.park(|| None)
+    /// Shardgate: `now` is the executor's latest clock reading; the clock
+    /// read after a sleep comes back (see `Reactor::react`).
+    pub(crate) fn park(&self, now: Instant) -> io::Result<Option<Instant>> {
+        self.inner.park(|| None, now)
     }
 
     /// Performs non-sleepable poll and installs a preemption timeout into the
@@ -59,8 +61,12 @@ impl Parker {
     /// installing a preemption timer. Tasks executing in the CPU right after
     /// this will be able to check if the timer has elapsed and yield the
     /// CPU if that is the case.
-    pub(crate) fn poll_io(&self, timeout: impl Fn() -> Option<Duration>) -> io::Result<bool> {
-        self.inner.park(timeout)
+    pub(crate) fn poll_io(
+        &self,
+        timeout: impl Fn() -> Option<Duration>,
+        now: Instant,
+    ) -> io::Result<Option<Instant>> {
+        self.inner.park(timeout, now)
     }
 }
 
@@ -82,7 +88,11 @@ impl fmt::Debug for Parker {
 struct Inner {}
 
 impl Inner {
-    fn park(&self, timeout: impl Fn() -> Option<Duration>) -> io::Result<bool> {
-        crate::executor().reactor().react(timeout)
+    fn park(
+        &self,
+        timeout: impl Fn() -> Option<Duration>,
+        now: Instant,
+    ) -> io::Result<Option<Instant>> {
+        crate::executor().reactor().react(timeout, now)
     }
 }

@@ -121,8 +121,7 @@ impl Timers {
 
     /// Return the duration until next event and the number of
     /// ready and woke timers.
-    fn process_timers(&mut self) -> (Option<Duration>, usize) {
-        let now = Instant::now();
+    fn process_timers(&mut self, now: Instant) -> (Option<Duration>, usize) {
 
         // Shardgate: nothing due (the earliest timer is not before `now`,
         // and `split_off` below would move none): answer without splitting,
@@ -842,9 +841,9 @@ impl Reactor {
     /// Processes ready timers and extends the list of wakers to wake.
     ///
     /// Returns the duration until the next timer
-    fn process_timers(&self) -> (Option<Duration>, usize) {
+    fn process_timers(&self, now: Instant) -> (Option<Duration>, usize) {
         let mut timers = self.timers.borrow_mut();
-        timers.process_timers()
+        timers.process_timers(now)
     }
 
     fn process_shared_channels(&self) -> usize {
@@ -877,35 +876,48 @@ impl Reactor {
     pub(crate) fn spin_poll_io(&self) -> io::Result<bool> {
         let mut woke = 0;
         self.sys.poll_io(&mut woke)?;
-        woke += self.process_timers().1;
+        woke += self.process_timers(Instant::now()).1;
         woke += self.process_shared_channels();
 
         Ok(woke > 0)
     }
 
-    fn process_external_events(&self) -> (Option<Duration>, usize) {
-        let (next_timer, mut woke) = self.process_timers();
+    fn process_external_events(&self, now: Instant) -> (Option<Duration>, usize) {
+        let (next_timer, mut woke) = self.process_timers(now);
         woke += self.process_shared_channels();
         (next_timer, woke)
     }
 
     /// Processes new events, blocking until the first event or the timeout.
-    pub(crate) fn react(&self, timeout: impl Fn() -> Option<Duration>) -> io::Result<bool> {
+    ///
+    /// Shardgate: `now` is the executor's latest clock reading (taken when
+    /// nothing but ring processing has happened since), which the timers
+    /// are checked against and the sleep's timer is armed from. Where it
+    /// went to sleep, the clock is read once after, for the timers and as
+    /// the executor's next reading (returned), instead of once here for
+    /// each and once more by the executor.
+    pub(crate) fn react(
+        &self,
+        timeout: impl Fn() -> Option<Duration>,
+        now: Instant,
+    ) -> io::Result<Option<Instant>> {
         // Process ready timers.
-        let (next_timer, woke) = self.process_external_events();
+        let (next_timer, woke) = self.process_external_events(now);
 
         // Block on I/O events.
         match self
             .sys
-            .wait(timeout, next_timer, woke, || self.process_shared_channels())
-        {
+            .wait(timeout, next_timer, woke, now, || {
+                self.process_shared_channels()
+            }) {
             // Don't wait for the next loop to process timers or shared channels
             Ok(true) => {
-                self.process_external_events();
-                Ok(true)
+                let now = Instant::now();
+                self.process_external_events(now);
+                Ok(Some(now))
             }
 
-            Ok(false) => Ok(false),
+            Ok(false) => Ok(None),
 
             // An actual error occurred.
             Err(err) => Err(err),

@@ -1377,9 +1377,11 @@ impl LocalExecutor {
         tq.active_executing = Some(queue.clone());
         drop(tq);
 
+        // Shardgate: the executor's latest reading, not a new one: it was
+        // taken as the last queue's run ended or as the shard woke, and
+        // since then only the rings were polled (see `run`).
         let time = {
-            let now = Instant::now();
-            self.clock.set(now);
+            let now = self.clock.get();
             let mut queue_ref = queue.borrow_mut();
             queue_ref.prepare_to_run(now);
             self.reactor
@@ -1523,7 +1525,7 @@ impl LocalExecutor {
                     || this.contended_preempt_timer() != Duration::MAX
                 {
                     this.parker
-                        .poll_io(|| Some(this.contended_preempt_timer()))
+                        .poll_io(|| Some(this.contended_preempt_timer()), this.clock.get())
                         .expect("Failed to poll io! This is actually pretty bad!");
                 }
 
@@ -1532,13 +1534,15 @@ impl LocalExecutor {
 
                 // account for runtime and poll/sleep if possible
                 //
-                // Shardgate: when a task queue ran, the clock was read as it
-                // finished, just now; only a turn that ran none reads it.
-                let cur_time = if run {
-                    this.clock.get()
-                } else {
-                    Instant::now()
-                };
+                // Shardgate: the clock is read where time can have passed:
+                // as a task queue's run ends and after a park. Everything
+                // else (this turn's ring poll, a turn that ran no queue)
+                // takes the latest reading, which is at most that poll old.
+                // A turn either runs a queue or parks, so the reading
+                // always moves on; before this, a turn read the clock five
+                // to seven times (the park's timers before and after its
+                // sleep, its wake timer, the turn's and the queue's start).
+                let cur_time = this.clock.get();
                 this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
                 pre_time = cur_time;
                 if !run {
@@ -1555,17 +1559,18 @@ impl LocalExecutor {
                         // spin's poll before it went over all of that a
                         // first time, on every park: at partial load, once
                         // or twice per request, and once per paced event.
-                        this.parker
-                            .park()
+                        let slept = this
+                            .parker
+                            .park(cur_time)
                             .expect("Failed to park! This is actually pretty bad!");
                         parked = true;
-                        pre_time = Instant::now();
+                        pre_time = slept.unwrap_or_else(Instant::now);
                         this.clock.set(pre_time);
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {
                                 this.parker
-                                    .park()
+                                    .park(Instant::now())
                                     .expect("Failed to park! This is actually pretty bad!");
                                 break;
                             }
@@ -2150,9 +2155,10 @@ pub struct ExecutorProxy {}
 
 impl ExecutorProxy {
     /// Shardgate: the executor's latest clock reading, taken when the
-    /// running task queue began to run or after the last park, or `None`
+    /// last task queue's run ended or after the last park, or `None`
     /// outside an executor. Never later than `Instant::now()`, and older
-    /// by at most how long the running queue has run: a clock for limits
+    /// by at most a turn: the ring poll since, and how long the running
+    /// queue has run. A clock for limits
     /// far coarser than a turn (timing wheels, idle ages), where a read of
     /// the real clock on every wait would cost more than the precision is
     /// worth.

@@ -1148,7 +1148,12 @@ impl SleepableRing {
     /// latency ring, which had to be armed before and cancelled after every
     /// sleep: by the timeout request of [`SleepableRing::arm_wake_timer`],
     /// or failing that by the wait's own (`IORING_ENTER_EXT_ARG`).
-    fn sleep_linked(&mut self, link: Option<&Source>, timeout: Option<Duration>) -> io::Result<usize> {
+    fn sleep_linked(
+        &mut self,
+        link: Option<&Source>,
+        timeout: Option<Duration>,
+        now: Instant,
+    ) -> io::Result<usize> {
         if let Some(link) = link {
             let linked = if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
                 let op = UringDescriptor {
@@ -1190,7 +1195,7 @@ impl SleepableRing {
         // Shardgate: the next user timer ends the sleep through a timeout
         // request that outlives it, not through the wait's own timeout.
         // A timeout request just armed goes in with the wait.
-        let timeout = timeout.filter(|t| !self.arm_wake_timer(*t));
+        let timeout = timeout.filter(|t| !self.arm_wake_timer(*t, now));
         match timeout {
             Some(t) => self.ring.wait_for_cqe_timeout(t),
             None if self.waiting_kernel_submission() > 0 => {
@@ -1221,8 +1226,11 @@ impl SleepableRing {
     /// timer hardware is reprogrammed per timer, not per sleep. One that is
     /// due sooner than needed (its timer went away) only wakes a sleep
     /// early, once: the reactor finds no timer due and sleeps again.
-    fn arm_wake_timer(&mut self, timeout: Duration) -> bool {
-        let Some(due) = Instant::now().checked_add(timeout) else {
+    ///
+    /// `timeout` counts from `now`, the reading the timers were checked
+    /// against: `now + timeout` is the timer's own instant.
+    fn arm_wake_timer(&mut self, timeout: Duration, now: Instant) -> bool {
+        let Some(due) = now.checked_add(timeout) else {
             return false;
         };
         if let Some((armed, at)) = &self.wake_timer {
@@ -1961,6 +1969,7 @@ impl Reactor {
         &self,
         ring: &mut SleepableRing,
         timeout: Option<Duration>,
+        now: Instant,
     ) -> io::Result<()> {
         let armed = self.link_rings_src.take().filter(|src| src.is_armed());
         let fresh = armed.is_none();
@@ -1974,7 +1983,7 @@ impl Reactor {
             )
         });
         let slept = ring
-            .sleep_linked(fresh.then_some(&link), timeout)
+            .sleep_linked(fresh.then_some(&link), timeout, now)
             .or_else(Self::busy_ok)
             .map(|_| {});
         self.link_rings_src.set(Some(link));
@@ -2055,6 +2064,7 @@ impl Reactor {
         preempt_timer: Preempt,
         user_timer: Option<Duration>,
         mut woke: usize,
+        now: Instant,
         process_remote_channels: F,
     ) -> io::Result<bool>
     where
@@ -2152,7 +2162,7 @@ impl Reactor {
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
                     if timed_wait {
-                        self.link_rings_and_sleep_for(&mut main_ring, user_timer)
+                        self.link_rings_and_sleep_for(&mut main_ring, user_timer, now)
                     } else {
                         self.link_rings_and_sleep(&mut main_ring)
                     }
@@ -2381,13 +2391,13 @@ mod tests {
         );
 
         let start = Instant::now();
-        reactor.wait(|| None, None, 0, || 0).unwrap();
+        reactor.wait(|| None, None, 0, Instant::now(), || 0).unwrap();
         let elapsed_ms = start.elapsed().as_millis();
         assert!((50..100).contains(&elapsed_ms));
 
         drop(slow); // Cancel this one.
 
-        reactor.wait(|| None, None, 0, || 0).unwrap();
+        reactor.wait(|| None, None, 0, Instant::now(), || 0).unwrap();
         let elapsed_ms = start.elapsed().as_millis();
         assert!((300..350).contains(&elapsed_ms));
     }
