@@ -67,7 +67,8 @@ pub fn with_idle_timeout<T>(
 }
 
 /// Ends every idle wait ([`with_idle_timeout`]) on this thread now, and
-/// every later one as soon as it blocks.
+/// every later one as soon as it blocks: for the rest of the thread's life,
+/// which for a shard's thread ends with its drain.
 pub fn end_idle_waits() {
     let woken: Vec<Waker> = WHEEL.with(|w| {
         let mut w = w.borrow_mut();
