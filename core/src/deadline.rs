@@ -330,7 +330,10 @@ impl Wheel {
     /// partly over, and the ticker may be up to a tick behind the clock:
     /// two ticks of margin.
     fn due_in(&self, dur: Duration) -> u64 {
-        let ticks = dur.as_nanos().div_ceil(RESOLUTION.as_nanos()) as u64;
+        // In 64 bits (a 128-bit division is a library call, and this runs
+        // per wait); a duration past u64 nanoseconds (584 years) saturates.
+        let nanos = u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX);
+        let ticks = nanos.div_ceil(RESOLUTION_NANOS);
         self.tick.saturating_add(ticks).saturating_add(2)
     }
 
