@@ -43,6 +43,13 @@ const SLOTS: usize = 512;
 
 const RESOLUTION_NANOS: u64 = RESOLUTION.as_nanos() as u64;
 
+/// `d` in nanoseconds as a u64, which ticks are computed in (a 128-bit
+/// division is a library call, and it runs per wait); past 584 years it
+/// saturates.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Runs `fut` until `dur` has passed; `Err(TimedOut)` after that (up to three
 /// [`RESOLUTION`]s later), under a deadline of its own. Must run inside a
 /// glommio executor.
@@ -330,10 +337,7 @@ impl Wheel {
     /// partly over, and the ticker may be up to a tick behind the clock:
     /// two ticks of margin.
     fn due_in(&self, dur: Duration) -> u64 {
-        // In 64 bits (a 128-bit division is a library call, and this runs
-        // per wait); a duration past u64 nanoseconds (584 years) saturates.
-        let nanos = u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX);
-        let ticks = nanos.div_ceil(RESOLUTION_NANOS);
+        let ticks = nanos(dur).div_ceil(RESOLUTION_NANOS);
         self.tick.saturating_add(ticks).saturating_add(2)
     }
 
@@ -366,8 +370,7 @@ impl Wheel {
         if now < epoch + Duration::from_nanos((self.tick + 1) * RESOLUTION_NANOS) {
             return;
         }
-        // In 64 bits: a 128-bit division is a library call.
-        self.tick = now.saturating_duration_since(epoch).as_nanos() as u64 / RESOLUTION_NANOS;
+        self.tick = nanos(now.saturating_duration_since(epoch)) / RESOLUTION_NANOS;
     }
 
     /// Moves to the clock's tick, collecting the wakers of what expired.

@@ -1539,9 +1539,7 @@ impl LocalExecutor {
                 // else (this turn's ring poll, a turn that ran no queue)
                 // takes the latest reading, which is at most that poll old.
                 // A turn either runs a queue or parks, so the reading
-                // always moves on; before this, a turn read the clock five
-                // to seven times (the park's timers before and after its
-                // sleep, its wake timer, the turn's and the queue's start).
+                // always moves on.
                 let cur_time = this.clock.get();
                 this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
                 pre_time = cur_time;
