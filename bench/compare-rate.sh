@@ -4,7 +4,7 @@
 # and 90% of the LOWER of the two saturations, so both get the same offered
 # rate. Per rate and proxy: achieved rate, p50/p99 latency (from each
 # request's intended send time), CPU us per request. Rounds interleave the
-# proxies. Prints the table and writes text + JSON lines under
+# proxies, each first in every other round. Prints the table and writes text + JSON lines under
 # bench/results/ (gitignored).
 #
 #   bench/compare-rate.sh [--workers 1] [--rounds 2] [--duration 5s]
@@ -25,7 +25,11 @@
 # table shows the proxy's busy cores and the load generator's beside it,
 # and "behind" where the open loop could not send at the offered rate
 # (requests due but unsent at the end: the achieved rate and latency are
-# then the load generator's, not the proxy's).
+# then the load generator's, not the proxy's). "load cpus" is how busy the
+# load generator's CPUs were, whatever ran there (on 2 CPUs, the mock too):
+# near 100%, requests queue for those CPUs, and the latency measures that
+# queue as much as the proxy. A last block gives each round's latency
+# difference between the two proxies (they ran back to back).
 # CPU per request: utime+stime of the gateway process or of every nginx
 # worker, read from /proc/PID/stat at the edges of the measurement window
 # (`run --watch-pid`), over the requests completed in it.
@@ -118,9 +122,19 @@ print(f"{phase} {percent}% round {rnd} {name:<8} {r['requests_per_second']:>10.1
 PY
 }
 
+# order ROUND: the proxies' indices, reversed in even rounds, so neither
+# always runs first (right after the other's load) in its round.
+order() {
+  local i out=()
+  for i in "${!NAMES[@]}"; do
+    if (($1 % 2)); then out+=("$i"); else out=("$i" "${out[@]}"); fi
+  done
+  echo "${out[@]}"
+}
+
 # 1. Saturation, closed loop, interleaved.
 for ((round = 1; round <= ROUNDS; round++)); do
-  for i in "${!NAMES[@]}"; do
+  for i in $(order "$round"); do
     measure saturation 100 "$round" "$i" --connections "$CONNECTIONS"
   done
 done
@@ -139,7 +153,7 @@ log "lower saturation: $SAT req/s"
 for pct in ${PERCENTS//,/ }; do
   RATE=$(python3 -c "print(round($SAT * $pct / 100, 1))")
   for ((round = 1; round <= ROUNDS; round++)); do
-    for i in "${!NAMES[@]}"; do
+    for i in $(order "$round"); do
       measure open "$pct" "$round" "$i" --rate "$RATE" --connections "$OPEN_CONNECTIONS"
     done
   done
@@ -157,7 +171,7 @@ print(f"per point: {len([r for r in runs if r['phase'] == 'saturation']) // len(
 print("latency: median over rounds of each round's p50/p99; cpu: all rounds' CPU over all rounds' requests")
 print()
 print(f"{'offered':>16} {'proxy':<8} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
-      f"{'cpu us/req':>10} {'proxy cores':>11} {'load cores':>10} {'errors':>7}")
+      f"{'cpu us/req':>10} {'proxy cores':>11} {'load cores':>10} {'load cpus':>9} {'errors':>7}")
 points = []
 for r in runs:
     key = (r["phase"], r["percent"])
@@ -178,8 +192,29 @@ for phase, pct in points:
               f"{statistics.median(r['latency_us']['p99'] for r in rs) / 1000:>8.3f} "
               f"{'-' if cpu is None else f'{cpu:.1f}':>10} {'-' if cores is None else f'{cores:.2f}':>11} "
               f"{statistics.median(r['loadgen_cpu_cores'] or 0 for r in rs):>10.2f} "
+              f"{statistics.median(r.get('loadgen_cpus_busy') or 0 for r in rs) * 100:>8.1f}% "
               f"{sum(r['errors_total'] for r in rs):>7}"
               + ("  behind" if any(r.get("unsent_at_end") for r in rs) else ""))
+# Paired rounds: each round ran the proxies back to back, so round-to-round
+# drift (the host, the helpers' CPUs) cancels in the differences.
+pairs = [(phase, pct) for phase, pct in points if phase == "open"]
+if pairs and {"gateway", "nginx"} <= {r["proxy"] for r in runs}:
+    print()
+    print("open loop, round by round (gateway - nginx, us): p50, p99")
+    for phase, pct in pairs:
+        by = {}
+        for r in runs:
+            if (r["phase"], r["percent"]) == (phase, pct):
+                by.setdefault(r["round"], {})[r["proxy"]] = r["report"]["latency_us"]
+        diffs = [(v["gateway"]["p50"] - v["nginx"]["p50"], v["gateway"]["p99"] - v["nginx"]["p99"])
+                 for _, v in sorted(by.items()) if {"gateway", "nginx"} <= v.keys()]
+        if not diffs:
+            continue
+        p50s = [d[0] for d in diffs]
+        p99s = [d[1] for d in diffs]
+        print(f"{pct:g}%: p50 {' '.join(f'{d:+.0f}' for d in p50s)} (median {statistics.median(p50s):+.0f}, "
+              f"gateway at most nginx's in {sum(d <= 0 for d in p50s)} of {len(p50s)}); "
+              f"p99 median {statistics.median(p99s):+.0f} ({sum(d <= 0 for d in p99s)} of {len(p99s)})")
 PY
 {
   echo

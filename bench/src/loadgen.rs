@@ -142,12 +142,15 @@ pub fn run_load(cfg: &LoadConfig, watch: &[u32]) -> Result<(LoadReport, Stats), 
     );
     let mut cpu0 = None;
     let mut own0 = None;
+    let mut busy0 = None;
+    let own_cpus = machine::allowed_cpus();
     let mut sampled = false;
     loop {
         let now = Instant::now();
         if !sampled && now >= window_start {
             cpu0 = cpu_of(watch);
             own0 = machine::own_cpu_time();
+            busy0 = machine::cpus_ticks(&own_cpus);
             sampled = true;
         }
         if now >= window_end {
@@ -159,6 +162,7 @@ pub fn run_load(cfg: &LoadConfig, watch: &[u32]) -> Result<(LoadReport, Stats), 
     }
     let cpu1 = cpu_of(watch);
     let own1 = machine::own_cpu_time();
+    let busy1 = machine::cpus_ticks(&own_cpus);
     line.clear();
 
     let mut stats = Stats::new()?;
@@ -223,6 +227,8 @@ pub fn run_load(cfg: &LoadConfig, watch: &[u32]) -> Result<(LoadReport, Stats), 
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / secs),
             _ => None,
         },
+        loadgen_cpus: machine::format_cpu_list(&own_cpus),
+        loadgen_cpus_busy: busy0.zip(busy1).and_then(|(a, b)| a.busy_share_until(b)),
         watched_cpu_us,
         watched_cpu_us_per_request: watched_cpu_us
             .filter(|_| stats.ok > 0)

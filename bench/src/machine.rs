@@ -140,6 +140,56 @@ pub fn format_cpu_list(cpus: &[usize]) -> String {
     out
 }
 
+/// Busy and total clock ticks of `cpus` together since boot, from
+/// `/proc/stat` (busy: all but idle and iowait, whatever process ran);
+/// none when a CPU's line is missing or unreadable.
+pub fn cpus_ticks(cpus: &[usize]) -> Option<CpuTicks> {
+    parse_cpus_ticks(&std::fs::read_to_string("/proc/stat").ok()?, cpus)
+}
+
+/// Clock ticks of a set of CPUs, as [`cpus_ticks`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTicks {
+    pub busy: u64,
+    pub total: u64,
+}
+
+impl CpuTicks {
+    /// The share of `later - self` that was busy, in 0..=1; none when no
+    /// tick passed.
+    pub fn busy_share_until(self, later: CpuTicks) -> Option<f64> {
+        let total = later.total.checked_sub(self.total).filter(|&t| t > 0)?;
+        let busy = later.busy.saturating_sub(self.busy).min(total);
+        Some(busy as f64 / total as f64)
+    }
+}
+
+fn parse_cpus_ticks(stat: &str, cpus: &[usize]) -> Option<CpuTicks> {
+    let mut sum = CpuTicks { busy: 0, total: 0 };
+    for &cpu in cpus {
+        let name = format!("cpu{cpu}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_ascii_whitespace().next() == Some(name.as_str()))?;
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already in user and nice, so it is not added again).
+        let ticks: Vec<u64> = line
+            .split_ascii_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        let busy = user + nice + system + irq + softirq + steal;
+        sum.busy += busy;
+        sum.total += busy + idle + iowait;
+    }
+    Some(sum)
+}
+
 /// User + system CPU time of a process, all its threads included
 /// (`/proc/PID/stat` fields 14 and 15).
 pub fn process_cpu_time(pid: u32) -> Option<Duration> {
@@ -191,6 +241,39 @@ mod tests {
     fn own_cpu_is_readable() {
         assert!(own_cpu_time().is_some());
         assert!(process_cpu_time(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn cpu_ticks_of_a_set() {
+        let stat = "cpu  30 0 10 100 5 1 2 0 0 0\n\
+                    cpu0 10 0 5 40 5 1 1 0 0 0\n\
+                    cpu1 20 0 5 60 0 0 1 0 0 0\n\
+                    intr 1 2 3\n";
+        let one = parse_cpus_ticks(stat, &[1]).unwrap();
+        assert_eq!(
+            one,
+            CpuTicks {
+                busy: 26,
+                total: 86
+            }
+        );
+        let both = parse_cpus_ticks(stat, &[0, 1]).unwrap();
+        assert_eq!(
+            both,
+            CpuTicks {
+                busy: 43,
+                total: 148
+            }
+        );
+        assert_eq!(parse_cpus_ticks(stat, &[2]), None);
+        assert_eq!(parse_cpus_ticks("cpu0 1 2\n", &[0]), None);
+        let later = CpuTicks {
+            busy: 43 + 75,
+            total: 148 + 100,
+        };
+        assert_eq!(both.busy_share_until(later), Some(0.75));
+        assert_eq!(both.busy_share_until(both), None);
+        assert!(cpus_ticks(&allowed_cpus()).is_some());
     }
 
     #[test]

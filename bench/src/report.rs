@@ -259,6 +259,12 @@ pub struct LoadReport {
     pub unsent_at_end: Option<u64>,
     /// CPU time the load generator itself used in the window, in cores.
     pub loadgen_cpu_cores: Option<f64>,
+    /// The CPUs the load generator may run on (its affinity).
+    pub loadgen_cpus: String,
+    /// How busy those CPUs were in the window, 0 to 1, whatever ran there
+    /// (a mock sharing them included). Near 1, requests wait for those
+    /// CPUs: the latency is theirs as much as the target's.
+    pub loadgen_cpus_busy: Option<f64>,
     /// CPU time (utime + stime from /proc/PID/stat) of the watched
     /// processes together in the window, when some were given.
     pub watched_cpu_us: Option<u64>,
@@ -370,6 +376,13 @@ fn summary_lines(r: &LoadReport) -> Vec<String> {
     }
     if let Some(c) = r.loadgen_cpu_cores {
         lines.push(format!("loadgen cpu: {c:.2} cores"));
+    }
+    if let Some(b) = r.loadgen_cpus_busy {
+        lines.push(format!(
+            "loadgen cpus ({}) busy: {:.1}%",
+            r.loadgen_cpus,
+            b * 100.0
+        ));
     }
     if let Some(us) = r.watched_cpu_us {
         lines.push(format!(
@@ -516,6 +529,8 @@ mod tests {
             stuck_at_end: 0,
             unsent_at_end: open.then_some(3),
             loadgen_cpu_cores: Some(0.5),
+            loadgen_cpus: "0".into(),
+            loadgen_cpus_busy: Some(0.975),
             watched_cpu_us: None,
             watched_cpu_us_per_request: None,
             machine: machine::MachineInfo::collect(),
@@ -529,6 +544,7 @@ mod tests {
         assert!(text.contains("open loop at 100 req/s (poisson)"), "{text}");
         assert!(text.contains("3 requests due but unsent"), "{text}");
         assert!(text.contains("machine: nproc="), "{text}");
+        assert!(text.contains("loadgen cpus (0) busy: 97.5%"), "{text}");
         for row in [
             "latency ms",
             "service ms",
