@@ -4,9 +4,9 @@
 #   lints (clippy, warnings denied), 1. build every binary, 2. the Rust
 #   tests, then glommio's own net and reactor tests, and those with
 #   glommio's fallback rings (SHARDGATE_GLOMMIO_FALLBACK=1) with the
-#   gateway's streaming and upstream-pool tests, 3. the Python end-to-end
-#   suite (the official SDKs against the freshly built gateway and mock
-#   upstream).
+#   gateway's upstream client, streaming and upstream-pool tests, 3. the
+#   Python end-to-end suite (the official SDKs against the freshly built
+#   gateway and mock upstream).
 # Exits non-zero on any failure.
 #
 # Environment:
@@ -42,8 +42,9 @@ bash vendor/test-glommio.sh net:: sys:: iou:: sync::gate
 
 # glommio as on a kernel before 5.11 (no COOP_TASKRUN or DEFER_TASKRUN rings,
 # one-shot read polls, no EXT_ARG waits; vendor/README.md), on this one.
-step "SHARDGATE_GLOMMIO_FALLBACK=1: glommio's net tests, streaming and upstream_pool"
+step "SHARDGATE_GLOMMIO_FALLBACK=1: glommio's net tests, the upstream client's, streaming and upstream_pool"
 SHARDGATE_GLOMMIO_FALLBACK=1 bash vendor/test-glommio.sh net:: sys::uring::tests::fallback_switch
+SHARDGATE_GLOMMIO_FALLBACK=1 cargo test -p shardgate-core --lib client::
 SHARDGATE_GLOMMIO_FALLBACK=1 cargo test -p shardgate-tests --test streaming --test upstream_pool
 
 # ---- Python venv for the e2e suite ---------------------------------------

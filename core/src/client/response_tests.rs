@@ -1,10 +1,5 @@
 use super::*;
-use crate::client::UPSTREAM_BUFFER;
-use crate::deadline::coarse_now;
-use crate::io::MaybeTls;
-use futures_lite::io::AsyncWriteExt;
-use glommio::net::{TcpListener, TcpStream};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr};
+use crate::client::tests::upstream;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -125,28 +120,6 @@ fn event_stream_content_types_are_matched_by_prefix_ignoring_case() {
     assert!(!head(b"application/json").is_event_stream());
     assert!(head(b"application/vnd.amazon.eventstream").is_aws_event_stream());
     assert!(!head(b"text/event-stream").is_aws_event_stream());
-}
-
-/// An upstream connection whose peer has sent `sent` and then, with
-/// `close`, shut its side (else it stays open and silent; it is returned
-/// so it does not close when dropped). Real loopback sockets: the readers
-/// under test read through the pool's connection type.
-async fn upstream(sent: &[u8], close: bool) -> (UpstreamConn, TcpStream) {
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let client = crate::runtime::connect(addr, WAIT).await.unwrap();
-    let mut peer = listener.accept().await.unwrap();
-    peer.write_all(sent).await.unwrap();
-    if close {
-        peer.shutdown(Shutdown::Write).await.unwrap();
-    }
-    let conn = UpstreamConn::from(crate::client::Connection {
-        stream: MaybeTls::Plain(client),
-        rbuf: ReadBuf::with_capacity(UPSTREAM_BUFFER),
-        reused: false,
-        idle_since: coarse_now(),
-    });
-    (conn, peer)
 }
 
 /// The head of what a peer sent and closed, with what it left buffered.
