@@ -210,3 +210,91 @@ fn sixty_four_connections_streaming_at_once_all_finish() {
         }
     }
 }
+
+/// A provider that streams one answer per connection: its head, with the
+/// first event in the same write when `first_with_head`, then after
+/// `pause` the rest. Returns its address.
+fn paced_provider(first_with_head: bool, pause: Duration) -> std::net::SocketAddr {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut s = stream.unwrap();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if read_upstream_request(&mut s, &mut buf).is_none() {
+                    return;
+                }
+                let chunk = |data: &str| {
+                    let event = format!("data: {data}\n\n");
+                    format!("{:x}\r\n{event}\r\n", event.len())
+                };
+                let delta = |text: &str| {
+                    chunk(&format!(
+                        r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":null}}]}}"#
+                    ))
+                };
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                let first = if first_with_head {
+                    format!("{head}{}", delta("first"))
+                } else {
+                    head.to_owned()
+                };
+                s.write_all(first.as_bytes()).unwrap();
+                std::thread::sleep(pause);
+                let mut rest = String::new();
+                if !first_with_head {
+                    rest.push_str(&delta("first"));
+                }
+                rest.push_str(&delta("second"));
+                rest.push_str(&chunk("[DONE]"));
+                rest.push_str("0\r\n\r\n");
+                let _ = s.write_all(rest.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// Asks for a stream on a fresh connection; returns the client's first
+/// read (whatever the gateway had sent by then) and when it came.
+fn first_read(gw: &Proc) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let asked = Instant::now();
+    s.write_all(&chat("demo", true)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    (
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+        asked.elapsed(),
+    )
+}
+
+#[test]
+fn events_the_upstream_sent_with_its_head_reach_the_client_with_the_head() {
+    let up = paced_provider(true, Duration::from_millis(300));
+    let gw = start_gateway(&config(Some(up), ""));
+    let (first, _) = first_read(&gw);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // One write: the first token does not trail its head.
+    assert!(first.contains(r#""content":"first""#), "{first}");
+    assert!(!first.contains("second"), "{first}");
+}
+
+#[test]
+fn a_head_without_events_reaches_the_client_before_the_first_event() {
+    let pause = Duration::from_millis(1500);
+    let up = paced_provider(false, pause);
+    let gw = start_gateway(&config(Some(up), ""));
+    let (first, took) = first_read(&gw);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(!first.contains("first"), "{first}");
+    assert!(
+        took < pause,
+        "the head waited for the first event: {took:?}"
+    );
+}

@@ -165,6 +165,12 @@ impl Source {
         }
     }
 
+    /// Body bytes read with the head: the first step hands them out
+    /// without a wait.
+    fn has_buffered(&self) -> bool {
+        matches!(self, Source::Http { up, .. } if !up.rbuf.is_empty())
+    }
+
     /// The body was read to its end: an upstream connection may serve again.
     fn finished(&mut self, shard: &Shard) {
         if let Source::Http {
@@ -949,14 +955,24 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
         &answer.call.lines(answer.alias_line, answer.target_lines),
         &answer.call.extra(),
     );
-    let wrote = conn.write(&client_head).await;
-    // Not held for the stream's life.
-    drop(client_head);
-    if wrote.is_err() {
-        return Outcome::CLOSE;
+    // Events the upstream sent with its head go out with the client's head,
+    // in one write (a paced stream's first token, as nginx relays it);
+    // otherwise, or when output webhooks hold the events, the head goes
+    // now, before a wait.
+    let mut head = None;
+    if answer.source.has_buffered() && answer.call.output_hooks.is_empty() {
+        head = Some(client_head);
+    } else {
+        let wrote = conn.write(&client_head).await;
+        // Not held for the stream's life.
+        drop(client_head);
+        if wrote.is_err() {
+            return Outcome::CLOSE;
+        }
     }
-    // Made once the client has the head: a check that never saw the
-    // answer leaves no record.
+    // Made once the client has the head, or once the first events are
+    // read to go with it: a check that never saw the answer leaves no
+    // record.
     let mut pipe = Pipe::new(answer, settings.max_event_bytes);
     let mut capture = StreamCapture::new(answer);
     let mut stages = Stages::new(answer);
@@ -1069,7 +1085,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     keep_streamed_turn(call, &stages, response, name).await;
                 }
                 source.finished(shard);
-                return match conn.write(&out).await {
+                return match send(conn, &mut head, &out).await {
                     Ok(()) => Outcome::KEEP,
                     Err(_) => Outcome::CLOSE,
                 };
@@ -1092,7 +1108,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     GatewayError::Policy(_) => "tool_denied",
                     _ => refusal.label(),
                 });
-                return match conn.write(&out).await {
+                return match send(conn, &mut head, &out).await {
                     Ok(()) => Outcome::KEEP,
                     Err(_) => Outcome::CLOSE,
                 };
@@ -1107,7 +1123,7 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                     out.clear();
                 }
                 pipe.fail(&err, &mut out, client);
-                return match conn.write(&out).await {
+                return match send(conn, &mut head, &out).await {
                     Ok(()) => Outcome::KEEP,
                     Err(_) => Outcome::CLOSE,
                 };
@@ -1125,20 +1141,36 @@ async fn stream(conn: &mut ClientConn, answer: &mut Answer<'_>) -> Outcome {
                 let (usage, events) = pipe.abandon();
                 meter_stream(call, usage, true, events);
                 StreamEgress::identity(client).fail(&e, &mut out);
-                return match conn.write(&out).await {
+                return match send(conn, &mut head, &out).await {
                     Ok(()) => Outcome::KEEP,
                     Err(_) => Outcome::CLOSE,
                 };
             }
         }
-        if !out.is_empty() {
-            if conn.write(&out).await.is_err() {
+        if !out.is_empty() || head.is_some() {
+            if send(conn, &mut head, &out).await.is_err() {
                 let (usage, events) = pipe.abandon();
                 meter_stream(call, usage, true, events);
                 return Outcome::CLOSE;
             }
             out.clear();
         }
+    }
+}
+
+/// Writes `out` to a stream's client: after the stream's head while the
+/// head waits for the first events, in one write.
+async fn send(
+    conn: &mut ClientConn,
+    head: &mut Option<Vec<u8>>,
+    out: &[u8],
+) -> std::io::Result<()> {
+    match head.take() {
+        Some(mut head) => {
+            head.extend_from_slice(out);
+            conn.write(&head).await
+        }
+        None => conn.write(out).await,
     }
 }
 
