@@ -431,6 +431,21 @@ impl UpstreamRequest {
     }
 }
 
+/// A provider on an ephemeral loopback port: `serve` runs on a thread of
+/// its own for each connection it accepts. Returns its address.
+pub fn spawn_provider(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = std::sync::Arc::new(serve);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let (serve, stream) = (serve.clone(), stream.unwrap());
+            std::thread::spawn(move || serve(stream));
+        }
+    });
+    addr
+}
+
 /// Reads the next request (head and `content-length` body) from `s`; bytes
 /// past it stay in `buf` for the next call. `None` once the peer closed.
 pub fn read_upstream_request(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<UpstreamRequest> {

@@ -7,7 +7,7 @@
 
 use shardgate_tests::*;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// What the broken provider says it used.
@@ -17,32 +17,22 @@ const BILLED_OUT: u64 = 13;
 /// An OpenAI-dialect provider whose answers carry usage but no usable
 /// choices: an Anthropic client's answer cannot be made from them.
 fn billing_but_broken_provider() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut s = stream.unwrap();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                while read_upstream_request(&mut s, &mut buf).is_some() {
-                    let body = format!(
-                        r#"{{"id":"x","object":"chat.completion","model":"broken-1","choices":"not a list","usage":{{"prompt_tokens":{BILLED_IN},"completion_tokens":{BILLED_OUT},"total_tokens":{}}}}}"#,
-                        BILLED_IN + BILLED_OUT
-                    );
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    if s.write_all(head.as_bytes()).is_err()
-                        || s.write_all(body.as_bytes()).is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+    spawn_provider(|mut s| {
+        let mut buf = Vec::new();
+        while read_upstream_request(&mut s, &mut buf).is_some() {
+            let body = format!(
+                r#"{{"id":"x","object":"chat.completion","model":"broken-1","choices":"not a list","usage":{{"prompt_tokens":{BILLED_IN},"completion_tokens":{BILLED_OUT},"total_tokens":{}}}}}"#,
+                BILLED_IN + BILLED_OUT
+            );
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            if s.write_all(head.as_bytes()).is_err() || s.write_all(body.as_bytes()).is_err() {
+                return;
+            }
         }
-    });
-    addr
+    })
 }
 
 #[test]

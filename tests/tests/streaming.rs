@@ -216,46 +216,38 @@ fn sixty_four_connections_streaming_at_once_all_finish() {
 /// `pause` the rest. Returns its address.
 fn paced_provider(first_with_head: bool, pause: Duration) -> std::net::SocketAddr {
     use std::io::Write;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut s = stream.unwrap();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if read_upstream_request(&mut s, &mut buf).is_none() {
-                    return;
-                }
-                let chunk = |data: &str| {
-                    let event = format!("data: {data}\n\n");
-                    format!("{:x}\r\n{event}\r\n", event.len())
-                };
-                let delta = |text: &str| {
-                    chunk(&format!(
-                        r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":null}}]}}"#
-                    ))
-                };
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
-                            transfer-encoding: chunked\r\n\r\n";
-                let first = if first_with_head {
-                    format!("{head}{}", delta("first"))
-                } else {
-                    head.to_owned()
-                };
-                s.write_all(first.as_bytes()).unwrap();
-                std::thread::sleep(pause);
-                let mut rest = String::new();
-                if !first_with_head {
-                    rest.push_str(&delta("first"));
-                }
-                rest.push_str(&delta("second"));
-                rest.push_str(&chunk("[DONE]"));
-                rest.push_str("0\r\n\r\n");
-                let _ = s.write_all(rest.as_bytes());
-            });
+    spawn_provider(move |mut s| {
+        let mut buf = Vec::new();
+        if read_upstream_request(&mut s, &mut buf).is_none() {
+            return;
         }
-    });
-    addr
+        let chunk = |data: &str| {
+            let event = format!("data: {data}\n\n");
+            format!("{:x}\r\n{event}\r\n", event.len())
+        };
+        let delta = |text: &str| {
+            chunk(&format!(
+                r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":null}}]}}"#
+            ))
+        };
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                    transfer-encoding: chunked\r\n\r\n";
+        let first = if first_with_head {
+            format!("{head}{}", delta("first"))
+        } else {
+            head.to_owned()
+        };
+        s.write_all(first.as_bytes()).unwrap();
+        std::thread::sleep(pause);
+        let mut rest = String::new();
+        if !first_with_head {
+            rest.push_str(&delta("first"));
+        }
+        rest.push_str(&delta("second"));
+        rest.push_str(&chunk("[DONE]"));
+        rest.push_str("0\r\n\r\n");
+        let _ = s.write_all(rest.as_bytes());
+    })
 }
 
 /// Asks for a stream on a fresh connection; returns the client's first
