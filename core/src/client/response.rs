@@ -271,6 +271,12 @@ impl BodyReader {
         rbuf: &mut ReadBuf,
         on_data: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, ReadError> {
+        // Nothing buffered changes no state (`new` settled the bodies that
+        // are done before any byte): a stream's every step starts here with
+        // an empty buffer, before its read.
+        if rbuf.is_empty() {
+            return Ok(false);
+        }
         let mut gave = false;
         match self.framing {
             ResponseFraming::Length(_) => {
@@ -308,7 +314,7 @@ impl BodyReader {
                         self.done = true;
                         break;
                     }
-                    if d.consumed == 0 {
+                    if d.consumed == 0 || rbuf.is_empty() {
                         break;
                     }
                 }
