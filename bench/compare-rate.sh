@@ -4,8 +4,8 @@
 # and 90% of the LOWER of the two saturations, so both get the same offered
 # rate. Per rate and proxy: achieved rate, p50/p99 latency (from each
 # request's intended send time), CPU us per request. Rounds interleave the
-# proxies, each first in every other round. Prints the table and writes text + JSON lines under
-# bench/results/ (gitignored).
+# proxies, each first in every other round. Prints the table and writes
+# text + JSON lines under bench/results/ (gitignored).
 #
 #   bench/compare-rate.sh [--workers 1] [--rounds 2] [--duration 5s]
 #       [--warmup 1s] [--connections 64] [--open-connections 512]
