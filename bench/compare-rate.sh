@@ -10,12 +10,16 @@
 #   bench/compare-rate.sh [--workers 1] [--rounds 2] [--duration 5s]
 #       [--warmup 1s] [--connections 64] [--open-connections 512]
 #       [--percents 25,50,90] [--max-tokens 16] [--stream] [--no-build]
-#       [--skip-nginx]
+#       [--skip-nginx] [--control]
 #
 #   --workers N           gateway shards = nginx worker processes
 #   --connections N       closed-loop concurrency for the saturation runs
 #   --open-connections N  open loop: most requests in flight at once
 #   --percents LIST       offered rates, in % of the lower saturation
+#   --control             a second, identical nginx (nginx-b) in every round:
+#                         its differences from nginx are the noise floor of
+#                         the gateway's (the same proxy measured against
+#                         itself)
 #
 # Pinning, as an operator would: the proxy under test on CPUs 1..N (taskset;
 # the gateway pinning its shards inside it), the mock and the load generator on CPU 0 and
@@ -46,6 +50,7 @@ MAX_TOKENS=16
 STREAM=()
 BUILD=1
 SKIP_NGINX=0
+CONTROL=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --workers) WORKERS=$2; shift 2 ;;
@@ -59,6 +64,7 @@ while [[ $# -gt 0 ]]; do
     --stream) STREAM=(--stream); shift ;;
     --no-build) BUILD=0; shift ;;
     --skip-nginx) SKIP_NGINX=1; shift ;;
+    --control) CONTROL=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
@@ -93,6 +99,16 @@ if ((!SKIP_NGINX)); then
   URLS+=("http://127.0.0.1:$NGINX_PORT$PATH_")
   MODELS+=(mock-1)
   WATCH+=("$NGINX_WORKERS")
+  if ((CONTROL)); then
+    NGINX_DIR=$WORK/nginx-b start_nginx "$PROXY_CPUS" "$WORKERS" "$OPEN_CONNECTIONS" 1024
+    NAMES+=(nginx-b)
+    URLS+=("http://127.0.0.1:$NGINX_PORT$PATH_")
+    MODELS+=(mock-1)
+    WATCH+=("$NGINX_WORKERS")
+  fi
+elif ((CONTROL)); then
+  log "--control runs a second nginx beside the first: not with --skip-nginx"
+  exit 2
 fi
 log "proxy on cpus $PROXY_CPUS; mock on $MOCK_CPUS; load generator on $LOAD_CPUS ($LOAD_SHARDS shard(s))"
 
@@ -198,22 +214,25 @@ for phase, pct in points:
 # Paired rounds: each round ran the proxies back to back, so round-to-round
 # drift (the host, the helpers' CPUs) cancels in the differences.
 pairs = [(phase, pct) for phase, pct in points if phase == "open"]
-if pairs and {"gateway", "nginx"} <= {r["proxy"] for r in runs}:
+proxies = {r["proxy"] for r in runs}
+for a, b, note in (("gateway", "nginx", ""), ("nginx-b", "nginx", ", the control: nginx against itself")):
+    if not pairs or not {a, b} <= proxies:
+        continue
     print()
-    print("open loop, round by round (gateway - nginx, us): p50, p99")
+    print(f"open loop, round by round ({a} - {b}, us{note}): p50, p99")
     for phase, pct in pairs:
         by = {}
         for r in runs:
             if (r["phase"], r["percent"]) == (phase, pct):
                 by.setdefault(r["round"], {})[r["proxy"]] = r["report"]["latency_us"]
-        diffs = [(v["gateway"]["p50"] - v["nginx"]["p50"], v["gateway"]["p99"] - v["nginx"]["p99"])
-                 for _, v in sorted(by.items()) if {"gateway", "nginx"} <= v.keys()]
+        diffs = [(v[a]["p50"] - v[b]["p50"], v[a]["p99"] - v[b]["p99"])
+                 for _, v in sorted(by.items()) if {a, b} <= v.keys()]
         if not diffs:
             continue
         p50s = [d[0] for d in diffs]
         p99s = [d[1] for d in diffs]
         print(f"{pct:g}%: p50 {' '.join(f'{d:+.0f}' for d in p50s)} (median {statistics.median(p50s):+.0f}, "
-              f"gateway at most nginx's in {sum(d <= 0 for d in p50s)} of {len(p50s)}); "
+              f"{a} at most {b}'s in {sum(d <= 0 for d in p50s)} of {len(p50s)}); "
               f"p99 median {statistics.median(p99s):+.0f} ({sum(d <= 0 for d in p99s)} of {len(p99s)})")
 PY
 {

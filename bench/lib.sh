@@ -133,33 +133,35 @@ free_port() {
 }
 
 # nginx_conf PORT WORKERS CONNECTIONS KEEPALIVE MASTER: writes
-# $WORK/nginx/nginx.conf for nginx with the gateway's job in front of the
+# $NGINX_DIR/nginx.conf for nginx with the gateway's job in front of the
 # mock ($MOCK_PORT): keep-alive upstream, the key ($KEY) injected, no
 # buffering so streams flow event by event, one listening socket per
 # worker (reuseport, as the gateway's SO_REUSEPORT), keep-alive never cut
-# by a request count. MASTER is on, or off for one process (valgrind
+# by a request count. NGINX_DIR is $WORK/nginx unless set (a second nginx
+# beside the first needs its own). MASTER is on, or off for one process (valgrind
 # follows no fork).
 nginx_conf() {
   local port=$1 workers=$2 conns=$3 keepalive=$4 master=$5 user_line=""
-  mkdir -p "$WORK/nginx"
+  local dir=${NGINX_DIR:-$WORK/nginx}
+  mkdir -p "$dir"
   if [[ $(id -u) -eq 0 ]]; then user_line="user root;"; fi
-  cat >"$WORK/nginx/nginx.conf" <<CONF
+  cat >"$dir/nginx.conf" <<CONF
 $user_line
 worker_processes $workers;
 worker_rlimit_nofile $((conns * 2 + 1024));
 daemon off;
 master_process $master;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 events { worker_connections $((conns * 2 + 512)); }
 http {
   access_log off;
   keepalive_requests 1000000;
-  client_body_temp_path $WORK/nginx/client_body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
+  client_body_temp_path $dir/client_body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
   upstream mock {
     server 127.0.0.1:$MOCK_PORT;
     keepalive $keepalive;
@@ -184,10 +186,11 @@ CONF
 # pids).
 start_nginx() {
   local cpus=$1 workers=$2 conns=$3 keepalive=$4 port i n
+  local dir=${NGINX_DIR:-$WORK/nginx}
   port=$(free_port)
   nginx_conf "$port" "$workers" "$conns" "$keepalive" on
-  taskset -c "$cpus" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
-    >"$WORK/nginx.out" 2>&1 &
+  taskset -c "$cpus" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    >"$dir.out" 2>&1 &
   NGINX_PID=$!
   PIDS+=("$NGINX_PID")
   NGINX_PORT=$port NGINX_WORKERS=""
@@ -202,7 +205,7 @@ start_nginx() {
   done
   if [[ -z $NGINX_WORKERS ]]; then
     log "nginx did not start"
-    cat "$WORK/nginx.out" "$WORK/nginx/error.log" >&2 2>/dev/null || true
+    cat "$dir.out" "$dir/error.log" >&2 2>/dev/null || true
     return 1
   fi
   log "nginx on 127.0.0.1:$port (master $NGINX_PID, workers $NGINX_WORKERS, cpus $cpus)"
