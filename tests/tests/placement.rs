@@ -51,6 +51,28 @@ fn threads(pid: u32) -> Vec<(String, Vec<usize>, usize)> {
     out
 }
 
+/// Per thread of `pid`: its name and its scheduling policy (field 41 of
+/// `/proc/PID/task/TID/stat`: 0 normal, 3 batch).
+fn policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = entry.unwrap().file_name().into_string().unwrap();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue;
+        };
+        let open = stat.find('(').unwrap();
+        let close = stat.rfind(')').unwrap();
+        let policy = stat[close + 2..]
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((stat[open + 1..close].to_owned(), policy));
+    }
+    out
+}
+
 fn taskset_gateway(cpu: usize, config: &str) -> (Command, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shardgate.yaml");
@@ -162,4 +184,36 @@ fn the_admin_listener_is_served_by_the_ops_executor_inside_the_allowed_set() {
     for (name, allowed, _) in threads.iter().filter(|t| t.0.starts_with("ops-")) {
         assert_eq!(allowed, &[cpu], "thread {name} may leave CPU {cpu}");
     }
+}
+
+/// The threads that only record (usage, audit) share the shards' CPUs but
+/// never preempt a shard when they wake: a record waits for the shard to
+/// sleep, a request in flight does not wait for a record. Shards keep the
+/// normal policy.
+#[test]
+fn recording_threads_give_way_to_shards() {
+    let mine = allowed_cpus("self");
+    let Some(&cpu) = mine.last() else { return };
+    let (cmd, dir) = taskset_gateway(cpu, &format!("{CONFIG}audit: {{ dir: audit }}\n"));
+    let gw = spawn(cmd, "shardgate listening on ", 1, dir);
+    let mut c = connect(gw.addr());
+    c.send(&get("/healthz"));
+    assert_eq!(c.read_response().status, 200);
+    let threads = policies(gw.child.id());
+    let policy_of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, p)| p)
+            .unwrap_or_else(|| panic!("no thread {name} among {threads:?}"))
+    };
+    const BATCH: u32 = 3;
+    assert_eq!(policy_of("sg-usage-writer"), BATCH, "{threads:?}");
+    assert_eq!(policy_of("audit-writer"), BATCH, "{threads:?}");
+    let shards: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("shard-"))
+        .collect();
+    assert!(!shards.is_empty(), "{threads:?}");
+    assert!(shards.iter().all(|&&(_, p)| p == 0), "{threads:?}");
 }

@@ -88,7 +88,10 @@ impl AuditWriter {
         let (fsync, st) = (cfg.fsync, stats.clone());
         let join = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || run(rx, file, fsync, &st))
+            .spawn(move || {
+                crate::placement::background_thread("audit writer");
+                run(rx, file, fsync, &st)
+            })
             .map_err(io)?;
         Ok(AuditWriter {
             tx,

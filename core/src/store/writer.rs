@@ -133,7 +133,10 @@ impl UsageWriter {
         };
         let thread = std::thread::Builder::new()
             .name("sg-usage-writer".into())
-            .spawn(move || w.run(&rx))
+            .spawn(move || {
+                crate::placement::background_thread("usage writer");
+                w.run(&rx)
+            })
             .map_err(|source| StoreError::Io {
                 path: path.clone(),
                 source,
