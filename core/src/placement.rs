@@ -173,11 +173,10 @@ fn quota_cpus(quota: u64, period: u64) -> Option<usize> {
 /// slice, with a full share of the CPU under load.
 ///
 /// For threads that only record (the usage and audit writers). They run on
-/// the shards' CPUs, and each wake used to cut into the requests a shard
-/// had in flight: at 50k requests a second the usage writer woke about 130
-/// times a second, and each time it took the CPU from the shard at once.
-/// An error (a seccomp filter refusing the call) leaves the thread as it
-/// was.
+/// the shards' CPUs, and at the normal policy each wake cuts into the
+/// requests a shard has in flight: at 50k requests a second the usage
+/// writer wakes about 130 times a second. An error (a seccomp filter
+/// refusing the call) leaves the thread as it was.
 pub fn yield_to_shards() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` is a valid local.

@@ -27,33 +27,23 @@ fn allowed_cpus(pid: &str) -> Vec<usize> {
     out
 }
 
-/// Per thread of `pid`: its name, the CPUs it may run on, and the CPU it
-/// last ran on (field 39 of `/proc/PID/task/TID/stat`).
-fn threads(pid: u32) -> Vec<(String, Vec<usize>, usize)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let tid = entry.unwrap().file_name().into_string().unwrap();
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
-            continue; // a thread that just ended
-        };
-        let open = stat.find('(').unwrap();
-        let close = stat.rfind(')').unwrap();
-        let name = stat[open + 1..close].to_owned();
-        // Fields after the name start at field 3; `processor` is field 39.
-        let cpu: usize = stat[close + 2..]
-            .split_whitespace()
-            .nth(39 - 3)
-            .unwrap()
-            .parse()
-            .unwrap();
-        out.push((name, allowed_cpus(&format!("{pid}/task/{tid}")), cpu));
-    }
-    out
+/// One thread of a process, from `/proc/PID/task/TID/stat`.
+struct Task {
+    tid: String,
+    name: String,
+    /// Fields 3 onward (after the name).
+    fields: Vec<u64>,
 }
 
-/// Per thread of `pid`: its name and its scheduling policy (field 41 of
-/// `/proc/PID/task/TID/stat`: 0 normal, 3 batch).
-fn policies(pid: u32) -> Vec<(String, u32)> {
+impl Task {
+    /// Field `n` of `stat`, numbered as proc(5) numbers them.
+    fn field(&self, n: usize) -> u64 {
+        self.fields[n - 3]
+    }
+}
+
+/// The threads of `pid` (those that end while being read are left out).
+fn tasks(pid: u32) -> Vec<Task> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let tid = entry.unwrap().file_name().into_string().unwrap();
@@ -62,15 +52,43 @@ fn policies(pid: u32) -> Vec<(String, u32)> {
         };
         let open = stat.find('(').unwrap();
         let close = stat.rfind(')').unwrap();
-        let policy = stat[close + 2..]
+        // Field 3, the state, is a letter: read as 0.
+        let fields = stat[close + 2..]
             .split_whitespace()
-            .nth(41 - 3)
-            .unwrap()
-            .parse()
-            .unwrap();
-        out.push((stat[open + 1..close].to_owned(), policy));
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        out.push(Task {
+            name: stat[open + 1..close].to_owned(),
+            tid,
+            fields,
+        });
     }
     out
+}
+
+/// Per thread of `pid`: its name, the CPUs it may run on, and the CPU it
+/// last ran on (field 39, `processor`).
+fn threads(pid: u32) -> Vec<(String, Vec<usize>, usize)> {
+    tasks(pid)
+        .into_iter()
+        .map(|t| {
+            let cpu = t.field(39) as usize;
+            let allowed = allowed_cpus(&format!("{pid}/task/{}", t.tid));
+            (t.name, allowed, cpu)
+        })
+        .collect()
+}
+
+/// Per thread of `pid`: its name and its scheduling policy (field 41,
+/// `policy`: 0 normal, 3 batch).
+fn policies(pid: u32) -> Vec<(String, u64)> {
+    tasks(pid)
+        .into_iter()
+        .map(|t| {
+            let policy = t.field(41);
+            (t.name, policy)
+        })
+        .collect()
 }
 
 fn taskset_gateway(cpu: usize, config: &str) -> (Command, tempfile::TempDir) {
@@ -207,7 +225,7 @@ fn recording_threads_give_way_to_shards() {
             .map(|&(_, p)| p)
             .unwrap_or_else(|| panic!("no thread {name} among {threads:?}"))
     };
-    const BATCH: u32 = 3;
+    const BATCH: u64 = 3;
     assert_eq!(policy_of("sg-usage-writer"), BATCH, "{threads:?}");
     assert_eq!(policy_of("audit-writer"), BATCH, "{threads:?}");
     let shards: Vec<_> = threads
