@@ -9,8 +9,8 @@
 #   bench/kit.sh run [--out DIR] [--quick]
 #
 # pack: the release shardgate and shardgate-bench of DIR, stripped, and
-# this host's nginx with the shared libraries it loads beyond glibc's, behind
-# a wrapper that points the loader at them. About 30 MiB; build the
+# this host's nginx, pgrep and taskset, each with the shared libraries it
+# loads beyond glibc's, behind a wrapper that points the loader at them. About 30 MiB; build the
 # binaries first (`cargo build --release --workspace --bins`, or
 # bench/pgo.sh).
 #
@@ -27,6 +27,32 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KIT=$ROOT/bench/kit
+
+# What the scripts run that a bare image may lack: nginx, and procps'
+# pgrep and util-linux's taskset (a minimal image can have neither).
+TOOLS=(nginx pgrep taskset)
+
+# pack_tool NAME: this host's NAME into $KIT/NAME/, with every library it
+# loads but the C library's own (the other host has those), and a wrapper
+# $KIT/bin/NAME that points the loader at them.
+pack_tool() {
+  local name=$1 path lib
+  path=$(command -v "$name")
+  mkdir -p "$KIT/$name/lib"
+  cp -L "$path" "$KIT/$name/$name"
+  ldd "$path" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
+    case $(basename "$lib") in
+      libc.so.*|libm.so.*|libpthread.so.*|libdl.so.*|librt.so.*|ld-linux*) ;;
+      *) cp -L "$lib" "$KIT/$name/lib/" ;;
+    esac
+  done
+  cat >"$KIT/bin/$name" <<SH
+#!/bin/sh
+here=\$(cd "\$(dirname "\$0")/../$name" && pwd)
+LD_LIBRARY_PATH=\$here/lib exec "\$here/$name" "\$@"
+SH
+  chmod +x "$KIT/bin/$name"
+}
 
 pack() {
   local target=""
@@ -46,26 +72,18 @@ pack() {
   for bin in shardgate shardgate-bench; do
     [[ -x $target/release/$bin ]] || { echo "kit pack: $target/release/$bin not built" >&2; exit 1; }
   done
-  command -v nginx >/dev/null || { echo "kit pack: nginx not found here" >&2; exit 1; }
+  local tool
+  for tool in "${TOOLS[@]}"; do
+    command -v "$tool" >/dev/null || { echo "kit pack: $tool not found here" >&2; exit 1; }
+  done
   rm -rf "$KIT"
-  mkdir -p "$KIT/release" "$KIT/nginx/lib" "$KIT/bin"
+  mkdir -p "$KIT/release" "$KIT/bin"
   for bin in shardgate shardgate-bench; do
     strip -o "$KIT/release/$bin" "$target/release/$bin"
   done
-  cp "$(command -v nginx)" "$KIT/nginx/nginx"
-  # Every library nginx loads but the C library's own, which the host has.
-  ldd "$(command -v nginx)" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do
-    case $(basename "$lib") in
-      libc.so.*|libm.so.*|libpthread.so.*|libdl.so.*|librt.so.*|ld-linux*) ;;
-      *) cp -L "$lib" "$KIT/nginx/lib/" ;;
-    esac
+  for tool in "${TOOLS[@]}"; do
+    pack_tool "$tool"
   done
-  cat >"$KIT/bin/nginx" <<'SH'
-#!/bin/sh
-here=$(cd "$(dirname "$0")/../nginx" && pwd)
-LD_LIBRARY_PATH=$here/lib exec "$here/nginx" "$@"
-SH
-  chmod +x "$KIT/bin/nginx"
   (cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown) >"$KIT/revision"
   echo "kit: $(du -sh "$KIT" | cut -f1) in $KIT (binaries of $target, revision $(cat "$KIT/revision"))"
 }
@@ -107,11 +125,13 @@ run() {
     step 90 streams compare-streams.sh --streams 500 --rounds 1 --duration 3s
     step 90 scaling compare-scaling.sh --counts 1 --rounds 1 --duration 2s
   else
-    # About nine minutes in all.
-    step 210 rate-1 compare-rate.sh --rounds 4 --duration 3s --percents 25,50,90 --control
-    step 120 streams compare-streams.sh --streams 4000 --workers 1 --rounds 2 --duration 6s
-    step 120 rate-4 compare-rate.sh --workers 4 --rounds 2 --duration 3s --percents 25,50,90
-    step 90 scaling compare-scaling.sh --counts 1,2,4,8 --rounds 1 --duration 4s
+    # Nine minutes at most. A step's table is written when it ends, so each
+    # limit leaves room: rate-1 took 3 minutes on a 2-CPU host, streams
+    # under one.
+    step 240 rate-1 compare-rate.sh --rounds 4 --duration 3s --percents 25,50,90 --control
+    step 100 streams compare-streams.sh --streams 4000 --workers 1 --rounds 2 --duration 6s
+    step 110 rate-4 compare-rate.sh --workers 4 --rounds 2 --duration 3s --percents 25,50,90
+    step 80 scaling compare-scaling.sh --counts 1,2,4,8 --rounds 1 --duration 4s
   fi
   echo "kit: tables in $out"
 }
