@@ -114,7 +114,7 @@ run() {
     echo "== $name: $script $* (at most ${limit}s)"
     local before
     before=$(date +%s)
-    timeout --signal=INT "$limit" bash "$ROOT/bench/$script" --no-build "$@" || echo "== $name: exit $?"
+    timeout -k 10 --signal=INT "$limit" bash "$ROOT/bench/$script" --no-build "$@" || echo "== $name: exit $?"
     local newest
     newest=$(find "$ROOT/bench/results" -maxdepth 1 -name "${script%.sh}-*.txt" -newermt "@$before" \
       | sort | tail -n 1)
