@@ -89,22 +89,21 @@ build_release
 start_mock "$MOCK_CPUS" "$MOCK_SHARDS"
 start_gateway "$PROXY_CPUS" "$WORKERS" 1024
 PATH_=/v1/chat/completions
-NAMES=(gateway)
-URLS=("http://127.0.0.1:$GW_PORT$PATH_")
-MODELS=(demo)
-WATCH=("$GW_PID")
+NAMES=() URLS=() MODELS=() WATCH=()
+# add_proxy NAME PORT MODEL PIDS: one more proxy for every round.
+add_proxy() {
+  NAMES+=("$1")
+  URLS+=("http://127.0.0.1:$2$PATH_")
+  MODELS+=("$3")
+  WATCH+=("$4")
+}
+add_proxy gateway "$GW_PORT" demo "$GW_PID"
 if ((!SKIP_NGINX)); then
   start_nginx "$PROXY_CPUS" "$WORKERS" "$OPEN_CONNECTIONS" 1024
-  NAMES+=(nginx)
-  URLS+=("http://127.0.0.1:$NGINX_PORT$PATH_")
-  MODELS+=(mock-1)
-  WATCH+=("$NGINX_WORKERS")
+  add_proxy nginx "$NGINX_PORT" mock-1 "$NGINX_WORKERS"
   if ((CONTROL)); then
     NGINX_DIR=$WORK/nginx-b start_nginx "$PROXY_CPUS" "$WORKERS" "$OPEN_CONNECTIONS" 1024
-    NAMES+=(nginx-b)
-    URLS+=("http://127.0.0.1:$NGINX_PORT$PATH_")
-    MODELS+=(mock-1)
-    WATCH+=("$NGINX_WORKERS")
+    add_proxy nginx-b "$NGINX_PORT" mock-1 "$NGINX_WORKERS"
   fi
 elif ((CONTROL)); then
   log "--control runs a second nginx beside the first: not with --skip-nginx"
